@@ -1,0 +1,260 @@
+"""Strict, typed configs: dataclass defaults <- a YAML file <- dotted command-line overrides.
+
+Unknown keys fail with the closest valid key, wrong types fail naming the key and the
+expected type, and every error names where the value came from (`file:line` or
+`command line`). Each field carries a one-line doc (`field(default, "doc")`) that
+`describe()` prints for `--help`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from common.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config value that fails a check; `key` is its dotted name."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def field(default: Any, doc: str) -> Any:
+    """A dataclass field with a one-line doc; list and dict defaults are copied per instance."""
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc})
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+# --------------------------------------------------------------------------- YAML reading
+
+
+def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
+    """Parse a YAML mapping; return it and a map from dotted key to its 1-based line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; give the path to a YAML file such as config/runs/demo-teacher.yaml")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{where}: YAML syntax error: {problem}; fix the file") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}:1: the top level must be a mapping of config sections, got {type(data).__name__}")
+    lines: dict[str, int] = {}
+
+    def walk(n: yaml.Node, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                key = f"{prefix}{key_node.value}"
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key + ".")
+
+    walk(node, "")
+    return data, lines
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`optim.lr=3e-4` -> ("optim.lr", "3e-4"-parsed-as-YAML)."""
+    if "=" not in text:
+        raise UserError(f"command line: '{text}' is not an override; write dotted.key=value, e.g. optim.lr=3e-4")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _field_names(cls: type, prefix: str = "") -> list[str]:
+    names = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        names.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            names.extend(_field_names(hints[f.name], prefix + f.name + "."))
+    return names
+
+
+def suggest(key: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if not close:  # a typo in the last part only: compare the leaf names
+        leaf = key.rsplit(".", 1)[-1]
+        leaves = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        close = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is not None:
+        return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    return "null" if tp is type(None) else tp.__name__
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming the key and expected type."""
+    origin = get_origin(tp)
+    wrong = ConfigError(key, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise wrong
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(key, f"expected one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}{suggest(str(value), [str(a) for a in get_args(tp)])}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise wrong
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong
+    if tp is float:
+        # YAML 1.1 reads `3e-4` as a string; accept any string that is a float literal.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise wrong
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise wrong
+    if origin is list:
+        if not isinstance(value, list):
+            if isinstance(value, str):  # a comma list from the command line
+                value = [v for v in value.split(",") if v]
+            else:
+                raise wrong
+        (item,) = get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise wrong
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _build(cls: type, data: dict, prefix: str, all_keys: list[str]) -> Any:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in data.items():
+        key = prefix + str(name)
+        if name not in fields:
+            raise ConfigError(key, f"unknown key '{key}'{suggest(key, all_keys)}")
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(key, f"'{key}' is a section; expected a mapping of its keys, got {value!r}")
+            kwargs[name] = _build(tp, value, key + ".", all_keys)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def load(schema: type, path: str | Path | None, overrides: list[str] = (), sections: tuple[str, ...] | None = None):
+    """Build `schema` from its defaults, then the YAML at `path`, then `overrides`.
+
+    `sections`, when given, restricts strict checking to those top-level sections; the
+    others are left to the program that owns them (a run YAML read by `tokenizer prepare`).
+    Runs `check()` on the result if the schema defines it. Errors name file:line or
+    `command line` and the key.
+    """
+    data, lines = read_yaml(path) if path is not None else ({}, {})
+    source = {k: f"{path}:{line}" for k, line in lines.items()}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+        source[key] = "command line"
+    if sections is not None:
+        data = {k: v for k, v in data.items() if k in sections}
+
+    def where(key: str) -> str:
+        while key:
+            if key in source:
+                return source[key]
+            key = key.rpartition(".")[0]
+        return str(path) if path is not None else "config"
+
+    try:
+        cfg = _build(schema, data, "", _field_names(schema))
+        if hasattr(cfg, "check"):
+            cfg.check()
+    except ConfigError as exc:
+        raise UserError(f"{where(exc.key)}: {exc.key}: {exc.message}" if not exc.message.startswith("unknown key")
+                        else f"{where(exc.key)}: {exc.message}") from None
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def describe(schema: type, prefix: str = "") -> list[str]:
+    """One line per field: `key (type, default X): doc`, for `--help`."""
+    out = []
+    hints = get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.append(f"{prefix}{f.name}:  {f.metadata.get('doc', '')}")
+            out.extend(describe(tp, prefix + f.name + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append(f"  {prefix}{f.name} ({_type_name(tp)}, default {default!r}): {f.metadata.get('doc', '')}")
+    return out

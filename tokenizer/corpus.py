@@ -1,0 +1,185 @@
+"""Finding BabyLM corpus files and cleaning them, one cleaner per domain.
+
+Both editions are recognised by file stem: 2023 (`aochildes`, `bnc_spoken`, `cbt`,
+`children_stories`, `gutenberg`, `open_subtitles`, `qed`, `simple_wikipedia`,
+`switchboard`, `wikipedia`) and 2024 (`childes`, `bnc_spoken`, `gutenberg`,
+`open_subtitles`, `simple_wiki`, `switchboard` with `A:\\t` speaker tags). Any subset
+works; a folder with none of them is an error. Cleaning keeps one utterance or
+sentence per line and writes BLiMP-like surface text ("what's that?", not
+"what 's that ?") so that training text and zero-shot test sentences look alike.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from common.errors import UserError
+
+SPLIT_SUFFIXES = (".train", ".dev", ".test", ".txt")
+CLEANER_VERSION = "1"  # bump when a cleaner changes: it invalidates every cache built on cleaned text
+
+# ----------------------------------------------------------------------------- cleaners
+# A cleaner maps one raw line to a clean line, or None to drop it.
+
+_SPEAKER_TAG = re.compile(r"^\*?[A-Z]{1,4}:\t")  # `A:\t` (2024 switchboard), `*CHI:\t` (CHILDES)
+_SPACE_BEFORE_PUNCT = re.compile(r" +([.,!?;:%)\]}]|n't|'s|'re|'ve|'m|'ll|'d)(?=\s|$|[.,!?;:])")
+_SPACE_AFTER_OPEN = re.compile(r"([(\[{]) +")
+_WIKI_HEADING = re.compile(r"^\s*=(\s*=)*\s.*\s=(\s*=)*\s*$")
+_TIMESTAMP = re.compile(r"\b\d{1,2}:\d{2}(:\d{2})?([.,]\d+)?\b")
+_HTML_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
+_SPACES = re.compile(r"\s+")
+
+
+def _squash(line: str) -> str | None:
+    line = _SPACES.sub(" ", line).strip()
+    return line or None
+
+
+def _detokenize(line: str) -> str:
+    """Undo PTB-style spacing: `that 's nice .` -> `that's nice.`"""
+    line = _SPACE_BEFORE_PUNCT.sub(r"\1", line)
+    line = _SPACE_BEFORE_PUNCT.sub(r"\1", line)  # twice: `it 's .` has two in a row
+    return _SPACE_AFTER_OPEN.sub(r"\1", line)
+
+
+def clean_plain(line: str) -> str | None:
+    return _squash(line)
+
+
+def clean_speech(line: str) -> str | None:
+    """CHILDES / Switchboard: drop speaker tags, undo tokenised spacing."""
+    line = _SPEAKER_TAG.sub("", line)
+    line = _squash(line)
+    return _detokenize(line) if line else None
+
+
+def clean_cbt(line: str) -> str | None:
+    """Children's Book Test: PTB brackets and quote marks, `_BOOK_TITLE_` lines."""
+    if line.startswith("_BOOK_TITLE_"):
+        return None
+    line = line.replace("-LRB-", "(").replace("-RRB-", ")").replace("``", '"').replace("''", '"').replace("`", "'")
+    line = _squash(line)
+    return _detokenize(line) if line else None
+
+
+def clean_gutenberg(line: str) -> str | None:
+    """Project Gutenberg: drop licence markers and chapter headings, italics underscores."""
+    if "*** START OF" in line or "*** END OF" in line or re.match(r"^\s*\*?\s*CHAPTER\b", line, re.I):
+        return None
+    return _squash(line.replace("_", ""))
+
+
+def clean_subtitles(line: str) -> str | None:
+    """OpenSubtitles / QED: HTML entities and tags, timestamps, leading dialogue dashes."""
+    line = html.unescape(line)
+    line = _HTML_TAG.sub("", line)
+    line = _TIMESTAMP.sub("", line)
+    line = re.sub(r"^\s*-\s*", "", line)
+    return _squash(line)
+
+
+def clean_wiki(line: str) -> str | None:
+    """Wikipedia / Simple Wikipedia: drop `= = = Heading = = =` lines."""
+    if _WIKI_HEADING.match(line):
+        return None
+    return _squash(line)
+
+
+CLEANERS: dict[str, Callable[[str], str | None]] = {
+    # 2023 edition
+    "aochildes": clean_speech,
+    "bnc_spoken": clean_speech,
+    "cbt": clean_cbt,
+    "children_stories": clean_plain,
+    "gutenberg": clean_gutenberg,
+    "open_subtitles": clean_subtitles,
+    "qed": clean_subtitles,
+    "simple_wikipedia": clean_wiki,
+    "switchboard": clean_speech,
+    "wikipedia": clean_wiki,
+    # 2024 edition (bnc_spoken, gutenberg, open_subtitles, switchboard shared with 2023)
+    "childes": clean_speech,
+    "simple_wiki": clean_wiki,
+    # the project's own generated corpus
+    "demo": clean_plain,
+}
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    domain: str
+    path: Path
+
+
+def find_files(folder: str | Path, domains: list[str] = (), key: str = "data.train_dir") -> list[CorpusFile]:
+    """The recognised BabyLM files in `folder`, sorted by domain; errors name the folder and key."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: corpus folder not found ({key}); point {key} at a folder of BabyLM files")
+    unknown = [d for d in domains if d not in CLEANERS]
+    if unknown:
+        raise UserError(f"data.domains: unknown domain '{unknown[0]}'; known domains: {', '.join(sorted(CLEANERS))}")
+    found = []
+    for path in sorted(folder.iterdir()):
+        stem, suffix = path.stem, path.suffix
+        if path.is_file() and suffix in SPLIT_SUFFIXES and stem in CLEANERS and (not domains or stem in domains):
+            found.append(CorpusFile(stem, path))
+    if not found:
+        wanted = f"the domains {', '.join(domains)}" if domains else "recognised files"
+        raise UserError(
+            f"{folder}: no {wanted} ({key}); expected files named <domain>.train/.dev/.test/.txt "
+            f"with a domain among {', '.join(sorted(CLEANERS))}")
+    for f in found:
+        if f.path.stat().st_size == 0:
+            raise UserError(f"{f.path}: empty corpus file; remove it or restrict data.domains")
+    return found
+
+
+def read_clean_lines(f: CorpusFile) -> list[str]:
+    """Decode `f` as UTF-8 line by line (a bad byte names its line) and clean each line."""
+    clean = CLEANERS[f.domain]
+    out = []
+    with open(f.path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{f.path}:{number}: bytes that are not UTF-8 at column {exc.start + 1}; re-encode the file as UTF-8") from None
+            line = clean(text)
+            if line is not None:
+                out.append(line)
+    if not out:
+        raise UserError(f"{f.path}: no text left after cleaning; remove it or restrict data.domains")
+    return out
+
+
+def fingerprint(files: list[CorpusFile]) -> str:
+    """A hash of the raw bytes of every file and the cleaner version."""
+    h = hashlib.sha256(f"cleaner-{CLEANER_VERSION}".encode())
+    for f in files:
+        h.update(f"{f.domain}\0{f.path.name}\0".encode())
+        with open(f.path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def write_clean(files: list[CorpusFile], out_dir: Path) -> list[Path]:
+    """Clean every file into `out_dir/<domain>.txt` (one per domain), written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f in files:
+        target = out_dir / f"{f.domain}.{f.path.suffix.lstrip('.')}.txt"
+        if not target.exists():
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text("\n".join(read_clean_lines(f)) + "\n", encoding="utf-8")
+            tmp.replace(target)
+        paths.append(target)
+    return paths

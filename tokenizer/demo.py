@@ -1,0 +1,189 @@
+"""The embedded demo: a small probabilistic grammar of child-directed-style English.
+
+It writes a training corpus, a dev corpus and held-out minimal pairs in BLiMP's JSONL
+format (`sentence_good`, `sentence_bad`, `UID`, ...) for the phenomena the grammar
+controls: subject-verb agreement (plain, across a prepositional phrase, across an
+object relative clause), determiner-noun agreement and reflexive agreement. Everything
+is deterministic from the seed, and no good or bad pair sentence occurs in the corpus.
+
+    python -m tokenizer demo cache/demo --seed 42
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+# (singular, plural, gender) -- gender m/f picks the reflexive; n nouns take no reflexive.
+NOUNS = [
+    ("boy", "boys", "m"), ("girl", "girls", "f"), ("man", "men", "m"), ("woman", "women", "f"),
+    ("king", "kings", "m"), ("queen", "queens", "f"), ("brother", "brothers", "m"), ("sister", "sisters", "f"),
+    ("dog", "dogs", "n"), ("cat", "cats", "n"), ("bird", "birds", "n"), ("baby", "babies", "n"),
+    ("teacher", "teachers", "n"), ("child", "children", "n"), ("friend", "friends", "n"), ("duck", "ducks", "n"),
+    ("bear", "bears", "n"), ("rabbit", "rabbits", "n"), ("puppy", "puppies", "n"), ("mouse", "mice", "n"),
+]
+PLACES = [("tree", "trees"), ("table", "tables"), ("box", "boxes"), ("car", "cars"), ("house", "houses"),
+          ("chair", "chairs"), ("door", "doors"), ("bed", "beds")]
+# (third person singular, plural)
+INTRANSITIVE = [("runs", "run"), ("sleeps", "sleep"), ("laughs", "laugh"), ("jumps", "jump"), ("sings", "sing"),
+                ("smiles", "smile"), ("cries", "cry"), ("plays", "play"), ("walks", "walk"), ("swims", "swim")]
+TRANSITIVE = [("sees", "see"), ("likes", "like"), ("helps", "help"), ("hugs", "hug"), ("finds", "find"),
+              ("watches", "watch"), ("calls", "call"), ("loves", "love"), ("tickles", "tickle"), ("feeds", "feed")]
+ADJECTIVES = ["big", "little", "happy", "sad", "hungry", "tired", "funny", "red", "small", "nice"]
+PREPOSITIONS = ["near", "behind", "under", "beside", "by"]
+DETS = {"sg": ["the", "the", "this", "that", "a"], "pl": ["the", "the", "these", "those", "some"]}
+REFLEXIVE = {("sg", "m"): "himself", ("sg", "f"): "herself", ("pl", "m"): "themselves", ("pl", "f"): "themselves"}
+COPULA = {"sg": "is", "pl": "are"}
+NUMBERS = ("sg", "pl")
+
+
+def _other(number: str) -> str:
+    return "pl" if number == "sg" else "sg"
+
+
+def _noun(rng: random.Random, number: str, gendered: bool = False) -> tuple[str, str]:
+    pool = [n for n in NOUNS if n[2] != "n"] if gendered else NOUNS
+    sg, pl, gender = rng.choice(pool)
+    return (sg if number == "sg" else pl), gender
+
+
+def _np(rng: random.Random, number: str, det: str | None = None, gendered: bool = False) -> tuple[str, str]:
+    noun, gender = _noun(rng, number, gendered)
+    det = det or rng.choice(DETS[number])
+    adj = rng.choice(ADJECTIVES) + " " if rng.random() < 0.25 else ""  # no noun or adjective starts with a vowel: "a" fits
+    return f"{det} {adj}{noun}", gender
+
+
+def _place(rng: random.Random, number: str) -> str:
+    sg, pl = rng.choice(PLACES)
+    return f"the {sg if number == 'sg' else pl}"
+
+
+def _verb(table: list[tuple[str, str]], rng: random.Random, number: str) -> tuple[str, str]:
+    """(correct form, wrong form) for a subject of `number`."""
+    sg, pl = rng.choice(table)
+    return (sg, pl) if number == "sg" else (pl, sg)
+
+
+def _sentence(words: str, end: str = ".") -> str:
+    return words[0].upper() + words[1:] + end
+
+
+# ----------------------------------------------------------------------------- pair makers
+# Each returns (good, bad) sentences; the corpus uses the good ones of the same frames.
+
+
+def pair_sv_simple(rng):
+    n = rng.choice(NUMBERS)
+    subj, _ = _np(rng, n)
+    good, bad = _verb(INTRANSITIVE, rng, n)
+    return _sentence(f"{subj} {good}"), _sentence(f"{subj} {bad}")
+
+
+def pair_sv_across_pp(rng):
+    n = rng.choice(NUMBERS)
+    subj, _ = _np(rng, n)
+    pp = f"{rng.choice(PREPOSITIONS)} {_place(rng, _other(n))}"  # the attractor has the other number
+    good, bad = _verb(INTRANSITIVE, rng, n)
+    return _sentence(f"{subj} {pp} {good}"), _sentence(f"{subj} {pp} {bad}")
+
+
+def pair_sv_across_rc(rng):
+    n = rng.choice(NUMBERS)
+    subj, _ = _np(rng, n)
+    rc_n = _other(n)
+    rc_subj, _ = _np(rng, rc_n, det="the")
+    rc_verb, _ = _verb(TRANSITIVE, rng, rc_n)
+    good, bad = _verb(INTRANSITIVE, rng, n)
+    rc = f"that {rc_subj} {rc_verb}"
+    return _sentence(f"{subj} {rc} {good}"), _sentence(f"{subj} {rc} {bad}")
+
+
+def pair_det_noun(rng):
+    n = rng.choice(NUMBERS)
+    subj_n = rng.choice(NUMBERS)
+    subj, _ = _np(rng, subj_n)
+    verb, _ = _verb(TRANSITIVE, rng, subj_n)
+    sg, pl, _ = rng.choice(NOUNS)
+    det_sg, det_pl = rng.choice([("this", "these"), ("that", "those")])
+    det, wrong = (det_sg, det_pl) if n == "sg" else (det_pl, det_sg)
+    obj = sg if n == "sg" else pl
+    return _sentence(f"{subj} {verb} {det} {obj}"), _sentence(f"{subj} {verb} {wrong} {obj}")
+
+
+def pair_reflexive(rng):
+    n = rng.choice(NUMBERS)
+    subj, gender = _np(rng, n, gendered=True)
+    verb, _ = _verb(TRANSITIVE, rng, n)
+    good = REFLEXIVE[(n, gender)]
+    bad = rng.choice([r for r in ("himself", "herself", "themselves") if r != good])
+    return _sentence(f"{subj} {verb} {good}"), _sentence(f"{subj} {verb} {bad}")
+
+
+PHENOMENA = {
+    "demo_subject_verb_agreement": ("morphology", "subject_verb_agreement", pair_sv_simple),
+    "demo_agreement_across_pp": ("syntax", "subject_verb_agreement", pair_sv_across_pp),
+    "demo_agreement_across_relative_clause": ("syntax", "subject_verb_agreement", pair_sv_across_rc),
+    "demo_determiner_noun_agreement": ("morphology", "determiner_noun_agreement", pair_det_noun),
+    "demo_reflexive_agreement": ("syntax", "anaphor_agreement", pair_reflexive),
+}
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def _frame_sentence(rng: random.Random) -> str:
+    """A child-directed frame: questions, imperatives, copulas, transitives."""
+    n = rng.choice(NUMBERS)
+    subj, _ = _np(rng, n)
+    kind = rng.randrange(6)
+    if kind == 0:
+        return _sentence(f"look at {subj}", "!")
+    if kind == 1:
+        return _sentence(f"where {COPULA[n]} {subj}", "?")
+    if kind == 2:
+        return _sentence(f"{subj} {COPULA[n]} {rng.choice(ADJECTIVES)}")
+    if kind == 3:
+        return _sentence(f"{COPULA[n]} {subj} {rng.choice(ADJECTIVES)}", "?")
+    if kind == 4:
+        return _sentence(f"can you see {subj}", "?")
+    verb, _ = _verb(TRANSITIVE, rng, n)
+    obj, _ = _np(rng, rng.choice(NUMBERS))
+    return _sentence(f"{subj} {verb} {obj}")
+
+
+def corpus_sentence(rng: random.Random) -> str:
+    """One corpus line: a frame half the time, else the good side of a pair frame."""
+    if rng.random() < 0.5:
+        return _frame_sentence(rng)
+    _, _, make = rng.choice(list(PHENOMENA.values()))
+    return make(rng)[0]
+
+
+def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pairs_per_phenomenon: int = 200) -> Path:
+    """Write `train/demo.train`, `dev/demo.dev` and `pairs/<UID>.jsonl` under `out_dir`."""
+    out = Path(out_dir)
+    rng = random.Random(seed)
+    train = [corpus_sentence(rng) for _ in range(n_sentences)]
+    dev = [corpus_sentence(rng) for _ in range(max(1, n_sentences // 10))]
+    seen = set(train) | set(dev)
+    pair_rng = random.Random(seed + 1_000_003)
+    pairs = {}
+    for uid, (field_name, term, make) in PHENOMENA.items():
+        rows, tries = [], 0
+        while len(rows) < pairs_per_phenomenon and tries < 200 * pairs_per_phenomenon:
+            tries += 1
+            good, bad = make(pair_rng)
+            if good in seen or bad in seen:
+                continue  # held out: neither side appears in the corpus or in an earlier pair
+            seen.update((good, bad))
+            rows.append({"sentence_good": good, "sentence_bad": bad, "field": field_name,
+                         "linguistics_term": term, "UID": uid, "pair_id": len(rows)})
+        pairs[uid] = rows
+    for sub, name, lines in (("train", "demo.train", train), ("dev", "demo.dev", dev)):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / sub / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "pairs").mkdir(parents=True, exist_ok=True)
+    for uid, rows in pairs.items():
+        (out / "pairs" / f"{uid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return out

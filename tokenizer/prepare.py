@@ -1,0 +1,130 @@
+"""Corpus -> clean text -> tokenizer -> packed blocks, each step cached under `data.cache_dir`.
+
+Every cached artefact lives in a folder named by a fingerprint of everything it was built
+from (raw corpus bytes, cleaner version, tokenizer, block size), so a changed corpus or
+tokenizer builds anew and an unchanged one loads in a second. Folders are written under a
+temporary name and renamed, so an interrupted run never leaves a half-built cache entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import UserError
+from tokenizer import bpe, corpus, demo
+from tokenizer.config import DataConfig, TokenizerConfig
+
+PACK_VERSION = "1"
+
+
+@dataclass
+class Prepared:
+    tokenizer_dir: str  # a folder AutoTokenizer loads (the cache entry, or the pretrained folder / Hub name)
+    train_blocks: Path
+    dev_blocks: Path | None
+    fingerprint: str  # of the training blocks
+
+
+def _hash(*parts: object) -> str:
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def ensure_demo(data: DataConfig) -> None:
+    """With data.demo, generate the demo corpus if data.train_dir does not exist yet."""
+    train_dir = Path(data.train_dir)
+    if not data.demo or train_dir.exists():
+        return
+    root = train_dir.parent
+    if train_dir.name != "train" or (data.dev_dir and Path(data.dev_dir) != root / "dev"):
+        raise UserError(f"data.demo writes <root>/train, <root>/dev and <root>/pairs: set data.train_dir={root}/train and data.dev_dir={root}/dev")
+    print(f"generating the demo corpus in {root} (seed {data.seed}, {data.demo_sentences} sentences)")
+    demo.generate(root, seed=data.seed, n_sentences=data.demo_sentences)
+
+
+def load_tokenizer(tok_cfg: TokenizerConfig, clean_train: list[Path], train_fp: str, cache: Path):
+    """Return (tokenizer, folder or name to reload it from, fingerprint)."""
+    if tok_cfg.type == "from_scratch":
+        fp = _hash("bpe-1", train_fp, tok_cfg.vocab_size, tok_cfg.min_frequency)
+        out = cache / "tokenizers" / fp
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            print(f"training a {tok_cfg.vocab_size}-token byte-level BPE on {len(clean_train)} files -> {out}")
+            bpe.train_bpe(clean_train, tok_cfg.vocab_size, tok_cfg.min_frequency, out)
+        return bpe.load_pretrained(str(out)), str(out), fp
+    tok = bpe.load_pretrained(tok_cfg.name_or_path)
+    return tok, tok_cfg.name_or_path, _hash("pretrained", tok.backend_tokenizer.to_str())
+
+
+def _tokenize_batch(batch: dict, tokenizer, prefix: int) -> dict:
+    """Token ids of each line, each starting with the prefix token (BOS, else EOS)."""
+    ids = tokenizer(batch["text"])["input_ids"]
+    return {"input_ids": [x if x[:1] == [prefix] else [prefix] + x for x in ids]}
+
+
+def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out: Path) -> Path:
+    """Tokenize `text_files` with datasets (batched, multi-process) and pack into fixed blocks at `out`."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if out.exists():
+        return out
+    work = out.with_name(out.name + ".work")
+    shutil.rmtree(work, ignore_errors=True)
+    raw = datasets.load_dataset("text", data_files=[str(p) for p in text_files], split="train",
+                                cache_dir=str(work / "hf"), keep_in_memory=False)
+    tokenized = raw.map(_tokenize_batch, batched=True, num_proc=num_proc if num_proc > 1 else None,
+                        remove_columns=["text"], fn_kwargs={"tokenizer": tokenizer, "prefix": bpe.prefix_id(tokenizer)},
+                        desc=f"tokenizing {out.parent.name}/{out.name}", new_fingerprint=_hash("tok", out))
+    flat = pc.list_flatten(tokenized.data.column("input_ids")).to_numpy().astype(np.int32)
+    n_blocks = len(flat) // block_size
+    if n_blocks == 0:
+        raise UserError(f"{text_files[0].parent}: only {len(flat)} tokens, fewer than one block of data.block_size={block_size}; lower data.block_size or add text")
+    blocks = pa.FixedSizeListArray.from_arrays(pa.array(flat[: n_blocks * block_size]), block_size)
+    ds = datasets.Dataset(pa.table({"input_ids": blocks}))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    (tmp / "stats.json").write_text(json.dumps({"tokens": int(len(flat)), "blocks": n_blocks, "block_size": block_size,
+                                                "lines": len(raw), "files": [p.name for p in text_files]}))
+    tmp.replace(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
+    """Clean, build or load the tokenizer, and pack train (and dev) blocks; all cached."""
+    ensure_demo(data)
+    cache = Path(data.cache_dir)
+    train_files = corpus.find_files(data.train_dir, data.domains, key="data.train_dir")
+    train_fp = corpus.fingerprint(train_files)
+    clean_train = corpus.write_clean(train_files, cache / "clean" / train_fp)
+    tokenizer, tokenizer_dir, tok_fp = load_tokenizer(tok_cfg, clean_train, train_fp, cache)
+    blocks = cache / "blocks"
+    train_key = _hash(PACK_VERSION, train_fp, tok_fp, data.block_size)
+    train_blocks = pack(clean_train, tokenizer, data.block_size, data.num_proc, blocks / f"train-{train_key}")
+    dev_blocks = None
+    if data.dev_dir:
+        dev_files = corpus.find_files(data.dev_dir, data.domains, key="data.dev_dir")
+        dev_fp = corpus.fingerprint(dev_files)
+        clean_dev = corpus.write_clean(dev_files, cache / "clean" / dev_fp)
+        dev_key = _hash(PACK_VERSION, dev_fp, tok_fp, data.block_size)
+        dev_blocks = pack(clean_dev, tokenizer, data.block_size, data.num_proc, blocks / f"dev-{dev_key}")
+    return Prepared(tokenizer_dir, train_blocks, dev_blocks, train_key)
+
+
+def load_blocks(path: Path, fraction: float = 1.0, seed: int = 0):
+    """The packed blocks at `path` as a torch-formatted Dataset; a seeded subset when fraction < 1."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if fraction < 1.0:
+        keep = max(1, math.ceil(len(ds) * fraction))
+        ds = ds.select(np.sort(np.random.default_rng(seed).permutation(len(ds))[:keep]))
+    return ds.with_format("torch")

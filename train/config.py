@@ -1,0 +1,89 @@
+"""The run config: every section of a `config/runs/*.yaml`, with defaults and one-line docs.
+
+Filled by `common.config.load`: defaults <- YAML <- dotted CLI overrides, then `check()`
+runs the cross-field checks (heads divide the hidden size, the block fits the model's
+positions, tokenizer and model vocabularies agree).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from common.config import ConfigError, field
+from tokenizer.config import DataConfig, TokenizerConfig
+
+
+@dataclass
+class ModelConfig:
+    arch: str = field("gpt2-tiny", "architecture: a name in config/models/ or a path to a YAML of Hugging Face config fields")
+    vocab_size: int = field(16000, "embedding rows; must equal the tokenizer's vocabulary")
+    overrides: dict[str, Any] = field({}, "Hugging Face config fields that replace the architecture file's (model.overrides.n_layer=4)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(3e-4, "peak learning rate (AdamW)")
+    min_lr: float = field(3e-5, "learning rate the cosine schedule decays to")
+    warmup_steps: int = field(100, "linear warmup steps before the cosine decay")
+    weight_decay: float = field(0.1, "AdamW weight decay")
+    beta1: float = field(0.9, "AdamW beta1")
+    beta2: float = field(0.95, "AdamW beta2")
+    eps: float = field(1e-8, "AdamW epsilon")
+    max_grad_norm: float = field(1.0, "gradient clipping norm; 0 disables clipping")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = field(1000, "optimizer steps to train")
+    batch_size: int = field(32, "blocks per device per micro-batch")
+    grad_accum: int = field(1, "micro-batches accumulated per optimizer step")
+    eval_steps: int = field(200, "evaluate the dev loss every this many steps (needs data.dev_dir)")
+    save_steps: int = field(200, "write a resumable checkpoint every this many steps")
+    logging_steps: int = field(10, "append a line to metrics.jsonl every this many steps")
+    save_total_limit: int = field(3, "checkpoints kept (at least 2, so a corrupt newest one has a fallback)")
+    keep_best: bool = field(True, "export the checkpoint with the lowest dev loss as model/ (needs data.dev_dir)")
+    early_stopping_patience: int = field(0, "stop after this many evaluations without a lower dev loss; 0 = never")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field("auto", "auto = bf16 on a GPU that supports it, else fp32")
+    deepspeed: str = field("", "DeepSpeed JSON (config/deepspeed/*.json) used when launched by torchrun or deepspeed")
+    seed: int = field(42, "seed for initialisation, data order and dropout")
+    num_workers: int = field(0, "DataLoader worker processes")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = field("runs", "root of all run directories")
+    experiment: str = field("default", "experiment folder: runs/<experiment>/<name>")
+    name: str = field("run", "run folder inside the experiment")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(DataConfig(), "corpus location, cleaning, packing")
+    tokenizer: TokenizerConfig = field(TokenizerConfig(), "tokenizer trained from scratch or loaded")
+    model: ModelConfig = field(ModelConfig(), "architecture")
+    optim: OptimConfig = field(OptimConfig(), "optimizer and schedule")
+    train: TrainConfig = field(TrainConfig(), "loop, evaluation, checkpoints, precision")
+    output: OutputConfig = field(OutputConfig(), "where the run directory goes")
+
+    def check(self) -> None:
+        from train import models
+
+        self.data.check()
+        self.tokenizer.check()
+        t = self.train
+        for key in ("max_steps", "batch_size", "grad_accum", "eval_steps", "save_steps", "logging_steps"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key}", f"must be at least 1, got {getattr(t, key)}")
+        if t.save_total_limit < 2:
+            raise ConfigError("train.save_total_limit", f"must be at least 2 so a corrupt newest checkpoint has a fallback, got {t.save_total_limit}")
+        if self.data.dev_dir and t.keep_best and t.save_steps % t.eval_steps:
+            raise ConfigError("train.save_steps", f"is {t.save_steps}; with train.keep_best it must be a multiple of train.eval_steps ({t.eval_steps})")
+        if t.early_stopping_patience and not self.data.dev_dir:
+            raise ConfigError("train.early_stopping_patience", "needs a dev set; set data.dev_dir or train.early_stopping_patience=0")
+        if t.early_stopping_patience and not t.keep_best:
+            raise ConfigError("train.early_stopping_patience", "needs train.keep_best=true (it stops at, and exports, the best checkpoint)")
+        if self.optim.min_lr > self.optim.lr:
+            raise ConfigError("optim.min_lr", f"is {self.optim.min_lr}, above optim.lr={self.optim.lr}")
+        if self.tokenizer.type == "from_scratch" and self.tokenizer.vocab_size != self.model.vocab_size:
+            raise ConfigError("model.vocab_size", f"is {self.model.vocab_size} but tokenizer.vocab_size is {self.tokenizer.vocab_size}; set both to the same size")
+        models.check_architecture(self.model, self.data.block_size)

@@ -1,0 +1,147 @@
+"""Wiring the HF Trainer: arguments from the run config, collators, and the callbacks that keep the run directory.
+
+The Trainer does the loop, mixed precision, accumulation, checkpointing (model, optimizer,
+scheduler, RNG, data position) and DeepSpeed. What we add: a COMPLETE marker per
+checkpoint, metrics.jsonl with tokens/s, and a stop at the first non-finite loss.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import (DataCollatorForLanguageModeling, EarlyStoppingCallback, Trainer, TrainerCallback,
+                          TrainingArguments)
+
+from common.errors import UserError
+from train.rundir import COMPLETE, RunDir, now
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss became {value} at step {step}")
+        self.step, self.value = step, value
+
+
+class BabyTrainer(Trainer):
+    """The HF Trainer, stopping at the first non-finite loss before it reaches the weights."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLoss(self.state.global_step + 1, float(loss))
+        return loss
+
+
+class CheckpointMarker(TrainerCallback):
+    """Writes checkpoint-N/COMPLETE once the Trainer has saved everything in it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                (ckpt / COMPLETE).write_text(now())
+
+
+class MetricsLog(TrainerCallback):
+    """Appends each Trainer log to metrics.jsonl, with tokens/s measured over training steps only."""
+
+    def __init__(self, path: Path, tokens_per_step: int):
+        self.path, self.tokens_per_step = path, tokens_per_step
+        self.train_seconds = 0.0
+        self.last = (0, 0.0)  # (step, train_seconds) at the previous training log
+        self.step_start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = (state.global_step, self.train_seconds)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step_start is not None:
+            self.train_seconds += time.perf_counter() - self.step_start
+            self.step_start = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": now(), **(logs or {})}
+        if "loss" in row:
+            steps, seconds = state.global_step - self.last[0], self.train_seconds - self.last[1]
+            row["tokens_seen"] = state.global_step * self.tokens_per_step
+            if steps > 0 and seconds > 0:
+                row["tokens_per_s"] = round(steps * self.tokens_per_step / seconds, 1)
+            self.last = (state.global_step, self.train_seconds)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def make_collator(objective: str, tokenizer, mlm_probability: float):
+    """Blocks are full length, so causal batches need no padding: labels are the inputs (the model shifts).
+
+    The masked-LM collator draws from the global torch RNG, which checkpoints restore.
+    """
+    mlm = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability) if objective == "masked" else None
+
+    def collate(rows: list[dict]) -> dict:
+        ids = torch.stack([torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows])
+        if mlm is not None:
+            return mlm([{"input_ids": row} for row in ids])
+        return {"input_ids": ids, "labels": ids.clone()}
+
+    return collate
+
+
+def launched_distributed() -> bool:
+    return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def precision_flags(precision: str) -> dict:
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def training_arguments(cfg, run: RunDir) -> TrainingArguments:
+    t, o = cfg.train, cfg.optim
+    has_dev = bool(cfg.data.dev_dir)
+    deepspeed = None
+    if t.deepspeed:
+        if not Path(t.deepspeed).is_file():
+            raise UserError(f"train.deepspeed={t.deepspeed}: file not found; use one of config/deepspeed/*.json")
+        if launched_distributed():
+            deepspeed = t.deepspeed
+        else:
+            print(f"note: train.deepspeed={t.deepspeed} is used only under torchrun or the deepspeed launcher; training without it")
+    try:
+        return TrainingArguments(
+            output_dir=str(run.checkpoints), max_steps=t.max_steps,
+            per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+            gradient_accumulation_steps=t.grad_accum,
+            optim="adamw_torch", learning_rate=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
+            adam_beta2=o.beta2, adam_epsilon=o.eps, max_grad_norm=o.max_grad_norm,
+            lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": o.min_lr}, warmup_steps=o.warmup_steps,
+            logging_steps=t.logging_steps, logging_nan_inf_filter=False,
+            eval_strategy="steps" if has_dev else "no", eval_steps=t.eval_steps,
+            save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+            load_best_model_at_end=has_dev and t.keep_best, metric_for_best_model="eval_loss", greater_is_better=False,
+            seed=t.seed, dataloader_num_workers=t.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
+            report_to="none", disable_tqdm=False, deepspeed=deepspeed, **precision_flags(t.precision))
+    except ImportError as exc:
+        raise UserError(f"train.deepspeed={t.deepspeed}: {str(exc).splitlines()[0]}; pip install deepspeed on this node") from None
+    except ValueError as exc:
+        raise UserError(f"train.precision={t.precision}: {str(exc).splitlines()[0]}") from None
+
+
+def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: str, tokenizer, train_ds, dev_ds) -> BabyTrainer:
+    world = args.world_size
+    tokens_per_step = cfg.data.block_size * cfg.train.batch_size * cfg.train.grad_accum * world
+    callbacks = [CheckpointMarker(), MetricsLog(run.metrics_file, tokens_per_step)]
+    if cfg.train.early_stopping_patience and dev_ds is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    return BabyTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
+                       data_collator=make_collator(objective, tokenizer, cfg.data.mlm_probability),
+                       processing_class=tokenizer, callbacks=callbacks)
