@@ -1,0 +1,1 @@
+"""Distillation from teachers and weighted mutual learning (losses, loss registry, distillation trainer)."""

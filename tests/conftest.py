@@ -1,0 +1,56 @@
+"""Shared fixtures: the real data beside the project, a generated demo corpus, a shared cache, CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("BABYDISTILL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DEMO_SENTENCES = 4000
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data; a missing file fails the test (it is never skipped)."""
+    path = SHARED.joinpath(*parts)
+    assert path.exists(), f"real data missing: {path} (tests read ../shared/data; set BABYDISTILL_SHARED_DATA)"
+    return path
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m <args>` in a subprocess, as a user would type it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2 and a single `error:` line on stderr that contains every needle."""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, f"rc={proc.returncode}\nstdout:{proc.stdout[-2000:]}\nstderr:{proc.stderr[-3000:]}"
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    from tokenizer import demo
+
+    return demo.generate(tmp_path_factory.mktemp("demo"), seed=7, n_sentences=DEMO_SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def demo_args(demo_root, cache_dir, tmp_path) -> list[str]:
+    """Overrides that point the demo teacher recipe at the test's corpus, cache and output folder; short training."""
+    return ["config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}", "train.max_steps=30", "train.save_steps=10",
+            "train.eval_steps=10", "train.logging_steps=5", "optim.warmup_steps=5"]

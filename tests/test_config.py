@@ -1,0 +1,120 @@
+"""The strict typed config: defaults <- YAML <- overrides, errors that name file:line or key."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from common import config as cfglib
+from common.errors import UserError
+from conftest import ROOT, assert_user_error, run_cli
+from train.config import RunConfig
+
+DEMO = ROOT / "config" / "runs" / "demo-teacher.yaml"
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "run.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load_error(*args, **kwargs) -> str:
+    with pytest.raises(UserError) as info:
+        cfglib.load(RunConfig, *args, **kwargs)
+    return str(info.value)
+
+
+def test_layers_defaults_then_yaml_then_overrides():
+    cfg = cfglib.load(RunConfig, DEMO, ["optim.lr=1e-3", "train.max_steps=7", "data.domains=aochildes,cbt"])
+    assert cfg.optim.lr == 1e-3 and cfg.train.max_steps == 7  # overrides win
+    assert cfg.model.arch == "gpt2-tiny" and cfg.data.block_size == 64  # from the YAML
+    assert cfg.optim.beta2 == 0.95 and cfg.optim.weight_decay == 0.1  # defaults
+    assert cfg.data.domains == ["aochildes", "cbt"]
+
+
+def test_float_written_as_3e_4_is_a_float(tmp_path):
+    # YAML 1.1 reads 3e-4 as a string; a float field accepts it.
+    path = write(tmp_path, "data: {train_dir: x}\noptim:\n  lr: 3e-4\n")
+    assert cfglib.load(RunConfig, path).optim.lr == pytest.approx(3e-4)
+
+
+def test_unknown_key_names_line_and_suggests(tmp_path):
+    path = write(tmp_path, """\
+        data:
+          train_dir: x
+        optim:
+          lrr: 0.1
+        """)
+    msg = load_error(path)
+    assert f"{path}:4" in msg and "optim.lrr" in msg and "did you mean 'optim.lr'" in msg
+
+
+def test_unknown_override_suggests():
+    msg = load_error(DEMO, ["train.max_step=3"])
+    assert "command line" in msg and "did you mean 'train.max_steps'" in msg
+
+
+def test_unknown_section_suggests(tmp_path):
+    msg = load_error(write(tmp_path, "data: {train_dir: x}\ntokeniser: {vocab_size: 512}\n"))
+    assert "did you mean 'tokenizer'" in msg
+
+
+def test_wrong_type_names_key_and_type(tmp_path):
+    msg = load_error(write(tmp_path, "data: {train_dir: x}\ntrain:\n  max_steps: many\n"))
+    assert "train.max_steps" in msg and "expected int" in msg and ":3" in msg
+    msg = load_error(DEMO, ["train.keep_best=3"])
+    assert "train.keep_best" in msg and "expected bool" in msg
+    msg = load_error(DEMO, ["train.precision=fp64"])
+    assert "train.precision" in msg and "'bf16'" in msg
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path, "data:\n  train_dir: x\noptim:\n lr: 1\n  beta1: 2\n")  # bad indentation on line 5
+    msg = load_error(path)
+    assert msg.startswith(f"{path}:5: YAML syntax error")
+
+
+def test_hidden_not_divisible_by_heads():
+    msg = load_error(DEMO, ["model.overrides.n_head=3"])
+    assert "model.overrides.n_head" in msg and "not divisible" in msg
+
+
+def test_block_size_beyond_positions():
+    msg = load_error(DEMO, ["data.block_size=4096"])
+    assert "data.block_size" in msg and "128 positions" in msg
+
+
+def test_tokenizer_vocab_differs_from_model():
+    msg = load_error(DEMO, ["model.vocab_size=1000"])
+    assert "model.vocab_size" in msg and "tokenizer.vocab_size is 512" in msg
+
+
+def test_unknown_architecture_suggests():
+    msg = load_error(DEMO, ["model.arch=lama-58m"])
+    assert "model.arch" in msg and "did you mean 'llama-58m'" in msg
+
+
+def test_resolved_config_round_trips(tmp_path):
+    import yaml
+
+    cfg = cfglib.load(RunConfig, DEMO, ["optim.lr=0.002"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(yaml.safe_dump(cfglib.to_dict(cfg)))
+    assert cfglib.load(RunConfig, path) == cfg
+
+
+def test_help_lists_every_field_with_its_doc():
+    import dataclasses
+
+    proc = run_cli("train", "--help")
+    assert proc.returncode == 0
+    for section in dataclasses.fields(RunConfig):
+        for f in dataclasses.fields(section.default_factory()):
+            assert f"{section.name}.{f.name} (" in proc.stdout, f"{section.name}.{f.name} missing from --help"
+            assert f.metadata["doc"].split()[0] in proc.stdout
+
+
+def test_cli_config_error_exits_2_with_one_line(tmp_path):
+    path = write(tmp_path, "data: {train_dir: x}\nmodle: {arch: gpt2-tiny}\n")
+    assert_user_error(run_cli("train", str(path)), f"{path}:2", "did you mean 'model'")

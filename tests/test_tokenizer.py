@@ -1,0 +1,98 @@
+"""Tokenizers (from scratch, pretrained folder, Hub name) and the cached tokenize + pack step."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from common.errors import UserError
+from conftest import shared
+from tokenizer.config import DataConfig, TokenizerConfig
+from tokenizer.prepare import load_blocks, prepare
+
+
+def slice_corpus(src, dst, lines=3000):
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        with open(f, encoding="utf-8") as handle:
+            (dst / f.name).write_text("".join(next(handle) for _ in range(lines)), encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def babylm_slice(tmp_path_factory):
+    root = tmp_path_factory.mktemp("babylm")
+    slice_corpus(shared("babylm_2023_partial", "train_10M"), root / "train")
+    slice_corpus(shared("babylm_2023_partial", "dev"), root / "dev", lines=500)
+    return root
+
+
+def test_from_scratch_bpe_adds_bos_and_reloads(babylm_slice, tmp_path):
+    from transformers import AutoTokenizer
+
+    data = DataConfig(train_dir=str(babylm_slice / "train"), dev_dir=str(babylm_slice / "dev"), cache_dir=str(tmp_path), block_size=32)
+    prepared = prepare(data, TokenizerConfig(vocab_size=1000))
+    tok = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
+    assert len(tok) == 1000
+    ids = tok("The dog runs.")["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids[1:] == tok(" The dog runs.")["input_ids"][1:]
+    assert tok.mask_token == "<mask>" and tok.pad_token == "<pad>" and tok.eos_token == "</s>"
+    assert tok.decode(ids, skip_special_tokens=True).strip() == "The dog runs."
+    blocks = load_blocks(prepared.train_blocks)
+    assert blocks[0]["input_ids"].shape == (32,) and blocks[0]["input_ids"][0] == tok.bos_token_id
+    stats = json.loads((prepared.train_blocks / "stats.json").read_text())
+    assert stats["blocks"] == len(blocks) == stats["tokens"] // 32
+
+
+def test_cached_deterministic_and_invalidated(babylm_slice, tmp_path):
+    data = DataConfig(train_dir=str(babylm_slice / "train"), cache_dir=str(tmp_path / "c1"), block_size=32, domains=["cbt", "switchboard"])
+    first = prepare(data, TokenizerConfig(vocab_size=800))
+    again = prepare(data, TokenizerConfig(vocab_size=800))
+    assert again.train_blocks == first.train_blocks  # a cache hit
+    other_cache = prepare(DataConfig(**{**data.__dict__, "cache_dir": str(tmp_path / "c2")}), TokenizerConfig(vocab_size=800))
+    a, b = (np.asarray(load_blocks(p.train_blocks)["input_ids"]) for p in (first, other_cache))
+    assert np.array_equal(a, b)  # rebuilt from nothing: identical
+    changed_tok = prepare(data, TokenizerConfig(vocab_size=900))
+    assert changed_tok.train_blocks != first.train_blocks
+    corpus = tmp_path / "corpus"
+    shutil.copytree(babylm_slice / "train", corpus)
+    with open(corpus / "cbt.train", "a", encoding="utf-8") as handle:
+        handle.write("One more line changes the fingerprint.\n")
+    changed_corpus = prepare(DataConfig(**{**data.__dict__, "train_dir": str(corpus)}), TokenizerConfig(vocab_size=800))
+    assert changed_corpus.train_blocks != first.train_blocks and changed_corpus.tokenizer_dir != first.tokenizer_dir
+
+
+def test_train_fraction_is_a_seeded_subset(babylm_slice, tmp_path):
+    data = DataConfig(train_dir=str(babylm_slice / "train"), cache_dir=str(tmp_path), block_size=32)
+    prepared = prepare(data, TokenizerConfig(vocab_size=800))
+    full = load_blocks(prepared.train_blocks)
+    part = load_blocks(prepared.train_blocks, 0.2, seed=1)
+    assert len(part) == int(np.ceil(len(full) * 0.2))
+    assert np.array_equal(np.asarray(part["input_ids"]), np.asarray(load_blocks(prepared.train_blocks, 0.2, seed=1)["input_ids"]))
+    assert not np.array_equal(np.asarray(part["input_ids"]), np.asarray(load_blocks(prepared.train_blocks, 0.2, seed=2)["input_ids"]))
+
+
+@pytest.mark.parametrize("kind", ["pretrained", "pretrained_hf"])
+def test_pretrained_tokenizer_from_local_folder(kind, tmp_path):
+    sw = shared("babylm_2024_switchboard", "train_10M")
+    data = DataConfig(train_dir=str(sw), cache_dir=str(tmp_path), block_size=64)
+    prepared = prepare(data, TokenizerConfig(type=kind, name_or_path=str(shared("hf_tiny_gpt2"))))
+    blocks = load_blocks(prepared.train_blocks)
+    assert int(blocks[:]["input_ids"].max()) < 50257
+    assert int(blocks[0]["input_ids"][0]) == 50256  # GPT-2 has no BOS of its own: <|endoftext|> prefixes each line
+
+
+def test_bad_pretrained_tokenizer(tmp_path):
+    data = DataConfig(train_dir=str(shared("babylm_2024_switchboard", "train_10M")), cache_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"tokenizer.name_or_path=.*nothing-here: cannot load a tokenizer"):
+        prepare(data, TokenizerConfig(type="pretrained", name_or_path=str(tmp_path / "nothing-here")))
+
+
+def test_corpus_too_small_for_vocab(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "cbt.train").write_text("a tiny corpus .\n" * 50)
+    data = DataConfig(train_dir=str(tmp_path / "train"), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match=r"tokenizer.vocab_size: the corpus in data.train_dir supports only \d+ BPE tokens"):
+        prepare(data, TokenizerConfig(vocab_size=16000))
