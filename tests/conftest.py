@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.Comp
 
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     """Exit 2 and a single `error:` line on stderr that contains every needle."""
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in re.split(r"[\r\n]", proc.stderr) if line.startswith("error:")]
     assert proc.returncode == 2, f"rc={proc.returncode}\nstdout:{proc.stdout[-2000:]}\nstderr:{proc.stderr[-3000:]}"
     assert len(errors) == 1, proc.stderr[-3000:]
     for needle in needles:

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as exc:
         good = run.newest_finite_checkpoint()
         run.end("failed", error=str(exc))
+        print(file=sys.stderr)  # end the progress bar's line before the error
         raise UserError(f"{run.path}: {exc}; training stopped, last good checkpoint: {good or 'none'}; "
                         f"lower optim.lr or set optim.max_grad_norm, then rerun with --resume") from None
 

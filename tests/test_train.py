@@ -1,0 +1,216 @@
+"""End to end: `python -m train` on tiny models, the run directory, refusals, resume after SIGKILL, NaN."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import ROOT, assert_user_error, run_cli, shared
+from train.rundir import checkpoint_problem
+
+pytestmark = pytest.mark.slow
+
+
+def run_dir(tmp_path, experiment="demo", name="teacher"):
+    return tmp_path / "runs" / experiment / name
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def test_demo_teacher_writes_the_run_directory(demo_args, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ok(run_cli("train", *demo_args))
+    run = run_dir(tmp_path)
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"] == 30
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "done" and info["versions"]["torch"].startswith("2.13") and "git_commit" in info
+    assert info["attempts"][0]["argv"][0] == "config/runs/demo-teacher.yaml"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert len(train_rows) == 6 and all(r["tokens_per_s"] > 0 for r in train_rows)
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+    assert len([r for r in rows if "eval_loss" in r]) >= 3
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
+    assert all(checkpoint_problem(p) is None for p in (run / "checkpoints").iterdir())
+    done = json.loads((run / "DONE").read_text())
+    assert done["step"] == 30 and done["dev_loss"] > 0
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    ids = tok("The dogs run.", return_tensors="pt").input_ids
+    assert ids[0, 0] == tok.bos_token_id and model(ids).logits.shape[-1] == len(tok) == 512
+    # The same command again: a finished run is left alone.
+    before = (run / "DONE").read_bytes()
+    assert_user_error(run_cli("train", *demo_args), "holds a finished run", "--overwrite")
+    assert "already finished" in ok(run_cli("train", *demo_args, "--resume")).stdout
+    assert (run / "DONE").read_bytes() == before
+
+
+def test_masked_lm(demo_args, tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    ok(run_cli("train", *demo_args, "model.arch=roberta-tiny", "train.max_steps=10"))
+    model = AutoModelForMaskedLM.from_pretrained(run_dir(tmp_path) / "model")
+    assert type(model).__name__ == "RobertaForMaskedLM"
+    assert (run_dir(tmp_path) / "DONE").exists()
+
+
+def slice_files(src, dst, lines):
+    dst.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        with open(f, encoding="utf-8") as handle:
+            (dst / f.name).write_text("".join(next(handle) for _ in range(lines)), encoding="utf-8")
+    return dst
+
+
+def test_real_babylm_2023_llama(tmp_path, cache_dir):
+    train = slice_files(shared("babylm_2023_partial", "train_10M"), tmp_path / "train", 2000)
+    dev = slice_files(shared("babylm_2023_partial", "dev"), tmp_path / "dev", 300)
+    ok(run_cli("train", "config/runs/demo-teacher.yaml", "data.demo=false", f"data.train_dir={train}", f"data.dev_dir={dev}",
+               f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}", "model.arch=llama-tiny",
+               "tokenizer.vocab_size=2000", "model.vocab_size=2000", "train.max_steps=20", "train.save_steps=10",
+               "train.eval_steps=10"))
+    assert json.loads((run_dir(tmp_path) / "DONE").read_text())["dev_loss"] < 7.6  # below uniform over 2000 tokens
+
+
+def test_real_babylm_2024_switchboard_with_pretrained_tokenizer(tmp_path, cache_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ok(run_cli("train", "config/runs/demo-teacher.yaml", "data.demo=false",
+               f"data.train_dir={shared('babylm_2024_switchboard', 'train_10M')}", f"data.dev_dir={shared('babylm_2024_switchboard', 'dev')}",
+               f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}", "tokenizer.type=pretrained_hf",
+               f"tokenizer.name_or_path={shared('hf_tiny_gpt2')}", "model.vocab_size=50257", "train.max_steps=10",
+               "train.save_steps=10", "train.eval_steps=10"))
+    model_dir = run_dir(tmp_path) / "model"
+    assert len(AutoTokenizer.from_pretrained(model_dir)) == 50257
+    assert AutoModelForCausalLM.from_pretrained(model_dir).config.vocab_size == 50257
+
+
+def test_refuses_a_different_run_and_overwrites_on_request(demo_args, tmp_path):
+    ok(run_cli("train", *demo_args, "train.max_steps=10"))
+    run = run_dir(tmp_path)
+    snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert_user_error(run_cli("train", *demo_args, "train.max_steps=10", "optim.lr=0.001"),
+                      str(run), "holds a finished run with a different config (optim.lr: 0.003 -> 0.001)")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot  # nothing touched
+    ok(run_cli("train", *demo_args, "train.max_steps=10", "optim.lr=0.001", "--overwrite"))
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 0.001
+
+
+def test_not_a_run_folder_is_refused(demo_args, tmp_path):
+    run = run_dir(tmp_path)
+    run.mkdir(parents=True)
+    (run / "notes.txt").write_text("mine")
+    assert_user_error(run_cli("train", *demo_args), "not a babydistill run")
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_vocab_mismatch_with_pretrained_tokenizer(demo_args, tmp_path):
+    proc = run_cli("train", *demo_args, "tokenizer.type=pretrained", f"tokenizer.name_or_path={shared('hf_tiny_gpt2')}")
+    assert_user_error(proc, "model.vocab_size: is 512", "has 50257 tokens", "model.vocab_size=50257")
+    assert not run_dir(tmp_path).exists()
+
+
+def test_missing_corpus_folder(demo_args, tmp_path):
+    proc = run_cli("train", *demo_args, "data.demo=false", f"data.train_dir={tmp_path / 'nowhere'}")
+    assert_user_error(proc, "nowhere: corpus folder not found (data.train_dir)")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_args, tmp_path):
+    # A learning rate that grows by 10 per step without clipping overflows float32 after a few steps.
+    proc = run_cli("train", *demo_args, "train.max_steps=60", "train.save_steps=5", "train.eval_steps=5",
+                   "optim.lr=1e7", "optim.warmup_steps=1000000", "optim.max_grad_norm=0", "optim.min_lr=0")
+    line = assert_user_error(proc, "loss became nan at step", "last good checkpoint:", "--resume")
+    step = int(line.split("at step ")[1].split(";")[0])
+    good = line.split("last good checkpoint: ")[1].split(";")[0]
+    run = run_dir(tmp_path)
+    assert good.startswith(str(run / "checkpoints" / "checkpoint-"))
+    assert int(good.rsplit("-", 1)[1]) < step and checkpoint_problem(__import__("pathlib").Path(good)) is None
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    assert not (run / "DONE").exists() and not (run / "model").exists()
+
+
+# --------------------------------------------------------------------------- resume
+
+
+RESUME_ARGS = ["train.max_steps=40", "train.save_steps=10", "train.eval_steps=10", "train.logging_steps=1",
+               "data.train_fraction=0.05"]  # ~2 steps per epoch: the kill and the resume cross epochs
+
+
+@pytest.fixture
+def reference(demo_args, tmp_path):
+    """An uninterrupted run's final weights."""
+    ok(run_cli("train", *demo_args, *RESUME_ARGS, "output.name=reference"))
+    return weights(run_dir(tmp_path, name="reference") / "model")
+
+
+def start_and_kill(args, run, after_step: int):
+    """Start `python -m train`, SIGKILL it once metrics.jsonl shows `after_step`."""
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    metrics = run / "metrics.jsonl"
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.exists() and any(json.loads(line).get("step", 0) >= after_step
+                                        for line in metrics.read_text().splitlines() if line.endswith("}")):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended before step {after_step}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_resume_after_sigkill_is_bitwise_identical(demo_args, tmp_path, reference):
+    step = random.Random().randint(11, 36)
+    run = run_dir(tmp_path)
+    start_and_kill([*demo_args, *RESUME_ARGS], run, step)
+    assert not (run / "DONE").exists()
+    assert_user_error(run_cli("train", *demo_args, *RESUME_ARGS), "holds an unfinished run", "--resume")
+    proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
+    assert "resuming from" in proc.stdout
+    assert_bitwise_equal(weights(run / "model"), reference), f"killed at step {step}"
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["attempts"]) == 2 and info["attempts"][1]["resumed_from"] and info["status"] == "done"
+
+
+def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, reference):
+    run = run_dir(tmp_path)
+    start_and_kill([*demo_args, *RESUME_ARGS], run, 31)
+    checkpoints = run / "checkpoints"
+    assert (checkpoints / "checkpoint-30" / "COMPLETE").exists()
+    # checkpoint-30: complete but its optimizer state is cut short; checkpoint-35: never finished writing
+    optimizer = checkpoints / "checkpoint-30" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
+    half = checkpoints / "checkpoint-35"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\0" * 100)
+    proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
+    assert "checkpoint-35 is unusable (no COMPLETE marker" in proc.stderr
+    assert "checkpoint-30 is unusable (unreadable" in proc.stderr and "falling back" in proc.stderr
+    assert "resuming from" in proc.stdout and "checkpoint-20" in proc.stdout
+    assert (checkpoints / "corrupt-checkpoint-30").is_dir() and (checkpoints / "corrupt-checkpoint-35").is_dir()  # kept, not deleted
+    assert_bitwise_equal(weights(run / "model"), reference)
