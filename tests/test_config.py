@@ -118,3 +118,13 @@ def test_help_lists_every_field_with_its_doc():
 def test_cli_config_error_exits_2_with_one_line(tmp_path):
     path = write(tmp_path, "data: {train_dir: x}\nmodle: {arch: gpt2-tiny}\n")
     assert_user_error(run_cli("train", str(path)), f"{path}:2", "did you mean 'model'")
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "config" / "runs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_loads(recipe):
+    cfg = cfglib.load(RunConfig, recipe, ["data.train_dir=/data/babylm/train_10M"])
+    assert cfg.output.name and cfg.model.vocab_size == cfg.tokenizer.vocab_size
+    if cfg.train.deepspeed:
+        import json
+
+        json.loads((ROOT / cfg.train.deepspeed).read_text())
