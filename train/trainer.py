@@ -18,6 +18,8 @@ from transformers import (DataCollatorForLanguageModeling, EarlyStoppingCallback
 from common.errors import UserError
 from train.rundir import COMPLETE, RunDir, now
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 class NonFiniteLoss(Exception):
     def __init__(self, step: int, value: float):
@@ -110,10 +112,13 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
     has_dev = bool(cfg.data.dev_dir)
     deepspeed = None
     if t.deepspeed:
-        if not Path(t.deepspeed).is_file():
+        path = Path(t.deepspeed)
+        if not path.is_file() and (REPO / path).is_file():  # config/deepspeed/... from any working folder
+            path = REPO / path
+        if not path.is_file():
             raise UserError(f"train.deepspeed={t.deepspeed}: file not found; use one of config/deepspeed/*.json")
         if launched_distributed():
-            deepspeed = t.deepspeed
+            deepspeed = str(path)
         else:
             print(f"note: train.deepspeed={t.deepspeed} is used only under torchrun or the deepspeed launcher; training without it")
     try:
