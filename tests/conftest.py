@@ -21,6 +21,15 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def slice_corpus(src: Path, dst: Path, lines: int) -> Path:
+    """Copy the first `lines` lines of every file in `src` (real BabyLM data) into `dst`."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        with open(f, encoding="utf-8") as handle:
+            (dst / f.name).write_text("".join(next(handle) for _ in range(lines)), encoding="utf-8")
+    return dst
+
+
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m <args>` in a subprocess, as a user would type it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}

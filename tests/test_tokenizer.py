@@ -8,23 +8,15 @@ import numpy as np
 import pytest
 
 from common.errors import UserError
-from conftest import shared
+from conftest import shared, slice_corpus
 from tokenizer.config import DataConfig, TokenizerConfig
 from tokenizer.prepare import load_blocks, prepare
-
-
-def slice_corpus(src, dst, lines=3000):
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in sorted(src.iterdir()):
-        with open(f, encoding="utf-8") as handle:
-            (dst / f.name).write_text("".join(next(handle) for _ in range(lines)), encoding="utf-8")
-    return dst
 
 
 @pytest.fixture(scope="module")
 def babylm_slice(tmp_path_factory):
     root = tmp_path_factory.mktemp("babylm")
-    slice_corpus(shared("babylm_2023_partial", "train_10M"), root / "train")
+    slice_corpus(shared("babylm_2023_partial", "train_10M"), root / "train", 3000)
     slice_corpus(shared("babylm_2023_partial", "dev"), root / "dev", lines=500)
     return root
 

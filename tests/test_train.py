@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import ROOT, assert_user_error, run_cli, shared
+from conftest import ROOT, assert_user_error, run_cli, shared, slice_corpus
 from train.rundir import checkpoint_problem
 
 pytestmark = pytest.mark.slow
@@ -76,17 +76,9 @@ def test_masked_lm(demo_args, tmp_path):
     assert (run_dir(tmp_path) / "DONE").exists()
 
 
-def slice_files(src, dst, lines):
-    dst.mkdir(parents=True)
-    for f in sorted(src.iterdir()):
-        with open(f, encoding="utf-8") as handle:
-            (dst / f.name).write_text("".join(next(handle) for _ in range(lines)), encoding="utf-8")
-    return dst
-
-
 def test_real_babylm_2023_llama(tmp_path, cache_dir):
-    train = slice_files(shared("babylm_2023_partial", "train_10M"), tmp_path / "train", 2000)
-    dev = slice_files(shared("babylm_2023_partial", "dev"), tmp_path / "dev", 300)
+    train = slice_corpus(shared("babylm_2023_partial", "train_10M"), tmp_path / "train", 2000)
+    dev = slice_corpus(shared("babylm_2023_partial", "dev"), tmp_path / "dev", 300)
     ok(run_cli("train", "config/runs/demo-teacher.yaml", "data.demo=false", f"data.train_dir={train}", f"data.dev_dir={dev}",
                f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}", "model.arch=llama-tiny",
                "tokenizer.vocab_size=2000", "model.vocab_size=2000", "train.max_steps=20", "train.save_steps=10",

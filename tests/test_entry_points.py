@@ -1,0 +1,28 @@
+"""Every package has a `python -m <package>` entry with --help; unbuilt ones say so and exit 2."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import assert_user_error, run_cli
+
+
+@pytest.mark.parametrize("package", ["tokenizer", "train", "distill", "eval", "results"])
+def test_help(package):
+    proc = run_cli(package, "--help")
+    assert proc.returncode == 0 and f"python -m {package}" in proc.stdout
+
+
+@pytest.mark.parametrize("package", ["distill", "eval", "results"])
+def test_unbuilt_commands_refuse(package):
+    assert_user_error(run_cli(package, "anything"), "has no commands yet")
+
+
+def test_tokenizer_demo_command(tmp_path):
+    proc = run_cli("tokenizer", "demo", str(tmp_path / "d"), "--sentences", "200")
+    assert proc.returncode == 0 and (tmp_path / "d" / "pairs" / "demo_reflexive_agreement.jsonl").exists()
+
+
+def test_tokenizer_prepare_reports_missing_folder(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data:\n  train_dir: {tmp_path / 'none'}\nmodel: {{arch: ignored-by-prepare}}\n")
+    assert_user_error(run_cli("tokenizer", "prepare", str(config)), "corpus folder not found (data.train_dir)")
