@@ -90,6 +90,10 @@ def test_tokenizer_vocab_differs_from_model():
     assert "model.vocab_size" in msg and "tokenizer.vocab_size is 512" in msg
 
 
+def test_learning_rate_must_be_positive():
+    assert "optim.lr: must be above 0" in load_error(DEMO, ["optim.lr=0", "optim.min_lr=0"])
+
+
 def test_unknown_architecture_suggests():
     msg = load_error(DEMO, ["model.arch=lama-58m"])
     assert "model.arch" in msg and "did you mean 'llama-58m'" in msg

@@ -206,3 +206,23 @@ def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, r
     assert "resuming from" in proc.stdout and "checkpoint-20" in proc.stdout
     assert (checkpoints / "corrupt-checkpoint-30").is_dir() and (checkpoints / "corrupt-checkpoint-35").is_dir()  # kept, not deleted
     assert_bitwise_equal(weights(run / "model"), reference)
+
+
+def test_early_stopping_on_a_flat_dev_loss(demo_args, tmp_path):
+    # A learning rate below float32 resolution leaves the weights, hence the dev loss, unchanged:
+    # patience 1 stops at the second evaluation and keeps the first.
+    ok(run_cli("train", *demo_args, "optim.lr=1e-30", "optim.min_lr=0", "train.early_stopping_patience=1",
+               "train.eval_steps=5", "train.save_steps=5"))
+    done = json.loads((run_dir(tmp_path) / "DONE").read_text())
+    assert done["step"] == 10 and done["best_checkpoint"].endswith("checkpoint-5")
+
+
+def test_torchrun_two_processes(demo_args, tmp_path):
+    # Two CPU processes in one gloo group: rank 0 alone writes the run directory, each rank saves its RNG.
+    ok(run_cli("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *demo_args, "train.max_steps=10"))
+    run = run_dir(tmp_path)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [5, 10]  # written once, not once per rank
+    assert train_rows[-1]["tokens_seen"] == 10 * 16 * 64 * 2  # steps x batch x block x world size
+    assert (run / "checkpoints" / "checkpoint-10" / "rng_state_1.pth").exists() and (run / "DONE").exists()

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"step": trainer.state.global_step, "dev_loss": dev_loss, "best_checkpoint": trainer.state.best_model_checkpoint}
     run.end("done", **summary)
     run.mark_done(summary)
-    print(f"{run.path}: done at step {trainer.state.global_step}" + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else ""))
+    if trainer.is_world_process_zero():
+        print(f"{run.path}: done at step {trainer.state.global_step}" + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else ""))
     return 0
 
 

@@ -82,6 +82,8 @@ class RunConfig:
             raise ConfigError("train.early_stopping_patience", "needs a dev set; set data.dev_dir or train.early_stopping_patience=0")
         if t.early_stopping_patience and not t.keep_best:
             raise ConfigError("train.early_stopping_patience", "needs train.keep_best=true (it stops at, and exports, the best checkpoint)")
+        if self.optim.lr <= 0:
+            raise ConfigError("optim.lr", f"must be above 0, got {self.optim.lr}")
         if self.optim.min_lr > self.optim.lr:
             raise ConfigError("optim.min_lr", f"is {self.optim.min_lr}, above optim.lr={self.optim.lr}")
         if self.tokenizer.type == "from_scratch" and self.tokenizer.vocab_size != self.model.vocab_size:

@@ -134,7 +134,8 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
             save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
             load_best_model_at_end=has_dev and t.keep_best, metric_for_best_model="eval_loss", greater_is_better=False,
             seed=t.seed, dataloader_num_workers=t.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
-            report_to="none", disable_tqdm=False, deepspeed=deepspeed, **precision_flags(t.precision))
+            report_to="none", disable_tqdm=False, deepspeed=deepspeed, **precision_flags(t.precision),
+            use_cpu=not torch.cuda.is_available())  # on CPU, accelerate forms a gloo group under torchrun only with this
     except ImportError as exc:
         raise UserError(f"train.deepspeed={t.deepspeed}: {str(exc).splitlines()[0]}; pip install deepspeed on this node") from None
     except ValueError as exc:
