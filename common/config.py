@@ -121,6 +121,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     wrong = ConfigError(key, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp):  # a list item that is itself a section (a task's `sources`)
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"'{key}' is a section; expected a mapping of its keys, got {value!r}")
+        return _build(tp, value, key + ".", _field_names(tp, key + "."))
     if origin in (typing.Union, types.UnionType):
         for option in get_args(tp):
             try:

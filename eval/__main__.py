@@ -1,7 +1,77 @@
-"""python -m eval: not built yet (issue "Zero-shot evaluation"); `--help` says so and any command exits 2."""
+"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered [--backend mlm] ...   |   python -m eval download
+
+Zero-shot minimal-pair evaluation of a Hugging Face model folder, scored as the BabyLM
+pipeline scores it. Results go to the run directory's eval/ (or <model>/eval, or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import os
 import sys
 
-from common.placeholder import main
+from common.errors import exit_on_user_error
+from eval import report
+from eval.encode import CONVENTIONS
+from eval.model import BACKENDS
+from eval.tasks import available
+
+
+def parse_eval(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[1],
+                                epilog="Also: python -m eval download [--dest DIR] [--from FILE_OR_URL ...]",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a Hugging Face model folder (model + tokenizer), e.g. runs/demo/teacher/model")
+    p.add_argument("--tasks", default="blimp_filtered",
+                   help=f"comma-separated task families ({', '.join(available())}) or task YAML paths")
+    p.add_argument("--backend", choices=BACKENDS, default="causal", help="causal: log-likelihood; mlm: pseudo-log-likelihood")
+    p.add_argument("--convention", choices=CONVENTIONS, default="babylm2024",
+                   help="causal scoring convention: 2024 (' ' + sentence after BOS/EOS) or 2025 (tokenizer's own BOS, no space)")
+    p.add_argument("--data-dir", help="BabyLM's evaluation_data folder (default: ./evaluation_data; demo_pairs: cache/demo)")
+    p.add_argument("--ewok-zip", help="EWoK's password-protected zip, read without extracting it into the repository")
+    p.add_argument("--ewok-password", default=os.environ.get("EWOK_PASSWORD"), help="its password (default $EWOK_PASSWORD)")
+    p.add_argument("--batch-size", default="64", help="sequences per forward pass, or 'auto' (largest that fits on the GPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 is for GPUs")
+    p.add_argument("--max-length", type=int, help="positions the model can attend to (default: from its config)")
+    p.add_argument("--too-long", choices=("truncate", "error"), default="truncate",
+                   help="a causal input longer than the model's positions: left-truncate it (as the harness does) or stop")
+    p.add_argument("--out", help="where eval/ results go (default: <run>/eval for <run>/model, else <model>/eval)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def parse_download(argv: list[str]) -> argparse.Namespace:
+    from eval.download import BABYLM_PAGE, BLIMP_URL
+    p = argparse.ArgumentParser(prog="python -m eval download",
+                                description=f"Fetch and unpack evaluation data. Default: the full BLiMP ({BLIMP_URL}). "
+                                            f"BabyLM's evaluation_data: download its zip from {BABYLM_PAGE} and pass it with --from.")
+    p.add_argument("--dest", default="evaluation_data", help="folder to unpack into (give it to --data-dir)")
+    p.add_argument("--from", dest="sources", action="append", default=[], help="a local archive or a URL (repeatable)")
+    return p.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["download"]:
+        from eval.download import download
+
+        args = parse_download(argv[1:])
+        counts = download(args.dest, args.sources)
+        for key, n in sorted(counts.items()):
+            print(f"{args.dest}/{key}: {n} file(s)")
+        return 0
+    args = parse_eval(argv)
+    from eval.evaluate import Options, evaluate
+
+    opts = Options(backend=args.backend, convention=args.convention, batch_size=args.batch_size, device=args.device,
+                   dtype=args.dtype, max_length=args.max_length, too_long=args.too_long, data_dir=args.data_dir,
+                   ewok_zip=args.ewok_zip, ewok_password=args.ewok_password, out=args.out, progress=not args.no_progress)
+    results = evaluate(args.model, [t.strip() for t in args.tasks.split(",") if t.strip()], opts)
+    print()
+    print(report.table([(name, summary) for name, summary, _ in results]))
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit(main("eval", "Zero-shot minimal-pair evaluation (BLiMP, BLiMP supplement, EWoK) of causal and masked LMs.", "Zero-shot evaluation"))
+    sys.exit(main())

@@ -13,8 +13,9 @@ import yaml
 
 from common.config import ConfigError, suggest
 from common.errors import UserError
+from common.paths import REPO
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "config" / "models"
+MODELS_DIR = REPO / "config" / "models"
 NO_SPECIAL_IDS = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}  # until a tokenizer is known
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}  # RoBERTa reserves padding_idx + 1 positions
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from common.errors import UserError
+from common.paths import REPO, write_atomic
 
 COMPLETE = "COMPLETE"  # written into a checkpoint folder after everything in it is saved
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -32,12 +33,6 @@ SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLUR
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def is_main_process() -> bool:
@@ -206,11 +201,9 @@ def provenance() -> dict:
     """Git commit, package versions, host: what run.json records to reproduce a run."""
     import importlib.metadata as md
 
-    root = Path(__file__).resolve().parent.parent
-
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
             return done.stdout.strip() or None if done.returncode == 0 else None
         except (OSError, subprocess.SubprocessError):
             return None

@@ -16,10 +16,8 @@ from transformers import (DataCollatorForLanguageModeling, EarlyStoppingCallback
                           TrainingArguments)
 
 from common.errors import UserError
+from common.paths import REPO
 from train.rundir import COMPLETE, RunDir, now
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 class NonFiniteLoss(Exception):
     def __init__(self, step: int, value: float):

@@ -1,0 +1,103 @@
+"""`python -m eval download`: put the evaluation data where `--data-dir` expects it.
+
+Two sources, both unpacked into one folder (default `evaluation_data/`):
+- BabyLM's evaluation data (blimp_filtered/, supplement_filtered/, EWoK), published on OSF
+  (https://osf.io/ad7qg/). OSF gives no stable direct link to the folder, so download its zip
+  in a browser and pass it (or any URL to it) with `--from`.
+- The full BLiMP, from its GitHub archive (fetched by default when there is a network).
+
+EWoK stays in its password-protected zip: plain EWoK files found in an archive are not
+written out (its terms allow sharing only inside such zips); point `--ewok-zip` at the zip.
+"""
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from common.errors import UserError
+
+BLIMP_URL = "https://github.com/alexwarstadt/blimp/archive/refs/heads/master.tar.gz"
+BABYLM_PAGE = "https://osf.io/ad7qg/"
+KEEP = {  # folder in the archive -> folder under the destination
+    "blimp_filtered": "blimp_filtered",
+    "supplement_filtered": "supplement_filtered",
+    "blimp_supplement": "blimp_supplement",
+    "data": "blimp",  # BLiMP's own archive: <repo>/data/<paradigm>.jsonl
+}
+
+
+def fetch(source: str, work: Path) -> Path:
+    """A local path as is; a URL (http, https, file) downloaded into `work`."""
+    if "://" not in source:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"--from {source}: no such file")
+        return path
+    target = work / (PurePosixPath(source.split("?")[0]).name or "download")
+    try:
+        with urllib.request.urlopen(source, timeout=60) as resp, open(target, "wb") as out:  # noqa: S310 - user-given URL
+            shutil.copyfileobj(resp, out)
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(f"{source}: download failed ({getattr(exc, 'reason', exc)}); check the network or pass a local file with --from") from None
+    return target
+
+
+def _members(archive: Path) -> list[tuple[str, callable]]:
+    """(name, read) for every file in a zip or tar archive."""
+    if zipfile.is_zipfile(archive):
+        zf = zipfile.ZipFile(archive)
+        return [(i.filename, (lambda i=i: zf.read(i))) for i in zf.infolist() if not i.is_dir()]
+    try:
+        tf = tarfile.open(archive)
+    except tarfile.TarError:
+        raise UserError(f"{archive}: neither a zip nor a tar archive; download it again") from None
+    return [(m.name, (lambda m=m: tf.extractfile(m).read())) for m in tf.getmembers() if m.isfile()]
+
+
+def unpack(archive: Path, dest: Path) -> dict[str, int]:
+    """Copy the task folders' JSONL files and any EWoK zip from `archive` into `dest`; returns files per folder."""
+    counts: dict[str, int] = {}
+    for name, read in _members(archive):
+        parts = PurePosixPath(name).parts
+        if any(p in ("..", "") for p in parts) or name.startswith("/"):
+            continue  # never write outside dest
+        if parts[-1].startswith("ewok") and parts[-1].endswith(".zip"):
+            target = dest / parts[-1]
+        elif "ewok_filtered" in parts or "ewok" in parts[:-1]:
+            counts["ewok (plain, not written)"] = counts.get("ewok (plain, not written)", 0) + 1
+            continue
+        else:
+            folders = [p for p in parts[:-1] if p in KEEP]
+            if not folders or not fnmatch.fnmatch(parts[-1], "*.jsonl"):
+                continue
+            target = dest / KEEP[folders[-1]] / parts[-1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.part")
+        tmp.write_bytes(read())
+        tmp.replace(target)
+        key = target.parent.name if target.parent != dest else target.name
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def download(dest: str, sources: list[str]) -> dict[str, int]:
+    out = Path(dest)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--dest {dest}: exists and is not a folder")
+    sources = sources or [BLIMP_URL]
+    out.mkdir(parents=True, exist_ok=True)
+    total: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in sources:
+            counts = unpack(fetch(source, Path(tmp)), out)
+            if not counts:
+                raise UserError(f"{source}: holds none of {', '.join(sorted(KEEP))} (JSONL) nor an EWoK zip; is it BabyLM's evaluation data?")
+            for key, n in counts.items():
+                total[key] = total.get(key, 0) + n
+    return total

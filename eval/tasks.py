@@ -1,0 +1,219 @@
+"""Task families as data: one YAML per family in `eval/tasks/`, read into items to score.
+
+A family names where its JSONL files are (a glob under the data folder, optionally inside
+a .tar.gz or a password-protected .zip), which fields hold the choices, and whether the
+choices are whole sentences (no context) or continuations of a context field. Each file is
+one subtask (a BLiMP paradigm, an EWoK domain); the first choice is the correct one.
+A user adds a minimal-pair task by adding a YAML file here, or by passing its path.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import ConfigError, field, load, suggest
+from common.errors import UserError
+from common.paths import REPO
+
+TASKS_DIR = REPO / "eval" / "tasks"
+
+
+@dataclass
+class Source:
+    """One place a family's files may be; the first source that exists is used."""
+
+    files: str = field("", "glob of JSONL files, relative to the data folder (or inside `archive`)")
+    archive: str | None = field(None, "a .tar.gz or .zip in the data folder that holds `files`")
+    password: bool = field(False, "the zip is password-protected (EWoK): --ewok-password or $EWOK_PASSWORD")
+
+
+@dataclass
+class TaskSpec:
+    """A task family: where its items are and how each item becomes choices."""
+
+    description: str = field("", "one line shown in the summary")
+    data_dir: str | None = field(None, "default data folder when --data-dir is not given (relative to the working folder or the repository)")
+    sources: list[Source] = field([], "where the files are, tried in order")
+    choices: list[str] = field([], "fields that hold the choices, the correct one first")
+    correct: int = field(0, "index in `choices` of the correct choice")
+    context: str | None = field(None, "field holding a context the choices continue; null scores whole sentences")
+    share_text: bool = field(True, "write item text into pairs/<task>.jsonl (false for data under a sharing rule, as EWoK)")
+
+    def check(self) -> None:
+        if not self.sources:
+            raise ConfigError("sources", "missing: list where the files are, e.g. [{files: blimp_filtered/*.jsonl}]")
+        for i, src in enumerate(self.sources):
+            if not src.files:
+                raise ConfigError(f"sources[{i}].files", "missing: a glob of JSONL files, e.g. blimp_filtered/*.jsonl")
+        if len(self.choices) < 2:
+            raise ConfigError("choices", "missing: list at least two fields that hold the choices, e.g. [sentence_good, sentence_bad]")
+        if not 0 <= self.correct < len(self.choices):
+            raise ConfigError("correct", f"must index `choices` (0..{len(self.choices) - 1}), got {self.correct}")
+
+
+@dataclass
+class Item:
+    """One minimal pair (or n-tuple): the choices to compare and where the item came from."""
+
+    subtask: str
+    index: int  # 0-based position within its subtask file (blank lines skipped)
+    where: str  # file:line, for messages
+    context: str  # "" for whole-sentence tasks
+    choices: list[str]
+    correct: int
+
+
+@dataclass
+class Task:
+    name: str
+    spec: TaskSpec
+    spec_file: Path
+    items: list[Item]
+    origin: str  # the files the items came from, for the result file
+
+    @property
+    def subtasks(self) -> list[str]:
+        return sorted({item.subtask for item in self.items})
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def resolve_spec(name: str) -> tuple[str, Path]:
+    """A family name from eval/tasks/, or the path of a task YAML; unknown names suggest the closest."""
+    path = Path(name)
+    if name.endswith((".yaml", ".yml")):
+        if not path.is_file():
+            raise UserError(f"--tasks: task file {name} does not exist")
+        return path.stem, path
+    if (TASKS_DIR / f"{name}.yaml").is_file():
+        return name, TASKS_DIR / f"{name}.yaml"
+    raise UserError(f"--tasks: unknown task '{name}'{suggest(name, available())}; known: {', '.join(available())} "
+                    f"(or give the path of a task YAML)")
+
+
+def data_dir_for(spec: TaskSpec, given: str | None, name: str) -> Path:
+    if given is None and spec.data_dir is None:
+        given = os.environ.get("BABYDISTILL_EVAL_DATA")
+    if given is not None:
+        if not Path(given).is_dir():
+            raise UserError(f"--data-dir {given}: no such folder; give BabyLM's evaluation_data folder")
+        return Path(given)
+    if spec.data_dir is not None:
+        for base in (Path.cwd(), REPO):
+            if (base / spec.data_dir).is_dir():
+                return base / spec.data_dir
+        hint = "run `python -m train config/runs/demo-teacher.yaml` (or `python -m tokenizer demo cache/demo`) first" \
+            if name == "demo_pairs" else "or pass --data-dir"
+        raise UserError(f"task {name}: its data folder {spec.data_dir} does not exist; {hint}")
+    for base in (Path.cwd(), REPO):
+        if (base / "evaluation_data").is_dir():
+            return base / "evaluation_data"
+    raise UserError(f"task {name}: no data folder; pass --data-dir /path/to/evaluation_data (BabyLM's evaluation data; "
+                    f"`python -m eval download` fetches it)")
+
+
+def _read_jsonl(text: str, where: str, subtask: str, spec: TaskSpec, name: str) -> list[Item]:
+    items = []
+    needed = ([spec.context] if spec.context else []) + spec.choices
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno}); fix or delete the line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}:{lineno}: expected a JSON object with fields {needed}, got {type(row).__name__}")
+        for key in needed:
+            if key not in row:
+                raise UserError(f"{where}:{lineno}: no field '{key}' (task {name} reads {needed}){suggest(key, list(row))}")
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise UserError(f"{where}:{lineno}: field '{key}' must be a non-empty string, got {row[key]!r}")
+        items.append(Item(subtask=subtask, index=len(items), where=f"{where}:{lineno}",
+                          context=row[spec.context] if spec.context else "",
+                          choices=[row[c] for c in spec.choices], correct=spec.correct))
+    return items
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"{where}:{line}: not UTF-8 text (byte {data[exc.start]:#x}); re-save the file as UTF-8") from None
+
+
+def _from_archive(archive: Path, pattern: str, password: str | None, needs_password: bool) -> list[tuple[str, str]]:
+    """(member name, text) for archive members matching `pattern`, read in memory: nothing is extracted to disk."""
+    out = []
+    if archive.suffix == ".zip":
+        if needs_password and not password:
+            raise UserError(f"{archive}: the zip is password-protected; pass --ewok-password (or set EWOK_PASSWORD)")
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                for member in sorted(zf.namelist()):
+                    if fnmatch.fnmatch(member, pattern):
+                        try:
+                            data = zf.read(member, pwd=password.encode() if password else None)
+                        except RuntimeError as exc:
+                            if "password" in str(exc).lower():
+                                raise UserError(f"{archive}: wrong password for {member}; check --ewok-password") from None
+                            raise
+                        except zipfile.BadZipFile as exc:  # a wrong ZipCrypto password can also fail the CRC
+                            raise UserError(f"{archive}: cannot read {member} ({exc}); wrong --ewok-password or a damaged zip") from None
+                        out.append((member, _decode(data, f"{archive}!{member}")))
+        except zipfile.BadZipFile as exc:
+            raise UserError(f"{archive}: not a readable zip ({exc}); download it again") from None
+    else:
+        try:
+            with tarfile.open(archive) as tf:
+                for member in sorted(tf.getmembers(), key=lambda m: m.name):
+                    if member.isfile() and fnmatch.fnmatch(member.name, pattern):
+                        out.append((member.name, _decode(tf.extractfile(member).read(), f"{archive}!{member.name}")))
+        except tarfile.TarError as exc:
+            raise UserError(f"{archive}: not a readable archive ({exc}); download it again") from None
+    return out
+
+
+def load_task(name: str, data_dir: str | None = None, password: str | None = None,
+              archive_override: Path | None = None) -> Task:
+    """Read a family's spec and all its items. `archive_override` replaces the archive of the first archive source."""
+    name, spec_file = resolve_spec(name)
+    spec = load(TaskSpec, spec_file)
+    root = data_dir_for(spec, data_dir, name) if archive_override is None else None  # --ewok-zip needs no data folder
+    tried = []
+    for src in spec.sources:
+        if archive_override is not None and src.archive is None:
+            continue  # an explicit archive (--ewok-zip) wins over plain files in the data folder
+        if src.archive is not None:
+            archive = archive_override if archive_override is not None else root / src.archive
+            tried.append(f"{archive}!{src.files}")
+            if not archive.is_file():
+                continue
+            files = _from_archive(archive, src.files, password, src.password)
+            origin = f"{archive}!{src.files}"
+            where = lambda member, a=archive: f"{a}!{member}"  # noqa: E731
+        else:
+            tried.append(str(root / src.files))
+            paths = sorted(p for p in root.glob(src.files) if p.is_file())
+            if not paths:
+                continue
+            files = [(str(p), _decode(p.read_bytes(), str(p))) for p in paths]
+            origin = str(root / src.files)
+            where = lambda member: member  # noqa: E731
+        if not files:
+            continue
+        items = []
+        for member, text in files:
+            items.extend(_read_jsonl(text, where(member), Path(member).stem, spec, name))
+        if not items:
+            raise UserError(f"task {name}: the files at {origin} hold no items (every line is empty); check the download")
+        return Task(name=name, spec=spec, spec_file=spec_file, items=items, origin=origin)
+    raise UserError(f"task {name}: no files found (looked for {', '.join(tried)}); pass --data-dir with BabyLM's evaluation_data")

@@ -1,0 +1,340 @@
+"""Zero-shot evaluation: task loading from the real data, scoring against a naive reference, outputs, bad inputs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT, assert_user_error, run_cli, shared
+
+PARADIGMS = ["adjunct_island", "anaphor_gender_agreement", "determiner_noun_agreement_1", "irregular_plural_subject_verb_agreement_1",
+             "principle_A_c_command", "wh_questions_object_gap"]
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"rc={proc.returncode}\nstdout:{proc.stdout[-3000:]}\nstderr:{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_root, cache_dir):
+    """A tiny causal and a tiny masked LM trained on the demo corpus (real runs of `python -m train`)."""
+    out = tmp_path_factory.mktemp("eval-runs")
+    base = ["config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache_dir}", f"output.dir={out}", "train.save_steps=1000", "train.eval_steps=1000",
+            "optim.warmup_steps=5"]
+    ok(run_cli("train", *base, "train.max_steps=40", "output.name=causal"))
+    ok(run_cli("train", *base, "train.max_steps=20", "model.arch=roberta-tiny", "output.name=masked"))
+    return {"causal": out / "demo" / "causal" / "model", "mlm": out / "demo" / "masked" / "model"}
+
+
+@pytest.fixture(scope="module")
+def data_slice(tmp_path_factory) -> Path:
+    """A small evaluation_data folder cut from the real files: 6 BLiMP paradigms x 30 pairs, the supplement x 20."""
+    root = tmp_path_factory.mktemp("evaluation_data")
+    for folder, names, n in (("blimp_filtered", PARADIGMS, 30),
+                             ("blimp_supplement", [p.stem for p in shared("blimp_supplement").glob("*.jsonl")], 20)):
+        (root / folder).mkdir()
+        for name in names:
+            lines = shared(folder, f"{name}.jsonl").read_text(encoding="utf-8").splitlines()[:n]
+            (root / folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+# ---------------------------------------------------------------- a deliberately naive reference scorer
+def ref_causal(model, tok, prefix_id, context, choice, convention="babylm2024"):
+    """One sentence at a time, full softmax over the vocabulary, in float64."""
+    if convention == "babylm2025" and context == "":
+        ids = tok(choice)["input_ids"]
+        plain = tok(choice, add_special_tokens=False)["input_ids"]
+        ctx = ids[:len(ids) - len(plain)] or [prefix_id]
+        cont = plain
+    elif context == "":
+        ctx, cont = [prefix_id], tok(" " + choice, add_special_tokens=False)["input_ids"]
+    else:
+        stripped = context.rstrip()
+        ctx = tok(stripped, add_special_tokens=False)["input_ids"]
+        cont = tok(stripped + context[len(stripped):] + " " + choice, add_special_tokens=False)["input_ids"][len(ctx):]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0].double(), dim=-1)
+    return float(sum(logp[len(ctx) - 1 + k, t] for k, t in enumerate(cont)))
+
+
+def ref_pll(model, tok, context, choice):
+    """minicons' conditional_score with a sum: prefix + ' ' + (' ' + choice), one masked copy per scored token."""
+    prefix = context or tok.eos_token
+    skip = {tok.pad_token_id, tok.cls_token_id, tok.sep_token_id}
+    start = sum(1 for t in tok(prefix)["input_ids"] if t not in (tok.pad_token_id, tok.sep_token_id))
+    ids = tok(prefix + "  " + choice)["input_ids"]
+    total = 0.0
+    for k in range(start, len(ids)):
+        if ids[k] in skip:
+            continue
+        masked = list(ids)
+        masked[k] = tok.mask_token_id
+        with torch.no_grad():
+            total += float(torch.log_softmax(model(torch.tensor([masked])).logits[0, k].double(), dim=-1)[ids[k]])
+    return total
+
+
+def score_with_project(model_dir, backend, task_name, data_dir, batch_size, convention="babylm2024", password=None, every=1):
+    from eval.evaluate import Options, requests_for
+    from eval.model import load
+    from eval.scorer import Scorer
+    from eval.tasks import load_task
+
+    opts = Options(backend=backend, convention=convention, data_dir=str(data_dir), progress=False)
+    m = load(str(model_dir), backend, "cpu")
+    task = load_task(task_name, str(data_dir), password)
+    task.items = task.items[::every]
+    reqs, _ = requests_for(task, m, opts)
+    scorer = Scorer(m, progress=False)
+    flat = scorer.causal(reqs, batch_size) if backend == "causal" else scorer.masked(reqs, batch_size)
+    return m, task, flat.reshape(len(task.items), -1)
+
+
+def compare_to_reference(m, task, scores, ref, every=1):
+    from eval.report import decide
+
+    checked = 0
+    for i in range(0, len(task.items), every):
+        item = task.items[i]
+        expected = [ref(item.context, c) for c in item.choices]
+        assert np.allclose(scores[i], expected, atol=1e-4, rtol=0), (item.where, scores[i], expected)
+        assert int(np.argmax(expected)) == int(decide(scores[i:i + 1], np.array([0]))[0][0]), item.where
+        checked += 1
+    assert checked >= 20
+
+
+# ---------------------------------------------------------------- tasks from the real files
+def test_families_load_from_real_data():
+    from eval.tasks import load_task
+
+    expected = {"blimp_filtered": (67, 59875), "blimp_supplement": (5, 5218), "blimp": (67, 67000), "ewok_filtered": (11, 7618)}
+    for name, (subtasks, items) in expected.items():
+        task = load_task(name, str(shared()), "ewok")
+        assert (len(task.subtasks), len(task.items)) == (subtasks, items), name
+        assert all(it.correct == 0 and len(it.choices) == 2 for it in task.items)
+    ewok = load_task("ewok_filtered", str(shared()), "ewok")
+    assert all(it.context for it in ewok.items) and ewok.spec.share_text is False
+
+
+def test_user_task_yaml_and_suggestions(tmp_path):
+    from common.errors import UserError
+    from eval.tasks import load_task
+
+    data = tmp_path / "mine"
+    data.mkdir()
+    (data / "p.jsonl").write_text(json.dumps({"a": "The cat sleeps.", "b": "The cat sleep."}) + "\n", encoding="utf-8")
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("sources:\n  - files: '*.jsonl'\nchoices: [a, b]\n", encoding="utf-8")
+    task = load_task(str(spec), str(data))
+    assert task.name == "mine" and task.items[0].choices == ["The cat sleeps.", "The cat sleep."]
+    with pytest.raises(UserError, match="did you mean 'blimp_filtered'"):
+        load_task("blimp_filterd", str(data))
+
+
+# ---------------------------------------------------------------- scoring = the naive reference
+def test_causal_blimp_matches_reference(trained, data_slice):
+    m, task, scores = score_with_project(trained["causal"], "causal", "blimp_filtered", data_slice, 64)
+    compare_to_reference(m, task, scores, lambda c, s: ref_causal(m.model, m.tokenizer, m.prefix_id, c, s), every=3)
+
+
+def test_hf_gpt2_blimp_and_ewok_match_reference(data_slice):
+    model = shared("hf_tiny_gpt2")
+    m, task, scores = score_with_project(model, "causal", "blimp_supplement", data_slice, 64)
+    assert m.prefix_id == m.tokenizer.bos_token_id == 50256
+    compare_to_reference(m, task, scores, lambda c, s: ref_causal(m.model, m.tokenizer, m.prefix_id, c, s), every=3)
+    m, task, scores = score_with_project(model, "causal", "ewok_filtered", shared(), 64, password="ewok", every=150)
+    assert len(task.subtasks) == 11
+    compare_to_reference(m, task, scores, lambda c, s: ref_causal(m.model, m.tokenizer, m.prefix_id, c, s))
+
+
+def test_babylm2025_convention_matches_reference(data_slice):
+    m, task, scores = score_with_project(shared("hf_tiny_gpt2"), "causal", "blimp_filtered", data_slice, 64, convention="babylm2025")
+    compare_to_reference(m, task, scores,
+                         lambda c, s: ref_causal(m.model, m.tokenizer, m.prefix_id, c, s, "babylm2025"), every=5)
+    _, _, s2024 = score_with_project(shared("hf_tiny_gpt2"), "causal", "blimp_filtered", data_slice, 64)
+    assert not np.allclose(scores, s2024)  # GPT-2's BPE sees "The" and " The" differently: the option changes something
+
+
+def test_masked_pll_matches_reference(trained, data_slice):
+    m, task, scores = score_with_project(trained["mlm"], "mlm", "blimp_supplement", data_slice, 64)
+    compare_to_reference(m, task, scores, lambda c, s: ref_pll(m.model, m.tokenizer, c, s), every=4)
+
+
+@pytest.mark.parametrize("backend", ["causal", "mlm"])
+def test_batch_size_does_not_change_results(trained, data_slice, backend):
+    every = 1 if backend == "causal" else 6  # masked: one forward per token at batch 1
+    _, _, one = score_with_project(trained[backend], backend, "blimp_filtered", data_slice, 1, every=every)
+    _, _, many = score_with_project(trained[backend], backend, "blimp_filtered", data_slice, 64, every=every)
+    assert np.abs(one - many).max() < 1e-5
+    assert (one.argmax(1) == many.argmax(1)).all()
+
+
+def test_head_split_matches_full_forward(trained):
+    from eval.model import load, split_head
+
+    for backend in ("causal", "mlm"):
+        m = load(str(trained[backend]), backend, "cpu")
+        assert split_head(m.model, backend, torch.tensor([[1, 5, 6, 7]])) is not None, backend
+
+
+def test_ties_go_to_first_choice_and_stderr():
+    from eval.report import decide, mean_stderr
+
+    pred, right, tied = decide(np.array([[-3.0, -3.0], [-5.0, -2.0], [-1.0, -4.0]]), np.array([0, 0, 0]))
+    assert pred.tolist() == [0, 1, 0] and right.tolist() == [True, False, True] and tied.tolist() == [True, False, False]
+    acc, se = mean_stderr(np.array([1, 0, 1, 1]))
+    assert acc == 0.75 and se == pytest.approx(np.sqrt(0.25 / 4))  # sample variance 1/4, over n=4
+
+
+# ---------------------------------------------------------------- the command line and its outputs
+def test_cli_writes_run_eval_folder(trained, demo_root):
+    proc = ok(run_cli("eval", str(trained["causal"]), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress"))
+    run = trained["causal"].parent
+    result = json.loads((run / "eval" / "demo_pairs.json").read_text())
+    assert result["n_subtasks"] == 5 and result["n_items"] == 1000 and 0.0 <= result["accuracy"] <= 1.0
+    accs = [s["accuracy"] for s in result["subtasks"].values()]
+    assert result["accuracy"] == pytest.approx(np.mean(accs))
+    assert result["stderr"] == pytest.approx(np.sqrt(sum(s["stderr"] ** 2 for s in result["subtasks"].values())) / 5)
+    rows = [json.loads(line) for line in (run / "eval" / "pairs" / "demo_pairs.jsonl").read_text().splitlines()]
+    assert len(rows) == 1000 and all(len(r["scores"]) == 2 and "choices" in r for r in rows)
+    assert sum(r["correct"] for r in rows) / 1000 == pytest.approx(np.mean([r["correct"] for r in rows]))
+    preds = json.loads((run / "eval" / "predictions.json").read_text())
+    assert sum(len(v["predictions"]) for v in preds["demo_pairs"].values()) == 1000
+    assert "demo_pairs" in proc.stdout and "accuracy" in proc.stdout  # the summary table
+
+
+def test_cli_ewok_from_zip_writes_no_plain_text(trained, tmp_path):
+    out = tmp_path / "out"
+    proc = ok(run_cli("eval", str(trained["causal"]), "--tasks", "ewok_filtered", "--ewok-zip", str(shared("ewok_filtered.zip")),
+                      "--ewok-password", "ewok", "--data-dir", str(tmp_path), "--out", str(out), "--no-progress"))
+    assert "ewok_filtered" in proc.stdout
+    with zipfile.ZipFile(shared("ewok_filtered.zip")) as zf:
+        first = json.loads(zf.read("ewok_filtered/social-interactions.jsonl", pwd=b"ewok").decode().splitlines()[0])
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert first["Target1"] not in path.read_text(encoding="utf-8"), path
+    assert len(json.loads((out / "ewok_filtered.json").read_text())["subtasks"]) == 11
+
+
+def test_mlm_cli(trained, data_slice, tmp_path):
+    ok(run_cli("eval", str(trained["mlm"]), "--backend", "mlm", "--tasks", "blimp_filtered", "--data-dir", str(data_slice),
+               "--out", str(tmp_path / "o"), "--no-progress"))
+    result = json.loads((tmp_path / "o" / "blimp_filtered.json").read_text())
+    assert result["backend"] == "mlm" and result["n_subtasks"] == len(PARADIGMS)
+
+
+def test_shell_wrappers_run_from_any_folder(trained, data_slice, tmp_path):
+    import subprocess
+
+    out = tmp_path / "blimp"
+    ok(subprocess.run(["bash", str(ROOT / "eval" / "eval-blimp.sh"), str(trained["causal"]), "--data-dir", str(data_slice),
+                       "--out", str(out), "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=600))
+    assert {p.stem for p in out.glob("*.json")} == {"blimp_filtered", "blimp_supplement", "predictions"}
+    out = tmp_path / "all"
+    ok(subprocess.run(["bash", str(ROOT / "eval" / "eval-all.sh"), str(trained["causal"]), "--data-dir", str(data_slice),
+                       "--ewok-zip", str(shared("ewok_filtered.zip")), "--out", str(out), "--no-progress"],
+                      cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "EWOK_PASSWORD": "ewok"}))
+    assert {p.stem for p in out.glob("*.json")} == {"blimp_filtered", "blimp_supplement", "ewok_filtered", "predictions"}
+    out = tmp_path / "ewok"
+    ok(subprocess.run(["bash", str(ROOT / "eval" / "eval-ewok.sh"), str(trained["causal"]), "--ewok-zip", str(shared("ewok_filtered.zip")),
+                       "--ewok-password", "ewok", "--out", str(out), "--no-progress"],
+                      cwd=tmp_path, capture_output=True, text=True, timeout=600))
+    assert (out / "ewok_filtered.json").is_file()
+    usage = subprocess.run(["bash", str(ROOT / "eval" / "eval-blimp.sh")], cwd=tmp_path, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_download_unpacks_local_archives(tmp_path, data_slice):
+    bundle = tmp_path / "evaluation_data.zip"
+    with zipfile.ZipFile(bundle, "w") as zf:
+        for f in sorted((data_slice / "blimp_filtered").glob("*.jsonl")):
+            zf.write(f, f"evaluation_data/blimp_filtered/{f.name}")
+        zf.write(shared("ewok_filtered.zip"), "evaluation_data/ewok_filtered.zip")
+        zf.writestr("evaluation_data/ewok_filtered/plain.jsonl", "{}\n")  # plain EWoK is never written out
+    dest = tmp_path / "dest"
+    ok(run_cli("eval", "download", "--dest", str(dest), "--from", str(bundle), "--from", shared("blimp_full.tar.gz").as_uri()))
+    assert len(list((dest / "blimp_filtered").glob("*.jsonl"))) == len(PARADIGMS)
+    assert len(list((dest / "blimp").glob("*.jsonl"))) == 67
+    assert (dest / "ewok_filtered.zip").is_file() and not (dest / "ewok_filtered").exists()
+    from eval.tasks import load_task
+
+    assert len(load_task("blimp", str(dest)).items) == 67000
+    assert len(load_task("ewok_filtered", str(dest), "ewok").items) == 7618
+    assert_user_error(run_cli("eval", "download", "--dest", str(dest), "--from", str(tmp_path / "missing.zip")), "missing.zip")
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
+def test_bad_inputs(trained, data_slice, tmp_path):
+    model = str(trained["causal"])
+    out = tmp_path / "never"
+
+    def bad(*args, needles):
+        assert_user_error(run_cli("eval", *args, "--out", str(out), "--no-progress"), *needles)
+        assert not out.exists()
+
+    bad(str(tmp_path / "nope"), "--tasks", "demo_pairs", needles=("nope", "does not exist"))
+    no_tok = tmp_path / "no-tokenizer"
+    no_tok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(Path(model) / f, no_tok / f)
+    bad(str(no_tok), "--tasks", "blimp_filtered", "--data-dir", str(data_slice), needles=("no tokenizer",))
+    from transformers import AutoTokenizer
+
+    no_bos = tmp_path / "no-bos"
+    shutil.copytree(model, no_bos)
+    tok = AutoTokenizer.from_pretrained(no_bos)
+    tok.bos_token = tok.eos_token = None
+    tok.save_pretrained(no_bos)
+    bad(str(no_bos), "--tasks", "blimp_filtered", "--data-dir", str(data_slice), needles=("neither a BOS nor an EOS",))
+    bad(model, "--tasks", "blimp_filterd", needles=("unknown task", "did you mean 'blimp_filtered'"))
+
+    broken = tmp_path / "broken"
+    shutil.copytree(data_slice, broken)
+    target = broken / "blimp_filtered" / "adjunct_island.jsonl"
+    lines = target.read_text().splitlines()
+    target.write_text("\n".join(lines[:4] + ['{"sentence_good": "A cat.", '] + lines[4:]) + "\n")
+    bad(model, "--tasks", "blimp_filtered", "--data-dir", str(broken), needles=("adjunct_island.jsonl:5", "not valid JSON"))
+    target.write_text("\n".join(lines[:2] + ['{"sentence_good": "A cat sleeps."}'] + lines[2:]) + "\n")
+    bad(model, "--tasks", "blimp_filtered", "--data-dir", str(broken), needles=("adjunct_island.jsonl:3", "no field 'sentence_bad'"))
+
+    spec = tmp_path / "nochoices.yaml"
+    spec.write_text("sources:\n  - files: blimp_filtered/*.jsonl\n")
+    bad(model, "--tasks", str(spec), "--data-dir", str(data_slice), needles=("nochoices.yaml", "choices", "missing"))
+    empty = tmp_path / "empty"
+    (empty / "blimp_filtered").mkdir(parents=True)
+    (empty / "blimp_filtered" / "x.jsonl").write_text("\n\n")
+    bad(model, "--tasks", "blimp_filtered", "--data-dir", str(empty), needles=("no items",))
+    bad(model, "--tasks", "ewok_filtered", "--ewok-zip", str(shared("ewok_filtered.zip")), "--ewok-password", "wrong",
+        needles=("ewok_filtered.zip", "password"))
+    long_spec, long_data = long_context_task(tmp_path)
+    bad(model, "--tasks", str(long_spec), "--data-dir", str(long_data), "--max-length", "16", "--too-long", "error",
+        needles=("longer than the model's 16 positions", "long.jsonl:2"))
+
+
+def long_context_task(tmp_path):
+    """A task whose second item has a context longer than 16 tokens and short choices."""
+    data = tmp_path / "long-data"
+    data.mkdir(exist_ok=True)
+    rows = [{"c": "The cat", "a": "sleeps.", "b": "sleep."},
+            {"c": "The " + "very " * 30 + "old cat", "a": "sleeps.", "b": "sleep."}]
+    (data / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "long.yaml"
+    spec.write_text("sources:\n  - files: '*.jsonl'\ncontext: c\nchoices: [a, b]\n")
+    return spec, data
+
+
+def test_too_long_is_truncated_with_a_warning(trained, tmp_path):
+    spec, data = long_context_task(tmp_path)
+    proc = ok(run_cli("eval", str(trained["causal"]), "--tasks", str(spec), "--data-dir", str(data),
+                      "--max-length", "16", "--out", str(tmp_path / "o"), "--no-progress"))
+    assert "left-truncated" in proc.stdout and "longer than the model's 16 positions" in proc.stdout and "long.jsonl:2" in proc.stdout
+    assert json.loads((tmp_path / "o" / "long.json").read_text())["n_items"] == 2
