@@ -12,7 +12,7 @@ def test_help(package):
     assert proc.returncode == 0 and f"python -m {package}" in proc.stdout
 
 
-@pytest.mark.parametrize("package", ["distill", "eval", "results"])
+@pytest.mark.parametrize("package", ["distill", "results"])
 def test_unbuilt_commands_refuse(package):
     assert_user_error(run_cli(package, "anything"), "has no commands yet")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, assert_user_error, run_cli, shared
+from conftest import ROOT, assert_user_error, run_cli, shared
 
 PARADIGMS = ["adjunct_island", "anaphor_gender_agreement", "determiner_noun_agreement_1", "irregular_plural_subject_verb_agreement_1",
              "principle_A_c_command", "wh_questions_object_gap"]

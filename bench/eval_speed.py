@@ -1,0 +1,112 @@
+"""Pairs per second on all of blimp_filtered: this project vs lm-evaluation-harness vs a per-sentence loop.
+
+    python bench/eval_speed.py [MODEL] [--data-dir ../shared/data] [--batch-size 64] [--harness-batch 64]
+
+The harness (lm-eval 0.4.13, the line the BabyLM 2024 pipeline forked) runs in its own
+environment, bench/.venv-harness (created on first use from PyPI), on the same local files,
+through bench/harness_driver.py; only its loglikelihood phase is timed. This project's time
+covers tokenization, scoring and decisions. The per-sentence loop (one sentence per forward
+pass, full softmax) runs on the first --loop-sample pairs of each paradigm. Prints both
+sides' accuracies, the largest per-paradigm difference and the speed ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from eval.evaluate import Options, requests_for  # noqa: E402
+from eval.model import load  # noqa: E402
+from eval.report import decide, summarise  # noqa: E402
+from eval.scorer import Scorer  # noqa: E402
+from eval.tasks import load_task  # noqa: E402
+
+HARNESS_ENV = REPO / "bench" / ".venv-harness"
+
+
+def harness_python() -> Path:
+    py = HARNESS_ENV / "bin" / "python"
+    if not py.exists():
+        print(f"creating {HARNESS_ENV} with lm-eval 0.4.13 (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(HARNESS_ENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "lm-eval[hf]==0.4.13", "torch==2.13.0", "transformers==5.23.0"],
+                       check=True, env={**os.environ, "PIP_CONSTRAINT": str(REPO / "constraints.txt")})
+    return py
+
+
+def ours(model: str, data_dir: str, batch: int):
+    m = load(model, "causal", "cpu")
+    task = load_task("blimp_filtered", data_dir)
+    t0 = time.perf_counter()
+    reqs, _ = requests_for(task, m, Options(data_dir=data_dir, progress=False))
+    scores = Scorer(m, progress=False).causal(reqs, batch).reshape(len(task.items), -1)
+    _, right, tied = decide(scores, np.zeros(len(task.items), dtype=int))
+    seconds = time.perf_counter() - t0
+    return m, task, {k: v["accuracy"] for k, v in summarise(task, right, tied)["subtasks"].items()}, seconds, scores
+
+
+def loop(m, task, sample: int):
+    """One sentence at a time: encode, forward, full log-softmax, sum."""
+    picked = [i for i, it in enumerate(task.items) if it.index < sample]
+    t0 = time.perf_counter()
+    out = []
+    with torch.inference_mode():
+        for i in picked:
+            row = []
+            for sentence in task.items[i].choices:
+                cont = m.tokenizer(" " + sentence, add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([[m.prefix_id] + cont])
+                logp = torch.log_softmax(m.model(ids).logits[0, :-1].float(), dim=-1)
+                row.append(float(logp[torch.arange(len(cont)), torch.tensor(cont)].double().sum()))
+            out.append(row)
+    return picked, np.array(out), time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", nargs="?", default=str(REPO.parent / "shared" / "data" / "hf_tiny_gpt2"))
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--harness-batch", type=int, default=64)
+    p.add_argument("--loop-sample", type=int, default=20, help="pairs per paradigm for the per-sentence loop")
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    m, task, acc, t_ours, scores = ours(args.model, args.data_dir, args.batch_size)
+    n = len(task.items)
+    print(f"this project : {n} pairs in {t_ours:7.1f} s = {n / t_ours:8.1f} pairs/s (batch {args.batch_size})", flush=True)
+
+    picked, loop_scores, t_loop = loop(m, task, args.loop_sample)
+    same = (loop_scores.argmax(1) == scores[picked].argmax(1)).mean()
+    diff = np.abs(loop_scores - scores[picked]).max()
+    print(f"per-sentence : {len(picked)} pairs in {t_loop:7.1f} s = {len(picked) / t_loop:8.1f} pairs/s "
+          f"(same decisions on {same:.2%}, max score difference {diff:.1e})", flush=True)
+
+    glob = str(Path(args.data_dir) / "blimp_filtered" / "*.jsonl")
+    proc = subprocess.run([str(harness_python()), str(REPO / "bench" / "harness_driver.py"), args.model, glob, str(args.harness_batch)],
+                          capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("HARNESS_JSON ")), None)
+    if line is None:
+        sys.exit(f"the harness failed:\n{proc.stderr[-3000:]}")
+    h = json.loads(line.split(" ", 1)[1])
+    t_h = h["loglikelihood_seconds"]
+    print(f"lm-eval 0.4.13: {n} pairs in {t_h:7.1f} s = {n / t_h:8.1f} pairs/s (batch {args.harness_batch}; "
+          f"loglikelihood phase only, {h['total_seconds']:.1f} s with its dataset building)")
+    worst = max(abs(acc[k] - h["acc"][k]) for k in acc)
+    print(f"accuracy: this project {np.mean(list(acc.values())):.4f}, harness {np.mean(list(h['acc'].values())):.4f}; "
+          f"largest per-paradigm difference {worst:.1e} over {len(acc)} paradigms")
+    print(f"speed ratio: {t_h / t_ours:.2f}x the harness, {(n / t_ours) / (len(picked) / t_loop):.2f}x the per-sentence loop")
+
+
+if __name__ == "__main__":
+    main()
