@@ -10,7 +10,7 @@ import torch
 
 from common.errors import UserError
 from eval import encode, report
-from eval.model import Loaded, load
+from eval.model import Loaded, check_folder, load
 from eval.scorer import Scorer
 from eval.tasks import Task, load_task, resolve_spec
 
@@ -101,6 +101,7 @@ def pick_batch_size(value: str, m: Loaded, longest: int) -> int:
 
 def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tuple[str, dict, dict]]:
     """Score `task_names` with the model at `model_path`; returns (task, summary, files) per task."""
+    check_folder(model_path)
     for name in task_names:
         resolve_spec(name)  # an unknown name fails before anything is loaded
     tasks = []

@@ -48,14 +48,20 @@ def _max_length(model, tokenizer, override: int | None) -> int:
     return int(limit)
 
 
-def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", max_length: int | None = None) -> Loaded:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
-
+def check_folder(path: str) -> Path:
+    """The model folder, or a one-line error; cheap, so it runs before any data is read."""
     folder = Path(path)
     if not folder.is_dir():
         raise UserError(f"{path}: model folder does not exist; give a folder written by save_pretrained (e.g. runs/demo/teacher/model)")
     if not (folder / "config.json").is_file():
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json); give the folder save_pretrained wrote")
+    return folder
+
+
+def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", max_length: int | None = None) -> Loaded:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    folder = check_folder(path)
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise UserError(f"{path}: no tokenizer in the model folder (none of {', '.join(TOKENIZER_FILES)}); "
                         f"save it there with tokenizer.save_pretrained")

@@ -281,7 +281,8 @@ def test_bad_inputs(trained, data_slice, tmp_path):
         assert_user_error(run_cli("eval", *args, "--out", str(out), "--no-progress"), *needles)
         assert not out.exists()
 
-    bad(str(tmp_path / "nope"), "--tasks", "demo_pairs", needles=("nope", "does not exist"))
+    bad(str(tmp_path / "nope"), "--tasks", "blimp_filtered", "--data-dir", str(data_slice), needles=("nope", "does not exist"))
+    bad(model, "--tasks", "demo_pairs", "--data-dir", str(tmp_path / "no-demo"), needles=("--data-dir", "no-demo", "no such folder"))
     no_tok = tmp_path / "no-tokenizer"
     no_tok.mkdir()
     for f in ("config.json", "model.safetensors"):
