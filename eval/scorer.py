@@ -109,33 +109,30 @@ class Scorer:
         mask_id = self.m.tokenizer.mask_token_id
         reps, back = _unique([(tuple(r.ids), tuple(r.targets)) for r in requests])
         order = sorted(range(len(reps)), key=lambda k: -len(requests[reps[k]].ids))
-        copies = [(k, p) for k in order for p in requests[reps[k]].targets]  # (request, masked position)
         counts = np.array([len(requests[i].targets) for i in reps], dtype=np.int64)
         offsets = np.zeros(len(reps) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        slot_of = {}
-        for k in range(len(reps)):
-            for j, p in enumerate(requests[reps[k]].targets):
-                slot_of[(k, p)] = offsets[k] + j
+        # (request, masked position, slot of its log-prob in token_lp)
+        copies = [(k, p, offsets[k] + j) for k in order for j, p in enumerate(requests[reps[k]].targets)]
         token_lp = np.empty(offsets[-1], dtype=np.float64)
         dev = self.m.device
         with torch.inference_mode(), self._bar(len(copies), "scoring (one copy per masked token)") as bar:
             for start in range(0, len(copies), batch_size):
                 batch = copies[start:start + batch_size]
-                width = max(len(requests[reps[k]].ids) for k, _ in batch)
+                width = max(len(requests[reps[k]].ids) for k, _, _ in batch)
                 ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
                 att = torch.zeros((len(batch), width), dtype=torch.long)
                 tgts = []
-                for b, (k, p) in enumerate(batch):
+                for b, (k, p, _) in enumerate(batch):
                     seq = requests[reps[k]].ids
                     ids[b, :len(seq)] = torch.tensor(seq)
                     att[b, :len(seq)] = 1
                     tgts.append(seq[p])
-                pos = torch.tensor([p for _, p in batch])
+                pos = torch.tensor([p for _, p, _ in batch])
                 ids[torch.arange(len(batch)), pos] = mask_id
                 lp = self._logprobs(ids.to(dev), att.to(dev), torch.arange(len(batch), device=dev), pos.to(dev),
                                     torch.tensor(tgts, device=dev))
-                token_lp[[slot_of[c] for c in batch]] = lp
+                token_lp[[slot for _, _, slot in batch]] = lp
                 bar.update(len(batch))
         sums = np.array([token_lp[offsets[k]:offsets[k + 1]].sum() for k in range(len(reps))])
         return sums[back]
