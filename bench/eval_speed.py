@@ -7,7 +7,8 @@ environment, bench/.venv-harness (created on first use from PyPI), on the same l
 through bench/harness_driver.py; only its loglikelihood phase is timed. This project's time
 covers tokenization, scoring and decisions. The per-sentence loop (one sentence per forward
 pass, full softmax) runs on the first --loop-sample pairs of each paradigm. Prints both
-sides' accuracies, the largest per-paradigm difference and the speed ratios.
+sides' accuracies, the largest per-paradigm difference, an item-by-item comparison of the
+two sides' scores and decisions, and the speed ratios.
 """
 from __future__ import annotations
 
@@ -105,6 +106,20 @@ def main() -> None:
     worst = max(abs(acc[k] - h["acc"][k]) for k in acc)
     print(f"accuracy: this project {np.mean(list(acc.values())):.4f}, harness {np.mean(list(h['acc'].values())):.4f}; "
           f"largest per-paradigm difference {worst:.1e} over {len(acc)} paradigms")
+    theirs = np.array([h["scores"][it.subtask][it.index] for it in task.items], dtype=np.float64)
+    gap = np.abs(scores[:, 0] - scores[:, 1])
+    flipped = (theirs[:, 0] >= theirs[:, 1]) != (scores[:, 0] >= scores[:, 1])
+    clear = (gap > 1e-4) & (np.abs(theirs[:, 0] - theirs[:, 1]) > 1e-4)  # pairs a float32 sum can order
+    subtasks = np.array([it.subtask for it in task.items])
+    right_ours, right_theirs = scores[:, 0] >= scores[:, 1], theirs[:, 0] >= theirs[:, 1]
+    worst_clear = max(abs(right_ours[clear & (subtasks == k)].mean() - right_theirs[clear & (subtasks == k)].mean())
+                      for k in acc)
+    print(f"accuracy over the {int(clear.sum())} pairs whose two scores differ by more than 1e-4 on both sides: "
+          f"largest per-paradigm difference {worst_clear:.1e}")
+    print(f"item by item: largest score difference {np.abs(theirs - scores).max():.1e}; "
+          f"{int(flipped.sum())} of {n} decisions differ"
+          + (f", all with |good - bad| <= {gap[flipped].max():.1e} (float32 near-ties; "
+             f"{int((gap < 1e-4).sum())} pairs are that close)" if flipped.any() else ""))
     print(f"speed ratio: {t_h / t_ours:.2f}x the harness, {(n / t_ours) / (len(picked) / t_loop):.2f}x the per-sentence loop")
 
 

@@ -34,6 +34,7 @@ for f in files:
         "doc_to_choice: \"{{[sentence_good, sentence_bad]}}\"\nnum_fewshot: 0\nmetric_list:\n  - metric: acc\n")
 lm = HFLM(pretrained=model, batch_size=batch, device="cpu", dtype="float32")
 timed = {"seconds": 0.0, "requests": 0}
+scores: dict[str, dict[int, list]] = {}  # paradigm -> doc id -> [log p(good), log p(bad)]
 inner = lm.loglikelihood
 
 
@@ -42,6 +43,8 @@ def loglikelihood(requests, *args, **kwargs):
     out = inner(requests, *args, **kwargs)
     timed["seconds"] += time.perf_counter() - t0
     timed["requests"] += len(requests)
+    for req, (ll, _greedy) in zip(requests, out):
+        scores.setdefault(req.task_name[3:], {}).setdefault(req.doc_id, [None, None])[req.idx] = ll
     return out
 
 
@@ -51,5 +54,6 @@ res = simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(include_pa
                       bootstrap_iters=0, log_samples=False)
 total = time.perf_counter() - t0
 acc = {name[3:]: res["results"][name]["acc,none"] for name in names}
-print("HARNESS_JSON " + json.dumps({"acc": acc, "loglikelihood_seconds": timed["seconds"], "requests": timed["requests"],
-                                    "total_seconds": total}))
+per_item = {k: [v[i] for i in sorted(v)] for k, v in scores.items()}
+print("HARNESS_JSON " + json.dumps({"acc": acc, "scores": per_item, "loglikelihood_seconds": timed["seconds"],
+                                    "requests": timed["requests"], "total_seconds": total}))

@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_user_error, run_cli, shared
+from conftest import ROOT, assert_user_error, ok, run_cli, shared
 
 PARADIGMS = ["adjunct_island", "anaphor_gender_agreement", "determiner_noun_agreement_1", "irregular_plural_subject_verb_agreement_1",
              "principle_A_c_command", "wh_questions_object_gap"]
-
-
-def ok(proc):
-    assert proc.returncode == 0, f"rc={proc.returncode}\nstdout:{proc.stdout[-3000:]}\nstderr:{proc.stderr[-3000:]}"
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +171,31 @@ def test_batch_size_does_not_change_results(trained, data_slice, backend):
     _, _, many = score_with_project(trained[backend], backend, "blimp_filtered", data_slice, 64, every=every)
     assert np.abs(one - many).max() < 1e-5
     assert (one.argmax(1) == many.argmax(1)).all()
+
+
+def test_shared_prefixes_and_truncated_windows_match_reference(trained):
+    """The scorer normalises each distinct prefix once; with left-truncated windows the prefixes differ per request."""
+    from eval.encode import CausalRequest
+    from eval.model import load
+    from eval.scorer import Scorer
+
+    m = load(str(trained["causal"]), "causal", "cpu", max_length=8)
+    rng = np.random.default_rng(0)
+    shared_ctx = [m.prefix_id] + rng.integers(5, 500, 4).tolist()
+    reqs = [CausalRequest(shared_ctx, rng.integers(5, 500, n).tolist()) for n in (1, 2, 3, 5, 8)]
+    reqs += [CausalRequest(shared_ctx + reqs[3].cont[:2], reqs[3].cont[2:]),   # the same tokens split elsewhere
+             CausalRequest(shared_ctx, reqs[2].cont[:2] + [7]),                 # shares two scored tokens with reqs[2]
+             CausalRequest([m.prefix_id], rng.integers(5, 500, 6).tolist()), reqs[0]]
+    with torch.no_grad():
+        expected = []
+        for r in reqs:
+            window = (r.ctx + r.cont)[-9:]
+            logp = torch.log_softmax(m.model(torch.tensor([window[:-1]])).logits[0].double(), dim=-1)
+            first = len(window) - len(r.cont)
+            expected.append(float(sum(logp[first - 1 + k, t] for k, t in enumerate(r.cont))))
+    for batch in (1, 3, 64):
+        got = Scorer(m, progress=False).causal(reqs, batch)
+        assert np.abs(got - np.array(expected)).max() < 1e-4, (batch, got, expected)
 
 
 def test_head_split_matches_full_forward(trained):
