@@ -1,10 +1,13 @@
 """Shared fixtures: the real data beside the project, a generated demo corpus, a shared cache, CLI runner."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,43 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     for needle in needles:
         assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
     return errors[0]
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def start_and_kill(module: str, args: list[str], run: Path, after_step: int) -> None:
+    """Start `python -m <module>`, SIGKILL it once metrics.jsonl shows `after_step`."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    metrics = run / "metrics.jsonl"
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.exists() and any(json.loads(line).get("step", 0) >= after_step
+                                        for line in metrics.read_text().splitlines() if line.endswith("}")):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended before step {after_step}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
 
 
 @pytest.fixture(scope="session")

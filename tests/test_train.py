@@ -3,17 +3,12 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
 
-from conftest import ROOT, assert_user_error, run_cli, shared, slice_corpus
+from conftest import (assert_bitwise_equal, assert_user_error, ok, run_cli, shared, slice_corpus, start_and_kill,
+                      weights)
 from train.rundir import checkpoint_problem
 
 pytestmark = pytest.mark.slow
@@ -22,20 +17,6 @@ pytestmark = pytest.mark.slow
 def run_dir(tmp_path, experiment="demo", name="teacher"):
     return tmp_path / "runs" / experiment / name
 
-
-def ok(proc):
-    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
-
-
-def weights(folder):
-    return load_file(str(folder / "model.safetensors"))
-
-
-def assert_bitwise_equal(a, b):
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"tensors differ: {different[:5]}"
 
 
 def test_demo_teacher_writes_the_run_directory(demo_args, tmp_path):
@@ -158,28 +139,10 @@ def reference(demo_args, tmp_path):
     return weights(run_dir(tmp_path, name="reference") / "model")
 
 
-def start_and_kill(args, run, after_step: int):
-    """Start `python -m train`, SIGKILL it once metrics.jsonl shows `after_step`."""
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    metrics = run / "metrics.jsonl"
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if metrics.exists() and any(json.loads(line).get("step", 0) >= after_step
-                                        for line in metrics.read_text().splitlines() if line.endswith("}")):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"the run ended before step {after_step}"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-
-
 def test_resume_after_sigkill_is_bitwise_identical(demo_args, tmp_path, reference):
     step = random.Random().randint(11, 36)
     run = run_dir(tmp_path)
-    start_and_kill([*demo_args, *RESUME_ARGS], run, step)
+    start_and_kill("train", [*demo_args, *RESUME_ARGS], run, step)
     assert not (run / "DONE").exists()
     assert_user_error(run_cli("train", *demo_args, *RESUME_ARGS), "holds an unfinished run", "--resume")
     proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
@@ -191,7 +154,7 @@ def test_resume_after_sigkill_is_bitwise_identical(demo_args, tmp_path, referenc
 
 def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, reference):
     run = run_dir(tmp_path)
-    start_and_kill([*demo_args, *RESUME_ARGS], run, 31)
+    start_and_kill("train", [*demo_args, *RESUME_ARGS], run, 31)
     checkpoints = run / "checkpoints"
     assert (checkpoints / "checkpoint-30" / "COMPLETE").exists()
     # checkpoint-30: complete but its optimizer state is cut short; checkpoint-35: never finished writing
