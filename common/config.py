@@ -261,4 +261,7 @@ def describe(schema: type, prefix: str = "") -> list[str]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         out.append(f"  {prefix}{f.name} ({_type_name(tp)}, default {default!r}): {f.metadata.get('doc', '')}")
+        item = get_args(tp)[0] if get_origin(tp) is list and get_args(tp) else None
+        if item is not None and dataclasses.is_dataclass(item):  # a list of sections: describe one item's keys
+            out.extend("  " + line for line in describe(item, f"{prefix}{f.name}[]."))
     return out

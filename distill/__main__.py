@@ -1,7 +1,104 @@
-"""python -m distill: not built yet (issue "Distillation from teachers"); `--help` says so and any command exits 2."""
-import sys
+"""python -m distill CONFIG [key=value ...] [--resume | --overwrite]: train a student from teachers.
+python -m distill cache-teachers CONFIG [key=value ...]: store the teachers' top-k once.
 
-from common.placeholder import main
+Reads top to bottom: config -> train.session.run with the distillation recipe (student,
+optional warm start, teachers checked and frozen, the training wrapper with its composite
+loss, the distillation trainer) -> model/ holds the plain student. `--help` lists every key.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from common import config as cfglib
+from common.errors import UserError, exit_on_user_error
+from distill.config import DistillRunConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m distill", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Distil teachers into a student in runs/<experiment>/<name>/ (python -m distill cache-teachers CONFIG "
+                    "stores the teachers' top-k log-probabilities first).",
+        epilog="config keys (YAML sections, or key=value on the command line):\n" + "\n".join(cfglib.describe(DistillRunConfig)))
+    parser.add_argument("config", help="run YAML, e.g. config/runs/demo-kd.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. distill.losses.hidden_mse.weight=0.3")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint (or start if there is none)")
+    group.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start again")
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "cache-teachers":
+        from distill.cache import main as cache_main
+
+        return cache_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    cfg = cfglib.load(DistillRunConfig, args.config, args.overrides)
+    from train.session import run
+
+    return run(cfg, argv, args.resume, args.overwrite, build_distillation)
+
+
+def build_distillation(cfg, tokenizer, prepared, device):
+    """The student (random or warm-started), the frozen teachers, and the wrapper that trains both projections and heads."""
+    from distill.teachers import load_teachers, num_layers
+    from distill.trainer import DistillTrainer
+    from distill.wrapper import DistillationWrapper
+    from train import models
+    from train.session import Built
+
+    objective, student = models.build_model(cfg.student, tokenizer)
+    if objective != "causal":
+        raise UserError(f"student.arch={cfg.student.arch} is a masked LM; distillation from teachers trains causal students "
+                        f"(masked LMs learn from peers with python -m distill.wml)")
+    if cfg.student.init_from:
+        warm_start(student, cfg.student.init_from)
+    teachers = load_teachers(cfg, Path(prepared.tokenizer_dir), num_layers(student.config), device)
+    cache = None
+    if cfg.distill.teacher_cache:  # the teachers were checked above; their targets come from the cache
+        from distill.cache import TeacherCache, fingerprint
+
+        cache = TeacherCache(cfg.distill.teacher_cache, fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint))
+        for t in teachers:
+            t.model.to("meta")  # not run: free their memory
+    wrapper = DistillationWrapper(student, teachers, cfg.distill.losses)
+    n_student = sum(p.numel() for p in student.parameters())
+    n_extra = sum(p.numel() for p in wrapper.parameters()) - n_student
+    who = ", ".join(f"{t.name} ({sum(p.numel() for p in t.model.parameters()):,})" for t in teachers) or "none"
+    print(f"loss = {wrapper.formula(teachers)}" + (f" (teacher targets from the cache {cfg.distill.teacher_cache})" if cache else ""))
+    return Built(trained=wrapper, exported=student, objective="causal", trainer_cls=DistillTrainer,
+                 trainer_kwargs={"teachers": [] if cache else teachers, "cache": cache}, block_index=cache is not None,
+                 banner=f"student {cfg.student.arch}: {n_student:,} parameters (+{n_extra:,} in projections/heads, not exported); "
+                        f"teachers: {who}" + (f"; warm start from {cfg.student.init_from}" if cfg.student.init_from else ""))
+
+
+def warm_start(student, folder: str) -> None:
+    """Copy a pretrained checkpoint's weights into the freshly built student; every tensor must fit."""
+    from transformers import AutoModelForCausalLM
+
+    from eval.model import check_folder
+
+    try:
+        check_folder(folder)
+    except UserError as exc:
+        raise UserError(f"student.init_from: {exc}") from None
+    source = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    target = student.state_dict()
+    missing = [k for k in target if k not in source]
+    wrong = [k for k in target if k in source and source[k].shape != target[k].shape]
+    if missing or wrong:
+        key = (wrong or missing)[0]
+        detail = (f"{key} is {tuple(source[key].shape)} there but {tuple(target[key].shape)} in the student" if wrong
+                  else f"it has no {key}")
+        raise UserError(f"student.init_from={folder}: its architecture cannot load into student.arch={getattr(student.config, 'model_type', '?')} "
+                        f"({detail}); pick a checkpoint of the same architecture or change student.arch")
+    student.load_state_dict({k: source[k] for k in target}, strict=True)
+
 
 if __name__ == "__main__":
-    sys.exit(main("distill", "Distillation from teachers and weighted mutual learning (losses, loss registry, distillation trainer).", "Distillation from teachers"))
+    sys.exit(main())

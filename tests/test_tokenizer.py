@@ -88,3 +88,29 @@ def test_corpus_too_small_for_vocab(tmp_path):
     data = DataConfig(train_dir=str(tmp_path / "train"), cache_dir=str(tmp_path / "c"))
     with pytest.raises(UserError, match=r"tokenizer.vocab_size: the corpus in data.train_dir supports only \d+ BPE tokens"):
         prepare(data, TokenizerConfig(vocab_size=16000))
+
+
+def test_padded_examples_instead_of_packing(babylm_slice, tmp_path):
+    """data.packing=false: one line per example, truncated and padded; the collator keeps padding out of attention and loss."""
+    from transformers import AutoTokenizer
+
+    from train.trainer import make_collator
+
+    data = DataConfig(train_dir=str(babylm_slice / "train"), cache_dir=str(tmp_path), block_size=16, packing=False, domains=["cbt"])
+    prepared = prepare(data, TokenizerConfig(vocab_size=800))
+    assert prepared.train_blocks != prepare(DataConfig(**{**data.__dict__, "packing": True}), TokenizerConfig(vocab_size=800)).train_blocks
+    tok = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
+    blocks = load_blocks(prepared.train_blocks)
+    lines = [ln for ln in (tmp_path / "clean").rglob("cbt*")][0].read_text(encoding="utf-8").splitlines()
+    first = next(ln for ln in lines if ln.strip())
+    expected = ([tok.bos_token_id] + tok(first)["input_ids"][1:])[:16]
+    row = blocks[0]
+    assert int(row["length"]) == len(expected) and row["input_ids"][:len(expected)].tolist() == expected
+    assert (row["input_ids"][len(expected):] == tok.pad_token_id).all()
+    lengths = np.asarray(blocks["length"])
+    assert lengths.min() >= 2 and lengths.max() == 16 and (lengths < 16).any()  # long lines truncated, short ones padded
+    batch = make_collator("causal", tok, 0.15)([blocks[i] for i in range(4)])
+    for i in range(4):
+        n = int(blocks[i]["length"])
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (16 - n)
+        assert (batch["labels"][i, n:] == -100).all() and (batch["labels"][i, :n] == batch["input_ids"][i, :n]).all()

@@ -15,6 +15,7 @@ class DataConfig:
     demo: bool = field(False, "generate the embedded demo corpus into train_dir/dev_dir (pairs beside them) if they do not exist")
     demo_sentences: int = field(20000, "training sentences the demo grammar generates (dev gets a tenth)")
     block_size: int = field(128, "tokens per packed training block")
+    packing: bool = field(True, "true: lines concatenated and cut into full blocks; false: one line per example, truncated to block_size and padded")
     train_fraction: float = field(1.0, "fraction of training blocks to use (seeded subset), for quick grid points")
     mlm_probability: float = field(0.15, "share of tokens masked per block when the model is a masked LM")
     seed: int = field(42, "seed for the demo grammar and the train_fraction subset")

@@ -67,8 +67,13 @@ def _tokenize_batch(batch: dict, tokenizer, prefix: int) -> dict:
     return {"input_ids": [x if x[:1] == [prefix] else [prefix] + x for x in ids]}
 
 
-def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out: Path) -> Path:
-    """Tokenize `text_files` with datasets (batched, multi-process) and pack into fixed blocks at `out`."""
+def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out: Path, packing: bool = True) -> Path:
+    """Tokenize `text_files` with datasets (batched, multi-process) and pack into fixed blocks at `out`.
+
+    Without `packing`, every line is its own example instead: truncated to `block_size`,
+    right-padded with the pad token, with its true `length` stored beside it (the collator
+    masks the padding out of attention and loss). Lines with nothing to predict are dropped.
+    """
     import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -83,15 +88,30 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
                         remove_columns=["text"], fn_kwargs={"tokenizer": tokenizer, "prefix": bpe.prefix_id(tokenizer)},
                         desc=f"tokenizing {out.parent.name}/{out.name}", new_fingerprint=_hash("tok", out))
     flat = pc.list_flatten(tokenized.data.column("input_ids")).to_numpy().astype(np.int32)
-    n_blocks = len(flat) // block_size
-    if n_blocks == 0:
-        raise UserError(f"{text_files[0].parent}: only {len(flat)} tokens, fewer than one block of data.block_size={block_size}; lower data.block_size or add text")
-    blocks = pa.FixedSizeListArray.from_arrays(pa.array(flat[: n_blocks * block_size]), block_size)
-    ds = datasets.Dataset(pa.table({"input_ids": blocks}))
+    if packing:
+        n_blocks = len(flat) // block_size
+        if n_blocks == 0:
+            raise UserError(f"{text_files[0].parent}: only {len(flat)} tokens, fewer than one block of data.block_size={block_size}; lower data.block_size or add text")
+        blocks = pa.FixedSizeListArray.from_arrays(pa.array(flat[: n_blocks * block_size]), block_size)
+        ds = datasets.Dataset(pa.table({"input_ids": blocks}))
+    else:
+        lengths = np.asarray(pc.list_value_length(tokenized.data.column("input_ids")).to_numpy(zero_copy_only=False), dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        keep = np.flatnonzero(lengths >= 2)
+        if len(keep) == 0:
+            raise UserError(f"{text_files[0].parent}: no line has two tokens; nothing to train on")
+        n_blocks = len(keep)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        rows = np.full((n_blocks, block_size), pad, dtype=np.int32)
+        used = np.minimum(lengths[keep], block_size)
+        for r, (start, n) in enumerate(zip(starts[keep], used)):
+            rows[r, :n] = flat[start:start + n]
+        blocks = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), block_size)
+        ds = datasets.Dataset(pa.table({"input_ids": blocks, "length": pa.array(used.astype(np.int32))}))
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     ds.save_to_disk(str(tmp))
-    (tmp / "stats.json").write_text(json.dumps({"tokens": int(len(flat)), "blocks": n_blocks, "block_size": block_size,
+    (tmp / "stats.json").write_text(json.dumps({"tokens": int(len(flat)), "blocks": n_blocks, "block_size": block_size, "packing": packing,
                                                 "lines": len(raw), "files": [p.name for p in text_files]}))
     tmp.replace(out)
     shutil.rmtree(work, ignore_errors=True)
@@ -107,23 +127,27 @@ def prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
     clean_train = corpus.write_clean(train_files, cache / "clean" / train_fp)
     tokenizer, tokenizer_dir, tok_fp = load_tokenizer(tok_cfg, clean_train, train_fp, cache)
     blocks = cache / "blocks"
-    train_key = _hash(PACK_VERSION, train_fp, tok_fp, data.block_size)
-    train_blocks = pack(clean_train, tokenizer, data.block_size, data.num_proc, blocks / f"train-{train_key}")
+    layout = () if data.packing else ("padded",)  # packed caches keep their old keys
+    train_key = _hash(PACK_VERSION, train_fp, tok_fp, data.block_size, *layout)
+    train_blocks = pack(clean_train, tokenizer, data.block_size, data.num_proc, blocks / f"train-{train_key}", data.packing)
     dev_blocks = None
     if data.dev_dir:
         dev_files = corpus.find_files(data.dev_dir, data.domains, key="data.dev_dir")
         dev_fp = corpus.fingerprint(dev_files)
         clean_dev = corpus.write_clean(dev_files, cache / "clean" / dev_fp)
-        dev_key = _hash(PACK_VERSION, dev_fp, tok_fp, data.block_size)
-        dev_blocks = pack(clean_dev, tokenizer, data.block_size, data.num_proc, blocks / f"dev-{dev_key}")
+        dev_key = _hash(PACK_VERSION, dev_fp, tok_fp, data.block_size, *layout)
+        dev_blocks = pack(clean_dev, tokenizer, data.block_size, data.num_proc, blocks / f"dev-{dev_key}", data.packing)
     return Prepared(tokenizer_dir, train_blocks, dev_blocks, train_key)
 
 
-def load_blocks(path: Path, fraction: float = 1.0, seed: int = 0):
-    """The packed blocks at `path` as a torch-formatted Dataset; a seeded subset when fraction < 1."""
+def load_blocks(path: Path, fraction: float = 1.0, seed: int = 0, with_index: bool = False):
+    """The packed blocks at `path` as a torch-formatted Dataset; a seeded subset when fraction < 1.
+    `with_index` adds `block_index`, each block's row in the full packed set."""
     import datasets
 
     ds = datasets.load_from_disk(str(path))
+    if with_index:
+        ds = ds.add_column("block_index", np.arange(len(ds), dtype=np.int64))
     if fraction < 1.0:
         keep = max(1, math.ceil(len(ds) * fraction))
         ds = ds.select(np.sort(np.random.default_rng(seed).permutation(len(ds))[:keep]))

@@ -66,26 +66,31 @@ class RunConfig:
     output: OutputConfig = field(OutputConfig(), "where the run directory goes")
 
     def check(self) -> None:
-        from train import models
+        check_run(self)
 
-        self.data.check()
-        self.tokenizer.check()
-        t = self.train
-        for key in ("max_steps", "batch_size", "grad_accum", "eval_steps", "save_steps", "logging_steps"):
-            if getattr(t, key) < 1:
-                raise ConfigError(f"train.{key}", f"must be at least 1, got {getattr(t, key)}")
-        if t.save_total_limit < 2:
-            raise ConfigError("train.save_total_limit", f"must be at least 2 so a corrupt newest checkpoint has a fallback, got {t.save_total_limit}")
-        if self.data.dev_dir and t.keep_best and t.save_steps % t.eval_steps:
-            raise ConfigError("train.save_steps", f"is {t.save_steps}; with train.keep_best it must be a multiple of train.eval_steps ({t.eval_steps})")
-        if t.early_stopping_patience and not self.data.dev_dir:
-            raise ConfigError("train.early_stopping_patience", "needs a dev set; set data.dev_dir or train.early_stopping_patience=0")
-        if t.early_stopping_patience and not t.keep_best:
-            raise ConfigError("train.early_stopping_patience", "needs train.keep_best=true (it stops at, and exports, the best checkpoint)")
-        if self.optim.lr <= 0:
-            raise ConfigError("optim.lr", f"must be above 0, got {self.optim.lr}")
-        if self.optim.min_lr > self.optim.lr:
-            raise ConfigError("optim.min_lr", f"is {self.optim.min_lr}, above optim.lr={self.optim.lr}")
-        if self.tokenizer.type == "from_scratch" and self.tokenizer.vocab_size != self.model.vocab_size:
-            raise ConfigError("model.vocab_size", f"is {self.model.vocab_size} but tokenizer.vocab_size is {self.tokenizer.vocab_size}; set both to the same size")
-        models.check_architecture(self.model, self.data.block_size)
+
+def check_run(cfg) -> None:
+    """The cross-field checks of a training run; `cfg` has data, tokenizer, model, optim and train sections."""
+    from train import models
+
+    cfg.data.check()
+    cfg.tokenizer.check()
+    t = cfg.train
+    for key in ("max_steps", "batch_size", "grad_accum", "eval_steps", "save_steps", "logging_steps"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key}", f"must be at least 1, got {getattr(t, key)}")
+    if t.save_total_limit < 2:
+        raise ConfigError("train.save_total_limit", f"must be at least 2 so a corrupt newest checkpoint has a fallback, got {t.save_total_limit}")
+    if cfg.data.dev_dir and t.keep_best and t.save_steps % t.eval_steps:
+        raise ConfigError("train.save_steps", f"is {t.save_steps}; with train.keep_best it must be a multiple of train.eval_steps ({t.eval_steps})")
+    if t.early_stopping_patience and not cfg.data.dev_dir:
+        raise ConfigError("train.early_stopping_patience", "needs a dev set; set data.dev_dir or train.early_stopping_patience=0")
+    if t.early_stopping_patience and not t.keep_best:
+        raise ConfigError("train.early_stopping_patience", "needs train.keep_best=true (it stops at, and exports, the best checkpoint)")
+    if cfg.optim.lr <= 0:
+        raise ConfigError("optim.lr", f"must be above 0, got {cfg.optim.lr}")
+    if cfg.optim.min_lr > cfg.optim.lr:
+        raise ConfigError("optim.min_lr", f"is {cfg.optim.min_lr}, above optim.lr={cfg.optim.lr}")
+    if cfg.tokenizer.type == "from_scratch" and cfg.tokenizer.vocab_size != cfg.model.vocab_size:
+        raise ConfigError("model.vocab_size", f"is {cfg.model.vocab_size} but tokenizer.vocab_size is {cfg.tokenizer.vocab_size}; set both to the same size")
+    models.check_architecture(cfg.model, cfg.data.block_size)

@@ -80,7 +80,8 @@ class MetricsLog(TrainerCallback):
 
 
 def make_collator(objective: str, tokenizer, mlm_probability: float):
-    """Blocks are full length, so causal batches need no padding: labels are the inputs (the model shifts).
+    """Packed blocks are full length, so causal batches need no padding: labels are the inputs (the model shifts).
+    Padded examples carry their length: attention mask and labels (-100) leave the padding out.
 
     The masked-LM collator draws from the global torch RNG, which checkpoints restore.
     """
@@ -88,9 +89,17 @@ def make_collator(objective: str, tokenizer, mlm_probability: float):
 
     def collate(rows: list[dict]) -> dict:
         ids = torch.stack([torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows])
-        if mlm is not None:
-            return mlm([{"input_ids": row} for row in ids])
-        return {"input_ids": ids, "labels": ids.clone()}
+        if "length" in rows[0]:  # padded examples (data.packing false): padding is neither attended to nor predicted
+            real = torch.arange(ids.shape[1])[None, :] < torch.as_tensor([int(r["length"]) for r in rows])[:, None]
+            if mlm is not None:
+                batch = mlm([{"input_ids": row[:n]} for row, n in zip(ids, real.sum(1).tolist())])
+            else:
+                batch = {"input_ids": ids, "attention_mask": real.long(), "labels": ids.masked_fill(~real, -100)}
+        else:
+            batch = mlm([{"input_ids": row} for row in ids]) if mlm is not None else {"input_ids": ids, "labels": ids.clone()}
+        if "block_index" in rows[0]:  # the row of each block in a teacher cache (distillation)
+            batch["block_index"] = torch.as_tensor([int(r["block_index"]) for r in rows])
+        return batch
 
     return collate
 
@@ -132,7 +141,9 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
             save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
             load_best_model_at_end=has_dev and t.keep_best, metric_for_best_model="eval_loss", greater_is_better=False,
             seed=t.seed, dataloader_num_workers=t.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
-            report_to="none", disable_tqdm=False, deepspeed=deepspeed, **precision_flags(t.precision),
+            report_to="none", disable_tqdm=False,
+            # the collator reads every column (the length of padded examples, block_index)
+            remove_unused_columns=False, deepspeed=deepspeed, **precision_flags(t.precision),
             use_cpu=not torch.cuda.is_available())  # on CPU, accelerate forms a gloo group under torchrun only with this
     except ImportError as exc:
         raise UserError(f"train.deepspeed={t.deepspeed}: {str(exc).splitlines()[0]}; pip install deepspeed on this node") from None
@@ -140,12 +151,13 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
         raise UserError(f"train.precision={t.precision}: {str(exc).splitlines()[0]}") from None
 
 
-def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: str, tokenizer, train_ds, dev_ds) -> BabyTrainer:
+def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: str, tokenizer, train_ds, dev_ds,
+                  trainer_cls: type = BabyTrainer, **extra) -> BabyTrainer:
     world = args.world_size
     tokens_per_step = cfg.data.block_size * cfg.train.batch_size * cfg.train.grad_accum * world
     callbacks = [CheckpointMarker(), MetricsLog(run.metrics_file, tokens_per_step)]
     if cfg.train.early_stopping_patience and dev_ds is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return BabyTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
+    return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                        data_collator=make_collator(objective, tokenizer, cfg.data.mlm_probability),
-                       processing_class=tokenizer, callbacks=callbacks)
+                       processing_class=tokenizer, callbacks=callbacks, **extra)

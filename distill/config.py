@@ -1,0 +1,139 @@
+"""The distillation run config: a training run whose model is the `student`, plus a `distill` section.
+
+    data, tokenizer, optim, train, output   as in `python -m train` (train/config.py)
+    student                                 the architecture (as `model` there) and `init_from`
+    distill.teachers                        local Hugging Face folders, frozen
+    distill.losses.<key>                    one section per registered loss; weight 0 = off
+
+`python -m distill --help` lists every key with its doc.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from common.config import ConfigError, field
+from distill.losses import REGISTRY
+from tokenizer.config import DataConfig, TokenizerConfig
+from train.config import ModelConfig, OptimConfig, OutputConfig, TrainConfig, check_run
+
+
+@dataclass
+class StudentConfig(ModelConfig):
+    init_from: str = field("", "warm start: a local Hugging Face folder whose weights initialise the student (same architecture); empty = random")
+
+
+@dataclass
+class TeacherConfig:
+    path: str = field("", "a local Hugging Face folder (a teacher run's model/), causal LM, with the student's tokenizer")
+    weight: float = field(1.0, "this teacher's weight when logit_kd.ensemble is per_teacher")
+    layer_map: dict[int, int] | str = field("uniform", "hidden_mse: {teacher block: student block, ...} (0-based), or 'uniform' to spread the student's blocks over the teacher's")
+
+
+@dataclass
+class CETerm:
+    weight: float = field(0.0, "weight of the hard-label cross-entropy; 0 = off")
+
+
+@dataclass
+class LogitKDTerm:
+    weight: float = field(0.0, "weight of T²·KL(teacher ‖ student); 0 = off")
+    temperature: float = field(2.0, "softmax temperature T of teachers and student")
+    ensemble: Literal["mean_logits", "mean_probs", "per_teacher"] = field(
+        "mean_logits", "how teachers combine: mean of logits (BabyLlama), mean of probabilities, or one KL per teacher with its weight")
+
+
+@dataclass
+class HiddenMSETerm:
+    weight: float = field(0.0, "weight of the deeply supervised hidden-state MSE (student blocks projected to teacher width); 0 = off")
+
+
+@dataclass
+class ContrastiveTerm:
+    weight: float = field(0.0, "weight of InfoNCE between projected student and teacher last hidden states; 0 = off")
+    tau: float = field(0.1, "temperature τ of the cosine similarities")
+    max_negatives: int = field(255, "negatives per token at most (tokens are grouped so memory stays flat)")
+
+
+@dataclass
+class AuxKDTerm:
+    weight: float = field(0.0, "γ: weight of the auxiliary classifiers' adaptively weighted KL; 0 = off")
+    layers: list[int] = field([], "student blocks (0-based) that get an auxiliary classifier; empty = the first half, every other block")
+    temperature: float = field(2.0, "softmax temperature of the auxiliary KL")
+
+
+@dataclass
+class LossesConfig:
+    ce: CETerm = field(CETerm(), "hard-label cross-entropy")
+    logit_kd: LogitKDTerm = field(LogitKDTerm(), "logit distillation (Hinton et al. 2015)")
+    hidden_mse: HiddenMSETerm = field(HiddenMSETerm(), "deeply supervised hidden-state KD (DSKD, arXiv 2202.07846)")
+    contrastive: ContrastiveTerm = field(ContrastiveTerm(), "contrastive (InfoNCE) KD")
+    aux_kd: AuxKDTerm = field(AuxKDTerm(), "auxiliary-classifier KD with adaptive layer weights")
+
+    def active(self) -> dict[str, object]:
+        """The terms with a positive weight, in registry order."""
+        return {key: getattr(self, key) for key in REGISTRY if getattr(self, key).weight > 0}
+
+
+@dataclass
+class DistillConfig:
+    teachers: list[TeacherConfig] = field([], "the teachers, each a local Hugging Face folder")
+    teacher_dtype: Literal["auto", "float32", "bfloat16"] = field("auto", "teachers' precision: auto = bf16 on a GPU that supports it, else float32")
+    losses: LossesConfig = field(LossesConfig(), "the loss terms and their weights (weight 0 = off)")
+    teacher_cache: str = field("", "a folder written by `python -m distill cache-teachers`: read KD targets from it instead of running teachers")
+    cache_top_k: int = field(64, "cache-teachers: log-probabilities kept per token")
+
+
+@dataclass
+class DistillRunConfig:
+    data: DataConfig = field(DataConfig(), "corpus location, cleaning, packing")
+    tokenizer: TokenizerConfig = field(TokenizerConfig(), "tokenizer trained from scratch or loaded (teachers must share it)")
+    student: StudentConfig = field(StudentConfig(), "the student's architecture and optional warm start")
+    optim: OptimConfig = field(OptimConfig(), "optimizer and schedule")
+    train: TrainConfig = field(TrainConfig(), "loop, evaluation, checkpoints, precision")
+    output: OutputConfig = field(OutputConfig(), "where the run directory goes")
+    distill: DistillConfig = field(DistillConfig(), "teachers and loss terms")
+
+    @property
+    def model(self) -> StudentConfig:
+        """The student, under the name the training code uses."""
+        return self.student
+
+    def check(self) -> None:
+        try:
+            check_run(self)
+        except ConfigError as exc:
+            if exc.key.startswith("model."):
+                raise ConfigError("student." + exc.key[len("model."):], exc.message.replace("model.", "student.")) from None
+            raise
+        d = self.distill
+        active = d.losses.active()
+        for key in REGISTRY:
+            term = getattr(d.losses, key)
+            if term.weight < 0:
+                raise ConfigError(f"distill.losses.{key}.weight", f"must be 0 (off) or positive, got {term.weight}")
+            for name in ("temperature", "tau"):
+                if hasattr(term, name) and getattr(term, name) <= 0:
+                    raise ConfigError(f"distill.losses.{key}.{name}", f"must be above 0, got {getattr(term, name)}")
+        if not active:
+            raise ConfigError("distill.losses", "no term has a positive weight; set e.g. distill.losses.ce.weight=0.5 distill.losses.logit_kd.weight=0.5")
+        if d.losses.contrastive.max_negatives < 1:
+            raise ConfigError("distill.losses.contrastive.max_negatives", f"must be at least 1, got {d.losses.contrastive.max_negatives}")
+        needs_teacher = [k for k in active if k != "ce"]
+        if needs_teacher and not d.teachers:
+            raise ConfigError("distill.teachers", f"is empty but {', '.join(needs_teacher)} need a teacher; add - path: runs/<exp>/<teacher>/model")
+        for i, t in enumerate(d.teachers):
+            if not t.path:
+                raise ConfigError(f"distill.teachers[{i}].path", "is empty; give the teacher's model folder")
+            if not Path(t.path).is_dir():
+                raise ConfigError(f"distill.teachers[{i}].path", f"{t.path} does not exist; train the teacher first "
+                                                                  f"(python -m train config/runs/<teacher>.yaml) or fix the path")
+            if t.weight < 0:
+                raise ConfigError(f"distill.teachers[{i}].weight", f"must be 0 or positive, got {t.weight}")
+            if isinstance(t.layer_map, str) and t.layer_map != "uniform":
+                raise ConfigError(f"distill.teachers[{i}].layer_map", f"is {t.layer_map!r}; give a mapping {{teacher block: student block}} or 'uniform'")
+        if d.cache_top_k < 1:
+            raise ConfigError("distill.cache_top_k", f"must be at least 1, got {d.cache_top_k}")
+        if d.teacher_cache and ({"hidden_mse", "contrastive", "aux_kd"} & set(active)):
+            raise ConfigError("distill.teacher_cache", "holds only the teachers' top-k log-probabilities; hidden_mse, contrastive and aux_kd need the teachers run online")

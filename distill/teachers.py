@@ -1,0 +1,118 @@
+"""Teachers: loaded from local folders, checked against the student, frozen, and run without gradients.
+
+Checks, each a one-line error naming the teacher: the folder exists and holds a causal LM
+(a masked-LM teacher cannot give next-token distributions to a causal student); its
+tokenizer has the student's vocabulary and merges; every layer-map index exists.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.errors import UserError
+from eval.model import check_folder
+
+
+@dataclass
+class Teacher:
+    name: str
+    model: torch.nn.Module
+    weight: float
+    layer_map: list[tuple[int, int]]  # (teacher block, student block), 0-based
+    hidden_size: int
+    num_layers: int
+
+
+def tokenizer_identity(folder: Path) -> dict:
+    """What must agree between two tokenizers: the vocabulary (token -> id) and the BPE merges."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: no tokenizer.json; the teacher folder must hold the tokenizer it was trained with")
+    model = json.loads(path.read_text(encoding="utf-8"))["model"]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model.get("merges", [])]
+    return {"vocab": model.get("vocab"), "merges": merges}
+
+
+def check_same_tokenizer(teacher_dir: Path, student_tokenizer_dir: Path) -> None:
+    t, s = tokenizer_identity(teacher_dir), tokenizer_identity(student_tokenizer_dir)
+    if t != s:
+        what = "vocabulary" if t["vocab"] != s["vocab"] else "merges"
+        raise UserError(f"teacher {teacher_dir} and the student's tokenizer {student_tokenizer_dir} differ in their {what} "
+                        f"({len(t['vocab'] or {})} vs {len(s['vocab'] or {})} tokens); distillation needs one tokenizer: "
+                        f"train the student with the teacher's (tokenizer.type=pretrained tokenizer.name_or_path={teacher_dir})")
+
+
+def num_layers(config) -> int:
+    return config.num_hidden_layers if hasattr(config, "num_hidden_layers") else config.n_layer
+
+
+def resolve_layer_map(spec, teacher_layers: int, student_layers: int, where: str) -> list[tuple[int, int]]:
+    """The (teacher block, student block) pairs of a layer map; 'uniform' pairs every student block
+    j with teacher block round((j + 1) · L_t / L_s) − 1, so the last blocks meet."""
+    if spec == "uniform":
+        return [(round((j + 1) * teacher_layers / student_layers) - 1, j) for j in range(student_layers)]
+    pairs = []
+    for t, s in spec.items():
+        try:
+            t, s = int(t), int(s)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: layer map entries must be integers, got {t!r}: {s!r}") from None
+        if not 0 <= t < teacher_layers:
+            raise UserError(f"{where}: teacher block {t} is out of range: the teacher has {teacher_layers} blocks (0..{teacher_layers - 1})")
+        if not 0 <= s < student_layers:
+            raise UserError(f"{where}: student block {s} is out of range: the student has {student_layers} blocks (0..{student_layers - 1})")
+        pairs.append((t, s))
+    if not pairs:
+        raise UserError(f"{where}: the layer map is empty; give {{teacher block: student block}} pairs or 'uniform'")
+    return sorted(pairs)
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        setting = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    return torch.bfloat16 if setting == "bfloat16" else torch.float32
+
+
+def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, device: torch.device) -> list[Teacher]:
+    """Every configured teacher, checked, frozen (requires_grad False), in eval mode, on `device`.
+    Layer maps are resolved against `student_layers` (None: not needed, as when caching)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = cfg.distill
+    dtype = pick_dtype(d.teacher_dtype, device)
+    out = []
+    for i, tc in enumerate(d.teachers):
+        where = f"distill.teachers[{i}] ({tc.path})"
+        try:
+            folder = check_folder(tc.path)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        config = AutoConfig.from_pretrained(folder)
+        arch = (getattr(config, "architectures", None) or [""])[0]
+        if "MaskedLM" in arch or not (arch.endswith(("ForCausalLM", "LMHeadModel")) or getattr(config, "is_decoder", False)):
+            raise UserError(f"{where}: is a {config.model_type} model, not a causal LM; a causal student needs causal teachers "
+                            f"(use the weighted mutual learning of python -m distill.wml for masked LMs)")
+        check_same_tokenizer(folder, student_tokenizer_dir)
+        layer_map = (resolve_layer_map(tc.layer_map, num_layers(config), student_layers, f"{where}.layer_map")
+                     if student_layers else [])
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        model.requires_grad_(False)
+        out.append(Teacher(name=folder.parent.name if folder.name == "model" else folder.name, model=model, weight=tc.weight,
+                           layer_map=layer_map, hidden_size=config.hidden_size, num_layers=num_layers(config)))
+    return out
+
+
+@torch.no_grad()
+def run_teachers(teachers: list[Teacher], input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 hidden: bool) -> list[tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]]:
+    """(logits [B, T, V], hidden states or None) per teacher; hidden states only when a loss needs them."""
+    out = []
+    for t in teachers:
+        if t.model.training:  # the Trainer's model.train() never reaches the teachers, but be sure
+            t.model.eval()
+        o = t.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+        out.append((o.logits, o.hidden_states if hidden else None))
+    return out

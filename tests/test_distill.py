@@ -1,0 +1,227 @@
+"""End to end: `python -m distill` on every demo recipe, accumulation invariance, resume, the teacher cache, bad inputs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import (ROOT, assert_bitwise_equal, assert_user_error, ok, run_cli, shared, start_and_kill, weights)
+
+pytestmark = pytest.mark.slow
+
+STUDENT_RECIPES = ["demo-kd", "demo-distilledgpt", "demo-palenkallama", "demo-contrastive", "demo-dskd-aux",
+                   "demo-dskd-aux-single", "demo-warmstart"]
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, demo_root, cache_dir) -> Path:
+    """The two demo teachers (GPT-2 and Llama), trained by `python -m train` into <root>/runs/demo/."""
+    root = tmp_path_factory.mktemp("distill")
+    for recipe in ("demo-teacher", "demo-teacher-llama"):
+        ok(run_cli("train", f"config/runs/{recipe}.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+                   f"data.cache_dir={cache_dir}", f"output.dir={root / 'runs'}", "train.max_steps=60", "train.save_steps=1000",
+                   "train.eval_steps=1000", "optim.warmup_steps=5"))
+    return root
+
+
+def recipe_copy(name: str, teachers: Path, dest: Path) -> Path:
+    """The recipe with its teacher (and init_from) folders pointed at the test's teachers; nothing else changes."""
+    text = (ROOT / "config" / "runs" / f"{name}.yaml").read_text().replace("runs/demo/", f"{teachers}/runs/demo/")
+    path = dest / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def overrides(demo_root, cache_dir, out: Path, steps: int = 30) -> list[str]:
+    return [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
+            f"output.dir={out}", f"train.max_steps={steps}", "train.save_steps=10", "train.eval_steps=10", "train.logging_steps=5",
+            "optim.warmup_steps=5"]
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def teacher_hashes(teachers: Path) -> dict:
+    return {p.parent.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((teachers / "runs" / "demo").glob("*/model/model.safetensors"))}
+
+
+# ------------------------------------------------------------------ every demo recipe
+@pytest.mark.parametrize("name", STUDENT_RECIPES)
+def test_demo_recipe_trains_and_exports_a_plain_student(name, teachers, demo_root, cache_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    before = teacher_hashes(teachers)
+    recipe = recipe_copy(name, teachers, tmp_path)
+    raw = yaml.safe_load(recipe.read_text())
+    proc = ok(run_cli("distill", str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs")))
+    active = [k for k, v in raw["distill"]["losses"].items() if v.get("weight", 0) > 0]
+    assert "loss = " in proc.stdout and all(k in proc.stdout.split("loss = ", 1)[1].splitlines()[0] for k in active)
+    run = tmp_path / "runs" / "demo" / raw["output"]["name"]
+    assert (run / "DONE").exists()
+    rows = [r for r in metrics(run) if "loss" in r]
+    assert rows[-1]["loss"] < rows[0]["loss"], [r["loss"] for r in rows]
+    assert all(f"loss/{k}" in rows[0] for k in active), rows[0]
+    evals = [r for r in metrics(run) if "eval_loss" in r]
+    assert evals and all(r["eval_loss"] > 0 for r in evals)
+    # the export is the plain student: Auto classes load it, and it holds no projection or auxiliary weights
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    exported = weights(run / "model")
+    assert not [k for k in exported if "projection" in k or "aux_head" in k or k.startswith("student.")]
+    assert model.config.model_type == ("gpt2" if name == "demo-distilledgpt" else "llama")
+    # checkpoints hold the trainable parts of the loss as well
+    ckpt = sorted((run / "checkpoints").glob("checkpoint-*"))[-1]
+    saved = weights(ckpt)
+    if "hidden_mse" in active or "contrastive" in active:
+        assert any(k.startswith("projections.") for k in saved)
+    if "aux_kd" in active:
+        assert any(k.startswith("aux_heads.") for k in saved)
+    assert teacher_hashes(teachers) == before  # teachers are never updated
+
+
+def test_warm_start_begins_from_the_checkpoint(teachers, demo_root, cache_dir, tmp_path):
+    """demo-warmstart starts from the Llama teacher's weights: its first loss is far below a random student's."""
+    runs = {}
+    for name, extra in (("warm", []), ("cold", ["student.init_from="])):
+        recipe = recipe_copy("demo-warmstart", teachers, tmp_path)
+        ok(run_cli("distill", str(recipe), *overrides(demo_root, cache_dir, tmp_path / name, steps=5), "train.logging_steps=1", *extra))
+        runs[name] = [r for r in metrics(tmp_path / name / "demo" / "warmstart") if "loss/ce" in r][0]["loss/ce"]
+    assert runs["warm"] < runs["cold"] - 1.0, runs
+
+
+# ------------------------------------------------------------------ normalisation across accumulation
+def test_first_step_is_the_same_with_gradient_accumulation(teachers, demo_root, cache_dir, tmp_path):
+    """8 blocks in one micro-batch or in two of 4: the same loss, terms and weights after the step (per-token normalisation)."""
+    recipe = recipe_copy("demo-palenkallama", teachers, tmp_path)
+    results = {}
+    for name, bs, ga in (("one", 8, 1), ("two", 4, 2)):
+        ok(run_cli("distill", str(recipe), *overrides(demo_root, cache_dir, tmp_path / name, steps=1), "train.logging_steps=1",
+                   f"train.batch_size={bs}", f"train.grad_accum={ga}", "data.dev_dir=", "train.keep_best=false"))
+        run = tmp_path / name / "demo" / "palenkallama"
+        results[name] = ([r for r in metrics(run) if "loss" in r][0], weights(run / "model"))
+    (one, w1), (two, w2) = results["one"], results["two"]
+    for key in ("loss", "loss/ce", "loss/logit_kd", "loss/hidden_mse"):
+        assert one[key] == pytest.approx(two[key], rel=1e-4, abs=1e-5), key
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-5), k
+
+
+# ------------------------------------------------------------------ resume
+def test_resume_after_sigkill_restores_projections_and_is_bitwise_identical(teachers, demo_root, cache_dir, tmp_path):
+    recipe = recipe_copy("demo-palenkallama", teachers, tmp_path)
+    args = [str(recipe), *overrides(demo_root, cache_dir, tmp_path / "ref", steps=30), "train.logging_steps=1"]
+    ok(run_cli("distill", *args))
+    reference = weights(tmp_path / "ref" / "demo" / "palenkallama" / "model")
+    args = [str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs", steps=30), "train.logging_steps=1"]
+    run = tmp_path / "runs" / "demo" / "palenkallama"
+    step = random.Random().randint(11, 27)
+    start_and_kill("distill", args, run, step)
+    assert not (run / "DONE").exists()
+    proc = ok(run_cli("distill", *args, "--resume"))
+    assert "resuming from" in proc.stdout
+    assert_bitwise_equal(weights(run / "model"), reference), f"killed at step {step}"
+
+
+# ------------------------------------------------------------------ the teacher cache
+def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_dir, tmp_path):
+    recipe = recipe_copy("demo-kd", teachers, tmp_path)
+    base = overrides(demo_root, cache_dir, tmp_path / "runs", steps=20)
+    cache = tmp_path / "teacher-cache"
+    proc = ok(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache)))
+    assert "caching top-16 of 2 teacher(s)" in proc.stdout and (cache / "cache.json").exists()
+    info = json.loads((cache / "cache.json").read_text())
+    assert info["fingerprint"]["top_k"] == 16 and info["n_blocks"] > 0
+    assert "nothing to do" in ok(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache))).stdout
+
+    proc = ok(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}"))
+    assert "teacher targets from the cache" in proc.stdout
+    rows = [r for r in metrics(tmp_path / "runs" / "demo" / "kd") if "loss" in r]
+    assert rows[-1]["loss"] < rows[0]["loss"] and "loss/logit_kd" in rows[0]
+
+    # a different k, temperature or teacher set is a stale cache: an error, never a silent reuse
+    for change, needle in (("distill.cache_top_k=32", "distill.cache_top_k"),
+                           ("distill.losses.logit_kd.temperature=3", "temperature")):
+        assert_user_error(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}", change,
+                                  "output.name=stale"), "stale cache", needle)
+    assert_user_error(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=8", "--out", str(cache)),
+                      "holds a cache of different inputs", "--overwrite")
+    assert json.loads((cache / "cache.json").read_text())["fingerprint"]["top_k"] == 16  # nothing overwritten
+
+
+def test_cached_kd_matches_dense_kd_on_a_batch(teachers, demo_root, cache_dir, tmp_path):
+    """The cached term against the dense one on the same student and batch, per k (the gap is printed)."""
+    from transformers import AutoModelForCausalLM
+
+    from distill import losses as L
+    from distill.teachers import run_teachers, Teacher
+    from tokenizer.prepare import load_blocks
+
+    student = AutoModelForCausalLM.from_pretrained(teachers / "runs" / "demo" / "teacher-llama" / "model")
+    models = [AutoModelForCausalLM.from_pretrained(teachers / "runs" / "demo" / n / "model").eval() for n in ("teacher", "teacher-llama")]
+    blocks = sorted(cache_dir.glob("blocks/train-*"))[0]
+    ids = load_blocks(blocks)[:4]["input_ids"]
+    t_logits = [lo[:, :-1].reshape(-1, lo.shape[-1]) for lo, _ in
+                run_teachers([Teacher("t", m, 1, [], 0, 0) for m in models], ids, None, hidden=False)]
+    with torch.no_grad():
+        s = student(ids).logits[:, :-1].reshape(-1, t_logits[0].shape[-1])
+    n = s.shape[0]
+    dense = float(L.logit_kd(s, t_logits, 2.0, n))
+    (_, logp), = L.teacher_logprobs(t_logits, 2.0, "mean_logits")
+    gaps = {}
+    for k in (8, 32, 128, 512):
+        top, top_ids = logp.topk(k, -1)
+        rest = (1 - top.exp().sum(-1)).clamp_min(0)
+        gaps[k] = dense - float(L.cached_logit_kd(s, top.half().float(), top_ids, rest.half().float(), 2.0, n))
+    print(f"dense KD {dense:.4f}; dense - cached, per k:", {k: f"{g:.2e}" for k, g in gaps.items()})
+    assert abs(gaps[512]) < 1e-3 * max(dense, 1)  # the full 512-token vocabulary: only float16 rounding remains
+    assert all(g >= -1e-3 for g in gaps.values()) and gaps[8] >= gaps[128] - 1e-4
+
+
+# ------------------------------------------------------------------ bad inputs
+def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path):
+    recipe = recipe_copy("demo-kd", teachers, tmp_path)
+    base = [str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs", steps=5)]
+    run = tmp_path / "runs" / "demo" / "kd"
+    gpt2 = f"{teachers}/runs/demo/teacher/model"
+
+    def bad(*extra, needles):
+        assert_user_error(run_cli("distill", *base, *extra), *needles)
+        assert not run.exists()  # nothing written
+
+    bad(f"distill.teachers=[{{path: {tmp_path}/nowhere}}]", needles=("distill.teachers[0].path", "does not exist"))
+    bad(f"distill.teachers=[{{path: {shared('hf_tiny_gpt2')}}}]", needles=("differ in their vocabulary", "tokenizer.type=pretrained"))
+    bad(f"distill.teachers=[{{path: {gpt2}, layer_map: {{5: 1}}}}]", "distill.losses.hidden_mse.weight=0.5",
+        needles=("distill.teachers[0]", "teacher block 5 is out of range: the teacher has 2 blocks"))
+    bad("distill.losses.hiden_mse.weight=0.5", needles=("unknown key", "did you mean 'distill.losses.hidden_mse'"))
+    bad("distill.losses.logit_kd.weight=-0.5", needles=("distill.losses.logit_kd.weight", "must be 0 (off) or positive"))
+    bad("distill.losses.logit_kd.temperature=0", needles=("distill.losses.logit_kd.temperature", "must be above 0"))
+    bad(f"student.init_from={gpt2}", needles=("student.init_from", "cannot load into student.arch"))
+    bad(f"distill.teacher_cache={tmp_path}/no-cache", needles=("distill.teacher_cache", "cache-teachers"))
+
+    mlm = tmp_path / "mlm"
+    ok(run_cli("train", "config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+               f"data.cache_dir={cache_dir}", f"output.dir={mlm}", "model.arch=roberta-tiny", "train.max_steps=2",
+               "train.save_steps=1000", "train.eval_steps=1000", "optim.warmup_steps=1"))
+    bad(f"distill.teachers=[{{path: {mlm}/demo/teacher/model}}]", needles=("not a causal LM", "causal teachers"))
+
+
+def test_torchrun_two_processes(teachers, demo_root, cache_dir, tmp_path):
+    """Two CPU ranks: the run directory is written once, and the loss keeps its per-token scale (not x world size)."""
+    import math
+
+    recipe = recipe_copy("demo-kd", teachers, tmp_path)
+    ok(run_cli("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "distill", str(recipe),
+               *overrides(demo_root, cache_dir, tmp_path / "runs", steps=10), "train.logging_steps=1", "train.batch_size=4"))
+    run = tmp_path / "runs" / "demo" / "kd"
+    rows = [r for r in metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 11)) and (run / "DONE").exists()
+    first = rows[0]
+    assert abs(first["loss/ce"] - math.log(512)) < 0.5, first  # an untrained student: about ln(vocabulary)
+    assert first["loss"] == pytest.approx(0.5 * first["loss/ce"] + 0.5 * first["loss/logit_kd"], rel=1e-3)
+    assert (run / "checkpoints" / "checkpoint-10" / "rng_state_1.pth").exists()

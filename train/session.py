@@ -1,0 +1,94 @@
+"""One training session, shared by `python -m train` and `python -m distill`.
+
+Reads top to bottom: run directory decision -> data and tokenizer -> model (from a
+`Recipe`) -> Trainer -> export -> DONE. A Recipe says how to build what is trained and
+how to export it; everything else (refusing to overwrite, resuming from the newest good
+checkpoint, run.json, the non-finite-loss stop) is the same for every kind of run.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from common import config as cfglib
+from common.errors import UserError
+
+
+@dataclass
+class Built:
+    """What a recipe hands the session: the module the Trainer trains and the plain model to export."""
+
+    trained: Any            # the Trainer's model (the student itself, or a wrapper around it)
+    exported: Any           # the Hugging Face model written to model/
+    objective: str          # "causal" or "masked" (picks the collator)
+    banner: str             # one line printed before training
+    trainer_cls: type | None = None
+    trainer_kwargs: dict = field(default_factory=dict)
+    block_index: bool = False  # give every training block its row number (a teacher cache is read by it)
+
+
+Recipe = Callable[[Any, Any, Any, Any], Built]  # (cfg, tokenizer, prepared data, device) -> Built
+
+
+def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> int:
+    from transformers import AutoTokenizer, set_seed
+
+    from tokenizer.prepare import load_blocks, prepare
+    from train import models
+    from train.rundir import RunDir
+    from train.trainer import BabyTrainer, NonFiniteLoss, build_trainer, training_arguments
+
+    resolved = cfglib.to_dict(cfg)
+    # 1. What to do with the run directory: refuse before anything is written.
+    run_dir = RunDir(Path(cfg.output.dir) / cfg.output.experiment / cfg.output.name)
+    decision = run_dir.decide(resolved, resume=resume, overwrite=overwrite)
+    if decision == "done":
+        print(f"{run_dir.path}: already finished (DONE); nothing to do")
+        return 0
+
+    # 2. Data and tokenizer (cached), the model, and the checks, still before writing.
+    targs = training_arguments(cfg, run_dir)
+    with targs.main_process_first(desc="prepare data"):
+        prepared = prepare(cfg.data, cfg.tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
+    models.check_vocab(cfg.model, tokenizer, prepared.tokenizer_dir)
+    set_seed(cfg.train.seed)  # the model is initialised before the Trainer seeds anything
+    built = recipe(cfg, tokenizer, prepared, targs.device)
+    train_ds = load_blocks(prepared.train_blocks, cfg.data.train_fraction, cfg.data.seed, with_index=built.block_index)
+    dev_ds = load_blocks(prepared.dev_blocks) if prepared.dev_blocks else None
+    print(f"{built.banner}; {len(train_ds)} train blocks of {cfg.data.block_size} tokens"
+          + (f", {len(dev_ds)} dev blocks" if dev_ds else ""))
+
+    # 3. The run directory, then training (resuming from the newest good checkpoint).
+    run_dir.create(resolved, decision)
+    checkpoint = run_dir.newest_good_checkpoint() if decision == "resume" else None
+    if decision == "resume":
+        print(f"resuming from {checkpoint}" if checkpoint else f"{run_dir.path}: no usable checkpoint; starting from step 0")
+    trainer = build_trainer(cfg, run_dir, targs, built.trained, built.objective, tokenizer, train_ds, dev_ds,
+                            trainer_cls=built.trainer_cls or BabyTrainer, **built.trainer_kwargs)
+    run_dir.begin(argv, checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except NonFiniteLoss as exc:
+        good = run_dir.newest_finite_checkpoint()
+        run_dir.end("failed", error=str(exc))
+        print(file=sys.stderr)  # end the progress bar's line before the error
+        raise UserError(f"{run_dir.path}: {exc}; training stopped, last good checkpoint: {good or 'none'}; "
+                        f"lower optim.lr or set optim.max_grad_norm, then rerun with --resume") from None
+
+    # 4. Export the (best) model with its tokenizer, final dev loss, DONE last.
+    dev_loss = trainer.evaluate()["eval_loss"] if dev_ds is not None else None
+    if built.exported is built.trained:
+        trainer.save_model(str(run_dir.model_dir))
+    elif trainer.is_world_process_zero():
+        built.exported.save_pretrained(str(run_dir.model_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(run_dir.model_dir))
+    summary = {"step": trainer.state.global_step, "dev_loss": dev_loss, "best_checkpoint": trainer.state.best_model_checkpoint}
+    run_dir.end("done", **summary)
+    run_dir.mark_done(summary)
+    if trainer.is_world_process_zero():
+        print(f"{run_dir.path}: done at step {trainer.state.global_step}" + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else ""))
+    return 0
