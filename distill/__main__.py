@@ -7,7 +7,6 @@ loss, the distillation trainer) -> model/ holds the plain student. `--help` list
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,18 +15,12 @@ from common.errors import UserError, exit_on_user_error
 from distill.config import DistillRunConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m distill", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Distil teachers into a student in runs/<experiment>/<name>/ (python -m distill cache-teachers CONFIG "
-                    "stores the teachers' top-k log-probabilities first).",
-        epilog="config keys (YAML sections, or key=value on the command line):\n" + "\n".join(cfglib.describe(DistillRunConfig)))
-    parser.add_argument("config", help="run YAML, e.g. config/runs/demo-kd.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. distill.losses.hidden_mse.weight=0.3")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint (or start if there is none)")
-    group.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start again")
-    return parser
+def build_parser():
+    from train.session import run_parser
+
+    return run_parser("python -m distill", "Distil teachers into a student in runs/<experiment>/<name>/ (python -m distill "
+                      "cache-teachers CONFIG stores the teachers' top-k log-probabilities first).",
+                      DistillRunConfig, "config/runs/demo-kd.yaml", "distill.losses.hidden_mse.weight=0.3")
 
 
 @exit_on_user_error

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from common.errors import UserError
 from distill import losses as L
 from distill.teachers import Teacher, num_layers
 
@@ -26,7 +27,7 @@ class Term:
     weight: float
     params: object  # the term's config section
 
-    def describe(self, teachers: list[Teacher]) -> str:
+    def describe(self, teachers: list[Teacher], aux_layers: list[int]) -> str:
         p = self.params
         if self.key == "logit_kd":
             return f"{self.weight:g}*logit_kd(T={p.temperature:g}, {p.ensemble})"
@@ -36,7 +37,7 @@ class Term:
         if self.key == "contrastive":
             return f"{self.weight:g}*contrastive(tau={p.tau:g}, negatives<={p.max_negatives})"
         if self.key == "aux_kd":
-            return f"{self.weight:g}*aux_kd(layers={list(p.layers)}, T={p.temperature:g}, softmax-weighted)"
+            return f"{self.weight:g}*aux_kd(layers={aux_layers}, T={p.temperature:g}, softmax-weighted)"
         return f"{self.weight:g}*{self.key}"
 
 
@@ -69,10 +70,12 @@ class DistillationWrapper(nn.Module):
             for k, t in enumerate(teachers):
                 self.projections[f"contrastive_t{k}"] = nn.Linear(hs, t.hidden_size, bias=False)
         self.aux_heads = nn.ModuleDict()
+        self.aux_layers = list(loss_cfg.aux_kd.layers) or default_aux_layers(n_layers)
         if "aux_kd" in keys:
-            aux = loss_cfg.aux_kd
-            aux.layers = list(aux.layers) or default_aux_layers(n_layers)
-            for b in aux.layers:
+            for b in self.aux_layers:
+                if not 0 <= b < n_layers:
+                    raise UserError(f"distill.losses.aux_kd.layers: student block {b} is out of range: the student has "
+                                    f"{n_layers} blocks (0..{n_layers - 1})")
                 self.aux_heads[f"block{b}"] = nn.Sequential(nn.LayerNorm(hs), nn.Linear(hs, student.config.vocab_size, bias=False))
         self.layer_maps = [t.layer_map for t in teachers]
         # Tied weights (GPT-2's head and embedding) are stored once in checkpoints; the Trainer,
@@ -90,7 +93,7 @@ class DistillationWrapper(nn.Module):
         self.student.tie_weights()
 
     def formula(self, teachers: list[Teacher]) -> str:
-        return " + ".join(t.describe(teachers) for t in self.terms)
+        return " + ".join(t.describe(teachers, self.aux_layers) for t in self.terms)
 
     def forward(self, input_ids, attention_mask=None, labels=None, teacher_outputs=None, cached_targets=None, n_tokens=None):
         """Without `teacher_outputs`/`cached_targets` (evaluation): the student's cross-entropy per
@@ -134,7 +137,7 @@ class DistillationWrapper(nn.Module):
                 value = sum(L.contrastive(self.projections[f"contrastive_t{k}"](last), rows(t_hidden[-1]), p.tau, p.max_negatives, n)
                             for k, (_, t_hidden) in enumerate(teacher_outputs)) / len(teacher_outputs)
             elif term.key == "aux_kd":
-                aux = [self.aux_heads[f"block{b}"](rows(out.hidden_states[b + 1])) for b in p.layers]
+                aux = [self.aux_heads[f"block{b}"](rows(out.hidden_states[b + 1])) for b in self.aux_layers]
                 value = L.aux_kd(aux, t_logits, p.temperature, n, self.ensemble)
             else:  # pragma: no cover - the config only knows registered keys
                 raise KeyError(term.key)

@@ -211,3 +211,12 @@ def test_uniform_and_palenka_layer_maps():
         resolve_layer_map({24: 15}, 24, 16, "x")
     with pytest.raises(UserError, match="student block 16 is out of range"):
         resolve_layer_map({23: 16}, 24, 16, "x")
+
+
+def test_aux_layers_out_of_range_is_a_clear_error():
+    from common.errors import UserError
+    from distill.wrapper import DistillationWrapper
+
+    with pytest.raises(UserError, match=r"distill.losses.aux_kd.layers: student block 4 is out of range: the student has 4 blocks"):
+        DistillationWrapper(tiny("llama", 16, 4), [], all_terms_config(layers=[0, 4]))
+    assert DistillationWrapper(tiny("llama", 16, 4), [], all_terms_config()).aux_layers == [0]  # default: the first half, every other block

@@ -5,7 +5,6 @@ tokenizer -> model -> Trainer -> export -> DONE). `--help` lists every config ke
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from common import config as cfglib
@@ -13,17 +12,11 @@ from common.errors import exit_on_user_error
 from train.config import RunConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m train", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train a teacher or baseline LM into runs/<experiment>/<name>/ (see DESIGN.md, 'The run directory').",
-        epilog="config keys (YAML sections, or key=value on the command line):\n" + "\n".join(cfglib.describe(RunConfig)))
-    parser.add_argument("config", help="run YAML, e.g. config/runs/demo-teacher.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 data.train_dir=/data/babylm/train_10M")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint (or start if there is none)")
-    group.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start again")
-    return parser
+def build_parser():
+    from train.session import run_parser
+
+    return run_parser("python -m train", "Train a teacher or baseline LM into runs/<experiment>/<name>/ (see DESIGN.md, 'The run directory').",
+                      RunConfig, "config/runs/demo-teacher.yaml", "optim.lr=3e-4 data.train_dir=/data/babylm/train_10M")
 
 
 @exit_on_user_error

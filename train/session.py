@@ -7,6 +7,7 @@ checkpoint, run.json, the non-finite-loss stop) is the same for every kind of ru
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,19 @@ class Built:
 
 
 Recipe = Callable[[Any, Any, Any, Any], Built]  # (cfg, tokenizer, prepared data, device) -> Built
+
+
+def run_parser(prog: str, description: str, schema: type, example_config: str, example_override: str) -> argparse.ArgumentParser:
+    """The command line every training entry point shares: CONFIG, dotted overrides, --resume | --overwrite."""
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=description,
+        epilog="config keys (YAML sections, or key=value on the command line):\n" + "\n".join(cfglib.describe(schema)))
+    parser.add_argument("config", help=f"run YAML, e.g. {example_config}")
+    parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example_override}")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint (or start if there is none)")
+    group.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start again")
+    return parser
 
 
 def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> int:
