@@ -1,0 +1,94 @@
+"""Weighted mutual learning: the inner loss, the validation ensemble loss, the hypergradient of
+the peer weights and their mirror-descent step. Pure functions over tensors.
+
+Zhang et al., "Weighted mutual learning with diversity-driven model compression", NeurIPS 2022:
+  inner (eq. 3)  L(θ, ω) = (1 − α) Σ_i ω_i CE_i + α Σ_i Σ_{j≠i} ω_j KL(P_j ‖ P_i)
+  outer (eq. 5)  ω ← argmin_ω L_val(θ − γ ∇_θ L(θ, ω), ω) on the probability simplex,
+taken as one mirror-descent (exponentiated-gradient) step ω_i ← ω_i exp(−η g_i) / Z.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def _full(z: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits in float32; float32 and float64 as they are (the tests run in float64)."""
+    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+
+
+def wml_parts(logits: list[torch.Tensor], labels: torch.Tensor, alpha: float, n_tokens: float) -> torch.Tensor:
+    """ℓ_j = ∂L/∂ω_j for every peer j, so that the inner loss is L = Σ_j ω_j ℓ_j.
+
+    logits: K peers' [N, V] at the N valid positions; labels [N]; returns [K].
+    ℓ_j = (1 − α) CE_j + α Σ_{i≠j} KL(P_j ‖ P_i): peer j's own cross-entropy, plus how far
+    every other peer i is from peer j's distribution. In KL(P_j ‖ P_i) the target P_j is
+    detached: the term teaches peer i to match peer j (weighted by j's standing ω_j) and
+    must not pull peer j towards i at the same time, or a strong peer would be dragged to
+    the weak ones in proportion to its own weight. Peer j moves only through its own CE_j
+    and through the terms where the others are its targets.
+    With one peer, ℓ = [CE]: ordinary training, unscaled by 1 − α.
+    Each term is summed over valid tokens and divided by `n_tokens`.
+    """
+    if len(logits) == 1:
+        return F.cross_entropy(_full(logits[0]), labels, reduction="sum")[None] / n_tokens
+    logp = [F.log_softmax(_full(z), dim=-1) for z in logits]
+    parts = []
+    for j, lp_j in enumerate(logp):
+        ce = F.nll_loss(lp_j, labels, reduction="sum")
+        target = lp_j.detach()
+        kl = sum((target.exp() * (target - lp_i)).sum() for i, lp_i in enumerate(logp) if i != j)
+        parts.append(((1 - alpha) * ce + alpha * kl) / n_tokens)
+    return torch.stack(parts)
+
+
+def ensemble_loss(logits: list[torch.Tensor], labels: torch.Tensor, omega: torch.Tensor, n_tokens: float) -> torch.Tensor:
+    """Validation loss of the ω-weighted ensemble: −Σ log Σ_i ω_i p_i(y) / n_tokens. logits: K × [N, V]; omega [K]."""
+    logp = torch.stack([F.log_softmax(_full(z), dim=-1).gather(1, labels[:, None])[:, 0] for z in logits])  # [K, N]
+    return -torch.logsumexp(logp + torch.log(omega.to(logp.dtype))[:, None], dim=0).sum() / n_tokens
+
+
+def hypergradient(params: list[torch.Tensor], inner_parts: Callable[[list[torch.Tensor]], torch.Tensor],
+                  val_loss: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor], omega: torch.Tensor,
+                  gamma: float) -> torch.Tensor:
+    """dL_val(θ', ω)/dω through one inner step θ' = θ − γ ∇_θ L(θ, ω), L = Σ_j ω_j ℓ_j(θ):
+
+        g_i = ∂L_val/∂ω_i (θ', ω) − γ ⟨∇_θ' L_val(θ', ω), ∇_θ ℓ_i(θ)⟩
+
+    (DARTS-style one-step unrolling, Liu et al. 2019, eq. 7, with the exact second term:
+    L is linear in ω, so ∂θ'/∂ω_i = −γ ∇_θ ℓ_i). Both terms are computed with autograd from
+    live tensors; nothing is detached on the way (the reference implementation's second term
+    came from a detached tensor and was always zero).
+
+    params: the trainable tensors θ (leaves with requires_grad); inner_parts(θ) -> ℓ [K] on a
+    training batch; val_loss(θ, ω) -> scalar on a validation batch; returns g [K] (detached).
+    """
+    parts = inner_parts(params)
+    grads = torch.autograd.grad((omega.detach() * parts).sum(), params, retain_graph=True, allow_unused=True)
+    stepped = [(p - gamma * g if g is not None else p).detach().requires_grad_(True) for p, g in zip(params, grads)]
+    w = omega.detach().clone().requires_grad_(True)
+    lv = val_loss(stepped, w)
+    d_omega, *d_theta = torch.autograd.grad(lv, [w, *stepped], allow_unused=True)
+    d_omega = d_omega if d_omega is not None else torch.zeros_like(w)
+    second = torch.zeros_like(w)
+    for i in range(len(parts)):
+        gi = torch.autograd.grad(parts[i], params, retain_graph=i + 1 < len(parts), allow_unused=True)
+        second[i] = sum((a * b).sum() for a, b in zip(d_theta, gi) if a is not None and b is not None)
+    return (d_omega - gamma * second).detach()
+
+
+def mirror_step(omega: torch.Tensor, g: torch.Tensor, eta: float) -> torch.Tensor:
+    """Exponentiated gradient on the simplex: ω_i exp(−η g_i) / Σ_j ω_j exp(−η g_j) (in log space, so it cannot overflow)."""
+    logits = torch.log(omega) - eta * g
+    return torch.softmax(logits, dim=0)
+
+
+def eta_at(step: int, peak: float, final: float, warmup: int, total: int) -> float:
+    """The peer-weight step size: linear warmup to `peak` over `warmup` outer steps, then cosine to `final` at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))

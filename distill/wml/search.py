@@ -1,0 +1,147 @@
+"""Peer search: architectures whose parameter counts hit N/2, N/3, ... of a reference model.
+
+N is the parameter count of the reference (a model YAML of config/models/ or a local
+Hugging Face folder), counted on the meta device with the run's vocabulary. With K peers,
+peer i (0-based) targets N/(i + 2). For each peer, Bayesian optimisation (the
+`bayesian-optimization` package: a Gaussian process with expected improvement after random
+initial points) searches the number of layers, attention heads and hidden size, each
+chosen from a list, minimising the relative error |n − target| / target. The search runs
+over the indices of the lists, rounded to the nearest choice. A hidden size that the heads
+do not divide, or an architecture an earlier peer already took, scores as infeasible.
+Everything else (vocabulary, positions, the ratio of the feed-forward width to the hidden
+size) is the reference's.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+INFEASIBLE = 10.0  # relative error given to invalid or already-taken architectures
+
+
+@dataclass(frozen=True)
+class Arch:
+    layers: int
+    heads: int
+    hidden: int
+
+
+@dataclass
+class Reference:
+    objective: str        # causal or masked
+    fields: dict          # Hugging Face config fields, model_type included, vocabulary set
+    n_params: int
+
+    def fields_for(self, arch: Arch) -> dict:
+        """The reference's fields with this architecture's depth, heads and width (feed-forward scaled alike)."""
+        f = dict(self.fields)
+        names = _names(f["model_type"])
+        ratio = f[names["ffn"]] / f[names["hidden"]] if names["ffn"] and f.get(names["ffn"]) else None
+        f[names["layers"]], f[names["heads"]], f[names["hidden"]] = arch.layers, arch.heads, arch.hidden
+        if ratio is not None:
+            f[names["ffn"]] = int(round(ratio * arch.hidden))
+        for key in ("num_key_value_heads", "head_dim"):  # grouped-query / fixed head sizes follow the new heads
+            f.pop(key, None)
+        return f
+
+
+def _names(model_type: str) -> dict:
+    if model_type == "gpt2":
+        return {"layers": "n_layer", "heads": "n_head", "hidden": "n_embd", "ffn": "n_inner"}
+    return {"layers": "num_hidden_layers", "heads": "num_attention_heads", "hidden": "hidden_size", "ffn": "intermediate_size"}
+
+
+def count_params(fields: dict, objective: str) -> int:
+    return _count(json.dumps(fields, sort_keys=True), objective)
+
+
+@functools.lru_cache(maxsize=4096)
+def _count(fields_json: str, objective: str) -> int:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    fields = json.loads(fields_json)
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def reference_from_arch(model_cfg) -> Reference:
+    """A model section (arch YAML + overrides + vocab_size) as the reference."""
+    from train.models import read_architecture
+
+    objective, fields = read_architecture(model_cfg)
+    fields = {**fields, "vocab_size": model_cfg.vocab_size}
+    return Reference(objective, fields, count_params(fields, objective))
+
+
+def reference_from_folder(folder: str) -> Reference:
+    """A local Hugging Face model folder as the reference."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    arch = (config.architectures or [""])[0]
+    objective = "masked" if "MaskedLM" in arch else "causal"
+    fields = {k: v for k, v in config.to_diff_dict().items() if k not in ("architectures", "transformers_version", "dtype", "torch_dtype")}
+    fields["model_type"] = config.model_type
+    return Reference(objective, fields, count_params(fields, objective))
+
+
+def error(ref: Reference, arch: Arch, target: float, taken: set[Arch]) -> float:
+    if arch.hidden % arch.heads or arch in taken:
+        return INFEASIBLE
+    return abs(count_params(ref.fields_for(arch), ref.objective) - target) / target
+
+
+def bayes_search(ref: Reference, target: float, space: dict[str, list[int]], taken: set[Arch], init_points: int,
+                 n_iter: int, seed: int) -> tuple[Arch, float]:
+    """The architecture with the lowest relative error found by Bayesian optimisation over the choice indices."""
+    from bayes_opt import BayesianOptimization
+
+    def arch_at(li: float, hi: float, wi: float) -> Arch:
+        pick = lambda values, x: values[min(len(values) - 1, max(0, int(round(x))))]  # noqa: E731
+        return Arch(pick(space["layers"], li), pick(space["heads"], hi), pick(space["hidden"], wi))
+
+    best: dict = {}
+
+    def objective(li: float, hi: float, wi: float) -> float:
+        arch = arch_at(li, hi, wi)
+        e = error(ref, arch, target, taken)
+        if e < best.get("error", float("inf")):
+            best.update(arch=arch, error=e)
+        return -e
+
+    bounds = {"li": (0, len(space["layers"]) - 1), "hi": (0, len(space["heads"]) - 1), "wi": (0, len(space["hidden"]) - 1)}
+    bounds = {k: (lo, hi if hi > lo else lo + 1e-9) for k, (lo, hi) in bounds.items()}
+    optimizer = BayesianOptimization(f=objective, pbounds=bounds, random_state=seed, verbose=0, allow_duplicate_points=True)
+    optimizer.maximize(init_points=init_points, n_iter=n_iter)
+    return best["arch"], best["error"]
+
+
+def exhaustive_search(ref: Reference, target: float, space: dict[str, list[int]], taken: set[Arch]) -> tuple[Arch, float]:
+    """Every architecture of the space; for checking the Bayesian search on small spaces."""
+    candidates = [Arch(*c) for c in itertools.product(space["layers"], space["heads"], space["hidden"])]
+    return min(((a, error(ref, a, target, taken)) for a in candidates), key=lambda t: (t[1], t[0].layers, t[0].heads, t[0].hidden))
+
+
+def search_peers(ref: Reference, num_peers: int, space: dict[str, list[int]], init_points: int, n_iter: int, seed: int,
+                 exhaustive: bool = False) -> list[dict]:
+    """One distinct architecture per peer, peer i targeting N/(i + 2)."""
+    taken: set[Arch] = set()
+    out = []
+    for i in range(num_peers):
+        target = ref.n_params / (i + 2)
+        arch, err = (exhaustive_search(ref, target, space, taken) if exhaustive
+                     else bayes_search(ref, target, space, taken, init_points, n_iter, seed + i))
+        if err >= INFEASIBLE:
+            raise ValueError(f"no valid architecture left in the search space for peer {i}")
+        taken.add(arch)
+        fields = ref.fields_for(arch)
+        out.append({"peer": i, "target": target, "n_params": count_params(fields, ref.objective), "relative_error": err,
+                    "layers": arch.layers, "heads": arch.heads, "hidden": arch.hidden, "fields": fields})
+    return out
