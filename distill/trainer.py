@@ -1,10 +1,12 @@
-"""The distillation trainer: the spine's Trainer with a compute_loss that runs the teachers.
+"""Trainers for models wrapped with the trainable parts of their loss: teacher distillation and mutual learning.
 
-Wiring only: the teachers run in eval mode without gradients (distill.teachers), the wrapper
-computes the composite loss (distill.wrapper), and each term's running mean goes into the
-Trainer's logs, so metrics.jsonl has `loss/<term>` next to `loss`. Evaluation reports the
-student's dev cross-entropy, never the weighted training loss, so the best checkpoint is
-chosen by dev CE.
+Wiring only. `WrapperTrainer` holds what both need: the loss normalised by the tokens of
+the whole accumulated batch (`num_items_in_batch`), running means of the loss terms in
+the Trainer's logs (so metrics.jsonl has `loss/<term>` next to `loss`), and checkpoints of
+the whole wrapper with tied weights stored once. `DistillTrainer` runs the teachers (eval
+mode, no gradients, distill.teachers) or reads the teacher cache, and lets the wrapper
+(distill.wrapper) compute the composite loss. Evaluation reports the student's dev
+cross-entropy, never the weighted training loss, so the best checkpoint is chosen by dev CE.
 """
 from __future__ import annotations
 
@@ -17,26 +19,77 @@ from distill.teachers import run_teachers
 from train.trainer import BabyTrainer
 
 
-class DistillTrainer(BabyTrainer):
+class WrapperTrainer(BabyTrainer):
     # compute_loss divides by num_items_in_batch, which spans the accumulated batch.
     loss_is_scaled_for_ga = True
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._term_sums: dict[str, float] = {}
+        self._term_count = 0
+
+    def token_count(self, num_items_in_batch) -> tuple[object, int]:
+        """(the normaliser to give the wrapper, the factor its loss needs): the count is global across
+        ranks, and DDP averages gradients over ranks, so the loss is multiplied by the world size."""
+        if num_items_in_batch is None:  # no count from the Trainer: the wrapper counts this micro-batch
+            return None, 1
+        scale = self.accelerator.num_processes if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1 else 1
+        return num_items_in_batch, scale
+
+    def finish_loss(self, outputs: dict, scale: int, num_items_in_batch, training: bool) -> torch.Tensor:
+        loss = outputs["loss"] * scale
+        if training and num_items_in_batch is None:
+            loss = loss / self.current_gradient_accumulation_steps
+        if training:
+            for key, value in outputs.get("terms", {}).items():
+                self._term_sums[key] = self._term_sums.get(key, 0.0) + float(value) * scale
+            self._term_count += 1
+        return loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Adds each term's mean over the micro-batches since the last log, scaled like `loss`
+        (a term value per micro-batch is its share of the accumulated step)."""
+        if "loss" in logs and self._term_count:
+            steps = self._term_count / self.current_gradient_accumulation_steps
+            keys = sorted(self._term_sums)
+            values = torch.tensor([self._term_sums[k] / steps for k in keys], device=self.args.device)
+            if self.accelerator.num_processes > 1:  # every rank logs; average them as the Trainer does `loss`
+                values = self.accelerator.reduce(values, reduction="mean")
+            for key, value in zip(keys, values.tolist()):
+                logs[f"loss/{key}"] = round(value, 6)
+            self._term_sums, self._term_count = {}, 0
+        logs.update(self.extra_logs())
+        super().log(logs, *args, **kwargs)
+
+    def extra_logs(self) -> dict:
+        return {}
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Checkpoints hold the whole wrapper; tied weights are stored once (safetensors refuses
+        shared storage), and loading restores the tie through the wrapper's tie_weights()."""
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        tied = set(getattr(self.accelerator.unwrap_model(self.model), "_keys_to_ignore_on_save", None) or ())
+        unique = {key: tensor.contiguous() for key, tensor in state_dict.items() if key not in tied}
+        safetensors.torch.save_file(unique, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+
+class DistillTrainer(WrapperTrainer):
     def __init__(self, *args, teachers=None, cache=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teachers = teachers or []
         self.cache = cache
-        self._term_sums: dict[str, float] = {}
-        self._term_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         wrapper = self.accelerator.unwrap_model(model)
-        scale = 1
-        if num_items_in_batch is None:  # no count from the Trainer: normalise by this micro-batch's tokens
-            n_tokens = None
-        else:
-            n_tokens = num_items_in_batch
-            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
-                scale = self.accelerator.num_processes  # the count is global; DDP averages gradients over ranks
+        n_tokens, scale = self.token_count(num_items_in_batch)
         training = model.training
         extra = {}
         block_index = inputs.pop("block_index", None)
@@ -51,46 +104,10 @@ class DistillTrainer(BabyTrainer):
             else:
                 extra["teacher_outputs"] = []
         outputs = model(**inputs, **extra, n_tokens=n_tokens)
-        loss = outputs["loss"] * scale
-        if training and num_items_in_batch is None:
-            loss = loss / self.current_gradient_accumulation_steps
-        if training:
-            for key, value in outputs["terms"].items():
-                self._term_sums[key] = self._term_sums.get(key, 0.0) + float(value) * scale
-            self._term_count += 1
+        loss = self.finish_loss(outputs, scale, num_items_in_batch, training)
         return (loss, outputs) if return_outputs else loss
 
     def _move_teachers(self, device: torch.device) -> None:
         for t in self.teachers:
             if next(t.model.parameters()).device != device:
                 t.model.to(device)
-
-    def log(self, logs: dict, *args, **kwargs) -> None:
-        """Adds each term's mean over the micro-batches since the last log, scaled like `loss`
-        (a term value per micro-batch is its share of the accumulated step)."""
-        if "loss" in logs and self._term_count:
-            steps = self._term_count / self.current_gradient_accumulation_steps
-            keys = sorted(self._term_sums)
-            values = torch.tensor([self._term_sums[k] / steps for k in keys], device=self.args.device)
-            if self.accelerator.num_processes > 1:  # every rank logs; average them as the Trainer does `loss`
-                values = self.accelerator.reduce(values, reduction="mean")
-            for key, value in zip(keys, values.tolist()):
-                logs[f"loss/{key}"] = round(value, 6)
-            self._term_sums, self._term_count = {}, 0
-        super().log(logs, *args, **kwargs)
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Checkpoints hold the whole wrapper (student, projections, auxiliary heads); tied
-        weights are stored once (safetensors refuses shared storage), and loading restores the tie."""
-        output_dir = output_dir or self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        if state_dict is None:
-            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
-        tied = set(getattr(self.accelerator.unwrap_model(self.model), "_keys_to_ignore_on_save", None) or ())
-        unique = {key: tensor.contiguous() for key, tensor in state_dict.items() if key not in tied}
-        safetensors.torch.save_file(unique, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))

@@ -41,6 +41,17 @@ class Term:
         return f"{self.weight:g}*{self.key}"
 
 
+def tied_duplicates(module: nn.Module) -> list[str] | None:
+    """Names of state-dict entries that share storage with an earlier one (GPT-2's head and embedding).
+    Checkpoints store them once; the Trainer, finding them missing on load, calls the wrapper's
+    tie_weights() (when they are listed as `_keys_to_ignore_on_save`) instead of warning."""
+    seen, tied = set(), []
+    for name, tensor in module.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        (tied.append(name) if key in seen else seen.add(key))
+    return tied or None
+
+
 def default_aux_layers(student_layers: int) -> list[int]:
     """Every other block of the first half (at least block 0)."""
     return list(range(0, max(1, student_layers // 2), 2))
@@ -78,13 +89,7 @@ class DistillationWrapper(nn.Module):
                                     f"{n_layers} blocks (0..{n_layers - 1})")
                 self.aux_heads[f"block{b}"] = nn.Sequential(nn.LayerNorm(hs), nn.Linear(hs, student.config.vocab_size, bias=False))
         self.layer_maps = [t.layer_map for t in teachers]
-        # Tied weights (GPT-2's head and embedding) are stored once in checkpoints; the Trainer,
-        # finding them missing on load, re-ties them through tie_weights() instead of warning.
-        seen, tied = set(), []
-        for name, tensor in self.state_dict().items():
-            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-            (tied.append(name) if key in seen else seen.add(key))
-        self._keys_to_ignore_on_save = tied or None
+        self._keys_to_ignore_on_save = tied_duplicates(self)
         self.needs_student_hidden = bool(keys & {"hidden_mse", "contrastive", "aux_kd"})
         self.needs_teacher_hidden = bool(keys & {"hidden_mse", "contrastive"})
         self.needs_teacher_logits = bool(keys & {"logit_kd", "aux_kd"})

@@ -32,3 +32,9 @@ def test_tokenizer_prepare_reports_missing_folder(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"data:\n  train_dir: {tmp_path / 'none'}\nmodel: {{arch: ignored-by-prepare}}\n")
     assert_user_error(run_cli("tokenizer", "prepare", str(config)), "corpus folder not found (data.train_dir)")
+
+
+def test_wml_commands():
+    assert "python -m distill.wml train" in run_cli("distill.wml", "--help").stdout
+    assert "wml.search.hidden" in run_cli("distill.wml", "train", "--help").stdout
+    assert_user_error(run_cli("distill.wml", "fit", "x.yaml"), "give a command, one of search, train")

@@ -97,7 +97,13 @@ def build_model(model_cfg, tokenizer):
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": pad}
     objective, config = hf_config(model_cfg, ids)
     auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
-    return objective, auto.from_config(config)
+    model = auto.from_config(config)
+    if objective == "causal" and getattr(model, "loss_type", None) is None:
+        # GPT-2's class name maps to no loss type, so the Trainer would count num_items_in_batch over all
+        # labels instead of labels[..., 1:] and report the loss (T - 1)/T too low (1.6% at 64-token blocks).
+        # The model already falls back to the causal loss; naming it makes the Trainer count what it predicts.
+        model.loss_type = "ForCausalLM"
+    return objective, model
 
 
 def count_parameters(model_cfg) -> int:

@@ -22,12 +22,14 @@ class Built:
     """What a recipe hands the session: the module the Trainer trains and the plain model to export."""
 
     trained: Any            # the Trainer's model (the student itself, or a wrapper around it)
-    exported: Any           # the Hugging Face model written to model/
+    exported: Any           # the Hugging Face model written to model/ (None when `export` writes it)
     objective: str          # "causal" or "masked" (picks the collator)
     banner: str             # one line printed before training
     trainer_cls: type | None = None
     trainer_kwargs: dict = field(default_factory=dict)
     block_index: bool = False  # give every training block its row number (a teacher cache is read by it)
+    export: Callable[[Path], None] | None = None  # writes model/ when `exported` is not a single model
+    finish: Callable[[Any, Path], dict] | None = None  # (trainer, run path) -> extra summary, after export, before DONE
 
 
 Recipe = Callable[[Any, Any, Any, Any], Built]  # (cfg, tokenizer, prepared data, device) -> Built
@@ -94,13 +96,18 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
 
     # 4. Export the (best) model with its tokenizer, final dev loss, DONE last.
     dev_loss = trainer.evaluate()["eval_loss"] if dev_ds is not None else None
-    if built.exported is built.trained:
+    if built.export is not None:
+        if trainer.is_world_process_zero():
+            built.export(run_dir.model_dir)
+    elif built.exported is built.trained:
         trainer.save_model(str(run_dir.model_dir))
     elif trainer.is_world_process_zero():
         built.exported.save_pretrained(str(run_dir.model_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(run_dir.model_dir))
     summary = {"step": trainer.state.global_step, "dev_loss": dev_loss, "best_checkpoint": trainer.state.best_model_checkpoint}
+    if built.finish is not None:
+        summary.update(built.finish(trainer, run_dir.path))
     run_dir.end("done", **summary)
     run_dir.mark_done(summary)
     if trainer.is_world_process_zero():

@@ -36,12 +36,29 @@ def wml_parts(logits: list[torch.Tensor], labels: torch.Tensor, alpha: float, n_
     if len(logits) == 1:
         return F.cross_entropy(_full(logits[0]), labels, reduction="sum")[None] / n_tokens
     logp = [F.log_softmax(_full(z), dim=-1) for z in logits]
+    total = torch.stack(logp).sum(0)  # S = Σ_i log P_i, so that Σ_{i≠j} log P_i = S − log P_j: one pass per peer, not K − 1
+    k = len(logp)
     parts = []
     for j, lp_j in enumerate(logp):
         ce = F.nll_loss(lp_j, labels, reduction="sum")
         target = lp_j.detach()
-        kl = sum((target.exp() * (target - lp_i)).sum() for i, lp_i in enumerate(logp) if i != j)
+        # Σ_{i≠j} KL(P_j ‖ P_i) = Σ_v P_j ((K − 1) log P_j − (S − log P_j)); the gradient reaching peer j
+        # through S − log P_j cancels exactly, so only the other peers learn from this term.
+        kl = (target.exp() * ((k - 1) * target - (total - lp_j))).sum()
         parts.append(((1 - alpha) * ce + alpha * kl) / n_tokens)
+    return torch.stack(parts)
+
+
+def vanilla_parts(logits: list[torch.Tensor], teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float,
+                  n_tokens: float) -> torch.Tensor:
+    """ℓ_j = (1 − α) CE_j + α KL(P_teacher ‖ P_j): every peer distils from one frozen teacher
+    instead of from the others (the teacher side carries no gradient). logits: K × [N, V];
+    teacher_logits [N, V]; returns [K]."""
+    target = F.log_softmax(_full(teacher_logits).detach(), dim=-1)
+    parts = []
+    for z in logits:
+        lp = F.log_softmax(_full(z), dim=-1)
+        parts.append(((1 - alpha) * F.nll_loss(lp, labels, reduction="sum") + alpha * (target.exp() * (target - lp)).sum()) / n_tokens)
     return torch.stack(parts)
 
 

@@ -17,7 +17,6 @@ import functools
 import itertools
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 INFEASIBLE = 10.0  # relative error given to invalid or already-taken architectures
 
@@ -64,7 +63,8 @@ def _count(fields_json: str, objective: str) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     fields = json.loads(fields_json)
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    ids = {k: fields.pop(k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}  # no GPT-2 defaults past the vocabulary
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields, **ids)
     auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
     with torch.device("meta"):
         model = auto.from_config(config)

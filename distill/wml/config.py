@@ -1,0 +1,87 @@
+"""The weighted-mutual-learning run config: a training run whose `model` is the reference
+architecture (the peers are found from its parameter count N) plus a `wml` section.
+
+`python -m distill.wml --help` lists every key with its doc.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from common.config import ConfigError, field
+from tokenizer.config import DataConfig, TokenizerConfig
+from train.config import ModelConfig, OptimConfig, OutputConfig, TrainConfig, check_run
+
+
+@dataclass
+class SearchSpace:
+    layers: list[int] = field([6, 8, 12, 16, 20], "numbers of layers the peer search may choose")
+    heads: list[int] = field([8, 16, 32], "numbers of attention heads (a head count must divide the hidden size)")
+    hidden: list[int] = field([256, 512, 768, 1024, 2048], "hidden sizes")
+
+
+@dataclass
+class WMLConfig:
+    num_peers: int = field(4, "peers trained together: 1 (ordinary training), 2 or 4; peer i targets N/(i + 2) parameters")
+    model_type: Literal["CLM", "MLM"] = field("CLM", "causal or masked LM peers; must match the reference architecture's objective")
+    distillation_method: Literal["mutual", "vanilla"] = field("mutual", "mutual: peers teach each other; vanilla: each peer distils from wml.teacher instead")
+    teacher: str = field("", "vanilla: a local Hugging Face folder of the teacher (same tokenizer, same objective)")
+    loss_alpha: float = field(0.5, "α: weight of the distillation part against (1 − α) for the peers' cross-entropy")
+    weight_update_frequency: int = field(10, "a mirror-descent step of the peer weights ω every this many training steps")
+    eta: float = field(0.05, "peak step size η of the peer-weight update")
+    eta_min: float = field(0.005, "η after its cosine decay")
+    eta_warmup: int = field(5, "peer-weight updates of linear η warmup")
+    eta_steps: int = field(200, "peer-weight updates over which η decays to eta_min")
+    reference_folder: str = field("", "a local Hugging Face folder whose parameter count is N; empty = the model section's architecture")
+    use_opt_config: bool = field(True, "true: search peer architectures (or reuse a finished search with the same settings); false: reuse arch_search_results/, which must exist")
+    search: SearchSpace = field(SearchSpace(), "the peer search space (hidden must be divisible by heads)")
+    init_points: int = field(10, "random initial points of the Bayesian search, per peer")
+    n_iter: int = field(100, "Bayesian-optimisation iterations, per peer")
+    seed: int = field(0, "seed of the peer search")
+    eval_tasks: list[str] = field([], "evaluation tasks run on every peer at the end (e.g. demo_pairs); empty = none")
+    eval_data_dir: str = field("", "data folder for eval_tasks (as python -m eval --data-dir)")
+
+
+@dataclass
+class WMLRunConfig:
+    data: DataConfig = field(DataConfig(), "corpus location, cleaning, packing")
+    tokenizer: TokenizerConfig = field(TokenizerConfig(), "tokenizer trained from scratch or loaded")
+    model: ModelConfig = field(ModelConfig(), "the reference architecture: its parameter count N sets the peers' targets")
+    optim: OptimConfig = field(OptimConfig(), "the peers' optimizer and schedule (one AdamW over all peers)")
+    train: TrainConfig = field(TrainConfig(), "loop, evaluation, checkpoints, precision")
+    output: OutputConfig = field(OutputConfig(), "where the run directory goes")
+    wml: WMLConfig = field(WMLConfig(), "peers, the mutual-learning loss, the peer weights and the peer search")
+
+    def check(self) -> None:
+        check_run(self)
+        w = self.wml
+        if w.num_peers not in (1, 2, 4):
+            raise ConfigError("wml.num_peers", f"must be 1, 2 or 4, got {w.num_peers}")
+        if w.num_peers > 1 and not self.data.dev_dir:
+            raise ConfigError("data.dev_dir", "is empty; the peer weights are learned on dev batches, so wml.num_peers > 1 needs a dev set")
+        if not 0.0 <= w.loss_alpha <= 1.0:
+            raise ConfigError("wml.loss_alpha", f"must be in [0, 1], got {w.loss_alpha}")
+        for key in ("weight_update_frequency", "eta_steps"):
+            if getattr(w, key) < 1:
+                raise ConfigError(f"wml.{key}", f"must be at least 1, got {getattr(w, key)}")
+        if w.eta <= 0 or w.eta_min < 0 or w.eta_min > w.eta:
+            raise ConfigError("wml.eta", f"needs 0 <= eta_min <= eta and eta > 0, got eta={w.eta}, eta_min={w.eta_min}")
+        for key in ("layers", "heads", "hidden"):
+            values = getattr(w.search, key)
+            if not values or min(values) < 1:
+                raise ConfigError(f"wml.search.{key}", f"must be a non-empty list of positive integers, got {values}")
+        if not any(h % n == 0 for h in w.search.hidden for n in w.search.heads):
+            raise ConfigError("wml.search.hidden", "no hidden size is divisible by any head count; no architecture is valid")
+        if w.distillation_method == "vanilla":
+            if not w.teacher:
+                raise ConfigError("wml.teacher", "is empty but wml.distillation_method is vanilla; give the teacher's model folder")
+            if not Path(w.teacher).is_dir():
+                raise ConfigError("wml.teacher", f"{w.teacher} does not exist; train the teacher first or fix the path")
+        if w.reference_folder and not Path(w.reference_folder).is_dir():
+            raise ConfigError("wml.reference_folder", f"{w.reference_folder} does not exist")
+        from train.models import read_architecture
+
+        objective, _ = read_architecture(self.model)
+        if (objective == "masked") != (w.model_type == "MLM"):
+            raise ConfigError("wml.model_type", f"is {w.model_type} but model.arch={self.model.arch} is a {objective} LM; make them agree")

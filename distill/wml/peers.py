@@ -1,0 +1,133 @@
+"""The peers trained together: a wrapper module holding them and their weights ω, and the trainer that
+takes the mirror-descent step on ω every `weight_update_frequency` training steps.
+
+The wrapper's forward gives the inner loss Σ_j ω_j ℓ_j (distill.wml.objective) when training
+and the ω-weighted ensemble's cross-entropy when evaluating, so the dev loss, early stopping
+and the best checkpoint follow the validation ensemble loss. ω is a buffer: checkpoints
+carry it and a resumed run continues with it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from distill.trainer import WrapperTrainer
+from distill.wml import objective as W
+from distill.wrapper import tied_duplicates
+
+
+class PeersWrapper(nn.Module):
+    accepts_loss_kwargs = True  # the Trainer counts num_items_in_batch over the accumulated batch
+
+    def __init__(self, peers: list[nn.Module], objective: str, alpha: float, method: str, teacher: nn.Module | None = None):
+        super().__init__()
+        self.peers = nn.ModuleList(peers)
+        self.config = peers[0].config
+        self.objective, self.alpha, self.method = objective, alpha, method
+        self.teacher = [teacher] if teacher is not None else []  # a list: not a submodule, never trained or saved
+        self.register_buffer("omega", torch.full((len(peers),), 1.0 / len(peers)))
+        self.loss_type = "ForCausalLM" if objective == "causal" else None  # labels counted after the shift when causal
+        self._keys_to_ignore_on_save = tied_duplicates(self)
+
+    def tie_weights(self) -> None:
+        for p in self.peers:
+            p.tie_weights()
+
+    def _positions(self, labels: torch.Tensor):
+        """(selector of the scored positions in [B, T, ...], their labels): shifted for causal LMs."""
+        if self.objective == "causal":
+            valid = labels[:, 1:] != -100
+            return (lambda x: x[:, :-1][valid]), labels[:, 1:][valid]
+        valid = labels != -100
+        return (lambda x: x[valid]), labels[valid]
+
+    def forward(self, input_ids, attention_mask=None, labels=None, n_tokens=None, omega=None, ensemble=None):
+        """Training: {"loss": ω·ℓ, "parts": ℓ [K], "terms"}. Evaluation (or ensemble=True): the
+        ω-weighted ensemble's cross-entropy. `omega` replaces the buffer (for the hypergradient)."""
+        rows, targets = self._positions(labels)
+        n = n_tokens if n_tokens is not None else targets.numel()
+        logits = [rows(p(input_ids=input_ids, attention_mask=attention_mask).logits) for p in self.peers]
+        w = self.omega if omega is None else omega
+        if ensemble if ensemble is not None else not self.training:
+            return {"loss": W.ensemble_loss(logits, targets, w, n), "logits": None}
+        if self.method == "vanilla":
+            with torch.no_grad():
+                t = self.teacher[0]
+                if next(t.parameters()).device != input_ids.device:
+                    t.to(input_ids.device)
+                teacher_logits = rows(t(input_ids=input_ids, attention_mask=attention_mask).logits)
+            parts = W.vanilla_parts(logits, teacher_logits, targets, self.alpha, n)
+        else:
+            parts = W.wml_parts(logits, targets, self.alpha, n)
+        terms = {f"peer{i}": v.detach() for i, v in enumerate(parts)}
+        return {"loss": (w.detach() * parts).sum(), "parts": parts, "terms": terms, "logits": None}
+
+
+class WMLTrainer(WrapperTrainer):
+    """The HF Trainer over the peers; every `frequency` steps, before the step, a mirror-descent
+    update of ω with the hypergradient on the step's own batch and the next dev batch."""
+
+    def __init__(self, *args, wml=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.wml = wml
+        self.outer_steps = 0
+        self._dev_iter = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        n_tokens, scale = self.token_count(num_items_in_batch)
+        outputs = model(**inputs, n_tokens=n_tokens)
+        loss = self.finish_loss(outputs, scale, num_items_in_batch, model.training)
+        return (loss, outputs) if return_outputs else loss
+
+    def _dev_batch(self):
+        if self._dev_iter is None:
+            self._dev_iter = iter(self.get_eval_dataloader())
+        try:
+            batch = next(self._dev_iter)
+        except StopIteration:
+            self._dev_iter = iter(self.get_eval_dataloader())
+            batch = next(self._dev_iter)
+        return self._prepare_inputs(batch)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        wrapper = self.accelerator.unwrap_model(model)
+        k = len(wrapper.peers)
+        if k > 1 and self.eval_dataset is not None and self.state.global_step % self.wml.weight_update_frequency == 0 \
+                and self._last_outer != self.state.global_step:
+            self._last_outer = self.state.global_step
+            self.update_omega(wrapper, self._prepare_inputs(inputs))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    _last_outer = -1
+
+    def update_omega(self, wrapper: PeersWrapper, train_batch: dict) -> None:
+        """ω ← ω exp(−η g) / Z with g the hypergradient through one inner step of size γ (the current learning rate)."""
+        names = [n for n, p in wrapper.named_parameters() if p.requires_grad]
+        params = [p for p in wrapper.parameters() if p.requires_grad]
+        dev = self._dev_batch()
+        train_batch = {k: v for k, v in train_batch.items() if k in ("input_ids", "attention_mask", "labels")}
+        dev = {k: v for k, v in dev.items() if k in ("input_ids", "attention_mask", "labels")}
+
+        def inner_parts(ps):
+            return functional_call(wrapper, dict(zip(names, ps)), args=(), kwargs={**train_batch, "ensemble": False})["parts"]
+
+        def val_loss(ps, w):
+            return functional_call(wrapper, dict(zip(names, ps)), args=(), kwargs={**dev, "omega": w, "ensemble": True})["loss"]
+
+        gamma = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
+        g = W.hypergradient(params, inner_parts, val_loss, wrapper.omega, gamma)
+        if self.accelerator.num_processes > 1:  # one ω for all ranks
+            g = self.accelerator.reduce(g, reduction="mean")
+        w = self.wml
+        eta = W.eta_at(self.outer_steps, w.eta, w.eta_min, w.eta_warmup, w.eta_steps)
+        wrapper.omega.copy_(W.mirror_step(wrapper.omega, g, eta))
+        self.outer_steps += 1
+        self._last_g, self._last_eta = g.tolist(), eta
+
+    def extra_logs(self) -> dict:
+        wrapper = self.accelerator.unwrap_model(self.model)
+        logs = {f"omega/{i}": round(float(v), 6) for i, v in enumerate(wrapper.omega)}
+        if getattr(self, "_last_g", None) is not None:
+            logs.update({f"hypergrad/{i}": round(v, 6) for i, v in enumerate(self._last_g)}, eta=round(self._last_eta, 6))
+        return logs

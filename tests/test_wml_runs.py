@@ -1,0 +1,121 @@
+"""End to end: `python -m distill.wml` on the demo corpus: CLM and MLM peers, vanilla KD, a weak peer, one peer
+against the spine's trainer, outputs, bad inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import assert_user_error, ok, run_cli, shared
+
+pytestmark = pytest.mark.slow
+
+QUICK_SEARCH = ["wml.init_points=3", "wml.n_iter=6"]
+
+
+def base(demo_root, cache_dir, out: Path, steps: int = 40) -> list[str]:
+    return ["config/runs/demo-wml.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache_dir}", f"output.dir={out}", f"train.max_steps={steps}", "train.save_steps=20",
+            "train.eval_steps=20", "train.logging_steps=5", "optim.warmup_steps=5", "wml.weight_update_frequency=5",
+            f"wml.eval_data_dir={demo_root}"]
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def write_peers(out: Path, fields: list[dict], objective: str = "causal") -> None:
+    """Hand-written search results (the format `python -m distill.wml search` writes), for wml.use_opt_config=false."""
+    folder = out / "demo-wml" / "arch_search_results"
+    folder.mkdir(parents=True)
+    peers = [{"peer": i, "fields": f} for i, f in enumerate(fields)]
+    (folder / "search.json").write_text(json.dumps({"settings": {}, "peers": peers}))
+    for i, f in enumerate(fields):
+        (folder / f"peer-{i}.yaml").write_text(yaml.safe_dump({"objective": objective, **f}))
+
+
+@pytest.mark.parametrize("kind", ["CLM", "MLM"])
+def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    extra = [] if kind == "CLM" else ["model.arch=roberta-tiny", "wml.model_type=MLM", "wml.init_points=5", "wml.n_iter=15"]
+    proc = ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path), *QUICK_SEARCH, *extra))
+    run = tmp_path / "demo-wml" / "wml"
+    assert (run / "DONE").exists() and "champion: peer-" in proc.stdout
+    rows = [r for r in metrics(run) if "loss" in r]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert all(abs(r["omega/0"] + r["omega/1"] - 1) < 1e-5 for r in rows)  # ω on the simplex, logged every time
+    assert any("hypergrad/0" in r for r in rows)
+    auto = AutoModelForCausalLM if kind == "CLM" else AutoModelForMaskedLM
+    search = json.loads((tmp_path / "demo-wml" / "arch_search_results" / "search.json").read_text())
+    for i in range(2):
+        model = auto.from_pretrained(run / "model" / f"peer-{i}")
+        assert sum(p.numel() for p in model.parameters()) == search["peers"][i]["n_params"]
+        assert json.loads((run / "eval" / f"peer-{i}" / "demo_pairs.json").read_text())["n_items"] > 0
+    champion = json.loads((run / "model" / "champion.json").read_text())
+    assert champion["champion"] == min(range(2), key=lambda i: champion["dev_ce"][i])
+    assert (run / "omega.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_weak_peer_ends_with_lower_weight(demo_root, cache_dir, tmp_path):
+    strong = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128}
+    weak = {"model_type": "gpt2", "n_embd": 4, "n_layer": 1, "n_head": 1, "n_positions": 128}
+    write_peers(tmp_path, [weak, strong])
+    ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path, steps=60), "wml.use_opt_config=false",
+               "wml.eta=0.5", "wml.eta_min=0.1", "wml.eval_tasks=[]"))
+    last = [r for r in metrics(tmp_path / "demo-wml" / "wml") if "loss" in r][-1]
+    assert last["omega/0"] < last["omega/1"] - 0.05, last
+
+
+def test_vanilla_mode_with_a_teacher(demo_root, cache_dir, tmp_path):
+    ok(run_cli("train", "config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+               f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 't'}", "train.max_steps=40", "train.save_steps=1000",
+               "train.eval_steps=1000", "optim.warmup_steps=5"))
+    teacher = tmp_path / "t" / "demo" / "teacher" / "model"
+    proc = ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path / "r"), *QUICK_SEARCH,
+                      "wml.distillation_method=vanilla", f"wml.teacher={teacher}", "wml.eval_tasks=[]"))
+    assert "vanilla learning" in proc.stdout
+    rows = [r for r in metrics(tmp_path / "r" / "demo-wml" / "wml") if "loss" in r]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_one_peer_matches_the_spine_trainer_step_for_step(demo_root, cache_dir, tmp_path):
+    peer = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}
+    write_peers(tmp_path, [peer])
+    common = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
+              "train.max_steps=20", "train.save_steps=10", "train.eval_steps=10", "train.logging_steps=1", "optim.warmup_steps=5"]
+    ok(run_cli("distill.wml", "train", "config/runs/demo-wml.yaml", *common, f"output.dir={tmp_path}", "wml.num_peers=1",
+               "wml.use_opt_config=false", "wml.eval_tasks=[]"))
+    arch = tmp_path / "demo-wml" / "arch_search_results" / "peer-0.yaml"
+    ok(run_cli("train", "config/runs/demo-teacher.yaml", *common,
+               f"output.dir={tmp_path / 'spine'}", f"model.arch={arch}", "optim.lr=3e-3", "optim.min_lr=3e-4",
+               "optim.weight_decay=0.1", "optim.beta2=0.95"))
+    wml = [r for r in metrics(tmp_path / "demo-wml" / "wml") if "loss" in r or "eval_loss" in r]
+    spine = [r for r in metrics(tmp_path / "spine" / "demo" / "teacher") if "loss" in r or "eval_loss" in r]
+    assert len(wml) == len(spine) and len(wml) >= 20
+    for a, b in zip(wml, spine):
+        key = "loss" if "loss" in a else "eval_loss"
+        assert a["step"] == b["step"] and a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a, b)
+
+
+def test_bad_inputs(demo_root, cache_dir, tmp_path):
+    args = base(demo_root, cache_dir, tmp_path, steps=5)
+    run = tmp_path / "demo-wml" / "wml"
+
+    def bad(*extra, needles):
+        assert_user_error(run_cli("distill.wml", "train", *args, *extra), *needles)
+        assert not run.exists()
+
+    bad("wml.num_peers=3", needles=("wml.num_peers", "must be 1, 2 or 4"))
+    bad("model.arch=gpt2-nonexistent", needles=("model.arch", "unknown architecture"))
+    bad(f"wml.reference_folder={tmp_path}/nowhere", needles=("wml.reference_folder", "does not exist"))
+    bad("wml.search.layers=[1]", "wml.search.hidden=[16,24]", "wml.search.heads=[2]", *QUICK_SEARCH,
+        needles=("wml.search: peer 0 targets", "nearest architecture", "1 layers, 2 heads, hidden 24", "widen"))
+    bad("wml.use_opt_config=false", needles=("wml.use_opt_config=false", "search.json does not exist", "python -m distill.wml search"))
+    bad("wml.distillation_method=vanilla", f"wml.teacher={tmp_path}/none", needles=("wml.teacher", "does not exist"))
+    bad("wml.distillation_method=vanilla", f"wml.teacher={shared('hf_tiny_gpt2')}", *QUICK_SEARCH,
+        needles=("differ in their vocabulary",))
+    bad("wml.loss_alpha=1.5", needles=("wml.loss_alpha", "must be in [0, 1]"))
+    bad(f"wml.reference_folder={shared('hf_tiny_gpt2')}", needles=("wml.reference_folder", "50257-token vocabulary", "512"))
