@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_user_error, ok, run_cli, shared
+import random
+
+from conftest import assert_bitwise_equal, assert_user_error, ok, run_cli, shared, start_and_kill, weights
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +100,22 @@ def test_one_peer_matches_the_spine_trainer_step_for_step(demo_root, cache_dir, 
     for a, b in zip(wml, spine):
         key = "loss" if "loss" in a else "eval_loss"
         assert a["step"] == b["step"] and a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a, b)
+
+
+def test_resume_after_sigkill_continues_the_peer_weights_bitwise(demo_root, cache_dir, tmp_path):
+    """ω, its outer-step count and the peers come back from the checkpoint; dev batches are a function of the outer step."""
+    args = lambda out: ["train", *base(demo_root, cache_dir, out, steps=30), "train.save_steps=5", "train.eval_steps=5",  # noqa: E731
+                        "train.logging_steps=1", "wml.eval_tasks=[]", *QUICK_SEARCH]
+    ok(run_cli("distill.wml", *args(tmp_path / "ref")))
+    ref = tmp_path / "ref" / "demo-wml" / "wml"
+    run = tmp_path / "run" / "demo-wml" / "wml"
+    step = random.Random().randint(7, 27)
+    start_and_kill("distill.wml", args(tmp_path / "run"), run, step)
+    assert not (run / "DONE").exists()
+    assert "resuming from" in ok(run_cli("distill.wml", *args(tmp_path / "run"), "--resume")).stdout
+    for i in range(2):
+        assert_bitwise_equal(weights(run / "model" / f"peer-{i}"), weights(ref / "model" / f"peer-{i}")), f"killed at step {step}"
+    assert json.loads((run / "model" / "champion.json").read_text())["omega"] == json.loads((ref / "model" / "champion.json").read_text())["omega"]
 
 
 def test_bad_inputs(demo_root, cache_dir, tmp_path):

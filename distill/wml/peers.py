@@ -4,7 +4,8 @@ takes the mirror-descent step on ω every `weight_update_frequency` training ste
 The wrapper's forward gives the inner loss Σ_j ω_j ℓ_j (distill.wml.objective) when training
 and the ω-weighted ensemble's cross-entropy when evaluating, so the dev loss, early stopping
 and the best checkpoint follow the validation ensemble loss. ω is a buffer: checkpoints
-carry it and a resumed run continues with it.
+carry it (and the count of outer steps) and a resumed run continues with them. The dev batch
+of outer step s is a fixed function of s, so a resumed run takes the same outer steps.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class PeersWrapper(nn.Module):
         self.objective, self.alpha, self.method = objective, alpha, method
         self.teacher = [teacher] if teacher is not None else []  # a list: not a submodule, never trained or saved
         self.register_buffer("omega", torch.full((len(peers),), 1.0 / len(peers)))
+        self.register_buffer("outer_steps", torch.zeros((), dtype=torch.long))  # checkpointed with ω: η's schedule resumes
         self.loss_type = "ForCausalLM" if objective == "causal" else None  # labels counted after the shift when causal
         self._keys_to_ignore_on_save = tied_duplicates(self)
 
@@ -71,8 +73,7 @@ class WMLTrainer(WrapperTrainer):
     def __init__(self, *args, wml=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.wml = wml
-        self.outer_steps = 0
-        self._dev_iter = None
+        self._last_g = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         n_tokens, scale = self.token_count(num_items_in_batch)
@@ -80,32 +81,25 @@ class WMLTrainer(WrapperTrainer):
         loss = self.finish_loss(outputs, scale, num_items_in_batch, model.training)
         return (loss, outputs) if return_outputs else loss
 
-    def _dev_batch(self):
-        if self._dev_iter is None:
-            self._dev_iter = iter(self.get_eval_dataloader())
-        try:
-            batch = next(self._dev_iter)
-        except StopIteration:
-            self._dev_iter = iter(self.get_eval_dataloader())
-            batch = next(self._dev_iter)
-        return self._prepare_inputs(batch)
+    def _dev_batch(self, s: int) -> dict:
+        """The dev batch of outer step s: rows s·B ... s·B + B − 1 of the dev set, wrapping around."""
+        n, b = len(self.eval_dataset), self.args.per_device_eval_batch_size
+        rows = [self.eval_dataset[(s * b + i) % n] for i in range(min(b, n))]
+        return self._prepare_inputs(self.data_collator(rows))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         wrapper = self.accelerator.unwrap_model(model)
-        k = len(wrapper.peers)
-        if k > 1 and self.eval_dataset is not None and self.state.global_step % self.wml.weight_update_frequency == 0 \
-                and self._last_outer != self.state.global_step:
-            self._last_outer = self.state.global_step
+        step = self.state.global_step
+        if len(wrapper.peers) > 1 and self.eval_dataset is not None and step % self.wml.weight_update_frequency == 0 \
+                and int(wrapper.outer_steps) <= step // self.wml.weight_update_frequency:  # once per step, also under accumulation
             self.update_omega(wrapper, self._prepare_inputs(inputs))
         return super().training_step(model, inputs, num_items_in_batch)
-
-    _last_outer = -1
 
     def update_omega(self, wrapper: PeersWrapper, train_batch: dict) -> None:
         """ω ← ω exp(−η g) / Z with g the hypergradient through one inner step of size γ (the current learning rate)."""
         names = [n for n, p in wrapper.named_parameters() if p.requires_grad]
         params = [p for p in wrapper.parameters() if p.requires_grad]
-        dev = self._dev_batch()
+        dev = self._dev_batch(int(wrapper.outer_steps))
         train_batch = {k: v for k, v in train_batch.items() if k in ("input_ids", "attention_mask", "labels")}
         dev = {k: v for k, v in dev.items() if k in ("input_ids", "attention_mask", "labels")}
 
@@ -116,18 +110,26 @@ class WMLTrainer(WrapperTrainer):
             return functional_call(wrapper, dict(zip(names, ps)), args=(), kwargs={**dev, "omega": w, "ensemble": True})["loss"]
 
         gamma = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
-        g = W.hypergradient(params, inner_parts, val_loss, wrapper.omega, gamma)
+        # Without dropout: the hypergradient is then a function of the weights and the two batches alone, it draws
+        # nothing from the RNG that the training steps use, and it does not depend on whether an evaluation
+        # (which leaves the model in eval mode) came just before.
+        was_training = wrapper.training
+        wrapper.eval()
+        try:
+            g = W.hypergradient(params, inner_parts, val_loss, wrapper.omega, gamma)
+        finally:
+            wrapper.train(was_training)
         if self.accelerator.num_processes > 1:  # one ω for all ranks
             g = self.accelerator.reduce(g, reduction="mean")
         w = self.wml
-        eta = W.eta_at(self.outer_steps, w.eta, w.eta_min, w.eta_warmup, w.eta_steps)
+        eta = W.eta_at(int(wrapper.outer_steps), w.eta, w.eta_min, w.eta_warmup, w.eta_steps)
         wrapper.omega.copy_(W.mirror_step(wrapper.omega, g, eta))
-        self.outer_steps += 1
+        wrapper.outer_steps += 1
         self._last_g, self._last_eta = g.tolist(), eta
 
     def extra_logs(self) -> dict:
         wrapper = self.accelerator.unwrap_model(self.model)
         logs = {f"omega/{i}": round(float(v), 6) for i, v in enumerate(wrapper.omega)}
-        if getattr(self, "_last_g", None) is not None:
+        if self._last_g is not None:
             logs.update({f"hypergrad/{i}": round(v, 6) for i, v in enumerate(self._last_g)}, eta=round(self._last_eta, 6))
         return logs
