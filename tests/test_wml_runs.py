@@ -61,6 +61,17 @@ def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
     assert (run / "omega.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_four_peers(demo_root, cache_dir, tmp_path):
+    ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path, steps=10), "wml.num_peers=4", "wml.eval_tasks=[]"))
+    run = tmp_path / "demo-wml" / "wml"
+    search = json.loads((tmp_path / "demo-wml" / "arch_search_results" / "search.json").read_text())
+    assert [round(p["target"]) for p in search["peers"]] == [round(search["settings"]["reference_params"] / d) for d in (2, 3, 4, 5)]
+    assert len({(p["layers"], p["heads"], p["hidden"]) for p in search["peers"]}) == 4
+    last = [r for r in metrics(run) if "loss" in r][-1]
+    assert abs(sum(last[f"omega/{i}"] for i in range(4)) - 1) < 1e-5
+    assert all((run / "model" / f"peer-{i}" / "config.json").exists() for i in range(4))
+
+
 def test_weak_peer_ends_with_lower_weight(demo_root, cache_dir, tmp_path):
     strong = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128}
     weak = {"model_type": "gpt2", "n_embd": 4, "n_layer": 1, "n_head": 1, "n_positions": 128}
