@@ -15,8 +15,7 @@ from typing import Literal
 
 from common.config import ConfigError, field
 from distill.losses import REGISTRY
-from tokenizer.config import DataConfig, TokenizerConfig
-from train.config import ModelConfig, OptimConfig, OutputConfig, TrainConfig, check_run
+from train.config import ModelConfig, RunSections, check_run
 
 
 @dataclass
@@ -86,14 +85,9 @@ class DistillConfig:
 
 
 @dataclass
-class DistillRunConfig:
-    data: DataConfig = field(DataConfig(), "corpus location, cleaning, packing")
-    tokenizer: TokenizerConfig = field(TokenizerConfig(), "tokenizer trained from scratch or loaded (teachers must share it)")
+class DistillRunConfig(RunSections):
     student: StudentConfig = field(StudentConfig(), "the student's architecture and optional warm start")
-    optim: OptimConfig = field(OptimConfig(), "optimizer and schedule")
-    train: TrainConfig = field(TrainConfig(), "loop, evaluation, checkpoints, precision")
-    output: OutputConfig = field(OutputConfig(), "where the run directory goes")
-    distill: DistillConfig = field(DistillConfig(), "teachers and loss terms")
+    distill: DistillConfig = field(DistillConfig(), "teachers (sharing the run's tokenizer) and loss terms")
 
     @property
     def model(self) -> StudentConfig:

@@ -57,13 +57,19 @@ class OutputConfig:
 
 
 @dataclass
-class RunConfig:
+class RunSections:
+    """The sections every kind of training run has; each kind adds its model section and its own."""
+
     data: DataConfig = field(DataConfig(), "corpus location, cleaning, packing")
     tokenizer: TokenizerConfig = field(TokenizerConfig(), "tokenizer trained from scratch or loaded")
-    model: ModelConfig = field(ModelConfig(), "architecture")
     optim: OptimConfig = field(OptimConfig(), "optimizer and schedule")
     train: TrainConfig = field(TrainConfig(), "loop, evaluation, checkpoints, precision")
     output: OutputConfig = field(OutputConfig(), "where the run directory goes")
+
+
+@dataclass
+class RunConfig(RunSections):
+    model: ModelConfig = field(ModelConfig(), "architecture")
 
     def check(self) -> None:
         check_run(self)

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.config import ConfigError, field
-from tokenizer.config import DataConfig, TokenizerConfig
-from train.config import ModelConfig, OptimConfig, OutputConfig, TrainConfig, check_run
+from train.config import ModelConfig, RunSections, check_run
 
 
 @dataclass
@@ -44,14 +43,9 @@ class WMLConfig:
 
 
 @dataclass
-class WMLRunConfig:
-    data: DataConfig = field(DataConfig(), "corpus location, cleaning, packing")
-    tokenizer: TokenizerConfig = field(TokenizerConfig(), "tokenizer trained from scratch or loaded")
+class WMLRunConfig(RunSections):
     model: ModelConfig = field(ModelConfig(), "the reference architecture: its parameter count N sets the peers' targets")
-    optim: OptimConfig = field(OptimConfig(), "the peers' optimizer and schedule (one AdamW over all peers)")
-    train: TrainConfig = field(TrainConfig(), "loop, evaluation, checkpoints, precision")
-    output: OutputConfig = field(OutputConfig(), "where the run directory goes")
-    wml: WMLConfig = field(WMLConfig(), "peers, the mutual-learning loss, the peer weights and the peer search")
+    wml: WMLConfig = field(WMLConfig(), "peers (one AdamW over all), the mutual-learning loss, the peer weights and the peer search")
 
     def check(self) -> None:
         check_run(self)
