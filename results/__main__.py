@@ -1,7 +1,79 @@
-"""python -m results: not built yet (issue "Cluster runs"); `--help` says so and any command exits 2."""
-import sys
+"""python -m results collect RUNS... [--out results] [--name NAME] [--metric dev_ce]: tables and plots.
+python -m results compare RUN_A RUN_B --task TASK: a paired significance test on the same pairs.
 
-from common.placeholder import main
+collect reads only run directories and writes, atomically, <out>/<name>.csv, <out>/<name>.md
+(`0.694 ± 0.0016`), and PNGs: <name>-tasks.png, <name>-curves.png and, for a two-axis grid,
+<name>-heatmap.png. Runs without DONE or with unreadable files are listed as incomplete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common.errors import UserError, exit_on_user_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m results", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="run directories -> CSV, markdown and PNG plots")
+    c.add_argument("runs", nargs="+", help="run directories or folders above them (runs/<experiment>)")
+    c.add_argument("--out", default="results", help="output folder (default results/)")
+    c.add_argument("--name", help="file name stem (default: the first folder's name)")
+    c.add_argument("--metric", default="dev_ce", help="heatmap metric: dev_ce or a task name (default dev_ce)")
+    m = sub.add_parser("compare", help="paired test (McNemar and bootstrap) of two runs on the same pairs")
+    m.add_argument("run_a")
+    m.add_argument("run_b")
+    m.add_argument("--task", required=True, help="an evaluated task, e.g. blimp_filtered")
+    m.add_argument("--samples", type=int, default=10000, help="bootstrap resamples")
+    m.add_argument("--seed", type=int, default=0)
+    return p
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "compare":
+        from results.compare import compare
+
+        for r in (args.run_a, args.run_b):
+            if not Path(r).is_dir():
+                raise UserError(f"{r}: run directory not found")
+        out = compare(Path(args.run_a), Path(args.run_b), args.task, args.samples, args.seed)
+        print(json.dumps(out, indent=2))
+        print(f"{args.task}: A {out['accuracy_a']:.4f} vs B {out['accuracy_b']:.4f} on {out['pairs']} pairs; "
+              f"McNemar p = {out['mcnemar_p']:.3g} ({out['only_a_right']} right only in A, {out['only_b_right']} only in B); "
+              f"difference {out['difference']:+.4f}, 95% bootstrap [{out['bootstrap_95'][0]:+.4f}, {out['bootstrap_95'][1]:+.4f}]")
+        return 0
+
+    from common.paths import write_atomic
+    from results import plots
+    from results.collect import collect, markdown
+
+    roots = [Path(r) for r in args.runs]
+    for r in roots:
+        if not r.is_dir():
+            raise UserError(f"{r}: folder not found; give run directories or runs/<experiment>")
+    df, incomplete = collect(roots)
+    for item in incomplete:
+        print(f"incomplete: {item.run}: {item.reason}")
+    if df.empty:
+        raise UserError(f"{', '.join(map(str, roots))}: no finished run (DONE) to collect" + (f"; {len(incomplete)} incomplete" if incomplete else ""))
+    name = args.name or roots[0].resolve().name
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / f"{name}.csv", df.to_csv(index=False))
+    table = markdown(df)
+    write_atomic(out / f"{name}.md", table)
+    made = [p for p in (plots.task_bars(df, out / f"{name}-tasks.png"), plots.training_curves(df, out / f"{name}-curves.png"),
+                        plots.grid_heatmap(df, args.metric, out / f"{name}-heatmap.png")) if p is not None]
+    print(table)
+    print(f"{len(df)} row(s) from {df['run'].nunique()} run(s), {len(incomplete)} incomplete -> "
+          + ", ".join(str(p) for p in [out / f"{name}.csv", out / f"{name}.md", *made]))
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit(main("results", "Collecting run directories into tables, plots and significance tests.", "Cluster runs"))
+    sys.exit(main())

@@ -155,8 +155,12 @@ class RunDir:
     def begin(self, argv: list[str], resumed_from: Path | None) -> None:
         info = self.read_info()
         attempts = info.get("attempts", [])
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         attempts.append({"start": now(), "host": socket.gethostname(), "argv": argv,
                          "resumed_from": str(resumed_from) if resumed_from else None,
+                         "world_size": int(os.environ.get("WORLD_SIZE", "1")), "gpus_per_node": gpus,
                          "slurm": {k: os.environ[k] for k in SLURM_VARS if k in os.environ}})
         self.write_info(start=info.get("start", now()), status="running", attempts=attempts, **provenance())
 

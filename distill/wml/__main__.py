@@ -193,8 +193,9 @@ def plot_omega(metrics: Path, out: Path) -> None:
     ax.legend()
     ax.set_title("peer weights")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    from common.paths import save_figure
+
+    save_figure(fig, out)
 
 
 @exit_on_user_error

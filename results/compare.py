@@ -1,0 +1,67 @@
+"""Paired significance tests on the same minimal pairs scored by two runs (eval/pairs/<task>.jsonl).
+
+McNemar's exact test (McNemar 1947; exact binomial form): of the pairs where exactly one run
+is right, how unlikely is the split under "both runs are equally good"? The paired bootstrap
+(Efron & Tibshirani 1993; for NLP, Berg-Kirkpatrick et al. 2012) resamples the pairs and gives
+a confidence interval for the accuracy difference.
+"""
+from __future__ import annotations
+
+import json
+from math import comb
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import UserError
+
+
+def pair_file(run: Path, task: str) -> Path:
+    for candidate in (run / "eval" / "pairs" / f"{task}.jsonl", run / "pairs" / f"{task}.jsonl"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{run}: no eval/pairs/{task}.jsonl; run python -m eval {run}/model --tasks {task} first")
+
+
+def correctness(run: Path, task: str) -> dict[str, bool]:
+    path = pair_file(run, task)
+    out = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                out[row["id"]] = bool(row["correct"])
+            except (ValueError, KeyError) as exc:
+                raise UserError(f"{path}:{lineno}: not a pair record ({exc}); re-run the evaluation") from None
+    return out
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact p-value for b pairs right only in A and c right only in B."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    p = sum(comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * p)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
+    """(accuracy difference A − B, 95% interval low, high) from resampling the pairs."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(samples, len(a)))
+    diffs = a[idx].mean(1) - b[idx].mean(1)
+    return float(a.mean() - b.mean()), float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
+
+
+def compare(run_a: Path, run_b: Path, task: str, samples: int = 10000, seed: int = 0) -> dict:
+    a, b = correctness(run_a, task), correctness(run_b, task)
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise UserError(f"{run_a} and {run_b} share no pairs of {task}; evaluate both on the same task data")
+    va, vb = np.array([a[k] for k in common], float), np.array([b[k] for k in common], float)
+    only_a, only_b = int(((va == 1) & (vb == 0)).sum()), int(((va == 0) & (vb == 1)).sum())
+    diff, lo, hi = paired_bootstrap(va, vb, samples, seed)
+    return {"task": task, "pairs": len(common), "accuracy_a": float(va.mean()), "accuracy_b": float(vb.mean()),
+            "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b),
+            "difference": diff, "bootstrap_95": [lo, hi], "bootstrap_samples": samples}

@@ -1,0 +1,103 @@
+"""python -m results: collecting real run directories into tables and plots, incomplete runs, paired tests."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_user_error, ok, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, demo_root, cache_dir) -> Path:
+    """runs/grid: two finished demo runs (grid points with two axes), both evaluated on the demo pairs."""
+    root = tmp_path_factory.mktemp("results") / "runs"
+    for name, lr in (("a", "3e-3"), ("b", "1e-3")):
+        ok(run_cli("train", "config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+                   f"data.cache_dir={cache_dir}", f"output.dir={root}", "output.experiment=grid", f"output.name={name}",
+                   "train.max_steps=20", "train.save_steps=10", "train.eval_steps=10", "optim.warmup_steps=5", f"optim.lr={lr}",
+                   "optim.min_lr=1e-4"))
+        run = root / "grid" / name
+        ok(run_cli("eval", str(run / "model"), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress"))
+        (run / "grid.json").write_text(json.dumps({"grid": "demo", "axes": {"optim.lr": float(lr), "seed": 1}}))
+    return root
+
+
+def test_collect_writes_csv_markdown_and_plots(runs, tmp_path):
+    import pandas as pd
+
+    unfinished = runs / "grid" / "unfinished"
+    shutil.copytree(runs / "grid" / "a", unfinished)
+    (unfinished / "DONE").unlink()
+    broken = runs / "grid" / "broken"
+    shutil.copytree(runs / "grid" / "a", broken)
+    (broken / "run.json").write_text("{ not json")
+    try:
+        proc = ok(run_cli("results", "collect", str(runs / "grid"), "--out", str(tmp_path / "out")))
+    finally:
+        shutil.rmtree(unfinished)
+        shutil.rmtree(broken)
+    assert f"incomplete: {unfinished}: not finished (no DONE)" in proc.stdout
+    assert f"incomplete: {broken}: unreadable: JSONDecodeError" in proc.stdout
+    df = pd.read_csv(tmp_path / "out" / "grid.csv")
+    assert sorted(df["recipe"]) == ["a", "b"] and set(df["method"]) == {"train"}
+    for _, row in df.iterrows():
+        run = runs / "grid" / row["recipe"]
+        summary = json.loads((run / "eval" / "demo_pairs.json").read_text())
+        assert row["demo_pairs"] == pytest.approx(summary["accuracy"]) and row["demo_pairs_stderr"] == pytest.approx(summary["stderr"])
+        assert row["dev_ce"] == pytest.approx(json.loads((run / "run.json").read_text())["dev_loss"])
+        assert row["params"] == 141_056 and row["tokens_seen"] == 20 * 16 * 64 and row["gpu_hours"] == 0
+        assert row["axis:optim.lr"] in (3e-3, 1e-3)
+    table = (tmp_path / "out" / "grid.md").read_text()
+    first = df.iloc[0]
+    assert f"{first['demo_pairs']:.3f} ± {first['demo_pairs_stderr']:.4f}" in table and "| optim.lr |" in table
+    for png in ("grid-tasks.png", "grid-curves.png", "grid-heatmap.png"):  # two grid axes (optim.lr x seed): a heatmap
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_heatmap_only_for_two_axis_grids(runs, tmp_path):
+    from results.collect import collect
+    from results.plots import grid_heatmap
+
+    df, _ = collect([runs / "grid"])
+    assert grid_heatmap(df, "demo_pairs", tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    assert grid_heatmap(df.drop(columns=["axis:seed"]), "dev_ce", tmp_path / "one.png") is None
+    assert not (tmp_path / "one.png").exists()
+
+
+def test_compare_is_mcnemar_and_a_paired_bootstrap(runs):
+    from scipy.stats import binomtest
+
+    from results.compare import compare, mcnemar_exact
+
+    out = compare(runs / "grid" / "a", runs / "grid" / "b", "demo_pairs", samples=2000)
+    assert out["pairs"] == 1000
+    b, c = out["only_a_right"], out["only_b_right"]
+    assert out["mcnemar_p"] == pytest.approx(binomtest(b, b + c, 0.5).pvalue if b + c else 1.0)
+    assert out["difference"] == pytest.approx(out["accuracy_a"] - out["accuracy_b"])
+    lo, hi = out["bootstrap_95"]
+    assert lo <= out["difference"] <= hi
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(10, 10) == 1.0 and mcnemar_exact(0, 12) < 1e-3
+    same = compare(runs / "grid" / "a", runs / "grid" / "a", "demo_pairs", samples=500)
+    assert same["mcnemar_p"] == 1.0 and same["bootstrap_95"] == [0.0, 0.0]
+    proc = ok(run_cli("results", "compare", str(runs / "grid" / "a"), str(runs / "grid" / "b"), "--task", "demo_pairs", "--samples", "500"))
+    assert "McNemar p =" in proc.stdout
+
+
+def test_bad_inputs(runs, tmp_path):
+    assert_user_error(run_cli("results", "collect", str(tmp_path / "none")), "folder not found")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_cli("results", "collect", str(tmp_path / "empty"), "--out", str(tmp_path / "o")), "no finished run")
+    assert not (tmp_path / "o").exists()
+    assert_user_error(run_cli("results", "compare", str(runs / "grid" / "a"), str(runs / "grid" / "b"), "--task", "blimp_filtered"),
+                      "no eval/pairs/blimp_filtered.jsonl", "python -m eval")
+    bad = tmp_path / "bad"
+    shutil.copytree(runs / "grid" / "b", bad)
+    pairs = bad / "eval" / "pairs" / "demo_pairs.jsonl"
+    pairs.write_text(pairs.read_text().replace('"correct"', '"right"', 1))
+    assert_user_error(run_cli("results", "compare", str(runs / "grid" / "a"), str(bad), "--task", "demo_pairs"),
+                      f"{pairs}:1", "not a pair record")
