@@ -64,8 +64,8 @@ def build_distillation(cfg, tokenizer, prepared, device):
     n_extra = sum(p.numel() for p in wrapper.parameters()) - n_student
     who = ", ".join(f"{t.name} ({sum(p.numel() for p in t.model.parameters()):,})" for t in teachers) or "none"
     print(f"loss = {wrapper.formula(teachers)}" + (f" (teacher targets from the cache {cfg.distill.teacher_cache})" if cache else ""))
-    return Built(trained=wrapper, exported=student, objective="causal", trainer_cls=DistillTrainer,
-                 trainer_kwargs={"teachers": [] if cache else teachers, "cache": cache}, block_index=cache is not None,
+    return Built(trained=wrapper, objective="causal", export=lambda model_dir: student.save_pretrained(str(model_dir)),
+                 trainer_cls=DistillTrainer, trainer_kwargs={"teachers": [] if cache else teachers, "cache": cache}, block_index=cache is not None,
                  banner=f"student {cfg.student.arch}: {n_student:,} parameters (+{n_extra:,} in projections/heads, not exported); "
                         f"teachers: {who}" + (f"; warm start from {cfg.student.init_from}" if cfg.student.init_from else ""))
 

@@ -35,7 +35,7 @@ def build_plain_model(cfg, tokenizer, prepared, device):
     from train.session import Built
 
     objective, model = models.build_model(cfg.model, tokenizer)
-    return Built(trained=model, exported=model, objective=objective,
+    return Built(trained=model, objective=objective,
                  banner=f"{cfg.model.arch}: {sum(p.numel() for p in model.parameters()):,} parameters, {objective} LM")
 
 

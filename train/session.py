@@ -19,16 +19,15 @@ from common.errors import UserError
 
 @dataclass
 class Built:
-    """What a recipe hands the session: the module the Trainer trains and the plain model to export."""
+    """What a recipe hands the session: the module the Trainer trains and how model/ is written."""
 
-    trained: Any            # the Trainer's model (the student itself, or a wrapper around it)
-    exported: Any           # the Hugging Face model written to model/ (None when `export` writes it)
+    trained: Any            # the Trainer's model (the model itself, or a wrapper around the student or the peers)
     objective: str          # "causal" or "masked" (picks the collator)
     banner: str             # one line printed before training
     trainer_cls: type | None = None
     trainer_kwargs: dict = field(default_factory=dict)
     block_index: bool = False  # give every training block its row number (a teacher cache is read by it)
-    export: Callable[[Path], None] | None = None  # writes model/ when `exported` is not a single model
+    export: Callable[[Path], None] | None = None  # writes model/ (rank 0); None: the Trainer saves `trained` there
     finish: Callable[[Any, Path], dict] | None = None  # (trainer, run path) -> extra summary, after export, before DONE
 
 
@@ -96,13 +95,10 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
 
     # 4. Export the (best) model with its tokenizer, final dev loss, DONE last.
     dev_loss = trainer.evaluate()["eval_loss"] if dev_ds is not None else None
-    if built.export is not None:
-        if trainer.is_world_process_zero():
-            built.export(run_dir.model_dir)
-    elif built.exported is built.trained:
+    if built.export is None:
         trainer.save_model(str(run_dir.model_dir))
     elif trainer.is_world_process_zero():
-        built.exported.save_pretrained(str(run_dir.model_dir))
+        built.export(run_dir.model_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(run_dir.model_dir))
     summary = {"step": trainer.state.global_step, "dev_loss": dev_loss, "best_checkpoint": trainer.state.best_model_checkpoint}

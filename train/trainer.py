@@ -19,6 +19,7 @@ from common.errors import UserError
 from common.paths import REPO
 from train.rundir import COMPLETE, RunDir, now
 
+
 class NonFiniteLoss(Exception):
     def __init__(self, step: int, value: float):
         super().__init__(f"loss became {value} at step {step}")

@@ -131,7 +131,7 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     def finish(trainer, run_path: Path) -> dict:
         return finish_run(cfg, trainer, wrapper, run_path)
 
-    return Built(trained=wrapper, exported=None, export=export, finish=finish, objective=objective,
+    return Built(trained=wrapper, export=export, finish=finish, objective=objective,
                  trainer_cls=WMLTrainer, trainer_kwargs={"wml": cfg.wml},
                  banner=f"{len(peers)} {objective} peer(s) of {sizes} parameters, {cfg.wml.distillation_method} learning, "
                         f"α={cfg.wml.loss_alpha:g}, ω updated every {cfg.wml.weight_update_frequency} steps")
