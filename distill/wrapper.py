@@ -41,6 +41,17 @@ class Term:
         return f"{self.weight:g}*{self.key}"
 
 
+def scored_positions(labels, causal: bool = True):
+    """(select, targets): `select` takes [B, T, ...] to [N, ...] at the N positions whose label is
+    scored, and `targets` [N] are those labels. A causal LM's logits at position p predict label
+    p + 1, so for it the positions shift by one; a masked LM predicts in place."""
+    if causal:
+        valid = labels[:, 1:] != -100
+        return (lambda x: x[:, :-1][valid]), labels[:, 1:][valid]
+    valid = labels != -100
+    return (lambda x: x[valid]), labels[valid]
+
+
 def tied_duplicates(module: nn.Module) -> list[str] | None:
     """Names of state-dict entries that share storage with an earlier one (GPT-2's head and embedding).
     Checkpoints store them once; the Trainer, finding them missing on load, calls the wrapper's
@@ -108,16 +119,11 @@ class DistillationWrapper(nn.Module):
                            output_hidden_states=training and self.needs_student_hidden)
         if labels is None:
             return {"logits": out.logits}
-        valid = labels[:, 1:] != -100  # logits at position p predict token p + 1
-        n = n_tokens if n_tokens is not None else valid.sum().clamp_min(1)
-        logits = out.logits[:, :-1][valid]
-        targets = labels[:, 1:][valid]
+        rows, targets = scored_positions(labels)
+        n = n_tokens if n_tokens is not None else max(targets.numel(), 1)
+        logits = rows(out.logits)
         if not training:
             return {"loss": L.ce(logits, targets, n), "logits": out.logits}
-
-        def rows(x):  # [B, T, ...] -> [N, ...] at the valid positions
-            return x[:, :-1][valid]
-
         t_logits = [rows(lo) for lo, _ in teacher_outputs] if teacher_outputs is not None else None
         terms = {}
         for term in self.terms:

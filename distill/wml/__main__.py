@@ -142,6 +142,7 @@ def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
     import torch
 
     from common.paths import write_atomic
+    from distill.wrapper import scored_positions
 
     dev_ce = [None] * len(wrapper.peers)
     if trainer.eval_dataset is not None:
@@ -151,7 +152,7 @@ def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
         with torch.no_grad():
             for batch in trainer.get_eval_dataloader():
                 batch = trainer._prepare_inputs(batch)
-                rows, targets = wrapper._positions(batch["labels"])
+                rows, targets = scored_positions(batch["labels"], wrapper.objective == "causal")
                 for i, peer in enumerate(wrapper.peers):
                     logits = rows(peer(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits)
                     totals[i] += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double().cpu()

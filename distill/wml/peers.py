@@ -15,7 +15,7 @@ from torch.func import functional_call
 
 from distill.trainer import WrapperTrainer
 from distill.wml import objective as W
-from distill.wrapper import tied_duplicates
+from distill.wrapper import scored_positions, tied_duplicates
 
 
 class PeersWrapper(nn.Module):
@@ -36,18 +36,10 @@ class PeersWrapper(nn.Module):
         for p in self.peers:
             p.tie_weights()
 
-    def _positions(self, labels: torch.Tensor):
-        """(selector of the scored positions in [B, T, ...], their labels): shifted for causal LMs."""
-        if self.objective == "causal":
-            valid = labels[:, 1:] != -100
-            return (lambda x: x[:, :-1][valid]), labels[:, 1:][valid]
-        valid = labels != -100
-        return (lambda x: x[valid]), labels[valid]
-
     def forward(self, input_ids, attention_mask=None, labels=None, n_tokens=None, omega=None, ensemble=None):
         """Training: {"loss": ω·ℓ, "parts": ℓ [K], "terms"}. Evaluation (or ensemble=True): the
         ω-weighted ensemble's cross-entropy. `omega` replaces the buffer (for the hypergradient)."""
-        rows, targets = self._positions(labels)
+        rows, targets = scored_positions(labels, self.objective == "causal")
         n = n_tokens if n_tokens is not None else targets.numel()
         logits = [rows(p(input_ids=input_ids, attention_mask=attention_mask).logits) for p in self.peers]
         w = self.omega if omega is None else omega
