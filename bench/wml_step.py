@@ -42,8 +42,6 @@ def build(seed: int):
 
 
 def main() -> None:
-    from torch.func import functional_call
-
     from distill.wml import objective as W
     from distill.wml.peers import PeersWrapper
 
@@ -67,7 +65,6 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(5, 512, (args.batch, args.block), generator=g) for _ in range(args.warmup + args.steps + 1)]
     n_tokens = args.batch * (args.block - 1)
-    names = [n for n, q in wrapper.named_parameters()]
 
     def sync():
         if cuda:
@@ -77,11 +74,7 @@ def main() -> None:
         """The peer-weight update: the hypergradient through one inner step and the mirror-descent step."""
         sync()
         t0 = time.perf_counter()
-        batch, val = {"input_ids": ids, "labels": ids}, {"input_ids": dev_ids, "labels": dev_ids}
-        gr = W.hypergradient(list(wrapper.parameters()),
-                             lambda ps: functional_call(wrapper, dict(zip(names, ps)), args=(), kwargs={**batch, "ensemble": False})["parts"],
-                             lambda ps, w: functional_call(wrapper, dict(zip(names, ps)), args=(), kwargs={**val, "omega": w, "ensemble": True})["loss"],
-                             wrapper.omega, 1e-4)
+        gr = wrapper.weight_hypergradient({"input_ids": ids, "labels": ids}, {"input_ids": dev_ids, "labels": dev_ids}, 1e-4)
         wrapper.omega.copy_(W.mirror_step(wrapper.omega, gr, 0.05))
         sync()
         return time.perf_counter() - t0

@@ -57,6 +57,33 @@ class PeersWrapper(nn.Module):
         terms = {f"peer{i}": v.detach() for i, v in enumerate(parts)}
         return {"loss": (w.detach() * parts).sum(), "parts": parts, "terms": terms, "logits": None}
 
+    def weight_hypergradient(self, train_batch: dict, dev_batch: dict, gamma: float) -> torch.Tensor:
+        """g = dL_val/dω through one inner step of size γ (distill.wml.objective.hypergradient), with
+        the inner parts on `train_batch` and the ensemble loss on `dev_batch`.
+
+        Taken without dropout: g is then a function of the weights and the two batches alone, it
+        draws nothing from the RNG that the training steps use, and it does not depend on whether
+        an evaluation (which leaves the model in eval mode) came just before.
+        """
+        names = [n for n, p in self.named_parameters() if p.requires_grad]
+        params = [p for p in self.parameters() if p.requires_grad]
+        keep = ("input_ids", "attention_mask", "labels")
+        train_batch = {k: v for k, v in train_batch.items() if k in keep}
+        dev_batch = {k: v for k, v in dev_batch.items() if k in keep}
+
+        def inner_parts(ps):
+            return functional_call(self, dict(zip(names, ps)), args=(), kwargs={**train_batch, "ensemble": False})["parts"]
+
+        def val_loss(ps, w):
+            return functional_call(self, dict(zip(names, ps)), args=(), kwargs={**dev_batch, "omega": w, "ensemble": True})["loss"]
+
+        was_training = self.training
+        self.eval()
+        try:
+            return W.hypergradient(params, inner_parts, val_loss, self.omega, gamma)
+        finally:
+            self.train(was_training)
+
 
 class WMLTrainer(WrapperTrainer):
     """The HF Trainer over the peers; every `frequency` steps, before the step, a mirror-descent
@@ -89,28 +116,8 @@ class WMLTrainer(WrapperTrainer):
 
     def update_omega(self, wrapper: PeersWrapper, train_batch: dict) -> None:
         """ω ← ω exp(−η g) / Z with g the hypergradient through one inner step of size γ (the current learning rate)."""
-        names = [n for n, p in wrapper.named_parameters() if p.requires_grad]
-        params = [p for p in wrapper.parameters() if p.requires_grad]
-        dev = self._dev_batch(int(wrapper.outer_steps))
-        train_batch = {k: v for k, v in train_batch.items() if k in ("input_ids", "attention_mask", "labels")}
-        dev = {k: v for k, v in dev.items() if k in ("input_ids", "attention_mask", "labels")}
-
-        def inner_parts(ps):
-            return functional_call(wrapper, dict(zip(names, ps)), args=(), kwargs={**train_batch, "ensemble": False})["parts"]
-
-        def val_loss(ps, w):
-            return functional_call(wrapper, dict(zip(names, ps)), args=(), kwargs={**dev, "omega": w, "ensemble": True})["loss"]
-
         gamma = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.args.learning_rate
-        # Without dropout: the hypergradient is then a function of the weights and the two batches alone, it draws
-        # nothing from the RNG that the training steps use, and it does not depend on whether an evaluation
-        # (which leaves the model in eval mode) came just before.
-        was_training = wrapper.training
-        wrapper.eval()
-        try:
-            g = W.hypergradient(params, inner_parts, val_loss, wrapper.omega, gamma)
-        finally:
-            wrapper.train(was_training)
+        g = wrapper.weight_hypergradient(train_batch, self._dev_batch(int(wrapper.outer_steps)), gamma)
         if self.accelerator.num_processes > 1:  # one ω for all ranks
             g = self.accelerator.reduce(g, reduction="mean")
         w = self.wml
