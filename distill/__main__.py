@@ -51,21 +51,22 @@ def build_distillation(cfg, tokenizer, prepared, device):
                         f"(masked LMs learn from peers with python -m distill.wml)")
     if cfg.student.init_from:
         warm_start(student, cfg.student.init_from)
-    teachers = load_teachers(cfg, Path(prepared.tokenizer_dir), num_layers(student.config), device)
+    # With a teacher cache the teachers are checked (and their files fingerprinted) but never loaded.
+    teachers = load_teachers(cfg, Path(prepared.tokenizer_dir), num_layers(student.config), device,
+                             weights=not cfg.distill.teacher_cache)
     cache = None
-    if cfg.distill.teacher_cache:  # the teachers were checked above; their targets come from the cache
+    if cfg.distill.teacher_cache:
         from distill.cache import TeacherCache, fingerprint
 
         cache = TeacherCache(cfg.distill.teacher_cache, fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint))
-        for t in teachers:
-            t.model.to("meta")  # not run: free their memory
     wrapper = DistillationWrapper(student, teachers, cfg.distill.losses)
     n_student = sum(p.numel() for p in student.parameters())
     n_extra = sum(p.numel() for p in wrapper.parameters()) - n_student
-    who = ", ".join(f"{t.name} ({sum(p.numel() for p in t.model.parameters()):,})" for t in teachers) or "none"
+    who = ", ".join(f"{t.name} ({sum(p.numel() for p in t.model.parameters()):,})" if t.model is not None else f"{t.name} (cached)"
+                    for t in teachers) or "none"
     print(f"loss = {wrapper.formula(teachers)}" + (f" (teacher targets from the cache {cfg.distill.teacher_cache})" if cache else ""))
     return Built(trained=wrapper, objective="causal", export=lambda model_dir: student.save_pretrained(str(model_dir)),
-                 trainer_cls=DistillTrainer, trainer_kwargs={"teachers": [] if cache else teachers, "cache": cache}, block_index=cache is not None,
+                 trainer_cls=DistillTrainer, trainer_kwargs={"teachers": teachers, "cache": cache}, block_index=cache is not None,
                  banner=f"student {cfg.student.arch}: {n_student:,} parameters (+{n_extra:,} in projections/heads, not exported); "
                         f"teachers: {who}" + (f"; warm start from {cfg.student.init_from}" if cfg.student.init_from else ""))
 

@@ -19,7 +19,7 @@ from eval.model import check_folder
 @dataclass
 class Teacher:
     name: str
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None when its targets come from the teacher cache
     weight: float
     layer_map: list[tuple[int, int]]  # (teacher block, student block), 0-based
     hidden_size: int
@@ -76,9 +76,11 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if setting == "bfloat16" else torch.float32
 
 
-def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, device: torch.device) -> list[Teacher]:
+def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, device: torch.device,
+                  weights: bool = True) -> list[Teacher]:
     """Every configured teacher, checked, frozen (requires_grad False), in eval mode, on `device`.
-    Layer maps are resolved against `student_layers` (None: not needed, as when caching)."""
+    Layer maps are resolved against `student_layers` (None: not needed, as when caching).
+    `weights=False` checks the teachers without loading them (training from the teacher cache)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     d = cfg.distill
@@ -98,8 +100,9 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
         check_same_tokenizer(folder, student_tokenizer_dir)
         layer_map = (resolve_layer_map(tc.layer_map, num_layers(config), student_layers, f"{where}.layer_map")
                      if student_layers else [])
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-        model.requires_grad_(False)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval() if weights else None
+        if model is not None:
+            model.requires_grad_(False)
         out.append(Teacher(name=folder.parent.name if folder.name == "model" else folder.name, model=model, weight=tc.weight,
                            layer_map=layer_map, hidden_size=config.hidden_size, num_layers=num_layers(config)))
     return out

@@ -140,7 +140,7 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     assert "nothing to do" in ok(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache))).stdout
 
     proc = ok(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}"))
-    assert "teacher targets from the cache" in proc.stdout
+    assert "teacher targets from the cache" in proc.stdout and "teacher (cached)" in proc.stdout  # checked, never loaded
     rows = [r for r in metrics(tmp_path / "runs" / "demo" / "kd") if "loss" in r]
     assert rows[-1]["loss"] < rows[0]["loss"] and "loss/logit_kd" in rows[0]
 
