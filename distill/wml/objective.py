@@ -78,22 +78,23 @@ def hypergradient(params: list[torch.Tensor], inner_parts: Callable[[list[torch.
     (DARTS-style one-step unrolling, Liu et al. 2019, eq. 7, with the exact second term:
     L is linear in ω, so ∂θ'/∂ω_i = −γ ∇_θ ℓ_i). Both terms are computed with autograd from
     live tensors; nothing is detached on the way (the reference implementation's second term
-    came from a detached tensor and was always zero).
+    came from a detached tensor and was always zero). The second term for all K peers at once
+    is the Jacobian-vector product (∂ℓ/∂θ) · ∇_θ' L_val: one forward-mode pass over the inner
+    parts (torch.func.jvp), not one backward pass per peer. Every operation in `inner_parts`
+    needs a forward-mode derivative (CPU SDPA attention has none: use eager attention).
 
     params: the trainable tensors θ (leaves with requires_grad); inner_parts(θ) -> ℓ [K] on a
     training batch; val_loss(θ, ω) -> scalar on a validation batch; returns g [K] (detached).
     """
     parts = inner_parts(params)
-    grads = torch.autograd.grad((omega.detach() * parts).sum(), params, retain_graph=True, allow_unused=True)
+    grads = torch.autograd.grad((omega.detach() * parts).sum(), params, allow_unused=True)
     stepped = [(p - gamma * g if g is not None else p).detach().requires_grad_(True) for p, g in zip(params, grads)]
     w = omega.detach().clone().requires_grad_(True)
     lv = val_loss(stepped, w)
     d_omega, *d_theta = torch.autograd.grad(lv, [w, *stepped], allow_unused=True)
     d_omega = d_omega if d_omega is not None else torch.zeros_like(w)
-    second = torch.zeros_like(w)
-    for i in range(len(parts)):
-        gi = torch.autograd.grad(parts[i], params, retain_graph=i + 1 < len(parts), allow_unused=True)
-        second[i] = sum((a * b).sum() for a, b in zip(d_theta, gi) if a is not None and b is not None)
+    tangents = tuple(d if d is not None else torch.zeros_like(p) for p, d in zip(params, d_theta))
+    _, second = torch.func.jvp(lambda *ps: inner_parts(list(ps)), tuple(p.detach() for p in params), tangents)
     return (d_omega - gamma * second).detach()
 
 

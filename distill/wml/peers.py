@@ -61,7 +61,7 @@ class PeersWrapper(nn.Module):
         """g = dL_val/dω through one inner step of size γ (distill.wml.objective.hypergradient), with
         the inner parts on `train_batch` and the ensemble loss on `dev_batch`.
 
-        Taken without dropout: g is then a function of the weights and the two batches alone, it
+        Taken with eager attention (see W.hypergradient) and without dropout: g is then a function of the weights and the two batches alone, it
         draws nothing from the RNG that the training steps use, and it does not depend on whether
         an evaluation (which leaves the model in eval mode) came just before.
         """
@@ -78,11 +78,16 @@ class PeersWrapper(nn.Module):
             return functional_call(self, dict(zip(names, ps)), args=(), kwargs={**dev_batch, "omega": w, "ensemble": True})["loss"]
 
         was_training = self.training
+        attention = [p.config._attn_implementation for p in self.peers]
         self.eval()
+        for p in self.peers:  # the forward-mode pass needs attention with a forward derivative (CPU SDPA has none)
+            p.set_attn_implementation("eager")
         try:
             return W.hypergradient(params, inner_parts, val_loss, self.omega, gamma)
         finally:
             self.train(was_training)
+            for p, a in zip(self.peers, attention):
+                p.set_attn_implementation(a)
 
 
 class WMLTrainer(WrapperTrainer):
