@@ -68,9 +68,9 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
     assert not different, f"tensors differ: {different[:5]}"
 
 
-def start_and_kill(module: str, args: list[str], run: Path, after_step: int) -> None:
-    """Start `python -m <module>`, SIGKILL it once metrics.jsonl shows `after_step`."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_and_kill(module: str, args: list[str], run: Path, after_step: int, sig: int = signal.SIGKILL) -> subprocess.Popen:
+    """Start `python -m <module>`, send it `sig` (SIGKILL) once metrics.jsonl shows `after_step`, wait for its end."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     metrics = run / "metrics.jsonl"
     try:
@@ -80,10 +80,12 @@ def start_and_kill(module: str, args: list[str], run: Path, after_step: int) -> 
                 break
             time.sleep(0.02)
         assert proc.poll() is None, f"the run ended before step {after_step}"
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
     finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+        proc.stderr_text = proc.communicate()[1]
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    return proc
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 
 import pytest
 import yaml
@@ -150,6 +151,23 @@ def test_resume_after_sigkill_is_bitwise_identical(demo_args, tmp_path, referenc
     assert_bitwise_equal(weights(run / "model"), reference), f"killed at step {step}"
     info = json.loads((run / "run.json").read_text())
     assert len(info["attempts"]) == 2 and info["attempts"][1]["resumed_from"] and info["status"] == "done"
+
+
+def test_sigusr2_saves_a_checkpoint_stops_and_resumes_bitwise(demo_args, tmp_path, reference):
+    """SLURM's warning signal before a time limit or preemption: checkpoint at the step's end, exit 75, no DONE."""
+    from train.trainer import PREEMPTED_EXIT
+
+    run = run_dir(tmp_path)
+    proc = start_and_kill("train", [*demo_args, *RESUME_ARGS], run, random.Random().randint(11, 30), signal.SIGUSR2)
+    assert proc.returncode == PREEMPTED_EXIT, proc.stderr_text[-2000:]
+    info = json.loads((run / "run.json").read_text())
+    stopped = info["step"]
+    assert info["status"] == "preempted" and not (run / "DONE").exists()
+    assert checkpoint_problem(run / "checkpoints" / f"checkpoint-{stopped}") is None, "no complete checkpoint at the stop"
+    assert f"checkpoint-{stopped}; rerun with --resume" in proc.stderr_text
+    proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
+    assert f"resuming from {run / 'checkpoints' / f'checkpoint-{stopped}'}" in proc.stdout
+    assert_bitwise_equal(weights(run / "model"), reference)
 
 
 def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, reference):

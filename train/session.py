@@ -53,7 +53,7 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
     from tokenizer.prepare import load_blocks, prepare
     from train import models
     from train.rundir import RunDir
-    from train.trainer import BabyTrainer, NonFiniteLoss, build_trainer, training_arguments
+    from train.trainer import PREEMPTED_EXIT, BabyTrainer, NonFiniteLoss, Preemption, build_trainer, training_arguments
 
     resolved = cfglib.to_dict(cfg)
     # 1. What to do with the run directory: refuse before anything is written.
@@ -92,6 +92,12 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
         print(file=sys.stderr)  # end the progress bar's line before the error
         raise UserError(f"{run_dir.path}: {exc}; training stopped, last good checkpoint: {good or 'none'}; "
                         f"lower optim.lr or set optim.max_grad_norm, then rerun with --resume") from None
+    preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Preemption))
+    if preemption.stopped_at is not None:
+        run_dir.end("preempted", step=preemption.stopped_at)
+        print(f"{run_dir.path}: stopped on SIGUSR2 after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
+              file=sys.stderr)
+        return PREEMPTED_EXIT
 
     # 4. Export the (best) model with its tokenizer, final dev loss, DONE last.
     dev_loss = trainer.evaluate()["eval_loss"] if dev_ds is not None else None

@@ -2,12 +2,14 @@
 
 The Trainer does the loop, mixed precision, accumulation, checkpointing (model, optimizer,
 scheduler, RNG, data position) and DeepSpeed. What we add: a COMPLETE marker per
-checkpoint, metrics.jsonl with tokens/s, and a stop at the first non-finite loss.
+checkpoint, metrics.jsonl with tokens/s, a stop at the first non-finite loss, and a
+checkpoint-and-stop on SIGUSR2 (SLURM's warning before a time limit or preemption).
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -44,6 +46,44 @@ class CheckpointMarker(TrainerCallback):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
                 (ckpt / COMPLETE).write_text(now())
+
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGUSR2; rerun with --resume
+
+
+class Preemption(TrainerCallback):
+    """On SIGUSR2 (sbatch --signal=USR2@<seconds>, which submitit also uses), finish the current
+    step, save a checkpoint and stop; the session then exits with PREEMPTED_EXIT and no DONE.
+
+    With several ranks the decision is all-reduced at every step end, so every rank stops
+    at the same step and takes part in the same (collective) save.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._previous = signal.signal(signal.SIGUSR2, self._handler)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stop = self.requested
+        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(stop)], device=args.device if args.device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR2, self._previous)
 
 
 class MetricsLog(TrainerCallback):
@@ -156,7 +196,7 @@ def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: s
                   trainer_cls: type = BabyTrainer, **extra) -> BabyTrainer:
     world = args.world_size
     tokens_per_step = cfg.data.block_size * cfg.train.batch_size * cfg.train.grad_accum * world
-    callbacks = [CheckpointMarker(), MetricsLog(run.metrics_file, tokens_per_step)]
+    callbacks = [CheckpointMarker(), MetricsLog(run.metrics_file, tokens_per_step), Preemption()]
     if cfg.train.early_stopping_patience and dev_ds is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
