@@ -211,12 +211,14 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load(schema: type, path: str | Path | None, overrides: list[str] = (), sections: tuple[str, ...] | None = None):
+def load(schema: type, path: str | Path | None, overrides: list[str] = (), sections: tuple[str, ...] | None = None,
+         check: bool = True):
     """Build `schema` from its defaults, then the YAML at `path`, then `overrides`.
 
     `sections`, when given, restricts strict checking to those top-level sections; the
     others are left to the program that owns them (a run YAML read by `tokenizer prepare`).
-    Runs `check()` on the result if the schema defines it. Errors name file:line or
+    Runs `check()` on the result if the schema defines it (and `check`; a grid plans runs whose
+    teachers do not exist yet). Errors name file:line or
     `command line` and the key.
     """
     data, lines = read_yaml(path) if path is not None else ({}, {})
@@ -237,7 +239,7 @@ def load(schema: type, path: str | Path | None, overrides: list[str] = (), secti
 
     try:
         cfg = _build(schema, data, "", _field_names(schema))
-        if hasattr(cfg, "check"):
+        if check and hasattr(cfg, "check"):
             cfg.check()
     except ConfigError as exc:
         raise UserError(f"{where(exc.key)}: {exc.key}: {exc.message}" if not exc.message.startswith("unknown key")

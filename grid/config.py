@@ -1,0 +1,89 @@
+"""The grid YAML (config/grids/*.yaml): stages of points, evaluation, selection, the executor."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from common.config import ConfigError, field
+
+
+@dataclass
+class StageConfig:
+    name: str = field("", "stage name; a stage starts when every point of the previous stage has finished")
+    recipes: list[str] = field([], "run YAMLs (config/runs/...): each is one point, or the base that the axes vary")
+    axes: dict = field({}, "dotted recipe key -> list of values, e.g. distill.losses.logit_kd.weight: [0.1, 0.5]")
+    mode: Literal["product", "zip"] = field("product", "product: every combination of the axes; zip: their i-th values together")
+    overrides: dict = field({}, "dotted recipe key -> value for every point of the stage, e.g. data.train_fraction: 0.2")
+
+
+@dataclass
+class SelectConfig:
+    stage: str = field("", "the stage whose points are ranked for finalists; empty: no selection")
+    metric: str = field("dev_ce", "dev_ce (lower is better) or an evaluated task's accuracy, e.g. blimp_filtered (higher is better)")
+    finalists: int = field(1, "how many of the best points are retrained with `overrides`")
+    overrides: dict = field({"data.train_fraction": 1.0}, "dotted recipe keys for the finalists' runs (the full data)")
+
+
+@dataclass
+class ExecutorConfig:
+    kind: Literal["slurm", "local", "debug"] = field(
+        "local", "slurm: one submitit job array per stage; local: one point after another here; debug: in this process")
+    partition: str = field("", "SLURM partition (empty: the cluster's default)")
+    nodes: int = field(1, "nodes per point (torchrun across them)")
+    gpus_per_node: int = field(0, "GPUs per node (one process each); 0: one CPU process")
+    cpus_per_task: int = field(2, "CPU cores per point and node")
+    mem_gb: int = field(0, "memory per node in GB; 0: the cluster's default")
+    time_min: int = field(60, "time limit per job in minutes (a point that needs longer checkpoints and requeues)")
+    array_parallelism: int = field(16, "points of one stage running at once")
+    signal_delay_s: int = field(120, "SIGUSR2 this many seconds before the time limit: checkpoint, then requeue")
+    max_requeues: int = field(3, "time-limit requeues per point before it is given up")
+    deepspeed: str = field("", "DeepSpeed JSON for every point (config/deepspeed/zero2.json); empty: none")
+    venv: str = field("", "venv activated in the jobs (default: the launcher's own python)")
+
+
+@dataclass
+class GridConfig:
+    name: str = field("", "grid name: its runs go to <output_dir>/<name>/<point>")
+    output_dir: str = field("runs", "root of the run directories")
+    stages: list[StageConfig] = field([], "the stages, run in order")
+    tasks: list[str] = field(["demo_pairs"], "evaluation tasks run on every point (python -m eval --tasks)")
+    eval_data_dir: str = field("", "BabyLM evaluation_data folder for the tasks (empty: eval's default)")
+    select: SelectConfig = field(SelectConfig(), "finalists: the best points of one stage, retrained")
+    executor: ExecutorConfig = field(ExecutorConfig(), "where the points run")
+
+    def check(self) -> None:
+        if not self.name:
+            raise ConfigError("name", "is empty; name the grid (its runs go to <output_dir>/<name>/)")
+        if not self.stages:
+            raise ConfigError("stages", "is empty; give at least one stage with recipes")
+        names = [s.name for s in self.stages]
+        for i, stage in enumerate(self.stages):
+            key = f"stages[{i}]"
+            if not stage.name:
+                raise ConfigError(f"{key}.name", "is empty; name the stage")
+            if names.count(stage.name) > 1:
+                raise ConfigError(f"{key}.name", f"'{stage.name}' names two stages; give each stage its own name")
+            if stage.name == "finalists":
+                raise ConfigError(f"{key}.name", "'finalists' is the launcher's own stage; choose another name")
+            if not stage.recipes:
+                raise ConfigError(f"{key}.recipes", "is empty; list at least one run YAML")
+            for axis, values in stage.axes.items():
+                if not isinstance(values, list) or not values:
+                    raise ConfigError(f"{key}.axes.{axis}", f"is {'empty' if values == [] else repr(values)}; give a non-empty list of values")
+            lengths = {axis: len(v) for axis, v in stage.axes.items()}
+            if stage.mode == "zip" and len(set(lengths.values())) > 1:
+                raise ConfigError(f"{key}.axes", "zip axes must have the same length; got "
+                                  + ", ".join(f"{a}: {n}" for a, n in lengths.items()) + " (or set mode: product)")
+        if self.select.stage and self.select.stage not in names:
+            from common.config import suggest
+
+            raise ConfigError("select.stage", f"'{self.select.stage}' is not a stage{suggest(self.select.stage, names)}")
+        if self.select.metric != "dev_ce" and self.select.metric not in self.tasks:
+            raise ConfigError("select.metric", f"'{self.select.metric}' is produced by no evaluation; use dev_ce or one of "
+                              f"the grid's tasks: {', '.join(self.tasks) or '(none)'}")
+        if self.select.stage and self.select.finalists < 1:
+            raise ConfigError("select.finalists", f"must be at least 1, got {self.select.finalists}")
+        if self.executor.kind == "slurm" and self.executor.time_min * 60 <= self.executor.signal_delay_s:
+            raise ConfigError("executor.signal_delay_s", f"{self.executor.signal_delay_s} s is not shorter than the "
+                              f"time limit ({self.executor.time_min} min)")
+

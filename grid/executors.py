@@ -1,0 +1,135 @@
+"""Where a stage's points run: `debug` (in this process), `local` (one after another, here) or
+`slurm` (one submitit job array per stage). Each returns the points that did not finish.
+
+The SLURM executor records every submitted job id in <root>/_grid/jobs.json; a rerun
+reattaches to a point's job while SLURM still has it queued or running, instead of
+submitting the same run directory twice.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from common.errors import UserError
+from common.paths import write_atomic
+from grid.config import ExecutorConfig
+from grid.plan import Point
+from grid.point import PointFailed, PointJob, run_in_process
+
+ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED"}
+
+
+def run_debug(points: list[Point], root: Path, ex: ExecutorConfig) -> list[tuple[Point, str]]:
+    failed = []
+    for p in points:
+        try:
+            run_in_process(p)
+        except (PointFailed, UserError) as exc:
+            failed.append((p, str(exc)))
+    return failed
+
+
+def run_local(points: list[Point], root: Path, ex: ExecutorConfig) -> list[tuple[Point, str]]:
+    failed = []
+    for i, p in enumerate(points):
+        print(f"[{i + 1}/{len(points)}] {p.name} ({p.state()})", flush=True)
+        try:
+            PointJob(p)()
+        except (PointFailed, UserError) as exc:
+            failed.append((p, str(exc)))
+    return failed
+
+
+def check_slurm() -> None:
+    if shutil.which("sbatch") is None:
+        raise UserError("executor.kind=slurm: sbatch is not on the PATH; run on a SLURM login node, "
+                        "or use executor.kind=local to run the points here")
+
+
+def _executor(root: Path, ex: ExecutorConfig, job_name: str):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(root / "_grid" / "logs" / "%j"), cluster="slurm")
+    extra = {"requeue": True}
+    setup = [f"source {ex.venv}/bin/activate"] if ex.venv else []
+    setup.append(f"export BABYDISTILL_GPUS_PER_NODE={ex.gpus_per_node}")
+    setup.append("export BABYDISTILL_MASTER=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)")
+    params = dict(name=job_name, timeout_min=ex.time_min, nodes=ex.nodes, tasks_per_node=1, cpus_per_task=ex.cpus_per_task,
+                  slurm_array_parallelism=ex.array_parallelism, slurm_signal_delay_s=ex.signal_delay_s,
+                  slurm_additional_parameters=extra, slurm_setup=setup, slurm_max_num_timeout=ex.max_requeues)
+    if ex.gpus_per_node:
+        params["gpus_per_node"] = ex.gpus_per_node
+    if ex.partition:
+        params["slurm_partition"] = ex.partition
+    if ex.mem_gb:
+        params["mem_gb"] = ex.mem_gb
+    executor.update_parameters(**params)
+    return executor
+
+
+def _jobs_file(root: Path) -> Path:
+    return root / "_grid" / "jobs.json"
+
+
+def run_slurm(points: list[Point], root: Path, ex: ExecutorConfig, wait: bool = True) -> list[tuple[Point, str]]:
+    import submitit
+
+    check_slurm()
+    jobs_file = _jobs_file(root)
+    known = json.loads(jobs_file.read_text()) if jobs_file.is_file() else {}
+    jobs, todo = {}, []
+    for p in points:
+        if p.name in known:
+            job = submitit.SlurmJob(folder=str(root / "_grid" / "logs" / "%j"), job_id=known[p.name])
+            if job.state.split()[0] in ALIVE:
+                print(f"{p.name}: job {job.job_id} is still {job.state}; waiting for it")
+                jobs[p.name] = job
+                continue
+        todo.append(p)
+    if todo:
+        executor = _executor(root, ex, f"{points[0].grid}-{points[0].stage}")
+        with executor.batch():
+            pending = [(p, executor.submit(PointJob(p, grace_s=max(10, ex.signal_delay_s - 20)))) for p in todo]
+        for p, job in pending:
+            jobs[p.name] = job
+            known[p.name] = job.job_id
+        jobs_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(jobs_file, json.dumps(known, indent=2))
+        print(f"submitted {len(todo)} point(s) as job array {pending[0][1].job_id.split('_')[0]}", flush=True)
+    if not wait:
+        return []
+    failed = []
+    by_name = {p.name: p for p in points}
+    with tqdm(total=len(jobs), desc=f"stage {points[0].stage}", unit="point") as bar:
+        remaining = dict(jobs)
+        while remaining:
+            for name, job in list(remaining.items()):
+                if job.done():
+                    try:
+                        job.result()
+                    except Exception as exc:  # a failed or cancelled job: reported, the others go on
+                        failed.append((by_name[name], f"job {job.job_id}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}"))
+                    del remaining[name]
+                    bar.update(1)
+            time.sleep(2)
+    return failed
+
+
+EXECUTORS = {"debug": run_debug, "local": run_local, "slurm": run_slurm}
+
+
+def run_stage(points: list[Point], root: Path, ex: ExecutorConfig) -> list[tuple[Point, str]]:
+    todo = [p for p in points if p.state() != "done"]
+    if not todo:
+        return []
+    return EXECUTORS[ex.kind](todo, root, ex)
+
+
+def report(failed: list[tuple[Point, str]]) -> None:
+    for p, why in failed:
+        print(f"incomplete: {p.name}: {why}", file=sys.stderr)

@@ -1,0 +1,173 @@
+"""A grid YAML -> its points: one run directory each, with the overrides that make its config.
+
+A point's state is read from its run directory alone: `done` (DONE, grid.json and every
+task's evaluation), `partial` (a config.yaml: resumed from its newest checkpoint) or `new`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import config as cfglib
+from common.errors import UserError
+from grid.config import GridConfig, StageConfig
+from train.kinds import recipe_kind, schema
+
+FINALISTS = "finalists"
+
+
+@dataclass
+class Point:
+    grid: str
+    stage: str
+    name: str
+    recipe: str
+    kind: str                      # train, distill or wml (train.kinds)
+    axes: dict[str, Any]           # the grid's varied keys and this point's values
+    overrides: dict[str, Any]      # every dotted recipe key set by the grid, output.* included
+    run: str                       # the run directory
+    tasks: list[str]
+    eval_data_dir: str = ""
+    backend: str = "causal"        # how its models are evaluated (mlm for masked LMs)
+    deepspeed: str = ""
+    extra: list[str] = field(default_factory=list)  # overrides from the launcher's command line, last
+
+    def argv(self) -> list[str]:
+        """The entry point's arguments: the recipe, every override as key=JSON, --resume."""
+        sets = [f"{k}={json.dumps(v)}" for k, v in self.overrides.items()]
+        if self.deepspeed:
+            sets.append(f"train.deepspeed={json.dumps(self.deepspeed)}")
+        return [self.recipe, *sets, *self.extra, "--resume"]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> "Point":
+        return Point(**json.loads(text))
+
+    # ------------------------------------------------------------------ state, from the run directory
+
+    def model_dirs(self) -> list[Path]:
+        run = Path(self.run)
+        if self.kind == "wml":
+            champion = run / "model" / "champion.json"
+            peers = json.loads(champion.read_text())["peers"] if champion.is_file() else []
+            return [run / "model" / p for p in peers]
+        return [run / "model"]
+
+    def eval_dir(self, model_dir: Path) -> Path:
+        run = Path(self.run)
+        return run / "eval" if model_dir == run / "model" else run / "eval" / model_dir.name
+
+    def evaluated(self) -> bool:
+        models = self.model_dirs()
+        return bool(models) and all((self.eval_dir(m) / f"{t}.json").is_file() for m in models for t in self.tasks)
+
+    def state(self) -> str:
+        run = Path(self.run)
+        if (run / "DONE").is_file() and (run / "grid.json").is_file() and self.evaluated():
+            return "done"
+        return "partial" if (run / "config.yaml").is_file() else "new"
+
+
+def _fmt(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def _short(key: str) -> str:
+    return ".".join(key.split(".")[-2:])
+
+
+def _combinations(stage: StageConfig) -> list[dict[str, Any]]:
+    keys = list(stage.axes)
+    if not keys:
+        return [{}]
+    values = zip(*stage.axes.values()) if stage.mode == "zip" else itertools.product(*stage.axes.values())
+    return [dict(zip(keys, v)) for v in values]
+
+
+def load_grid(path: str | Path, overrides: list[str] = ()) -> GridConfig:
+    return cfglib.load(GridConfig, path, overrides)
+
+
+def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> list[Point]:
+    """Every point of every stage (finalists come later, from the results). Each point's config is
+    built now, without the checks that need earlier stages' outputs, so a wrong axis key or
+    value fails before anything runs."""
+    root = Path(cfg.output_dir) / cfg.name
+    points: list[Point] = []
+    for i, stage in enumerate(cfg.stages):
+        for recipe in stage.recipes:
+            if not Path(recipe).is_file():
+                raise UserError(f"{grid_path}: stages[{i}] ({stage.name}): recipe {recipe} does not exist; "
+                                f"give a run YAML such as config/runs/demo-teacher.yaml")
+            raw, _ = cfglib.read_yaml(recipe)
+            kind = recipe_kind(raw)
+            base = (raw.get("output") or {}).get("name") or Path(recipe).stem
+            for combo in _combinations(stage):
+                name = base + "".join(f"__{_short(k)}={_fmt(v)}" for k, v in combo.items())
+                overrides = {**stage.overrides, **combo, "output.dir": cfg.output_dir, "output.experiment": cfg.name,
+                             "output.name": name}
+                point = Point(grid=cfg.name, stage=stage.name, name=name, recipe=recipe, kind=kind, axes=combo,
+                              overrides=overrides, run=str(root / name), tasks=list(cfg.tasks), eval_data_dir=cfg.eval_data_dir,
+                              deepspeed=cfg.executor.deepspeed, extra=list(extra))
+                point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})")
+                points.append(point)
+    seen: dict[str, Point] = {}
+    for p in points:
+        if p.name in seen:
+            raise UserError(f"{grid_path}: two points are both named '{p.name}' ({seen[p.name].recipe} in stage "
+                            f"{seen[p.name].stage}, {p.recipe} in stage {p.stage}); give the recipes different output.name")
+        seen[p.name] = p
+    if cfg.select.stage:
+        n = sum(p.stage == cfg.select.stage for p in points)
+        if cfg.select.finalists > n:
+            raise UserError(f"{grid_path}: select.finalists is {cfg.select.finalists} but stage '{cfg.select.stage}' has only "
+                            f"{n} point(s); lower select.finalists")
+    return points
+
+
+def check_point(point: Point, grid_path: str | Path, where: str) -> str:
+    """Build the point's config (no cross-run checks); returns how its models are evaluated."""
+    sets = [a for a in point.argv() if "=" in a and not a.startswith("-")]
+    try:
+        cfg = cfglib.load(schema(point.kind), point.recipe, sets, check=False)
+    except UserError as exc:
+        message = str(exc).replace("command line: ", "")
+        raise UserError(f"{grid_path}: {where}, recipe {point.recipe}: {message}") from None
+    if point.kind == "wml":
+        return "mlm" if cfg.wml.model_type == "MLM" else "causal"
+    from train.models import read_architecture
+
+    objective, _ = read_architecture(cfg.model)
+    return "mlm" if objective == "masked" else "causal"
+
+
+def finalists(cfg: GridConfig, points: list[Point]) -> list[Point]:
+    """The `select.finalists` best finished points of `select.stage` by `select.metric`, as new points
+    with `select.overrides` (run directory <name>__final)."""
+    from results.collect import read_run
+
+    scored = []
+    for p in points:
+        if p.stage != cfg.select.stage or p.state() != "done":
+            continue
+        rows = read_run(Path(p.run))
+        metric = cfg.select.metric
+        values = [r.get(metric) for r in rows if r.get(metric) is not None]
+        if not values:
+            continue
+        best = min(values) if metric == "dev_ce" else max(values)
+        scored.append((best if metric == "dev_ce" else -best, p))
+    scored.sort(key=lambda t: t[0])
+    out = []
+    for _, p in scored[: cfg.select.finalists]:
+        name = p.name + "__final"
+        overrides = {**p.overrides, **cfg.select.overrides, "output.name": name}
+        out.append(dataclasses.replace(p, stage=FINALISTS, name=name, overrides=overrides, run=str(Path(p.run).parent / name)))
+    return out

@@ -1,0 +1,119 @@
+"""One grid point, start to end: train (or resume), write grid.json, evaluate every model.
+
+`PointJob` is what the local and SLURM executors run. Training runs as a child process
+(`python -m <entry>`, or torchrun with several GPUs or nodes) that ignores SIGUSR2 until its
+trainer arms the checkpoint-and-stop handler (train.trainer.Preemption). Under submitit the
+job's own process receives SIGUSR2 before the time limit or on preemption; `checkpoint` then
+passes the signal on, waits for the trainer's checkpoint, and hands submitit the same job
+to requeue, which resumes from that checkpoint (every run is started with --resume).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.errors import UserError
+from common.paths import write_atomic
+from grid.plan import Point
+from train.kinds import MODULES, entry_point
+
+
+class PointFailed(Exception):
+    pass
+
+
+def _ignore_usr2() -> None:
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def training_command(point: Point) -> list[str]:
+    """python -m <entry> ..., or torchrun across the job's GPUs and nodes (rendezvous on the first node)."""
+    gpus = int(os.environ.get("BABYDISTILL_GPUS_PER_NODE", "0"))
+    nodes = int(os.environ.get("SLURM_NNODES", "1"))
+    module = MODULES[point.kind]
+    if gpus > 1 or nodes > 1:
+        head = os.environ.get("BABYDISTILL_MASTER", "localhost")
+        return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={max(gpus, 1)}",
+                f"--node_rank={os.environ.get('SLURM_NODEID', '0')}", "--rdzv_backend=c10d", f"--rdzv_endpoint={head}:29500",
+                "-m", *module, *point.argv()]
+    return [sys.executable, "-m", *module, *point.argv()]
+
+
+def write_grid_json(point: Point) -> None:
+    write_atomic(Path(point.run) / "grid.json", json.dumps({"grid": point.grid, "stage": point.stage, "axes": point.axes,
+                                                            "recipe": point.recipe}, indent=2))
+
+
+def evaluate_point(point: Point) -> None:
+    """Every model of the point (WML: every peer) on the grid's tasks; already evaluated tasks are kept."""
+    from eval.evaluate import Options, evaluate
+
+    for model in point.model_dirs():
+        out = point.eval_dir(model)
+        todo = [t for t in point.tasks if not (out / f"{t}.json").is_file()]
+        if todo:
+            evaluate(str(model), todo, Options(backend=point.backend, data_dir=point.eval_data_dir or None, out=str(out),
+                                               progress=False))
+
+
+def run_in_process(point: Point) -> None:
+    """The debug executor: everything in this process (no signals, no requeue)."""
+    if point.state() == "done":
+        return
+    rc = entry_point(point.kind)(point.argv())
+    if rc != 0:
+        raise PointFailed(f"{point.name}: training exited {rc}")
+    write_grid_json(point)
+    evaluate_point(point)
+
+
+class PointJob:
+    """A picklable callable for submitit (and the local executor) with submitit's `checkpoint` hook."""
+
+    def __init__(self, point: Point, grace_s: float = 90.0):
+        self.point = point
+        self.grace_s = grace_s
+        self._proc: subprocess.Popen | None = None
+
+    def __call__(self) -> str:
+        point = self.point
+        if point.state() == "done":
+            return f"{point.name}: done"
+        if not (Path(point.run) / "DONE").is_file():
+            self._proc = subprocess.Popen(training_command(point), preexec_fn=_ignore_usr2)
+            rc = self._proc.wait()
+            self._proc = None
+            if rc != 0:
+                raise PointFailed(f"{point.name}: training exited {rc}" + (" (stopped on SIGUSR2 after a checkpoint; "
+                                                                             "run the launcher again to resume)" if rc == 75 else ""))
+        if int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:
+            return f"{point.name}: trained (rank > 0)"
+        write_grid_json(point)
+        evaluate_point(point)
+        return f"{point.name}: done"
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit calls this on SIGUSR2: let the trainer save, then requeue this same job."""
+        import submitit
+
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR2)  # the step's processes may have it already; once more is harmless
+            deadline = time.time() + self.grace_s
+            while proc.poll() is None and time.time() < deadline:
+                time.sleep(0.5)
+        return submitit.helpers.DelayedSubmission(PointJob(self.point, self.grace_s))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m grid.point POINT_JSON: run one point here (what grid.slurm runs for each array task)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not Path(argv[0]).is_file():
+        raise UserError("python -m grid.point POINT.json: give one point file written by launch_grid.py")
+    PointJob(Point.from_json(Path(argv[0]).read_text()))()
+    return 0
