@@ -11,9 +11,9 @@ from common.config import ConfigError, field
 class StageConfig:
     name: str = field("", "stage name; a stage starts when every point of the previous stage has finished")
     recipes: list[str] = field([], "run YAMLs (config/runs/...): each is one point, or the base that the axes vary")
-    axes: dict = field({}, "dotted recipe key -> list of values, e.g. distill.losses.logit_kd.weight: [0.1, 0.5]")
+    axes: dict[str, Any] = field({}, "dotted recipe key -> list of values, e.g. distill.losses.logit_kd.weight: [0.1, 0.5]")
     mode: Literal["product", "zip"] = field("product", "product: every combination of the axes; zip: their i-th values together")
-    overrides: dict = field({}, "dotted recipe key -> value for every point of the stage, e.g. data.train_fraction: 0.2")
+    overrides: dict[str, Any] = field({}, "dotted recipe key -> value for every point of the stage, e.g. data.train_fraction: 0.2")
 
 
 @dataclass
@@ -21,7 +21,7 @@ class SelectConfig:
     stage: str = field("", "the stage whose points are ranked for finalists; empty: no selection")
     metric: str = field("dev_ce", "dev_ce (lower is better) or an evaluated task's accuracy, e.g. blimp_filtered (higher is better)")
     finalists: int = field(1, "how many of the best points are retrained with `overrides`")
-    overrides: dict = field({"data.train_fraction": 1.0}, "dotted recipe keys for the finalists' runs (the full data)")
+    overrides: dict[str, Any] = field({"data.train_fraction": 1.0}, "dotted recipe keys for the finalists' runs (the full data)")
 
 
 @dataclass

@@ -113,6 +113,8 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
                 name = base + "".join(f"__{_short(k)}={_fmt(v)}" for k, v in combo.items())
                 overrides = {**stage.overrides, **combo, "output.dir": cfg.output_dir, "output.experiment": cfg.name,
                              "output.name": name}
+                if kind == "wml":
+                    overrides["wml.eval_tasks"] = []  # the grid evaluates every peer itself, on its own tasks
                 point = Point(grid=cfg.name, stage=stage.name, name=name, recipe=recipe, kind=kind, axes=combo,
                               overrides=overrides, run=str(root / name), tasks=list(cfg.tasks), eval_data_dir=cfg.eval_data_dir,
                               deepspeed=cfg.executor.deepspeed, extra=list(extra))

@@ -1,0 +1,142 @@
+"""launch_grid.py: the demo grid end to end, a two-axis grid with finalists, reruns that skip
+finished points, --dry-run, and every bad input (one line, exit 2, nothing run or written)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, assert_user_error, ok
+
+FAST = ["train.max_steps=20", "train.eval_steps=10", "train.save_steps=10", "train.logging_steps=5", "optim.warmup_steps=5"]
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """A working folder with the repository's config/ in it, as a user's checkout would have."""
+    (tmp_path / "config").symlink_to(ROOT / "config")
+    return tmp_path
+
+
+def launch(workdir: Path, *args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
+
+
+def data_sets(demo_root: Path, cache_dir: Path) -> list[str]:
+    sets = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}", *FAST]
+    return [a for s in sets for a in ("--set", s)]
+
+
+def write_grid(workdir: Path, text: str) -> Path:
+    path = workdir / "grid.yaml"
+    path.write_text(text)
+    return path
+
+
+TWO_AXES = """\
+name: lr-seed
+stages:
+  - name: grid
+    recipes: [config/runs/demo-student.yaml]
+    axes:
+      optim.lr: [1.0e-3, 3.0e-3]
+      train.seed: [1, 2]
+    overrides: {data.train_fraction: 0.5}
+tasks: [demo_pairs]
+eval_data_dir: DEMO
+select: {stage: grid, metric: demo_pairs, finalists: 1, overrides: {data.train_fraction: 1.0}}
+executor: {kind: debug}
+"""
+
+
+@pytest.mark.slow
+def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root, cache_dir):
+    proc = ok(launch(workdir, "config/grids/demo.yaml", f"eval_data_dir={demo_root}", *data_sets(demo_root, cache_dir)))
+    runs = workdir / "runs" / "demo"
+    names = ["teacher", "teacher-llama", "student", "kd", "palenkallama", "contrastive", "wml"]
+    for name in names:
+        assert (runs / name / "DONE").is_file() and (runs / name / "grid.json").is_file(), name
+    table = pd.read_csv(workdir / "results" / "demo.csv")
+    assert sorted(table["recipe"].unique()) == sorted(names) and len(table) == 8  # two WML peers
+    assert table["demo_pairs"].between(0, 1).all() and table["dev_ce"].notna().all()
+    for png in ("demo-tasks.png", "demo-curves.png"):
+        assert (workdir / "results" / png).read_bytes()[:4] == b"\x89PNG"
+    assert "stage teachers: 2 point(s), 0 incomplete" in proc.stdout
+    attempts = {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names}
+
+    again = ok(launch(workdir, "config/grids/demo.yaml", f"eval_data_dir={demo_root}", *data_sets(demo_root, cache_dir)))
+    plan = [line.split() for line in again.stdout.splitlines() if "config/runs/" in line]
+    assert len(plan) == 7 and all(row[-1] == "done" for row in plan), again.stdout[:2000]
+    assert {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names} == attempts, "a finished point ran again"
+    assert len(pd.read_csv(workdir / "results" / "demo.csv")) == 8
+
+
+@pytest.mark.slow
+def test_two_axis_grid_selects_and_retrains_the_best_point(workdir, demo_root, cache_dir):
+    grid = write_grid(workdir, TWO_AXES.replace("DEMO", str(demo_root)))
+    dry = ok(launch(workdir, str(grid), "--dry-run", *data_sets(demo_root, cache_dir)))
+    assert dry.stdout.count(" new") == 4 and not (workdir / "runs").exists()
+    ok(launch(workdir, str(grid), *data_sets(demo_root, cache_dir)))
+    runs = workdir / "runs" / "lr-seed"
+    points = sorted(p.name for p in runs.iterdir() if (p / "DONE").is_file())
+    assert len(points) == 5 and sum(p.endswith("__final") for p in points) == 1
+    scores = {p: json.loads((runs / p / "eval" / "demo_pairs.json").read_text())["accuracy"] for p in points if not p.endswith("__final")}
+    best = max(scores, key=scores.get)
+    final = runs / f"{best}__final"
+    assert final.is_dir(), (scores, points)
+    assert yaml.safe_load((final / "config.yaml").read_text())["data"]["train_fraction"] == 1.0
+    assert json.loads((final / "grid.json").read_text())["stage"] == "finalists"
+    axes = json.loads((runs / points[0] / "grid.json").read_text())["axes"]
+    assert set(axes) == {"optim.lr", "train.seed"}
+    table = pd.read_csv(workdir / "results" / "lr-seed.csv")
+    assert len(table) == 5 and {"axis:optim.lr", "axis:train.seed"} <= set(table.columns)
+    assert (workdir / "results" / "lr-seed-heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_zip_axes_pair_their_values(workdir):
+    grid = write_grid(workdir, TWO_AXES.replace("train.seed: [1, 2]", "optim.min_lr: [1.0e-4, 3.0e-4]")
+                      .replace("    overrides:", "    mode: zip\n    overrides:"))
+    proc = ok(launch(workdir, str(grid), "--dry-run"))
+    assert "lr=0.001__optim.min_lr=0.0001" in proc.stdout and "lr=0.003__optim.min_lr=0.0003" in proc.stdout
+    assert "2 point(s)" in proc.stdout
+
+
+@pytest.mark.parametrize("change, needles", [
+    (("optim.lr:", "optim.lrr:"), ["grid.yaml", "unknown key 'optim.lrr'", "did you mean 'optim.lr'"]),
+    (("train.seed: [1, 2]", "train.seed: []"), ["grid.yaml", "stages[0].axes.train.seed", "empty"]),
+    (("    overrides:", "    mode: zip\n    overrides:"), []),  # same lengths: fine (checked below with different ones)
+    (("train.seed: [1, 2]", "train.seed: [1, 2, 3]\n    mode: zip"), ["stages[0].axes", "same length", "optim.lr: 2", "train.seed: 3"]),
+    (("config/runs/demo-student.yaml", "config/runs/nope.yaml"), ["grid.yaml", "config/runs/nope.yaml does not exist"]),
+    (("metric: demo_pairs", "metric: blimp_filtered"), ["select.metric", "'blimp_filtered' is produced by no evaluation", "demo_pairs"]),
+    (("finalists: 1", "finalists: 5"), ["select.finalists is 5", "only 4 point(s)"]),
+    (("optim.lr: [1.0e-3, 3.0e-3]", "optim.lr: [fast, 3.0e-3]"), ["optim.lr", "expected float"]),
+], ids=["unknown-axis", "empty-axis", "zip-ok", "zip-lengths", "no-recipe", "metric", "too-many-finalists", "bad-value"])
+def test_bad_grids_fail_with_one_line_and_run_nothing(workdir, change, needles):
+    grid = write_grid(workdir, TWO_AXES.replace(*change))
+    proc = launch(workdir, str(grid))
+    if not needles:
+        ok(launch(workdir, str(grid), "--dry-run"))
+        return
+    assert_user_error(proc, *needles)
+    assert not (workdir / "runs").exists() and not (workdir / "results").exists()
+
+
+def test_slurm_executor_without_sbatch_submits_nothing(workdir):
+    grid = write_grid(workdir, TWO_AXES.replace("kind: debug", "kind: slurm"))
+    proc = launch(workdir, str(grid), env={"PATH": str(Path(sys.executable).parent)})
+    assert_user_error(proc, "executor.kind=slurm", "sbatch is not on the PATH", "executor.kind=local")
+    assert not (workdir / "runs").exists()
+
+
+def test_unknown_grid_key_and_missing_grid_file(workdir):
+    grid = write_grid(workdir, TWO_AXES.replace("tasks:", "taks:"))
+    assert_user_error(launch(workdir, str(grid)), "grid.yaml", "unknown key 'taks'", "did you mean 'tasks'")
+    assert_user_error(launch(workdir, "config/grids/nope.yaml"), "config/grids/nope.yaml", "not found")
+    assert_user_error(launch(workdir, str(write_grid(workdir, TWO_AXES)), "executor.kind=cloud"), "executor.kind", "'slurm'")
