@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     for s in args.sets:
         cfglib.parse_override(s)  # a malformed --set fails here, before anything runs
     points = expand(cfg, args.grid, args.sets)
-    if cfg.executor.kind == "slurm":
-        executors.check_slurm()
     print_plan(points, cfg)
     if args.dry_run:
         return 0
+    if cfg.executor.kind == "slurm":
+        executors.check_slurm()
     root = Path(cfg.output_dir) / cfg.name
     failed = []
     for stage in cfg.stages:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,14 +55,15 @@ def check_slurm() -> None:
 def _executor(root: Path, ex: ExecutorConfig, job_name: str):
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(root / "_grid" / "logs" / "%j"), cluster="slurm")
+    executor = submitit.AutoExecutor(folder=str(root / "_grid" / "logs" / "%j"), cluster="slurm",
+                                     slurm_max_num_timeout=ex.max_requeues)
     extra = {"requeue": True}
     setup = [f"source {ex.venv}/bin/activate"] if ex.venv else []
     setup.append(f"export BABYDISTILL_GPUS_PER_NODE={ex.gpus_per_node}")
     setup.append("export BABYDISTILL_MASTER=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)")
     params = dict(name=job_name, timeout_min=ex.time_min, nodes=ex.nodes, tasks_per_node=1, cpus_per_task=ex.cpus_per_task,
                   slurm_array_parallelism=ex.array_parallelism, slurm_signal_delay_s=ex.signal_delay_s,
-                  slurm_additional_parameters=extra, slurm_setup=setup, slurm_max_num_timeout=ex.max_requeues)
+                  slurm_additional_parameters=extra, slurm_setup=setup)
     if ex.gpus_per_node:
         params["gpus_per_node"] = ex.gpus_per_node
     if ex.partition:
@@ -105,10 +107,18 @@ def run_slurm(points: list[Point], root: Path, ex: ExecutorConfig, wait: bool = 
         return []
     failed = []
     by_name = {p.name: p for p in points}
+    lost: dict[str, int] = {}
     with tqdm(total=len(jobs), desc=f"stage {points[0].stage}", unit="point") as bar:
         remaining = dict(jobs)
         while remaining:
             for name, job in list(remaining.items()):
+                if not job.done() and _vanished(job):  # cancelled while pending: no queue entry, no accounting record
+                    lost[name] = lost.get(name, 0) + 1
+                    if lost[name] >= 3:
+                        failed.append((by_name[name], f"job {job.job_id}: no longer queued and never ran (cancelled?)"))
+                        del remaining[name]
+                        bar.update(1)
+                    continue
                 if job.done():
                     try:
                         job.result()
@@ -118,6 +128,13 @@ def run_slurm(points: list[Point], root: Path, ex: ExecutorConfig, wait: bool = 
                     bar.update(1)
             time.sleep(2)
     return failed
+
+
+def _vanished(job) -> bool:
+    if job.state.split()[0] in ALIVE:
+        return False
+    queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True)
+    return queued.returncode != 0 or not queued.stdout.strip()
 
 
 EXECUTORS = {"debug": run_debug, "local": run_local, "slurm": run_slurm}

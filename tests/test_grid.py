@@ -140,3 +140,11 @@ def test_unknown_grid_key_and_missing_grid_file(workdir):
     assert_user_error(launch(workdir, str(grid)), "grid.yaml", "unknown key 'taks'", "did you mean 'tasks'")
     assert_user_error(launch(workdir, "config/grids/nope.yaml"), "config/grids/nope.yaml", "not found")
     assert_user_error(launch(workdir, str(write_grid(workdir, TWO_AXES)), "executor.kind=cloud"), "executor.kind", "'slurm'")
+
+
+@pytest.mark.parametrize("grid", sorted((ROOT / "config" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_grid_plans(grid, workdir):
+    proc = ok(launch(workdir, f"config/grids/{grid.name}", "--dry-run"))
+    expected = {"demo": 7, "palenka-weights": 25}[grid.stem]
+    assert f"{expected} point(s)" in proc.stdout
+    assert not (workdir / "runs").exists()

@@ -119,7 +119,15 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
 
 
 def prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
-    """Clean, build or load the tokenizer, and pack train (and dev) blocks; all cached."""
+    """Clean, build or load the tokenizer, and pack train (and dev) blocks; all cached. Jobs that
+    share the cache take turns (a lock file in it); the later ones find everything made."""
+    from common.paths import file_lock
+
+    with file_lock(Path(data.cache_dir) / ".prepare.lock"):
+        return _prepare(data, tok_cfg)
+
+
+def _prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
     ensure_demo(data)
     cache = Path(data.cache_dir)
     train_files = corpus.find_files(data.train_dir, data.domains, key="data.train_dir")
