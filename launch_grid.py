@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from grid import executors
     from grid.plan import expand, finalists, load_grid
 
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     cfg = load_grid(args.grid, args.overrides)
     for s in args.sets:
         cfglib.parse_override(s)  # a malformed --set fails here, before anything runs
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     executors.report(failed)
     from results.__main__ import main as results_main
 
-    rc = results_main(["collect", str(root), "--name", cfg.name, "--metric", cfg.select.metric])
+    rc = results_main(["collect", str(root), "--out", cfg.results_dir, "--name", cfg.name, "--metric", cfg.select.metric])
     if failed:
         print(f"{len(failed)} point(s) incomplete; run the same command again to finish them", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ import sys
 from typing import Callable
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: training stopped on SIGUSR2 after saving a checkpoint; rerun with --resume
 
 
 class UserError(Exception):

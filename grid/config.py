@@ -45,6 +45,7 @@ class ExecutorConfig:
 class GridConfig:
     name: str = field("", "grid name: its runs go to <output_dir>/<name>/<point>")
     output_dir: str = field("runs", "root of the run directories")
+    results_dir: str = field("results", "where the table and plots go (<results_dir>/<name>.csv, .md, PNGs)")
     stages: list[StageConfig] = field([], "the stages, run in order")
     tasks: list[str] = field(["demo_pairs"], "evaluation tasks run on every point (python -m eval --tasks)")
     eval_data_dir: str = field("", "BabyLM evaluation_data folder for the tasks (empty: eval's default)")

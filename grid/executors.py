@@ -41,7 +41,12 @@ def run_local(points: list[Point], root: Path, ex: ExecutorConfig) -> list[tuple
         print(f"[{i + 1}/{len(points)}] {p.name} ({p.state()})", flush=True)
         try:
             PointJob(p)()
-        except (PointFailed, UserError) as exc:
+        except PointFailed as exc:
+            failed.append((p, str(exc)))
+            if exc.preempted:  # SIGUSR2 reached this machine's job: start no further point
+                failed.extend((q, "not started: the grid was stopped by SIGUSR2") for q in points[i + 1:])
+                break
+        except UserError as exc:
             failed.append((p, str(exc)))
     return failed
 

@@ -17,14 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-from common.errors import UserError
+from common.errors import EXIT_PREEMPTED, UserError
 from common.paths import write_atomic
 from grid.plan import Point
 from train.kinds import MODULES, entry_point
 
 
 class PointFailed(Exception):
-    pass
+    def __init__(self, message: str, preempted: bool = False):
+        super().__init__(message)
+        self.preempted = preempted  # the trainer stopped on SIGUSR2 after a checkpoint
 
 
 def _ignore_usr2() -> None:
@@ -90,7 +92,8 @@ class PointJob:
             self._proc = None
             if rc != 0:
                 raise PointFailed(f"{point.name}: training exited {rc}" + (" (stopped on SIGUSR2 after a checkpoint; "
-                                                                             "run the launcher again to resume)" if rc == 75 else ""))
+                                                                             "run the launcher again to resume)" if rc == EXIT_PREEMPTED else ""),
+                                  preempted=rc == EXIT_PREEMPTED)
         if int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:
             return f"{point.name}: trained (rank > 0)"
         write_grid_json(point)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import slurm_cluster
-from conftest import ROOT, assert_bitwise_equal, ok, run_cli, weights
+from conftest import ROOT, SHARED, assert_bitwise_equal, ok, run_cli, weights
 from test_grid import TWO_AXES, data_sets, workdir  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -109,3 +109,91 @@ def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, de
     assert "submitted 1 point(s)" in again.stdout
     table = pd.read_csv(workdir / "results" / "lr-seed.csv")
     assert len(table) == 4 and table["run"].is_unique and table["demo_pairs"].notna().all()
+
+
+def sbatch(*args: str, env: dict | None = None) -> str:
+    """Submit from the repository root, as the templates expect; returns the job id."""
+    proc = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20", *args], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "BABYDISTILL_VENV": str(ROOT / ".venv"), **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def states(*jobs: str) -> dict[str, str]:
+    out = slurm("sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(jobs))
+    return dict(line.split("|")[:2] for line in out.splitlines() if line)
+
+
+def wait_jobs(*jobs: str, timeout: float = 900) -> dict[str, str]:
+    final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+
+    def finished():
+        s = states(*jobs)
+        queued = slurm("squeue", "-h", "-o", "%i").split()
+        return s if s and not queued and all(v.split()[0] in final for v in s.values()) else None
+    return wait_for(finished, f"jobs {jobs}", timeout)
+
+
+def test_templates_outside_slurm_say_how_to_run_them(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    for template in sorted((ROOT / "slurm").glob("*.slurm")):
+        proc = subprocess.run(["bash", str(template), "config/runs/demo-kd.yaml"], cwd=tmp_path, capture_output=True, text=True, env=env)
+        assert proc.returncode == 2, (template.name, proc.stderr)
+        assert proc.stderr.startswith("error: ") and f"sbatch slurm/{template.name}" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_every_template_runs_under_sbatch(cluster, tmp_path, demo_root, cache_dir):
+    runs = tmp_path / "runs"
+    data = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
+            f"output.dir={runs}", "train.max_steps=60", "train.save_steps=10", "train.eval_steps=10", "train.logging_steps=1",
+            "optim.warmup_steps=5"]
+    teachers = {"BABYDISTILL_RECIPES": "config/runs/demo-teacher.yaml config/runs/demo-teacher-llama.yaml"}
+    out = str(tmp_path / "slurm-%x-%j.out")
+    baselines = sbatch("--array=0-1", f"--output={out}", "slurm/train_baselines.slurm", *data, env=teachers)
+    # preemption through the template: SIGUSR2 to the batch shell, a checkpoint, a requeue, a resume
+    teacher = runs / "demo" / "teacher"
+    wait_for(lambda: step_reached(teacher, 15), "the teacher to reach step 15")
+    subprocess.run(["scancel", "--batch", "--signal=USR2", f"{baselines}_0"], check=True)
+    wait_for(lambda: release_requeued(f"{baselines}_0") or (teacher / "DONE").is_file(), "the requeued teacher", timeout=600)
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"name: lr\noutput_dir: {tmp_path / 'gridruns'}\nresults_dir: {tmp_path / 'results'}\nstages:\n  - name: lr\n    recipes: [config/runs/demo-student.yaml]\n"
+                    f"    axes: {{optim.lr: [1.0e-3, 3.0e-3]}}\ntasks: [demo_pairs]\neval_data_dir: {demo_root}\n")
+    evaldata = tmp_path / "evaldata"  # a few BLiMP files (the whole of it takes minutes on one core) and EWoK
+    for family, count in (("blimp_filtered", 3), ("blimp_supplement", 1)):
+        (evaldata / family).mkdir(parents=True)
+        for f in sorted((SHARED / family).glob("*.jsonl"))[:count]:
+            (evaldata / family / f.name).symlink_to(f)
+    (evaldata / "ewok_filtered.zip").symlink_to(SHARED / "ewok_filtered.zip")
+    after = f"--dependency=afterok:{baselines}"
+    kd_teachers = f"distill.teachers=[{{path: {runs}/demo/teacher/model}}, {{path: {runs}/demo/teacher-llama/model}}]"
+    jobs = [
+        sbatch(after, f"--output={out}", "slurm/distill.slurm", "config/runs/demo-kd.yaml", *data, kd_teachers),
+        sbatch(f"--output={out}", "slurm/train_wml.slurm", "config/runs/demo-wml.yaml", *data, "wml.eval_tasks=[]"),
+        sbatch(f"--output={out}", "slurm/train_gridsearch_finalist.slurm", "config/runs/demo-student.yaml", *data, "output.name=final"),
+        sbatch(after, "--array=0", f"--output={out}", "slurm/eval-blimp_baselines.slurm", f"output.dir={runs}",
+               f"--data-dir={evaldata}", env={"BABYDISTILL_RECIPES": "config/runs/demo-teacher.yaml"}),
+        sbatch(after, "--array=0", f"--output={out}", "slurm/eval-all_baselines.slurm", f"output.dir={runs}",
+               f"--data-dir={evaldata}", "--ewok-password=ewok", env={"BABYDISTILL_RECIPES": "config/runs/demo-teacher-llama.yaml"}),
+        sbatch(f"--output={out}", "slurm/grid.slurm", str(grid), *[a for d in data[:3] for a in ("--set", d)],
+               "--set", "train.max_steps=20", "--set", "train.eval_steps=10", "--set", "train.save_steps=10"),
+    ]
+    wait_jobs(baselines, *jobs)
+    assert all(v == "COMPLETED" for v in states(baselines, *jobs).values()), states(baselines, *jobs)
+    info = json.loads((teacher / "run.json").read_text())
+    assert len(info["attempts"]) == 2 and info["attempts"][1]["resumed_from"]
+    assert b"requeueing job" in b"".join(p.read_bytes() for p in (teacher / "logs").glob("*.log"))
+    for run in ("teacher", "teacher-llama", "kd", "final"):
+        assert (runs / "demo" / run / "DONE").is_file(), run
+        assert list((runs / "demo" / run / "logs").glob("slurm-*.log")), f"{run}: no log in the run directory"
+    assert (runs / "demo-wml" / "wml" / "DONE").is_file()
+    assert yaml.safe_load((runs / "demo" / "final" / "config.yaml").read_text())["data"]["train_fraction"] == 1.0
+    for run, tasks in (("teacher", ("blimp_filtered", "blimp_supplement")),
+                       ("teacher-llama", ("blimp_filtered", "blimp_supplement", "ewok_filtered"))):
+        for task in tasks:
+            summary = json.loads((runs / "demo" / run / "eval" / f"{task}.json").read_text())
+            assert summary["accuracy"] > 0 and summary["model"].startswith(str(runs)), (run, task, summary.get("model"))
+    table = pd.read_csv(tmp_path / "results" / "lr.csv")
+    assert len(table) == 2 and table["demo_pairs"].notna().all()
+    assert list((tmp_path / "gridruns" / "lr" / "logs").glob("slurm-*.log"))

@@ -155,11 +155,11 @@ def test_resume_after_sigkill_is_bitwise_identical(demo_args, tmp_path, referenc
 
 def test_sigusr2_saves_a_checkpoint_stops_and_resumes_bitwise(demo_args, tmp_path, reference):
     """SLURM's warning signal before a time limit or preemption: checkpoint at the step's end, exit 75, no DONE."""
-    from train.trainer import PREEMPTED_EXIT
+    from common.errors import EXIT_PREEMPTED
 
     run = run_dir(tmp_path)
     proc = start_and_kill("train", [*demo_args, *RESUME_ARGS], run, random.Random().randint(11, 30), signal.SIGUSR2)
-    assert proc.returncode == PREEMPTED_EXIT, proc.stderr_text[-2000:]
+    assert proc.returncode == EXIT_PREEMPTED, proc.stderr_text[-2000:]
     info = json.loads((run / "run.json").read_text())
     stopped = info["step"]
     assert info["status"] == "preempted" and not (run / "DONE").exists()

@@ -85,8 +85,8 @@ class RunDir:
 
         Only reads: nothing is written or removed here, so a refused run leaves the folder as it was.
         """
-        if not self.path.exists() or not any(self.path.iterdir()):
-            return "start"
+        if not self.path.exists() or not any(p.name != "logs" for p in self.path.iterdir()):
+            return "start"  # empty, or only the logs/ a SLURM template writes before training starts
         if overwrite:
             return "overwrite"
         if not self.config_file.exists():
@@ -111,8 +111,10 @@ class RunDir:
         """Lay out the folder for `decision` and write config.yaml (main process only)."""
         if not is_main_process():
             return
-        if decision == "overwrite":
-            shutil.rmtree(self.path)
+        if decision == "overwrite":  # everything but logs/ (the job writing this is logging there)
+            for entry in self.path.iterdir():
+                if entry.name != "logs":
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         write_atomic(self.config_file, yaml.safe_dump(resolved, sort_keys=False))
 

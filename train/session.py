@@ -53,7 +53,8 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
     from tokenizer.prepare import load_blocks, prepare
     from train import models
     from train.rundir import RunDir
-    from train.trainer import PREEMPTED_EXIT, BabyTrainer, NonFiniteLoss, Preemption, build_trainer, training_arguments
+    from common.errors import EXIT_PREEMPTED
+    from train.trainer import BabyTrainer, NonFiniteLoss, Preemption, build_trainer, training_arguments
 
     resolved = cfglib.to_dict(cfg)
     # 1. What to do with the run directory: refuse before anything is written.
@@ -97,7 +98,7 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
         run_dir.end("preempted", step=preemption.stopped_at)
         print(f"{run_dir.path}: stopped on SIGUSR2 after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
               file=sys.stderr)
-        return PREEMPTED_EXIT
+        return EXIT_PREEMPTED
 
     # 4. Export the (best) model with its tokenizer, final dev loss, DONE last.
     dev_loss = trainer.evaluate()["eval_loss"] if dev_ds is not None else None

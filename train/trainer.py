@@ -48,12 +48,9 @@ class CheckpointMarker(TrainerCallback):
                 (ckpt / COMPLETE).write_text(now())
 
 
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGUSR2; rerun with --resume
-
-
 class Preemption(TrainerCallback):
     """On SIGUSR2 (sbatch --signal=USR2@<seconds>, which submitit also uses), finish the current
-    step, save a checkpoint and stop; the session then exits with PREEMPTED_EXIT and no DONE.
+    step, save a checkpoint and stop; the session then exits with EXIT_PREEMPTED and no DONE.
 
     With several ranks the decision is all-reduced at every step end, so every rank stops
     at the same step and takes part in the same (collective) save.
