@@ -121,7 +121,16 @@ def start(d: Path) -> dict[str, str]:
         raise
 
 
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _start(d: Path) -> dict[str, str]:
+    taken = [f"{name} {port}" for name, port in PORTS.items() if _port_taken(port)]
+    if taken:
+        raise RuntimeError(f"ports in use ({', '.join(taken)}): another cluster is running; stop it with "
+                           f"python tests/slurm_cluster.py stop <its folder>")
     for sub in ("munge", "state", "spool", "db"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     conf = write_configs(d)

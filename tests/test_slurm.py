@@ -59,11 +59,18 @@ def step_reached(run: Path, step: int) -> bool:
                                     if line.endswith("}"))
 
 
+_PENDING_SINCE: dict[str, float] = {}
+
+
 def release_requeued(job: str) -> None:
-    """A requeued job waits about 121 s (BeginTime); start it now."""
+    """A requeued job waits about 121 s (BeginTime); start it now. Not at once: a job started again within
+    the second its credential was revoked (at the requeue) is killed by slurmd ("Job credential revoked")."""
     state = slurm("squeue", "-h", "-j", job, "-o", "%T %r").strip()
     if state.startswith("PENDING") and "BeginTime" in state:
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        first = _PENDING_SINCE.setdefault(job, time.time())
+        if time.time() - first >= 3:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+            _PENDING_SINCE.pop(job, None)
 
 
 SLURM_GRID = TWO_AXES.replace("executor: {kind: debug}", "executor: {kind: slurm, cpus_per_task: 1, time_min: 20, signal_delay_s: 60}") \
@@ -197,3 +204,31 @@ def test_every_template_runs_under_sbatch(cluster, tmp_path, demo_root, cache_di
     table = pd.read_csv(tmp_path / "results" / "lr.csv")
     assert len(table) == 2 and table["demo_pairs"].notna().all()
     assert list((tmp_path / "gridruns" / "lr" / "logs").glob("slurm-*.log"))
+
+
+def test_deepspeed_zero2_on_two_cpu_ranks_under_srun_resumes_after_sigusr2(cluster, tmp_path, demo_root, cache_dir):
+    """train_baselines.slurm with BABYDISTILL_DEEPSPEED: torchrun starts 2 CPU ranks (gloo) under srun; SIGUSR2
+    mid-training gives a ZeRO checkpoint, a requeue and a resume that ends like an uninterrupted run."""
+    runs = tmp_path / "runs"
+    data = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
+            "train.max_steps=40", "train.save_steps=10", "train.eval_steps=10", "train.logging_steps=1", "optim.warmup_steps=5"]
+    env = {"BABYDISTILL_RECIPES": "config/runs/demo-teacher.yaml", "BABYDISTILL_DEEPSPEED": "config/deepspeed/zero2.json",
+           "BABYDISTILL_PROCS_PER_NODE": "2"}
+    out = str(tmp_path / "slurm-%x-%j.out")
+    reference = sbatch("--array=0", "--cpus-per-task=2", f"--output={out}", "slurm/train_baselines.slurm", *data,
+                       f"output.dir={tmp_path / 'reference'}", env=env)
+    wait_jobs(reference)
+    job = sbatch("--array=0", "--cpus-per-task=2", f"--output={out}", "slurm/train_baselines.slurm", *data, f"output.dir={runs}",
+                 env=env)
+    run = runs / "demo" / "teacher"
+    wait_for(lambda: step_reached(run, 15), "the ZeRO run to reach step 15")
+    subprocess.run(["scancel", "--batch", "--signal=USR2", f"{job}_0"], check=True)
+    wait_for(lambda: release_requeued(f"{job}_0") or (run / "DONE").is_file(), "the requeued ZeRO run", timeout=600)
+    wait_jobs(reference, job)
+    assert set(states(reference, job).values()) == {"COMPLETED"}, states(reference, job)
+    info = json.loads((run / "run.json").read_text())
+    assert [a["world_size"] for a in info["attempts"]] == [2, 2] and info["attempts"][1]["resumed_from"], info["attempts"]
+    resumed_from = Path(info["attempts"][1]["resumed_from"])
+    assert list(resumed_from.glob("global_step*/*optim_states.pt")), "not a DeepSpeed ZeRO checkpoint"
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["deepspeed"] == "config/deepspeed/zero2.json"
+    assert_bitwise_equal(weights(run / "model"), weights(tmp_path / "reference" / "demo" / "teacher" / "model"))

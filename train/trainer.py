@@ -42,6 +42,8 @@ class CheckpointMarker(TrainerCallback):
     """Writes checkpoint-N/COMPLETE once the Trainer has saved everything in it."""
 
     def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank's shards (DeepSpeed ZeRO) are written before rank 0 marks the folder
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
@@ -173,7 +175,8 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
             gradient_accumulation_steps=t.grad_accum,
             optim="adamw_torch", learning_rate=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
             adam_beta2=o.beta2, adam_epsilon=o.eps, max_grad_norm=o.max_grad_norm,
-            lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": o.min_lr}, warmup_steps=o.warmup_steps,
+            lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": o.min_lr / o.lr if o.lr > 0 else 0.0},  # as a rate: DeepSpeed's optimizer has no .defaults
+            warmup_steps=o.warmup_steps,
             logging_steps=t.logging_steps, logging_nan_inf_filter=False,
             eval_strategy="steps" if has_dev else "no", eval_steps=t.eval_steps,
             save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
