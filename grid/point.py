@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.errors import EXIT_PREEMPTED, UserError
+from common.errors import EXIT_PREEMPTED
 from common.paths import write_atomic
 from grid.plan import Point
 from train.kinds import MODULES, entry_point
@@ -112,11 +112,3 @@ class PointJob:
                 time.sleep(0.5)
         return submitit.helpers.DelayedSubmission(PointJob(self.point, self.grace_s))
 
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m grid.point POINT_JSON: run one point here (what grid.slurm runs for each array task)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not Path(argv[0]).is_file():
-        raise UserError("python -m grid.point POINT.json: give one point file written by launch_grid.py")
-    PointJob(Point.from_json(Path(argv[0]).read_text()))()
-    return 0

@@ -101,6 +101,13 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def workdir(tmp_path) -> Path:
+    """A working folder with the repository's config/ in it, as a user's checkout would have."""
+    (tmp_path / "config").symlink_to(ROOT / "config")
+    return tmp_path
+
+
+@pytest.fixture
 def demo_args(demo_root, cache_dir, tmp_path) -> list[str]:
     """Overrides that point the demo teacher recipe at the test's corpus, cache and output folder; short training."""
     return ["config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",

@@ -17,13 +17,6 @@ from conftest import ROOT, assert_user_error, ok
 FAST = ["train.max_steps=20", "train.eval_steps=10", "train.save_steps=10", "train.logging_steps=5", "optim.warmup_steps=5"]
 
 
-@pytest.fixture
-def workdir(tmp_path) -> Path:
-    """A working folder with the repository's config/ in it, as a user's checkout would have."""
-    (tmp_path / "config").symlink_to(ROOT / "config")
-    return tmp_path
-
-
 def launch(workdir: Path, *args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), *args], cwd=workdir, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})

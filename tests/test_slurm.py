@@ -18,7 +18,7 @@ import yaml
 
 import slurm_cluster
 from conftest import ROOT, SHARED, assert_bitwise_equal, ok, run_cli, weights
-from test_grid import TWO_AXES, data_sets, workdir  # noqa: F401  (the fixture)
+from test_grid import TWO_AXES, data_sets
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -77,7 +77,7 @@ SLURM_GRID = TWO_AXES.replace("executor: {kind: debug}", "executor: {kind: slurm
                      .replace("select: {stage: grid, metric: demo_pairs, finalists: 1, overrides: {data.train_fraction: 1.0}}\n", "")
 
 
-def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, demo_root, cache_dir):  # noqa: F811
+def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, demo_root, cache_dir):
     grid = workdir / "grid.yaml"
     grid.write_text(SLURM_GRID.replace("DEMO", str(demo_root)))
     sets = [*data_sets(demo_root, cache_dir), "--set", "train.max_steps=80", "--set", "train.logging_steps=1"]
