@@ -126,11 +126,10 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "config" / "runs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_recipe_loads(recipe, tmp_path, monkeypatch):
-    from distill.config import DistillRunConfig
-    from distill.wml.config import WMLRunConfig
+    from train.kinds import recipe_kind, schema as schema_of
 
     raw, _ = cfglib.read_yaml(recipe)
-    schema = DistillRunConfig if "distill" in raw else WMLRunConfig if "wml" in raw else RunConfig
+    schema = schema_of(recipe_kind(raw))
     monkeypatch.chdir(tmp_path)  # teacher folders (relative paths) exist here, as after their own runs
     for teacher in raw.get("distill", {}).get("teachers", []):
         (tmp_path / teacher["path"]).mkdir(parents=True, exist_ok=True)
