@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.executor.kind == "slurm":
         executors.check_slurm()
-    root = Path(cfg.output_dir) / cfg.name
+    root = cfg.root
     failed = []
     for stage in cfg.stages:
         stage_points = [p for p in points if p.stage == stage.name]

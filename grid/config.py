@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from common.config import ConfigError, field
+
+FINALISTS = "finalists"  # the stage the launcher adds for the retrained best points
 
 
 @dataclass
@@ -52,6 +55,11 @@ class GridConfig:
     select: SelectConfig = field(SelectConfig(), "finalists: the best points of one stage, retrained")
     executor: ExecutorConfig = field(ExecutorConfig(), "where the points run")
 
+    @property
+    def root(self) -> Path:
+        """<output_dir>/<name>: the folder of the grid's run directories."""
+        return Path(self.output_dir) / self.name
+
     def check(self) -> None:
         if not self.name:
             raise ConfigError("name", "is empty; name the grid (its runs go to <output_dir>/<name>/)")
@@ -64,8 +72,8 @@ class GridConfig:
                 raise ConfigError(f"{key}.name", "is empty; name the stage")
             if names.count(stage.name) > 1:
                 raise ConfigError(f"{key}.name", f"'{stage.name}' names two stages; give each stage its own name")
-            if stage.name == "finalists":
-                raise ConfigError(f"{key}.name", "'finalists' is the launcher's own stage; choose another name")
+            if stage.name == FINALISTS:
+                raise ConfigError(f"{key}.name", f"'{FINALISTS}' is the launcher's own stage; choose another name")
             if not stage.recipes:
                 raise ConfigError(f"{key}.recipes", "is empty; list at least one run YAML")
             for axis, values in stage.axes.items():

@@ -8,16 +8,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common import config as cfglib
 from common.errors import UserError
-from grid.config import GridConfig, StageConfig
+from grid.config import FINALISTS, GridConfig, StageConfig
 from train.kinds import recipe_kind, schema
-
-FINALISTS = "finalists"
 
 
 @dataclass
@@ -36,19 +34,16 @@ class Point:
     deepspeed: str = ""
     extra: list[str] = field(default_factory=list)  # overrides from the launcher's command line, last
 
-    def argv(self) -> list[str]:
-        """The entry point's arguments: the recipe, every override as key=JSON, --resume."""
+    def sets(self) -> list[str]:
+        """Every override as key=JSON: the grid's, DeepSpeed's, then the launcher's command line."""
         sets = [f"{k}={json.dumps(v)}" for k, v in self.overrides.items()]
         if self.deepspeed:
             sets.append(f"train.deepspeed={json.dumps(self.deepspeed)}")
-        return [self.recipe, *sets, *self.extra, "--resume"]
+        return [*sets, *self.extra]
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @staticmethod
-    def from_json(text: str) -> "Point":
-        return Point(**json.loads(text))
+    def argv(self) -> list[str]:
+        """The entry point's arguments: the recipe, the overrides, --resume."""
+        return [self.recipe, *self.sets(), "--resume"]
 
     # ------------------------------------------------------------------ state, from the run directory
 
@@ -99,7 +94,6 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
     """Every point of every stage (finalists come later, from the results). Each point's config is
     built now, without the checks that need earlier stages' outputs, so a wrong axis key or
     value fails before anything runs."""
-    root = Path(cfg.output_dir) / cfg.name
     points: list[Point] = []
     for i, stage in enumerate(cfg.stages):
         for recipe in stage.recipes:
@@ -116,7 +110,7 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
                 if kind == "wml":
                     overrides["wml.eval_tasks"] = []  # the grid evaluates every peer itself, on its own tasks
                 point = Point(grid=cfg.name, stage=stage.name, name=name, recipe=recipe, kind=kind, axes=combo,
-                              overrides=overrides, run=str(root / name), tasks=list(cfg.tasks), eval_data_dir=cfg.eval_data_dir,
+                              overrides=overrides, run=str(cfg.root / name), tasks=list(cfg.tasks), eval_data_dir=cfg.eval_data_dir,
                               deepspeed=cfg.executor.deepspeed, extra=list(extra))
                 point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})")
                 points.append(point)
@@ -136,9 +130,8 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
 
 def check_point(point: Point, grid_path: str | Path, where: str) -> str:
     """Build the point's config (no cross-run checks); returns how its models are evaluated."""
-    sets = [a for a in point.argv() if "=" in a and not a.startswith("-")]
     try:
-        cfg = cfglib.load(schema(point.kind), point.recipe, sets, check=False)
+        cfg = cfglib.load(schema(point.kind), point.recipe, point.sets(), check=False)
     except UserError as exc:
         message = str(exc).replace("command line: ", "")
         raise UserError(f"{grid_path}: {where}, recipe {point.recipe}: {message}") from None
@@ -155,17 +148,15 @@ def finalists(cfg: GridConfig, points: list[Point]) -> list[Point]:
     with `select.overrides` (run directory <name>__final)."""
     from results.collect import read_run
 
+    metric = cfg.select.metric
+    sign = 1 if metric == "dev_ce" else -1  # lower dev CE is better, higher accuracy is better
     scored = []
     for p in points:
         if p.stage != cfg.select.stage or p.state() != "done":
             continue
-        rows = read_run(Path(p.run))
-        metric = cfg.select.metric
-        values = [r.get(metric) for r in rows if r.get(metric) is not None]
-        if not values:
-            continue
-        best = min(values) if metric == "dev_ce" else max(values)
-        scored.append((best if metric == "dev_ce" else -best, p))
+        values = [sign * r[metric] for r in read_run(Path(p.run)) if r.get(metric) is not None]
+        if values:  # a WML point counts with its best peer
+            scored.append((min(values), p))
     scored.sort(key=lambda t: t[0])
     out = []
     for _, p in scored[: cfg.select.finalists]:

@@ -3,7 +3,6 @@ overrides (kind: train, distill or wml), for the slurm/*.slurm templates. Exit 2
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from common import config as cfglib
 from common.errors import UserError, exit_on_user_error
@@ -18,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe, overrides = argv[0], [a for a in argv[1:] if not a.startswith("--")]
     kind = recipe_kind(cfglib.read_yaml(recipe)[0])
     cfg = cfglib.load(schema(kind), recipe, overrides, check=False)
-    print(kind, Path(cfg.output.dir) / cfg.output.experiment / cfg.output.name)
+    print(kind, cfg.output.run_path)
     return 0
 
 

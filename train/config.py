@@ -7,6 +7,7 @@ positions, tokenizer and model vocabularies agree).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from common.config import ConfigError, field
@@ -54,6 +55,11 @@ class OutputConfig:
     dir: str = field("runs", "root of all run directories")
     experiment: str = field("default", "experiment folder: runs/<experiment>/<name>")
     name: str = field("run", "run folder inside the experiment")
+
+    @property
+    def run_path(self) -> Path:
+        """<dir>/<experiment>/<name>: the run directory."""
+        return Path(self.dir) / self.experiment / self.name
 
 
 @dataclass

@@ -58,7 +58,7 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
 
     resolved = cfglib.to_dict(cfg)
     # 1. What to do with the run directory: refuse before anything is written.
-    run_dir = RunDir(Path(cfg.output.dir) / cfg.output.experiment / cfg.output.name)
+    run_dir = RunDir(cfg.output.run_path)
     decision = run_dir.decide(resolved, resume=resume, overwrite=overwrite)
     if decision == "done":
         print(f"{run_dir.path}: already finished (DONE); nothing to do")
