@@ -45,11 +45,13 @@ def scored_positions(labels, causal: bool = True):
     """(select, targets): `select` takes [B, T, ...] to [N, ...] at the N positions whose label is
     scored, and `targets` [N] are those labels. A causal LM's logits at position p predict label
     p + 1, so for it the positions shift by one; a masked LM predicts in place."""
+    targets = labels[:, 1:] if causal else labels
+    valid = targets != -100
+    if causal and bool(valid.all()):  # packed blocks: a slice, whose backward is a copy (a mask's is a serial scatter)
+        return (lambda x: x[:, :-1].reshape(-1, *x.shape[2:])), targets.reshape(-1)
     if causal:
-        valid = labels[:, 1:] != -100
-        return (lambda x: x[:, :-1][valid]), labels[:, 1:][valid]
-    valid = labels != -100
-    return (lambda x: x[valid]), labels[valid]
+        return (lambda x: x[:, :-1][valid]), targets[valid]
+    return (lambda x: x[valid]), targets[valid]
 
 
 def tied_duplicates(module: nn.Module) -> list[str] | None:

@@ -220,3 +220,24 @@ def test_aux_layers_out_of_range_is_a_clear_error():
     with pytest.raises(UserError, match=r"distill.losses.aux_kd.layers: student block 4 is out of range: the student has 4 blocks"):
         DistillationWrapper(tiny("llama", 16, 4), [], all_terms_config(layers=[0, 4]))
     assert DistillationWrapper(tiny("llama", 16, 4), [], all_terms_config()).aux_layers == [0]  # default: the first half, every other block
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_scored_positions_take_the_labelled_rows_with_and_without_padding(causal):
+    """Packed causal blocks take the slice path, padded ones the mask path; both give the rows whose label is
+    scored (shifted by one when causal) and pass gradients back to exactly those rows."""
+    from distill.wrapper import scored_positions
+
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    labels = torch.arange(10).reshape(2, 5)
+    for padded in (False, True):
+        lab = labels.clone()
+        if padded:
+            lab[1, 3:] = -100
+        rows, targets = scored_positions(lab, causal)
+        expect = [(b, p) for b in range(2) for p in range(5 - causal) if lab[b, p + causal] != -100]
+        assert targets.tolist() == [int(lab[b, p + causal]) for b, p in expect]
+        picked = rows(x)
+        assert torch.equal(picked, torch.stack([x[b, p] for b, p in expect]))
+        grad, = torch.autograd.grad(picked.sum(), x)
+        assert {(b, p) for b in range(2) for p in range(5) if grad[b, p].abs().sum() > 0} == set(expect)

@@ -40,6 +40,31 @@ def test_target_side_of_each_kl_is_detached():
     assert grads[1].abs().max() > 1e-6 and grads[2].abs().max() > 1e-6
 
 
+def test_mutual_kl_derivatives_match_the_formula_with_the_target_detached():
+    """The hand-written backward and forward-mode derivative of the KL sums equal autograd's on the
+    elementwise formula Σ_{i≠j} Σ P_j (log P_j − log P_i) with the target side P_j, log P_j detached."""
+    x, y, _, _, params = problem(k=4)
+
+    def reference(ps):
+        logp = [F.log_softmax(x @ p, -1) for p in ps]
+        return torch.stack([sum((lp_j.detach().exp() * (lp_j.detach() - lp_i)).sum() for i, lp_i in enumerate(logp) if i != j)
+                            for j, lp_j in enumerate(logp)])
+
+    def ours(ps):
+        return (W.wml_parts([x @ p for p in ps], y, alpha=1.0, n_tokens=1.0))
+
+    assert torch.allclose(ours(params), reference(params))
+    weights = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((weights * ours(params)).sum(), params),
+                    torch.autograd.grad((weights * reference(params)).sum(), params)):
+        assert torch.allclose(a, b) and a.abs().max() > 1e-6
+    tangents = tuple(torch.randn_like(p) for p in params)
+    primals = tuple(p.detach() for p in params)
+    _, jvp_ours = torch.func.jvp(lambda *ps: ours(list(ps)), primals, tangents)
+    _, jvp_ref = torch.func.jvp(lambda *ps: reference(list(ps)), primals, tangents)
+    assert torch.allclose(jvp_ours, jvp_ref) and jvp_ref.abs().max() > 1e-6
+
+
 @pytest.mark.parametrize("k", [2, 4])
 def test_hypergradient_matches_finite_differences(k):
     x, y, xv, yv, params = problem(k=k, seed=k)
