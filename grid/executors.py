@@ -64,8 +64,6 @@ def _executor(root: Path, ex: ExecutorConfig, job_name: str):
                                      slurm_max_num_timeout=ex.max_requeues)
     extra = {"requeue": True}
     setup = [f"source {ex.venv}/bin/activate"] if ex.venv else []
-    setup.append(f"export BABYDISTILL_GPUS_PER_NODE={ex.gpus_per_node}")
-    setup.append("export BABYDISTILL_MASTER=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)")
     params = dict(name=job_name, timeout_min=ex.time_min, nodes=ex.nodes, tasks_per_node=1, cpus_per_task=ex.cpus_per_task,
                   slurm_array_parallelism=ex.array_parallelism, slurm_signal_delay_s=ex.signal_delay_s,
                   slurm_additional_parameters=extra, slurm_setup=setup)

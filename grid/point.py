@@ -1,7 +1,7 @@
 """One grid point, start to end: train (or resume), write grid.json, evaluate every model.
 
 `PointJob` is what the local and SLURM executors run. Training runs as a child process
-(`python -m <entry>`, or torchrun with several GPUs or nodes) that ignores SIGUSR2 until its
+(`python -m <entry>`, or torchrun with several GPUs or nodes: train.launch.command) that ignores SIGUSR2 until its
 trainer arms the checkpoint-and-stop handler (train.trainer.Preemption). Under submitit the
 job's own process receives SIGUSR2 before the time limit or on preemption; `checkpoint` then
 passes the signal on, waits for the trainer's checkpoint, and hands submitit the same job
@@ -13,14 +13,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from common.errors import EXIT_PREEMPTED
 from common.paths import write_atomic
 from grid.plan import Point
-from train.kinds import MODULES, entry_point
+from train.kinds import entry_point
+from train.launch import command
 
 
 class PointFailed(Exception):
@@ -31,19 +31,6 @@ class PointFailed(Exception):
 
 def _ignore_usr2() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-
-
-def training_command(point: Point) -> list[str]:
-    """python -m <entry> ..., or torchrun across the job's GPUs and nodes (rendezvous on the first node)."""
-    gpus = int(os.environ.get("BABYDISTILL_GPUS_PER_NODE", "0"))
-    nodes = int(os.environ.get("SLURM_NNODES", "1"))
-    module = MODULES[point.kind]
-    if gpus > 1 or nodes > 1:
-        head = os.environ.get("BABYDISTILL_MASTER", "localhost")
-        return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={max(gpus, 1)}",
-                f"--node_rank={os.environ.get('SLURM_NODEID', '0')}", "--rdzv_backend=c10d", f"--rdzv_endpoint={head}:29500",
-                "-m", *module, *point.argv()]
-    return [sys.executable, "-m", *module, *point.argv()]
 
 
 def write_grid_json(point: Point) -> None:
@@ -87,7 +74,7 @@ class PointJob:
         if point.state() == "done":
             return f"{point.name}: done"
         if not (Path(point.run) / "DONE").is_file():
-            self._proc = subprocess.Popen(training_command(point), preexec_fn=_ignore_usr2)
+            self._proc = subprocess.Popen(command(point.kind, point.argv()), preexec_fn=_ignore_usr2)
             rc = self._proc.wait()
             self._proc = None
             if rc != 0:

@@ -2,8 +2,8 @@
 #
 # bd_init NAME        refuse to run outside SLURM, go to the repository (SLURM_SUBMIT_DIR: sbatch runs
 #                     a copy of the script, so its own path says nothing), activate $BABYDISTILL_VENV
-# bd_train RECIPE ... train/distill/WML one recipe with --resume: torchrun across the job's GPUs and
-#                     nodes (rendezvous on the first node; $BABYDISTILL_PROCS_PER_NODE processes per node
+# bd_train RECIPE ... train/distill/WML one recipe with --resume through python -m train.launch (torchrun
+#                     across the job's GPUs and nodes; $BABYDISTILL_PROCS_PER_NODE processes per node
 #                     instead of one per GPU when set), DeepSpeed from $BABYDISTILL_DEEPSPEED, the
 #                     log in <run>/logs/, and on SIGUSR2 (--signal=B:USR2@T) a checkpoint and a requeue
 # bd_eval SCRIPT RECIPE [key=value ...] [eval options]  eval/<SCRIPT> on the recipe's finished model
@@ -46,27 +46,12 @@ bd_train() {
   [[ -f "$recipe" ]] || bd_fail "$recipe: no such run YAML; give one such as config/runs/gpt2-44m.yaml"
   bd_where "$recipe" "$@"
   bd_log_to_run
-  local module
-  case $BD_KIND in
-    train) module=(-m train) ;;
-    distill) module=(-m distill) ;;
-    wml) module=(-m distill.wml train) ;;
-  esac
   local sets=("$@")
   [[ -n "${BABYDISTILL_DEEPSPEED:-}" ]] && sets+=("train.deepspeed=$BABYDISTILL_DEEPSPEED")
   echo "job $SLURM_JOB_ID on $(hostname): $BD_KIND $recipe ${sets[*]} -> $BD_RUN"
-  # one process per GPU; BABYDISTILL_PROCS_PER_NODE sets the count without GPUs (CPU ranks over gloo)
-  local procs=${BABYDISTILL_PROCS_PER_NODE:-${SLURM_GPUS_ON_NODE:-1}} nodes=${SLURM_NNODES:-1} cmd
-  if (( procs > 1 || nodes > 1 )); then
-    local head
-    head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-    cmd=("$BD_PYTHON" -m torch.distributed.run --nnodes="$nodes" --nproc_per_node="$(( procs > 0 ? procs : 1 ))"
-         --rdzv_backend=c10d --rdzv_endpoint="$head:29500" --rdzv_id="$SLURM_JOB_ID" "${module[@]}" "$recipe" "${sets[@]}" --resume)
-  else
-    cmd=("$BD_PYTHON" "${module[@]}" "$recipe" "${sets[@]}" --resume)
-  fi
-  bd_requeueable srun --nodes="$nodes" --ntasks-per-node=1 --kill-on-bad-exit=1 \
-    bash -c 'trap "" USR2; exec "$@"' bd-task "${cmd[@]}"
+  # train.launch picks the entry point and, with several processes per node or several nodes, torchrun
+  bd_requeueable srun --nodes="${SLURM_NNODES:-1}" --ntasks-per-node=1 --kill-on-bad-exit=1 \
+    bash -c 'trap "" USR2; exec "$@"' bd-task "$BD_PYTHON" -m train.launch "$recipe" "${sets[@]}" --resume
 }
 
 bd_requeueable() {

@@ -141,3 +141,25 @@ def test_every_shipped_grid_plans(grid, workdir):
     expected = {"demo": 7, "palenka-weights": 25}[grid.stem]
     assert f"{expected} point(s)" in proc.stdout
     assert not (workdir / "runs").exists()
+
+
+def test_launch_command_follows_the_job_layout(monkeypatch):
+    """train.launch.command, shared by grid points and the .slurm templates: the entry point alone with one
+    process, torchrun (one per node, rendezvous on a job-specific port) with several; each kind its entry."""
+    from train.launch import command
+
+    for var in ("BABYDISTILL_PROCS_PER_NODE", "SLURM_GPUS_ON_NODE", "SLURM_NNODES", "SLURM_JOB_ID", "SLURM_JOB_NODELIST"):
+        monkeypatch.delenv(var, raising=False)
+    assert command("wml", ["r.yaml", "--resume"]) == [sys.executable, "-m", "distill.wml", "train", "r.yaml", "--resume"]
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "4")
+    monkeypatch.setenv("SLURM_JOB_ID", "123457")
+    cmd = command("distill", ["r.yaml"])
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and cmd[-3:] == ["-m", "distill", "r.yaml"]
+    assert {"--nnodes=1", "--nproc_per_node=4", "--rdzv_endpoint=localhost:23457", "--rdzv_id=123457"} <= set(cmd)
+    monkeypatch.setenv("BABYDISTILL_PROCS_PER_NODE", "1")  # set explicitly, it wins over the GPU count
+    assert command("train", ["r.yaml"]) == [sys.executable, "-m", "train", "r.yaml"]
+
+
+def test_launch_refuses_a_missing_recipe(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "train.launch", str(tmp_path / "nope.yaml")], cwd=ROOT, capture_output=True, text=True)
+    assert_user_error(proc, "nope.yaml")

@@ -1,0 +1,59 @@
+"""python -m train.launch RECIPE [key=value ...] [--resume ...]: run a recipe of any kind (train,
+distill, WML) as its own process or, with several processes per node or several nodes, under
+torchrun. The slurm/*.slurm templates start every training this way, and grid points build the
+same command (`command`), so both follow one convention:
+
+- processes per node: $BABYDISTILL_PROCS_PER_NODE (CPU ranks over gloo, for tests and CPU
+  clusters), else $SLURM_GPUS_ON_NODE (one per GPU), else 1;
+- nodes: $SLURM_NNODES; torchrun runs once per node and meets the others at a c10d rendezvous
+  on the job's first node (`scontrol show hostnames`), on a port derived from the job id so
+  that two jobs sharing a node do not collide.
+
+The process replaces itself with the command, so a SIGUSR2 disposition set by the caller (the
+templates ignore it until the trainer arms its handler) carries over.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from common import config as cfglib
+from common.errors import UserError, exit_on_user_error
+from train.kinds import MODULES, recipe_kind
+
+
+def _first_node() -> str:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        return "localhost"
+    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True, text=True).stdout
+    return out.split()[0]
+
+
+def command(kind: str, argv: list[str]) -> list[str]:
+    """`python -m <entry> argv` for a recipe of this kind, or torchrun around it (see the module doc)."""
+    procs = int(os.environ.get("BABYDISTILL_PROCS_PER_NODE") or os.environ.get("SLURM_GPUS_ON_NODE") or 1)
+    nodes = int(os.environ.get("SLURM_NNODES") or 1)
+    entry = ["-m", *MODULES[kind]]
+    if procs <= 1 and nodes <= 1:
+        return [sys.executable, *entry, *argv]
+    job = os.environ.get("SLURM_JOB_ID", "0")
+    port = 20000 + int(job) % 10000 if job.isdigit() else 29500
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={max(procs, 1)}",
+            "--rdzv_backend=c10d", f"--rdzv_endpoint={_first_node()}:{port}", f"--rdzv_id={job}", *entry, *argv]
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        raise UserError("python -m train.launch RECIPE [key=value ...] [--resume]: give a run YAML")
+    cmd = command(recipe_kind(cfglib.read_yaml(argv[0])[0]), argv)
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
