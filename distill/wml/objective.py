@@ -24,7 +24,7 @@ class _MutualKL(torch.autograd.Function):
     """kl_j = Σ_{i≠j} KL(P_j ‖ P_i) for K peers, with the target side P_j carrying no gradient.
 
     Inputs: K log-probs L_i [N, V] (differentiable), then the same peers' probabilities P_i = exp(L_i)
-    [N, V] (constants); output [K]. With S = Σ_i L_i,
+    [N, V] (constants, computed by the caller with softmax); output [K]. With S = Σ_i L_i,
         kl_j = Σ_{i≠j} Σ P_j (L_j − L_i) = K ⟨P_j, L_j⟩ − ⟨P_j, S⟩,
     two dot products per peer. The derivative is that of the formula with P_j and the first L_j
     detached (∂kl_j/∂L_i = −P_j for i ≠ j, 0 for i = j), written out so that a step costs a few
@@ -54,7 +54,8 @@ class _MutualKL(torch.autograd.Function):
         mix = probs[0] * g[0]  # Σ_j g_j P_j
         for gj, p in zip(g[1:], probs[1:]):
             mix.add_(p * gj)
-        return (*((p * gi).sub_(mix) for gi, p in zip(g, probs)), *(None for _ in probs))  # g_i P_i rounded as in mix: exactly 0 where only j = i
+        # −(mix − g_i P_i), with g_i P_i rounded as in mix: exactly 0 when only g_i is nonzero
+        return (*((p * gi).sub_(mix) for gi, p in zip(g, probs)), *(None for _ in probs))
 
     @staticmethod
     def jvp(ctx, *tangents):
