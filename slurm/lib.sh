@@ -1,7 +1,8 @@
 # Shared by the slurm/*.slurm templates (sourced; see slurm/README.md).
 #
-# bd_init NAME        refuse to run outside SLURM, go to the repository (SLURM_SUBMIT_DIR: sbatch runs
-#                     a copy of the script, so its own path says nothing), activate $BABYDISTILL_VENV
+# bd_init NAME USAGE  refuse to run outside SLURM (saying: sbatch slurm/NAME USAGE), go to the repository
+#                     (SLURM_SUBMIT_DIR: sbatch runs a copy of the script, so its own path says nothing),
+#                     activate $BABYDISTILL_VENV
 # bd_train RECIPE ... train/distill/WML one recipe with --resume through python -m train.launch (torchrun
 #                     across the job's GPUs and nodes; $BABYDISTILL_PROCS_PER_NODE processes per node
 #                     instead of one per GPU when set), DeepSpeed from $BABYDISTILL_DEEPSPEED, the
@@ -12,9 +13,9 @@
 bd_fail() { echo "error: $*" >&2; exit 2; }
 
 bd_init() {
-  local name=$1
+  local name=$1 usage=$2
   if [[ -z "${SLURM_JOB_ID:-}" ]]; then
-    bd_fail "slurm/$name is a SLURM batch script; submit it from the repository root: sbatch slurm/$name [arguments] (or run the python command inside it directly)"
+    bd_fail "slurm/$name is a SLURM batch script; submit it from the repository root: sbatch slurm/$name $usage (or run the python command inside it directly)"
   fi
   BD_REPO=${SLURM_SUBMIT_DIR:-$PWD}
   [[ -f "$BD_REPO/launch_grid.py" ]] || bd_fail "SLURM_SUBMIT_DIR=$BD_REPO is not the babydistill repository; run sbatch from the repository root"
