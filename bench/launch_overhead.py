@@ -10,6 +10,7 @@ cancelled as soon as they are submitted; nothing is trained. Prints both times a
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 import tempfile
@@ -35,8 +36,7 @@ executor: {{kind: slurm, cpus_per_task: 1, time_min: 10, signal_delay_s: 60}}
 
 
 def cancel_all() -> None:
-    subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], capture_output=True)
-    subprocess.run(["scancel", "-u", str(os.getuid())], capture_output=True)
+    subprocess.run(["scancel", "--user", pwd.getpwuid(os.getuid()).pw_name], capture_output=True)
 
 
 def time_launcher(root: Path) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common import config as cfglib
-from common.errors import UserError
+from common.errors import EXIT_PREEMPTED, UserError
 
 
 @dataclass
@@ -53,7 +53,6 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
     from tokenizer.prepare import load_blocks, prepare
     from train import models
     from train.rundir import RunDir
-    from common.errors import EXIT_PREEMPTED
     from train.trainer import BabyTrainer, NonFiniteLoss, Preemption, build_trainer, training_arguments
 
     resolved = cfglib.to_dict(cfg)

@@ -38,11 +38,16 @@ class BabyTrainer(Trainer):
         return loss
 
 
+def _collective(args) -> bool:
+    """Several ranks in an initialised process group: callbacks must then act together."""
+    return args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 class CheckpointMarker(TrainerCallback):
     """Writes checkpoint-N/COMPLETE once the Trainer has saved everything in it."""
 
     def on_save(self, args, state, control, **kwargs):
-        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if _collective(args):
             torch.distributed.barrier()  # every rank's shards (DeepSpeed ZeRO) are written before rank 0 marks the folder
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -71,7 +76,7 @@ class Preemption(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         stop = self.requested
-        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if _collective(args):
             flag = torch.tensor([float(stop)], device=args.device if args.device.type == "cuda" else "cpu")
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())

@@ -61,9 +61,10 @@ class PeersWrapper(nn.Module):
         """g = dL_val/dω through one inner step of size γ (distill.wml.objective.hypergradient), with
         the inner parts on `train_batch` and the ensemble loss on `dev_batch`.
 
-        Taken with eager attention (see W.hypergradient) and without dropout: g is then a function of the weights and the two batches alone, it
-        draws nothing from the RNG that the training steps use, and it does not depend on whether
-        an evaluation (which leaves the model in eval mode) came just before.
+        Taken with eager attention (see W.hypergradient) and without dropout: g is then a function
+        of the weights and the two batches alone, it draws nothing from the RNG that the training
+        steps use, and it does not depend on whether an evaluation (which leaves the model in eval
+        mode) came just before.
         """
         names = [n for n, p in self.named_parameters() if p.requires_grad]
         params = [p for p in self.parameters() if p.requires_grad]
