@@ -97,6 +97,7 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
         run_dir.end("preempted", step=preemption.stopped_at)
         print(f"{run_dir.path}: stopped on SIGUSR2 after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
               file=sys.stderr)
+        trainer.accelerator.end_training()
         return EXIT_PREEMPTED
 
     # 4. Export the (best) model with its tokenizer, final dev loss, DONE last.
@@ -114,4 +115,8 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
     run_dir.mark_done(summary)
     if trainer.is_world_process_zero():
         print(f"{run_dir.path}: done at step {trainer.state.global_step}" + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else ""))
+    # Every rank ended normally: leave the process group (several ranks) while the interpreter is whole. Left
+    # to interpreter exit, gloo's worker threads can abort a finished rank ("terminate called without an
+    # active exception", pytorch/pytorch#190489). Not on errors: a rank may still wait in a collective.
+    trainer.accelerator.end_training()
     return 0
