@@ -57,11 +57,13 @@ def project_side(cfg, tokenizer, train_ds, work: Path, warmup: int) -> float:
     set_seed(cfg.train.seed)
     objective, model = models.build_model(cfg.model, tokenizer)
     run = RunDir(work / "project")
-    run.checkpoints.mkdir(parents=True)
-    trainer = build_trainer(cfg, run, training_arguments(cfg, run), model, objective, tokenizer, train_ds, None)
-    timer = StepTimer(warmup)
-    trainer.add_callback(timer)
-    trainer.train()
+    with run.locked():  # as python -m train holds it: the run's LOCK, its checks and its bookkeeping are all timed
+        run.create({}, "start")
+        trainer = build_trainer(cfg, run, training_arguments(cfg, run), model, objective, tokenizer, train_ds, None)
+        timer = StepTimer(warmup)
+        trainer.add_callback(timer)
+        run.begin(["bench"], None)
+        trainer.train()
     return (cfg.train.max_steps - warmup) * cfg.train.batch_size * cfg.data.block_size / (timer.end - timer.start)
 
 

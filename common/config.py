@@ -3,13 +3,17 @@
 Unknown keys fail with the closest valid key, wrong types fail naming the key and the
 expected type, and every error names where the value came from (`file:line` or
 `command line`). Each field carries a one-line doc (`field(default, "doc")`) that
-`describe()` prints for `--help`.
+`describe()` prints for `--help`, and every number its range (`field(3e-4, "doc", gt=0)`):
+a value outside it, or a float that is NaN or infinite, fails when the config is built,
+before anything is written. A YAML mapping that names a key twice is refused (naming both lines).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -29,11 +33,38 @@ class ConfigError(UserError):
         self.message = message
 
 
-def field(default: Any, doc: str) -> Any:
-    """A dataclass field with a one-line doc; list and dict defaults are copied per instance."""
+def field(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None) -> Any:
+    """A dataclass field with a one-line doc and, for numbers (or lists of numbers), its range:
+    ge/gt/le/lt are the bounds >=, >, <=, <. List and dict defaults are copied per instance."""
+    meta = {"doc": doc, "range": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc})
-    return dataclasses.field(default=default, metadata={"doc": doc})
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+RANGE_WORDS = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
+RANGE_TESTS = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
+
+
+def range_text(bounds: dict) -> str:
+    """`at least 0 and below 1` for {ge: 0, lt: 1}."""
+    return " and ".join(f"{RANGE_WORDS[k]} {v:g}" for k, v in bounds.items())
+
+
+def check_number(value: Any, bounds: dict, key: str) -> None:
+    """A number must be finite and inside `bounds`; lists are checked item by item."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            check_number(item, bounds, f"{key}[{i}]")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value}")
+    for kind, bound in bounds.items():
+        if not RANGE_TESTS[kind](value, bound):
+            raise ConfigError(key, f"must be {range_text(bounds)}, got {value:g}")
 
 
 # --------------------------------------------------------------------------- YAML reading
@@ -44,7 +75,12 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found; give the path to a YAML file such as config/runs/demo-teacher.yaml")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#x}); re-save the file as UTF-8") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -61,10 +97,18 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
 
     def walk(n: yaml.Node, prefix: str) -> None:
         if isinstance(n, yaml.MappingNode):
+            seen: dict[str, int] = {}
             for key_node, value_node in n.value:
                 key = f"{prefix}{key_node.value}"
-                lines[key] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if key_node.value in seen:  # YAML would keep the last one silently
+                    raise UserError(f"{path}:{line}: key '{key}' is given twice (lines {seen[key_node.value]} and {line}); keep one")
+                seen[key_node.value] = line
+                lines[key] = line
                 walk(value_node, key + ".")
+        elif isinstance(n, yaml.SequenceNode):
+            for item in n.value:
+                walk(item, prefix)
 
     walk(node, "")
     return data, lines
@@ -196,6 +240,7 @@ def _build(cls: type, data: dict, prefix: str, all_keys: list[str]) -> Any:
             kwargs[name] = _build(tp, value, key + ".", all_keys)
         else:
             kwargs[name] = _coerce(value, tp, key)
+            check_number(kwargs[name], fields[name].metadata.get("range", {}), key)
     return cls(**kwargs)
 
 
@@ -231,10 +276,12 @@ def load(schema: type, path: str | Path | None, overrides: list[str] = (), secti
         data = {k: v for k, v in data.items() if k in sections}
 
     def where(key: str) -> str:
+        """The source of `key` or of its nearest parent (`a.b[0].c` -> `a.b[0]` -> `a.b` -> `a`)."""
         while key:
             if key in source:
                 return source[key]
-            key = key.rpartition(".")[0]
+            key, cut = re.subn(r"(\[\d+\]|\.[^.\[]*)$", "", key)
+            key = key if cut else ""
         return str(path) if path is not None else "config"
 
     try:
@@ -262,7 +309,9 @@ def describe(schema: type, prefix: str = "") -> list[str]:
             out.extend(describe(tp, prefix + f.name + "."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append(f"  {prefix}{f.name} ({_type_name(tp)}, default {default!r}): {f.metadata.get('doc', '')}")
+        bounds = f.metadata.get("range")
+        out.append(f"  {prefix}{f.name} ({_type_name(tp)}, default {default!r}{', ' + range_text(bounds) if bounds else ''}): "
+                   f"{f.metadata.get('doc', '')}")
         item = get_args(tp)[0] if get_origin(tp) is list and get_args(tp) else None
         if item is not None and dataclasses.is_dataclass(item):  # a list of sections: describe one item's keys
             out.extend("  " + line for line in describe(item, f"{prefix}{f.name}[]."))

@@ -1,12 +1,44 @@
-"""User-facing errors: one line, exit code 2, nothing written."""
+"""User-facing errors: one line, exit code 2, nothing lost.
+
+Every entry point has one error boundary (`exit_on_user_error`). It turns the known failure
+classes into one `error:` line that names the file and says what to do, instead of a traceback:
+
+- a `UserError`, raised where a check fails;
+- an `OSError` on a path that the user fixes: permission denied, a read-only file system, a full
+  disk or quota, a file where a folder belongs (the error's own file name is named);
+- anything raised inside a `reading(path, what, fix)` block: a library call that parses one file
+  (a truncated archive, a damaged zip stream, a corrupt safetensors, tokenizer or config file,
+  bytes that are not UTF-8) is reported naming that file.
+
+Anything else is a defect of ours and keeps its traceback.
+"""
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import sys
 from typing import Callable
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: training stopped on SIGUSR2 after saving a checkpoint; rerun with --resume
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as a shell reports it
+
+# errno -> what the user does about it
+OS_ADVICE = {
+    errno.ENOSPC: "the disk is full; free space there, then run the same command again",
+    errno.EDQUOT: "the disk quota is used up; free space there, then run the same command again",
+    errno.EACCES: "permission denied; make it accessible to this user or choose another folder",
+    errno.EPERM: "operation not permitted; make it accessible to this user or choose another folder",
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.ENOTDIR: "a file stands where a folder is needed; move the file or choose another path",
+    errno.EISDIR: "a folder stands where a file is needed; move the folder or choose another path",
+    errno.ENAMETOOLONG: "the name is too long for the file system; choose a shorter one",
+    errno.EEXIST: "it already exists; move it or choose another path",
+    errno.ENOENT: "it does not exist; check the path",
+}
+# Failures that libraries report without an errno when a write hits a full disk (torch.save, safetensors).
+DISK_FULL_TEXT = ("No space left on device", "StorageFull", "file write failed", "Disk quota exceeded")
 
 
 class UserError(Exception):
@@ -16,15 +48,85 @@ class UserError(Exception):
     """
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:limit] if text else type(exc).__name__)
+
+
+def os_error_message(exc: OSError, where: str | None = None) -> str | None:
+    """One line for an OSError the user fixes, or None when it is not one of those."""
+    if exc.errno not in OS_ADVICE:
+        return None
+    name = exc.filename if exc.filename is not None else where
+    if exc.filename2 is not None:
+        name = f"{exc.filename} -> {exc.filename2}"
+    return f"{name or 'a file'}: {exc.strerror or OS_ADVICE[exc.errno]}; {OS_ADVICE[exc.errno]}"
+
+
+def disk_full(exc: BaseException) -> bool:
+    """A write that failed on a full disk, whatever the library made of the OSError."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(exc) for text in DISK_FULL_TEXT)
+
+
+@contextlib.contextmanager
+def reading(path, what: str, fix: str):
+    """Any failure while a library reads `path` (parses an archive, tensors, a tokenizer, a config)
+    becomes one UserError: `<path>: <what> cannot be read (<reason>); <fix>`."""
+    try:
+        yield
+    except UserError:
+        raise
+    except OSError as exc:
+        message = os_error_message(exc, str(path))
+        if message is not None and exc.errno != errno.ENOENT:
+            raise UserError(message) from None
+        raise UserError(f"{path}: {what} cannot be read ({first_line(exc)}); {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - the block reads one file; whatever breaks, that file is named
+        raise UserError(f"{path}: {what} cannot be read ({type(exc).__name__}: {first_line(exc)}); {fix}") from None
+
+
+@contextlib.contextmanager
+def writing(path, fix: str = "then run the same command again"):
+    """Writes into `path` (a run directory, a cache): a full disk or a refused write becomes one UserError."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only the two classes below are turned into a line
+        if isinstance(exc, OSError) and (message := os_error_message(exc, str(path))) is not None:
+            raise UserError(message) from None
+        if disk_full(exc):
+            raise UserError(f"{path}: a write failed because the disk is full ({first_line(exc, 100)}); free space there, {fix}") from None
+        raise
+
+
 def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap an entry point: a UserError prints `error: <message>` on stderr and exits 2."""
+    """Wrap an entry point: a UserError (or a user-fixable OSError) prints one `error:` line on stderr and exits 2."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
         try:
             return main(*args, **kwargs) or 0
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USER_ERROR
+            message = str(exc)
+        except OSError as exc:
+            message = os_error_message(exc)
+            if message is None:
+                raise
+        sys.stdout.flush()
+        print(f"\nerror: {message}" if _progress_line_open() else f"error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
     return wrapped
+
+
+def _progress_line_open() -> bool:
+    """A tqdm bar may have left the terminal's line unfinished; the error then starts on its own line."""
+    try:
+        from tqdm import tqdm
+
+        return bool(getattr(tqdm, "_instances", None))
+    except ImportError:
+        return False

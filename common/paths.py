@@ -13,8 +13,30 @@ def write_atomic(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a temporary file behind
+        raise
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file, one per line. Lines end at \\n only (str.splitlines would also
+    cut at U+2028, U+0085 and \\x1c-\\x1e, which JSON strings may hold); a line that is not a JSON
+    object (torn by a kill mid-write) is left out."""
+    import json
+
+    rows = []
+    if Path(path).is_file():
+        for line in Path(path).read_text(encoding="utf-8").split("\n"):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -41,3 +63,117 @@ def file_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- names and folders of ours
+
+MAX_NAME_BYTES = 255  # one path component on every common file system
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be one folder name (a run, an experiment, a grid point), or None."""
+    if not name or not name.strip():
+        return "is empty"
+    if name in (".", ".."):
+        return f"is '{name}', which names a folder above the run"
+    if "/" in name or "\\" in name or "\0" in name:
+        return f"is '{name}': it must be one folder name, without '/'"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"is {len(name.encode('utf-8'))} bytes long, more than the {MAX_NAME_BYTES} a folder name may have"
+    return None
+
+
+def remove_ours(path: Path, marker: str, what: str) -> None:
+    """Delete the folder `path` only if it holds `marker`, the file this project writes into every
+    folder of that kind; otherwise refuse (the project never deletes a folder it did not create)."""
+    import shutil
+
+    from common.errors import UserError
+
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_symlink() or not path.is_dir() or not (path / marker).is_file():
+        raise UserError(f"{path}: exists and is not {what} (no {marker} in it), so it is not removed; "
+                        f"move it away or choose another path")
+    shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------- the lock of a folder
+
+
+class Locked(Exception):
+    """Another live process holds the lock; `holder` says who (host, pid, since)."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path}: {holder}")
+        self.path, self.holder = path, holder
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held by one process for the whole of its work on it.
+
+    The lock is `flock` on `<folder>/LOCK`, whose text says who holds it (host, pid, since). The
+    kernel releases it when the holder dies, however it dies, so a stale LOCK left by a killed
+    process (SIGKILL, a node that went down, a SLURM requeue) is simply taken over; a live
+    holder makes `acquire` raise `Locked`. On release the file is removed while still locked, and
+    `acquire` checks that the file it locked is still the one at the path, so two processes can
+    never both hold a lock on two generations of the file.
+    """
+
+    NAME = "LOCK"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
+        self._handle = None
+
+    def acquire(self) -> None:
+        import datetime as dt
+        import socket
+
+        while True:
+            handle = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise Locked(self.path, holder) from None
+            try:
+                same = os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()  # the holder removed the file between our open and our lock: lock the new one
+        since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {since}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+    def __enter__(self) -> "FolderLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.errors import UserError
 
+MIN_VOCAB = 300  # 256 byte tokens, the specials and some merges: tokenizer.vocab_size's lower bound
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask>"}
 
 
@@ -28,9 +29,14 @@ def train_bpe(text_files: list[Path], vocab_size: int, min_frequency: int, out_d
         special_tokens=list(SPECIAL_TOKENS.values()), initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train([str(p) for p in text_files], trainer)
     if tok.get_vocab_size() != vocab_size:
+        found = tok.get_vocab_size()
+        if found < MIN_VOCAB:  # the smallest size a from-scratch tokenizer may have: suggesting it would fail again
+            raise UserError(f"data.train_dir: the corpus is too small for a BPE tokenizer (it supports {found} tokens, fewer than "
+                            f"the {MIN_VOCAB} tokenizer.vocab_size must reach); add text, lower tokenizer.min_frequency, or use "
+                            f"tokenizer.type=pretrained")
         raise UserError(
-            f"tokenizer.vocab_size: the corpus in data.train_dir supports only {tok.get_vocab_size()} BPE tokens, "
-            f"not {vocab_size}; set tokenizer.vocab_size={tok.get_vocab_size()} and model.vocab_size={tok.get_vocab_size()}")
+            f"tokenizer.vocab_size: the corpus in data.train_dir supports only {found} BPE tokens, "
+            f"not {vocab_size}; set tokenizer.vocab_size={found} and model.vocab_size={found}")
     bos = SPECIAL_TOKENS["bos_token"]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A $B:1", special_tokens=[(bos, tok.token_to_id(bos))])
@@ -45,11 +51,13 @@ def load_pretrained(name_or_path: str, key: str = "tokenizer.name_or_path"):
     """AutoTokenizer from a local folder or a Hub name; the error names the key."""
     from transformers import AutoTokenizer
 
-    try:
+    from common.errors import reading
+
+    local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or Path(name_or_path).exists()
+    if local and not Path(name_or_path).is_dir():
+        raise UserError(f"{key}={name_or_path}: no such folder; give a tokenizer folder (saved with save_pretrained) or a Hub name")
+    with reading(f"{key}={name_or_path}", "the tokenizer", "give a tokenizer folder (saved with save_pretrained) or a reachable Hub name"):
         tok = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{key}={name_or_path}: cannot load a tokenizer ({first[:200]}); give a tokenizer folder or a reachable Hub name") from None
     if tok.bos_token_id is None and tok.eos_token_id is None:
         raise UserError(f"{key}={name_or_path}: the tokenizer has neither a BOS nor an EOS token; zero-shot scoring needs a prefix token")
     return tok

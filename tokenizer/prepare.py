@@ -43,6 +43,7 @@ def ensure_demo(data: DataConfig) -> None:
     root = train_dir.parent
     if train_dir.name != "train" or (data.dev_dir and Path(data.dev_dir) != root / "dev"):
         raise UserError(f"data.demo writes <root>/train, <root>/dev and <root>/pairs: set data.train_dir={root}/train and data.dev_dir={root}/dev")
+    demo.check_target(root, data.demo_sentences)
     print(f"generating the demo corpus in {root} (seed {data.seed}, {data.demo_sentences} sentences)")
     demo.generate(root, seed=data.seed, n_sentences=data.demo_sentences)
 
@@ -67,7 +68,8 @@ def _tokenize_batch(batch: dict, tokenizer, prefix: int) -> dict:
     return {"input_ids": [x if x[:1] == [prefix] else [prefix] + x for x in ids]}
 
 
-def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out: Path, packing: bool = True) -> Path:
+def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out: Path, packing: bool = True,
+         source: str = "the corpus") -> Path:
     """Tokenize `text_files` with datasets (batched, multi-process) and pack into fixed blocks at `out`.
 
     Without `packing`, every line is its own example instead: truncated to `block_size`,
@@ -91,7 +93,7 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
     if packing:
         n_blocks = len(flat) // block_size
         if n_blocks == 0:
-            raise UserError(f"{text_files[0].parent}: only {len(flat)} tokens, fewer than one block of data.block_size={block_size}; lower data.block_size or add text")
+            raise UserError(f"{source}: only {len(flat)} tokens, fewer than one block of data.block_size={block_size}; lower data.block_size or add text")
         blocks = pa.FixedSizeListArray.from_arrays(pa.array(flat[: n_blocks * block_size]), block_size)
         ds = datasets.Dataset(pa.table({"input_ids": blocks}))
     else:
@@ -99,7 +101,7 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         keep = np.flatnonzero(lengths >= 2)
         if len(keep) == 0:
-            raise UserError(f"{text_files[0].parent}: no line has two tokens; nothing to train on")
+            raise UserError(f"{source}: no line has two tokens; nothing to train on")
         n_blocks = len(keep)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         rows = np.full((n_blocks, block_size), pad, dtype=np.int32)
@@ -137,14 +139,16 @@ def _prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
     blocks = cache / "blocks"
     layout = () if data.packing else ("padded",)  # packed caches keep their old keys
     train_key = _hash(PACK_VERSION, train_fp, tok_fp, data.block_size, *layout)
-    train_blocks = pack(clean_train, tokenizer, data.block_size, data.num_proc, blocks / f"train-{train_key}", data.packing)
+    train_blocks = pack(clean_train, tokenizer, data.block_size, data.num_proc, blocks / f"train-{train_key}", data.packing,
+                        f"{data.train_dir} (data.train_dir)")
     dev_blocks = None
     if data.dev_dir:
         dev_files = corpus.find_files(data.dev_dir, data.domains, key="data.dev_dir")
         dev_fp = corpus.fingerprint(dev_files)
         clean_dev = corpus.write_clean(dev_files, cache / "clean" / dev_fp)
         dev_key = _hash(PACK_VERSION, dev_fp, tok_fp, data.block_size, *layout)
-        dev_blocks = pack(clean_dev, tokenizer, data.block_size, data.num_proc, blocks / f"dev-{dev_key}", data.packing)
+        dev_blocks = pack(clean_dev, tokenizer, data.block_size, data.num_proc, blocks / f"dev-{dev_key}", data.packing,
+                          f"{data.dev_dir} (data.dev_dir)")
     return Prepared(tokenizer_dir, train_blocks, dev_blocks, train_key)
 
 

@@ -17,37 +17,37 @@ from tokenizer.config import DataConfig, TokenizerConfig
 @dataclass
 class ModelConfig:
     arch: str = field("gpt2-tiny", "architecture: a name in config/models/ or a path to a YAML of Hugging Face config fields")
-    vocab_size: int = field(16000, "embedding rows; must equal the tokenizer's vocabulary")
+    vocab_size: int = field(16000, "embedding rows; must equal the tokenizer's vocabulary", ge=1)
     overrides: dict[str, Any] = field({}, "Hugging Face config fields that replace the architecture file's (model.overrides.n_layer=4)")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = field(3e-4, "peak learning rate (AdamW)")
-    min_lr: float = field(3e-5, "learning rate the cosine schedule decays to")
-    warmup_steps: int = field(100, "linear warmup steps before the cosine decay")
-    weight_decay: float = field(0.1, "AdamW weight decay")
-    beta1: float = field(0.9, "AdamW beta1")
-    beta2: float = field(0.95, "AdamW beta2")
-    eps: float = field(1e-8, "AdamW epsilon")
-    max_grad_norm: float = field(1.0, "gradient clipping norm; 0 disables clipping")
+    lr: float = field(3e-4, "peak learning rate (AdamW)", gt=0)
+    min_lr: float = field(3e-5, "learning rate the cosine schedule decays to", ge=0)
+    warmup_steps: int = field(100, "linear warmup steps before the cosine decay", ge=0)
+    weight_decay: float = field(0.1, "AdamW weight decay", ge=0)
+    beta1: float = field(0.9, "AdamW beta1", ge=0, lt=1)
+    beta2: float = field(0.95, "AdamW beta2", ge=0, lt=1)
+    eps: float = field(1e-8, "AdamW epsilon", gt=0)
+    max_grad_norm: float = field(1.0, "gradient clipping norm; 0 disables clipping", ge=0)
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = field(1000, "optimizer steps to train")
-    batch_size: int = field(32, "blocks per device per micro-batch")
-    grad_accum: int = field(1, "micro-batches accumulated per optimizer step")
-    eval_steps: int = field(200, "evaluate the dev loss every this many steps (needs data.dev_dir)")
-    save_steps: int = field(200, "write a resumable checkpoint every this many steps")
-    logging_steps: int = field(10, "append a line to metrics.jsonl every this many steps")
-    save_total_limit: int = field(3, "checkpoints kept (at least 2, so a corrupt newest one has a fallback)")
+    max_steps: int = field(1000, "optimizer steps to train", ge=1)
+    batch_size: int = field(32, "blocks per device per micro-batch", ge=1)
+    grad_accum: int = field(1, "micro-batches accumulated per optimizer step", ge=1)
+    eval_steps: int = field(200, "evaluate the dev loss every this many steps (needs data.dev_dir)", ge=1)
+    save_steps: int = field(200, "write a resumable checkpoint every this many steps", ge=1)
+    logging_steps: int = field(10, "append a line to metrics.jsonl every this many steps", ge=1)
+    save_total_limit: int = field(3, "checkpoints kept (at least 2, so a corrupt newest one has a fallback)", ge=2)
     keep_best: bool = field(True, "export the checkpoint with the lowest dev loss as model/ (needs data.dev_dir)")
-    early_stopping_patience: int = field(0, "stop after this many evaluations without a lower dev loss; 0 = never")
+    early_stopping_patience: int = field(0, "stop after this many evaluations without a lower dev loss; 0 = never", ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field("auto", "auto = bf16 on a GPU that supports it, else fp32")
     deepspeed: str = field("", "DeepSpeed JSON (config/deepspeed/*.json) used when launched by torchrun or deepspeed")
-    seed: int = field(42, "seed for initialisation, data order and dropout")
-    num_workers: int = field(0, "DataLoader worker processes")
+    seed: int = field(42, "seed for initialisation, data order and dropout", ge=0, le=2**32 - 1)
+    num_workers: int = field(0, "DataLoader worker processes", ge=0)
 
 
 @dataclass
@@ -81,26 +81,40 @@ class RunConfig(RunSections):
         check_run(self)
 
 
+def precision_problem(precision: str) -> str | None:
+    """Why this machine cannot train at `precision`, or None."""
+    if precision not in ("bf16", "fp16"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"is {precision}, which needs a GPU, and none is visible here; use auto or fp32"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return "is bf16, which this GPU lacks; use fp16 or auto"
+    return None
+
+
 def check_run(cfg) -> None:
     """The cross-field checks of a training run; `cfg` has data, tokenizer, model, optim and train sections."""
     from train import models
 
+    from common.paths import name_problem
+
     cfg.data.check()
     cfg.tokenizer.check()
+    for key in ("experiment", "name"):  # each is one folder: '', '.', '..' or a/b would put the run somewhere else
+        problem = name_problem(getattr(cfg.output, key))
+        if problem:
+            raise ConfigError(f"output.{key}", f"{problem}; give one folder name such as 'teacher'")
     t = cfg.train
-    for key in ("max_steps", "batch_size", "grad_accum", "eval_steps", "save_steps", "logging_steps"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key}", f"must be at least 1, got {getattr(t, key)}")
-    if t.save_total_limit < 2:
-        raise ConfigError("train.save_total_limit", f"must be at least 2 so a corrupt newest checkpoint has a fallback, got {t.save_total_limit}")
+    if precision_problem(t.precision):
+        raise ConfigError("train.precision", precision_problem(t.precision))
     if cfg.data.dev_dir and t.keep_best and t.save_steps % t.eval_steps:
         raise ConfigError("train.save_steps", f"is {t.save_steps}; with train.keep_best it must be a multiple of train.eval_steps ({t.eval_steps})")
     if t.early_stopping_patience and not cfg.data.dev_dir:
         raise ConfigError("train.early_stopping_patience", "needs a dev set; set data.dev_dir or train.early_stopping_patience=0")
     if t.early_stopping_patience and not t.keep_best:
         raise ConfigError("train.early_stopping_patience", "needs train.keep_best=true (it stops at, and exports, the best checkpoint)")
-    if cfg.optim.lr <= 0:
-        raise ConfigError("optim.lr", f"must be above 0, got {cfg.optim.lr}")
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError("optim.min_lr", f"is {cfg.optim.min_lr}, above optim.lr={cfg.optim.lr}")
     if cfg.tokenizer.type == "from_scratch" and cfg.tokenizer.vocab_size != cfg.model.vocab_size:

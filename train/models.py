@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from common.config import ConfigError, suggest
 from common.errors import UserError
 from common.paths import REPO
@@ -37,12 +35,10 @@ def arch_file(arch: str) -> Path:
 
 def read_architecture(model_cfg) -> tuple[str, dict]:
     """(objective, Hugging Face config fields) of the architecture with the run's overrides applied."""
+    from common.config import read_yaml
+
     path = arch_file(model_cfg.arch)
-    try:
-        fields = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"{path}:{mark.line + 1 if mark else 1}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    fields, _ = read_yaml(path)
     fields = {**fields, **model_cfg.overrides}
     objective = fields.pop("objective", "causal")
     if objective not in ("causal", "masked"):
@@ -75,6 +71,11 @@ def check_architecture(model_cfg, block_size: int) -> None:
     _, config = hf_config(model_cfg)
     hidden, heads = config.hidden_size, config.num_attention_heads
     touched = [k for k in ("hidden_size", "n_embd", "num_attention_heads", "n_head") if k in model_cfg.overrides]
+    for name, value, keys in (("hidden size", hidden, ("hidden_size", "n_embd")), ("attention heads", heads, ("num_attention_heads", "n_head")),
+                              ("layers", getattr(config, "num_hidden_layers", 1), ("num_hidden_layers", "n_layer"))):
+        if not isinstance(value, int) or value < 1:
+            key = next((f"model.overrides.{k}" for k in keys if k in model_cfg.overrides), "model.arch")
+            raise ConfigError(key, f"{name} must be a positive integer, got {value!r} ({model_cfg.arch})")
     if hidden % heads:
         key = f"model.overrides.{touched[0]}" if touched else "model.arch"
         raise ConfigError(key, f"hidden size {hidden} is not divisible by {heads} attention heads ({model_cfg.arch}); choose sizes that divide")

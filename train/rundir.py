@@ -1,12 +1,14 @@
 """The run directory (DESIGN.md): config.yaml, run.json, metrics.jsonl, checkpoints/, model/, DONE.
 
 It is the interface between jobs: launchers decide from it alone whether to skip (DONE),
-resume (a good checkpoint) or start. Files are written atomically (temporary name, then
-rename), a checkpoint counts only once its COMPLETE marker exists, and nothing here is
-deleted except on an explicit --overwrite.
+resume (a good checkpoint) or start. One process works on a run at a time (`locked`, a
+LOCK file held with flock). Files are written atomically (temporary name, then rename), a
+checkpoint counts only once its COMPLETE manifest exists and every file it lists is there
+whole, and nothing here is deleted except a run directory of ours on an explicit --overwrite.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -23,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from common.errors import UserError
-from common.paths import REPO, write_atomic
+from common.paths import REPO, FolderLock, Locked, write_atomic
 
 COMPLETE = "COMPLETE"  # written into a checkpoint folder after everything in it is saved
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -78,21 +80,74 @@ class RunDir:
     def info_file(self) -> Path:
         return self.path / "run.json"
 
+    # ------------------------------------------------------------------ one process at a time
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the run's LOCK for the block (global rank 0 only: it alone writes the run directory).
+        A live holder is refused in one line naming it; a dead one's lock is taken over. A folder this
+        call created and left empty (a run refused or failed before it wrote anything) is removed again."""
+        if not is_main_process():
+            yield
+            return
+        for parent in [self.path, *self.path.parents]:
+            if parent.exists() and not parent.is_dir():
+                raise UserError(f"{parent}: is a file, but the run directory {self.path} must go there; "
+                                f"move the file or choose another output.dir")
+        self.refuse_foreign()  # not even a LOCK goes into a folder that is not ours
+        created = [p for p in [self.path, *self.path.parents] if not p.exists()]
+        try:
+            with FolderLock(self.path):
+                yield
+        except Locked as exc:
+            raise UserError(f"{self.path}: another process is working on this run ({exc.holder}); wait for it to end, "
+                            f"or stop it, then run the same command again") from None
+        finally:
+            for folder in created:  # innermost first; only folders made here and still empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
     # ------------------------------------------------------------------ deciding what to do
+
+    def is_ours(self) -> bool:
+        """A run directory written by this project: run.json (a JSON object) beside config.yaml."""
+        try:
+            info = json.loads(self.info_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(info, dict) and ("attempts" in info or "babydistill" in info) and self.config_file.is_file()
+
+    def read_config(self) -> dict:
+        try:
+            old = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            old = exc
+        if not isinstance(old, dict):
+            why = f"{type(old).__name__}: {str(old).splitlines()[0][:120]}" if isinstance(old, Exception) else f"it holds a {type(old).__name__}"
+            raise UserError(f"{self.config_file}: cannot be read ({why}); restore the file, or pass --overwrite to start the run again")
+        return old
+
+    def refuse_foreign(self) -> None:
+        """A folder at the run's path that holds something and is not a run directory of ours is never used."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path}: is a file, not a run directory; move it or choose another output.name")
+        if self.path.is_dir() and any(p.name not in ("logs", FolderLock.NAME) for p in self.path.iterdir()) and not self.is_ours():
+            raise UserError(f"{self.path}: exists and is not a babydistill run directory (no run.json beside config.yaml), so "
+                            f"neither --resume nor --overwrite touches it; choose another output.name")
 
     def decide(self, resolved: dict, resume: bool, overwrite: bool) -> str:
         """'start', 'resume', 'overwrite' or 'done'; refuses (UserError) where data would be lost.
 
         Only reads: nothing is written or removed here, so a refused run leaves the folder as it was.
         """
-        if not self.path.exists() or not any(p.name != "logs" for p in self.path.iterdir()):
+        self.refuse_foreign()
+        if not self.path.exists() or not any(p.name not in ("logs", FolderLock.NAME) for p in self.path.iterdir()):
             return "start"  # empty, or only the logs/ a SLURM template writes before training starts
         if overwrite:
             return "overwrite"
-        if not self.config_file.exists():
-            raise UserError(f"{self.path}: exists and is not a babydistill run (no config.yaml); choose another output.name or pass --overwrite")
-        old = yaml.safe_load(self.config_file.read_text())
-        diff = first_difference(old, resolved)
+        diff = first_difference(self.read_config(), resolved)
         if self.done_file.exists():
             if resume and not diff:
                 return "done"
@@ -105,18 +160,25 @@ class RunDir:
         if diff:
             raise UserError(f"{self.path}: holds a different run ({diff}); choose another output.name, "
                             f"or pass --resume to continue it or --overwrite to replace it")
+        if not any(checkpoint_problem(c) is None for c in self.checkpoint_list()):
+            print(f"{self.path}: an earlier attempt of this config stopped before its first checkpoint; starting it again")
+            return "resume"  # nothing trained to lose: resuming from no checkpoint starts at step 0
         raise UserError(f"{self.path}: holds an unfinished run of this config; pass --resume to continue it or --overwrite to restart it")
 
     def create(self, resolved: dict, decision: str) -> None:
         """Lay out the folder for `decision` and write config.yaml (main process only)."""
         if not is_main_process():
             return
-        if decision == "overwrite":  # everything but logs/ (the job writing this is logging there)
+        if decision == "overwrite":  # everything but logs/ (the job writing this is logging there) and our LOCK
+            if not self.is_ours():
+                raise UserError(f"{self.path}: is not a babydistill run directory; --overwrite removes only those")
             for entry in self.path.iterdir():
-                if entry.name != "logs":
+                if entry.name not in ("logs", FolderLock.NAME):
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         write_atomic(self.config_file, yaml.safe_dump(resolved, sort_keys=False))
+        if not self.info_file.exists():  # marks the folder as a run directory of ours from its first file on
+            self.write_info(babydistill=1, status="created")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -127,13 +189,14 @@ class RunDir:
         found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := CHECKPOINT.match(p.name)) and p.is_dir()]
         return [p for _, p in sorted(found, reverse=True)]
 
-    def newest_good_checkpoint(self) -> Path | None:
-        """The newest checkpoint that passes `checkpoint_problem`; bad ones are renamed aside with a warning."""
+    def newest_good_checkpoint(self, expected: list[tuple[str, ...]] | None = None) -> Path | None:
+        """The newest checkpoint that passes `checkpoint_problem`; bad ones are renamed aside with a warning
+        (to `corrupt-checkpoint-N`, or `corrupt-checkpoint-N.2` ... when an earlier one has that name)."""
         for ckpt in self.checkpoint_list():
-            problem = checkpoint_problem(ckpt)
+            problem = checkpoint_problem(ckpt, expected)
             if problem is None:
                 return ckpt
-            aside = ckpt.with_name("corrupt-" + ckpt.name)
+            aside = free_name(ckpt.with_name("corrupt-" + ckpt.name))
             if is_main_process():
                 ckpt.rename(aside)
             print(f"warning: {ckpt} is unusable ({problem}); moved to {aside.name}, falling back to the previous checkpoint", file=sys.stderr)
@@ -146,7 +209,15 @@ class RunDir:
     # ------------------------------------------------------------------ run.json, DONE
 
     def read_info(self) -> dict:
-        return json.loads(self.info_file.read_text()) if self.info_file.exists() else {}
+        if not self.info_file.exists():
+            return {}
+        try:
+            info = json.loads(self.info_file.read_text(encoding="utf-8"))
+        except ValueError:
+            info = None
+        if not isinstance(info, dict):
+            raise UserError(f"{self.info_file}: not a JSON object (damaged); restore it, or pass --overwrite to start the run again")
+        return info
 
     def write_info(self, **changes) -> None:
         if is_main_process():
@@ -169,24 +240,92 @@ class RunDir:
     def end(self, status: str, **extra) -> None:
         self.write_info(status=status, end=now(), **extra)
 
+    def record_training_time(self, seconds: float) -> None:
+        """This attempt's training time so far (wall clock inside trainer.train); an attempt that is
+        killed keeps what it recorded at its last log, so results count every attempt's hours."""
+        if is_main_process():
+            info = self.read_info()
+            if info.get("attempts"):
+                info["attempts"][-1]["train_seconds"] = round(seconds, 3)
+                write_atomic(self.info_file, json.dumps(info, indent=2, default=str))
+
     def mark_done(self, summary: dict) -> None:
         """DONE is written last and atomically: its presence means every other file is final."""
         if is_main_process():
             write_atomic(self.done_file, json.dumps({"finished": now(), **summary}, indent=2))
 
 
-def checkpoint_problem(ckpt: Path) -> str | None:
-    """None if `ckpt` is complete and readable with finite weights, else why it is not."""
+def free_name(path: Path) -> Path:
+    """`path`, or `path.2`, `path.3` ... : the first that does not exist."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
+def write_manifest(ckpt: Path) -> None:
+    """COMPLETE: written last into a saved checkpoint; it lists every file with its size."""
+    files = {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != COMPLETE}
+    write_atomic(ckpt / COMPLETE, json.dumps({"written": now(), "files": files}, indent=1))
+
+
+def required_files_problem(ckpt: Path) -> str | None:
+    """What every resumable checkpoint holds: weights, optimizer, scheduler, RNG and trainer state."""
+    deepspeed = any(ckpt.glob("global_step*/*"))
+    weights = list(ckpt.glob("*.safetensors")) or list(ckpt.glob("pytorch_model*.bin"))
+    needed = [("trainer state", ["trainer_state.json"]), ("model weights", ["*.safetensors", "pytorch_model*.bin", "global_step*/*model_states.pt"]),
+              ("random-number state", ["rng_state*.pth"])]
+    if deepspeed:
+        needed.append(("optimizer state", ["global_step*/*optim_states.pt"]))
+    else:
+        needed += [("optimizer state", ["optimizer.pt"]), ("scheduler state", ["scheduler.pt"])]
+    for what, patterns in needed:
+        if not any(any(ckpt.glob(pattern)) for pattern in patterns):
+            return f"no {what} ({' or '.join(patterns)})"
+    return None if weights or deepspeed else "no model weights"
+
+
+def state_groups(module) -> list[tuple[str, ...]]:
+    """The trained module's tensors as groups of names that share storage (tied weights): a checkpoint
+    must hold at least one name of every group (savers keep one name of a tied group)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)) if tensor.numel() else (name,)
+        groups.setdefault(key, []).append(name)
+    return [tuple(names) for names in groups.values()]
+
+
+def checkpoint_problem(ckpt: Path, expected: list[tuple[str, ...]] | None = None) -> str | None:
+    """None if `ckpt` is complete (every file its COMPLETE manifest lists, whole), holds everything a
+    resume needs, is readable and has finite weights (and, given `expected` (state_groups), every tensor
+    of the trained module: the student and the loss's projections and heads, or every peer); else why not."""
     import torch
     from safetensors import safe_open
 
-    if not (ckpt / COMPLETE).exists():
+    marker = ckpt / COMPLETE
+    if not marker.exists():
         return "no COMPLETE marker: it was being written when the job stopped"
     try:
-        weights = sorted(ckpt.glob("*.safetensors"))
-        for file in weights:
+        manifest = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None  # a checkpoint from before the manifest: its COMPLETE holds a time only
+    if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict):
+        for name, size in manifest["files"].items():
+            path = ckpt / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != size:
+                return f"{name} has {path.stat().st_size} bytes, not the {size} it was saved with"
+    problem = required_files_problem(ckpt)
+    if problem is not None:
+        return problem
+    try:
+        found: set[str] = set()
+        for file in sorted(ckpt.glob("*.safetensors")):
             with safe_open(str(file), framework="pt") as handle:
                 for name in handle.keys():
+                    found.add(name)
                     t = handle.get_tensor(name)
                     if t.is_floating_point() and not torch.isfinite(t).all():
                         return f"non-finite values in {file.name}:{name}"
@@ -198,8 +337,10 @@ def checkpoint_problem(ckpt: Path) -> str | None:
         json.loads((ckpt / "trainer_state.json").read_text())
     except Exception as exc:  # any unreadable file makes the checkpoint unusable
         return f"unreadable: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-    if not weights and not any(ckpt.glob("global_step*")):
-        return "no model weights"
+    if expected and found:
+        missing = [group[0] for group in expected if not found.intersection(group)]
+        if missing:
+            return f"its weights lack {len(missing)} tensor(s) of the trained model, e.g. {missing[0]}"
     return None
 
 

@@ -8,6 +8,7 @@ checkpoint, run.json, the non-finite-loss stop) is the same for every kind of ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,26 +49,33 @@ def run_parser(prog: str, description: str, schema: type, example_config: str, e
 
 
 def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> int:
-    from transformers import AutoTokenizer, set_seed
+    """Hold the run directory's lock, decide what to do with it, then train (or only finish)."""
+    from train.rundir import RunDir
 
+    run_dir = RunDir(cfg.output.run_path)
+    with run_dir.locked():  # one process per run directory; a second one is refused in one line
+        decision = run_dir.decide(cfglib.to_dict(cfg), resume=resume, overwrite=overwrite)
+        if decision == "done":
+            print(f"{run_dir.path}: already finished (DONE); nothing to do")
+            return 0
+        return train_run(cfg, argv, run_dir, decision, recipe)
+
+
+def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> int:
+    from transformers import set_seed
+
+    from common.errors import EXIT_INTERRUPTED, writing
+    from tokenizer.bpe import load_pretrained
     from tokenizer.prepare import load_blocks, prepare
     from train import models
-    from train.rundir import RunDir
-    from train.trainer import BabyTrainer, NonFiniteLoss, Preemption, build_trainer, training_arguments
+    from train.rundir import state_groups
+    from train.trainer import BabyTrainer, MetricsLog, NonFiniteLoss, Preemption, build_trainer, training_arguments
 
-    resolved = cfglib.to_dict(cfg)
-    # 1. What to do with the run directory: refuse before anything is written.
-    run_dir = RunDir(cfg.output.run_path)
-    decision = run_dir.decide(resolved, resume=resume, overwrite=overwrite)
-    if decision == "done":
-        print(f"{run_dir.path}: already finished (DONE); nothing to do")
-        return 0
-
-    # 2. Data and tokenizer (cached), the model, and the checks, still before writing.
+    # 1. Data and tokenizer (cached), the model, and the checks, before anything is written.
     targs = training_arguments(cfg, run_dir)
     with targs.main_process_first(desc="prepare data"):
         prepared = prepare(cfg.data, cfg.tokenizer)
-    tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
+    tokenizer = load_pretrained(prepared.tokenizer_dir, "the run's tokenizer")
     models.check_vocab(cfg.model, tokenizer, prepared.tokenizer_dir)
     set_seed(cfg.train.seed)  # the model is initialised before the Trainer seeds anything
     built = recipe(cfg, tokenizer, prepared, targs.device)
@@ -76,22 +84,34 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
     print(f"{built.banner}; {len(train_ds)} train blocks of {cfg.data.block_size} tokens"
           + (f", {len(dev_ds)} dev blocks" if dev_ds else ""))
 
-    # 3. The run directory, then training (resuming from the newest good checkpoint).
-    run_dir.create(resolved, decision)
-    checkpoint = run_dir.newest_good_checkpoint() if decision == "resume" else None
+    # 2. The run directory, then training from the newest good checkpoint (none left to take: only finish).
+    run_dir.create(cfglib.to_dict(cfg), decision)
+    checkpoint = run_dir.newest_good_checkpoint(state_groups(built.trained)) if decision == "resume" else None
     if decision == "resume":
         print(f"resuming from {checkpoint}" if checkpoint else f"{run_dir.path}: no usable checkpoint; starting from step 0")
     trainer = build_trainer(cfg, run_dir, targs, built.trained, built.objective, tokenizer, train_ds, dev_ds,
                             trainer_cls=built.trainer_cls or BabyTrainer, **built.trainer_kwargs)
     run_dir.begin(argv, checkpoint)
+    metrics_log = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MetricsLog))
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with writing(run_dir.path, "then rerun with --resume"):
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except NonFiniteLoss as exc:
         good = run_dir.newest_finite_checkpoint()
         run_dir.end("failed", error=str(exc))
         print(file=sys.stderr)  # end the progress bar's line before the error
         raise UserError(f"{run_dir.path}: {exc}; training stopped, last good checkpoint: {good or 'none'}; "
                         f"lower optim.lr or set optim.max_grad_norm, then rerun with --resume") from None
+    except KeyboardInterrupt:
+        metrics_log.record()
+        run_dir.end("interrupted")
+        print(f"\n{run_dir.path}: interrupted; rerun with --resume to continue from its newest checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UserError as exc:
+        with contextlib.suppress(OSError, UserError):  # the disk may be too full even for run.json
+            metrics_log.record()
+            run_dir.end("failed", error=str(exc))
+        raise
     preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Preemption))
     if preemption.stopped_at is not None:
         run_dir.end("preempted", step=preemption.stopped_at)
@@ -100,19 +120,21 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
         trainer.accelerator.end_training()
         return EXIT_PREEMPTED
 
-    # 4. Export the (best) model with its tokenizer, final dev loss, DONE last.
-    dev_loss = trainer.evaluate()["eval_loss"] if dev_ds is not None else None
-    if built.export is None:
-        trainer.save_model(str(run_dir.model_dir))
-    elif trainer.is_world_process_zero():
-        built.export(run_dir.model_dir)
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(run_dir.model_dir))
-    summary = {"step": trainer.state.global_step, "dev_loss": dev_loss, "best_checkpoint": trainer.state.best_model_checkpoint}
-    if built.finish is not None:
-        summary.update(built.finish(trainer, run_dir.path))
-    run_dir.end("done", **summary)
-    run_dir.mark_done(summary)
+    # 3. Export the (best) model with its tokenizer, final dev loss, DONE last.
+    metrics_log.final = True
+    with writing(run_dir.path, "then rerun with --resume"):
+        dev_loss = trainer.evaluate()["eval_loss"] if dev_ds is not None else None
+        if built.export is None:
+            trainer.save_model(str(run_dir.model_dir))
+        elif trainer.is_world_process_zero():
+            built.export(run_dir.model_dir)
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(run_dir.model_dir))
+        summary = {"step": trainer.state.global_step, "dev_loss": dev_loss, "best_checkpoint": trainer.state.best_model_checkpoint}
+        if built.finish is not None:
+            summary.update(built.finish(trainer, run_dir.path))
+        run_dir.end("done", **summary)
+        run_dir.mark_done(summary)
     if trainer.is_world_process_zero():
         print(f"{run_dir.path}: done at step {trainer.state.global_step}" + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else ""))
     # Every rank ended normally: leave the process group (several ranks) while the interpreter is whole. Left

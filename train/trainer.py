@@ -18,8 +18,8 @@ from transformers import (DataCollatorForLanguageModeling, EarlyStoppingCallback
                           TrainingArguments)
 
 from common.errors import UserError
-from common.paths import REPO
-from train.rundir import COMPLETE, RunDir, now
+from common.paths import REPO, read_jsonl, write_atomic
+from train.rundir import RunDir, now, write_manifest
 
 
 class NonFiniteLoss(Exception):
@@ -28,14 +28,32 @@ class NonFiniteLoss(Exception):
         self.step, self.value = step, value
 
 
+def budget_reached(state, callbacks) -> bool:
+    """The run has taken its last step: max_steps reached, or early stopping's patience used up."""
+    if state.max_steps and state.global_step >= state.max_steps:
+        return True
+    stopper = next((c for c in callbacks if isinstance(c, EarlyStoppingCallback)), None)
+    return stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
+
+
 class BabyTrainer(Trainer):
-    """The HF Trainer, stopping at the first non-finite loss before it reaches the weights."""
+    """The HF Trainer, stopping at the first non-finite loss before it reaches the weights, and taking
+    no step when resumed from a checkpoint that already ends the run."""
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
             raise NonFiniteLoss(self.state.global_step + 1, float(loss))
         return loss
+
+    def _run_epoch(self, *args, **kwargs):
+        # The Trainer's loop takes a step before it first checks for the end, so a run resumed from its
+        # last checkpoint (killed after it, or stopped by SIGUSR2 in the last step) would train one step
+        # past its budget. Such a run only finishes (transformers 5.x: _run_epoch is the loop's body).
+        if budget_reached(self.state, self.callback_handler.callbacks):
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
 
 def _collective(args) -> bool:
@@ -44,15 +62,15 @@ def _collective(args) -> bool:
 
 
 class CheckpointMarker(TrainerCallback):
-    """Writes checkpoint-N/COMPLETE once the Trainer has saved everything in it."""
+    """Writes checkpoint-N/COMPLETE, the list of its files and sizes, once the Trainer has saved everything in it."""
 
     def on_save(self, args, state, control, **kwargs):
         if _collective(args):
-            torch.distributed.barrier()  # every rank's shards (DeepSpeed ZeRO) are written before rank 0 marks the folder
+            torch.distributed.barrier()  # every rank's shards (DeepSpeed ZeRO, RNG) are written before rank 0 lists them
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
-                (ckpt / COMPLETE).write_text(now())
+                write_manifest(ckpt)
 
 
 class Preemption(TrainerCallback):
@@ -90,17 +108,50 @@ class Preemption(TrainerCallback):
             signal.signal(signal.SIGUSR2, self._previous)
 
 
-class MetricsLog(TrainerCallback):
-    """Appends each Trainer log to metrics.jsonl, with tokens/s measured over training steps only."""
+def row_kind(row: dict) -> str:
+    """What a metrics row reports: a training log, a dev evaluation, the evaluation after training
+    (`final`), or the Trainer's end-of-training summary."""
+    if row.get("final"):
+        return "final"
+    if any(key.startswith("eval_") for key in row):
+        return "eval"
+    if "train_runtime" in row:
+        return "summary"
+    return "train" if "loss" in row else "other"
 
-    def __init__(self, path: Path, tokens_per_step: int):
-        self.path, self.tokens_per_step = path, tokens_per_step
+
+read_metrics = read_jsonl  # the rows of metrics.jsonl; a line torn by a kill mid-write is left out
+
+
+class MetricsLog(TrainerCallback):
+    """Appends each Trainer log to metrics.jsonl, with tokens/s measured over training steps only.
+
+    One row per step and kind: a resumed run first drops the rows of steps after its checkpoint
+    (the killed attempt logged them; they are trained again), and a row whose step and kind are
+    already in the file replaces that row. The attempt's training time goes to run.json as it goes,
+    so a killed attempt's hours still count."""
+
+    RECORD_EVERY_S = 5.0
+
+    def __init__(self, run: RunDir, tokens_per_step: int):
+        self.run, self.path, self.tokens_per_step = run, run.metrics_file, tokens_per_step
         self.train_seconds = 0.0
         self.last = (0, 0.0)  # (step, train_seconds) at the previous training log
         self.step_start = None
+        self.final = False  # set by the session for the dev evaluation after training
+        self.keys: set[tuple[int, str]] = set()
+        self.train_begin = None
+        self.recorded = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last = (state.global_step, self.train_seconds)
+        self.train_begin = time.perf_counter()
+        if state.is_world_process_zero:
+            rows = read_metrics(self.path)
+            kept = [r for r in rows if r.get("step", 0) <= state.global_step and row_kind(r) not in ("final", "summary")]
+            if len(kept) != len(rows):
+                write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            self.keys = {(r.get("step", 0), row_kind(r)) for r in kept}
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step_start = time.perf_counter()
@@ -114,14 +165,35 @@ class MetricsLog(TrainerCallback):
         if not state.is_world_process_zero:
             return
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": now(), **(logs or {})}
+        if self.final:
+            row["final"] = True
         if "loss" in row:
             steps, seconds = state.global_step - self.last[0], self.train_seconds - self.last[1]
             row["tokens_seen"] = state.global_step * self.tokens_per_step
             if steps > 0 and seconds > 0:
                 row["tokens_per_s"] = round(steps * self.tokens_per_step / seconds, 1)
             self.last = (state.global_step, self.train_seconds)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        key = (row["step"], row_kind(row))
+        if key in self.keys:  # the same step logged again after a resume: keep the latest row only
+            rows = [r for r in read_metrics(self.path) if (r.get("step", 0), row_kind(r)) != key]
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in [*rows, row]))
+        else:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+            self.keys.add(key)
+        if self.train_begin is not None and time.perf_counter() - self.recorded >= self.RECORD_EVERY_S:
+            self.record()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.record()
+        self.train_begin = None
+
+    def record(self) -> None:
+        """This attempt's training time into run.json (also when it ends by an exception or Ctrl-C)."""
+        if self.train_begin is not None:
+            self.recorded = time.perf_counter()
+            self.run.record_training_time(self.recorded - self.train_begin)
 
 
 def make_collator(objective: str, tokenizer, mlm_probability: float):
@@ -187,21 +259,23 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
             save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
             load_best_model_at_end=has_dev and t.keep_best, metric_for_best_model="eval_loss", greater_is_better=False,
             seed=t.seed, dataloader_num_workers=t.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
+            restore_callback_states_from_checkpoint=True,  # early stopping's patience counter survives a resume
             report_to="none", disable_tqdm=False,
             # the collator reads every column (the length of padded examples, block_index)
             remove_unused_columns=False, deepspeed=deepspeed, **precision_flags(t.precision),
             use_cpu=not torch.cuda.is_available())  # on CPU, accelerate forms a gloo group under torchrun only with this
     except ImportError as exc:
         raise UserError(f"train.deepspeed={t.deepspeed}: {str(exc).splitlines()[0]}; pip install deepspeed on this node") from None
-    except ValueError as exc:
-        raise UserError(f"train.precision={t.precision}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:  # our checks come first; what is left is the Trainer's own word, under no key of ours
+        raise UserError(f"the Trainer refused the training arguments ({str(exc).splitlines()[0]}); "
+                        f"check the train and optim sections of the config") from None
 
 
 def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: str, tokenizer, train_ds, dev_ds,
                   trainer_cls: type = BabyTrainer, **extra) -> BabyTrainer:
     world = args.world_size
     tokens_per_step = cfg.data.block_size * cfg.train.batch_size * cfg.train.grad_accum * world
-    callbacks = [CheckpointMarker(), MetricsLog(run.metrics_file, tokens_per_step), Preemption()]
+    callbacks = [CheckpointMarker(), MetricsLog(run, tokens_per_step), Preemption()]
     if cfg.train.early_stopping_patience and dev_ds is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
