@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from common.errors import exit_on_user_error
+from common.errors import UserError, exit_on_user_error
 from eval import report
 from eval.encode import CONVENTIONS
 from eval.model import BACKENDS
@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(backend=args.backend, convention=args.convention, batch_size=args.batch_size, device=args.device,
                    dtype=args.dtype, max_length=args.max_length, too_long=args.too_long, data_dir=args.data_dir,
                    ewok_zip=args.ewok_zip, ewok_password=args.ewok_password, out=args.out, progress=not args.no_progress)
-    results = evaluate(args.model, [t.strip() for t in args.tasks.split(",") if t.strip()], opts)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise UserError(f"--tasks {args.tasks!r}: names no task; give one or more of {', '.join(available())}")
+    results = evaluate(args.model, tasks, opts)
     print()
     print(report.table([(name, summary) for name, summary, _ in results]))
     return 0

@@ -20,8 +20,9 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from common.errors import UserError
+from common.errors import UserError, reading
 
+SKIPPED = "ewok (plain, not written)"
 BLIMP_URL = "https://github.com/alexwarstadt/blimp/archive/refs/heads/master.tar.gz"
 BABYLM_PAGE = "https://osf.io/ad7qg/"
 KEEP = {  # folder in the archive -> folder under the destination
@@ -62,6 +63,11 @@ def _members(archive: Path) -> list[tuple[str, callable]]:
 
 def unpack(archive: Path, dest: Path) -> dict[str, int]:
     """Copy the task folders' JSONL files and any EWoK zip from `archive` into `dest`; returns files per folder."""
+    with reading(archive, "the archive", "download it again"):
+        return _unpack(archive, dest)
+
+
+def _unpack(archive: Path, dest: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for name, read in _members(archive):
         parts = PurePosixPath(name).parts
@@ -70,7 +76,7 @@ def unpack(archive: Path, dest: Path) -> dict[str, int]:
         if parts[-1].startswith("ewok") and parts[-1].endswith(".zip"):
             target = dest / parts[-1]
         elif "ewok_filtered" in parts or "ewok" in parts[:-1]:
-            counts["ewok (plain, not written)"] = counts.get("ewok (plain, not written)", 0) + 1
+            counts[SKIPPED] = counts.get(SKIPPED, 0) + 1
             continue
         else:
             folders = [p for p in parts[:-1] if p in KEEP]
@@ -90,14 +96,16 @@ def download(dest: str, sources: list[str]) -> dict[str, int]:
     out = Path(dest)
     if out.exists() and not out.is_dir():
         raise UserError(f"--dest {dest}: exists and is not a folder")
-    sources = sources or [BLIMP_URL]
-    out.mkdir(parents=True, exist_ok=True)
+    sources = sources or [BLIMP_URL]  # `out` is made by the first file written into it
     total: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for source in sources:
             counts = unpack(fetch(source, Path(tmp)), out)
-            if not counts:
-                raise UserError(f"{source}: holds none of {', '.join(sorted(KEEP))} (JSONL) nor an EWoK zip; is it BabyLM's evaluation data?")
+            if not any(key != SKIPPED for key in counts):  # nothing written: exit 0 here would read as success
+                skipped = f" (it holds {counts[SKIPPED]} plain EWoK file(s), which are never written out: pass EWoK's zip instead)" \
+                    if SKIPPED in counts else ""
+                raise UserError(f"{source}: holds none of {', '.join(sorted(KEEP))} (JSONL) nor an EWoK zip{skipped}; "
+                                f"is it BabyLM's evaluation data?")
             for key, n in counts.items():
                 total[key] = total.get(key, 0) + n
     return total

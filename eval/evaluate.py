@@ -133,8 +133,11 @@ def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tupl
         flat = scorer.causal(reqs, batch) if m.backend == "causal" else scorer.masked(reqs, batch)
         seconds = time.perf_counter() - t0
         scores = flat.reshape(len(task.items), -1)
-        _, right, tied = report.decide(scores, np.array([it.correct for it in task.items]))
-        summary = report.summarise(task, right, tied)
+        _, right, tied, bad = report.decide(scores, np.array([it.correct for it in task.items]))
+        if bad.all():  # nothing is written: a result file would mark the task as evaluated
+            raise UserError(f"{model_path}: every score on task {task.name} is NaN or infinite, so the model is broken "
+                            f"(check its weights for NaN, or its training log); nothing was written for {task.name}")
+        summary = report.summarise(task, right, tied, bad)
         meta = {"model": str(Path(model_path).resolve()), "backend": m.backend,
                 "convention": opts.convention if m.backend == "causal" else "minicons-pll",
                 "prefix": m.prefix_note, "batch_size": batch, "dtype": opts.dtype, "device": str(m.device),
@@ -143,5 +146,7 @@ def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tupl
         print(f"{task.name}: {summary['accuracy']:.4f} ± {summary['stderr']:.4f} over {summary['n_subtasks']} subtasks, "
               f"{len(task.items)} items in {seconds:.1f} s ({len(task.items) / max(seconds, 1e-9):.0f} items/s), "
               f"{summary['ties']} ties -> {files['result']}")
+        if summary["non_finite"]:
+            print(f"warning: {task.name}: {summary['non_finite']} item(s) have a NaN or infinite score; they count as wrong")
         results.append((task.name, summary, files))
     return results

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, reading
 
 BACKENDS = ("causal", "mlm")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
@@ -30,22 +30,73 @@ class Loaded:
 
 
 def pick_device(device: str) -> torch.device:
+    """`auto` (a GPU when there is one), `cpu`, `cuda`, `cuda:N`; a GPU that is not there is one error line."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch is a CPU build" if torch.version.cuda is None else "no GPU is visible"
+            raise UserError(f"--device {device}: {build}; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: there are only {torch.cuda.device_count()} GPU(s) (cuda:0..); pick one of them")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {device}: only cpu and cuda devices are supported; use auto, cpu or cuda")
+    return dev
 
 
-def _max_length(model, tokenizer, override: int | None) -> int:
-    if override:
-        return override
+def _max_length(model, tokenizer, override: int | None, path: str) -> int:
     cfg = model.config
-    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+    positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
     if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        limit -= (cfg.pad_token_id or 0) + 1  # RoBERTa's positions start after padding_idx
+        positions -= (cfg.pad_token_id or 0) + 1  # RoBERTa's positions start after padding_idx
+    if override is not None:
+        if not 1 <= override <= positions:
+            raise UserError(f"--max-length {override}: the model {path} has {positions} positions; give 1 to {positions}")
+        return override
+    limit = positions
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
         limit = min(limit, tok_limit)
     return int(limit)
+
+
+def load_model_folder(folder: Path, auto, what: str, fix: str, **kwargs):
+    """`auto.from_pretrained(folder)` with every way a saved folder can be broken (a truncated or
+    corrupt safetensors, a config.json that disagrees with the weights, an unreadable config) as one
+    error line naming the folder. Used for every model this project loads: evaluated models,
+    teachers, warm starts, references."""
+    from transformers import AutoConfig
+
+    config_file = folder / "config.json"
+    with reading(config_file, f"{what}'s config", fix):
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    mismatch = shape_mismatch(folder, auto, config, fix)
+    if mismatch is not None:
+        raise UserError(f"{config_file} does not fit the weights beside it ({mismatch}); {fix}")
+    with reading(folder, f"{what} ({config.model_type})", fix):
+        return auto.from_pretrained(folder, local_files_only=True, **kwargs)
+
+
+def shape_mismatch(folder: Path, auto, config, fix: str) -> str | None:
+    """The first tensor whose shape in the safetensors headers differs from what config.json builds, or None."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    with torch.device("meta"):  # shapes only, no memory
+        expected = {k: tuple(v.shape) for k, v in auto.from_config(config).state_dict().items()}
+    for file in files:
+        with reading(file, "the weights file", fix), safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                shape = tuple(handle.get_slice(name).get_shape())
+                if name in expected and shape != expected[name]:
+                    return f"{file.name} holds {name} as {list(shape)}, the config makes it {list(expected[name])}"
+    return None
 
 
 def check_folder(path: str) -> Path:
@@ -65,21 +116,18 @@ def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", 
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise UserError(f"{path}: no tokenizer in the model folder (none of {', '.join(TOKENIZER_FILES)}); "
                         f"save it there with tokenizer.save_pretrained")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise UserError(f"{path}: the tokenizer in the model folder cannot be loaded ({first}); save it again with tokenizer.save_pretrained") from None
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    auto = AutoModelForCausalLM if backend == "causal" else AutoModelForMaskedLM
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
-    try:
-        model = auto.from_pretrained(folder, local_files_only=True, dtype=torch_dtype)
-    except ValueError as exc:
-        other = "mlm" if backend == "causal" else "causal"
-        raise UserError(f"{path}: a {config.model_type} model cannot be loaded as a {'causal' if backend == 'causal' else 'masked'} LM "
-                        f"({str(exc).splitlines()[0][:120]}); try --backend {other}") from None
     dev = pick_device(device)
+    with reading(folder / "config.json", "the model's config", "save the model again with save_pretrained"):
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)  # first: the tokenizer's loader reads it too
+    with reading(folder, "the tokenizer in the model folder", "save it again with tokenizer.save_pretrained"):
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    auto = AutoModelForCausalLM if backend == "causal" else AutoModelForMaskedLM
+    kind = "causal" if backend == "causal" else "masked"
+    if type(config) not in auto._model_mapping:
+        other = "mlm" if backend == "causal" else "causal"
+        raise UserError(f"{path}: a {config.model_type} model cannot be loaded as a {kind} LM; try --backend {other}")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
+    model = load_model_folder(folder, auto, f"the {kind} LM", "save the model again with save_pretrained", dtype=torch_dtype)
     model.to(dev).eval()
     prefix_id, note = None, ""
     if backend == "causal":
@@ -101,7 +149,7 @@ def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", 
         else:
             raise UserError(f"{path}: the tokenizer has neither an EOS nor a SEP token to stand for an empty context; "
                             f"set eos_token in {folder / 'tokenizer_config.json'}")
-    return Loaded(model, tokenizer, backend, dev, _max_length(model, tokenizer, max_length), prefix_id, note)
+    return Loaded(model, tokenizer, backend, dev, _max_length(model, tokenizer, max_length, path), prefix_id, note)
 
 
 def split_head(model: torch.nn.Module, backend: str, probe_ids: torch.Tensor):

@@ -40,7 +40,7 @@ class TaskSpec:
     data_dir: str | None = field(None, "default data folder when --data-dir is not given (relative to the working folder or the repository)")
     sources: list[Source] = field([], "where the files are, tried in order")
     choices: list[str] = field([], "fields that hold the choices, the correct one first")
-    correct: int = field(0, "index in `choices` of the correct choice")
+    correct: int = field(0, "index in `choices` of the correct choice", ge=0)
     context: str | None = field(None, "field holding a context the choices continue; null scores whole sentences")
     share_text: bool = field(True, "write item text into pairs/<task>.jsonl (false for data under a sharing rule, as EWoK)")
 
@@ -85,17 +85,24 @@ def available() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 
 
+def unknown_task(name: str) -> str | None:
+    """Why `name` is not a task (a family in eval/tasks/ or the path of a task YAML), or None."""
+    if name.endswith((".yaml", ".yml")):
+        return None if Path(name).is_file() else f"task file {name} does not exist"
+    if (TASKS_DIR / f"{name}.yaml").is_file():
+        return None
+    return (f"unknown task '{name}'{suggest(name, available())}; known: {', '.join(available())} "
+            f"(or give the path of a task YAML)")
+
+
 def resolve_spec(name: str) -> tuple[str, Path]:
     """A family name from eval/tasks/, or the path of a task YAML; unknown names suggest the closest."""
-    path = Path(name)
+    problem = unknown_task(name)
+    if problem:
+        raise UserError(f"--tasks: {problem}")
     if name.endswith((".yaml", ".yml")):
-        if not path.is_file():
-            raise UserError(f"--tasks: task file {name} does not exist")
-        return path.stem, path
-    if (TASKS_DIR / f"{name}.yaml").is_file():
-        return name, TASKS_DIR / f"{name}.yaml"
-    raise UserError(f"--tasks: unknown task '{name}'{suggest(name, available())}; known: {', '.join(available())} "
-                    f"(or give the path of a task YAML)")
+        return Path(name).stem, Path(name)
+    return name, TASKS_DIR / f"{name}.yaml"
 
 
 def data_dir_for(spec: TaskSpec, given: str | None, name: str) -> Path:
@@ -122,7 +129,7 @@ def data_dir_for(spec: TaskSpec, given: str | None, name: str) -> Path:
 def _read_jsonl(text: str, where: str, subtask: str, spec: TaskSpec, name: str) -> list[Item]:
     items = []
     needed = ([spec.context] if spec.context else []) + spec.choices
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # JSON strings may hold U+2028, U+0085 ...: \n only
         if not line.strip():
             continue
         try:
@@ -151,34 +158,31 @@ def _decode(data: bytes, where: str) -> str:
 
 
 def _from_archive(archive: Path, pattern: str, password: str | None, needs_password: bool) -> list[tuple[str, str]]:
-    """(member name, text) for archive members matching `pattern`, read in memory: nothing is extracted to disk."""
+    """(member name, text) for archive members matching `pattern`, read in memory: nothing is extracted to disk.
+    A damaged archive (truncated, a broken deflate stream, a bad CRC) is one error line naming it."""
+    from common.errors import reading
+
     out = []
     if archive.suffix == ".zip":
         if needs_password and not password:
             raise UserError(f"{archive}: the zip is password-protected; pass --ewok-password (or set EWOK_PASSWORD)")
-        try:
-            with zipfile.ZipFile(archive) as zf:
-                for member in sorted(zf.namelist()):
-                    if fnmatch.fnmatch(member, pattern):
-                        try:
-                            data = zf.read(member, pwd=password.encode() if password else None)
-                        except RuntimeError as exc:
-                            if "password" in str(exc).lower():
-                                raise UserError(f"{archive}: wrong password for {member}; check --ewok-password") from None
-                            raise
-                        except zipfile.BadZipFile as exc:  # a wrong ZipCrypto password can also fail the CRC
-                            raise UserError(f"{archive}: cannot read {member} ({exc}); wrong --ewok-password or a damaged zip") from None
-                        out.append((member, _decode(data, f"{archive}!{member}")))
-        except zipfile.BadZipFile as exc:
-            raise UserError(f"{archive}: not a readable zip ({exc}); download it again") from None
+        with reading(archive, "the zip", "download it again"), zipfile.ZipFile(archive) as zf:
+            for member in sorted(zf.namelist()):
+                if fnmatch.fnmatch(member, pattern):
+                    try:
+                        data = zf.read(member, pwd=password.encode() if password else None)
+                    except RuntimeError as exc:
+                        if "password" in str(exc).lower():
+                            raise UserError(f"{archive}: wrong password for {member}; check --ewok-password") from None
+                        raise
+                    except zipfile.BadZipFile as exc:  # a wrong ZipCrypto password can also fail the CRC
+                        raise UserError(f"{archive}: cannot read {member} ({exc}); wrong --ewok-password or a damaged zip") from None
+                    out.append((member, _decode(data, f"{archive}!{member}")))
     else:
-        try:
-            with tarfile.open(archive) as tf:
-                for member in sorted(tf.getmembers(), key=lambda m: m.name):
-                    if member.isfile() and fnmatch.fnmatch(member.name, pattern):
-                        out.append((member.name, _decode(tf.extractfile(member).read(), f"{archive}!{member.name}")))
-        except tarfile.TarError as exc:
-            raise UserError(f"{archive}: not a readable archive ({exc}); download it again") from None
+        with reading(archive, "the archive", "download it again"), tarfile.open(archive) as tf:
+            for member in sorted(tf.getmembers(), key=lambda m: m.name):
+                if member.isfile() and fnmatch.fnmatch(member.name, pattern):
+                    out.append((member.name, _decode(tf.extractfile(member).read(), f"{archive}!{member.name}")))
     return out
 
 

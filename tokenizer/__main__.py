@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="write the embedded demo corpus and minimal pairs")
     d.add_argument("out_dir")
     d.add_argument("--seed", type=int, default=42)
-    d.add_argument("--sentences", type=int, default=20000)
+    d.add_argument("--sentences", type=int, default=20000, help="training sentences (at least 10; dev gets a tenth)")
     return parser
 
 
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from tokenizer import demo
 
+        demo.check_target(args.out_dir, args.sentences)
         print(demo.generate(args.out_dir, seed=args.seed, n_sentences=args.sentences))
         return 0
     from tokenizer.prepare import prepare

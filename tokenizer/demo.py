@@ -160,6 +160,22 @@ def corpus_sentence(rng: random.Random) -> str:
     return make(rng)[0]
 
 
+def check_target(out_dir: str | Path, n_sentences: int) -> None:
+    """Refuse a sentence count the grammar cannot use, or a folder that already holds a corpus or pairs
+    (the demo never writes over files: they may be someone's)."""
+    from common.errors import UserError
+
+    if n_sentences < 10:
+        raise UserError(f"--sentences {n_sentences}: give at least 10 (the dev set gets a tenth)")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; give a folder for the demo corpus")
+    taken = [p for p in (out / "train", out / "dev", out / "pairs") if p.exists() and (not p.is_dir() or any(p.iterdir()))]
+    if taken:
+        raise UserError(f"{out}: already holds {', '.join(p.name + '/' for p in taken)}; the demo does not write over them, "
+                        f"choose an empty or new folder")
+
+
 def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pairs_per_phenomenon: int = 200) -> Path:
     """Write `train/demo.train`, `dev/demo.dev` and `pairs/<UID>.jsonl` under `out_dir`."""
     out = Path(out_dir)
