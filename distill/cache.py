@@ -17,15 +17,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, reading
+from common.paths import remove_ours
 
 MANIFEST = "cache.json"
+PARTIAL = ".babydistill-partial"  # marks the temporary folder a cache is written into
 SHARD_BLOCKS = 1024
 VERSION = 1
 
@@ -69,15 +70,26 @@ class TeacherCache:
         if not manifest.is_file():
             raise UserError(f"distill.teacher_cache={folder}: no {MANIFEST} there (missing or unfinished); "
                             f"run python -m distill cache-teachers with this config first")
-        info = json.loads(manifest.read_text())
+        fix = "write the cache again with python -m distill cache-teachers --overwrite"
+        info = read_manifest(manifest, fix)
         for key, value in expected.items():
             if info["fingerprint"].get(key) != value:
                 raise UserError(f"distill.teacher_cache={folder}: stale cache: {EXPLAIN.get(key, key)} changed since it was written "
                                 f"({key}: cache {info['fingerprint'].get(key)!r}, run {value!r}); "
                                 f"rerun python -m distill cache-teachers with --overwrite")
         self.n_blocks, self.shard_blocks = info["n_blocks"], info["shard_blocks"]
-        self.shards = [{name: np.load(self.folder / f"shard-{i:05d}.{name}.npy", mmap_mode="r") for name in ("logp", "ids", "rest")}
-                       for i in range(info["n_shards"])]
+        self.shards = []
+        k, T = info["fingerprint"]["top_k"], info["fingerprint"]["block_size"]
+        for i in range(info["n_shards"]):
+            rows = min(self.shard_blocks, self.n_blocks - i * self.shard_blocks)
+            shard = {}
+            for name, shape in (("logp", (rows, T, k)), ("ids", (rows, T, k)), ("rest", (rows, T))):
+                path = self.folder / f"shard-{i:05d}.{name}.npy"
+                with reading(path, "a teacher-cache shard", fix):  # a truncated shard fails here, not mid-training
+                    shard[name] = np.load(path, mmap_mode="r")
+                if shard[name].shape != shape:
+                    raise UserError(f"{path}: holds {shard[name].shape}, not the {shape} of its manifest (damaged); {fix}")
+            self.shards.append(shard)
 
     def lookup(self, block_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log-probs [B, T, k] float32, ids [B, T, k] long, rest [B, T] float32) for the given blocks."""
@@ -100,9 +112,9 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
     id_dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
     n, T = len(blocks), cfg.data.block_size
     tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_ours(tmp, PARTIAL, "an unfinished teacher cache")  # left by a killed run; anything else is refused
     tmp.mkdir(parents=True)
+    (tmp / PARTIAL).write_text("a teacher cache being written by python -m distill cache-teachers\n")
     n_shards = -(-n // SHARD_BLOCKS)
     bar = tqdm(total=n, desc="caching teacher top-k", unit="block", disable=not progress)
     for s in range(n_shards):
@@ -128,9 +140,30 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
     manifest = {"fingerprint": fp, "n_blocks": n, "shard_blocks": SHARD_BLOCKS, "n_shards": n_shards,
                 "teachers": [t.path for t in cfg.distill.teachers], "vocab_size": vocab}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
+    (tmp / PARTIAL).unlink()
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    remove_ours(out, MANIFEST, "a teacher cache")  # the cache being replaced (--overwrite); never a folder of the user's
     tmp.rename(out)
+
+
+def check_target(out: Path) -> None:
+    """The cache folder may be new, empty, or a cache of ours; anything else is refused before any work."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; choose a folder for the teacher cache")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise UserError(f"--out {out}: holds files but is not a teacher cache (no {MANIFEST}), so it is not replaced; "
+                        f"choose another --out (an empty or new folder)")
+
+
+def read_manifest(path: Path, fix: str) -> dict:
+    """cache.json, checked for the fields the reader uses."""
+    with reading(path, "the teacher cache's manifest", fix):
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(info, dict) and isinstance(info.get("fingerprint"), dict)
+                and all(isinstance(info.get(k), int) for k in ("n_blocks", "shard_blocks", "n_shards"))):
+            raise ValueError("it lacks fingerprint, n_blocks, shard_blocks or n_shards")
+    return info
 
 
 def default_folder(cfg) -> Path:
@@ -143,6 +176,7 @@ def main(argv: list[str]) -> int:
     from common import config as cfglib
     from distill.config import DistillRunConfig
     from distill.teachers import load_teachers
+    from eval.model import pick_device
     from tokenizer.prepare import load_blocks, prepare
 
     p = argparse.ArgumentParser(prog="python -m distill cache-teachers",
@@ -160,19 +194,20 @@ def main(argv: list[str]) -> int:
         raise UserError("distill.losses.logit_kd.ensemble=per_teacher: the cache holds one ensemble distribution; "
                         "use mean_logits or mean_probs, or train with the teachers online")
     out = Path(args.out) if args.out else default_folder(cfg)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    check_target(out)
+    device = pick_device(args.device)
 
     prepared = prepare(cfg.data, cfg.tokenizer)
     tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
     teachers = load_teachers(cfg, Path(prepared.tokenizer_dir), None, device)
     fp = fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint)
     if (out / MANIFEST).is_file():
-        old = json.loads((out / MANIFEST).read_text())["fingerprint"]
+        old = read_manifest(out / MANIFEST, "move the folder away, or pass --overwrite to write the cache again")["fingerprint"]
         if old == fp:
             print(f"{out}: already holds this cache (same fingerprint); nothing to do")
             return 0
         if not args.overwrite:
-            changed = next(k for k in fp if old.get(k) != fp[k])
+            changed = next((k for k in fp if old.get(k) != fp[k]), "version")
             raise UserError(f"{out}: holds a cache of different inputs ({EXPLAIN.get(changed, changed)} differ); "
                             f"pass --overwrite to replace it or --out another folder")
     blocks = load_blocks(prepared.train_blocks)

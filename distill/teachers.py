@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from common.errors import UserError
-from eval.model import check_folder
+from common.errors import UserError, reading
+from eval.model import check_folder, load_model_folder
 
 
 @dataclass
@@ -31,8 +31,9 @@ def tokenizer_identity(folder: Path) -> dict:
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise UserError(f"{folder}: no tokenizer.json; the teacher folder must hold the tokenizer it was trained with")
-    model = json.loads(path.read_text(encoding="utf-8"))["model"]
-    merges = [" ".join(m) if isinstance(m, list) else m for m in model.get("merges", [])]
+    with reading(path, "the tokenizer", "save the tokenizer again with tokenizer.save_pretrained"):
+        model = json.loads(path.read_text(encoding="utf-8"))["model"]
+        merges = [" ".join(m) if isinstance(m, list) else m for m in model.get("merges", [])]
     return {"vocab": model.get("vocab"), "merges": merges}
 
 
@@ -76,6 +77,10 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if setting == "bfloat16" else torch.float32
 
 
+def positions(config) -> int | None:
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, device: torch.device,
                   weights: bool = True) -> list[Teacher]:
     """Every configured teacher, checked, frozen (requires_grad False), in eval mode, on `device`.
@@ -92,15 +97,20 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
             folder = check_folder(tc.path)
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None
-        config = AutoConfig.from_pretrained(folder)
+        fix = f"save the teacher again with save_pretrained, or fix distill.teachers[{i}].path"
+        with reading(folder / "config.json", f"teacher {i}'s config", fix):
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
         arch = (getattr(config, "architectures", None) or [""])[0]
         if "MaskedLM" in arch or not (arch.endswith(("ForCausalLM", "LMHeadModel")) or getattr(config, "is_decoder", False)):
             raise UserError(f"{where}: is a {config.model_type} model, not a causal LM; a causal student needs causal teachers "
                             f"(use the weighted mutual learning of python -m distill.wml for masked LMs)")
+        if positions(config) is not None and positions(config) < cfg.data.block_size:
+            raise UserError(f"{where}: has {positions(config)} positions, fewer than data.block_size={cfg.data.block_size}; "
+                            f"lower data.block_size or use a teacher with more positions")
         check_same_tokenizer(folder, student_tokenizer_dir)
         layer_map = (resolve_layer_map(tc.layer_map, num_layers(config), student_layers, f"{where}.layer_map")
                      if student_layers else [])
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval() if weights else None
+        model = load_model_folder(folder, AutoModelForCausalLM, f"teacher {i}", fix, dtype=dtype).to(device).eval() if weights else None
         if model is not None:
             model.requires_grad_(False)
         out.append(Teacher(name=folder.parent.name if folder.name == "model" else folder.name, model=model, weight=tc.weight,

@@ -58,10 +58,9 @@ def tied_duplicates(module: nn.Module) -> list[str] | None:
     """Names of state-dict entries that share storage with an earlier one (GPT-2's head and embedding).
     Checkpoints store them once; the Trainer, finding them missing on load, calls the wrapper's
     tie_weights() (when they are listed as `_keys_to_ignore_on_save`) instead of warning."""
-    seen, tied = set(), []
-    for name, tensor in module.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        (tied.append(name) if key in seen else seen.add(key))
+    from train.rundir import state_groups
+
+    tied = [name for group in state_groups(module) for name in group[1:]]
     return tied or None
 
 

@@ -97,9 +97,9 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     """The peers (one per searched architecture, initialised in order after the run's seed), the teacher for vanilla."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from distill.teachers import check_same_tokenizer
+    from distill.teachers import check_same_tokenizer, positions
     from distill.wml.peers import PeersWrapper, WMLTrainer
-    from eval.model import check_folder
+    from eval.model import check_folder, load_model_folder
     from train.session import Built
 
     objective = "masked" if cfg.wml.model_type == "MLM" else "causal"
@@ -119,7 +119,11 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     if cfg.wml.distillation_method == "vanilla":
         folder = check_folder(cfg.wml.teacher)
         check_same_tokenizer(folder, Path(prepared.tokenizer_dir))
-        teacher = auto.from_pretrained(folder).to(device).eval().requires_grad_(False)
+        teacher = load_model_folder(folder, auto, "the vanilla teacher (wml.teacher)", "save it again with save_pretrained, or fix wml.teacher")
+        if positions(teacher.config) is not None and positions(teacher.config) < cfg.data.block_size:
+            raise UserError(f"wml.teacher={cfg.wml.teacher}: has {positions(teacher.config)} positions, fewer than "
+                            f"data.block_size={cfg.data.block_size}; lower data.block_size or use another teacher")
+        teacher = teacher.to(device).eval().requires_grad_(False)
     wrapper = PeersWrapper(peers, objective, cfg.wml.loss_alpha, cfg.wml.distillation_method, teacher)
     sizes = ", ".join(f"{sum(x.numel() for x in m.parameters()):,}" for m in peers)
 
@@ -139,26 +143,14 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
 
 def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
     """Each peer's dev CE, the champion, the ω plot, and each peer's evaluation."""
-    import torch
-
     from common.paths import write_atomic
-    from distill.wrapper import scored_positions
 
-    dev_ce = [None] * len(wrapper.peers)
-    if trainer.eval_dataset is not None:
-        totals = torch.zeros(len(wrapper.peers), dtype=torch.float64)
-        count = 0
-        wrapper.eval()
-        with torch.no_grad():
-            for batch in trainer.get_eval_dataloader():
-                batch = trainer._prepare_inputs(batch)
-                rows, targets = scored_positions(batch["labels"], wrapper.objective == "causal")
-                for i, peer in enumerate(wrapper.peers):
-                    logits = rows(peer(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits)
-                    totals[i] += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double().cpu()
-                count += targets.numel()
-        dev_ce = (totals / max(count, 1)).tolist()
-    champion = int(min(range(len(dev_ce)), key=lambda i: dev_ce[i])) if dev_ce[0] is not None else 0
+    import math
+
+    dev_ce = trainer.peer_dev_ce() if trainer.eval_dataset is not None else [None] * len(wrapper.peers)
+    dev_ce = [x if x is None or math.isfinite(x) else None for x in dev_ce]  # a diverged peer has no dev CE, never the champion
+    finite = [i for i, x in enumerate(dev_ce) if x is not None]
+    champion = min(finite, key=lambda i: dev_ce[i]) if finite else 0
     info = {"champion": champion, "dev_ce": dev_ce, "omega": [float(x) for x in wrapper.omega],
             "peers": [f"peer-{i}" for i in range(len(wrapper.peers))]}
     if trainer.is_world_process_zero():
@@ -172,7 +164,7 @@ def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
             for i in range(len(wrapper.peers)):
                 opts.out = str(run_path / "eval" / f"peer-{i}")
                 evaluate(str(run_path / "model" / f"peer-{i}"), cfg.wml.eval_tasks, opts)
-        print(f"champion: peer-{champion} (dev CE {dev_ce[champion]:.4f})" if dev_ce[0] is not None else "champion: peer-0 (no dev set)")
+        print(f"champion: peer-{champion} (dev CE {dev_ce[champion]:.4f})" if finite else "champion: peer-0 (no dev CE)")
     return {"champion": champion, "peer_dev_ce": dev_ce}
 
 
@@ -183,7 +175,9 @@ def plot_omega(metrics: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if '"omega/0"' in line and '"loss"' in line]
+    from train.trainer import read_metrics
+
+    rows = [r for r in read_metrics(metrics) if "omega/0" in r and "loss" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     k = len([key for key in rows[0] if key.startswith("omega/")]) if rows else 0
     for i in range(k):

@@ -15,29 +15,29 @@ from train.config import ModelConfig, RunSections, check_run
 
 @dataclass
 class SearchSpace:
-    layers: list[int] = field([6, 8, 12, 16, 20], "numbers of layers the peer search may choose")
-    heads: list[int] = field([8, 16, 32], "numbers of attention heads (a head count must divide the hidden size)")
-    hidden: list[int] = field([256, 512, 768, 1024, 2048], "hidden sizes")
+    layers: list[int] = field([6, 8, 12, 16, 20], "numbers of layers the peer search may choose", ge=1)
+    heads: list[int] = field([8, 16, 32], "numbers of attention heads (a head count must divide the hidden size)", ge=1)
+    hidden: list[int] = field([256, 512, 768, 1024, 2048], "hidden sizes", ge=1)
 
 
 @dataclass
 class WMLConfig:
-    num_peers: int = field(4, "peers trained together: 1 (ordinary training), 2 or 4; peer i targets N/(i + 2) parameters")
+    num_peers: int = field(4, "peers trained together: 1 (ordinary training), 2 or 4; peer i targets N/(i + 2) parameters", ge=1, le=4)
     model_type: Literal["CLM", "MLM"] = field("CLM", "causal or masked LM peers; must match the reference architecture's objective")
     distillation_method: Literal["mutual", "vanilla"] = field("mutual", "mutual: peers teach each other; vanilla: each peer distils from wml.teacher instead")
     teacher: str = field("", "vanilla: a local Hugging Face folder of the teacher (same tokenizer, same objective)")
-    loss_alpha: float = field(0.5, "α: weight of the distillation part against (1 − α) for the peers' cross-entropy")
-    weight_update_frequency: int = field(10, "a mirror-descent step of the peer weights ω every this many training steps")
-    eta: float = field(0.05, "peak step size η of the peer-weight update")
-    eta_min: float = field(0.005, "η after its cosine decay")
-    eta_warmup: int = field(5, "peer-weight updates of linear η warmup")
-    eta_steps: int = field(200, "peer-weight updates over which η decays to eta_min")
+    loss_alpha: float = field(0.5, "α: weight of the distillation part against (1 − α) for the peers' cross-entropy", ge=0, le=1)
+    weight_update_frequency: int = field(10, "a mirror-descent step of the peer weights ω every this many training steps", ge=1)
+    eta: float = field(0.05, "peak step size η of the peer-weight update", gt=0)
+    eta_min: float = field(0.005, "η after its cosine decay", ge=0)
+    eta_warmup: int = field(5, "peer-weight updates of linear η warmup", ge=0)
+    eta_steps: int = field(200, "peer-weight updates over which η decays to eta_min", ge=1)
     reference_folder: str = field("", "a local Hugging Face folder whose parameter count is N; empty = the model section's architecture")
     use_opt_config: bool = field(True, "true: search peer architectures (or reuse a finished search with the same settings); false: reuse arch_search_results/, which must exist")
     search: SearchSpace = field(SearchSpace(), "the peer search space (hidden must be divisible by heads)")
-    init_points: int = field(10, "random initial points of the Bayesian search, per peer")
-    n_iter: int = field(100, "Bayesian-optimisation iterations, per peer")
-    seed: int = field(0, "seed of the peer search")
+    init_points: int = field(10, "random initial points of the Bayesian search, per peer", ge=1)
+    n_iter: int = field(100, "Bayesian-optimisation iterations, per peer", ge=0)
+    seed: int = field(0, "seed of the peer search", ge=0, le=2**32 - 1)
     eval_tasks: list[str] = field([], "evaluation tasks run on every peer at the end (e.g. demo_pairs); empty = none")
     eval_data_dir: str = field("", "data folder for eval_tasks (as python -m eval --data-dir)")
 
@@ -54,17 +54,17 @@ class WMLRunConfig(RunSections):
             raise ConfigError("wml.num_peers", f"must be 1, 2 or 4, got {w.num_peers}")
         if w.num_peers > 1 and not self.data.dev_dir:
             raise ConfigError("data.dev_dir", "is empty; the peer weights are learned on dev batches, so wml.num_peers > 1 needs a dev set")
-        if not 0.0 <= w.loss_alpha <= 1.0:
-            raise ConfigError("wml.loss_alpha", f"must be in [0, 1], got {w.loss_alpha}")
-        for key in ("weight_update_frequency", "eta_steps"):
-            if getattr(w, key) < 1:
-                raise ConfigError(f"wml.{key}", f"must be at least 1, got {getattr(w, key)}")
-        if w.eta <= 0 or w.eta_min < 0 or w.eta_min > w.eta:
-            raise ConfigError("wml.eta", f"needs 0 <= eta_min <= eta and eta > 0, got eta={w.eta}, eta_min={w.eta_min}")
+        if w.eta_min > w.eta:
+            raise ConfigError("wml.eta_min", f"is {w.eta_min}, above wml.eta={w.eta}")
         for key in ("layers", "heads", "hidden"):
-            values = getattr(w.search, key)
-            if not values or min(values) < 1:
-                raise ConfigError(f"wml.search.{key}", f"must be a non-empty list of positive integers, got {values}")
+            if not getattr(w.search, key):
+                raise ConfigError(f"wml.search.{key}", "is empty; give a list of positive integers")
+        from eval.tasks import unknown_task
+
+        for i, task in enumerate(w.eval_tasks):
+            problem = unknown_task(task)
+            if problem:
+                raise ConfigError(f"wml.eval_tasks[{i}]", problem)
         if not any(h % n == 0 for h in w.search.hidden for n in w.search.heads):
             raise ConfigError("wml.search.hidden", "no hidden size is divisible by any head count; no architecture is valid")
         if w.distillation_method == "vanilla":

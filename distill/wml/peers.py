@@ -132,6 +132,29 @@ class WMLTrainer(WrapperTrainer):
         wrapper.outer_steps += 1
         self._last_g, self._last_eta = g.tolist(), eta
 
+    @torch.no_grad()
+    def peer_dev_ce(self) -> list[float]:
+        """Each peer's cross-entropy over the whole dev set. The evaluation loader is sharded across ranks:
+        every rank sums its examples, and gather_for_metrics joins all of them (leaving out the examples
+        the sampler repeats to even the shards), so every rank gets the dev CE of the full set."""
+        wrapper = self.accelerator.unwrap_model(self.model)
+        wrapper.eval()
+        causal = wrapper.objective == "causal"
+        totals = torch.zeros(len(wrapper.peers) + 1, dtype=torch.float64)
+        for batch in self.get_eval_dataloader():
+            batch = self._prepare_inputs(batch)
+            targets = batch["labels"][:, 1:] if causal else batch["labels"]
+            rows = [(targets != -100).sum(1).double()]  # per example: its scored tokens, then each peer's CE sum
+            for peer in wrapper.peers:
+                logits = peer(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+                logits = logits[:, :-1] if causal else logits
+                ce = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                 ignore_index=-100, reduction="none")
+                rows.append(ce.view(targets.shape).sum(1).double())
+            per_example = self.accelerator.gather_for_metrics(torch.stack(rows, dim=1))
+            totals += per_example.sum(0).cpu()
+        return (totals[1:] / totals[0].clamp_min(1)).tolist()
+
     def extra_logs(self) -> dict:
         wrapper = self.accelerator.unwrap_model(self.model)
         logs = {f"omega/{i}": round(float(v), 6) for i, v in enumerate(wrapper.omega)}

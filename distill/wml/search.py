@@ -84,7 +84,10 @@ def reference_from_folder(folder: str) -> Reference:
     """A local Hugging Face model folder as the reference."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(folder)
+    from common.errors import reading
+
+    with reading(f"{folder}/config.json", "the reference model's config", "save it again with save_pretrained, or fix wml.reference_folder"):
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
     arch = (config.architectures or [""])[0]
     objective = "masked" if "MaskedLM" in arch else "causal"
     fields = {k: v for k, v in config.to_diff_dict().items() if k not in ("architectures", "transformers_version", "dtype", "torch_dtype")}
