@@ -47,7 +47,7 @@ def print_plan(points, cfg) -> None:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     from grid import executors
-    from grid.plan import expand, finalists, load_grid
+    from grid.plan import expand, load_grid
 
     args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     cfg = load_grid(args.grid, args.overrides)
@@ -59,6 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.executor.kind == "slurm":
         executors.check_slurm()
+    from common.paths import FolderLock, Locked
+
+    try:
+        with FolderLock(cfg.root / "_grid"):  # one launcher per grid: a second one would train every point twice
+            return launch(cfg, points)
+    except Locked as exc:
+        raise UserError(f"{cfg.root}: another launcher is running this grid ({exc.holder}); wait for it to end, "
+                        f"or stop it, then run the same command again") from None
+
+
+def launch(cfg, points) -> int:
+    from grid import executors
+    from grid.plan import finalists
+
     root = cfg.root
     failed = []
     for stage in cfg.stages:

@@ -23,7 +23,7 @@ class StageConfig:
 class SelectConfig:
     stage: str = field("", "the stage whose points are ranked for finalists; empty: no selection")
     metric: str = field("dev_ce", "dev_ce (lower is better) or an evaluated task's accuracy, e.g. blimp_filtered (higher is better)")
-    finalists: int = field(1, "how many of the best points are retrained with `overrides`")
+    finalists: int = field(1, "how many of the best points are retrained with `overrides`", ge=1)
     overrides: dict[str, Any] = field({"data.train_fraction": 1.0}, "dotted recipe keys for the finalists' runs (the full data)")
 
 
@@ -32,14 +32,14 @@ class ExecutorConfig:
     kind: Literal["slurm", "local", "debug"] = field(
         "local", "slurm: one submitit job array per stage; local: one point after another here; debug: in this process")
     partition: str = field("", "SLURM partition (empty: the cluster's default)")
-    nodes: int = field(1, "nodes per point (torchrun across them)")
-    gpus_per_node: int = field(0, "GPUs per node (one process each); 0: one CPU process")
-    cpus_per_task: int = field(2, "CPU cores per point and node")
-    mem_gb: int = field(0, "memory per node in GB; 0: the cluster's default")
-    time_min: int = field(60, "time limit per job in minutes (a point that needs longer checkpoints and requeues)")
-    array_parallelism: int = field(16, "points of one stage running at once")
-    signal_delay_s: int = field(120, "SIGUSR2 this many seconds before the time limit: checkpoint, then requeue")
-    max_requeues: int = field(3, "time-limit requeues per point before it is given up")
+    nodes: int = field(1, "nodes per point (torchrun across them)", ge=1)
+    gpus_per_node: int = field(0, "GPUs per node (one process each); 0: one CPU process", ge=0)
+    cpus_per_task: int = field(2, "CPU cores per point and node", ge=1)
+    mem_gb: int = field(0, "memory per node in GB; 0: the cluster's default", ge=0)
+    time_min: int = field(60, "time limit per job in minutes (a point that needs longer checkpoints and requeues)", ge=1)
+    array_parallelism: int = field(16, "points of one stage running at once", ge=1)
+    signal_delay_s: int = field(120, "SIGUSR2 this many seconds before the time limit: checkpoint, then requeue", ge=1)
+    max_requeues: int = field(3, "time-limit requeues per point before it is given up", ge=0)
     deepspeed: str = field("", "DeepSpeed JSON for every point (config/deepspeed/zero2.json); empty: none")
     venv: str = field("", "venv activated in the jobs (default: the launcher's own python)")
 
@@ -61,8 +61,19 @@ class GridConfig:
         return Path(self.output_dir) / self.name
 
     def check(self) -> None:
-        if not self.name:
-            raise ConfigError("name", "is empty; name the grid (its runs go to <output_dir>/<name>/)")
+        from common.paths import name_problem
+        from eval.tasks import unknown_task
+
+        problem = name_problem(self.name)
+        if problem:
+            raise ConfigError("name", f"{problem}; name the grid with one folder name (its runs go to <output_dir>/<name>/)")
+        for parent in [self.root, *self.root.parents]:
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError("output_dir", f"{parent} is a file, but the grid's runs go to {self.root}; move it or choose another output_dir")
+        for i, task in enumerate(self.tasks):
+            problem = unknown_task(task)
+            if problem:
+                raise ConfigError(f"tasks[{i}]", problem)
         if not self.stages:
             raise ConfigError("stages", "is empty; give at least one stage with recipes")
         names = [s.name for s in self.stages]

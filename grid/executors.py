@@ -26,12 +26,20 @@ ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPEND
 
 
 def run_debug(points: list[Point], root: Path, ex: ExecutorConfig) -> list[tuple[Point, str]]:
+    """Every point in this process; a point that fails, however it fails, is reported and the next one runs."""
+    import traceback
+
     failed = []
     for p in points:
         try:
             run_in_process(p)
         except (PointFailed, UserError) as exc:
             failed.append((p, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a defect in one point must not cost the others their run
+            log = Path(p.run) / "logs" / "debug-executor-error.txt"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            failed.append((p, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''} (traceback in {log})"))
     return failed
 
 

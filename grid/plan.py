@@ -6,8 +6,10 @@ task's evaluation), `partial` (a config.yaml: resumed from its newest checkpoint
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,12 +72,45 @@ class Point:
         return "partial" if (run / "config.yaml").is_file() else "new"
 
 
+NAME_BYTES = 200  # a point's folder name, hash included, stays well under the 255 bytes of one path component
+SAFE = re.compile(r"[^A-Za-z0-9._+=,-]+")
+
+
 def _fmt(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
 def _short(key: str) -> str:
     return ".".join(key.split(".")[-2:])
+
+
+def point_name(base: str, values: dict[str, Any]) -> str:
+    """`<base>__<key>=<value>...`, one safe folder name: characters outside [A-Za-z0-9._+=,-] become '-'
+    (a path value's '/' never nests folders, '..' never climbs out), and a name that had to change or is
+    long gets a hash of the exact values (grid.json keeps them whole)."""
+    readable = base + "".join(f"__{_short(k)}={_fmt(v)}" for k, v in values.items())
+    name = SAFE.sub("-", readable).strip("-") or "point"
+    if name.startswith("."):
+        name = "p" + name
+    if name == readable and len(name.encode()) <= NAME_BYTES:
+        return name
+    digest = hashlib.sha256(json.dumps([base, values], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return name.encode()[:NAME_BYTES - 12].decode(errors="ignore").rstrip("-") + f"__{digest}"
+
+
+def plain(value: Any) -> Any:
+    """A config value as YAML/JSON data (sections as mappings)."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def dotted_get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else getattr(cfg, part)
+    return plain(cfg)
 
 
 def _combinations(stage: StageConfig) -> list[dict[str, Any]]:
@@ -104,21 +139,30 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
             kind = recipe_kind(raw)
             base = (raw.get("output") or {}).get("name") or Path(recipe).stem
             for combo in _combinations(stage):
-                name = base + "".join(f"__{_short(k)}={_fmt(v)}" for k, v in combo.items())
                 overrides = {**stage.overrides, **combo, "output.dir": cfg.output_dir, "output.experiment": cfg.name,
-                             "output.name": name}
+                             "output.name": base}
                 if kind == "wml":
                     overrides["wml.eval_tasks"] = []  # the grid evaluates every peer itself, on its own tasks
-                point = Point(grid=cfg.name, stage=stage.name, name=name, recipe=recipe, kind=kind, axes=combo,
-                              overrides=overrides, run=str(cfg.root / name), tasks=list(cfg.tasks), eval_data_dir=cfg.eval_data_dir,
+                point = Point(grid=cfg.name, stage=stage.name, name=base, recipe=recipe, kind=kind, axes=combo,
+                              overrides=overrides, run="", tasks=list(cfg.tasks), eval_data_dir=cfg.eval_data_dir,
                               deepspeed=cfg.executor.deepspeed, extra=list(extra))
-                point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})")
+                built, point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})")
+                # The values as the config reads them: 0.001 and "1e-3" are one value, hence one point.
+                point.axes = {k: dotted_get(built, k) for k in combo}
+                point.name = point_name(base, point.axes)
+                point.overrides.update({**point.axes, "output.name": point.name})
+                point.run = str(cfg.root / point.name)
                 points.append(point)
     seen: dict[str, Point] = {}
     for p in points:
         if p.name in seen:
-            raise UserError(f"{grid_path}: two points are both named '{p.name}' ({seen[p.name].recipe} in stage "
-                            f"{seen[p.name].stage}, {p.recipe} in stage {p.stage}); give the recipes different output.name")
+            q = seen[p.name]
+            if (q.recipe, q.stage) == (p.recipe, p.stage):
+                raise UserError(f"{grid_path}: stage {p.stage}: two points of {p.recipe} have the same values "
+                                f"({', '.join(f'{k}={v!r}' for k, v in p.axes.items())}): an axis lists one value twice "
+                                f"(maybe in two spellings, as 0.001 and 1e-3); remove the repeat")
+            raise UserError(f"{grid_path}: two points are both named '{p.name}' ({q.recipe} in stage "
+                            f"{q.stage}, {p.recipe} in stage {p.stage}); give the recipes different output.name")
         seen[p.name] = p
     if cfg.select.stage:
         n = sum(p.stage == cfg.select.stage for p in points)
@@ -128,19 +172,19 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
     return points
 
 
-def check_point(point: Point, grid_path: str | Path, where: str) -> str:
-    """Build the point's config (no cross-run checks); returns how its models are evaluated."""
+def check_point(point: Point, grid_path: str | Path, where: str) -> tuple[Any, str]:
+    """Build the point's config (no cross-run checks); returns it and how its models are evaluated."""
     try:
         cfg = cfglib.load(schema(point.kind), point.recipe, point.sets(), check=False)
     except UserError as exc:
         message = str(exc).replace("command line: ", "")
         raise UserError(f"{grid_path}: {where}, recipe {point.recipe}: {message}") from None
     if point.kind == "wml":
-        return "mlm" if cfg.wml.model_type == "MLM" else "causal"
+        return cfg, "mlm" if cfg.wml.model_type == "MLM" else "causal"
     from train.models import read_architecture
 
     objective, _ = read_architecture(cfg.model)
-    return "mlm" if objective == "masked" else "causal"
+    return cfg, "mlm" if objective == "masked" else "causal"
 
 
 def finalists(cfg: GridConfig, points: list[Point]) -> list[Point]:
@@ -154,7 +198,11 @@ def finalists(cfg: GridConfig, points: list[Point]) -> list[Point]:
     for p in points:
         if p.stage != cfg.select.stage or p.state() != "done":
             continue
-        values = [sign * r[metric] for r in read_run(Path(p.run)) if r.get(metric) is not None]
+        try:
+            values = [sign * r[metric] for r in read_run(Path(p.run)) if isinstance(r.get(metric), (int, float))]
+        except (ValueError, KeyError, TypeError) as exc:
+            print(f"warning: {p.name} is not ranked for the finalists: {exc}")
+            continue
         if values:  # a WML point counts with its best peer
             scored.append((min(values), p))
     scored.sort(key=lambda t: t[0])

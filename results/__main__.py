@@ -27,22 +27,34 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("run_a")
     m.add_argument("run_b")
     m.add_argument("--task", required=True, help="an evaluated task, e.g. blimp_filtered")
-    m.add_argument("--samples", type=int, default=10000, help="bootstrap resamples")
+    m.add_argument("--samples", type=int, default=10000, help="bootstrap resamples (at least 1)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", help="also write the comparison as JSON to this file")
     return p
+
+
+def check_out_file(out: str | None) -> None:
+    if out and (Path(out).is_dir() or (Path(out).parent.exists() and not Path(out).parent.is_dir())):
+        raise UserError(f"--out {out}: is a folder (or under a file); give a file path for the JSON")
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "compare":
+        from common.paths import write_atomic
         from results.compare import compare
 
         for r in (args.run_a, args.run_b):
             if not Path(r).is_dir():
                 raise UserError(f"{r}: run directory not found")
+        if not 1 <= args.samples <= 10_000_000:
+            raise UserError(f"--samples {args.samples}: give 1 to 10,000,000 bootstrap resamples (10,000 is usual)")
+        check_out_file(args.out)
         out = compare(Path(args.run_a), Path(args.run_b), args.task, args.samples, args.seed)
         print(json.dumps(out, indent=2))
+        if args.out:
+            write_atomic(Path(args.out), json.dumps(out, indent=2) + "\n")
         print(f"{args.task}: A {out['accuracy_a']:.4f} vs B {out['accuracy_b']:.4f} on {out['pairs']} pairs; "
               f"McNemar p = {out['mcnemar_p']:.3g} ({out['only_a_right']} right only in A, {out['only_b_right']} only in B); "
               f"difference {out['difference']:+.4f}, 95% bootstrap [{out['bootstrap_95'][0]:+.4f}, {out['bootstrap_95'][1]:+.4f}]")
@@ -63,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{', '.join(map(str, roots))}: no finished run (DONE) to collect" + (f"; {len(incomplete)} incomplete" if incomplete else ""))
     name = args.name or roots[0].resolve().name
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the tables and plots")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / f"{name}.csv", df.to_csv(index=False))
     table = markdown(df)

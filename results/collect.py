@@ -57,46 +57,93 @@ def _method(config: dict) -> str:
     return "train"
 
 
-def _eval_columns(eval_dir: Path) -> dict:
+class Unusable(ValueError):
+    """A run that cannot be collected: `file` (relative to the run) and why."""
+
+    def __init__(self, file: str, reason: str):
+        super().__init__(f"{file}: {reason}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:120]}" if text else type(exc).__name__
+
+
+def _read(run: Path, name: str, parse, kind: type, optional: bool = False):
+    """A file of the run parsed, and of the expected type (dict, list); anything else is `Unusable`."""
+    path = run / name
+    if optional and not path.is_file():
+        return kind()
+    try:
+        value = parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise Unusable(name, f"unreadable ({_reason(exc)})") from None
+    if not isinstance(value, kind):
+        raise Unusable(name, f"holds a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _number(value, file: str, key: str):
+    """A metric that must be a number (or absent)."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise Unusable(file, f"{key} is {value!r}, not a number")
+
+
+def _jsonl(text: str) -> list:
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
+
+
+def _eval_columns(run: Path, eval_dir: Path) -> dict:
     row = {}
     for file in sorted(eval_dir.glob("*.json")):
-        summary = json.loads(file.read_text())
+        name = str(file.relative_to(run))
+        summary = _read(run, name, json.loads, dict)
         if "accuracy" in summary and "task" in summary:
-            row[f"{summary['task']}"] = summary["accuracy"]
-            row[f"{summary['task']}_stderr"] = summary.get("stderr")
+            row[f"{summary['task']}"] = _number(summary["accuracy"], name, "accuracy")
+            row[f"{summary['task']}_stderr"] = _number(summary.get("stderr"), name, "stderr")
     return row
 
 
-def read_run(run: Path) -> list[dict]:
-    """The rows of one finished run; raises ValueError with the reason when it is not usable."""
-    if not (run / "DONE").is_file():
-        raise ValueError("not finished (no DONE)")
+def _params(run: Path, model_dir: Path) -> int:
     try:
-        config = yaml.safe_load((run / "config.yaml").read_text())
-        info = json.loads((run / "run.json").read_text())
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        grid = json.loads((run / "grid.json").read_text()) if (run / "grid.json").is_file() else {}
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ValueError(f"unreadable: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}") from None
-    tokens = max((r["tokens_seen"] for r in metrics if "tokens_seen" in r), default=None)
-    seconds = sum(r["train_runtime"] for r in metrics if "train_runtime" in r)
-    gpus = max((a.get("gpus_per_node", 0) for a in info.get("attempts", [])), default=0)
-    world = max((a.get("world_size", 1) for a in info.get("attempts", [])), default=1)
+        return count_params(model_dir)
+    except Exception as exc:  # noqa: BLE001 - a damaged weights file makes this run unusable, not the collection
+        raise Unusable(str(model_dir.relative_to(run)), f"weights unreadable ({_reason(exc)})") from None
+
+
+def read_run(run: Path) -> list[dict]:
+    """The rows of one finished run; raises ValueError (`Unusable`: file and reason) when it is not usable."""
+    if not (run / "DONE").is_file():
+        raise Unusable("DONE", "missing: the run has not finished")
+    config = _read(run, "config.yaml", yaml.safe_load, dict)
+    info = _read(run, "run.json", json.loads, dict)
+    metrics = [r for r in _read(run, "metrics.jsonl", _jsonl, list) if isinstance(r, dict)]
+    grid = _read(run, "grid.json", json.loads, dict, optional=True)
+    attempts = [a for a in info.get("attempts", []) if isinstance(a, dict)]
+    tokens = max((r["tokens_seen"] for r in metrics if isinstance(r.get("tokens_seen"), (int, float))), default=None)
+    if any("train_seconds" in a for a in attempts):  # every attempt's training time, killed ones included
+        seconds = sum(float(_number(a.get("train_seconds"), "run.json", "train_seconds") or 0) for a in attempts)
+    else:  # runs from before run.json recorded it: the Trainer's own summaries
+        seconds = sum(float(_number(r["train_runtime"], "metrics.jsonl", "train_runtime")) for r in metrics if "train_runtime" in r)
+    gpus = max((a.get("gpus_per_node", 0) for a in attempts), default=0)
+    world = max((a.get("world_size", 1) for a in attempts), default=1)
     output = config.get("output", {})
     base = {"run": str(run), "experiment": output.get("experiment"), "recipe": output.get("name"), "method": _method(config),
             "grid": grid.get("grid"), **{f"axis:{k}": v for k, v in (grid.get("axes") or {}).items()},
             "tokens_seen": tokens, "train_hours": round(seconds / 3600, 4), "gpu_hours": round(seconds * world / 3600, 4) if gpus else 0.0}
     if "wml" in config:
-        champion = json.loads((run / "model" / "champion.json").read_text())
+        champion = _read(run, "model/champion.json", json.loads, dict)
         rows = []
         for i, name in enumerate(champion["peers"]):
             rows.append({**base, "model": f"{config['model']['arch']} {name}", "champion": i == champion["champion"],
-                         "params": count_params(run / "model" / name), "dev_ce": champion["dev_ce"][i],
-                         **_eval_columns(run / "eval" / name)})
+                         "params": _params(run, run / "model" / name),
+                         "dev_ce": _number(champion["dev_ce"][i], "model/champion.json", "dev_ce"),
+                         **_eval_columns(run, run / "eval" / name)})
         return rows
     model = (config.get("student") or config.get("model") or {}).get("arch")
-    return [{**base, "model": model, "champion": None, "params": count_params(run / "model"), "dev_ce": info.get("dev_loss"),
-             **_eval_columns(run / "eval")}]
+    return [{**base, "model": model, "champion": None, "params": _params(run, run / "model"),
+             "dev_ce": _number(info.get("dev_loss"), "run.json", "dev_loss"), **_eval_columns(run, run / "eval")}]
 
 
 def collect(roots: list[Path]):
@@ -109,14 +156,21 @@ def collect(roots: list[Path]):
             rows.extend(read_run(run))
         except ValueError as exc:
             incomplete.append(Incomplete(str(run), str(exc)))
-        except (KeyError, TypeError) as exc:
-            incomplete.append(Incomplete(str(run), f"unreadable: missing {exc}"))
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:  # a file of the right type with the wrong fields
+            incomplete.append(Incomplete(str(run), f"a file lacks what it should hold ({_reason(exc)})"))
     return pd.DataFrame(rows), incomplete
 
 
 def task_columns(df) -> list[str]:
     tasks = [c for c in df.columns if f"{c}_stderr" in df.columns]
     return sorted(tasks, key=lambda t: (FAMILY_ORDER.index(t) if t in FAMILY_ORDER else len(FAMILY_ORDER), t))
+
+
+def _fmt(value, form: str) -> str:
+    """A number in `form`, or – for a missing or non-finite one."""
+    if value is None or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        return "–"
+    return form.format(value)
 
 
 def markdown(df) -> str:
@@ -127,10 +181,9 @@ def markdown(df) -> str:
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for _, r in df.iterrows():
         cells = [str(r["recipe"]), str(r["method"]), f"{r['model']}" + (" (champion)" if r.get("champion") is True else ""),
-                 f"{int(r['params']):,}", *[str(r[a]) for a in axes],
-                 f"{r['dev_ce']:.4f}" if r["dev_ce"] == r["dev_ce"] and r["dev_ce"] is not None else "–"]
+                 f"{int(r['params']):,}", *[str(r[a]) for a in axes], _fmt(r["dev_ce"], "{:.4f}")]
         for t in tasks:
             acc, se = r.get(t), r.get(f"{t}_stderr")
-            cells.append(f"{acc:.3f} ± {se:.4f}" if acc == acc and acc is not None else "–")
+            cells.append(_fmt(acc, "{:.3f}") + (f" ± {_fmt(se, '{:.4f}')}" if _fmt(acc, "") != "–" else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

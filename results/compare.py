@@ -26,13 +26,18 @@ def pair_file(run: Path, task: str) -> Path:
 def correctness(run: Path, task: str) -> dict[str, bool]:
     path = pair_file(run, task)
     out = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason}); re-run the evaluation") from None
+    for lineno, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 row = json.loads(line)
-                out[row["id"]] = bool(row["correct"])
-            except (ValueError, KeyError) as exc:
-                raise UserError(f"{path}:{lineno}: not a pair record ({exc}); re-run the evaluation") from None
+                out[str(row["id"])] = bool(row["correct"])
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise UserError(f"{path}:{lineno}: not a pair record, a JSON object with id and correct "
+                                f"({type(exc).__name__}: {exc}); re-run the evaluation") from None
     return out
 
 

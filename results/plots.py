@@ -1,7 +1,6 @@
 """PNG plots of a collection: per-task accuracy bars, training curves, and a heatmap for two-axis grids."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -9,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.paths import save_figure  # noqa: E402
+from common.paths import read_jsonl, save_figure  # noqa: E402
 from results.collect import task_columns  # noqa: E402
 
 
@@ -39,7 +38,7 @@ def training_curves(df, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = 0
     for run in dict.fromkeys(df["run"]):
-        rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+        rows = [r for r in read_jsonl(Path(run) / "metrics.jsonl") if isinstance(r.get("loss"), (int, float))]
         if rows:
             ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=Path(run).name)
             drawn += 1
