@@ -88,6 +88,47 @@ def start_and_kill(module: str, args: list[str], run: Path, after_step: int, sig
     return proc
 
 
+def freeze_when(module: str, args: list[str], condition, timeout: float = 300) -> subprocess.Popen:
+    """Start `python -m <module>` and stop it (SIGSTOP) as soon as `condition()` holds, polled every 5 ms:
+    the test then sees the run directory as the stopped process left it, and chooses the signal that follows."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and not condition():
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the run ended before the condition held:\n{proc.communicate()[1][-3000:]}"
+    proc.send_signal(signal.SIGSTOP)
+    return proc
+
+
+def logged_steps(metrics: Path) -> set[int]:
+    """The steps metrics.jsonl has a training row for (a line still being written is skipped)."""
+    rows = []
+    if metrics.exists():
+        for line in metrics.read_text().split("\n"):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+    return {r["step"] for r in rows if "loss" in r}
+
+
+def stop_at_budget(module: str, args: list[str], run: Path, last: int, window: str) -> subprocess.Popen:
+    """The two ways a run stops at its last step without DONE. `kill`: SIGKILL after checkpoint-<last> is
+    marked COMPLETE, while the final evaluation and export run. `usr2`: SIGUSR2 while step <last> trains
+    (the SLURM preemption path: the trainer saves checkpoint-<last> and exits 75). Needs logging_steps=1."""
+    if window == "kill":
+        proc = freeze_when(module, args, lambda: (run / "checkpoints" / f"checkpoint-{last}" / "COMPLETE").exists())
+        assert not (run / "DONE").exists(), "the run finished before it could be stopped"
+        proc.send_signal(signal.SIGKILL)
+    else:
+        proc = freeze_when(module, args, lambda: last - 1 in logged_steps(run / "metrics.jsonl"))
+        assert last not in logged_steps(run / "metrics.jsonl") and not (run / "checkpoints" / f"checkpoint-{last}").exists()
+        proc.send_signal(signal.SIGUSR2)  # delivered when it continues, inside step <last>
+    proc.send_signal(signal.SIGCONT)
+    proc.stderr_text = proc.communicate(timeout=300)[1]
+    return proc
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     from tokenizer import demo

@@ -4,13 +4,15 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import (ROOT, assert_bitwise_equal, assert_user_error, ok, run_cli, shared, start_and_kill, weights)
+from conftest import (ROOT, assert_bitwise_equal, assert_user_error, ok, run_cli, shared, start_and_kill, stop_at_budget,
+                      weights)
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +130,31 @@ def test_resume_after_sigkill_restores_projections_and_is_bitwise_identical(teac
     assert_bitwise_equal(weights(run / "model"), reference), f"killed at step {step}"
 
 
+BUDGET = ["train.save_steps=7", "train.eval_steps=7", "train.logging_steps=1", "data.train_fraction=0.05"]  # 21 steps, 2 per epoch
+
+
+@pytest.fixture(scope="module")
+def budget_reference(teachers, demo_root, cache_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("budget")
+    recipe = recipe_copy("demo-palenkallama", teachers, folder)
+    ok(run_cli("distill", str(recipe), *overrides(demo_root, cache_dir, folder / "ref", steps=21), *BUDGET))
+    return recipe, weights(folder / "ref" / "demo" / "palenkallama" / "model")
+
+
+@pytest.mark.parametrize("window", ["kill", "usr2"])
+def test_a_student_stopped_at_its_last_step_only_finishes(window, budget_reference, demo_root, cache_dir, tmp_path):
+    from common.errors import EXIT_PREEMPTED
+
+    recipe, reference = budget_reference
+    args = [str(recipe), *overrides(demo_root, cache_dir, tmp_path, steps=21), *BUDGET]
+    run = tmp_path / "demo" / "palenkallama"
+    proc = stop_at_budget("distill", args, run, 21, window)
+    assert proc.returncode == (-9 if window == "kill" else EXIT_PREEMPTED), proc.stderr_text[-2000:]
+    ok(run_cli("distill", *args, "--resume"))
+    assert json.loads((run / "DONE").read_text())["step"] == 21
+    assert_bitwise_equal(weights(run / "model"), reference)
+
+
 # ------------------------------------------------------------------ the teacher cache
 def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_dir, tmp_path):
     recipe = recipe_copy("demo-kd", teachers, tmp_path)
@@ -152,6 +179,13 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     assert_user_error(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=8", "--out", str(cache)),
                       "holds a cache of different inputs", "--overwrite")
     assert json.loads((cache / "cache.json").read_text())["fingerprint"]["top_k"] == 16  # nothing overwritten
+
+    # a truncated shard is one line naming it, before the run directory exists
+    shard = cache / "shard-00000.logp.npy"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    assert_user_error(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}",
+                              "output.name=truncated"), str(shard), "cannot be read", "cache-teachers --overwrite")
+    assert not (tmp_path / "runs" / "demo" / "truncated").exists()
 
 
 def test_cached_kd_matches_dense_kd_on_a_batch(teachers, demo_root, cache_dir, tmp_path):
@@ -199,10 +233,19 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path):
     bad(f"distill.teachers=[{{path: {gpt2}, layer_map: {{5: 1}}}}]", "distill.losses.hidden_mse.weight=0.5",
         needles=("distill.teachers[0]", "teacher block 5 is out of range: the teacher has 2 blocks"))
     bad("distill.losses.hiden_mse.weight=0.5", needles=("unknown key", "did you mean 'distill.losses.hidden_mse'"))
-    bad("distill.losses.logit_kd.weight=-0.5", needles=("distill.losses.logit_kd.weight", "must be 0 (off) or positive"))
+    bad("distill.losses.logit_kd.weight=-0.5", needles=("distill.losses.logit_kd.weight", "must be at least 0"))
     bad("distill.losses.logit_kd.temperature=0", needles=("distill.losses.logit_kd.temperature", "must be above 0"))
     bad(f"student.init_from={gpt2}", needles=("student.init_from", "cannot load into student.arch"))
     bad(f"distill.teacher_cache={tmp_path}/no-cache", needles=("distill.teacher_cache", "cache-teachers"))
+    bad("data.block_size=256", "student.overrides.max_position_embeddings=512", f"distill.teachers=[{{path: {gpt2}}}]",
+        needles=("distill.teachers[0]", "has 128 positions, fewer than data.block_size=256"))
+    # a corrupt teacher, and a corrupt warm start: one line naming the file
+    broken = tmp_path / "broken-teacher"
+    shutil.copytree(gpt2, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    bad(f"distill.teachers=[{{path: {broken}}}]", needles=(str(broken / "model.safetensors"), "cannot be read"))
+    bad(f"student.init_from={broken}", "student.arch=gpt2-tiny", needles=(str(broken / "model.safetensors"), "cannot be read"))
 
     mlm = tmp_path / "mlm"
     ok(run_cli("train", "config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",

@@ -209,10 +209,23 @@ def test_head_split_matches_full_forward(trained):
 def test_ties_go_to_first_choice_and_stderr():
     from eval.report import decide, mean_stderr
 
-    pred, right, tied = decide(np.array([[-3.0, -3.0], [-5.0, -2.0], [-1.0, -4.0]]), np.array([0, 0, 0]))
+    pred, right, tied, bad = decide(np.array([[-3.0, -3.0], [-5.0, -2.0], [-1.0, -4.0]]), np.array([0, 0, 0]))
     assert pred.tolist() == [0, 1, 0] and right.tolist() == [True, False, True] and tied.tolist() == [True, False, False]
+    assert not bad.any()
     acc, se = mean_stderr(np.array([1, 0, 1, 1]))
     assert acc == 0.75 and se == pytest.approx(np.sqrt(0.25 / 4))  # sample variance 1/4, over n=4
+
+
+def test_a_non_finite_score_is_never_right():
+    """np.argmax of [nan, nan] is 0, which the harness counts as right: a broken model would score 100%."""
+    from eval.report import decide
+
+    nan, inf = float("nan"), float("inf")
+    scores = np.array([[nan, nan], [nan, -1.0], [-1.0, nan], [inf, -1.0], [-inf, -inf], [-1.0, -2.0], [-2.0, -2.0]])
+    pred, right, tied, bad = decide(scores, np.zeros(len(scores), int))
+    assert bad.tolist() == [True] * 5 + [False, False]
+    assert right.tolist() == [False] * 5 + [True, True] and pred.tolist() == [-1] * 5 + [0, 0]
+    assert tied.tolist() == [False] * 6 + [True]  # a non-finite item is not a tie either
 
 
 # ---------------------------------------------------------------- the command line and its outputs

@@ -41,8 +41,8 @@ def test_collect_writes_csv_markdown_and_plots(runs, tmp_path):
     finally:
         shutil.rmtree(unfinished)
         shutil.rmtree(broken)
-    assert f"incomplete: {unfinished}: not finished (no DONE)" in proc.stdout
-    assert f"incomplete: {broken}: unreadable: JSONDecodeError" in proc.stdout
+    assert f"incomplete: {unfinished}: DONE: missing: the run has not finished" in proc.stdout
+    assert f"incomplete: {broken}: run.json: unreadable (JSONDecodeError" in proc.stdout
     df = pd.read_csv(tmp_path / "out" / "grid.csv")
     assert sorted(df["recipe"]) == ["a", "b"] and set(df["method"]) == {"train"}
     for _, row in df.iterrows():

@@ -78,16 +78,26 @@ def test_pretrained_tokenizer_from_local_folder(kind, tmp_path):
 
 def test_bad_pretrained_tokenizer(tmp_path):
     data = DataConfig(train_dir=str(shared("babylm_2024_switchboard", "train_10M")), cache_dir=str(tmp_path))
-    with pytest.raises(UserError, match=r"tokenizer.name_or_path=.*nothing-here: cannot load a tokenizer"):
+    with pytest.raises(UserError, match=r"tokenizer.name_or_path=.*nothing-here: no such folder"):
         prepare(data, TokenizerConfig(type="pretrained", name_or_path=str(tmp_path / "nothing-here")))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nonsense"}}')
+    with pytest.raises(UserError, match=r"tokenizer.name_or_path=.*broken: the tokenizer cannot be read"):
+        prepare(data, TokenizerConfig(type="pretrained", name_or_path=str(broken)))
 
 
 def test_corpus_too_small_for_vocab(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "cbt.train").write_text("a tiny corpus .\n" * 50)
     data = DataConfig(train_dir=str(tmp_path / "train"), cache_dir=str(tmp_path / "c"))
-    with pytest.raises(UserError, match=r"tokenizer.vocab_size: the corpus in data.train_dir supports only \d+ BPE tokens"):
+    # so small that even the smallest vocabulary (300) is out of reach: no advice that would fail again
+    with pytest.raises(UserError, match=r"data.train_dir: the corpus is too small for a BPE tokenizer \(it supports \d+ tokens"):
         prepare(data, TokenizerConfig(vocab_size=16000))
+    (tmp_path / "train" / "cbt.train").write_text(" ".join(f"word{i} thing{i * 7}" for i in range(400)) + "\n")
+    with pytest.raises(UserError, match=r"tokenizer.vocab_size: the corpus in data.train_dir supports only (\d+) BPE tokens") as exc:
+        prepare(data, TokenizerConfig(vocab_size=16000))
+    assert int(exc.value.args[0].split("only ")[1].split()[0]) >= 300
 
 
 def test_padded_examples_instead_of_packing(babylm_slice, tmp_path):

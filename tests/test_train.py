@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import (assert_bitwise_equal, assert_user_error, ok, run_cli, shared, slice_corpus, start_and_kill,
-                      weights)
+                      stop_at_budget, weights)
 from train.rundir import checkpoint_problem
 
 pytestmark = pytest.mark.slow
@@ -183,10 +183,43 @@ def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, r
     (half / "model.safetensors").write_bytes(b"\0" * 100)
     proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
     assert "checkpoint-35 is unusable (no COMPLETE marker" in proc.stderr
-    assert "checkpoint-30 is unusable (unreadable" in proc.stderr and "falling back" in proc.stderr
+    assert "checkpoint-30 is unusable (optimizer.pt has" in proc.stderr and "falling back" in proc.stderr
     assert "resuming from" in proc.stdout and "checkpoint-20" in proc.stdout
     assert (checkpoints / "corrupt-checkpoint-30").is_dir() and (checkpoints / "corrupt-checkpoint-35").is_dir()  # kept, not deleted
     assert_bitwise_equal(weights(run / "model"), reference)
+
+
+BUDGET_ARGS = ["train.max_steps=21", "train.save_steps=7", "train.eval_steps=7", "train.logging_steps=1",
+               "data.train_fraction=0.05"]  # 2 steps per epoch: the budget ends inside an epoch
+
+
+@pytest.fixture(scope="module")
+def budget_reference(demo_root, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("budget")
+    args = ["config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache_dir}", "optim.warmup_steps=5", *BUDGET_ARGS]
+    ok(run_cli("train", *args, f"output.dir={out}"))
+    return args, weights(out / "demo" / "teacher" / "model")
+
+
+@pytest.mark.parametrize("window", ["kill", "usr2"])
+def test_a_run_stopped_at_its_last_step_only_finishes(window, budget_reference, tmp_path):
+    """Killed after the final checkpoint (before DONE), or preempted in the last step: --resume takes no
+    further step (it used to train step 22 of 21) and exports what an uninterrupted run exports."""
+    from common.errors import EXIT_PREEMPTED
+
+    args, reference = budget_reference
+    args = [*args, f"output.dir={tmp_path}"]
+    run = tmp_path / "demo" / "teacher"
+    proc = stop_at_budget("train", args, run, 21, window)
+    assert proc.returncode == (-signal.SIGKILL if window == "kill" else EXIT_PREEMPTED), proc.stderr_text[-2000:]
+    assert not (run / "DONE").exists()
+    proc = ok(run_cli("train", *args, "--resume"))
+    assert f"resuming from {run / 'checkpoints' / 'checkpoint-21'}" in proc.stdout
+    assert json.loads((run / "DONE").read_text())["step"] == 21
+    assert_bitwise_equal(weights(run / "model"), reference)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().split("\n") if line]
+    assert max(r["step"] for r in rows) == 21 and [r["step"] for r in rows if "loss" in r] == list(range(1, 22))
 
 
 def test_early_stopping_on_a_flat_dev_loss(demo_args, tmp_path):
@@ -207,3 +240,35 @@ def test_torchrun_two_processes(demo_args, tmp_path):
     assert [r["step"] for r in train_rows] == [5, 10]  # written once, not once per rank
     assert train_rows[-1]["tokens_seen"] == 10 * 16 * 64 * 2  # steps x batch x block x world size
     assert (run / "checkpoints" / "checkpoint-10" / "rng_state_1.pth").exists() and (run / "DONE").exists()
+
+
+def test_two_nodes_have_one_writer_and_train_as_one_node_of_two(demo_args, tmp_path):
+    """torchrun --nnodes 2 on this machine, one process per node, over gloo. Node 1's rank gets its own output.dir,
+    so anything it wrote would show there: only its RNG state (each rank's own, as the Trainer saves it) may."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    ok(run_cli("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *demo_args,
+               "train.max_steps=10", f"output.dir={tmp_path / 'one-node'}"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # torchrun gives each process one thread when it starts several per node; one per node keeps all cores, and a
+    # different thread count sums the matmuls in another order. Same threads, same result, bit for bit.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                               "--nproc_per_node", "1", "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "train", *demo_args,
+                               "train.max_steps=10", f"output.dir={tmp_path / f'node{rank}'}"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    written = sorted(str(p.relative_to(tmp_path / "node1")) for p in (tmp_path / "node1").rglob("*") if p.is_file())
+    assert written and all(w.startswith("demo/teacher/checkpoints/checkpoint-") and w.endswith("/rng_state_1.pth") for w in written), written
+    run = tmp_path / "node0" / "demo" / "teacher"
+    assert json.loads((run / "DONE").read_text())["step"] == 10
+    assert json.loads((run / "run.json").read_text())["attempts"][0]["world_size"] == 2
+    assert_bitwise_equal(weights(run / "model"), weights(tmp_path / "one-node" / "demo" / "teacher" / "model"))

@@ -10,7 +10,7 @@ import yaml
 
 import random
 
-from conftest import assert_bitwise_equal, assert_user_error, ok, run_cli, shared, start_and_kill, weights
+from conftest import assert_bitwise_equal, assert_user_error, ok, run_cli, shared, start_and_kill, stop_at_budget, weights
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +113,33 @@ def test_one_peer_matches_the_spine_trainer_step_for_step(demo_root, cache_dir, 
         assert a["step"] == b["step"] and a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a, b)
 
 
+def budget_args(demo_root, cache_dir, out: Path) -> list[str]:
+    return ["train", *base(demo_root, cache_dir, out, steps=21), "train.save_steps=7", "train.eval_steps=7", "train.logging_steps=1",
+            "data.train_fraction=0.05", "wml.eval_tasks=[]", *QUICK_SEARCH]  # 2 steps per epoch: 21 ends inside one
+
+
+@pytest.fixture(scope="module")
+def budget_reference(demo_root, cache_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("budget")
+    ok(run_cli("distill.wml", *budget_args(demo_root, cache_dir, out)))
+    return out / "demo-wml" / "wml"
+
+
+@pytest.mark.parametrize("window", ["kill", "usr2"])
+def test_peers_stopped_at_their_last_step_only_finish(window, budget_reference, demo_root, cache_dir, tmp_path):
+    from common.errors import EXIT_PREEMPTED
+
+    args = budget_args(demo_root, cache_dir, tmp_path)
+    run = tmp_path / "demo-wml" / "wml"
+    proc = stop_at_budget("distill.wml", args, run, 21, window)
+    assert proc.returncode == (-9 if window == "kill" else EXIT_PREEMPTED), proc.stderr_text[-2000:]
+    ok(run_cli("distill.wml", *args, "--resume"))
+    assert json.loads((run / "DONE").read_text())["step"] == 21
+    for i in range(2):
+        assert_bitwise_equal(weights(run / "model" / f"peer-{i}"), weights(budget_reference / "model" / f"peer-{i}"))
+    assert json.loads((run / "model" / "champion.json").read_text()) == json.loads((budget_reference / "model" / "champion.json").read_text())
+
+
 def test_resume_after_sigkill_continues_the_peer_weights_bitwise(demo_root, cache_dir, tmp_path):
     """ω, its outer-step count and the peers come back from the checkpoint; dev batches are a function of the outer step."""
     args = lambda out: ["train", *base(demo_root, cache_dir, out, steps=30), "train.save_steps=5", "train.eval_steps=5",  # noqa: E731
@@ -146,5 +173,31 @@ def test_bad_inputs(demo_root, cache_dir, tmp_path):
     bad("wml.distillation_method=vanilla", f"wml.teacher={tmp_path}/none", needles=("wml.teacher", "does not exist"))
     bad("wml.distillation_method=vanilla", f"wml.teacher={shared('hf_tiny_gpt2')}", *QUICK_SEARCH,
         needles=("differ in their vocabulary",))
-    bad("wml.loss_alpha=1.5", needles=("wml.loss_alpha", "must be in [0, 1]"))
+    bad("wml.loss_alpha=1.5", needles=("wml.loss_alpha", "must be at least 0 and at most 1"))
     bad(f"wml.reference_folder={shared('hf_tiny_gpt2')}", needles=("wml.reference_folder", "50257-token vocabulary", "512"))
+
+
+def test_the_champion_is_chosen_on_the_whole_dev_set_under_two_ranks(demo_root, cache_dir, tmp_path):
+    """The evaluation loader is sharded across ranks: each peer's dev CE must still cover every dev block."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from common.config import load
+    from distill.wml.config import WMLRunConfig
+    from tokenizer.prepare import load_blocks, prepare
+
+    ok(run_cli("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "distill.wml", "train",
+               *base(demo_root, cache_dir, tmp_path, steps=10), "wml.eval_tasks=[]", *QUICK_SEARCH, "train.batch_size=4"))
+    run = tmp_path / "demo-wml" / "wml"
+    champion = json.loads((run / "model" / "champion.json").read_text())
+    cfg = load(WMLRunConfig, run / "config.yaml")
+    dev = load_blocks(prepare(cfg.data, cfg.tokenizer).dev_blocks)
+    ids = torch.stack([row["input_ids"] for row in dev])
+    expected = []
+    for i in range(2):  # one process, every dev block, float64
+        peer = AutoModelForCausalLM.from_pretrained(run / "model" / f"peer-{i}").eval()
+        with torch.no_grad():
+            logp = torch.log_softmax(peer(input_ids=ids).logits[:, :-1].double(), -1)
+        expected.append(float(-logp.gather(-1, ids[:, 1:, None]).mean()))
+    assert champion["dev_ce"] == pytest.approx(expected, rel=1e-5)
+    assert champion["champion"] == min(range(2), key=lambda i: expected[i])

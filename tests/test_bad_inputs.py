@@ -1,0 +1,694 @@
+"""Nothing lost, nothing wrong: every bad input and fault of the issue "Nothing lost, nothing wrong", each
+asserting the exit code, one `error:` line without a traceback, and byte-identical files that were there before.
+
+Config-level refusals run the entry points in this process (`call`); anything that trains runs as a
+subprocess, as a user would. Read-only folders and a full disk are real: small tmpfs mounts (`mounted`).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, assert_bitwise_equal, assert_user_error, ok, run_cli, shared, weights
+
+DEMO = str(ROOT / "config" / "runs" / "demo-teacher.yaml")
+
+
+# --------------------------------------------------------------------------- helpers
+
+def call(main, *argv: str) -> subprocess.CompletedProcess:
+    """An entry point's main(argv) in this process, its output captured like a subprocess's."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def no_traceback(proc: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+@contextlib.contextmanager
+def mounted(folder: Path, size: str = "4m", read_only: bool = False, fill=None):
+    """A real tmpfs at `folder` (this suite runs as root, as CI does): `fill(folder)` writes its content,
+    then it is remounted read-only when asked. Unmounted at the end."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        if fill is not None:
+            fill(folder)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, demo_root, cache_dir) -> Path:
+    """A tiny trained causal LM (a real `python -m train` run) with its run directory around it."""
+    out = tmp_path_factory.mktemp("bad-inputs-runs")
+    ok(run_cli("train", DEMO, f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+               f"data.cache_dir={cache_dir}", f"output.dir={out}", "train.max_steps=20", "train.save_steps=10",
+               "train.eval_steps=10", "optim.warmup_steps=5"))
+    return out / "demo" / "teacher" / "model"
+
+
+def model_copy(model_dir: Path, dest: Path) -> Path:
+    shutil.copytree(model_dir, dest)
+    return dest
+
+
+def train_args(demo_root, cache_dir, out: Path, *extra: str) -> list[str]:
+    return [DEMO, f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
+            f"output.dir={out}", "train.max_steps=20", "train.save_steps=10", "train.eval_steps=10", "optim.warmup_steps=5", *extra]
+
+
+# --------------------------------------------------------------------------- 1. NaN is never scored as correct
+
+def test_a_nan_model_is_refused_not_scored_perfect(model_dir, demo_root, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from eval.__main__ import main
+
+    broken = model_copy(model_dir, tmp_path / "nan-model")
+    tensors = load_file(str(broken / "model.safetensors"))
+    save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, str(broken / "model.safetensors"))
+    proc = call(main, broken, "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress")
+    assert_user_error(proc, str(broken), "every score on task demo_pairs is NaN or infinite")
+    assert not (broken / "eval" / "demo_pairs.json").exists()  # no result file marks it evaluated
+
+
+def test_non_finite_items_count_wrong_and_the_files_stay_valid_json(tmp_path):
+    import numpy as np
+
+    from eval.report import decide, summarise, write_results
+    from eval.tasks import Item, Task, TaskSpec
+
+    items = [Item("para", i, f"x.jsonl:{i + 1}", "", [f"good {i}", f"bad {i}"], 0) for i in range(4)]
+    task = Task("toy", TaskSpec(choices=["sentence_good", "sentence_bad"]), Path("toy.yaml"), items, "toy/*.jsonl")
+    scores = np.array([[-1.0, -2.0], [float("nan"), -2.0], [-1.0, float("inf")], [-3.0, -2.0]])
+    _, right, tied, bad = decide(scores, np.zeros(4, int))
+    summary = summarise(task, right, tied, bad)
+    assert summary["accuracy"] == 0.25 and summary["non_finite"] == 2 and summary["subtasks"]["para"]["non_finite"] == 2
+    files = write_results(tmp_path, task, scores, summary, {"model": "toy"})
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in a result file"))
+
+    rows = [strict(line) for line in files["pairs"].read_text().split("\n") if line]
+    assert [r["correct"] for r in rows] == [True, False, False, False]
+    assert rows[1]["scores"] == [None, -2.0] and rows[1]["pred"] == -1 and rows[1]["non_finite"]
+    assert strict(files["result"].read_text())["non_finite"] == 2
+    assert strict(files["predictions"].read_text())["toy"]["para"]["predictions"][1]["pred"] is None
+
+
+# --------------------------------------------------------------------------- 2, 3. no folder of the user's is deleted
+
+def test_cache_teachers_never_deletes_a_folder_it_did_not_write(tmp_path):
+    from distill.__main__ import main
+
+    teacher = tmp_path / "teacher"  # cache-teachers refuses before it needs a real teacher
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    before = snapshot(mine)
+    recipe = tmp_path / "kd.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"train_dir": str(tmp_path / "corpus")}, "distill": {
+        "teachers": [{"path": str(teacher)}], "losses": {"ce": {"weight": 1.0}}}}))
+    teacher.mkdir()
+    proc = call(main, "cache-teachers", recipe, "--out", mine)
+    assert_user_error(proc, f"--out {mine}", "not a teacher cache", "not replaced")
+    assert snapshot(mine) == before
+    # The temporary folder beside it is never taken from the user either.
+    from distill.cache import PARTIAL
+    from common.paths import remove_ours
+    from common.errors import UserError
+
+    partial = tmp_path / "out.partial"
+    partial.mkdir()
+    (partial / "notes.txt").write_text("mine too")
+    with pytest.raises(UserError, match="is not an unfinished teacher cache"):
+        remove_ours(partial, PARTIAL, "an unfinished teacher cache")
+    assert (partial / "notes.txt").read_text() == "mine too"
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "x" * 256])
+def test_a_run_name_must_be_one_folder(name, tmp_path):
+    from train.__main__ import main
+
+    sibling = tmp_path / "runs" / "demo" / "teacher"
+    sibling.mkdir(parents=True)
+    (sibling / "keep.txt").write_text("a sibling run's file")
+    proc = call(main, DEMO, f"output.dir={tmp_path / 'runs'}", f"output.name={name}", "--overwrite")
+    assert_user_error(proc, "output.name", "command line")
+    assert (sibling / "keep.txt").read_text() == "a sibling run's file"
+    assert sorted(p.name for p in (tmp_path / "runs" / "demo").iterdir()) == ["teacher"]
+
+
+def test_overwrite_removes_only_a_run_directory_of_ours(tmp_path, demo_root, cache_dir):
+    from train.__main__ import main
+
+    folder = tmp_path / "runs" / "demo" / "teacher"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("mine: true\n")  # looks like a run to a careless check
+    (folder / "data.csv").write_text("1,2,3\n")
+    before = snapshot(folder)
+    proc = call(main, *train_args(demo_root, cache_dir, tmp_path / "runs"), "--overwrite")
+    assert_user_error(proc, str(folder), "not a babydistill run directory", "choose another output.name")
+    assert snapshot(folder) == before
+
+
+# --------------------------------------------------------------------------- 5. one process per run directory, one launcher per grid
+
+def test_a_second_process_on_a_run_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, demo_root, cache_dir):
+    from common.paths import FolderLock
+    from train.__main__ import main
+
+    run = tmp_path / "runs" / "demo" / "teacher"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from common.paths import FolderLock; "
+        "lock = FolderLock(sys.argv[2]); lock.__enter__(); print('held', flush=True); time.sleep(120)"), str(ROOT), str(run)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = call(main, *train_args(demo_root, cache_dir, tmp_path / "runs"), "--resume")
+        assert_user_error(proc, str(run), "another process is working on this run",
+                          f"host {socket.gethostname()}, pid {holder.pid}, since")
+        assert sorted(p.name for p in run.iterdir()) == ["LOCK"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing: its LOCK file is still there and names it; the next run takes it over.
+    assert f"pid {holder.pid}" in (run / "LOCK").read_text()
+    lock = FolderLock(run)
+    lock.acquire()
+    assert f"pid {os.getpid()}" in (run / "LOCK").read_text()
+    lock.release()
+    assert not (run / "LOCK").exists()
+
+
+def test_two_launchers_on_one_grid(workdir, tmp_path):
+    from common.paths import FolderLock
+
+    grid = workdir / "g.yaml"
+    grid.write_text(f"name: g\noutput_dir: {tmp_path / 'runs'}\nexecutor: {{kind: debug}}\n"
+                    f"stages:\n  - name: s\n    recipes: [config/runs/demo-teacher.yaml]\n")
+    with FolderLock(tmp_path / "runs" / "g" / "_grid"):
+        proc = subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), str(grid)], cwd=workdir, capture_output=True,
+                              text=True, timeout=300)
+    assert_user_error(proc, "another launcher is running this grid", f"pid {os.getpid()}")
+    assert not (tmp_path / "runs" / "g" / "teacher").exists()
+
+
+# --------------------------------------------------------------------------- 6, 7. checkpoints checked whole
+
+def test_a_checkpoint_with_a_missing_file_is_not_used_and_torn_saves_get_free_names(tmp_path, demo_root, cache_dir):
+    args = train_args(demo_root, cache_dir, tmp_path / "runs", "train.max_steps=30")
+    ok(run_cli("train", *args, "output.name=reference"))
+    reference = weights(tmp_path / "runs" / "demo" / "reference" / "model")
+    ok(run_cli("train", *args))
+    run = tmp_path / "runs" / "demo" / "teacher"
+    ckpts = run / "checkpoints"
+    (run / "DONE").unlink()
+    shutil.rmtree(run / "model")
+    (ckpts / "checkpoint-30" / "optimizer.pt").unlink()  # AdamW would restart from zero without a word
+    # An earlier torn save at the same step already holds the name corrupt-checkpoint-30.
+    (ckpts / "corrupt-checkpoint-30").mkdir()
+    (ckpts / "corrupt-checkpoint-30" / "model.safetensors").write_bytes(b"\0" * 10)
+    proc = ok(run_cli("train", *args, "--resume"))
+    assert "checkpoint-30 is unusable (optimizer.pt is missing)" in proc.stderr
+    assert "moved to corrupt-checkpoint-30.2" in proc.stderr and f"resuming from {ckpts / 'checkpoint-20'}" in proc.stdout
+    assert (ckpts / "corrupt-checkpoint-30" / "model.safetensors").read_bytes() == b"\0" * 10  # the older one is kept
+    assert_bitwise_equal(weights(run / "model"), reference)
+
+
+def test_checkpoint_validator_needs_every_part(tmp_path):
+    from train.rundir import checkpoint_problem, required_files_problem, write_manifest
+
+    ckpt = tmp_path / "checkpoint-5"
+    ckpt.mkdir()
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        (ckpt / name).write_text("x")
+    assert required_files_problem(ckpt) is None
+    for name, what in (("scheduler.pt", "scheduler state"), ("rng_state.pth", "random-number state"),
+                       ("trainer_state.json", "trainer state"), ("optimizer.pt", "optimizer state")):
+        data = (ckpt / name).read_bytes()
+        (ckpt / name).unlink()
+        assert what in required_files_problem(ckpt)
+        (ckpt / name).write_bytes(data)
+    write_manifest(ckpt)
+    (ckpt / "rng_state.pth").write_text("xx")  # a different size than it was saved with
+    assert "rng_state.pth has 2 bytes, not the 1" in checkpoint_problem(ckpt)
+
+
+# --------------------------------------------------------------------------- 8, 9. grids: safe point names, checks before anything runs
+
+def test_grid_point_names_are_safe_single_folders(workdir, tmp_path):
+    from grid.plan import expand, load_grid
+
+    grid = workdir / "g.yaml"
+    long = "tokenizer_" + "x" * 300
+    grid.write_text(yaml.safe_dump({"name": "g", "output_dir": str(tmp_path / "runs"), "stages": [
+        {"name": "s", "recipes": ["config/runs/demo-teacher.yaml"],
+         "axes": {"tokenizer.name_or_path": ["runs/demo/teacher/model/", "../../etc", long]}}]}))
+    points = expand(load_grid(grid), grid)
+    for p in points:
+        assert "/" not in p.name and p.name not in (".", "..") and len(p.name.encode()) <= 255
+        assert Path(p.run).parent == tmp_path / "runs" / "g"
+    assert points[0].name.startswith("teacher__tokenizer.name_or_path=runs-demo-teacher-model__")
+    assert points[0].axes == {"tokenizer.name_or_path": "runs/demo/teacher/model/"}  # the exact value, for grid.json
+    assert len({p.name for p in points}) == 3
+
+
+def test_two_spellings_of_one_value_are_one_point(workdir, tmp_path):
+    grid = workdir / "g.yaml"
+    grid.write_text(f"name: g\noutput_dir: {tmp_path / 'runs'}\nstages:\n  - name: s\n    recipes: [config/runs/demo-teacher.yaml]\n"
+                    f"    axes: {{optim.lr: [0.001, \"1e-3\"]}}\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), str(grid), "--dry-run"], cwd=workdir,
+                          capture_output=True, text=True, timeout=300)
+    assert_user_error(proc, "an axis lists one value twice", "0.001 and 1e-3", "remove the repeat")
+    assert "output.name" not in proc.stderr
+
+
+@pytest.mark.parametrize("change, needles", [
+    ({"tasks": ["demo_pairs", "blimp_filterd"]}, ("tasks[1]", "unknown task 'blimp_filterd'", "blimp_filtered")),
+    ({"output_dir": "FILE"}, ("output_dir", "is a file")),
+    ({"name": ".."}, ("name", "'..'")),
+    ({"stages[0].axes": {"optim.lr": [float("nan")]}}, ("optim.lr", "finite")),
+    ({"stages[0].axes": {"train.seed": [-1]}}, ("train.seed", "at least 0")),
+])
+def test_grid_checks_come_before_any_training(change, needles, workdir, tmp_path):
+    raw = {"name": "g", "output_dir": str(tmp_path / "runs"), "stages": [{"name": "s", "recipes": ["config/runs/demo-teacher.yaml"]}]}
+    for key, value in change.items():
+        if key.startswith("stages[0]."):
+            raw["stages"][0][key.split(".", 1)[1]] = value
+        else:
+            raw[key] = value
+    if raw["output_dir"] == "FILE":
+        (tmp_path / "file").write_text("x")
+        raw["output_dir"] = str(tmp_path / "file")
+    grid = workdir / "g.yaml"
+    grid.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), str(grid), "executor.kind=debug"], cwd=workdir,
+                          capture_output=True, text=True, timeout=300)
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "runs" / "g" / "teacher").exists()
+
+
+def test_the_debug_executor_runs_every_point_when_one_breaks(tmp_path, monkeypatch):
+    from grid import executors
+    from grid.plan import Point
+
+    ran = []
+
+    def fake_run(point):  # the points themselves are stubs: what is tested is the executor's loop
+        ran.append(point.name)
+        if point.name == "b":
+            raise ZeroDivisionError("a defect inside one point")
+
+    monkeypatch.setattr(executors, "run_in_process", fake_run)
+    points = [Point("g", "s", n, "r.yaml", "train", {}, {}, str(tmp_path / n), []) for n in "abc"]
+    failed = executors.run_debug(points, tmp_path, None)
+    assert ran == ["a", "b", "c"]
+    assert [(p.name, why.split(" (")[0]) for p, why in failed] == [("b", "ZeroDivisionError: a defect inside one point")]
+    assert "ZeroDivisionError" in (tmp_path / "b" / "logs" / "debug-executor-error.txt").read_text()
+
+
+# --------------------------------------------------------------------------- 9. run checks before anything is written (the class)
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=nan", "optim.lr"), ("optim.lr=inf", "optim.lr"), ("optim.beta1=1.0", "optim.beta1"), ("optim.beta2=-0.1", "optim.beta2"),
+    ("train.seed=-1", "train.seed"), ("train.num_workers=-1", "train.num_workers"), ("model.overrides.n_head=0", "model.overrides.n_head"),
+    ("tokenizer.min_frequency=-1", "tokenizer.min_frequency"), ("data.train_fraction=nan", "data.train_fraction"),
+    ("tokenizer.vocab_size=261", "tokenizer.vocab_size"), ("train.precision=bf16", "train.precision"),
+])
+def test_bad_values_are_refused_before_the_run_directory_exists(override, key, tmp_path, demo_root, cache_dir):
+    from train.__main__ import main
+
+    proc = call(main, *train_args(demo_root, cache_dir, tmp_path / "runs"), override)
+    assert_user_error(proc, key)
+    assert not (tmp_path / "runs").exists()
+
+
+def every_number_field():
+    import dataclasses
+    from typing import get_type_hints
+
+    from distill.config import DistillRunConfig
+    from distill.wml.config import WMLRunConfig
+    from eval.tasks import TaskSpec
+    from grid.config import GridConfig
+    from train.config import RunConfig
+
+    def walk(cls, prefix=""):
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            item = getattr(tp, "__args__", (None,))[0]
+            if dataclasses.is_dataclass(tp):
+                yield from walk(tp, f"{prefix}{f.name}.")
+            elif dataclasses.is_dataclass(item):  # a list of sections (distill.teachers)
+                yield from walk(item, f"{prefix}{f.name}[].")
+            elif tp in (int, float) or tp in (list[int], list[float]):
+                yield cls, f, prefix + f.name
+
+    for schema in (RunConfig, DistillRunConfig, WMLRunConfig, GridConfig, TaskSpec):
+        yield from walk(schema)
+
+
+def test_every_number_in_every_config_has_a_range():
+    missing = [key for _, f, key in every_number_field() if not f.metadata.get("range")]
+    assert not missing, f"fields without a declared range: {missing}"
+
+
+def test_every_float_refuses_nan_and_every_number_its_range():
+    from common.config import ConfigError, _build, _field_names
+
+    checked = 0
+    for cls, f, key in every_number_field():
+        bounds = f.metadata["range"]
+        below = bounds.get("ge", bounds.get("gt"))
+        leaf = key.rsplit(".", 1)[-1]
+        for bad in ([float("nan")] if "float" in str(f.type) else []) + ([below - 1] if below is not None else []):
+            value = [bad] if "list" in str(f.type) else bad
+            with pytest.raises(ConfigError):
+                _build(cls, {leaf: value}, "", _field_names(cls))
+            checked += 1
+    assert checked > 60
+
+
+def test_an_override_is_blamed_on_the_command_line_and_a_list_item_on_its_line(tmp_path):
+    from common.config import load
+    from common.errors import UserError
+    from distill.config import DistillRunConfig
+
+    recipe = tmp_path / "kd.yaml"
+    recipe.write_text("data:\n  train_dir: x\ndistill:\n  teachers:\n    - path: ''\n  losses:\n    ce: {weight: 1}\n")
+    with pytest.raises(UserError, match=rf"{recipe}:4: distill.teachers\[0\].path: is empty"):
+        load(DistillRunConfig, recipe)
+    with pytest.raises(UserError, match=r"^command line: optim.lr: must be above 0"):
+        load(DistillRunConfig, recipe, ["optim.lr=-1"])
+
+
+# --------------------------------------------------------------------------- 10. corrupt or unreadable inputs: one line, the file named
+
+def test_yaml_that_is_not_utf8_or_names_a_key_twice(tmp_path):
+    from train.__main__ import main
+
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("output:\n  name: caf\xe9\n".encode("latin-1"))
+    assert_user_error(call(main, latin), f"{latin}:2", "not UTF-8")
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("optim:\n  lr: 0.1\n  min_lr: 0.0\n  lr: 0.2\n")
+    assert_user_error(call(main, twice), f"{twice}:4", "'optim.lr' is given twice (lines 2 and 4)")
+
+
+@pytest.mark.parametrize("damage, needles", [
+    ("truncated_weights", ("model.safetensors", "cannot be read", "save the model again")),
+    ("positions", ("config.json does not fit the weights", "transformer.wpe.weight")),
+    ("config_not_json", ("config.json", "the model's config cannot be read")),
+    ("tokenizer", ("the tokenizer in the model folder cannot be read",)),
+])
+def test_a_damaged_model_folder_is_one_line(damage, needles, model_dir, demo_root, tmp_path):
+    from eval.__main__ import main
+
+    m = model_copy(model_dir, tmp_path / "m")
+    if damage == "truncated_weights":
+        data = (m / "model.safetensors").read_bytes()
+        (m / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "positions":
+        cfg = json.loads((m / "config.json").read_text())
+        cfg["n_positions"] = 32
+        (m / "config.json").write_text(json.dumps(cfg))
+    elif damage == "config_not_json":
+        (m / "config.json").write_text("{ not json")
+    else:  # valid JSON, but not a tokenizer
+        (m / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "Nonsense"}}))
+    before = snapshot(m)
+    proc = call(main, m, "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress")
+    assert_user_error(proc, str(m), *needles)
+    assert snapshot(m) == before
+
+
+def test_eval_device_length_and_task_list(model_dir, demo_root):
+    from eval.__main__ import main
+
+    base = [model_dir, "--data-dir", demo_root, "--no-progress"]
+    assert_user_error(call(main, *base, "--tasks", "demo_pairs", "--device", "cuda"), "--device cuda", "CPU build")
+    assert_user_error(call(main, *base, "--tasks", "demo_pairs", "--max-length", "100000"), "--max-length 100000", "positions")
+    assert_user_error(call(main, *base, "--tasks", ","), "--tasks ','", "names no task")
+
+
+def test_damaged_archives_are_one_line(tmp_path, model_dir):
+    from eval.__main__ import main
+
+    # a truncated .tar.gz (EOFError inside gzip)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    raw = shared("blimp_full.tar.gz").read_bytes()
+    (data_dir / "blimp_full.tar.gz").write_bytes(raw[: len(raw) // 3])
+    proc = call(main, model_dir, "--tasks", "blimp", "--data-dir", data_dir, "--no-progress")
+    assert_user_error(proc, str(data_dir / "blimp_full.tar.gz"), "cannot be read", "download it again")
+    # a zip damaged inside a member's deflate stream (zlib.error or a CRC error)
+    damaged = tmp_path / "ewok_filtered.zip"
+    zdata = bytearray(shared("ewok_filtered.zip").read_bytes())
+    with zipfile.ZipFile(shared("ewok_filtered.zip")) as zf:
+        info = max(zf.infolist(), key=lambda i: i.compress_size)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 12
+    for i in range(start + 50, start + 4000, 7):
+        zdata[i] ^= 0x5A
+    damaged.write_bytes(bytes(zdata))
+    proc = call(main, model_dir, "--tasks", "ewok_filtered", "--ewok-zip", damaged, "--ewok-password", "ewok", "--no-progress")
+    assert_user_error(proc, str(damaged))
+    no_traceback(proc)
+
+
+def test_download_says_when_it_wrote_nothing(tmp_path):
+    from eval.__main__ import main
+
+    only_plain_ewok = tmp_path / "ewok-plain.zip"
+    with zipfile.ZipFile(only_plain_ewok, "w") as zf:
+        zf.writestr("evaluation_data/ewok_filtered/agent-properties.jsonl", '{"Context1": "x"}\n')
+    proc = call(main, "download", "--from", only_plain_ewok, "--dest", tmp_path / "dest")
+    assert_user_error(proc, str(only_plain_ewok), "plain EWoK file(s)", "never written out")
+    raw = shared("blimp_full.tar.gz").read_bytes()
+    truncated = tmp_path / "blimp.tar.gz"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    assert_user_error(call(main, "download", "--from", truncated, "--dest", tmp_path / "dest"), str(truncated), "download it again")
+
+
+def test_valid_jsonl_with_unicode_line_separators_inside_strings(tmp_path):
+    from eval.tasks import load_task
+
+    folder = tmp_path / "blimp_filtered"
+    folder.mkdir()
+    rows = [{"sentence_good": "A\u2028b.", "sentence_bad": "A\u0085c.\x1c"}, {"sentence_good": "Ok.", "sentence_bad": "Ko."}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    (folder / "p.jsonl").write_text(text, encoding="utf-8")
+    assert len(text.splitlines()) > 2  # what str.splitlines would have made of it
+    task = load_task("blimp_filtered", str(tmp_path))
+    assert [it.choices for it in task.items] == [["A\u2028b.", "A\u0085c.\x1c"], ["Ok.", "Ko."]]
+
+
+def test_a_run_config_that_no_longer_parses_then_resume(model_dir, tmp_path, demo_root, cache_dir):
+    from train.__main__ import main
+
+    run = tmp_path / "runs" / "demo" / "teacher"
+    shutil.copytree(model_dir.parent, run)
+    (run / "config.yaml").write_text("data: [unclosed\n")
+    before = snapshot(run)
+    proc = call(main, *train_args(demo_root, cache_dir, tmp_path / "runs"), "--resume")
+    assert_user_error(proc, str(run / "config.yaml"), "cannot be read", "--overwrite")
+    assert snapshot(run) == before
+
+
+def test_an_output_path_that_is_a_file(tmp_path, demo_root, cache_dir):
+    from train.__main__ import main
+
+    (tmp_path / "runs").write_text("not a folder")
+    proc = call(main, *train_args(demo_root, cache_dir, tmp_path / "runs"))
+    assert_user_error(proc, str(tmp_path / "runs"), "is a file")
+    assert (tmp_path / "runs").read_text() == "not a folder"
+
+
+def test_read_only_output_cache_and_results_folders(tmp_path, demo_root, cache_dir, model_dir):
+    from results.__main__ import main as results_main
+    from train.__main__ import main as train_main
+
+    with mounted(tmp_path / "ro", read_only=True) as ro:
+        proc = call(train_main, *train_args(demo_root, cache_dir, ro / "runs"))
+        assert_user_error(proc, str(ro / "runs"), "read-only")
+        proc = call(train_main, *train_args(demo_root, ro / "cache", tmp_path / "runs"))
+        assert_user_error(proc, str(ro / "cache"), "read-only")
+        assert not (tmp_path / "runs").exists()
+        proc = call(results_main, "collect", model_dir.parent.parent, "--out", ro / "results")
+        assert_user_error(proc, str(ro / "results"), "read-only")
+
+
+def test_a_full_disk_during_training_then_the_same_command_works(tmp_path, demo_root, cache_dir):
+    out = tmp_path / "disk"
+    args = train_args(demo_root, cache_dir, out, "train.max_steps=20")
+
+    def fill(folder):
+        (folder / "filler").write_bytes(b"\0" * (8 * 1024 - 160) * 1024)  # leaves too little for the first checkpoint
+
+    with mounted(out, size="8m", fill=fill):
+        proc = run_cli("train", *args)
+        assert_user_error(proc, str(out / "demo" / "teacher"), "disk is full", "free space")
+        no_traceback(proc)
+        (out / "filler").unlink()
+        proc = ok(run_cli("train", *args))  # the same command, once there is space
+        assert json.loads((out / "demo" / "teacher" / "DONE").read_text())["step"] == 20
+
+
+# --------------------------------------------------------------------------- 11. results and compare survive one bad run
+
+def test_collect_lists_each_bad_run_and_collects_the_rest(model_dir, tmp_path):
+    from results.__main__ import main
+
+    good = model_dir.parent
+    runs = tmp_path / "runs"
+    damages = {
+        "weights": lambda r: (r / "model" / "model.safetensors").write_bytes(b"\0" * 20),
+        "config-list": lambda r: (r / "config.yaml").write_text("- a\n- b\n"),
+        "runjson-list": lambda r: (r / "run.json").write_text("[1, 2]"),
+        "gridjson-list": lambda r: (r / "grid.json").write_text("[]"),
+        "devloss-string": lambda r: (r / "run.json").write_text(json.dumps({**json.loads((good / "run.json").read_text()), "dev_loss": "low"})),
+    }
+    shutil.copytree(good, runs / "ok")
+    for name, damage in damages.items():
+        shutil.copytree(good, runs / name)
+        damage(runs / name)
+    proc = call(main, "collect", runs, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    for name, file in (("weights", "model"), ("config-list", "config.yaml"), ("runjson-list", "run.json"),
+                       ("gridjson-list", "grid.json"), ("devloss-string", "run.json")):
+        assert f"incomplete: {runs / name}: {file}" in proc.stdout, proc.stdout
+    import pandas as pd
+
+    assert list(pd.read_csv(tmp_path / "out" / "runs.csv")["run"]) == [str(runs / "ok")]
+
+
+def test_compare_refuses_bad_arguments_and_bad_pair_files(model_dir, tmp_path, demo_root):
+    from eval.__main__ import main as eval_main
+    from results.__main__ import main
+
+    run = tmp_path / "run"
+    shutil.copytree(model_dir.parent, run)
+    ok(call(eval_main, run / "model", "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress"))
+    assert_user_error(call(main, "compare", run, run, "--task", "demo_pairs", "--samples", "0"), "--samples 0")
+    assert_user_error(call(main, "compare", run, run, "--task", "demo_pairs", "--out", tmp_path), f"--out {tmp_path}", "is a folder")
+    pairs = run / "eval" / "pairs" / "demo_pairs.jsonl"
+    pairs.write_text(pairs.read_text() + "[1, 2]\n")
+    assert_user_error(call(main, "compare", run, run, "--task", "demo_pairs"), f"{pairs}:", "not a pair record")
+
+
+# --------------------------------------------------------------------------- 12, 14. advice that holds, and silent wrong outcomes
+
+def test_tiny_corpus_is_not_told_to_use_a_vocabulary_below_the_minimum(tmp_path, cache_dir):
+    from train.__main__ import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "switchboard.train").write_text("A:\tyes\nB:\tno\n")
+    proc = call(main, DEMO, "data.demo=false", f"data.train_dir={corpus}", "data.dev_dir=", f"data.cache_dir={tmp_path / 'c'}",
+                "tokenizer.vocab_size=300", "model.vocab_size=300", f"output.dir={tmp_path / 'runs'}")
+    line = assert_user_error(proc, "data.train_dir", "too small for a BPE tokenizer")
+    assert "vocab_size=2" not in line
+    # a corpus too short for one block is named as the corpus, not as the cache folder
+    proc = call(main, DEMO, "data.demo=false", f"data.train_dir={corpus}", "data.dev_dir=", f"data.cache_dir={tmp_path / 'c'}",
+                "tokenizer.type=pretrained", f"tokenizer.name_or_path={shared('hf_tiny_gpt2')}", "model.vocab_size=50257",
+                f"output.dir={tmp_path / 'runs'}")
+    assert_user_error(proc, f"{corpus} (data.train_dir)", "fewer than one block")
+
+
+def test_demo_never_writes_over_a_corpus(tmp_path):
+    from tokenizer.__main__ import main
+
+    ok(call(main, "demo", tmp_path / "d", "--sentences", "50"))
+    before = snapshot(tmp_path / "d")
+    assert_user_error(call(main, "demo", tmp_path / "d", "--seed", "9", "--sentences", "50"), "already holds", "train/")
+    assert snapshot(tmp_path / "d") == before
+    assert_user_error(call(main, "demo", tmp_path / "e", "--sentences", "-5"), "--sentences -5")
+    assert not (tmp_path / "e").exists()
+
+
+def test_per_teacher_weights_all_zero_and_cache_top_k_above_the_vocabulary(tmp_path):
+    from common.config import load
+    from common.errors import UserError
+    from distill.config import DistillRunConfig
+
+    (tmp_path / "t").mkdir()
+    recipe = tmp_path / "kd.yaml"
+
+    def write(weight: float) -> Path:
+        recipe.write_text(yaml.safe_dump({"data": {"train_dir": "x"}, "student": {"arch": "llama-tiny", "vocab_size": 512},
+                                          "tokenizer": {"vocab_size": 512},
+                                          "distill": {"teachers": [{"path": str(tmp_path / "t"), "weight": weight}] * 2,
+                                                      "losses": {"logit_kd": {"weight": 1.0, "ensemble": "per_teacher"}}}}))
+        return recipe
+
+    with pytest.raises(UserError, match="every teacher's weight is 0"):
+        load(DistillRunConfig, write(0.0))
+    load(DistillRunConfig, write(0.5))
+    with pytest.raises(UserError, match="distill.cache_top_k: is 600, more than the vocabulary"):
+        load(DistillRunConfig, write(0.5), ["distill.cache_top_k=600"])
+
+
+def test_wml_seed_and_eval_tasks_are_checked_before_training(tmp_path):
+    from common.config import load
+    from common.errors import UserError
+    from distill.wml.config import WMLRunConfig
+
+    recipe = ROOT / "config" / "runs" / "demo-wml.yaml"
+    with pytest.raises(UserError, match=r"command line: wml.seed: must be at least 0"):
+        load(WMLRunConfig, recipe, ["wml.seed=-1"])
+    with pytest.raises(UserError, match=r"wml.eval_tasks\[0\]: unknown task 'demo_pair'.*demo_pairs"):
+        load(WMLRunConfig, recipe, ["wml.eval_tasks=[demo_pair]"])
+
+
+# --------------------------------------------------------------------------- 16. bookkeeping after a resume, and Ctrl-C
+
+def test_sigint_says_interrupted_and_resume_keeps_one_row_per_step_and_every_attempts_time(tmp_path, demo_root, cache_dir):
+    from conftest import start_and_kill
+
+    args = train_args(demo_root, cache_dir, tmp_path / "runs", "train.max_steps=40", "train.logging_steps=1", "data.train_fraction=0.05")
+    run = tmp_path / "runs" / "demo" / "teacher"
+    proc = start_and_kill("train", args, run, 25, signal.SIGINT)
+    assert proc.returncode == 130 and "interrupted; rerun with --resume" in proc.stderr_text
+    assert "Traceback" not in proc.stderr_text
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["attempts"][0]["train_seconds"] > 0
+    ok(run_cli("train", *args, "--resume"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().split("\n") if line]
+    from train.trainer import row_kind
+
+    keys = [(r["step"], row_kind(r)) for r in rows]
+    assert len(keys) == len(set(keys)), "a step logged twice"
+    assert [r["step"] for r in rows if row_kind(r) == "train"] == list(range(1, 41))
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "done" and all(a["train_seconds"] > 0 for a in info["attempts"])
+    from results.collect import read_run
+
+    hours = read_run(run)[0]["train_hours"]
+    assert hours == pytest.approx(sum(a["train_seconds"] for a in info["attempts"]) / 3600, abs=1e-4)
