@@ -69,7 +69,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
     from tokenizer.prepare import load_blocks, prepare
     from train import models
     from train.rundir import state_groups
-    from train.trainer import BabyTrainer, MetricsLog, NonFiniteLoss, Preemption, build_trainer, training_arguments
+    from train.trainer import BabyTrainer, MetricsLog, NonFiniteLoss, Preemption, build_trainer, leave, training_arguments
 
     # 1. Data and tokenizer (cached), the model, and the checks, before anything is written.
     targs = training_arguments(cfg, run_dir)
@@ -117,8 +117,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
         run_dir.end("preempted", step=preemption.stopped_at)
         print(f"{run_dir.path}: stopped on SIGUSR2 after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
               file=sys.stderr)
-        trainer.accelerator.end_training()
-        return EXIT_PREEMPTED
+        return leave(trainer, EXIT_PREEMPTED)
 
     # 3. Export the (best) model with its tokenizer, final dev loss, DONE last.
     metrics_log.final = True
@@ -137,8 +136,4 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
         run_dir.mark_done(summary)
     if trainer.is_world_process_zero():
         print(f"{run_dir.path}: done at step {trainer.state.global_step}" + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else ""))
-    # Every rank ended normally: leave the process group (several ranks) while the interpreter is whole. Left
-    # to interpreter exit, gloo's worker threads can abort a finished rank ("terminate called without an
-    # active exception", pytorch/pytorch#190489). Not on errors: a rank may still wait in a collective.
-    trainer.accelerator.end_training()
-    return 0
+    return leave(trainer, 0)

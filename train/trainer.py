@@ -61,6 +61,29 @@ def _collective(args) -> bool:
     return args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def leave(trainer, code: int) -> int:
+    """The end of a run on which every rank ended normally (not on errors: a rank may still wait in a
+    collective). With one process: leave and return `code`. With several: wait for every rank, leave the
+    process group, flush, and end the process with `code` without the interpreter's teardown. Objects
+    the teardown destroys (DDP's reducer) still hold gloo's worker threads after destroy_process_group,
+    and destroying them there aborts a finished rank now and then ("terminate called without an active
+    exception", pytorch/pytorch#190489; the atexit fix #179291 was abandoned): seen in two CI runs, the
+    second after the process group was already destroyed explicitly. Every file is closed by then."""
+    collective = _collective(trainer.args)
+    if collective:
+        torch.distributed.barrier()
+    trainer.accelerator.end_training()
+    if not collective:
+        return code
+    import logging
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 class CheckpointMarker(TrainerCallback):
     """Writes checkpoint-N/COMPLETE, the list of its files and sizes, once the Trainer has saved everything in it."""
 
