@@ -53,6 +53,12 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     return (text.splitlines()[0][:limit] if text else type(exc).__name__)
 
 
+def summary(exc: BaseException, limit: int = 120) -> str:
+    """`Type: the first line of its message` (or `Type` alone), for one-line reports."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit]}" if text else type(exc).__name__
+
+
 def os_error_message(exc: OSError, where: str | None = None) -> str | None:
     """One line for an OSError the user fixes, or None when it is not one of those."""
     if exc.errno not in OS_ADVICE:
@@ -84,7 +90,7 @@ def reading(path, what: str, fix: str):
             raise UserError(message) from None
         raise UserError(f"{path}: {what} cannot be read ({first_line(exc)}); {fix}") from None
     except Exception as exc:  # noqa: BLE001 - the block reads one file; whatever breaks, that file is named
-        raise UserError(f"{path}: {what} cannot be read ({type(exc).__name__}: {first_line(exc)}); {fix}") from None
+        raise UserError(f"{path}: {what} cannot be read ({summary(exc, 160)}); {fix}") from None
 
 
 @contextlib.contextmanager

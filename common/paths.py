@@ -83,6 +83,11 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file (not a folder) at `folder` or at one of its parents, which would keep it from being made; or None."""
+    return next((p for p in [Path(folder), *Path(folder).parents] if p.exists() and not p.is_dir()), None)
+
+
 def remove_ours(path: Path, marker: str, what: str) -> None:
     """Delete the folder `path` only if it holds `marker`, the file this project writes into every
     folder of that kind; otherwise refuse (the project never deletes a folder it did not create)."""
@@ -165,10 +170,6 @@ class FolderLock:
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
         self._handle = None
-
-    @property
-    def held(self) -> bool:
-        return self._handle is not None
 
     def __enter__(self) -> "FolderLock":
         self.folder.mkdir(parents=True, exist_ok=True)

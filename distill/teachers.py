@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError, reading
-from eval.model import check_folder, load_model_folder
+from eval.model import check_folder, load_config, load_model_folder
 
 
 @dataclass
@@ -86,7 +86,7 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
     """Every configured teacher, checked, frozen (requires_grad False), in eval mode, on `device`.
     Layer maps are resolved against `student_layers` (None: not needed, as when caching).
     `weights=False` checks the teachers without loading them (training from the teacher cache)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     d = cfg.distill
     dtype = pick_dtype(d.teacher_dtype, device)
@@ -98,8 +98,7 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None
         fix = f"save the teacher again with save_pretrained, or fix distill.teachers[{i}].path"
-        with reading(folder / "config.json", f"teacher {i}'s config", fix):
-            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        config = load_config(folder, f"teacher {i}", fix)
         arch = (getattr(config, "architectures", None) or [""])[0]
         if "MaskedLM" in arch or not (arch.endswith(("ForCausalLM", "LMHeadModel")) or getattr(config, "is_decoder", False)):
             raise UserError(f"{where}: is a {config.model_type} model, not a causal LM; a causal student needs causal teachers "
@@ -110,7 +109,7 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
         check_same_tokenizer(folder, student_tokenizer_dir)
         layer_map = (resolve_layer_map(tc.layer_map, num_layers(config), student_layers, f"{where}.layer_map")
                      if student_layers else [])
-        model = load_model_folder(folder, AutoModelForCausalLM, f"teacher {i}", fix, dtype=dtype).to(device).eval() if weights else None
+        model = load_model_folder(folder, AutoModelForCausalLM, f"teacher {i}", fix, config, dtype=dtype).to(device).eval() if weights else None
         if model is not None:
             model.requires_grad_(False)
         out.append(Teacher(name=folder.parent.name if folder.name == "model" else folder.name, model=model, weight=tc.weight,

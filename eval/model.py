@@ -64,16 +64,21 @@ def _max_length(model, tokenizer, override: int | None, path: str) -> int:
     return int(limit)
 
 
-def load_model_folder(folder: Path, auto, what: str, fix: str, **kwargs):
+def load_config(folder: Path, what: str, fix: str):
+    """The folder's config.json as a transformers config; an unreadable one is one line naming it."""
+    from transformers import AutoConfig
+
+    with reading(folder / "config.json", f"{what}'s config", fix):
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
+
+
+def load_model_folder(folder: Path, auto, what: str, fix: str, config=None, **kwargs):
     """`auto.from_pretrained(folder)` with every way a saved folder can be broken (a truncated or
     corrupt safetensors, a config.json that disagrees with the weights, an unreadable config) as one
     error line naming the folder. Used for every model this project loads: evaluated models,
-    teachers, warm starts, references."""
-    from transformers import AutoConfig
-
+    teachers, warm starts, references. `config`: the folder's config, when the caller has read it."""
     config_file = folder / "config.json"
-    with reading(config_file, f"{what}'s config", fix):
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    config = config if config is not None else load_config(folder, what, fix)
     mismatch = shape_mismatch(folder, auto, config, fix)
     if mismatch is not None:
         raise UserError(f"{config_file} does not fit the weights beside it ({mismatch}); {fix}")
@@ -110,15 +115,14 @@ def check_folder(path: str) -> Path:
 
 
 def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", max_length: int | None = None) -> Loaded:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     folder = check_folder(path)
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise UserError(f"{path}: no tokenizer in the model folder (none of {', '.join(TOKENIZER_FILES)}); "
                         f"save it there with tokenizer.save_pretrained")
     dev = pick_device(device)
-    with reading(folder / "config.json", "the model's config", "save the model again with save_pretrained"):
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)  # first: the tokenizer's loader reads it too
+    config = load_config(folder, "the model", "save the model again with save_pretrained")  # first: the tokenizer's loader reads it too
     with reading(folder, "the tokenizer in the model folder", "save it again with tokenizer.save_pretrained"):
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     auto = AutoModelForCausalLM if backend == "causal" else AutoModelForMaskedLM
@@ -127,7 +131,7 @@ def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", 
         other = "mlm" if backend == "causal" else "causal"
         raise UserError(f"{path}: a {config.model_type} model cannot be loaded as a {kind} LM; try --backend {other}")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
-    model = load_model_folder(folder, auto, f"the {kind} LM", "save the model again with save_pretrained", dtype=torch_dtype)
+    model = load_model_folder(folder, auto, f"the {kind} LM", "save the model again with save_pretrained", config, dtype=torch_dtype)
     model.to(dev).eval()
     prefix_id, note = None, ""
     if backend == "causal":

@@ -61,15 +61,15 @@ class GridConfig:
         return Path(self.output_dir) / self.name
 
     def check(self) -> None:
-        from common.paths import name_problem
+        from common.paths import file_in_the_way, name_problem
         from eval.tasks import unknown_task
 
         problem = name_problem(self.name)
         if problem:
             raise ConfigError("name", f"{problem}; name the grid with one folder name (its runs go to <output_dir>/<name>/)")
-        for parent in [self.root, *self.root.parents]:
-            if parent.exists() and not parent.is_dir():
-                raise ConfigError("output_dir", f"{parent} is a file, but the grid's runs go to {self.root}; move it or choose another output_dir")
+        blocker = file_in_the_way(self.root)
+        if blocker is not None:
+            raise ConfigError("output_dir", f"{blocker} is a file, but the grid's runs go to {self.root}; move it or choose another output_dir")
         for i, task in enumerate(self.tasks):
             problem = unknown_task(task)
             if problem:

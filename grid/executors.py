@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common.errors import UserError
+from common.errors import UserError, summary
 from common.paths import write_atomic
 from grid.config import ExecutorConfig
 from grid.plan import Point
@@ -39,7 +39,7 @@ def run_debug(points: list[Point], root: Path, ex: ExecutorConfig) -> list[tuple
             log = Path(p.run) / "logs" / "debug-executor-error.txt"
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text(traceback.format_exc())
-            failed.append((p, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''} (traceback in {log})"))
+            failed.append((p, f"{summary(exc, 200)} (traceback in {log})"))
     return failed
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from common.errors import summary
+
 FAMILY_ORDER = ["blimp_filtered", "blimp_supplement", "blimp", "ewok_filtered", "demo_pairs"]
 
 
@@ -64,11 +66,6 @@ class Unusable(ValueError):
         super().__init__(f"{file}: {reason}")
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:120]}" if text else type(exc).__name__
-
-
 def _read(run: Path, name: str, parse, kind: type, optional: bool = False):
     """A file of the run parsed, and of the expected type (dict, list); anything else is `Unusable`."""
     path = run / name
@@ -77,7 +74,7 @@ def _read(run: Path, name: str, parse, kind: type, optional: bool = False):
     try:
         value = parse(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise Unusable(name, f"unreadable ({_reason(exc)})") from None
+        raise Unusable(name, f"unreadable ({summary(exc)})") from None
     if not isinstance(value, kind):
         raise Unusable(name, f"holds a {type(value).__name__}, not a {kind.__name__}")
     return value
@@ -109,7 +106,7 @@ def _params(run: Path, model_dir: Path) -> int:
     try:
         return count_params(model_dir)
     except Exception as exc:  # noqa: BLE001 - a damaged weights file makes this run unusable, not the collection
-        raise Unusable(str(model_dir.relative_to(run)), f"weights unreadable ({_reason(exc)})") from None
+        raise Unusable(str(model_dir.relative_to(run)), f"weights unreadable ({summary(exc)})") from None
 
 
 def read_run(run: Path) -> list[dict]:
@@ -157,7 +154,7 @@ def collect(roots: list[Path]):
         except ValueError as exc:
             incomplete.append(Incomplete(str(run), str(exc)))
         except (KeyError, TypeError, IndexError, AttributeError) as exc:  # a file of the right type with the wrong fields
-            incomplete.append(Incomplete(str(run), f"a file lacks what it should hold ({_reason(exc)})"))
+            incomplete.append(Incomplete(str(run), f"a file lacks what it should hold ({summary(exc)})"))
     return pd.DataFrame(rows), incomplete
 
 

@@ -102,14 +102,9 @@ def freeze_when(module: str, args: list[str], condition, timeout: float = 300) -
 
 def logged_steps(metrics: Path) -> set[int]:
     """The steps metrics.jsonl has a training row for (a line still being written is skipped)."""
-    rows = []
-    if metrics.exists():
-        for line in metrics.read_text().split("\n"):
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass
-    return {r["step"] for r in rows if "loss" in r}
+    from common.paths import read_jsonl
+
+    return {r["step"] for r in read_jsonl(metrics) if "loss" in r}
 
 
 def stop_at_budget(module: str, args: list[str], run: Path, last: int, window: str) -> subprocess.Popen:

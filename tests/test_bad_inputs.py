@@ -15,8 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
-import time
 import zipfile
 from pathlib import Path
 

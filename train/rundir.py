@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from common.errors import UserError
-from common.paths import REPO, FolderLock, Locked, write_atomic
+from common.errors import UserError, summary
+from common.paths import REPO, FolderLock, Locked, file_in_the_way, write_atomic
 
 COMPLETE = "COMPLETE"  # written into a checkpoint folder after everything in it is saved
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -90,10 +90,10 @@ class RunDir:
         if not is_main_process():
             yield
             return
-        for parent in [self.path, *self.path.parents]:
-            if parent.exists() and not parent.is_dir():
-                raise UserError(f"{parent}: is a file, but the run directory {self.path} must go there; "
-                                f"move the file or choose another output.dir")
+        blocker = file_in_the_way(self.path)
+        if blocker is not None:
+            raise UserError(f"{blocker}: is a file, but the run directory {self.path} must go there; "
+                            f"move the file or choose another output.dir")
         self.refuse_foreign()  # not even a LOCK goes into a folder that is not ours
         created = [p for p in [self.path, *self.path.parents] if not p.exists()]
         try:
@@ -125,7 +125,7 @@ class RunDir:
         except (OSError, ValueError, yaml.YAMLError) as exc:
             old = exc
         if not isinstance(old, dict):
-            why = f"{type(old).__name__}: {str(old).splitlines()[0][:120]}" if isinstance(old, Exception) else f"it holds a {type(old).__name__}"
+            why = summary(old) if isinstance(old, Exception) else f"it holds a {type(old).__name__}"
             raise UserError(f"{self.config_file}: cannot be read ({why}); restore the file, or pass --overwrite to start the run again")
         return old
 
@@ -336,7 +336,7 @@ def checkpoint_problem(ckpt: Path, expected: list[tuple[str, ...]] | None = None
                 return f"{file.name}: corrupt member {bad}"
         json.loads((ckpt / "trainer_state.json").read_text())
     except Exception as exc:  # any unreadable file makes the checkpoint unusable
-        return f"unreadable: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        return f"unreadable: {summary(exc)}"
     if expected and found:
         missing = [group[0] for group in expected if not found.intersection(group)]
         if missing:

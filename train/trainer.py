@@ -143,9 +143,6 @@ def row_kind(row: dict) -> str:
     return "train" if "loss" in row else "other"
 
 
-read_metrics = read_jsonl  # the rows of metrics.jsonl; a line torn by a kill mid-write is left out
-
-
 class MetricsLog(TrainerCallback):
     """Appends each Trainer log to metrics.jsonl, with tokens/s measured over training steps only.
 
@@ -170,7 +167,7 @@ class MetricsLog(TrainerCallback):
         self.last = (state.global_step, self.train_seconds)
         self.train_begin = time.perf_counter()
         if state.is_world_process_zero:
-            rows = read_metrics(self.path)
+            rows = read_jsonl(self.path)
             kept = [r for r in rows if r.get("step", 0) <= state.global_step and row_kind(r) not in ("final", "summary")]
             if len(kept) != len(rows):
                 write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -198,7 +195,7 @@ class MetricsLog(TrainerCallback):
             self.last = (state.global_step, self.train_seconds)
         key = (row["step"], row_kind(row))
         if key in self.keys:  # the same step logged again after a resume: keep the latest row only
-            rows = [r for r in read_metrics(self.path) if (r.get("step", 0), row_kind(r)) != key]
+            rows = [r for r in read_jsonl(self.path) if (r.get("step", 0), row_kind(r)) != key]
             write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in [*rows, row]))
         else:
             with open(self.path, "a", encoding="utf-8") as handle:

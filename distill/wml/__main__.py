@@ -175,9 +175,9 @@ def plot_omega(metrics: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from train.trainer import read_metrics
+    from common.paths import read_jsonl
 
-    rows = [r for r in read_metrics(metrics) if "omega/0" in r and "loss" in r]
+    rows = [r for r in read_jsonl(metrics) if "omega/0" in r and "loss" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     k = len([key for key in rows[0] if key.startswith("omega/")]) if rows else 0
     for i in range(k):

@@ -82,12 +82,11 @@ def reference_from_arch(model_cfg) -> Reference:
 
 def reference_from_folder(folder: str) -> Reference:
     """A local Hugging Face model folder as the reference."""
-    from transformers import AutoConfig
+    from pathlib import Path
 
-    from common.errors import reading
+    from eval.model import load_config
 
-    with reading(f"{folder}/config.json", "the reference model's config", "save it again with save_pretrained, or fix wml.reference_folder"):
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    config = load_config(Path(folder), "the reference model", "save it again with save_pretrained, or fix wml.reference_folder")
     arch = (config.architectures or [""])[0]
     objective = "masked" if "MaskedLM" in arch else "causal"
     fields = {k: v for k, v in config.to_diff_dict().items() if k not in ("architectures", "transformers_version", "dtype", "torch_dtype")}
