@@ -1,7 +1,7 @@
-"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered [--backend mlm] ...   |   python -m eval download
+"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered | --suite babylm2025 ...   |   download   |   collate
 
-Zero-shot minimal-pair evaluation of a Hugging Face model folder, scored as the BabyLM
-pipeline scores it. Results go to the run directory's eval/ (or <model>/eval, or --out).
+Zero-shot evaluation of a Hugging Face model folder, scored as the BabyLM pipelines score
+it. Results go to the run directory's eval/ (or <model>/eval, or --out).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from common.errors import UserError, exit_on_user_error
 from eval import report
 from eval.encode import CONVENTIONS
 from eval.model import BACKENDS
-from eval.tasks import available
+from eval.tasks import SUITES, available
 
 
 def parse_eval(argv: list[str]) -> argparse.Namespace:
@@ -21,11 +21,16 @@ def parse_eval(argv: list[str]) -> argparse.Namespace:
                                 epilog="Also: python -m eval download [--dest DIR] [--from FILE_OR_URL ...]",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a Hugging Face model folder (model + tokenizer), e.g. runs/demo/teacher/model")
-    p.add_argument("--tasks", default="blimp_filtered",
-                   help=f"comma-separated task families ({', '.join(available())}) or task YAML paths")
-    p.add_argument("--backend", choices=BACKENDS, default="causal", help="causal: log-likelihood; mlm: pseudo-log-likelihood")
-    p.add_argument("--convention", choices=CONVENTIONS, default="babylm2024",
-                   help="causal scoring convention: 2024 (' ' + sentence after BOS/EOS) or 2025 (tokenizer's own BOS, no space)")
+    p.add_argument("--tasks", help=f"comma-separated task families ({', '.join(available())}) or task YAML paths "
+                                   f"(default blimp_filtered)")
+    p.add_argument("--suite", choices=sorted(SUITES), help="the 2025 pipeline's zero-shot tasks (babylm2025), or the same "
+                                                           "from the *_fast folders (babylm2025-fast, results in eval/fast/)")
+    p.add_argument("--backend", choices=BACKENDS, default="causal",
+                   help="causal: log-likelihood; mlm: pseudo-log-likelihood; mntp: masked next-token prediction (2025 only)")
+    p.add_argument("--convention", choices=CONVENTIONS,
+                   help="babylm2024 (' ' + sentence after BOS/EOS; masked: minicons' mean) or babylm2025 (the tokenizer's "
+                        "own special tokens, completion tokens by offsets; sums). Default: the task's own, else babylm2024; "
+                        "--suite sets babylm2025")
     p.add_argument("--data-dir", help="BabyLM's evaluation_data folder (default: ./evaluation_data; demo_pairs: cache/demo)")
     p.add_argument("--ewok-zip", help="EWoK's password-protected zip, read without extracting it into the repository")
     p.add_argument("--ewok-password", default=os.environ.get("EWOK_PASSWORD"), help="its password (default $EWOK_PASSWORD)")
@@ -53,6 +58,10 @@ def parse_download(argv: list[str]) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["collate"]:
+        from eval.collate import main as collate
+
+        return collate(argv[1:])
     if argv[:1] == ["download"]:
         from eval.download import download
 
@@ -64,10 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_eval(argv)
     from eval.evaluate import Options, evaluate
 
-    opts = Options(backend=args.backend, convention=args.convention, batch_size=args.batch_size, device=args.device,
-                   dtype=args.dtype, max_length=args.max_length, too_long=args.too_long, data_dir=args.data_dir,
-                   ewok_zip=args.ewok_zip, ewok_password=args.ewok_password, out=args.out, progress=not args.no_progress)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.suite and args.tasks:
+        raise UserError("--suite and --tasks: give one of them (a suite is a fixed list of tasks)")
+    if args.suite and args.convention == "babylm2024":
+        raise UserError(f"--suite {args.suite} is the 2025 pipeline's; drop --convention babylm2024")
+    opts = Options(backend=args.backend, convention="babylm2025" if args.suite else args.convention, batch_size=args.batch_size,
+                   device=args.device, dtype=args.dtype, max_length=args.max_length, too_long=args.too_long,
+                   data_dir=args.data_dir, ewok_zip=args.ewok_zip, ewok_password=args.ewok_password, out=args.out,
+                   progress=not args.no_progress, fast=args.suite == "babylm2025-fast")
+    given = args.tasks if args.tasks is not None else ",".join(SUITES[args.suite]) if args.suite else "blimp_filtered"
+    tasks = [t.strip() for t in given.split(",") if t.strip()]
     if not tasks:
         raise UserError(f"--tasks {args.tasks!r}: names no task; give one or more of {', '.join(available())}")
     results = evaluate(args.model, tasks, opts)

@@ -1,4 +1,9 @@
-"""Evaluate one model folder on task families: read every task, load the model, score, write eval/."""
+"""Evaluate one model folder on task families: read every task, load the model, score, write eval/.
+
+Each task is scored under one convention: the one it exists in (the 2025-only tasks), else
+--convention, else babylm2024. Under babylm2025 each task also gets the 2025 pipeline's
+predictions.json (eval/babylm2025/<task>/), which `python -m eval collate` reads.
+"""
 from __future__ import annotations
 
 import time
@@ -20,7 +25,7 @@ CPU_BATCH = 64  # `--batch-size auto` on CPU: memory is not the limit there, and
 @dataclass
 class Options:
     backend: str = "causal"
-    convention: str = "babylm2024"
+    convention: str | None = None  # None: the task's own (babylm2025 for the 2025-only tasks), else babylm2024
     batch_size: str = "64"
     device: str = "auto"
     dtype: str = "float32"
@@ -31,6 +36,19 @@ class Options:
     ewok_password: str | None = None
     out: str | None = None
     progress: bool = True
+    fast: bool = False  # the fast variant's files (--suite babylm2025-fast); results go to eval/fast/
+
+
+def convention_for(task: Task, opts: Options) -> str:
+    """The convention `task` is scored in; a task that exists in one convention only refuses the other."""
+    only = task.spec.only_convention
+    if only and opts.convention and opts.convention != only:
+        raise UserError(f"--convention {opts.convention}: task {task.name} exists only in the {only} convention; "
+                        f"drop --convention or evaluate {task.name} separately")
+    convention = only or opts.convention or "babylm2024"
+    if opts.backend == "mntp" and convention != "babylm2025":
+        raise UserError(f"--backend mntp: the {convention} pipeline has no mntp scoring; use --convention babylm2025")
+    return convention
 
 
 def output_dir(model_dir: Path, out: str | None) -> Path:
@@ -44,34 +62,54 @@ def output_dir(model_dir: Path, out: str | None) -> Path:
 
 def requests_for(task: Task, m: Loaded, opts: Options) -> tuple[list, list[str]]:
     """Token requests for every (item, choice), item-major; and warnings about over-long inputs."""
-    contexts = [it.context for it in task.items for _ in it.choices]
-    choices = [c for it in task.items for c in it.choices]
+    convention = convention_for(task, opts)
     owners = [it for it in task.items for _ in it.choices]
-    if m.backend == "causal":
-        reqs = encode.causal_requests(m.tokenizer, contexts, choices, m.prefix_id, opts.convention)
-        lengths = [len(r.ctx) + len(r.cont) - 1 for r in reqs]
+    if convention == "babylm2025":
+        if not getattr(m.tokenizer, "is_fast", False):
+            raise UserError(f"{m.path}: the tokenizer is not a fast tokenizer, and the 2025 convention finds the scored tokens "
+                            f"by character offsets, which only fast tokenizers give; save a tokenizer.json (a `tokenizers` "
+                            f"tokenizer) in the model folder")
+        sentences = [s for it in task.items for s in it.sentences]
+        completions = [c for it in task.items for c in it.completions]
+        try:
+            reqs = encode.offset_requests(m.tokenizer, sentences, completions, m.backend)
+        except ValueError as exc:
+            raise UserError(f"task {task.name}: {exc}; the 2025 convention cannot score it") from None
+    elif m.backend == "causal":
+        contexts = [it.context for it in task.items for _ in it.choices]
+        choices = [c for it in task.items for c in it.choices]
+        reqs = encode.causal_requests(m.tokenizer, contexts, choices, m.prefix_id, convention)
         empty = [i for i, r in enumerate(reqs) if not r.cont]
+        if empty:
+            raise UserError(f"{owners[empty[0]].where}: the choice {choices[empty[0]]!r} has no tokens to score after tokenization")
     else:
+        contexts = [it.context for it in task.items for _ in it.choices]
+        choices = [c for it in task.items for c in it.choices]
         reqs = encode.masked_requests(m.tokenizer, contexts, choices)
-        lengths = [len(r.ids) for r in reqs]
         empty = [i for i, r in enumerate(reqs) if not r.targets]
-    if empty:
-        raise UserError(f"{owners[empty[0]].where}: the choice {choices[empty[0]]!r} has no tokens to score after tokenization")
+        if empty:
+            raise UserError(f"{owners[empty[0]].where}: the choice {choices[empty[0]]!r} has no tokens to score after tokenization")
+    return reqs, too_long(task.name, reqs, owners, m, opts)
+
+
+def too_long(name: str, reqs: list, owners: list, m: Loaded, opts: Options) -> list[str]:
+    """Warnings for causal inputs past the model's positions (left-truncated); an error where truncation cannot help."""
+    causal = m.backend == "causal"
+    lengths = [len(r.ctx) + len(r.cont) - 1 if causal else len(r.ids) for r in reqs]
     long = [i for i, n in enumerate(lengths) if n > m.max_length]
-    warnings = []
-    if long:
-        first = owners[long[0]]
-        what = f"task {task.name}: {len(long)} choice(s) longer than the model's {m.max_length} positions (first: {first.where}, {lengths[long[0]]} tokens)"
-        if m.backend == "mlm" or opts.too_long == "error":
-            how = "masked LMs cannot be truncated without changing what is scored" if m.backend == "mlm" else "--too-long error"
-            raise UserError(f"{what}; {how}: shorten the item or use --max-length with a model that has more positions")
-        if m.backend == "causal" and any(len(reqs[i].cont) > m.max_length for i in long):
-            i = next(i for i in long if len(reqs[i].cont) > m.max_length)
-            raise UserError(f"{owners[i].where}: the scored continuation alone has {len(reqs[i].cont)} tokens, more than the model's "
-                            f"{m.max_length} positions; it cannot be scored")
-        warnings.append(f"warning: {what} were left-truncated (the context loses its first tokens), as lm-evaluation-harness does; "
-                        f"--too-long error refuses instead")
-    return reqs, warnings
+    if not long:
+        return []
+    where = owners[long[0]].where if owners else "an item"
+    what = f"task {name}: {len(long)} input(s) longer than the model's {m.max_length} positions (first: {where}, {lengths[long[0]]} tokens)"
+    if not causal or opts.too_long == "error":
+        how = "masked LMs cannot be truncated without changing what is scored" if not causal else "--too-long error"
+        raise UserError(f"{what}; {how}: shorten the item or use --max-length with a model that has more positions")
+    if any(len(reqs[i].cont) > m.max_length for i in long):
+        i = next(i for i in long if len(reqs[i].cont) > m.max_length)
+        raise UserError(f"{owners[i].where if owners else name}: the scored continuation alone has {len(reqs[i].cont)} tokens, "
+                        f"more than the model's {m.max_length} positions; it cannot be scored")
+    return [f"warning: {what} were left-truncated (the context loses its first tokens), as lm-evaluation-harness does; "
+            f"--too-long error refuses instead"]
 
 
 def pick_batch_size(value: str, m: Loaded, longest: int) -> int:
@@ -99,8 +137,49 @@ def pick_batch_size(value: str, m: Loaded, longest: int) -> int:
     return size
 
 
+def output_for(model_path: str, opts: Options) -> Path:
+    out_dir = output_dir(Path(model_path), opts.out) / ("fast" if opts.fast and not opts.out else "")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write results to {out_dir} ({exc.strerror}); pass --out DIR") from None
+    return out_dir
+
+
+def score_requests(scorer: Scorer, m: Loaded, reqs: list, opts: Options) -> tuple[np.ndarray, int]:
+    longest = max((len(r.ctx) + len(r.cont) if m.backend == "causal" else len(r.ids)) for r in reqs)
+    batch = pick_batch_size(opts.batch_size, m, longest)
+    return (scorer.causal(reqs, batch) if m.backend == "causal" else scorer.masked(reqs, batch)), batch
+
+
+def reduce_masked(flat: np.ndarray, reqs: list, m: Loaded, convention: str) -> np.ndarray:
+    """2024 masked scores are minicons' conditional_score at its defaults: the mean over the scored tokens, not the sum."""
+    if m.backend != "causal" and convention == "babylm2024":
+        return flat / np.array([len(r.targets) for r in reqs], dtype=np.float64)
+    return flat
+
+
+def score_pairs(task: Task, m: Loaded, scorer: Scorer, reqs: list, opts: Options, out_dir: Path, meta: dict):
+    convention = convention_for(task, opts)
+    flat, batch = score_requests(scorer, m, reqs, opts)
+    scores = reduce_masked(flat, reqs, m, convention).reshape(len(task.items), -1)
+    _, right, tied, bad = report.decide(scores, np.array([it.correct for it in task.items]))
+    if bad.all():  # nothing is written: a result file would mark the task as evaluated
+        raise UserError(f"{meta['model']}: every score on task {task.name} is NaN or infinite, so the model is broken "
+                        f"(check its weights for NaN, or its training log); nothing was written for {task.name}")
+    summary = report.summarise(task, scores, right, tied, bad)
+    meta = {**meta, "convention": convention if m.backend == "causal" or convention == "babylm2025" else "minicons-pll-mean",
+            "batch_size": batch}
+    files = report.write_results(out_dir, task, scores, summary, meta)
+    if convention == "babylm2025":
+        files["official"] = report.write_official(out_dir, task, scores)
+    return summary, files
+
+
 def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tuple[str, dict, dict]]:
     """Score `task_names` with the model at `model_path`; returns (task, summary, files) per task."""
+    from eval.reading import evaluate_reading
+
     check_folder(model_path)
     for name in task_names:
         resolve_spec(name)  # an unknown name fails before anything is loaded
@@ -109,44 +188,42 @@ def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tupl
         override = Path(opts.ewok_zip) if opts.ewok_zip and resolve_spec(name)[0] == "ewok_filtered" else None
         if override is not None and not override.is_file():
             raise UserError(f"--ewok-zip: {override} does not exist")
-        tasks.append(load_task(name, opts.data_dir, opts.ewok_password, override))
-    m = load(model_path, opts.backend, opts.device, opts.dtype, opts.max_length)
+        tasks.append(load_task(name, opts.data_dir, opts.ewok_password, override, fast=opts.fast))
+    for task in tasks:
+        convention_for(task, opts)  # a task that cannot be scored this way fails before the model is loaded
+    m = load(model_path, "causal" if opts.backend == "causal" else "mlm", opts.device, opts.dtype, opts.max_length)
+    m.backend = opts.backend
     print(f"model {model_path}: {opts.backend}, {sum(p.numel() for p in m.model.parameters()):,} parameters, "
-          f"{m.max_length} positions, {m.device}; {m.prefix_note if m.backend == 'mlm' else 'prefix token ' + m.prefix_note}")
+          f"{m.max_length} positions, {m.device}; {m.prefix_note if m.backend != 'causal' else 'prefix token ' + m.prefix_note}")
     prepared = []
     for task in tasks:
+        if task.spec.kind == "reading":
+            prepared.append((task, None))
+            continue
         reqs, warnings = requests_for(task, m, opts)
         for w in warnings:
             print(w)
         prepared.append((task, reqs))
-    out_dir = output_dir(Path(model_path), opts.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write results to {out_dir} ({exc.strerror}); pass --out DIR") from None
+    out_dir = output_for(model_path, opts)
     scorer = Scorer(m, progress=opts.progress)
     results = []
     for task, reqs in prepared:
-        longest = max((len(r.ctx) + len(r.cont) if m.backend == "causal" else len(r.ids)) for r in reqs)
-        batch = pick_batch_size(opts.batch_size, m, longest)
         t0 = time.perf_counter()
-        flat = scorer.causal(reqs, batch) if m.backend == "causal" else scorer.masked(reqs, batch)
+        meta = {"model": str(Path(model_path).resolve()), "backend": m.backend, "prefix": m.prefix_note, "dtype": opts.dtype,
+                "device": str(m.device), "fast": task.fast}
+        if reqs is None:
+            summary, files = evaluate_reading(task, m, lambda r: score_requests(scorer, m, r, opts)[0], out_dir, meta)
+        else:
+            summary, files = score_pairs(task, m, scorer, reqs, opts, out_dir, meta)
         seconds = time.perf_counter() - t0
-        scores = flat.reshape(len(task.items), -1)
-        _, right, tied, bad = report.decide(scores, np.array([it.correct for it in task.items]))
-        if bad.all():  # nothing is written: a result file would mark the task as evaluated
-            raise UserError(f"{model_path}: every score on task {task.name} is NaN or infinite, so the model is broken "
-                            f"(check its weights for NaN, or its training log); nothing was written for {task.name}")
-        summary = report.summarise(task, right, tied, bad)
-        meta = {"model": str(Path(model_path).resolve()), "backend": m.backend,
-                "convention": opts.convention if m.backend == "causal" else "minicons-pll",
-                "prefix": m.prefix_note, "batch_size": batch, "dtype": opts.dtype, "device": str(m.device),
-                "seconds": round(seconds, 3), "items_per_second": round(len(task.items) / max(seconds, 1e-9), 1)}
-        files = report.write_results(out_dir, task, scores, summary, meta)
-        print(f"{task.name}: {summary['accuracy']:.4f} ± {summary['stderr']:.4f} over {summary['n_subtasks']} subtasks, "
-              f"{len(task.items)} items in {seconds:.1f} s ({len(task.items) / max(seconds, 1e-9):.0f} items/s), "
-              f"{summary['ties']} ties -> {files['result']}")
+        n = summary["n_items"]
+        report.add_timing(files["result"], seconds, n)
+        score = summary["score"]
+        shown = "null" if score is None or not np.isfinite(score) else f"{score:.4f}"
+        print(f"{task.name}: {report.METRIC_LABELS[summary['metric']]} {shown}, {n} items in {seconds:.1f} s "
+              f"({n / max(seconds, 1e-9):.0f} items/s), {summary['ties']} ties -> {files['result']}")
         if summary["non_finite"]:
-            print(f"warning: {task.name}: {summary['non_finite']} item(s) have a NaN or infinite score; they count as wrong")
+            print(f"warning: {task.name}: {summary['non_finite']} item(s) have a NaN or infinite score; they count as wrong"
+                  + (" and the correlation is null" if summary["metric"] == "spearman" else ""))
         results.append((task.name, summary, files))
     return results

@@ -14,7 +14,7 @@ import torch
 
 from common.errors import UserError, reading
 
-BACKENDS = ("causal", "mlm")
+BACKENDS = ("causal", "mlm", "mntp")  # mntp: a masked LM that predicts the next token (2025 convention)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
 
 
@@ -27,6 +27,7 @@ class Loaded:
     max_length: int  # positions the model can attend to
     prefix_id: int | None  # causal: the token every sentence is scored after
     prefix_note: str  # which token that is, for the log
+    path: str = ""
 
 
 def pick_device(device: str) -> torch.device:
@@ -128,7 +129,7 @@ def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", 
     auto = AutoModelForCausalLM if backend == "causal" else AutoModelForMaskedLM
     kind = "causal" if backend == "causal" else "masked"
     if type(config) not in auto._model_mapping:
-        other = "mlm" if backend == "causal" else "causal"
+        other = "mlm (or mntp)" if backend == "causal" else "causal"
         raise UserError(f"{path}: a {config.model_type} model cannot be loaded as a {kind} LM; try --backend {other}")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
     model = load_model_folder(folder, auto, f"the {kind} LM", "save the model again with save_pretrained", config, dtype=torch_dtype)
@@ -153,7 +154,7 @@ def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", 
         else:
             raise UserError(f"{path}: the tokenizer has neither an EOS nor a SEP token to stand for an empty context; "
                             f"set eos_token in {folder / 'tokenizer_config.json'}")
-    return Loaded(model, tokenizer, backend, dev, _max_length(model, tokenizer, max_length, path), prefix_id, note)
+    return Loaded(model, tokenizer, backend, dev, _max_length(model, tokenizer, max_length, path), prefix_id, note, path)
 
 
 def split_head(model: torch.nn.Module, backend: str, probe_ids: torch.Tensor):

@@ -42,7 +42,7 @@ def mean_stderr(right: np.ndarray) -> tuple[float, float]:
     return acc, se
 
 
-def summarise(task: Task, right: np.ndarray, tied: np.ndarray, bad: np.ndarray) -> dict:
+def _accuracies(task: Task, right: np.ndarray, tied: np.ndarray, bad: np.ndarray) -> dict:
     subtasks = {}
     names = np.array([it.subtask for it in task.items])
     for name in task.subtasks:
@@ -50,11 +50,38 @@ def summarise(task: Task, right: np.ndarray, tied: np.ndarray, bad: np.ndarray) 
         acc, se = mean_stderr(right[sel])
         subtasks[name] = {"n": int(sel.sum()), "accuracy": acc, "stderr": se, "ties": int(tied[sel].sum()),
                           "non_finite": int(bad[sel].sum())}
-    accs = [s["accuracy"] for s in subtasks.values()]
-    ses = [s["stderr"] for s in subtasks.values()]
+    if task.spec.average == "files":  # entity tracking: each file's UIDs averaged, then the files (run.py)
+        files = sorted({it.file for it in task.items})
+        of_file = {it.subtask: it.file for it in task.items}
+        groups = [[n for n in subtasks if of_file[n] == f] for f in files]
+    else:
+        groups = [[n] for n in subtasks]
+    accs = [np.mean([subtasks[n]["accuracy"] for n in g]) for g in groups]
+    ses = [math.sqrt(sum(subtasks[n]["stderr"] ** 2 for n in g)) / len(g) for g in groups]
     family_se = math.sqrt(sum(se * se for se in ses)) / len(ses) if all(math.isfinite(s) for s in ses) else float("nan")
-    return {"accuracy": float(np.mean(accs)), "stderr": family_se, "n_items": len(task.items),
-            "n_subtasks": len(subtasks), "ties": int(tied.sum()), "non_finite": int(bad.sum()), "subtasks": subtasks}
+    score = float(np.mean(accs))
+    return {"metric": "accuracy", "score": score, "accuracy": score, "stderr": family_se, "subtasks": subtasks}
+
+
+def p_first(scores: np.ndarray) -> np.ndarray:
+    """softmax over an item's choice scores, the first choice's probability (WUG: the model's ratio)."""
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return np.exp(shifted[:, 0]) / np.exp(shifted).sum(axis=1)
+
+
+def _spearman(task: Task, scores: np.ndarray, bad: np.ndarray) -> dict:
+    """Spearman's rho of P(first choice) against the human values; null when any item is non-finite (no partial rho)."""
+    from scipy.stats import spearmanr
+
+    rho = float("nan") if bad.any() else float(spearmanr(p_first(scores), [it.target for it in task.items])[0])
+    return {"metric": "spearman", "score": rho, "stderr": float("nan"), "subtasks": {}}
+
+
+def summarise(task: Task, scores: np.ndarray, right: np.ndarray, tied: np.ndarray, bad: np.ndarray) -> dict:
+    """The task's score (its metric), per-subtask accuracies, counts of items, ties and non-finite items."""
+    body = _spearman(task, scores, bad) if task.spec.metric == "spearman" else _accuracies(task, right, tied, bad)
+    return {**body, "n_items": len(task.items), "n_subtasks": len(task.subtasks), "ties": int(tied.sum()),
+            "non_finite": int(bad.sum())}
 
 
 def finite_or_none(x: float) -> float | None:
@@ -110,11 +137,45 @@ def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, 
     return {"result": result_file, "pairs": pairs_file, "predictions": predictions_file}
 
 
+OFFICIAL_DIR = "babylm2025"  # eval/babylm2025/<task>/predictions.json: the 2025 pipeline's layout, read by `eval collate`
+
+
+def write_official(out_dir: Path, task: Task, scores: np.ndarray) -> Path:
+    """The 2025 pipeline's predictions.json for one task: {UID: {"predictions": [{"id": "<UID>_<n>", "pred": the chosen
+    completion's text}]}} in file order, WUG with "prob" (P(first sentence)). A non-finite item's pred is null.
+    EWoK's text is written here, as the pipeline writes it, because the submission needs it: keep this folder private."""
+    pred, _, _, bad = decide(scores, np.array([it.correct for it in task.items]))
+    probs = p_first(np.where(bad[:, None], 0.0, scores)) if task.spec.metric == "spearman" else None
+    per_uid: dict[str, list] = {}
+    for k, (it, choice) in enumerate(zip(task.items, pred)):
+        row = {"id": f"{it.subtask}_{it.index}", "pred": None if choice < 0 else it.completions[choice]}
+        if probs is not None:
+            row["prob"] = None if bad[k] else float(probs[k])
+        per_uid.setdefault(it.subtask, []).append(row)
+    file = out_dir / OFFICIAL_DIR / task.name / "predictions.json"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(file, json.dumps({uid: {"predictions": rows} for uid, rows in per_uid.items()}) + "\n")
+    return file
+
+
+def add_timing(result_file: Path, seconds: float, n_items: int) -> None:
+    """The task's scoring time and items per second, added to its result file."""
+    data = json.loads(result_file.read_text(encoding="utf-8"))
+    data.update(seconds=round(seconds, 3), items_per_second=round(n_items / max(seconds, 1e-9), 1))
+    write_atomic(result_file, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+METRIC_LABELS = {"accuracy": "accuracy", "spearman": "Spearman rho", "delta_r2": "delta R2 x100"}
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
-    """The one-screen summary: one line per family, accuracy ± stderr, items, ties."""
-    head = f"{'task':<20} {'accuracy':>17} {'items':>7} {'subtasks':>8} {'ties':>6} {'non-finite':>10}"
+    """The one-screen summary: one line per family, its metric's value (± stderr for accuracies), items, ties."""
+    head = f"{'task':<20} {'metric':<14} {'score':>17} {'items':>7} {'subtasks':>8} {'ties':>6} {'non-finite':>10}"
     out = [head, "-" * len(head)]
     for name, s in rows:
-        out.append(f"{name:<20} {s['accuracy']:>8.4f} ± {s['stderr']:<6.4f} {s['n_items']:>7} {s['n_subtasks']:>8} {s['ties']:>6} "
-                   f"{s.get('non_finite', 0):>10}")
+        score, se = s.get("score", s.get("accuracy")), s.get("stderr")
+        value = "null" if score is None or not math.isfinite(score) else f"{score:.4f}"
+        err = f"± {se:<6.4f}" if se is not None and math.isfinite(se) else " " * 8
+        out.append(f"{name:<20} {METRIC_LABELS.get(s.get('metric', 'accuracy'), '?'):<14} {value:>8} {err} {s['n_items']:>7} "
+                   f"{s['n_subtasks']:>8} {s['ties']:>6} {s.get('non_finite', 0):>10}")
     return "\n".join(out)

@@ -136,20 +136,24 @@ class Scorer:
                                                 torch.tensor(cols, device=dev), torch.tensor(picks, device=dev),
                                                 torch.tensor(tgts, device=dev))
         token_lp = edge_lp[token_slot]  # summed in each request's own token order
-        sums = np.add.reduceat(token_lp, offsets[:-1]) if len(reps) else np.empty(0)
+        sums = np.add.reduceat(token_lp, offsets[:-1]) if len(token_lp) else np.zeros(len(reps))
+        sums[np.asarray(n_cont) == 0] = 0.0  # nothing scored (2025, a one-token sentence): reduceat would copy a neighbour
         return sums[back]
 
     # ------------------------------------------------------------------ masked
     def masked(self, requests: list[MaskedRequest], batch_size: int) -> np.ndarray:
         """Pseudo-log-likelihood per request: one masked copy per target position, copies batched across requests."""
         mask_id = self.m.tokenizer.mask_token_id
-        reps, back = _unique([(tuple(r.ids), tuple(r.targets)) for r in requests])
+        reps, back = _unique([(tuple(r.ids), tuple(r.targets), r.shift, tuple(r.target_ids or ())) for r in requests])
         order = sorted(range(len(reps)), key=lambda k: -len(requests[reps[k]].ids))
         counts = np.array([len(requests[i].targets) for i in reps], dtype=np.int64)
         offsets = np.zeros(len(reps) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         # (request, masked position, slot of its log-prob in token_lp)
         copies = [(k, p, offsets[k] + j) for k in order for j, p in enumerate(requests[reps[k]].targets)]
+        # the token each copy is scored as, and where its logits are read (mntp: one position before the mask)
+        wanted = {(k, p): (requests[reps[k]].target_ids[j] if requests[reps[k]].target_ids else requests[reps[k]].ids[p])
+                  for k in order for j, p in enumerate(requests[reps[k]].targets)}
         token_lp = np.empty(offsets[-1], dtype=np.float64)
         dev = self.m.device
         with torch.inference_mode(), self._bar(len(copies), "scoring (one copy per masked token)") as bar:
@@ -158,16 +162,18 @@ class Scorer:
                 width = max(len(requests[reps[k]].ids) for k, _, _ in batch)
                 ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
                 att = torch.zeros((len(batch), width), dtype=torch.long)
-                tgts = []
+                tgts, reads = [], []
                 for b, (k, p, _) in enumerate(batch):
                     seq = requests[reps[k]].ids
                     ids[b, :len(seq)] = torch.tensor(seq)
                     att[b, :len(seq)] = 1
-                    tgts.append(seq[p])
+                    tgts.append(wanted[(k, p)])
+                    reads.append((p - requests[reps[k]].shift) % len(seq))
                 pos = torch.tensor([p for _, p, _ in batch])
                 ids[torch.arange(len(batch)), pos] = mask_id
                 every = torch.arange(len(batch), device=dev)
-                lp = self._logprobs(ids.to(dev), att.to(dev), every, pos.to(dev), every, torch.tensor(tgts, device=dev))
+                lp = self._logprobs(ids.to(dev), att.to(dev), every, torch.tensor(reads, device=dev), every,
+                                    torch.tensor(tgts, device=dev))
                 token_lp[[slot for _, _, slot in batch]] = lp
                 bar.update(len(batch))
         sums = np.array([token_lp[offsets[k]:offsets[k + 1]].sum() for k in range(len(reps))])

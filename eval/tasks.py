@@ -3,14 +3,19 @@
 A family names where its JSONL files are (a glob under the data folder, optionally inside
 a .tar.gz or a password-protected .zip), which fields hold the choices, and whether the
 choices are whole sentences (no context) or continuations of a context field. Each file is
-one subtask (a BLiMP paradigm, an EWoK domain); the first choice is the correct one.
+one subtask (a BLiMP paradigm, an EWoK domain) unless `subtask` names another; the first
+choice is the correct one. For the 2025 convention a family also says, as templates over
+the row's fields, which text is scored (`sentence`) and which suffix of it counts
+(`completion`), exactly as the 2025 pipeline's `read_files.py` builds them.
 A user adds a minimal-pair task by adding a YAML file here, or by passing its path.
 """
 from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
+import string
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -21,6 +26,11 @@ from common.errors import UserError
 from common.paths import REPO
 
 TASKS_DIR = REPO / "eval" / "tasks"
+SUITES = {  # --suite: the 2025 pipeline's zero-shot tasks; the fast variant reads the *_fast folders and has no COMPS
+    "babylm2025": ["blimp_filtered", "blimp_supplement", "ewok_filtered", "entity_tracking", "wug_adj", "wug_past", "comps", "reading"],
+    "babylm2025-fast": ["blimp_filtered", "blimp_supplement", "ewok_filtered", "entity_tracking", "wug_adj", "wug_past", "reading"],
+}
+METRICS = ("accuracy", "spearman", "delta_r2")
 
 
 @dataclass
@@ -43,13 +53,35 @@ class TaskSpec:
     correct: int = field(0, "index in `choices` of the correct choice", ge=0)
     context: str | None = field(None, "field holding a context the choices continue; null scores whole sentences")
     share_text: bool = field(True, "write item text into pairs/<task>.jsonl (false for data under a sharing rule, as EWoK)")
+    kind: str = field("pairs", "pairs: choices ranked by score; reading: word surprisal against reading times (eval/reading.py)")
+    fast_sources: list[Source] = field([], "where the fast variant's files are (--suite babylm2025-fast); empty: no fast variant")
+    only_convention: str | None = field(None, "the one convention the task exists in (babylm2025 for the 2025-only tasks)")
+    choice_list: str | None = field(None, "a field holding all choices: a JSON list, or a string cut at `choice_separator`")
+    choice_separator: str = field("\t", "separator of the choices in a `choice_list` string (WUG: a tab)")
+    sentence: str = field("{choice}", "2025: the text scored for each choice, a template over the row's fields and {choice}")
+    completion: str = field("{choice}", "2025: the suffix of `sentence` whose tokens are scored (by character offsets)")
+    subtask: str = field("{file}", "the subtask (the 2025 pipeline's UID) of a row: a template over its fields and {file}")
+    subtask_names: dict[str, str] = field({}, "renames of subtask values (COMPS: comps_base -> base, ...)")
+    average: str = field("subtasks", "subtasks: mean over subtasks; files: mean over each file's subtasks, then over files")
+    metric: str = field("accuracy", "accuracy; spearman (rho of P(first choice) against `target`); delta_r2 (reading)")
+    target: str | None = field(None, "the numeric field a spearman task correlates with (WUG: ratio)")
+    required: list[str] = field([], "further fields every row must have (entity tracking: numops)")
 
     def check(self) -> None:
         if not self.sources:
             raise ConfigError("sources", "missing: list where the files are, e.g. [{files: blimp_filtered/*.jsonl}]")
-        for i, src in enumerate(self.sources):
-            if not src.files:
-                raise ConfigError(f"sources[{i}].files", "missing: a glob of JSONL files, e.g. blimp_filtered/*.jsonl")
+        for key, sources in (("sources", self.sources), ("fast_sources", self.fast_sources)):
+            for i, src in enumerate(sources):
+                if not src.files:
+                    raise ConfigError(f"{key}[{i}].files", "missing: a glob of JSONL files, e.g. blimp_filtered/*.jsonl")
+        for key, allowed in (("kind", ("pairs", "reading")), ("metric", METRICS), ("average", ("subtasks", "files")),
+                             ("only_convention", (None, "babylm2024", "babylm2025"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(key, f"must be one of {', '.join(str(a) for a in allowed)}, got {getattr(self, key)!r}")
+        if self.metric == "spearman" and not self.target:
+            raise ConfigError("target", "missing: a spearman task names the numeric field it correlates with (e.g. ratio)")
+        if self.kind == "reading" or self.choice_list:
+            return
         if len(self.choices) < 2:
             raise ConfigError("choices", "missing: list at least two fields that hold the choices, e.g. [sentence_good, sentence_bad]")
         if not 0 <= self.correct < len(self.choices):
@@ -66,6 +98,10 @@ class Item:
     context: str  # "" for whole-sentence tasks
     choices: list[str]
     correct: int
+    file: str = ""  # the file's stem
+    sentences: list[str] | None = None  # 2025: the text scored per choice
+    completions: list[str] | None = None  # 2025: the scored suffix of each sentence
+    target: float | None = None  # spearman tasks: the human value (WUG's ratio)
 
 
 @dataclass
@@ -75,6 +111,8 @@ class Task:
     spec_file: Path
     items: list[Item]
     origin: str  # the files the items came from, for the result file
+    fast: bool = False  # read from the fast variant's files
+    table: object = None  # reading: the pandas frame of the CSV
 
     @property
     def subtasks(self) -> list[str]:
@@ -126,26 +164,73 @@ def data_dir_for(spec: TaskSpec, given: str | None, name: str) -> Path:
                     f"`python -m eval download` fetches it)")
 
 
+def _fill(template: str, row: dict, extra: dict, where: str, key: str, name: str) -> str:
+    """`template` with {field} replaced by the row's values (and {choice}, {file}); a missing field is one line."""
+    values = {**row, **extra}
+    for _, fieldname, _, _ in string.Formatter().parse(template):
+        if fieldname is not None and fieldname not in values:
+            raise UserError(f"{where}: no field '{fieldname}' (task {name}'s `{key}` template {template!r} reads it)"
+                            f"{suggest(fieldname, list(row))}")
+    return template.format_map({k: ("" if v is None else v) for k, v in values.items()})
+
+
+def _choices(row: dict, spec: TaskSpec, where: str, name: str) -> list[str]:
+    if not spec.choice_list:
+        return [row[c] for c in spec.choices]
+    value = row[spec.choice_list]
+    if isinstance(value, str):
+        parts = value.split(spec.choice_separator)
+        if len(parts) < 2:
+            raise UserError(f"{where}: field '{spec.choice_list}' must hold at least two choices separated by "
+                            f"{spec.choice_separator!r}, got {value[:80]!r}")
+        return parts
+    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(v, str) and v for v in value):
+        raise UserError(f"{where}: field '{spec.choice_list}' must be a list of at least two non-empty strings, got {str(value)[:80]}")
+    return value
+
+
 def _read_jsonl(text: str, where: str, subtask: str, spec: TaskSpec, name: str) -> list[Item]:
     items = []
-    needed = ([spec.context] if spec.context else []) + spec.choices
+    needed = ([spec.context] if spec.context else []) + ([spec.choice_list] if spec.choice_list else spec.choices) \
+        + ([spec.target] if spec.target else []) + spec.required
+    counts: dict[str, int] = {}
     for lineno, line in enumerate(text.split("\n"), 1):  # JSON strings may hold U+2028, U+0085 ...: \n only
         if not line.strip():
             continue
+        at = f"{where}:{lineno}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{where}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno}); fix or delete the line") from None
+            raise UserError(f"{at}: not valid JSON ({exc.msg}, column {exc.colno}); fix or delete the line") from None
         if not isinstance(row, dict):
-            raise UserError(f"{where}:{lineno}: expected a JSON object with fields {needed}, got {type(row).__name__}")
+            raise UserError(f"{at}: expected a JSON object with fields {needed}, got {type(row).__name__}")
         for key in needed:
             if key not in row:
-                raise UserError(f"{where}:{lineno}: no field '{key}' (task {name} reads {needed}){suggest(key, list(row))}")
+                raise UserError(f"{at}: no field '{key}' (task {name} reads {needed}){suggest(key, list(row))}")
+            if key == spec.choice_list or key in spec.required:
+                continue
+            if key == spec.target:
+                if isinstance(row[key], bool) or not isinstance(row[key], (int, float)) or not math.isfinite(row[key]):
+                    raise UserError(f"{at}: field '{key}' must be a finite number, got {row[key]!r}")
+                continue
             if not isinstance(row[key], str) or not row[key].strip():
-                raise UserError(f"{where}:{lineno}: field '{key}' must be a non-empty string, got {row[key]!r}")
-        items.append(Item(subtask=subtask, index=len(items), where=f"{where}:{lineno}",
-                          context=row[spec.context] if spec.context else "",
-                          choices=[row[c] for c in spec.choices], correct=spec.correct))
+                raise UserError(f"{at}: field '{key}' must be a non-empty string, got {row[key]!r}")
+        choices = _choices(row, spec, at, name)
+        sub = _fill(spec.subtask, row, {"file": subtask}, at, "subtask", name)
+        sub = spec.subtask_names.get(sub, sub)
+        context = row[spec.context] if spec.context else ""
+        sentences = [_fill(spec.sentence, row, {"choice": c, "context": context, "file": subtask}, at, "sentence", name)
+                     for c in choices]
+        completions = [_fill(spec.completion, row, {"choice": c, "context": context, "file": subtask}, at, "completion", name)
+                       for c in choices]
+        for s_, c_ in zip(sentences, completions):
+            if not s_.endswith(c_):
+                raise UserError(f"{at}: the completion {c_[:60]!r} is not the end of the sentence {s_[-60:]!r} "
+                                f"(task {name}'s `sentence` and `completion` templates disagree)")
+        items.append(Item(subtask=sub, index=counts.get(sub, 0), where=at, context=context, choices=choices,
+                          correct=spec.correct, file=subtask, sentences=sentences, completions=completions,
+                          target=float(row[spec.target]) if spec.target else None))
+        counts[sub] = counts.get(sub, 0) + 1
     return items
 
 
@@ -187,13 +272,27 @@ def _from_archive(archive: Path, pattern: str, password: str | None, needs_passw
 
 
 def load_task(name: str, data_dir: str | None = None, password: str | None = None,
-              archive_override: Path | None = None) -> Task:
-    """Read a family's spec and all its items. `archive_override` replaces the archive of the first archive source."""
+              archive_override: Path | None = None, fast: bool = False) -> Task:
+    """Read a family's spec and all its items. `archive_override` replaces the archive of the first archive source;
+    `fast` reads the fast variant's files (`fast_sources`)."""
     name, spec_file = resolve_spec(name)
     spec = load(TaskSpec, spec_file)
+    sources = spec.fast_sources if fast else spec.sources
+    if fast and not sources:
+        raise UserError(f"task {name} has no fast variant (no fast_sources in {spec_file}); drop it from the fast suite")
     root = data_dir_for(spec, data_dir, name) if archive_override is None else None  # --ewok-zip needs no data folder
+    if spec.kind == "reading":
+        from eval.reading import read_table
+
+        for src in sources:
+            paths = sorted(p for p in root.glob(src.files) if p.is_file())
+            if paths:
+                table = read_table(paths[0])
+                return Task(name=name, spec=spec, spec_file=spec_file, items=[], origin=str(paths[0]), fast=fast, table=table)
+        raise UserError(f"task {name}: no files found (looked for {', '.join(str(root / s.files) for s in sources)}); "
+                        f"pass --data-dir with BabyLM's evaluation_data (its full_eval or fast_eval folder)")
     tried = []
-    for src in spec.sources:
+    for src in sources:
         if archive_override is not None and src.archive is None:
             continue  # an explicit archive (--ewok-zip) wins over plain files in the data folder
         if src.archive is not None:
@@ -219,5 +318,5 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
             items.extend(_read_jsonl(text, where(member), Path(member).stem, spec, name))
         if not items:
             raise UserError(f"task {name}: the files at {origin} hold no items (every line is empty); check the download")
-        return Task(name=name, spec=spec, spec_file=spec_file, items=items, origin=origin)
+        return Task(name=name, spec=spec, spec_file=spec_file, items=items, origin=origin, fast=fast)
     raise UserError(f"task {name}: no files found (looked for {', '.join(tried)}); pass --data-dir with BabyLM's evaluation_data")

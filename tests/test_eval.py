@@ -62,36 +62,63 @@ def ref_causal(model, tok, prefix_id, context, choice, convention="babylm2024"):
 
 
 def ref_pll(model, tok, context, choice):
-    """minicons' conditional_score with a sum: prefix + ' ' + (' ' + choice), one masked copy per scored token."""
+    """minicons' conditional_score at its defaults: prefix + ' ' + (' ' + choice), one masked copy per scored token,
+    the mean of their log-probabilities."""
     prefix = context or tok.eos_token
     skip = {tok.pad_token_id, tok.cls_token_id, tok.sep_token_id}
     start = sum(1 for t in tok(prefix)["input_ids"] if t not in (tok.pad_token_id, tok.sep_token_id))
     ids = tok(prefix + "  " + choice)["input_ids"]
-    total = 0.0
+    values = []
     for k in range(start, len(ids)):
         if ids[k] in skip:
             continue
         masked = list(ids)
         masked[k] = tok.mask_token_id
         with torch.no_grad():
-            total += float(torch.log_softmax(model(torch.tensor([masked])).logits[0, k].double(), dim=-1)[ids[k]])
+            values.append(float(torch.log_softmax(model(torch.tensor([masked])).logits[0, k].double(), dim=-1)[ids[k]]))
+    return sum(values) / len(values)
+
+
+def ref_2025(model, tok, sentence, completion, backend):
+    """The 2025 pipeline's procedure, one text at a time: encode with special tokens and offsets, pick the completion's
+    tokens by their spans, sum log-probabilities (causal: position 0 never scored; mlm: a masked copy per token;
+    mntp: a masked copy per token read one position earlier)."""
+    enc = tok(sentence, return_offsets_mapping=True)
+    ids, offs = enc["input_ids"], enc["offset_mapping"]
+    if backend == "causal":
+        start = len(sentence) - len(completion) + offs[0][0]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
+        return float(sum(logp[i - 1, ids[i]] for i in range(1, len(ids)) if offs[i][1] > start))
+    start = len(sentence) - len(completion)
+    prepend = tok.cls_token_id is not None or tok.bos_token_id is not None
+    total = 0.0
+    for i in range(len(ids)):
+        if offs[i][1] <= start or (backend == "mntp" and i == 0 and not prepend):
+            continue
+        masked = list(ids)
+        masked[i] = tok.mask_token_id
+        at = i - 1 if backend == "mntp" else i
+        with torch.no_grad():
+            total += float(torch.log_softmax(model(torch.tensor([masked])).logits[0, at].double(), dim=-1)[ids[i]])
     return total
 
 
 def score_with_project(model_dir, backend, task_name, data_dir, batch_size, convention="babylm2024", password=None, every=1):
-    from eval.evaluate import Options, requests_for
+    from eval.evaluate import Options, convention_for, reduce_masked, requests_for
     from eval.model import load
     from eval.scorer import Scorer
     from eval.tasks import load_task
 
     opts = Options(backend=backend, convention=convention, data_dir=str(data_dir), progress=False)
-    m = load(str(model_dir), backend, "cpu")
+    m = load(str(model_dir), "causal" if backend == "causal" else "mlm", "cpu")
     task = load_task(task_name, str(data_dir), password)
     task.items = task.items[::every]
+    m.backend = backend
     reqs, _ = requests_for(task, m, opts)
     scorer = Scorer(m, progress=False)
     flat = scorer.causal(reqs, batch_size) if backend == "causal" else scorer.masked(reqs, batch_size)
-    return m, task, flat.reshape(len(task.items), -1)
+    return m, task, reduce_masked(flat, reqs, m, convention_for(task, opts)).reshape(len(task.items), -1)
 
 
 def compare_to_reference(m, task, scores, ref, every=1):
@@ -151,10 +178,23 @@ def test_hf_gpt2_blimp_and_ewok_match_reference(data_slice):
     compare_to_reference(m, task, scores, lambda c, s: ref_causal(m.model, m.tokenizer, m.prefix_id, c, s))
 
 
+def compare_2025(m, task, scores, backend, every=1, least=20):
+    """Identical decisions and scores within 1e-4 of the naive 2025 reference, item by item."""
+    from eval.report import decide
+
+    checked = 0
+    for i in range(0, len(task.items), every):
+        item = task.items[i]
+        expected = [ref_2025(m.model, m.tokenizer, s, c, backend) for s, c in zip(item.sentences, item.completions)]
+        assert np.allclose(scores[i], expected, atol=1e-4, rtol=0), (item.where, scores[i], expected)
+        assert int(np.argmax(expected)) == int(decide(scores[i:i + 1], np.array([0]))[0][0]), item.where
+        checked += 1
+    assert checked >= least
+
+
 def test_babylm2025_convention_matches_reference(data_slice):
     m, task, scores = score_with_project(shared("hf_tiny_gpt2"), "causal", "blimp_filtered", data_slice, 64, convention="babylm2025")
-    compare_to_reference(m, task, scores,
-                         lambda c, s: ref_causal(m.model, m.tokenizer, m.prefix_id, c, s, "babylm2025"), every=5)
+    compare_2025(m, task, scores, "causal", every=5)
     _, _, s2024 = score_with_project(shared("hf_tiny_gpt2"), "causal", "blimp_filtered", data_slice, 64)
     assert not np.allclose(scores, s2024)  # GPT-2's BPE sees "The" and " The" differently: the option changes something
 

@@ -1,0 +1,153 @@
+"""python -m eval collate MODEL_OR_RUN --backend causal: the one JSON the BabyLM 2025 challenge collects.
+
+It gathers the 2025 pipeline's predictions.json of every task (written by `python -m eval`
+under the 2025 convention into eval/babylm2025/<task>/, fine-tuning into
+eval/finetune/<task>/) into {"blimp", "blimp_supplement", "ewok", "entity_tracking",
+"wug_adj", "wug_past", "comps", "reading", "glue"} as the pipeline's `collate_preds.py`
+does, and adds "fast_eval_results" when fast results of two or more milestone checkpoints
+exist (<run>/milestones/chck_*/eval/fast/). Every task must be there, evaluated with the
+given backend, with the item count of the size table for each subtask; else one error line
+names the task, the subtask and both counts, and nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from common.errors import UserError
+from common.paths import REPO, write_atomic
+from eval.model import BACKENDS
+from eval.report import OFFICIAL_DIR
+
+SIZES = REPO / "eval" / "babylm2025_sizes.yaml"
+ZERO_SHOT = {"blimp": "blimp_filtered", "blimp_supplement": "blimp_supplement", "ewok": "ewok_filtered",
+             "entity_tracking": "entity_tracking", "wug_adj": "wug_adj", "wug_past": "wug_past", "comps": "comps",
+             "reading": "reading"}  # submission key -> our task name
+FAST = ("blimp_filtered", "blimp_supplement", "ewok_filtered", "entity_tracking", "wug_adj", "wug_past", "reading")
+GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
+
+
+def eval_dir_of(path: Path) -> Path:
+    """<run>/eval for a run directory or its model/, else <model>/eval."""
+    if (path / "run.json").is_file():
+        return path / "eval"
+    if path.name == "model" and (path.parent / "run.json").is_file():
+        return path.parent / "eval"
+    return path / "eval"
+
+
+def _load(file: Path, task: str, how: str) -> dict:
+    if not file.is_file():
+        raise UserError(f"collate: task {task} is missing ({file} does not exist); {how}")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: not valid JSON ({exc}); evaluate task {task} again") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("predictions"), list) for v in data.values()):
+        raise UserError(f"{file}: not the 2025 layout {{UID: {{\"predictions\": [...]}}}}; evaluate task {task} again")
+    return data
+
+
+def _check_backend(eval_dir: Path, task: str, backend: str) -> None:
+    result = eval_dir / f"{task}.json"
+    if result.is_file():
+        got = json.loads(result.read_text(encoding="utf-8")).get("backend")
+        if got != backend:
+            raise UserError(f"collate: task {task} was evaluated with --backend {got} ({result}), not {backend}; "
+                            f"collate with --backend {got} or evaluate again")
+
+
+def _check_sizes(data: dict, task: str, expected: dict, file: Path) -> None:
+    if "*" not in expected:
+        missing = sorted(set(expected) - {k.lower() for k in data})
+        if missing:
+            raise UserError(f"collate: task {task} has no predictions for subtask {missing[0]} ({file}); evaluate it on the "
+                            f"full data")
+    for key, value in data.items():
+        want = expected.get("*", expected.get(key.lower()))
+        got = len(value["predictions"])
+        if want is None:
+            raise UserError(f"collate: task {task} has a subtask {key} that the size table does not know ({file})")
+        if got != want:
+            raise UserError(f"collate: task {task}, subtask {key} has {got} predictions, the submission needs {want} ({file}); "
+                            f"evaluate it on the official data")
+
+
+def _fast_metrics(eval_dir: Path) -> dict:
+    """One checkpoint's fast scores, as collate_preds.get_revision_fast_eval_metrics reports them (fractions)."""
+    out = {}
+    for task in FAST:
+        result = eval_dir / f"{task}.json"
+        if not result.is_file():
+            raise UserError(f"collate: fast task {task} is missing at {result}; run python -m eval {eval_dir.parent.parent / 'model'} "
+                            f"--suite babylm2025-fast")
+        r = json.loads(result.read_text(encoding="utf-8"))
+        key = next(k for k, v in ZERO_SHOT.items() if v == task)
+        if task == "reading":
+            out[key] = {"spr": _frac(r.get("self_paced_reading")), "rt": _frac(r.get("eye_tracking"))}
+        elif r.get("metric") == "spearman":
+            out[key] = {"wug": r.get("score")}
+        else:
+            out[key] = {name: s["accuracy"] for name, s in r["subtasks"].items()}
+    return out
+
+
+def _frac(x):
+    return None if x is None else x / 100
+
+
+def words(name: str) -> float:
+    m = re.fullmatch(r"chck_(\d+)M", name)
+    return float(m.group(1)) if m else float("inf")
+
+
+def collate(path: Path, backend: str, sizes_file: Path) -> tuple[dict, Path]:
+    eval_dir = eval_dir_of(path)
+    sizes = yaml.safe_load(sizes_file.read_text(encoding="utf-8"))
+    out: dict = {}
+    for key, task in ZERO_SHOT.items():
+        file = eval_dir / OFFICIAL_DIR / task / "predictions.json"
+        data = _load(file, task, f"run python -m eval {path} --suite babylm2025 (or --tasks {task})")
+        _check_backend(eval_dir, task, backend)
+        _check_sizes(data, task, sizes["full"][task], file)
+        out[key] = data
+    out["glue"] = {}
+    for task in GLUE:
+        file = eval_dir / "finetune" / task / "predictions.json"
+        data = _load(file, task, f"run python -m eval finetune {path} --tasks {task}")
+        _check_sizes(data, task, sizes["full"][task], file)
+        out["glue"].update(data)
+    run = eval_dir.parent
+    milestones = sorted((p for p in (run / "milestones").glob("chck_*") if (p / "eval" / "fast").is_dir()), key=lambda p: words(p.name))
+    if len(milestones) >= 2:
+        fast: dict = {key: [] for key in ZERO_SHOT if ZERO_SHOT[key] in FAST}
+        for m in milestones:
+            for key, value in _fast_metrics(m / "eval" / "fast").items():
+                fast[key].append(value)
+        out["fast_eval_results"] = fast
+    return out, eval_dir / f"all_full_preds_and_fast_scores_{backend}.json"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval collate", description=__doc__.split("\n\n")[1])
+    p.add_argument("model", help="a run directory, its model/ folder, or a model folder evaluated with --suite babylm2025")
+    p.add_argument("--backend", choices=BACKENDS, required=True, help="the backend the tasks were evaluated with")
+    p.add_argument("--sizes", default=str(SIZES), help="the item-count table (default: the official 2025 counts)")
+    p.add_argument("--out", help="the submission file (default: eval/all_full_preds_and_fast_scores_<backend>.json)")
+    args = p.parse_args(argv)
+    path = Path(args.model)
+    if not path.is_dir():
+        raise UserError(f"collate: {path} is not a folder; give a run directory or an evaluated model folder")
+    sizes = Path(args.sizes)
+    if not sizes.is_file():
+        raise UserError(f"--sizes {sizes}: no such file")
+    data, default = collate(path, args.backend, sizes)
+    target = Path(args.out) if args.out else default
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, json.dumps(data) + "\n")
+    print(f"{target}: {', '.join(data)}")
+    return 0
