@@ -131,6 +131,10 @@ def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", 
     if type(config) not in auto._model_mapping:
         other = "mlm (or mntp)" if backend == "causal" else "causal"
         raise UserError(f"{path}: a {config.model_type} model cannot be loaded as a {kind} LM; try --backend {other}")
+    saved_as = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
+    if backend == "causal" and saved_as and all(a.endswith("ForMaskedLM") for a in saved_as):
+        # transformers maps BERT-family configs to a *ForCausalLM too, which would score a masked LM as if causal
+        raise UserError(f"{path}: a masked LM ({', '.join(saved_as)}) cannot be loaded as a causal LM; try --backend mlm (or mntp)")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
     model = load_model_folder(folder, auto, f"the {kind} LM", "save the model again with save_pretrained", config, dtype=torch_dtype)
     model.to(dev).eval()

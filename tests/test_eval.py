@@ -104,7 +104,7 @@ def ref_2025(model, tok, sentence, completion, backend):
     return total
 
 
-def score_with_project(model_dir, backend, task_name, data_dir, batch_size, convention="babylm2024", password=None, every=1):
+def score_with_project(model_dir, backend, task_name, data_dir, batch_size, convention=None, password=None, every=1):
     from eval.evaluate import Options, convention_for, reduce_masked, requests_for
     from eval.model import load
     from eval.scorer import Scorer

@@ -1,0 +1,313 @@
+"""The BabyLM 2025 zero-shot tasks on the real files (entity tracking, WUG, reading; COMPS and WUG past tense in
+their published formats): scores against naive one-item references, metrics, the suite, collate, bad inputs."""
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import assert_user_error, ok, run_cli, shared
+from test_eval import compare_2025, score_with_project
+
+GPT2 = shared("hf_tiny_gpt2")
+
+
+def _subset(src: str, dst: Path, every: int) -> None:
+    lines = [line for line in src.splitlines() if line.strip()]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("\n".join(lines[::every]) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def extras(tmp_path_factory) -> Path:
+    """A 2025 evaluation_data folder: the real entity tracking, WUG adjective and reading files (thinned), BLiMP,
+    the supplement and EWoK (thinned), and COMPS and WUG past tense written in their published formats."""
+    root = tmp_path_factory.mktemp("eval2025")
+    raw = tmp_path_factory.mktemp("raw")
+    with tarfile.open(shared("babylm2025_extra_tasks.tar.gz")) as tf:
+        tf.extractall(raw, filter="data")
+    for name in ("regular", "ambiref", "move_contents"):
+        _subset((raw / "entity_tracking" / f"{name}.jsonl").read_text(), root / "entity_tracking" / f"{name}.jsonl", 60)
+    _subset((raw / "entity_tracking" / "regular.jsonl").read_text(), root / "entity_tracking_fast" / "regular.jsonl", 90)
+    shutil.copytree(raw / "wug_adj_nominalization", root / "wug_adj_nominalization")
+    (root / "reading").mkdir()
+    shutil.copy(raw / "reading" / "reading_data.csv", root / "reading" / "reading_data.csv")
+    for folder, fast, names in (("blimp_filtered", "blimp_fast", ("adjunct_island", "anaphor_gender_agreement")),
+                                ("blimp_supplement", "supplement_fast", ("hypernym", "turn_taking"))):
+        for name in names:
+            text = shared(folder, f"{name}.jsonl").read_text(encoding="utf-8")
+            _subset(text, root / folder / f"{name}.jsonl", 40)
+            _subset(text, root / fast / f"{name}.jsonl", 80)
+    with zipfile.ZipFile(shared("ewok_filtered.zip")) as zf:  # extracted into the test's temporary folder only
+        for member in zf.namelist()[:3]:
+            if member.endswith(".jsonl"):
+                text = zf.read(member, pwd=b"ewok").decode()
+                _subset(text, root / "ewok_filtered" / Path(member).name, 50)
+                _subset(text, root / "ewok_fast" / Path(member).name, 100)
+    words = ["blick", "dax", "wug", "fep", "zorp", "tove", "gling", "spow", "cleem", "frull"]
+    (root / "wug_past_tense").mkdir()
+    rows = [{"sentences": f"Yesterday she {w}ed the ball.\tYesterday she {w}t the ball.", "ratio": (k * 7 % 10) / 10}
+            for k, w in enumerate(words)]
+    (root / "wug_past_tense" / "wug_past_tense.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "comps").mkdir()
+    for stem in ("comps_base", "comps_wugs", "comps_wugs_dist-before", "comps_wugs_dist-in_between"):
+        rows = [{"id": k, "prefix_acceptable": f"A {a} is an animal that", "prefix_unacceptable": f"A {b} is an animal that",
+                 "property_phrase": p, "negative_sample_type": "taxonomic"}
+                for k, (a, b, p) in enumerate([("robin", "table", "can fly."), ("dog", "spoon", "has four legs."),
+                                               ("cat", "rock", "likes to sleep."), ("fish", "lamp", "can swim.")])]
+        (root / "comps" / f"{stem}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_real_files_load_with_the_pipelines_uids():
+    from eval.collate import SIZES
+    from eval.tasks import load_task
+
+    raw = Path(shared("babylm2025_extra_tasks.tar.gz")).parent
+    sizes = yaml.safe_load(SIZES.read_text())["full"]
+    for name, folder, password in (("blimp_filtered", raw, None), ("blimp_supplement", raw, None), ("ewok_filtered", raw, "ewok")):
+        task = load_task(name, str(folder), password)
+        counts = {}
+        for it in task.items:
+            counts[it.subtask.lower()] = counts.get(it.subtask.lower(), 0) + 1
+        assert counts == sizes[name], name  # the official table matches the real files, UID by UID
+
+
+def test_entity_tracking_wug_comps_match_reference(extras):
+    from eval.report import p_first
+
+    m, task, scores = score_with_project(GPT2, "causal", "entity_tracking", extras, 16)
+    assert task.subtasks[0] == "ambiref_0_ops" and len(task.items[0].choices) >= 3
+    compare_2025(m, task, scores, "causal", every=3)
+    for name in ("wug_adj", "wug_past", "comps"):
+        m, task, scores = score_with_project(GPT2, "causal", name, extras, 16)
+        compare_2025(m, task, scores, "causal", every=1 if len(task.items) < 40 else 10, least=10)
+    m, task, scores = score_with_project(GPT2, "causal", "ewok_filtered", extras, 16, convention="babylm2025")
+    compare_2025(m, task, scores, "causal", least=10)
+    assert sorted(it.subtask for it in task.items[:1])[0] in task.subtasks
+    # WUG's model value is the softmax of the two scores; rho against a rank correlation computed by hand
+    m, task, scores = score_with_project(GPT2, "causal", "wug_adj", extras, 16)
+    probs = np.array([np.exp(s[0]) / np.exp(s).sum() for s in scores.astype(np.float64)])
+    assert np.allclose(p_first(scores), probs, atol=1e-12)
+    from eval.report import summarise, decide
+
+    summary = summarise(task, scores, *decide(scores, np.zeros(len(task.items), dtype=int))[1:])
+    def avg_ranks(v):  # ranks 0..n-1, equal values sharing their mean rank (Spearman's convention for ties)
+        order = np.argsort(v, kind="mergesort")
+        ranks = np.empty(len(v))
+        ranks[order] = np.arange(len(v))
+        _, group = np.unique(v, return_inverse=True)
+        return (np.bincount(group, ranks) / np.bincount(group))[group]
+
+    expected = np.corrcoef(avg_ranks(p_first(scores)), avg_ranks(np.array([it.target for it in task.items])))[0, 1]
+    assert summary["metric"] == "spearman" and summary["score"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["mlm", "mntp"])
+def test_masked_backends_2025_match_reference(backend, extras):
+    from test_eval import PARADIGMS  # noqa: F401 - the module's trained fixtures are not needed here
+
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
+
+    folder = extras.parent / f"roberta-{backend}"
+    if not folder.exists():
+        tok = AutoTokenizer.from_pretrained(GPT2)
+        tok.add_special_tokens({"mask_token": "<mask>", "pad_token": "<pad>", "cls_token": "<s>", "sep_token": "</s>"})
+        torch.manual_seed(0)
+        config = RobertaConfig(vocab_size=max([len(tok), *tok.all_special_ids]) + 1, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=520, pad_token_id=1)
+        RobertaForMaskedLM(config).save_pretrained(folder)
+        tok.save_pretrained(folder)
+    m, task, scores = score_with_project(folder, backend, "comps", extras, 8)
+    compare_2025(m, task, scores, backend, least=10)
+    m, task, scores = score_with_project(folder, backend, "entity_tracking", extras, 8, every=25)
+    compare_2025(m, task, scores, backend, least=5)
+
+
+def naive_surprisal(model, tok, context, word):
+    """get_p2, one forward pass per sub-token: the product of the sub-token probabilities."""
+    from eval.reading import decode_piece
+
+    target = tok(word, add_special_tokens=False)["input_ids"]
+    total = 0.0
+    for k, token in enumerate(target):
+        ids = tok(context)["input_ids"]
+        wanted = token if k == 0 else tok(decode_piece(tok, token), add_special_tokens=False)["input_ids"][0]
+        with torch.no_grad():
+            total += float(torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].double(), -1)[wanted])
+        context = context + decode_piece(tok, token)
+    return -total
+
+
+def ols_r2(y, columns):
+    """R² of an OLS with an intercept, by numpy least squares (independent of statsmodels)."""
+    X = np.column_stack([np.ones(len(y))] + columns)
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ beta
+    return 1 - resid @ resid / ((y - y.mean()) @ (y - y.mean()))
+
+
+def test_reading_matches_naive_surprisal_and_least_squares(extras):
+    from itertools import combinations
+
+    from eval.evaluate import Options, score_requests
+    from eval.model import load
+    from eval.reading import EYE_TRACKING, delta_r2, read_table, score_table
+    from eval.scorer import Scorer
+
+    m = load(str(GPT2), "causal", "cpu")
+    df = read_table(extras / "reading" / "reading_data.csv")
+    scorer = Scorer(m, progress=False)
+    pred, prev = score_table(df, m.tokenizer, "causal", lambda r: score_requests(scorer, m, r, Options(progress=False))[0])
+    multi = [i for i, w in enumerate(df["word"]) if len(m.tokenizer(w, add_special_tokens=False)["input_ids"]) > 1]
+    assert len(multi) > 100
+    for i in list(range(0, len(df), 97)) + multi[::40]:
+        assert pred[i] == pytest.approx(naive_surprisal(m.model, m.tokenizer, df["item"][i], df["word"][i]), abs=1e-4)
+        if isinstance(df["prev_item"][i], str):
+            assert prev[i] == pytest.approx(naive_surprisal(m.model, m.tokenizer, df["prev_item"][i], df["prev_word"][i]), abs=1e-4)
+        else:
+            assert np.isnan(prev[i])
+    scores = delta_r2(df, pred, prev)
+    frame = df.assign(pred=pred, prev_pred=prev)
+    gains = []
+    for dv in EYE_TRACKING:
+        terms = ["Subtlex_log10", "length", "context_length"]
+        rows = frame[[dv, *terms, "pred"]].dropna()
+        cols = [rows[t].to_numpy() for t in terms] + [rows[a].to_numpy() * rows[b].to_numpy() for a, b in combinations(terms, 2)]
+        base, full = ols_r2(rows[dv].to_numpy(), cols), ols_r2(rows[dv].to_numpy(), cols + [rows["pred"].to_numpy()])
+        gains.append((full - base) / (1 - base) * 100)
+        assert scores["measures"][dv]["delta_r2"] == pytest.approx(gains[-1], abs=1e-6)
+    assert scores["eye_tracking"] == pytest.approx(np.mean(gains), abs=1e-6)
+    terms = ["Subtlex_log10", "length", "context_length", "prev_length", "prev_pred"]
+    rows = frame[["self_paced_reading_time", *terms, "pred"]].dropna()
+    cols = [rows[t].to_numpy() for t in terms] + [rows[a].to_numpy() * rows[b].to_numpy() for a, b in combinations(terms, 2)]
+    y = rows["self_paced_reading_time"].to_numpy()
+    base, full = ols_r2(y, cols), ols_r2(y, cols + [rows["pred"].to_numpy()])
+    assert scores["self_paced_reading"] == pytest.approx((full - base) / (1 - base) * 100, abs=1e-6)
+
+
+def test_fast_suite_and_collate(extras, tmp_path):
+    from eval.collate import GLUE
+
+    out = tmp_path / "model"
+    shutil.copytree(GPT2, out)
+    proc = ok(run_cli("eval", str(out), "--suite", "babylm2025-fast", "--data-dir", str(extras), "--no-progress"))
+    assert "comps" not in proc.stdout and "reading" in proc.stdout
+    fast = out / "eval" / "fast"
+    et = json.loads((fast / "entity_tracking.json").read_text())
+    assert set(et["subtasks"]) <= {f"regular_{k}_ops" for k in range(6)} and et["fast"] is True
+    wug = json.loads((fast / "babylm2025" / "wug_adj" / "predictions.json").read_text())
+    assert list(wug) == ["wug"] and len(wug["wug"]["predictions"]) == 200 and "prob" in wug["wug"]["predictions"][0]
+    reading = json.loads((fast / "babylm2025" / "reading" / "predictions.json").read_text())
+    assert len(reading["reading"]["predictions"]) == 1726
+    ok(run_cli("eval", str(out), "--suite", "babylm2025", "--data-dir", str(extras), "--no-progress"))
+    full = out / "eval"
+    blimp = json.loads((full / "babylm2025" / "blimp_filtered" / "predictions.json").read_text())
+    first = blimp["adjunct_island"]["predictions"][0]
+    assert first["id"] == "adjunct_island_0" and first["pred"] in json.loads(
+        (extras / "blimp_filtered" / "adjunct_island.jsonl").read_text().splitlines()[0]).values()
+
+    # collate: missing fine-tuning is named; then the size table of this subset and the seven GLUE files in the
+    # pipeline's layout (fine-tuning itself is not part of this test) give the one submission file
+    sizes = {"full": {}}
+    for task in ("blimp_filtered", "blimp_supplement", "ewok_filtered", "entity_tracking", "wug_adj", "wug_past", "comps", "reading"):
+        data = json.loads((full / "babylm2025" / task / "predictions.json").read_text())
+        sizes["full"][task] = {k.lower(): len(v["predictions"]) for k, v in data.items()}
+    sizes["full"].update({task: {task: 1} for task in GLUE})
+    table = tmp_path / "sizes.yaml"
+    table.write_text(yaml.safe_dump(sizes))
+    assert_user_error(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)), "task boolq is missing")
+    for task in GLUE:
+        (full / "finetune" / task).mkdir(parents=True)
+        (full / "finetune" / task / "predictions.json").write_text(json.dumps({task: {"predictions": [{"id": f"{task}_0", "pred": 1}]}}))
+    assert_user_error(run_cli("eval", "collate", str(out), "--backend", "causal"), "blimp_filtered", "no predictions for subtask")
+    assert_user_error(run_cli("eval", "collate", str(out), "--backend", "mlm", "--sizes", str(table)), "--backend causal")
+    ok(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
+    sub = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())
+    assert list(sub) == ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps", "reading", "glue"]
+    assert sorted(sub["glue"]) == sorted(GLUE)
+    sizes["full"]["comps"]["base"] += 1
+    table.write_text(yaml.safe_dump(sizes))
+    before = (full / "all_full_preds_and_fast_scores_causal.json").read_bytes()
+    assert_user_error(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)),
+                      "task comps, subtask base has 4 predictions, the submission needs 5")
+    assert (full / "all_full_preds_and_fast_scores_causal.json").read_bytes() == before
+
+
+def test_bad_inputs_2025(extras, tmp_path):
+    out = tmp_path / "never"
+
+    def bad(data: Path, tasks: str, *needles, model=GPT2, extra=()):
+        assert_user_error(run_cli("eval", str(model), "--tasks", tasks, "--data-dir", str(data), "--out", str(out),
+                                  "--no-progress", *extra), *needles)
+        assert not out.exists()
+
+    made = []
+
+    def broken(folder: str, file: str, line: int, text: str) -> Path:
+        made.append(1)
+        root = tmp_path / f"b-{folder}-{len(made)}"
+        shutil.copytree(extras / folder, root / folder)
+        target = root / folder / file
+        lines = target.read_text().splitlines()
+        lines[line - 1] = text
+        target.write_text("\n".join(lines) + "\n")
+        return root
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for task in ("entity_tracking", "wug_adj", "comps", "reading"):
+        bad(empty, task, "no files found")
+    et = json.loads((extras / "entity_tracking" / "regular.jsonl").read_text().splitlines()[1])
+    for field in ("options", "numops", "input_prefix"):
+        row = {k: v for k, v in et.items() if k != field}
+        bad(broken("entity_tracking", "regular.jsonl", 2, json.dumps(row)), "entity_tracking", "regular.jsonl:2", f"'{field}'")
+    bad(broken("entity_tracking", "regular.jsonl", 2, json.dumps({**et, "options": ["only one"]})), "entity_tracking",
+        "regular.jsonl:2", "at least two")
+    bad(broken("wug_adj_nominalization", "wug_adj_nominalization.jsonl", 3, json.dumps({"sentences": "a b"})), "wug_adj",
+        "wug_adj_nominalization.jsonl:3", "'ratio'")
+    bad(broken("wug_adj_nominalization", "wug_adj_nominalization.jsonl", 3, json.dumps({"sentences": "no tab here", "ratio": 0.5})),
+        "wug_adj", "wug_adj_nominalization.jsonl:3", "separated by")
+    bad(broken("wug_adj_nominalization", "wug_adj_nominalization.jsonl", 3, json.dumps({"sentences": "a\tb", "ratio": "high"})),
+        "wug_adj", "wug_adj_nominalization.jsonl:3", "'ratio' must be a finite number")
+    bad(broken("comps", "comps_base.jsonl", 1, json.dumps({"prefix_acceptable": "A cat", "prefix_unacceptable": "A rock"})),
+        "comps", "comps_base.jsonl:1", "'property_phrase'")
+    import pandas as pd
+
+    frame = pd.read_csv(extras / "reading" / "reading_data.csv")
+    for col in ("RTgopast", "Subtlex_log10", "word"):
+        root = tmp_path / f"r-{col}"
+        (root / "reading").mkdir(parents=True)
+        frame.drop(columns=[col]).to_csv(root / "reading" / "reading_data.csv", index=False)
+        bad(root, "reading", "reading_data.csv", f"no column '{col}'")
+    root = tmp_path / "r-text"
+    (root / "reading").mkdir(parents=True)
+    frame.assign(RTfirstpass=frame["RTfirstpass"].astype(object).where(frame.index != 6, "slow")).to_csv(
+        root / "reading" / "reading_data.csv", index=False)
+    bad(root, "reading", "reading_data.csv:8", "'RTfirstpass'", "not a number")
+    # a 2025-only task under the 2024 convention; mntp under 2024; a masked backend on a causal model
+    bad(extras, "entity_tracking", "exists only in the babylm2025 convention", extra=("--convention", "babylm2024"))
+    bad(extras, "blimp_filtered", "mntp", extra=("--backend", "mntp"))
+    bad(extras, "comps", "cannot be loaded as a masked LM", extra=("--backend", "mlm"))
+    # the reverse: a masked LM as causal
+    masked = tmp_path.parent / "roberta-mlm"
+    if masked.is_dir():
+        bad(extras, "comps", "cannot be loaded as a causal LM", model=masked)
+    # a slow tokenizer: the 2025 convention needs offsets
+    slow = tmp_path / "slow"
+    shutil.copytree(GPT2, slow)
+    (slow / "tokenizer.json").unlink()
+    config = json.loads((slow / "tokenizer_config.json").read_text()) if (slow / "tokenizer_config.json").is_file() else {}
+    (slow / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
+    from transformers import AutoTokenizer
+
+    if not AutoTokenizer.from_pretrained(slow).is_fast:
+        bad(extras, "comps", "not a fast tokenizer", model=slow)
+    assert_user_error(run_cli("eval", "collate", str(tmp_path / "none"), "--backend", "causal"), "is not a folder")
