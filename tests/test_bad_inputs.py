@@ -106,7 +106,7 @@ def test_non_finite_items_count_wrong_and_the_files_stay_valid_json(tmp_path):
     task = Task("toy", TaskSpec(choices=["sentence_good", "sentence_bad"]), Path("toy.yaml"), items, "toy/*.jsonl")
     scores = np.array([[-1.0, -2.0], [float("nan"), -2.0], [-1.0, float("inf")], [-3.0, -2.0]])
     _, right, tied, bad = decide(scores, np.zeros(4, int))
-    summary = summarise(task, right, tied, bad)
+    summary = summarise(task, scores, right, tied, bad)
     assert summary["accuracy"] == 0.25 and summary["non_finite"] == 2 and summary["subtasks"]["para"]["non_finite"] == 2
     files = write_results(tmp_path, task, scores, summary, {"model": "toy"})
 
@@ -118,6 +118,16 @@ def test_non_finite_items_count_wrong_and_the_files_stay_valid_json(tmp_path):
     assert rows[1]["scores"] == [None, -2.0] and rows[1]["pred"] == -1 and rows[1]["non_finite"]
     assert strict(files["result"].read_text())["non_finite"] == 2
     assert strict(files["predictions"].read_text())["toy"]["para"]["predictions"][1]["pred"] is None
+    # a correlation task (WUG) with a non-finite item has no rho, and its 2025 predictions carry null
+    from eval.report import write_official
+
+    wug = Task("wug", TaskSpec(choice_list="sentences", metric="spearman", target="ratio"), Path("wug.yaml"),
+               [Item("wug", i, f"w.jsonl:{i + 1}", "", ["a", "b"], 0, sentences=["a", "b"], completions=["a", "b"], target=t)
+                for i, t in enumerate([0.1, 0.5, 0.9, 0.3])], "w/*.jsonl")
+    summary = summarise(wug, scores, *decide(scores, np.zeros(4, int))[1:])
+    assert summary["metric"] == "spearman" and np.isnan(summary["score"]) and summary["non_finite"] == 2
+    official = strict(write_official(tmp_path, wug, scores).read_text())["wug"]["predictions"]
+    assert official[1] == {"id": "wug_1", "pred": None, "prob": None} and official[0]["prob"] > 0.5
 
 
 # --------------------------------------------------------------------------- 2, 3. no folder of the user's is deleted
