@@ -96,9 +96,16 @@ def _eval_columns(run: Path, eval_dir: Path) -> dict:
     for file in sorted(eval_dir.glob("*.json")):
         name = str(file.relative_to(run))
         summary = _read(run, name, json.loads, dict)
-        if "accuracy" in summary and "task" in summary:
-            row[f"{summary['task']}"] = _number(summary["accuracy"], name, "accuracy")
-            row[f"{summary['task']}_stderr"] = _number(summary.get("stderr"), name, "stderr")
+        if "task" in summary and ("score" in summary or "accuracy" in summary):
+            task, metric = summary["task"], summary.get("metric", "accuracy")
+            if metric not in METRIC_HEADERS:
+                raise Unusable(name, f"metric is {metric!r}, not one of {', '.join(METRIC_HEADERS)}")
+            row[task] = _number(summary.get("score", summary.get("accuracy")), name, "score")
+            row[f"{task}_stderr"] = _number(summary.get("stderr"), name, "stderr")
+            row[f"{task}_metric"] = metric
+            if metric == "delta_r2":  # the reading task's two scores, each a column
+                for part in ("eye_tracking", "self_paced_reading"):
+                    row[f"{task}:{part}"] = _number(summary.get(part), name, part)
     return row
 
 
@@ -158,6 +165,15 @@ def collect(roots: list[Path]):
     return pd.DataFrame(rows), incomplete
 
 
+METRIC_HEADERS = {"accuracy": "", "spearman": " (rho)", "delta_r2": " (ΔR² ×100)"}  # not every task score is an accuracy
+
+
+def metric_of(df, task: str) -> str:
+    column = df.get(f"{task}_metric")
+    values = [] if column is None else [v for v in column if isinstance(v, str)]
+    return values[0] if values else "accuracy"
+
+
 def task_columns(df) -> list[str]:
     tasks = [c for c in df.columns if f"{c}_stderr" in df.columns]
     return sorted(tasks, key=lambda t: (FAMILY_ORDER.index(t) if t in FAMILY_ORDER else len(FAMILY_ORDER), t))
@@ -174,13 +190,15 @@ def markdown(df) -> str:
     """The reference format: one row per model, `0.694 ± 0.0016` per task."""
     tasks = task_columns(df)
     axes = [c for c in df.columns if c.startswith("axis:")]
-    head = ["recipe", "method", "model", "params", *[a[5:] for a in axes], "dev CE", *tasks]
+    head = ["recipe", "method", "model", "params", *[a[5:] for a in axes], "dev CE",
+            *[t + METRIC_HEADERS[metric_of(df, t)] for t in tasks]]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for _, r in df.iterrows():
         cells = [str(r["recipe"]), str(r["method"]), f"{r['model']}" + (" (champion)" if r.get("champion") is True else ""),
                  f"{int(r['params']):,}", *[str(r[a]) for a in axes], _fmt(r["dev_ce"], "{:.4f}")]
         for t in tasks:
             acc, se = r.get(t), r.get(f"{t}_stderr")
-            cells.append(_fmt(acc, "{:.3f}") + (f" ± {_fmt(se, '{:.4f}')}" if _fmt(acc, "") != "–" else ""))
+            with_se = _fmt(acc, "") != "–" and _fmt(se, "") != "–"
+            cells.append(_fmt(acc, "{:.3f}") + (f" ± {_fmt(se, '{:.4f}')}" if with_se else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

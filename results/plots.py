@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common.paths import read_jsonl, save_figure  # noqa: E402
-from results.collect import task_columns  # noqa: E402
+from results.collect import METRIC_HEADERS, metric_of, task_columns  # noqa: E402
 
 
 def _label(row) -> str:
@@ -17,19 +17,28 @@ def _label(row) -> str:
 
 
 def task_bars(df, out: Path) -> Path | None:
+    """One panel per metric: accuracies (0..1, chance line), Spearman's rho, ΔR² ×100; each bar one model."""
     tasks = task_columns(df)
     if not tasks or df.empty:
         return None
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(df) * len(tasks) / 2 + 2), 4))
+    panels = [(m, [t for t in tasks if metric_of(df, t) == m]) for m in METRIC_HEADERS]
+    panels = [(m, ts) for m, ts in panels if ts]
+    widths = [max(3.0, 1.2 * len(df) * len(ts) / 2 + 1) for _, ts in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) + 1, 4), width_ratios=widths, squeeze=False)
     width = 0.8 / len(df)
-    for i, (_, row) in enumerate(df.iterrows()):
-        xs = [t + i * width for t in range(len(tasks))]
-        ax.bar(xs, [row[t] for t in tasks], width, yerr=[row[f"{t}_stderr"] for t in tasks], label=_label(row), capsize=2)
-    ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tasks))], tasks)
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.axhline(0.5, color="grey", lw=0.5, ls="--")
-    ax.legend(fontsize=7)
+    for ax, (metric, group) in zip(axes[0], panels):
+        for i, (_, row) in enumerate(df.iterrows()):
+            xs = [t + i * width for t in range(len(group))]
+            errors = [row[f"{t}_stderr"] if metric == "accuracy" else 0 for t in group]
+            ax.bar(xs, [row[t] for t in group], width, yerr=errors, label=_label(row), capsize=2)
+        ax.set_xticks([t + 0.4 - width / 2 for t in range(len(group))], group)
+        ax.set_ylabel({"accuracy": "accuracy", "spearman": "Spearman's rho", "delta_r2": "ΔR² ×100"}[metric])
+        if metric == "accuracy":
+            ax.set_ylim(0, 1)
+            ax.axhline(0.5, color="grey", lw=0.5, ls="--")
+        else:
+            ax.axhline(0, color="grey", lw=0.5)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, out)
 

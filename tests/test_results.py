@@ -59,6 +59,33 @@ def test_collect_writes_csv_markdown_and_plots(runs, tmp_path):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
+    """A run evaluated on WUG (Spearman's rho) and reading (ΔR²): their columns hold those scores, labelled so."""
+    import tarfile
+
+    import pandas as pd
+
+    from conftest import shared
+
+    with tarfile.open(shared("babylm2025_extra_tasks.tar.gz")) as tf:
+        tf.extractall(tmp_path / "data", filter="data")
+    run = tmp_path / "exp" / "a"
+    shutil.copytree(runs / "grid" / "a", run)
+    ok(run_cli("eval", str(run / "model"), "--tasks", "wug_adj,reading", "--data-dir", str(tmp_path / "data"), "--no-progress"))
+    ok(run_cli("results", "collect", str(tmp_path / "exp"), "--out", str(tmp_path / "out")))
+    df = pd.read_csv(tmp_path / "out" / "exp.csv")
+    wug, reading = (json.loads((run / "eval" / f"{t}.json").read_text()) for t in ("wug_adj", "reading"))
+    row = df.iloc[0]
+    assert row["wug_adj"] == pytest.approx(wug["score"]) and row["wug_adj_metric"] == "spearman"
+    assert row["reading"] == pytest.approx(reading["score"]) and row["reading_metric"] == "delta_r2"
+    assert row["reading:eye_tracking"] == pytest.approx(reading["eye_tracking"])
+    assert row["demo_pairs_metric"] == "accuracy"
+    table = (tmp_path / "out" / "exp.md").read_text()
+    assert "| wug_adj (rho) |" in table and "| reading (ΔR² ×100) |" in table and "| demo_pairs |" in table
+    assert f"| {row['wug_adj']:.3f} |" in table
+    assert (tmp_path / "out" / "exp-tasks.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_heatmap_only_for_two_axis_grids(runs, tmp_path):
     from results.collect import collect
     from results.plots import grid_heatmap
