@@ -1,4 +1,4 @@
-"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered | --suite babylm2025 ...   |   download   |   collate
+"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered | --suite babylm2025 ...   |   finetune   |   collate   |   download
 
 Zero-shot evaluation of a Hugging Face model folder, scored as the BabyLM pipelines score
 it. Results go to the run directory's eval/ (or <model>/eval, or --out).
@@ -58,6 +58,10 @@ def parse_download(argv: list[str]) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["finetune"]:
+        from eval.finetune import main as finetune
+
+        return finetune(argv[1:])
     if argv[:1] == ["collate"]:
         from eval.collate import main as collate
 

@@ -1,6 +1,8 @@
 """Shared fixtures: the real data beside the project, a generated demo corpus, a shared cache, CLI runner."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -149,3 +151,11 @@ def demo_args(demo_root, cache_dir, tmp_path) -> list[str]:
     return ["config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
             f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}", "train.max_steps=30", "train.save_steps=10",
             "train.eval_steps=10", "train.logging_steps=5", "optim.warmup_steps=5"]
+
+
+def call(main, *argv: str) -> subprocess.CompletedProcess:
+    """An entry point's main(argv) in this process, its output captured like a subprocess's."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())

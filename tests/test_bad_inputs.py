@@ -7,7 +7,6 @@ subprocess, as a user would. Read-only folders and a full disk are real: small t
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -21,20 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, assert_bitwise_equal, assert_user_error, ok, run_cli, shared, weights
+from conftest import ROOT, assert_bitwise_equal, assert_user_error, call, ok, run_cli, shared, weights
 
 DEMO = str(ROOT / "config" / "runs" / "demo-teacher.yaml")
 
 
 # --------------------------------------------------------------------------- helpers
-
-def call(main, *argv: str) -> subprocess.CompletedProcess:
-    """An entry point's main(argv) in this process, its output captured like a subprocess's."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
-
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}

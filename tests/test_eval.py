@@ -345,6 +345,22 @@ def test_download_unpacks_local_archives(tmp_path, data_slice):
     assert_user_error(run_cli("eval", "download", "--dest", str(dest), "--from", str(tmp_path / "missing.zip")), "missing.zip")
 
 
+def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_root, tmp_path):
+    """`python -m eval finetune` on the demo's phenomenon task (five classes): the last token's state learns it;
+    position 0 of a causal model has seen one token (the 2025 script's choice), so it stays at chance."""
+    model = trained["causal"]
+    for pool, out in (("last", tmp_path / "last"), ("first", tmp_path / "first")):
+        ok(run_cli("eval", "finetune", str(model), "--tasks", "demo_phenomenon", "--data-dir", str(demo_root / "finetune"),
+                   "--epochs", "2", "--pool", pool, "--out", str(out), "--no-progress"))
+    last, first = (json.loads((tmp_path / d / "demo_phenomenon.json").read_text()) for d in ("last", "first"))
+    assert last["accuracy"] > 0.6 and last["pool"] == "last" and last["n_items"] == 200
+    assert first["accuracy"] < 0.35  # chance is 0.2
+    pred = json.loads((tmp_path / "last" / "finetune" / "demo_phenomenon" / "predictions.json").read_text())
+    pairs = [json.loads(line) for line in (tmp_path / "last" / "pairs" / "demo_phenomenon.jsonl").read_text().splitlines()]
+    assert [r["pred"] for r in pred["demo_phenomenon"]["predictions"]] == [r["pred"] for r in pairs]
+    assert last["accuracy"] == pytest.approx(np.mean([r["correct"] for r in pairs]))
+
+
 # ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
 def test_bad_inputs(trained, data_slice, tmp_path):
     model = str(trained["causal"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_user_error, ok, run_cli, shared
+from conftest import assert_user_error, call, ok, run_cli, shared
 from test_eval import compare_2025, score_with_project
 
 GPT2 = shared("hf_tiny_gpt2")
@@ -66,6 +66,39 @@ def extras(tmp_path_factory) -> Path:
     return root
 
 
+GLUE_ROWS = {  # one row per task in the published glue_filtered format (fields as the 2025 pipeline's dataset.py reads them)
+    "boolq": {"question": "is the sky blue", "passage": "The sky is blue on a clear day.", "label": 1},
+    "mnli": {"premise": "A dog runs in the park.", "hypothesis": "An animal is outside.", "label": 0},
+    "mrpc": {"sentence1": "The cat sat on the mat.", "sentence2": "On the mat sat the cat.", "label": 1},
+    "multirc": {"question": "Who sat?", "answer": "the cat", "paragraph": "The cat sat on the mat.", "label": 1},
+    "qqp": {"question1": "How do I cook rice?", "question2": "What is the way to cook rice?", "label": 1},
+    "rte": {"sentence1": "The man bought a car.", "sentence2": "The man owns a car.", "label": 0},
+    "wsc": {"text": "Mark told Pete he was late.", "span1_text": "Pete", "span2_text": "he", "label": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def glue(tmp_path_factory) -> Path:
+    """glue_filtered/<task>.{train,valid}.jsonl for the seven tasks: 24 and 8 rows, labels alternating."""
+    root = tmp_path_factory.mktemp("glue_filtered")
+    for task, row in GLUE_ROWS.items():
+        classes = 3 if task == "mnli" else 2
+        for split, n in (("train", 24), ("valid", 8)):
+            rows = [{**row, "idx": k, "label": k % classes} for k in range(n)]
+            (root / f"{task}.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_glue_texts_are_built_as_the_pipeline_builds_them(glue):
+    from eval.finetune import read_task
+
+    texts = {task: read_task(task, glue)[1][0][0] for task in GLUE_ROWS}
+    assert texts["multirc"] == ("Question: Who sat? Answer: the cat", "The cat sat on the mat.")
+    assert texts["wsc"] == ('Does "he" refer to "Pete" in this passage?', "Mark told Pete he was late.")
+    assert texts["boolq"] == ("is the sky blue", "The sky is blue on a clear day.")
+    assert read_task("mnli", glue)[1][1][:3] == [0, 1, 2]
+
+
 def test_real_files_load_with_the_pipelines_uids():
     from eval.collate import SIZES
     from eval.tasks import load_task
@@ -85,7 +118,7 @@ def test_entity_tracking_wug_comps_match_reference(extras):
 
     m, task, scores = score_with_project(GPT2, "causal", "entity_tracking", extras, 16)
     assert task.subtasks[0] == "ambiref_0_ops" and len(task.items[0].choices) >= 3
-    compare_2025(m, task, scores, "causal", every=3)
+    compare_2025(m, task, scores, "causal", every=8, least=15)
     for name in ("wug_adj", "wug_past", "comps"):
         m, task, scores = score_with_project(GPT2, "causal", name, extras, 16)
         compare_2025(m, task, scores, "causal", every=1 if len(task.items) < 40 else 10, least=10)
@@ -127,8 +160,8 @@ def test_masked_backends_2025_match_reference(backend, extras):
         tok.save_pretrained(folder)
     m, task, scores = score_with_project(folder, backend, "comps", extras, 8)
     compare_2025(m, task, scores, backend, least=10)
-    m, task, scores = score_with_project(folder, backend, "entity_tracking", extras, 8, every=25)
-    compare_2025(m, task, scores, backend, least=5)
+    m, task, scores = score_with_project(folder, backend, "entity_tracking", extras, 8, every=40)
+    compare_2025(m, task, scores, backend, least=3)
 
 
 def naive_surprisal(model, tok, context, word):
@@ -193,7 +226,7 @@ def test_reading_matches_naive_surprisal_and_least_squares(extras):
     assert scores["self_paced_reading"] == pytest.approx((full - base) / (1 - base) * 100, abs=1e-6)
 
 
-def test_fast_suite_and_collate(extras, tmp_path):
+def test_fast_suite_and_collate(extras, glue, tmp_path):
     from eval.collate import GLUE
 
     out = tmp_path / "model"
@@ -220,13 +253,15 @@ def test_fast_suite_and_collate(extras, tmp_path):
     for task in ("blimp_filtered", "blimp_supplement", "ewok_filtered", "entity_tracking", "wug_adj", "wug_past", "comps", "reading"):
         data = json.loads((full / "babylm2025" / task / "predictions.json").read_text())
         sizes["full"][task] = {k.lower(): len(v["predictions"]) for k, v in data.items()}
-    sizes["full"].update({task: {task: 1} for task in GLUE})
+    sizes["full"].update({task: {task: 8} for task in GLUE})
     table = tmp_path / "sizes.yaml"
     table.write_text(yaml.safe_dump(sizes))
     assert_user_error(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)), "task boolq is missing")
+    ok(run_cli("eval", "finetune", str(out), "--data-dir", str(glue), "--epochs", "1", "--batch-size", "8", "--no-progress"))
     for task in GLUE:
-        (full / "finetune" / task).mkdir(parents=True)
-        (full / "finetune" / task / "predictions.json").write_text(json.dumps({task: {"predictions": [{"id": f"{task}_0", "pred": 1}]}}))
+        summary = json.loads((full / f"{task}.json").read_text())
+        assert summary["metric"] == ("f1" if task in ("mrpc", "qqp") else "accuracy") and summary["n_items"] == 8
+        assert summary["epochs"] == (1) and summary["lr"] == 3e-5 and summary["pool"] == "last"
     assert_user_error(run_cli("eval", "collate", str(out), "--backend", "causal"), "blimp_filtered", "no predictions for subtask")
     assert_user_error(run_cli("eval", "collate", str(out), "--backend", "mlm", "--sizes", str(table)), "--backend causal")
     ok(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
@@ -244,9 +279,11 @@ def test_fast_suite_and_collate(extras, tmp_path):
 def test_bad_inputs_2025(extras, tmp_path):
     out = tmp_path / "never"
 
-    def bad(data: Path, tasks: str, *needles, model=GPT2, extra=()):
-        assert_user_error(run_cli("eval", str(model), "--tasks", tasks, "--data-dir", str(data), "--out", str(out),
-                                  "--no-progress", *extra), *needles)
+    from eval.__main__ import main
+
+    def bad(data: Path, tasks: str, *needles, model=GPT2, extra=()):  # in this process: one torch import for all cases
+        assert_user_error(call(main, str(model), "--tasks", tasks, "--data-dir", str(data), "--out", str(out),
+                               "--no-progress", *extra), *needles)
         assert not out.exists()
 
     made = []
@@ -310,4 +347,40 @@ def test_bad_inputs_2025(extras, tmp_path):
 
     if not AutoTokenizer.from_pretrained(slow).is_fast:
         bad(extras, "comps", "not a fast tokenizer", model=slow)
-    assert_user_error(run_cli("eval", "collate", str(tmp_path / "none"), "--backend", "causal"), "is not a folder")
+    assert_user_error(call(main, "collate", str(tmp_path / "none"), "--backend", "causal"), "is not a folder")
+
+
+def test_finetune_bad_inputs(glue, tmp_path):
+    out = tmp_path / "never"
+
+    from eval.__main__ import main
+
+    def bad(data: Path, tasks: str, *needles, extra=()):
+        assert_user_error(call(main, "finetune", str(GPT2), "--tasks", tasks, "--data-dir", str(data), "--out", str(out),
+                               "--no-progress", *extra), *needles)
+        assert not out.exists()
+
+    def edited(task: str, split: str, line: int, row) -> Path:
+        root = tmp_path / f"g-{task}-{split}-{line}"
+        shutil.copytree(glue, root)
+        file = root / f"{task}.{split}.jsonl"
+        lines = file.read_text().splitlines()
+        lines[line - 1] = row if isinstance(row, str) else json.dumps(row)
+        file.write_text("\n".join(lines) + "\n")
+        return root
+
+    bad(edited("rte", "train", 3, {**GLUE_ROWS["rte"], "label": 2}), "rte", "rte.train.jsonl:3", "label 2", "classes 0..1")
+    bad(edited("mnli", "valid", 2, {**GLUE_ROWS["mnli"], "label": -1}), "mnli", "mnli.valid.jsonl:2", "label -1")
+    bad(edited("boolq", "train", 1, {**GLUE_ROWS["boolq"], "label": "yes"}), "boolq", "boolq.train.jsonl:1", "'yes'")
+    bad(edited("wsc", "train", 4, {k: v for k, v in GLUE_ROWS["wsc"].items() if k != "span1_text"}), "wsc", "wsc.train.jsonl:4",
+        "no field 'span1_text'")
+    bad(edited("qqp", "valid", 5, "{not json"), "qqp", "qqp.valid.jsonl:5", "not valid JSON")
+    # a later task's broken file stops the run before the first task trains
+    bad(edited("wsc", "valid", 1, {**GLUE_ROWS["wsc"], "label": 7}), "rte,wsc", "wsc.valid.jsonl:1")
+    missing = tmp_path / "partial"
+    missing.mkdir()
+    shutil.copy(glue / "rte.train.jsonl", missing)
+    bad(missing, "rte", "rte.valid.jsonl does not exist")
+    bad(glue, "rtee", "unknown fine-tuning task 'rtee'", "did you mean 'rte'")
+    bad(glue, "rte", "--lr", extra=("--lr", "0"))
+    bad(glue, "rte", "--epochs", extra=("--epochs", "-1"))

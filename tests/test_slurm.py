@@ -183,6 +183,9 @@ def test_every_template_runs_under_sbatch(cluster, tmp_path, demo_root, cache_di
                f"--data-dir={evaldata}", env={"BABYDISTILL_RECIPES": "config/runs/demo-teacher.yaml"}),
         sbatch(after, "--array=0", f"--output={out}", "slurm/eval-all_baselines.slurm", f"output.dir={runs}",
                f"--data-dir={evaldata}", "--ewok-password=ewok", env={"BABYDISTILL_RECIPES": "config/runs/demo-teacher-llama.yaml"}),
+        sbatch(after, "--array=0-1", f"--output={out}", "slurm/finetune.slurm", str(teacher / "model"),
+               f"--data-dir={demo_root / 'finetune'}", "--epochs=2",
+               env={"BABYDISTILL_FINETUNE_TASKS": "demo_phenomenon demo_phenomenon"}),
         sbatch(f"--output={out}", "slurm/grid.slurm", str(grid), *[a for d in data[:3] for a in ("--set", d)],
                "--set", "train.max_steps=20", "--set", "train.eval_steps=10", "--set", "train.save_steps=10"),
     ]
@@ -201,6 +204,10 @@ def test_every_template_runs_under_sbatch(cluster, tmp_path, demo_root, cache_di
         for task in tasks:
             summary = json.loads((runs / "demo" / run / "eval" / f"{task}.json").read_text())
             assert summary["accuracy"] > 0 and summary["model"].startswith(str(runs)), (run, task, summary.get("model"))
+    tuned = json.loads((teacher / "eval" / "demo_phenomenon.json").read_text())
+    assert tuned["accuracy"] > 0.6 and tuned["pool"] == "last", tuned  # five classes: chance is 0.2
+    assert len(json.loads((teacher / "eval" / "finetune" / "demo_phenomenon" / "predictions.json").read_text())
+               ["demo_phenomenon"]["predictions"]) == 200
     table = pd.read_csv(tmp_path / "results" / "lr.csv")
     assert len(table) == 2 and table["demo_pairs"].notna().all()
     assert list((tmp_path / "gridruns" / "lr" / "logs").glob("slurm-*.log"))

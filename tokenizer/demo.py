@@ -170,14 +170,30 @@ def check_target(out_dir: str | Path, n_sentences: int) -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; give a folder for the demo corpus")
-    taken = [p for p in (out / "train", out / "dev", out / "pairs") if p.exists() and (not p.is_dir() or any(p.iterdir()))]
+    taken = [p for p in (out / "train", out / "dev", out / "pairs", out / "finetune") if p.exists() and (not p.is_dir() or any(p.iterdir()))]
     if taken:
         raise UserError(f"{out}: already holds {', '.join(p.name + '/' for p in taken)}; the demo does not write over them, "
                         f"choose an empty or new folder")
 
 
+def phenomenon_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
+    """n grammatical sentences of the grammar, labelled with the phenomenon that made them (0..4, balanced), none
+    seen before: the demo's fine-tuning task (eval/tasks/finetune/demo_phenomenon.yaml)."""
+    rows, makers = [], [make for _, _, make in PHENOMENA.values()]
+    while len(rows) < n:
+        label = len(rows) % len(makers)
+        good, bad = makers[label](rng)
+        if good in seen or bad in seen:
+            continue
+        seen.update((good, bad))
+        rows.append({"sentence": good, "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
 def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pairs_per_phenomenon: int = 200) -> Path:
-    """Write `train/demo.train`, `dev/demo.dev` and `pairs/<UID>.jsonl` under `out_dir`."""
+    """Write `train/demo.train`, `dev/demo.dev`, `pairs/<UID>.jsonl` and `finetune/demo_phenomenon.{train,valid}.jsonl`
+    under `out_dir`."""
     out = Path(out_dir)
     rng = random.Random(seed)
     train = [corpus_sentence(rng) for _ in range(n_sentences)]
@@ -196,10 +212,15 @@ def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pair
             rows.append({"sentence_good": good, "sentence_bad": bad, "field": field_name,
                          "linguistics_term": term, "UID": uid, "pair_id": len(rows)})
         pairs[uid] = rows
+    task_rng = random.Random(seed + 2_000_003)
+    task = {"train": phenomenon_task(task_rng, seen, 1000), "valid": phenomenon_task(task_rng, seen, 200)}
     for sub, name, lines in (("train", "demo.train", train), ("dev", "demo.dev", dev)):
         (out / sub).mkdir(parents=True, exist_ok=True)
         (out / sub / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "pairs").mkdir(parents=True, exist_ok=True)
     for uid, rows in pairs.items():
         (out / "pairs" / f"{uid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (out / "finetune").mkdir(parents=True, exist_ok=True)
+    for split, rows in task.items():
+        (out / "finetune" / f"demo_phenomenon.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return out

@@ -1,0 +1,303 @@
+"""python -m eval finetune MODEL --tasks boolq,mnli,... : (Super)GLUE fine-tuning as the BabyLM 2025 pipeline runs it.
+
+Each task (eval/tasks/finetune/<task>.yaml) reads `<task>.train.jsonl` and `<task>.valid.jsonl`
+from --data-dir (BabyLM's evaluation_data/full_eval/glue_filtered), builds the text pair as
+the pipeline's `finetune/dataset.py` does, and trains a classifier on the saved model through
+the HF Trainer: AdamW (weight decay 0.01), 6% warmup then cosine to 0.1x, lr 3e-5, batch 32
+(16 for BoolQ and MultiRC), 10 epochs (30 for WSC), seed 42, inputs truncated to 512 tokens,
+dropout 0.1 before a linear head, the last incomplete batch dropped. The validation set is
+scored after every epoch and the best epoch (F1 for MRPC and QQP, accuracy otherwise) is
+kept; its predictions on the validation set are the task's result, as in the pipeline.
+
+The classifier reads the hidden state of one position. Masked LMs: position 0 (CLS / <s>).
+Causal LMs: the last non-padding token, the only one that has seen the whole input. The
+official script reads position 0 of causal models too, where a causal model has seen one
+token, so every GPT-2 scores about the same; `--pool first` reproduces that, off by default.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import ConfigError, field, load, suggest
+from common.errors import UserError
+from common.paths import REPO, write_atomic
+
+FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
+GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
+
+
+@dataclass
+class FinetuneSpec:
+    """A classification task: where its files are, how its text is built, its defaults."""
+
+    description: str = field("", "one line shown in the summary")
+    data_dir: str | None = field(None, "default data folder when --data-dir is not given (the demo's)")
+    text_a: list[str] = field([], "fields joined (or filled into template_a) into the first text")
+    template_a: str | None = field(None, "a str.format template with one {} per text_a field; null joins them with spaces")
+    text_b: list[str] = field([], "fields of the second text of a pair; empty: a single text")
+    template_b: str | None = field(None, "as template_a, for text_b")
+    num_labels: int = field(2, "classes; labels are 0..num_labels-1", ge=2)
+    metric: str = field("accuracy", "accuracy or f1 (binary F1 of class 1): the metric that picks the best epoch")
+    batch_size: int = field(32, "training batch size", ge=1)
+    epochs: int = field(10, "training epochs", ge=1)
+    lr: float = field(3e-5, "peak learning rate", gt=0)
+
+    def check(self) -> None:
+        if not self.text_a:
+            raise ConfigError("text_a", "missing: list the fields of the first text, e.g. [premise]")
+        if self.metric not in ("accuracy", "f1"):
+            raise ConfigError("metric", f"must be accuracy or f1, got {self.metric!r}")
+        if self.metric == "f1" and self.num_labels != 2:
+            raise ConfigError("metric", "f1 is the binary F1 of class 1; use accuracy for more than two classes")
+
+
+def known() -> list[str]:
+    return sorted(p.stem for p in FINETUNE_DIR.glob("*.yaml"))
+
+
+def spec_of(name: str) -> FinetuneSpec:
+    if not (FINETUNE_DIR / f"{name}.yaml").is_file():
+        raise UserError(f"--tasks: unknown fine-tuning task '{name}'{suggest(name, known())}; known: {', '.join(known())}")
+    return load(FinetuneSpec, FINETUNE_DIR / f"{name}.yaml")
+
+
+def _text(row: dict, fields: list[str], template: str | None) -> str:
+    values = [row[f] for f in fields]
+    return template.format(*values) if template else " ".join(values)
+
+
+def read_split(path: Path, spec: FinetuneSpec, name: str) -> tuple[list, list[int]]:
+    """(texts, labels) of one JSONL file; every line checked, one error line naming file:line."""
+    if not path.is_file():
+        raise UserError(f"task {name}: {path} does not exist; pass --data-dir with BabyLM's evaluation_data/full_eval/glue_filtered")
+    texts, labels = [], []
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8") from None
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not valid JSON ({exc.msg}); fix or delete the line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for key in spec.text_a + spec.text_b + ["label"]:
+            if key not in row:
+                raise UserError(f"{where}: no field '{key}' (task {name} reads {spec.text_a + spec.text_b + ['label']})"
+                                f"{suggest(key, list(row))}")
+            if key != "label" and not isinstance(row[key], str):
+                raise UserError(f"{where}: field '{key}' must be a string, got {row[key]!r}")
+        label = row["label"]
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < spec.num_labels:
+            raise UserError(f"{where}: label {label!r} is not one of task {name}'s classes 0..{spec.num_labels - 1}")
+        a = _text(row, spec.text_a, spec.template_a)
+        texts.append((a, _text(row, spec.text_b, spec.template_b)) if spec.text_b else a)
+        labels.append(label)
+    if not texts:
+        raise UserError(f"{path}: no examples; check the download")
+    return texts, labels
+
+
+def is_causal(config) -> bool:
+    """A causal LM: saved as one (GPT2LMHeadModel, LlamaForCausalLM ...), not as a *ForMaskedLM."""
+    from transformers import AutoModelForCausalLM
+
+    saved_as = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
+    if saved_as and all(a.endswith("ForMaskedLM") for a in saved_as):
+        return False
+    return type(config) in AutoModelForCausalLM._model_mapping
+
+
+class Classifier(torch.nn.Module):
+    """The saved model's backbone, dropout and a linear head on one position's hidden state."""
+
+    def __init__(self, backbone, num_labels: int, pool: str, dropout: float = 0.1):
+        super().__init__()
+        self.backbone, self.pool = backbone, pool
+        self.dropout = torch.nn.Dropout(dropout)
+        self.head = torch.nn.Linear(backbone.config.hidden_size, num_labels)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)[0]
+        if self.pool == "first":
+            picked = hidden[:, 0]
+        else:  # right padding: the last real token of each row
+            picked = hidden[torch.arange(len(hidden), device=hidden.device), attention_mask.sum(1) - 1]
+        logits = self.head(self.dropout(picked))
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def scores(logits: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    pred = logits.argmax(-1)
+    out = {"accuracy": float(accuracy_score(labels, pred)), "mcc": float(matthews_corrcoef(labels, pred))}
+    if logits.shape[1] == 2:
+        out["f1"] = float(f1_score(labels, pred))
+    return out
+
+
+@dataclass
+class Settings:
+    lr: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    seed: int = 42
+    max_length: int = 512
+    pool: str | None = None  # None: first for masked LMs, last for causal LMs
+    device: str = "auto"
+    progress: bool = True
+
+
+def read_task(name: str, data_dir: Path) -> tuple[FinetuneSpec, tuple, tuple]:
+    """The task's spec and its train and valid splits, every line checked before anything is trained or written."""
+    spec = spec_of(name)
+    return spec, read_split(data_dir / f"{name}.train.jsonl", spec, name), read_split(data_dir / f"{name}.valid.jsonl", spec, name)
+
+
+def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings) -> dict:
+    """Fine-tune on one task, keep the best epoch, write its validation predictions; the task's summary."""
+    from transformers import AutoModel, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+    from eval.model import check_folder, load_config, load_model_folder, pick_device
+
+    spec, train, valid = task
+    folder = check_folder(model_path)
+    device = pick_device(s.device)
+    config = load_config(folder, "the model", "save the model again with save_pretrained")
+    causal = is_causal(config)
+    pool = s.pool or ("last" if causal else "first")
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    set_seed(s.seed)
+    backbone = load_model_folder(folder, AutoModel, "the model", "save the model again with save_pretrained", config)
+    model = Classifier(backbone, spec.num_labels, pool)
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or s.max_length
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= (config.pad_token_id or 0) + 1
+    length = min(s.max_length, positions)
+
+    def encode(texts, labels):
+        enc = tokenizer(texts, truncation=True, max_length=length)
+        return [{"input_ids": i, "attention_mask": a, "labels": y} for i, a, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
+
+    def collate(rows):
+        batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
+        batch["labels"] = torch.tensor([r["labels"] for r in rows])
+        return batch
+
+    best: dict = {}
+
+    class KeepBest(TrainerCallback):  # the best epoch's weights, in memory (no checkpoint folders)
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get(f"eval_{spec.metric}")
+            if value is not None and math.isfinite(value) and value > best.get("value", -math.inf):
+                best.update(value=value, epoch=state.epoch, state=copy.deepcopy(model.state_dict()))
+
+    work = out_dir / "finetune" / name
+    epochs, batch = s.epochs or spec.epochs, s.batch_size or spec.batch_size
+    args = TrainingArguments(
+        output_dir=str(work / "trainer"), learning_rate=s.lr or spec.lr, per_device_train_batch_size=batch,
+        per_device_eval_batch_size=64, num_train_epochs=epochs, weight_decay=0.01, warmup_steps=0.06,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, eval_strategy="epoch",
+        save_strategy="no", logging_strategy="epoch", seed=s.seed, report_to=[],
+        use_cpu=device.type == "cpu", disable_tqdm=not s.progress, remove_unused_columns=False)
+    trainer = Trainer(model=model, args=args, train_dataset=encode(*train), eval_dataset=encode(*valid), data_collator=collate,
+                      compute_metrics=lambda p: scores(p.predictions, p.label_ids), callbacks=[KeepBest()])
+    t0 = time.perf_counter()
+    trainer.train()
+    if not best:
+        raise UserError(f"task {name}: no epoch gave a finite {spec.metric} (the loss diverged); lower --lr")
+    model.load_state_dict(best["state"])
+    out = trainer.predict(encode(*valid))
+    final = scores(out.predictions, out.label_ids)
+    pred = out.predictions.argmax(-1)
+    history = [r for r in trainer.state.log_history if "eval_loss" in r or "loss" in r]
+    seconds = time.perf_counter() - t0
+    summary = {"task": name, "description": spec.description, "metric": spec.metric, "score": final[spec.metric],
+               "stderr": math.sqrt(final["accuracy"] * (1 - final["accuracy"]) / len(pred)) if spec.metric == "accuracy" else None,
+               "accuracy": final["accuracy"], "f1": final.get("f1"), "mcc": final["mcc"], "best_epoch": best["epoch"],
+               "n_items": len(pred), "n_subtasks": 1, "ties": 0, "non_finite": 0, "subtasks": {},
+               "model": str(Path(model_path).resolve()), "backend": "causal" if causal else "mlm", "pool": pool,
+               "lr": args.learning_rate, "batch_size": batch, "epochs": epochs, "seed": s.seed, "max_length": length,
+               "data": str(data_dir), "seconds": round(seconds, 1)}
+    work.mkdir(parents=True, exist_ok=True)
+    write_atomic(work / "predictions.json",
+                 json.dumps({name: {"predictions": [{"id": f"{name}_{i}", "pred": int(p)} for i, p in enumerate(pred)]}}) + "\n")
+    write_atomic(work / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    (out_dir / "pairs").mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "pairs" / f"{name}.jsonl", "".join(
+        json.dumps({"id": f"{name}_{i}", "pred": int(p), "label": int(y), "correct": bool(p == y)}) + "\n"
+        for i, (p, y) in enumerate(zip(pred, out.label_ids))))
+    write_atomic(out_dir / f"{name}.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    from eval.evaluate import output_dir
+
+    p = argparse.ArgumentParser(prog="python -m eval finetune", description=__doc__.split("\n\n")[1])
+    p.add_argument("model", help="a Hugging Face model folder (model + tokenizer)")
+    p.add_argument("--tasks", default=",".join(GLUE), help=f"comma-separated ({', '.join(known())}); default the seven GLUE tasks")
+    p.add_argument("--data-dir", help="the folder holding <task>.train.jsonl and <task>.valid.jsonl (glue_filtered)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the task's, 3e-5)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default: the task's, 32 or 16)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the task's, 10 or 30)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the head, the shuffling and dropout")
+    p.add_argument("--max-length", type=int, default=512, help="inputs are truncated to this many tokens")
+    p.add_argument("--pool", choices=("last", "first"), help="the position the head reads: last non-padding token (causal "
+                                                              "default) or position 0 (masked default; the official script's choice for causal too)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--out", help="where results go (default: <run>/eval for <run>/model, else <model>/eval)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    for key in ("lr", "batch_size", "epochs", "max_length"):
+        value = getattr(args, key)
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            raise UserError(f"--{key.replace('_', '-')}: must be positive, got {value}")
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not names:
+        raise UserError(f"--tasks {args.tasks!r}: names no task; give one or more of {', '.join(known())}")
+    from eval.model import check_folder
+
+    check_folder(args.model)
+    specs = {n: spec_of(n) for n in names}
+    settings = Settings(args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device, not args.no_progress)
+    out_dir = output_dir(Path(args.model), args.out)
+    tasks = {}
+    for name in names:  # every task's files are read and checked before any training
+        data = args.data_dir or (specs[name].data_dir and next((str(b / specs[name].data_dir) for b in (Path.cwd(), REPO)
+                                                                 if (b / specs[name].data_dir).is_dir()), None))
+        if data is None:
+            hint = "run `python -m tokenizer demo cache/demo` first" if specs[name].data_dir else "pass --data-dir (BabyLM's " \
+                "evaluation_data/full_eval/glue_filtered)"
+            raise UserError(f"task {name}: no data folder; {hint}")
+        if not Path(data).is_dir():
+            raise UserError(f"--data-dir {data}: no such folder")
+        tasks[name] = (Path(data), read_task(name, Path(data)))
+    for name, (data, task) in tasks.items():
+        summary = finetune(args.model, name, task, data, out_dir, settings)
+        extra = f", F1 {summary['f1']:.4f}" if summary.get("f1") is not None else ""
+        print(f"{name}: {summary['metric']} {summary['score']:.4f} (accuracy {summary['accuracy']:.4f}{extra}, best epoch "
+              f"{summary['best_epoch']:.0f} of {summary['epochs']}) -> {out_dir / name}.json")
+    return 0
