@@ -1,10 +1,16 @@
-"""Pairs per second on all of blimp_filtered: this project vs lm-evaluation-harness vs a per-sentence loop.
+"""Evaluation speed, both sides in one run: the 2024 scorer against lm-evaluation-harness, the 2025 tasks against
+the official procedure.
 
-    python bench/eval_speed.py [MODEL] [--data-dir ../shared/data] [--batch-size 64] [--harness-batch 64]
+    python bench/eval_speed.py [MODEL] [--paradigms a,b,c] [--batch-size 64] [--harness-batch 64]   # 2024, BLiMP
+    python bench/eval_speed.py [MODEL] --suite babylm2025 [--tasks entity_tracking,reading,wug_adj,blimp_filtered]
+    python bench/eval_speed.py --llama58m ...        # MODEL = a random llama-58m with a 16k BPE (built once)
+    python bench/eval_speed.py --llama58m --fast-suite   # wall time of the whole fast suite
 
 The harness (lm-eval 0.4.13, the line the BabyLM 2024 pipeline forked) runs in its own
 environment, bench/.venv-harness (created on first use from PyPI), on the same local files,
-through bench/harness_driver.py; only its loglikelihood phase is timed. This project's time
+through bench/harness_driver.py, with add_bos_token=False as the 2024 fork has it (upstream's
+default puts the tokenizer's BOS before EWoK contexts: 368 of 7,618 EWoK decisions differ from
+the fork's); only its loglikelihood phase is timed. This project's time
 covers tokenization, scoring and decisions. The per-sentence loop (one sentence per forward
 pass, full softmax) runs on the first --loop-sample pairs of each paradigm. Prints both
 sides' accuracies, the largest per-paradigm difference, an item-by-item comparison of the
@@ -32,6 +38,8 @@ from eval.report import decide, summarise  # noqa: E402
 from eval.scorer import Scorer  # noqa: E402
 from eval.tasks import load_task  # noqa: E402
 
+SHARED = REPO.parent / "shared" / "data"
+
 HARNESS_ENV = REPO / "bench" / ".venv-harness"
 
 
@@ -50,10 +58,10 @@ def ours(model: str, data_dir: str, batch: int):
     task = load_task("blimp_filtered", data_dir)
     t0 = time.perf_counter()
     reqs, _ = requests_for(task, m, Options(data_dir=data_dir, progress=False))
-    scores = Scorer(m, progress=False).causal(reqs, batch).reshape(len(task.items), -1)
-    _, right, tied = decide(scores, np.zeros(len(task.items), dtype=int))
+    scores = Scorer(m, progress=False).causal_items(reqs, [2] * len(task.items), batch).reshape(len(task.items), -1)
+    _, right, tied, bad = decide(scores, np.zeros(len(task.items), dtype=int))
     seconds = time.perf_counter() - t0
-    return m, task, {k: v["accuracy"] for k, v in summarise(task, right, tied)["subtasks"].items()}, seconds, scores
+    return m, task, {k: v["accuracy"] for k, v in summarise(task, scores, right, tied, bad)["subtasks"].items()}, seconds, scores
 
 
 def loop(m, task, sample: int):
@@ -73,15 +81,51 @@ def loop(m, task, sample: int):
     return picked, np.array(out), time.perf_counter() - t0
 
 
+def paradigm_folder(data_dir: str, paradigms: str | None) -> str:
+    """The data folder, or one holding only the named blimp_filtered paradigms (links to the real files)."""
+    if not paradigms:
+        return data_dir
+    folder = REPO / "bench" / ".cache" / ("blimp-" + paradigms.replace(",", "+"))
+    (folder / "blimp_filtered").mkdir(parents=True, exist_ok=True)
+    for name in paradigms.split(","):
+        src = Path(data_dir) / "blimp_filtered" / f"{name}.jsonl"
+        if not src.is_file():
+            sys.exit(f"error: --paradigms: {src} does not exist")
+        link = folder / "blimp_filtered" / src.name
+        if not link.exists():
+            link.symlink_to(src.resolve())
+    return str(folder)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", nargs="?", default=str(REPO.parent / "shared" / "data" / "hf_tiny_gpt2"))
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("model", nargs="?", default=str(SHARED / "hf_tiny_gpt2"))
+    p.add_argument("--data-dir", default=str(SHARED))
+    p.add_argument("--paradigms", help="comma-separated blimp_filtered paradigms (default: all 67)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--harness-batch", type=int, default=64)
     p.add_argument("--loop-sample", type=int, default=20, help="pairs per paradigm for the per-sentence loop")
+    p.add_argument("--suite", choices=("babylm2025",), help="the 2025 tasks against the official procedure instead")
+    p.add_argument("--tasks", default="entity_tracking,reading,wug_adj,blimp_filtered", help="--suite: the tasks")
+    p.add_argument("--items", type=int, default=1000, help="--suite: items this project scores per task")
+    p.add_argument("--naive-items", type=int, default=100, help="--suite: items the official procedure scores per task")
+    p.add_argument("--llama58m", action="store_true", help="MODEL: a random llama-58m with a 16k BPE (bench/.cache)")
+    p.add_argument("--fast-suite", action="store_true", help="time the whole fast suite through python -m eval's evaluate()")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.llama58m:
+        from bench.eval2025 import llama58m
+
+        args.model = str(llama58m(SHARED))
+    if args.fast_suite or args.suite:
+        from bench import eval2025
+
+        if args.fast_suite:
+            eval2025.fast_suite_wall_time(args.model, SHARED, args.batch_size)
+        else:
+            eval2025.suite(args.model, SHARED, args.tasks.split(","), args.items, args.naive_items, args.batch_size)
+        return
+    args.data_dir = paradigm_folder(args.data_dir, args.paradigms)
 
     m, task, acc, t_ours, scores = ours(args.model, args.data_dir, args.batch_size)
     n = len(task.items)

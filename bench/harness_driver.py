@@ -32,7 +32,8 @@ for f in files:
         f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {Path(f).resolve()}\n"
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"\"\ndoc_to_target: 0\n"
         "doc_to_choice: \"{{[sentence_good, sentence_bad]}}\"\nnum_fewshot: 0\nmetric_list:\n  - metric: acc\n")
-lm = HFLM(pretrained=model, batch_size=batch, device="cpu", dtype="float32")
+# add_bos_token=False as BabyLM's 2024 fork has it (upstream 0.4.13's default puts BOS before EWoK contexts)
+lm = HFLM(pretrained=model, batch_size=batch, device="cpu", dtype="float32", add_bos_token=False)
 timed = {"seconds": 0.0, "requests": 0}
 scores: dict[str, dict[int, list]] = {}  # paradigm -> doc id -> [log p(good), log p(bad)]
 inner = lm.loglikelihood

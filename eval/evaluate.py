@@ -146,10 +146,18 @@ def output_for(model_path: str, opts: Options) -> Path:
     return out_dir
 
 
-def score_requests(scorer: Scorer, m: Loaded, reqs: list, opts: Options) -> tuple[np.ndarray, int]:
+def score_requests(scorer: Scorer, m: Loaded, reqs: list, opts: Options, choices: list[int] | None = None) -> tuple[np.ndarray, int]:
+    """Each request's score; `choices`: how many consecutive requests belong to one item (read as one tree)."""
     longest = max((len(r.ctx) + len(r.cont) if m.backend == "causal" else len(r.ids)) for r in reqs)
     batch = pick_batch_size(opts.batch_size, m, longest)
-    return (scorer.causal(reqs, batch) if m.backend == "causal" else scorer.masked(reqs, batch)), batch
+    if m.backend != "causal":
+        return scorer.masked(reqs, batch), batch
+    return (scorer.causal_items(reqs, choices, batch) if choices else scorer.causal(reqs, batch)), batch
+
+
+def item_scores(flat: np.ndarray, task: Task) -> np.ndarray:
+    """[items, choices]: every item of a task has the same number of choices."""
+    return flat.reshape(len(task.items), -1)
 
 
 def reduce_masked(flat: np.ndarray, reqs: list, m: Loaded, convention: str) -> np.ndarray:
@@ -161,8 +169,8 @@ def reduce_masked(flat: np.ndarray, reqs: list, m: Loaded, convention: str) -> n
 
 def score_pairs(task: Task, m: Loaded, scorer: Scorer, reqs: list, opts: Options, out_dir: Path, meta: dict):
     convention = convention_for(task, opts)
-    flat, batch = score_requests(scorer, m, reqs, opts)
-    scores = reduce_masked(flat, reqs, m, convention).reshape(len(task.items), -1)
+    flat, batch = score_requests(scorer, m, reqs, opts, [len(it.choices) for it in task.items])
+    scores = item_scores(reduce_masked(flat, reqs, m, convention), task)
     _, right, tied, bad = report.decide(scores, np.array([it.correct for it in task.items]))
     if bad.all():  # nothing is written: a result file would mark the task as evaluated
         raise UserError(f"{meta['model']}: every score on task {task.name} is NaN or infinite, so the model is broken "

@@ -33,6 +33,30 @@ def _unique(keys: list[tuple]) -> tuple[list[int], np.ndarray]:
     return reps, back
 
 
+def tree_attention_works(model, split) -> bool:
+    """Whether the model takes a 4D boolean attention mask with position ids and gives the same logits for a branch
+    of a tree as for the branch alone (GPT-2, Llama and most HF decoders do; a model that does not is scored
+    one sequence per request)."""
+    dev = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]], device=dev) % vocab
+    parent, depth = [-1, 0, 1, 2, 3, 2], [0, 1, 2, 3, 4, 3]
+    allow = torch.zeros((6, 6), dtype=torch.bool, device=dev)
+    for j, p in enumerate(parent):
+        if p >= 0:
+            allow[j] = allow[p]
+        allow[j, j] = True
+    try:
+        with torch.inference_mode():
+            tree = model(input_ids=ids, attention_mask=allow[None, None], position_ids=torch.tensor([depth], device=dev)).logits[0]
+            a = model(input_ids=ids[:, :5]).logits[0]
+            b = model(input_ids=ids[:, [0, 1, 2, 5]]).logits[0]
+    except Exception:  # noqa: BLE001 - any failure means: no tree attention for this model
+        return False
+    close = lambda x, y: torch.allclose(x.float(), y.float(), rtol=1e-4, atol=1e-4)  # noqa: E731
+    return close(tree[:5], a) and close(tree[5], b[3])
+
+
 class Scorer:
     def __init__(self, loaded: Loaded, progress: bool = True):
         self.m = loaded
@@ -40,9 +64,10 @@ class Scorer:
         self.pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
         probe = torch.tensor([[self.m.prefix_id or 0, 5, 6, 7]], device=loaded.device) % loaded.model.config.vocab_size
         self.split = split_head(loaded.model, loaded.backend, probe)
+        self.trees: bool | None = None  # tree attention checked on first use
 
     def _logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
-                  cols: torch.Tensor, picks: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+                  cols: torch.Tensor, picks: torch.Tensor, targets: torch.Tensor, position_ids=None) -> np.ndarray:
         """log p(targets[e]) at position (rows[picks[e]], cols[picks[e]]) as float64; `picks` is sorted.
 
         Only the positions in (rows, cols) are normalised, and several targets may share one
@@ -51,12 +76,13 @@ class Scorer:
         fused log_softmax over a cached chunk is about 4x faster on CPU than torch.logsumexp
         (which makes several passes over memory); only the target columns of it are kept.
         """
+        extra = {} if position_ids is None else {"position_ids": position_ids}
         if self.split is not None:
             backbone, head = self.split
-            picked = backbone(input_ids=input_ids, attention_mask=attention_mask)[0][rows, cols]
+            picked = backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)[0][rows, cols]
         else:
             head = None
-            picked = self.m.model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, cols]
+            picked = self.m.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[rows, cols]
         vocab = self.m.model.config.vocab_size
         step = max(1, CHUNK_LOGITS // max(vocab, 1))
         bounds = torch.searchsorted(picks, torch.arange(0, len(rows) + step, step, device=picks.device)).tolist()
@@ -139,6 +165,85 @@ class Scorer:
         sums = np.add.reduceat(token_lp, offsets[:-1]) if len(token_lp) else np.zeros(len(reps))
         sums[np.asarray(n_cont) == 0] = 0.0  # nothing scored (2025, a one-token sentence): reduceat would copy a neighbour
         return sums[back]
+
+    # ------------------------------------------------------------------ causal, one tree per item
+    def causal_items(self, requests: list[CausalRequest], choices: list[int], batch_size: int) -> np.ndarray:
+        """As `causal`, but the requests of one item (`choices[i]` consecutive requests) are read in one forward pass
+        as a tree: their common token prefix once (an entity-tracking prefix of a hundred tokens, the words a minimal
+        pair shares, an EWoK context), then each branch, every position attending to its ancestors only (a 4D
+        attention mask) at the position ids of its depth. Nothing is padded inside a tree; trees of similar size
+        share a batch. The same log-probabilities as one sequence per request (checked once per model, else
+        `causal` is used)."""
+        if self.trees is None:
+            self.trees = tree_attention_works(self.m.model, self.split)
+        if not self.trees:
+            return self.causal(requests, batch_size)
+        L = self.m.max_length
+        groups, start = [], 0
+        for n in choices:
+            groups.append(list(range(start, start + n)))
+            start += n
+        offsets = np.zeros(len(requests) + 1, dtype=np.int64)
+        np.cumsum([len(r.cont) for r in requests], out=offsets[1:])
+        token_lp = np.zeros(offsets[-1], dtype=np.float64)
+        trees = []
+        for group in groups:  # nodes: (token, parent, depth); a request's window is a path from a root
+            nodes: list[tuple[int, int, int]] = []
+            child: dict[tuple[int, int], int] = {}
+            wanted: dict[tuple[int, int], list[int]] = {}  # (node, next token) -> slots in token_lp
+            for r in group:
+                seq = (requests[r].ctx + requests[r].cont)[-(L + 1):]
+                first = len(seq) - len(requests[r].cont)
+                node = -1
+                for t, tok in enumerate(seq):
+                    if t >= first and node >= 0:
+                        wanted.setdefault((node, tok), []).append(int(offsets[r]) + t - first)
+                    if t == len(seq) - 1:
+                        break
+                    key = (node, tok)
+                    if key not in child:
+                        child[key] = len(nodes)
+                        nodes.append((tok, node, nodes[node][2] + 1 if node >= 0 else 0))
+                    node = child[key]
+            trees.append((nodes, wanted))
+        order = sorted(range(len(trees)), key=lambda g: -len(trees[g][0]))
+        per_row = max(1, batch_size // max(1, round(np.mean(choices))))
+        dev = self.m.device
+        with torch.inference_mode(), self._bar(len(requests), "scoring") as bar:
+            for at in range(0, len(order), per_row):
+                batch = [trees[g] for g in order[at:at + per_row]]
+                width = max(1, max(len(nodes) for nodes, _ in batch))
+                ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+                pos = np.zeros((len(batch), width), dtype=np.int64)
+                allow = np.zeros((len(batch), width, width), dtype=bool)
+                allow[:, np.arange(width), np.arange(width)] = True  # padding sees itself: no empty softmax row
+                rows, cols, tgts, slots = [], [], [], []
+                for b, (nodes, wanted) in enumerate(batch):
+                    if nodes:
+                        tok, parent, depth = zip(*nodes)
+                        ids[b, :len(nodes)], pos[b, :len(nodes)] = tok, depth
+                    seen = allow[b]
+                    for j, (_, parent, _) in enumerate(nodes):
+                        if parent >= 0:
+                            seen[j] = seen[parent]
+                            seen[j, j] = True
+                    for (node, tok), where in wanted.items():
+                        rows.append(b)
+                        cols.append(node)
+                        tgts.append(tok)
+                        slots.append(where)
+                bar.update(sum(len(groups[g]) for g in order[at:at + per_row]))
+                if not rows:
+                    continue
+                picks = torch.arange(len(rows), device=dev)
+                lp = self._logprobs(torch.from_numpy(ids).to(dev), torch.from_numpy(allow[:, None]).to(dev),
+                                    torch.tensor(rows, device=dev), torch.tensor(cols, device=dev), picks,
+                                    torch.tensor(tgts, device=dev), torch.from_numpy(pos).to(dev))
+                for value, where in zip(lp, slots):
+                    token_lp[where] = value
+        sums = np.add.reduceat(token_lp, offsets[:-1]) if len(token_lp) else np.zeros(len(requests))
+        sums[offsets[1:] == offsets[:-1]] = 0.0
+        return sums
 
     # ------------------------------------------------------------------ masked
     def masked(self, requests: list[MaskedRequest], batch_size: int) -> np.ndarray:

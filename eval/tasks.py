@@ -318,5 +318,9 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
             items.extend(_read_jsonl(text, where(member), Path(member).stem, spec, name))
         if not items:
             raise UserError(f"task {name}: the files at {origin} hold no items (every line is empty); check the download")
+        odd = next((it for it in items if len(it.choices) != len(items[0].choices)), None)
+        if odd is not None:
+            raise UserError(f"{odd.where}: {len(odd.choices)} choices, but {items[0].where} has {len(items[0].choices)}; "
+                            f"every item of task {name} needs the same number of choices")
         return Task(name=name, spec=spec, spec_file=spec_file, items=items, origin=origin, fast=fast)
     raise UserError(f"task {name}: no files found (looked for {', '.join(tried)}); pass --data-dir with BabyLM's evaluation_data")

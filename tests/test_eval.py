@@ -117,7 +117,9 @@ def score_with_project(model_dir, backend, task_name, data_dir, batch_size, conv
     m.backend = backend
     reqs, _ = requests_for(task, m, opts)
     scorer = Scorer(m, progress=False)
-    flat = scorer.causal(reqs, batch_size) if backend == "causal" else scorer.masked(reqs, batch_size)
+    choices = [len(it.choices) for it in task.items]
+    flat = scorer.causal_items(reqs, choices, batch_size) if backend == "causal" else scorer.masked(reqs, batch_size)
+    assert backend != "causal" or scorer.trees  # GPT-2 and Llama read each item as one tree
     return m, task, reduce_masked(flat, reqs, m, convention_for(task, opts)).reshape(len(task.items), -1)
 
 
@@ -236,6 +238,9 @@ def test_shared_prefixes_and_truncated_windows_match_reference(trained):
     for batch in (1, 3, 64):
         got = Scorer(m, progress=False).causal(reqs, batch)
         assert np.abs(got - np.array(expected)).max() < 1e-4, (batch, got, expected)
+        for items in ([3, 3, 3], [9], [1] * 9):  # the same requests read as trees of three, one tree, or nine
+            got = Scorer(m, progress=False).causal_items(reqs, items, batch)
+            assert np.abs(got - np.array(expected)).max() < 1e-4, (batch, items, got, expected)
 
 
 def test_head_split_matches_full_forward(trained):
