@@ -147,12 +147,13 @@ def output_for(model_path: str, opts: Options) -> Path:
 
 
 def score_requests(scorer: Scorer, m: Loaded, reqs: list, opts: Options, choices: list[int] | None = None) -> tuple[np.ndarray, int]:
-    """Each request's score; `choices`: how many consecutive requests belong to one item (read as one tree)."""
+    """Each request's score; `choices`: how many consecutive requests belong to one item (default one each: the
+    reading task's requests), read as one tree, and items that open alike share their prefix."""
     longest = max((len(r.ctx) + len(r.cont) if m.backend == "causal" else len(r.ids)) for r in reqs)
     batch = pick_batch_size(opts.batch_size, m, longest)
     if m.backend != "causal":
         return scorer.masked(reqs, batch), batch
-    return (scorer.causal_items(reqs, choices, batch) if choices else scorer.causal(reqs, batch)), batch
+    return scorer.causal_items(reqs, choices or [1] * len(reqs), batch), batch
 
 
 def item_scores(flat: np.ndarray, task: Task) -> np.ndarray:

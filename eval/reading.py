@@ -81,9 +81,8 @@ def decode_piece(tokenizer, token: int) -> str:
     return text
 
 
-def _steps(tokenizer, context: str, word: str) -> list[tuple[str, int]]:
-    """(context text, token id) per sub-token of `word`, as get_p2 builds them."""
-    target = tokenizer(word, add_special_tokens=False)["input_ids"]
+def _steps(tokenizer, context: str, word: str, target: list[int]) -> list[tuple[str, int]]:
+    """(context text, token id) per sub-token of `word` (encoded as `target`), as get_p2 builds them."""
     if not target:
         raise UserError(f"the word {word!r} has no tokens; the reading task cannot score it")
     steps = [(context, target[0])]
@@ -99,8 +98,9 @@ def _steps(tokenizer, context: str, word: str) -> list[tuple[str, int]]:
 def requests(tokenizer, pairs: list[tuple[str, str]], backend: str) -> tuple[list, np.ndarray]:
     """One scoring request per sub-token step of every (context, word); and for each step the index of its word."""
     steps, owner = [], []
-    for k, (context, word) in enumerate(pairs):
-        for step in _steps(tokenizer, context, word):
+    targets = tokenizer([w for _, w in pairs], add_special_tokens=False)["input_ids"] if pairs else []
+    for k, ((context, word), target) in enumerate(zip(pairs, targets)):
+        for step in _steps(tokenizer, context, word, list(target)):
             steps.append(step)
             owner.append(k)
     if backend == "causal":

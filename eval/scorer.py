@@ -18,6 +18,8 @@ from eval.encode import CausalRequest, MaskedRequest
 from eval.model import Loaded, split_head
 
 CHUNK_LOGITS = 1 << 20  # logits normalised at a time: 4 MB of float32, stays in cache
+TREE_NODES = 384  # positions a tree of several items may reach (attention within a tree is quadratic in it)
+BATCH_TOKENS = 48  # positions per forward pass per unit of --batch-size when items are read as trees
 
 
 def _unique(keys: list[tuple]) -> tuple[list[int], np.ndarray]:
@@ -179,46 +181,66 @@ class Scorer:
         if not self.trees:
             return self.causal(requests, batch_size)
         L = self.m.max_length
-        groups, start = [], 0
+        items, start = [], 0
         for n in choices:
-            groups.append(list(range(start, start + n)))
+            items.append(list(range(start, start + n)))
             start += n
+        groups = self._tree_groups(requests, items, L, cap=max(TREE_NODES, *(sum(len(requests[r].ctx) + len(requests[r].cont)
+                                                                                  for r in item) for item in items)))
         offsets = np.zeros(len(requests) + 1, dtype=np.int64)
         np.cumsum([len(r.cont) for r in requests], out=offsets[1:])
-        token_lp = np.zeros(offsets[-1], dtype=np.float64)
+        token_edge = np.zeros(offsets[-1], dtype=np.int64)
+        # A global trie of token prefixes across all items: an edge (prefix, next token) met in several trees (the
+        # instruction every WUG item opens with) is normalised once, in the first tree that has it.
+        global_child: dict[tuple[int, int], int] = {}
+        edge_of: dict[tuple[int, int], int] = {}
         trees = []
         for group in groups:  # nodes: (token, parent, depth); a request's window is a path from a root
             nodes: list[tuple[int, int, int]] = []
             child: dict[tuple[int, int], int] = {}
-            wanted: dict[tuple[int, int], list[int]] = {}  # (node, next token) -> slots in token_lp
+            gnode_of: list[int] = []  # the global prefix node of each local node
+            owned: list[tuple[int, int, int]] = []  # (local node, next token, edge) this tree computes
             for r in group:
                 seq = (requests[r].ctx + requests[r].cont)[-(L + 1):]
                 first = len(seq) - len(requests[r].cont)
-                node = -1
+                node, gnode = -1, 0
                 for t, tok in enumerate(seq):
                     if t >= first and node >= 0:
-                        wanted.setdefault((node, tok), []).append(int(offsets[r]) + t - first)
+                        edge = edge_of.get((gnode, tok))
+                        if edge is None:
+                            edge = edge_of[(gnode, tok)] = len(edge_of)
+                            owned.append((node, tok, edge))
+                        token_edge[offsets[r] + t - first] = edge
                     if t == len(seq) - 1:
                         break
                     key = (node, tok)
                     if key not in child:
                         child[key] = len(nodes)
                         nodes.append((tok, node, nodes[node][2] + 1 if node >= 0 else 0))
+                        gnode_of.append(global_child.setdefault((gnode, tok), len(global_child) + 1))
                     node = child[key]
-            trees.append((nodes, wanted))
-        order = sorted(range(len(trees)), key=lambda g: -len(trees[g][0]))
-        per_row = max(1, batch_size // max(1, round(np.mean(choices))))
+                    gnode = gnode_of[node]
+            trees.append((nodes, owned))
+        edge_lp = np.zeros(len(edge_of), dtype=np.float64)
+        order = sorted((g for g in range(len(trees)) if trees[g][1]), key=lambda g: -len(trees[g][0]))  # trees that own an edge
+        budget = batch_size * BATCH_TOKENS  # positions per forward pass, padding included
+        batches, at = [], 0
+        while at < len(order):
+            width = max(1, len(trees[order[at]][0]))
+            rows = max(1, budget // width)
+            batches.append(order[at:at + rows])
+            at += rows
         dev = self.m.device
-        with torch.inference_mode(), self._bar(len(requests), "scoring") as bar:
-            for at in range(0, len(order), per_row):
-                batch = [trees[g] for g in order[at:at + per_row]]
+        with torch.inference_mode(), self._bar(len(order), "scoring (trees of shared prefixes)") as bar:
+            for chunk in batches:
+                batch = [trees[g] for g in chunk]
                 width = max(1, max(len(nodes) for nodes, _ in batch))
                 ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
                 pos = np.zeros((len(batch), width), dtype=np.int64)
                 allow = np.zeros((len(batch), width, width), dtype=bool)
                 allow[:, np.arange(width), np.arange(width)] = True  # padding sees itself: no empty softmax row
-                rows, cols, tgts, slots = [], [], [], []
-                for b, (nodes, wanted) in enumerate(batch):
+                rows, cols, tgts, edges = [], [], [], []
+                for b, (nodes, owned) in enumerate(batch):
                     if nodes:
                         tok, parent, depth = zip(*nodes)
                         ids[b, :len(nodes)], pos[b, :len(nodes)] = tok, depth
@@ -227,23 +249,51 @@ class Scorer:
                         if parent >= 0:
                             seen[j] = seen[parent]
                             seen[j, j] = True
-                    for (node, tok), where in wanted.items():
+                    for node, tok, edge in owned:
                         rows.append(b)
                         cols.append(node)
                         tgts.append(tok)
-                        slots.append(where)
-                bar.update(sum(len(groups[g]) for g in order[at:at + per_row]))
+                        edges.append(edge)
+                bar.update(len(batch))
                 if not rows:
                     continue
                 picks = torch.arange(len(rows), device=dev)
                 lp = self._logprobs(torch.from_numpy(ids).to(dev), torch.from_numpy(allow[:, None]).to(dev),
                                     torch.tensor(rows, device=dev), torch.tensor(cols, device=dev), picks,
                                     torch.tensor(tgts, device=dev), torch.from_numpy(pos).to(dev))
-                for value, where in zip(lp, slots):
-                    token_lp[where] = value
+                edge_lp[edges] = lp
+        token_lp = edge_lp[token_edge]  # summed in each request's own token order
         sums = np.add.reduceat(token_lp, offsets[:-1]) if len(token_lp) else np.zeros(len(requests))
         sums[offsets[1:] == offsets[:-1]] = 0.0
         return sums
+
+    @staticmethod
+    def _tree_groups(requests: list[CausalRequest], items: list[list[int]], L: int, cap: int) -> list[list[int]]:
+        """Items in the order of their token sequences, packed into trees of about `cap` positions: items that open
+        alike (entity-tracking items of one scene, every WUG item's instruction) share their prefix's positions."""
+        def window(r: int) -> list[int]:
+            return (requests[r].ctx + requests[r].cont)[-(L + 1):-1]
+
+        def common(a: list[int], b: list[int]) -> int:
+            n = 0
+            while n < min(len(a), len(b)) and a[n] == b[n]:
+                n += 1
+            return n
+
+        order = sorted(range(len(items)), key=lambda i: window(items[i][0]))
+        groups: list[list[int]] = []
+        nodes, previous = 0, []
+        for i in order:
+            first = window(items[i][0])
+            own = len(first) + sum(len(w) - common(w, first) for w in map(window, items[i][1:]))  # the item's own tree
+            new = own - common(first, previous)
+            if not groups or nodes + new > cap:
+                groups.append([])
+                nodes, new = 0, own
+            groups[-1].extend(items[i])
+            nodes += new
+            previous = first
+        return groups
 
     # ------------------------------------------------------------------ masked
     def masked(self, requests: list[MaskedRequest], batch_size: int) -> np.ndarray:
