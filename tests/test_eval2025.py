@@ -267,7 +267,17 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     ok(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
     sub = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())
     assert list(sub) == ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps", "reading", "glue"]
-    assert sorted(sub["glue"]) == sorted(GLUE)
+    assert sorted(sub["glue"]) == sorted(GLUE) and "fast_eval_results" not in sub
+    # fast results of two milestone checkpoints (copies of this model's): one entry per checkpoint, in words order
+    for name in ("chck_2M", "chck_1M"):
+        shutil.copytree(out / "eval" / "fast", out / "milestones" / name / "eval" / "fast")
+    ok(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
+    fast = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())["fast_eval_results"]
+    assert sorted(fast) == ["blimp", "blimp_supplement", "entity_tracking", "ewok", "reading", "wug_adj", "wug_past"]
+    assert all(len(v) == 2 for v in fast.values())
+    et, rd = (json.loads((out / "eval" / "fast" / f"{t}.json").read_text()) for t in ("entity_tracking", "reading"))
+    assert fast["entity_tracking"][1] == {k: v["accuracy"] for k, v in et["subtasks"].items()}
+    assert fast["reading"][0] == {"spr": pytest.approx(rd["self_paced_reading"] / 100), "rt": pytest.approx(rd["eye_tracking"] / 100)}
     sizes["full"]["comps"]["base"] += 1
     table.write_text(yaml.safe_dump(sizes))
     before = (full / "all_full_preds_and_fast_scores_causal.json").read_bytes()
