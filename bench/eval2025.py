@@ -22,7 +22,7 @@ import torch
 
 from eval.evaluate import Options, item_scores, requests_for, score_requests
 from eval.model import load
-from eval.reading import decode_piece, read_table, score_table
+from eval.reading import decode_piece, score_table
 from eval.report import decide
 from eval.scorer import Scorer
 from eval.tasks import load_task

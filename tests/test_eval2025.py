@@ -145,8 +145,6 @@ def test_entity_tracking_wug_comps_match_reference(extras):
 
 @pytest.mark.parametrize("backend", ["mlm", "mntp"])
 def test_masked_backends_2025_match_reference(backend, extras):
-    from test_eval import PARADIGMS  # noqa: F401 - the module's trained fixtures are not needed here
-
     from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
 
     folder = extras.parent / f"roberta-{backend}"
