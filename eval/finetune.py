@@ -30,6 +30,7 @@ import torch
 from common.config import ConfigError, field, load, suggest
 from common.errors import UserError
 from common.paths import REPO, write_atomic
+from eval.tasks import decode_text
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
 GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
@@ -80,12 +81,7 @@ def read_split(path: Path, spec: FinetuneSpec, name: str) -> tuple[list, list[in
     if not path.is_file():
         raise UserError(f"task {name}: {path} does not exist; pass --data-dir with BabyLM's evaluation_data/full_eval/glue_filtered")
     texts, labels = [], []
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8") from None
+    text = decode_text(path.read_bytes(), str(path))
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue

@@ -234,7 +234,7 @@ def _read_jsonl(text: str, where: str, subtask: str, spec: TaskSpec, name: str) 
     return items
 
 
-def _decode(data: bytes, where: str) -> str:
+def decode_text(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -262,12 +262,12 @@ def _from_archive(archive: Path, pattern: str, password: str | None, needs_passw
                         raise
                     except zipfile.BadZipFile as exc:  # a wrong ZipCrypto password can also fail the CRC
                         raise UserError(f"{archive}: cannot read {member} ({exc}); wrong --ewok-password or a damaged zip") from None
-                    out.append((member, _decode(data, f"{archive}!{member}")))
+                    out.append((member, decode_text(data, f"{archive}!{member}")))
     else:
         with reading(archive, "the archive", "download it again"), tarfile.open(archive) as tf:
             for member in sorted(tf.getmembers(), key=lambda m: m.name):
                 if member.isfile() and fnmatch.fnmatch(member.name, pattern):
-                    out.append((member.name, _decode(tf.extractfile(member).read(), f"{archive}!{member.name}")))
+                    out.append((member.name, decode_text(tf.extractfile(member).read(), f"{archive}!{member.name}")))
     return out
 
 
@@ -308,7 +308,7 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
             paths = sorted(p for p in root.glob(src.files) if p.is_file())
             if not paths:
                 continue
-            files = [(str(p), _decode(p.read_bytes(), str(p))) for p in paths]
+            files = [(str(p), decode_text(p.read_bytes(), str(p))) for p in paths]
             origin = str(root / src.files)
             where = lambda member: member  # noqa: E731
         if not files:
