@@ -67,6 +67,7 @@ class Scorer:
         probe = torch.tensor([[self.m.prefix_id or 0, 5, 6, 7]], device=loaded.device) % loaded.model.config.vocab_size
         self.split = split_head(loaded.model, loaded.backend, probe)
         self.trees: bool | None = None  # tree attention checked on first use
+        self.work = {"positions": 0, "head_rows": 0}  # tokens the model has read (padding excluded), rows normalised
 
     def _logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
                   cols: torch.Tensor, picks: torch.Tensor, targets: torch.Tensor, position_ids=None) -> np.ndarray:
@@ -78,7 +79,10 @@ class Scorer:
         fused log_softmax over a cached chunk is about 4x faster on CPU than torch.logsumexp
         (which makes several passes over memory); only the target columns of it are kept.
         """
+        self.work["head_rows"] += len(rows)
         extra = {} if position_ids is None else {"position_ids": position_ids}
+        if self.m.backend == "causal":
+            extra["use_cache"] = False  # no key/value cache is built for a pass that is never continued
         if self.split is not None:
             backbone, head = self.split
             picked = backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)[0][rows, cols]
@@ -160,6 +164,7 @@ class Scorer:
                 rows, cols = zip(*position)
                 # Right padding never reaches a real token through causal attention; the mask only tells the model so.
                 att = (torch.arange(width)[None, :] < torch.tensor([len(seqs[k]) - 1 for k in batch])[:, None]).long()
+                self.work["positions"] += int(att.sum())
                 edge_lp[slots] = self._logprobs(ids.to(dev), att.to(dev), torch.tensor(rows, device=dev),
                                                 torch.tensor(cols, device=dev), torch.tensor(picks, device=dev),
                                                 torch.tensor(tgts, device=dev))
@@ -239,7 +244,7 @@ class Scorer:
                 pos = np.zeros((len(batch), width), dtype=np.int64)
                 allow = np.zeros((len(batch), width, width), dtype=bool)
                 allow[:, np.arange(width), np.arange(width)] = True  # padding sees itself: no empty softmax row
-                rows, cols, tgts, edges = [], [], [], []
+                rows, cols, picks, tgts, edges = [], [], [], [], []
                 for b, (nodes, owned) in enumerate(batch):
                     if nodes:
                         tok, parent, depth = zip(*nodes)
@@ -249,18 +254,20 @@ class Scorer:
                         if parent >= 0:
                             seen[j] = seen[parent]
                             seen[j, j] = True
-                    for node, tok, edge in owned:
-                        rows.append(b)
-                        cols.append(node)
+                    for node, tok, edge in sorted(owned):  # a branching position predicts both branches' tokens: one head row
+                        if not cols or rows[-1] != b or cols[-1] != node:
+                            rows.append(b)
+                            cols.append(node)
+                        picks.append(len(cols) - 1)
                         tgts.append(tok)
                         edges.append(edge)
                 bar.update(len(batch))
                 if not rows:
                     continue
-                picks = torch.arange(len(rows), device=dev)
+                self.work["positions"] += sum(len(nodes) for nodes, _ in batch)
                 lp = self._logprobs(torch.from_numpy(ids).to(dev), torch.from_numpy(allow[:, None]).to(dev),
-                                    torch.tensor(rows, device=dev), torch.tensor(cols, device=dev), picks,
-                                    torch.tensor(tgts, device=dev), torch.from_numpy(pos).to(dev))
+                                    torch.tensor(rows, device=dev), torch.tensor(cols, device=dev),
+                                    torch.tensor(picks, device=dev), torch.tensor(tgts, device=dev), torch.from_numpy(pos).to(dev))
                 edge_lp[edges] = lp
         token_lp = edge_lp[token_edge]  # summed in each request's own token order
         sums = np.add.reduceat(token_lp, offsets[:-1]) if len(token_lp) else np.zeros(len(requests))
@@ -324,6 +331,7 @@ class Scorer:
                     att[b, :len(seq)] = 1
                     tgts.append(wanted[(k, p)])
                     reads.append((p - requests[reps[k]].shift) % len(seq))
+                self.work["positions"] += int(att.sum())
                 pos = torch.tensor([p for _, p, _ in batch])
                 ids[torch.arange(len(batch)), pos] = mask_id
                 every = torch.arange(len(batch), device=dev)
