@@ -41,19 +41,21 @@ def print_plan(points, cfg) -> None:
     print(pd.DataFrame(rows).to_string(index=False))
     sel = cfg.select
     print(f"{len(points)} point(s) on executor '{cfg.executor.kind}'; tasks: {', '.join(cfg.tasks) or 'none'}"
+          + (f"; fine-tuning: {', '.join(cfg.finetune)}" if cfg.finetune else "")
           + (f"; then the best {sel.finalists} of stage '{sel.stage}' by {sel.metric}, retrained with {sel.overrides}" if sel.stage else ""))
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     from grid import executors
-    from grid.plan import expand, load_grid
+    from grid.plan import check_finetune, expand, load_grid
 
     args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     cfg = load_grid(args.grid, args.overrides)
     for s in args.sets:
         cfglib.parse_override(s)  # a malformed --set fails here, before anything runs
     points = expand(cfg, args.grid, args.sets)
+    check_finetune(cfg)
     print_plan(points, cfg)
     if args.dry_run:
         return 0

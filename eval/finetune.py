@@ -30,7 +30,7 @@ import torch
 from common.config import ConfigError, field, load, suggest
 from common.errors import UserError
 from common.paths import REPO, write_atomic
-from eval.tasks import decode_text
+from eval.tasks import decode_text, jsonl_rows
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
 GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
@@ -81,21 +81,11 @@ def read_split(path: Path, spec: FinetuneSpec, name: str) -> tuple[list, list[in
     if not path.is_file():
         raise UserError(f"task {name}: {path} does not exist; pass --data-dir with BabyLM's evaluation_data/full_eval/glue_filtered")
     texts, labels = [], []
-    text = decode_text(path.read_bytes(), str(path))
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg}); fix or delete the line") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        for key in spec.text_a + spec.text_b + ["label"]:
+    fields = spec.text_a + spec.text_b + ["label"]
+    for where, row in jsonl_rows(decode_text(path.read_bytes(), str(path)), str(path), fields):
+        for key in fields:
             if key not in row:
-                raise UserError(f"{where}: no field '{key}' (task {name} reads {spec.text_a + spec.text_b + ['label']})"
-                                f"{suggest(key, list(row))}")
+                raise UserError(f"{where}: no field '{key}' (task {name} reads {fields}){suggest(key, list(row))}")
             if key != "label" and not isinstance(row[key], str):
                 raise UserError(f"{where}: field '{key}' must be a string, got {row[key]!r}")
         label = row["label"]
@@ -169,9 +159,24 @@ def read_task(name: str, data_dir: Path) -> tuple[FinetuneSpec, tuple, tuple]:
     return spec, read_split(data_dir / f"{name}.train.jsonl", spec, name), read_split(data_dir / f"{name}.valid.jsonl", spec, name)
 
 
+def data_folder(name: str, spec: FinetuneSpec, data_dir: str | None) -> Path:
+    """`data_dir`, else the task's own default folder (the demo's) under the working directory or the repository."""
+    data = data_dir or (spec.data_dir and next((str(b / spec.data_dir) for b in (Path.cwd(), REPO) if (b / spec.data_dir).is_dir()),
+                                               None))
+    if data is None:
+        hint = "run `python -m tokenizer demo cache/demo` first" if spec.data_dir else "pass --data-dir (BabyLM's " \
+            "evaluation_data/full_eval/glue_filtered)"
+        raise UserError(f"task {name}: no data folder; {hint}")
+    if not Path(data).is_dir():
+        raise UserError(f"--data-dir {data}: no such folder")
+    return Path(data)
+
+
 def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings) -> dict:
     """Fine-tune on one task, keep the best epoch, write its validation predictions; the task's summary."""
-    from transformers import AutoModel, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PrinterCallback, Trainer,
+                              TrainerCallback, TrainingArguments, set_seed)
+    from transformers.utils import logging as hf_logging
 
     from eval.model import check_folder, load_config, load_model_folder, pick_device
 
@@ -186,7 +191,16 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     set_seed(s.seed)
-    backbone = load_model_folder(folder, AutoModel, "the model", "save the model again with save_pretrained", config)
+    # The whole saved LM, then its backbone: loading the backbone alone would report the LM head's weights as unused.
+    auto = AutoModelForCausalLM if causal else AutoModelForMaskedLM
+    bars = hf_logging.is_progress_bar_enabled()
+    if not s.progress:
+        hf_logging.disable_progress_bar()  # the weight-loading bar
+    try:
+        backbone = load_model_folder(folder, auto, "the model", "save the model again with save_pretrained", config).base_model
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model = Classifier(backbone, spec.num_labels, pool)
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or s.max_length
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
@@ -220,6 +234,8 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         use_cpu=device.type == "cpu", disable_tqdm=not s.progress, remove_unused_columns=False)
     trainer = Trainer(model=model, args=args, train_dataset=encode(*train), eval_dataset=encode(*valid), data_collator=collate,
                       compute_metrics=lambda p: scores(p.predictions, p.label_ids), callbacks=[KeepBest()])
+    if not s.progress:
+        trainer.remove_callback(PrinterCallback)  # no per-epoch dicts on the console: history.jsonl has them
     t0 = time.perf_counter()
     trainer.train()
     if not best:
@@ -282,15 +298,8 @@ def main(argv: list[str]) -> int:
     out_dir = output_dir(Path(args.model), args.out)
     tasks = {}
     for name in names:  # every task's files are read and checked before any training
-        data = args.data_dir or (specs[name].data_dir and next((str(b / specs[name].data_dir) for b in (Path.cwd(), REPO)
-                                                                 if (b / specs[name].data_dir).is_dir()), None))
-        if data is None:
-            hint = "run `python -m tokenizer demo cache/demo` first" if specs[name].data_dir else "pass --data-dir (BabyLM's " \
-                "evaluation_data/full_eval/glue_filtered)"
-            raise UserError(f"task {name}: no data folder; {hint}")
-        if not Path(data).is_dir():
-            raise UserError(f"--data-dir {data}: no such folder")
-        tasks[name] = (Path(data), read_task(name, Path(data)))
+        data = data_folder(name, specs[name], args.data_dir)
+        tasks[name] = (data, read_task(name, data))
     for name, (data, task) in tasks.items():
         summary = finetune(args.model, name, task, data, out_dir, settings)
         extra = f", F1 {summary['f1']:.4f}" if summary.get("f1") is not None else ""

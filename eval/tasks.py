@@ -18,6 +18,7 @@ import os
 import string
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,16 +195,7 @@ def _read_jsonl(text: str, where: str, subtask: str, spec: TaskSpec, name: str) 
     needed = ([spec.context] if spec.context else []) + ([spec.choice_list] if spec.choice_list else spec.choices) \
         + ([spec.target] if spec.target else []) + spec.required
     counts: dict[str, int] = {}
-    for lineno, line in enumerate(text.split("\n"), 1):  # JSON strings may hold U+2028, U+0085 ...: \n only
-        if not line.strip():
-            continue
-        at = f"{where}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{at}: not valid JSON ({exc.msg}, column {exc.colno}); fix or delete the line") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{at}: expected a JSON object with fields {needed}, got {type(row).__name__}")
+    for at, row in jsonl_rows(text, where, needed):
         for key in needed:
             if key not in row:
                 raise UserError(f"{at}: no field '{key}' (task {name} reads {needed}){suggest(key, list(row))}")
@@ -232,6 +224,22 @@ def _read_jsonl(text: str, where: str, subtask: str, spec: TaskSpec, name: str) 
                           target=float(row[spec.target]) if spec.target else None))
         counts[sub] = counts.get(sub, 0) + 1
     return items
+
+
+def jsonl_rows(text: str, where: str, fields: list[str]) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for every non-empty line of a JSONL text; a line that is not a JSON object is one error
+    line naming it. Lines are split at \\n only: JSON strings may hold U+2028, U+0085 and the like."""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        at = f"{where}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{at}: not valid JSON ({exc.msg}, column {exc.colno}); fix or delete the line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{at}: expected a JSON object with fields {fields}, got {type(row).__name__}")
+        yield at, row
 
 
 def decode_text(data: bytes, where: str) -> str:

@@ -52,6 +52,8 @@ class GridConfig:
     stages: list[StageConfig] = field([], "the stages, run in order")
     tasks: list[str] = field(["demo_pairs"], "evaluation tasks run on every point (python -m eval --tasks)")
     eval_data_dir: str = field("", "BabyLM evaluation_data folder for the tasks (empty: eval's default)")
+    finetune: list[str] = field([], "fine-tuning tasks run on every point's models (python -m eval finetune --tasks)")
+    finetune_data_dir: str = field("", "folder of the fine-tuning tasks' files, e.g. glue_filtered (empty: each task's own, the demo's)")
     select: SelectConfig = field(SelectConfig(), "finalists: the best points of one stage, retrained")
     executor: ExecutorConfig = field(ExecutorConfig(), "where the points run")
 
@@ -74,6 +76,13 @@ class GridConfig:
             problem = unknown_task(task)
             if problem:
                 raise ConfigError(f"tasks[{i}]", problem)
+        from eval.finetune import known
+
+        for i, task in enumerate(self.finetune):
+            if task not in known():
+                from common.config import suggest
+
+                raise ConfigError(f"finetune[{i}]", f"'{task}' is not a fine-tuning task{suggest(task, known())}; known: {', '.join(known())}")
         if not self.stages:
             raise ConfigError("stages", "is empty; give at least one stage with recipes")
         names = [s.name for s in self.stages]
@@ -98,9 +107,9 @@ class GridConfig:
             from common.config import suggest
 
             raise ConfigError("select.stage", f"'{self.select.stage}' is not a stage{suggest(self.select.stage, names)}")
-        if self.select.metric != "dev_ce" and self.select.metric not in self.tasks:
+        if self.select.metric != "dev_ce" and self.select.metric not in self.tasks + self.finetune:
             raise ConfigError("select.metric", f"'{self.select.metric}' is produced by no evaluation; use dev_ce or one of "
-                              f"the grid's tasks: {', '.join(self.tasks) or '(none)'}")
+                              f"the grid's tasks: {', '.join(self.tasks + self.finetune) or '(none)'}")
         if self.select.stage and self.select.finalists < 1:
             raise ConfigError("select.finalists", f"must be at least 1, got {self.select.finalists}")
         if self.executor.kind == "slurm" and self.executor.time_min * 60 <= self.executor.signal_delay_s:

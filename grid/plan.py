@@ -16,6 +16,7 @@ from typing import Any
 
 from common import config as cfglib
 from common.errors import UserError
+from common.paths import REPO
 from grid.config import FINALISTS, GridConfig, StageConfig
 from train.kinds import recipe_kind, schema
 
@@ -33,6 +34,8 @@ class Point:
     tasks: list[str]
     eval_data_dir: str = ""
     backend: str = "causal"        # how its models are evaluated (mlm for masked LMs)
+    finetune: list[str] = field(default_factory=list)  # fine-tuning tasks (eval.finetune), after the zero-shot ones
+    finetune_data_dir: str = ""
     deepspeed: str = ""
     extra: list[str] = field(default_factory=list)  # overrides from the launcher's command line, last
 
@@ -63,7 +66,7 @@ class Point:
 
     def evaluated(self) -> bool:
         models = self.model_dirs()
-        return bool(models) and all((self.eval_dir(m) / f"{t}.json").is_file() for m in models for t in self.tasks)
+        return bool(models) and all((self.eval_dir(m) / f"{t}.json").is_file() for m in models for t in self.tasks + self.finetune)
 
     def state(self) -> str:
         run = Path(self.run)
@@ -145,6 +148,7 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
                     overrides["wml.eval_tasks"] = []  # the grid evaluates every peer itself, on its own tasks
                 point = Point(grid=cfg.name, stage=stage.name, name=base, recipe=recipe, kind=kind, axes=combo,
                               overrides=overrides, run="", tasks=list(cfg.tasks), eval_data_dir=cfg.eval_data_dir,
+                              finetune=list(cfg.finetune), finetune_data_dir=cfg.finetune_data_dir,
                               deepspeed=cfg.executor.deepspeed, extra=list(extra))
                 built, point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})")
                 # The values as the config reads them: 0.001 and "1e-3" are one value, hence one point.
@@ -170,6 +174,22 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
             raise UserError(f"{grid_path}: select.finalists is {cfg.select.finalists} but stage '{cfg.select.stage}' has only "
                             f"{n} point(s); lower select.finalists")
     return points
+
+
+def check_finetune(cfg: GridConfig) -> None:
+    """Every fine-tuning task's files that are already there are read and checked now, before anything trains; a
+    task's own default folder (the demo's) may appear later, when the first demo run writes the corpus."""
+    from eval import finetune
+
+    for name in cfg.finetune:
+        spec = finetune.spec_of(name)
+        if not cfg.finetune_data_dir and spec.data_dir and not any((b / spec.data_dir).is_dir() for b in (Path.cwd(), REPO)):
+            continue
+        try:
+            data = finetune.data_folder(name, spec, cfg.finetune_data_dir or None)
+        except UserError as exc:
+            raise UserError(f"finetune_data_dir: {exc}".replace("--data-dir ", "")) from None
+        finetune.read_task(name, data)
 
 
 def check_point(point: Point, grid_path: str | Path, where: str) -> tuple[Any, str]:

@@ -40,15 +40,25 @@ def write_grid_json(point: Point) -> None:
 
 
 def evaluate_point(point: Point) -> None:
-    """Every model of the point (WML: every peer) on the grid's tasks; already evaluated tasks are kept."""
+    """Every model of the point (WML: every peer) on the grid's tasks, then its fine-tuning tasks; already evaluated
+    tasks are kept. Every fine-tuning task's files are read and checked before the first model is evaluated."""
+    from eval import finetune
     from eval.evaluate import Options, evaluate
 
+    tuned = {}
+    for name in point.finetune:
+        data = finetune.data_folder(name, finetune.spec_of(name), point.finetune_data_dir or None)
+        tuned[name] = (data, finetune.read_task(name, data))
     for model in point.model_dirs():
         out = point.eval_dir(model)
         todo = [t for t in point.tasks if not (out / f"{t}.json").is_file()]
         if todo:
             evaluate(str(model), todo, Options(backend=point.backend, data_dir=point.eval_data_dir or None, out=str(out),
                                                progress=False))
+        for name, (data, task) in tuned.items():
+            if not (out / f"{name}.json").is_file():
+                summary = finetune.finetune(str(model), name, task, data, out, finetune.Settings(progress=False))
+                print(f"{name}: fine-tuned {summary['metric']} {summary['score']:.4f} -> {out / name}.json", flush=True)
 
 
 def run_in_process(point: Point) -> None:

@@ -314,6 +314,45 @@ def test_grid_checks_come_before_any_training(change, needles, workdir, tmp_path
     assert not (tmp_path / "runs" / "g" / "teacher").exists()
 
 
+def _finetune_folder(tmp_path: Path, bad_line: str | None) -> Path:
+    folder = tmp_path / "glue"
+    folder.mkdir()
+    good = "".join(json.dumps({"sentence": f"the dog runs {i} .", "label": i % 2}) + "\n" for i in range(4))
+    (folder / "demo_acceptability.train.jsonl").write_text(good + (bad_line + "\n" if bad_line else ""))
+    (folder / "demo_acceptability.valid.jsonl").write_text(good)
+    return folder
+
+
+@pytest.mark.parametrize("change, needles", [
+    ({"finetune": ["demo_acceptabilty"]}, ("finetune[0]", "'demo_acceptabilty'", "demo_acceptability")),
+    ({"finetune": ["demo_pairs"]}, ("finetune[0]", "not a fine-tuning task")),
+    ({"finetune": ["demo_acceptability"], "tasks": ["demo_pairs", "demo_acceptability"]}, ("tasks[1]", "unknown task")),
+    ({"finetune": ["demo_acceptability"], "finetune_data_dir": "MISSING"}, ("finetune_data_dir", "MISSING", "no such folder")),
+    ({"finetune": ["demo_acceptability"], "finetune_data_dir": "BAD:{\"sentence\": \"x\", \"label\": 7}"},
+     ("demo_acceptability.train.jsonl:5", "label 7", "classes 0..1")),
+    ({"finetune": ["demo_acceptability"], "finetune_data_dir": "BAD:{\"text\": \"x\", \"label\": 0}"},
+     ("demo_acceptability.train.jsonl:5", "no field 'sentence'")),
+    ({"finetune": ["demo_acceptability"], "select": {"stage": "s", "metric": "demo_acceptabilty"}}, ("select.metric", "demo_acceptability")),
+])
+def test_grid_finetune_checks_come_before_any_training(change, needles, workdir, tmp_path, monkeypatch):
+    """A grid's fine-tuning tasks: an unknown name, a folder that is not there, a bad line in a split file: one line,
+    exit 2, before the first point trains (in-process: launch_grid.main)."""
+    import launch_grid
+
+    raw = {"name": "g", "output_dir": str(tmp_path / "runs"), "stages": [{"name": "s", "recipes": ["config/runs/demo-teacher.yaml"]}],
+           "executor": {"kind": "debug"}, **change}
+    folder = raw.get("finetune_data_dir", "")
+    if folder == "MISSING":
+        raw["finetune_data_dir"] = str(tmp_path / "MISSING")
+    elif folder.startswith("BAD:"):
+        raw["finetune_data_dir"] = str(_finetune_folder(tmp_path, folder[4:]))
+    grid = workdir / "g.yaml"
+    grid.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(workdir)
+    assert_user_error(call(launch_grid.main, grid), *needles)
+    assert not (tmp_path / "runs" / "g" / "teacher").exists()
+
+
 def test_the_debug_executor_runs_every_point_when_one_breaks(tmp_path, monkeypatch):
     from grid import executors
     from grid.plan import Point

@@ -11,9 +11,28 @@ def test_deterministic_from_seed(tmp_path):
     b = demo.generate(tmp_path / "b", seed=3, n_sentences=500, pairs_per_phenomenon=20)
     c = demo.generate(tmp_path / "c", seed=4, n_sentences=500, pairs_per_phenomenon=20)
     files = [p.relative_to(a) for p in sorted(a.rglob("*")) if p.is_file()]
-    assert len(files) == 2 + len(demo.PHENOMENA) + 2  # corpus, dev, pairs, finetune/demo_phenomenon.{train,valid}
+    assert len(files) == 2 + len(demo.PHENOMENA) + 4  # corpus, dev, pairs, finetune/{demo_phenomenon,demo_acceptability}.*
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert (a / "train" / "demo.train").read_bytes() != (c / "train" / "demo.train").read_bytes()
+
+
+def test_a_folder_from_before_the_tasks_gains_them_and_keeps_its_files(tmp_path):
+    """A demo folder written before a fine-tuning task existed: the missing files are added, the same bytes a fresh
+    `generate` with the seed writes; a file already there is not touched; with nothing missing, nothing is written."""
+    import shutil
+
+    fresh = demo.generate(tmp_path / "fresh", seed=3, n_sentences=500, pairs_per_phenomenon=20)
+    old = tmp_path / "old"
+    shutil.copytree(fresh, old)
+    (old / "finetune" / "demo_acceptability.valid.jsonl").unlink()
+    (old / "finetune" / "demo_phenomenon.train.jsonl").unlink()
+    kept = old / "finetune" / "demo_acceptability.train.jsonl"
+    kept.write_text(kept.read_text() + "\n")  # someone's edit: must survive
+    assert demo.add_task(old, seed=3)
+    for name in ("demo_acceptability.valid.jsonl", "demo_phenomenon.train.jsonl", "demo_phenomenon.valid.jsonl"):
+        assert (old / "finetune" / name).read_bytes() == (fresh / "finetune" / name).read_bytes(), name
+    assert kept.read_text() == (fresh / "finetune" / kept.name).read_text() + "\n"
+    assert not demo.add_task(old, seed=3)
 
 
 def test_pairs_are_blimp_format_and_held_out(demo_root):
@@ -31,19 +50,35 @@ def test_pairs_are_blimp_format_and_held_out(demo_root):
             assert len(good) == len(bad) and sum(g != b for g, b in zip(good, bad)) == 1
 
 
-def test_finetune_task_is_balanced_and_held_out(demo_root):
+def test_finetune_tasks_are_balanced_and_held_out(demo_root):
+    """Both fine-tuning tasks: balanced classes (acceptability: over labels and phenomena), no sentence from the corpus,
+    the pairs, the other split or the other task."""
     seen = set((demo_root / "train" / "demo.train").read_text().splitlines()) | set((demo_root / "dev" / "demo.dev").read_text().splitlines())
     for uid in demo.PHENOMENA:
         for line in (demo_root / "pairs" / f"{uid}.jsonl").read_text().splitlines():
             seen |= {json.loads(line)["sentence_good"], json.loads(line)["sentence_bad"]}
-    splits = {}
-    for split, n in (("train", 1000), ("valid", 200)):
-        rows = [json.loads(line) for line in (demo_root / "finetune" / f"demo_phenomenon.{split}.jsonl").read_text().splitlines()]
-        assert len(rows) == n and sorted({r["label"] for r in rows}) == list(range(len(demo.PHENOMENA)))
-        assert all(sum(r["label"] == k for r in rows) == n // len(demo.PHENOMENA) for k in range(len(demo.PHENOMENA)))
-        assert not any(r["sentence"] in seen for r in rows)
-        splits[split] = {r["sentence"] for r in rows}
-    assert not splits["train"] & splits["valid"]
+    sentences = {}
+    for task, classes in (("demo_phenomenon", len(demo.PHENOMENA)), ("demo_acceptability", 2)):
+        for split, n in (("train", 1000), ("valid", 200)):
+            rows = [json.loads(line) for line in (demo_root / "finetune" / f"{task}.{split}.jsonl").read_text().splitlines()]
+            assert len(rows) == n and sorted({r["label"] for r in rows}) == list(range(classes))
+            assert all(sum(r["label"] == k for r in rows) == n // classes for k in range(classes))
+            assert not any(r["sentence"] in seen for r in rows)
+            sentences[task, split] = {r["sentence"] for r in rows}
+    groups = list(sentences.values())
+    assert all(not (a & b) for i, a in enumerate(groups) for b in groups[i + 1:])
+
+
+def test_acceptability_labels_the_grammatical_side_1():
+    """The same rng draws the same pairs: label 1 must be each pair's good side, label 0 its bad side."""
+    from random import Random
+
+    rows = demo.acceptability_task(Random(5), set(), 40)
+    makers, rng, expected = [make for _, _, make in demo.PHENOMENA.values()], Random(5), {}
+    for i in range(40):
+        good, bad = makers[(i // 2) % len(makers)](rng)
+        expected[good if i % 2 else bad] = i % 2
+    assert {r["sentence"]: r["label"] for r in rows} == expected
 
 
 def test_agreement_is_right():

@@ -51,7 +51,8 @@ executor: {kind: debug}
 
 @pytest.mark.slow
 def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root, cache_dir):
-    proc = ok(launch(workdir, "config/grids/demo.yaml", f"eval_data_dir={demo_root}", *data_sets(demo_root, cache_dir)))
+    grid_sets = [f"eval_data_dir={demo_root}", f"finetune_data_dir={demo_root / 'finetune'}"]
+    proc = ok(launch(workdir, "config/grids/demo.yaml", *grid_sets, *data_sets(demo_root, cache_dir)))
     runs = workdir / "runs" / "demo"
     names = ["teacher", "teacher-llama", "student", "kd", "palenkallama", "contrastive", "wml"]
     for name in names:
@@ -59,16 +60,22 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
     table = pd.read_csv(workdir / "results" / "demo.csv")
     assert sorted(table["recipe"].unique()) == sorted(names) and len(table) == 8  # two WML peers
     assert table["demo_pairs"].between(0, 1).all() and table["dev_ce"].notna().all()
+    assert table["demo_acceptability"].between(0, 1).all()  # every model, WML peers included, fine-tuned
+    tuned = sorted(runs.glob("*/eval/**/demo_acceptability.json"))
+    assert len(tuned) == 8 and all(json.loads(p.read_text())["n_items"] == 200 for p in tuned)
+    assert len(list(runs.glob("*/eval/**/finetune/demo_acceptability/predictions.json"))) == 8
+    stamps = {p: p.stat().st_mtime_ns for p in tuned}
     for png in ("demo-tasks.png", "demo-curves.png"):
         assert (workdir / "results" / png).read_bytes()[:4] == b"\x89PNG"
     assert "stage teachers: 2 point(s), 0 incomplete" in proc.stdout
     attempts = {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names}
 
-    again = ok(launch(workdir, "config/grids/demo.yaml", f"eval_data_dir={demo_root}", *data_sets(demo_root, cache_dir)))
+    again = ok(launch(workdir, "config/grids/demo.yaml", *grid_sets, *data_sets(demo_root, cache_dir)))
     plan = [line.split() for line in again.stdout.splitlines() if "config/runs/" in line]
     assert len(plan) == 7 and all(row[-1] == "done" for row in plan), again.stdout[:2000]
     assert {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names} == attempts, "a finished point ran again"
     assert len(pd.read_csv(workdir / "results" / "demo.csv")) == 8
+    assert {p: p.stat().st_mtime_ns for p in tuned} == stamps, "a model was fine-tuned again"
 
 
 @pytest.mark.slow

@@ -192,8 +192,8 @@ def phenomenon_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
 
 
 def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pairs_per_phenomenon: int = 200) -> Path:
-    """Write `train/demo.train`, `dev/demo.dev`, `pairs/<UID>.jsonl` and `finetune/demo_phenomenon.{train,valid}.jsonl`
-    under `out_dir`."""
+    """Write `train/demo.train`, `dev/demo.dev`, `pairs/<UID>.jsonl` and `finetune/<task>.{train,valid}.jsonl`
+    (demo_phenomenon, demo_acceptability) under `out_dir`."""
     out = Path(out_dir)
     rng = random.Random(seed)
     train = [corpus_sentence(rng) for _ in range(n_sentences)]
@@ -212,15 +212,64 @@ def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pair
             rows.append({"sentence_good": good, "sentence_bad": bad, "field": field_name,
                          "linguistics_term": term, "UID": uid, "pair_id": len(rows)})
         pairs[uid] = rows
-    task_rng = random.Random(seed + 2_000_003)
-    task = {"train": phenomenon_task(task_rng, seen, 1000), "valid": phenomenon_task(task_rng, seen, 200)}
+    task = task_splits(seed, seen)
     for sub, name, lines in (("train", "demo.train", train), ("dev", "demo.dev", dev)):
         (out / sub).mkdir(parents=True, exist_ok=True)
         (out / sub / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "pairs").mkdir(parents=True, exist_ok=True)
     for uid, rows in pairs.items():
         (out / "pairs" / f"{uid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (out / "finetune").mkdir(parents=True, exist_ok=True)
-    for split, rows in task.items():
-        (out / "finetune" / f"demo_phenomenon.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_task(out, task)
     return out
+
+
+def acceptability_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
+    """n sentences, one side of a fresh minimal pair each: label 1 the grammatical side, 0 the other (balanced over
+    labels and phenomena), none seen before. Solving it takes the agreement the pairs test, not surface cues."""
+    rows, makers = [], [make for _, _, make in PHENOMENA.values()]
+    while len(rows) < n:
+        label, maker = len(rows) % 2, makers[(len(rows) // 2) % len(makers)]
+        good, bad = maker(rng)
+        if good in seen or bad in seen:
+            continue
+        seen.update((good, bad))
+        rows.append({"sentence": good if label else bad, "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def task_splits(seed: int, seen: set[str]) -> dict[str, dict[str, list[dict]]]:
+    """Each fine-tuning task's train (1,000) and valid (200) rows, none of them in `seen` or in another task."""
+    task_rng = random.Random(seed + 2_000_003)
+    phenomenon = {"train": phenomenon_task(task_rng, seen, 1000), "valid": phenomenon_task(task_rng, seen, 200)}
+    return {"demo_phenomenon": phenomenon,
+            "demo_acceptability": {"train": acceptability_task(task_rng, seen, 1000), "valid": acceptability_task(task_rng, seen, 200)}}
+
+
+def write_task(out: Path, tasks: dict[str, dict[str, list[dict]]]) -> None:
+    (out / "finetune").mkdir(parents=True, exist_ok=True)
+    for name, splits in tasks.items():
+        for split, rows in splits.items():
+            (out / "finetune" / f"{name}.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def add_task(out_dir: str | Path, seed: int) -> bool:
+    """A demo folder written before a fine-tuning task existed gains its files, the sentences kept out of that folder's
+    own corpus and pairs (the same files a fresh `generate` with this seed writes); files already there are kept.
+    False when nothing was missing."""
+    out = Path(out_dir)
+    missing = [f"{name}.{split}.jsonl" for name in ("demo_phenomenon", "demo_acceptability") for split in ("train", "valid")
+               if not (out / "finetune" / f"{name}.{split}.jsonl").exists()]
+    if not missing:
+        return False
+    seen = set()
+    for path in sorted((out / "train").glob("*")) + sorted((out / "dev").glob("*")):
+        seen.update(line for line in path.read_text(encoding="utf-8").split("\n") if line)
+    for path in sorted((out / "pairs").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            seen.update((row["sentence_good"], row["sentence_bad"]))
+    tasks = task_splits(seed, seen)
+    write_task(out, {name: {split: rows for split, rows in splits.items() if f"{name}.{split}.jsonl" in missing}
+                     for name, splits in tasks.items()})
+    return True

@@ -38,7 +38,11 @@ def _hash(*parts: object) -> str:
 def ensure_demo(data: DataConfig) -> None:
     """With data.demo, generate the demo corpus if data.train_dir does not exist yet."""
     train_dir = Path(data.train_dir)
-    if not data.demo or train_dir.exists():
+    if not data.demo:
+        return
+    if train_dir.exists():
+        if train_dir.name == "train" and (train_dir.parent / "pairs").is_dir() and demo.add_task(train_dir.parent, data.seed):
+            print(f"added the demo's fine-tuning tasks to {train_dir.parent}/finetune (the folder predates it)")
         return
     root = train_dir.parent
     if train_dir.name != "train" or (data.dev_dir and Path(data.dev_dir) != root / "dev"):
