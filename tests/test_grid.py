@@ -51,7 +51,12 @@ executor: {kind: debug}
 
 @pytest.mark.slow
 def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root, cache_dir):
-    grid_sets = [f"eval_data_dir={demo_root}", f"finetune_data_dir={demo_root / 'finetune'}"]
+    tasks = workdir / "finetune"  # the demo's acceptability task cut to 200 train and 50 valid sentences: quick
+    tasks.mkdir()
+    for split, n in (("train", 200), ("valid", 50)):
+        lines = (demo_root / "finetune" / f"demo_acceptability.{split}.jsonl").read_text().splitlines()[:n]
+        (tasks / f"demo_acceptability.{split}.jsonl").write_text("\n".join(lines) + "\n")
+    grid_sets = [f"eval_data_dir={demo_root}", f"finetune_data_dir={tasks}"]
     proc = ok(launch(workdir, "config/grids/demo.yaml", *grid_sets, *data_sets(demo_root, cache_dir)))
     runs = workdir / "runs" / "demo"
     names = ["teacher", "teacher-llama", "student", "kd", "palenkallama", "contrastive", "wml"]
@@ -62,7 +67,7 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
     assert table["demo_pairs"].between(0, 1).all() and table["dev_ce"].notna().all()
     assert table["demo_acceptability"].between(0, 1).all()  # every model, WML peers included, fine-tuned
     tuned = sorted(runs.glob("*/eval/**/demo_acceptability.json"))
-    assert len(tuned) == 8 and all(json.loads(p.read_text())["n_items"] == 200 for p in tuned)
+    assert len(tuned) == 8 and all(json.loads(p.read_text())["n_items"] == 50 for p in tuned)
     assert len(list(runs.glob("*/eval/**/finetune/demo_acceptability/predictions.json"))) == 8
     stamps = {p: p.stat().st_mtime_ns for p in tuned}
     for png in ("demo-tasks.png", "demo-curves.png"):
