@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import (ROOT, assert_bitwise_equal, assert_user_error, ok, run_cli, shared, start_and_kill, stop_at_budget,
+from conftest import (ROOT, assert_bitwise_equal, assert_user_error, call, ok, run_cli, shared, start_and_kill, stop_at_budget,
                       weights)
 
 pytestmark = pytest.mark.slow
@@ -218,14 +218,18 @@ def test_cached_kd_matches_dense_kd_on_a_batch(teachers, demo_root, cache_dir, t
 
 
 # ------------------------------------------------------------------ bad inputs
-def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path):
+def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
+    """In-process (distill's main): each refusal comes before anything is built or written."""
+    from distill.__main__ import main
+
+    monkeypatch.chdir(ROOT)
     recipe = recipe_copy("demo-kd", teachers, tmp_path)
     base = [str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs", steps=5)]
     run = tmp_path / "runs" / "demo" / "kd"
     gpt2 = f"{teachers}/runs/demo/teacher/model"
 
     def bad(*extra, needles):
-        assert_user_error(run_cli("distill", *base, *extra), *needles)
+        assert_user_error(call(main, *base, *extra), *needles)
         assert not run.exists()  # nothing written
 
     bad(f"distill.teachers=[{{path: {tmp_path}/nowhere}}]", needles=("distill.teachers[0].path", "does not exist"))

@@ -156,12 +156,17 @@ def test_resume_after_sigkill_continues_the_peer_weights_bitwise(demo_root, cach
     assert json.loads((run / "model" / "champion.json").read_text())["omega"] == json.loads((ref / "model" / "champion.json").read_text())["omega"]
 
 
-def test_bad_inputs(demo_root, cache_dir, tmp_path):
+def test_bad_inputs(demo_root, cache_dir, tmp_path, monkeypatch):
+    """In-process (the WML entry's main): each refusal comes before anything is built or written."""
+    from conftest import ROOT, call
+    from distill.wml.__main__ import main
+
+    monkeypatch.chdir(ROOT)
     args = base(demo_root, cache_dir, tmp_path, steps=5)
     run = tmp_path / "demo-wml" / "wml"
 
     def bad(*extra, needles):
-        assert_user_error(run_cli("distill.wml", "train", *args, *extra), *needles)
+        assert_user_error(call(main, "train", *args, *extra), *needles)
         assert not run.exists()
 
     bad("wml.num_peers=3", needles=("wml.num_peers", "must be 1, 2 or 4"))
