@@ -159,10 +159,14 @@ def read_task(name: str, data_dir: Path) -> tuple[FinetuneSpec, tuple, tuple]:
     return spec, read_split(data_dir / f"{name}.train.jsonl", spec, name), read_split(data_dir / f"{name}.valid.jsonl", spec, name)
 
 
+def default_folder(spec: FinetuneSpec) -> Path | None:
+    """The task's own folder (the demo's) under the working directory or the repository, when it is there."""
+    return next((b / spec.data_dir for b in (Path.cwd(), REPO) if (b / spec.data_dir).is_dir()), None) if spec.data_dir else None
+
+
 def data_folder(name: str, spec: FinetuneSpec, data_dir: str | None) -> Path:
-    """`data_dir`, else the task's own default folder (the demo's) under the working directory or the repository."""
-    data = data_dir or (spec.data_dir and next((str(b / spec.data_dir) for b in (Path.cwd(), REPO) if (b / spec.data_dir).is_dir()),
-                                               None))
+    """`data_dir`, else the task's own default folder."""
+    data = data_dir or default_folder(spec)
     if data is None:
         hint = "run `python -m tokenizer demo cache/demo` first" if spec.data_dir else "pass --data-dir (BabyLM's " \
             "evaluation_data/full_eval/glue_filtered)"

@@ -76,13 +76,13 @@ class GridConfig:
             problem = unknown_task(task)
             if problem:
                 raise ConfigError(f"tasks[{i}]", problem)
+        from common.config import suggest
         from eval.finetune import known
 
+        tunable = known()
         for i, task in enumerate(self.finetune):
-            if task not in known():
-                from common.config import suggest
-
-                raise ConfigError(f"finetune[{i}]", f"'{task}' is not a fine-tuning task{suggest(task, known())}; known: {', '.join(known())}")
+            if task not in tunable:
+                raise ConfigError(f"finetune[{i}]", f"'{task}' is not a fine-tuning task{suggest(task, tunable)}; known: {', '.join(tunable)}")
         if not self.stages:
             raise ConfigError("stages", "is empty; give at least one stage with recipes")
         names = [s.name for s in self.stages]
@@ -104,8 +104,6 @@ class GridConfig:
                 raise ConfigError(f"{key}.axes", "zip axes must have the same length; got "
                                   + ", ".join(f"{a}: {n}" for a, n in lengths.items()) + " (or set mode: product)")
         if self.select.stage and self.select.stage not in names:
-            from common.config import suggest
-
             raise ConfigError("select.stage", f"'{self.select.stage}' is not a stage{suggest(self.select.stage, names)}")
         if self.select.metric != "dev_ce" and self.select.metric not in self.tasks + self.finetune:
             raise ConfigError("select.metric", f"'{self.select.metric}' is produced by no evaluation; use dev_ce or one of "

@@ -16,7 +16,6 @@ from typing import Any
 
 from common import config as cfglib
 from common.errors import UserError
-from common.paths import REPO
 from grid.config import FINALISTS, GridConfig, StageConfig
 from train.kinds import recipe_kind, schema
 
@@ -183,7 +182,7 @@ def check_finetune(cfg: GridConfig) -> None:
 
     for name in cfg.finetune:
         spec = finetune.spec_of(name)
-        if not cfg.finetune_data_dir and spec.data_dir and not any((b / spec.data_dir).is_dir() for b in (Path.cwd(), REPO)):
+        if not cfg.finetune_data_dir and spec.data_dir and finetune.default_folder(spec) is None:
             continue
         try:
             data = finetune.data_folder(name, spec, cfg.finetune_data_dir or None)

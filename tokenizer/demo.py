@@ -176,19 +176,25 @@ def check_target(out_dir: str | Path, n_sentences: int) -> None:
                         f"choose an empty or new folder")
 
 
-def phenomenon_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
-    """n grammatical sentences of the grammar, labelled with the phenomenon that made them (0..4, balanced), none
-    seen before: the demo's fine-tuning task (eval/tasks/finetune/demo_phenomenon.yaml)."""
+def _held_out_rows(rng: random.Random, seen: set[str], n: int, row_for) -> list[dict]:
+    """n rows made from fresh minimal pairs (neither side in `seen`; both are added to it), then shuffled.
+    `row_for(i, k)` gives row i's phenomenon (0..k-1) and the function that makes the row from (good, bad)."""
     rows, makers = [], [make for _, _, make in PHENOMENA.values()]
     while len(rows) < n:
-        label = len(rows) % len(makers)
-        good, bad = makers[label](rng)
+        phenomenon, make_row = row_for(len(rows), len(makers))
+        good, bad = makers[phenomenon](rng)
         if good in seen or bad in seen:
             continue
         seen.update((good, bad))
-        rows.append({"sentence": good, "label": label})
+        rows.append(make_row(good, bad))
     rng.shuffle(rows)
     return rows
+
+
+def phenomenon_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
+    """n grammatical sentences of the grammar, labelled with the phenomenon that made them (0..4, balanced), none
+    seen before: the demo's fine-tuning task (eval/tasks/finetune/demo_phenomenon.yaml)."""
+    return _held_out_rows(rng, seen, n, lambda i, k: (i % k, lambda good, bad: {"sentence": good, "label": i % k}))
 
 
 def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pairs_per_phenomenon: int = 200) -> Path:
@@ -226,16 +232,11 @@ def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pair
 def acceptability_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
     """n sentences, one side of a fresh minimal pair each: label 1 the grammatical side, 0 the other (balanced over
     labels and phenomena), none seen before. Solving it takes the agreement the pairs test, not surface cues."""
-    rows, makers = [], [make for _, _, make in PHENOMENA.values()]
-    while len(rows) < n:
-        label, maker = len(rows) % 2, makers[(len(rows) // 2) % len(makers)]
-        good, bad = maker(rng)
-        if good in seen or bad in seen:
-            continue
-        seen.update((good, bad))
-        rows.append({"sentence": good if label else bad, "label": label})
-    rng.shuffle(rows)
-    return rows
+    return _held_out_rows(rng, seen, n, lambda i, k: ((i // 2) % k, lambda good, bad: {"sentence": good if i % 2 else bad,
+                                                                                         "label": i % 2}))
+
+
+TASKS = ("demo_phenomenon", "demo_acceptability")  # the fine-tuning tasks, in the order task_splits draws them
 
 
 def task_splits(seed: int, seen: set[str]) -> dict[str, dict[str, list[dict]]]:
@@ -258,7 +259,7 @@ def add_task(out_dir: str | Path, seed: int) -> bool:
     own corpus and pairs (the same files a fresh `generate` with this seed writes); files already there are kept.
     False when nothing was missing."""
     out = Path(out_dir)
-    missing = [f"{name}.{split}.jsonl" for name in ("demo_phenomenon", "demo_acceptability") for split in ("train", "valid")
+    missing = [f"{name}.{split}.jsonl" for name in TASKS for split in ("train", "valid")
                if not (out / "finetune" / f"{name}.{split}.jsonl").exists()]
     if not missing:
         return False
