@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("BABYDISTILL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DEMO_SENTENCES = 4000
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two pytest workers share the two cores: one thread each, inherited by every process a test starts.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def shared(*parts: str) -> Path:
     """A path under ../shared/data; a missing file fails the test (it is never skipped)."""
