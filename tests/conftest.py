@@ -23,6 +23,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The SLURM tests first: with `-n 2 --dist loadfile` each file runs on one worker, in collection order,
+    and the SLURM file, the longest by far (~6 min), would otherwise end the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
+
+
 def shared(*parts: str) -> Path:
     """A path under ../shared/data; a missing file fails the test (it is never skipped)."""
     path = SHARED.joinpath(*parts)
