@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, TrainerCallback, get_scheduler, set_seed
 
 from common import config as cfglib
 from tokenizer.prepare import load_blocks, prepare
-from train import models
+from train import models, words
 from train.config import RunConfig
 from train.rundir import RunDir
 from train.trainer import build_trainer, make_collator, precision_flags, training_arguments
@@ -59,7 +59,8 @@ def project_side(cfg, tokenizer, train_ds, work: Path, warmup: int) -> float:
     run = RunDir(work / "project")
     with run.locked():  # as python -m train holds it: the run's LOCK, its checks and its bookkeeping are all timed
         run.create({}, "start")
-        trainer = build_trainer(cfg, run, training_arguments(cfg, run), model, objective, tokenizer, train_ds, None)
+        budget = words.plan(cfg.train, train_ds.select_columns(["words"]).with_format("numpy")[:]["words"], 1)
+        trainer = build_trainer(cfg, run, training_arguments(cfg, run), model, objective, tokenizer, train_ds, None, budget)
         timer = StepTimer(warmup)
         trainer.add_callback(timer)
         run.begin(["bench"], None)
@@ -121,8 +122,8 @@ def main() -> None:
             f"train.save_steps={args.steps + 1}", f"train.logging_steps={args.steps}", "train.early_stopping_patience=0"])
         prepared = prepare(cfg.data, cfg.tokenizer)
         tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
-        train_ds = load_blocks(prepared.train_blocks)
-        hand = hand_side(cfg, tokenizer, train_ds, args.warmup)
+        train_ds = load_blocks(prepared.train_blocks, with_words=True)  # python -m train counts the words of every step
+        hand = hand_side(cfg, tokenizer, train_ds.remove_columns(["words"]), args.warmup)
         hand_mem = peak_memory_mb()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

@@ -35,7 +35,7 @@ def test_layers_defaults_then_yaml_then_overrides():
 
 def test_float_written_as_3e_4_is_a_float(tmp_path):
     # YAML 1.1 reads 3e-4 as a string; a float field accepts it.
-    path = write(tmp_path, "data: {train_dir: x}\noptim:\n  lr: 3e-4\n")
+    path = write(tmp_path, "data: {train_dir: x}\ntrain: {max_steps: 10}\noptim:\n  lr: 3e-4\n")
     assert cfglib.load(RunConfig, path).optim.lr == pytest.approx(3e-4)
 
 

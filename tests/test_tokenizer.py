@@ -111,7 +111,7 @@ def test_padded_examples_instead_of_packing(babylm_slice, tmp_path):
     assert prepared.train_blocks != prepare(DataConfig(**{**data.__dict__, "packing": True}), TokenizerConfig(vocab_size=800)).train_blocks
     tok = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
     blocks = load_blocks(prepared.train_blocks)
-    lines = [ln for ln in (tmp_path / "clean").rglob("cbt*")][0].read_text(encoding="utf-8").splitlines()
+    lines = [ln for ln in (tmp_path / "clean").rglob("cbt*.txt")][0].read_text(encoding="utf-8").splitlines()
     first = next(ln for ln in lines if ln.strip())
     expected = ([tok.bos_token_id] + tok(first)["input_ids"][1:])[:16]
     row = blocks[0]

@@ -134,7 +134,26 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_args, tmp_path):
 
 
 RESUME_ARGS = ["train.max_steps=40", "train.save_steps=10", "train.eval_steps=10", "train.logging_steps=1",
-               "data.train_fraction=0.05"]  # ~2 steps per epoch: the kill and the resume cross epochs
+               "data.train_fraction=0.05",  # ~2 steps per epoch: the kill and the resume cross epochs
+               "train.word_checkpoints=4k,8k,12k,16k"]  # about every 8 steps: a kill falls between two milestones
+
+
+def assert_same_milestones(run, reference_run, untouched: dict | None = None) -> None:
+    """The same milestone folders as the uninterrupted run's, bitwise; those in `untouched` (name -> mtime of its
+    words_seen.json when the run was stopped) were not written again."""
+    names = sorted(p.name for p in (reference_run / "milestones").iterdir())
+    assert names == ["chck_12k", "chck_16k", "chck_4k", "chck_8k"]
+    assert sorted(p.name for p in (run / "milestones").iterdir()) == names  # no temporary folder left
+    for name in names:
+        assert_bitwise_equal(weights(run / "milestones" / name), weights(reference_run / "milestones" / name))
+        assert (run / "milestones" / name / "words_seen.json").read_text() == (reference_run / "milestones" / name / "words_seen.json").read_text()
+    for name, mtime in (untouched or {}).items():
+        assert (run / "milestones" / name / "words_seen.json").stat().st_mtime_ns == mtime, f"{name} was written again"
+
+
+def milestone_mtimes(run) -> dict:
+    folder = run / "milestones"
+    return {p.name: (p / "words_seen.json").stat().st_mtime_ns for p in folder.glob("chck_*")} if folder.is_dir() else {}
 
 
 @pytest.fixture
@@ -149,10 +168,12 @@ def test_resume_after_sigkill_is_bitwise_identical(demo_args, tmp_path, referenc
     run = run_dir(tmp_path)
     start_and_kill("train", [*demo_args, *RESUME_ARGS], run, step)
     assert not (run / "DONE").exists()
+    written = milestone_mtimes(run)
     assert_user_error(run_cli("train", *demo_args, *RESUME_ARGS), "holds an unfinished run", "--resume")
     proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
     assert "resuming from" in proc.stdout
     assert_bitwise_equal(weights(run / "model"), reference), f"killed at step {step}"
+    assert_same_milestones(run, run_dir(tmp_path, name="reference"), written)
     info = json.loads((run / "run.json").read_text())
     assert len(info["attempts"]) == 2 and info["attempts"][1]["resumed_from"] and info["status"] == "done"
 
@@ -169,9 +190,11 @@ def test_sigusr2_saves_a_checkpoint_stops_and_resumes_bitwise(demo_args, tmp_pat
     assert info["status"] == "preempted" and not (run / "DONE").exists()
     assert checkpoint_problem(run / "checkpoints" / f"checkpoint-{stopped}") is None, "no complete checkpoint at the stop"
     assert f"checkpoint-{stopped}; rerun with --resume" in proc.stderr_text
+    written = milestone_mtimes(run)
     proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
     assert f"resuming from {run / 'checkpoints' / f'checkpoint-{stopped}'}" in proc.stdout
     assert_bitwise_equal(weights(run / "model"), reference)
+    assert_same_milestones(run, run_dir(tmp_path, name="reference"), written)
 
 
 def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, reference):
@@ -237,13 +260,21 @@ def test_early_stopping_on_a_flat_dev_loss(demo_args, tmp_path):
 
 def test_torchrun_two_processes(demo_args, tmp_path):
     # Two CPU processes in one gloo group: rank 0 alone writes the run directory, each rank saves its RNG.
-    ok(run_cli("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *demo_args, "train.max_steps=10"))
+    milestones = ["train.max_steps=10", "train.word_checkpoints=3k,6k,9k"]
+    ok(run_cli("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *demo_args, *milestones))
     run = run_dir(tmp_path)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [5, 10]  # written once, not once per rank
     assert train_rows[-1]["tokens_seen"] == 10 * 16 * 64 * 2  # steps x batch x block x world size
     assert (run / "checkpoints" / "checkpoint-10" / "rng_state_1.pth").exists() and (run / "DONE").exists()
+    # words are counted over both ranks: the milestones fall where one rank with the same global batch puts them
+    ok(run_cli("train", *demo_args, *milestones, "train.batch_size=32", "output.name=one-rank"))
+    for name in ("chck_3k", "chck_6k", "chck_9k"):
+        two, one = (json.loads((r / "milestones" / name / "words_seen.json").read_text()) for r in (run, run_dir(tmp_path, name="one-rank")))
+        assert (two["step"], two["words_seen"]) == (one["step"], one["words_seen"]), name
+    one_rank = json.loads((run_dir(tmp_path, name="one-rank") / "DONE").read_text())
+    assert json.loads((run / "DONE").read_text())["words_seen"] == one_rank["words_seen"] == train_rows[-1]["words_seen"] > 9000
 
 
 def test_two_nodes_have_one_writer_and_train_as_one_node_of_two(demo_args, tmp_path):

@@ -43,7 +43,7 @@ def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     extra = [] if kind == "CLM" else ["model.arch=roberta-tiny", "wml.model_type=MLM", "wml.init_points=5", "wml.n_iter=15"]
-    proc = ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path), *QUICK_SEARCH, *extra))
+    proc = ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path), *QUICK_SEARCH, *extra, "train.word_checkpoints=2k"))
     run = tmp_path / "demo-wml" / "wml"
     assert (run / "DONE").exists() and "champion: peer-" in proc.stdout
     rows = [r for r in metrics(run) if "loss" in r]
@@ -56,6 +56,9 @@ def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
         model = auto.from_pretrained(run / "model" / f"peer-{i}")
         assert sum(p.numel() for p in model.parameters()) == search["peers"][i]["n_params"]
         assert json.loads((run / "eval" / f"peer-{i}" / "demo_pairs.json").read_text())["n_items"] > 0
+        at_milestone = auto.from_pretrained(run / "milestones" / "chck_2k" / f"peer-{i}")  # every peer, at the milestone
+        assert sum(p.numel() for p in at_milestone.parameters()) == search["peers"][i]["n_params"]
+    assert json.loads((run / "milestones" / "chck_2k" / "words_seen.json").read_text())["words_seen"] >= 2000
     champion = json.loads((run / "model" / "champion.json").read_text())
     assert champion["champion"] == min(range(2), key=lambda i: champion["dev_ce"][i])
     assert (run / "omega.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -142,22 +142,34 @@ def find_files(folder: str | Path, domains: list[str] = (), key: str = "data.tra
     return found
 
 
-def read_clean_lines(f: CorpusFile) -> list[str]:
-    """Decode `f` as UTF-8 line by line (a bad byte names its line) and clean each line."""
+def clean_file(f: CorpusFile) -> tuple[list[str], list[int], int]:
+    """Decode `f` as UTF-8 line by line (a bad byte names its line) and clean each line.
+
+    Returns the clean lines, the words of each kept line as the BabyLM rules count them
+    (whitespace-separated tokens of the raw line, before cleaning changes its spacing), and
+    the words of the whole file, dropped lines included."""
     clean = CLEANERS[f.domain]
-    out = []
+    lines, words, corpus_words = [], [], 0
     with open(f.path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise UserError(f"{f.path}:{number}: bytes that are not UTF-8 at column {exc.start + 1}; re-encode the file as UTF-8") from None
+            n = len(text.split())
+            corpus_words += n
             line = clean(text)
             if line is not None:
-                out.append(line)
-    if not out:
+                lines.append(line)
+                words.append(n)
+    if not lines:
         raise UserError(f"{f.path}: no text left after cleaning; remove it or restrict data.domains")
-    return out
+    return lines, words, corpus_words
+
+
+def read_clean_lines(f: CorpusFile) -> list[str]:
+    """The clean lines of `f` (see clean_file)."""
+    return clean_file(f)[0]
 
 
 def fingerprint(files: list[CorpusFile]) -> str:
@@ -171,15 +183,41 @@ def fingerprint(files: list[CorpusFile]) -> str:
     return h.hexdigest()[:16]
 
 
+def words_file(clean: Path) -> Path:
+    """Beside each clean text file: the raw words of each of its lines, and of the whole raw file."""
+    return clean.with_name(clean.name[:-len(".txt")] + ".words.npz")
+
+
 def write_clean(files: list[CorpusFile], out_dir: Path) -> list[Path]:
-    """Clean every file into `out_dir/<domain>.txt` (one per domain), written atomically."""
+    """Clean every file into `out_dir/<domain>.<split>.txt`, with its word counts beside it
+    (`words_file`), each written atomically."""
+    import numpy as np
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for f in files:
         target = out_dir / f"{f.domain}.{f.path.suffix.lstrip('.')}.txt"
-        if not target.exists():
-            tmp = target.with_suffix(".tmp")
-            tmp.write_text("\n".join(read_clean_lines(f)) + "\n", encoding="utf-8")
-            tmp.replace(target)
+        counts = words_file(target)
+        if not target.exists() or not counts.exists():  # a cache from before word counts gains them
+            lines, words, corpus_words = clean_file(f)
+            tmp = counts.with_name(counts.name + ".tmp.npz")
+            np.savez(tmp, lines=np.asarray(words, dtype=np.int64), corpus=np.int64(corpus_words))
+            tmp.replace(counts)
+            if not target.exists():
+                tmp = target.with_suffix(".tmp")
+                tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                tmp.replace(target)
         paths.append(target)
     return paths
+
+
+def read_words(clean_files: list[Path]) -> tuple["np.ndarray", int]:
+    """The raw words of every clean line, in file order, and the words of the raw files."""
+    import numpy as np
+
+    per_line, corpus_words = [], 0
+    for path in clean_files:
+        with np.load(words_file(path)) as counts:
+            per_line.append(counts["lines"])
+            corpus_words += int(counts["corpus"])
+    return np.concatenate(per_line), corpus_words

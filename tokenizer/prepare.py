@@ -20,7 +20,7 @@ from common.errors import UserError
 from tokenizer import bpe, corpus, demo
 from tokenizer.config import DataConfig, TokenizerConfig
 
-PACK_VERSION = "1"
+PACK_VERSION = "2"  # 2: every block carries the raw words it holds (`words`)
 
 
 @dataclass
@@ -72,13 +72,28 @@ def _tokenize_batch(batch: dict, tokenizer, prefix: int) -> dict:
     return {"input_ids": [x if x[:1] == [prefix] else [prefix] + x for x in ids]}
 
 
+def words_before(positions: np.ndarray, starts: np.ndarray, lengths: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Raw words before each token position of the concatenated lines (positions in [0, total tokens]).
+
+    A line of w words and n tokens spreads its words evenly over its tokens: the first j of its
+    tokens hold ceil(j * w / n) of its words. Counts are whole numbers and add up exactly: the
+    words of a block are words_before(its end) - words_before(its start)."""
+    before_line = np.concatenate([[0], np.cumsum(words)])
+    line = np.searchsorted(starts, positions, side="right") - 1
+    line = np.minimum(line, len(starts) - 1)
+    inside = positions - starts[line]
+    return before_line[line] + (inside * words[line] + lengths[line] - 1) // lengths[line]
+
+
 def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out: Path, packing: bool = True,
          source: str = "the corpus") -> Path:
     """Tokenize `text_files` with datasets (batched, multi-process) and pack into fixed blocks at `out`.
 
-    Without `packing`, every line is its own example instead: truncated to `block_size`,
-    right-padded with the pad token, with its true `length` stored beside it (the collator
-    masks the padding out of attention and loss). Lines with nothing to predict are dropped.
+    Every block carries `words`: the raw words of the text it holds (`words_before`), so that
+    training counts words seen exactly. Without `packing`, every line is its own example instead:
+    truncated to `block_size`, right-padded with the pad token, with its true `length` stored
+    beside it (the collator masks the padding out of attention and loss). Lines with nothing to
+    predict are dropped.
     """
     import datasets
     import pyarrow as pa
@@ -94,15 +109,19 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
                         remove_columns=["text"], fn_kwargs={"tokenizer": tokenizer, "prefix": bpe.prefix_id(tokenizer)},
                         desc=f"tokenizing {out.parent.name}/{out.name}", new_fingerprint=_hash("tok", out))
     flat = pc.list_flatten(tokenized.data.column("input_ids")).to_numpy().astype(np.int32)
+    lengths = np.asarray(pc.list_value_length(tokenized.data.column("input_ids")).to_numpy(zero_copy_only=False), dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    words, corpus_words = corpus.read_words(text_files)
+    if len(words) != len(lengths):  # the text loader split lines differently from the cleaner: never count wrongly
+        raise RuntimeError(f"{out}: {len(lengths)} tokenized lines but {len(words)} word counts")
     if packing:
         n_blocks = len(flat) // block_size
         if n_blocks == 0:
             raise UserError(f"{source}: only {len(flat)} tokens, fewer than one block of data.block_size={block_size}; lower data.block_size or add text")
         blocks = pa.FixedSizeListArray.from_arrays(pa.array(flat[: n_blocks * block_size]), block_size)
-        ds = datasets.Dataset(pa.table({"input_ids": blocks}))
+        block_words = np.diff(words_before(np.arange(n_blocks + 1) * block_size, starts, lengths, words))
+        ds = datasets.Dataset(pa.table({"input_ids": blocks, "words": pa.array(block_words)}))
     else:
-        lengths = np.asarray(pc.list_value_length(tokenized.data.column("input_ids")).to_numpy(zero_copy_only=False), dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         keep = np.flatnonzero(lengths >= 2)
         if len(keep) == 0:
             raise UserError(f"{source}: no line has two tokens; nothing to train on")
@@ -113,12 +132,17 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
         for r, (start, n) in enumerate(zip(starts[keep], used)):
             rows[r, :n] = flat[start:start + n]
         blocks = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), block_size)
-        ds = datasets.Dataset(pa.table({"input_ids": blocks, "length": pa.array(used.astype(np.int32))}))
+        block_words = (used * words[keep] + lengths[keep] - 1) // lengths[keep]  # a truncated line: its first `used` tokens' words
+        ds = datasets.Dataset(pa.table({"input_ids": blocks, "length": pa.array(used.astype(np.int32)), "words": pa.array(block_words)}))
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     ds.save_to_disk(str(tmp))
-    (tmp / "stats.json").write_text(json.dumps({"tokens": int(len(flat)), "blocks": n_blocks, "block_size": block_size, "packing": packing,
-                                                "lines": len(raw), "files": [p.name for p in text_files]}))
+    (tmp / "stats.json").write_text(json.dumps({
+        "tokens": int(len(flat)), "blocks": n_blocks, "block_size": block_size, "packing": packing, "lines": len(raw),
+        "words": int(block_words.sum()),  # raw words in the blocks: one epoch
+        "kept_words": int(words.sum()),  # raw words of the lines cleaning kept
+        "corpus_words": corpus_words,  # raw words of the files, dropped lines included
+        "files": [p.name for p in text_files]}))
     tmp.replace(out)
     shutil.rmtree(work, ignore_errors=True)
     return out
@@ -156,12 +180,15 @@ def _prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
     return Prepared(tokenizer_dir, train_blocks, dev_blocks, train_key)
 
 
-def load_blocks(path: Path, fraction: float = 1.0, seed: int = 0, with_index: bool = False):
+def load_blocks(path: Path, fraction: float = 1.0, seed: int = 0, with_index: bool = False, with_words: bool = False):
     """The packed blocks at `path` as a torch-formatted Dataset; a seeded subset when fraction < 1.
-    `with_index` adds `block_index`, each block's row in the full packed set."""
+    `with_index` adds `block_index`, each block's row in the full packed set; `with_words` keeps
+    `words`, the raw words each block holds (training counts them)."""
     import datasets
 
     ds = datasets.load_from_disk(str(path))
+    if not with_words:
+        ds = ds.remove_columns(["words"])
     if with_index:
         ds = ds.add_column("block_index", np.arange(len(ds), dtype=np.int64))
     if fraction < 1.0:

@@ -35,7 +35,11 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = field(1000, "optimizer steps to train", ge=1)
+    max_steps: int = field(0, "budget in optimizer steps (one budget per run: this, train.epochs or train.max_words; 0 = not this one)", ge=0)
+    epochs: float = field(0.0, "budget in passes over the training blocks (BabyLlama: 6); 0 = not this one", ge=0)
+    max_words: str = field("", "budget in raw words seen, repeats counted (100M, 500k, 2000000); the run stops at the first step at or past it")
+    word_checkpoints: list[str] = field([], "export the model at these words seen: babylm (1M..10M by 1M, 20M..100M by 10M), "
+                                            "babylm-100m (then 200M..1000M by 100M), a list (1M,5M), or none")
     batch_size: int = field(32, "blocks per device per micro-batch", ge=1)
     grad_accum: int = field(1, "micro-batches accumulated per optimizer step", ge=1)
     eval_steps: int = field(200, "evaluate the dev loss every this many steps (needs data.dev_dir)", ge=1)
@@ -96,7 +100,7 @@ def precision_problem(precision: str) -> str | None:
 
 def check_run(cfg) -> None:
     """The cross-field checks of a training run; `cfg` has data, tokenizer, model, optim and train sections."""
-    from train import models
+    from train import models, words
 
     from common.paths import name_problem
 
@@ -107,6 +111,7 @@ def check_run(cfg) -> None:
         if problem:
             raise ConfigError(f"output.{key}", f"{problem}; give one folder name such as 'teacher'")
     t = cfg.train
+    words.check_budget(t)
     if precision_problem(t.precision):
         raise ConfigError("train.precision", precision_problem(t.precision))
     if cfg.data.dev_dir and t.keep_best and t.save_steps % t.eval_steps:

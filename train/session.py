@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
     from tokenizer.bpe import load_pretrained
     from tokenizer.prepare import load_blocks, prepare
     from train import models
+    from train import words
     from train.rundir import state_groups
     from train.trainer import BabyTrainer, MetricsLog, NonFiniteLoss, Preemption, build_trainer, leave, training_arguments
 
@@ -79,9 +81,11 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
     models.check_vocab(cfg.model, tokenizer, prepared.tokenizer_dir)
     set_seed(cfg.train.seed)  # the model is initialised before the Trainer seeds anything
     built = recipe(cfg, tokenizer, prepared, targs.device)
-    train_ds = load_blocks(prepared.train_blocks, cfg.data.train_fraction, cfg.data.seed, with_index=built.block_index)
+    train_ds = load_blocks(prepared.train_blocks, cfg.data.train_fraction, cfg.data.seed, with_index=built.block_index, with_words=True)
     dev_ds = load_blocks(prepared.dev_blocks) if prepared.dev_blocks else None
-    print(f"{built.banner}; {len(train_ds)} train blocks of {cfg.data.block_size} tokens"
+    budget = words.plan(cfg.train, train_ds.select_columns(["words"]).with_format("numpy")[:]["words"], targs.world_size)
+    targs.max_steps, targs.num_train_epochs = budget.max_steps, budget.epochs or targs.num_train_epochs
+    print(f"{built.banner}; {len(train_ds)} train blocks of {cfg.data.block_size} tokens ({budget.epoch_words:,} words)"
           + (f", {len(dev_ds)} dev blocks" if dev_ds else ""))
 
     # 2. The run directory, then training from the newest good checkpoint (none left to take: only finish).
@@ -89,9 +93,14 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
     checkpoint = run_dir.newest_good_checkpoint(state_groups(built.trained)) if decision == "resume" else None
     if decision == "resume":
         print(f"resuming from {checkpoint}" if checkpoint else f"{run_dir.path}: no usable checkpoint; starting from step 0")
-    trainer = build_trainer(cfg, run_dir, targs, built.trained, built.objective, tokenizer, train_ds, dev_ds,
+    trainer = build_trainer(cfg, run_dir, targs, built.trained, built.objective, tokenizer, train_ds, dev_ds, budget,
                             trainer_cls=built.trainer_cls or BabyTrainer, **built.trainer_kwargs)
+    words_seen = next(c for c in trainer.callback_handler.callbacks if isinstance(c, words.WordsSeen))
+    words_seen.export = lambda folder: export(trainer, built, tokenizer, folder)
+    if checkpoint:
+        words_seen.restore(checkpoint)
     run_dir.begin(argv, checkpoint)
+    run_dir.write_info(words=budget.summary(json.loads((prepared.train_blocks / "stats.json").read_text())))
     metrics_log = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MetricsLog))
     try:
         with writing(run_dir.path, "then rerun with --resume"):
@@ -123,13 +132,9 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
     metrics_log.final = True
     with writing(run_dir.path, "then rerun with --resume"):
         dev_loss = trainer.evaluate()["eval_loss"] if dev_ds is not None else None
-        if built.export is None:
-            trainer.save_model(str(run_dir.model_dir))
-        elif trainer.is_world_process_zero():
-            built.export(run_dir.model_dir)
-        if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(str(run_dir.model_dir))
-        summary = {"step": trainer.state.global_step, "dev_loss": dev_loss, "best_checkpoint": trainer.state.best_model_checkpoint}
+        export(trainer, built, tokenizer, run_dir.model_dir)
+        summary = {"step": trainer.state.global_step, "words_seen": words_seen.total, "dev_loss": dev_loss,
+                   "best_checkpoint": trainer.state.best_model_checkpoint}
         if built.finish is not None:
             summary.update(built.finish(trainer, run_dir.path))
         run_dir.end("done", **summary)
@@ -137,3 +142,14 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
     if trainer.is_world_process_zero():
         print(f"{run_dir.path}: done at step {trainer.state.global_step}" + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else ""))
     return leave(trainer, 0)
+
+
+def export(trainer, built: Built, tokenizer, folder: Path) -> None:
+    """The trained model (or the recipe's export of it) and the tokenizer into `folder`: model/ at the
+    end, milestones/chck_*/ on the way. Every rank calls it (a sharded model is gathered for saving)."""
+    if built.export is None:
+        trainer.save_model(str(folder))
+    elif trainer.is_world_process_zero():
+        built.export(folder)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(folder))

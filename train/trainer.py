@@ -20,6 +20,7 @@ from transformers import (DataCollatorForLanguageModeling, EarlyStoppingCallback
 from common.errors import UserError
 from common.paths import REPO, read_jsonl, write_atomic
 from train.rundir import RunDir, now, write_manifest
+from train.words import Budget, WordsSeen
 
 
 class NonFiniteLoss(Exception):
@@ -29,16 +30,36 @@ class NonFiniteLoss(Exception):
 
 
 def budget_reached(state, callbacks) -> bool:
-    """The run has taken its last step: max_steps reached, or early stopping's patience used up."""
+    """The run has taken its last step: max_steps or max_words reached, or early stopping's patience used up."""
     if state.max_steps and state.global_step >= state.max_steps:
+        return True
+    if any(isinstance(c, WordsSeen) and c.finished for c in callbacks):
         return True
     stopper = next((c for c in callbacks if isinstance(c, EarlyStoppingCallback)), None)
     return stopper is not None and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
 
 
 class BabyTrainer(Trainer):
-    """The HF Trainer, stopping at the first non-finite loss before it reaches the weights, and taking
-    no step when resumed from a checkpoint that already ends the run."""
+    """The HF Trainer, stopping at the first non-finite loss before it reaches the weights, taking
+    no step when resumed from a checkpoint that already ends the run, and counting the words of
+    every optimizer step (each block's `words`, summed over micro-batches and ranks)."""
+
+    schedule_steps: int | None = None  # the learning-rate schedule's length, when the budget is in words
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        words = sum(int(b.pop("words").sum()) for b in batches if "words" in b)  # the model takes no `words`
+        counter = next((c for c in self.callback_handler.callbacks if isinstance(c, WordsSeen)), None)
+        if counter is not None:
+            if _collective(self.args):
+                total = torch.tensor([words], dtype=torch.int64, device=self.args.device if self.args.device.type == "cuda" else "cpu")
+                torch.distributed.all_reduce(total)
+                words = int(total.item())
+            counter.add(words)
+        return batches, num_items
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        return super().create_scheduler(self.schedule_steps or num_training_steps, optimizer)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -153,8 +174,8 @@ class MetricsLog(TrainerCallback):
 
     RECORD_EVERY_S = 5.0
 
-    def __init__(self, run: RunDir, tokens_per_step: int):
-        self.run, self.path, self.tokens_per_step = run, run.metrics_file, tokens_per_step
+    def __init__(self, run: RunDir, tokens_per_step: int, words: WordsSeen | None = None):
+        self.run, self.path, self.tokens_per_step, self.words = run, run.metrics_file, tokens_per_step, words
         self.train_seconds = 0.0
         self.last = (0, 0.0)  # (step, train_seconds) at the previous training log
         self.step_start = None
@@ -187,6 +208,8 @@ class MetricsLog(TrainerCallback):
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": now(), **(logs or {})}
         if self.final:
             row["final"] = True
+        if self.words is not None:
+            row["words_seen"] = self.words.total
         if "loss" in row:
             steps, seconds = state.global_step - self.last[0], self.train_seconds - self.last[1]
             row["tokens_seen"] = state.global_step * self.tokens_per_step
@@ -236,6 +259,8 @@ def make_collator(objective: str, tokenizer, mlm_probability: float):
             batch = mlm([{"input_ids": row} for row in ids]) if mlm is not None else {"input_ids": ids, "labels": ids.clone()}
         if "block_index" in rows[0]:  # the row of each block in a teacher cache (distillation)
             batch["block_index"] = torch.as_tensor([int(r["block_index"]) for r in rows])
+        if "words" in rows[0]:  # the raw words of each block, counted by the trainer and taken out before the model
+            batch["words"] = torch.as_tensor([int(r["words"]) for r in rows], dtype=torch.int64)
         return batch
 
     return collate
@@ -267,7 +292,7 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
             print(f"note: train.deepspeed={t.deepspeed} is used only under torchrun or the deepspeed launcher; training without it")
     try:
         return TrainingArguments(
-            output_dir=str(run.checkpoints), max_steps=t.max_steps,
+            output_dir=str(run.checkpoints), max_steps=t.max_steps or -1, num_train_epochs=t.epochs or 1.0,  # words: set by the session
             per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
             gradient_accumulation_steps=t.grad_accum,
             optim="adamw_torch", learning_rate=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
@@ -292,12 +317,15 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
 
 
 def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: str, tokenizer, train_ds, dev_ds,
-                  trainer_cls: type = BabyTrainer, **extra) -> BabyTrainer:
+                  budget: Budget, trainer_cls: type = BabyTrainer, **extra) -> BabyTrainer:
     world = args.world_size
     tokens_per_step = cfg.data.block_size * cfg.train.batch_size * cfg.train.grad_accum * world
-    callbacks = [CheckpointMarker(), MetricsLog(run, tokens_per_step), Preemption()]
+    words = WordsSeen(run.path, budget)  # before CheckpointMarker: its count is in the checkpoint's manifest
+    callbacks = [words, CheckpointMarker(), MetricsLog(run, tokens_per_step, words), Preemption()]
     if cfg.train.early_stopping_patience and dev_ds is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
-                       data_collator=make_collator(objective, tokenizer, cfg.data.mlm_probability),
-                       processing_class=tokenizer, callbacks=callbacks, **extra)
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
+                          data_collator=make_collator(objective, tokenizer, cfg.data.mlm_probability),
+                          processing_class=tokenizer, callbacks=callbacks, **extra)
+    trainer.schedule_steps = budget.schedule_steps
+    return trainer
