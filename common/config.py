@@ -256,12 +256,24 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _pop_dotted(data: dict, key: str) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        data = data.get(part)
+        if not isinstance(data, dict):
+            return
+    data.pop(leaf, None)
+
+
 def load(schema: type, path: str | Path | None, overrides: list[str] = (), sections: tuple[str, ...] | None = None,
          check: bool = True):
     """Build `schema` from its defaults, then the YAML at `path`, then `overrides`.
 
     `sections`, when given, restricts strict checking to those top-level sections; the
     others are left to the program that owns them (a run YAML read by `tokenizer prepare`).
+    A schema's `ALTERNATIVES` lists groups of keys of which a config sets one (a run's budget:
+    steps, epochs or words): one of them overridden on the command line replaces whichever
+    the YAML set, so `train.max_steps=20` works on a recipe budgeted in epochs.
     Runs `check()` on the result if the schema defines it (and `check`; a grid plans runs whose
     teachers do not exist yet). Errors name file:line or
     `command line` and the key.
@@ -272,6 +284,11 @@ def load(schema: type, path: str | Path | None, overrides: list[str] = (), secti
         key, value = parse_override(text)
         _set_dotted(data, key, value)
         source[key] = "command line"
+    for group in getattr(schema, "ALTERNATIVES", ()):  # one key of the group on the command line replaces the YAML's
+        if any(source.get(key) == "command line" for key in group):
+            for key in group:
+                if source.get(key) != "command line":
+                    _pop_dotted(data, key)
     if sections is not None:
         data = {k: v for k, v in data.items() if k in sections}
 

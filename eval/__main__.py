@@ -1,4 +1,4 @@
-"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered | --suite babylm2025 ...   |   finetune   |   collate   |   download
+"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered | --suite babylm2025 ...   |   finetune   |   curve   |   collate   |   download
 
 Zero-shot evaluation of a Hugging Face model folder, scored as the BabyLM pipelines score
 it. Results go to the run directory's eval/ (or <model>/eval, or --out).
@@ -18,7 +18,7 @@ from eval.tasks import SUITES, available
 
 def parse_eval(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[1],
-                                epilog="Also: python -m eval download [--dest DIR] [--from FILE_OR_URL ...]",
+                                epilog="Also: python -m eval finetune | curve RUN ... | collate RUN | download [--dest DIR] [--from FILE_OR_URL ...]",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a Hugging Face model folder (model + tokenizer), e.g. runs/demo/teacher/model")
     p.add_argument("--tasks", help=f"comma-separated task families ({', '.join(available())}) or task YAML paths "
@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         from eval.finetune import main as finetune
 
         return finetune(argv[1:])
+    if argv[:1] == ["curve"]:
+        from eval.curve import main as curve
+
+        return curve(argv[1:])
     if argv[:1] == ["collate"]:
         from eval.collate import main as collate
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import yaml
@@ -100,9 +99,13 @@ def _frac(x):
     return None if x is None else x / 100
 
 
-def words(name: str) -> float:
-    m = re.fullmatch(r"chck_(\d+)M", name)
-    return float(m.group(1)) if m else float("inf")
+def fast_eval_results(milestones: list[Path]) -> dict:
+    """The fast scores of each milestone model folder (in the order given), as collate_preds reports them."""
+    fast: dict = {key: [] for key in ZERO_SHOT if ZERO_SHOT[key] in FAST}
+    for m in milestones:
+        for key, value in _fast_metrics(m / "eval" / "fast").items():
+            fast[key].append(value)
+    return fast
 
 
 def collate(path: Path, backend: str, sizes_file: Path) -> tuple[dict, Path]:
@@ -121,14 +124,11 @@ def collate(path: Path, backend: str, sizes_file: Path) -> tuple[dict, Path]:
         data = _load(file, task, f"run python -m eval finetune {path} --tasks {task}")
         _check_sizes(data, task, sizes["full"][task], file)
         out["glue"].update(data)
-    run = eval_dir.parent
-    milestones = sorted((p for p in (run / "milestones").glob("chck_*") if (p / "eval" / "fast").is_dir()), key=lambda p: words(p.name))
-    if len(milestones) >= 2:
-        fast: dict = {key: [] for key in ZERO_SHOT if ZERO_SHOT[key] in FAST}
-        for m in milestones:
-            for key, value in _fast_metrics(m / "eval" / "fast").items():
-                fast[key].append(value)
-        out["fast_eval_results"] = fast
+    from eval.curve import milestones as milestone_list
+
+    evaluated = [m for _, m in milestone_list(eval_dir.parent, required=False) if (m / "eval" / "fast").is_dir()]
+    if len(evaluated) >= 2:
+        out["fast_eval_results"] = fast_eval_results(evaluated)
     return out, eval_dir / f"all_full_preds_and_fast_scores_{backend}.json"
 
 

@@ -53,6 +53,8 @@ class GridConfig:
     tasks: list[str] = field(["demo_pairs"], "evaluation tasks run on every point (python -m eval --tasks)")
     eval_data_dir: str = field("", "BabyLM evaluation_data folder for the tasks (empty: eval's default)")
     finetune: list[str] = field([], "fine-tuning tasks run on every point's models (python -m eval finetune --tasks)")
+    tasks_per_milestone: list[str] = field([], "zero-shot tasks run on every words-seen milestone of every point: its learning "
+                                               "curve (python -m eval curve; the recipes need train.word_checkpoints)")
     finetune_data_dir: str = field("", "folder of the fine-tuning tasks' files, e.g. glue_filtered (empty: each task's own, the demo's)")
     select: SelectConfig = field(SelectConfig(), "finalists: the best points of one stage, retrained")
     executor: ExecutorConfig = field(ExecutorConfig(), "where the points run")
@@ -72,10 +74,11 @@ class GridConfig:
         blocker = file_in_the_way(self.root)
         if blocker is not None:
             raise ConfigError("output_dir", f"{blocker} is a file, but the grid's runs go to {self.root}; move it or choose another output_dir")
-        for i, task in enumerate(self.tasks):
-            problem = unknown_task(task)
-            if problem:
-                raise ConfigError(f"tasks[{i}]", problem)
+        for key in ("tasks", "tasks_per_milestone"):
+            for i, task in enumerate(getattr(self, key)):
+                problem = unknown_task(task)
+                if problem:
+                    raise ConfigError(f"{key}[{i}]", problem)
         from common.config import suggest
         from eval.finetune import known
 

@@ -35,6 +35,7 @@ class Point:
     backend: str = "causal"        # how its models are evaluated (mlm for masked LMs)
     finetune: list[str] = field(default_factory=list)  # fine-tuning tasks (eval.finetune), after the zero-shot ones
     finetune_data_dir: str = ""
+    tasks_per_milestone: list[str] = field(default_factory=list)  # on every milestone: the point's learning curve
     deepspeed: str = ""
     extra: list[str] = field(default_factory=list)  # overrides from the launcher's command line, last
 
@@ -65,7 +66,10 @@ class Point:
 
     def evaluated(self) -> bool:
         models = self.model_dirs()
-        return bool(models) and all((self.eval_dir(m) / f"{t}.json").is_file() for m in models for t in self.tasks + self.finetune)
+        if not (bool(models) and all((self.eval_dir(m) / f"{t}.json").is_file() for m in models for t in self.tasks + self.finetune)):
+            return False
+        curve = Path(self.run) / "eval" / "curve.json"
+        return not self.tasks_per_milestone or (curve.is_file() and set(self.tasks_per_milestone) <= set(json.loads(curve.read_text())["tasks"]))
 
     def state(self) -> str:
         run = Path(self.run)
@@ -148,6 +152,7 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
                 point = Point(grid=cfg.name, stage=stage.name, name=base, recipe=recipe, kind=kind, axes=combo,
                               overrides=overrides, run="", tasks=list(cfg.tasks), eval_data_dir=cfg.eval_data_dir,
                               finetune=list(cfg.finetune), finetune_data_dir=cfg.finetune_data_dir,
+                              tasks_per_milestone=list(cfg.tasks_per_milestone),
                               deepspeed=cfg.executor.deepspeed, extra=list(extra))
                 built, point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})")
                 # The values as the config reads them: 0.001 and "1e-3" are one value, hence one point.
@@ -198,6 +203,11 @@ def check_point(point: Point, grid_path: str | Path, where: str) -> tuple[Any, s
     except UserError as exc:
         message = str(exc).replace("command line: ", "")
         raise UserError(f"{grid_path}: {where}, recipe {point.recipe}: {message}") from None
+    from train.words import milestone_list
+
+    if point.tasks_per_milestone and not milestone_list(cfg.train.word_checkpoints):
+        raise UserError(f"{grid_path}: tasks_per_milestone is set, but {where}, recipe {point.recipe} exports no milestones; "
+                        f"set train.word_checkpoints in the recipe or the stage's overrides (e.g. babylm)")
     if point.kind == "wml":
         return cfg, "mlm" if cfg.wml.model_type == "MLM" else "causal"
     from train.models import read_architecture

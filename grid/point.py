@@ -59,6 +59,13 @@ def evaluate_point(point: Point) -> None:
             if not (out / f"{name}.json").is_file():
                 summary = finetune.finetune(str(model), name, task, data, out, finetune.Settings(progress=False))
                 print(f"{name}: fine-tuned {summary['metric']} {summary['score']:.4f} -> {out / name}.json", flush=True)
+    if point.tasks_per_milestone:  # the learning curve: every milestone (every peer), then a PNG per task
+        from eval.curve import evaluate_milestones, plot_curves
+
+        run = Path(point.run)
+        curve = evaluate_milestones(run, point.tasks_per_milestone, Options(backend=point.backend, data_dir=point.eval_data_dir or None,
+                                                                            progress=False))
+        plot_curves({run: curve}, run / "eval" / "curves")
 
 
 def run_in_process(point: Point) -> None:

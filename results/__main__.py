@@ -2,8 +2,8 @@
 python -m results compare RUN_A RUN_B --task TASK: a paired significance test on the same pairs.
 
 collect reads only run directories and writes, atomically, <out>/<name>.csv, <out>/<name>.md
-(`0.694 ± 0.0016`), and PNGs: <name>-tasks.png, <name>-curves.png and, for a two-axis grid,
-<name>-heatmap.png. Runs without DONE or with unreadable files are listed as incomplete.
+(`0.694 ± 0.0016`), and PNGs: <name>-tasks.png, <name>-curves.png, for a two-axis grid
+<name>-heatmap.png, and <name>-curve-<task>.png per task of the runs' learning curves (eval/curve.json). Runs without DONE or with unreadable files are listed as incomplete.
 """
 from __future__ import annotations
 
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(out / f"{name}.md", table)
     made = [p for p in (plots.task_bars(df, out / f"{name}-tasks.png"), plots.training_curves(df, out / f"{name}-curves.png"),
                         plots.grid_heatmap(df, args.metric, out / f"{name}-heatmap.png")) if p is not None]
+    made += plots.learning_curves(df, out / name)
     print(table)
     print(f"{len(df)} row(s) from {df['run'].nunique()} run(s), {len(incomplete)} incomplete -> "
           + ", ".join(str(p) for p in [out / f"{name}.csv", out / f"{name}.md", *made]))

@@ -126,6 +126,7 @@ def read_run(run: Path) -> list[dict]:
     grid = _read(run, "grid.json", json.loads, dict, optional=True)
     attempts = [a for a in info.get("attempts", []) if isinstance(a, dict)]
     tokens = max((r["tokens_seen"] for r in metrics if isinstance(r.get("tokens_seen"), (int, float))), default=None)
+    words = max((r["words_seen"] for r in metrics if isinstance(r.get("words_seen"), (int, float))), default=None)
     if any("train_seconds" in a for a in attempts):  # every attempt's training time, killed ones included
         seconds = sum(float(_number(a.get("train_seconds"), "run.json", "train_seconds") or 0) for a in attempts)
     else:  # runs from before run.json recorded it: the Trainer's own summaries
@@ -135,7 +136,7 @@ def read_run(run: Path) -> list[dict]:
     output = config.get("output", {})
     base = {"run": str(run), "experiment": output.get("experiment"), "recipe": output.get("name"), "method": _method(config),
             "grid": grid.get("grid"), **{f"axis:{k}": v for k, v in (grid.get("axes") or {}).items()},
-            "tokens_seen": tokens, "train_hours": round(seconds / 3600, 4), "gpu_hours": round(seconds * world / 3600, 4) if gpus else 0.0}
+            "words_seen": words, "tokens_seen": tokens, "train_hours": round(seconds / 3600, 4), "gpu_hours": round(seconds * world / 3600, 4) if gpus else 0.0}
     if "wml" in config:
         champion = _read(run, "model/champion.json", json.loads, dict)
         rows = []

@@ -78,3 +78,19 @@ def grid_heatmap(df, metric: str, out: Path) -> Path | None:
     fig.colorbar(image, ax=ax, label=metric)
     fig.tight_layout()
     return save_figure(fig, out)
+
+
+def learning_curves(df, out_prefix: Path) -> list[Path]:
+    """One PNG per task that some run has a learning curve for (eval/curve.json, from `python -m eval curve` or a
+    grid's tasks_per_milestone): score against words seen, one line per run (and WML peer)."""
+    import json
+
+    from common.curves import curve_lines, plot_curve
+
+    curves = {}
+    for run in dict.fromkeys(df["run"]):
+        file = Path(run) / "eval" / "curve.json"
+        if file.is_file():
+            curves[Path(run).name] = json.loads(file.read_text(encoding="utf-8"))["tasks"]
+    tasks = sorted({task for per_task in curves.values() for task in per_task})
+    return [plot_curve(task, *curve_lines(curves, task), out_prefix.with_name(f"{out_prefix.name}-curve-{task}.png")) for task in tasks]

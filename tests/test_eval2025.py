@@ -267,8 +267,9 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     assert list(sub) == ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps", "reading", "glue"]
     assert sorted(sub["glue"]) == sorted(GLUE) and "fast_eval_results" not in sub
     # fast results of two milestone checkpoints (copies of this model's): one entry per checkpoint, in words order
-    for name in ("chck_2M", "chck_1M"):
+    for name, words in (("chck_2M", 2_000_417), ("chck_1M", 1_000_311)):  # ordered by the words seen each records
         shutil.copytree(out / "eval" / "fast", out / "milestones" / name / "eval" / "fast")
+        (out / "milestones" / name / "words_seen.json").write_text(json.dumps({"milestone": words // 10**6 * 10**6, "words_seen": words}))
     ok(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
     fast = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())["fast_eval_results"]
     assert sorted(fast) == ["blimp", "blimp_supplement", "entity_tracking", "ewok", "reading", "wug_adj", "wug_past"]

@@ -70,8 +70,14 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
     assert len(tuned) == 8 and all(json.loads(p.read_text())["n_items"] == 50 for p in tuned)
     assert len(list(runs.glob("*/eval/**/finetune/demo_acceptability/predictions.json"))) == 8
     stamps = {p: p.stat().st_mtime_ns for p in tuned}
-    for png in ("demo-tasks.png", "demo-curves.png"):
+    for png in ("demo-tasks.png", "demo-curves.png", "demo-curve-demo_pairs.png"):
         assert (workdir / "results" / png).read_bytes()[:4] == b"\x89PNG"
+    for name in names:  # every milestone evaluated (WML: every peer's), at the words seen it recorded
+        points = json.loads((runs / name / "eval" / "curve.json").read_text())["tasks"]["demo_pairs"]
+        milestones = sorted((runs / name / "milestones").glob("chck_*"))
+        assert len(points) == len(milestones) * (2 if name == "wml" else 1) >= 1, name
+        assert (runs / name / "eval" / "curves" / "demo_pairs.png").is_file()
+    stamps.update({p: p.stat().st_mtime_ns for p in runs.glob("*/milestones/*/**/eval/demo_pairs.json")})
     assert "stage teachers: 2 point(s), 0 incomplete" in proc.stdout
     attempts = {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names}
 
@@ -80,7 +86,7 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
     assert len(plan) == 7 and all(row[-1] == "done" for row in plan), again.stdout[:2000]
     assert {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names} == attempts, "a finished point ran again"
     assert len(pd.read_csv(workdir / "results" / "demo.csv")) == 8
-    assert {p: p.stat().st_mtime_ns for p in tuned} == stamps, "a model was fine-tuned again"
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a model was fine-tuned or a milestone evaluated again"
 
 
 @pytest.mark.slow
@@ -122,7 +128,12 @@ def test_zip_axes_pair_their_values(workdir):
     (("metric: demo_pairs", "metric: blimp_filtered"), ["select.metric", "'blimp_filtered' is produced by no evaluation", "demo_pairs"]),
     (("finalists: 1", "finalists: 5"), ["select.finalists is 5", "only 4 point(s)"]),
     (("optim.lr: [1.0e-3, 3.0e-3]", "optim.lr: [fast, 3.0e-3]"), ["optim.lr", "expected float"]),
-], ids=["unknown-axis", "empty-axis", "zip-ok", "zip-lengths", "no-recipe", "metric", "too-many-finalists", "bad-value"])
+    (("overrides: {data.train_fraction: 0.5}", "overrides: {data.train_fraction: 0.5, train.word_checkpoints: none}\n"
+      "tasks_per_milestone: [demo_pairs]"), ["tasks_per_milestone is set", "demo-student.yaml exports no milestones",
+                                             "train.word_checkpoints"]),
+    (("tasks: [demo_pairs]", "tasks: [demo_pairs]\ntasks_per_milestone: [demo_pair]"), ["tasks_per_milestone[0]", "demo_pairs"]),
+], ids=["unknown-axis", "empty-axis", "zip-ok", "zip-lengths", "no-recipe", "metric", "too-many-finalists", "bad-value",
+        "no-milestones", "milestone-task"])
 def test_bad_grids_fail_with_one_line_and_run_nothing(workdir, change, needles):
     grid = write_grid(workdir, TWO_AXES.replace(*change))
     proc = launch(workdir, str(grid))

@@ -51,6 +51,7 @@ def test_collect_writes_csv_markdown_and_plots(runs, tmp_path):
         assert row["demo_pairs"] == pytest.approx(summary["accuracy"]) and row["demo_pairs_stderr"] == pytest.approx(summary["stderr"])
         assert row["dev_ce"] == pytest.approx(json.loads((run / "run.json").read_text())["dev_loss"])
         assert row["params"] == 141_056 and row["tokens_seen"] == 20 * 16 * 64 and row["gpu_hours"] == 0
+        assert row["words_seen"] == json.loads((run / "DONE").read_text())["words_seen"] > 0
         assert row["axis:optim.lr"] in (3e-3, 1e-3)
     table = (tmp_path / "out" / "grid.md").read_text()
     first = df.iloc[0]

@@ -112,7 +112,7 @@ def test_two_epochs_count_twice_the_corpus_and_milestones_fall_on_the_data_order
 
     out = tmp_path / "runs"
     ok(run_cli("train", "config/runs/demo-teacher.yaml", f"data.train_dir={babylm / 'train'}", "data.dev_dir=",
-               f"data.cache_dir={cache_dir}", f"output.dir={out}", "train.max_steps=0", "train.epochs=2", "train.logging_steps=1",
+               f"data.cache_dir={cache_dir}", f"output.dir={out}", "train.epochs=2", "train.logging_steps=1",  # replaces the recipe's max_steps
                "train.save_steps=100", "train.word_checkpoints=5k,20k,30k", "optim.warmup_steps=2", "train.keep_best=false"))
     run = out / "demo" / "teacher"
     info = json.loads((run / "run.json").read_text())["words"]
@@ -154,7 +154,7 @@ def test_a_words_budget_stops_at_the_first_step_past_it(demo_root, cache_dir, tm
     step's model, and the learning rate has decayed to about its minimum there (the schedule spans the budget)."""
     from common.paths import read_jsonl
 
-    ok(run_cli("train", *demo_cli(demo_root, cache_dir, tmp_path, "train.max_steps=0", "train.max_words=12k",
+    ok(run_cli("train", *demo_cli(demo_root, cache_dir, tmp_path, "train.max_words=12k",
                                   "train.word_checkpoints=4k,12k")))
     run = tmp_path / "demo" / "teacher"
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
@@ -170,7 +170,6 @@ def test_a_words_budget_stops_at_the_first_step_past_it(demo_root, cache_dir, tm
     (["train.epochs=2"], ["train.max_steps and train.epochs are both set"]),
     (["train.max_words=1M"], ["train.max_steps and train.max_words are both set"]),
     (["train.max_steps=0", "train.epochs=2", "train.max_words=1M"], ["train.epochs and train.max_words are both set"]),
-    (["train.max_steps=0"], ["train.max_steps", "no budget"]),
     (["train.max_steps=0", "train.max_words=100"], ["train.max_words", "less than one optimizer step", "words"]),
     (["train.max_steps=0", "train.epochs=0.001"], ["train.epochs", "less than one optimizer step"]),
     (["train.max_steps=0", "train.max_words=ten"], ["train.max_words", "'ten' is not a number of words"]),
@@ -179,8 +178,6 @@ def test_a_words_budget_stops_at_the_first_step_past_it(demo_root, cache_dir, tm
     (["train.word_checkpoints=5k,5k"], ["train.word_checkpoints[1]", "increasing order"]),
     (["train.word_checkpoints=babylm,5k"], ["train.word_checkpoints", "stands alone"]),
     (["train.word_checkpoints=5q"], ["train.word_checkpoints[0]", "not a number of words"]),
-    (["train.max_steps=0", "train.epochs=1", "train.word_checkpoints=10k,1M"], ["train.word_checkpoints", "1M lies beyond", "train.epochs=1"]),
-    (["train.word_checkpoints=100k"], ["train.word_checkpoints", "100k lies beyond", "about", "train.max_steps=30"]),
 ])
 def test_budget_and_milestone_mistakes_are_refused_before_anything_is_written(extra, needles, demo_root, cache_dir, tmp_path):
     from train.__main__ import main
@@ -190,12 +187,63 @@ def test_budget_and_milestone_mistakes_are_refused_before_anything_is_written(ex
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_preset_beyond_the_budget_is_named_and_left_out(demo_root, cache_dir, tmp_path):
+@pytest.mark.parametrize("budget, milestones, note", [
+    ("train.max_steps=2", "babylm", "19 milestone(s) from 1M on lie beyond this run's budget of about 1,3"),
+    ("train.epochs=0.2", "1k,2k,1M", "1 milestone(s) from 1M on lie beyond this run's budget of "),
+])
+def test_milestones_beyond_the_budget_are_named_and_left_out(budget, milestones, note, demo_root, cache_dir, tmp_path):
+    """A preset, or a recipe's list under a shorter budget from the command line: one note, the rest exported."""
     from train.__main__ import main
 
-    args = demo_cli(demo_root, cache_dir, tmp_path / "runs", "train.max_steps=2", "train.word_checkpoints=babylm")
+    args = demo_cli(demo_root, cache_dir, tmp_path / "runs", budget, f"train.word_checkpoints={milestones}")
     proc = ok(call(main, str(ROOT / args[0]), *args[1:]))
-    assert "note: train.word_checkpoints=babylm: 19 milestone(s) from 1M on lie beyond this run's budget of about" in proc.stdout
+    assert f"note: train.word_checkpoints: {note}" in proc.stdout and f"({budget}); not exported" in proc.stdout
     run = tmp_path / "runs" / "demo" / "teacher"
-    assert (run / "DONE").exists() and not (run / "milestones").exists()
-    assert json.loads((run / "run.json").read_text())["words"]["milestones"] == []
+    kept = [m for m in json.loads((run / "run.json").read_text())["words"]["milestones"]]
+    assert kept == ([] if milestones == "babylm" else [1000, 2000]) and (run / "DONE").exists()
+    assert sorted(p.name for p in (run / "milestones").glob("*")) == sorted(f"chck_{m // 1000}k" for m in kept)
+
+
+def test_two_budgets_in_one_yaml_are_refused_naming_the_file(demo_root, cache_dir, tmp_path):
+    """On the command line one budget replaces the recipe's (the tests above); in one YAML two are a mistake."""
+    import yaml
+
+    from train.__main__ import main
+
+    recipe = yaml.safe_load((ROOT / "config" / "runs" / "demo-teacher.yaml").read_text())
+    recipe["train"]["epochs"] = 3
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    args = demo_cli(demo_root, cache_dir, tmp_path / "runs")[1:]
+    assert_user_error(call(main, str(path), *args), str(path), "train.max_steps and train.epochs are both set")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_eval_curve_scores_every_milestone_once_and_plots_it(demo_root, cache_dir, tmp_path):
+    """`python -m eval curve` on a demo run: one point per milestone at its exact words seen, a PNG per task;
+    a second call evaluates nothing again; a run without milestones is refused in one line."""
+    from eval.__main__ import main as eval_main
+
+    out = tmp_path / "runs"
+    ok(run_cli("train", *demo_cli(demo_root, cache_dir, out, "train.max_steps=20", "train.word_checkpoints=2k,5k,10k")))
+    run = out / "demo" / "teacher"
+    ok(run_cli("eval", "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress"))
+    curve = json.loads((run / "eval" / "curve.json").read_text())["tasks"]
+    for task in ("demo_pairs",):
+        points = curve[task]
+        assert [p["milestone"] for p in points] == ["chck_2k", "chck_5k", "chck_10k"]
+        for p in points:
+            record = json.loads((run / "milestones" / p["milestone"] / "words_seen.json").read_text())
+            result = json.loads((run / "milestones" / p["milestone"] / "eval" / f"{task}.json").read_text())
+            assert p["words_seen"] == record["words_seen"] and p["score"] == result["score"] and 0 <= p["score"] <= 1
+        assert (run / "eval" / "curves" / f"{task}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("milestones/*/eval/*.json")}
+    proc = ok(call(eval_main, "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress"))
+    assert "task(s) at" not in proc.stdout and {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    ok(run_cli("train", *demo_cli(demo_root, cache_dir, out, "train.max_steps=2", "output.name=plain")))
+    assert_user_error(call(eval_main, "curve", str(run), str(out / "demo" / "plain"), "--tasks", "demo_pairs", "--data-dir", str(demo_root)),
+                      str(out / "demo" / "plain"), "no milestones", "train.word_checkpoints")
+    assert_user_error(call(eval_main, "curve", str(tmp_path), "--tasks", "demo_pairs"), "not a run directory")
+    assert_user_error(call(eval_main, "curve", str(run)), "give --suite or --tasks")

@@ -35,7 +35,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = field(0, "budget in optimizer steps (one budget per run: this, train.epochs or train.max_words; 0 = not this one)", ge=0)
+    max_steps: int = field(0, "budget in optimizer steps (one budget per run: this, train.epochs or train.max_words; "
+                              "0 = not this one; none set: 1000 steps)", ge=0)
     epochs: float = field(0.0, "budget in passes over the training blocks (BabyLlama: 6); 0 = not this one", ge=0)
     max_words: str = field("", "budget in raw words seen, repeats counted (100M, 500k, 2000000); the run stops at the first step at or past it")
     word_checkpoints: list[str] = field([], "export the model at these words seen: babylm (1M..10M by 1M, 20M..100M by 10M), "
@@ -69,6 +70,8 @@ class OutputConfig:
 @dataclass
 class RunSections:
     """The sections every kind of training run has; each kind adds its model section and its own."""
+
+    ALTERNATIVES = (("train.max_steps", "train.epochs", "train.max_words"),)  # one budget: an override replaces the YAML's
 
     data: DataConfig = field(DataConfig(), "corpus location, cleaning, packing")
     tokenizer: TokenizerConfig = field(TokenizerConfig(), "tokenizer trained from scratch or loaded")

@@ -63,12 +63,15 @@ def milestone_name(words: int) -> str:
     return f"chck_{words}"
 
 
+DEFAULT_STEPS = 1000  # the budget of a config that names none
+
+
 def check_budget(t) -> None:
-    """Exactly one of train.max_steps, train.epochs, train.max_words; milestones that parse."""
+    """At most one of train.max_steps, train.epochs, train.max_words (none: DEFAULT_STEPS steps); milestones that parse."""
     chosen = [key for key, value in (("train.max_steps", t.max_steps), ("train.epochs", t.epochs), ("train.max_words", t.max_words))
               if value]
     if not chosen:
-        raise ConfigError("train.max_steps", "no budget: set one of train.max_steps, train.epochs or train.max_words")
+        t.max_steps = DEFAULT_STEPS
     if len(chosen) > 1:
         a, b = chosen[:2]
         raise ConfigError(b, f"{a} and {b} are both set; a run has one budget: set the other to 0 (or '' for train.max_words)")
@@ -98,8 +101,8 @@ class Budget:
 
 def plan(t, block_words, world: int) -> Budget:
     """The budget of `t` (TrainConfig) over training blocks holding `block_words` words each, trained
-    by `world` ranks. Refuses a budget below one optimizer step and an explicit milestone beyond the
-    budget; a preset's milestones beyond it are named in a note and left out."""
+    by `world` ranks. Refuses a budget below one optimizer step; milestones beyond the budget are
+    named in a note and left out."""
     global_batch = t.batch_size * t.grad_accum * world
     epoch_words = int(block_words.sum())
     step_words = epoch_words / math.ceil(len(block_words) / global_batch)  # an epoch's last step is smaller
@@ -122,13 +125,9 @@ def plan(t, block_words, world: int) -> Budget:
                                f"raise it, or lower train.batch_size or train.grad_accum")
     milestones = milestone_list(t.word_checkpoints)
     beyond = [m for m in milestones if m > budget.budget_words]
-    about = "about " if t.max_steps else ""
-    if beyond and not (len(t.word_checkpoints) == 1 and t.word_checkpoints[0] in PRESETS):
-        raise UserError(f"train.word_checkpoints: {milestone_name(beyond[0])[5:]} lies beyond this run's budget of "
-                                                   f"{about}{budget.budget_words:,.0f} words ({key}={given}); drop it or raise the budget")
-    if beyond:
-        print(f"note: train.word_checkpoints={t.word_checkpoints[0]}: {len(beyond)} milestone(s) from "
-              f"{milestone_name(beyond[0])[5:]} on lie beyond this run's budget of {about}{budget.budget_words:,.0f} words; not exported")
+    if beyond:  # a recipe's list outlives a shorter budget given on the command line: name what is left out, go on
+        print(f"note: train.word_checkpoints: {len(beyond)} milestone(s) from {milestone_name(beyond[0])[5:]} on lie beyond this "
+              f"run's budget of {'about ' if t.max_steps else ''}{budget.budget_words:,.0f} words ({key}={given}); not exported")
     budget.milestones = [m for m in milestones if m <= budget.budget_words]
     return budget
 
