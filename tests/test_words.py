@@ -247,3 +247,21 @@ def test_eval_curve_scores_every_milestone_once_and_plots_it(demo_root, cache_di
                       str(out / "demo" / "plain"), "no milestones", "train.word_checkpoints")
     assert_user_error(call(eval_main, "curve", str(tmp_path), "--tasks", "demo_pairs"), "not a run directory")
     assert_user_error(call(eval_main, "curve", str(run)), "give --suite or --tasks")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_word_counting_resumes_with_an_estimate(demo_root, cache_dir, tmp_path):
+    from conftest import start_and_kill
+    from train.rundir import write_manifest
+
+    args = demo_cli(demo_root, cache_dir, tmp_path, "train.max_steps=14")
+    run = tmp_path / "demo" / "teacher"
+    start_and_kill("train", args, run, 12)
+    ckpt = run / "checkpoints" / "checkpoint-10"
+    (ckpt / "words_seen.json").unlink()
+    write_manifest(ckpt)  # as a checkpoint written by an earlier version lists its files
+    proc = ok(run_cli("train", *args, "--resume"))
+    step_words = json.loads((run / "run.json").read_text())["words"]["step_words"]
+    assert f"note: {ckpt} predates word counting" in proc.stdout and f"= {round(10 * step_words):,}" in proc.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert round(10 * step_words) < [r for r in rows if r.get("step") == 11 and "loss" in r][0]["words_seen"] < round(12 * step_words)

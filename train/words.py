@@ -155,7 +155,16 @@ class WordsSeen(TrainerCallback):
         self.pending += words
 
     def restore(self, checkpoint: Path) -> None:
-        self.total = int(json.loads((checkpoint / WORDS_FILE).read_text())["words_seen"])
+        """The words seen up to `checkpoint`, as it recorded them; a checkpoint written before words were
+        counted gives its step times the average step's words, said in a note."""
+        record = checkpoint / WORDS_FILE
+        if record.is_file():
+            self.total = int(json.loads(record.read_text())["words_seen"])
+            return
+        step = int(checkpoint.name.rsplit("-", 1)[-1])
+        self.total = round(step * self.budget.step_words)
+        print(f"note: {checkpoint} predates word counting (no {WORDS_FILE}); words seen before it are estimated "
+              f"as {step} steps x {self.budget.step_words:,.0f} words = {self.total:,}")
 
     def on_step_end(self, args, state, control, **kwargs):
         self.total += self.pending
