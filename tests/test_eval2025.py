@@ -393,3 +393,22 @@ def test_finetune_bad_inputs(glue, tmp_path):
     bad(glue, "rtee", "unknown fine-tuning task 'rtee'", "did you mean 'rte'")
     bad(glue, "rte", "--lr", extra=("--lr", "0"))
     bad(glue, "rte", "--epochs", extra=("--epochs", "-1"))
+
+
+@pytest.mark.slow
+def test_curve_on_the_fast_suite_writes_the_submissions_fast_eval_results(extras, demo_args, tmp_path):
+    """A demo run's two milestones on the fast suite: `fast_eval_results` has one entry per milestone, in words order,
+    each what collate reads from that milestone's fast results; a PNG per task."""
+    from eval.collate import fast_eval_results
+
+    ok(run_cli("train", *demo_args, "train.max_steps=10", "train.word_checkpoints=1k,5k"))
+    run = tmp_path / "runs" / "demo" / "teacher"
+    ok(run_cli("eval", "curve", str(run), "--suite", "babylm2025-fast", "--data-dir", str(extras), "--no-progress"))
+    fast = json.loads((run / "eval" / "fast_eval_results.json").read_text())
+    assert sorted(fast) == ["blimp", "blimp_supplement", "entity_tracking", "ewok", "reading", "wug_adj", "wug_past"]
+    assert fast == fast_eval_results([run / "milestones" / "chck_1k", run / "milestones" / "chck_5k"])
+    assert all(len(v) == 2 for v in fast.values())
+    curve = json.loads((run / "eval" / "curve.json").read_text())["tasks"]
+    assert [p["milestone"] for p in curve["reading"]] == ["chck_1k", "chck_5k"] and curve["reading"][0]["metric"] == "delta_r2"
+    assert curve["wug_adj"][0]["metric"] == "spearman"
+    assert all((run / "eval" / "curves" / f"{task}.png").is_file() for task in curve)

@@ -148,8 +148,7 @@ def export(trainer, built: Built, tokenizer, folder: Path) -> None:
     """The trained model (or the recipe's export of it) and the tokenizer into `folder`: model/ at the
     end, milestones/chck_*/ on the way. Every rank calls it (a sharded model is gathered for saving)."""
     if built.export is None:
-        trainer.save_model(str(folder))
+        trainer.save_model(str(folder))  # with the tokenizer (the Trainer's processing_class)
     elif trainer.is_world_process_zero():
         built.export(folder)
-    if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(folder))

@@ -145,6 +145,7 @@ class WordsSeen(TrainerCallback):
         self.budget = budget
         self.total = 0
         self.pending = 0
+        self.upcoming = list(budget.milestones)  # not yet reached (in this attempt)
         self.export: Callable[[Path], None] | None = None  # (folder) -> the model and tokenizer written there; set by the session
 
     @property
@@ -169,8 +170,9 @@ class WordsSeen(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.total += self.pending
         self.pending = 0
-        for milestone in self.budget.milestones:  # reached now or before, not yet exported
-            if milestone <= self.total and not (self.folder / milestone_name(milestone)).exists():
+        while self.upcoming and self.upcoming[0] <= self.total:  # reached now (or before the checkpoint resumed from)
+            milestone = self.upcoming.pop(0)
+            if not (self.folder / milestone_name(milestone)).exists():
                 self._export(milestone, state)
         if self.finished:
             control.should_training_stop = True
