@@ -119,7 +119,8 @@ def main() -> None:
         cfg = cfglib.load(RunConfig, ROOT / "config" / "runs" / "demo-teacher.yaml", [
             f"data.train_dir={work}/demo/train", "data.dev_dir=", f"data.cache_dir={work}/cache", f"data.block_size={args.block}",
             f"model.arch={args.arch}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch}",
-            f"train.save_steps={args.steps + 1}", f"train.logging_steps={args.steps}", "train.early_stopping_patience=0"])
+            f"train.save_steps={args.steps + 1}", f"train.logging_steps={args.steps}", "train.early_stopping_patience=0",
+            "train.word_checkpoints=none"])  # steps, not exports (bench/milestone_overhead.py times those)
         prepared = prepare(cfg.data, cfg.tokenizer)
         tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
         train_ds = load_blocks(prepared.train_blocks, with_words=True)  # python -m train counts the words of every step
