@@ -74,7 +74,7 @@ def check_budget(t) -> None:
         t.max_steps = DEFAULT_STEPS
     if len(chosen) > 1:
         a, b = chosen[:2]
-        raise ConfigError(b, f"{a} and {b} are both set; a run has one budget: set the other to 0 (or '' for train.max_words)")
+        raise ConfigError(b, f"{a} and {b} are both set; a run has one budget: keep one (the other 0, or '' for train.max_words)")
     if t.max_words:
         parse_words(t.max_words, "train.max_words")
     milestone_list(t.word_checkpoints)
@@ -121,8 +121,8 @@ def plan(t, block_words, world: int) -> Budget:
         key, given = "train.max_words", t.max_words
     if budget.budget_words < step_words:
         raise UserError(f"{key}={given} is less than one optimizer step, which takes about {step_words:,.0f} words "
-                               f"({global_batch} blocks of {block_words.mean():,.1f} words on average, fewer at an epoch's end); "
-                               f"raise it, or lower train.batch_size or train.grad_accum")
+                        f"({global_batch} blocks of {block_words.mean():,.1f} words on average, fewer at an epoch's end); "
+                        f"raise it, or lower train.batch_size or train.grad_accum")
     milestones = milestone_list(t.word_checkpoints)
     beyond = [m for m in milestones if m > budget.budget_words]
     if beyond:  # a recipe's list outlives a shorter budget given on the command line: name what is left out, go on
