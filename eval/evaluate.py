@@ -15,7 +15,7 @@ import torch
 
 from common.errors import UserError
 from eval import encode, report
-from eval.model import Loaded, check_folder, load
+from eval.model import Loaded, check_folder, load, loading_bars
 from eval.scorer import Scorer
 from eval.tasks import Task, load_task, resolve_spec
 
@@ -200,7 +200,8 @@ def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tupl
         tasks.append(load_task(name, opts.data_dir, opts.ewok_password, override, fast=opts.fast))
     for task in tasks:
         convention_for(task, opts)  # a task that cannot be scored this way fails before the model is loaded
-    m = load(model_path, "causal" if opts.backend == "causal" else "mlm", opts.device, opts.dtype, opts.max_length)
+    with loading_bars(opts.progress):
+        m = load(model_path, "causal" if opts.backend == "causal" else "mlm", opts.device, opts.dtype, opts.max_length)
     m.backend = opts.backend
     print(f"model {model_path}: {opts.backend}, {sum(p.numel() for p in m.model.parameters()):,} parameters, "
           f"{m.max_length} positions, {m.device}; {m.prefix_note if m.backend != 'causal' else 'prefix token ' + m.prefix_note}")

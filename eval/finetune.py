@@ -180,9 +180,8 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     """Fine-tune on one task, keep the best epoch, write its validation predictions; the task's summary."""
     from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PrinterCallback, Trainer,
                               TrainerCallback, TrainingArguments, set_seed)
-    from transformers.utils import logging as hf_logging
 
-    from eval.model import check_folder, load_config, load_model_folder, pick_device
+    from eval.model import check_folder, load_config, load_model_folder, loading_bars, pick_device
 
     spec, train, valid = task
     folder = check_folder(model_path)
@@ -197,14 +196,8 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     set_seed(s.seed)
     # The whole saved LM, then its backbone: loading the backbone alone would report the LM head's weights as unused.
     auto = AutoModelForCausalLM if causal else AutoModelForMaskedLM
-    bars = hf_logging.is_progress_bar_enabled()
-    if not s.progress:
-        hf_logging.disable_progress_bar()  # the weight-loading bar
-    try:
+    with loading_bars(s.progress):
         backbone = load_model_folder(folder, auto, "the model", "save the model again with save_pretrained", config).base_model
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     model = Classifier(backbone, spec.num_labels, pool)
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or s.max_length
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):

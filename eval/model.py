@@ -7,6 +7,8 @@ soft-capping, scaling) fall back to the full forward, which gives the same numbe
 """
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,22 @@ def _max_length(model, tokenizer, override: int | None, path: str) -> int:
     if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
         limit = min(limit, tok_limit)
     return int(limit)
+
+
+@contextlib.contextmanager
+def loading_bars(show: bool):
+    """Transformers' weight-loading bar only where progress is shown: without it, evaluating many
+    models (every milestone of a grid) would print one bar per model."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not show:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def load_config(folder: Path, what: str, fix: str):
