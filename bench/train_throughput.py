@@ -19,7 +19,7 @@ import torch
 from transformers import AutoTokenizer, TrainerCallback, get_scheduler, set_seed
 
 from common import config as cfglib
-from tokenizer.prepare import load_blocks, prepare
+from tokenizer.prepare import block_words, load_blocks, prepare
 from train import models, words
 from train.config import RunConfig
 from train.rundir import RunDir
@@ -59,7 +59,7 @@ def project_side(cfg, tokenizer, train_ds, work: Path, warmup: int) -> float:
     run = RunDir(work / "project")
     with run.locked():  # as python -m train holds it: the run's LOCK, its checks and its bookkeeping are all timed
         run.create({}, "start")
-        budget = words.plan(cfg.train, train_ds.select_columns(["words"]).with_format("numpy")[:]["words"], 1)
+        budget = words.plan(cfg.train, block_words(train_ds), 1)
         trainer = build_trainer(cfg, run, training_arguments(cfg, run), model, objective, tokenizer, train_ds, None, budget)
         timer = StepTimer(warmup)
         trainer.add_callback(timer)

@@ -15,6 +15,7 @@ from pathlib import Path
 from common.errors import UserError
 from common.paths import write_atomic
 
+
 def milestones(run: Path, required: bool = True) -> list[tuple[int, Path]]:
     """(words seen, folder) of every whole milestone of `run`, in order of words; none is an error if `required`."""
     found = []

@@ -8,7 +8,6 @@ soft-capping, scaling) fall back to the full forward, which gives the same numbe
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass
 from pathlib import Path
 

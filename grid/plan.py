@@ -66,10 +66,12 @@ class Point:
 
     def evaluated(self) -> bool:
         models = self.model_dirs()
-        if not (bool(models) and all((self.eval_dir(m) / f"{t}.json").is_file() for m in models for t in self.tasks + self.finetune)):
+        if not models or not all((self.eval_dir(m) / f"{t}.json").is_file() for m in models for t in self.tasks + self.finetune):
             return False
-        curve = Path(self.run) / "eval" / "curve.json"
-        return not self.tasks_per_milestone or (curve.is_file() and set(self.tasks_per_milestone) <= set(json.loads(curve.read_text())["tasks"]))
+        if not self.tasks_per_milestone:
+            return True
+        curve = Path(self.run) / "eval" / "curve.json"  # the learning curve, when the grid asks for one
+        return curve.is_file() and set(self.tasks_per_milestone) <= set(json.loads(curve.read_text())["tasks"])
 
     def state(self) -> str:
         run = Path(self.run)

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, assert_user_error, call, ok, run_cli, shared, slice_corpus
 from tokenizer.config import DataConfig, TokenizerConfig
 from tokenizer.corpus import CLEANERS
-from tokenizer.prepare import load_blocks, prepare
+from tokenizer.prepare import block_words, load_blocks, prepare
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_every_block_holds_the_words_of_its_text(babylm, tmp_path):
     flat = np.concatenate([np.asarray(t) for t in per_token])
     n_blocks = len(flat) // 64
     expected = flat[: n_blocks * 64].reshape(n_blocks, 64).sum(1)
-    blocks = load_blocks(prepared.train_blocks, with_words=True).select_columns(["words"]).with_format("numpy")[:]["words"]
+    blocks = block_words(load_blocks(prepared.train_blocks, with_words=True))
     assert np.array_equal(blocks, expected)
     stats = json.loads((prepared.train_blocks / "stats.json").read_text())
     assert stats["words"] == expected.sum() and stats["kept_words"] == flat.sum() and stats["corpus_words"] == corpus_words

@@ -180,6 +180,11 @@ def _prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
     return Prepared(tokenizer_dir, train_blocks, dev_blocks, train_key)
 
 
+def block_words(blocks) -> np.ndarray:
+    """The `words` of every block of a Dataset from `load_blocks(..., with_words=True)`, as one array."""
+    return blocks.select_columns(["words"]).with_format("numpy")[:]["words"]
+
+
 def load_blocks(path: Path, fraction: float = 1.0, seed: int = 0, with_index: bool = False, with_words: bool = False):
     """The packed blocks at `path` as a torch-formatted Dataset; a seeded subset when fraction < 1.
     `with_index` adds `block_index`, each block's row in the full packed set; `with_words` keeps

@@ -67,9 +67,8 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
 
     from common.errors import EXIT_INTERRUPTED, writing
     from tokenizer.bpe import load_pretrained
-    from tokenizer.prepare import load_blocks, prepare
-    from train import models
-    from train import words
+    from tokenizer.prepare import block_words, load_blocks, prepare
+    from train import models, words
     from train.rundir import state_groups
     from train.trainer import BabyTrainer, MetricsLog, NonFiniteLoss, Preemption, build_trainer, leave, training_arguments
 
@@ -83,7 +82,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
     built = recipe(cfg, tokenizer, prepared, targs.device)
     train_ds = load_blocks(prepared.train_blocks, cfg.data.train_fraction, cfg.data.seed, with_index=built.block_index, with_words=True)
     dev_ds = load_blocks(prepared.dev_blocks) if prepared.dev_blocks else None
-    budget = words.plan(cfg.train, train_ds.select_columns(["words"]).with_format("numpy")[:]["words"], targs.world_size)
+    budget = words.plan(cfg.train, block_words(train_ds), targs.world_size)
     targs.max_steps, targs.num_train_epochs = budget.max_steps, budget.epochs or targs.num_train_epochs
     print(f"{built.banner}; {len(train_ds)} train blocks of {cfg.data.block_size} tokens ({budget.epoch_words:,} words)"
           + (f", {len(dev_ds)} dev blocks" if dev_ds else ""))
@@ -95,7 +94,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
         print(f"resuming from {checkpoint}" if checkpoint else f"{run_dir.path}: no usable checkpoint; starting from step 0")
     trainer = build_trainer(cfg, run_dir, targs, built.trained, built.objective, tokenizer, train_ds, dev_ds, budget,
                             trainer_cls=built.trainer_cls or BabyTrainer, **built.trainer_kwargs)
-    words_seen = next(c for c in trainer.callback_handler.callbacks if isinstance(c, words.WordsSeen))
+    words_seen = trainer.words_seen
     words_seen.export = lambda folder: export(trainer, built, tokenizer, folder)
     if checkpoint:
         words_seen.restore(checkpoint)

@@ -45,17 +45,15 @@ class BabyTrainer(Trainer):
     every optimizer step (each block's `words`, summed over micro-batches and ranks)."""
 
     schedule_steps: int | None = None  # the learning-rate schedule's length, when the budget is in words
+    words_seen: WordsSeen | None = None  # the counter (build_trainer sets it)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         words = sum(int(b.pop("words").sum()) for b in batches if "words" in b)  # the model takes no `words`
-        counter = next((c for c in self.callback_handler.callbacks if isinstance(c, WordsSeen)), None)
-        if counter is not None:
+        if self.words_seen is not None:
             if _collective(self.args):
-                total = torch.tensor([words], dtype=torch.int64, device=self.args.device if self.args.device.type == "cuda" else "cpu")
-                torch.distributed.all_reduce(total)
-                words = int(total.item())
-            counter.add(words)
+                words = int(_all_reduce(torch.tensor([words], dtype=torch.int64), self.args).item())
+            self.words_seen.add(words)
         return batches, num_items
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -80,6 +78,13 @@ class BabyTrainer(Trainer):
 def _collective(args) -> bool:
     """Several ranks in an initialised process group: callbacks must then act together."""
     return args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce(value: torch.Tensor, args, op=None) -> torch.Tensor:
+    """`value` reduced over every rank (SUM unless `op`), on the device the process group uses."""
+    value = value.to(args.device if args.device.type == "cuda" else "cpu")
+    torch.distributed.all_reduce(value, op=op or torch.distributed.ReduceOp.SUM)
+    return value
 
 
 def leave(trainer, code: int) -> int:
@@ -139,9 +144,7 @@ class Preemption(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         stop = self.requested
         if _collective(args):
-            flag = torch.tensor([float(stop)], device=args.device if args.device.type == "cuda" else "cpu")
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            stop = bool(flag.item())
+            stop = bool(_all_reduce(torch.tensor([float(stop)]), args, torch.distributed.ReduceOp.MAX).item())
         if stop:
             control.should_save = True
             control.should_training_stop = True
@@ -327,5 +330,5 @@ def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: s
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,
                           data_collator=make_collator(objective, tokenizer, cfg.data.mlm_probability),
                           processing_class=tokenizer, callbacks=callbacks, **extra)
-    trainer.schedule_steps = budget.schedule_steps
+    trainer.schedule_steps, trainer.words_seen = budget.schedule_steps, words
     return trainer
