@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,53 +27,19 @@ class StudentConfig(ModelConfig):
 @dataclass
 class TeacherConfig:
     path: str = field("", "a local Hugging Face folder (a teacher run's model/), causal LM, with the student's tokenizer")
-    weight: float = field(1.0, "this teacher's weight when logit_kd.ensemble is per_teacher", ge=0)
+    weight: float = field(1.0, "this teacher's weight where a term's ensemble is per_teacher (logit_kd, aux_kd)", ge=0)
     layer_map: dict[int, int] | str = field("uniform", "hidden_mse: {teacher block: student block, ...} (0-based), or 'uniform' to spread the student's blocks over the teacher's")
 
 
-@dataclass
-class CETerm:
-    weight: float = field(0.0, "weight of the hard-label cross-entropy; 0 = off", ge=0)
+def _active_terms(self) -> dict[str, object]:
+    """The terms with a positive weight, in registry order."""
+    return {key: getattr(self, key) for key in REGISTRY if getattr(self, key).weight > 0}
 
 
-@dataclass
-class LogitKDTerm:
-    weight: float = field(0.0, "weight of T²·KL(teacher ‖ student); 0 = off", ge=0)
-    temperature: float = field(2.0, "softmax temperature T of teachers and student", gt=0)
-    ensemble: Literal["mean_logits", "mean_probs", "per_teacher"] = field(
-        "mean_logits", "how teachers combine: mean of logits (BabyLlama), mean of probabilities, or one KL per teacher with its weight")
-
-
-@dataclass
-class HiddenMSETerm:
-    weight: float = field(0.0, "weight of the deeply supervised hidden-state MSE (student blocks projected to teacher width); 0 = off", ge=0)
-
-
-@dataclass
-class ContrastiveTerm:
-    weight: float = field(0.0, "weight of InfoNCE between projected student and teacher last hidden states; 0 = off", ge=0)
-    tau: float = field(0.1, "temperature τ of the cosine similarities", gt=0)
-    max_negatives: int = field(255, "negatives per token at most (tokens are grouped so memory stays flat)", ge=1)
-
-
-@dataclass
-class AuxKDTerm:
-    weight: float = field(0.0, "γ: weight of the auxiliary classifiers' adaptively weighted KL; 0 = off", ge=0)
-    layers: list[int] = field([], "student blocks (0-based) that get an auxiliary classifier; empty = the first half, every other block", ge=0)
-    temperature: float = field(2.0, "softmax temperature of the auxiliary KL", gt=0)
-
-
-@dataclass
-class LossesConfig:
-    ce: CETerm = field(CETerm(), "hard-label cross-entropy")
-    logit_kd: LogitKDTerm = field(LogitKDTerm(), "logit distillation (Hinton et al. 2015)")
-    hidden_mse: HiddenMSETerm = field(HiddenMSETerm(), "deeply supervised hidden-state KD (DSKD, arXiv 2202.07846)")
-    contrastive: ContrastiveTerm = field(ContrastiveTerm(), "contrastive (InfoNCE) KD")
-    aux_kd: AuxKDTerm = field(AuxKDTerm(), "auxiliary-classifier KD with adaptive layer weights")
-
-    def active(self) -> dict[str, object]:
-        """The terms with a positive weight, in registry order."""
-        return {key: getattr(self, key) for key in REGISTRY if getattr(self, key).weight > 0}
+LossesConfig = dataclasses.make_dataclass(
+    "LossesConfig", [(key, term.Params, field(term.Params(), term.title)) for key, term in REGISTRY.items()],
+    namespace={"active": _active_terms, "__doc__": "One section per registered loss term (distill.losses.REGISTRY); weight 0 = off.",
+               "__module__": __name__})
 
 
 @dataclass
@@ -105,7 +72,7 @@ class DistillRunConfig(RunSections):
         active = d.losses.active()
         if not active:
             raise ConfigError("distill.losses", "no term has a positive weight; set e.g. distill.losses.ce.weight=0.5 distill.losses.logit_kd.weight=0.5")
-        needs_teacher = [k for k in active if k != "ce"]
+        needs_teacher = [k for k in active if REGISTRY[k].needs.teacher]
         if needs_teacher and not d.teachers:
             raise ConfigError("distill.teachers", f"is empty but {', '.join(needs_teacher)} need a teacher; add - path: runs/<exp>/<teacher>/model")
         for i, t in enumerate(d.teachers):
@@ -116,11 +83,12 @@ class DistillRunConfig(RunSections):
                                                                   f"(python -m train config/runs/<teacher>.yaml) or fix the path")
             if isinstance(t.layer_map, str) and t.layer_map != "uniform":
                 raise ConfigError(f"distill.teachers[{i}].layer_map", f"is {t.layer_map!r}; give a mapping {{teacher block: student block}} or 'uniform'")
-        if "logit_kd" in active and d.losses.logit_kd.ensemble == "per_teacher" and d.teachers and not any(t.weight > 0 for t in d.teachers):
-            raise ConfigError("distill.teachers", "every teacher's weight is 0, so logit_kd (ensemble per_teacher) would distil nothing; "
-                              "give the teachers positive weights")
+        for key, params in active.items():
+            REGISTRY[key].check(params, self)
         if d.cache_top_k > self.student.vocab_size:
             raise ConfigError("distill.cache_top_k", f"is {d.cache_top_k}, more than the vocabulary ({self.student.vocab_size} tokens); "
                               f"keep at most that many")
-        if d.teacher_cache and ({"hidden_mse", "contrastive", "aux_kd"} & set(active)):
-            raise ConfigError("distill.teacher_cache", "holds only the teachers' top-k log-probabilities; hidden_mse, contrastive and aux_kd need the teachers run online")
+        online = [k for k in needs_teacher if not REGISTRY[k].needs.cache]
+        if d.teacher_cache and online:
+            raise ConfigError("distill.teacher_cache", f"holds only the teachers' top-k log-probabilities; {' and '.join(online)} "
+                              f"need the teachers run online (drop distill.teacher_cache or set their weights to 0)")

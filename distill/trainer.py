@@ -98,9 +98,9 @@ class DistillTrainer(WrapperTrainer):
             extra["cached_targets"] = tuple(x.to(device) for x in self.cache.lookup(block_index))
         elif training:
             self._move_teachers(inputs["input_ids"].device)
-            if wrapper.needs_teacher_logits or wrapper.needs_teacher_hidden:
+            if wrapper.needs.teacher_logits or wrapper.needs.teacher_hidden:
                 extra["teacher_outputs"] = run_teachers(self.teachers, inputs["input_ids"], inputs.get("attention_mask"),
-                                                        hidden=wrapper.needs_teacher_hidden)
+                                                        hidden=wrapper.needs.teacher_hidden)
             else:
                 extra["teacher_outputs"] = []
         outputs = model(**inputs, **extra, n_tokens=n_tokens)

@@ -219,7 +219,7 @@ def test_aux_layers_out_of_range_is_a_clear_error():
 
     with pytest.raises(UserError, match=r"distill.losses.aux_kd.layers: student block 4 is out of range: the student has 4 blocks"):
         DistillationWrapper(tiny("llama", 16, 4), [], all_terms_config(layers=[0, 4]))
-    assert DistillationWrapper(tiny("llama", 16, 4), [], all_terms_config()).aux_layers == [0]  # default: the first half, every other block
+    assert DistillationWrapper(tiny("llama", 16, 4), [], all_terms_config()).term("aux_kd").layers == [0]  # default: the first half, every other block
 
 
 @pytest.mark.parametrize("causal", [True, False])
