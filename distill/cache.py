@@ -9,7 +9,7 @@ Layout of a cache folder (written into a temporary sibling, renamed when complet
     shard-00000.ids.npy   [S, T, k]    uint16 token ids (int32 when the vocabulary needs it)
     shard-00000.rest.npy  [S, T]       float16 probability mass outside the top k
 The fingerprint covers the teachers' files, the tokenizer, the packed data, the block size,
-the temperature, the ensemble and k: training with a cache whose fingerprint differs from
+the temperature and ensemble of the KD terms it serves (they must agree) and k: training with a cache whose fingerprint differs from
 the run's config is an error that names what changed, never a silent reuse.
 """
 from __future__ import annotations
@@ -42,23 +42,44 @@ def hash_files(folder: Path, patterns: tuple[str, ...]) -> str:
     return h.hexdigest()[:16]
 
 
+def cached_distribution(cfg) -> tuple[float, str]:
+    """(temperature, ensemble) of the one teacher distribution a cache holds: that of the active logit
+    terms it serves (they must agree), or logit_kd's settings when none is active."""
+    from common.config import ConfigError
+    from distill.losses import REGISTRY
+
+    losses = cfg.distill.losses
+    served = [k for k in losses.active() if REGISTRY[k].needs.cache and REGISTRY[k].needs.teacher_logits] or ["logit_kd"]
+    settings = {k: (getattr(losses, k).temperature, getattr(losses, k).ensemble) for k in served}
+    if len(set(settings.values())) > 1:
+        listed = ", ".join(f"{k} (T={t:g}, {e})" for k, (t, e) in settings.items())
+        raise ConfigError("distill.teacher_cache", f"holds one teacher distribution, but {listed} read different ones; "
+                                                   f"give them the same temperature and ensemble, or run the teachers online")
+    temperature, ensemble = settings[served[0]]
+    if ensemble == "per_teacher":
+        raise ConfigError(f"distill.losses.{served[0]}.ensemble", "is per_teacher, but the cache holds one ensemble distribution; "
+                                                                  "use mean_logits or mean_probs, or train with the teachers online")
+    return temperature, ensemble
+
+
 def fingerprint(cfg, tokenizer_dir: Path, data_key: str) -> dict:
-    kd = cfg.distill.losses.logit_kd
+    temperature, ensemble = cached_distribution(cfg)
     return {
         "version": VERSION,
         "teachers": [hash_files(Path(t.path), ("config.json", "*.safetensors", "*.bin")) for t in cfg.distill.teachers],
         "tokenizer": hash_files(Path(tokenizer_dir), ("tokenizer.json",)),
         "data": data_key,
         "block_size": cfg.data.block_size,
-        "temperature": kd.temperature,
-        "ensemble": kd.ensemble,
+        "temperature": temperature,
+        "ensemble": ensemble,
         "top_k": cfg.distill.cache_top_k,
     }
 
 
 EXPLAIN = {"teachers": "the teachers' weights or configs", "tokenizer": "the tokenizer", "data": "the packed training data",
-           "block_size": "data.block_size", "temperature": "distill.losses.logit_kd.temperature",
-           "ensemble": "distill.losses.logit_kd.ensemble", "top_k": "distill.cache_top_k", "version": "the cache format"}
+           "block_size": "data.block_size", "temperature": "the KD terms' temperature (distill.losses.<term>.temperature)",
+           "ensemble": "the KD terms' ensemble (distill.losses.<term>.ensemble)", "top_k": "distill.cache_top_k",
+           "version": "the cache format"}
 
 
 class TeacherCache:
@@ -107,7 +128,7 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
     from distill.losses import teacher_logprobs
     from distill.teachers import run_teachers
 
-    kd, k = cfg.distill.losses.logit_kd, cfg.distill.cache_top_k
+    k = cfg.distill.cache_top_k
     vocab = teachers[0].model.config.vocab_size
     id_dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
     n, T = len(blocks), cfg.data.block_size
@@ -126,7 +147,7 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
             stop = min(hi, start + batch_size)
             ids = blocks[start:stop]["input_ids"].to(device)
             logits = [lo_ for lo_, _ in run_teachers(teachers, ids, None, hidden=False)]
-            (_, logp), = teacher_logprobs(logits, kd.temperature, kd.ensemble)
+            (_, logp), = teacher_logprobs(logits, fp["temperature"], fp["ensemble"])
             top, top_ids = logp.topk(k, dim=-1)
             rest = (1.0 - top.exp().sum(-1)).clamp_min(0.0)
             arrays["logp"][start - lo:stop - lo] = top.cpu().numpy().astype(np.float16)
@@ -181,7 +202,7 @@ def main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="python -m distill cache-teachers",
                                 description="Run the teachers once over the packed training blocks and store their top-k log-probabilities.")
-    p.add_argument("config", help="the distillation run YAML whose teachers, data and logit_kd settings are cached")
+    p.add_argument("config", help="the distillation run YAML whose teachers, data and KD terms' temperature and ensemble are cached")
     p.add_argument("overrides", nargs="*", help="dotted overrides, as for python -m distill")
     p.add_argument("--out", help="cache folder (default: distill.teacher_cache, else runs/cache/<output.name>)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache whose fingerprint differs")
@@ -190,9 +211,7 @@ def main(argv: list[str]) -> int:
     cfg = cfglib.load(DistillRunConfig, args.config, [o for o in args.overrides if not o.startswith("distill.teacher_cache=")])
     if not cfg.distill.teachers:
         raise UserError(f"{args.config}: distill.teachers is empty; there is nothing to cache")
-    if cfg.distill.losses.logit_kd.ensemble == "per_teacher":
-        raise UserError("distill.losses.logit_kd.ensemble=per_teacher: the cache holds one ensemble distribution; "
-                        "use mean_logits or mean_probs, or train with the teachers online")
+    temperature, ensemble = cached_distribution(cfg)
     out = Path(args.out) if args.out else default_folder(cfg)
     check_target(out)
     device = pick_device(args.device)
@@ -211,8 +230,7 @@ def main(argv: list[str]) -> int:
             raise UserError(f"{out}: holds a cache of different inputs ({EXPLAIN.get(changed, changed)} differ); "
                             f"pass --overwrite to replace it or --out another folder")
     blocks = load_blocks(prepared.train_blocks)
-    print(f"caching top-{cfg.distill.cache_top_k} of {len(teachers)} teacher(s) at T={cfg.distill.losses.logit_kd.temperature:g} "
-          f"({cfg.distill.losses.logit_kd.ensemble}) over {len(blocks)} blocks of {cfg.data.block_size} tokens "
+    print(f"caching top-{cfg.distill.cache_top_k} of {len(teachers)} teacher(s) at T={temperature:g} ({ensemble}) over {len(blocks)} blocks of {cfg.data.block_size} tokens "
           f"(vocabulary {len(tokenizer)}) into {out}")
     write_cache(out, teachers, blocks, cfg, fp, cfg.train.batch_size, device)
     print(f"{out}: done")

@@ -92,3 +92,7 @@ class DistillRunConfig(RunSections):
         if d.teacher_cache and online:
             raise ConfigError("distill.teacher_cache", f"holds only the teachers' top-k log-probabilities; {' and '.join(online)} "
                               f"need the teachers run online (drop distill.teacher_cache or set their weights to 0)")
+        if d.teacher_cache:
+            from distill.cache import cached_distribution
+
+            cached_distribution(self)  # the cached terms agree on one teacher distribution

@@ -136,6 +136,17 @@ def stop_at_budget(module: str, args: list[str], run: Path, last: int, window: s
     return proc
 
 
+def tiny_llama(hidden: int, layers: int, vocab: int = 48, seed: int = 0):
+    """A randomly initialised Llama causal LM small enough for unit tests (seeded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model("llama", vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                               intermediate_size=2 * hidden, max_position_embeddings=32)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     from tokenizer import demo

@@ -17,7 +17,8 @@ from conftest import (ROOT, assert_bitwise_equal, assert_user_error, call, ok, r
 pytestmark = pytest.mark.slow
 
 STUDENT_RECIPES = ["demo-kd", "demo-distilledgpt", "demo-palenkallama", "demo-contrastive", "demo-dskd-aux",
-                   "demo-dskd-aux-single", "demo-warmstart"]
+                   "demo-dskd-aux-single", "demo-warmstart", "demo-reverse-kl", "demo-jsd", "demo-tvd", "demo-skew-kl",
+                   "demo-skew-reverse-kl"]
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +176,13 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     assert "teacher targets from the cache" in proc.stdout and "teacher (cached)" in proc.stdout  # checked, never loaded
     rows = [r for r in metrics(tmp_path / "runs" / "demo" / "kd") if "loss" in r]
     assert rows[-1]["loss"] < rows[0]["loss"] and "loss/logit_kd" in rows[0]
+    # another logit term at the cache's temperature and ensemble reads the same cache; at another temperature it is stale
+    rkl = ["distill.cache_top_k=16", f"distill.teacher_cache={cache}", "distill.losses.logit_kd.weight=0",
+           "distill.losses.reverse_kl.weight=0.5", "output.name=cached-rkl"]
+    ok(run_cli("distill", str(recipe), *base, *rkl, "distill.losses.reverse_kl.temperature=2"))
+    rows = [r for r in metrics(tmp_path / "runs" / "demo" / "cached-rkl") if "loss" in r]
+    assert rows[-1]["loss"] < rows[0]["loss"] and "loss/reverse_kl" in rows[0] and "loss/logit_kd" not in rows[0]
+    assert_user_error(run_cli("distill", str(recipe), *base, *rkl, "output.name=stale"), "stale cache", "temperature")
 
     # a different k, temperature or teacher set is a stale cache: an error, never a silent reuse
     for change, needle in (("distill.cache_top_k=32", "distill.cache_top_k"),

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_llama
 from distill import losses as L
 from distill.losses import REGISTRY
 
@@ -79,15 +80,6 @@ def test_each_ensemble_term_refuses_per_teacher_with_every_weight_zero(tmp_path,
     with pytest.raises(UserError, match=rf"every teacher's weight is 0, so {key} \(ensemble per_teacher\)"):
         load(DistillRunConfig, recipe(tmp_path, {key: {"weight": 0.5, "ensemble": "per_teacher"}}, weight=0.0))
     load(DistillRunConfig, recipe(tmp_path, {key: {"weight": 0.5, "ensemble": "per_teacher"}}, weight=0.5))
-
-
-def tiny_llama(hidden: int, layers: int, vocab: int = 48, seed: int = 0):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.for_model("llama", vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                               intermediate_size=2 * hidden, max_position_embeddings=32)
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(cfg)
 
 
 def test_aux_kd_honours_the_per_teacher_weights_and_its_own_ensemble():
