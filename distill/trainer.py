@@ -10,11 +10,13 @@ cross-entropy, never the weighted training loss, so the best checkpoint is chose
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import safetensors.torch
 import torch
 
+from distill.attention import capture_qkv
 from distill.teachers import run_teachers
 from train.trainer import BabyTrainer
 
@@ -98,11 +100,14 @@ class DistillTrainer(WrapperTrainer):
             extra["cached_targets"] = tuple(x.to(device) for x in self.cache.lookup(block_index))
         elif training:
             self._move_teachers(inputs["input_ids"].device)
-            if wrapper.needs.teacher_logits or wrapper.needs.teacher_hidden:
-                extra["teacher_outputs"] = run_teachers(self.teachers, inputs["input_ids"], inputs.get("attention_mask"),
-                                                        hidden=wrapper.needs.teacher_hidden)
-            else:
-                extra["teacher_outputs"] = []
+            needs = wrapper.needs
+            with contextlib.ExitStack() as stack:  # hooks on the teachers' blocks whose queries, keys and values are read
+                qkv = [stack.enter_context(capture_qkv(t.model, blocks)) for t, blocks in zip(self.teachers, wrapper.teacher_qkv)]
+                extra["teacher_outputs"] = (run_teachers(self.teachers, inputs["input_ids"], inputs.get("attention_mask"),
+                                                         hidden=needs.teacher_hidden)
+                                            if needs.teacher_logits or needs.teacher_hidden or needs.qkv else [])
+            if needs.qkv:
+                extra["teacher_qkv"] = qkv
         outputs = model(**inputs, **extra, n_tokens=n_tokens)
         loss = self.finish_loss(outputs, scale, num_items_in_batch, training)
         return (loss, outputs) if return_outputs else loss

@@ -54,7 +54,7 @@ class DistillationWrapper(nn.Module):
         self.student = student
         self.config = student.config
         setup = Setup(hidden_size=student.config.hidden_size, num_layers=num_layers(student.config),
-                      vocab_size=student.config.vocab_size, teachers=teachers)
+                      vocab_size=student.config.vocab_size, teachers=teachers, student=student)
         self.terms: list[LossTerm] = [REGISTRY[key](params, setup) for key, params in loss_cfg.active().items()]
         for term in self.terms:  # each term's parts under its group: checkpoints name them <group>.<name>
             if not hasattr(self, term.group):
@@ -66,6 +66,9 @@ class DistillationWrapper(nn.Module):
                 group[name] = module
         self.teacher_weights = tuple(t.weight for t in teachers)
         self.needs = Needs.union(t.needs for t in self.terms)
+        layers = [t.qkv_layers() for t in self.terms]
+        self.student_qkv = sorted({b for s, _ in layers for b in s})  # blocks whose queries, keys and values are read
+        self.teacher_qkv = [sorted({b for _, per in layers for b in (per[k] if per else [])}) for k in range(len(teachers))]
         self._keys_to_ignore_on_save = tied_duplicates(self)
 
     def term(self, key: str) -> LossTerm:
@@ -77,12 +80,17 @@ class DistillationWrapper(nn.Module):
     def formula(self, teachers: list[Teacher]) -> str:
         return " + ".join(t.describe(teachers) for t in self.terms)
 
-    def forward(self, input_ids, attention_mask=None, labels=None, teacher_outputs=None, cached_targets=None, n_tokens=None):
+    def forward(self, input_ids, attention_mask=None, labels=None, teacher_outputs=None, cached_targets=None, n_tokens=None,
+                teacher_qkv=None):
         """Without `teacher_outputs`/`cached_targets` (evaluation): the student's cross-entropy per
-        valid token. With them: the composite loss. Returns {"loss", "terms", "logits"}."""
+        valid token. With them: the composite loss. Returns {"loss", "terms", "logits"}.
+        `teacher_qkv`: per teacher, the captured queries, keys and values (distill.attention.capture_qkv)."""
+        from distill.attention import capture_qkv
+
         training = teacher_outputs is not None or cached_targets is not None
-        out = self.student(input_ids=input_ids, attention_mask=attention_mask,
-                           output_hidden_states=training and self.needs.student_hidden)
+        with capture_qkv(self.student, self.student_qkv if training else []) as student_qkv:
+            out = self.student(input_ids=input_ids, attention_mask=attention_mask,
+                               output_hidden_states=training and self.needs.student_hidden)
         if labels is None:
             return {"logits": out.logits}
         rows, targets = scored_positions(labels)
@@ -95,7 +103,8 @@ class DistillationWrapper(nn.Module):
                       student_hidden=out.hidden_states if self.needs.student_hidden else None,
                       teacher_logits=[rows(lo) for lo, _ in teacher_outputs] if online and self.needs.teacher_logits else None,
                       teacher_hidden=[hidden for _, hidden in teacher_outputs] if online and self.needs.teacher_hidden else None,
-                      cached=tuple(rows(x) for x in cached_targets) if cached_targets is not None else None)
+                      cached=tuple(rows(x) for x in cached_targets) if cached_targets is not None else None,
+                      attention_mask=attention_mask, student_qkv=student_qkv if self.needs.qkv else None, teacher_qkv=teacher_qkv)
         terms = {t.key: t(batch, getattr(self, t.group, None)) for t in self.terms}
         loss = sum(t.weight * terms[t.key] for t in self.terms)
         return {"loss": loss, "terms": {k: v.detach() for k, v in terms.items()}, "logits": out.logits}

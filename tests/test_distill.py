@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 STUDENT_RECIPES = ["demo-kd", "demo-distilledgpt", "demo-palenkallama", "demo-contrastive", "demo-dskd-aux",
                    "demo-dskd-aux-single", "demo-warmstart", "demo-reverse-kl", "demo-jsd", "demo-tvd", "demo-skew-kl",
-                   "demo-skew-reverse-kl"]
+                   "demo-skew-reverse-kl", "demo-attention-relation"]
 
 
 @pytest.fixture(scope="module")

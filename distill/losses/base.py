@@ -24,6 +24,7 @@ class Needs:
     teacher_logits: bool = False   # the teachers' logits (online), or the cache's top-k
     teacher_hidden: bool = False   # the teachers' hidden states (online only)
     student_hidden: bool = False   # the student's hidden states
+    qkv: bool = False              # queries, keys and values of chosen blocks, student's and teachers' (`qkv_layers`)
     cache: bool = False            # the teacher cache (top-k log-probabilities) can serve it
 
     @staticmethod
@@ -31,7 +32,8 @@ class Needs:
         """What a set of terms reads together (`teacher` and `cache` stay per term)."""
         items = list(items)
         return Needs(teacher=any(n.teacher for n in items), teacher_logits=any(n.teacher_logits for n in items),
-                     teacher_hidden=any(n.teacher_hidden for n in items), student_hidden=any(n.student_hidden for n in items))
+                     teacher_hidden=any(n.teacher_hidden for n in items), student_hidden=any(n.student_hidden for n in items),
+                     qkv=any(n.qkv for n in items))
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Setup:
     num_layers: int
     vocab_size: int
     teachers: list
+    student: nn.Module | None = None
 
 
 @dataclass
@@ -58,6 +61,9 @@ class Batch:
     teacher_hidden: list | None = None            # one tuple of [B, T, H_k] per teacher, when needed
     cached: tuple | None = None                   # (top_logp [N, k], top_ids [N, k], rest [N]) from the teacher cache
     teacher_weights: tuple = ()                   # distill.teachers[k].weight
+    attention_mask: torch.Tensor | None = None    # [B, T] 1 = a real token (None: every token is)
+    student_qkv: dict | None = None               # block -> {"q", "k", "v": [B, T, W]}, when needed
+    teacher_qkv: list | None = None               # one such dict per teacher, when needed
 
 
 class LossTerm:
@@ -86,6 +92,10 @@ class LossTerm:
     @classmethod
     def check(cls, params, cfg) -> None:
         """Checks that need more than one value's range (raise common.config.ConfigError); run before anything is written."""
+
+    def qkv_layers(self) -> tuple[list[int], list[list[int]]]:
+        """(student blocks, per teacher its blocks) whose queries, keys and values the term reads (needs.qkv)."""
+        return [], []
 
     def parts(self) -> dict[str, nn.Module]:
         """The trainable modules this term owns, by name (registered on the wrapper under `group`)."""
