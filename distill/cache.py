@@ -158,8 +158,10 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
             a.flush()
         del arrays
     bar.close()
+    shard_bytes = sum(p.stat().st_size for p in tmp.glob("shard-*.npy"))
     manifest = {"fingerprint": fp, "n_blocks": n, "shard_blocks": SHARD_BLOCKS, "n_shards": n_shards,
-                "teachers": [t.path for t in cfg.distill.teachers], "vocab_size": vocab}
+                "teachers": [t.path for t in cfg.distill.teachers], "vocab_size": vocab,
+                "bytes_per_token": round(shard_bytes / max(1, n * T), 2)}  # the shards' files, headers included
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     (tmp / PARTIAL).unlink()
     if out.is_dir() and not any(out.iterdir()):
@@ -233,5 +235,7 @@ def main(argv: list[str]) -> int:
     print(f"caching top-{cfg.distill.cache_top_k} of {len(teachers)} teacher(s) at T={temperature:g} ({ensemble}) over {len(blocks)} blocks of {cfg.data.block_size} tokens "
           f"(vocabulary {len(tokenizer)}) into {out}")
     write_cache(out, teachers, blocks, cfg, fp, cfg.train.batch_size, device)
-    print(f"{out}: done")
+    info = read_manifest(out / MANIFEST, "write the cache again with --overwrite")
+    print(f"{out}: done; {info['bytes_per_token']:g} bytes per token (k={cfg.distill.cache_top_k}: float16 log-probabilities, "
+          f"{'uint16' if info['vocab_size'] <= 65536 else 'int32'} ids, float16 rest)")
     return 0

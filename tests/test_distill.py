@@ -170,6 +170,8 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     assert "caching top-16 of 2 teacher(s)" in proc.stdout and (cache / "cache.json").exists()
     info = json.loads((cache / "cache.json").read_text())
     assert info["fingerprint"]["top_k"] == 16 and info["n_blocks"] > 0
+    # 16 float16 log-probabilities, 16 uint16 ids and a float16 rest per token, plus the .npy headers
+    assert 4 * 16 + 2 <= info["bytes_per_token"] < 4 * 16 + 2 + 1 and f"{info['bytes_per_token']:g} bytes per token (k=16" in proc.stdout
     assert "nothing to do" in ok(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache))).stdout
 
     proc = ok(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}"))
