@@ -44,7 +44,7 @@ def tied_duplicates(module: nn.Module) -> list[str] | None:
 
 
 class DistillationWrapper(nn.Module):
-    """student + projections + auxiliary heads; forward returns the composite loss and its terms."""
+    """The student and the active terms' trainable parts; forward returns the composite loss and its terms."""
 
     accepts_loss_kwargs = True  # the Trainer then counts num_items_in_batch over the accumulated batch
     loss_type = "ForCausalLM"   # ... over labels[..., 1:], the positions a causal LM predicts
@@ -57,9 +57,12 @@ class DistillationWrapper(nn.Module):
                       vocab_size=student.config.vocab_size, teachers=teachers, student=student)
         self.terms: list[LossTerm] = [REGISTRY[key](params, setup) for key, params in loss_cfg.active().items()]
         for term in self.terms:  # each term's parts under its group: checkpoints name them <group>.<name>
-            if not hasattr(self, term.group):
-                self.add_module(term.group, nn.ModuleDict())
-            group = getattr(self, term.group)
+            group = self._modules.get(term.group)
+            if group is None and not hasattr(self, term.group):
+                group = nn.ModuleDict()
+                self.add_module(term.group, group)
+            if not isinstance(group, nn.ModuleDict):
+                raise ValueError(f"loss term {term.key}: its group {term.group!r} is a name the wrapper already uses")
             for name, module in term.parts().items():
                 if name in group:
                     raise ValueError(f"loss terms {term.key} and another both name a part {term.group}.{name}")

@@ -24,16 +24,16 @@ def relation_logprobs(x: torch.Tensor, heads: int, attention_mask: torch.Tensor 
     query sees (key j ≤ query i, and real tokens only).
 
     x [B, T, W] (W divisible by `heads`, d_r = W / heads); attention_mask [B, T] or None;
-    returns [B, T, heads, T] (query, head, key).
+    returns [B, heads, T, T] (head, query, key).
     """
     B, T, W = x.shape
     d = W // heads
     xr = x.float().reshape(B, T, heads, d).transpose(1, 2)  # [B, R, T, d]
-    scores = xr @ xr.transpose(-1, -2) / math.sqrt(d)       # [B, R, T, T]
+    scores = (xr * (1.0 / math.sqrt(d))) @ xr.transpose(-1, -2)  # scaled on the narrower side: [B, R, T, T]
     allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     if attention_mask is not None:
         allowed = allowed & attention_mask.bool()[:, None, None, :]
-    return F.log_softmax(scores.masked_fill(~allowed, MASKED), dim=-1).transpose(1, 2)
+    return F.log_softmax(scores.masked_fill(~allowed, MASKED), dim=-1)
 
 
 def attention_relation(student: dict, teacher: dict, heads: int, relations: list[str], rows, n_tokens: float,
@@ -42,17 +42,16 @@ def attention_relation(student: dict, teacher: dict, heads: int, relations: list
     relation heads and summed over the scored queries, per valid token (MiniLMv2, eq. 5-7).
 
     student, teacher: {"q", "k", "v": [B, T, W]} of one block each (widths may differ; each divisible by
-    `heads`); relations: a subset of qq, kk, vv; rows: [B, T, ...] -> [N, ...] (the scored positions);
+    `heads`); relations: a subset of qq, kk, vv; rows: [B, T] -> [N] (the scored positions);
     returns a scalar. The teacher carries no gradient.
     """
-    total = None
+    per_query = 0.0
     for rel in relations:
         x = rel[0]
-        s = rows(relation_logprobs(student[x], heads, attention_mask))                    # [N, R, T]
-        t = rows(relation_logprobs(teacher[x].detach(), heads, attention_mask))
-        kl = (t.exp() * (t - s)).sum(-1).mean(-1).sum()
-        total = kl if total is None else total + kl
-    return total / n_tokens
+        s = relation_logprobs(student[x], heads, attention_mask)            # [B, R, T, T]
+        t = relation_logprobs(teacher[x].detach(), heads, attention_mask)
+        per_query = per_query + (t.exp() * (t - s)).sum(-1).mean(1)        # [B, T]: KL per query, mean over heads
+    return rows(per_query).sum() / n_tokens
 
 
 @dataclass
