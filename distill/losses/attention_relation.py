@@ -57,8 +57,10 @@ def attention_relation(student: dict, teacher: dict, heads: int, relations: list
 @dataclass
 class AttentionRelationParams:
     weight: float = field(0.0, "weight of the self-attention relation KL (MiniLMv2); 0 = off", ge=0)
-    student_layer: int = field(-1, "the student block whose relations are trained (0-based; negative counts from the end, -1 = last)")
-    teacher_layer: int = field(-1, "each teacher's block whose relations are the target (0-based; negative from the end)")
+    student_layer: int = field(-1, "the student block whose relations are trained (0-based; negative counts from the end, -1 = last; "
+                                   "checked against the student's depth when it is built)", ge=-1024, lt=1024)
+    teacher_layer: int = field(-1, "each teacher's block whose relations are the target (0-based; negative from the end; "
+                                   "checked against each teacher's depth)", ge=-1024, lt=1024)
     heads: int = field(0, "relation heads R: queries, keys and values are split into R parts of both models; 0 = the student's attention heads", ge=0)
     relations: list[Literal["qq", "kk", "vv"]] = field(["qq", "kk", "vv"], "which relations: query-query, key-key, value-value")
 
