@@ -55,15 +55,19 @@ def test_equal_to_the_reference_and_zero_at_identity():
     s, t = qkv((8, 8, 4), 0), qkv((12, 12, 12), 1)  # other widths, and narrower keys/values (grouped-query attention)
     labels = torch.ones(2, 6, dtype=torch.long)
     rows, _ = scored_positions(labels)
-    got = L.attention_relation(s, t, 2, ["qq", "kk", "vv"], rows, 7.0)
+    got = L.attention_relation(s, [t], 2, ["qq", "kk", "vv"], rows, 7.0)
     assert got.item() == pytest.approx(reference(s, t, 2, ["qq", "kk", "vv"], None, 7.0), rel=1e-5)
-    assert L.attention_relation(s, s, 2, ["qq", "kk", "vv"], rows, 7.0).abs() < 1e-6
+    assert L.attention_relation(s, [s, s], 2, ["qq", "kk", "vv"], rows, 7.0).abs() < 1e-6
+    t2 = qkv((16, 8, 8), 2)
+    both = L.attention_relation(s, [t, t2], 2, ["qq", "kk", "vv"], rows, 7.0)
+    assert both.item() == pytest.approx((reference(s, t, 2, ["qq", "kk", "vv"], None, 7.0)
+                                         + reference(s, t2, 2, ["qq", "kk", "vv"], None, 7.0)) / 2, rel=1e-5)
     # padding: masked keys take no part, padded queries are not scored
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[1, 4:] = 0
     labels[1, 4:] = -100
     rows, targets = scored_positions(labels)
-    got = L.attention_relation(s, t, 4, ["qq", "vv"], rows, float(targets.numel()), mask)
+    got = L.attention_relation(s, [t], 4, ["qq", "vv"], rows, float(targets.numel()), mask)
     assert got.item() == pytest.approx(reference(s, t, 4, ["qq", "vv"], mask, float(targets.numel())), rel=1e-5)
 
 
@@ -148,7 +152,7 @@ def test_golden_value():
 
     s, t = qkv((8, 8, 8), 3), qkv((12, 12, 12), 4)
     rows, _ = scored_positions(torch.ones(2, 6, dtype=torch.long))
-    assert round(float(L.attention_relation(s, t, 2, ["qq", "kk", "vv"], rows, 10.0)), 5) == pytest.approx(GOLDEN, abs=2e-5)
+    assert round(float(L.attention_relation(s, [t], 2, ["qq", "kk", "vv"], rows, 10.0)), 5) == pytest.approx(GOLDEN, abs=2e-5)
 
 
 GOLDEN = 1.01375  # computed once by this implementation after the reference test passed; a change here is a change of the loss

@@ -36,22 +36,23 @@ def relation_logprobs(x: torch.Tensor, heads: int, attention_mask: torch.Tensor 
     return F.log_softmax(scores.masked_fill(~allowed, MASKED), dim=-1)
 
 
-def attention_relation(student: dict, teacher: dict, heads: int, relations: list[str], rows, n_tokens: float,
+def attention_relation(student: dict, teachers: list[dict], heads: int, relations: list[str], rows, n_tokens: float,
                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Σ over the relation types of the KL from the teacher's relation to the student's, averaged over the
-    relation heads and summed over the scored queries, per valid token (MiniLMv2, eq. 5-7).
+    """Σ over the relation types of the KL from each teacher's relation to the student's, averaged over the
+    relation heads and the teachers and summed over the scored queries, per valid token (MiniLMv2, eq. 5-7).
 
-    student, teacher: {"q", "k", "v": [B, T, W]} of one block each (widths may differ; each divisible by
-    `heads`); relations: a subset of qq, kk, vv; rows: [B, T] -> [N] (the scored positions);
-    returns a scalar. The teacher carries no gradient.
+    student: {"q", "k", "v": [B, T, W]} of one block; teachers: one such dict per teacher (widths may differ;
+    each divisible by `heads`); relations: a subset of qq, kk, vv; rows: [B, T] -> [N] (the scored
+    positions); returns a scalar. The teachers carry no gradient.
     """
     per_query = 0.0
     for rel in relations:
         x = rel[0]
-        s = relation_logprobs(student[x], heads, attention_mask)            # [B, R, T, T]
-        t = relation_logprobs(teacher[x].detach(), heads, attention_mask)
-        per_query = per_query + (t.exp() * (t - s)).sum(-1).mean(1)        # [B, T]: KL per query, mean over heads
-    return rows(per_query).sum() / n_tokens
+        s = relation_logprobs(student[x], heads, attention_mask)  # [B, R, T, T], once for every teacher
+        for teacher in teachers:
+            t = relation_logprobs(teacher[x].detach(), heads, attention_mask)
+            per_query = per_query + (t.exp() * (t - s)).sum(-1).mean(1)  # [B, T]: KL per query, mean over heads
+    return rows(per_query).sum() / len(teachers) / n_tokens
 
 
 @dataclass
@@ -104,7 +105,6 @@ class AttentionRelation(LossTerm):
                 f"teacher blocks {self.teacher_blocks}, {self.heads} heads)")
 
     def __call__(self, batch, parts):
-        student = batch.student_qkv[self.student_block]
-        return sum(attention_relation(student, qkv[b], self.heads, self.params.relations, batch.rows, batch.n_tokens,
-                                      batch.attention_mask)
-                   for qkv, b in zip(batch.teacher_qkv, self.teacher_blocks)) / len(self.teacher_blocks)
+        teachers = [qkv[b] for qkv, b in zip(batch.teacher_qkv, self.teacher_blocks)]
+        return attention_relation(batch.student_qkv[self.student_block], teachers, self.heads, self.params.relations,
+                                  batch.rows, batch.n_tokens, batch.attention_mask)
