@@ -8,6 +8,7 @@ follow from the class (distill/config.py, distill/wrapper.py, distill/trainer.py
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -127,6 +128,4 @@ def register(cls: type[LossTerm]) -> type[LossTerm]:
 
 
 def dataclass_has_weight(params: type) -> bool:
-    import dataclasses
-
     return dataclasses.is_dataclass(params) and dataclasses.fields(params)[0].name == "weight"

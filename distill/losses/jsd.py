@@ -8,8 +8,7 @@ import torch
 
 from common.config import field
 from distill.losses.base import register
-from distill.losses.logit_family import TINY, LogitTerm, divergence_kd, with_gradient
-from distill.losses.logit_kd import Ensemble
+from distill.losses.logit_family import TINY, LogitParams, LogitTerm, divergence_kd, with_gradient
 from distill.losses.reverse_kl import kl_rows
 
 __all__ = ["jsd"]
@@ -50,19 +49,12 @@ def jsd(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], temper
 
 
 @dataclass
-class JSDParams:
+class JSDParams(LogitParams):
     weight: float = field(0.0, "weight of T²·JSD(β)(teacher ‖ student); 0 = off", ge=0)
     beta: float = field(0.5, "β: the mixture's teacher share; 0 = forward KL, 1 = reverse KL", ge=0, le=1)
-    temperature: float = field(1.0, "softmax temperature T of teachers and student", gt=0)
-    ensemble: Ensemble = field("mean_logits", "how teachers combine (as logit_kd.ensemble)")
 
 
 @register
 class JSD(LogitTerm):
     key, title, Params, order = "jsd", "generalised Jensen-Shannon divergence with skew β (GKD, Agarwal et al. 2024)", JSDParams, 12
-
-    def rows(self, p_logp, q_logp):
-        return jsd_rows(p_logp, q_logp, self.params.beta)
-
-    def settings(self):
-        return f"beta={self.params.beta:g}"
+    divergence, knob = staticmethod(jsd_rows), "beta"

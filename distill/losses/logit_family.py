@@ -3,7 +3,8 @@ the student q, both tempered at T, scaled by T² and summed over the teachers' t
 teachers online, or from the teacher cache on the (k + 1)-way partition of the vocabulary.
 
 Each such term (reverse_kl.py, jsd.py, tvd.py, skew_kl.py) gives a row function
-`rows(p_logp [N, C], q_logp [N, C]) -> [N]` over log-probabilities, and inherits the rest.
+`divergence(p_logp [N, C], q_logp [N, C][, its parameter]) -> [N]` over log-probabilities and
+its Params (a `LogitParams`), and inherits the rest.
 
 The cache knows the teacher only on its top k tokens plus the mass of the rest, so a cached term
 is the same divergence between the two coarsened (k + 1)-way distributions: equal to the dense
@@ -12,11 +13,15 @@ coarsening a partition cannot raise one).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
+from common.config import field
 from distill.losses.base import LossTerm, Needs
-from distill.losses.logit_kd import check_ensemble, teacher_logprobs
+from distill.losses.logit_kd import Ensemble, check_ensemble, teacher_logprobs
 
 __all__ = ["divergence_kd", "cached_divergence_kd", "coarsen", "with_gradient"]
 
@@ -84,27 +89,36 @@ def cached_divergence_kd(rows, student_logits: torch.Tensor, top_logp: torch.Ten
     return temperature ** 2 * rows(p, q).sum() / n_tokens
 
 
+@dataclass
+class LogitParams:
+    """The fields every logit term's section has. A term's Params subclass this, restating `weight` with
+    its own doc (it stays the first field) and adding its divergence's parameter, if any."""
+
+    weight: float = field(0.0, "weight of the term; 0 = off", ge=0)
+    temperature: float = field(1.0, "softmax temperature T of teachers and student", gt=0)
+    ensemble: Ensemble = field("mean_logits", "how teachers combine (as logit_kd.ensemble)")
+
+
 class LogitTerm(LossTerm):
-    """A registered subclass sets `rows` (a staticmethod over log-probabilities, or a method using its
-    parameters) and `symbol` (how the formula names the divergence). Its Params have `weight`,
-    `temperature` and `ensemble` (and any parameter of the divergence)."""
+    """A registered subclass sets `divergence` (a staticmethod over log-probabilities) and, when the
+    divergence takes a parameter, `knob`: the name of that parameter in its Params (`beta`, `alpha`)."""
 
     needs = Needs(teacher_logits=True, cache=True)
+    divergence: ClassVar
+    knob: ClassVar[str | None] = None
 
     def rows(self, p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        if self.knob is None:
+            return self.divergence(p_logp, q_logp)
+        return self.divergence(p_logp, q_logp, getattr(self.params, self.knob))
 
     @classmethod
     def check(cls, params, cfg) -> None:
         check_ensemble(cls.key, params.ensemble, cfg)
 
-    def settings(self) -> str:
-        """The divergence's own parameters in the formula (`beta=0.5`), if any."""
-        return ""
-
     def describe(self, teachers):
-        extra = self.settings()
-        return f"{self.weight:g}*{self.key}(T={self.params.temperature:g}, {self.params.ensemble}{', ' + extra if extra else ''})"
+        extra = f", {self.knob}={getattr(self.params, self.knob):g}" if self.knob else ""
+        return f"{self.weight:g}*{self.key}(T={self.params.temperature:g}, {self.params.ensemble}{extra})"
 
     def __call__(self, batch, parts):
         p = self.params

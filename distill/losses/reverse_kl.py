@@ -8,8 +8,7 @@ import torch
 
 from common.config import field
 from distill.losses.base import register
-from distill.losses.logit_family import LogitTerm, divergence_kd
-from distill.losses.logit_kd import Ensemble
+from distill.losses.logit_family import LogitParams, LogitTerm, divergence_kd
 
 __all__ = ["reverse_kl", "kl_rows"]
 
@@ -34,13 +33,11 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor],
 
 
 @dataclass
-class ReverseKLParams:
+class ReverseKLParams(LogitParams):
     weight: float = field(0.0, "weight of T²·KL(student ‖ teacher); 0 = off", ge=0)
-    temperature: float = field(1.0, "softmax temperature T of teachers and student", gt=0)
-    ensemble: Ensemble = field("mean_logits", "how teachers combine (as logit_kd.ensemble)")
 
 
 @register
 class ReverseKL(LogitTerm):
     key, title, Params, order = "reverse_kl", "reverse KL, KL(student ‖ teacher) (MiniLLM, Gu et al. 2024)", ReverseKLParams, 11
-    rows = staticmethod(reverse_rows)
+    divergence = staticmethod(reverse_rows)

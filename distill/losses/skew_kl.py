@@ -9,8 +9,7 @@ import torch
 
 from common.config import field
 from distill.losses.base import register
-from distill.losses.logit_family import TINY, LogitTerm, divergence_kd, with_gradient
-from distill.losses.logit_kd import Ensemble
+from distill.losses.logit_family import TINY, LogitParams, LogitTerm, divergence_kd, with_gradient
 from distill.losses.reverse_kl import kl_rows
 
 __all__ = ["skew_kl", "skew_reverse_kl"]
@@ -67,38 +66,24 @@ def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: list[torch.Ten
 
 
 @dataclass
-class SkewKLParams:
+class SkewKLParams(LogitParams):
     weight: float = field(0.0, "weight of T²·KL(teacher ‖ α·teacher + (1 − α)·student); 0 = off", ge=0)
     alpha: float = field(0.1, "α: the teacher's share in the student's side (DistiLLM's default 0.1); 0 = forward KL", ge=0, le=1)
-    temperature: float = field(1.0, "softmax temperature T of teachers and student", gt=0)
-    ensemble: Ensemble = field("mean_logits", "how teachers combine (as logit_kd.ensemble)")
 
 
 @dataclass
-class SkewReverseKLParams:
+class SkewReverseKLParams(LogitParams):
     weight: float = field(0.0, "weight of T²·KL(student ‖ (1 − α)·teacher + α·student); 0 = off", ge=0)
     alpha: float = field(0.1, "α: the student's share in the teacher's side (DistiLLM's default 0.1); 0 = reverse KL", ge=0, le=1)
-    temperature: float = field(1.0, "softmax temperature T of teachers and student", gt=0)
-    ensemble: Ensemble = field("mean_logits", "how teachers combine (as logit_kd.ensemble)")
 
 
 @register
 class SkewKL(LogitTerm):
     key, title, Params, order = "skew_kl", "α-skew KL (DistiLLM, Ko et al. 2024)", SkewKLParams, 14
-
-    def rows(self, p_logp, q_logp):
-        return skew_kl_rows(p_logp, q_logp, self.params.alpha)
-
-    def settings(self):
-        return f"alpha={self.params.alpha:g}"
+    divergence, knob = staticmethod(skew_kl_rows), "alpha"
 
 
 @register
 class SkewReverseKL(LogitTerm):
     key, title, Params, order = "skew_reverse_kl", "α-skew reverse KL (DistiLLM, Ko et al. 2024)", SkewReverseKLParams, 15
-
-    def rows(self, p_logp, q_logp):
-        return skew_reverse_kl_rows(p_logp, q_logp, self.params.alpha)
-
-    def settings(self):
-        return f"alpha={self.params.alpha:g}"
+    divergence, knob = staticmethod(skew_reverse_kl_rows), "alpha"

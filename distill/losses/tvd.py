@@ -9,8 +9,7 @@ import torch
 
 from common.config import field
 from distill.losses.base import register
-from distill.losses.logit_family import LogitTerm, divergence_kd
-from distill.losses.logit_kd import Ensemble
+from distill.losses.logit_family import LogitParams, LogitTerm, divergence_kd
 
 __all__ = ["tvd"]
 
@@ -30,13 +29,11 @@ def tvd(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], temper
 
 
 @dataclass
-class TVDParams:
+class TVDParams(LogitParams):
     weight: float = field(0.0, "weight of T²·TVD(teacher, student); 0 = off", ge=0)
-    temperature: float = field(1.0, "softmax temperature T of teachers and student", gt=0)
-    ensemble: Ensemble = field("mean_logits", "how teachers combine (as logit_kd.ensemble)")
 
 
 @register
 class TVD(LogitTerm):
     key, title, Params, order = "tvd", "total variation distance (Wen et al. 2023)", TVDParams, 13
-    rows = staticmethod(tvd_rows)
+    divergence = staticmethod(tvd_rows)
