@@ -1,5 +1,5 @@
-"""Training-step cost of distillation: the student alone, online KD from two teachers, KD from the teacher cache,
-and each logit term (logit_kd, reverse_kl, jsd, ...) and attention_relation on teacher outputs computed outside the timed step.
+"""Training-step cost of distillation: the student alone, online KD from two teachers, KD from the teacher cache
+in each of its storage formats (fp16, q8, q4: step time and bytes per token), and each logit term (logit_kd, reverse_kl, jsd, ...) and attention_relation on teacher outputs computed outside the timed step.
 
     python bench/distill_overhead.py                  # CPU, tiny models (teachers ~6x and ~12x the student)
     python bench/distill_overhead.py --preset babyllama --device cuda   # Llama-58M from Llama-360M + GPT2-705M, bf16 teachers
@@ -32,6 +32,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from distill.cache_format import FORMATS  # noqa: E402
 
 PRESETS = {
     # name: (student arch fields, [teacher fields], vocab, block, batch)
@@ -73,7 +74,7 @@ def compared_terms() -> list[str]:
 
 def term_of(mode: str) -> str | None:
     """The KD term a mode trains with: logit_kd online or cached, a logit term on untimed teacher logits (`dense:<key>`), or none."""
-    return None if mode == "student" else mode.split(":", 1)[1] if ":" in mode else "logit_kd"
+    return None if mode == "student" else mode.split(":", 1)[1] if mode.startswith("dense:") else "logit_kd"
 
 
 def loss_cfg(mode: str):
@@ -109,8 +110,8 @@ def child(args) -> None:
         for i in range(info["n_teachers"]):
             m = AutoModelForCausalLM.from_pretrained(work / f"teacher{i}", dtype=dtype).to(device).eval().requires_grad_(False)
             teachers.append(Teacher(f"t{i}", m, 1.0, [], m.config.hidden_size, num_layers(m.config)))
-    if args.one == "cached":
-        cache = TeacherCache(work / "cache", {})
+    if args.one.startswith("cached:"):
+        cache = TeacherCache(work / f"cache-{args.one.split(':')[1]}", {})
     wrapper = DistillationWrapper(student, teachers, loss_cfg(args.one)).to(device).train()
     opt = torch.optim.AdamW(wrapper.parameters(), lr=1e-4)
     blocks = torch.load(work / "blocks.pt")
@@ -135,7 +136,7 @@ def child(args) -> None:
         t0 = time.perf_counter()
         if args.one == "online":
             extra["teacher_outputs"] = run_teachers(teachers, ids, None, hidden=False)
-        elif args.one == "cached":
+        elif cache is not None:
             extra["cached_targets"] = tuple(x.to(device) for x in cache.lookup(idx))
         elif args.one == "student":
             extra["teacher_outputs"] = []
@@ -186,7 +187,9 @@ def prepare(args, work: Path) -> dict:
 
     fp = {"temperature": cfg.distill.losses.logit_kd.temperature, "ensemble": cfg.distill.losses.logit_kd.ensemble,
           "top_k": args.top_k, "block_size": block}  # what TeacherCache reads back
-    write_cache(work / "cache", teachers, Blocks(), cfg, fp, batch, torch.device(args.device), progress=False)
+    for fmt in FORMATS:
+        cfg.distill.cache_format = fmt
+        write_cache(work / f"cache-{fmt}", teachers, Blocks(), cfg, fp, batch, torch.device(args.device), progress=False)
     info = {"n_student": n_params(student), "n_teachers": len(teachers), "n_teacher_params": [n_params(t.model) for t in teachers],
             "block": block, "batch": batch}
     (work / "info.json").write_text(json.dumps(info))
@@ -218,7 +221,8 @@ def main() -> None:
         results: dict[str, dict] = {}
         # Two rounds in mirrored order (A B C C B A), keeping each mode's faster round, so that a
         # slow spell of a shared machine does not land on one mode only.
-        modes = ["student", "online", "cached"] + [f"dense:{key}" for key in ["logit_kd", *args.terms.split(",")] if key]
+        cached = [f"cached:{fmt}" for fmt in FORMATS]
+        modes = ["student", "online", *cached] + [f"dense:{key}" for key in ["logit_kd", *args.terms.split(",")] if key]
         from distill.losses.logit_family import LogitTerm
         from distill.losses import REGISTRY
 
@@ -237,8 +241,12 @@ def main() -> None:
         base = results["student"]["step_s"]
         flops = 1 + sum(info["n_teacher_params"]) / (3 * info["n_student"])
         print(f"online KD: {results['online']['step_s'] / base:.2f}x the student alone (FLOP estimate 1 + N_teachers/(3 N_student) = {flops:.2f})")
-        print(f"cached KD: {results['cached']['step_s'] / base:.2f}x the student alone (target <= 1.15)")
-        for mode in modes[4:]:
+        for mode in cached:
+            fmt = mode.split(":")[1]
+            size = json.loads((work / f"cache-{fmt}" / "cache.json").read_text())["bytes_per_token"]
+            print(f"cached KD ({fmt}, {size:g} bytes/token): {results[mode]['step_s'] / base:.2f}x the student alone (target <= 1.15); "
+                  f"{results[mode]['step_s'] / results['cached:fp16']['step_s']:.2f}x the fp16 cache's step")
+        for mode in modes[2 + len(cached) + 1:]:
             target = "; target <= 1.1" if term_of(mode) in logit_keys else ""
             print(f"{term_of(mode)}: {results[mode]['step_s'] / results['dense:logit_kd']['step_s']:.2f}x logit_kd "
                   f"(the student's step plus the term, teachers untimed{target})")

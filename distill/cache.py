@@ -4,10 +4,10 @@ store, per token, its top-k tempered log-probabilities, their token ids and the 
     python -m distill cache-teachers CONFIG [key=value ...] [--out FOLDER] [--overwrite]
 
 Layout of a cache folder (written into a temporary sibling, renamed when complete):
-    cache.json                         the fingerprint and the shapes; written last
-    shard-00000.logp.npy  [S, T, k]    float16 log-probabilities, most likely first
-    shard-00000.ids.npy   [S, T, k]    uint16 token ids (int32 when the vocabulary needs it)
-    shard-00000.rest.npy  [S, T]       float16 probability mass outside the top k
+    cache.json                         the fingerprint, the format and the shapes; written last
+    shard-00000.<array>.npy  [S, T, …] one file per array of the format (distill/cache_format.py),
+                                       e.g. for fp16: logp [S, T, k], ids [S, T, k], rest [S, T]
+The format (`distill.cache_format`) is recorded in cache.json; a run reads a cache of any format.
 The fingerprint covers the teachers' files, the tokenizer, the packed data, the block size,
 the temperature and ensemble of the KD terms it serves (they must agree) and k: training with a cache whose fingerprint differs from
 the run's config is an error that names what changed, never a silent reuse.
@@ -24,6 +24,7 @@ import torch
 
 from common.errors import UserError, reading
 from common.paths import remove_ours
+from distill import cache_format
 
 MANIFEST = "cache.json"
 PARTIAL = ".babydistill-partial"  # marks the temporary folder a cache is written into
@@ -42,14 +43,20 @@ def hash_files(folder: Path, patterns: tuple[str, ...]) -> str:
     return h.hexdigest()[:16]
 
 
+def served_terms(cfg) -> list[str]:
+    """The active logit terms a cache serves, or logit_kd when none is active."""
+    from distill.losses import REGISTRY
+
+    return [k for k in cfg.distill.losses.active() if REGISTRY[k].needs.cache and REGISTRY[k].needs.teacher_logits] or ["logit_kd"]
+
+
 def cached_distribution(cfg) -> tuple[float, str]:
     """(temperature, ensemble) of the one teacher distribution a cache holds: that of the active logit
     terms it serves (they must agree), or logit_kd's settings when none is active."""
     from common.config import ConfigError
-    from distill.losses import REGISTRY
 
     losses = cfg.distill.losses
-    served = [k for k in losses.active() if REGISTRY[k].needs.cache and REGISTRY[k].needs.teacher_logits] or ["logit_kd"]
+    served = served_terms(cfg)
     settings = {k: (getattr(losses, k).temperature, getattr(losses, k).ensemble) for k in served}
     if len(set(settings.values())) > 1:
         listed = ", ".join(f"{k} (T={t:g}, {e})" for k, (t, e) in settings.items())
@@ -79,7 +86,7 @@ def fingerprint(cfg, tokenizer_dir: Path, data_key: str) -> dict:
 EXPLAIN = {"teachers": "the teachers' weights or configs", "tokenizer": "the tokenizer", "data": "the packed training data",
            "block_size": "data.block_size", "temperature": "the KD terms' temperature (distill.losses.<term>.temperature)",
            "ensemble": "the KD terms' ensemble (distill.losses.<term>.ensemble)", "top_k": "distill.cache_top_k",
-           "version": "the cache format"}
+           "version": "the cache's layout version"}
 
 
 class TeacherCache:
@@ -99,12 +106,14 @@ class TeacherCache:
                                 f"({key}: cache {info['fingerprint'].get(key)!r}, run {value!r}); "
                                 f"rerun python -m distill cache-teachers with --overwrite")
         self.n_blocks, self.shard_blocks = info["n_blocks"], info["shard_blocks"]
+        self.format, self.vocab = info["format"], info["vocab_size"]
         self.shards = []
-        k, T = info["fingerprint"]["top_k"], info["fingerprint"]["block_size"]
+        self.k, T = info["fingerprint"]["top_k"], info["fingerprint"]["block_size"]
         for i in range(info["n_shards"]):
             rows = min(self.shard_blocks, self.n_blocks - i * self.shard_blocks)
             shard = {}
-            for name, shape in (("logp", (rows, T, k)), ("ids", (rows, T, k)), ("rest", (rows, T))):
+            for name, (_, tail) in cache_format.layout(self.format, self.k, self.vocab).items():
+                shape = (rows, T, *tail)
                 path = self.folder / f"shard-{i:05d}.{name}.npy"
                 with reading(path, "a teacher-cache shard", fix):  # a truncated shard fails here, not mid-training
                     shard[name] = np.load(path, mmap_mode="r")
@@ -115,59 +124,93 @@ class TeacherCache:
     def lookup(self, block_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log-probs [B, T, k] float32, ids [B, T, k] long, rest [B, T] float32) for the given blocks."""
         rows = [(int(i) // self.shard_blocks, int(i) % self.shard_blocks) for i in block_index.tolist()]
-        get = lambda name: np.stack([self.shards[s][name][o] for s, o in rows])  # noqa: E731
-        return (torch.from_numpy(get("logp").astype(np.float32)), torch.from_numpy(get("ids").astype(np.int64)),
-                torch.from_numpy(get("rest").astype(np.float32)))
+        arrays = {name: np.stack([self.shards[s][name][o] for s, o in rows]) for name in self.shards[0]}
+        return cache_format.decode(self.format, arrays, self.k, self.vocab)
 
 
 @torch.no_grad()
-def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, device: torch.device, progress: bool = True) -> None:
-    """Run the teachers over every block and write the shards, then the manifest, then rename into place."""
+def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, device: torch.device, student=None,
+                progress: bool = True) -> None:
+    """Run the teachers over every block and write the shards, then the manifest, then rename into place.
+    With `student`, the first batch also measures what the storage costs each served term (`storage_error`)."""
     from tqdm import tqdm
 
-    from distill.losses import teacher_logprobs
     from distill.teachers import run_teachers
 
-    k = cfg.distill.cache_top_k
+    k, fmt = cfg.distill.cache_top_k, cfg.distill.cache_format
     vocab = teachers[0].model.config.vocab_size
-    id_dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
     n, T = len(blocks), cfg.data.block_size
     tmp = out.with_name(out.name + ".partial")
     remove_ours(tmp, PARTIAL, "an unfinished teacher cache")  # left by a killed run; anything else is refused
     tmp.mkdir(parents=True)
     (tmp / PARTIAL).write_text("a teacher cache being written by python -m distill cache-teachers\n")
     n_shards = -(-n // SHARD_BLOCKS)
+    errors = None
     bar = tqdm(total=n, desc="caching teacher top-k", unit="block", disable=not progress)
     for s in range(n_shards):
         lo, hi = s * SHARD_BLOCKS, min(n, (s + 1) * SHARD_BLOCKS)
-        arrays = {"logp": np.lib.format.open_memmap(tmp / f"shard-{s:05d}.logp.npy", "w+", np.float16, (hi - lo, T, k)),
-                  "ids": np.lib.format.open_memmap(tmp / f"shard-{s:05d}.ids.npy", "w+", id_dtype, (hi - lo, T, k)),
-                  "rest": np.lib.format.open_memmap(tmp / f"shard-{s:05d}.rest.npy", "w+", np.float16, (hi - lo, T))}
+        arrays = {name: np.lib.format.open_memmap(tmp / f"shard-{s:05d}.{name}.npy", "w+", dtype, (hi - lo, T, *tail))
+                  for name, (dtype, tail) in cache_format.layout(fmt, k, vocab).items()}
         for start in range(lo, hi, batch_size):
             stop = min(hi, start + batch_size)
             ids = blocks[start:stop]["input_ids"].to(device)
             logits = [lo_ for lo_, _ in run_teachers(teachers, ids, None, hidden=False)]
-            (_, logp), = teacher_logprobs(logits, fp["temperature"], fp["ensemble"])
-            top, top_ids = logp.topk(k, dim=-1)
-            rest = (1.0 - top.exp().sum(-1)).clamp_min(0.0)
-            arrays["logp"][start - lo:stop - lo] = top.cpu().numpy().astype(np.float16)
-            arrays["ids"][start - lo:stop - lo] = top_ids.cpu().numpy().astype(id_dtype)
-            arrays["rest"][start - lo:stop - lo] = rest.cpu().numpy().astype(np.float16)
+            top, top_ids, rest = top_k(logits, fp, k)
+            for name, values in cache_format.encode(fmt, top, top_ids, rest, vocab).items():
+                arrays[name][start - lo:stop - lo] = values.reshape(stop - start, T, *values.shape[1:])
+            if student is not None and errors is None:
+                errors = storage_error(cfg, student(ids).logits.flatten(0, 1), [x.flatten(0, 1) for x in logits], vocab)
             bar.update(stop - start)
         for a in arrays.values():
             a.flush()
         del arrays
     bar.close()
     shard_bytes = sum(p.stat().st_size for p in tmp.glob("shard-*.npy"))
-    manifest = {"fingerprint": fp, "n_blocks": n, "shard_blocks": SHARD_BLOCKS, "n_shards": n_shards,
+    manifest = {"fingerprint": fp, "format": fmt, "n_blocks": n, "shard_blocks": SHARD_BLOCKS, "n_shards": n_shards,
                 "teachers": [t.path for t in cfg.distill.teachers], "vocab_size": vocab,
-                "bytes_per_token": round(shard_bytes / max(1, n * T), 2)}  # the shards' files, headers included
+                "bytes_per_token": round(shard_bytes / max(1, n * T), 2),  # the shards' files, headers included
+                "storage_error": errors}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     (tmp / PARTIAL).unlink()
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     remove_ours(out, MANIFEST, "a teacher cache")  # the cache being replaced (--overwrite); never a folder of the user's
     tmp.rename(out)
+
+
+def top_k(teacher_logits: list[torch.Tensor], fp: dict, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ensemble's tempered top-k: (log-probs [..., k], ids [..., k], rest [...]), flattened to rows."""
+    from distill.losses import teacher_logprobs
+
+    (_, logp), = teacher_logprobs(teacher_logits, fp["temperature"], fp["ensemble"])
+    top, top_ids = logp.flatten(0, -2).topk(k, dim=-1)
+    return top, top_ids, (1.0 - top.exp().sum(-1)).clamp_min(0.0)
+
+
+def storage_error(cfg, student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], vocab: int) -> dict:
+    """Each served term on one batch [N, V], computed three ways: dense (the teachers online), from the
+    top-k at full precision, and from the top-k as `distill.cache_format` stores it. Returns
+    {term: {"dense", "top_k", "stored", "relative": |stored − top_k| / |dense|}}: the last is the error the
+    storage adds, as a fraction of the loss the teachers give online."""
+    from distill.losses import REGISTRY, Batch, Setup
+
+    temperature, ensemble = cached_distribution(cfg)
+    fp = {"temperature": temperature, "ensemble": ensemble}
+    top, top_ids, rest = top_k(teacher_logits, fp, cfg.distill.cache_top_k)
+    fmt = cfg.distill.cache_format
+    stored = cache_format.decode(fmt, cache_format.encode(fmt, top, top_ids, rest, vocab), cfg.distill.cache_top_k, vocab)
+    n = student_logits.shape[0]
+    batch = lambda **kw: Batch(logits=student_logits.float(), targets=torch.zeros(n, dtype=torch.long), n_tokens=n,  # noqa: E731
+                               rows=lambda x: x, teacher_weights=tuple(t.weight for t in cfg.distill.teachers), **kw)
+    report = {}
+    for key in served_terms(cfg):
+        term = REGISTRY[key](getattr(cfg.distill.losses, key), Setup(0, 0, vocab, []))
+        values = {"dense": float(term(batch(teacher_logits=[x.float() for x in teacher_logits]), None)),
+                  "top_k": float(term(batch(cached=(top, top_ids, rest)), None)),
+                  "stored": float(term(batch(cached=stored), None))}
+        values["relative"] = abs(values["stored"] - values["top_k"]) / max(abs(values["dense"]), 1e-12)
+        report[key] = values
+    return report
 
 
 def check_target(out: Path) -> None:
@@ -186,6 +229,9 @@ def read_manifest(path: Path, fix: str) -> dict:
         if not (isinstance(info, dict) and isinstance(info.get("fingerprint"), dict)
                 and all(isinstance(info.get(k), int) for k in ("n_blocks", "shard_blocks", "n_shards"))):
             raise ValueError("it lacks fingerprint, n_blocks, shard_blocks or n_shards")
+        info.setdefault("format", "fp16")  # caches written before distill.cache_format existed
+        if info["format"] not in cache_format.FORMATS:
+            raise ValueError(f"its format {info['format']!r} is not one this version reads ({', '.join(cache_format.FORMATS)})")
     return info
 
 
@@ -197,8 +243,10 @@ def main(argv: list[str]) -> int:
     from transformers import AutoTokenizer
 
     from common import config as cfglib
+    from distill.__main__ import warm_start
     from distill.config import DistillRunConfig
     from distill.teachers import load_teachers
+    from train import models
     from eval.model import pick_device
     from tokenizer.prepare import load_blocks, prepare
 
@@ -221,21 +269,29 @@ def main(argv: list[str]) -> int:
     prepared = prepare(cfg.data, cfg.tokenizer)
     tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
     teachers = load_teachers(cfg, Path(prepared.tokenizer_dir), None, device)
-    fp = fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint)
+    fp, fmt = fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint), cfg.distill.cache_format
     if (out / MANIFEST).is_file():
-        old = read_manifest(out / MANIFEST, "move the folder away, or pass --overwrite to write the cache again")["fingerprint"]
-        if old == fp:
-            print(f"{out}: already holds this cache (same fingerprint); nothing to do")
+        old = read_manifest(out / MANIFEST, "move the folder away, or pass --overwrite to write the cache again")
+        if old["fingerprint"] == fp and old["format"] == fmt:
+            print(f"{out}: already holds this cache (same fingerprint and format); nothing to do")
             return 0
         if not args.overwrite:
-            changed = next((k for k in fp if old.get(k) != fp[k]), "version")
-            raise UserError(f"{out}: holds a cache of different inputs ({EXPLAIN.get(changed, changed)} differ); "
+            changed = next((EXPLAIN.get(k, k) for k in fp if old["fingerprint"].get(k) != fp[k]),
+                           f"the format: {old['format']} there, distill.cache_format={fmt} here")
+            raise UserError(f"{out}: holds a cache of different inputs ({changed} differ); "
                             f"pass --overwrite to replace it or --out another folder")
     blocks = load_blocks(prepared.train_blocks)
+    torch.manual_seed(cfg.train.seed)
+    _, student = models.build_model(cfg.student, tokenizer)
+    if cfg.student.init_from:
+        warm_start(student, cfg.student.init_from)
     print(f"caching top-{cfg.distill.cache_top_k} of {len(teachers)} teacher(s) at T={temperature:g} ({ensemble}) over {len(blocks)} blocks of {cfg.data.block_size} tokens "
-          f"(vocabulary {len(tokenizer)}) into {out}")
-    write_cache(out, teachers, blocks, cfg, fp, cfg.train.batch_size, device)
+          f"(vocabulary {len(tokenizer)}) into {out}, as {fmt}")
+    write_cache(out, teachers, blocks, cfg, fp, cfg.train.batch_size, device, student=student.to(device).eval())
     info = read_manifest(out / MANIFEST, "write the cache again with --overwrite")
-    print(f"{out}: done; {info['bytes_per_token']:g} bytes per token (k={cfg.distill.cache_top_k}: float16 log-probabilities, "
-          f"{'uint16' if info['vocab_size'] <= 65536 else 'int32'} ids, float16 rest)")
+    print(f"{out}: done; {info['bytes_per_token']:g} bytes per token ({fmt}, k={cfg.distill.cache_top_k}, "
+          f"{cache_format.bytes_per_token(fmt, cfg.distill.cache_top_k, info['vocab_size'])} without the files' headers)")
+    for key, e in info["storage_error"].items():
+        print(f"  {key} on the first batch, student as initialised: dense {e['dense']:.5g}, top-{cfg.distill.cache_top_k} "
+              f"{e['top_k']:.5g}, as stored {e['stored']:.5g}; the storage changes it by {e['relative']:.1e} of the dense value")
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.config import ConfigError, field
+from distill.cache_format import Format
 from distill.losses import REGISTRY
 from train.config import ModelConfig, RunSections, check_run
 
@@ -49,6 +50,7 @@ class DistillConfig:
     losses: LossesConfig = field(LossesConfig(), "the loss terms and their weights (weight 0 = off)")
     teacher_cache: str = field("", "a folder written by `python -m distill cache-teachers`: read KD targets from it instead of running teachers")
     cache_top_k: int = field(64, "cache-teachers: log-probabilities kept per token", ge=1)
+    cache_format: Format = field("q8", "cache-teachers: how the top-k is stored: q8 or q4 (quantised, smaller), fp16 (float16, as before)")
 
 
 @dataclass

@@ -170,8 +170,8 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     assert "caching top-16 of 2 teacher(s)" in proc.stdout and (cache / "cache.json").exists()
     info = json.loads((cache / "cache.json").read_text())
     assert info["fingerprint"]["top_k"] == 16 and info["n_blocks"] > 0
-    # 16 float16 log-probabilities, 16 uint16 ids and a float16 rest per token, plus the .npy headers
-    assert 4 * 16 + 2 <= info["bytes_per_token"] < 4 * 16 + 2 + 1 and f"{info['bytes_per_token']:g} bytes per token (k=16" in proc.stdout
+    # the default q8 with 9-bit ids (512 tokens): 18 bytes of ids, 4 float16 head values, a step, 12 codes, a rest; + .npy headers
+    assert info["format"] == "q8" and 42 <= info["bytes_per_token"] < 43 and f"{info['bytes_per_token']:g} bytes per token (q8, k=16" in proc.stdout
     assert "nothing to do" in ok(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache))).stdout
 
     proc = ok(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}"))
@@ -196,11 +196,68 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     assert json.loads((cache / "cache.json").read_text())["fingerprint"]["top_k"] == 16  # nothing overwritten
 
     # a truncated shard is one line naming it, before the run directory exists
-    shard = cache / "shard-00000.logp.npy"
+    shard = cache / "shard-00000.codes.npy"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     assert_user_error(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}",
                               "output.name=truncated"), str(shard), "cannot be read", "cache-teachers --overwrite")
     assert not (tmp_path / "runs" / "demo" / "truncated").exists()
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "q8", "q4"])
+def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers, demo_root, cache_dir, tmp_path):
+    """Written by cache-teachers, read back by the trainer's reader: the ids exactly, the log-probabilities
+    within the format's step, the storage's KD-loss error reported and below 1e-3 of the dense loss."""
+    from transformers import AutoModelForCausalLM
+
+    from distill import cache_format
+    from distill.cache import TeacherCache, read_manifest, top_k
+    from distill.teachers import Teacher, run_teachers
+    from tokenizer.prepare import load_blocks
+
+    recipe = recipe_copy("demo-kd", teachers, tmp_path)
+    base = [*overrides(demo_root, cache_dir, tmp_path / "runs", steps=6), "distill.cache_top_k=32"]
+    cache = tmp_path / "cache"
+    proc = ok(run_cli("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={fmt}", "--out", str(cache)))
+    info = read_manifest(cache / "cache.json", "")
+    assert info["format"] == fmt and "the storage changes it by" in proc.stdout
+    expected = cache_format.bytes_per_token(fmt, 32, 512)  # fp16: 4k + 2; q8: 36 + 8 + 2 + 28 + 2; q4: 36 + 8 + 2 + 14 + 2
+    assert expected == {"fp16": 130, "q8": 76, "q4": 62}[fmt] and expected <= info["bytes_per_token"] < expected + 1
+    assert info["storage_error"]["logit_kd"]["relative"] < 1e-3, info["storage_error"]
+
+    models = [AutoModelForCausalLM.from_pretrained(teachers / "runs" / "demo" / n / "model").eval() for n in ("teacher", "teacher-llama")]
+    ids = load_blocks(sorted(cache_dir.glob("blocks/train-*"))[0])[:3]["input_ids"]
+    logits = [lo for lo, _ in run_teachers([Teacher("t", m, 1, [], 0, 0) for m in models], ids, None, hidden=False)]
+    top, top_ids, rest = top_k(logits, info["fingerprint"], 32)
+    logp, got_ids, got_rest = TeacherCache(cache, info["fingerprint"]).lookup(torch.arange(3))
+    assert torch.equal(got_ids.flatten(0, 1), top_ids)
+    assert (got_rest.flatten(0, 1) - rest).abs().max() < 1e-3
+    assert (logp.flatten(0, 1) - top).abs().max() < {"fp16": 0.02, "q8": 0.02, "q4": 0.25}[fmt]
+
+    # a trained student (the Llama teacher standing in for one) is the hard case: its loss is small
+    from distill.cache import storage_error
+    from common import config as cfglib
+    from distill.config import DistillRunConfig
+    cfg = cfglib.load(DistillRunConfig, str(recipe), [*base, f"distill.cache_format={fmt}", "distill.losses.reverse_kl.weight=0.5",
+                                                   "distill.losses.reverse_kl.temperature=2"])
+    with torch.no_grad():
+        near = models[1](ids).logits.flatten(0, 1)
+    report = storage_error(cfg, near, [x.flatten(0, 1) for x in logits], 512)
+    print(fmt, {k: f"{v['relative']:.1e} of {v['dense']:.3f}" for k, v in report.items()})
+    assert set(report) == {"logit_kd", "reverse_kl"} and all(v["relative"] < 1e-3 for v in report.values())
+
+    # the trainer reads it; changing the format asks for --overwrite; a format this version does not know is one line
+    ok(run_cli("distill", str(recipe), *base, f"distill.teacher_cache={cache}"))
+    other = "q8" if fmt == "q4" else "q4"
+    assert_user_error(run_cli("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={other}", "--out", str(cache)),
+                      f"the format: {fmt} there, distill.cache_format={other} here", "--overwrite")
+    assert read_manifest(cache / "cache.json", "")["format"] == fmt  # nothing overwritten
+    manifest = json.loads((cache / "cache.json").read_text())
+    (cache / "cache.json").write_text(json.dumps({**manifest, "format": "q6"}))
+    assert_user_error(run_cli("distill", str(recipe), *base, f"distill.teacher_cache={cache}", "output.name=unknown"),
+                      str(cache / "cache.json"), "'q6' is not one this version reads (fp16, q8, q4)")
+    assert_user_error(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_format=q6", "--out", str(tmp_path / "c2")),
+                      "distill.cache_format", "q8")
+    assert not (tmp_path / "c2").exists() and not (tmp_path / "runs" / "demo" / "unknown").exists()
 
 
 def test_cached_kd_matches_dense_kd_on_a_batch(teachers, demo_root, cache_dir, tmp_path):

@@ -1,0 +1,106 @@
+"""How the teacher cache stores each token's top-k: `fp16` (k float16 log-probabilities and k
+uint16/int32 ids) or the quantised `q8` and `q4`, chosen per cache by `distill.cache_format`.
+
+The quantised formats store, per token:
+    ids    the k token ids bit-packed at ceil(log2 vocabulary) bits each
+    head   the H = 4 largest log-probabilities in float16
+    step   one float16 step size
+    codes  the k − H remaining log-probabilities as 8- or 4-bit steps down from the previous one
+    rest   the mass outside the top k, float16 (every format)
+The log-probabilities are sorted, so each is the previous one minus a non-negative gap. The codes
+quantise those gaps with error diffusion (each code rounds the gap from the previous *decoded* value),
+so errors never add up along the row: every decoded log-probability is within about one step of the
+true one. The step is the row's largest gap over (2^bits − 2), so no gap overflows its code. The
+reader decodes with one cumulative sum and rescales the k probabilities so that they and the rest sum
+to 1 (an error in the total would otherwise enter the KD loss at first order). Bytes per token with
+b-bit ids (`bytes_per_token`): fp16 4k + 2 (b ≤ 16); q8 ⌈kb/8⌉ + (k − 4) + 12; q4 ⌈kb/8⌉ + ⌈(k − 4)/2⌉ + 12.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+
+Format = Literal["fp16", "q8", "q4"]
+FORMATS: tuple[str, ...] = ("fp16", "q8", "q4")
+HEAD = 4  # log-probabilities stored exactly (float16) before the quantised gaps
+FLOOR = -60.0  # log-probabilities are clipped here before quantising (the loss clips at log 1e-12 ≈ -27.6 anyway)
+
+
+def id_bits(vocab: int) -> int:
+    return max(1, math.ceil(math.log2(vocab)))
+
+
+def layout(fmt: str, k: int, vocab: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """The arrays one position stores: {name: (dtype, trailing shape)}."""
+    if fmt == "fp16":
+        ids = np.uint16 if vocab <= 1 << 16 else np.int32
+        return {"logp": (np.float16, (k,)), "ids": (ids, (k,)), "rest": (np.float16, ())}
+    bits, head = int(fmt[1:]), min(HEAD, k)
+    return {"ids": (np.uint8, (-(-k * id_bits(vocab) // 8),)), "head": (np.float16, (head,)), "step": (np.float16, ()),
+            "codes": (np.uint8, (-(-(k - head) * bits // 8),)), "rest": (np.float16, ())}
+
+
+def bytes_per_token(fmt: str, k: int, vocab: int) -> int:
+    return sum(np.dtype(dtype).itemsize * math.prod(shape) for dtype, shape in layout(fmt, k, vocab).values())
+
+
+def encode(fmt: str, top_logp: torch.Tensor, top_ids: torch.Tensor, rest: torch.Tensor, vocab: int) -> dict[str, np.ndarray]:
+    """top_logp [N, k] sorted descending, top_ids [N, k], rest [N] -> the arrays of `layout`, leading dim N."""
+    if fmt == "fp16":
+        return {"logp": top_logp.cpu().numpy().astype(np.float16), "ids": top_ids.cpu().numpy().astype(layout(fmt, 1, vocab)["ids"][0]),
+                "rest": rest.cpu().numpy().astype(np.float16)}
+    bits, head = int(fmt[1:]), min(HEAD, top_logp.shape[1])
+    top = top_logp.float().clamp_min(FLOOR)
+    first = top[:, :head].half().float()
+    tail = top[:, head:]
+    top_code = (1 << bits) - 1
+    largest_gap = torch.cat([first[:, -1:], tail], 1).diff(dim=1).neg().amax(1) if tail.shape[1] else first[:, 0] * 0
+    # float16 rounds to nearest (relative error ≤ 2^-11): the margin keeps the stored step at or above its need
+    step = (largest_gap.clamp_min(0) / (top_code - 1) * (1 + 2 ** -9)).clamp_min(1e-4).half().float()
+    codes = torch.empty_like(tail, dtype=torch.uint8)
+    decoded = first[:, -1]
+    for i in range(tail.shape[1]):  # error diffusion: each code rounds the gap from the previous decoded value
+        c = torch.round((decoded - tail[:, i]) / step).clamp(0, top_code)
+        codes[:, i] = c.to(torch.uint8)
+        decoded = decoded - c * step
+    return {"ids": pack(top_ids.cpu().numpy().astype(np.int64), id_bits(vocab)), "head": first.cpu().numpy().astype(np.float16),
+            "step": step.cpu().numpy().astype(np.float16), "codes": pack(codes.cpu().numpy().astype(np.int64), bits),
+            "rest": rest.cpu().numpy().astype(np.float16)}
+
+
+def decode(fmt: str, arrays: dict[str, np.ndarray], k: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The arrays of `layout` (any leading dims) -> (log-probs [..., k] float32, ids [..., k] long, rest [...] float32)."""
+    rest = torch.from_numpy(arrays["rest"].astype(np.float32))
+    if fmt == "fp16":
+        return torch.from_numpy(arrays["logp"].astype(np.float32)), torch.from_numpy(arrays["ids"].astype(np.int64)), rest
+    bits, head = int(fmt[1:]), min(HEAD, k)
+    ids = torch.from_numpy(unpack(arrays["ids"], id_bits(vocab), k))
+    first = torch.from_numpy(arrays["head"].astype(np.float32))
+    codes = torch.from_numpy(unpack(arrays["codes"], bits, k - head)).float()
+    step = torch.from_numpy(arrays["step"].astype(np.float32))[..., None]
+    tail = first[..., -1:] - step * codes.cumsum(-1)
+    logp = torch.cat([first, tail], -1)
+    # rescale so that the k probabilities and the stored rest sum to exactly 1
+    logp = logp + (torch.log1p(-rest.clamp(0, 1 - 1e-6)) - logp.logsumexp(-1))[..., None]
+    return logp, ids, rest
+
+
+def pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """[..., n] non-negative ints < 2^bits -> [..., ⌈n·bits/8⌉] uint8, little-endian bit order."""
+    planes = ((values[..., None] >> np.arange(bits)) & 1).astype(np.uint8)
+    return np.packbits(planes.reshape(*values.shape[:-1], -1), axis=-1, bitorder="little")
+
+
+def unpack(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """The inverse of `pack`: [..., bytes] uint8 -> [..., n] int64. Each value is read from the (at most
+    five) bytes its bits touch, for all values at once."""
+    start = np.arange(n) * bits
+    first, shift = start // 8, (start % 8).astype(np.uint64)
+    padded = np.concatenate([packed, np.zeros((*packed.shape[:-1], 5), np.uint8)], axis=-1)
+    word = np.zeros((*packed.shape[:-1], n), np.uint64)
+    for j in range(-(-(7 + bits) // 8)):
+        word |= padded[..., first + j].astype(np.uint64) << np.uint64(8 * j)
+    return ((word >> shift) & np.uint64((1 << bits) - 1)).astype(np.int64)

@@ -1,0 +1,90 @@
+"""The teacher cache's storage formats (distill/cache_format.py) on their own: exact ids at any vocabulary,
+log-probabilities within the format's step, the byte counts the README states, the edge cases."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill import cache_format as C
+from distill.losses import cached_logit_kd
+
+
+def targets(n: int, vocab: int, k: int, scale: float = 3.0, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, vocab, generator=g) * scale
+    top, ids = F.log_softmax(logits, -1).topk(k, -1)
+    return logits, top, ids, (1 - top.exp().sum(-1)).clamp_min(0)
+
+
+@pytest.mark.parametrize("vocab", [2, 512, 16_000, 50_257, 128_256])
+def test_ids_round_trip_exactly_at_any_vocabulary(vocab):
+    k = min(vocab, 37)  # an odd k: the packed bits do not end on a byte
+    ids = torch.stack([torch.randperm(vocab)[:k] for _ in range(50)])
+    ids[0, 0] = vocab - 1  # the largest id needs every bit
+    for fmt in C.FORMATS:
+        arrays = C.encode(fmt, torch.zeros(50, k) - torch.arange(k), ids, torch.zeros(50), vocab)
+        assert torch.equal(C.decode(fmt, arrays, k, vocab)[1], ids)
+
+
+@pytest.mark.parametrize("fmt,bound", [("q8", 1 / 254), ("q4", 1 / 14)])
+def test_each_log_probability_is_within_about_a_step(fmt, bound):
+    """Error diffusion: the error of every decoded value stays within one step (the largest gap over
+    2^bits − 2), wherever it is in the row; the rescaling to a total of 1 moves all values together."""
+    _, top, ids, rest = targets(400, 5000, 64)
+    logp, _, got_rest = C.decode(fmt, C.encode(fmt, top, ids, rest, 5000), 64, 5000)
+    err = logp - top
+    err = err - err[:, :1]  # the common shift of the rescaling
+    largest_gap = top.diff(dim=1).neg().amax(1, keepdim=True)
+    assert (err.abs() <= largest_gap * bound + 4e-3).all()  # + the float16 head's rounding
+    total = logp.exp().sum(-1) + got_rest
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+
+
+def test_bytes_per_token_as_the_readme_states():
+    # 14-bit ids (a 16k vocabulary), k = 32, 64, 128
+    assert [C.bytes_per_token("fp16", k, 16_000) for k in (32, 64, 128)] == [130, 258, 514]
+    assert [C.bytes_per_token("q8", k, 16_000) for k in (32, 64, 128)] == [96, 184, 360]
+    assert [C.bytes_per_token("q4", k, 16_000) for k in (32, 64, 128)] == [82, 154, 298]
+    assert C.bytes_per_token("fp16", 64, 70_000) == 64 * 6 + 2  # int32 ids past 65,536 tokens
+    assert C.bytes_per_token("q4", 64, 70_000) == math.ceil(64 * 17 / 8) + 30 + 12
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 5])
+def test_rows_no_longer_than_the_head(k):
+    _, top, ids, rest = targets(20, 300, k)
+    for fmt in C.FORMATS:
+        logp, got_ids, _ = C.decode(fmt, C.encode(fmt, top, ids, rest, 300), k, 300)
+        assert torch.equal(got_ids, ids) and (logp - top).abs().max() < 0.01
+
+
+def test_zero_probabilities_and_flat_rows_stay_finite():
+    top = torch.tensor([[-0.1, -3.0, -float("inf"), -float("inf"), -float("inf"), -float("inf")],
+                        [-math.log(6)] * 6])
+    ids = torch.arange(6).repeat(2, 1)
+    rest = torch.tensor([1 - math.exp(-0.1) - math.exp(-3.0), 0.0]).clamp_min(0)
+    for fmt in ("q8", "q4"):
+        logp, _, _ = C.decode(fmt, C.encode(fmt, top, ids, rest, 6), 6, 6)
+        assert torch.isfinite(logp).all()
+        assert torch.allclose(logp[1], top[1], atol=2e-3)  # a flat row: every gap 0
+
+
+def test_the_kd_loss_from_each_format_matches_full_precision_for_a_near_student():
+    """The hardest case for storage: a student close to the teacher, whose KD loss is small."""
+    logits, top, ids, rest = targets(2000, 16_000, 128)
+    student = logits + torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
+    dense = float(F.kl_div(F.log_softmax(student, -1), F.log_softmax(logits, -1), log_target=True, reduction="sum"))
+    exact = float(cached_logit_kd(student, top, ids, rest, 1.0, 1))
+    for fmt in C.FORMATS:
+        stored = float(cached_logit_kd(student, *C.decode(fmt, C.encode(fmt, top, ids, rest, 16_000), 128, 16_000), 1.0, 1))
+        assert abs(stored - exact) < 1e-3 * dense, (fmt, stored, exact, dense)
+
+
+def test_pack_unpack_are_inverse():
+    rng = np.random.default_rng(0)
+    for bits in (1, 3, 4, 8, 9, 14, 17):
+        values = rng.integers(0, 1 << bits, size=(5, 7, 11))
+        assert np.array_equal(C.unpack(C.pack(values, bits), bits, 11), values)
