@@ -154,7 +154,7 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
         for start in range(lo, hi, batch_size):
             stop = min(hi, start + batch_size)
             ids = blocks[start:stop]["input_ids"].to(device)
-            logits = [lo_ for lo_, _ in run_teachers(teachers, ids, None, hidden=False)]
+            logits = [o.logits for o in run_teachers(teachers, ids, None, hidden=False)]
             top, top_ids, rest = top_k(logits, fp, k)
             for name, values in cache_format.encode(fmt, top, top_ids, rest, vocab).items():
                 arrays[name][start - lo:stop - lo] = values.reshape(stop - start, T, *values.shape[1:])
@@ -261,6 +261,10 @@ def main(argv: list[str]) -> int:
     cfg = cfglib.load(DistillRunConfig, args.config, [o for o in args.overrides if not o.startswith("distill.teacher_cache=")])
     if not cfg.distill.teachers:
         raise UserError(f"{args.config}: distill.teachers is empty; there is nothing to cache")
+    own = [i for i, t in enumerate(cfg.distill.teachers) if t.tokenizer == "own"]
+    if own:
+        raise UserError(f"distill.teachers[{own[0]}].tokenizer: is own; the cache holds ids of the student's vocabulary, "
+                        f"so a teacher with its own tokenizer is run online (train without cache-teachers)")
     temperature, ensemble = cached_distribution(cfg)
     out = Path(args.out) if args.out else default_folder(cfg)
     check_target(out)

@@ -27,7 +27,8 @@ class StudentConfig(ModelConfig):
 
 @dataclass
 class TeacherConfig:
-    path: str = field("", "a local Hugging Face folder (a teacher run's model/), causal LM, with the student's tokenizer")
+    path: str = field("", "a local Hugging Face folder (a teacher run's model/), causal LM")
+    tokenizer: Literal["shared", "own"] = field("shared", "shared: the teacher uses the student's tokenizer; own: it reads the text re-tokenised with its own (positions aligned; terms uld, hidden_mse)")
     weight: float = field(1.0, "this teacher's weight where a term's ensemble is per_teacher (logit_kd, aux_kd)", ge=0)
     layer_map: dict[int, int] | str = field("uniform", "hidden_mse: {teacher block: student block, ...} (0-based), or 'uniform' to spread the student's blocks over the teacher's")
 
@@ -85,6 +86,15 @@ class DistillRunConfig(RunSections):
                                                                   f"(python -m train config/runs/<teacher>.yaml) or fix the path")
             if isinstance(t.layer_map, str) and t.layer_map != "uniform":
                 raise ConfigError(f"distill.teachers[{i}].layer_map", f"is {t.layer_map!r}; give a mapping {{teacher block: student block}} or 'uniform'")
+        own = [i for i, t in enumerate(d.teachers) if t.tokenizer == "own"]
+        same_vocab = [k for k in needs_teacher if not REGISTRY[k].needs.any_tokenizer]
+        if own and same_vocab:
+            raise ConfigError(f"distill.teachers[{own[0]}].tokenizer", f"is own, but {', '.join(same_vocab)} compare teacher and student "
+                                                                      f"token by token over one vocabulary; use distill.losses.uld (and hidden_mse) "
+                                                                      f"with this teacher, or give it the student's tokenizer")
+        if own and d.teacher_cache:
+            raise ConfigError("distill.teacher_cache", f"holds top-k ids of the student's vocabulary; distill.teachers[{own[0]}] has its own "
+                                                       f"tokenizer: run it online (drop distill.teacher_cache)")
         for key, params in active.items():
             REGISTRY[key].check(params, self)
         if d.cache_top_k > self.student.vocab_size:

@@ -2,13 +2,15 @@
 
 Checks, each a one-line error naming the teacher: the folder exists and holds a causal LM
 (a masked-LM teacher cannot give next-token distributions to a causal student); its
-tokenizer has the student's vocabulary and merges; every layer-map index exists.
+tokenizer has the student's vocabulary and merges, unless `tokenizer: own` (then it must be a
+fast tokenizer, and distill/align.py re-tokenises and aligns); every layer-map index exists.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -24,6 +26,17 @@ class Teacher:
     layer_map: list[tuple[int, int]]  # (teacher block, student block), 0-based
     hidden_size: int
     num_layers: int
+    cross: object | None = None  # distill.align.CrossTokenizer when the teacher reads its own tokens (tokenizer: own)
+
+
+class TeacherOutput(NamedTuple):
+    """One teacher's outputs on a batch [B, T_teacher, ...]. With the student's tokenizer T_teacher = T and
+    `index` is None; a teacher with its own tokenizer gives `index` [B, T]: for each student position,
+    the aligned teacher position or -1 (distill/align.py; the wrapper moves the rows it reads)."""
+
+    logits: torch.Tensor
+    hidden: tuple[torch.Tensor, ...] | None
+    index: torch.Tensor | None = None
 
 
 def tokenizer_identity(folder: Path) -> dict:
@@ -103,28 +116,51 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
         if "MaskedLM" in arch or not (arch.endswith(("ForCausalLM", "LMHeadModel")) or getattr(config, "is_decoder", False)):
             raise UserError(f"{where}: is a {config.model_type} model, not a causal LM; a causal student needs causal teachers "
                             f"(use the weighted mutual learning of python -m distill.wml for masked LMs)")
-        if positions(config) is not None and positions(config) < cfg.data.block_size:
+        own = tc.tokenizer == "own"
+        if not own and positions(config) is not None and positions(config) < cfg.data.block_size:
             raise UserError(f"{where}: has {positions(config)} positions, fewer than data.block_size={cfg.data.block_size}; "
                             f"lower data.block_size or use a teacher with more positions")
-        check_same_tokenizer(folder, student_tokenizer_dir)
+        cross = own_tokenizer(folder, student_tokenizer_dir, where, positions(config)) if own else None
+        if not own:
+            check_same_tokenizer(folder, student_tokenizer_dir)
         layer_map = (resolve_layer_map(tc.layer_map, num_layers(config), student_layers, f"{where}.layer_map")
                      if student_layers else [])
         model = load_model_folder(folder, AutoModelForCausalLM, f"teacher {i}", fix, config, dtype=dtype).to(device).eval() if weights else None
         if model is not None:
             model.requires_grad_(False)
         out.append(Teacher(name=folder.parent.name if folder.name == "model" else folder.name, model=model, weight=tc.weight,
-                           layer_map=layer_map, hidden_size=config.hidden_size, num_layers=num_layers(config)))
+                           layer_map=layer_map, hidden_size=config.hidden_size, num_layers=num_layers(config), cross=cross))
     return out
+
+
+def own_tokenizer(folder: Path, student_tokenizer_dir: Path, where: str, max_positions: int | None):
+    """The aligner for a teacher that reads its own tokens: its tokenizer must be a fast one (offsets)."""
+    from transformers import AutoTokenizer
+
+    from distill.align import CrossTokenizer
+
+    with reading(folder, "the teacher's tokenizer", f"save the teacher's tokenizer in {folder} with save_pretrained"):
+        teacher_tok = AutoTokenizer.from_pretrained(str(folder))
+    if not getattr(teacher_tok, "is_fast", False):
+        raise UserError(f"{where}: its tokenizer ({type(teacher_tok).__name__}) is not a fast tokenizer; tokenizer: own needs "
+                        f"character offsets: save a fast tokenizer (tokenizer.json) in {folder}")
+    return CrossTokenizer(AutoTokenizer.from_pretrained(str(student_tokenizer_dir)), teacher_tok, where, max_positions)
 
 
 @torch.no_grad()
 def run_teachers(teachers: list[Teacher], input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 hidden: bool) -> list[tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]]:
-    """(logits [B, T, V], hidden states or None) per teacher; hidden states only when a loss needs them."""
+                 hidden: bool) -> list[TeacherOutput]:
+    """Each teacher's logits [B, T, V_k] and (only when a loss needs them) hidden states. A teacher with
+    its own tokenizer reads the blocks re-tokenised, and its output carries the alignment (`index`)."""
     out = []
     for t in teachers:
         if t.model.training:  # the Trainer's model.train() never reaches the teachers, but be sure
             t.model.eval()
-        o = t.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
-        out.append((o.logits, o.hidden_states if hidden else None))
+        if t.cross is None:
+            o = t.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+            out.append(TeacherOutput(o.logits, o.hidden_states if hidden else None))
+            continue
+        r = t.cross(input_ids)
+        o = t.model(input_ids=r.teacher_ids, attention_mask=r.teacher_mask, output_hidden_states=hidden)
+        out.append(TeacherOutput(o.logits, o.hidden_states if hidden else None, r.index))
     return out

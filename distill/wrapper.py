@@ -88,6 +88,7 @@ class DistillationWrapper(nn.Module):
         """Without `teacher_outputs`/`cached_targets` (evaluation): the student's cross-entropy per
         valid token. With them: the composite loss. Returns {"loss", "terms", "logits"}.
         `teacher_qkv`: per teacher, the captured queries, keys and values (distill.attention.capture_qkv)."""
+        from distill.align import student_rows
         from distill.attention import capture_qkv
 
         training = teacher_outputs is not None or cached_targets is not None
@@ -102,10 +103,12 @@ class DistillationWrapper(nn.Module):
         if not training:
             return {"loss": ce(logits, targets, n), "logits": out.logits}
         online = teacher_outputs is not None
+        read = [student_rows(o, rows, self.needs.teacher_logits, self.needs.teacher_hidden) for o in teacher_outputs or []]
         batch = Batch(logits=logits, targets=targets, n_tokens=n, rows=rows, teacher_weights=self.teacher_weights,
                       student_hidden=out.hidden_states if self.needs.student_hidden else None,
-                      teacher_logits=[rows(lo) for lo, _ in teacher_outputs] if online and self.needs.teacher_logits else None,
-                      teacher_hidden=[hidden for _, hidden in teacher_outputs] if online and self.needs.teacher_hidden else None,
+                      teacher_logits=[r[0] for r in read] if online and self.needs.teacher_logits else None,
+                      teacher_hidden=[r[1] for r in read] if online and self.needs.teacher_hidden else None,
+                      teacher_aligned=[r[2] for r in read] if online else None,
                       cached=tuple(rows(x) for x in cached_targets) if cached_targets is not None else None,
                       attention_mask=attention_mask, student_qkv=student_qkv if self.needs.qkv else None, teacher_qkv=teacher_qkv)
         terms = {t.key: t(batch, getattr(self, t.group, None)) for t in self.terms}

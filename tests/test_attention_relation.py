@@ -111,10 +111,11 @@ def test_gradients_reach_the_students_projections_through_the_wrapper_and_the_fo
     assert "0.5*attention_relation(qq+kk+vv, student block 0 <- teacher blocks [1, 1], 2 heads)" in wrapper.formula(teachers)
 
     from distill.attention import capture_qkv
+    from distill.teachers import TeacherOutput
 
     ids = torch.randint(0, 48, (2, 9), generator=torch.Generator().manual_seed(0))
     with capture_qkv(teachers_m[0], [1]) as q0, capture_qkv(teachers_m[1], [1]) as q1, torch.no_grad():
-        outs = [(m(input_ids=ids).logits, None) for m in teachers_m]
+        outs = [TeacherOutput(m(input_ids=ids).logits, None) for m in teachers_m]
     out = wrapper(ids, labels=ids, teacher_outputs=outs, teacher_qkv=[q0, q1], n_tokens=16)
     assert out["terms"]["attention_relation"] > 0
     out["loss"].backward()

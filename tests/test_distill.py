@@ -18,16 +18,17 @@ pytestmark = pytest.mark.slow
 
 STUDENT_RECIPES = ["demo-kd", "demo-distilledgpt", "demo-palenkallama", "demo-contrastive", "demo-dskd-aux",
                    "demo-dskd-aux-single", "demo-warmstart", "demo-reverse-kl", "demo-jsd", "demo-tvd", "demo-skew-kl",
-                   "demo-skew-reverse-kl", "demo-attention-relation"]
+                   "demo-skew-reverse-kl", "demo-attention-relation", "demo-uld"]
 
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory, demo_root, cache_dir) -> Path:
-    """The two demo teachers (GPT-2 and Llama), trained by `python -m train` into <root>/runs/demo/."""
+    """The demo teachers (GPT-2 and Llama with the demo tokenizer, GPT-2 with GPT-2's own), trained by
+    `python -m train` into <root>/runs/demo/."""
     root = tmp_path_factory.mktemp("distill")
-    for recipe in ("demo-teacher", "demo-teacher-llama"):
+    for recipe, steps in (("demo-teacher", 60), ("demo-teacher-llama", 60), ("demo-teacher-gpt2tok", 20)):
         ok(run_cli("train", f"config/runs/{recipe}.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
-                   f"data.cache_dir={cache_dir}", f"output.dir={root / 'runs'}", "train.max_steps=60", "train.save_steps=1000",
+                   f"data.cache_dir={cache_dir}", f"output.dir={root / 'runs'}", f"train.max_steps={steps}", "train.save_steps=1000",
                    "train.eval_steps=1000", "optim.warmup_steps=5"))
     return root
 
@@ -225,8 +226,8 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
     assert info["storage_error"]["logit_kd"]["relative"] < 1e-3, info["storage_error"]
 
     models = [AutoModelForCausalLM.from_pretrained(teachers / "runs" / "demo" / n / "model").eval() for n in ("teacher", "teacher-llama")]
-    ids = load_blocks(sorted(cache_dir.glob("blocks/train-*"))[0])[:3]["input_ids"]
-    logits = [lo for lo, _ in run_teachers([Teacher("t", m, 1, [], 0, 0) for m in models], ids, None, hidden=False)]
+    ids = load_blocks(cache_dir / "blocks" / f"train-{info['fingerprint']['data']}")[:3]["input_ids"]  # the blocks it was built from
+    logits = [o.logits for o in run_teachers([Teacher("t", m, 1, [], 0, 0) for m in models], ids, None, hidden=False)]
     top, top_ids, rest = top_k(logits, info["fingerprint"], 32)
     logp, got_ids, got_rest = TeacherCache(cache, info["fingerprint"]).lookup(torch.arange(3))
     assert torch.equal(got_ids.flatten(0, 1), top_ids)
@@ -272,7 +273,7 @@ def test_cached_kd_matches_dense_kd_on_a_batch(teachers, demo_root, cache_dir, t
     models = [AutoModelForCausalLM.from_pretrained(teachers / "runs" / "demo" / n / "model").eval() for n in ("teacher", "teacher-llama")]
     blocks = sorted(cache_dir.glob("blocks/train-*"))[0]
     ids = load_blocks(blocks)[:4]["input_ids"]
-    t_logits = [lo[:, :-1].reshape(-1, lo.shape[-1]) for lo, _ in
+    t_logits = [o.logits[:, :-1].reshape(-1, o.logits.shape[-1]) for o in
                 run_teachers([Teacher("t", m, 1, [], 0, 0) for m in models], ids, None, hidden=False)]
     with torch.no_grad():
         s = student(ids).logits[:, :-1].reshape(-1, t_logits[0].shape[-1])
@@ -313,6 +314,22 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
     bad("distill.losses.logit_kd.temperature=0", needles=("distill.losses.logit_kd.temperature", "must be above 0"))
     bad(f"student.init_from={gpt2}", needles=("student.init_from", "cannot load into student.arch"))
     bad(f"distill.teacher_cache={tmp_path}/no-cache", needles=("distill.teacher_cache", "cache-teachers"))
+    # a teacher with its own tokenizer: only terms that align positions read it; never from the cache; a fast tokenizer only
+    own = f"distill.teachers=[{{path: {teachers}/runs/demo/teacher-gpt2tok/model, tokenizer: own}}]"
+    bad(own, needles=("distill.teachers[0].tokenizer", "logit_kd", "distill.losses.uld"))
+    bad(own, "distill.losses.logit_kd.weight=0", "distill.losses.uld.weight=0.5", f"distill.teacher_cache={tmp_path}",
+        needles=("distill.teacher_cache", "its own tokenizer"))
+    assert_user_error(call(main, "cache-teachers", *base, own, "distill.losses.logit_kd.weight=0", "distill.losses.uld.weight=0.5",
+                           "--out", str(tmp_path / "own-cache")), "distill.teachers[0].tokenizer", "run online")
+    assert not (tmp_path / "own-cache").exists()
+    slow = tmp_path / "slow-tokenizer-teacher"
+    shutil.copytree(gpt2, slow)
+    for f in slow.glob("tokenizer*"):
+        f.unlink()
+    from transformers import ByT5Tokenizer
+    ByT5Tokenizer().save_pretrained(slow)  # a tokenizer without character offsets
+    bad(f"distill.teachers=[{{path: {slow}, tokenizer: own}}]", "distill.losses.logit_kd.weight=0", "distill.losses.uld.weight=0.5",
+        needles=("distill.teachers[0]", "not a fast tokenizer"))
     bad("data.block_size=256", "student.overrides.max_position_embeddings=512", f"distill.teachers=[{{path: {gpt2}}}]",
         needles=("distill.teachers[0]", "has 128 positions, fewer than data.block_size=256"))
     # a corrupt teacher, and a corrupt warm start: one line naming the file

@@ -27,6 +27,7 @@ class Needs:
     student_hidden: bool = False   # the student's hidden states
     qkv: bool = False              # queries, keys and values of chosen blocks, student's and teachers' (`qkv_layers`)
     cache: bool = False            # the teacher cache (top-k log-probabilities) can serve it
+    any_tokenizer: bool = False    # reads teachers with their own tokenizer too (teacher.tokenizer: own), at aligned positions
 
     @staticmethod
     def union(items) -> Needs:
@@ -65,6 +66,7 @@ class Batch:
     attention_mask: torch.Tensor | None = None    # [B, T] 1 = a real token (None: every token is)
     student_qkv: dict | None = None               # block -> {"q", "k", "v": [B, T, W]}, when needed
     teacher_qkv: list | None = None               # one such dict per teacher, when needed
+    teacher_aligned: list | None = None           # one [N] bool per teacher: rows with an aligned teacher position (None: all)
 
 
 class LossTerm:
