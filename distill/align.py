@@ -4,7 +4,7 @@ positions aligned to the student's by the text their contexts cover.
 Student position s has read the student's tokens 0..s, which end at some character E_s of the block's
 text; teacher position t has read the teacher's tokens 0..t, ending at E'_t. Where E_s = E'_t both
 models have read exactly the same text and predict what follows it: those positions are aligned, and
-only those carry a teacher target (distill.losses.uld, hidden_mse). Elsewhere one tokenizer splits a
+only those carry a teacher target (distill.losses.uld, hidden_mse, contrastive). Elsewhere one tokenizer splits a
 word the other keeps whole, and the student's position has no teacher counterpart.
 
 The student's text is rebuilt exactly from its ids: its tokenizer must be byte-level (the project's

@@ -28,7 +28,7 @@ class StudentConfig(ModelConfig):
 @dataclass
 class TeacherConfig:
     path: str = field("", "a local Hugging Face folder (a teacher run's model/), causal LM")
-    tokenizer: Literal["shared", "own"] = field("shared", "shared: the teacher uses the student's tokenizer; own: it reads the text re-tokenised with its own (positions aligned; terms uld, hidden_mse)")
+    tokenizer: Literal["shared", "own"] = field("shared", "shared: the teacher uses the student's tokenizer; own: it reads the text re-tokenised with its own (positions aligned; terms uld, hidden_mse, contrastive)")
     weight: float = field(1.0, "this teacher's weight where a term's ensemble is per_teacher (logit_kd, aux_kd)", ge=0)
     layer_map: dict[int, int] | str = field("uniform", "hidden_mse: {teacher block: student block, ...} (0-based), or 'uniform' to spread the student's blocks over the teacher's")
 
@@ -90,7 +90,7 @@ class DistillRunConfig(RunSections):
         same_vocab = [k for k in needs_teacher if not REGISTRY[k].needs.any_tokenizer]
         if own and same_vocab:
             raise ConfigError(f"distill.teachers[{own[0]}].tokenizer", f"is own, but {', '.join(same_vocab)} compare teacher and student "
-                                                                      f"token by token over one vocabulary; use distill.losses.uld (and hidden_mse) "
+                                                                      f"token by token over one vocabulary; use distill.losses.uld (and hidden_mse, contrastive) "
                                                                       f"with this teacher, or give it the student's tokenizer")
         if own and d.teacher_cache:
             raise ConfigError("distill.teacher_cache", f"holds top-k ids of the student's vocabulary; distill.teachers[{own[0]}] has its own "

@@ -95,21 +95,21 @@ def test_demo_recipe_trains_and_exports_a_plain_student(name, teachers, demo_roo
 
 
 def test_teachers_with_their_own_and_the_shared_tokenizer_together(teachers, demo_root, cache_dir, tmp_path):
-    """demo-uld with a second teacher that shares the student's tokenizer, and hidden_mse beside uld: both
-    terms read both teachers (the one with GPT-2's tokenizer at its aligned positions)."""
+    """demo-uld with a second teacher that shares the student's tokenizer, and hidden_mse and contrastive
+    beside uld: each term reads both teachers (the one with GPT-2's tokenizer at its aligned positions)."""
     import math
 
     recipe = recipe_copy("demo-uld", teachers, tmp_path)
     both = (f"distill.teachers=[{{path: {teachers}/runs/demo/teacher-gpt2tok/model, tokenizer: own}}, "
             f"{{path: {teachers}/runs/demo/teacher/model}}]")
     proc = ok(run_cli("distill", str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs", steps=10), both,
-                      "distill.losses.hidden_mse.weight=0.5", "train.logging_steps=1"))
+                      "distill.losses.hidden_mse.weight=0.5", "distill.losses.contrastive.weight=0.1", "train.logging_steps=1"))
     assert "0.5*uld(T=1 + 0.5*KL(shared tokens))" in proc.stdout and "teacher-gpt2tok {" in proc.stdout
     rows = [r for r in metrics(tmp_path / "runs" / "demo" / "uld") if "loss" in r]
-    assert all(math.isfinite(r["loss/uld"]) and r["loss/uld"] > 0 and r["loss/hidden_mse"] > 0 for r in rows)
+    assert all(math.isfinite(r[f"loss/{k}"]) and r[f"loss/{k}"] > 0 for r in rows for k in ("uld", "hidden_mse", "contrastive"))
     assert rows[-1]["loss"] < rows[0]["loss"]
     saved = weights(sorted((tmp_path / "runs" / "demo" / "uld" / "checkpoints").glob("checkpoint-*"))[-1])
-    assert any(k.startswith("projections.hidden_t0_") for k in saved) and any(k.startswith("projections.hidden_t1_") for k in saved)
+    assert all(any(k.startswith(f"projections.{part}") for k in saved) for part in ("hidden_t0_", "hidden_t1_", "contrastive_t0", "contrastive_t1"))
 
 
 def test_warm_start_begins_from_the_checkpoint(teachers, demo_root, cache_dir, tmp_path):

@@ -135,3 +135,30 @@ def test_hidden_mse_reads_a_teacher_at_its_aligned_positions():
     t = o.hidden_states[2]
     ref = sum(((s[b, i] - t[b, index[b, i]]) ** 2).mean() for b in range(2) for i in range(8) if index[b, i] >= 0) / 16
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_contrastive_takes_positives_and_negatives_among_aligned_rows():
+    from distill.config import LossesConfig
+    from distill.losses import contrastive
+    from distill.teachers import Teacher, TeacherOutput
+    from distill.wrapper import DistillationWrapper
+
+    teacher = tiny_llama(24, 2, seed=1).eval().requires_grad_(False)
+    losses = LossesConfig()
+    losses.ce.weight, losses.contrastive.weight = 0.5, 0.1
+    wrapper = DistillationWrapper(tiny_llama(16, 2), [Teacher("t", teacher, 1.0, [], 24, 2)], losses)
+    ids = torch.randint(0, 48, (2, 9), generator=torch.Generator().manual_seed(0))
+    t_ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(1))
+    index = torch.tensor([[0, -1, 2, 3, -1, 6, 7, 9, 11], [1, 2, -1, -1, 5, 8, 9, 10, 11]])
+    with torch.no_grad():
+        o = teacher(input_ids=t_ids, output_hidden_states=True)
+    got = wrapper(ids, labels=ids, teacher_outputs=[TeacherOutput(o.logits, o.hidden_states, index)], n_tokens=16)["terms"]["contrastive"]
+    proj = next(m for name, m in wrapper.named_modules() if name.endswith("contrastive_t0"))
+    last = wrapper.student(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+    pairs = [(b, i) for b in range(2) for i in range(8) if index[b, i] >= 0]
+    s = torch.stack([proj(last[b, i]) for b, i in pairs])
+    t = torch.stack([o.hidden_states[-1][b, index[b, i]] for b, i in pairs])
+    assert torch.allclose(got, contrastive(s, t, losses.contrastive.tau, losses.contrastive.max_negatives, 16), atol=1e-5)
+    # a teacher aligned nowhere adds 0
+    none = wrapper(ids, labels=ids, teacher_outputs=[TeacherOutput(o.logits, o.hidden_states, torch.full((2, 9), -1))], n_tokens=16)
+    assert float(none["terms"]["contrastive"]) == 0.0

@@ -45,10 +45,12 @@ class ContrastiveParams:
 
 @register
 class Contrastive(LossTerm):
-    """One projection per teacher (student width -> its width); the teachers' terms are averaged."""
+    """One projection per teacher (student width -> its width); the teachers' terms are averaged. With a
+    teacher that has its own tokenizer, only the aligned rows take part (distill/align.py): positives
+    and negatives alike; the others add 0."""
 
     key, title, Params, order = "contrastive", "contrastive (InfoNCE) KD", ContrastiveParams, 30
-    needs = Needs(teacher_hidden=True, student_hidden=True)
+    needs = Needs(teacher_hidden=True, student_hidden=True, any_tokenizer=True)
 
     def __init__(self, params, setup):
         super().__init__(params, setup)
@@ -63,5 +65,13 @@ class Contrastive(LossTerm):
 
     def __call__(self, batch, parts):
         p, last = self.params, batch.rows(batch.student_hidden[-1])
-        return sum(contrastive(parts[f"contrastive_t{k}"](last), batch.rows(t_hidden[-1]), p.tau, p.max_negatives, batch.n_tokens)
-                   for k, t_hidden in enumerate(batch.teacher_hidden)) / len(batch.teacher_hidden)
+        aligned = batch.teacher_aligned or [None] * len(batch.teacher_hidden)
+        total = last.new_zeros((), dtype=torch.float32)
+        for k, t_hidden in enumerate(batch.teacher_hidden):
+            s, t = parts[f"contrastive_t{k}"](last), batch.rows(t_hidden[-1])
+            if aligned[k] is not None:
+                keep = aligned[k].nonzero().squeeze(1)
+                s, t = s[keep], t[keep]
+            if s.shape[0]:
+                total = total + contrastive(s, t, p.tau, p.max_negatives, batch.n_tokens)
+        return total / len(batch.teacher_hidden)
