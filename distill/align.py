@@ -8,13 +8,15 @@ only those carry a teacher target (distill.losses.uld, hidden_mse, contrastive).
 word the other keeps whole, and the student's position has no teacher counterpart.
 
 The student's text is rebuilt exactly from its ids: its tokenizer must be byte-level (the project's
-own BPE, GPT-2-style pretrained ones), whose tokens are byte strings. The teacher may use any fast
+own BPE, GPT-2-style pretrained ones), whose tokens are byte strings. Bytes that do not decode (a block
+cut inside a character) become U+FFFD as the tokenizer's own decoding gives them, and the teacher reads that. The teacher may use any fast
 tokenizer: its character offsets (`return_offsets_mapping`) give E'_t. Special tokens of the student
 (BOS at each line, padding) split the block into segments; the teacher reads each segment's text, and
 one boundary token of its own (its BOS, else EOS) where the student had a special token.
 """
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass
 
@@ -101,12 +103,14 @@ class CrossTokenizer:
     def segment(self, ids: list[int], offset: int, teacher_ids: list[int], index: list[int]) -> None:
         data = b"".join(self.pieces[i] for i in ids)
         ends_bytes = np.cumsum([len(self.pieces[i]) for i in ids])
-        # surrogateescape: an undecodable byte is one character, so character and byte counts stay in step
-        text = data.decode("utf-8", "surrogateescape")
-        char_bytes = np.array([1 if "\udc80" <= c <= "\udcff" else len(c.encode()) for c in text], dtype=np.int64)
+        text, char_bytes, replaced = decode_with_spans(data)
         char_ends = np.cumsum(char_bytes)  # byte offset after each character
-        clean = "".join("\ufffd" if "\udc80" <= c <= "\udcff" else c for c in text)
-        enc = self.teacher(clean, add_special_tokens=False, return_offsets_mapping=True)
+        # a student token ending inside an undecodable run has read that run's U+FFFD as far as decoding
+        # goes (a cut run decodes to the same one character): it ends where the run ends
+        if len(char_ends):
+            j = np.searchsorted(char_ends, ends_bytes).clip(max=len(char_ends) - 1)
+            ends_bytes = np.where(replaced[j] & (char_ends[j] != ends_bytes), char_ends[j], ends_bytes)
+        enc = self.teacher(text, add_special_tokens=False, return_offsets_mapping=True)
         # a teacher token's context ends at its end offset (kept non-decreasing: a whitespace-only token's
         # trimmed span may be empty); leading spaces belong to the next token in both conventions
         ends_chars = np.maximum.accumulate(np.array([e for _, e in enc["offset_mapping"]], dtype=np.int64))
@@ -119,6 +123,31 @@ class CrossTokenizer:
         for s, (w, e) in enumerate(zip(where, ends_bytes)):
             if w >= 0 and teacher_end_bytes[w] == e:
                 index[offset + s] = base + int(w)
+
+
+_REPLACED: dict[int, int] = {}  # byte offset -> length of an undecodable run, filled by the handler below
+
+
+def _replace_and_record(exc: UnicodeDecodeError):
+    _REPLACED[exc.start] = exc.end - exc.start
+    return "\ufffd", exc.end
+
+
+codecs.register_error("babydistill.replace", _replace_and_record)
+
+
+def decode_with_spans(data: bytes) -> tuple[str, np.ndarray, np.ndarray]:
+    """UTF-8 text as the tokenizer's own decoding gives it (each undecodable run one U+FFFD, Python's
+    `replace`), the number of bytes behind each character (so offsets map back to bytes exactly), and
+    which characters stand for an undecodable run."""
+    _REPLACED.clear()
+    text = data.decode("utf-8", "babydistill.replace")
+    lengths, replaced, at = np.empty(len(text), dtype=np.int64), np.zeros(len(text), dtype=bool), 0
+    for i, c in enumerate(text):
+        run = _REPLACED.get(at, 0) if c == "\ufffd" else 0
+        lengths[i], replaced[i] = run or len(c.encode()), bool(run)
+        at += lengths[i]
+    return text, lengths, replaced
 
 
 def student_pieces(tokenizer) -> list[bytes]:

@@ -15,15 +15,20 @@ from conftest import shared
 BABYLM_DEV = ["aochildes.dev", "cbt.dev", "children_stories.dev", "switchboard.dev"]
 
 
-@pytest.fixture(scope="module")
-def tokenizers(tmp_path_factory):
+@pytest.fixture(scope="module", params=["babylm-1000", "demo-512"])
+def tokenizers(request, tmp_path_factory):
+    """The student's tokenizer: the project's BPE trained on the BabyLM dev files (1,000 tokens), or on
+    the embedded demo corpus as the demo recipes train it (512 tokens); the teacher's: GPT-2's."""
     from transformers import AutoTokenizer
 
     from tokenizer.bpe import train_bpe
 
     folder = tmp_path_factory.mktemp("bpe")
-    files = [shared("babylm_2023_partial", "dev", name) for name in BABYLM_DEV]
-    student = train_bpe(files, 1000, 2, folder / "tok")
+    if request.param == "demo-512":
+        demo = request.getfixturevalue("demo_root")
+        student = train_bpe(sorted((demo / "train").glob("*")), 512, 2, folder / "tok")
+    else:
+        student = train_bpe([shared("babylm_2023_partial", "dev", name) for name in BABYLM_DEV], 1000, 2, folder / "tok")
     return student, AutoTokenizer.from_pretrained(str(shared("hf_tiny_gpt2")))
 
 
@@ -94,9 +99,9 @@ def test_alignment_matches_the_naive_reference_on_real_text(tokenizers, block):
         assert teacher.decode(t_ids, skip_special_tokens=True) == student.decode(s_ids, skip_special_tokens=True)
         aligned += int((r.index[b] >= 0).sum())
         total += len(s_ids)
-    # every line start (BOS) is aligned, and most word ends are: a 1000-token BPE splits words GPT-2 keeps whole
+    # every line start (BOS) is aligned, and many word ends are: a small BPE splits words GPT-2 keeps whole
     assert all(r.index[b, i] >= 0 for b in range(len(blocks)) for i in range(block) if blocks[b, i] == student.bos_token_id)
-    assert 0.3 < aligned / total < 1.0, aligned / total
+    assert 0.2 < aligned / total < 1.0, aligned / total
 
 
 def test_gathered_outputs_sit_at_the_aligned_positions(tokenizers):
