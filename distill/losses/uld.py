@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from common.config import field
 from distill.losses.base import LossTerm, Needs, register
+from distill.losses.reverse_kl import kl_rows
 
 __all__ = ["uld_rows", "shared_kl_rows", "shared_vocabulary"]
 
@@ -34,17 +35,18 @@ def uld_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tempera
     return (p - q).abs().sum(-1) + (1 - p.sum(-1)) + (1 - q.sum(-1))
 
 
-def shared_kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, teacher_ids: torch.Tensor,
-                   student_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+def shared_kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, teacher_ids: torch.Tensor | None,
+                   student_ids: torch.Tensor | None, temperature: float) -> torch.Tensor:
     """KL(p_S ‖ q_S) per row over the S tokens both vocabularies hold, each model's probabilities
     renormalised over them (the exact-match part of TRL's GOLD hybrid loss).
 
     teacher_logits [N, V_t]; student_logits [N, V_s]; teacher_ids, student_ids [S] (the same token's
-    id in each vocabulary); returns [N].
+    id in each vocabulary), or None for both when the vocabulary is one (every token shared); returns [N].
     """
-    p = F.log_softmax(teacher_logits.detach().float().index_select(-1, teacher_ids) / temperature, dim=-1)
-    q = F.log_softmax(student_logits.float().index_select(-1, student_ids) / temperature, dim=-1)
-    return (p.exp() * (p - q)).sum(-1)
+    t, s = teacher_logits.detach().float(), student_logits.float()
+    if teacher_ids is not None:
+        t, s = t.index_select(-1, teacher_ids), s.index_select(-1, student_ids)
+    return kl_rows(F.log_softmax(t / temperature, dim=-1), F.log_softmax(s / temperature, dim=-1))
 
 
 def shared_vocabulary(student_tokenizer, teacher_tokenizer) -> tuple[list[int], list[int]]:
@@ -72,13 +74,10 @@ class ULD(LossTerm):
 
     def __init__(self, params, setup):
         super().__init__(params, setup)
-        self.shared = []  # per teacher: (student ids, teacher ids) as tensors, or None for the whole shared vocabulary
-        for t in setup.teachers:
-            if t.cross is None:
-                self.shared.append(None)
-            else:
-                s_ids, t_ids = shared_vocabulary(t.cross.student, t.cross.teacher)
-                self.shared.append((torch.tensor(s_ids), torch.tensor(t_ids)))
+        # per teacher: (teacher ids, student ids) of the shared tokens, or (None, None) when it has the student's vocabulary
+        self.shared = [(None, None) if t.cross is None or not params.shared_kl
+                       else tuple(torch.tensor(ids) for ids in reversed(shared_vocabulary(t.cross.student, t.cross.teacher)))
+                       for t in setup.teachers]
 
     def describe(self, teachers):
         extra = f" + {self.params.shared_kl:g}*KL(shared tokens)" if self.params.shared_kl else ""
@@ -96,11 +95,7 @@ class ULD(LossTerm):
                 logits, student_logits = logits[keep], student_logits[keep]
             rows = uld_rows(logits, student_logits, T)
             if p.shared_kl:
-                shared = self.shared[k] if k < len(self.shared) else None
-                if shared is None:
-                    ids = torch.arange(logits.shape[-1], device=logits.device)
-                    shared = (ids, ids)
-                s_ids, t_ids = (x.to(logits.device) for x in shared)
-                rows = rows + p.shared_kl * shared_kl_rows(logits, student_logits, t_ids, s_ids, T)
+                self.shared[k] = tuple(None if x is None else x.to(logits.device) for x in self.shared[k])  # once per device
+                rows = rows + p.shared_kl * shared_kl_rows(logits, student_logits, *self.shared[k], T)
             total = total + weights[k] * rows.sum()
         return total / batch.n_tokens
