@@ -159,7 +159,8 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
             for name, values in cache_format.encode(fmt, top, top_ids, rest, vocab).items():
                 arrays[name][start - lo:stop - lo] = values.reshape(stop - start, T, *values.shape[1:])
             if student is not None and errors is None:
-                errors = storage_error(cfg, student(ids).logits.flatten(0, 1), [x.flatten(0, 1) for x in logits], vocab)
+                errors = storage_error(cfg, student(ids).logits.flatten(0, 1), [x.flatten(0, 1) for x in logits],
+                                       (top, top_ids, rest), vocab)
             bar.update(stop - start)
         for a in arrays.values():
             a.flush()
@@ -187,16 +188,15 @@ def top_k(teacher_logits: list[torch.Tensor], fp: dict, k: int) -> tuple[torch.T
     return top, top_ids, (1.0 - top.exp().sum(-1)).clamp_min(0.0)
 
 
-def storage_error(cfg, student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], vocab: int) -> dict:
+def storage_error(cfg, student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], targets: tuple, vocab: int) -> dict:
     """Each served term on one batch [N, V], computed three ways: dense (the teachers online), from the
-    top-k at full precision, and from the top-k as `distill.cache_format` stores it. Returns
-    {term: {"dense", "top_k", "stored", "relative": |stored − top_k| / |dense|}}: the last is the error the
-    storage adds, as a fraction of the loss the teachers give online."""
+    top-k at full precision (`targets`: `top_k`'s (log-probs, ids, rest) of these teacher logits), and from
+    the top-k as `distill.cache_format` stores it. Returns {term: {"dense", "top_k", "stored", "relative":
+    |stored − top_k| / |dense|}}: the last is the error the storage adds, as a fraction of the loss the
+    teachers give online."""
     from distill.losses import REGISTRY, Batch, Setup
 
-    temperature, ensemble = cached_distribution(cfg)
-    fp = {"temperature": temperature, "ensemble": ensemble}
-    top, top_ids, rest = top_k(teacher_logits, fp, cfg.distill.cache_top_k)
+    top, top_ids, rest = targets
     fmt = cfg.distill.cache_format
     stored = cache_format.decode(fmt, cache_format.encode(fmt, top, top_ids, rest, vocab), cfg.distill.cache_top_k, vocab)
     n = student_logits.shape[0]

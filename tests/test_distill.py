@@ -260,7 +260,7 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
                                                    "distill.losses.reverse_kl.temperature=2"])
     with torch.no_grad():
         near = models[1](ids).logits.flatten(0, 1)
-    report = storage_error(cfg, near, [x.flatten(0, 1) for x in logits], 512)
+    report = storage_error(cfg, near, [x.flatten(0, 1) for x in logits], (top, top_ids, rest), 512)
     print(fmt, {k: f"{v['relative']:.1e} of {v['dense']:.3f}" for k, v in report.items()})
     assert set(report) == {"logit_kd", "reverse_kl"} and all(v["relative"] < 1e-3 for v in report.values())
 
