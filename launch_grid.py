@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import config as cfglib  # noqa: E402
-from common.errors import UserError, exit_on_user_error  # noqa: E402
+from common import config as cfglib
+from common.errors import UserError, exit_on_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from typing import Any
 from common import config as cfglib
 from common.errors import UserError
 from grid.config import FINALISTS, GridConfig, StageConfig
-from train.kinds import recipe_kind, schema
+from launch.kinds import recipe_kind, schema
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Point:
     stage: str
     name: str
     recipe: str
-    kind: str                      # train, distill or wml (train.kinds)
+    kind: str                      # train, distill or wml (launch.kinds)
     axes: dict[str, Any]           # the grid's varied keys and this point's values
     overrides: dict[str, Any]      # every dotted recipe key set by the grid, output.* included
     run: str                       # the run directory

@@ -1,7 +1,7 @@
 """One grid point, start to end: train (or resume), write grid.json, evaluate every model.
 
 `PointJob` is what the local and SLURM executors run. Training runs as a child process
-(`python -m <entry>`, or torchrun with several GPUs or nodes: train.launch.command, as in the
+(`python -m <entry>`, or torchrun with several GPUs or nodes: launch.command, as in the
 .slurm templates) that ignores SIGUSR2 until its trainer arms the checkpoint-and-stop handler
 (train.trainer.Preemption). Under submitit the job's own process receives SIGUSR2 before the
 time limit or on preemption; `checkpoint` then passes the signal on, waits for the trainer's
@@ -20,8 +20,8 @@ from pathlib import Path
 from common.errors import EXIT_PREEMPTED
 from common.paths import write_atomic
 from grid.plan import Point
-from train.kinds import entry_point
-from train.launch import command
+from launch.kinds import entry_point
+from launch.command import command
 
 
 class PointFailed(Exception):

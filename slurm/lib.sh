@@ -3,7 +3,7 @@
 # bd_init NAME USAGE  refuse to run outside SLURM (saying: sbatch slurm/NAME USAGE), go to the repository
 #                     (SLURM_SUBMIT_DIR: sbatch runs a copy of the script, so its own path says nothing),
 #                     activate $BABYDISTILL_VENV
-# bd_train RECIPE ... train/distill/WML one recipe with --resume through python -m train.launch (torchrun
+# bd_train RECIPE ... train/distill/WML one recipe with --resume through python -m launch (torchrun
 #                     across the job's GPUs and nodes; $BABYDISTILL_PROCS_PER_NODE processes per node
 #                     instead of one per GPU when set), DeepSpeed from $BABYDISTILL_DEEPSPEED, the
 #                     log in <run>/logs/, and on SIGUSR2 (--signal=B:USR2@T) a checkpoint and a requeue
@@ -31,7 +31,7 @@ bd_init() {
 
 bd_where() {  # sets BD_KIND and BD_RUN for a recipe and overrides
   local where
-  where=$("$BD_PYTHON" -m grid.where "$@") || exit 2
+  where=$("$BD_PYTHON" -m launch.where "$@") || exit 2
   BD_KIND=${where%% *}
   BD_RUN=${where#* }
 }
@@ -50,9 +50,9 @@ bd_train() {
   local sets=("$@")
   [[ -n "${BABYDISTILL_DEEPSPEED:-}" ]] && sets+=("train.deepspeed=$BABYDISTILL_DEEPSPEED")
   echo "job $SLURM_JOB_ID on $(hostname): $BD_KIND $recipe ${sets[*]} -> $BD_RUN"
-  # train.launch picks the entry point and, with several processes per node or several nodes, torchrun
+  # launch picks the entry point and, with several processes per node or several nodes, torchrun
   bd_requeueable srun --nodes="${SLURM_NNODES:-1}" --ntasks-per-node=1 --kill-on-bad-exit=1 \
-    bash -c 'trap "" USR2; exec "$@"' bd-task "$BD_PYTHON" -m train.launch "$recipe" "${sets[@]}" --resume
+    bash -c 'trap "" USR2; exec "$@"' bd-task "$BD_PYTHON" -m launch "$recipe" "${sets[@]}" --resume
 }
 
 bd_requeueable() {

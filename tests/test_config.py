@@ -126,7 +126,7 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "config" / "runs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_recipe_loads(recipe, tmp_path, monkeypatch):
-    from train.kinds import recipe_kind, schema as schema_of
+    from launch.kinds import recipe_kind, schema as schema_of
 
     raw, _ = cfglib.read_yaml(recipe)
     schema = schema_of(recipe_kind(raw))

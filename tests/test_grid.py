@@ -167,9 +167,9 @@ def test_every_shipped_grid_plans(grid, workdir):
 
 
 def test_launch_command_follows_the_job_layout(monkeypatch):
-    """train.launch.command, shared by grid points and the .slurm templates: the entry point alone with one
+    """launch.command, shared by grid points and the .slurm templates: the entry point alone with one
     process, torchrun (one per node, rendezvous on a job-specific port) with several; each kind its entry."""
-    from train.launch import command
+    from launch.command import command
 
     for var in ("BABYDISTILL_PROCS_PER_NODE", "SLURM_GPUS_ON_NODE", "SLURM_NNODES", "SLURM_JOB_ID", "SLURM_JOB_NODELIST"):
         monkeypatch.delenv(var, raising=False)
@@ -184,5 +184,5 @@ def test_launch_command_follows_the_job_layout(monkeypatch):
 
 
 def test_launch_refuses_a_missing_recipe(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "train.launch", str(tmp_path / "nope.yaml")], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "launch", str(tmp_path / "nope.yaml")], cwd=ROOT, capture_output=True, text=True)
     assert_user_error(proc, "nope.yaml")

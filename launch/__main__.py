@@ -1,0 +1,38 @@
+"""python -m launch RECIPE [key=value ...] [--resume ...]: run a recipe of any kind (train,
+distill, WML) as its own process or, with several processes per node or several nodes, under
+torchrun. The slurm/*.slurm templates start every training this way, and grid points build the
+same command (`command`), so both follow one convention:
+
+- processes per node: $BABYDISTILL_PROCS_PER_NODE (CPU ranks over gloo, for tests and CPU
+  clusters), else $SLURM_GPUS_ON_NODE (one per GPU), else 1;
+- nodes: $SLURM_NNODES; torchrun runs once per node and meets the others at a c10d rendezvous
+  on the job's first node (`scontrol show hostnames`), on a port derived from the job id so
+  that two jobs sharing a node do not collide.
+
+The process replaces itself with the command, so a SIGUSR2 disposition set by the caller (the
+templates ignore it until the trainer arms its handler) carries over.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from common import config as cfglib
+from common.errors import UserError, exit_on_user_error
+from launch.command import command
+from launch.kinds import recipe_kind
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        raise UserError("python -m launch RECIPE [key=value ...] [--resume]: give a run YAML")
+    cmd = command(recipe_kind(cfglib.read_yaml(argv[0])[0]), argv)
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
