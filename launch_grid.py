@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="grid keys (YAML, or key=value here):\n" + "\n".join(cfglib.describe(GridConfig)))
     p.add_argument("grid", help="grid YAML, e.g. config/grids/demo.yaml")
     p.add_argument("overrides", nargs="*", help="dotted grid keys, e.g. executor.kind=debug")
+    p.add_argument("-v", "--verbose", action="store_true", help="every point's full output on the terminal too (always in <run>/logs/)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (points, their state, overrides); run nothing")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a recipe override for every point, after the grid's own (e.g. --set train.max_steps=20)")
@@ -62,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with FolderLock(cfg.root / "_grid"):  # one launcher per grid: a second one would train every point twice
-            return launch(cfg, points)
+            return launch(cfg, points, args.verbose)
     except Locked as exc:
         raise UserError(f"{cfg.root}: another launcher is running this grid ({exc.holder}); wait for it to end, "
                         f"or stop it, then run the same command again") from None
 
 
-def launch(cfg, points) -> int:
+def launch(cfg, points, verbose: bool = False) -> int:
     from grid import executors
     from grid.plan import finalists
 
@@ -77,7 +78,7 @@ def launch(cfg, points) -> int:
     for stage in cfg.stages:
         stage_points = [p for p in points if p.stage == stage.name]
         start = time.perf_counter()
-        stage_failed = executors.run_stage(stage_points, root, cfg.executor)
+        stage_failed = executors.run_stage(stage.name, stage_points, root, cfg.executor, verbose)
         print(f"stage {stage.name}: {len(stage_points)} point(s), {len(stage_failed)} incomplete, {time.perf_counter() - start:.1f} s", flush=True)
         failed += stage_failed
         if stage_failed and stage is not cfg.stages[-1]:
@@ -85,15 +86,25 @@ def launch(cfg, points) -> int:
             raise UserError(f"stage '{stage.name}': {len(stage_failed)} point(s) did not finish, so the later stages were not "
                             f"started; fix them and run the same command again (finished points are skipped)")
     if cfg.select.stage:
+        unfinished = [p for p, _ in failed if p.stage == cfg.select.stage]
+        if unfinished and not cfg.select.allow_incomplete:
+            executors.report(failed)
+            raise UserError(f"select.stage '{cfg.select.stage}': {len(unfinished)} of its points did not finish "
+                            f"({', '.join(p.name for p in unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}), so no "
+                            f"finalists were chosen; fix them and run the same command again, or set "
+                            f"select.allow_incomplete=true to choose among the finished points")
+        if unfinished:
+            print(f"WARNING: finalists chosen among the finished points of stage '{cfg.select.stage}' only: "
+                  f"{len(unfinished)} did not finish (select.allow_incomplete=true)", file=sys.stderr, flush=True)
         chosen = finalists(cfg, points)
         print("finalists: " + ", ".join(p.name for p in chosen))
         start = time.perf_counter()
-        failed += executors.run_stage(chosen, root, cfg.executor)
+        failed += executors.run_stage("finalists", chosen, root, cfg.executor, verbose)
         print(f"stage finalists: {len(chosen)} point(s), {time.perf_counter() - start:.1f} s", flush=True)
     executors.report(failed)
     from results.__main__ import main as results_main
 
-    rc = results_main(["collect", str(root), "--out", cfg.results_dir, "--name", cfg.name, "--metric", cfg.select.metric])
+    rc = results_main(["collect", str(root), "--out", str(cfg.results_path), "--name", cfg.name, "--metric", cfg.select.metric])
     if failed:
         print(f"{len(failed)} point(s) incomplete; run the same command again to finish them", file=sys.stderr)
         return 1

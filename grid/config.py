@@ -25,6 +25,8 @@ class SelectConfig:
     metric: str = field("dev_ce", "dev_ce (lower is better) or an evaluated task's accuracy, e.g. blimp_filtered (higher is better)")
     finalists: int = field(1, "how many of the best points are retrained with `overrides`", ge=1)
     overrides: dict[str, Any] = field({"data.train_fraction": 1.0}, "dotted recipe keys for the finalists' runs (the full data)")
+    allow_incomplete: bool = field(False, "choose finalists even when points of the selection stage did not finish "
+                                          "(among the finished ones); false: refuse until every point has finished")
 
 
 @dataclass
@@ -48,7 +50,8 @@ class ExecutorConfig:
 class GridConfig:
     name: str = field("", "grid name: its runs go to <output_dir>/<name>/<point>")
     output_dir: str = field("runs", "root of the run directories")
-    results_dir: str = field("results", "where the table and plots go (<results_dir>/<name>.csv, .md, PNGs)")
+    results_dir: str = field("", "where the table and plots go (<results_dir>/<name>.csv, .md, PNGs); empty: "
+                                 "<output_dir>/<name>/_results, beside the runs")
     stages: list[StageConfig] = field([], "the stages, run in order")
     tasks: list[str] = field(["demo_pairs"], "evaluation tasks run on every point (python -m eval --tasks)")
     eval_data_dir: str = field("", "BabyLM evaluation_data folder for the tasks (empty: eval's default)")
@@ -63,6 +66,10 @@ class GridConfig:
     def root(self) -> Path:
         """<output_dir>/<name>: the folder of the grid's run directories."""
         return Path(self.output_dir) / self.name
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results_dir) if self.results_dir else self.root / "_results"
 
     def check(self) -> None:
         from common.paths import file_in_the_way, name_problem

@@ -14,25 +14,25 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from common.errors import UserError, summary
 from common.paths import write_atomic
 from grid.config import ExecutorConfig
 from grid.plan import Point
 from grid.point import PointFailed, PointJob, run_in_process
+from grid.report import Reporter
 
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED"}
 
 
-def run_debug(points: list[Point], root: Path, ex: ExecutorConfig) -> list[tuple[Point, str]]:
+def run_debug(points: list[Point], root: Path, ex: ExecutorConfig, report: Reporter) -> list[tuple[Point, str]]:
     """Every point in this process; a point that fails, however it fails, is reported and the next one runs."""
     import traceback
 
     failed = []
     for p in points:
+        report.start(p)
         try:
-            run_in_process(p)
+            run_in_process(p, report.verbose)
         except (PointFailed, UserError) as exc:
             failed.append((p, str(exc)))
         except Exception as exc:  # noqa: BLE001 - a defect in one point must not cost the others their run
@@ -40,22 +40,23 @@ def run_debug(points: list[Point], root: Path, ex: ExecutorConfig) -> list[tuple
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text(traceback.format_exc())
             failed.append((p, f"{summary(exc, 200)} (traceback in {log})"))
+        report.end(p, *((failed[-1][1], newest_log(p)) if failed and failed[-1][0] is p else ()))
     return failed
 
 
-def run_local(points: list[Point], root: Path, ex: ExecutorConfig) -> list[tuple[Point, str]]:
+def run_local(points: list[Point], root: Path, ex: ExecutorConfig, report: Reporter) -> list[tuple[Point, str]]:
     failed = []
     for i, p in enumerate(points):
-        print(f"[{i + 1}/{len(points)}] {p.name} ({p.state()})", flush=True)
+        report.start(p, f"{i + 1}/{len(points)}")
         try:
-            PointJob(p)()
-        except PointFailed as exc:
+            PointJob(p, verbose=report.verbose)()
+            report.end(p)
+        except (PointFailed, UserError) as exc:
             failed.append((p, str(exc)))
-            if exc.preempted:  # SIGUSR2 reached this machine's job: start no further point
+            report.end(p, str(exc), newest_log(p))
+            if isinstance(exc, PointFailed) and exc.preempted:  # SIGUSR2 reached this machine's job: start no further point
                 failed.extend((q, "not started: the grid was stopped by SIGUSR2") for q in points[i + 1:])
                 break
-        except UserError as exc:
-            failed.append((p, str(exc)))
     return failed
 
 
@@ -89,7 +90,7 @@ def _jobs_file(root: Path) -> Path:
     return root / "_grid" / "jobs.json"
 
 
-def run_slurm(points: list[Point], root: Path, ex: ExecutorConfig, wait: bool = True) -> list[tuple[Point, str]]:
+def run_slurm(points: list[Point], root: Path, ex: ExecutorConfig, report: Reporter, wait: bool = True) -> list[tuple[Point, str]]:
     import submitit
 
     check_slurm()
@@ -100,44 +101,47 @@ def run_slurm(points: list[Point], root: Path, ex: ExecutorConfig, wait: bool = 
         if p.name in known:
             job = submitit.SlurmJob(folder=str(root / "_grid" / "logs" / "%j"), job_id=known[p.name])
             if job.state.split()[0] in ALIVE:
-                print(f"{p.name}: job {job.job_id} is still {job.state}; waiting for it")
+                report.line(f"{p.name}: job {job.job_id} is still {job.state}; waiting for it")
                 jobs[p.name] = job
                 continue
         todo.append(p)
     if todo:
         executor = _executor(root, ex, f"{points[0].grid}-{points[0].stage}")
         with executor.batch():
-            pending = [(p, executor.submit(PointJob(p, grace_s=max(10, ex.signal_delay_s - 20)))) for p in todo]
+            pending = [(p, executor.submit(PointJob(p, grace_s=max(10, ex.signal_delay_s - 20), verbose=report.verbose)))
+                       for p in todo]
         for p, job in pending:
             jobs[p.name] = job
             known[p.name] = job.job_id
         jobs_file.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(jobs_file, json.dumps(known, indent=2))
-        print(f"submitted {len(todo)} point(s) as job array {pending[0][1].job_id.split('_')[0]}", flush=True)
+        report.line(f"submitted {len(todo)} point(s) as job array {pending[0][1].job_id.split('_')[0]}")
+    for p in points:
+        report.start(p, f"job {jobs[p.name].job_id}")
     if not wait:
         return []
     failed = []
     by_name = {p.name: p for p in points}
     lost: dict[str, int] = {}
-    with tqdm(total=len(jobs), desc=f"stage {points[0].stage}", unit="point") as bar:
-        remaining = dict(jobs)
-        while remaining:
-            for name, job in list(remaining.items()):
-                if not job.done() and _vanished(job):  # cancelled while pending: no queue entry, no accounting record
-                    lost[name] = lost.get(name, 0) + 1
-                    if lost[name] >= 3:
-                        failed.append((by_name[name], f"job {job.job_id}: no longer queued and never ran (cancelled?)"))
-                        del remaining[name]
-                        bar.update(1)
-                    continue
-                if job.done():
-                    try:
-                        job.result()
-                    except Exception as exc:  # a failed or cancelled job: reported, the others go on
-                        failed.append((by_name[name], f"job {job.job_id}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}"))
+    remaining = dict(jobs)
+    while remaining:
+        for name, job in list(remaining.items()):
+            if not job.done() and _vanished(job):  # cancelled while pending: no queue entry, no accounting record
+                lost[name] = lost.get(name, 0) + 1
+                if lost[name] >= 3:
+                    failed.append((by_name[name], f"job {job.job_id}: no longer queued and never ran (cancelled?)"))
+                    report.end(by_name[name], failed[-1][1], newest_log(by_name[name]))
                     del remaining[name]
-                    bar.update(1)
-            time.sleep(2)
+                continue
+            if job.done():
+                try:
+                    job.result()
+                    report.end(by_name[name])
+                except Exception as exc:  # a failed or cancelled job: reported, the others go on
+                    failed.append((by_name[name], f"job {job.job_id}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}"))
+                    report.end(by_name[name], failed[-1][1], newest_log(by_name[name]))
+                del remaining[name]
+        time.sleep(2)
     return failed
 
 
@@ -151,11 +155,20 @@ def _vanished(job) -> bool:
 EXECUTORS = {"debug": run_debug, "local": run_local, "slurm": run_slurm}
 
 
-def run_stage(points: list[Point], root: Path, ex: ExecutorConfig) -> list[tuple[Point, str]]:
+def run_stage(stage: str, points: list[Point], root: Path, ex: ExecutorConfig, verbose: bool = False) -> list[tuple[Point, str]]:
     todo = [p for p in points if p.state() != "done"]
     if not todo:
         return []
-    return EXECUTORS[ex.kind](todo, root, ex)
+    report = Reporter(stage, len(todo), verbose)
+    try:
+        return EXECUTORS[ex.kind](todo, root, ex, report)
+    finally:
+        report.close()
+
+
+def newest_log(point: Point) -> Path | None:
+    logs = sorted((Path(point.run) / "logs").glob("grid-*.log"), key=lambda p: p.stat().st_mtime)
+    return logs[-1] if logs else None
 
 
 def report(failed: list[tuple[Point, str]]) -> None:

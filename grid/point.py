@@ -1,4 +1,5 @@
-"""One grid point, start to end: train (or resume), write grid.json, evaluate every model.
+"""One grid point, start to end: train (or resume), write grid.json, evaluate every model. Its whole output goes
+to <run>/logs/grid-<time>.log (grid.report), the terminal shows a line per point.
 
 `PointJob` is what the local and SLURM executors run. Training runs as a child process
 (`python -m <entry>`, or torchrun with several GPUs or nodes: launch.command, as in the
@@ -20,6 +21,7 @@ from pathlib import Path
 from common.errors import EXIT_PREEMPTED
 from common.paths import write_atomic
 from grid.plan import Point
+from grid.report import log_path, output_to
 from launch.kinds import entry_point
 from launch.command import command
 
@@ -39,58 +41,68 @@ def write_grid_json(point: Point) -> None:
                                                             "recipe": point.recipe}, indent=2))
 
 
-def evaluate_point(point: Point) -> None:
-    """Every model of the point (WML: every peer) on the grid's tasks, then its fine-tuning tasks; already evaluated
-    tasks are kept. Every fine-tuning task's files are read and checked before the first model is evaluated."""
-    from eval import finetune
-    from eval.evaluate import Options, evaluate
-
-    tuned = {}
-    for name in point.finetune:
-        data = finetune.data_folder(name, finetune.spec_of(name), point.finetune_data_dir or None)
-        tuned[name] = (data, finetune.read_task(name, data))
+def eval_argvs(point: Point) -> list[list[str]]:
+    """The `python -m eval` command lines (without the program) that evaluate the point: every model (WML: every peer)
+    on the grid's tasks it lacks, then on each fine-tuning task it lacks, then its milestones (the learning curve)."""
+    argvs = []
+    data = ["--data-dir", point.eval_data_dir] if point.eval_data_dir else []
     for model in point.model_dirs():
         out = point.eval_dir(model)
         todo = [t for t in point.tasks if not (out / f"{t}.json").is_file()]
         if todo:
-            evaluate(str(model), todo, Options(backend=point.backend, data_dir=point.eval_data_dir or None, out=str(out),
-                                               progress=False))
-        for name, (data, task) in tuned.items():
-            if not (out / f"{name}.json").is_file():
-                summary = finetune.finetune(str(model), name, task, data, out, finetune.Settings(progress=False))
-                print(f"{name}: fine-tuned {summary['metric']} {summary['score']:.4f} -> {out / name}.json", flush=True)
-    if point.tasks_per_milestone:  # the learning curve: every milestone (every peer), then a PNG per task
-        from eval.curve import evaluate_milestones, plot_curves
-
-        run = Path(point.run)
-        curve = evaluate_milestones(run, point.tasks_per_milestone, Options(backend=point.backend, data_dir=point.eval_data_dir or None,
-                                                                            progress=False))
-        plot_curves({run: curve}, run / "eval" / "curves")
+            argvs.append([str(model), "--tasks", ",".join(todo), "--backend", point.backend, *data, "--out", str(out),
+                          "--no-progress"])
+        tune = [t for t in point.finetune if not (out / f"{t}.json").is_file()]
+        if tune:
+            argvs.append(["finetune", str(model), "--tasks", ",".join(tune), "--out", str(out), "--no-progress",
+                          *(["--data-dir", point.finetune_data_dir] if point.finetune_data_dir else [])])
+    if point.tasks_per_milestone:
+        argvs.append(["curve", point.run, "--tasks", ",".join(point.tasks_per_milestone), "--backend", point.backend, *data,
+                      "--no-progress"])
+    return argvs
 
 
-def run_in_process(point: Point) -> None:
+def evaluate_point(point: Point) -> None:
+    """Runs eval's command lines in this process (the same argv a person would type; one interpreter start
+    saved per model). Results already there are kept."""
+    from launch.kinds import resolve
+
+    main = resolve("eval.__main__:main")
+    for argv in eval_argvs(point):
+        rc = main(argv)
+        if rc != 0:
+            raise PointFailed(f"{point.name}: python -m eval {' '.join(argv[:2])} ... exited {rc}")
+
+
+def run_in_process(point: Point, verbose: bool = False) -> None:
     """The debug executor: everything in this process (no signals, no requeue)."""
     if point.state() == "done":
         return
-    rc = entry_point(point.kind)(point.argv())
-    if rc != 0:
-        raise PointFailed(f"{point.name}: training exited {rc}")
-    write_grid_json(point)
-    evaluate_point(point)
+    with output_to(None if verbose else log_path(point)):
+        rc = entry_point(point.kind)(point.argv())
+        if rc != 0:
+            raise PointFailed(f"{point.name}: training exited {rc}")
+        write_grid_json(point)
+        evaluate_point(point)
 
 
 class PointJob:
     """A picklable callable for submitit (and the local executor) with submitit's `checkpoint` hook."""
 
-    def __init__(self, point: Point, grace_s: float = 90.0):
+    def __init__(self, point: Point, grace_s: float = 90.0, verbose: bool = False):
         self.point = point
         self.grace_s = grace_s
+        self.verbose = verbose
         self._proc: subprocess.Popen | None = None
 
     def __call__(self) -> str:
+        if self.point.state() == "done":
+            return f"{self.point.name}: done"
+        with output_to(None if self.verbose else log_path(self.point)):  # the point's whole output: <run>/logs/
+            return self._run()
+
+    def _run(self) -> str:
         point = self.point
-        if point.state() == "done":
-            return f"{point.name}: done"
         if not (Path(point.run) / "DONE").is_file():
             self._proc = subprocess.Popen(command(point.kind, point.argv()), preexec_fn=_ignore_usr2)
             rc = self._proc.wait()
@@ -115,5 +127,5 @@ class PointJob:
             deadline = time.time() + self.grace_s
             while proc.poll() is None and time.time() < deadline:
                 time.sleep(0.5)
-        return submitit.helpers.DelayedSubmission(PointJob(self.point, self.grace_s))
+        return submitit.helpers.DelayedSubmission(PointJob(self.point, self.grace_s, self.verbose))
 

@@ -1,7 +1,8 @@
-"""python -m results collect RUNS... [--out results] [--name NAME] [--metric dev_ce]: tables and plots.
+"""python -m results collect RUNS... [--out DIR] [--name NAME] [--metric dev_ce]: tables and plots.
 python -m results compare RUN_A RUN_B --task TASK: a paired significance test on the same pairs.
 
-collect reads only run directories and writes, atomically, <out>/<name>.csv, <out>/<name>.md
+collect reads only run directories and writes, atomically, beside them (<out> defaults to
+runs/<experiment>/_results/, never this package's folder) <out>/<name>.csv, <out>/<name>.md
 (`0.694 ± 0.0016`), and PNGs: <name>-tasks.png, <name>-curves.png, for a two-axis grid
 <name>-heatmap.png, and <name>-curve-<task>.png per task of the runs' learning curves (eval/curve.json). Runs without DONE or with unreadable files are listed as incomplete.
 """
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="run directories -> CSV, markdown and PNG plots")
     c.add_argument("runs", nargs="+", help="run directories or folders above them (runs/<experiment>)")
-    c.add_argument("--out", default="results", help="output folder (default results/)")
+    c.add_argument("--out", help="output folder (default: _results/ in the experiment folder, e.g. runs/demo/_results)")
     c.add_argument("--name", help="file name stem (default: the first folder's name)")
     c.add_argument("--metric", default="dev_ce", help="heatmap metric: dev_ce or a task name (default dev_ce)")
     m = sub.add_parser("compare", help="paired test (McNemar and bootstrap) of two runs on the same pairs")
@@ -36,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
 def check_out_file(out: str | None) -> None:
     if out and (Path(out).is_dir() or (Path(out).parent.exists() and not Path(out).parent.is_dir())):
         raise UserError(f"--out {out}: is a folder (or under a file); give a file path for the JSON")
+
+
+def default_out(roots: list[Path]) -> Path:
+    """`<experiment>/_results`: beside the runs. A run directory counts as its experiment folder (its parent);
+    several roots share their deepest common folder."""
+    import os
+
+    folders = [r.parent if (r / "config.yaml").is_file() else r for r in roots]
+    return Path(os.path.commonpath([str(f.resolve()) for f in folders])) / "_results"
 
 
 @exit_on_user_error
@@ -74,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if df.empty:
         raise UserError(f"{', '.join(map(str, roots))}: no finished run (DONE) to collect" + (f"; {len(incomplete)} incomplete" if incomplete else ""))
     name = args.name or roots[0].resolve().name
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_out(roots)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for the tables and plots")
     out.mkdir(parents=True, exist_ok=True)

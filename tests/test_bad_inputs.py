@@ -353,22 +353,26 @@ def test_grid_finetune_checks_come_before_any_training(change, needles, workdir,
     assert not (tmp_path / "runs" / "g" / "teacher").exists()
 
 
-def test_the_debug_executor_runs_every_point_when_one_breaks(tmp_path, monkeypatch):
+def test_the_debug_executor_runs_every_point_when_one_breaks(tmp_path, monkeypatch, capsys):
     from grid import executors
     from grid.plan import Point
+    from grid.report import Reporter
 
     ran = []
 
-    def fake_run(point):  # the points themselves are stubs: what is tested is the executor's loop
+    def fake_run(point, verbose=False):  # the points themselves are stubs: what is tested is the executor's loop
         ran.append(point.name)
         if point.name == "b":
             raise ZeroDivisionError("a defect inside one point")
 
     monkeypatch.setattr(executors, "run_in_process", fake_run)
     points = [Point("g", "s", n, "r.yaml", "train", {}, {}, str(tmp_path / n), []) for n in "abc"]
-    failed = executors.run_debug(points, tmp_path, None)
+    failed = executors.run_debug(points, tmp_path, None, Reporter("s", len(points)))
     assert ran == ["a", "b", "c"]
     assert [(p.name, why.split(" (")[0]) for p, why in failed] == [("b", "ZeroDivisionError: a defect inside one point")]
+    out = capsys.readouterr().out  # one line as each point starts and ends; the failure says what broke
+    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")] == ["a", "a", "b", "b", "c", "c"]
+    assert "b: FAILED after" in out and "ZeroDivisionError: a defect inside one point" in out
     assert "ZeroDivisionError" in (tmp_path / "b" / "logs" / "debug-executor-error.txt").read_text()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,7 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
     names = ["teacher", "teacher-llama", "student", "kd", "palenkallama", "contrastive", "wml"]
     for name in names:
         assert (runs / name / "DONE").is_file() and (runs / name / "grid.json").is_file(), name
-    table = pd.read_csv(workdir / "results" / "demo.csv")
+    table = pd.read_csv(runs / "_results" / "demo.csv")
     assert sorted(table["recipe"].unique()) == sorted(names) and len(table) == 8  # two WML peers
     assert table["demo_pairs"].between(0, 1).all() and table["dev_ce"].notna().all()
     assert table["demo_acceptability"].between(0, 1).all()  # every model, WML peers included, fine-tuned
@@ -71,7 +72,7 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
     assert len(list(runs.glob("*/eval/**/finetune/demo_acceptability/predictions.json"))) == 8
     stamps = {p: p.stat().st_mtime_ns for p in tuned}
     for png in ("demo-tasks.png", "demo-curves.png", "demo-curve-demo_pairs.png"):
-        assert (workdir / "results" / png).read_bytes()[:4] == b"\x89PNG"
+        assert (runs / "_results" / png).read_bytes()[:4] == b"\x89PNG"
     for name in names:  # every milestone evaluated (WML: every peer's), at the words seen it recorded
         points = json.loads((runs / name / "eval" / "curve.json").read_text())["tasks"]["demo_pairs"]
         milestones = sorted((runs / name / "milestones").glob("chck_*"))
@@ -79,13 +80,24 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
         assert (runs / name / "eval" / "curves" / "demo_pairs.png").is_file()
     stamps.update({p: p.stat().st_mtime_ns for p in runs.glob("*/milestones/*/**/eval/demo_pairs.json")})
     assert "stage teachers: 2 point(s), 0 incomplete" in proc.stdout
+    # The terminal: the plan, a start and an end line per point, the stage lines and the table; no progress bar frame,
+    # no warning. Each point's whole output (training, evaluation, fine-tuning) is in its own log instead.
+    terminal = proc.stdout + proc.stderr
+    assert "\r" not in terminal and "%|" not in terminal and not proc.stderr.strip(), proc.stderr[-2000:]
+    assert len(terminal.splitlines()) <= 10 + 2 * len(names) + 2 + 12, terminal
+    for name in names:
+        assert f"{name}: started (new" in proc.stdout and f"{name}: done in " in proc.stdout, name
+        (log,) = (runs / name / "logs").glob("grid-*.log")
+        assert "demo_pairs: accuracy" in log.read_text() and "demo_acceptability: accuracy" in log.read_text(), name
+    assert re.search(r"^kd: done in [0-9.]+ s; dev CE [0-9.]+, demo_pairs [01]\.[0-9]{3}, demo_acceptability [01]\.[0-9]{3}$",
+                     proc.stdout, re.M), proc.stdout
     attempts = {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names}
 
     again = ok(launch(workdir, "config/grids/demo.yaml", *grid_sets, *data_sets(demo_root, cache_dir)))
     plan = [line.split() for line in again.stdout.splitlines() if "config/runs/" in line]
     assert len(plan) == 7 and all(row[-1] == "done" for row in plan), again.stdout[:2000]
     assert {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names} == attempts, "a finished point ran again"
-    assert len(pd.read_csv(workdir / "results" / "demo.csv")) == 8
+    assert len(pd.read_csv(runs / "_results" / "demo.csv")) == 8
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a model was fine-tuned or a milestone evaluated again"
 
 
@@ -106,9 +118,9 @@ def test_two_axis_grid_selects_and_retrains_the_best_point(workdir, demo_root, c
     assert json.loads((final / "grid.json").read_text())["stage"] == "finalists"
     axes = json.loads((runs / points[0] / "grid.json").read_text())["axes"]
     assert set(axes) == {"optim.lr", "train.seed"}
-    table = pd.read_csv(workdir / "results" / "lr-seed.csv")
+    table = pd.read_csv(runs / "_results" / "lr-seed.csv")
     assert len(table) == 5 and {"axis:optim.lr", "axis:train.seed"} <= set(table.columns)
-    assert (workdir / "results" / "lr-seed-heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert (runs / "_results" / "lr-seed-heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_zip_axes_pair_their_values(workdir):
@@ -186,3 +198,20 @@ def test_launch_command_follows_the_job_layout(monkeypatch):
 def test_launch_refuses_a_missing_recipe(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "launch", str(tmp_path / "nope.yaml")], cwd=ROOT, capture_output=True, text=True)
     assert_user_error(proc, "nope.yaml")
+
+
+@pytest.mark.slow
+def test_finalists_are_refused_while_a_point_of_the_selection_stage_failed(workdir, demo_root, cache_dir):
+    """One point diverges (a learning rate of 1e6: the loss becomes nan): no finalist is chosen among the rest unless
+    select.allow_incomplete is set, and then the launcher says loudly that it chose among the finished points only."""
+    grid = write_grid(workdir, TWO_AXES.replace("DEMO", str(demo_root)).replace("optim.lr: [1.0e-3, 3.0e-3]", "optim.lr: [3.0e-3, 1.0e+6]")
+                      .replace("train.seed: [1, 2]", "train.seed: [1]"))
+    proc = launch(workdir, str(grid), *data_sets(demo_root, cache_dir))
+    assert_user_error(proc, "select.stage 'grid': 1 of its points did not finish", "select.allow_incomplete=true")
+    runs = workdir / "runs" / "lr-seed"
+    assert not list(runs.glob("*__final")) and "FAILED" in proc.stdout and "log: " in proc.stdout
+    assert "loss became nan" in proc.stdout  # the failed point's last error line, read from its log
+    again = launch(workdir, str(grid), "select.allow_incomplete=true", *data_sets(demo_root, cache_dir))
+    assert again.returncode == 1 and "WARNING: finalists chosen among the finished points" in again.stderr
+    (final,) = runs.glob("*__final")
+    assert "optim.lr=0.003" in final.name and (final / "DONE").is_file()

@@ -27,6 +27,22 @@ def runs(tmp_path_factory, demo_root, cache_dir) -> Path:
     return root
 
 
+def test_collect_writes_beside_the_runs_never_into_the_package(runs):
+    """Without --out the table and plots go to the experiment's _results/ (for a run directory too), run from the
+    repository root, and nothing appears under the results package's own folder."""
+    from conftest import ROOT
+
+    before = sorted(p.name for p in (ROOT / "results").iterdir())
+    try:
+        for root in (runs / "grid", runs / "grid" / "a"):
+            proc = ok(run_cli("results", "collect", str(root), "--name", "grid"))
+            assert (runs / "grid" / "_results" / "grid.csv").is_file() and str(runs / "grid" / "_results" / "grid.csv") in proc.stdout
+            assert (runs / "grid" / "_results" / "grid-tasks.png").read_bytes()[:4] == b"\x89PNG"
+    finally:
+        shutil.rmtree(runs / "grid" / "_results", ignore_errors=True)
+    assert sorted(p.name for p in (ROOT / "results").iterdir()) == before
+
+
 def test_collect_writes_csv_markdown_and_plots(runs, tmp_path):
     import pandas as pd
 

@@ -114,7 +114,7 @@ def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, de
                            text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "submitted 1 point(s)" in again.stdout
-    table = pd.read_csv(workdir / "results" / "lr-seed.csv")
+    table = pd.read_csv(workdir / "runs" / "lr-seed" / "_results" / "lr-seed.csv")
     assert len(table) == 4 and table["run"].is_unique and table["demo_pairs"].notna().all()
 
 
