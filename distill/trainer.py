@@ -2,8 +2,9 @@
 
 Wiring only. `WrapperTrainer` holds what both need: the loss normalised by the tokens of
 the whole accumulated batch (`num_items_in_batch`), running means of the loss terms in
-the Trainer's logs (so metrics.jsonl has `loss/<term>` next to `loss`), and checkpoints of
-the whole wrapper with tied weights stored once. `DistillTrainer` runs the teachers (eval
+the Trainer's logs (so metrics.jsonl has `loss/<term>` next to `loss`; summed on the device and read
+once per logging step, never a sync per micro-batch). Checkpoints are the Trainer's own: the wrappers'
+state dicts hold tied weights once (distill.wrapper.store_ties_once). `DistillTrainer` runs the teachers (eval
 mode, no gradients, distill.teachers) or reads the teacher cache, and lets the wrapper
 (distill.wrapper) compute the composite loss. Evaluation reports the student's dev
 cross-entropy, never the weighted training loss, so the best checkpoint is chosen by dev CE.
@@ -11,9 +12,7 @@ cross-entropy, never the weighted training loss, so the best checkpoint is chose
 from __future__ import annotations
 
 import contextlib
-import os
 
-import safetensors.torch
 import torch
 
 from distill.attention import capture_qkv
@@ -43,8 +42,9 @@ class WrapperTrainer(BabyTrainer):
         if training and num_items_in_batch is None:
             loss = loss / self.current_gradient_accumulation_steps
         if training:
-            for key, value in outputs.get("terms", {}).items():
-                self._term_sums[key] = self._term_sums.get(key, 0.0) + float(value) * scale
+            for key, value in outputs.get("terms", {}).items():  # summed on the device: no sync until a logging step
+                value = value.detach() if torch.is_tensor(value) else torch.tensor(float(value))
+                self._term_sums[key] = self._term_sums.get(key, 0.0) + value * scale
             self._term_count += 1
         return loss
 
@@ -54,7 +54,7 @@ class WrapperTrainer(BabyTrainer):
         if "loss" in logs and self._term_count:
             steps = self._term_count / self.current_gradient_accumulation_steps
             keys = sorted(self._term_sums)
-            values = torch.tensor([self._term_sums[k] / steps for k in keys], device=self.args.device)
+            values = torch.stack([torch.as_tensor(self._term_sums[k]).float().to(self.args.device) / steps for k in keys])
             if self.accelerator.num_processes > 1:  # every rank logs; average them as the Trainer does `loss`
                 values = self.accelerator.reduce(values, reduction="mean")
             for key, value in zip(keys, values.tolist()):
@@ -65,22 +65,6 @@ class WrapperTrainer(BabyTrainer):
 
     def extra_logs(self) -> dict:
         return {}
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Checkpoints hold the whole wrapper; tied weights are stored once (safetensors refuses
-        shared storage), and loading restores the tie through the wrapper's tie_weights()."""
-        output_dir = output_dir or self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        if state_dict is None:
-            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
-        tied = set(getattr(self.accelerator.unwrap_model(self.model), "_keys_to_ignore_on_save", None) or ())
-        unique = {key: tensor.contiguous() for key, tensor in state_dict.items() if key not in tied}
-        safetensors.torch.save_file(unique, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
 
 class DistillTrainer(WrapperTrainer):

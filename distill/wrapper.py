@@ -33,14 +33,21 @@ def scored_positions(labels, causal: bool = True):
     return (lambda x: x[valid]), targets[valid]
 
 
-def tied_duplicates(module: nn.Module) -> list[str] | None:
-    """Names of state-dict entries that share storage with an earlier one (GPT-2's head and embedding).
-    Checkpoints store them once; the Trainer, finding them missing on load, calls the wrapper's
-    tie_weights() (when they are listed as `_keys_to_ignore_on_save`) instead of warning."""
+def store_ties_once(module: nn.Module) -> None:
+    """The module's state dict leaves out entries that share storage with an earlier one (GPT-2's head and
+    embedding), through torch's public state-dict hook, so the Trainer's own checkpoint writer stores every
+    tensor once (safetensors refuses shared storage). They are listed as `_keys_to_ignore_on_save`: the Trainer,
+    finding exactly those missing on resume, calls the module's tie_weights() instead of warning."""
     from train.rundir import state_groups
 
     tied = [name for group in state_groups(module) for name in group[1:]]
-    return tied or None
+    module._keys_to_ignore_on_save = tied or None
+    if tied:
+        def leave_out_ties(_module, state_dict, prefix, _metadata) -> None:
+            for name in tied:
+                state_dict.pop(prefix + name, None)
+
+        module.register_state_dict_post_hook(leave_out_ties)
 
 
 class DistillationWrapper(nn.Module):
@@ -72,7 +79,7 @@ class DistillationWrapper(nn.Module):
         layers = [t.qkv_layers() for t in self.terms]
         self.student_qkv = sorted({b for s, _ in layers for b in s})  # blocks whose queries, keys and values are read
         self.teacher_qkv = [sorted({b for _, per in layers for b in (per[k] if per else [])}) for k in range(len(teachers))]
-        self._keys_to_ignore_on_save = tied_duplicates(self)
+        store_ties_once(self)
 
     def term(self, key: str) -> LossTerm:
         return next(t for t in self.terms if t.key == key)

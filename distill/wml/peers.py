@@ -15,7 +15,7 @@ from torch.func import functional_call
 
 from distill.trainer import WrapperTrainer
 from distill.wml import objective as W
-from distill.wrapper import scored_positions, tied_duplicates
+from distill.wrapper import scored_positions, store_ties_once
 
 
 class PeersWrapper(nn.Module):
@@ -30,7 +30,7 @@ class PeersWrapper(nn.Module):
         self.register_buffer("omega", torch.full((len(peers),), 1.0 / len(peers)))
         self.register_buffer("outer_steps", torch.zeros((), dtype=torch.long))  # checkpointed with ω: η's schedule resumes
         self.loss_type = "ForCausalLM" if objective == "causal" else None  # labels counted after the shift when causal
-        self._keys_to_ignore_on_save = tied_duplicates(self)
+        store_ties_once(self)
 
     def tie_weights(self) -> None:
         for p in self.peers:
