@@ -24,6 +24,7 @@ from grid.plan import Point
 from grid.report import log_path, output_to
 from launch.kinds import entry_point
 from launch.command import command
+from train.tracking import GRID_ENV
 
 
 class PointFailed(Exception):
@@ -36,9 +37,12 @@ def _ignore_usr2() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
+def grid_info(point: Point) -> str:
+    return json.dumps({"grid": point.grid, "stage": point.stage, "axes": point.axes, "recipe": point.recipe}, indent=2)
+
+
 def write_grid_json(point: Point) -> None:
-    write_atomic(Path(point.run) / "grid.json", json.dumps({"grid": point.grid, "stage": point.stage, "axes": point.axes,
-                                                            "recipe": point.recipe}, indent=2))
+    write_atomic(Path(point.run) / "grid.json", grid_info(point))
 
 
 def eval_argvs(point: Point) -> list[list[str]]:
@@ -79,7 +83,11 @@ def run_in_process(point: Point, verbose: bool = False) -> None:
     if point.state() == "done":
         return
     with output_to(None if verbose else log_path(point)):
-        rc = entry_point(point.kind)(point.argv())
+        os.environ[GRID_ENV] = grid_info(point)
+        try:
+            rc = entry_point(point.kind)(point.argv())
+        finally:
+            del os.environ[GRID_ENV]
         if rc != 0:
             raise PointFailed(f"{point.name}: training exited {rc}")
         write_grid_json(point)
@@ -104,7 +112,8 @@ class PointJob:
     def _run(self) -> str:
         point = self.point
         if not (Path(point.run) / "DONE").is_file():
-            self._proc = subprocess.Popen(command(point.kind, point.argv()), preexec_fn=_ignore_usr2)
+            self._proc = subprocess.Popen(command(point.kind, point.argv()), preexec_fn=_ignore_usr2,
+                                          env={**os.environ, GRID_ENV: grid_info(point)})
             rc = self._proc.wait()
             self._proc = None
             if rc != 0:

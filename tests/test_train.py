@@ -307,3 +307,47 @@ def test_two_nodes_have_one_writer_and_train_as_one_node_of_two(demo_args, tmp_p
     assert json.loads((run / "DONE").read_text())["step"] == 10
     assert json.loads((run / "run.json").read_text())["attempts"][0]["world_size"] == 2
     assert_bitwise_equal(weights(run / "model"), weights(tmp_path / "one-node" / "demo" / "teacher" / "model"))
+
+
+def test_trackers_get_the_metrics_and_the_config(demo_args, tmp_path):
+    """train.report_to=tensorboard,wandb through the Trainer's integrations, without a network (wandb offline): the
+    TensorBoard events parse and hold the loss, the words seen and the config with the grid's axes; wandb writes its
+    local run folder under <run>/tracking with the same config."""
+    import os
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import ROOT
+
+    grid = {"grid": "g", "stage": "s", "axes": {"optim.lr": 0.003}, "recipe": "config/runs/demo-teacher.yaml"}
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "BABYDISTILL_GRID": json.dumps(grid),
+           "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("WANDB_DIR", None)
+    ok(subprocess.run([sys.executable, "-m", "train", *demo_args, "train.report_to=tensorboard,wandb"], cwd=ROOT,
+                      capture_output=True, text=True, timeout=600, env=env))
+    run = tmp_path / "runs" / "demo" / "teacher"
+    assert list((run / "tracking" / "tensorboard").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(run / "tracking" / "tensorboard"))
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    assert {"train/loss", "train/words_seen", "eval/loss"} <= set(scalars), scalars
+    words = [e.value for e in acc.Scalars("train/words_seen")]
+    assert words == sorted(words) and words[0] > 0
+    assert len(acc.Scalars("train/loss")) == 30 // 5  # every logging step
+    text = acc.Tensors("babydistill/config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert '"optim.lr": 0.003' in text and '"max_steps": 30' in text
+    (records,) = (run / "tracking" / "wandb").glob("offline-run-*/run-*.wandb")  # wandb's local run, synced later
+    data = records.read_bytes()
+    assert b"babydistill" in data and b"optim.lr" in data and b"words_seen" in data
+
+
+def test_an_unknown_or_missing_tracker_is_refused_before_anything_is_written(demo_args, tmp_path):
+    import importlib.util
+
+    assert_user_error(run_cli("train", *demo_args, "train.report_to=tensorbord"), "train.report_to", "'tensorboard'")
+    assert_user_error(run_cli("train", *demo_args, "train.report_to=tensorboard,none2"), "train.report_to", "'none2'")
+    assert importlib.util.find_spec("mlflow") is None, "this test needs a tracker whose package is not installed"
+    assert_user_error(run_cli("train", *demo_args, "train.report_to=mlflow"), "train.report_to", "pip install mlflow")
+    assert not (tmp_path / "runs").exists()

@@ -50,6 +50,8 @@ class TrainConfig:
     keep_best: bool = field(True, "export the checkpoint with the lowest dev loss as model/ (needs data.dev_dir)")
     early_stopping_patience: int = field(0, "stop after this many evaluations without a lower dev loss; 0 = never", ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field("auto", "auto = bf16 on a GPU that supports it, else fp32")
+    report_to: str = field("none", "experiment trackers, comma-separated: none, tensorboard, wandb, mlflow (the Trainer's "
+                                   "integrations; files under <run>/tracking/)")
     deepspeed: str = field("", "DeepSpeed JSON (config/deepspeed/*.json) used when launched by torchrun or deepspeed")
     seed: int = field(42, "seed for initialisation, data order and dropout", ge=0, le=2**32 - 1)
     num_workers: int = field(0, "DataLoader worker processes", ge=0)
@@ -115,6 +117,10 @@ def check_run(cfg) -> None:
             raise ConfigError(f"output.{key}", f"{problem}; give one folder name such as 'teacher'")
     t = cfg.train
     words.check_budget(t)
+    from train.tracking import problem as tracking_problem
+
+    if tracking_problem(t.report_to):
+        raise ConfigError("train.report_to", tracking_problem(t.report_to))
     if precision_problem(t.precision):
         raise ConfigError("train.precision", precision_problem(t.precision))
     if cfg.data.dev_dir and t.keep_best and t.save_steps % t.eval_steps:

@@ -20,6 +20,7 @@ from transformers import (DataCollatorForLanguageModeling, EarlyStoppingCallback
 from common.errors import UserError
 from common.paths import REPO, read_jsonl, write_atomic
 from train.rundir import RunDir, now, write_manifest
+from train import tracking
 from train.words import Budget, WordsSeen
 
 
@@ -46,6 +47,12 @@ class BabyTrainer(Trainer):
 
     schedule_steps: int | None = None  # the learning-rate schedule's length, when the budget is in words
     words_seen: WordsSeen | None = None  # the counter (build_trainer sets it)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Training logs carry the words seen too, so trackers (train.report_to) get BabyLM's unit."""
+        if "loss" in logs and self.words_seen is not None:
+            logs["words_seen"] = self.words_seen.total
+        super().log(logs, *args, **kwargs)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -308,7 +315,7 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
             load_best_model_at_end=has_dev and t.keep_best, metric_for_best_model="eval_loss", greater_is_better=False,
             seed=t.seed, dataloader_num_workers=t.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
             restore_callback_states_from_checkpoint=True,  # early stopping's patience counter survives a resume
-            report_to="none", disable_tqdm=False,
+            **tracking.prepare(cfg, run.path), disable_tqdm=False,
             # the collator reads every column (the length of padded examples, block_index)
             remove_unused_columns=False, deepspeed=deepspeed, **precision_flags(t.precision),
             use_cpu=not torch.cuda.is_available())  # on CPU, accelerate forms a gloo group under torchrun only with this
@@ -331,4 +338,9 @@ def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: s
                           data_collator=make_collator(objective, tokenizer, cfg.data.mlm_probability),
                           processing_class=tokenizer, callbacks=callbacks, **extra)
     trainer.schedule_steps, trainer.words_seen = budget.schedule_steps, words
+    names = tracking.trackers(cfg.train.report_to)
+    if names:
+        tracker = tracking.TrackerConfig(cfg, names)
+        tracker.callbacks = trainer.callback_handler.callbacks
+        trainer.add_callback(tracker)
     return trainer
