@@ -1,4 +1,5 @@
-"""PNG plots of a collection: per-task accuracy bars, training curves, and a heatmap for two-axis grids."""
+"""PNG plots of a collection: per-task accuracy bars, dev and training CE curves, each run's loss terms, a heatmap for
+two-axis grids, learning curves, and WML's peer weights."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,19 +44,63 @@ def task_bars(df, out: Path) -> Path | None:
     return save_figure(fig, out)
 
 
+def _x(row: dict):
+    return row.get("words_seen", row.get("step"))
+
+
+def _ce_term(row: dict, method: str):
+    """The cross-entropy part of a training row: the loss of a run trained alone, `loss/ce` of a distilled one; a
+    WML row has none (each peer's part mixes CE and KL)."""
+    value = row.get("loss") if method == "train" else row.get("loss/ce") if method.startswith("kd") else None
+    return value if isinstance(value, (int, float)) else None
+
+
 def training_curves(df, out: Path) -> Path | None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """One figure, one shared x axis (words seen): every run's dev cross-entropy (WML: the ω-weighted ensemble's), and
+    below it the cross-entropy term of its training loss. Never the training loss itself, which sums different terms
+    in different methods."""
+    fig, (dev, train) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True)
     drawn = 0
-    for run in dict.fromkeys(df["run"]):
-        rows = [r for r in read_jsonl(Path(run) / "metrics.jsonl") if isinstance(r.get("loss"), (int, float))]
-        if rows:
-            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=Path(run).name)
+    methods = dict(zip(df["run"], df["method"]))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (run, method) in enumerate(methods.items()):
+        colour = colours[i % len(colours)]  # one colour per run in both panels
+        rows = read_jsonl(Path(run) / "metrics.jsonl")
+        points = [(_x(r), r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), (int, float)) and not r.get("final")]
+        ce = [(_x(r), _ce_term(r, method)) for r in rows if _ce_term(r, method) is not None]
+        label = Path(run).name + (" (ensemble)" if method.startswith("wml") else "")
+        if points:
+            dev.plot(*zip(*points), marker=".", label=label, color=colour)
+            drawn += 1
+        if ce:
+            train.plot(*zip(*ce), label=Path(run).name, lw=1, color=colour)
             drawn += 1
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    dev.set_ylabel("dev cross-entropy")
+    dev.legend(fontsize=7)
+    train.set_ylabel("training CE term")
+    train.set_xlabel("words seen")
+    train.set_title("cross-entropy term of the training loss (KD terms left out; WML has none)", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def term_curves(run: Path, out: Path) -> Path | None:
+    """One run's training loss and each of its terms (`loss/<term>`: distillation terms, WML peers) against words seen;
+    None for a run whose loss has no terms."""
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if isinstance(r.get("loss"), (int, float))]
+    keys = sorted({k for r in rows for k in r if k.startswith("loss/")})
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ["loss", *keys]:
+        points = [(_x(r), r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        ax.plot(*zip(*points), label="loss (weighted sum)" if key == "loss" else key[5:], lw=2 if key == "loss" else 1)
+    ax.set_xlabel("words seen")
+    ax.set_ylabel("training loss and its terms (unweighted)")
+    ax.set_title(run.name)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, out)

@@ -145,3 +145,44 @@ def test_bad_inputs(runs, tmp_path):
     pairs.write_text(pairs.read_text().replace('"correct"', '"right"', 1))
     assert_user_error(run_cli("results", "compare", str(runs / "grid" / "a"), str(bad), "--task", "demo_pairs"),
                       f"{pairs}:1", "not a pair record")
+
+
+def test_curves_plot_dev_ce_and_the_ce_term_never_the_mixed_training_loss(tmp_path):
+    """The curves figure reads, per method, the CE part of the training loss (plain training: its loss; KD: loss/ce;
+    WML: none) and every run's dev CE, against words seen; the per-run term plot exists only for runs with terms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+    from matplotlib import pyplot as plt
+
+    from results import plots
+
+    rows = {"train": {"loss": 5.0}, "kd:ce+logit_kd": {"loss": 8.0, "loss/ce": 6.0, "loss/logit_kd": 10.0},
+            "wml-mutual": {"loss": 3.0, "loss/peer0": 3.1, "loss/peer1": 2.9}}
+    names = {"train": "train", "kd:ce+logit_kd": "kd", "wml-mutual": "wml"}
+    for method, row in rows.items():
+        run = tmp_path / names[method]
+        run.mkdir()
+        lines = [{"step": 10, "words_seen": 700, **row}, {"step": 10, "words_seen": 700, "eval_loss": 4.0},
+                 {"step": 10, "words_seen": 700, "eval_loss": 4.0, "final": True}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert [plots._ce_term(r, m) for m, r in rows.items()] == [5.0, 6.0, None]
+    df = pd.DataFrame({"run": [str(tmp_path / names[m]) for m in rows], "method": list(rows)})
+    drawn = []
+    real_plot = plt.Axes.plot
+
+    def spy(ax, *args, **kwargs):
+        drawn.append((ax.get_ylabel() or "", kwargs.get("label"), list(args[1])))
+        return real_plot(ax, *args, **kwargs)
+
+    plt.Axes.plot = spy
+    try:
+        png = plots.training_curves(df, tmp_path / "curves.png")
+    finally:
+        plt.Axes.plot = real_plot
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert sorted((label, ys) for _, label, ys in drawn) == sorted([("train", [4.0]), ("train", [5.0]), ("kd", [4.0]),
+                                                                    ("kd", [6.0]), ("wml (ensemble)", [4.0])])
+    assert plots.term_curves(tmp_path / "train", tmp_path / "t.png") is None
+    assert plots.term_curves(tmp_path / "kd", tmp_path / "kd.png").read_bytes()[:4] == b"\x89PNG"
