@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from common import config as cfglib
-from common.errors import UserError, exit_on_user_error
+from common.errors import exit_on_user_error
 from distill.config import DistillRunConfig
 
 
@@ -39,18 +39,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_distillation(cfg, tokenizer, prepared, device):
     """The student (random or warm-started), the frozen teachers, and the wrapper that trains both projections and heads."""
+    from distill.student import build_student
     from distill.teachers import load_teachers, num_layers
     from distill.trainer import DistillTrainer
     from distill.wrapper import DistillationWrapper
-    from train import models
     from train.session import Built
 
-    objective, student = models.build_model(cfg.student, tokenizer)
-    if objective != "causal":
-        raise UserError(f"student.arch={cfg.student.arch} is a masked LM; distillation from teachers trains causal students "
-                        f"(masked LMs learn from peers with python -m distill.wml)")
-    if cfg.student.init_from:
-        warm_start(student, cfg.student.init_from)
+    student = build_student(cfg, tokenizer)
     # With a teacher cache the teachers are checked (and their files fingerprinted) but never loaded.
     teachers = load_teachers(cfg, Path(prepared.tokenizer_dir), num_layers(student.config), device,
                              weights=not cfg.distill.teacher_cache)
@@ -69,30 +64,6 @@ def build_distillation(cfg, tokenizer, prepared, device):
                  trainer_cls=DistillTrainer, trainer_kwargs={"teachers": teachers, "cache": cache}, block_index=cache is not None,
                  banner=f"student {cfg.student.arch}: {n_student:,} parameters (+{n_extra:,} in projections/heads, not exported); "
                         f"teachers: {who}" + (f"; warm start from {cfg.student.init_from}" if cfg.student.init_from else ""))
-
-
-def warm_start(student, folder: str) -> None:
-    """Copy a pretrained checkpoint's weights into the freshly built student; every tensor must fit."""
-    from transformers import AutoModelForCausalLM
-
-    from eval.model import check_folder, load_model_folder
-
-    try:
-        check_folder(folder)
-    except UserError as exc:
-        raise UserError(f"student.init_from: {exc}") from None
-    source = load_model_folder(Path(folder), AutoModelForCausalLM, "the warm-start model (student.init_from)",
-                               "save it again with save_pretrained, or fix student.init_from").state_dict()
-    target = student.state_dict()
-    missing = [k for k in target if k not in source]
-    wrong = [k for k in target if k in source and source[k].shape != target[k].shape]
-    if missing or wrong:
-        key = (wrong or missing)[0]
-        detail = (f"{key} is {tuple(source[key].shape)} there but {tuple(target[key].shape)} in the student" if wrong
-                  else f"it has no {key}")
-        raise UserError(f"student.init_from={folder}: its architecture cannot load into student.arch={getattr(student.config, 'model_type', '?')} "
-                        f"({detail}); pick a checkpoint of the same architecture or change student.arch")
-    student.load_state_dict({k: source[k] for k in target}, strict=True)
 
 
 if __name__ == "__main__":

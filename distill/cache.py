@@ -243,10 +243,9 @@ def main(argv: list[str]) -> int:
     from transformers import AutoTokenizer
 
     from common import config as cfglib
-    from distill.__main__ import warm_start
     from distill.config import DistillRunConfig
+    from distill.student import build_student
     from distill.teachers import load_teachers
-    from train import models
     from eval.model import pick_device
     from tokenizer.prepare import load_blocks, prepare
 
@@ -286,9 +285,7 @@ def main(argv: list[str]) -> int:
                             f"pass --overwrite to replace it or --out another folder")
     blocks = load_blocks(prepared.train_blocks)
     torch.manual_seed(cfg.train.seed)
-    _, student = models.build_model(cfg.student, tokenizer)
-    if cfg.student.init_from:
-        warm_start(student, cfg.student.init_from)
+    student = build_student(cfg, tokenizer)
     print(f"caching top-{cfg.distill.cache_top_k} of {len(teachers)} teacher(s) at T={temperature:g} ({ensemble}) over {len(blocks)} blocks of {cfg.data.block_size} tokens "
           f"(vocabulary {len(tokenizer)}) into {out}, as {fmt}")
     write_cache(out, teachers, blocks, cfg, fp, cfg.train.batch_size, device, student=student.to(device).eval())

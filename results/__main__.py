@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     made = [p for p in (plots.task_bars(df, out / f"{name}-tasks.png"), plots.training_curves(df, out / f"{name}-curves.png"),
                         plots.grid_heatmap(df, args.metric, out / f"{name}-heatmap.png")) if p is not None]
     made += plots.learning_curves(df, out / name)
-    made += [p for run in dict.fromkeys(df["run"])
-             if (p := plots.term_curves(Path(run), out / f"{name}-terms" / f"{Path(run).name}.png")) is not None]
+    for run in dict.fromkeys(df["run"]):  # per run: its loss terms, and a WML run's peer weights
+        made += [p for p in (plots.term_curves(Path(run), out / f"{name}-terms" / f"{Path(run).name}.png"),
+                             plots.omega_curves(Path(run), out / f"{name}-omega" / f"{Path(run).name}.png")) if p is not None]
     print(table)
     print(f"{len(df)} row(s) from {df['run'].nunique()} run(s), {len(incomplete)} incomplete -> "
           + ", ".join(str(p) for p in [out / f"{name}.csv", out / f"{name}.md", *made]))

@@ -106,6 +106,24 @@ def term_curves(run: Path, out: Path) -> Path | None:
     return save_figure(fig, out)
 
 
+def omega_curves(run: Path, out: Path) -> Path | None:
+    """A WML run's peer weights ω against words seen (metrics.jsonl `omega/<i>`); None for other runs."""
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "omega/0" in r and "loss" in r]
+    if not rows:
+        return None
+    k = len([key for key in rows[0] if key.startswith("omega/")])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i in range(k):
+        ax.plot([_x(r) for r in rows], [r[f"omega/{i}"] for r in rows], label=f"peer {i}")
+    ax.set_xlabel("words seen")
+    ax.set_ylabel("ω (peer weight)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(f"{run.name}: peer weights")
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
 def grid_heatmap(df, metric: str, out: Path) -> Path | None:
     """Two grid axes -> a heatmap of `metric` (dev_ce or a task's accuracy); None for other grids."""
     axes = [c for c in df.columns if c.startswith("axis:") and df[c].notna().any()]

@@ -61,7 +61,8 @@ def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
     assert json.loads((run / "milestones" / "chck_2k" / "words_seen.json").read_text())["words_seen"] >= 2000
     champion = json.loads((run / "model" / "champion.json").read_text())
     assert champion["champion"] == min(range(2), key=lambda i: champion["dev_ce"][i])
-    assert (run / "omega.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ok(run_cli("results", "collect", str(run), "--out", str(tmp_path / "results"), "--name", "t"))  # ω, from metrics.jsonl
+    assert (tmp_path / "results" / "t-omega" / "wml.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_four_peers(demo_root, cache_dir, tmp_path):

@@ -57,6 +57,21 @@ class PeersWrapper(nn.Module):
         terms = {f"peer{i}": v.detach() for i, v in enumerate(parts)}
         return {"loss": (w.detach() * parts).sum(), "parts": parts, "terms": terms, "logits": None}
 
+    @torch.no_grad()
+    def ce_sums(self, input_ids, attention_mask, labels) -> torch.Tensor:
+        """[B, K + 1] float64: per example, its scored tokens, then each peer's summed cross-entropy over them
+        (summed, not averaged, so that shards and batches add up to the dev CE of the whole set)."""
+        causal = self.objective == "causal"
+        targets = labels[:, 1:] if causal else labels
+        rows = [(targets != -100).sum(1).double()]
+        for peer in self.peers:
+            logits = peer(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = logits[:, :-1] if causal else logits
+            ce = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                             ignore_index=-100, reduction="none")
+            rows.append(ce.view(targets.shape).sum(1).double())
+        return torch.stack(rows, dim=1)
+
     def weight_hypergradient(self, train_batch: dict, dev_batch: dict, gamma: float) -> torch.Tensor:
         """g = dL_val/dω through one inner step of size γ (distill.wml.objective.hypergradient), with
         the inner parts on `train_batch` and the ensemble loss on `dev_batch`.
@@ -139,20 +154,11 @@ class WMLTrainer(WrapperTrainer):
         the sampler repeats to even the shards), so every rank gets the dev CE of the full set."""
         wrapper = self.accelerator.unwrap_model(self.model)
         wrapper.eval()
-        causal = wrapper.objective == "causal"
         totals = torch.zeros(len(wrapper.peers) + 1, dtype=torch.float64)
         for batch in self.get_eval_dataloader():
             batch = self._prepare_inputs(batch)
-            targets = batch["labels"][:, 1:] if causal else batch["labels"]
-            rows = [(targets != -100).sum(1).double()]  # per example: its scored tokens, then each peer's CE sum
-            for peer in wrapper.peers:
-                logits = peer(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-                logits = logits[:, :-1] if causal else logits
-                ce = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                 ignore_index=-100, reduction="none")
-                rows.append(ce.view(targets.shape).sum(1).double())
-            per_example = self.accelerator.gather_for_metrics(torch.stack(rows, dim=1))
-            totals += per_example.sum(0).cpu()
+            per_example = wrapper.ce_sums(batch["input_ids"], batch.get("attention_mask"), batch["labels"])
+            totals += self.accelerator.gather_for_metrics(per_example).sum(0).cpu()
         return (totals[1:] / totals[0].clamp_min(1)).tolist()
 
     def extra_logs(self) -> dict:

@@ -17,6 +17,12 @@ import functools
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from common import config as cfglib
+from common.errors import UserError
 
 INFEASIBLE = 10.0  # relative error given to invalid or already-taken architectures
 
@@ -147,3 +153,77 @@ def search_peers(ref: Reference, num_peers: int, space: dict[str, list[int]], in
         out.append({"peer": i, "target": target, "n_params": count_params(fields, ref.objective), "relative_error": err,
                     "layers": arch.layers, "heads": arch.heads, "hidden": arch.hidden, "fields": fields})
     return out
+
+
+# --------------------------------------------------------------------------- the driver: search, write, reuse
+
+SPECIAL = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+MAX_ERROR = 0.20  # a peer further than this from its target parameter count is an error
+
+
+def results_dir(cfg) -> Path:
+    return Path(cfg.output.dir) / cfg.output.experiment / "arch_search_results"
+
+
+def search_settings(cfg, ref) -> dict:
+    w = cfg.wml
+    return {"reference_params": ref.n_params, "reference_fields": ref.fields, "num_peers": w.num_peers,
+            "space": cfglib.to_dict(w.search), "init_points": w.init_points, "n_iter": w.n_iter, "seed": w.seed}
+
+
+def reference(cfg):
+    if not cfg.wml.reference_folder:
+        return reference_from_arch(cfg.model)
+    ref = reference_from_folder(cfg.wml.reference_folder)
+    if ref.fields.get("vocab_size") != cfg.model.vocab_size:  # N counts its embeddings: the peers must share its vocabulary
+        raise UserError(f"wml.reference_folder={cfg.wml.reference_folder}: has a {ref.fields.get('vocab_size')}-token vocabulary but the "
+                        f"peers use the run's tokenizer (model.vocab_size={cfg.model.vocab_size}); give a reference trained with this tokenizer")
+    return ref
+
+
+def run_search(cfg) -> list[dict]:
+    """Search, then write search.json and one model YAML per peer (usable as model.arch=...)."""
+    from common.paths import write_atomic
+
+    ref = reference(cfg)
+    w = cfg.wml
+    print(f"reference: {ref.n_params:,} parameters; searching {w.num_peers} peer(s) "
+          f"({w.init_points} initial points + {w.n_iter} iterations each, seed {w.seed})")
+    try:
+        peers = search_peers(ref, w.num_peers, cfglib.to_dict(w.search), w.init_points, w.n_iter, w.seed)
+    except ValueError as exc:
+        raise UserError(f"wml.search: {exc}; widen the search space") from None
+    for p in peers:
+        if p["relative_error"] > MAX_ERROR:
+            raise UserError(f"wml.search: peer {p['peer']} targets {p['target']:,.0f} parameters but the nearest architecture in the "
+                            f"search space ({p['layers']} layers, {p['heads']} heads, hidden {p['hidden']}) has {p['n_params']:,} "
+                            f"({p['relative_error']:.0%} off, more than {MAX_ERROR:.0%}); widen wml.search.layers or wml.search.hidden")
+    out = results_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in peers:
+        fields = {k: v for k, v in p["fields"].items() if k not in SPECIAL}
+        text = (f"# Peer {p['peer']} of weighted mutual learning: {p['n_params']:,} parameters for a target of {p['target']:,.0f} "
+                f"({p['relative_error']:.2%} off).\n" + yaml.safe_dump({"objective": ref.objective, **fields}, sort_keys=False))
+        write_atomic(out / f"peer-{p['peer']}.yaml", text)
+        print(f"peer {p['peer']}: {p['layers']} layers, {p['heads']} heads, hidden {p['hidden']}: {p['n_params']:,} parameters "
+              f"(target {p['target']:,.0f}, {p['relative_error']:.2%} off)")
+    print(f"wrote {out}/peer-*.yaml and search.json")
+    write_atomic(out / "search.json", json.dumps({"settings": search_settings(cfg, ref), "peers": peers}, indent=2))
+    return peers
+
+
+def peer_architectures(cfg) -> list[dict]:
+    """The peers' fields: a finished search with the same settings is reused; `use_opt_config: false` requires one."""
+    saved = results_dir(cfg) / "search.json"
+    if not cfg.wml.use_opt_config:
+        if not saved.is_file():
+            raise UserError(f"wml.use_opt_config=false but {saved} does not exist; run python -m distill.wml search CONFIG first "
+                            f"(or set wml.use_opt_config=true)")
+        peers = json.loads(saved.read_text())["peers"]
+        if len(peers) < cfg.wml.num_peers:
+            raise UserError(f"{saved} holds {len(peers)} peer(s) but wml.num_peers={cfg.wml.num_peers}; search again")
+        return peers[:cfg.wml.num_peers]
+    if saved.is_file() and json.loads(saved.read_text())["settings"] == search_settings(cfg, reference(cfg)):
+        print(f"reusing the peer search in {saved}")
+        return json.loads(saved.read_text())["peers"]
+    return run_search(cfg)

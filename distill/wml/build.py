@@ -1,0 +1,84 @@
+"""Weighted mutual learning's model building and finishing: the peers of the searched architectures (and the
+teacher for `vanilla`) in their wrapper and trainer, then, after training, each peer's dev cross-entropy, the
+champion (model/champion.json) and, when `wml.eval_tasks` is set, each peer's evaluation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common.errors import UserError
+from distill.wml.search import SPECIAL
+
+
+def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
+    """The peers (one per searched architecture, initialised in order after the run's seed), the teacher for vanilla."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from distill.teachers import check_same_tokenizer, positions
+    from distill.wml.peers import PeersWrapper, WMLTrainer
+    from eval.model import check_folder, load_model_folder
+    from train.session import Built
+
+    objective = "masked" if cfg.wml.model_type == "MLM" else "causal"
+    auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": pad}
+    peers = []
+    for p in peer_fields:
+        fields = {k: v for k, v in p["fields"].items() if k not in SPECIAL}
+        peers.append(auto.from_config(AutoConfig.for_model(fields.pop("model_type"), **fields, vocab_size=cfg.model.vocab_size, **ids)))
+    if cfg.wml.reference_folder and (Path(cfg.wml.reference_folder) / "tokenizer.json").is_file():
+        try:  # N counts the reference's embeddings, so its vocabulary must be the peers' (the run's tokenizer)
+            check_same_tokenizer(Path(cfg.wml.reference_folder), Path(prepared.tokenizer_dir))
+        except UserError as exc:
+            raise UserError(f"wml.reference_folder: {exc}") from None
+    teacher = None
+    if cfg.wml.distillation_method == "vanilla":
+        folder = check_folder(cfg.wml.teacher)
+        check_same_tokenizer(folder, Path(prepared.tokenizer_dir))
+        teacher = load_model_folder(folder, auto, "the vanilla teacher (wml.teacher)", "save it again with save_pretrained, or fix wml.teacher")
+        if positions(teacher.config) is not None and positions(teacher.config) < cfg.data.block_size:
+            raise UserError(f"wml.teacher={cfg.wml.teacher}: has {positions(teacher.config)} positions, fewer than "
+                            f"data.block_size={cfg.data.block_size}; lower data.block_size or use another teacher")
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    wrapper = PeersWrapper(peers, objective, cfg.wml.loss_alpha, cfg.wml.distillation_method, teacher)
+    sizes = ", ".join(f"{sum(x.numel() for x in m.parameters()):,}" for m in peers)
+
+    def export(model_dir: Path) -> None:
+        for i, peer in enumerate(wrapper.peers):
+            peer.save_pretrained(model_dir / f"peer-{i}")
+            tokenizer.save_pretrained(model_dir / f"peer-{i}")
+
+    def finish(trainer, run_path: Path) -> dict:
+        return finish_run(cfg, trainer, wrapper, run_path)
+
+    return Built(trained=wrapper, export=export, finish=finish, objective=objective,
+                 trainer_cls=WMLTrainer, trainer_kwargs={"wml": cfg.wml},
+                 banner=f"{len(peers)} {objective} peer(s) of {sizes} parameters, {cfg.wml.distillation_method} learning, "
+                        f"α={cfg.wml.loss_alpha:g}, ω updated every {cfg.wml.weight_update_frequency} steps")
+
+
+def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
+    """Each peer's dev CE, the champion, and each peer's evaluation (the ω plot is results' job)."""
+    import math
+
+    from common.paths import write_atomic
+
+    dev_ce = trainer.peer_dev_ce() if trainer.eval_dataset is not None else [None] * len(wrapper.peers)
+    dev_ce = [x if x is None or math.isfinite(x) else None for x in dev_ce]  # a diverged peer has no dev CE, never the champion
+    finite = [i for i, x in enumerate(dev_ce) if x is not None]
+    champion = min(finite, key=lambda i: dev_ce[i]) if finite else 0
+    info = {"champion": champion, "dev_ce": dev_ce, "omega": [float(x) for x in wrapper.omega],
+            "peers": [f"peer-{i}" for i in range(len(wrapper.peers))]}
+    if trainer.is_world_process_zero():
+        write_atomic(run_path / "model" / "champion.json", json.dumps(info, indent=2))
+        if cfg.wml.eval_tasks:
+            from eval.evaluate import Options, evaluate
+
+            opts = Options(backend="mlm" if cfg.wml.model_type == "MLM" else "causal", data_dir=cfg.wml.eval_data_dir or None,
+                           progress=False)
+            for i in range(len(wrapper.peers)):
+                opts.out = str(run_path / "eval" / f"peer-{i}")
+                evaluate(str(run_path / "model" / f"peer-{i}"), cfg.wml.eval_tasks, opts)
+        print(f"champion: peer-{champion} (dev CE {dev_ce[champion]:.4f})" if finite else "champion: peer-0 (no dev CE)")
+    return {"champion": champion, "peer_dev_ce": dev_ce}
