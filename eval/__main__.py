@@ -45,16 +45,6 @@ def parse_eval(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_download(argv: list[str]) -> argparse.Namespace:
-    from eval.download import BABYLM_PAGE, BLIMP_URL
-    p = argparse.ArgumentParser(prog="python -m eval download",
-                                description=f"Fetch and unpack evaluation data. Default: the full BLiMP ({BLIMP_URL}). "
-                                            f"BabyLM's evaluation_data: download its zip from {BABYLM_PAGE} and pass it with --from.")
-    p.add_argument("--dest", default="evaluation_data", help="folder to unpack into (give it to --data-dir)")
-    p.add_argument("--from", dest="sources", action="append", default=[], help="a local archive or a URL (repeatable)")
-    return p.parse_args(argv)
-
-
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -71,13 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return collate(argv[1:])
     if argv[:1] == ["download"]:
-        from eval.download import download
+        from eval.download import main as download
 
-        args = parse_download(argv[1:])
-        counts = download(args.dest, args.sources)
-        for key, n in sorted(counts.items()):
-            print(f"{args.dest}/{key}: {n} file(s)")
-        return 0
+        return download(argv[1:])
     args = parse_eval(argv)
     from eval.evaluate import Options, evaluate
 

@@ -11,6 +11,7 @@ written out (its terms allow sharing only inside such zips); point `--ewok-zip` 
 """
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import shutil
 import tarfile
@@ -109,3 +110,21 @@ def download(dest: str, sources: list[str]) -> dict[str, int]:
             for key, n in counts.items():
                 total[key] = total.get(key, 0) + n
     return total
+
+
+def parse_download(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m eval download",
+                                description=f"Fetch and unpack evaluation data. Default: the full BLiMP ({BLIMP_URL}). "
+                                            f"BabyLM's evaluation_data: download its zip from {BABYLM_PAGE} and pass it with --from.")
+    p.add_argument("--dest", default="evaluation_data", help="folder to unpack into (give it to --data-dir)")
+    p.add_argument("--from", dest="sources", action="append", default=[], help="a local archive or a URL (repeatable)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m eval download`: fetch and unpack, then one line per folder with its file count."""
+    args = parse_download(argv)
+    counts = download(args.dest, args.sources)
+    for key, n in sorted(counts.items()):
+        print(f"{args.dest}/{key}: {n} file(s)")
+    return 0

@@ -102,3 +102,15 @@ class Reporter:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def print_plan(points, cfg) -> None:
+    import pandas as pd
+
+    rows = [{"stage": p.stage, "point": p.name, "kind": p.kind, "recipe": p.recipe, "state": p.state(),
+             **{k: v for k, v in p.axes.items()}} for p in points]
+    print(pd.DataFrame(rows).to_string(index=False))
+    sel = cfg.select
+    print(f"{len(points)} point(s) on executor '{cfg.executor.kind}'; tasks: {', '.join(cfg.tasks) or 'none'}"
+          + (f"; fine-tuning: {', '.join(cfg.finetune)}" if cfg.finetune else "")
+          + (f"; then the best {sel.finalists} of stage '{sel.stage}' by {sel.metric}, retrained with {sel.overrides}" if sel.stage else ""))

@@ -70,3 +70,28 @@ def compare(run_a: Path, run_b: Path, task: str, samples: int = 10000, seed: int
     return {"task": task, "pairs": len(common), "accuracy_a": float(va.mean()), "accuracy_b": float(vb.mean()),
             "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b),
             "difference": diff, "bootstrap_95": [lo, hi], "bootstrap_samples": samples}
+
+
+def check_out_file(out: str | None) -> None:
+    if out and (Path(out).is_dir() or (Path(out).parent.exists() and not Path(out).parent.is_dir())):
+        raise UserError(f"--out {out}: is a folder (or under a file); give a file path for the JSON")
+
+
+def run_compare(args) -> int:
+    """`python -m results compare`: checks, the test, its JSON (printed, and written to --out) and a one-line summary."""
+    from common.paths import write_atomic
+
+    for r in (args.run_a, args.run_b):
+        if not Path(r).is_dir():
+            raise UserError(f"{r}: run directory not found")
+    if not 1 <= args.samples <= 10_000_000:
+        raise UserError(f"--samples {args.samples}: give 1 to 10,000,000 bootstrap resamples (10,000 is usual)")
+    check_out_file(args.out)
+    out = compare(Path(args.run_a), Path(args.run_b), args.task, args.samples, args.seed)
+    print(json.dumps(out, indent=2))
+    if args.out:
+        write_atomic(Path(args.out), json.dumps(out, indent=2) + "\n")
+    print(f"{args.task}: A {out['accuracy_a']:.4f} vs B {out['accuracy_b']:.4f} on {out['pairs']} pairs; "
+          f"McNemar p = {out['mcnemar_p']:.3g} ({out['only_a_right']} right only in A, {out['only_b_right']} only in B); "
+          f"difference {out['difference']:+.4f}, 95% bootstrap [{out['bootstrap_95'][0]:+.4f}, {out['bootstrap_95'][1]:+.4f}]")
+    return 0

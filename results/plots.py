@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.paths import read_jsonl, save_figure  # noqa: E402
+from common.paths import read_jsonl, save_figure, write_atomic  # noqa: E402
 from results.collect import METRIC_HEADERS, metric_of, task_columns  # noqa: E402
 
 
@@ -157,3 +157,28 @@ def learning_curves(df, out_prefix: Path) -> list[Path]:
             curves[Path(run).name] = json.loads(file.read_text(encoding="utf-8"))["tasks"]
     tasks = sorted({task for per_task in curves.values() for task in per_task})
     return [plot_curve(task, *curve_lines(curves, task), out_prefix.with_name(f"{out_prefix.name}-curve-{task}.png")) for task in tasks]
+
+
+def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> None:
+    """`python -m results collect`: the table (CSV, markdown) and every plot of the runs under `roots`, into `out`."""
+    from common.errors import UserError
+    from results.collect import collect, markdown
+
+    df, incomplete = collect(roots)
+    for item in incomplete:
+        print(f"incomplete: {item.run}: {item.reason}")
+    if df.empty:
+        raise UserError(f"{', '.join(map(str, roots))}: no finished run (DONE) to collect" + (f"; {len(incomplete)} incomplete" if incomplete else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / f"{name}.csv", df.to_csv(index=False))
+    table = markdown(df)
+    write_atomic(out / f"{name}.md", table)
+    made = [p for p in (task_bars(df, out / f"{name}-tasks.png"), training_curves(df, out / f"{name}-curves.png"),
+                        grid_heatmap(df, metric, out / f"{name}-heatmap.png")) if p is not None]
+    made += learning_curves(df, out / name)
+    for run in dict.fromkeys(df["run"]):  # per run: its loss terms, and a WML run's peer weights
+        made += [p for p in (term_curves(Path(run), out / f"{name}-terms" / f"{Path(run).name}.png"),
+                             omega_curves(Path(run), out / f"{name}-omega" / f"{Path(run).name}.png")) if p is not None]
+    print(table)
+    print(f"{len(df)} row(s) from {df['run'].nunique()} run(s), {len(incomplete)} incomplete -> "
+          + ", ".join(str(p) for p in [out / f"{name}.csv", out / f"{name}.md", *made]))
