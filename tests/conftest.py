@@ -180,3 +180,32 @@ def call(main, *argv: str) -> subprocess.CompletedProcess:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main([str(a) for a in argv])
     return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
+
+
+def run_in_terminal(*args: str, cwd: Path = ROOT, timeout: int = 600) -> tuple[int, str]:
+    """`python -m <args>` under a pseudo-terminal of 120 columns (progress bars draw as on a person's screen):
+    the exit code and everything written to the terminal, line ends as `\\n`, bar redraws as `\\r`."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.update(PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        os.chdir(cwd)
+        os.execv(sys.executable, [sys.executable, "-m", *args])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    out, deadline = bytearray(), time.time() + timeout
+    while time.time() < deadline:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out.extend(data)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace").replace("\r\n", "\n")

@@ -351,3 +351,18 @@ def test_an_unknown_or_missing_tracker_is_refused_before_anything_is_written(dem
     assert importlib.util.find_spec("mlflow") is None, "this test needs a tracker whose package is not installed"
     assert_user_error(run_cli("train", *demo_args, "train.report_to=mlflow"), "train.report_to", "pip install mlflow")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_alone_shows_one_progress_bar(demo_args):
+    """On a terminal: the banner lines, one bar over the training steps (redrawn in place, with the losses), the
+    closing line. No bar for weight loading, shard writing or evaluation, no printed log dicts."""
+    from conftest import run_in_terminal
+
+    rc, screen = run_in_terminal("train", *demo_args)
+    assert rc == 0, screen[-3000:]
+    frames = [part for line in screen.split("\n") for part in line.split("\r") if "%|" in part]
+    assert frames and all("/30 [" in f and "step" in f for f in frames), frames[:5]  # every frame is the one bar
+    assert "/30 " in frames[-1] and "loss=" in frames[-1] and "dev=" in frames[-1]
+    assert not any(needle in screen for needle in ("Loading weights", "Writing model shards", "{'loss'", "eval_loss"))
+    lines = [line for line in screen.split("\n") if line.strip()]
+    assert len(lines) <= 12, lines  # data preparation (first run), banner, milestones note, the bar, the closing line

@@ -70,9 +70,11 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
     from tokenizer.prepare import block_words, load_blocks, prepare
     from train import models, words
     from train.rundir import state_groups
-    from train.trainer import BabyTrainer, MetricsLog, NonFiniteLoss, Preemption, build_trainer, leave, training_arguments
+    from train.trainer import (BabyTrainer, MetricsLog, NonFiniteLoss, Preemption, build_trainer, leave, quiet_library_bars,
+                               training_arguments)
 
     # 1. Data and tokenizer (cached), the model, and the checks, before anything is written.
+    quiet_library_bars()
     targs = training_arguments(cfg, run_dir)
     with targs.main_process_first(desc="prepare data"):
         prepared = prepare(cfg.data, cfg.tokenizer)

@@ -10,17 +10,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import (DataCollatorForLanguageModeling, EarlyStoppingCallback, Trainer, TrainerCallback,
+from tqdm import tqdm
+from transformers import (DataCollatorForLanguageModeling, EarlyStoppingCallback, ProgressCallback, Trainer, TrainerCallback,
                           TrainingArguments)
 
 from common.errors import UserError
 from common.paths import REPO, read_jsonl, write_atomic
-from train.rundir import RunDir, now, write_manifest
 from train import tracking
+from train.rundir import RunDir, now, write_manifest
 from train.words import Budget, WordsSeen
 
 
@@ -160,6 +162,46 @@ class Preemption(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self._previous is not None:
             signal.signal(signal.SIGUSR2, self._previous)
+
+
+class OneBar(TrainerCallback):
+    """The terminal's one progress bar, over training steps (on a TTY only), its postfix the last training and dev
+    loss. It replaces the Trainer's bars (training, and one per evaluation) and its printed log dicts: every logged
+    value is in metrics.jsonl."""
+
+    def __init__(self):
+        self.bar = None
+        self.postfix: dict[str, str] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", dynamic_ncols=True,
+                            disable=None, file=sys.stderr)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs:
+            for key, name in (("loss", "loss"), ("eval_loss", "dev")):
+                if isinstance(logs.get(key), (int, float)):
+                    self.postfix[name] = f"{logs[key]:.4f}"
+            self.bar.set_postfix(self.postfix, refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def quiet_library_bars() -> None:
+    """No bars from the libraries themselves (weight loading, shard writing, dataset building): one bar per run."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def row_kind(row: dict) -> str:
@@ -338,6 +380,8 @@ def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: s
                           data_collator=make_collator(objective, tokenizer, cfg.data.mlm_probability),
                           processing_class=tokenizer, callbacks=callbacks, **extra)
     trainer.schedule_steps, trainer.words_seen = budget.schedule_steps, words
+    trainer.remove_callback(ProgressCallback)  # the Trainer's bars and printed dicts: OneBar instead
+    trainer.add_callback(OneBar())
     names = tracking.trackers(cfg.train.report_to)
     if names:
         tracker = tracking.TrackerConfig(cfg, names)
