@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import math
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -223,9 +224,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 
+def _renamed(cls: type, data: dict, prefix: str) -> dict:
+    """A section's `RENAMED` maps an old key to (its new key, old value -> new value): the old spelling is read as the
+    new one, with a `note:` line on stderr saying what to write instead; both spellings together are an error."""
+    renamed = getattr(cls, "RENAMED", {})
+    if not any(name in data for name in renamed):
+        return data
+    data = dict(data)
+    for old, (new, values) in renamed.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(prefix + old, f"is the old name of {prefix}{new}, and both are set; keep {prefix}{new} only")
+        value = data.pop(old)
+        data[new] = values.get(value, value) if isinstance(value, str) else value
+        print(f"note: {prefix}{old}: {value!r} is the old spelling; write {prefix}{new}: {data[new]!r}", file=sys.stderr)
+    return data
+
+
 def _build(cls: type, data: dict, prefix: str, all_keys: list[str]) -> Any:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    data = _renamed(cls, data, prefix)
     kwargs = {}
     for name, value in data.items():
         key = prefix + str(name)

@@ -1,7 +1,7 @@
 """python -m distill CONFIG [key=value ...] [--resume | --overwrite]: train a student from teachers.
 python -m distill cache-teachers CONFIG [key=value ...]: store the teachers' top-k once.
 
-Reads top to bottom: config -> train.session.run with the distillation recipe (student,
+Reads top to bottom: config -> train.session.run with the distillation builder (student,
 optional warm start, teachers checked and frozen, the training wrapper with its composite
 loss, the distillation trainer) -> model/ holds the plain student. `--help` lists every key.
 """

@@ -16,6 +16,12 @@ import torch
 from common.errors import UserError, reading
 
 BACKENDS = ("causal", "mlm", "mntp")  # mntp: a masked LM that predicts the next token (2025 convention)
+
+
+def backend_for(objective: str) -> str:
+    """The scoring backend of a model trained with `objective` (causal | masked, the word every config uses). The
+    backends keep the 2025 pipeline's own names (its --backend flag and its submission file's name)."""
+    return {"causal": "causal", "masked": "mlm"}[objective]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
 
 

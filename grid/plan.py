@@ -32,7 +32,7 @@ class Point:
     run: str                       # the run directory
     tasks: list[str]
     eval_data_dir: str = ""
-    backend: str = "causal"        # how its models are evaluated (mlm for masked LMs)
+    backend: str = "causal"        # how its models are evaluated (eval.model.backend_for its objective)
     finetune: list[str] = field(default_factory=list)  # fine-tuning tasks (eval.finetune), after the zero-shot ones
     finetune_data_dir: str = ""
     tasks_per_milestone: list[str] = field(default_factory=list)  # on every milestone: the point's learning curve
@@ -210,12 +210,14 @@ def check_point(point: Point, grid_path: str | Path, where: str) -> tuple[Any, s
     if point.tasks_per_milestone and not milestone_list(cfg.train.word_checkpoints):
         raise UserError(f"{grid_path}: tasks_per_milestone is set, but {where}, recipe {point.recipe} exports no milestones; "
                         f"set train.word_checkpoints in the recipe or the stage's overrides (e.g. babylm)")
+    from eval.model import backend_for
+
     if point.kind == "wml":
-        return cfg, "mlm" if cfg.wml.model_type == "MLM" else "causal"
+        return cfg, backend_for(cfg.wml.objective)
     from train.models import read_architecture
 
     objective, _ = read_architecture(cfg.model)
-    return cfg, "mlm" if objective == "masked" else "causal"
+    return cfg, backend_for(objective)
 
 
 def finalists(cfg: GridConfig, points: list[Point]) -> list[Point]:

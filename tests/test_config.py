@@ -139,3 +139,21 @@ def test_every_recipe_loads(recipe, tmp_path, monkeypatch):
         import json
 
         json.loads((ROOT / cfg.train.deepspeed).read_text())
+
+
+def test_the_old_spelling_of_a_renamed_key_is_read_with_a_note(tmp_path, capsys):
+    """wml.model_type: CLM | MLM (the seed's) is read as wml.objective: causal | masked, the word every config uses;
+    both spellings together, or an old value that maps to nothing, are one error naming the key."""
+    from distill.wml.config import WMLRunConfig
+
+    text = (ROOT / "config" / "runs" / "demo-wml.yaml").read_text()
+    assert "  objective: causal" in text
+    old = tmp_path / "old.yaml"
+    old.write_text(text.replace("  objective: causal", "  model_type: CLM"))
+    cfg = cfglib.load(WMLRunConfig, old, check=False)
+    assert cfg.wml.objective == "causal"
+    assert "note: wml.model_type: 'CLM' is the old spelling; write wml.objective: 'causal'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="wml.model_type: is the old name of wml.objective, and both are set"):
+        cfglib.load(WMLRunConfig, old, ["wml.objective=masked"], check=False)
+    with pytest.raises(UserError, match="wml.objective: expected one of 'causal', 'masked', got 'XLM'"):
+        cfglib.load(WMLRunConfig, old, ["wml.model_type=XLM"], check=False)

@@ -1,4 +1,4 @@
-"""End to end: `python -m distill.wml` on the demo corpus: CLM and MLM peers, vanilla KD, a weak peer, one peer
+"""End to end: `python -m distill.wml` on the demo corpus: causal and masked peers, vanilla KD, a weak peer, one peer
 against the spine's trainer, outputs, bad inputs."""
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ def write_peers(out: Path, fields: list[dict], objective: str = "causal") -> Non
         (folder / f"peer-{i}.yaml").write_text(yaml.safe_dump({"objective": objective, **f}))
 
 
-@pytest.mark.parametrize("kind", ["CLM", "MLM"])
+@pytest.mark.parametrize("kind", ["causal", "masked"])
 def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    extra = [] if kind == "CLM" else ["model.arch=roberta-tiny", "wml.model_type=MLM", "wml.init_points=5", "wml.n_iter=15"]
+    extra = [] if kind == "causal" else ["model.arch=roberta-tiny", "wml.objective=masked", "wml.init_points=5", "wml.n_iter=15"]
     proc = ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path), *QUICK_SEARCH, *extra, "train.word_checkpoints=2k"))
     run = tmp_path / "demo-wml" / "wml"
     assert (run / "DONE").exists() and "champion: peer-" in proc.stdout
@@ -50,7 +50,7 @@ def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert all(abs(r["omega/0"] + r["omega/1"] - 1) < 1e-5 for r in rows)  # ω on the simplex, logged every time
     assert any("hypergrad/0" in r for r in rows)
-    auto = AutoModelForCausalLM if kind == "CLM" else AutoModelForMaskedLM
+    auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
     search = json.loads((tmp_path / "demo-wml" / "arch_search_results" / "search.json").read_text())
     for i in range(2):
         model = auto.from_pretrained(run / "model" / f"peer-{i}")

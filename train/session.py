@@ -1,7 +1,7 @@
 """One training session, shared by `python -m train` and `python -m distill`.
 
 Reads top to bottom: run directory decision -> data and tokenizer -> model (from a
-`Recipe`) -> Trainer -> export -> DONE. A Recipe says how to build what is trained and
+`Builder`) -> Trainer -> export -> DONE. A Builder says how to build what is trained and
 how to export it; everything else (refusing to overwrite, resuming from the newest good
 checkpoint, run.json, the non-finite-loss stop) is the same for every kind of run.
 """
@@ -21,7 +21,7 @@ from common.errors import EXIT_PREEMPTED, UserError
 
 @dataclass
 class Built:
-    """What a recipe hands the session: the module the Trainer trains and how model/ is written."""
+    """What a builder hands the session: the module the Trainer trains and how model/ is written."""
 
     trained: Any            # the Trainer's model (the model itself, or a wrapper around the student or the peers)
     objective: str          # "causal" or "masked" (picks the collator)
@@ -33,7 +33,7 @@ class Built:
     finish: Callable[[Any, Path], dict] | None = None  # (trainer, run path) -> extra summary, after export, before DONE
 
 
-Recipe = Callable[[Any, Any, Any, Any], Built]  # (cfg, tokenizer, prepared data, device) -> Built
+Builder = Callable[[Any, Any, Any, Any], Built]  # (cfg, tokenizer, prepared data, device) -> Built
 
 
 def run_parser(prog: str, description: str, schema: type, example_config: str, example_override: str) -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def run_parser(prog: str, description: str, schema: type, example_config: str, e
     return parser
 
 
-def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> int:
+def run(cfg, argv: list[str], resume: bool, overwrite: bool, build: Builder) -> int:
     """Hold the run directory's lock, decide what to do with it, then train (or only finish)."""
     from train.rundir import RunDir
 
@@ -59,10 +59,10 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, recipe: Recipe) -> 
         if decision == "done":
             print(f"{run_dir.path}: already finished (DONE); nothing to do")
             return 0
-        return train_run(cfg, argv, run_dir, decision, recipe)
+        return train_run(cfg, argv, run_dir, decision, build)
 
 
-def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> int:
+def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> int:
     from transformers import set_seed
 
     from common.errors import EXIT_INTERRUPTED, writing
@@ -81,7 +81,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
     tokenizer = load_pretrained(prepared.tokenizer_dir, "the run's tokenizer")
     models.check_vocab(cfg.model, tokenizer, prepared.tokenizer_dir)
     set_seed(cfg.train.seed)  # the model is initialised before the Trainer seeds anything
-    built = recipe(cfg, tokenizer, prepared, targs.device)
+    built = build(cfg, tokenizer, prepared, targs.device)
     train_ds = load_blocks(prepared.train_blocks, cfg.data.train_fraction, cfg.data.seed, with_index=built.block_index, with_words=True)
     dev_ds = load_blocks(prepared.dev_blocks) if prepared.dev_blocks else None
     budget = words.plan(cfg.train, block_words(train_ds), targs.world_size)
@@ -146,7 +146,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, recipe: Recipe) -> i
 
 
 def export(trainer, built: Built, tokenizer, folder: Path) -> None:
-    """The trained model (or the recipe's export of it) and the tokenizer into `folder`: model/ at the
+    """The trained model (or the builder's export of it) and the tokenizer into `folder`: model/ at the
     end, milestones/chck_*/ on the way. Every rank calls it (a sharded model is gathered for saving)."""
     if built.export is None:
         trainer.save_model(str(folder))  # with the tokenizer (the Trainer's processing_class)

@@ -19,7 +19,7 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     from eval.model import check_folder, load_model_folder
     from train.session import Built
 
-    objective = "masked" if cfg.wml.model_type == "MLM" else "causal"
+    objective = cfg.wml.objective
     auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": pad}
@@ -74,8 +74,9 @@ def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
         write_atomic(run_path / "model" / "champion.json", json.dumps(info, indent=2))
         if cfg.wml.eval_tasks:
             from eval.evaluate import Options, evaluate
+            from eval.model import backend_for
 
-            opts = Options(backend="mlm" if cfg.wml.model_type == "MLM" else "causal", data_dir=cfg.wml.eval_data_dir or None,
+            opts = Options(backend=backend_for(cfg.wml.objective), data_dir=cfg.wml.eval_data_dir or None,
                            progress=False)
             for i in range(len(wrapper.peers)):
                 opts.out = str(run_path / "eval" / f"peer-{i}")

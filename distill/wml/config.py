@@ -22,8 +22,11 @@ class SearchSpace:
 
 @dataclass
 class WMLConfig:
+    RENAMED = {"model_type": ("objective", {"CLM": "causal", "MLM": "masked"})}  # the seed's spelling, still read
+
     num_peers: int = field(4, "peers trained together: 1 (ordinary training), 2 or 4; peer i targets N/(i + 2) parameters", ge=1, le=4)
-    model_type: Literal["CLM", "MLM"] = field("CLM", "causal or masked LM peers; must match the reference architecture's objective")
+    objective: Literal["causal", "masked"] = field("causal", "causal or masked LM peers; must match the reference architecture's "
+                                                             "objective (the seed's model_type: CLM/MLM is read as this)")
     distillation_method: Literal["mutual", "vanilla"] = field("mutual", "mutual: peers teach each other; vanilla: each peer distils from wml.teacher instead")
     teacher: str = field("", "vanilla: a local Hugging Face folder of the teacher (same tokenizer, same objective)")
     loss_alpha: float = field(0.5, "α: weight of the distillation part against (1 − α) for the peers' cross-entropy", ge=0, le=1)
@@ -77,5 +80,5 @@ class WMLRunConfig(RunSections):
         from train.models import read_architecture
 
         objective, _ = read_architecture(self.model)
-        if (objective == "masked") != (w.model_type == "MLM"):
-            raise ConfigError("wml.model_type", f"is {w.model_type} but model.arch={self.model.arch} is a {objective} LM; make them agree")
+        if objective != w.objective:
+            raise ConfigError("wml.objective", f"is {w.objective} but model.arch={self.model.arch} is a {objective} LM; make them agree")
