@@ -18,13 +18,23 @@ from common.errors import UserError, exit_on_user_error
 def build_parser() -> argparse.ArgumentParser:
     from grid.config import GridConfig
 
-    p = argparse.ArgumentParser(prog="python launch_grid.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description=__doc__.split("\n\n")[1],
-                                epilog="grid keys (YAML, or key=value here):\n" + "\n".join(cfglib.describe(GridConfig)))
+    p = argparse.ArgumentParser(
+        prog="python launch_grid.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[1],
+        epilog="grid keys (YAML, or key=value here):\n" + "\n".join(cfglib.describe(GridConfig)),
+    )
     p.add_argument("grid", help="grid YAML, e.g. config/grids/demo.yaml")
     p.add_argument("overrides", nargs="*", help="dotted grid keys, e.g. executor.kind=debug")
-    p.add_argument("-v", "--verbose", action="store_true", help="every point's full output on the terminal too (always in <run>/logs/)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (points, their state, overrides); run nothing")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="every point's full output on the terminal too (always in <run>/logs/)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (points, their state, overrides); run nothing"
+    )
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a recipe override for every point, after the grid's own (e.g. --set train.max_steps=20)")
     return p

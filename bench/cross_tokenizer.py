@@ -68,7 +68,10 @@ def main() -> None:
         getattr(losses, key).weight = 0.5
         wrapper = DistillationWrapper(llama(len(student_tok), 64, 4), [t], losses).train()
         sides[name] = (t, wrapper, torch.optim.AdamW(wrapper.parameters(), lr=1e-4))
-    times = {k: [] for k in ("same", "cross", "cross: re-tokenise + align", "cross: teacher forward", "same: teacher forward")}
+    times = {
+        k: []
+        for k in ("same", "cross", "cross: re-tokenise + align", "cross: teacher forward", "same: teacher forward")
+    }
 
     def step(name: str, batch: torch.Tensor) -> None:
         t, wrapper, opt = sides[name]
@@ -96,14 +99,20 @@ def main() -> None:
         times["cross: re-tokenise + align"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) * 1000 for k, v in times.items() if v}
     aligned = float((cross(blocks[: args.batch]).index >= 0).float().mean())
-    print(f"student 1,000-token BPE, teacher GPT-2 BPE (50,257); batch {args.batch} x {args.block}; {aligned:.0%} of positions aligned; "
-          f"median of {args.steps} steps per side")
+    print(
+        f"student 1,000-token BPE, teacher GPT-2 BPE (50,257); batch {args.batch} x {args.block}; {aligned:.0%} of "
+        "positions aligned; "
+        f"median of {args.steps} steps per side"
+    )
     for k in ("same", "same: teacher forward", "cross", "cross: teacher forward", "cross: re-tokenise + align"):
         print(f"{k:28s} {med[k]:8.1f} ms")
     rest = med["cross"] - med["cross: teacher forward"] - (med["same"] - med["same: teacher forward"])
-    print(f"cross-tokenizer KD: {med['cross'] / med['same']:.2f}x same-tokenizer KD; of the difference, the teacher's forward "
-          f"(re-tokenising included) {med['cross: teacher forward'] - med['same: teacher forward']:.1f} ms, "
-          f"the loss and the student's step {rest:.1f} ms")
+    print(
+        f"cross-tokenizer KD: {med['cross'] / med['same']:.2f}x same-tokenizer KD; of the difference, the teacher's "
+        "forward "
+        f"(re-tokenising included) {med['cross: teacher forward'] - med['same: teacher forward']:.1f} ms, "
+        f"the loss and the student's step {rest:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

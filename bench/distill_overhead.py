@@ -1,8 +1,10 @@
 """Training-step cost of distillation: the student alone, online KD from two teachers, KD from the teacher cache
-in each of its storage formats (fp16, q8, q4: step time and bytes per token), and each logit term (logit_kd, reverse_kl, jsd, ...) and attention_relation on teacher outputs computed outside the timed step.
+in each of its storage formats (fp16, q8, q4: step time and bytes per token), and each logit term (logit_kd,
+reverse_kl, jsd, ...) and attention_relation on teacher outputs computed outside the timed step.
 
     python bench/distill_overhead.py                  # CPU, tiny models (teachers ~6x and ~12x the student)
-    python bench/distill_overhead.py --preset babyllama --device cuda   # Llama-58M from Llama-360M + GPT2-705M, bf16 teachers
+    python bench/distill_overhead.py --preset babyllama --device cuda   # Llama-58M from Llama-360M + GPT2-705M, bf16
+    teachers
 
 Each configuration runs in its own child process (so its peak memory is its own), through
 the project's own pieces: DistillationWrapper (the composite loss), run_teachers (frozen,
@@ -36,10 +38,28 @@ from distill.cache_format import FORMATS  # noqa: E402
 
 PRESETS = {
     # name: (student arch fields, [teacher fields], vocab, block, batch)
-    "tiny": ({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 128},
-             [{"model_type": "llama", "hidden_size": 144, "num_hidden_layers": 6, "num_attention_heads": 4, "intermediate_size": 288},
-              {"model_type": "gpt2", "n_embd": 168, "n_layer": 8, "n_head": 4}],
-             512, 128, 16),
+    "tiny": (
+        {
+            "model_type": "llama",
+            "hidden_size": 64,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+        },
+        [
+            {
+                "model_type": "llama",
+                "hidden_size": 144,
+                "num_hidden_layers": 6,
+                "num_attention_heads": 4,
+                "intermediate_size": 288,
+            },
+            {"model_type": "gpt2", "n_embd": 168, "n_layer": 8, "n_head": 4},
+        ],
+        512,
+        128,
+        16,
+    ),
     "babyllama": ("llama-58m", ["llama-360m", "gpt2-705m"], 16000, 128, 32),
 }
 
@@ -56,7 +76,9 @@ def build(fields_or_arch, vocab: int):
     else:
         fields = dict(fields_or_arch)
     fields.setdefault("max_position_embeddings" if fields["model_type"] != "gpt2" else "n_positions", 256)
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields, vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = AutoConfig.for_model(
+        fields.pop("model_type"), **fields, vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0
+    )
     return AutoModelForCausalLM.from_config(config)
 
 
@@ -65,7 +87,8 @@ def n_params(model) -> int:
 
 
 def compared_terms() -> list[str]:
-    """The registered terms compared with logit_kd: the other logit terms, and those reading queries, keys and values."""
+    """The registered terms compared with logit_kd: the other logit terms, and those reading queries, keys and
+    values."""
     from distill.losses import REGISTRY
     from distill.losses.logit_family import LogitTerm
 
@@ -73,7 +96,8 @@ def compared_terms() -> list[str]:
 
 
 def term_of(mode: str) -> str | None:
-    """The KD term a mode trains with: logit_kd online or cached, a logit term on untimed teacher logits (`dense:<key>`), or none."""
+    """The KD term a mode trains with: logit_kd online or cached, a logit term on untimed teacher logits
+    (`dense:<key>`), or none."""
     return None if mode == "student" else mode.split(":", 1)[1] if mode.startswith("dense:") else "logit_kd"
 
 
@@ -108,7 +132,12 @@ def child(args) -> None:
     if args.one == "online" or args.one.startswith("dense:"):
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         for i in range(info["n_teachers"]):
-            m = AutoModelForCausalLM.from_pretrained(work / f"teacher{i}", dtype=dtype).to(device).eval().requires_grad_(False)
+            m = (
+                AutoModelForCausalLM.from_pretrained(work / f"teacher{i}", dtype=dtype)
+                .to(device)
+                .eval()
+                .requires_grad_(False)
+            )
             teachers.append(Teacher(f"t{i}", m, 1.0, [], m.config.hidden_size, num_layers(m.config)))
     if args.one.startswith("cached:"):
         cache = TeacherCache(work / f"cache-{args.one.split(':')[1]}", {})
@@ -189,9 +218,16 @@ def prepare(args, work: Path) -> dict:
           "top_k": args.top_k, "block_size": block}  # what TeacherCache reads back
     for fmt in FORMATS:
         cfg.distill.cache_format = fmt
-        write_cache(work / f"cache-{fmt}", teachers, Blocks(), cfg, fp, batch, torch.device(args.device), progress=False)
-    info = {"n_student": n_params(student), "n_teachers": len(teachers), "n_teacher_params": [n_params(t.model) for t in teachers],
-            "block": block, "batch": batch}
+        write_cache(
+            work / f"cache-{fmt}", teachers, Blocks(), cfg, fp, batch, torch.device(args.device), progress=False
+        )
+    info = {
+        "n_student": n_params(student),
+        "n_teachers": len(teachers),
+        "n_teacher_params": [n_params(t.model) for t in teachers],
+        "block": block,
+        "batch": batch,
+    }
     (work / "info.json").write_text(json.dumps(info))
     return info
 
@@ -203,7 +239,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--top-k", type=int, default=64)
-    p.add_argument("--terms", default=",".join(compared_terms()), help="terms to compare with logit_kd (comma list; empty = none)")
+    p.add_argument(
+        "--terms", default=",".join(compared_terms()), help="terms to compare with logit_kd (comma list; empty = none)"
+    )
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -228,8 +266,24 @@ def main() -> None:
 
         logit_keys = [k for k in compared_terms() if issubclass(REGISTRY[k], LogitTerm)]
         for mode in modes + modes[::-1]:
-            proc = subprocess.run([sys.executable, __file__, "--one", mode, "--work", str(work), "--device", args.device,
-                                   "--steps", str(args.steps), "--warmup", str(args.warmup)], capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    mode,
+                    "--work",
+                    str(work),
+                    "--device",
+                    args.device,
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                ],
+                capture_output=True,
+                text=True,
+            )
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
@@ -237,15 +291,24 @@ def main() -> None:
             if mode not in results or r["step_s"] < results[mode]["step_s"]:
                 results[mode] = r
         for mode, r in results.items():
-            print(f"{mode:24s}: {r['step_s'] * 1000:8.1f} ms/step  {r['tokens_per_s']:10.0f} tokens/s  peak {r['peak_mb']:8.0f} MiB")
+            print(
+                f"{mode:24s}: {r['step_s'] * 1000:8.1f} ms/step  {r['tokens_per_s']:10.0f} tokens/s  peak "
+                f"{r['peak_mb']:8.0f} MiB"
+            )
         base = results["student"]["step_s"]
         flops = 1 + sum(info["n_teacher_params"]) / (3 * info["n_student"])
-        print(f"online KD: {results['online']['step_s'] / base:.2f}x the student alone (FLOP estimate 1 + N_teachers/(3 N_student) = {flops:.2f})")
+        print(
+            f"online KD: {results['online']['step_s'] / base:.2f}x the student alone (FLOP estimate 1 + N_teachers/(3 "
+            f"N_student) = {flops:.2f})"
+        )
         for mode in cached:
             fmt = mode.split(":")[1]
             size = json.loads((work / f"cache-{fmt}" / "cache.json").read_text())["bytes_per_token"]
-            print(f"cached KD ({fmt}, {size:g} bytes/token): {results[mode]['step_s'] / base:.2f}x the student alone (target <= 1.15); "
-                  f"{results[mode]['step_s'] / results['cached:fp16']['step_s']:.2f}x the fp16 cache's step")
+            print(
+                f"cached KD ({fmt}, {size:g} bytes/token): {results[mode]['step_s'] / base:.2f}x the student alone "
+                "(target <= 1.15); "
+                f"{results[mode]['step_s'] / results['cached:fp16']['step_s']:.2f}x the fp16 cache's step"
+            )
         for mode in modes[2 + len(cached) + 1:]:
             target = "; target <= 1.1" if term_of(mode) in logit_keys else ""
             print(f"{term_of(mode)}: {results[mode]['step_s'] / results['dense:logit_kd']['step_s']:.2f}x logit_kd "

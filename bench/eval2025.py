@@ -33,7 +33,9 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 def data_folder(shared: Path, per_subtask: dict[str, int] | None = None) -> Path:
     """An evaluation_data folder from ../shared/data: BLiMP, supplement, EWoK (extracted here, git-ignored),
     entity tracking, WUG adjectives, reading; `per_subtask` keeps the first n lines of each file of a task."""
-    root = CACHE / ("eval2025" if not per_subtask else "eval2025-" + "-".join(f"{k}{v}" for k, v in sorted(per_subtask.items())))
+    root = CACHE / (
+        "eval2025" if not per_subtask else "eval2025-" + "-".join(f"{k}{v}" for k, v in sorted(per_subtask.items()))
+    )
     if (root / "DONE").is_file():
         return root
     shutil.rmtree(root, ignore_errors=True)  # our own cache folder
@@ -83,7 +85,9 @@ def run_task(m, name: str, data: Path, n_ours: int, n_naive: int, batch: int) ->
     task = load_task(name, str(data))
     if task.spec.kind == "reading":
         df = task.table.iloc[:n_ours].reset_index(drop=True)
-        score_table(df.iloc[:20], m.tokenizer, "causal", lambda r: score_requests(scorer, m, r, opts)[0])  # warm-up, untimed
+        score_table(
+            df.iloc[:20], m.tokenizer, "causal", lambda r: score_requests(scorer, m, r, opts)[0]
+        )  # warm-up, untimed
         t0 = time.perf_counter()
         pred, prev = score_table(df, m.tokenizer, "causal", lambda r: score_requests(scorer, m, r, opts)[0])
         t_ours = time.perf_counter() - t0
@@ -103,7 +107,9 @@ def run_task(m, name: str, data: Path, n_ours: int, n_naive: int, batch: int) ->
     # open alike (entity tracking: about 16 items per scene) are as dense as in the full task
     task.items = sorted(task.items, key=lambda it: it.sentences[0])[:n_ours]
     items, task.items = task.items, task.items[:10]
-    score_requests(scorer, m, requests_for(task, m, opts)[0], opts, [len(it.choices) for it in task.items])  # warm-up, untimed
+    score_requests(
+        scorer, m, requests_for(task, m, opts)[0], opts, [len(it.choices) for it in task.items]
+    )  # warm-up, untimed
     task.items = items
     t0 = time.perf_counter()
     reqs, _ = requests_for(task, m, opts)
@@ -116,12 +122,26 @@ def run_task(m, name: str, data: Path, n_ours: int, n_naive: int, batch: int) ->
         naive_choice(m.model, m.tokenizer, task.items[0].sentences[0], task.items[0].completions[0])
     t0 = time.perf_counter()
     with torch.inference_mode():
-        ref = np.array([[naive_choice(m.model, m.tokenizer, s, c) for s, c in zip(task.items[i].sentences, task.items[i].completions)]
-                        for i in sample])
+        ref = np.array(
+            [
+                [
+                    naive_choice(m.model, m.tokenizer, s, c)
+                    for s, c in zip(task.items[i].sentences, task.items[i].completions)
+                ]
+                for i in sample
+            ]
+        )
     t_naive = time.perf_counter() - t0
     same = int((ref.argmax(1) == scores[sample].argmax(1)).sum())
-    return {"task": name, "ours_items": len(task.items), "ours_s": t_ours, "naive_items": len(sample), "naive_s": t_naive,
-            "agree": f"{same}/{len(sample)} decisions identical, max score difference {np.abs(ref - scores[sample]).max():.1e}"}
+    return {
+        "task": name,
+        "ours_items": len(task.items),
+        "ours_s": t_ours,
+        "naive_items": len(sample),
+        "naive_s": t_naive,
+        "agree": f"{same}/{len(sample)} decisions identical, max score difference "
+                 f"{np.abs(ref - scores[sample]).max():.1e}",
+    }
 
 
 def suite(model: str, shared: Path, tasks: list[str], n_ours: int, n_naive: int, batch: int) -> list[dict]:
@@ -131,8 +151,11 @@ def suite(model: str, shared: Path, tasks: list[str], n_ours: int, n_naive: int,
     for name in tasks:
         r = run_task(m, name, data, n_ours, n_naive, batch)
         ours, naive = r["ours_items"] / r["ours_s"], r["naive_items"] / r["naive_s"]
-        print(f"{name:<16} this project {ours:9.1f} items/s ({r['ours_items']} items) | official procedure {naive:8.1f} "
-              f"items/s ({r['naive_items']} items) | {ours / naive:6.1f}x | {r['agree']}", flush=True)
+        print(
+            f"{name:<16} this project {ours:9.1f} items/s ({r['ours_items']} items) | official procedure {naive:8.1f} "
+            f"items/s ({r['naive_items']} items) | {ours / naive:6.1f}x | {r['agree']}",
+            flush=True,
+        )
         out.append({**r, "ratio": ours / naive})
     return out
 
@@ -147,8 +170,13 @@ def fast_suite_wall_time(model: str, shared: Path, batch: int) -> float:
     if not (fast / "DONE").is_file():
         shutil.rmtree(fast, ignore_errors=True)
         fast.mkdir(parents=True)
-        for src, dst in (("blimp_filtered", "blimp_fast"), ("blimp_supplement", "supplement_fast"), ("ewok_filtered", "ewok_fast"),
-                         ("wug_adj_nominalization", "wug_adj_nominalization"), ("reading", "reading")):
+        for src, dst in (
+            ("blimp_filtered", "blimp_fast"),
+            ("blimp_supplement", "supplement_fast"),
+            ("ewok_filtered", "ewok_fast"),
+            ("wug_adj_nominalization", "wug_adj_nominalization"),
+            ("reading", "reading"),
+        ):
             shutil.copytree(data / src, fast / dst)
         (fast / "entity_tracking_fast").mkdir()
         shutil.copy(data / "entity_tracking" / "regular.jsonl", fast / "entity_tracking_fast")
@@ -156,8 +184,13 @@ def fast_suite_wall_time(model: str, shared: Path, batch: int) -> float:
     out = CACHE / "fast_out"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    evaluate(model, ["blimp_filtered", "blimp_supplement", "ewok_filtered", "entity_tracking", "wug_adj", "reading"],
-             Options(convention="babylm2025", fast=True, data_dir=str(fast), out=str(out), progress=False, batch_size=str(batch)))
+    evaluate(
+        model,
+        ["blimp_filtered", "blimp_supplement", "ewok_filtered", "entity_tracking", "wug_adj", "reading"],
+        Options(
+            convention="babylm2025", fast=True, data_dir=str(fast), out=str(out), progress=False, batch_size=str(batch)
+        ),
+    )
     seconds = time.perf_counter() - t0
     print(json.dumps({"fast_suite_seconds": round(seconds, 1)}))
     return seconds
@@ -165,7 +198,8 @@ def fast_suite_wall_time(model: str, shared: Path, batch: int) -> float:
 
 def llama58m(shared: Path) -> Path:
     """A randomly initialised llama-58m (config/models/llama-58m.yaml) with a 16k byte-level BPE trained on the
-    shared corpus, saved once under bench/.cache (the shape of BabyLlama's student; the weights do not matter for speed)."""
+    shared corpus, saved once under bench/.cache (the shape of BabyLlama's student; the weights do not matter for
+    speed)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from tokenizer.bpe import train_bpe

@@ -48,8 +48,11 @@ def harness_python() -> Path:
     if not py.exists():
         print(f"creating {HARNESS_ENV} with lm-eval 0.4.13 (once)", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(HARNESS_ENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "lm-eval[hf]==0.4.13", "torch==2.13.0", "transformers==5.23.0"],
-                       check=True, env={**os.environ, "PIP_CONSTRAINT": str(REPO / "constraints.txt")})
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "lm-eval[hf]==0.4.13", "torch==2.13.0", "transformers==5.23.0"],
+            check=True,
+            env={**os.environ, "PIP_CONSTRAINT": str(REPO / "constraints.txt")},
+        )
     return py
 
 
@@ -63,10 +66,21 @@ def ours(model: str, data_dir: str, batch: int, dtype: str = "float32"):
     _, right, tied, bad = decide(scores, np.zeros(len(task.items), dtype=int))
     seconds = time.perf_counter() - t0
     harness_positions = sum(len(r.ctx) + len(r.cont) - 1 for r in reqs)  # every window, each position normalised
-    work = {"ours": linear_work(m.model, scorer.work["positions"], scorer.work["head_rows"]),
-            "harness": linear_work(m.model, harness_positions, harness_positions), "positions": scorer.work["positions"],
-            "head_rows": scorer.work["head_rows"], "harness_positions": harness_positions}
-    return m, task, {k: v["accuracy"] for k, v in summarise(task, scores, right, tied, bad)["subtasks"].items()}, seconds, scores, work
+    work = {
+        "ours": linear_work(m.model, scorer.work["positions"], scorer.work["head_rows"]),
+        "harness": linear_work(m.model, harness_positions, harness_positions),
+        "positions": scorer.work["positions"],
+        "head_rows": scorer.work["head_rows"],
+        "harness_positions": harness_positions,
+    }
+    return (
+        m,
+        task,
+        {k: v["accuracy"] for k, v in summarise(task, scores, right, tied, bad)["subtasks"].items()},
+        seconds,
+        scores,
+        work,
+    )
 
 
 def linear_work(model, positions: int, head_rows: int) -> float:
@@ -117,15 +131,21 @@ def main() -> None:
     p.add_argument("--paradigms", help="comma-separated blimp_filtered paradigms (default: all 67)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--harness-batch", type=int, default=64)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="this project's weights (the harness stays in float32): bfloat16 trades identical decisions for speed")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="this project's weights (the harness stays in float32): bfloat16 trades identical decisions for speed",
+    )
     p.add_argument("--loop-sample", type=int, default=20, help="pairs per paradigm for the per-sentence loop")
     p.add_argument("--suite", choices=("babylm2025",), help="the 2025 tasks against the official procedure instead")
     p.add_argument("--tasks", default="entity_tracking,reading,wug_adj,blimp_filtered", help="--suite: the tasks")
     p.add_argument("--items", type=int, default=1000, help="--suite: items this project scores per task")
     p.add_argument("--naive-items", type=int, default=100, help="--suite: items the official procedure scores per task")
     p.add_argument("--llama58m", action="store_true", help="MODEL: a random llama-58m with a 16k BPE (bench/.cache)")
-    p.add_argument("--fast-suite", action="store_true", help="time the whole fast suite through python -m eval's evaluate()")
+    p.add_argument(
+        "--fast-suite", action="store_true", help="time the whole fast suite through python -m eval's evaluate()"
+    )
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     if args.llama58m:
@@ -144,11 +164,20 @@ def main() -> None:
 
     m, task, acc, t_ours, scores, work = ours(args.model, args.data_dir, args.batch_size, args.dtype)
     n = len(task.items)
-    print(f"this project : {n} pairs in {t_ours:7.1f} s = {n / t_ours:8.1f} pairs/s (batch {args.batch_size}, {args.dtype})", flush=True)
-    print(f"work: this project reads {work['positions']} positions and normalises {work['head_rows']}; the harness reads and "
-          f"normalises {work['harness_positions']} (its padding not counted): it does {work['harness'] / work['ours']:.2f}x "
-          f"this project's linear-layer multiply-adds, the most sharing prefixes can gain at equal speed per multiply-add",
-          flush=True)
+    print(
+        f"this project : {n} pairs in {t_ours:7.1f} s = {n / t_ours:8.1f} pairs/s (batch {args.batch_size}, "
+        f"{args.dtype})",
+        flush=True,
+    )
+    print(
+        f"work: this project reads {work['positions']} positions and normalises {work['head_rows']}; the harness "
+        "reads and "
+        f"normalises {work['harness_positions']} (its padding not counted): it does "
+        f"{work['harness'] / work['ours']:.2f}x "
+        "this project's linear-layer multiply-adds, the most sharing prefixes can gain at equal speed per "
+        "multiply-add",
+        flush=True,
+    )
 
     picked, loop_scores, t_loop = loop(m, task, args.loop_sample)
     same = (loop_scores.argmax(1) == scores[picked].argmax(1)).mean()
@@ -157,8 +186,11 @@ def main() -> None:
           f"(same decisions on {same:.2%}, max score difference {diff:.1e})", flush=True)
 
     glob = str(Path(args.data_dir) / "blimp_filtered" / "*.jsonl")
-    proc = subprocess.run([str(harness_python()), str(REPO / "bench" / "harness_driver.py"), args.model, glob, str(args.harness_batch)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(harness_python()), str(REPO / "bench" / "harness_driver.py"), args.model, glob, str(args.harness_batch)],
+        capture_output=True,
+        text=True,
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("HARNESS_JSON ")), None)
     if line is None:
         sys.exit(f"the harness failed:\n{proc.stderr[-3000:]}")
@@ -183,8 +215,12 @@ def main() -> None:
           f"{int(flipped.sum())} of {n} decisions differ"
           + (f", all with |good - bad| <= {gap[flipped].max():.1e} (near-ties: "
              f"{int((gap <= gap[flipped].max()).sum())} pairs are that close)" if flipped.any() else ""))
-    print(f"speed ratio: {t_h / t_ours:.2f}x the harness, {(n / t_ours) / (len(picked) / t_loop):.2f}x the per-sentence loop; "
-          f"multiply-adds per second: this project {work['ours'] / t_ours / 1e9:.1f} G, the harness {work['harness'] / t_h / 1e9:.1f} G")
+    print(
+        f"speed ratio: {t_h / t_ours:.2f}x the harness, {(n / t_ours) / (len(picked) / t_loop):.2f}x the per-sentence "
+        "loop; "
+        f"multiply-adds per second: this project {work['ours'] / t_ours / 1e9:.1f} G, the harness "
+        f"{work['harness'] / t_h / 1e9:.1f} G"
+    )
 
 
 if __name__ == "__main__":

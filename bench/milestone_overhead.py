@@ -29,9 +29,19 @@ BABYLM_FRACTIONS = [m / 100 for m in (*range(1, 11), *range(20, 101, 10))]
 
 
 def run_once(work: Path, name: str, steps: int, milestones: list[str]) -> tuple[float, float]:
-    args = [sys.executable, "-m", "train", "config/runs/demo-teacher.yaml", f"data.train_dir={work}/demo/train",
-            f"data.dev_dir={work}/demo/dev", f"data.cache_dir={work}/cache", f"output.dir={work}/runs", f"output.name={name}",
-            f"train.max_steps={steps}", f"train.word_checkpoints={','.join(milestones) or 'none'}"]  # the recipe's evaluation and saving
+    args = [
+        sys.executable,
+        "-m",
+        "train",
+        "config/runs/demo-teacher.yaml",
+        f"data.train_dir={work}/demo/train",
+        f"data.dev_dir={work}/demo/dev",
+        f"data.cache_dir={work}/cache",
+        f"output.dir={work}/runs",
+        f"output.name={name}",
+        f"train.max_steps={steps}",
+        f"train.word_checkpoints={','.join(milestones) or 'none'}",
+    ]  # the recipe's evaluation and saving
     start = time.perf_counter()
     subprocess.run(args, cwd=REPO, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -42,7 +52,9 @@ def run_once(work: Path, name: str, steps: int, milestones: list[str]) -> tuple[
 def milestone_overhead(work: Path, steps: int, repeats: int) -> None:
     run_once(work, "warmup", 2, [])  # the demo corpus, tokenizer and blocks, built once outside the timing
     budget = json.loads((work / "runs" / "demo" / "warmup" / "run.json").read_text())["words"]["step_words"] * steps
-    milestones = [str(int(budget * f * 0.999)) for f in BABYLM_FRACTIONS]  # just inside the budget, as 100M is in 10 x 10M
+    milestones = [
+        str(int(budget * f * 0.999)) for f in BABYLM_FRACTIONS
+    ]  # just inside the budget, as 100M is in 10 x 10M
     times: dict[str, list] = {"none": [], "babylm": []}
     for i in range(repeats):
         for side, ms in (("none", []), ("babylm", milestones)):
@@ -53,7 +65,10 @@ def milestone_overhead(work: Path, steps: int, repeats: int) -> None:
     print(f"demo teacher, {steps} steps (~{budget:,.0f} words), {exported} milestones exported, median of {repeats}")
     print(f"  training time: none {train['none']:.1f} s, babylm density {train['babylm']:.1f} s -> "
           f"{train['babylm'] / train['none']:.3f}x  (target <= 1.05x)")
-    print(f"  wall time    : none {wall['none']:.1f} s, babylm density {wall['babylm']:.1f} s -> {wall['babylm'] / wall['none']:.3f}x")
+    print(
+        f"  wall time    : none {wall['none']:.1f} s, babylm density {wall['babylm']:.1f} s -> "
+        f"{wall['babylm'] / wall['none']:.3f}x"
+    )
 
 
 def words_per_token(work: Path) -> None:
@@ -64,9 +79,13 @@ def words_per_token(work: Path) -> None:
     prepared = prepare(DataConfig(train_dir=str(train), cache_dir=str(work / "wpt"), block_size=128, num_proc=2),
                        TokenizerConfig(vocab_size=16000))
     stats = json.loads((prepared.train_blocks / "stats.json").read_text())
-    print(f"{train}: {stats['corpus_words']:,} raw words ({stats['kept_words']:,} in lines kept by cleaning), "
-          f"{stats['tokens']:,} tokens of the 16k BPE (BOS included) -> {stats['kept_words'] / stats['tokens']:.3f} words per token, "
-          f"{stats['tokens'] / stats['kept_words']:.3f} tokens per word; {stats['words']:,} words in {stats['blocks']:,} blocks of 128")
+    print(
+        f"{train}: {stats['corpus_words']:,} raw words ({stats['kept_words']:,} in lines kept by cleaning), "
+        f"{stats['tokens']:,} tokens of the 16k BPE (BOS included) -> {stats['kept_words'] / stats['tokens']:.3f} "
+        "words per token, "
+        f"{stats['tokens'] / stats['kept_words']:.3f} tokens per word; {stats['words']:,} words in "
+        f"{stats['blocks']:,} blocks of 128"
+    )
 
 
 def main() -> None:

@@ -60,7 +60,9 @@ def project_side(cfg, tokenizer, train_ds, work: Path, warmup: int) -> float:
     with run.locked():  # as python -m train holds it: the run's LOCK, its checks and its bookkeeping are all timed
         run.create({}, "start")
         budget = words.plan(cfg.train, block_words(train_ds), 1)
-        trainer = build_trainer(cfg, run, training_arguments(cfg, run), model, objective, tokenizer, train_ds, None, budget)
+        trainer = build_trainer(
+            cfg, run, training_arguments(cfg, run), model, objective, tokenizer, train_ds, None, budget
+        )
         timer = StepTimer(warmup)
         trainer.add_callback(timer)
         run.begin(["bench"], None)
@@ -76,8 +78,12 @@ def hand_side(cfg, tokenizer, train_ds, warmup: int) -> float:
     o = cfg.optim
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+    )
     scheduler = get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=o.warmup_steps,
                               num_training_steps=cfg.train.max_steps, scheduler_specific_kwargs={"min_lr": o.min_lr})
     loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
@@ -116,11 +122,23 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        cfg = cfglib.load(RunConfig, ROOT / "config" / "runs" / "demo-teacher.yaml", [
-            f"data.train_dir={work}/demo/train", "data.dev_dir=", f"data.cache_dir={work}/cache", f"data.block_size={args.block}",
-            f"model.arch={args.arch}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch}",
-            f"train.save_steps={args.steps + 1}", f"train.logging_steps={args.steps}", "train.early_stopping_patience=0",
-            "train.word_checkpoints=none"])  # steps, not exports (bench/milestone_overhead.py times those)
+        cfg = cfglib.load(
+            RunConfig,
+            ROOT / "config" / "runs" / "demo-teacher.yaml",
+            [
+                f"data.train_dir={work}/demo/train",
+                "data.dev_dir=",
+                f"data.cache_dir={work}/cache",
+                f"data.block_size={args.block}",
+                f"model.arch={args.arch}",
+                f"train.max_steps={args.steps}",
+                f"train.batch_size={args.batch}",
+                f"train.save_steps={args.steps + 1}",
+                f"train.logging_steps={args.steps}",
+                "train.early_stopping_patience=0",
+                "train.word_checkpoints=none",
+            ],
+        )  # steps, not exports (bench/milestone_overhead.py times those)
         prepared = prepare(cfg.data, cfg.tokenizer)
         tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
         train_ds = load_blocks(prepared.train_blocks, with_words=True)  # python -m train counts the words of every step

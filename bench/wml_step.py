@@ -1,4 +1,5 @@
-"""One training step of K = 4 peers (weighted mutual learning) against four separate single-model steps on the same tokens.
+"""One training step of K = 4 peers (weighted mutual learning) against four separate single-model steps on the same
+tokens.
 
     python bench/wml_step.py [--device cuda] [--steps 30] [--frequency 10]
 
@@ -39,9 +40,23 @@ def build(seed: int):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return [AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", **f, vocab_size=512, n_positions=256, bos_token_id=1,
-                                                                   eos_token_id=2, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
-                                                                   attn_pdrop=0.0)) for f in PEERS]
+    return [
+        AutoModelForCausalLM.from_config(
+            AutoConfig.for_model(
+                "gpt2",
+                **f,
+                vocab_size=512,
+                n_positions=256,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=0,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+            )
+        )
+        for f in PEERS
+    ]
 
 
 class Sides:
@@ -73,7 +88,9 @@ class Sides:
 
         def run():
             w = self.wrapper
-            g = w.weight_hypergradient({"input_ids": ids, "labels": ids}, {"input_ids": dev_ids, "labels": dev_ids}, 1e-4)
+            g = w.weight_hypergradient(
+                {"input_ids": ids, "labels": ids}, {"input_ids": dev_ids, "labels": dev_ids}, 1e-4
+            )
             w.omega.copy_(W.mirror_step(w.omega, g, 0.05))
         return self._timed(run)
 
@@ -98,8 +115,12 @@ def peak_mib(args, side: str) -> float:
     CUDA allocator's peak, or on CPU the peak RSS of a fresh process running only that side."""
     dev = torch.device(args.device)
     if dev.type != "cuda":
-        out = subprocess.run([sys.executable, __file__, "--peak-of", side, "--batch", str(args.batch), "--block", str(args.block)],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--peak-of", side, "--batch", str(args.batch), "--block", str(args.block)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return float(out.split()[-1])
     sides = Sides(dev, args.batch * (args.block - 1), ("wml",) if side in ("wml", "outer") else ("alone",))
     torch.cuda.synchronize()
@@ -113,7 +134,11 @@ def measure_side(sides: Sides, side: str, args) -> None:
     g = torch.Generator().manual_seed(1)
     for _ in range(2):
         ids, dev_ids = (torch.randint(5, 512, (args.batch, args.block), generator=g).to(sides.dev) for _ in range(2))
-        {"alone": lambda: sides.alone_steps(ids), "wml": lambda: sides.wml(ids), "outer": lambda: sides.outer(ids, dev_ids)}[side]()
+        {
+            "alone": lambda: sides.alone_steps(ids),
+            "wml": lambda: sides.wml(ids),
+            "outer": lambda: sides.outer(ids, dev_ids),
+        }[side]()
 
 
 def main() -> None:
@@ -121,7 +146,12 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--frequency", type=int, default=100, help="outer (peer-weight) step every this many steps (the wml-* recipes' 100)")
+    p.add_argument(
+        "--frequency",
+        type=int,
+        default=100,
+        help="outer (peer-weight) step every this many steps (the wml-* recipes' 100)",
+    )
     p.add_argument("--outer-samples", type=int, default=5, help="outer steps timed")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--block", type=int, default=128)
@@ -140,7 +170,9 @@ def main() -> None:
     peak = {side: peak_mib(args, side) for side in ("alone", "wml", "outer")}
     sides = Sides(dev, args.batch * (args.block - 1))
     g = torch.Generator().manual_seed(1)
-    batches = [torch.randint(5, 512, (args.batch, args.block), generator=g) for _ in range(args.warmup + args.steps + 1)]
+    batches = [
+        torch.randint(5, 512, (args.batch, args.block), generator=g) for _ in range(args.warmup + args.steps + 1)
+    ]
     t_wml, t_alone, t_outer = [], [], []
     for step in range(args.warmup + args.steps):  # alternate the two sides so machine noise falls on both
         ids, dev_ids = batches[step].to(dev), batches[step + 1].to(dev)
@@ -152,17 +184,23 @@ def main() -> None:
             t_outer.append(sides.outer(ids, dev_ids))
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     sizes = [sum(q.numel() for q in m.parameters()) for m in sides.alone]
-    print(f"{args.device}: 4 GPT-2 peers of {', '.join(f'{s:,}' for s in sizes)} parameters; batch {args.batch} x {args.block}; "
-          f"outer step every {args.frequency}; median of {args.steps} steps")
+    print(
+        f"{args.device}: 4 GPT-2 peers of {', '.join(f'{s:,}' for s in sizes)} parameters; batch {args.batch} x "
+        f"{args.block}; "
+        f"outer step every {args.frequency}; median of {args.steps} steps"
+    )
     amortised = med(t_wml) + med(t_outer) / args.frequency
     what = "peak GPU memory above the models" if sides.cuda else "peak RSS above the models"
     print(f"four separate steps : {med(t_alone) * 1000:8.1f} ms   {what} {peak['alone']:6.0f} MiB")
     print(f"one WML step (K=4)  : {med(t_wml) * 1000:8.1f} ms   {what} {peak['wml']:6.0f} MiB")
     print(f"outer step          : {med(t_outer) * 1000:8.1f} ms   {what} {peak['outer']:6.0f} MiB "
           f"(hypergradient + mirror descent, every {args.frequency} steps)")
-    print(f"ratio: {amortised / med(t_alone):.2f}x with the outer step amortised (target <= 1.10); "
-          f"{med(t_wml) / med(t_alone):.2f}x for the inner step alone; peak memory {peak['wml'] / peak['alone']:.2f}x (inner), "
-          f"{peak['outer'] / peak['alone']:.2f}x (outer)")
+    print(
+        f"ratio: {amortised / med(t_alone):.2f}x with the outer step amortised (target <= 1.10); "
+        f"{med(t_wml) / med(t_alone):.2f}x for the inner step alone; peak memory {peak['wml'] / peak['alone']:.2f}x "
+        "(inner), "
+        f"{peak['outer'] / peak['alone']:.2f}x (outer)"
+    )
 
 
 if __name__ == "__main__":

@@ -75,13 +75,17 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
     """Parse a YAML mapping; return it and a map from dotted key to its 1-based line."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: config file not found; give the path to a YAML file such as config/runs/demo-teacher.yaml")
+        raise UserError(
+            f"{path}: config file not found; give the path to a YAML file such as config/runs/demo-teacher.yaml"
+        )
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#x}); re-save the file as UTF-8") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#x}); re-save the file as UTF-8"
+        ) from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -103,7 +107,9 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
                 key = f"{prefix}{key_node.value}"
                 line = key_node.start_mark.line + 1
                 if key_node.value in seen:  # YAML would keep the last one silently
-                    raise UserError(f"{path}:{line}: key '{key}' is given twice (lines {seen[key_node.value]} and {line}); keep one")
+                    raise UserError(
+                        f"{path}:{line}: key '{key}' is given twice (lines {seen[key_node.value]} and {line}); keep one"
+                    )
                 seen[key_node.value] = line
                 lines[key] = line
                 walk(value_node, key + ".")
@@ -180,7 +186,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in get_args(tp):
             return value
-        raise ConfigError(key, f"expected one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}{suggest(str(value), [str(a) for a in get_args(tp)])}")
+        raise ConfigError(
+            key,
+            f"expected one of {', '.join(repr(a) for a in get_args(tp))}, got "
+            f"{value!r}{suggest(str(value), [str(a) for a in get_args(tp)])}",
+        )
     if tp is type(None):
         if value is None:
             return None
@@ -235,10 +245,14 @@ def _renamed(cls: type, data: dict, prefix: str) -> dict:
         if old not in data:
             continue
         if new in data:
-            raise ConfigError(prefix + old, f"is the old name of {prefix}{new}, and both are set; keep {prefix}{new} only")
+            raise ConfigError(
+                prefix + old, f"is the old name of {prefix}{new}, and both are set; keep {prefix}{new} only"
+            )
         value = data.pop(old)
         data[new] = values.get(value, value) if isinstance(value, str) else value
-        print(f"note: {prefix}{old}: {value!r} is the old spelling; write {prefix}{new}: {data[new]!r}", file=sys.stderr)
+        print(
+            f"note: {prefix}{old}: {value!r} is the old spelling; write {prefix}{new}: {data[new]!r}", file=sys.stderr
+        )
     return data
 
 
@@ -347,8 +361,10 @@ def describe(schema: type, prefix: str = "") -> list[str]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         bounds = f.metadata.get("range")
-        out.append(f"  {prefix}{f.name} ({_type_name(tp)}, default {default!r}{', ' + range_text(bounds) if bounds else ''}): "
-                   f"{f.metadata.get('doc', '')}")
+        out.append(
+            f"  {prefix}{f.name} ({_type_name(tp)}, default {default!r}{', ' + range_text(bounds) if bounds else ''}): "
+            f"{f.metadata.get('doc', '')}"
+        )
         item = get_args(tp)[0] if get_origin(tp) is list and get_args(tp) else None
         if item is not None and dataclasses.is_dataclass(item):  # a list of sections: describe one item's keys
             out.extend("  " + line for line in describe(item, f"{prefix}{f.name}[]."))

@@ -104,7 +104,9 @@ def writing(path, fix: str = "then run the same command again"):
         if isinstance(exc, OSError) and (message := os_error_message(exc, str(path))) is not None:
             raise UserError(message) from None
         if disk_full(exc):
-            raise UserError(f"{path}: a write failed because the disk is full ({first_line(exc, 100)}); free space there, {fix}") from None
+            raise UserError(
+                f"{path}: a write failed because the disk is full ({first_line(exc, 100)}); free space there, {fix}"
+            ) from None
         raise
 
 

@@ -18,9 +18,14 @@ from distill.config import DistillRunConfig
 def build_parser():
     from train.session import run_parser
 
-    return run_parser("python -m distill", "Distil teachers into a student in runs/<experiment>/<name>/ (python -m distill "
-                      "cache-teachers CONFIG stores the teachers' top-k log-probabilities first).",
-                      DistillRunConfig, "config/runs/demo-kd.yaml", "distill.losses.hidden_mse.weight=0.3")
+    return run_parser(
+        "python -m distill",
+        "Distil teachers into a student in runs/<experiment>/<name>/ (python -m distill "
+        "cache-teachers CONFIG stores the teachers' top-k log-probabilities first).",
+        DistillRunConfig,
+        "config/runs/demo-kd.yaml",
+        "distill.losses.hidden_mse.weight=0.3",
+    )
 
 
 @exit_on_user_error
@@ -38,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_distillation(cfg, tokenizer, prepared, device):
-    """The student (random or warm-started), the frozen teachers, and the wrapper that trains both projections and heads."""
+    """The student (random or warm-started), the frozen teachers, and the wrapper that trains both projections and
+    heads."""
     from distill.student import build_student
     from distill.teachers import load_teachers, num_layers
     from distill.trainer import DistillTrainer
@@ -53,17 +59,36 @@ def build_distillation(cfg, tokenizer, prepared, device):
     if cfg.distill.teacher_cache:
         from distill.cache import TeacherCache, fingerprint
 
-        cache = TeacherCache(cfg.distill.teacher_cache, fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint))
+        cache = TeacherCache(
+            cfg.distill.teacher_cache, fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint)
+        )
     wrapper = DistillationWrapper(student, teachers, cfg.distill.losses)
     n_student = sum(p.numel() for p in student.parameters())
     n_extra = sum(p.numel() for p in wrapper.parameters()) - n_student
-    who = ", ".join(f"{t.name} ({sum(p.numel() for p in t.model.parameters()):,})" if t.model is not None else f"{t.name} (cached)"
-                    for t in teachers) or "none"
-    print(f"loss = {wrapper.formula(teachers)}" + (f" (teacher targets from the cache {cfg.distill.teacher_cache})" if cache else ""))
-    return Built(trained=wrapper, objective="causal", export=lambda model_dir: student.save_pretrained(str(model_dir)),
-                 trainer_cls=DistillTrainer, trainer_kwargs={"teachers": teachers, "cache": cache}, block_index=cache is not None,
-                 banner=f"student {cfg.student.arch}: {n_student:,} parameters (+{n_extra:,} in projections/heads, not exported); "
-                        f"teachers: {who}" + (f"; warm start from {cfg.student.init_from}" if cfg.student.init_from else ""))
+    who = (
+        ", ".join(
+            f"{t.name} ({sum(p.numel() for p in t.model.parameters()):,})"
+            if t.model is not None
+            else f"{t.name} (cached)"
+            for t in teachers
+        )
+        or "none"
+    )
+    print(
+        f"loss = {wrapper.formula(teachers)}"
+        + (f" (teacher targets from the cache {cfg.distill.teacher_cache})" if cache else "")
+    )
+    return Built(
+        trained=wrapper,
+        objective="causal",
+        export=lambda model_dir: student.save_pretrained(str(model_dir)),
+        trainer_cls=DistillTrainer,
+        trainer_kwargs={"teachers": teachers, "cache": cache},
+        block_index=cache is not None,
+        banner=f"student {cfg.student.arch}: {n_student:,} parameters (+{n_extra:,} in projections/heads, not "
+               "exported); "
+        f"teachers: {who}" + (f"; warm start from {cfg.student.init_from}" if cfg.student.init_from else ""),
+    )
 
 
 if __name__ == "__main__":

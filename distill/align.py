@@ -9,7 +9,8 @@ word the other keeps whole, and the student's position has no teacher counterpar
 
 The student's text is rebuilt exactly from its ids: its tokenizer must be byte-level (the project's
 own BPE, GPT-2-style pretrained ones), whose tokens are byte strings. Bytes that do not decode (a block
-cut inside a character) become U+FFFD as the tokenizer's own decoding gives them, and the teacher reads that. The teacher may use any fast
+cut inside a character) become U+FFFD as the tokenizer's own decoding gives them, and the teacher reads that. The
+teacher may use any fast
 tokenizer: its character offsets (`return_offsets_mapping`) give E'_t. Special tokens of the student
 (BOS at each line, padding) split the block into segments; the teacher reads each segment's text, and
 one boundary token of its own (its BOS, else EOS) where the student had a special token.
@@ -60,14 +61,24 @@ class CrossTokenizer:
 
     def __init__(self, student_tokenizer, teacher_tokenizer, where: str, max_positions: int | None = None):
         if not is_byte_level(student_tokenizer):
-            raise UserError(f"{where}: tokenizer: own needs a byte-level student tokenizer (the project's BPE or a GPT-2-style one), "
-                            f"whose text can be rebuilt exactly; the student's is not")
+            raise UserError(
+                f"{where}: tokenizer: own needs a byte-level student tokenizer (the project's BPE or a GPT-2-style "
+                "one), "
+                f"whose text can be rebuilt exactly; the student's is not"
+            )
         self.student, self.teacher = student_tokenizer, teacher_tokenizer
         self.pieces = student_pieces(student_tokenizer)
         self.special = set(student_tokenizer.all_special_ids)
-        boundary = teacher_tokenizer.bos_token_id if teacher_tokenizer.bos_token_id is not None else teacher_tokenizer.eos_token_id
+        boundary = (
+            teacher_tokenizer.bos_token_id
+            if teacher_tokenizer.bos_token_id is not None
+            else teacher_tokenizer.eos_token_id
+        )
         if boundary is None:
-            raise UserError(f"{where}: the teacher's tokenizer has neither a BOS nor an EOS token to mark where the student's lines begin")
+            raise UserError(
+                f"{where}: the teacher's tokenizer has neither a BOS nor an EOS token to mark where the student's "
+                "lines begin"
+            )
         self.boundary, self.max_positions = boundary, max_positions
 
     def __call__(self, student_ids: torch.Tensor) -> Retokenized:
@@ -84,7 +95,9 @@ class CrossTokenizer:
             mask[b, :n] = 1
             idx = torch.tensor(idx)
             index[b] = torch.where(idx < n, idx, -1)
-        return Retokenized(teacher_ids.to(student_ids.device), mask.to(student_ids.device), index.to(student_ids.device))
+        return Retokenized(
+            teacher_ids.to(student_ids.device), mask.to(student_ids.device), index.to(student_ids.device)
+        )
 
     def block(self, ids: list[int]) -> tuple[list[int], list[int]]:
         """One block: (the teacher's ids, for each student position its aligned teacher position or -1)."""

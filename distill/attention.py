@@ -37,11 +37,14 @@ def projections(model: nn.Module, block: int) -> dict[str, nn.Module] | nn.Modul
 
 
 def widths(model: nn.Module, block: int) -> dict[str, int]:
-    """The widths of the block's queries, keys and values (keys and values are narrower under grouped-query attention)."""
+    """The widths of the block's queries, keys and values (keys and values are narrower under grouped-query
+    attention)."""
     proj = projections(model, block)
     if isinstance(proj, dict):
         return {x: m.out_features for x, m in proj.items()}
-    fused = proj.weight.shape[-1] if not isinstance(proj, nn.Linear) else proj.out_features  # GPT-2's Conv1D is [in, out]
+    fused = (
+        proj.weight.shape[-1] if not isinstance(proj, nn.Linear) else proj.out_features
+    )  # GPT-2's Conv1D is [in, out]
     return {x: fused // 3 for x in "qkv"}
 
 
@@ -55,7 +58,9 @@ def capture_qkv(model: nn.Module, blocks: list[int]):
         proj = projections(model, b)
         if isinstance(proj, dict):
             for x, module in proj.items():
-                handles.append(module.register_forward_hook(lambda m, i, out, b=b, x=x: captured[b].__setitem__(x, out)))
+                handles.append(
+                    module.register_forward_hook(lambda m, i, out, b=b, x=x: captured[b].__setitem__(x, out))
+                )
         else:
             def split(m, i, out, b=b):
                 q, k, v = out.chunk(3, dim=-1)

@@ -9,7 +9,8 @@ Layout of a cache folder (written into a temporary sibling, renamed when complet
                                        e.g. for fp16: logp [S, T, k], ids [S, T, k], rest [S, T]
 The format (`distill.cache_format`) is recorded in cache.json; a run reads a cache of any format.
 The fingerprint covers the teachers' files, the tokenizer, the packed data, the block size,
-the temperature and ensemble of the KD terms it serves (they must agree) and k: training with a cache whose fingerprint differs from
+the temperature and ensemble of the KD terms it serves (they must agree) and k: training with a cache whose fingerprint
+differs from
 the run's config is an error that names what changed, never a silent reuse.
 """
 from __future__ import annotations
@@ -47,7 +48,9 @@ def served_terms(cfg) -> list[str]:
     """The active logit terms a cache serves, or logit_kd when none is active."""
     from distill.losses import REGISTRY
 
-    return [k for k in cfg.distill.losses.active() if REGISTRY[k].needs.cache and REGISTRY[k].needs.teacher_logits] or ["logit_kd"]
+    return [k for k in cfg.distill.losses.active() if REGISTRY[k].needs.cache and REGISTRY[k].needs.teacher_logits] or [
+        "logit_kd"
+    ]
 
 
 def cached_distribution(cfg) -> tuple[float, str]:
@@ -60,12 +63,18 @@ def cached_distribution(cfg) -> tuple[float, str]:
     settings = {k: (getattr(losses, k).temperature, getattr(losses, k).ensemble) for k in served}
     if len(set(settings.values())) > 1:
         listed = ", ".join(f"{k} (T={t:g}, {e})" for k, (t, e) in settings.items())
-        raise ConfigError("distill.teacher_cache", f"holds one teacher distribution, but {listed} read different ones; "
-                                                   f"give them the same temperature and ensemble, or run the teachers online")
+        raise ConfigError(
+            "distill.teacher_cache",
+            f"holds one teacher distribution, but {listed} read different ones; "
+            f"give them the same temperature and ensemble, or run the teachers online",
+        )
     temperature, ensemble = settings[served[0]]
     if ensemble == "per_teacher":
-        raise ConfigError(f"distill.losses.{served[0]}.ensemble", "is per_teacher, but the cache holds one ensemble distribution; "
-                                                                  "use mean_logits or mean_probs, or train with the teachers online")
+        raise ConfigError(
+            f"distill.losses.{served[0]}.ensemble",
+            "is per_teacher, but the cache holds one ensemble distribution; "
+            "use mean_logits or mean_probs, or train with the teachers online",
+        )
     return temperature, ensemble
 
 
@@ -83,10 +92,16 @@ def fingerprint(cfg, tokenizer_dir: Path, data_key: str) -> dict:
     }
 
 
-EXPLAIN = {"teachers": "the teachers' weights or configs", "tokenizer": "the tokenizer", "data": "the packed training data",
-           "block_size": "data.block_size", "temperature": "the KD terms' temperature (distill.losses.<term>.temperature)",
-           "ensemble": "the KD terms' ensemble (distill.losses.<term>.ensemble)", "top_k": "distill.cache_top_k",
-           "version": "the cache's layout version"}
+EXPLAIN = {
+    "teachers": "the teachers' weights or configs",
+    "tokenizer": "the tokenizer",
+    "data": "the packed training data",
+    "block_size": "data.block_size",
+    "temperature": "the KD terms' temperature (distill.losses.<term>.temperature)",
+    "ensemble": "the KD terms' ensemble (distill.losses.<term>.ensemble)",
+    "top_k": "distill.cache_top_k",
+    "version": "the cache's layout version",
+}
 
 
 class TeacherCache:
@@ -102,9 +117,12 @@ class TeacherCache:
         info = read_manifest(manifest, fix)
         for key, value in expected.items():
             if info["fingerprint"].get(key) != value:
-                raise UserError(f"distill.teacher_cache={folder}: stale cache: {EXPLAIN.get(key, key)} changed since it was written "
-                                f"({key}: cache {info['fingerprint'].get(key)!r}, run {value!r}); "
-                                f"rerun python -m distill cache-teachers with --overwrite")
+                raise UserError(
+                    f"distill.teacher_cache={folder}: stale cache: {EXPLAIN.get(key, key)} changed since it was "
+                    "written "
+                    f"({key}: cache {info['fingerprint'].get(key)!r}, run {value!r}); "
+                    f"rerun python -m distill cache-teachers with --overwrite"
+                )
         self.n_blocks, self.shard_blocks = info["n_blocks"], info["shard_blocks"]
         self.format, self.vocab = info["format"], info["vocab_size"]
         self.shards = []
@@ -118,7 +136,9 @@ class TeacherCache:
                 with reading(path, "a teacher-cache shard", fix):  # a truncated shard fails here, not mid-training
                     shard[name] = np.load(path, mmap_mode="r")
                 if shard[name].shape != shape:
-                    raise UserError(f"{path}: holds {shard[name].shape}, not the {shape} of its manifest (damaged); {fix}")
+                    raise UserError(
+                        f"{path}: holds {shard[name].shape}, not the {shape} of its manifest (damaged); {fix}"
+                    )
             self.shards.append(shard)
 
     def lookup(self, block_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,7 +195,9 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
     (tmp / PARTIAL).unlink()
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
-    remove_ours(out, MANIFEST, "a teacher cache")  # the cache being replaced (--overwrite); never a folder of the user's
+    remove_ours(
+        out, MANIFEST, "a teacher cache"
+    )  # the cache being replaced (--overwrite); never a folder of the user's
     tmp.rename(out)
 
 
@@ -188,7 +210,9 @@ def top_k(teacher_logits: list[torch.Tensor], fp: dict, k: int) -> tuple[torch.T
     return top, top_ids, (1.0 - top.exp().sum(-1)).clamp_min(0.0)
 
 
-def storage_error(cfg, student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], targets: tuple, vocab: int) -> dict:
+def storage_error(
+    cfg, student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], targets: tuple, vocab: int
+) -> dict:
     """Each served term on one batch [N, V], computed three ways: dense (the teachers online), from the
     top-k at full precision (`targets`: `top_k`'s (log-probs, ids, rest) of these teacher logits), and from
     the top-k as `distill.cache_format` stores it. Returns {term: {"dense", "top_k", "stored", "relative":
@@ -198,10 +222,18 @@ def storage_error(cfg, student_logits: torch.Tensor, teacher_logits: list[torch.
 
     top, top_ids, rest = targets
     fmt = cfg.distill.cache_format
-    stored = cache_format.decode(fmt, cache_format.encode(fmt, top, top_ids, rest, vocab), cfg.distill.cache_top_k, vocab)
+    stored = cache_format.decode(
+        fmt, cache_format.encode(fmt, top, top_ids, rest, vocab), cfg.distill.cache_top_k, vocab
+    )
     n = student_logits.shape[0]
-    batch = lambda **kw: Batch(logits=student_logits.float(), targets=torch.zeros(n, dtype=torch.long), n_tokens=n,  # noqa: E731
-                               rows=lambda x: x, teacher_weights=tuple(t.weight for t in cfg.distill.teachers), **kw)
+    batch = lambda **kw: Batch(
+        logits=student_logits.float(),
+        targets=torch.zeros(n, dtype=torch.long),
+        n_tokens=n,  # noqa: E731
+        rows=lambda x: x,
+        teacher_weights=tuple(t.weight for t in cfg.distill.teachers),
+        **kw,
+    )
     report = {}
     for key in served_terms(cfg):
         term = REGISTRY[key](getattr(cfg.distill.losses, key), Setup(0, 0, vocab, []))
@@ -231,12 +263,18 @@ def read_manifest(path: Path, fix: str) -> dict:
             raise ValueError("it lacks fingerprint, n_blocks, shard_blocks or n_shards")
         info.setdefault("format", "fp16")  # caches written before distill.cache_format existed
         if info["format"] not in cache_format.FORMATS:
-            raise ValueError(f"its format {info['format']!r} is not one this version reads ({', '.join(cache_format.FORMATS)})")
+            raise ValueError(
+                f"its format {info['format']!r} is not one this version reads ({', '.join(cache_format.FORMATS)})"
+            )
     return info
 
 
 def default_folder(cfg) -> Path:
-    return Path(cfg.distill.teacher_cache) if cfg.distill.teacher_cache else Path(cfg.output.dir) / "cache" / cfg.output.name
+    return (
+        Path(cfg.distill.teacher_cache)
+        if cfg.distill.teacher_cache
+        else Path(cfg.output.dir) / "cache" / cfg.output.name
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -249,21 +287,30 @@ def main(argv: list[str]) -> int:
     from eval.model import pick_device
     from tokenizer.prepare import load_blocks, prepare
 
-    p = argparse.ArgumentParser(prog="python -m distill cache-teachers",
-                                description="Run the teachers once over the packed training blocks and store their top-k log-probabilities.")
-    p.add_argument("config", help="the distillation run YAML whose teachers, data and KD terms' temperature and ensemble are cached")
+    p = argparse.ArgumentParser(
+        prog="python -m distill cache-teachers",
+        description="Run the teachers once over the packed training blocks and store their top-k log-probabilities.",
+    )
+    p.add_argument(
+        "config",
+        help="the distillation run YAML whose teachers, data and KD terms' temperature and ensemble are cached",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, as for python -m distill")
     p.add_argument("--out", help="cache folder (default: distill.teacher_cache, else runs/cache/<output.name>)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache whose fingerprint differs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = p.parse_args(argv)
-    cfg = cfglib.load(DistillRunConfig, args.config, [o for o in args.overrides if not o.startswith("distill.teacher_cache=")])
+    cfg = cfglib.load(
+        DistillRunConfig, args.config, [o for o in args.overrides if not o.startswith("distill.teacher_cache=")]
+    )
     if not cfg.distill.teachers:
         raise UserError(f"{args.config}: distill.teachers is empty; there is nothing to cache")
     own = [i for i, t in enumerate(cfg.distill.teachers) if t.tokenizer == "own"]
     if own:
-        raise UserError(f"distill.teachers[{own[0]}].tokenizer: is own; the cache holds ids of the student's vocabulary, "
-                        f"so a teacher with its own tokenizer is run online (train without cache-teachers)")
+        raise UserError(
+            f"distill.teachers[{own[0]}].tokenizer: is own; the cache holds ids of the student's vocabulary, "
+            f"so a teacher with its own tokenizer is run online (train without cache-teachers)"
+        )
     temperature, ensemble = cached_distribution(cfg)
     out = Path(args.out) if args.out else default_folder(cfg)
     check_target(out)
@@ -286,13 +333,22 @@ def main(argv: list[str]) -> int:
     blocks = load_blocks(prepared.train_blocks)
     torch.manual_seed(cfg.train.seed)
     student = build_student(cfg, tokenizer)
-    print(f"caching top-{cfg.distill.cache_top_k} of {len(teachers)} teacher(s) at T={temperature:g} ({ensemble}) over {len(blocks)} blocks of {cfg.data.block_size} tokens "
-          f"(vocabulary {len(tokenizer)}) into {out}, as {fmt}")
+    print(
+        f"caching top-{cfg.distill.cache_top_k} of {len(teachers)} teacher(s) at T={temperature:g} ({ensemble}) over "
+        f"{len(blocks)} blocks of {cfg.data.block_size} tokens "
+        f"(vocabulary {len(tokenizer)}) into {out}, as {fmt}"
+    )
     write_cache(out, teachers, blocks, cfg, fp, cfg.train.batch_size, device, student=student.to(device).eval())
     info = read_manifest(out / MANIFEST, "write the cache again with --overwrite")
-    print(f"{out}: done; {info['bytes_per_token']:g} bytes per token ({fmt}, k={cfg.distill.cache_top_k}, "
-          f"{cache_format.bytes_per_token(fmt, cfg.distill.cache_top_k, info['vocab_size'])} without the files' headers)")
+    print(
+        f"{out}: done; {info['bytes_per_token']:g} bytes per token ({fmt}, k={cfg.distill.cache_top_k}, "
+        f"{cache_format.bytes_per_token(fmt, cfg.distill.cache_top_k, info['vocab_size'])} without the files' headers)"
+    )
     for key, e in info["storage_error"].items():
-        print(f"  {key} on the first batch, student as initialised: dense {e['dense']:.5g}, top-{cfg.distill.cache_top_k} "
-              f"{e['top_k']:.5g}, as stored {e['stored']:.5g}; the storage changes it by {e['relative']:.1e} of the dense value")
+        print(
+            f"  {key} on the first batch, student as initialised: dense {e['dense']:.5g}, "
+            f"top-{cfg.distill.cache_top_k} "
+            f"{e['top_k']:.5g}, as stored {e['stored']:.5g}; the storage changes it by {e['relative']:.1e} of the "
+            "dense value"
+        )
     return 0

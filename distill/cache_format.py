@@ -47,11 +47,16 @@ def bytes_per_token(fmt: str, k: int, vocab: int) -> int:
     return sum(np.dtype(dtype).itemsize * math.prod(shape) for dtype, shape in layout(fmt, k, vocab).values())
 
 
-def encode(fmt: str, top_logp: torch.Tensor, top_ids: torch.Tensor, rest: torch.Tensor, vocab: int) -> dict[str, np.ndarray]:
+def encode(
+    fmt: str, top_logp: torch.Tensor, top_ids: torch.Tensor, rest: torch.Tensor, vocab: int
+) -> dict[str, np.ndarray]:
     """top_logp [N, k] sorted descending, top_ids [N, k], rest [N] -> the arrays of `layout`, leading dim N."""
     if fmt == "fp16":
-        return {"logp": top_logp.cpu().numpy().astype(np.float16), "ids": top_ids.cpu().numpy().astype(layout(fmt, 1, vocab)["ids"][0]),
-                "rest": rest.cpu().numpy().astype(np.float16)}
+        return {
+            "logp": top_logp.cpu().numpy().astype(np.float16),
+            "ids": top_ids.cpu().numpy().astype(layout(fmt, 1, vocab)["ids"][0]),
+            "rest": rest.cpu().numpy().astype(np.float16),
+        }
     bits, head = int(fmt[1:]), min(HEAD, top_logp.shape[1])
     top = top_logp.float().clamp_min(FLOOR)
     first = top[:, :head].half().float()
@@ -66,16 +71,27 @@ def encode(fmt: str, top_logp: torch.Tensor, top_ids: torch.Tensor, rest: torch.
         c = torch.round((decoded - tail[:, i]) / step).clamp(0, top_code)
         codes[:, i] = c.to(torch.uint8)
         decoded = decoded - c * step
-    return {"ids": pack(top_ids.cpu().numpy().astype(np.int64), id_bits(vocab)), "head": first.cpu().numpy().astype(np.float16),
-            "step": step.cpu().numpy().astype(np.float16), "codes": pack(codes.cpu().numpy().astype(np.int64), bits),
-            "rest": rest.cpu().numpy().astype(np.float16)}
+    return {
+        "ids": pack(top_ids.cpu().numpy().astype(np.int64), id_bits(vocab)),
+        "head": first.cpu().numpy().astype(np.float16),
+        "step": step.cpu().numpy().astype(np.float16),
+        "codes": pack(codes.cpu().numpy().astype(np.int64), bits),
+        "rest": rest.cpu().numpy().astype(np.float16),
+    }
 
 
-def decode(fmt: str, arrays: dict[str, np.ndarray], k: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The arrays of `layout` (any leading dims) -> (log-probs [..., k] float32, ids [..., k] long, rest [...] float32)."""
+def decode(
+    fmt: str, arrays: dict[str, np.ndarray], k: int, vocab: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The arrays of `layout` (any leading dims) -> (log-probs [..., k] float32, ids [..., k] long, rest [...]
+    float32)."""
     rest = torch.from_numpy(arrays["rest"].astype(np.float32))
     if fmt == "fp16":
-        return torch.from_numpy(arrays["logp"].astype(np.float32)), torch.from_numpy(arrays["ids"].astype(np.int64)), rest
+        return (
+            torch.from_numpy(arrays["logp"].astype(np.float32)),
+            torch.from_numpy(arrays["ids"].astype(np.int64)),
+            rest,
+        )
     bits, head = int(fmt[1:]), min(HEAD, k)
     ids = torch.from_numpy(unpack(arrays["ids"], id_bits(vocab), k))
     first = torch.from_numpy(arrays["head"].astype(np.float32))

@@ -12,8 +12,10 @@ def build_student(cfg, tokenizer):
 
     objective, student = models.build_model(cfg.student, tokenizer)
     if objective != "causal":
-        raise UserError(f"student.arch={cfg.student.arch} is a masked LM; distillation from teachers trains causal students "
-                        f"(masked LMs learn from peers with python -m distill.wml)")
+        raise UserError(
+            f"student.arch={cfg.student.arch} is a masked LM; distillation from teachers trains causal students "
+            f"(masked LMs learn from peers with python -m distill.wml)"
+        )
     if cfg.student.init_from:
         warm_start(student, cfg.student.init_from)
     return student
@@ -38,6 +40,9 @@ def warm_start(student, folder: str) -> None:
         key = (wrong or missing)[0]
         detail = (f"{key} is {tuple(source[key].shape)} there but {tuple(target[key].shape)} in the student" if wrong
                   else f"it has no {key}")
-        raise UserError(f"student.init_from={folder}: its architecture cannot load into student.arch={getattr(student.config, 'model_type', '?')} "
-                        f"({detail}); pick a checkpoint of the same architecture or change student.arch")
+        raise UserError(
+            f"student.init_from={folder}: its architecture cannot load into "
+            f"student.arch={getattr(student.config, 'model_type', '?')} "
+            f"({detail}); pick a checkpoint of the same architecture or change student.arch"
+        )
     student.load_state_dict({k: source[k] for k in target}, strict=True)

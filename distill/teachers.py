@@ -54,9 +54,11 @@ def check_same_tokenizer(teacher_dir: Path, student_tokenizer_dir: Path) -> None
     t, s = tokenizer_identity(teacher_dir), tokenizer_identity(student_tokenizer_dir)
     if t != s:
         what = "vocabulary" if t["vocab"] != s["vocab"] else "merges"
-        raise UserError(f"teacher {teacher_dir} and the student's tokenizer {student_tokenizer_dir} differ in their {what} "
-                        f"({len(t['vocab'] or {})} vs {len(s['vocab'] or {})} tokens); distillation needs one tokenizer: "
-                        f"train the student with the teacher's (tokenizer.type=pretrained tokenizer.name_or_path={teacher_dir})")
+        raise UserError(
+            f"teacher {teacher_dir} and the student's tokenizer {student_tokenizer_dir} differ in their {what} "
+            f"({len(t['vocab'] or {})} vs {len(s['vocab'] or {})} tokens); distillation needs one tokenizer: "
+            f"train the student with the teacher's (tokenizer.type=pretrained tokenizer.name_or_path={teacher_dir})"
+        )
 
 
 def num_layers(config) -> int:
@@ -75,9 +77,15 @@ def resolve_layer_map(spec, teacher_layers: int, student_layers: int, where: str
         except (TypeError, ValueError):
             raise UserError(f"{where}: layer map entries must be integers, got {t!r}: {s!r}") from None
         if not 0 <= t < teacher_layers:
-            raise UserError(f"{where}: teacher block {t} is out of range: the teacher has {teacher_layers} blocks (0..{teacher_layers - 1})")
+            raise UserError(
+                f"{where}: teacher block {t} is out of range: the teacher has {teacher_layers} blocks "
+                f"(0..{teacher_layers - 1})"
+            )
         if not 0 <= s < student_layers:
-            raise UserError(f"{where}: student block {s} is out of range: the student has {student_layers} blocks (0..{student_layers - 1})")
+            raise UserError(
+                f"{where}: student block {s} is out of range: the student has {student_layers} blocks "
+                f"(0..{student_layers - 1})"
+            )
         pairs.append((t, s))
     if not pairs:
         raise UserError(f"{where}: the layer map is empty; give {{teacher block: student block}} pairs or 'uniform'")
@@ -113,23 +121,42 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
         fix = f"save the teacher again with save_pretrained, or fix distill.teachers[{i}].path"
         config = load_config(folder, f"teacher {i}", fix)
         arch = (getattr(config, "architectures", None) or [""])[0]
-        if "MaskedLM" in arch or not (arch.endswith(("ForCausalLM", "LMHeadModel")) or getattr(config, "is_decoder", False)):
-            raise UserError(f"{where}: is a {config.model_type} model, not a causal LM; a causal student needs causal teachers "
-                            f"(use the weighted mutual learning of python -m distill.wml for masked LMs)")
+        if "MaskedLM" in arch or not (
+            arch.endswith(("ForCausalLM", "LMHeadModel")) or getattr(config, "is_decoder", False)
+        ):
+            raise UserError(
+                f"{where}: is a {config.model_type} model, not a causal LM; a causal student needs causal teachers "
+                f"(use the weighted mutual learning of python -m distill.wml for masked LMs)"
+            )
         own = tc.tokenizer == "own"
         if not own and positions(config) is not None and positions(config) < cfg.data.block_size:
-            raise UserError(f"{where}: has {positions(config)} positions, fewer than data.block_size={cfg.data.block_size}; "
-                            f"lower data.block_size or use a teacher with more positions")
+            raise UserError(
+                f"{where}: has {positions(config)} positions, fewer than data.block_size={cfg.data.block_size}; "
+                f"lower data.block_size or use a teacher with more positions"
+            )
         cross = own_tokenizer(folder, student_tokenizer_dir, where, positions(config)) if own else None
         if not own:
             check_same_tokenizer(folder, student_tokenizer_dir)
         layer_map = (resolve_layer_map(tc.layer_map, num_layers(config), student_layers, f"{where}.layer_map")
                      if student_layers else [])
-        model = load_model_folder(folder, AutoModelForCausalLM, f"teacher {i}", fix, config, dtype=dtype).to(device).eval() if weights else None
+        model = (
+            load_model_folder(folder, AutoModelForCausalLM, f"teacher {i}", fix, config, dtype=dtype).to(device).eval()
+            if weights
+            else None
+        )
         if model is not None:
             model.requires_grad_(False)
-        out.append(Teacher(name=folder.parent.name if folder.name == "model" else folder.name, model=model, weight=tc.weight,
-                           layer_map=layer_map, hidden_size=config.hidden_size, num_layers=num_layers(config), cross=cross))
+        out.append(
+            Teacher(
+                name=folder.parent.name if folder.name == "model" else folder.name,
+                model=model,
+                weight=tc.weight,
+                layer_map=layer_map,
+                hidden_size=config.hidden_size,
+                num_layers=num_layers(config),
+                cross=cross,
+            )
+        )
     return out
 
 
@@ -142,8 +169,10 @@ def own_tokenizer(folder: Path, student_tokenizer_dir: Path, where: str, max_pos
     with reading(folder, "the teacher's tokenizer", f"save the teacher's tokenizer in {folder} with save_pretrained"):
         teacher_tok = AutoTokenizer.from_pretrained(str(folder))
     if not getattr(teacher_tok, "is_fast", False):
-        raise UserError(f"{where}: its tokenizer ({type(teacher_tok).__name__}) is not a fast tokenizer; tokenizer: own needs "
-                        f"character offsets: save a fast tokenizer (tokenizer.json) in {folder}")
+        raise UserError(
+            f"{where}: its tokenizer ({type(teacher_tok).__name__}) is not a fast tokenizer; tokenizer: own needs "
+            f"character offsets: save a fast tokenizer (tokenizer.json) in {folder}"
+        )
     return CrossTokenizer(AutoTokenizer.from_pretrained(str(student_tokenizer_dir)), teacher_tok, where, max_positions)
 
 

@@ -34,7 +34,11 @@ class WrapperTrainer(BabyTrainer):
         ranks, and DDP averages gradients over ranks, so the loss is multiplied by the world size."""
         if num_items_in_batch is None:  # no count from the Trainer: the wrapper counts this micro-batch
             return None, 1
-        scale = self.accelerator.num_processes if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1 else 1
+        scale = (
+            self.accelerator.num_processes
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1
+            else 1
+        )
         return num_items_in_batch, scale
 
     def finish_loss(self, outputs: dict, scale: int, num_items_in_batch, training: bool) -> torch.Tensor:
@@ -54,7 +58,9 @@ class WrapperTrainer(BabyTrainer):
         if "loss" in logs and self._term_count:
             steps = self._term_count / self.current_gradient_accumulation_steps
             keys = sorted(self._term_sums)
-            values = torch.stack([torch.as_tensor(self._term_sums[k]).float().to(self.args.device) / steps for k in keys])
+            values = torch.stack(
+                [torch.as_tensor(self._term_sums[k]).float().to(self.args.device) / steps for k in keys]
+            )
             if self.accelerator.num_processes > 1:  # every rank logs; average them as the Trainer does `loss`
                 values = self.accelerator.reduce(values, reduction="mean")
             for key, value in zip(keys, values.tolist()):
@@ -85,11 +91,20 @@ class DistillTrainer(WrapperTrainer):
         elif training:
             self._move_teachers(inputs["input_ids"].device)
             needs = wrapper.needs
-            with contextlib.ExitStack() as stack:  # hooks on the teachers' blocks whose queries, keys and values are read
-                qkv = [stack.enter_context(capture_qkv(t.model, blocks)) for t, blocks in zip(self.teachers, wrapper.teacher_qkv)]
-                extra["teacher_outputs"] = (run_teachers(self.teachers, inputs["input_ids"], inputs.get("attention_mask"),
-                                                         hidden=needs.teacher_hidden)
-                                            if needs.teacher_logits or needs.teacher_hidden or needs.qkv else [])
+            with (
+                contextlib.ExitStack() as stack
+            ):  # hooks on the teachers' blocks whose queries, keys and values are read
+                qkv = [
+                    stack.enter_context(capture_qkv(t.model, blocks))
+                    for t, blocks in zip(self.teachers, wrapper.teacher_qkv)
+                ]
+                extra["teacher_outputs"] = (
+                    run_teachers(
+                        self.teachers, inputs["input_ids"], inputs.get("attention_mask"), hidden=needs.teacher_hidden
+                    )
+                    if needs.teacher_logits or needs.teacher_hidden or needs.qkv
+                    else []
+                )
             if needs.qkv:
                 extra["teacher_qkv"] = qkv
         outputs = model(**inputs, **extra, n_tokens=n_tokens)

@@ -78,7 +78,9 @@ class DistillationWrapper(nn.Module):
         self.needs = Needs.union(t.needs for t in self.terms)
         layers = [t.qkv_layers() for t in self.terms]
         self.student_qkv = sorted({b for s, _ in layers for b in s})  # blocks whose queries, keys and values are read
-        self.teacher_qkv = [sorted({b for _, per in layers for b in (per[k] if per else [])}) for k in range(len(teachers))]
+        self.teacher_qkv = [
+            sorted({b for _, per in layers for b in (per[k] if per else [])}) for k in range(len(teachers))
+        ]
         store_ties_once(self)
 
     def term(self, key: str) -> LossTerm:
@@ -90,8 +92,16 @@ class DistillationWrapper(nn.Module):
     def formula(self, teachers: list[Teacher]) -> str:
         return " + ".join(t.describe(teachers) for t in self.terms)
 
-    def forward(self, input_ids, attention_mask=None, labels=None, teacher_outputs=None, cached_targets=None, n_tokens=None,
-                teacher_qkv=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        labels=None,
+        teacher_outputs=None,
+        cached_targets=None,
+        n_tokens=None,
+        teacher_qkv=None,
+    ):
         """Without `teacher_outputs`/`cached_targets` (evaluation): the student's cross-entropy per
         valid token. With them: the composite loss. Returns {"loss", "terms", "logits"}.
         `teacher_qkv`: per teacher, the captured queries, keys and values (distill.attention.capture_qkv)."""
@@ -110,14 +120,24 @@ class DistillationWrapper(nn.Module):
         if not training:
             return {"loss": ce(logits, targets, n), "logits": out.logits}
         online = teacher_outputs is not None
-        read = [student_rows(o, rows, self.needs.teacher_logits, self.needs.teacher_hidden) for o in teacher_outputs or []]
-        batch = Batch(logits=logits, targets=targets, n_tokens=n, rows=rows, teacher_weights=self.teacher_weights,
-                      student_hidden=out.hidden_states if self.needs.student_hidden else None,
-                      teacher_logits=[r[0] for r in read] if online and self.needs.teacher_logits else None,
-                      teacher_hidden=[r[1] for r in read] if online and self.needs.teacher_hidden else None,
-                      teacher_aligned=[r[2] for r in read] if online else None,
-                      cached=tuple(rows(x) for x in cached_targets) if cached_targets is not None else None,
-                      attention_mask=attention_mask, student_qkv=student_qkv if self.needs.qkv else None, teacher_qkv=teacher_qkv)
+        read = [
+            student_rows(o, rows, self.needs.teacher_logits, self.needs.teacher_hidden) for o in teacher_outputs or []
+        ]
+        batch = Batch(
+            logits=logits,
+            targets=targets,
+            n_tokens=n,
+            rows=rows,
+            teacher_weights=self.teacher_weights,
+            student_hidden=out.hidden_states if self.needs.student_hidden else None,
+            teacher_logits=[r[0] for r in read] if online and self.needs.teacher_logits else None,
+            teacher_hidden=[r[1] for r in read] if online and self.needs.teacher_hidden else None,
+            teacher_aligned=[r[2] for r in read] if online else None,
+            cached=tuple(rows(x) for x in cached_targets) if cached_targets is not None else None,
+            attention_mask=attention_mask,
+            student_qkv=student_qkv if self.needs.qkv else None,
+            teacher_qkv=teacher_qkv,
+        )
         terms = {t.key: t(batch, getattr(self, t.group, None)) for t in self.terms}
         loss = sum(t.weight * terms[t.key] for t in self.terms)
         return {"loss": loss, "terms": {k: v.detach() for k, v in terms.items()}, "logits": out.logits}

@@ -1,4 +1,5 @@
-"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered | --suite babylm2025 ...   |   finetune   |   curve   |   collate   |   download
+"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered | --suite babylm2025 ...   |   finetune   |   curve   |  
+collate   |   download
 
 Zero-shot evaluation of a Hugging Face model folder, scored as the BabyLM pipelines score
 it. Results go to the run directory's eval/ (or <model>/eval, or --out).
@@ -17,29 +18,54 @@ from eval.tasks import SUITES, available
 
 
 def parse_eval(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[1],
-                                epilog="Also: python -m eval finetune | curve RUN ... | collate RUN | download [--dest DIR] [--from FILE_OR_URL ...]",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m eval",
+        description=__doc__.split("\n\n")[1],
+        epilog="Also: python -m eval finetune | curve RUN ... | collate RUN | download [--dest DIR] [--from "
+               "FILE_OR_URL ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", help="a Hugging Face model folder (model + tokenizer), e.g. runs/demo/teacher/model")
     p.add_argument("--tasks", help=f"comma-separated task families ({', '.join(available())}) or task YAML paths "
                                    f"(default blimp_filtered)")
-    p.add_argument("--suite", choices=sorted(SUITES), help="the 2025 pipeline's zero-shot tasks (babylm2025), or the same "
-                                                           "from the *_fast folders (babylm2025-fast, results in eval/fast/)")
-    p.add_argument("--backend", choices=BACKENDS, default="causal",
-                   help="causal: log-likelihood; mlm: pseudo-log-likelihood; mntp: masked next-token prediction (2025 only)")
-    p.add_argument("--convention", choices=CONVENTIONS,
-                   help="babylm2024 (' ' + sentence after BOS/EOS; masked: minicons' mean) or babylm2025 (the tokenizer's "
-                        "own special tokens, completion tokens by offsets; sums). Default: the task's own, else babylm2024; "
-                        "--suite sets babylm2025")
-    p.add_argument("--data-dir", help="BabyLM's evaluation_data folder (default: ./evaluation_data; demo_pairs: cache/demo)")
+    p.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        help="the 2025 pipeline's zero-shot tasks (babylm2025), or the same "
+        "from the *_fast folders (babylm2025-fast, results in eval/fast/)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="causal",
+        help="causal: log-likelihood; mlm: pseudo-log-likelihood; mntp: masked next-token prediction (2025 only)",
+    )
+    p.add_argument(
+        "--convention",
+        choices=CONVENTIONS,
+        help="babylm2024 (' ' + sentence after BOS/EOS; masked: minicons' mean) or babylm2025 (the tokenizer's "
+        "own special tokens, completion tokens by offsets; sums). Default: the task's own, else babylm2024; "
+        "--suite sets babylm2025",
+    )
+    p.add_argument(
+        "--data-dir", help="BabyLM's evaluation_data folder (default: ./evaluation_data; demo_pairs: cache/demo)"
+    )
     p.add_argument("--ewok-zip", help="EWoK's password-protected zip, read without extracting it into the repository")
-    p.add_argument("--ewok-password", default=os.environ.get("EWOK_PASSWORD"), help="its password (default $EWOK_PASSWORD)")
-    p.add_argument("--batch-size", default="64", help="sequences per forward pass, or 'auto' (largest that fits on the GPU)")
+    p.add_argument(
+        "--ewok-password", default=os.environ.get("EWOK_PASSWORD"), help="its password (default $EWOK_PASSWORD)"
+    )
+    p.add_argument(
+        "--batch-size", default="64", help="sequences per forward pass, or 'auto' (largest that fits on the GPU)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 is for GPUs")
     p.add_argument("--max-length", type=int, help="positions the model can attend to (default: from its config)")
-    p.add_argument("--too-long", choices=("truncate", "error"), default="truncate",
-                   help="a causal input longer than the model's positions: left-truncate it (as the harness does) or stop")
+    p.add_argument(
+        "--too-long",
+        choices=("truncate", "error"),
+        default="truncate",
+        help="a causal input longer than the model's positions: left-truncate it (as the harness does) or stop",
+    )
     p.add_argument("--out", help="where eval/ results go (default: <run>/eval for <run>/model, else <model>/eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -71,10 +97,21 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--suite and --tasks: give one of them (a suite is a fixed list of tasks)")
     if args.suite and args.convention == "babylm2024":
         raise UserError(f"--suite {args.suite} is the 2025 pipeline's; drop --convention babylm2024")
-    opts = Options(backend=args.backend, convention="babylm2025" if args.suite else args.convention, batch_size=args.batch_size,
-                   device=args.device, dtype=args.dtype, max_length=args.max_length, too_long=args.too_long,
-                   data_dir=args.data_dir, ewok_zip=args.ewok_zip, ewok_password=args.ewok_password, out=args.out,
-                   progress=not args.no_progress, fast=args.suite == "babylm2025-fast")
+    opts = Options(
+        backend=args.backend,
+        convention="babylm2025" if args.suite else args.convention,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        too_long=args.too_long,
+        data_dir=args.data_dir,
+        ewok_zip=args.ewok_zip,
+        ewok_password=args.ewok_password,
+        out=args.out,
+        progress=not args.no_progress,
+        fast=args.suite == "babylm2025-fast",
+    )
     given = args.tasks if args.tasks is not None else ",".join(SUITES[args.suite]) if args.suite else "blimp_filtered"
     tasks = [t.strip() for t in given.split(",") if t.strip()]
     if not tasks:

@@ -46,7 +46,9 @@ def _load(file: Path, task: str, how: str) -> dict:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{file}: not valid JSON ({exc}); evaluate task {task} again") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("predictions"), list) for v in data.values()):
+    if not isinstance(data, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("predictions"), list) for v in data.values()
+    ):
         raise UserError(f"{file}: not the 2025 layout {{UID: {{\"predictions\": [...]}}}}; evaluate task {task} again")
     return data
 
@@ -64,16 +66,20 @@ def _check_sizes(data: dict, task: str, expected: dict, file: Path) -> None:
     if "*" not in expected:
         missing = sorted(set(expected) - {k.lower() for k in data})
         if missing:
-            raise UserError(f"collate: task {task} has no predictions for subtask {missing[0]} ({file}); evaluate it on the "
-                            f"full data")
+            raise UserError(
+                f"collate: task {task} has no predictions for subtask {missing[0]} ({file}); evaluate it on the "
+                f"full data"
+            )
     for key, value in data.items():
         want = expected.get("*", expected.get(key.lower()))
         got = len(value["predictions"])
         if want is None:
             raise UserError(f"collate: task {task} has a subtask {key} that the size table does not know ({file})")
         if got != want:
-            raise UserError(f"collate: task {task}, subtask {key} has {got} predictions, the submission needs {want} ({file}); "
-                            f"evaluate it on the official data")
+            raise UserError(
+                f"collate: task {task}, subtask {key} has {got} predictions, the submission needs {want} ({file}); "
+                f"evaluate it on the official data"
+            )
 
 
 def _fast_metrics(eval_dir: Path) -> dict:
@@ -82,8 +88,11 @@ def _fast_metrics(eval_dir: Path) -> dict:
     for task in FAST:
         result = eval_dir / f"{task}.json"
         if not result.is_file():
-            raise UserError(f"collate: fast task {task} is missing at {result}; run python -m eval {eval_dir.parent.parent / 'model'} "
-                            f"--suite babylm2025-fast")
+            raise UserError(
+                f"collate: fast task {task} is missing at {result}; run python -m eval "
+                f"{eval_dir.parent.parent / 'model'} "
+                f"--suite babylm2025-fast"
+            )
         r = json.loads(result.read_text(encoding="utf-8"))
         key = next(k for k, v in ZERO_SHOT.items() if v == task)
         if task == "reading":
@@ -134,7 +143,9 @@ def collate(path: Path, backend: str, sizes_file: Path) -> tuple[dict, Path]:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m eval collate", description=__doc__.split("\n\n")[1])
-    p.add_argument("model", help="a run directory, its model/ folder, or a model folder evaluated with --suite babylm2025")
+    p.add_argument(
+        "model", help="a run directory, its model/ folder, or a model folder evaluated with --suite babylm2025"
+    )
     p.add_argument("--backend", choices=BACKENDS, required=True, help="the backend the tasks were evaluated with")
     p.add_argument("--sizes", default=str(SIZES), help="the item-count table (default: the official 2025 counts)")
     p.add_argument("--out", help="the submission file (default: eval/all_full_preds_and_fast_scores_<backend>.json)")

@@ -35,7 +35,9 @@ def models_in(milestone: Path) -> list[tuple[str, Path]]:
         return [("", milestone)]
     peers = sorted(p for p in milestone.glob("peer-*") if (p / "config.json").is_file())
     if not peers:
-        raise UserError(f"{milestone}: holds no model (config.json) and no peer-*/; export it again by resuming the run")
+        raise UserError(
+            f"{milestone}: holds no model (config.json) and no peer-*/; export it again by resuming the run"
+        )
     return [(p.name, p) for p in peers]
 
 
@@ -70,10 +72,21 @@ def main(argv: list[str]) -> int:
         if not (run / "run.json").is_file():
             raise UserError(f"{run}: not a run directory (no run.json); give runs/<experiment>/<name>")
         milestones(run)  # every run checked before anything is evaluated
-    opts = Options(backend=args.backend, convention="babylm2025" if args.suite else None, batch_size=args.batch_size,
-                   device=args.device, data_dir=args.data_dir, progress=not args.no_progress, fast=args.suite == "babylm2025-fast")
+    opts = Options(
+        backend=args.backend,
+        convention="babylm2025" if args.suite else None,
+        batch_size=args.batch_size,
+        device=args.device,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        fast=args.suite == "babylm2025-fast",
+    )
     curves = {run: evaluate_milestones(run, tasks, opts) for run in runs}
-    out = Path(args.out) if args.out else (runs[0] / "eval" / "curves" if len(runs) == 1 else common_parent(runs) / "_results" / "curves")
+    out = (
+        Path(args.out)
+        if args.out
+        else (runs[0] / "eval" / "curves" if len(runs) == 1 else common_parent(runs) / "_results" / "curves")
+    )
     for png in plot_curves(curves, out):
         print(png)
     return 0

@@ -43,10 +43,14 @@ def fetch(source: str, work: Path) -> Path:
         return path
     target = work / (PurePosixPath(source.split("?")[0]).name or "download")
     try:
-        with urllib.request.urlopen(source, timeout=60) as resp, open(target, "wb") as out:  # noqa: S310 - user-given URL
+        # noqa: S310 - user-given URL
+        with urllib.request.urlopen(source, timeout=60) as resp, open(target, "wb") as out:
             shutil.copyfileobj(resp, out)
     except (urllib.error.URLError, OSError) as exc:
-        raise UserError(f"{source}: download failed ({getattr(exc, 'reason', exc)}); check the network or pass a local file with --from") from None
+        raise UserError(
+            f"{source}: download failed ({getattr(exc, 'reason', exc)}); check the network or pass a local file with "
+            "--from"
+        ) from None
     return target
 
 
@@ -103,8 +107,12 @@ def download(dest: str, sources: list[str]) -> dict[str, int]:
         for source in sources:
             counts = unpack(fetch(source, Path(tmp)), out)
             if not any(key != SKIPPED for key in counts):  # nothing written: exit 0 here would read as success
-                skipped = f" (it holds {counts[SKIPPED]} plain EWoK file(s), which are never written out: pass EWoK's zip instead)" \
-                    if SKIPPED in counts else ""
+                skipped = (
+                    f" (it holds {counts[SKIPPED]} plain EWoK file(s), which are never written out: pass EWoK's zip "
+                    "instead)"
+                    if SKIPPED in counts
+                    else ""
+                )
                 raise UserError(f"{source}: holds none of {', '.join(sorted(KEEP))} (JSONL) nor an EWoK zip{skipped}; "
                                 f"is it BabyLM's evaluation data?")
             for key, n in counts.items():
@@ -113,9 +121,11 @@ def download(dest: str, sources: list[str]) -> dict[str, int]:
 
 
 def parse_download(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m eval download",
-                                description=f"Fetch and unpack evaluation data. Default: the full BLiMP ({BLIMP_URL}). "
-                                            f"BabyLM's evaluation_data: download its zip from {BABYLM_PAGE} and pass it with --from.")
+    p = argparse.ArgumentParser(
+        prog="python -m eval download",
+        description=f"Fetch and unpack evaluation data. Default: the full BLiMP ({BLIMP_URL}). "
+        f"BabyLM's evaluation_data: download its zip from {BABYLM_PAGE} and pass it with --from.",
+    )
     p.add_argument("--dest", default="evaluation_data", help="folder to unpack into (give it to --data-dir)")
     p.add_argument("--from", dest="sources", action="append", default=[], help="a local archive or a URL (repeatable)")
     return p.parse_args(argv)

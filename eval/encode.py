@@ -56,7 +56,9 @@ def _encode(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=special)["input_ids"]
 
 
-def causal_requests(tokenizer, contexts: list[str], choices: list[str], prefix_id: int, convention: str) -> list[CausalRequest]:
+def causal_requests(
+    tokenizer, contexts: list[str], choices: list[str], prefix_id: int, convention: str
+) -> list[CausalRequest]:
     """One request per (context, choice); tokenized in batches (fast tokenizers run them in parallel in Rust)."""
     out: list[CausalRequest | None] = [None] * len(choices)
     empty = [i for i, c in enumerate(contexts) if c == ""]
@@ -124,6 +126,8 @@ def offset_requests(tokenizer, sentences: list[str], completions: list[str], bac
         else:
             start = len(sentence) - len(completion)
             prepend = tokenizer.cls_token_id is not None or tokenizer.bos_token_id is not None
-            scored = [i for i, (_, end) in enumerate(offsets) if end > start and (backend == "mlm" or i != 0 or prepend)]
+            scored = [
+                i for i, (_, end) in enumerate(offsets) if end > start and (backend == "mlm" or i != 0 or prepend)
+            ]
             out.append(MaskedRequest(ids, scored, shift=1 if backend == "mntp" else 0))
     return out

@@ -43,7 +43,9 @@ class FinetuneSpec:
     description: str = field("", "one line shown in the summary")
     data_dir: str | None = field(None, "default data folder when --data-dir is not given (the demo's)")
     text_a: list[str] = field([], "fields joined (or filled into template_a) into the first text")
-    template_a: str | None = field(None, "a str.format template with one {} per text_a field; null joins them with spaces")
+    template_a: str | None = field(
+        None, "a str.format template with one {} per text_a field; null joins them with spaces"
+    )
     text_b: list[str] = field([], "fields of the second text of a pair; empty: a single text")
     template_b: str | None = field(None, "as template_a, for text_b")
     num_labels: int = field(2, "classes; labels are 0..num_labels-1", ge=2)
@@ -67,7 +69,9 @@ def known() -> list[str]:
 
 def spec_of(name: str) -> FinetuneSpec:
     if not (FINETUNE_DIR / f"{name}.yaml").is_file():
-        raise UserError(f"--tasks: unknown fine-tuning task '{name}'{suggest(name, known())}; known: {', '.join(known())}")
+        raise UserError(
+            f"--tasks: unknown fine-tuning task '{name}'{suggest(name, known())}; known: {', '.join(known())}"
+        )
     return load(FinetuneSpec, FINETUNE_DIR / f"{name}.yaml")
 
 
@@ -79,7 +83,9 @@ def _text(row: dict, fields: list[str], template: str | None) -> str:
 def read_split(path: Path, spec: FinetuneSpec, name: str) -> tuple[list, list[int]]:
     """(texts, labels) of one JSONL file; every line checked, one error line naming file:line."""
     if not path.is_file():
-        raise UserError(f"task {name}: {path} does not exist; pass --data-dir with BabyLM's evaluation_data/full_eval/glue_filtered")
+        raise UserError(
+            f"task {name}: {path} does not exist; pass --data-dir with BabyLM's evaluation_data/full_eval/glue_filtered"
+        )
     texts, labels = [], []
     fields = spec.text_a + spec.text_b + ["label"]
     for where, row in jsonl_rows(decode_text(path.read_bytes(), str(path)), str(path), fields):
@@ -156,12 +162,20 @@ class Settings:
 def read_task(name: str, data_dir: Path) -> tuple[FinetuneSpec, tuple, tuple]:
     """The task's spec and its train and valid splits, every line checked before anything is trained or written."""
     spec = spec_of(name)
-    return spec, read_split(data_dir / f"{name}.train.jsonl", spec, name), read_split(data_dir / f"{name}.valid.jsonl", spec, name)
+    return (
+        spec,
+        read_split(data_dir / f"{name}.train.jsonl", spec, name),
+        read_split(data_dir / f"{name}.valid.jsonl", spec, name),
+    )
 
 
 def default_folder(spec: FinetuneSpec) -> Path | None:
     """The task's own folder (the demo's) under the working directory or the repository, when it is there."""
-    return next((b / spec.data_dir for b in (Path.cwd(), REPO) if (b / spec.data_dir).is_dir()), None) if spec.data_dir else None
+    return (
+        next((b / spec.data_dir for b in (Path.cwd(), REPO) if (b / spec.data_dir).is_dir()), None)
+        if spec.data_dir
+        else None
+    )
 
 
 def data_folder(name: str, spec: FinetuneSpec, data_dir: str | None) -> Path:
@@ -197,7 +211,9 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     # The whole saved LM, then its backbone: loading the backbone alone would report the LM head's weights as unused.
     auto = AutoModelForCausalLM if causal else AutoModelForMaskedLM
     with loading_bars(s.progress):
-        backbone = load_model_folder(folder, auto, "the model", "save the model again with save_pretrained", config).base_model
+        backbone = load_model_folder(
+            folder, auto, "the model", "save the model again with save_pretrained", config
+        ).base_model
     model = Classifier(backbone, spec.num_labels, pool)
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or s.max_length
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
@@ -206,7 +222,10 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
 
     def encode(texts, labels):
         enc = tokenizer(texts, truncation=True, max_length=length)
-        return [{"input_ids": i, "attention_mask": a, "labels": y} for i, a, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
+        return [
+            {"input_ids": i, "attention_mask": a, "labels": y}
+            for i, a, y in zip(enc["input_ids"], enc["attention_mask"], labels)
+        ]
 
     def collate(rows):
         batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
@@ -229,8 +248,15 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, eval_strategy="epoch",
         save_strategy="no", logging_strategy="epoch", seed=s.seed, report_to=[],
         use_cpu=device.type == "cpu", disable_tqdm=not s.progress, remove_unused_columns=False)
-    trainer = Trainer(model=model, args=args, train_dataset=encode(*train), eval_dataset=encode(*valid), data_collator=collate,
-                      compute_metrics=lambda p: scores(p.predictions, p.label_ids), callbacks=[KeepBest()])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encode(*train),
+        eval_dataset=encode(*valid),
+        data_collator=collate,
+        compute_metrics=lambda p: scores(p.predictions, p.label_ids),
+        callbacks=[KeepBest()],
+    )
     if not s.progress:
         trainer.remove_callback(PrinterCallback)  # no per-epoch dicts on the console: history.jsonl has them
     t0 = time.perf_counter()
@@ -243,16 +269,39 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     pred = out.predictions.argmax(-1)
     history = [r for r in trainer.state.log_history if "eval_loss" in r or "loss" in r]
     seconds = time.perf_counter() - t0
-    summary = {"task": name, "description": spec.description, "metric": spec.metric, "score": final[spec.metric],
-               "stderr": math.sqrt(final["accuracy"] * (1 - final["accuracy"]) / len(pred)) if spec.metric == "accuracy" else None,
-               "accuracy": final["accuracy"], "f1": final.get("f1"), "mcc": final["mcc"], "best_epoch": best["epoch"],
-               "n_items": len(pred), "n_subtasks": 1, "ties": 0, "non_finite": 0, "subtasks": {},
-               "model": str(Path(model_path).resolve()), "backend": "causal" if causal else "mlm", "pool": pool,
-               "lr": args.learning_rate, "batch_size": batch, "epochs": epochs, "seed": s.seed, "max_length": length,
-               "data": str(data_dir), "seconds": round(seconds, 1)}
+    summary = {
+        "task": name,
+        "description": spec.description,
+        "metric": spec.metric,
+        "score": final[spec.metric],
+        "stderr": math.sqrt(final["accuracy"] * (1 - final["accuracy"]) / len(pred))
+        if spec.metric == "accuracy"
+        else None,
+        "accuracy": final["accuracy"],
+        "f1": final.get("f1"),
+        "mcc": final["mcc"],
+        "best_epoch": best["epoch"],
+        "n_items": len(pred),
+        "n_subtasks": 1,
+        "ties": 0,
+        "non_finite": 0,
+        "subtasks": {},
+        "model": str(Path(model_path).resolve()),
+        "backend": "causal" if causal else "mlm",
+        "pool": pool,
+        "lr": args.learning_rate,
+        "batch_size": batch,
+        "epochs": epochs,
+        "seed": s.seed,
+        "max_length": length,
+        "data": str(data_dir),
+        "seconds": round(seconds, 1),
+    }
     work.mkdir(parents=True, exist_ok=True)
-    write_atomic(work / "predictions.json",
-                 json.dumps({name: {"predictions": [{"id": f"{name}_{i}", "pred": int(p)} for i, p in enumerate(pred)]}}) + "\n")
+    write_atomic(
+        work / "predictions.json",
+        json.dumps({name: {"predictions": [{"id": f"{name}_{i}", "pred": int(p)} for i, p in enumerate(pred)]}}) + "\n",
+    )
     write_atomic(work / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     (out_dir / "pairs").mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "pairs" / f"{name}.jsonl", "".join(
@@ -267,15 +316,21 @@ def main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="python -m eval finetune", description=__doc__.split("\n\n")[1])
     p.add_argument("model", help="a Hugging Face model folder (model + tokenizer)")
-    p.add_argument("--tasks", default=",".join(GLUE), help=f"comma-separated ({', '.join(known())}); default the seven GLUE tasks")
+    p.add_argument(
+        "--tasks", default=",".join(GLUE), help=f"comma-separated ({', '.join(known())}); default the seven GLUE tasks"
+    )
     p.add_argument("--data-dir", help="the folder holding <task>.train.jsonl and <task>.valid.jsonl (glue_filtered)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the task's, 3e-5)")
     p.add_argument("--batch-size", type=int, help="training batch size (default: the task's, 32 or 16)")
     p.add_argument("--epochs", type=int, help="epochs (default: the task's, 10 or 30)")
     p.add_argument("--seed", type=int, default=42, help="seed of the head, the shuffling and dropout")
     p.add_argument("--max-length", type=int, default=512, help="inputs are truncated to this many tokens")
-    p.add_argument("--pool", choices=("last", "first"), help="the position the head reads: last non-padding token (causal "
-                                                              "default) or position 0 (masked default; the official script's choice for causal too)")
+    p.add_argument(
+        "--pool",
+        choices=("last", "first"),
+        help="the position the head reads: last non-padding token (causal "
+        "default) or position 0 (masked default; the official script's choice for causal too)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--out", help="where results go (default: <run>/eval for <run>/model, else <model>/eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -291,7 +346,9 @@ def main(argv: list[str]) -> int:
 
     check_folder(args.model)
     specs = {n: spec_of(n) for n in names}
-    settings = Settings(args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device, not args.no_progress)
+    settings = Settings(
+        args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device, not args.no_progress
+    )
     out_dir = output_dir(Path(args.model), args.out)
     tasks = {}
     for name in names:  # every task's files are read and checked before any training
@@ -300,6 +357,9 @@ def main(argv: list[str]) -> int:
     for name, (data, task) in tasks.items():
         summary = finetune(args.model, name, task, data, out_dir, settings)
         extra = f", F1 {summary['f1']:.4f}" if summary.get("f1") is not None else ""
-        print(f"{name}: {summary['metric']} {summary['score']:.4f} (accuracy {summary['accuracy']:.4f}{extra}, best epoch "
-              f"{summary['best_epoch']:.0f} of {summary['epochs']}) -> {out_dir / name}.json")
+        print(
+            f"{name}: {summary['metric']} {summary['score']:.4f} (accuracy {summary['accuracy']:.4f}{extra}, best "
+            "epoch "
+            f"{summary['best_epoch']:.0f} of {summary['epochs']}) -> {out_dir / name}.json"
+        )
     return 0

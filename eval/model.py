@@ -22,7 +22,14 @@ def backend_for(objective: str) -> str:
     """The scoring backend of a model trained with `objective` (causal | masked, the word every config uses). The
     backends keep the 2025 pipeline's own names (its --backend flag and its submission file's name)."""
     return {"causal": "causal", "masked": "mlm"}[objective]
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
 
 
 @dataclass
@@ -50,7 +57,9 @@ def pick_device(device: str) -> torch.device:
             build = "this torch is a CPU build" if torch.version.cuda is None else "no GPU is visible"
             raise UserError(f"--device {device}: {build}; use --device cpu (or auto)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: there are only {torch.cuda.device_count()} GPU(s) (cuda:0..); pick one of them")
+            raise UserError(
+                f"--device {device}: there are only {torch.cuda.device_count()} GPU(s) (cuda:0..); pick one of them"
+            )
     elif dev.type != "cpu":
         raise UserError(f"--device {device}: only cpu and cuda devices are supported; use auto, cpu or cuda")
     return dev
@@ -63,7 +72,9 @@ def _max_length(model, tokenizer, override: int | None, path: str) -> int:
         positions -= (cfg.pad_token_id or 0) + 1  # RoBERTa's positions start after padding_idx
     if override is not None:
         if not 1 <= override <= positions:
-            raise UserError(f"--max-length {override}: the model {path} has {positions} positions; give 1 to {positions}")
+            raise UserError(
+                f"--max-length {override}: the model {path} has {positions} positions; give 1 to {positions}"
+            )
         return override
     limit = positions
     tok_limit = getattr(tokenizer, "model_max_length", None)
@@ -132,13 +143,20 @@ def check_folder(path: str) -> Path:
     """The model folder, or a one-line error; cheap, so it runs before any data is read."""
     folder = Path(path)
     if not folder.is_dir():
-        raise UserError(f"{path}: model folder does not exist; give a folder written by save_pretrained (e.g. runs/demo/teacher/model)")
+        raise UserError(
+            f"{path}: model folder does not exist; give a folder written by save_pretrained (e.g. "
+            "runs/demo/teacher/model)"
+        )
     if not (folder / "config.json").is_file():
-        raise UserError(f"{path}: not a Hugging Face model folder (no config.json); give the folder save_pretrained wrote")
+        raise UserError(
+            f"{path}: not a Hugging Face model folder (no config.json); give the folder save_pretrained wrote"
+        )
     return folder
 
 
-def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", max_length: int | None = None) -> Loaded:
+def load(
+    path: str, backend: str, device: str = "auto", dtype: str = "float32", max_length: int | None = None
+) -> Loaded:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     folder = check_folder(path)
@@ -146,7 +164,9 @@ def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", 
         raise UserError(f"{path}: no tokenizer in the model folder (none of {', '.join(TOKENIZER_FILES)}); "
                         f"save it there with tokenizer.save_pretrained")
     dev = pick_device(device)
-    config = load_config(folder, "the model", "save the model again with save_pretrained")  # first: the tokenizer's loader reads it too
+    config = load_config(
+        folder, "the model", "save the model again with save_pretrained"
+    )  # first: the tokenizer's loader reads it too
     with reading(folder, "the tokenizer in the model folder", "save it again with tokenizer.save_pretrained"):
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     auto = AutoModelForCausalLM if backend == "causal" else AutoModelForMaskedLM
@@ -157,23 +177,36 @@ def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", 
     saved_as = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
     if backend == "causal" and saved_as and all(a.endswith("ForMaskedLM") for a in saved_as):
         # transformers maps BERT-family configs to a *ForCausalLM too, which would score a masked LM as if causal
-        raise UserError(f"{path}: a masked LM ({', '.join(saved_as)}) cannot be loaded as a causal LM; try --backend mlm (or mntp)")
+        raise UserError(
+            f"{path}: a masked LM ({', '.join(saved_as)}) cannot be loaded as a causal LM; try --backend mlm (or mntp)"
+        )
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
-    model = load_model_folder(folder, auto, f"the {kind} LM", "save the model again with save_pretrained", config, dtype=torch_dtype)
+    model = load_model_folder(
+        folder, auto, f"the {kind} LM", "save the model again with save_pretrained", config, dtype=torch_dtype
+    )
     model.to(dev).eval()
     prefix_id, note = None, ""
     if backend == "causal":
         if tokenizer.bos_token_id is not None:
             prefix_id, note = tokenizer.bos_token_id, f"BOS {tokenizer.bos_token!r} (id {tokenizer.bos_token_id})"
         elif tokenizer.eos_token_id is not None:
-            prefix_id, note = tokenizer.eos_token_id, f"EOS {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}), as the tokenizer has no BOS"
+            prefix_id, note = (
+                tokenizer.eos_token_id,
+                f"EOS {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}), as the tokenizer has no BOS",
+            )
         else:
-            raise UserError(f"{path}: the tokenizer has neither a BOS nor an EOS token, so there is no prefix to score a sentence's "
-                            f"first token after; set bos_token in {folder / 'tokenizer_config.json'}")
+            raise UserError(
+                f"{path}: the tokenizer has neither a BOS nor an EOS token, so there is no prefix to score a "
+                "sentence's "
+                f"first token after; set bos_token in {folder / 'tokenizer_config.json'}"
+            )
     else:
         if tokenizer.mask_token_id is None:
-            raise UserError(f"{path}: the tokenizer has no mask token, which pseudo-log-likelihood scoring needs; set mask_token in "
-                            f"{folder / 'tokenizer_config.json'} or use --backend causal")
+            raise UserError(
+                f"{path}: the tokenizer has no mask token, which pseudo-log-likelihood scoring needs; set mask_token "
+                "in "
+                f"{folder / 'tokenizer_config.json'} or use --backend causal"
+            )
         if tokenizer.eos_token is not None:
             note = f"empty contexts become the EOS text {tokenizer.eos_token!r}"
         elif tokenizer.sep_token is not None:
@@ -181,7 +214,9 @@ def load(path: str, backend: str, device: str = "auto", dtype: str = "float32", 
         else:
             raise UserError(f"{path}: the tokenizer has neither an EOS nor a SEP token to stand for an empty context; "
                             f"set eos_token in {folder / 'tokenizer_config.json'}")
-    return Loaded(model, tokenizer, backend, dev, _max_length(model, tokenizer, max_length, path), prefix_id, note, path)
+    return Loaded(
+        model, tokenizer, backend, dev, _max_length(model, tokenizer, max_length, path), prefix_id, note, path
+    )
 
 
 def split_head(model: torch.nn.Module, backend: str, probe_ids: torch.Tensor):

@@ -167,7 +167,8 @@ def score_table(df, tokenizer, backend: str, score) -> tuple[np.ndarray, np.ndar
 
 def evaluate_reading(task, m, score, out_dir: Path, meta: dict) -> tuple[dict, dict]:
     """Surprisals, the two scores, and the files: eval/reading.json, eval/pairs/reading.jsonl (per word) and the
-    pipeline's eval/babylm2025/reading/predictions.json ({"reading": {"predictions": [{"id", "pred", "prev_pred"}]}})."""
+    pipeline's eval/babylm2025/reading/predictions.json ({"reading": {"predictions": [{"id", "pred",
+    "prev_pred"}]}})."""
     import json
 
     from common.paths import write_atomic
@@ -177,14 +178,25 @@ def evaluate_reading(task, m, score, out_dir: Path, meta: dict) -> tuple[dict, d
     pred, prev = score_table(df, m.tokenizer, m.backend, score)
     bad = ~np.isfinite(pred)
     if bad.all():
-        raise UserError(f"{meta['model']}: every surprisal on task {task.name} is NaN or infinite, so the model is broken "
-                        f"(check its weights for NaN, or its training log); nothing was written for {task.name}")
+        raise UserError(
+            f"{meta['model']}: every surprisal on task {task.name} is NaN or infinite, so the model is broken "
+            f"(check its weights for NaN, or its training log); nothing was written for {task.name}"
+        )
     if bad.any() or not np.isfinite(prev[~np.isnan(prev)]).all():
         scores = {"eye_tracking": math.nan, "self_paced_reading": math.nan, "measures": {}}  # no partial regression
     else:
         scores = delta_r2(df, pred, prev)
-    summary = {"metric": "delta_r2", "score": (scores["eye_tracking"] + scores["self_paced_reading"]) / 2, "stderr": math.nan,
-               **scores, "n_items": len(df), "n_subtasks": 2, "ties": 0, "non_finite": int(bad.sum()), "subtasks": {}}
+    summary = {
+        "metric": "delta_r2",
+        "score": (scores["eye_tracking"] + scores["self_paced_reading"]) / 2,
+        "stderr": math.nan,
+        **scores,
+        "n_items": len(df),
+        "n_subtasks": 2,
+        "ties": 0,
+        "non_finite": int(bad.sum()),
+        "subtasks": {},
+    }
     result = out_dir / f"{task.name}.json"
     write_atomic(result, json.dumps(json_safe({"task": task.name, "description": task.spec.description, **meta,
                                                "convention": "babylm2025", "data": task.origin, **summary}),

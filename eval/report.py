@@ -98,7 +98,8 @@ def json_safe(obj):
 
 
 def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, meta: dict) -> dict[str, Path]:
-    """eval/<task>.json, eval/pairs/<task>.jsonl and this task's part of eval/predictions.json (each written atomically)."""
+    """eval/<task>.json, eval/pairs/<task>.jsonl and this task's part of eval/predictions.json (each written
+    atomically)."""
     pairs_dir = out_dir / "pairs"
     pairs_dir.mkdir(parents=True, exist_ok=True)
     pred, right, tied, bad = decide(scores, np.array([it.correct for it in task.items]))
@@ -124,7 +125,9 @@ def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, 
     try:
         merged = json.loads(predictions_file.read_text(encoding="utf-8")) if predictions_file.is_file() else {}
     except json.JSONDecodeError:
-        raise UserError(f"{predictions_file}: not valid JSON, so this task's predictions cannot be added; move it away and re-run") from None
+        raise UserError(
+            f"{predictions_file}: not valid JSON, so this task's predictions cannot be added; move it away and re-run"
+        ) from None
     per_sub: dict[str, list] = {}
     for it, p in zip(task.items, pred):
         if p < 0:
@@ -137,13 +140,16 @@ def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, 
     return {"result": result_file, "pairs": pairs_file, "predictions": predictions_file}
 
 
-OFFICIAL_DIR = "babylm2025"  # eval/babylm2025/<task>/predictions.json: the 2025 pipeline's layout, read by `eval collate`
+OFFICIAL_DIR = (
+    "babylm2025"  # eval/babylm2025/<task>/predictions.json: the 2025 pipeline's layout, read by `eval collate`
+)
 
 
 def write_official(out_dir: Path, task: Task, scores: np.ndarray) -> Path:
     """The 2025 pipeline's predictions.json for one task: {UID: {"predictions": [{"id": "<UID>_<n>", "pred": the chosen
     completion's text}]}} in file order, WUG with "prob" (P(first sentence)). A non-finite item's pred is null.
-    EWoK's text is written here, as the pipeline writes it, because the submission needs it: keep this folder private."""
+    EWoK's text is written here, as the pipeline writes it, because the submission needs it: keep this folder
+    private."""
     pred, _, _, bad = decide(scores, np.array([it.correct for it in task.items]))
     probs = p_first(np.where(bad[:, None], 0.0, scores)) if task.spec.metric == "spearman" else None
     per_uid: dict[str, list] = {}
@@ -176,6 +182,8 @@ def table(rows: list[tuple[str, dict]]) -> str:
         score, se = s.get("score", s.get("accuracy")), s.get("stderr")
         value = "null" if score is None or not math.isfinite(score) else f"{score:.4f}"
         err = f"± {se:<6.4f}" if se is not None and math.isfinite(se) else " " * 8
-        out.append(f"{name:<20} {METRIC_LABELS.get(s.get('metric', 'accuracy'), '?'):<14} {value:>8} {err} {s['n_items']:>7} "
-                   f"{s['n_subtasks']:>8} {s['ties']:>6} {s.get('non_finite', 0):>10}")
+        out.append(
+            f"{name:<20} {METRIC_LABELS.get(s.get('metric', 'accuracy'), '?'):<14} {value:>8} {err} {s['n_items']:>7} "
+            f"{s['n_subtasks']:>8} {s['ties']:>6} {s.get('non_finite', 0):>10}"
+        )
     return "\n".join(out)

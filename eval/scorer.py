@@ -50,7 +50,9 @@ def tree_attention_works(model, split) -> bool:
         allow[j, j] = True
     try:
         with torch.inference_mode():
-            tree = model(input_ids=ids, attention_mask=allow[None, None], position_ids=torch.tensor([depth], device=dev)).logits[0]
+            tree = model(
+                input_ids=ids, attention_mask=allow[None, None], position_ids=torch.tensor([depth], device=dev)
+            ).logits[0]
             a = model(input_ids=ids[:, :5]).logits[0]
             b = model(input_ids=ids[:, [0, 1, 2, 5]]).logits[0]
     except Exception:  # noqa: BLE001 - any failure means: no tree attention for this model
@@ -170,7 +172,9 @@ class Scorer:
                                                 torch.tensor(tgts, device=dev))
         token_lp = edge_lp[token_slot]  # summed in each request's own token order
         sums = np.add.reduceat(token_lp, offsets[:-1]) if len(token_lp) else np.zeros(len(reps))
-        sums[np.asarray(n_cont) == 0] = 0.0  # nothing scored (2025, a one-token sentence): reduceat would copy a neighbour
+        sums[np.asarray(n_cont) == 0] = (
+            0.0  # nothing scored (2025, a one-token sentence): reduceat would copy a neighbour
+        )
         return sums[back]
 
     # ------------------------------------------------------------------ causal, one tree per item
@@ -190,8 +194,12 @@ class Scorer:
         for n in choices:
             items.append(list(range(start, start + n)))
             start += n
-        groups = self._tree_groups(requests, items, L, cap=max(TREE_NODES, *(sum(len(requests[r].ctx) + len(requests[r].cont)
-                                                                                  for r in item) for item in items)))
+        groups = self._tree_groups(
+            requests,
+            items,
+            L,
+            cap=max(TREE_NODES, *(sum(len(requests[r].ctx) + len(requests[r].cont) for r in item) for item in items)),
+        )
         offsets = np.zeros(len(requests) + 1, dtype=np.int64)
         np.cumsum([len(r.cont) for r in requests], out=offsets[1:])
         token_edge = np.zeros(offsets[-1], dtype=np.int64)
@@ -227,7 +235,9 @@ class Scorer:
                     gnode = gnode_of[node]
             trees.append((nodes, owned))
         edge_lp = np.zeros(len(edge_of), dtype=np.float64)
-        order = sorted((g for g in range(len(trees)) if trees[g][1]), key=lambda g: -len(trees[g][0]))  # trees that own an edge
+        order = sorted(
+            (g for g in range(len(trees)) if trees[g][1]), key=lambda g: -len(trees[g][0])
+        )  # trees that own an edge
         budget = batch_size * BATCH_TOKENS  # positions per forward pass, padding included
         batches, at = [], 0
         while at < len(order):
@@ -254,7 +264,9 @@ class Scorer:
                         if parent >= 0:
                             seen[j] = seen[parent]
                             seen[j, j] = True
-                    for node, tok, edge in sorted(owned):  # a branching position predicts both branches' tokens: one head row
+                    for node, tok, edge in sorted(
+                        owned
+                    ):  # a branching position predicts both branches' tokens: one head row
                         if not cols or rows[-1] != b or cols[-1] != node:
                             rows.append(b)
                             cols.append(node)
@@ -265,9 +277,15 @@ class Scorer:
                 if not rows:
                     continue
                 self.work["positions"] += sum(len(nodes) for nodes, _ in batch)
-                lp = self._logprobs(torch.from_numpy(ids).to(dev), torch.from_numpy(allow[:, None]).to(dev),
-                                    torch.tensor(rows, device=dev), torch.tensor(cols, device=dev),
-                                    torch.tensor(picks, device=dev), torch.tensor(tgts, device=dev), torch.from_numpy(pos).to(dev))
+                lp = self._logprobs(
+                    torch.from_numpy(ids).to(dev),
+                    torch.from_numpy(allow[:, None]).to(dev),
+                    torch.tensor(rows, device=dev),
+                    torch.tensor(cols, device=dev),
+                    torch.tensor(picks, device=dev),
+                    torch.tensor(tgts, device=dev),
+                    torch.from_numpy(pos).to(dev),
+                )
                 edge_lp[edges] = lp
         token_lp = edge_lp[token_edge]  # summed in each request's own token order
         sums = np.add.reduceat(token_lp, offsets[:-1]) if len(token_lp) else np.zeros(len(requests))
@@ -314,8 +332,11 @@ class Scorer:
         # (request, masked position, slot of its log-prob in token_lp)
         copies = [(k, p, offsets[k] + j) for k in order for j, p in enumerate(requests[reps[k]].targets)]
         # the token each copy is scored as, and where its logits are read (mntp: one position before the mask)
-        wanted = {(k, p): (requests[reps[k]].target_ids[j] if requests[reps[k]].target_ids else requests[reps[k]].ids[p])
-                  for k in order for j, p in enumerate(requests[reps[k]].targets)}
+        wanted = {
+            (k, p): (requests[reps[k]].target_ids[j] if requests[reps[k]].target_ids else requests[reps[k]].ids[p])
+            for k in order
+            for j, p in enumerate(requests[reps[k]].targets)
+        }
         token_lp = np.empty(offsets[-1], dtype=np.float64)
         dev = self.m.device
         with torch.inference_mode(), self._bar(len(copies), "scoring (one copy per masked token)") as bar:

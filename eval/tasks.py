@@ -28,8 +28,25 @@ from common.paths import REPO
 
 TASKS_DIR = REPO / "eval" / "tasks"
 SUITES = {  # --suite: the 2025 pipeline's zero-shot tasks; the fast variant reads the *_fast folders and has no COMPS
-    "babylm2025": ["blimp_filtered", "blimp_supplement", "ewok_filtered", "entity_tracking", "wug_adj", "wug_past", "comps", "reading"],
-    "babylm2025-fast": ["blimp_filtered", "blimp_supplement", "ewok_filtered", "entity_tracking", "wug_adj", "wug_past", "reading"],
+    "babylm2025": [
+        "blimp_filtered",
+        "blimp_supplement",
+        "ewok_filtered",
+        "entity_tracking",
+        "wug_adj",
+        "wug_past",
+        "comps",
+        "reading",
+    ],
+    "babylm2025-fast": [
+        "blimp_filtered",
+        "blimp_supplement",
+        "ewok_filtered",
+        "entity_tracking",
+        "wug_adj",
+        "wug_past",
+        "reading",
+    ],
 }
 METRICS = ("accuracy", "spearman", "delta_r2")
 
@@ -48,22 +65,40 @@ class TaskSpec:
     """A task family: where its items are and how each item becomes choices."""
 
     description: str = field("", "one line shown in the summary")
-    data_dir: str | None = field(None, "default data folder when --data-dir is not given (relative to the working folder or the repository)")
+    data_dir: str | None = field(
+        None, "default data folder when --data-dir is not given (relative to the working folder or the repository)"
+    )
     sources: list[Source] = field([], "where the files are, tried in order")
     choices: list[str] = field([], "fields that hold the choices, the correct one first")
     correct: int = field(0, "index in `choices` of the correct choice", ge=0)
     context: str | None = field(None, "field holding a context the choices continue; null scores whole sentences")
-    share_text: bool = field(True, "write item text into pairs/<task>.jsonl (false for data under a sharing rule, as EWoK)")
-    kind: str = field("pairs", "pairs: choices ranked by score; reading: word surprisal against reading times (eval/reading.py)")
-    fast_sources: list[Source] = field([], "where the fast variant's files are (--suite babylm2025-fast); empty: no fast variant")
-    only_convention: str | None = field(None, "the one convention the task exists in (babylm2025 for the 2025-only tasks)")
-    choice_list: str | None = field(None, "a field holding all choices: a JSON list, or a string cut at `choice_separator`")
+    share_text: bool = field(
+        True, "write item text into pairs/<task>.jsonl (false for data under a sharing rule, as EWoK)"
+    )
+    kind: str = field(
+        "pairs", "pairs: choices ranked by score; reading: word surprisal against reading times (eval/reading.py)"
+    )
+    fast_sources: list[Source] = field(
+        [], "where the fast variant's files are (--suite babylm2025-fast); empty: no fast variant"
+    )
+    only_convention: str | None = field(
+        None, "the one convention the task exists in (babylm2025 for the 2025-only tasks)"
+    )
+    choice_list: str | None = field(
+        None, "a field holding all choices: a JSON list, or a string cut at `choice_separator`"
+    )
     choice_separator: str = field("\t", "separator of the choices in a `choice_list` string (WUG: a tab)")
-    sentence: str = field("{choice}", "2025: the text scored for each choice, a template over the row's fields and {choice}")
+    sentence: str = field(
+        "{choice}", "2025: the text scored for each choice, a template over the row's fields and {choice}"
+    )
     completion: str = field("{choice}", "2025: the suffix of `sentence` whose tokens are scored (by character offsets)")
-    subtask: str = field("{file}", "the subtask (the 2025 pipeline's UID) of a row: a template over its fields and {file}")
+    subtask: str = field(
+        "{file}", "the subtask (the 2025 pipeline's UID) of a row: a template over its fields and {file}"
+    )
     subtask_names: dict[str, str] = field({}, "renames of subtask values (COMPS: comps_base -> base, ...)")
-    average: str = field("subtasks", "subtasks: mean over subtasks; files: mean over each file's subtasks, then over files")
+    average: str = field(
+        "subtasks", "subtasks: mean over subtasks; files: mean over each file's subtasks, then over files"
+    )
     metric: str = field("accuracy", "accuracy; spearman (rho of P(first choice) against `target`); delta_r2 (reading)")
     target: str | None = field(None, "the numeric field a spearman task correlates with (WUG: ratio)")
     required: list[str] = field([], "further fields every row must have (entity tracking: numops)")
@@ -74,17 +109,25 @@ class TaskSpec:
         for key, sources in (("sources", self.sources), ("fast_sources", self.fast_sources)):
             for i, src in enumerate(sources):
                 if not src.files:
-                    raise ConfigError(f"{key}[{i}].files", "missing: a glob of JSONL files, e.g. blimp_filtered/*.jsonl")
+                    raise ConfigError(
+                        f"{key}[{i}].files", "missing: a glob of JSONL files, e.g. blimp_filtered/*.jsonl"
+                    )
         for key, allowed in (("kind", ("pairs", "reading")), ("metric", METRICS), ("average", ("subtasks", "files")),
                              ("only_convention", (None, "babylm2024", "babylm2025"))):
             if getattr(self, key) not in allowed:
-                raise ConfigError(key, f"must be one of {', '.join(str(a) for a in allowed)}, got {getattr(self, key)!r}")
+                raise ConfigError(
+                    key, f"must be one of {', '.join(str(a) for a in allowed)}, got {getattr(self, key)!r}"
+                )
         if self.metric == "spearman" and not self.target:
-            raise ConfigError("target", "missing: a spearman task names the numeric field it correlates with (e.g. ratio)")
+            raise ConfigError(
+                "target", "missing: a spearman task names the numeric field it correlates with (e.g. ratio)"
+            )
         if self.kind == "reading" or self.choice_list:
             return
         if len(self.choices) < 2:
-            raise ConfigError("choices", "missing: list at least two fields that hold the choices, e.g. [sentence_good, sentence_bad]")
+            raise ConfigError(
+                "choices", "missing: list at least two fields that hold the choices, e.g. [sentence_good, sentence_bad]"
+            )
         if not 0 <= self.correct < len(self.choices):
             raise ConfigError("correct", f"must index `choices` (0..{len(self.choices) - 1}), got {self.correct}")
 
@@ -186,7 +229,10 @@ def _choices(row: dict, spec: TaskSpec, where: str, name: str) -> list[str]:
                             f"{spec.choice_separator!r}, got {value[:80]!r}")
         return parts
     if not isinstance(value, list) or len(value) < 2 or not all(isinstance(v, str) and v for v in value):
-        raise UserError(f"{where}: field '{spec.choice_list}' must be a list of at least two non-empty strings, got {str(value)[:80]}")
+        raise UserError(
+            f"{where}: field '{spec.choice_list}' must be a list of at least two non-empty strings, got "
+            f"{str(value)[:80]}"
+        )
     return value
 
 
@@ -213,8 +259,10 @@ def _read_jsonl(text: str, where: str, subtask: str, spec: TaskSpec, name: str) 
         context = row[spec.context] if spec.context else ""
         sentences = [_fill(spec.sentence, row, {"choice": c, "context": context, "file": subtask}, at, "sentence", name)
                      for c in choices]
-        completions = [_fill(spec.completion, row, {"choice": c, "context": context, "file": subtask}, at, "completion", name)
-                       for c in choices]
+        completions = [
+            _fill(spec.completion, row, {"choice": c, "context": context, "file": subtask}, at, "completion", name)
+            for c in choices
+        ]
         for s_, c_ in zip(sentences, completions):
             if not s_.endswith(c_):
                 raise UserError(f"{at}: the completion {c_[:60]!r} is not the end of the sentence {s_[-60:]!r} "
@@ -246,8 +294,10 @@ def decode_text(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise UserError(f"{where}:{line}: not UTF-8 text (byte {data[exc.start]:#x}); re-save the file as UTF-8") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{where}:{line}: not UTF-8 text (byte {data[exc.start]:#x}); re-save the file as UTF-8"
+        ) from None
 
 
 def _from_archive(archive: Path, pattern: str, password: str | None, needs_password: bool) -> list[tuple[str, str]]:
@@ -269,7 +319,9 @@ def _from_archive(archive: Path, pattern: str, password: str | None, needs_passw
                             raise UserError(f"{archive}: wrong password for {member}; check --ewok-password") from None
                         raise
                     except zipfile.BadZipFile as exc:  # a wrong ZipCrypto password can also fail the CRC
-                        raise UserError(f"{archive}: cannot read {member} ({exc}); wrong --ewok-password or a damaged zip") from None
+                        raise UserError(
+                            f"{archive}: cannot read {member} ({exc}); wrong --ewok-password or a damaged zip"
+                        ) from None
                     out.append((member, decode_text(data, f"{archive}!{member}")))
     else:
         with reading(archive, "the archive", "download it again"), tarfile.open(archive) as tf:
@@ -287,7 +339,9 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
     spec = load(TaskSpec, spec_file)
     sources = spec.fast_sources if fast else spec.sources
     if fast and not sources:
-        raise UserError(f"task {name} has no fast variant (no fast_sources in {spec_file}); drop it from the fast suite")
+        raise UserError(
+            f"task {name} has no fast variant (no fast_sources in {spec_file}); drop it from the fast suite"
+        )
     root = data_dir_for(spec, data_dir, name) if archive_override is None else None  # --ewok-zip needs no data folder
     if spec.kind == "reading":
         from eval.reading import read_table
@@ -296,7 +350,9 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
             paths = sorted(p for p in root.glob(src.files) if p.is_file())
             if paths:
                 table = read_table(paths[0])
-                return Task(name=name, spec=spec, spec_file=spec_file, items=[], origin=str(paths[0]), fast=fast, table=table)
+                return Task(
+                    name=name, spec=spec, spec_file=spec_file, items=[], origin=str(paths[0]), fast=fast, table=table
+                )
         raise UserError(f"task {name}: no files found (looked for {', '.join(str(root / s.files) for s in sources)}); "
                         f"pass --data-dir with BabyLM's evaluation_data (its full_eval or fast_eval folder)")
     tried = []
@@ -325,10 +381,16 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
         for member, text in files:
             items.extend(_read_jsonl(text, where(member), Path(member).stem, spec, name))
         if not items:
-            raise UserError(f"task {name}: the files at {origin} hold no items (every line is empty); check the download")
+            raise UserError(
+                f"task {name}: the files at {origin} hold no items (every line is empty); check the download"
+            )
         odd = next((it for it in items if len(it.choices) != len(items[0].choices)), None)
         if odd is not None:
-            raise UserError(f"{odd.where}: {len(odd.choices)} choices, but {items[0].where} has {len(items[0].choices)}; "
-                            f"every item of task {name} needs the same number of choices")
+            raise UserError(
+                f"{odd.where}: {len(odd.choices)} choices, but {items[0].where} has {len(items[0].choices)}; "
+                f"every item of task {name} needs the same number of choices"
+            )
         return Task(name=name, spec=spec, spec_file=spec_file, items=items, origin=origin, fast=fast)
-    raise UserError(f"task {name}: no files found (looked for {', '.join(tried)}); pass --data-dir with BabyLM's evaluation_data")
+    raise UserError(
+        f"task {name}: no files found (looked for {', '.join(tried)}); pass --data-dir with BabyLM's evaluation_data"
+    )

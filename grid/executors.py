@@ -21,7 +21,17 @@ from grid.plan import Point
 from grid.point import PointFailed, PointJob, run_in_process
 from grid.report import Reporter
 
-ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED"}
+ALIVE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+}
 
 
 def run_debug(points: list[Point], root: Path, ex: ExecutorConfig, report: Reporter) -> list[tuple[Point, str]]:
@@ -54,7 +64,9 @@ def run_local(points: list[Point], root: Path, ex: ExecutorConfig, report: Repor
         except (PointFailed, UserError) as exc:
             failed.append((p, str(exc)))
             report.end(p, str(exc), newest_log(p))
-            if isinstance(exc, PointFailed) and exc.preempted:  # SIGUSR2 reached this machine's job: start no further point
+            if (
+                isinstance(exc, PointFailed) and exc.preempted
+            ):  # SIGUSR2 reached this machine's job: start no further point
                 failed.extend((q, "not started: the grid was stopped by SIGUSR2") for q in points[i + 1:])
                 break
     return failed
@@ -73,9 +85,17 @@ def _executor(root: Path, ex: ExecutorConfig, job_name: str):
                                      slurm_max_num_timeout=ex.max_requeues)
     extra = {"requeue": True}
     setup = [f"source {ex.venv}/bin/activate"] if ex.venv else []
-    params = dict(name=job_name, timeout_min=ex.time_min, nodes=ex.nodes, tasks_per_node=1, cpus_per_task=ex.cpus_per_task,
-                  slurm_array_parallelism=ex.array_parallelism, slurm_signal_delay_s=ex.signal_delay_s,
-                  slurm_additional_parameters=extra, slurm_setup=setup)
+    params = dict(
+        name=job_name,
+        timeout_min=ex.time_min,
+        nodes=ex.nodes,
+        tasks_per_node=1,
+        cpus_per_task=ex.cpus_per_task,
+        slurm_array_parallelism=ex.array_parallelism,
+        slurm_signal_delay_s=ex.signal_delay_s,
+        slurm_additional_parameters=extra,
+        slurm_setup=setup,
+    )
     if ex.gpus_per_node:
         params["gpus_per_node"] = ex.gpus_per_node
     if ex.partition:
@@ -90,7 +110,9 @@ def _jobs_file(root: Path) -> Path:
     return root / "_grid" / "jobs.json"
 
 
-def run_slurm(points: list[Point], root: Path, ex: ExecutorConfig, report: Reporter, wait: bool = True) -> list[tuple[Point, str]]:
+def run_slurm(
+    points: list[Point], root: Path, ex: ExecutorConfig, report: Reporter, wait: bool = True
+) -> list[tuple[Point, str]]:
     import submitit
 
     check_slurm()
@@ -108,8 +130,10 @@ def run_slurm(points: list[Point], root: Path, ex: ExecutorConfig, report: Repor
     if todo:
         executor = _executor(root, ex, f"{points[0].grid}-{points[0].stage}")
         with executor.batch():
-            pending = [(p, executor.submit(PointJob(p, grace_s=max(10, ex.signal_delay_s - 20), verbose=report.verbose)))
-                       for p in todo]
+            pending = [
+                (p, executor.submit(PointJob(p, grace_s=max(10, ex.signal_delay_s - 20), verbose=report.verbose)))
+                for p in todo
+            ]
         for p, job in pending:
             jobs[p.name] = job
             known[p.name] = job.job_id
@@ -138,7 +162,13 @@ def run_slurm(points: list[Point], root: Path, ex: ExecutorConfig, report: Repor
                     job.result()
                     report.end(by_name[name])
                 except Exception as exc:  # a failed or cancelled job: reported, the others go on
-                    failed.append((by_name[name], f"job {job.job_id}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}"))
+                    failed.append(
+                        (
+                            by_name[name],
+                            f"job {job.job_id}: "
+                            f"{str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}",
+                        )
+                    )
                     report.end(by_name[name], failed[-1][1], newest_log(by_name[name]))
                 del remaining[name]
         time.sleep(2)
@@ -155,7 +185,9 @@ def _vanished(job) -> bool:
 EXECUTORS = {"debug": run_debug, "local": run_local, "slurm": run_slurm}
 
 
-def run_stage(stage: str, points: list[Point], root: Path, ex: ExecutorConfig, verbose: bool = False) -> list[tuple[Point, str]]:
+def run_stage(
+    stage: str, points: list[Point], root: Path, ex: ExecutorConfig, verbose: bool = False
+) -> list[tuple[Point, str]]:
     todo = [p for p in points if p.state() != "done"]
     if not todo:
         return []

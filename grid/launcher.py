@@ -19,20 +19,28 @@ def run_grid(cfg, points, verbose: bool = False) -> int:
         stage_points = [p for p in points if p.stage == stage.name]
         start = time.perf_counter()
         stage_failed = executors.run_stage(stage.name, stage_points, root, cfg.executor, verbose)
-        print(f"stage {stage.name}: {len(stage_points)} point(s), {len(stage_failed)} incomplete, {time.perf_counter() - start:.1f} s", flush=True)
+        print(
+            f"stage {stage.name}: {len(stage_points)} point(s), {len(stage_failed)} incomplete, "
+            f"{time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
         failed += stage_failed
         if stage_failed and stage is not cfg.stages[-1]:
             executors.report(failed)
-            raise UserError(f"stage '{stage.name}': {len(stage_failed)} point(s) did not finish, so the later stages were not "
-                            f"started; fix them and run the same command again (finished points are skipped)")
+            raise UserError(
+                f"stage '{stage.name}': {len(stage_failed)} point(s) did not finish, so the later stages were not "
+                f"started; fix them and run the same command again (finished points are skipped)"
+            )
     if cfg.select.stage:
         unfinished = [p for p, _ in failed if p.stage == cfg.select.stage]
         if unfinished and not cfg.select.allow_incomplete:
             executors.report(failed)
-            raise UserError(f"select.stage '{cfg.select.stage}': {len(unfinished)} of its points did not finish "
-                            f"({', '.join(p.name for p in unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}), so no "
-                            f"finalists were chosen; fix them and run the same command again, or set "
-                            f"select.allow_incomplete=true to choose among the finished points")
+            raise UserError(
+                f"select.stage '{cfg.select.stage}': {len(unfinished)} of its points did not finish "
+                f"({', '.join(p.name for p in unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}), so no "
+                f"finalists were chosen; fix them and run the same command again, or set "
+                f"select.allow_incomplete=true to choose among the finished points"
+            )
         if unfinished:
             print(f"WARNING: finalists chosen among the finished points of stage '{cfg.select.stage}' only: "
                   f"{len(unfinished)} did not finish (select.allow_incomplete=true)", file=sys.stderr, flush=True)
@@ -44,7 +52,9 @@ def run_grid(cfg, points, verbose: bool = False) -> int:
     executors.report(failed)
     from results.__main__ import main as results_main
 
-    rc = results_main(["collect", str(root), "--out", str(cfg.results_path), "--name", cfg.name, "--metric", cfg.select.metric])
+    rc = results_main(
+        ["collect", str(root), "--out", str(cfg.results_path), "--name", cfg.name, "--metric", cfg.select.metric]
+    )
     if failed:
         print(f"{len(failed)} point(s) incomplete; run the same command again to finish them", file=sys.stderr)
         return 1

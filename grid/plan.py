@@ -66,7 +66,9 @@ class Point:
 
     def evaluated(self) -> bool:
         models = self.model_dirs()
-        if not models or not all((self.eval_dir(m) / f"{t}.json").is_file() for m in models for t in self.tasks + self.finetune):
+        if not models or not all(
+            (self.eval_dir(m) / f"{t}.json").is_file() for m in models for t in self.tasks + self.finetune
+        ):
             return False
         if not self.tasks_per_milestone:
             return True
@@ -168,17 +170,21 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
         if p.name in seen:
             q = seen[p.name]
             if (q.recipe, q.stage) == (p.recipe, p.stage):
-                raise UserError(f"{grid_path}: stage {p.stage}: two points of {p.recipe} have the same values "
-                                f"({', '.join(f'{k}={v!r}' for k, v in p.axes.items())}): an axis lists one value twice "
-                                f"(maybe in two spellings, as 0.001 and 1e-3); remove the repeat")
+                raise UserError(
+                    f"{grid_path}: stage {p.stage}: two points of {p.recipe} have the same values "
+                    f"({', '.join(f'{k}={v!r}' for k, v in p.axes.items())}): an axis lists one value twice "
+                    f"(maybe in two spellings, as 0.001 and 1e-3); remove the repeat"
+                )
             raise UserError(f"{grid_path}: two points are both named '{p.name}' ({q.recipe} in stage "
                             f"{q.stage}, {p.recipe} in stage {p.stage}); give the recipes different output.name")
         seen[p.name] = p
     if cfg.select.stage:
         n = sum(p.stage == cfg.select.stage for p in points)
         if cfg.select.finalists > n:
-            raise UserError(f"{grid_path}: select.finalists is {cfg.select.finalists} but stage '{cfg.select.stage}' has only "
-                            f"{n} point(s); lower select.finalists")
+            raise UserError(
+                f"{grid_path}: select.finalists is {cfg.select.finalists} but stage '{cfg.select.stage}' has only "
+                f"{n} point(s); lower select.finalists"
+            )
     return points
 
 
@@ -208,8 +214,10 @@ def check_point(point: Point, grid_path: str | Path, where: str) -> tuple[Any, s
     from train.words import milestone_list
 
     if point.tasks_per_milestone and not milestone_list(cfg.train.word_checkpoints):
-        raise UserError(f"{grid_path}: tasks_per_milestone is set, but {where}, recipe {point.recipe} exports no milestones; "
-                        f"set train.word_checkpoints in the recipe or the stage's overrides (e.g. babylm)")
+        raise UserError(
+            f"{grid_path}: tasks_per_milestone is set, but {where}, recipe {point.recipe} exports no milestones; "
+            f"set train.word_checkpoints in the recipe or the stage's overrides (e.g. babylm)"
+        )
     from eval.model import backend_for
 
     if point.kind == "wml":
@@ -243,5 +251,7 @@ def finalists(cfg: GridConfig, points: list[Point]) -> list[Point]:
     for _, p in scored[: cfg.select.finalists]:
         name = p.name + "__final"
         overrides = {**p.overrides, **cfg.select.overrides, "output.name": name}
-        out.append(dataclasses.replace(p, stage=FINALISTS, name=name, overrides=overrides, run=str(Path(p.run).parent / name)))
+        out.append(
+            dataclasses.replace(p, stage=FINALISTS, name=name, overrides=overrides, run=str(Path(p.run).parent / name))
+        )
     return out

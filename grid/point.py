@@ -61,8 +61,18 @@ def eval_argvs(point: Point) -> list[list[str]]:
             argvs.append(["finetune", str(model), "--tasks", ",".join(tune), "--out", str(out), "--no-progress",
                           *(["--data-dir", point.finetune_data_dir] if point.finetune_data_dir else [])])
     if point.tasks_per_milestone:
-        argvs.append(["curve", point.run, "--tasks", ",".join(point.tasks_per_milestone), "--backend", point.backend, *data,
-                      "--no-progress"])
+        argvs.append(
+            [
+                "curve",
+                point.run,
+                "--tasks",
+                ",".join(point.tasks_per_milestone),
+                "--backend",
+                point.backend,
+                *data,
+                "--no-progress",
+            ]
+        )
     return argvs
 
 
@@ -117,9 +127,15 @@ class PointJob:
             rc = self._proc.wait()
             self._proc = None
             if rc != 0:
-                raise PointFailed(f"{point.name}: training exited {rc}" + (" (stopped on SIGUSR2 after a checkpoint; "
-                                                                             "run the launcher again to resume)" if rc == EXIT_PREEMPTED else ""),
-                                  preempted=rc == EXIT_PREEMPTED)
+                raise PointFailed(
+                    f"{point.name}: training exited {rc}"
+                    + (
+                        " (stopped on SIGUSR2 after a checkpoint; run the launcher again to resume)"
+                        if rc == EXIT_PREEMPTED
+                        else ""
+                    ),
+                    preempted=rc == EXIT_PREEMPTED,
+                )
         if int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:
             return f"{point.name}: trained (rank > 0)"
         write_grid_json(point)

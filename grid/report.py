@@ -51,7 +51,9 @@ def last_error(log: Path | None) -> str:
         return ""
     with open(log, "rb") as handle:
         handle.seek(max(0, log.stat().st_size - 65536))
-        lines = [part.strip() for line in handle.read().decode(errors="replace").splitlines() for part in line.split("\r")]
+        lines = [
+            part.strip() for line in handle.read().decode(errors="replace").splitlines() for part in line.split("\r")
+        ]
     lines = [line for line in lines if line and "%|" not in line]
     errors = [line for line in lines if line.startswith("error:")]
     return (errors or lines or [""])[-1][:300]
@@ -111,6 +113,12 @@ def print_plan(points, cfg) -> None:
              **{k: v for k, v in p.axes.items()}} for p in points]
     print(pd.DataFrame(rows).to_string(index=False))
     sel = cfg.select
-    print(f"{len(points)} point(s) on executor '{cfg.executor.kind}'; tasks: {', '.join(cfg.tasks) or 'none'}"
-          + (f"; fine-tuning: {', '.join(cfg.finetune)}" if cfg.finetune else "")
-          + (f"; then the best {sel.finalists} of stage '{sel.stage}' by {sel.metric}, retrained with {sel.overrides}" if sel.stage else ""))
+    print(
+        f"{len(points)} point(s) on executor '{cfg.executor.kind}'; tasks: {', '.join(cfg.tasks) or 'none'}"
+        + (f"; fine-tuning: {', '.join(cfg.finetune)}" if cfg.finetune else "")
+        + (
+            f"; then the best {sel.finalists} of stage '{sel.stage}' by {sel.metric}, retrained with {sel.overrides}"
+            if sel.stage
+            else ""
+        )
+    )

@@ -130,13 +130,26 @@ def read_run(run: Path) -> list[dict]:
     if any("train_seconds" in a for a in attempts):  # every attempt's training time, killed ones included
         seconds = sum(float(_number(a.get("train_seconds"), "run.json", "train_seconds") or 0) for a in attempts)
     else:  # runs from before run.json recorded it: the Trainer's own summaries
-        seconds = sum(float(_number(r["train_runtime"], "metrics.jsonl", "train_runtime")) for r in metrics if "train_runtime" in r)
+        seconds = sum(
+            float(_number(r["train_runtime"], "metrics.jsonl", "train_runtime"))
+            for r in metrics
+            if "train_runtime" in r
+        )
     gpus = max((a.get("gpus_per_node", 0) for a in attempts), default=0)
     world = max((a.get("world_size", 1) for a in attempts), default=1)
     output = config.get("output", {})
-    base = {"run": str(run), "experiment": output.get("experiment"), "recipe": output.get("name"), "method": _method(config),
-            "grid": grid.get("grid"), **{f"axis:{k}": v for k, v in (grid.get("axes") or {}).items()},
-            "words_seen": words, "tokens_seen": tokens, "train_hours": round(seconds / 3600, 4), "gpu_hours": round(seconds * world / 3600, 4) if gpus else 0.0}
+    base = {
+        "run": str(run),
+        "experiment": output.get("experiment"),
+        "recipe": output.get("name"),
+        "method": _method(config),
+        "grid": grid.get("grid"),
+        **{f"axis:{k}": v for k, v in (grid.get("axes") or {}).items()},
+        "words_seen": words,
+        "tokens_seen": tokens,
+        "train_hours": round(seconds / 3600, 4),
+        "gpu_hours": round(seconds * world / 3600, 4) if gpus else 0.0,
+    }
     if "wml" in config:
         champion = _read(run, "model/champion.json", json.loads, dict)
         rows = []
@@ -161,12 +174,21 @@ def collect(roots: list[Path]):
             rows.extend(read_run(run))
         except ValueError as exc:
             incomplete.append(Incomplete(str(run), str(exc)))
-        except (KeyError, TypeError, IndexError, AttributeError) as exc:  # a file of the right type with the wrong fields
+        except (
+            KeyError,
+            TypeError,
+            IndexError,
+            AttributeError,
+        ) as exc:  # a file of the right type with the wrong fields
             incomplete.append(Incomplete(str(run), f"a file lacks what it should hold ({summary(exc)})"))
     return pd.DataFrame(rows), incomplete
 
 
-METRIC_HEADERS = {"accuracy": "", "spearman": " (rho)", "delta_r2": " (ΔR² ×100)"}  # not every task score is an accuracy
+METRIC_HEADERS = {
+    "accuracy": "",
+    "spearman": " (rho)",
+    "delta_r2": " (ΔR² ×100)",
+}  # not every task score is an accuracy
 
 
 def metric_of(df, task: str) -> str:
@@ -195,8 +217,14 @@ def markdown(df) -> str:
             *[t + METRIC_HEADERS[metric_of(df, t)] for t in tasks]]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for _, r in df.iterrows():
-        cells = [str(r["recipe"]), str(r["method"]), f"{r['model']}" + (" (champion)" if r.get("champion") is True else ""),
-                 f"{int(r['params']):,}", *[str(r[a]) for a in axes], _fmt(r["dev_ce"], "{:.4f}")]
+        cells = [
+            str(r["recipe"]),
+            str(r["method"]),
+            f"{r['model']}" + (" (champion)" if r.get("champion") is True else ""),
+            f"{int(r['params']):,}",
+            *[str(r[a]) for a in axes],
+            _fmt(r["dev_ce"], "{:.4f}"),
+        ]
         for t in tasks:
             acc, se = r.get(t), r.get(f"{t}_stderr")
             with_se = _fmt(acc, "") != "–" and _fmt(se, "") != "–"

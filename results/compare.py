@@ -78,7 +78,8 @@ def check_out_file(out: str | None) -> None:
 
 
 def run_compare(args) -> int:
-    """`python -m results compare`: checks, the test, its JSON (printed, and written to --out) and a one-line summary."""
+    """`python -m results compare`: checks, the test, its JSON (printed, and written to --out) and a one-line
+    summary."""
     from common.paths import write_atomic
 
     for r in (args.run_a, args.run_b):
@@ -91,7 +92,10 @@ def run_compare(args) -> int:
     print(json.dumps(out, indent=2))
     if args.out:
         write_atomic(Path(args.out), json.dumps(out, indent=2) + "\n")
-    print(f"{args.task}: A {out['accuracy_a']:.4f} vs B {out['accuracy_b']:.4f} on {out['pairs']} pairs; "
-          f"McNemar p = {out['mcnemar_p']:.3g} ({out['only_a_right']} right only in A, {out['only_b_right']} only in B); "
-          f"difference {out['difference']:+.4f}, 95% bootstrap [{out['bootstrap_95'][0]:+.4f}, {out['bootstrap_95'][1]:+.4f}]")
+    print(
+        f"{args.task}: A {out['accuracy_a']:.4f} vs B {out['accuracy_b']:.4f} on {out['pairs']} pairs; "
+        f"McNemar p = {out['mcnemar_p']:.3g} ({out['only_a_right']} right only in A, {out['only_b_right']} only in B); "
+        f"difference {out['difference']:+.4f}, 95% bootstrap [{out['bootstrap_95'][0]:+.4f}, "
+        f"{out['bootstrap_95'][1]:+.4f}]"
+    )
     return 0

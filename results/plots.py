@@ -66,7 +66,9 @@ def training_curves(df, out: Path) -> Path | None:
     for i, (run, method) in enumerate(methods.items()):
         colour = colours[i % len(colours)]  # one colour per run in both panels
         rows = read_jsonl(Path(run) / "metrics.jsonl")
-        points = [(_x(r), r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), (int, float)) and not r.get("final")]
+        points = [
+            (_x(r), r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), (int, float)) and not r.get("final")
+        ]
         ce = [(_x(r), _ce_term(r, method)) for r in rows if _ce_term(r, method) is not None]
         label = Path(run).name + (" (ensemble)" if method.startswith("wml") else "")
         if points:
@@ -156,7 +158,10 @@ def learning_curves(df, out_prefix: Path) -> list[Path]:
         if file.is_file():
             curves[Path(run).name] = json.loads(file.read_text(encoding="utf-8"))["tasks"]
     tasks = sorted({task for per_task in curves.values() for task in per_task})
-    return [plot_curve(task, *curve_lines(curves, task), out_prefix.with_name(f"{out_prefix.name}-curve-{task}.png")) for task in tasks]
+    return [
+        plot_curve(task, *curve_lines(curves, task), out_prefix.with_name(f"{out_prefix.name}-curve-{task}.png"))
+        for task in tasks
+    ]
 
 
 def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> None:
@@ -168,7 +173,10 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> No
     for item in incomplete:
         print(f"incomplete: {item.run}: {item.reason}")
     if df.empty:
-        raise UserError(f"{', '.join(map(str, roots))}: no finished run (DONE) to collect" + (f"; {len(incomplete)} incomplete" if incomplete else ""))
+        raise UserError(
+            f"{', '.join(map(str, roots))}: no finished run (DONE) to collect"
+            + (f"; {len(incomplete)} incomplete" if incomplete else "")
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / f"{name}.csv", df.to_csv(index=False))
     table = markdown(df)

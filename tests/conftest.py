@@ -48,7 +48,9 @@ def slice_corpus(src: Path, dst: Path, lines: int) -> Path:
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m <args>` in a subprocess, as a user would type it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -80,9 +82,13 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
     assert not different, f"tensors differ: {different[:5]}"
 
 
-def start_and_kill(module: str, args: list[str], run: Path, after_step: int, sig: int = signal.SIGKILL) -> subprocess.Popen:
+def start_and_kill(
+    module: str, args: list[str], run: Path, after_step: int, sig: int = signal.SIGKILL
+) -> subprocess.Popen:
     """Start `python -m <module>`, send it `sig` (SIGKILL) once metrics.jsonl shows `after_step`, wait for its end."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     metrics = run / "metrics.jsonl"
     try:
@@ -103,7 +109,9 @@ def start_and_kill(module: str, args: list[str], run: Path, after_step: int, sig
 def freeze_when(module: str, args: list[str], condition, timeout: float = 300) -> subprocess.Popen:
     """Start `python -m <module>` and stop it (SIGSTOP) as soon as `condition()` holds, polled every 5 ms:
     the test then sees the run directory as the stopped process left it, and chooses the signal that follows."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline and not condition():
         time.sleep(0.005)
@@ -129,7 +137,10 @@ def stop_at_budget(module: str, args: list[str], run: Path, last: int, window: s
         proc.send_signal(signal.SIGKILL)
     else:
         proc = freeze_when(module, args, lambda: last - 1 in logged_steps(run / "metrics.jsonl"))
-        assert last not in logged_steps(run / "metrics.jsonl") and not (run / "checkpoints" / f"checkpoint-{last}").exists()
+        assert (
+            last not in logged_steps(run / "metrics.jsonl")
+            and not (run / "checkpoints" / f"checkpoint-{last}").exists()
+        )
         proc.send_signal(signal.SIGUSR2)  # delivered when it continues, inside step <last>
     proc.send_signal(signal.SIGCONT)
     proc.stderr_text = proc.communicate(timeout=300)[1]
@@ -141,8 +152,15 @@ def tiny_llama(hidden: int, layers: int, vocab: int = 48, seed: int = 0):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.for_model("llama", vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                               intermediate_size=2 * hidden, max_position_embeddings=32)
+    cfg = AutoConfig.for_model(
+        "llama",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg)
 
@@ -169,9 +187,18 @@ def workdir(tmp_path) -> Path:
 @pytest.fixture
 def demo_args(demo_root, cache_dir, tmp_path) -> list[str]:
     """Overrides that point the demo teacher recipe at the test's corpus, cache and output folder; short training."""
-    return ["config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
-            f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}", "train.max_steps=30", "train.save_steps=10",
-            "train.eval_steps=10", "train.logging_steps=5", "optim.warmup_steps=5"]
+    return [
+        "config/runs/demo-teacher.yaml",
+        f"data.train_dir={demo_root / 'train'}",
+        f"data.dev_dir={demo_root / 'dev'}",
+        f"data.cache_dir={cache_dir}",
+        f"output.dir={tmp_path / 'runs'}",
+        "train.max_steps=30",
+        "train.save_steps=10",
+        "train.eval_steps=10",
+        "train.logging_steps=5",
+        "optim.warmup_steps=5",
+    ]
 
 
 def call(main, *argv: str) -> subprocess.CompletedProcess:

@@ -16,8 +16,19 @@ import sys
 import time
 from pathlib import Path
 
-BINARIES = ("munged", "mungekey", "mariadbd", "mariadb-install-db", "mariadb", "slurmdbd", "slurmctld", "slurmd", "sbatch",
-            "sacctmgr", "scontrol")
+BINARIES = (
+    "munged",
+    "mungekey",
+    "mariadbd",
+    "mariadb-install-db",
+    "mariadb",
+    "slurmdbd",
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "sacctmgr",
+    "scontrol",
+)
 PORTS = {"ctld": 16817, "slurmd": 16818, "dbd": 16819, "mysql": 13306}
 
 
@@ -139,29 +150,75 @@ def _start(d: Path) -> dict[str, str]:
     if not key.exists():
         subprocess.run([_which("mungekey"), "--create", f"--keyfile={key}"], check=True)
         key.chmod(0o400)
-    subprocess.run([_which("munged"), f"--key-file={key}", f"--socket={d}/munge/munge.socket", f"--pid-file={d}/munge/munged.pid",
-                    f"--log-file={d}/munge/munged.log", f"--seed-file={d}/munge/munged.seed", "--force"], check=True)
+    subprocess.run(
+        [
+            _which("munged"),
+            f"--key-file={key}",
+            f"--socket={d}/munge/munge.socket",
+            f"--pid-file={d}/munge/munged.pid",
+            f"--log-file={d}/munge/munged.log",
+            f"--seed-file={d}/munge/munged.seed",
+            "--force",
+        ],
+        check=True,
+    )
     data = d / "db" / "data"
     if not data.exists():
-        subprocess.run([_which("mariadb-install-db"), "--user=root", f"--datadir={data}", "--auth-root-authentication-method=normal"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                _which("mariadb-install-db"),
+                "--user=root",
+                f"--datadir={data}",
+                "--auth-root-authentication-method=normal",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     sock = d / "db" / "mysql.sock"
-    subprocess.Popen([_which("mariadbd"), "--user=root", f"--datadir={data}", f"--socket={sock}", "--bind-address=127.0.0.1",
-                      f"--port={PORTS['mysql']}", f"--pid-file={d}/db/mariadb.pid", f"--log-error={d}/db/mariadb.log"],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen(
+        [
+            _which("mariadbd"),
+            "--user=root",
+            f"--datadir={data}",
+            f"--socket={sock}",
+            "--bind-address=127.0.0.1",
+            f"--port={PORTS['mysql']}",
+            f"--pid-file={d}/db/mariadb.pid",
+            f"--log-error={d}/db/mariadb.log",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     sql = [_which("mariadb"), f"--socket={sock}", "-uroot"]
     _wait(lambda: subprocess.run([*sql, "-e", "select 1"], capture_output=True).returncode == 0, "mariadbd")
-    subprocess.run([*sql, "-e", "create database if not exists slurm_acct_db; "
-                    "create user if not exists 'slurm'@'localhost' identified by 'babydistill'; "
-                    "create user if not exists 'slurm'@'127.0.0.1' identified by 'babydistill'; "
-                    "grant all on slurm_acct_db.* to 'slurm'@'localhost'; grant all on slurm_acct_db.* to 'slurm'@'127.0.0.1';"],
-                   check=True)
+    subprocess.run(
+        [
+            *sql,
+            "-e",
+            "create database if not exists slurm_acct_db; "
+            "create user if not exists 'slurm'@'localhost' identified by 'babydistill'; "
+            "create user if not exists 'slurm'@'127.0.0.1' identified by 'babydistill'; "
+            "grant all on slurm_acct_db.* to 'slurm'@'localhost'; grant all on slurm_acct_db.* to 'slurm'@'127.0.0.1';",
+        ],
+        check=True,
+    )
     subprocess.run([_which("slurmdbd")], env=env, check=True)
     _wait(lambda: (d / "slurmdbd.pid").exists() and _alive(d / "slurmdbd.pid"), "slurmdbd")
-    _wait(lambda: subprocess.run([_which("sacctmgr"), "-i", "add", "cluster", "babydistill"], env=env,
-                                 capture_output=True).returncode == 0 or
-          "babydistill" in subprocess.run([_which("sacctmgr"), "-n", "list", "cluster"], env=env, capture_output=True, text=True).stdout,
-          "slurmdbd to accept the cluster")
+    _wait(
+        lambda: (
+            subprocess.run(
+                [_which("sacctmgr"), "-i", "add", "cluster", "babydistill"], env=env, capture_output=True
+            ).returncode
+            == 0
+            or "babydistill"
+            in subprocess.run(
+                [_which("sacctmgr"), "-n", "list", "cluster"], env=env, capture_output=True, text=True
+            ).stdout
+        ),
+        "slurmdbd to accept the cluster",
+    )
     subprocess.run([_which("slurmctld"), "-f", str(conf)], env=env, check=True)
     subprocess.run([_which("slurmd"), "-f", str(conf)], env=env, check=True)
 
@@ -175,7 +232,13 @@ def _start(d: Path) -> dict[str, str]:
 def stop(d: Path) -> None:
     """Stop the daemons (by pid file) in the reverse order; the folder is left for inspection."""
     d = d.resolve()
-    for pid_file in (d / "slurmd.pid", d / "slurmctld.pid", d / "slurmdbd.pid", d / "db" / "mariadb.pid", d / "munge" / "munged.pid"):
+    for pid_file in (
+        d / "slurmd.pid",
+        d / "slurmctld.pid",
+        d / "slurmdbd.pid",
+        d / "db" / "mariadb.pid",
+        d / "munge" / "munged.pid",
+    ):
         if pid_file.exists() and _alive(pid_file):
             pid = int(pid_file.read_text().strip())
             os.kill(pid, signal.SIGTERM)

@@ -28,7 +28,9 @@ def tokenizers(request, tmp_path_factory):
         demo = request.getfixturevalue("demo_root")
         student = train_bpe(sorted((demo / "train").glob("*")), 512, 2, folder / "tok")
     else:
-        student = train_bpe([shared("babylm_2023_partial", "dev", name) for name in BABYLM_DEV], 1000, 2, folder / "tok")
+        student = train_bpe(
+            [shared("babylm_2023_partial", "dev", name) for name in BABYLM_DEV], 1000, 2, folder / "tok"
+        )
     return student, AutoTokenizer.from_pretrained(str(shared("hf_tiny_gpt2")))
 
 
@@ -46,7 +48,8 @@ def real_lines(n_per_source: int = 60) -> list[str]:
 
 
 def packed_blocks(tokenizer, lines: list[str], block: int) -> torch.Tensor:
-    """As tokenizer/prepare.py packs: each line with its BOS, concatenated, cut into blocks (mid-word, mid-character)."""
+    """As tokenizer/prepare.py packs: each line with its BOS, concatenated, cut into blocks (mid-word,
+    mid-character)."""
     ids = [i for line in lines for i in tokenizer(line)["input_ids"]]
     return torch.tensor(ids[: len(ids) // block * block]).view(-1, block)
 
@@ -57,7 +60,10 @@ def naive_index(student, teacher, s_ids: list[int], t_ids: list[int]) -> list[in
     inside a character (its decoded text is not a prefix of the whole)."""
     def keys(tok, ids):
         special = set(tok.all_special_ids)
-        return [(tok.decode(ids[:i + 1], skip_special_tokens=True), sum(x in special for x in ids[:i + 1])) for i in range(len(ids))]
+        return [
+            (tok.decode(ids[: i + 1], skip_special_tokens=True), sum(x in special for x in ids[: i + 1]))
+            for i in range(len(ids))
+        ]
 
     whole = student.decode(s_ids, skip_special_tokens=True)
     t_keys = keys(teacher, t_ids)
@@ -100,7 +106,9 @@ def test_alignment_matches_the_naive_reference_on_real_text(tokenizers, block):
         aligned += int((r.index[b] >= 0).sum())
         total += len(s_ids)
     # every line start (BOS) is aligned, and many word ends are: a small BPE splits words GPT-2 keeps whole
-    assert all(r.index[b, i] >= 0 for b in range(len(blocks)) for i in range(block) if blocks[b, i] == student.bos_token_id)
+    assert all(
+        r.index[b, i] >= 0 for b in range(len(blocks)) for i in range(block) if blocks[b, i] == student.bos_token_id
+    )
     assert 0.2 < aligned / total < 1.0, aligned / total
 
 
@@ -137,7 +145,9 @@ def test_a_student_tokenizer_that_is_not_byte_level_is_refused(tokenizers):
     wp = Tokenizer(models.WordPiece({"[UNK]": 0, "the": 1, "cat": 2}, unk_token="[UNK]"))
     wp.pre_tokenizer = pre_tokenizers.Whitespace()
     with pytest.raises(UserError, match="byte-level student tokenizer"):
-        CrossTokenizer(PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]"), tokenizers[1], "distill.teachers[0]")
+        CrossTokenizer(
+            PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]"), tokenizers[1], "distill.teachers[0]"
+        )
 
 
 def test_a_teacher_tokenizer_that_is_not_fast_is_refused(tokenizers, tmp_path):

@@ -16,8 +16,9 @@ def tiny_gpt2(hidden: int, layers: int, heads: int = 2, vocab: int = 48, seed: i
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads,
-                                                                 n_positions=32))
+    return AutoModelForCausalLM.from_config(
+        AutoConfig.for_model("gpt2", vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=32)
+    )
 
 
 def reference(student, teacher, heads, relations, mask, n_tokens):
@@ -100,7 +101,10 @@ def test_gradients_reach_the_students_projections_through_the_wrapper_and_the_fo
     from distill.teachers import Teacher
     from distill.wrapper import DistillationWrapper
 
-    teachers_m = [tiny_gpt2(24, 3, heads=4, seed=1).eval().requires_grad_(False), tiny_llama(32, 2, seed=2).eval().requires_grad_(False)]
+    teachers_m = [
+        tiny_gpt2(24, 3, heads=4, seed=1).eval().requires_grad_(False),
+        tiny_llama(32, 2, seed=2).eval().requires_grad_(False),
+    ]
     teachers = [Teacher("gpt2", teachers_m[0], 1.0, [], 24, 3), Teacher("llama", teachers_m[1], 1.0, [], 32, 2)]
     losses = LossesConfig()
     losses.ce.weight, losses.attention_relation.weight = 1.0, 0.5
@@ -108,7 +112,9 @@ def test_gradients_reach_the_students_projections_through_the_wrapper_and_the_fo
     student = tiny_llama(16, 2)
     wrapper = DistillationWrapper(student, teachers, losses)
     assert wrapper.student_qkv == [0] and wrapper.teacher_qkv == [[1], [1]]
-    assert "0.5*attention_relation(qq+kk+vv, student block 0 <- teacher blocks [1, 1], 2 heads)" in wrapper.formula(teachers)
+    assert "0.5*attention_relation(qq+kk+vv, student block 0 <- teacher blocks [1, 1], 2 heads)" in wrapper.formula(
+        teachers
+    )
 
     from distill.attention import capture_qkv
     from distill.teachers import TeacherOutput
@@ -139,11 +145,17 @@ def test_layers_out_of_range_and_heads_that_do_not_divide_are_one_line_errors():
             setattr(losses.attention_relation, k, v)
         return DistillationWrapper(tiny_llama(16, 2), [teacher], losses)
 
-    with pytest.raises(UserError, match=r"attention_relation.student_layer: block 2 is out of range: the student has 2 blocks"):
+    with pytest.raises(
+        UserError, match=r"attention_relation.student_layer: block 2 is out of range: the student has 2 blocks"
+    ):
         build(student_layer=2)
-    with pytest.raises(UserError, match=r"attention_relation.teacher_layer: block -4 is out of range: teacher gpt2 has 3 blocks"):
+    with pytest.raises(
+        UserError, match=r"attention_relation.teacher_layer: block -4 is out of range: teacher gpt2 has 3 blocks"
+    ):
         build(teacher_layer=-4)
-    with pytest.raises(UserError, match=r"attention_relation.heads: 5 relation heads do not divide the 16-wide q of the student"):
+    with pytest.raises(
+        UserError, match=r"attention_relation.heads: 5 relation heads do not divide the 16-wide q of the student"
+    ):
         build(heads=5)
     assert build(student_layer=-2, teacher_layer=-1).term("attention_relation").qkv_layers() == ([0], [[2]])
 
@@ -153,7 +165,10 @@ def test_golden_value():
 
     s, t = qkv((8, 8, 8), 3), qkv((12, 12, 12), 4)
     rows, _ = scored_positions(torch.ones(2, 6, dtype=torch.long))
-    assert round(float(L.attention_relation(s, [t], 2, ["qq", "kk", "vv"], rows, 10.0)), 5) == pytest.approx(GOLDEN, abs=2e-5)
+    assert round(float(L.attention_relation(s, [t], 2, ["qq", "kk", "vv"], rows, 10.0)), 5) == pytest.approx(
+        GOLDEN, abs=2e-5
+    )
 
 
-GOLDEN = 1.01375  # computed once by this implementation after the reference test passed; a change here is a change of the loss
+# computed once by this implementation after the reference test passed; a change here is a change of the loss
+GOLDEN = 1.01375

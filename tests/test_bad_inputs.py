@@ -67,8 +67,18 @@ def model_copy(model_dir: Path, dest: Path) -> Path:
 
 
 def train_args(demo_root, cache_dir, out: Path, *extra: str) -> list[str]:
-    return [DEMO, f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
-            f"output.dir={out}", "train.max_steps=20", "train.save_steps=10", "train.eval_steps=10", "optim.warmup_steps=5", *extra]
+    return [
+        DEMO,
+        f"data.train_dir={demo_root / 'train'}",
+        f"data.dev_dir={demo_root / 'dev'}",
+        f"data.cache_dir={cache_dir}",
+        f"output.dir={out}",
+        "train.max_steps=20",
+        "train.save_steps=10",
+        "train.eval_steps=10",
+        "optim.warmup_steps=5",
+        *extra,
+    ]
 
 
 # --------------------------------------------------------------------------- 1. NaN is never scored as correct
@@ -112,9 +122,18 @@ def test_non_finite_items_count_wrong_and_the_files_stay_valid_json(tmp_path):
     # a correlation task (WUG) with a non-finite item has no rho, and its 2025 predictions carry null
     from eval.report import write_official
 
-    wug = Task("wug", TaskSpec(choice_list="sentences", metric="spearman", target="ratio"), Path("wug.yaml"),
-               [Item("wug", i, f"w.jsonl:{i + 1}", "", ["a", "b"], 0, sentences=["a", "b"], completions=["a", "b"], target=t)
-                for i, t in enumerate([0.1, 0.5, 0.9, 0.3])], "w/*.jsonl")
+    wug = Task(
+        "wug",
+        TaskSpec(choice_list="sentences", metric="spearman", target="ratio"),
+        Path("wug.yaml"),
+        [
+            Item(
+                "wug", i, f"w.jsonl:{i + 1}", "", ["a", "b"], 0, sentences=["a", "b"], completions=["a", "b"], target=t
+            )
+            for i, t in enumerate([0.1, 0.5, 0.9, 0.3])
+        ],
+        "w/*.jsonl",
+    )
     summary = summarise(wug, scores, *decide(scores, np.zeros(4, int))[1:])
     assert summary["metric"] == "spearman" and np.isnan(summary["score"]) and summary["non_finite"] == 2
     official = strict(write_official(tmp_path, wug, scores).read_text())["wug"]["predictions"]
@@ -177,17 +196,28 @@ def test_overwrite_removes_only_a_run_directory_of_ours(tmp_path, demo_root, cac
     assert snapshot(folder) == before
 
 
-# --------------------------------------------------------------------------- 5. one process per run directory, one launcher per grid
+# -------------------------------------------------------------- 5. one process per run directory, one launcher per grid
+
 
 def test_a_second_process_on_a_run_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, demo_root, cache_dir):
     from common.paths import FolderLock
     from train.__main__ import main
 
     run = tmp_path / "runs" / "demo" / "teacher"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from common.paths import FolderLock; "
-        "lock = FolderLock(sys.argv[2]); lock.__enter__(); print('held', flush=True); time.sleep(120)"), str(ROOT), str(run)],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; sys.path.insert(0, sys.argv[1]); from common.paths import FolderLock; "
+                "lock = FolderLock(sys.argv[2]); lock.__enter__(); print('held', flush=True); time.sleep(120)"
+            ),
+            str(ROOT),
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         proc = call(main, *train_args(demo_root, cache_dir, tmp_path / "runs"), "--resume")
@@ -213,8 +243,13 @@ def test_two_launchers_on_one_grid(workdir, tmp_path):
     grid.write_text(f"name: g\noutput_dir: {tmp_path / 'runs'}\nexecutor: {{kind: debug}}\n"
                     f"stages:\n  - name: s\n    recipes: [config/runs/demo-teacher.yaml]\n")
     with FolderLock(tmp_path / "runs" / "g" / "_grid"):
-        proc = subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), str(grid)], cwd=workdir, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "launch_grid.py"), str(grid)],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert_user_error(proc, "another launcher is running this grid", f"pid {os.getpid()}")
     assert not (tmp_path / "runs" / "g" / "teacher").exists()
 
@@ -236,7 +271,9 @@ def test_a_checkpoint_with_a_missing_file_is_not_used_and_torn_saves_get_free_na
     (ckpts / "corrupt-checkpoint-30" / "model.safetensors").write_bytes(b"\0" * 10)
     proc = ok(run_cli("train", *args, "--resume"))
     assert "checkpoint-30 is unusable (optimizer.pt is missing)" in proc.stderr
-    assert "moved to corrupt-checkpoint-30.2" in proc.stderr and f"resuming from {ckpts / 'checkpoint-20'}" in proc.stdout
+    assert (
+        "moved to corrupt-checkpoint-30.2" in proc.stderr and f"resuming from {ckpts / 'checkpoint-20'}" in proc.stdout
+    )
     assert (ckpts / "corrupt-checkpoint-30" / "model.safetensors").read_bytes() == b"\0" * 10  # the older one is kept
     assert_bitwise_equal(weights(run / "model"), reference)
 
@@ -260,7 +297,8 @@ def test_checkpoint_validator_needs_every_part(tmp_path):
     assert "rng_state.pth has 2 bytes, not the 1" in checkpoint_problem(ckpt)
 
 
-# --------------------------------------------------------------------------- 8, 9. grids: safe point names, checks before anything runs
+# ----------------------------------------------------------- 8, 9. grids: safe point names, checks before anything runs
+
 
 def test_grid_point_names_are_safe_single_folders(workdir, tmp_path):
     from grid.plan import expand, load_grid
@@ -281,8 +319,11 @@ def test_grid_point_names_are_safe_single_folders(workdir, tmp_path):
 
 def test_two_spellings_of_one_value_are_one_point(workdir, tmp_path):
     grid = workdir / "g.yaml"
-    grid.write_text(f"name: g\noutput_dir: {tmp_path / 'runs'}\nstages:\n  - name: s\n    recipes: [config/runs/demo-teacher.yaml]\n"
-                    f"    axes: {{optim.lr: [0.001, \"1e-3\"]}}\n")
+    grid.write_text(
+        f"name: g\noutput_dir: {tmp_path / 'runs'}\nstages:\n  - name: s\n    recipes: "
+        "[config/runs/demo-teacher.yaml]\n"
+        f'    axes: {{optim.lr: [0.001, "1e-3"]}}\n'
+    )
     proc = subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), str(grid), "--dry-run"], cwd=workdir,
                           capture_output=True, text=True, timeout=300)
     assert_user_error(proc, "an axis lists one value twice", "0.001 and 1e-3", "remove the repeat")
@@ -297,7 +338,11 @@ def test_two_spellings_of_one_value_are_one_point(workdir, tmp_path):
     ({"stages[0].axes": {"train.seed": [-1]}}, ("train.seed", "at least 0")),
 ])
 def test_grid_checks_come_before_any_training(change, needles, workdir, tmp_path):
-    raw = {"name": "g", "output_dir": str(tmp_path / "runs"), "stages": [{"name": "s", "recipes": ["config/runs/demo-teacher.yaml"]}]}
+    raw = {
+        "name": "g",
+        "output_dir": str(tmp_path / "runs"),
+        "stages": [{"name": "s", "recipes": ["config/runs/demo-teacher.yaml"]}],
+    }
     for key, value in change.items():
         if key.startswith("stages[0]."):
             raw["stages"][0][key.split(".", 1)[1]] = value
@@ -323,24 +368,45 @@ def _finetune_folder(tmp_path: Path, bad_line: str | None) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("change, needles", [
-    ({"finetune": ["demo_acceptabilty"]}, ("finetune[0]", "'demo_acceptabilty'", "demo_acceptability")),
-    ({"finetune": ["demo_pairs"]}, ("finetune[0]", "not a fine-tuning task")),
-    ({"finetune": ["demo_acceptability"], "tasks": ["demo_pairs", "demo_acceptability"]}, ("tasks[1]", "unknown task")),
-    ({"finetune": ["demo_acceptability"], "finetune_data_dir": "MISSING"}, ("finetune_data_dir", "MISSING", "no such folder")),
-    ({"finetune": ["demo_acceptability"], "finetune_data_dir": "BAD:{\"sentence\": \"x\", \"label\": 7}"},
-     ("demo_acceptability.train.jsonl:5", "label 7", "classes 0..1")),
-    ({"finetune": ["demo_acceptability"], "finetune_data_dir": "BAD:{\"text\": \"x\", \"label\": 0}"},
-     ("demo_acceptability.train.jsonl:5", "no field 'sentence'")),
-    ({"finetune": ["demo_acceptability"], "select": {"stage": "s", "metric": "demo_acceptabilty"}}, ("select.metric", "demo_acceptability")),
-])
+@pytest.mark.parametrize(
+    "change, needles",
+    [
+        ({"finetune": ["demo_acceptabilty"]}, ("finetune[0]", "'demo_acceptabilty'", "demo_acceptability")),
+        ({"finetune": ["demo_pairs"]}, ("finetune[0]", "not a fine-tuning task")),
+        (
+            {"finetune": ["demo_acceptability"], "tasks": ["demo_pairs", "demo_acceptability"]},
+            ("tasks[1]", "unknown task"),
+        ),
+        (
+            {"finetune": ["demo_acceptability"], "finetune_data_dir": "MISSING"},
+            ("finetune_data_dir", "MISSING", "no such folder"),
+        ),
+        (
+            {"finetune": ["demo_acceptability"], "finetune_data_dir": 'BAD:{"sentence": "x", "label": 7}'},
+            ("demo_acceptability.train.jsonl:5", "label 7", "classes 0..1"),
+        ),
+        (
+            {"finetune": ["demo_acceptability"], "finetune_data_dir": 'BAD:{"text": "x", "label": 0}'},
+            ("demo_acceptability.train.jsonl:5", "no field 'sentence'"),
+        ),
+        (
+            {"finetune": ["demo_acceptability"], "select": {"stage": "s", "metric": "demo_acceptabilty"}},
+            ("select.metric", "demo_acceptability"),
+        ),
+    ],
+)
 def test_grid_finetune_checks_come_before_any_training(change, needles, workdir, tmp_path, monkeypatch):
     """A grid's fine-tuning tasks: an unknown name, a folder that is not there, a bad line in a split file: one line,
     exit 2, before the first point trains (in-process: launch_grid.main)."""
     import launch_grid
 
-    raw = {"name": "g", "output_dir": str(tmp_path / "runs"), "stages": [{"name": "s", "recipes": ["config/runs/demo-teacher.yaml"]}],
-           "executor": {"kind": "debug"}, **change}
+    raw = {
+        "name": "g",
+        "output_dir": str(tmp_path / "runs"),
+        "stages": [{"name": "s", "recipes": ["config/runs/demo-teacher.yaml"]}],
+        "executor": {"kind": "debug"},
+        **change,
+    }
     folder = raw.get("finetune_data_dir", "")
     if folder == "MISSING":
         raw["finetune_data_dir"] = str(tmp_path / "MISSING")
@@ -369,21 +435,41 @@ def test_the_debug_executor_runs_every_point_when_one_breaks(tmp_path, monkeypat
     points = [Point("g", "s", n, "r.yaml", "train", {}, {}, str(tmp_path / n), []) for n in "abc"]
     failed = executors.run_debug(points, tmp_path, None, Reporter("s", len(points)))
     assert ran == ["a", "b", "c"]
-    assert [(p.name, why.split(" (")[0]) for p, why in failed] == [("b", "ZeroDivisionError: a defect inside one point")]
+    assert [(p.name, why.split(" (")[0]) for p, why in failed] == [
+        ("b", "ZeroDivisionError: a defect inside one point")
+    ]
     out = capsys.readouterr().out  # one line as each point starts and ends; the failure says what broke
-    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")] == ["a", "a", "b", "b", "c", "c"]
+    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")] == [
+        "a",
+        "a",
+        "b",
+        "b",
+        "c",
+        "c",
+    ]
     assert "b: FAILED after" in out and "ZeroDivisionError: a defect inside one point" in out
     assert "ZeroDivisionError" in (tmp_path / "b" / "logs" / "debug-executor-error.txt").read_text()
 
 
-# --------------------------------------------------------------------------- 9. run checks before anything is written (the class)
+# ----------------------------------------------------------------- 9. run checks before anything is written (the class)
 
-@pytest.mark.parametrize("override, key", [
-    ("optim.lr=nan", "optim.lr"), ("optim.lr=inf", "optim.lr"), ("optim.beta1=1.0", "optim.beta1"), ("optim.beta2=-0.1", "optim.beta2"),
-    ("train.seed=-1", "train.seed"), ("train.num_workers=-1", "train.num_workers"), ("model.overrides.n_head=0", "model.overrides.n_head"),
-    ("tokenizer.min_frequency=-1", "tokenizer.min_frequency"), ("data.train_fraction=nan", "data.train_fraction"),
-    ("tokenizer.vocab_size=261", "tokenizer.vocab_size"), ("train.precision=bf16", "train.precision"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.lr=nan", "optim.lr"),
+        ("optim.lr=inf", "optim.lr"),
+        ("optim.beta1=1.0", "optim.beta1"),
+        ("optim.beta2=-0.1", "optim.beta2"),
+        ("train.seed=-1", "train.seed"),
+        ("train.num_workers=-1", "train.num_workers"),
+        ("model.overrides.n_head=0", "model.overrides.n_head"),
+        ("tokenizer.min_frequency=-1", "tokenizer.min_frequency"),
+        ("data.train_fraction=nan", "data.train_fraction"),
+        ("tokenizer.vocab_size=261", "tokenizer.vocab_size"),
+        ("train.precision=bf16", "train.precision"),
+    ],
+)
 def test_bad_values_are_refused_before_the_run_directory_exists(override, key, tmp_path, demo_root, cache_dir):
     from train.__main__ import main
 
@@ -452,7 +538,8 @@ def test_an_override_is_blamed_on_the_command_line_and_a_list_item_on_its_line(t
         load(DistillRunConfig, recipe, ["optim.lr=-1"])
 
 
-# --------------------------------------------------------------------------- 10. corrupt or unreadable inputs: one line, the file named
+# ----------------------------------------------------------- 10. corrupt or unreadable inputs: one line, the file named
+
 
 def test_yaml_that_is_not_utf8_or_names_a_key_twice(tmp_path):
     from train.__main__ import main
@@ -497,7 +584,9 @@ def test_eval_device_length_and_task_list(model_dir, demo_root):
 
     base = [model_dir, "--data-dir", demo_root, "--no-progress"]
     assert_user_error(call(main, *base, "--tasks", "demo_pairs", "--device", "cuda"), "--device cuda", "CPU build")
-    assert_user_error(call(main, *base, "--tasks", "demo_pairs", "--max-length", "100000"), "--max-length 100000", "positions")
+    assert_user_error(
+        call(main, *base, "--tasks", "demo_pairs", "--max-length", "100000"), "--max-length 100000", "positions"
+    )
     assert_user_error(call(main, *base, "--tasks", ","), "--tasks ','", "names no task")
 
 
@@ -520,7 +609,9 @@ def test_damaged_archives_are_one_line(tmp_path, model_dir):
     for i in range(start + 50, start + 4000, 7):
         zdata[i] ^= 0x5A
     damaged.write_bytes(bytes(zdata))
-    proc = call(main, model_dir, "--tasks", "ewok_filtered", "--ewok-zip", damaged, "--ewok-password", "ewok", "--no-progress")
+    proc = call(
+        main, model_dir, "--tasks", "ewok_filtered", "--ewok-zip", damaged, "--ewok-password", "ewok", "--no-progress"
+    )
     assert_user_error(proc, str(damaged))
     no_traceback(proc)
 
@@ -536,7 +627,9 @@ def test_download_says_when_it_wrote_nothing(tmp_path):
     raw = shared("blimp_full.tar.gz").read_bytes()
     truncated = tmp_path / "blimp.tar.gz"
     truncated.write_bytes(raw[: len(raw) // 2])
-    assert_user_error(call(main, "download", "--from", truncated, "--dest", tmp_path / "dest"), str(truncated), "download it again")
+    assert_user_error(
+        call(main, "download", "--from", truncated, "--dest", tmp_path / "dest"), str(truncated), "download it again"
+    )
 
 
 def test_valid_jsonl_with_unicode_line_separators_inside_strings(tmp_path):
@@ -544,7 +637,10 @@ def test_valid_jsonl_with_unicode_line_separators_inside_strings(tmp_path):
 
     folder = tmp_path / "blimp_filtered"
     folder.mkdir()
-    rows = [{"sentence_good": "A\u2028b.", "sentence_bad": "A\u0085c.\x1c"}, {"sentence_good": "Ok.", "sentence_bad": "Ko."}]
+    rows = [
+        {"sentence_good": "A\u2028b.", "sentence_bad": "A\u0085c.\x1c"},
+        {"sentence_good": "Ok.", "sentence_bad": "Ko."},
+    ]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     (folder / "p.jsonl").write_text(text, encoding="utf-8")
     assert len(text.splitlines()) > 2  # what str.splitlines would have made of it
@@ -603,7 +699,8 @@ def test_a_full_disk_during_training_then_the_same_command_works(tmp_path, demo_
         assert json.loads((out / "demo" / "teacher" / "DONE").read_text())["step"] == 20
 
 
-# --------------------------------------------------------------------------- 11. results and compare survive one bad run
+# -------------------------------------------------------------------------- 11. results and compare survive one bad run
+
 
 def test_collect_lists_each_bad_run_and_collects_the_rest(model_dir, tmp_path):
     from results.__main__ import main
@@ -615,7 +712,9 @@ def test_collect_lists_each_bad_run_and_collects_the_rest(model_dir, tmp_path):
         "config-list": lambda r: (r / "config.yaml").write_text("- a\n- b\n"),
         "runjson-list": lambda r: (r / "run.json").write_text("[1, 2]"),
         "gridjson-list": lambda r: (r / "grid.json").write_text("[]"),
-        "devloss-string": lambda r: (r / "run.json").write_text(json.dumps({**json.loads((good / "run.json").read_text()), "dev_loss": "low"})),
+        "devloss-string": lambda r: (r / "run.json").write_text(
+            json.dumps({**json.loads((good / "run.json").read_text()), "dev_loss": "low"})
+        ),
     }
     shutil.copytree(good, runs / "ok")
     for name, damage in damages.items():
@@ -639,13 +738,16 @@ def test_compare_refuses_bad_arguments_and_bad_pair_files(model_dir, tmp_path, d
     shutil.copytree(model_dir.parent, run)
     ok(call(eval_main, run / "model", "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress"))
     assert_user_error(call(main, "compare", run, run, "--task", "demo_pairs", "--samples", "0"), "--samples 0")
-    assert_user_error(call(main, "compare", run, run, "--task", "demo_pairs", "--out", tmp_path), f"--out {tmp_path}", "is a folder")
+    assert_user_error(
+        call(main, "compare", run, run, "--task", "demo_pairs", "--out", tmp_path), f"--out {tmp_path}", "is a folder"
+    )
     pairs = run / "eval" / "pairs" / "demo_pairs.jsonl"
     pairs.write_text(pairs.read_text() + "[1, 2]\n")
     assert_user_error(call(main, "compare", run, run, "--task", "demo_pairs"), f"{pairs}:", "not a pair record")
 
 
-# --------------------------------------------------------------------------- 12, 14. advice that holds, and silent wrong outcomes
+# ----------------------------------------------------------------- 12, 14. advice that holds, and silent wrong outcomes
+
 
 def test_tiny_corpus_is_not_told_to_use_a_vocabulary_below_the_minimum(tmp_path, cache_dir):
     from train.__main__ import main
@@ -653,14 +755,32 @@ def test_tiny_corpus_is_not_told_to_use_a_vocabulary_below_the_minimum(tmp_path,
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "switchboard.train").write_text("A:\tyes\nB:\tno\n")
-    proc = call(main, DEMO, "data.demo=false", f"data.train_dir={corpus}", "data.dev_dir=", f"data.cache_dir={tmp_path / 'c'}",
-                "tokenizer.vocab_size=300", "model.vocab_size=300", f"output.dir={tmp_path / 'runs'}")
+    proc = call(
+        main,
+        DEMO,
+        "data.demo=false",
+        f"data.train_dir={corpus}",
+        "data.dev_dir=",
+        f"data.cache_dir={tmp_path / 'c'}",
+        "tokenizer.vocab_size=300",
+        "model.vocab_size=300",
+        f"output.dir={tmp_path / 'runs'}",
+    )
     line = assert_user_error(proc, "data.train_dir", "too small for a BPE tokenizer")
     assert "vocab_size=2" not in line
     # a corpus too short for one block is named as the corpus, not as the cache folder
-    proc = call(main, DEMO, "data.demo=false", f"data.train_dir={corpus}", "data.dev_dir=", f"data.cache_dir={tmp_path / 'c'}",
-                "tokenizer.type=pretrained", f"tokenizer.name_or_path={shared('hf_tiny_gpt2')}", "model.vocab_size=50257",
-                f"output.dir={tmp_path / 'runs'}")
+    proc = call(
+        main,
+        DEMO,
+        "data.demo=false",
+        f"data.train_dir={corpus}",
+        "data.dev_dir=",
+        f"data.cache_dir={tmp_path / 'c'}",
+        "tokenizer.type=pretrained",
+        f"tokenizer.name_or_path={shared('hf_tiny_gpt2')}",
+        "model.vocab_size=50257",
+        f"output.dir={tmp_path / 'runs'}",
+    )
     assert_user_error(proc, f"{corpus} (data.train_dir)", "fewer than one block")
 
 
@@ -684,10 +804,19 @@ def test_per_teacher_weights_all_zero_and_cache_top_k_above_the_vocabulary(tmp_p
     recipe = tmp_path / "kd.yaml"
 
     def write(weight: float) -> Path:
-        recipe.write_text(yaml.safe_dump({"data": {"train_dir": "x"}, "student": {"arch": "llama-tiny", "vocab_size": 512},
-                                          "tokenizer": {"vocab_size": 512},
-                                          "distill": {"teachers": [{"path": str(tmp_path / "t"), "weight": weight}] * 2,
-                                                      "losses": {"logit_kd": {"weight": 1.0, "ensemble": "per_teacher"}}}}))
+        recipe.write_text(
+            yaml.safe_dump(
+                {
+                    "data": {"train_dir": "x"},
+                    "student": {"arch": "llama-tiny", "vocab_size": 512},
+                    "tokenizer": {"vocab_size": 512},
+                    "distill": {
+                        "teachers": [{"path": str(tmp_path / "t"), "weight": weight}] * 2,
+                        "losses": {"logit_kd": {"weight": 1.0, "ensemble": "per_teacher"}},
+                    },
+                }
+            )
+        )
         return recipe
 
     with pytest.raises(UserError, match="every teacher's weight is 0"):
@@ -711,10 +840,19 @@ def test_wml_seed_and_eval_tasks_are_checked_before_training(tmp_path):
 
 # --------------------------------------------------------------------------- 16. bookkeeping after a resume, and Ctrl-C
 
-def test_sigint_says_interrupted_and_resume_keeps_one_row_per_step_and_every_attempts_time(tmp_path, demo_root, cache_dir):
+def test_sigint_says_interrupted_and_resume_keeps_one_row_per_step_and_every_attempts_time(
+    tmp_path, demo_root, cache_dir
+):
     from conftest import start_and_kill
 
-    args = train_args(demo_root, cache_dir, tmp_path / "runs", "train.max_steps=40", "train.logging_steps=1", "data.train_fraction=0.05")
+    args = train_args(
+        demo_root,
+        cache_dir,
+        tmp_path / "runs",
+        "train.max_steps=40",
+        "train.logging_steps=1",
+        "data.train_fraction=0.05",
+    )
     run = tmp_path / "runs" / "demo" / "teacher"
     proc = start_and_kill("train", args, run, 25, signal.SIGINT)
     assert proc.returncode == 130 and "interrupted; rerun with --resume" in proc.stderr_text

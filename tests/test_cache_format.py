@@ -79,7 +79,9 @@ def test_the_kd_loss_from_each_format_matches_full_precision_for_a_near_student(
     dense = float(F.kl_div(F.log_softmax(student, -1), F.log_softmax(logits, -1), log_target=True, reduction="sum"))
     exact = float(cached_logit_kd(student, top, ids, rest, 1.0, 1))
     for fmt in C.FORMATS:
-        stored = float(cached_logit_kd(student, *C.decode(fmt, C.encode(fmt, top, ids, rest, 16_000), 128, 16_000), 1.0, 1))
+        stored = float(
+            cached_logit_kd(student, *C.decode(fmt, C.encode(fmt, top, ids, rest, 16_000), 128, 16_000), 1.0, 1)
+        )
         assert abs(stored - exact) < 1e-3 * dense, (fmt, stored, exact, dense)
 
 

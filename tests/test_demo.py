@@ -11,7 +11,9 @@ def test_deterministic_from_seed(tmp_path):
     b = demo.generate(tmp_path / "b", seed=3, n_sentences=500, pairs_per_phenomenon=20)
     c = demo.generate(tmp_path / "c", seed=4, n_sentences=500, pairs_per_phenomenon=20)
     files = [p.relative_to(a) for p in sorted(a.rglob("*")) if p.is_file()]
-    assert len(files) == 2 + len(demo.PHENOMENA) + 4  # corpus, dev, pairs, finetune/{demo_phenomenon,demo_acceptability}.*
+    assert (
+        len(files) == 2 + len(demo.PHENOMENA) + 4
+    )  # corpus, dev, pairs, finetune/{demo_phenomenon,demo_acceptability}.*
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert (a / "train" / "demo.train").read_bytes() != (c / "train" / "demo.train").read_bytes()
 
@@ -53,14 +55,18 @@ def test_pairs_are_blimp_format_and_held_out(demo_root):
 def test_finetune_tasks_are_balanced_and_held_out(demo_root):
     """Both fine-tuning tasks: balanced classes (acceptability: over labels and phenomena), no sentence from the corpus,
     the pairs, the other split or the other task."""
-    seen = set((demo_root / "train" / "demo.train").read_text().splitlines()) | set((demo_root / "dev" / "demo.dev").read_text().splitlines())
+    seen = set((demo_root / "train" / "demo.train").read_text().splitlines()) | set(
+        (demo_root / "dev" / "demo.dev").read_text().splitlines()
+    )
     for uid in demo.PHENOMENA:
         for line in (demo_root / "pairs" / f"{uid}.jsonl").read_text().splitlines():
             seen |= {json.loads(line)["sentence_good"], json.loads(line)["sentence_bad"]}
     sentences = {}
     for task, classes in (("demo_phenomenon", len(demo.PHENOMENA)), ("demo_acceptability", 2)):
         for split, n in (("train", 1000), ("valid", 200)):
-            rows = [json.loads(line) for line in (demo_root / "finetune" / f"{task}.{split}.jsonl").read_text().splitlines()]
+            rows = [
+                json.loads(line) for line in (demo_root / "finetune" / f"{task}.{split}.jsonl").read_text().splitlines()
+            ]
             assert len(rows) == n and sorted({r["label"] for r in rows}) == list(range(classes))
             assert all(sum(r["label"] == k for r in rows) == n // classes for k in range(classes))
             assert not any(r["sentence"] in seen for r in rows)

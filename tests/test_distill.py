@@ -1,4 +1,6 @@
-"""End to end: `python -m distill` on every demo recipe, accumulation invariance, resume, the teacher cache, bad inputs."""
+"""End to end: `python -m distill` on every demo recipe, accumulation invariance, resume, the teacher cache, bad
+inputs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +13,18 @@ import pytest
 import torch
 import yaml
 
-from conftest import (ROOT, assert_bitwise_equal, assert_user_error, call, ok, run_cli, shared, start_and_kill, stop_at_budget,
-                      weights)
+from conftest import (
+    ROOT,
+    assert_bitwise_equal,
+    assert_user_error,
+    call,
+    ok,
+    run_cli,
+    shared,
+    start_and_kill,
+    stop_at_budget,
+    weights,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +39,20 @@ def teachers(tmp_path_factory, demo_root, cache_dir) -> Path:
     `python -m train` into <root>/runs/demo/."""
     root = tmp_path_factory.mktemp("distill")
     for recipe, steps in (("demo-teacher", 60), ("demo-teacher-llama", 60), ("demo-teacher-gpt2tok", 20)):
-        ok(run_cli("train", f"config/runs/{recipe}.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
-                   f"data.cache_dir={cache_dir}", f"output.dir={root / 'runs'}", f"train.max_steps={steps}", "train.save_steps=1000",
-                   "train.eval_steps=1000", "optim.warmup_steps=5"))
+        ok(
+            run_cli(
+                "train",
+                f"config/runs/{recipe}.yaml",
+                f"data.train_dir={demo_root / 'train'}",
+                f"data.dev_dir={demo_root / 'dev'}",
+                f"data.cache_dir={cache_dir}",
+                f"output.dir={root / 'runs'}",
+                f"train.max_steps={steps}",
+                "train.save_steps=1000",
+                "train.eval_steps=1000",
+                "optim.warmup_steps=5",
+            )
+        )
     return root
 
 
@@ -42,9 +65,17 @@ def recipe_copy(name: str, teachers: Path, dest: Path) -> Path:
 
 
 def overrides(demo_root, cache_dir, out: Path, steps: int = 30) -> list[str]:
-    return [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
-            f"output.dir={out}", f"train.max_steps={steps}", "train.save_steps=10", "train.eval_steps=10", "train.logging_steps=5",
-            "optim.warmup_steps=5"]
+    return [
+        f"data.train_dir={demo_root / 'train'}",
+        f"data.dev_dir={demo_root / 'dev'}",
+        f"data.cache_dir={cache_dir}",
+        f"output.dir={out}",
+        f"train.max_steps={steps}",
+        "train.save_steps=10",
+        "train.eval_steps=10",
+        "train.logging_steps=5",
+        "optim.warmup_steps=5",
+    ]
 
 
 def metrics(run: Path) -> list[dict]:
@@ -64,7 +95,11 @@ def test_demo_recipe_trains_and_exports_a_plain_student(name, teachers, demo_roo
     before = teacher_hashes(teachers)
     recipe = recipe_copy(name, teachers, tmp_path)
     raw = yaml.safe_load(recipe.read_text())
-    proc = ok(run_cli("distill", str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs"), "train.word_checkpoints=1k"))
+    proc = ok(
+        run_cli(
+            "distill", str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs"), "train.word_checkpoints=1k"
+        )
+    )
     active = [k for k, v in raw["distill"]["losses"].items() if v.get("weight", 0) > 0]
     assert "loss = " in proc.stdout and all(k in proc.stdout.split("loss = ", 1)[1].splitlines()[0] for k in active)
     run = tmp_path / "runs" / "demo" / raw["output"]["name"]
@@ -83,7 +118,9 @@ def test_demo_recipe_trains_and_exports_a_plain_student(name, teachers, demo_roo
     milestone = run / "milestones" / "chck_1k"
     assert AutoModelForCausalLM.from_pretrained(milestone).config.model_type == model.config.model_type
     assert weights(milestone).keys() == exported.keys() and (milestone / "tokenizer.json").exists()
-    assert 1000 <= json.loads((milestone / "words_seen.json").read_text())["words_seen"] < 1000 + 16 * 64  # <= a word per token
+    assert (
+        1000 <= json.loads((milestone / "words_seen.json").read_text())["words_seen"] < 1000 + 16 * 64
+    )  # <= a word per token
     # checkpoints hold the trainable parts of the loss as well
     ckpt = sorted((run / "checkpoints").glob("checkpoint-*"))[-1]
     saved = weights(ckpt)
@@ -102,14 +139,28 @@ def test_teachers_with_their_own_and_the_shared_tokenizer_together(teachers, dem
     recipe = recipe_copy("demo-uld", teachers, tmp_path)
     both = (f"distill.teachers=[{{path: {teachers}/runs/demo/teacher-gpt2tok/model, tokenizer: own}}, "
             f"{{path: {teachers}/runs/demo/teacher/model}}]")
-    proc = ok(run_cli("distill", str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs", steps=10), both,
-                      "distill.losses.hidden_mse.weight=0.5", "distill.losses.contrastive.weight=0.1", "train.logging_steps=1"))
+    proc = ok(
+        run_cli(
+            "distill",
+            str(recipe),
+            *overrides(demo_root, cache_dir, tmp_path / "runs", steps=10),
+            both,
+            "distill.losses.hidden_mse.weight=0.5",
+            "distill.losses.contrastive.weight=0.1",
+            "train.logging_steps=1",
+        )
+    )
     assert "0.5*uld(T=1 + 0.5*KL(shared tokens))" in proc.stdout and "teacher-gpt2tok {" in proc.stdout
     rows = [r for r in metrics(tmp_path / "runs" / "demo" / "uld") if "loss" in r]
-    assert all(math.isfinite(r[f"loss/{k}"]) and r[f"loss/{k}"] > 0 for r in rows for k in ("uld", "hidden_mse", "contrastive"))
+    assert all(
+        math.isfinite(r[f"loss/{k}"]) and r[f"loss/{k}"] > 0 for r in rows for k in ("uld", "hidden_mse", "contrastive")
+    )
     assert rows[-1]["loss"] < rows[0]["loss"]
     saved = weights(sorted((tmp_path / "runs" / "demo" / "uld" / "checkpoints").glob("checkpoint-*"))[-1])
-    assert all(any(k.startswith(f"projections.{part}") for k in saved) for part in ("hidden_t0_", "hidden_t1_", "contrastive_t0", "contrastive_t1"))
+    assert all(
+        any(k.startswith(f"projections.{part}") for k in saved)
+        for part in ("hidden_t0_", "hidden_t1_", "contrastive_t0", "contrastive_t1")
+    )
 
 
 def test_warm_start_begins_from_the_checkpoint(teachers, demo_root, cache_dir, tmp_path):
@@ -117,19 +168,38 @@ def test_warm_start_begins_from_the_checkpoint(teachers, demo_root, cache_dir, t
     runs = {}
     for name, extra in (("warm", []), ("cold", ["student.init_from="])):
         recipe = recipe_copy("demo-warmstart", teachers, tmp_path)
-        ok(run_cli("distill", str(recipe), *overrides(demo_root, cache_dir, tmp_path / name, steps=5), "train.logging_steps=1", *extra))
+        ok(
+            run_cli(
+                "distill",
+                str(recipe),
+                *overrides(demo_root, cache_dir, tmp_path / name, steps=5),
+                "train.logging_steps=1",
+                *extra,
+            )
+        )
         runs[name] = [r for r in metrics(tmp_path / name / "demo" / "warmstart") if "loss/ce" in r][0]["loss/ce"]
     assert runs["warm"] < runs["cold"] - 1.0, runs
 
 
 # ------------------------------------------------------------------ normalisation across accumulation
 def test_first_step_is_the_same_with_gradient_accumulation(teachers, demo_root, cache_dir, tmp_path):
-    """8 blocks in one micro-batch or in two of 4: the same loss, terms and weights after the step (per-token normalisation)."""
+    """8 blocks in one micro-batch or in two of 4: the same loss, terms and weights after the step (per-token
+    normalisation)."""
     recipe = recipe_copy("demo-palenkallama", teachers, tmp_path)
     results = {}
     for name, bs, ga in (("one", 8, 1), ("two", 4, 2)):
-        ok(run_cli("distill", str(recipe), *overrides(demo_root, cache_dir, tmp_path / name, steps=1), "train.logging_steps=1",
-                   f"train.batch_size={bs}", f"train.grad_accum={ga}", "data.dev_dir=", "train.keep_best=false"))
+        ok(
+            run_cli(
+                "distill",
+                str(recipe),
+                *overrides(demo_root, cache_dir, tmp_path / name, steps=1),
+                "train.logging_steps=1",
+                f"train.batch_size={bs}",
+                f"train.grad_accum={ga}",
+                "data.dev_dir=",
+                "train.keep_best=false",
+            )
+        )
         run = tmp_path / name / "demo" / "palenkallama"
         results[name] = ([r for r in metrics(run) if "loss" in r][0], weights(run / "model"))
     (one, w1), (two, w2) = results["one"], results["two"]
@@ -155,7 +225,12 @@ def test_resume_after_sigkill_restores_projections_and_is_bitwise_identical(teac
     assert_bitwise_equal(weights(run / "model"), reference), f"killed at step {step}"
 
 
-BUDGET = ["train.save_steps=7", "train.eval_steps=7", "train.logging_steps=1", "data.train_fraction=0.05"]  # 21 steps, 2 per epoch
+BUDGET = [
+    "train.save_steps=7",
+    "train.eval_steps=7",
+    "train.logging_steps=1",
+    "data.train_fraction=0.05",
+]  # 21 steps, 2 per epoch
 
 
 @pytest.fixture(scope="module")
@@ -189,15 +264,28 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     assert "caching top-16 of 2 teacher(s)" in proc.stdout and (cache / "cache.json").exists()
     info = json.loads((cache / "cache.json").read_text())
     assert info["fingerprint"]["top_k"] == 16 and info["n_blocks"] > 0
-    # the default q8 with 9-bit ids (512 tokens): 18 bytes of ids, 4 float16 head values, a step, 12 codes, a rest; + .npy headers
-    assert info["format"] == "q8" and 42 <= info["bytes_per_token"] < 43 and f"{info['bytes_per_token']:g} bytes per token (q8, k=16" in proc.stdout
-    assert "nothing to do" in ok(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache))).stdout
+    # the default q8 with 9-bit ids (512 tokens): 18 bytes of ids, 4 float16 head values, a step, 12 codes, a rest; +
+    # .npy headers
+    assert (
+        info["format"] == "q8"
+        and 42 <= info["bytes_per_token"] < 43
+        and f"{info['bytes_per_token']:g} bytes per token (q8, k=16" in proc.stdout
+    )
+    assert (
+        "nothing to do"
+        in ok(
+            run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache))
+        ).stdout
+    )
 
     proc = ok(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}"))
-    assert "teacher targets from the cache" in proc.stdout and "teacher (cached)" in proc.stdout  # checked, never loaded
+    assert (
+        "teacher targets from the cache" in proc.stdout and "teacher (cached)" in proc.stdout
+    )  # checked, never loaded
     rows = [r for r in metrics(tmp_path / "runs" / "demo" / "kd") if "loss" in r]
     assert rows[-1]["loss"] < rows[0]["loss"] and "loss/logit_kd" in rows[0]
-    # another logit term at the cache's temperature and ensemble reads the same cache; at another temperature it is stale
+    # another logit term at the cache's temperature and ensemble reads the same cache; at another temperature it is
+    # stale
     rkl = ["distill.cache_top_k=16", f"distill.teacher_cache={cache}", "distill.losses.logit_kd.weight=0",
            "distill.losses.reverse_kl.weight=0.5", "output.name=cached-rkl"]
     ok(run_cli("distill", str(recipe), *base, *rkl, "distill.losses.reverse_kl.temperature=2"))
@@ -208,10 +296,24 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     # a different k, temperature or teacher set is a stale cache: an error, never a silent reuse
     for change, needle in (("distill.cache_top_k=32", "distill.cache_top_k"),
                            ("distill.losses.logit_kd.temperature=3", "temperature")):
-        assert_user_error(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}", change,
-                                  "output.name=stale"), "stale cache", needle)
-    assert_user_error(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=8", "--out", str(cache)),
-                      "holds a cache of different inputs", "--overwrite")
+        assert_user_error(
+            run_cli(
+                "distill",
+                str(recipe),
+                *base,
+                "distill.cache_top_k=16",
+                f"distill.teacher_cache={cache}",
+                change,
+                "output.name=stale",
+            ),
+            "stale cache",
+            needle,
+        )
+    assert_user_error(
+        run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=8", "--out", str(cache)),
+        "holds a cache of different inputs",
+        "--overwrite",
+    )
     assert json.loads((cache / "cache.json").read_text())["fingerprint"]["top_k"] == 16  # nothing overwritten
 
     # a truncated shard is one line naming it, before the run directory exists
@@ -236,15 +338,24 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
     recipe = recipe_copy("demo-kd", teachers, tmp_path)
     base = [*overrides(demo_root, cache_dir, tmp_path / "runs", steps=6), "distill.cache_top_k=32"]
     cache = tmp_path / "cache"
-    proc = ok(run_cli("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={fmt}", "--out", str(cache)))
+    proc = ok(
+        run_cli("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={fmt}", "--out", str(cache))
+    )
     info = read_manifest(cache / "cache.json", "")
     assert info["format"] == fmt and "the storage changes it by" in proc.stdout
-    expected = cache_format.bytes_per_token(fmt, 32, 512)  # fp16: 4k + 2; q8: 36 + 8 + 2 + 28 + 2; q4: 36 + 8 + 2 + 14 + 2
+    expected = cache_format.bytes_per_token(
+        fmt, 32, 512
+    )  # fp16: 4k + 2; q8: 36 + 8 + 2 + 28 + 2; q4: 36 + 8 + 2 + 14 + 2
     assert expected == {"fp16": 130, "q8": 76, "q4": 62}[fmt] and expected <= info["bytes_per_token"] < expected + 1
     assert info["storage_error"]["logit_kd"]["relative"] < 1e-3, info["storage_error"]
 
-    models = [AutoModelForCausalLM.from_pretrained(teachers / "runs" / "demo" / n / "model").eval() for n in ("teacher", "teacher-llama")]
-    ids = load_blocks(cache_dir / "blocks" / f"train-{info['fingerprint']['data']}")[:3]["input_ids"]  # the blocks it was built from
+    models = [
+        AutoModelForCausalLM.from_pretrained(teachers / "runs" / "demo" / n / "model").eval()
+        for n in ("teacher", "teacher-llama")
+    ]
+    ids = load_blocks(cache_dir / "blocks" / f"train-{info['fingerprint']['data']}")[:3][
+        "input_ids"
+    ]  # the blocks it was built from
     logits = [o.logits for o in run_teachers([Teacher("t", m, 1, [], 0, 0) for m in models], ids, None, hidden=False)]
     top, top_ids, rest = top_k(logits, info["fingerprint"], 32)
     logp, got_ids, got_rest = TeacherCache(cache, info["fingerprint"]).lookup(torch.arange(3))
@@ -256,8 +367,17 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
     from distill.cache import storage_error
     from common import config as cfglib
     from distill.config import DistillRunConfig
-    cfg = cfglib.load(DistillRunConfig, str(recipe), [*base, f"distill.cache_format={fmt}", "distill.losses.reverse_kl.weight=0.5",
-                                                   "distill.losses.reverse_kl.temperature=2"])
+
+    cfg = cfglib.load(
+        DistillRunConfig,
+        str(recipe),
+        [
+            *base,
+            f"distill.cache_format={fmt}",
+            "distill.losses.reverse_kl.weight=0.5",
+            "distill.losses.reverse_kl.temperature=2",
+        ],
+    )
     with torch.no_grad():
         near = models[1](ids).logits.flatten(0, 1)
     report = storage_error(cfg, near, [x.flatten(0, 1) for x in logits], (top, top_ids, rest), 512)
@@ -267,15 +387,23 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
     # the trainer reads it; changing the format asks for --overwrite; a format this version does not know is one line
     ok(run_cli("distill", str(recipe), *base, f"distill.teacher_cache={cache}"))
     other = "q8" if fmt == "q4" else "q4"
-    assert_user_error(run_cli("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={other}", "--out", str(cache)),
-                      f"the format: {fmt} there, distill.cache_format={other} here", "--overwrite")
+    assert_user_error(
+        run_cli("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={other}", "--out", str(cache)),
+        f"the format: {fmt} there, distill.cache_format={other} here",
+        "--overwrite",
+    )
     assert read_manifest(cache / "cache.json", "")["format"] == fmt  # nothing overwritten
     manifest = json.loads((cache / "cache.json").read_text())
     (cache / "cache.json").write_text(json.dumps({**manifest, "format": "q6"}))
     assert_user_error(run_cli("distill", str(recipe), *base, f"distill.teacher_cache={cache}", "output.name=unknown"),
                       str(cache / "cache.json"), "'q6' is not one this version reads (fp16, q8, q4)")
-    assert_user_error(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_format=q6", "--out", str(tmp_path / "c2")),
-                      "distill.cache_format", "q8")
+    assert_user_error(
+        run_cli(
+            "distill", "cache-teachers", str(recipe), *base, "distill.cache_format=q6", "--out", str(tmp_path / "c2")
+        ),
+        "distill.cache_format",
+        "q8",
+    )
     assert not (tmp_path / "c2").exists() and not (tmp_path / "runs" / "demo" / "unknown").exists()
 
 
@@ -288,7 +416,10 @@ def test_cached_kd_matches_dense_kd_on_a_batch(teachers, demo_root, cache_dir, t
     from tokenizer.prepare import load_blocks
 
     student = AutoModelForCausalLM.from_pretrained(teachers / "runs" / "demo" / "teacher-llama" / "model")
-    models = [AutoModelForCausalLM.from_pretrained(teachers / "runs" / "demo" / n / "model").eval() for n in ("teacher", "teacher-llama")]
+    models = [
+        AutoModelForCausalLM.from_pretrained(teachers / "runs" / "demo" / n / "model").eval()
+        for n in ("teacher", "teacher-llama")
+    ]
     blocks = sorted(cache_dir.glob("blocks/train-*"))[0]
     ids = load_blocks(blocks)[:4]["input_ids"]
     t_logits = [o.logits[:, :-1].reshape(-1, o.logits.shape[-1]) for o in
@@ -324,7 +455,10 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
         assert not run.exists()  # nothing written
 
     bad(f"distill.teachers=[{{path: {tmp_path}/nowhere}}]", needles=("distill.teachers[0].path", "does not exist"))
-    bad(f"distill.teachers=[{{path: {shared('hf_tiny_gpt2')}}}]", needles=("differ in their vocabulary", "tokenizer.type=pretrained"))
+    bad(
+        f"distill.teachers=[{{path: {shared('hf_tiny_gpt2')}}}]",
+        needles=("differ in their vocabulary", "tokenizer.type=pretrained"),
+    )
     bad(f"distill.teachers=[{{path: {gpt2}, layer_map: {{5: 1}}}}]", "distill.losses.hidden_mse.weight=0.5",
         needles=("distill.teachers[0]", "teacher block 5 is out of range: the teacher has 2 blocks"))
     bad("distill.losses.hiden_mse.weight=0.5", needles=("unknown key", "did you mean 'distill.losses.hidden_mse'"))
@@ -332,13 +466,26 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
     bad("distill.losses.logit_kd.temperature=0", needles=("distill.losses.logit_kd.temperature", "must be above 0"))
     bad(f"student.init_from={gpt2}", needles=("student.init_from", "cannot load into student.arch"))
     bad(f"distill.teacher_cache={tmp_path}/no-cache", needles=("distill.teacher_cache", "cache-teachers"))
-    # a teacher with its own tokenizer: only terms that align positions read it; never from the cache; a fast tokenizer only
+    # a teacher with its own tokenizer: only terms that align positions read it; never from the cache; a fast tokenizer
+    # only
     own = f"distill.teachers=[{{path: {teachers}/runs/demo/teacher-gpt2tok/model, tokenizer: own}}]"
     bad(own, needles=("distill.teachers[0].tokenizer", "logit_kd", "distill.losses.uld"))
     bad(own, "distill.losses.logit_kd.weight=0", "distill.losses.uld.weight=0.5", f"distill.teacher_cache={tmp_path}",
         needles=("distill.teacher_cache", "its own tokenizer"))
-    assert_user_error(call(main, "cache-teachers", *base, own, "distill.losses.logit_kd.weight=0", "distill.losses.uld.weight=0.5",
-                           "--out", str(tmp_path / "own-cache")), "distill.teachers[0].tokenizer", "run online")
+    assert_user_error(
+        call(
+            main,
+            "cache-teachers",
+            *base,
+            own,
+            "distill.losses.logit_kd.weight=0",
+            "distill.losses.uld.weight=0.5",
+            "--out",
+            str(tmp_path / "own-cache"),
+        ),
+        "distill.teachers[0].tokenizer",
+        "run online",
+    )
     assert not (tmp_path / "own-cache").exists()
     slow = tmp_path / "slow-tokenizer-teacher"
     shutil.copytree(gpt2, slow)
@@ -346,8 +493,12 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
         f.unlink()
     from transformers import ByT5Tokenizer
     ByT5Tokenizer().save_pretrained(slow)  # a tokenizer without character offsets
-    bad(f"distill.teachers=[{{path: {slow}, tokenizer: own}}]", "distill.losses.logit_kd.weight=0", "distill.losses.uld.weight=0.5",
-        needles=("distill.teachers[0]", "not a fast tokenizer"))
+    bad(
+        f"distill.teachers=[{{path: {slow}, tokenizer: own}}]",
+        "distill.losses.logit_kd.weight=0",
+        "distill.losses.uld.weight=0.5",
+        needles=("distill.teachers[0]", "not a fast tokenizer"),
+    )
     bad("data.block_size=256", "student.overrides.max_position_embeddings=512", f"distill.teachers=[{{path: {gpt2}}}]",
         needles=("distill.teachers[0]", "has 128 positions, fewer than data.block_size=256"))
     # a corrupt teacher, and a corrupt warm start: one line naming the file
@@ -356,12 +507,28 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
     data = (broken / "model.safetensors").read_bytes()
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
     bad(f"distill.teachers=[{{path: {broken}}}]", needles=(str(broken / "model.safetensors"), "cannot be read"))
-    bad(f"student.init_from={broken}", "student.arch=gpt2-tiny", needles=(str(broken / "model.safetensors"), "cannot be read"))
+    bad(
+        f"student.init_from={broken}",
+        "student.arch=gpt2-tiny",
+        needles=(str(broken / "model.safetensors"), "cannot be read"),
+    )
 
     mlm = tmp_path / "mlm"
-    ok(run_cli("train", "config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
-               f"data.cache_dir={cache_dir}", f"output.dir={mlm}", "model.arch=roberta-tiny", "train.max_steps=2",
-               "train.save_steps=1000", "train.eval_steps=1000", "optim.warmup_steps=1"))
+    ok(
+        run_cli(
+            "train",
+            "config/runs/demo-teacher.yaml",
+            f"data.train_dir={demo_root / 'train'}",
+            f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache_dir}",
+            f"output.dir={mlm}",
+            "model.arch=roberta-tiny",
+            "train.max_steps=2",
+            "train.save_steps=1000",
+            "train.eval_steps=1000",
+            "optim.warmup_steps=1",
+        )
+    )
     bad(f"distill.teachers=[{{path: {mlm}/demo/teacher/model}}]", needles=("not a causal LM", "causal teachers"))
 
 
@@ -370,8 +537,20 @@ def test_torchrun_two_processes(teachers, demo_root, cache_dir, tmp_path):
     import math
 
     recipe = recipe_copy("demo-kd", teachers, tmp_path)
-    ok(run_cli("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "distill", str(recipe),
-               *overrides(demo_root, cache_dir, tmp_path / "runs", steps=10), "train.logging_steps=1", "train.batch_size=4"))
+    ok(
+        run_cli(
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "distill",
+            str(recipe),
+            *overrides(demo_root, cache_dir, tmp_path / "runs", steps=10),
+            "train.logging_steps=1",
+            "train.batch_size=4",
+        )
+    )
     run = tmp_path / "runs" / "demo" / "kd"
     rows = [r for r in metrics(run) if "loss" in r]
     assert [r["step"] for r in rows] == list(range(1, 11)) and (run / "DONE").exists()

@@ -16,7 +16,11 @@ def tensors(n=12, v=30, h=8, seed=0):
 
 def ref_kl(student, teacher, T):
     """T² · Σ_rows KL(p_teacher ‖ q_student), via torch's own kl_div."""
-    return T * T * F.kl_div(F.log_softmax(student / T, -1), F.log_softmax(teacher / T, -1), log_target=True, reduction="sum")
+    return (
+        T
+        * T
+        * F.kl_div(F.log_softmax(student / T, -1), F.log_softmax(teacher / T, -1), log_target=True, reduction="sum")
+    )
 
 
 # ------------------------------------------------------------------ zero at identity, and references
@@ -63,7 +67,10 @@ def test_contrastive_equals_infonce_reference():
     sim = F.normalize(hs, dim=-1) @ F.normalize(ht, dim=-1).T / 0.5
     assert torch.allclose(L.contrastive(hs, ht, 0.5, 9, 10), F.cross_entropy(sim, torch.arange(10)), atol=1e-6)
     # bounded negatives: with M = 4, 10 rows form groups {0,2,4,6,8} and {1,3,5,7,9}
-    ref = sum(F.cross_entropy(sim[g][:, g], torch.arange(5), reduction="sum") for g in (list(range(0, 10, 2)), list(range(1, 10, 2))))
+    ref = sum(
+        F.cross_entropy(sim[g][:, g], torch.arange(5), reduction="sum")
+        for g in (list(range(0, 10, 2)), list(range(1, 10, 2)))
+    )
     assert torch.allclose(L.contrastive(hs, ht, 0.5, 4, 10), ref / 10, atol=1e-6)
 
 
@@ -114,10 +121,14 @@ def test_cached_kd_equals_dense_kd_when_the_support_is_complete():
     s, t, _, _, _, _ = tensors(v=30)
     logp = F.log_softmax(t / 2.0, -1)
     top, ids = logp.topk(30, dim=-1)
-    assert torch.allclose(L.cached_logit_kd(s, top, ids, torch.zeros(12), 2.0, 12), L.logit_kd(s, [t], 2.0, 12), atol=1e-4)
+    assert torch.allclose(
+        L.cached_logit_kd(s, top, ids, torch.zeros(12), 2.0, 12), L.logit_kd(s, [t], 2.0, 12), atol=1e-4
+    )
     top8, ids8 = logp.topk(8, dim=-1)
     rest8 = 1 - top8.exp().sum(-1)
-    assert L.cached_logit_kd(s, top8, ids8, rest8, 2.0, 12) <= L.logit_kd(s, [t], 2.0, 12) + 1e-5  # coarser partition, smaller KL
+    assert (
+        L.cached_logit_kd(s, top8, ids8, rest8, 2.0, 12) <= L.logit_kd(s, [t], 2.0, 12) + 1e-5
+    )  # coarser partition, smaller KL
 
 
 # ------------------------------------------------------------------ golden values on fixed tensors
@@ -151,8 +162,15 @@ def tiny(model_type: str, hidden: int, layers: int, vocab: int = 64):
     if model_type == "gpt2":
         cfg = AutoConfig.for_model("gpt2", vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=2, n_positions=32)
     else:
-        cfg = AutoConfig.for_model("llama", vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                                   intermediate_size=2 * hidden, max_position_embeddings=32)
+        cfg = AutoConfig.for_model(
+            "llama",
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=32,
+        )
     torch.manual_seed(hidden * 31 + layers)
     return AutoModelForCausalLM.from_config(cfg)
 
@@ -184,18 +202,32 @@ def test_gradients_reach_student_projections_and_aux_heads_not_teachers():
     ids = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(0))
     labels = ids.clone()
     labels[0, 7:] = -100  # padding: no loss there
-    out = wrapper(ids, labels=labels, teacher_outputs=run_teachers(teachers, ids, None, hidden=True), n_tokens=(labels[:, 1:] != -100).sum())
+    out = wrapper(
+        ids,
+        labels=labels,
+        teacher_outputs=run_teachers(teachers, ids, None, hidden=True),
+        n_tokens=(labels[:, 1:] != -100).sum(),
+    )
     assert set(out["terms"]) == {"ce", "logit_kd", "hidden_mse", "contrastive", "aux_kd"}
-    assert torch.allclose(out["loss"], sum(w * out["terms"][k] for k, w in
-                                           (("ce", 1.0), ("logit_kd", 0.5), ("hidden_mse", 0.5), ("contrastive", 0.1), ("aux_kd", 0.3))))
+    assert torch.allclose(
+        out["loss"],
+        sum(
+            w * out["terms"][k]
+            for k, w in (("ce", 1.0), ("logit_kd", 0.5), ("hidden_mse", 0.5), ("contrastive", 0.1), ("aux_kd", 0.3))
+        ),
+    )
     out["loss"].backward()
     for name, p in wrapper.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached {name}"
     for t in t_models:
         assert all(p.grad is None and not p.requires_grad for p in t.parameters())
-    assert "loss" in wrapper(ids, labels=labels) and "terms" not in wrapper(ids, labels=labels)  # evaluation: student CE only
+    assert "loss" in wrapper(ids, labels=labels) and "terms" not in wrapper(
+        ids, labels=labels
+    )  # evaluation: student CE only
     formula = wrapper.formula(teachers)
-    assert formula.startswith("1*ce + 0.5*logit_kd(T=2, mean_logits) + 0.5*hidden_mse(map: gpt2 {0:0, 3:2, 5:3}; llama {")
+    assert formula.startswith(
+        "1*ce + 0.5*logit_kd(T=2, mean_logits) + 0.5*hidden_mse(map: gpt2 {0:0, 3:2, 5:3}; llama {"
+    )
     assert "0.1*contrastive(tau=0.1" in formula and "0.3*aux_kd(layers=[0, 1]" in formula
 
 
@@ -217,9 +249,13 @@ def test_aux_layers_out_of_range_is_a_clear_error():
     from common.errors import UserError
     from distill.wrapper import DistillationWrapper
 
-    with pytest.raises(UserError, match=r"distill.losses.aux_kd.layers: student block 4 is out of range: the student has 4 blocks"):
+    with pytest.raises(
+        UserError, match=r"distill.losses.aux_kd.layers: student block 4 is out of range: the student has 4 blocks"
+    ):
         DistillationWrapper(tiny("llama", 16, 4), [], all_terms_config(layers=[0, 4]))
-    assert DistillationWrapper(tiny("llama", 16, 4), [], all_terms_config()).term("aux_kd").layers == [0]  # default: the first half, every other block
+    assert DistillationWrapper(tiny("llama", 16, 4), [], all_terms_config()).term("aux_kd").layers == [
+        0
+    ]  # default: the first half, every other block
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -19,8 +19,15 @@ def test_results_needs_a_command():
 
 def test_distill_help_lists_the_loss_keys():
     out = run_cli("distill", "--help").stdout
-    for key in ("distill.losses.ce.weight", "distill.losses.logit_kd.ensemble", "distill.losses.hidden_mse.weight",
-                "distill.losses.contrastive.max_negatives", "distill.losses.aux_kd.layers", "student.init_from", "data.packing"):
+    for key in (
+        "distill.losses.ce.weight",
+        "distill.losses.logit_kd.ensemble",
+        "distill.losses.hidden_mse.weight",
+        "distill.losses.contrastive.max_negatives",
+        "distill.losses.aux_kd.layers",
+        "student.init_from",
+        "data.packing",
+    ):
         assert key in out, key
 
 

@@ -13,17 +13,30 @@ import torch
 
 from conftest import ROOT, assert_user_error, ok, run_cli, shared
 
-PARADIGMS = ["adjunct_island", "anaphor_gender_agreement", "determiner_noun_agreement_1", "irregular_plural_subject_verb_agreement_1",
-             "principle_A_c_command", "wh_questions_object_gap"]
+PARADIGMS = [
+    "adjunct_island",
+    "anaphor_gender_agreement",
+    "determiner_noun_agreement_1",
+    "irregular_plural_subject_verb_agreement_1",
+    "principle_A_c_command",
+    "wh_questions_object_gap",
+]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_root, cache_dir):
     """A tiny causal and a tiny masked LM trained on the demo corpus (real runs of `python -m train`)."""
     out = tmp_path_factory.mktemp("eval-runs")
-    base = ["config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
-            f"data.cache_dir={cache_dir}", f"output.dir={out}", "train.save_steps=1000", "train.eval_steps=1000",
-            "optim.warmup_steps=5"]
+    base = [
+        "config/runs/demo-teacher.yaml",
+        f"data.train_dir={demo_root / 'train'}",
+        f"data.dev_dir={demo_root / 'dev'}",
+        f"data.cache_dir={cache_dir}",
+        f"output.dir={out}",
+        "train.save_steps=1000",
+        "train.eval_steps=1000",
+        "optim.warmup_steps=5",
+    ]
     ok(run_cli("train", *base, "train.max_steps=40", "output.name=causal"))
     ok(run_cli("train", *base, "train.max_steps=20", "model.arch=roberta-tiny", "output.name=masked"))
     return {"causal": out / "demo" / "causal" / "model", "mlm": out / "demo" / "masked" / "model"}
@@ -140,7 +153,12 @@ def compare_to_reference(m, task, scores, ref, every=1):
 def test_families_load_from_real_data():
     from eval.tasks import load_task
 
-    expected = {"blimp_filtered": (67, 59875), "blimp_supplement": (5, 5218), "blimp": (67, 67000), "ewok_filtered": (11, 7618)}
+    expected = {
+        "blimp_filtered": (67, 59875),
+        "blimp_supplement": (5, 5218),
+        "blimp": (67, 67000),
+        "ewok_filtered": (11, 7618),
+    }
     for name, (subtasks, items) in expected.items():
         task = load_task(name, str(shared()), "ewok")
         assert (len(task.subtasks), len(task.items)) == (subtasks, items), name
@@ -195,7 +213,9 @@ def compare_2025(m, task, scores, backend, every=1, least=20):
 
 
 def test_babylm2025_convention_matches_reference(data_slice):
-    m, task, scores = score_with_project(shared("hf_tiny_gpt2"), "causal", "blimp_filtered", data_slice, 64, convention="babylm2025")
+    m, task, scores = score_with_project(
+        shared("hf_tiny_gpt2"), "causal", "blimp_filtered", data_slice, 64, convention="babylm2025"
+    )
     compare_2025(m, task, scores, "causal", every=5)
     _, _, s2024 = score_with_project(shared("hf_tiny_gpt2"), "causal", "blimp_filtered", data_slice, 64)
     assert not np.allclose(scores, s2024)  # GPT-2's BPE sees "The" and " The" differently: the option changes something
@@ -255,7 +275,9 @@ def test_ties_go_to_first_choice_and_stderr():
     from eval.report import decide, mean_stderr
 
     pred, right, tied, bad = decide(np.array([[-3.0, -3.0], [-5.0, -2.0], [-1.0, -4.0]]), np.array([0, 0, 0]))
-    assert pred.tolist() == [0, 1, 0] and right.tolist() == [True, False, True] and tied.tolist() == [True, False, False]
+    assert (
+        pred.tolist() == [0, 1, 0] and right.tolist() == [True, False, True] and tied.tolist() == [True, False, False]
+    )
     assert not bad.any()
     acc, se = mean_stderr(np.array([1, 0, 1, 1]))
     assert acc == 0.75 and se == pytest.approx(np.sqrt(0.25 / 4))  # sample variance 1/4, over n=4
@@ -275,7 +297,9 @@ def test_a_non_finite_score_is_never_right():
 
 # ---------------------------------------------------------------- the command line and its outputs
 def test_cli_writes_run_eval_folder(trained, demo_root):
-    proc = ok(run_cli("eval", str(trained["causal"]), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress"))
+    proc = ok(
+        run_cli("eval", str(trained["causal"]), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress")
+    )
     run = trained["causal"].parent
     result = json.loads((run / "eval" / "demo_pairs.json").read_text())
     assert result["n_subtasks"] == 5 and result["n_items"] == 1000 and 0.0 <= result["accuracy"] <= 1.0
@@ -292,8 +316,23 @@ def test_cli_writes_run_eval_folder(trained, demo_root):
 
 def test_cli_ewok_from_zip_writes_no_plain_text(trained, tmp_path):
     out = tmp_path / "out"
-    proc = ok(run_cli("eval", str(trained["causal"]), "--tasks", "ewok_filtered", "--ewok-zip", str(shared("ewok_filtered.zip")),
-                      "--ewok-password", "ewok", "--data-dir", str(tmp_path), "--out", str(out), "--no-progress"))
+    proc = ok(
+        run_cli(
+            "eval",
+            str(trained["causal"]),
+            "--tasks",
+            "ewok_filtered",
+            "--ewok-zip",
+            str(shared("ewok_filtered.zip")),
+            "--ewok-password",
+            "ewok",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "--no-progress",
+        )
+    )
     assert "ewok_filtered" in proc.stdout
     with zipfile.ZipFile(shared("ewok_filtered.zip")) as zf:
         first = json.loads(zf.read("ewok_filtered/social-interactions.jsonl", pwd=b"ewok").decode().splitlines()[0])
@@ -304,8 +343,21 @@ def test_cli_ewok_from_zip_writes_no_plain_text(trained, tmp_path):
 
 
 def test_mlm_cli(trained, data_slice, tmp_path):
-    ok(run_cli("eval", str(trained["mlm"]), "--backend", "mlm", "--tasks", "blimp_filtered", "--data-dir", str(data_slice),
-               "--out", str(tmp_path / "o"), "--no-progress"))
+    ok(
+        run_cli(
+            "eval",
+            str(trained["mlm"]),
+            "--backend",
+            "mlm",
+            "--tasks",
+            "blimp_filtered",
+            "--data-dir",
+            str(data_slice),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        )
+    )
     result = json.loads((tmp_path / "o" / "blimp_filtered.json").read_text())
     assert result["backend"] == "mlm" and result["n_subtasks"] == len(PARADIGMS)
 
@@ -314,18 +366,74 @@ def test_shell_wrappers_run_from_any_folder(trained, data_slice, tmp_path):
     import subprocess
 
     out = tmp_path / "blimp"
-    ok(subprocess.run(["bash", str(ROOT / "eval" / "eval-blimp.sh"), str(trained["causal"]), "--data-dir", str(data_slice),
-                       "--out", str(out), "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=600))
+    ok(
+        subprocess.run(
+            [
+                "bash",
+                str(ROOT / "eval" / "eval-blimp.sh"),
+                str(trained["causal"]),
+                "--data-dir",
+                str(data_slice),
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    )
     assert {p.stem for p in out.glob("*.json")} == {"blimp_filtered", "blimp_supplement", "predictions"}
     out = tmp_path / "all"
-    ok(subprocess.run(["bash", str(ROOT / "eval" / "eval-all.sh"), str(trained["causal"]), "--data-dir", str(data_slice),
-                       "--ewok-zip", str(shared("ewok_filtered.zip")), "--out", str(out), "--no-progress"],
-                      cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "EWOK_PASSWORD": "ewok"}))
-    assert {p.stem for p in out.glob("*.json")} == {"blimp_filtered", "blimp_supplement", "ewok_filtered", "predictions"}
+    ok(
+        subprocess.run(
+            [
+                "bash",
+                str(ROOT / "eval" / "eval-all.sh"),
+                str(trained["causal"]),
+                "--data-dir",
+                str(data_slice),
+                "--ewok-zip",
+                str(shared("ewok_filtered.zip")),
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "EWOK_PASSWORD": "ewok"},
+        )
+    )
+    assert {p.stem for p in out.glob("*.json")} == {
+        "blimp_filtered",
+        "blimp_supplement",
+        "ewok_filtered",
+        "predictions",
+    }
     out = tmp_path / "ewok"
-    ok(subprocess.run(["bash", str(ROOT / "eval" / "eval-ewok.sh"), str(trained["causal"]), "--ewok-zip", str(shared("ewok_filtered.zip")),
-                       "--ewok-password", "ewok", "--out", str(out), "--no-progress"],
-                      cwd=tmp_path, capture_output=True, text=True, timeout=600))
+    ok(
+        subprocess.run(
+            [
+                "bash",
+                str(ROOT / "eval" / "eval-ewok.sh"),
+                str(trained["causal"]),
+                "--ewok-zip",
+                str(shared("ewok_filtered.zip")),
+                "--ewok-password",
+                "ewok",
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    )
     assert (out / "ewok_filtered.json").is_file()
     usage = subprocess.run(["bash", str(ROOT / "eval" / "eval-blimp.sh")], cwd=tmp_path, capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
@@ -339,7 +447,18 @@ def test_download_unpacks_local_archives(tmp_path, data_slice):
         zf.write(shared("ewok_filtered.zip"), "evaluation_data/ewok_filtered.zip")
         zf.writestr("evaluation_data/ewok_filtered/plain.jsonl", "{}\n")  # plain EWoK is never written out
     dest = tmp_path / "dest"
-    ok(run_cli("eval", "download", "--dest", str(dest), "--from", str(bundle), "--from", shared("blimp_full.tar.gz").as_uri()))
+    ok(
+        run_cli(
+            "eval",
+            "download",
+            "--dest",
+            str(dest),
+            "--from",
+            str(bundle),
+            "--from",
+            shared("blimp_full.tar.gz").as_uri(),
+        )
+    )
     assert len(list((dest / "blimp_filtered").glob("*.jsonl"))) == len(PARADIGMS)
     assert len(list((dest / "blimp").glob("*.jsonl"))) == 67
     assert (dest / "ewok_filtered.zip").is_file() and not (dest / "ewok_filtered").exists()
@@ -347,7 +466,9 @@ def test_download_unpacks_local_archives(tmp_path, data_slice):
 
     assert len(load_task("blimp", str(dest)).items) == 67000
     assert len(load_task("ewok_filtered", str(dest), "ewok").items) == 7618
-    assert_user_error(run_cli("eval", "download", "--dest", str(dest), "--from", str(tmp_path / "missing.zip")), "missing.zip")
+    assert_user_error(
+        run_cli("eval", "download", "--dest", str(dest), "--from", str(tmp_path / "missing.zip")), "missing.zip"
+    )
 
 
 def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_root, tmp_path):
@@ -355,13 +476,31 @@ def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_
     position 0 of a causal model has seen one token (the 2025 script's choice), so it stays at chance."""
     model = trained["causal"]
     for pool, out in (("last", tmp_path / "last"), ("first", tmp_path / "first")):
-        ok(run_cli("eval", "finetune", str(model), "--tasks", "demo_phenomenon", "--data-dir", str(demo_root / "finetune"),
-                   "--epochs", "2", "--pool", pool, "--out", str(out), "--no-progress"))
+        ok(
+            run_cli(
+                "eval",
+                "finetune",
+                str(model),
+                "--tasks",
+                "demo_phenomenon",
+                "--data-dir",
+                str(demo_root / "finetune"),
+                "--epochs",
+                "2",
+                "--pool",
+                pool,
+                "--out",
+                str(out),
+                "--no-progress",
+            )
+        )
     last, first = (json.loads((tmp_path / d / "demo_phenomenon.json").read_text()) for d in ("last", "first"))
     assert last["accuracy"] > 0.6 and last["pool"] == "last" and last["n_items"] == 200
     assert first["accuracy"] < 0.35  # chance is 0.2
     pred = json.loads((tmp_path / "last" / "finetune" / "demo_phenomenon" / "predictions.json").read_text())
-    pairs = [json.loads(line) for line in (tmp_path / "last" / "pairs" / "demo_phenomenon.jsonl").read_text().splitlines()]
+    pairs = [
+        json.loads(line) for line in (tmp_path / "last" / "pairs" / "demo_phenomenon.jsonl").read_text().splitlines()
+    ]
     assert [r["pred"] for r in pred["demo_phenomenon"]["predictions"]] == [r["pred"] for r in pairs]
     assert last["accuracy"] == pytest.approx(np.mean([r["correct"] for r in pairs]))
 
@@ -375,8 +514,22 @@ def test_bad_inputs(trained, data_slice, tmp_path):
         assert_user_error(run_cli("eval", *args, "--out", str(out), "--no-progress"), *needles)
         assert not out.exists()
 
-    bad(str(tmp_path / "nope"), "--tasks", "blimp_filtered", "--data-dir", str(data_slice), needles=("nope", "does not exist"))
-    bad(model, "--tasks", "demo_pairs", "--data-dir", str(tmp_path / "no-demo"), needles=("--data-dir", "no-demo", "no such folder"))
+    bad(
+        str(tmp_path / "nope"),
+        "--tasks",
+        "blimp_filtered",
+        "--data-dir",
+        str(data_slice),
+        needles=("nope", "does not exist"),
+    )
+    bad(
+        model,
+        "--tasks",
+        "demo_pairs",
+        "--data-dir",
+        str(tmp_path / "no-demo"),
+        needles=("--data-dir", "no-demo", "no such folder"),
+    )
     no_tok = tmp_path / "no-tokenizer"
     no_tok.mkdir()
     for f in ("config.json", "model.safetensors"):
@@ -397,9 +550,23 @@ def test_bad_inputs(trained, data_slice, tmp_path):
     target = broken / "blimp_filtered" / "adjunct_island.jsonl"
     lines = target.read_text().splitlines()
     target.write_text("\n".join(lines[:4] + ['{"sentence_good": "A cat.", '] + lines[4:]) + "\n")
-    bad(model, "--tasks", "blimp_filtered", "--data-dir", str(broken), needles=("adjunct_island.jsonl:5", "not valid JSON"))
+    bad(
+        model,
+        "--tasks",
+        "blimp_filtered",
+        "--data-dir",
+        str(broken),
+        needles=("adjunct_island.jsonl:5", "not valid JSON"),
+    )
     target.write_text("\n".join(lines[:2] + ['{"sentence_good": "A cat sleeps."}'] + lines[2:]) + "\n")
-    bad(model, "--tasks", "blimp_filtered", "--data-dir", str(broken), needles=("adjunct_island.jsonl:3", "no field 'sentence_bad'"))
+    bad(
+        model,
+        "--tasks",
+        "blimp_filtered",
+        "--data-dir",
+        str(broken),
+        needles=("adjunct_island.jsonl:3", "no field 'sentence_bad'"),
+    )
 
     spec = tmp_path / "nochoices.yaml"
     spec.write_text("sources:\n  - files: blimp_filtered/*.jsonl\n")
@@ -431,5 +598,9 @@ def test_too_long_is_truncated_with_a_warning(trained, tmp_path):
     spec, data = long_context_task(tmp_path)
     proc = ok(run_cli("eval", str(trained["causal"]), "--tasks", str(spec), "--data-dir", str(data),
                       "--max-length", "16", "--out", str(tmp_path / "o"), "--no-progress"))
-    assert "left-truncated" in proc.stdout and "longer than the model's 16 positions" in proc.stdout and "long.jsonl:2" in proc.stdout
+    assert (
+        "left-truncated" in proc.stdout
+        and "longer than the model's 16 positions" in proc.stdout
+        and "long.jsonl:2" in proc.stdout
+    )
     assert json.loads((tmp_path / "o" / "long.json").read_text())["n_items"] == 2

@@ -35,7 +35,9 @@ def extras(tmp_path_factory) -> Path:
         tf.extractall(raw, filter="data")
     for name in ("regular", "ambiref", "move_contents"):
         _subset((raw / "entity_tracking" / f"{name}.jsonl").read_text(), root / "entity_tracking" / f"{name}.jsonl", 60)
-    _subset((raw / "entity_tracking" / "regular.jsonl").read_text(), root / "entity_tracking_fast" / "regular.jsonl", 90)
+    _subset(
+        (raw / "entity_tracking" / "regular.jsonl").read_text(), root / "entity_tracking_fast" / "regular.jsonl", 90
+    )
     shutil.copytree(raw / "wug_adj_nominalization", root / "wug_adj_nominalization")
     (root / "reading").mkdir()
     shutil.copy(raw / "reading" / "reading_data.csv", root / "reading" / "reading_data.csv")
@@ -58,15 +60,29 @@ def extras(tmp_path_factory) -> Path:
     (root / "wug_past_tense" / "wug_past_tense.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "comps").mkdir()
     for stem in ("comps_base", "comps_wugs", "comps_wugs_dist-before", "comps_wugs_dist-in_between"):
-        rows = [{"id": k, "prefix_acceptable": f"A {a} is an animal that", "prefix_unacceptable": f"A {b} is an animal that",
-                 "property_phrase": p, "negative_sample_type": "taxonomic"}
-                for k, (a, b, p) in enumerate([("robin", "table", "can fly."), ("dog", "spoon", "has four legs."),
-                                               ("cat", "rock", "likes to sleep."), ("fish", "lamp", "can swim.")])]
+        rows = [
+            {
+                "id": k,
+                "prefix_acceptable": f"A {a} is an animal that",
+                "prefix_unacceptable": f"A {b} is an animal that",
+                "property_phrase": p,
+                "negative_sample_type": "taxonomic",
+            }
+            for k, (a, b, p) in enumerate(
+                [
+                    ("robin", "table", "can fly."),
+                    ("dog", "spoon", "has four legs."),
+                    ("cat", "rock", "likes to sleep."),
+                    ("fish", "lamp", "can swim."),
+                ]
+            )
+        ]
         (root / "comps" / f"{stem}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
 
-GLUE_ROWS = {  # one row per task in the published glue_filtered format (fields as the 2025 pipeline's dataset.py reads them)
+# one row per task in the published glue_filtered format (fields as the 2025 pipeline's dataset.py reads them)
+GLUE_ROWS = {
     "boolq": {"question": "is the sky blue", "passage": "The sky is blue on a clear day.", "label": 1},
     "mnli": {"premise": "A dog runs in the park.", "hypothesis": "An animal is outside.", "label": 0},
     "mrpc": {"sentence1": "The cat sat on the mat.", "sentence2": "On the mat sat the cat.", "label": 1},
@@ -105,7 +121,11 @@ def test_real_files_load_with_the_pipelines_uids():
 
     raw = Path(shared("babylm2025_extra_tasks.tar.gz")).parent
     sizes = yaml.safe_load(SIZES.read_text())["full"]
-    for name, folder, password in (("blimp_filtered", raw, None), ("blimp_supplement", raw, None), ("ewok_filtered", raw, "ewok")):
+    for name, folder, password in (
+        ("blimp_filtered", raw, None),
+        ("blimp_supplement", raw, None),
+        ("ewok_filtered", raw, "ewok"),
+    ):
         task = load_task(name, str(folder), password)
         counts = {}
         for it in task.items:
@@ -152,8 +172,15 @@ def test_masked_backends_2025_match_reference(backend, extras):
         tok = AutoTokenizer.from_pretrained(GPT2)
         tok.add_special_tokens({"mask_token": "<mask>", "pad_token": "<pad>", "cls_token": "<s>", "sep_token": "</s>"})
         torch.manual_seed(0)
-        config = RobertaConfig(vocab_size=max([len(tok), *tok.all_special_ids]) + 1, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=520, pad_token_id=1)
+        config = RobertaConfig(
+            vocab_size=max([len(tok), *tok.all_special_ids]) + 1,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=520,
+            pad_token_id=1,
+        )
         RobertaForMaskedLM(config).save_pretrained(folder)
         tok.save_pretrained(folder)
     m, task, scores = score_with_project(folder, backend, "comps", extras, 8)
@@ -196,13 +223,17 @@ def test_reading_matches_naive_surprisal_and_least_squares(extras):
     m = load(str(GPT2), "causal", "cpu")
     df = read_table(extras / "reading" / "reading_data.csv")
     scorer = Scorer(m, progress=False)
-    pred, prev = score_table(df, m.tokenizer, "causal", lambda r: score_requests(scorer, m, r, Options(progress=False))[0])
+    pred, prev = score_table(
+        df, m.tokenizer, "causal", lambda r: score_requests(scorer, m, r, Options(progress=False))[0]
+    )
     multi = [i for i, w in enumerate(df["word"]) if len(m.tokenizer(w, add_special_tokens=False)["input_ids"]) > 1]
     assert len(multi) > 100
     for i in list(range(0, len(df), 97)) + multi[::40]:
         assert pred[i] == pytest.approx(naive_surprisal(m.model, m.tokenizer, df["item"][i], df["word"][i]), abs=1e-4)
         if isinstance(df["prev_item"][i], str):
-            assert prev[i] == pytest.approx(naive_surprisal(m.model, m.tokenizer, df["prev_item"][i], df["prev_word"][i]), abs=1e-4)
+            assert prev[i] == pytest.approx(
+                naive_surprisal(m.model, m.tokenizer, df["prev_item"][i], df["prev_word"][i]), abs=1e-4
+            )
         else:
             assert np.isnan(prev[i])
     scores = delta_r2(df, pred, prev)
@@ -211,14 +242,18 @@ def test_reading_matches_naive_surprisal_and_least_squares(extras):
     for dv in EYE_TRACKING:
         terms = ["Subtlex_log10", "length", "context_length"]
         rows = frame[[dv, *terms, "pred"]].dropna()
-        cols = [rows[t].to_numpy() for t in terms] + [rows[a].to_numpy() * rows[b].to_numpy() for a, b in combinations(terms, 2)]
+        cols = [rows[t].to_numpy() for t in terms] + [
+            rows[a].to_numpy() * rows[b].to_numpy() for a, b in combinations(terms, 2)
+        ]
         base, full = ols_r2(rows[dv].to_numpy(), cols), ols_r2(rows[dv].to_numpy(), cols + [rows["pred"].to_numpy()])
         gains.append((full - base) / (1 - base) * 100)
         assert scores["measures"][dv]["delta_r2"] == pytest.approx(gains[-1], abs=1e-6)
     assert scores["eye_tracking"] == pytest.approx(np.mean(gains), abs=1e-6)
     terms = ["Subtlex_log10", "length", "context_length", "prev_length", "prev_pred"]
     rows = frame[["self_paced_reading_time", *terms, "pred"]].dropna()
-    cols = [rows[t].to_numpy() for t in terms] + [rows[a].to_numpy() * rows[b].to_numpy() for a, b in combinations(terms, 2)]
+    cols = [rows[t].to_numpy() for t in terms] + [
+        rows[a].to_numpy() * rows[b].to_numpy() for a, b in combinations(terms, 2)
+    ]
     y = rows["self_paced_reading_time"].to_numpy()
     base, full = ols_r2(y, cols), ols_r2(y, cols + [rows["pred"].to_numpy()])
     assert scores["self_paced_reading"] == pytest.approx((full - base) / (1 - base) * 100, abs=1e-6)
@@ -248,35 +283,69 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     # collate: missing fine-tuning is named; then the size table of this subset and the seven GLUE files in the
     # pipeline's layout (fine-tuning itself is not part of this test) give the one submission file
     sizes = {"full": {}}
-    for task in ("blimp_filtered", "blimp_supplement", "ewok_filtered", "entity_tracking", "wug_adj", "wug_past", "comps", "reading"):
+    for task in (
+        "blimp_filtered",
+        "blimp_supplement",
+        "ewok_filtered",
+        "entity_tracking",
+        "wug_adj",
+        "wug_past",
+        "comps",
+        "reading",
+    ):
         data = json.loads((full / "babylm2025" / task / "predictions.json").read_text())
         sizes["full"][task] = {k.lower(): len(v["predictions"]) for k, v in data.items()}
     sizes["full"].update({task: {task: 8} for task in GLUE})
     table = tmp_path / "sizes.yaml"
     table.write_text(yaml.safe_dump(sizes))
-    assert_user_error(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)), "task boolq is missing")
-    ok(run_cli("eval", "finetune", str(out), "--data-dir", str(glue), "--epochs", "1", "--batch-size", "8", "--no-progress"))
+    assert_user_error(
+        run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)), "task boolq is missing"
+    )
+    ok(
+        run_cli(
+            "eval", "finetune", str(out), "--data-dir", str(glue), "--epochs", "1", "--batch-size", "8", "--no-progress"
+        )
+    )
     for task in GLUE:
         summary = json.loads((full / f"{task}.json").read_text())
         assert summary["metric"] == ("f1" if task in ("mrpc", "qqp") else "accuracy") and summary["n_items"] == 8
         assert summary["epochs"] == (1) and summary["lr"] == 3e-5 and summary["pool"] == "last"
-    assert_user_error(run_cli("eval", "collate", str(out), "--backend", "causal"), "blimp_filtered", "no predictions for subtask")
-    assert_user_error(run_cli("eval", "collate", str(out), "--backend", "mlm", "--sizes", str(table)), "--backend causal")
+    assert_user_error(
+        run_cli("eval", "collate", str(out), "--backend", "causal"), "blimp_filtered", "no predictions for subtask"
+    )
+    assert_user_error(
+        run_cli("eval", "collate", str(out), "--backend", "mlm", "--sizes", str(table)), "--backend causal"
+    )
     ok(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
     sub = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())
-    assert list(sub) == ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug_adj", "wug_past", "comps", "reading", "glue"]
+    assert list(sub) == [
+        "blimp",
+        "blimp_supplement",
+        "ewok",
+        "entity_tracking",
+        "wug_adj",
+        "wug_past",
+        "comps",
+        "reading",
+        "glue",
+    ]
     assert sorted(sub["glue"]) == sorted(GLUE) and "fast_eval_results" not in sub
     # fast results of two milestone checkpoints (copies of this model's): one entry per checkpoint, in words order
     for name, words in (("chck_2M", 2_000_417), ("chck_1M", 1_000_311)):  # ordered by the words seen each records
         shutil.copytree(out / "eval" / "fast", out / "milestones" / name / "eval" / "fast")
-        (out / "milestones" / name / "words_seen.json").write_text(json.dumps({"milestone": words // 10**6 * 10**6, "words_seen": words}))
+        (out / "milestones" / name / "words_seen.json").write_text(
+            json.dumps({"milestone": words // 10**6 * 10**6, "words_seen": words})
+        )
     ok(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
     fast = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())["fast_eval_results"]
     assert sorted(fast) == ["blimp", "blimp_supplement", "entity_tracking", "ewok", "reading", "wug_adj", "wug_past"]
     assert all(len(v) == 2 for v in fast.values())
     et, rd = (json.loads((out / "eval" / "fast" / f"{t}.json").read_text()) for t in ("entity_tracking", "reading"))
     assert fast["entity_tracking"][1] == {k: v["accuracy"] for k, v in et["subtasks"].items()}
-    assert fast["reading"][0] == {"spr": pytest.approx(rd["self_paced_reading"] / 100), "rt": pytest.approx(rd["eye_tracking"] / 100)}
+    assert fast["reading"][0] == {
+        "spr": pytest.approx(rd["self_paced_reading"] / 100),
+        "rt": pytest.approx(rd["eye_tracking"] / 100),
+    }
     sizes["full"]["comps"]["base"] += 1
     table.write_text(yaml.safe_dump(sizes))
     before = (full / "all_full_preds_and_fast_scores_causal.json").read_bytes()
@@ -314,17 +383,50 @@ def test_bad_inputs_2025(extras, tmp_path):
     et = json.loads((extras / "entity_tracking" / "regular.jsonl").read_text().splitlines()[1])
     for field in ("options", "numops", "input_prefix"):
         row = {k: v for k, v in et.items() if k != field}
-        bad(broken("entity_tracking", "regular.jsonl", 2, json.dumps(row)), "entity_tracking", "regular.jsonl:2", f"'{field}'")
+        bad(
+            broken("entity_tracking", "regular.jsonl", 2, json.dumps(row)),
+            "entity_tracking",
+            "regular.jsonl:2",
+            f"'{field}'",
+        )
     bad(broken("entity_tracking", "regular.jsonl", 2, json.dumps({**et, "options": ["only one"]})), "entity_tracking",
         "regular.jsonl:2", "at least two")
-    bad(broken("wug_adj_nominalization", "wug_adj_nominalization.jsonl", 3, json.dumps({"sentences": "a b"})), "wug_adj",
-        "wug_adj_nominalization.jsonl:3", "'ratio'")
-    bad(broken("wug_adj_nominalization", "wug_adj_nominalization.jsonl", 3, json.dumps({"sentences": "no tab here", "ratio": 0.5})),
-        "wug_adj", "wug_adj_nominalization.jsonl:3", "separated by")
-    bad(broken("wug_adj_nominalization", "wug_adj_nominalization.jsonl", 3, json.dumps({"sentences": "a\tb", "ratio": "high"})),
-        "wug_adj", "wug_adj_nominalization.jsonl:3", "'ratio' must be a finite number")
-    bad(broken("comps", "comps_base.jsonl", 1, json.dumps({"prefix_acceptable": "A cat", "prefix_unacceptable": "A rock"})),
-        "comps", "comps_base.jsonl:1", "'property_phrase'")
+    bad(
+        broken("wug_adj_nominalization", "wug_adj_nominalization.jsonl", 3, json.dumps({"sentences": "a b"})),
+        "wug_adj",
+        "wug_adj_nominalization.jsonl:3",
+        "'ratio'",
+    )
+    bad(
+        broken(
+            "wug_adj_nominalization",
+            "wug_adj_nominalization.jsonl",
+            3,
+            json.dumps({"sentences": "no tab here", "ratio": 0.5}),
+        ),
+        "wug_adj",
+        "wug_adj_nominalization.jsonl:3",
+        "separated by",
+    )
+    bad(
+        broken(
+            "wug_adj_nominalization",
+            "wug_adj_nominalization.jsonl",
+            3,
+            json.dumps({"sentences": "a\tb", "ratio": "high"}),
+        ),
+        "wug_adj",
+        "wug_adj_nominalization.jsonl:3",
+        "'ratio' must be a finite number",
+    )
+    bad(
+        broken(
+            "comps", "comps_base.jsonl", 1, json.dumps({"prefix_acceptable": "A cat", "prefix_unacceptable": "A rock"})
+        ),
+        "comps",
+        "comps_base.jsonl:1",
+        "'property_phrase'",
+    )
     import pandas as pd
 
     frame = pd.read_csv(extras / "reading" / "reading_data.csv")
@@ -350,7 +452,9 @@ def test_bad_inputs_2025(extras, tmp_path):
     slow = tmp_path / "slow"
     shutil.copytree(GPT2, slow)
     (slow / "tokenizer.json").unlink()
-    config = json.loads((slow / "tokenizer_config.json").read_text()) if (slow / "tokenizer_config.json").is_file() else {}
+    config = (
+        json.loads((slow / "tokenizer_config.json").read_text()) if (slow / "tokenizer_config.json").is_file() else {}
+    )
     (slow / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
     from transformers import AutoTokenizer
 
@@ -365,8 +469,22 @@ def test_finetune_bad_inputs(glue, tmp_path):
     from eval.__main__ import main
 
     def bad(data: Path, tasks: str, *needles, extra=()):
-        assert_user_error(call(main, "finetune", str(GPT2), "--tasks", tasks, "--data-dir", str(data), "--out", str(out),
-                               "--no-progress", *extra), *needles)
+        assert_user_error(
+            call(
+                main,
+                "finetune",
+                str(GPT2),
+                "--tasks",
+                tasks,
+                "--data-dir",
+                str(data),
+                "--out",
+                str(out),
+                "--no-progress",
+                *extra,
+            ),
+            *needles,
+        )
         assert not out.exists()
 
     def edited(task: str, split: str, line: int, row) -> Path:
@@ -378,11 +496,21 @@ def test_finetune_bad_inputs(glue, tmp_path):
         file.write_text("\n".join(lines) + "\n")
         return root
 
-    bad(edited("rte", "train", 3, {**GLUE_ROWS["rte"], "label": 2}), "rte", "rte.train.jsonl:3", "label 2", "classes 0..1")
+    bad(
+        edited("rte", "train", 3, {**GLUE_ROWS["rte"], "label": 2}),
+        "rte",
+        "rte.train.jsonl:3",
+        "label 2",
+        "classes 0..1",
+    )
     bad(edited("mnli", "valid", 2, {**GLUE_ROWS["mnli"], "label": -1}), "mnli", "mnli.valid.jsonl:2", "label -1")
     bad(edited("boolq", "train", 1, {**GLUE_ROWS["boolq"], "label": "yes"}), "boolq", "boolq.train.jsonl:1", "'yes'")
-    bad(edited("wsc", "train", 4, {k: v for k, v in GLUE_ROWS["wsc"].items() if k != "span1_text"}), "wsc", "wsc.train.jsonl:4",
-        "no field 'span1_text'")
+    bad(
+        edited("wsc", "train", 4, {k: v for k, v in GLUE_ROWS["wsc"].items() if k != "span1_text"}),
+        "wsc",
+        "wsc.train.jsonl:4",
+        "no field 'span1_text'",
+    )
     bad(edited("qqp", "valid", 5, "{not json"), "qqp", "qqp.valid.jsonl:5", "not valid JSON")
     # a later task's broken file stops the run before the first task trains
     bad(edited("wsc", "valid", 1, {**GLUE_ROWS["wsc"], "label": 7}), "rte,wsc", "wsc.valid.jsonl:1")
@@ -409,6 +537,8 @@ def test_curve_on_the_fast_suite_writes_the_submissions_fast_eval_results(extras
     assert fast == fast_eval_results([run / "milestones" / "chck_1k", run / "milestones" / "chck_5k"])
     assert all(len(v) == 2 for v in fast.values())
     curve = json.loads((run / "eval" / "curve.json").read_text())["tasks"]
-    assert [p["milestone"] for p in curve["reading"]] == ["chck_1k", "chck_5k"] and curve["reading"][0]["metric"] == "delta_r2"
+    assert [p["milestone"] for p in curve["reading"]] == ["chck_1k", "chck_5k"] and curve["reading"][0][
+        "metric"
+    ] == "delta_r2"
     assert curve["wug_adj"][0]["metric"] == "spearman"
     assert all((run / "eval" / "curves" / f"{task}.png").is_file() for task in curve)

@@ -15,16 +15,33 @@ import yaml
 
 from conftest import ROOT, assert_user_error, ok
 
-FAST = ["train.max_steps=20", "train.eval_steps=10", "train.save_steps=10", "train.logging_steps=5", "optim.warmup_steps=5"]
+FAST = [
+    "train.max_steps=20",
+    "train.eval_steps=10",
+    "train.save_steps=10",
+    "train.logging_steps=5",
+    "optim.warmup_steps=5",
+]
 
 
 def launch(workdir: Path, *args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch_grid.py"), *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})},
+    )
 
 
 def data_sets(demo_root: Path, cache_dir: Path) -> list[str]:
-    sets = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}", *FAST]
+    sets = [
+        f"data.train_dir={demo_root / 'train'}",
+        f"data.dev_dir={demo_root / 'dev'}",
+        f"data.cache_dir={cache_dir}",
+        *FAST,
+    ]
     return [a for s in sets for a in ("--set", s)]
 
 
@@ -89,14 +106,19 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
         assert f"{name}: started (new" in proc.stdout and f"{name}: done in " in proc.stdout, name
         (log,) = (runs / name / "logs").glob("grid-*.log")
         assert "demo_pairs: accuracy" in log.read_text() and "demo_acceptability: accuracy" in log.read_text(), name
-    assert re.search(r"^kd: done in [0-9.]+ s; dev CE [0-9.]+, demo_pairs [01]\.[0-9]{3}, demo_acceptability [01]\.[0-9]{3}$",
-                     proc.stdout, re.M), proc.stdout
+    assert re.search(
+        r"^kd: done in [0-9.]+ s; dev CE [0-9.]+, demo_pairs [01]\.[0-9]{3}, demo_acceptability [01]\.[0-9]{3}$",
+        proc.stdout,
+        re.M,
+    ), proc.stdout
     attempts = {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names}
 
     again = ok(launch(workdir, "config/grids/demo.yaml", *grid_sets, *data_sets(demo_root, cache_dir)))
     plan = [line.split() for line in again.stdout.splitlines() if "config/runs/" in line]
     assert len(plan) == 7 and all(row[-1] == "done" for row in plan), again.stdout[:2000]
-    assert {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names} == attempts, "a finished point ran again"
+    assert {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names} == attempts, (
+        "a finished point ran again"
+    )
     assert len(pd.read_csv(runs / "_results" / "demo.csv")) == 8
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a model was fine-tuned or a milestone evaluated again"
 
@@ -110,7 +132,11 @@ def test_two_axis_grid_selects_and_retrains_the_best_point(workdir, demo_root, c
     runs = workdir / "runs" / "lr-seed"
     points = sorted(p.name for p in runs.iterdir() if (p / "DONE").is_file())
     assert len(points) == 5 and sum(p.endswith("__final") for p in points) == 1
-    scores = {p: json.loads((runs / p / "eval" / "demo_pairs.json").read_text())["accuracy"] for p in points if not p.endswith("__final")}
+    scores = {
+        p: json.loads((runs / p / "eval" / "demo_pairs.json").read_text())["accuracy"]
+        for p in points
+        if not p.endswith("__final")
+    }
     best = max(scores, key=scores.get)
     final = runs / f"{best}__final"
     assert final.is_dir(), (scores, points)
@@ -131,21 +157,55 @@ def test_zip_axes_pair_their_values(workdir):
     assert "2 point(s)" in proc.stdout
 
 
-@pytest.mark.parametrize("change, needles", [
-    (("optim.lr:", "optim.lrr:"), ["grid.yaml", "unknown key 'optim.lrr'", "did you mean 'optim.lr'"]),
-    (("train.seed: [1, 2]", "train.seed: []"), ["grid.yaml", "stages[0].axes.train.seed", "empty"]),
-    (("    overrides:", "    mode: zip\n    overrides:"), []),  # same lengths: fine (checked below with different ones)
-    (("train.seed: [1, 2]", "train.seed: [1, 2, 3]\n    mode: zip"), ["stages[0].axes", "same length", "optim.lr: 2", "train.seed: 3"]),
-    (("config/runs/demo-student.yaml", "config/runs/nope.yaml"), ["grid.yaml", "config/runs/nope.yaml does not exist"]),
-    (("metric: demo_pairs", "metric: blimp_filtered"), ["select.metric", "'blimp_filtered' is produced by no evaluation", "demo_pairs"]),
-    (("finalists: 1", "finalists: 5"), ["select.finalists is 5", "only 4 point(s)"]),
-    (("optim.lr: [1.0e-3, 3.0e-3]", "optim.lr: [fast, 3.0e-3]"), ["optim.lr", "expected float"]),
-    (("overrides: {data.train_fraction: 0.5}", "overrides: {data.train_fraction: 0.5, train.word_checkpoints: none}\n"
-      "tasks_per_milestone: [demo_pairs]"), ["tasks_per_milestone is set", "demo-student.yaml exports no milestones",
-                                             "train.word_checkpoints"]),
-    (("tasks: [demo_pairs]", "tasks: [demo_pairs]\ntasks_per_milestone: [demo_pair]"), ["tasks_per_milestone[0]", "demo_pairs"]),
-], ids=["unknown-axis", "empty-axis", "zip-ok", "zip-lengths", "no-recipe", "metric", "too-many-finalists", "bad-value",
-        "no-milestones", "milestone-task"])
+@pytest.mark.parametrize(
+    "change, needles",
+    [
+        (("optim.lr:", "optim.lrr:"), ["grid.yaml", "unknown key 'optim.lrr'", "did you mean 'optim.lr'"]),
+        (("train.seed: [1, 2]", "train.seed: []"), ["grid.yaml", "stages[0].axes.train.seed", "empty"]),
+        (
+            ("    overrides:", "    mode: zip\n    overrides:"),
+            [],
+        ),  # same lengths: fine (checked below with different ones)
+        (
+            ("train.seed: [1, 2]", "train.seed: [1, 2, 3]\n    mode: zip"),
+            ["stages[0].axes", "same length", "optim.lr: 2", "train.seed: 3"],
+        ),
+        (
+            ("config/runs/demo-student.yaml", "config/runs/nope.yaml"),
+            ["grid.yaml", "config/runs/nope.yaml does not exist"],
+        ),
+        (
+            ("metric: demo_pairs", "metric: blimp_filtered"),
+            ["select.metric", "'blimp_filtered' is produced by no evaluation", "demo_pairs"],
+        ),
+        (("finalists: 1", "finalists: 5"), ["select.finalists is 5", "only 4 point(s)"]),
+        (("optim.lr: [1.0e-3, 3.0e-3]", "optim.lr: [fast, 3.0e-3]"), ["optim.lr", "expected float"]),
+        (
+            (
+                "overrides: {data.train_fraction: 0.5}",
+                "overrides: {data.train_fraction: 0.5, train.word_checkpoints: none}\n"
+                "tasks_per_milestone: [demo_pairs]",
+            ),
+            ["tasks_per_milestone is set", "demo-student.yaml exports no milestones", "train.word_checkpoints"],
+        ),
+        (
+            ("tasks: [demo_pairs]", "tasks: [demo_pairs]\ntasks_per_milestone: [demo_pair]"),
+            ["tasks_per_milestone[0]", "demo_pairs"],
+        ),
+    ],
+    ids=[
+        "unknown-axis",
+        "empty-axis",
+        "zip-ok",
+        "zip-lengths",
+        "no-recipe",
+        "metric",
+        "too-many-finalists",
+        "bad-value",
+        "no-milestones",
+        "milestone-task",
+    ],
+)
 def test_bad_grids_fail_with_one_line_and_run_nothing(workdir, change, needles):
     grid = write_grid(workdir, TWO_AXES.replace(*change))
     proc = launch(workdir, str(grid))
@@ -167,7 +227,9 @@ def test_unknown_grid_key_and_missing_grid_file(workdir):
     grid = write_grid(workdir, TWO_AXES.replace("tasks:", "taks:"))
     assert_user_error(launch(workdir, str(grid)), "grid.yaml", "unknown key 'taks'", "did you mean 'tasks'")
     assert_user_error(launch(workdir, "config/grids/nope.yaml"), "config/grids/nope.yaml", "not found")
-    assert_user_error(launch(workdir, str(write_grid(workdir, TWO_AXES)), "executor.kind=cloud"), "executor.kind", "'slurm'")
+    assert_user_error(
+        launch(workdir, str(write_grid(workdir, TWO_AXES)), "executor.kind=cloud"), "executor.kind", "'slurm'"
+    )
 
 
 @pytest.mark.parametrize("grid", sorted((ROOT / "config" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
@@ -183,9 +245,22 @@ def test_launch_command_follows_the_job_layout(monkeypatch):
     process, torchrun (one per node, rendezvous on a job-specific port) with several; each kind its entry."""
     from launch.command import command
 
-    for var in ("BABYDISTILL_PROCS_PER_NODE", "SLURM_GPUS_ON_NODE", "SLURM_NNODES", "SLURM_JOB_ID", "SLURM_JOB_NODELIST"):
+    for var in (
+        "BABYDISTILL_PROCS_PER_NODE",
+        "SLURM_GPUS_ON_NODE",
+        "SLURM_NNODES",
+        "SLURM_JOB_ID",
+        "SLURM_JOB_NODELIST",
+    ):
         monkeypatch.delenv(var, raising=False)
-    assert command("wml", ["r.yaml", "--resume"]) == [sys.executable, "-m", "distill.wml", "train", "r.yaml", "--resume"]
+    assert command("wml", ["r.yaml", "--resume"]) == [
+        sys.executable,
+        "-m",
+        "distill.wml",
+        "train",
+        "r.yaml",
+        "--resume",
+    ]
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "4")
     monkeypatch.setenv("SLURM_JOB_ID", "123457")
     cmd = command("distill", ["r.yaml"])
@@ -196,7 +271,9 @@ def test_launch_command_follows_the_job_layout(monkeypatch):
 
 
 def test_launch_refuses_a_missing_recipe(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "launch", str(tmp_path / "nope.yaml")], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch", str(tmp_path / "nope.yaml")], cwd=ROOT, capture_output=True, text=True
+    )
     assert_user_error(proc, "nope.yaml")
 
 
@@ -204,8 +281,12 @@ def test_launch_refuses_a_missing_recipe(tmp_path):
 def test_finalists_are_refused_while_a_point_of_the_selection_stage_failed(workdir, demo_root, cache_dir):
     """One point diverges (a learning rate of 1e6: the loss becomes nan): no finalist is chosen among the rest unless
     select.allow_incomplete is set, and then the launcher says loudly that it chose among the finished points only."""
-    grid = write_grid(workdir, TWO_AXES.replace("DEMO", str(demo_root)).replace("optim.lr: [1.0e-3, 3.0e-3]", "optim.lr: [3.0e-3, 1.0e+6]")
-                      .replace("train.seed: [1, 2]", "train.seed: [1]"))
+    grid = write_grid(
+        workdir,
+        TWO_AXES.replace("DEMO", str(demo_root))
+        .replace("optim.lr: [1.0e-3, 3.0e-3]", "optim.lr: [3.0e-3, 1.0e+6]")
+        .replace("train.seed: [1, 2]", "train.seed: [1]"),
+    )
     proc = launch(workdir, str(grid), *data_sets(demo_root, cache_dir))
     assert_user_error(proc, "select.stage 'grid': 1 of its points did not finish", "select.allow_incomplete=true")
     runs = workdir / "runs" / "lr-seed"

@@ -68,7 +68,9 @@ def test_equal_to_the_reference_formula(key, T):
     assert term(key, s, [t1, t2], T, 4, "mean_logits").item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
     p2 = probs(t2, T)
     expected = T * T * sum(0.25 * reference(key, p[i], q[i]) + 2.0 * reference(key, p2[i], q[i]) for i in range(6)) / 4
-    assert term(key, s, [t1, t2], T, 4, "per_teacher", [0.25, 2.0]).item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert term(key, s, [t1, t2], T, 4, "per_teacher", [0.25, 2.0]).item() == pytest.approx(
+        expected, rel=1e-4, abs=1e-6
+    )
 
 
 def test_jsd_tends_to_forward_kl_near_0_and_reverse_kl_near_1_and_is_them_at_the_ends():
@@ -156,8 +158,15 @@ def test_golden_values():
 
 
 # Computed once by this implementation after the reference tests above passed; a change here is a change of the losses.
-GOLDEN_VALUES = {"reverse_kl": 2.61185, "reverse_kl_per_teacher": 5.36569, "jsd": 0.35751, "jsd_0.9_mean_probs": 0.22585,
-                 "tvd": 0.70097, "skew_kl": 1.21366, "skew_reverse_kl": 1.08}
+GOLDEN_VALUES = {
+    "reverse_kl": 2.61185,
+    "reverse_kl_per_teacher": 5.36569,
+    "jsd": 0.35751,
+    "jsd_0.9_mean_probs": 0.22585,
+    "tvd": 0.70097,
+    "skew_kl": 1.21366,
+    "skew_reverse_kl": 1.08,
+}
 
 
 # ------------------------------------------------------------------ through the wrapper and the config
@@ -186,9 +195,16 @@ def test_each_term_trains_the_student_through_the_wrapper_and_prints_itself(key)
 def recipe(tmp_path, losses: dict, **distill):
     (tmp_path / "t").mkdir(exist_ok=True)
     path = tmp_path / "kd.yaml"
-    path.write_text(yaml.safe_dump({"data": {"train_dir": "x"}, "student": {"arch": "llama-tiny", "vocab_size": 512},
-                                    "tokenizer": {"vocab_size": 512},
-                                    "distill": {"teachers": [{"path": str(tmp_path / "t")}] * 2, "losses": losses, **distill}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train_dir": "x"},
+                "student": {"arch": "llama-tiny", "vocab_size": 512},
+                "tokenizer": {"vocab_size": 512},
+                "distill": {"teachers": [{"path": str(tmp_path / "t")}] * 2, "losses": losses, **distill},
+            }
+        )
+    )
     return path
 
 
@@ -211,14 +227,22 @@ def test_the_cache_serves_terms_that_agree_on_one_teacher_distribution(tmp_path)
     from distill.config import DistillRunConfig
 
     cache = {"teacher_cache": str(tmp_path / "cache")}
-    cfg = load(DistillRunConfig, recipe(tmp_path, {"ce": {"weight": 0.5}, "reverse_kl": {"weight": 0.5, "temperature": 1.5}}, **cache))
+    cfg = load(
+        DistillRunConfig,
+        recipe(tmp_path, {"ce": {"weight": 0.5}, "reverse_kl": {"weight": 0.5, "temperature": 1.5}}, **cache),
+    )
     assert cached_distribution(cfg) == (1.5, "mean_logits")
     both = {"logit_kd": {"weight": 0.5, "temperature": 2.0}, "jsd": {"weight": 0.5, "temperature": 1.0}}
-    with pytest.raises(UserError, match=r"distill.teacher_cache: holds one teacher distribution, but logit_kd \(T=2, mean_logits\), "
-                                        r"jsd \(T=1, mean_logits\) read different ones"):
+    with pytest.raises(
+        UserError,
+        match=r"distill.teacher_cache: holds one teacher distribution, but logit_kd \(T=2, mean_logits\), "
+        r"jsd \(T=1, mean_logits\) read different ones",
+    ):
         load(DistillRunConfig, recipe(tmp_path, both, **cache))
     load(DistillRunConfig, recipe(tmp_path, both))  # online, they may differ
-    with pytest.raises(UserError, match=r"distill.losses.tvd.ensemble: is per_teacher, but the cache holds one ensemble distribution"):
+    with pytest.raises(
+        UserError, match=r"distill.losses.tvd.ensemble: is per_teacher, but the cache holds one ensemble distribution"
+    ):
         load(DistillRunConfig, recipe(tmp_path, {"tvd": {"weight": 1.0, "ensemble": "per_teacher"}}, **cache))
 
 

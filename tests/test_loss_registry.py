@@ -48,10 +48,20 @@ def test_the_config_sections_and_help_come_from_the_registry():
 def recipe(tmp_path: Path, losses: dict, teachers: int = 2, weight: float = 1.0, **distill) -> Path:
     (tmp_path / "t").mkdir(exist_ok=True)
     path = tmp_path / "kd.yaml"
-    path.write_text(yaml.safe_dump({"data": {"train_dir": "x"}, "student": {"arch": "llama-tiny", "vocab_size": 512},
-                                    "tokenizer": {"vocab_size": 512},
-                                    "distill": {"teachers": [{"path": str(tmp_path / "t"), "weight": weight}] * teachers,
-                                                "losses": losses, **distill}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train_dir": "x"},
+                "student": {"arch": "llama-tiny", "vocab_size": 512},
+                "tokenizer": {"vocab_size": 512},
+                "distill": {
+                    "teachers": [{"path": str(tmp_path / "t"), "weight": weight}] * teachers,
+                    "losses": losses,
+                    **distill,
+                },
+            }
+        )
+    )
     return path
 
 
@@ -71,7 +81,9 @@ def test_each_teacher_term_refuses_a_run_without_teachers_and_the_cache_when_it_
             load(DistillRunConfig, cached)
 
 
-@pytest.mark.parametrize("key", [k for k, cls in REGISTRY.items() if "ensemble" in {f.name for f in dataclasses.fields(cls.Params)}])
+@pytest.mark.parametrize(
+    "key", [k for k, cls in REGISTRY.items() if "ensemble" in {f.name for f in dataclasses.fields(cls.Params)}]
+)
 def test_each_ensemble_term_refuses_per_teacher_with_every_weight_zero(tmp_path, key):
     from common.config import load
     from common.errors import UserError
@@ -89,7 +101,10 @@ def test_aux_kd_honours_the_per_teacher_weights_and_its_own_ensemble():
     from distill.teachers import Teacher, run_teachers
     from distill.wrapper import DistillationWrapper
 
-    t_models = [tiny_llama(24, 2, seed=1).eval().requires_grad_(False), tiny_llama(24, 2, seed=2).eval().requires_grad_(False)]
+    t_models = [
+        tiny_llama(24, 2, seed=1).eval().requires_grad_(False),
+        tiny_llama(24, 2, seed=2).eval().requires_grad_(False),
+    ]
     teachers = [Teacher(f"t{k}", m, w, [], 24, 2) for k, (m, w) in enumerate(zip(t_models, (0.7, 0.3)))]
     losses = LossesConfig()
     losses.logit_kd.weight, losses.logit_kd.ensemble = 0.5, "mean_logits"
@@ -104,8 +119,11 @@ def test_aux_kd_honours_the_per_teacher_weights_and_its_own_ensemble():
     per = [L.logit_kd(head, [t], 2.0, 16) for t in t_logits]
     assert torch.allclose(out["terms"]["aux_kd"], 0.7 * per[0] + 0.3 * per[1], atol=1e-5)
     assert not torch.allclose(out["terms"]["aux_kd"], per[0] + per[1], atol=1e-3)
-    assert torch.allclose(out["terms"]["logit_kd"], L.logit_kd(wrapper.student(input_ids=ids).logits[:, :-1].reshape(-1, 48),
-                                                               t_logits, 2.0, 16, "mean_logits"), atol=1e-5)
+    assert torch.allclose(
+        out["terms"]["logit_kd"],
+        L.logit_kd(wrapper.student(input_ids=ids).logits[:, :-1].reshape(-1, 48), t_logits, 2.0, 16, "mean_logits"),
+        atol=1e-5,
+    )
     assert "aux_kd(layers=[0], T=2, per_teacher" in wrapper.formula(teachers)
 
 
@@ -185,7 +203,11 @@ assert L.logit_square is not None
 print("ok")
 """ % str(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
-    proc = subprocess.run([sys.executable, "-m", "distill", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert "distill.losses.logit_square:  a test-only term" in proc.stdout, proc.stderr[-2000:]

@@ -17,10 +17,24 @@ def runs(tmp_path_factory, demo_root, cache_dir) -> Path:
     """runs/grid: two finished demo runs (grid points with two axes), both evaluated on the demo pairs."""
     root = tmp_path_factory.mktemp("results") / "runs"
     for name, lr in (("a", "3e-3"), ("b", "1e-3")):
-        ok(run_cli("train", "config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
-                   f"data.cache_dir={cache_dir}", f"output.dir={root}", "output.experiment=grid", f"output.name={name}",
-                   "train.max_steps=20", "train.save_steps=10", "train.eval_steps=10", "optim.warmup_steps=5", f"optim.lr={lr}",
-                   "optim.min_lr=1e-4"))
+        ok(
+            run_cli(
+                "train",
+                "config/runs/demo-teacher.yaml",
+                f"data.train_dir={demo_root / 'train'}",
+                f"data.dev_dir={demo_root / 'dev'}",
+                f"data.cache_dir={cache_dir}",
+                f"output.dir={root}",
+                "output.experiment=grid",
+                f"output.name={name}",
+                "train.max_steps=20",
+                "train.save_steps=10",
+                "train.eval_steps=10",
+                "optim.warmup_steps=5",
+                f"optim.lr={lr}",
+                "optim.min_lr=1e-4",
+            )
+        )
         run = root / "grid" / name
         ok(run_cli("eval", str(run / "model"), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress"))
         (run / "grid.json").write_text(json.dumps({"grid": "demo", "axes": {"optim.lr": float(lr), "seed": 1}}))
@@ -36,7 +50,9 @@ def test_collect_writes_beside_the_runs_never_into_the_package(runs):
     try:
         for root in (runs / "grid", runs / "grid" / "a"):
             proc = ok(run_cli("results", "collect", str(root), "--name", "grid"))
-            assert (runs / "grid" / "_results" / "grid.csv").is_file() and str(runs / "grid" / "_results" / "grid.csv") in proc.stdout
+            assert (runs / "grid" / "_results" / "grid.csv").is_file() and str(
+                runs / "grid" / "_results" / "grid.csv"
+            ) in proc.stdout
             assert (runs / "grid" / "_results" / "grid-tasks.png").read_bytes()[:4] == b"\x89PNG"
     finally:
         shutil.rmtree(runs / "grid" / "_results", ignore_errors=True)
@@ -64,7 +80,9 @@ def test_collect_writes_csv_markdown_and_plots(runs, tmp_path):
     for _, row in df.iterrows():
         run = runs / "grid" / row["recipe"]
         summary = json.loads((run / "eval" / "demo_pairs.json").read_text())
-        assert row["demo_pairs"] == pytest.approx(summary["accuracy"]) and row["demo_pairs_stderr"] == pytest.approx(summary["stderr"])
+        assert row["demo_pairs"] == pytest.approx(summary["accuracy"]) and row["demo_pairs_stderr"] == pytest.approx(
+            summary["stderr"]
+        )
         assert row["dev_ce"] == pytest.approx(json.loads((run / "run.json").read_text())["dev_loss"])
         assert row["params"] == 141_056 and row["tokens_seen"] == 20 * 16 * 64 and row["gpu_hours"] == 0
         assert row["words_seen"] == json.loads((run / "DONE").read_text())["words_seen"] > 0
@@ -88,7 +106,17 @@ def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
         tf.extractall(tmp_path / "data", filter="data")
     run = tmp_path / "exp" / "a"
     shutil.copytree(runs / "grid" / "a", run)
-    ok(run_cli("eval", str(run / "model"), "--tasks", "wug_adj,reading", "--data-dir", str(tmp_path / "data"), "--no-progress"))
+    ok(
+        run_cli(
+            "eval",
+            str(run / "model"),
+            "--tasks",
+            "wug_adj,reading",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--no-progress",
+        )
+    )
     ok(run_cli("results", "collect", str(tmp_path / "exp"), "--out", str(tmp_path / "out")))
     df = pd.read_csv(tmp_path / "out" / "exp.csv")
     wug, reading = (json.loads((run / "eval" / f"{t}.json").read_text()) for t in ("wug_adj", "reading"))
@@ -128,17 +156,33 @@ def test_compare_is_mcnemar_and_a_paired_bootstrap(runs):
     assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(10, 10) == 1.0 and mcnemar_exact(0, 12) < 1e-3
     same = compare(runs / "grid" / "a", runs / "grid" / "a", "demo_pairs", samples=500)
     assert same["mcnemar_p"] == 1.0 and same["bootstrap_95"] == [0.0, 0.0]
-    proc = ok(run_cli("results", "compare", str(runs / "grid" / "a"), str(runs / "grid" / "b"), "--task", "demo_pairs", "--samples", "500"))
+    proc = ok(
+        run_cli(
+            "results",
+            "compare",
+            str(runs / "grid" / "a"),
+            str(runs / "grid" / "b"),
+            "--task",
+            "demo_pairs",
+            "--samples",
+            "500",
+        )
+    )
     assert "McNemar p =" in proc.stdout
 
 
 def test_bad_inputs(runs, tmp_path):
     assert_user_error(run_cli("results", "collect", str(tmp_path / "none")), "folder not found")
     (tmp_path / "empty").mkdir()
-    assert_user_error(run_cli("results", "collect", str(tmp_path / "empty"), "--out", str(tmp_path / "o")), "no finished run")
+    assert_user_error(
+        run_cli("results", "collect", str(tmp_path / "empty"), "--out", str(tmp_path / "o")), "no finished run"
+    )
     assert not (tmp_path / "o").exists()
-    assert_user_error(run_cli("results", "compare", str(runs / "grid" / "a"), str(runs / "grid" / "b"), "--task", "blimp_filtered"),
-                      "no eval/pairs/blimp_filtered.jsonl", "python -m eval")
+    assert_user_error(
+        run_cli("results", "compare", str(runs / "grid" / "a"), str(runs / "grid" / "b"), "--task", "blimp_filtered"),
+        "no eval/pairs/blimp_filtered.jsonl",
+        "python -m eval",
+    )
     bad = tmp_path / "bad"
     shutil.copytree(runs / "grid" / "b", bad)
     pairs = bad / "eval" / "pairs" / "demo_pairs.jsonl"

@@ -73,8 +73,9 @@ def release_requeued(job: str) -> None:
             _PENDING_SINCE.pop(job, None)
 
 
-SLURM_GRID = TWO_AXES.replace("executor: {kind: debug}", "executor: {kind: slurm, cpus_per_task: 1, time_min: 20, signal_delay_s: 60}") \
-                     .replace("select: {stage: grid, metric: demo_pairs, finalists: 1, overrides: {data.train_fraction: 1.0}}\n", "")
+SLURM_GRID = TWO_AXES.replace(
+    "executor: {kind: debug}", "executor: {kind: slurm, cpus_per_task: 1, time_min: 20, signal_delay_s: 60}"
+).replace("select: {stage: grid, metric: demo_pairs, finalists: 1, overrides: {data.train_fraction: 1.0}}\n", "")
 
 
 def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, demo_root, cache_dir):
@@ -108,10 +109,17 @@ def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, de
     config["output"].update(dir=str(workdir / "ref"), name="reference")
     reference.write_text(yaml.safe_dump(config))
     ok(run_cli("train", str(reference)))
-    assert_bitwise_equal(weights(runs / preempted / "model"), weights(workdir / "ref" / "lr-seed" / "reference" / "model"))
+    assert_bitwise_equal(
+        weights(runs / preempted / "model"), weights(workdir / "ref" / "lr-seed" / "reference" / "model")
+    )
 
-    again = subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), str(grid), *sets], cwd=workdir, capture_output=True,
-                           text=True, timeout=900)
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "launch_grid.py"), str(grid), *sets],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "submitted 1 point(s)" in again.stdout
     table = pd.read_csv(workdir / "runs" / "lr-seed" / "_results" / "lr-seed.csv")
@@ -120,8 +128,13 @@ def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, de
 
 def sbatch(*args: str, env: dict | None = None) -> str:
     """Submit from the repository root, as the templates expect; returns the job id."""
-    proc = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20", *args], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "BABYDISTILL_VENV": str(ROOT / ".venv"), **(env or {})})
+    proc = subprocess.run(
+        ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BABYDISTILL_VENV": str(ROOT / ".venv"), **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
 
@@ -144,7 +157,9 @@ def wait_jobs(*jobs: str, timeout: float = 900) -> dict[str, str]:
 def test_templates_outside_slurm_say_how_to_run_them(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     for template in sorted((ROOT / "slurm").glob("*.slurm")):
-        proc = subprocess.run(["bash", str(template), "config/runs/demo-kd.yaml"], cwd=tmp_path, capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            ["bash", str(template), "config/runs/demo-kd.yaml"], cwd=tmp_path, capture_output=True, text=True, env=env
+        )
         assert proc.returncode == 2, (template.name, proc.stderr)
         assert proc.stderr.startswith("error: ") and f"sbatch slurm/{template.name}" in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
@@ -152,9 +167,17 @@ def test_templates_outside_slurm_say_how_to_run_them(tmp_path):
 
 def test_every_template_runs_under_sbatch(cluster, tmp_path, demo_root, cache_dir):
     runs = tmp_path / "runs"
-    data = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
-            f"output.dir={runs}", "train.max_steps=60", "train.save_steps=10", "train.eval_steps=10", "train.logging_steps=1",
-            "optim.warmup_steps=5"]
+    data = [
+        f"data.train_dir={demo_root / 'train'}",
+        f"data.dev_dir={demo_root / 'dev'}",
+        f"data.cache_dir={cache_dir}",
+        f"output.dir={runs}",
+        "train.max_steps=60",
+        "train.save_steps=10",
+        "train.eval_steps=10",
+        "train.logging_steps=1",
+        "optim.warmup_steps=5",
+    ]
     teachers = {"BABYDISTILL_RECIPES": "config/runs/demo-teacher.yaml config/runs/demo-teacher-llama.yaml"}
     out = str(tmp_path / "slurm-%x-%j.out")
     baselines = sbatch("--array=0-1", f"--output={out}", "slurm/train_baselines.slurm", *data, env=teachers)
@@ -162,11 +185,16 @@ def test_every_template_runs_under_sbatch(cluster, tmp_path, demo_root, cache_di
     teacher = runs / "demo" / "teacher"
     wait_for(lambda: step_reached(teacher, 15), "the teacher to reach step 15")
     subprocess.run(["scancel", "--batch", "--signal=USR2", f"{baselines}_0"], check=True)
-    wait_for(lambda: release_requeued(f"{baselines}_0") or (teacher / "DONE").is_file(), "the requeued teacher", timeout=600)
+    wait_for(
+        lambda: release_requeued(f"{baselines}_0") or (teacher / "DONE").is_file(), "the requeued teacher", timeout=600
+    )
 
     grid = tmp_path / "grid.yaml"
-    grid.write_text(f"name: lr\noutput_dir: {tmp_path / 'gridruns'}\nresults_dir: {tmp_path / 'results'}\nstages:\n  - name: lr\n    recipes: [config/runs/demo-student.yaml]\n"
-                    f"    axes: {{optim.lr: [1.0e-3, 3.0e-3]}}\ntasks: [demo_pairs]\neval_data_dir: {demo_root}\n")
+    grid.write_text(
+        f"name: lr\noutput_dir: {tmp_path / 'gridruns'}\nresults_dir: {tmp_path / 'results'}\nstages:\n  - name: lr\n "
+        "   recipes: [config/runs/demo-student.yaml]\n"
+        f"    axes: {{optim.lr: [1.0e-3, 3.0e-3]}}\ntasks: [demo_pairs]\neval_data_dir: {demo_root}\n"
+    )
     evaldata = tmp_path / "evaldata"  # a few BLiMP files (the whole of it takes minutes on one core) and EWoK
     for family, count in (("blimp_filtered", 3), ("blimp_supplement", 1)):
         (evaldata / family).mkdir(parents=True)
@@ -178,16 +206,54 @@ def test_every_template_runs_under_sbatch(cluster, tmp_path, demo_root, cache_di
     jobs = [
         sbatch(after, f"--output={out}", "slurm/distill.slurm", "config/runs/demo-kd.yaml", *data, kd_teachers),
         sbatch(f"--output={out}", "slurm/train_wml.slurm", "config/runs/demo-wml.yaml", *data, "wml.eval_tasks=[]"),
-        sbatch(f"--output={out}", "slurm/train_gridsearch_finalist.slurm", "config/runs/demo-student.yaml", *data, "output.name=final"),
-        sbatch(after, "--array=0", f"--output={out}", "slurm/eval-blimp_baselines.slurm", f"output.dir={runs}",
-               f"--data-dir={evaldata}", env={"BABYDISTILL_RECIPES": "config/runs/demo-teacher.yaml"}),
-        sbatch(after, "--array=0", f"--output={out}", "slurm/eval-all_baselines.slurm", f"output.dir={runs}",
-               f"--data-dir={evaldata}", "--ewok-password=ewok", env={"BABYDISTILL_RECIPES": "config/runs/demo-teacher-llama.yaml"}),
-        sbatch(after, "--array=0-1", f"--output={out}", "slurm/finetune.slurm", str(teacher / "model"),
-               f"--data-dir={demo_root / 'finetune'}", "--epochs=2",
-               env={"BABYDISTILL_FINETUNE_TASKS": "demo_phenomenon demo_phenomenon"}),
-        sbatch(f"--output={out}", "slurm/grid.slurm", str(grid), *[a for d in data[:3] for a in ("--set", d)],
-               "--set", "train.max_steps=20", "--set", "train.eval_steps=10", "--set", "train.save_steps=10"),
+        sbatch(
+            f"--output={out}",
+            "slurm/train_gridsearch_finalist.slurm",
+            "config/runs/demo-student.yaml",
+            *data,
+            "output.name=final",
+        ),
+        sbatch(
+            after,
+            "--array=0",
+            f"--output={out}",
+            "slurm/eval-blimp_baselines.slurm",
+            f"output.dir={runs}",
+            f"--data-dir={evaldata}",
+            env={"BABYDISTILL_RECIPES": "config/runs/demo-teacher.yaml"},
+        ),
+        sbatch(
+            after,
+            "--array=0",
+            f"--output={out}",
+            "slurm/eval-all_baselines.slurm",
+            f"output.dir={runs}",
+            f"--data-dir={evaldata}",
+            "--ewok-password=ewok",
+            env={"BABYDISTILL_RECIPES": "config/runs/demo-teacher-llama.yaml"},
+        ),
+        sbatch(
+            after,
+            "--array=0-1",
+            f"--output={out}",
+            "slurm/finetune.slurm",
+            str(teacher / "model"),
+            f"--data-dir={demo_root / 'finetune'}",
+            "--epochs=2",
+            env={"BABYDISTILL_FINETUNE_TASKS": "demo_phenomenon demo_phenomenon"},
+        ),
+        sbatch(
+            f"--output={out}",
+            "slurm/grid.slurm",
+            str(grid),
+            *[a for d in data[:3] for a in ("--set", d)],
+            "--set",
+            "train.max_steps=20",
+            "--set",
+            "train.eval_steps=10",
+            "--set",
+            "train.save_steps=10",
+        ),
     ]
     wait_jobs(baselines, *jobs)
     assert all(v == "COMPLETED" for v in states(baselines, *jobs).values()), states(baselines, *jobs)
@@ -217,16 +283,34 @@ def test_deepspeed_zero2_on_two_cpu_ranks_under_srun_resumes_after_sigusr2(clust
     """train_baselines.slurm with BABYDISTILL_DEEPSPEED: torchrun starts 2 CPU ranks (gloo) under srun; SIGUSR2
     mid-training gives a ZeRO checkpoint, a requeue and a resume that ends like an uninterrupted run."""
     runs = tmp_path / "runs"
-    data = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
-            "train.max_steps=40", "train.save_steps=10", "train.eval_steps=10", "train.logging_steps=1", "optim.warmup_steps=5"]
-    env = {"BABYDISTILL_RECIPES": "config/runs/demo-teacher.yaml", "BABYDISTILL_DEEPSPEED": "config/deepspeed/zero2.json",
-           "BABYDISTILL_PROCS_PER_NODE": "2"}
+    data = [
+        f"data.train_dir={demo_root / 'train'}",
+        f"data.dev_dir={demo_root / 'dev'}",
+        f"data.cache_dir={cache_dir}",
+        "train.max_steps=40",
+        "train.save_steps=10",
+        "train.eval_steps=10",
+        "train.logging_steps=1",
+        "optim.warmup_steps=5",
+    ]
+    env = {
+        "BABYDISTILL_RECIPES": "config/runs/demo-teacher.yaml",
+        "BABYDISTILL_DEEPSPEED": "config/deepspeed/zero2.json",
+        "BABYDISTILL_PROCS_PER_NODE": "2",
+    }
     out = str(tmp_path / "slurm-%x-%j.out")
     reference = sbatch("--array=0", "--cpus-per-task=2", f"--output={out}", "slurm/train_baselines.slurm", *data,
                        f"output.dir={tmp_path / 'reference'}", env=env)
     wait_jobs(reference)
-    job = sbatch("--array=0", "--cpus-per-task=2", f"--output={out}", "slurm/train_baselines.slurm", *data, f"output.dir={runs}",
-                 env=env)
+    job = sbatch(
+        "--array=0",
+        "--cpus-per-task=2",
+        f"--output={out}",
+        "slurm/train_baselines.slurm",
+        *data,
+        f"output.dir={runs}",
+        env=env,
+    )
     run = runs / "demo" / "teacher"
     wait_for(lambda: step_reached(run, 15), "the ZeRO run to reach step 15")
     subprocess.run(["scancel", "--batch", "--signal=USR2", f"{job}_0"], check=True)
@@ -234,8 +318,12 @@ def test_deepspeed_zero2_on_two_cpu_ranks_under_srun_resumes_after_sigusr2(clust
     wait_jobs(reference, job)
     assert set(states(reference, job).values()) == {"COMPLETED"}, states(reference, job)
     info = json.loads((run / "run.json").read_text())
-    assert [a["world_size"] for a in info["attempts"]] == [2, 2] and info["attempts"][1]["resumed_from"], info["attempts"]
+    assert [a["world_size"] for a in info["attempts"]] == [2, 2] and info["attempts"][1]["resumed_from"], info[
+        "attempts"
+    ]
     assert "checkpoint-" in info["attempts"][1]["resumed_from"]  # (rotated away since: save_total_limit)
-    assert list((run / "checkpoints").glob("checkpoint-*/global_step*/*optim_states.pt")), "not DeepSpeed ZeRO checkpoints"
+    assert list((run / "checkpoints").glob("checkpoint-*/global_step*/*optim_states.pt")), (
+        "not DeepSpeed ZeRO checkpoints"
+    )
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["deepspeed"] == "config/deepspeed/zero2.json"
     assert_bitwise_equal(weights(run / "model"), weights(tmp_path / "reference" / "demo" / "teacher" / "model"))

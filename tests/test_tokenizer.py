@@ -24,7 +24,9 @@ def babylm_slice(tmp_path_factory):
 def test_from_scratch_bpe_adds_bos_and_reloads(babylm_slice, tmp_path):
     from transformers import AutoTokenizer
 
-    data = DataConfig(train_dir=str(babylm_slice / "train"), dev_dir=str(babylm_slice / "dev"), cache_dir=str(tmp_path), block_size=32)
+    data = DataConfig(
+        train_dir=str(babylm_slice / "train"), dev_dir=str(babylm_slice / "dev"), cache_dir=str(tmp_path), block_size=32
+    )
     prepared = prepare(data, TokenizerConfig(vocab_size=1000))
     tok = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
     assert len(tok) == 1000
@@ -39,11 +41,18 @@ def test_from_scratch_bpe_adds_bos_and_reloads(babylm_slice, tmp_path):
 
 
 def test_cached_deterministic_and_invalidated(babylm_slice, tmp_path):
-    data = DataConfig(train_dir=str(babylm_slice / "train"), cache_dir=str(tmp_path / "c1"), block_size=32, domains=["cbt", "switchboard"])
+    data = DataConfig(
+        train_dir=str(babylm_slice / "train"),
+        cache_dir=str(tmp_path / "c1"),
+        block_size=32,
+        domains=["cbt", "switchboard"],
+    )
     first = prepare(data, TokenizerConfig(vocab_size=800))
     again = prepare(data, TokenizerConfig(vocab_size=800))
     assert again.train_blocks == first.train_blocks  # a cache hit
-    other_cache = prepare(DataConfig(**{**data.__dict__, "cache_dir": str(tmp_path / "c2")}), TokenizerConfig(vocab_size=800))
+    other_cache = prepare(
+        DataConfig(**{**data.__dict__, "cache_dir": str(tmp_path / "c2")}), TokenizerConfig(vocab_size=800)
+    )
     a, b = (np.asarray(load_blocks(p.train_blocks)["input_ids"]) for p in (first, other_cache))
     assert np.array_equal(a, b)  # rebuilt from nothing: identical
     changed_tok = prepare(data, TokenizerConfig(vocab_size=900))
@@ -62,8 +71,12 @@ def test_train_fraction_is_a_seeded_subset(babylm_slice, tmp_path):
     full = load_blocks(prepared.train_blocks)
     part = load_blocks(prepared.train_blocks, 0.2, seed=1)
     assert len(part) == int(np.ceil(len(full) * 0.2))
-    assert np.array_equal(np.asarray(part["input_ids"]), np.asarray(load_blocks(prepared.train_blocks, 0.2, seed=1)["input_ids"]))
-    assert not np.array_equal(np.asarray(part["input_ids"]), np.asarray(load_blocks(prepared.train_blocks, 0.2, seed=2)["input_ids"]))
+    assert np.array_equal(
+        np.asarray(part["input_ids"]), np.asarray(load_blocks(prepared.train_blocks, 0.2, seed=1)["input_ids"])
+    )
+    assert not np.array_equal(
+        np.asarray(part["input_ids"]), np.asarray(load_blocks(prepared.train_blocks, 0.2, seed=2)["input_ids"])
+    )
 
 
 @pytest.mark.parametrize("kind", ["pretrained", "pretrained_hf"])
@@ -92,23 +105,33 @@ def test_corpus_too_small_for_vocab(tmp_path):
     (tmp_path / "train" / "cbt.train").write_text("a tiny corpus .\n" * 50)
     data = DataConfig(train_dir=str(tmp_path / "train"), cache_dir=str(tmp_path / "c"))
     # so small that even the smallest vocabulary (300) is out of reach: no advice that would fail again
-    with pytest.raises(UserError, match=r"data.train_dir: the corpus is too small for a BPE tokenizer \(it supports \d+ tokens"):
+    with pytest.raises(
+        UserError, match=r"data.train_dir: the corpus is too small for a BPE tokenizer \(it supports \d+ tokens"
+    ):
         prepare(data, TokenizerConfig(vocab_size=16000))
     (tmp_path / "train" / "cbt.train").write_text(" ".join(f"word{i} thing{i * 7}" for i in range(400)) + "\n")
-    with pytest.raises(UserError, match=r"tokenizer.vocab_size: the corpus in data.train_dir supports only (\d+) BPE tokens") as exc:
+    with pytest.raises(
+        UserError, match=r"tokenizer.vocab_size: the corpus in data.train_dir supports only (\d+) BPE tokens"
+    ) as exc:
         prepare(data, TokenizerConfig(vocab_size=16000))
     assert int(exc.value.args[0].split("only ")[1].split()[0]) >= 300
 
 
 def test_padded_examples_instead_of_packing(babylm_slice, tmp_path):
-    """data.packing=false: one line per example, truncated and padded; the collator keeps padding out of attention and loss."""
+    """data.packing=false: one line per example, truncated and padded; the collator keeps padding out of attention and
+    loss."""
     from transformers import AutoTokenizer
 
     from train.trainer import make_collator
 
-    data = DataConfig(train_dir=str(babylm_slice / "train"), cache_dir=str(tmp_path), block_size=16, packing=False, domains=["cbt"])
+    data = DataConfig(
+        train_dir=str(babylm_slice / "train"), cache_dir=str(tmp_path), block_size=16, packing=False, domains=["cbt"]
+    )
     prepared = prepare(data, TokenizerConfig(vocab_size=800))
-    assert prepared.train_blocks != prepare(DataConfig(**{**data.__dict__, "packing": True}), TokenizerConfig(vocab_size=800)).train_blocks
+    assert (
+        prepared.train_blocks
+        != prepare(DataConfig(**{**data.__dict__, "packing": True}), TokenizerConfig(vocab_size=800)).train_blocks
+    )
     tok = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
     blocks = load_blocks(prepared.train_blocks)
     lines = [ln for ln in (tmp_path / "clean").rglob("cbt*.txt")][0].read_text(encoding="utf-8").splitlines()
@@ -118,7 +141,9 @@ def test_padded_examples_instead_of_packing(babylm_slice, tmp_path):
     assert int(row["length"]) == len(expected) and row["input_ids"][:len(expected)].tolist() == expected
     assert (row["input_ids"][len(expected):] == tok.pad_token_id).all()
     lengths = np.asarray(blocks["length"])
-    assert lengths.min() >= 2 and lengths.max() == 16 and (lengths < 16).any()  # long lines truncated, short ones padded
+    assert (
+        lengths.min() >= 2 and lengths.max() == 16 and (lengths < 16).any()
+    )  # long lines truncated, short ones padded
     batch = make_collator("causal", tok, 0.15)([blocks[i] for i in range(4)])
     for i in range(4):
         n = int(blocks[i]["length"])

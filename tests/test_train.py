@@ -34,7 +34,11 @@ def test_demo_teacher_writes_the_run_directory(demo_args, tmp_path):
     assert len(train_rows) == 6 and all(r["tokens_per_s"] > 0 for r in train_rows)
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]
     assert len([r for r in rows if "eval_loss" in r]) >= 3
-    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [
+        "checkpoint-10",
+        "checkpoint-20",
+        "checkpoint-30",
+    ]
     assert all(checkpoint_problem(p) is None for p in (run / "checkpoints").iterdir())
     done = json.loads((run / "DONE").read_text())
     assert done["step"] == 30 and done["dev_loss"] > 0
@@ -61,19 +65,38 @@ def test_masked_lm(demo_args, tmp_path):
 def test_real_babylm_2023_llama(tmp_path, cache_dir):
     train = slice_corpus(shared("babylm_2023_partial", "train_10M"), tmp_path / "train", 2000)
     dev = slice_corpus(shared("babylm_2023_partial", "dev"), tmp_path / "dev", 300)
-    ok(run_cli("train", "config/runs/demo-teacher.yaml", "data.demo=false", f"data.train_dir={train}", f"data.dev_dir={dev}",
-               f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}", "model.arch=llama-tiny",
-               "tokenizer.vocab_size=2000", "model.vocab_size=2000", "train.max_steps=20", "train.save_steps=10",
-               "train.eval_steps=10"))
+    ok(
+        run_cli(
+            "train",
+            "config/runs/demo-teacher.yaml",
+            "data.demo=false",
+            f"data.train_dir={train}",
+            f"data.dev_dir={dev}",
+            f"data.cache_dir={cache_dir}",
+            f"output.dir={tmp_path / 'runs'}",
+            "model.arch=llama-tiny",
+            "tokenizer.vocab_size=2000",
+            "model.vocab_size=2000",
+            "train.max_steps=20",
+            "train.save_steps=10",
+            "train.eval_steps=10",
+        )
+    )
     assert json.loads((run_dir(tmp_path) / "DONE").read_text())["dev_loss"] < 7.6  # below uniform over 2000 tokens
 
 
 def test_real_babylm_2024_switchboard_with_pretrained_tokenizer(tmp_path, cache_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dev = tmp_path / "dev"  # the real dev file's first 2,000 lines: a dev pass over 18,000 at a 50k vocabulary takes a minute
+    dev = (
+        tmp_path / "dev"
+    )  # the real dev file's first 2,000 lines: a dev pass over 18,000 at a 50k vocabulary takes a minute
     dev.mkdir()
-    lines = shared("babylm_2024_switchboard", "dev", "switchboard.dev").read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = (
+        shared("babylm_2024_switchboard", "dev", "switchboard.dev")
+        .read_text(encoding="utf-8")
+        .splitlines(keepends=True)
+    )
     (dev / "switchboard.dev").write_text("".join(lines[:2000]), encoding="utf-8")
     ok(run_cli("train", "config/runs/demo-teacher.yaml", "data.demo=false",
                f"data.train_dir={shared('babylm_2024_switchboard', 'train_10M')}", f"data.dev_dir={dev}",
@@ -146,14 +169,18 @@ def assert_same_milestones(run, reference_run, untouched: dict | None = None) ->
     assert sorted(p.name for p in (run / "milestones").iterdir()) == names  # no temporary folder left
     for name in names:
         assert_bitwise_equal(weights(run / "milestones" / name), weights(reference_run / "milestones" / name))
-        assert (run / "milestones" / name / "words_seen.json").read_text() == (reference_run / "milestones" / name / "words_seen.json").read_text()
+        assert (run / "milestones" / name / "words_seen.json").read_text() == (
+            reference_run / "milestones" / name / "words_seen.json"
+        ).read_text()
     for name, mtime in (untouched or {}).items():
         assert (run / "milestones" / name / "words_seen.json").stat().st_mtime_ns == mtime, f"{name} was written again"
 
 
 def milestone_mtimes(run) -> dict:
     folder = run / "milestones"
-    return {p.name: (p / "words_seen.json").stat().st_mtime_ns for p in folder.glob("chck_*")} if folder.is_dir() else {}
+    return (
+        {p.name: (p / "words_seen.json").stat().st_mtime_ns for p in folder.glob("chck_*")} if folder.is_dir() else {}
+    )
 
 
 @pytest.fixture
@@ -188,7 +215,9 @@ def test_sigusr2_saves_a_checkpoint_stops_and_resumes_bitwise(demo_args, tmp_pat
     info = json.loads((run / "run.json").read_text())
     stopped = info["step"]
     assert info["status"] == "preempted" and not (run / "DONE").exists()
-    assert checkpoint_problem(run / "checkpoints" / f"checkpoint-{stopped}") is None, "no complete checkpoint at the stop"
+    assert checkpoint_problem(run / "checkpoints" / f"checkpoint-{stopped}") is None, (
+        "no complete checkpoint at the stop"
+    )
     assert f"checkpoint-{stopped}; rerun with --resume" in proc.stderr_text
     written = milestone_mtimes(run)
     proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
@@ -212,7 +241,9 @@ def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, r
     assert "checkpoint-35 is unusable (no COMPLETE marker" in proc.stderr
     assert "checkpoint-30 is unusable (optimizer.pt has" in proc.stderr and "falling back" in proc.stderr
     assert "resuming from" in proc.stdout and "checkpoint-20" in proc.stdout
-    assert (checkpoints / "corrupt-checkpoint-30").is_dir() and (checkpoints / "corrupt-checkpoint-35").is_dir()  # kept, not deleted
+    assert (checkpoints / "corrupt-checkpoint-30").is_dir() and (
+        checkpoints / "corrupt-checkpoint-35"
+    ).is_dir()  # kept, not deleted
     assert_bitwise_equal(weights(run / "model"), reference)
 
 
@@ -223,8 +254,14 @@ BUDGET_ARGS = ["train.max_steps=21", "train.save_steps=7", "train.eval_steps=7",
 @pytest.fixture(scope="module")
 def budget_reference(demo_root, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("budget")
-    args = ["config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
-            f"data.cache_dir={cache_dir}", "optim.warmup_steps=5", *BUDGET_ARGS]
+    args = [
+        "config/runs/demo-teacher.yaml",
+        f"data.train_dir={demo_root / 'train'}",
+        f"data.dev_dir={demo_root / 'dev'}",
+        f"data.cache_dir={cache_dir}",
+        "optim.warmup_steps=5",
+        *BUDGET_ARGS,
+    ]
     ok(run_cli("train", *args, f"output.dir={out}"))
     return args, weights(out / "demo" / "teacher" / "model")
 
@@ -261,7 +298,11 @@ def test_early_stopping_on_a_flat_dev_loss(demo_args, tmp_path):
 def test_torchrun_two_processes(demo_args, tmp_path):
     # Two CPU processes in one gloo group: rank 0 alone writes the run directory, each rank saves its RNG.
     milestones = ["train.max_steps=10", "train.word_checkpoints=3k,6k,9k"]
-    ok(run_cli("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *demo_args, *milestones))
+    ok(
+        run_cli(
+            "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *demo_args, *milestones
+        )
+    )
     run = run_dir(tmp_path)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
@@ -271,10 +312,18 @@ def test_torchrun_two_processes(demo_args, tmp_path):
     # words are counted over both ranks: the milestones fall where one rank with the same global batch puts them
     ok(run_cli("train", *demo_args, *milestones, "train.batch_size=32", "output.name=one-rank"))
     for name in ("chck_3k", "chck_6k", "chck_9k"):
-        two, one = (json.loads((r / "milestones" / name / "words_seen.json").read_text()) for r in (run, run_dir(tmp_path, name="one-rank")))
+        two, one = (
+            json.loads((r / "milestones" / name / "words_seen.json").read_text())
+            for r in (run, run_dir(tmp_path, name="one-rank"))
+        )
         assert (two["step"], two["words_seen"]) == (one["step"], one["words_seen"]), name
     one_rank = json.loads((run_dir(tmp_path, name="one-rank") / "DONE").read_text())
-    assert json.loads((run / "DONE").read_text())["words_seen"] == one_rank["words_seen"] == train_rows[-1]["words_seen"] > 9000
+    assert (
+        json.loads((run / "DONE").read_text())["words_seen"]
+        == one_rank["words_seen"]
+        == train_rows[-1]["words_seen"]
+        > 9000
+    )
 
 
 def test_two_nodes_have_one_writer_and_train_as_one_node_of_two(demo_args, tmp_path):
@@ -295,14 +344,40 @@ def test_two_nodes_have_one_writer_and_train_as_one_node_of_two(demo_args, tmp_p
     # torchrun gives each process one thread when it starts several per node; one per node keeps all cores, and a
     # different thread count sums the matmuls in another order. Same threads, same result, bit for bit.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
-                               "--nproc_per_node", "1", "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "train", *demo_args,
-                               "train.max_steps=10", f"output.dir={tmp_path / f'node{rank}'}"],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(rank),
+                "--nproc_per_node",
+                "1",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "-m",
+                "train",
+                *demo_args,
+                "train.max_steps=10",
+                f"output.dir={tmp_path / f'node{rank}'}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     written = sorted(str(p.relative_to(tmp_path / "node1")) for p in (tmp_path / "node1").rglob("*") if p.is_file())
-    assert written and all(w.startswith("demo/teacher/checkpoints/checkpoint-") and w.endswith("/rng_state_1.pth") for w in written), written
+    assert written and all(
+        w.startswith("demo/teacher/checkpoints/checkpoint-") and w.endswith("/rng_state_1.pth") for w in written
+    ), written
     run = tmp_path / "node0" / "demo" / "teacher"
     assert json.loads((run / "DONE").read_text())["step"] == 10
     assert json.loads((run / "run.json").read_text())["attempts"][0]["world_size"] == 2

@@ -28,13 +28,17 @@ def logits(n, v, scale, seed):
 def test_uld_equals_the_padded_sorted_reference(vt, vs, T):
     t, s = logits(6, vt, 3, 0), logits(6, vs, 2, 1)
     assert torch.allclose(uld_rows(t, s, T), reference_uld(F.softmax(t / T, -1), F.softmax(s / T, -1)), atol=1e-9)
-    assert torch.allclose(uld_rows(t.float(), s.float(), T).double(), uld_rows(t, s, T), atol=1e-5)  # float32 as in training
+    assert torch.allclose(
+        uld_rows(t.float(), s.float(), T).double(), uld_rows(t, s, T), atol=1e-5
+    )  # float32 as in training
 
 
 def test_uld_properties():
     t = logits(5, 100, 3, 0)
     assert uld_rows(t, t).abs().max() < 1e-9  # zero at identity
-    assert uld_rows(t, t[:, torch.randperm(100)]).abs().max() < 1e-9  # blind to which token carries which mass (never sees ids)
+    assert (
+        uld_rows(t, t[:, torch.randperm(100)]).abs().max() < 1e-9
+    )  # blind to which token carries which mass (never sees ids)
     s = logits(5, 100, 1, 2)
     assert (uld_rows(t, s) > 0).all() and (uld_rows(t, s) <= 2).all()  # an L1 distance of two distributions
     assert torch.allclose(uld_rows(t, s), uld_rows(s, t))  # symmetric
@@ -92,13 +96,20 @@ def test_through_the_wrapper_only_aligned_rows_count():
         logits = teacher(input_ids=ids).logits
     nowhere = torch.full((2, 9), -1)  # no student position has a teacher counterpart
     one = wrapper(ids, labels=ids, teacher_outputs=[TeacherOutput(logits, None)], n_tokens=16)["terms"]["uld"]
-    both = wrapper(ids, labels=ids, teacher_outputs=[TeacherOutput(logits, None), TeacherOutput(logits, None, nowhere)], n_tokens=16)
+    both = wrapper(
+        ids,
+        labels=ids,
+        teacher_outputs=[TeacherOutput(logits, None), TeacherOutput(logits, None, nowhere)],
+        n_tokens=16,
+    )
     assert torch.allclose(both["terms"]["uld"], one) and one > 0
     # by hand: ULD + 0.3 · KL over the whole (shared) vocabulary, per valid token
     s = wrapper.student(input_ids=ids).logits[:, :-1].reshape(-1, 48)
     t = logits[:, :-1].reshape(-1, 48)
-    ref = (reference_uld(F.softmax(t, -1), F.softmax(s, -1))
-           + 0.3 * F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1)).sum() / 16
+    ref = (
+        reference_uld(F.softmax(t, -1), F.softmax(s, -1))
+        + 0.3 * F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1)
+    ).sum() / 16
     assert torch.allclose(one, ref, atol=1e-5)
     both["loss"].backward()
     assert all(p.grad is not None for p in wrapper.student.parameters())
@@ -126,12 +137,18 @@ def test_hidden_mse_reads_a_teacher_at_its_aligned_positions():
     teachers = [Teacher("t", teacher, 1.0, [(1, 1)], 24, 2)]
     wrapper = DistillationWrapper(tiny_llama(16, 2), teachers, losses)
     ids = torch.randint(0, 48, (2, 9), generator=torch.Generator().manual_seed(0))
-    t_ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(1))  # the teacher's own, longer tokens
+    t_ids = torch.randint(
+        0, 48, (2, 12), generator=torch.Generator().manual_seed(1)
+    )  # the teacher's own, longer tokens
     index = torch.tensor([[0, -1, 2, 3, -1, 6, 7, 9, 11], [1, 2, -1, -1, 5, 8, 9, 10, 11]])
     with torch.no_grad():
         o = teacher(input_ids=t_ids, output_hidden_states=True)
-    got = wrapper(ids, labels=ids, teacher_outputs=[TeacherOutput(o.logits, o.hidden_states, index)], n_tokens=16)["terms"]["hidden_mse"]
-    s = wrapper.projections["hidden_t0_s1_t1"](wrapper.student(input_ids=ids, output_hidden_states=True).hidden_states[2])
+    got = wrapper(ids, labels=ids, teacher_outputs=[TeacherOutput(o.logits, o.hidden_states, index)], n_tokens=16)[
+        "terms"
+    ]["hidden_mse"]
+    s = wrapper.projections["hidden_t0_s1_t1"](
+        wrapper.student(input_ids=ids, output_hidden_states=True).hidden_states[2]
+    )
     t = o.hidden_states[2]
     ref = sum(((s[b, i] - t[b, index[b, i]]) ** 2).mean() for b in range(2) for i in range(8) if index[b, i] >= 0) / 16
     assert torch.allclose(got, ref, atol=1e-5)
@@ -152,13 +169,19 @@ def test_contrastive_takes_positives_and_negatives_among_aligned_rows():
     index = torch.tensor([[0, -1, 2, 3, -1, 6, 7, 9, 11], [1, 2, -1, -1, 5, 8, 9, 10, 11]])
     with torch.no_grad():
         o = teacher(input_ids=t_ids, output_hidden_states=True)
-    got = wrapper(ids, labels=ids, teacher_outputs=[TeacherOutput(o.logits, o.hidden_states, index)], n_tokens=16)["terms"]["contrastive"]
+    got = wrapper(ids, labels=ids, teacher_outputs=[TeacherOutput(o.logits, o.hidden_states, index)], n_tokens=16)[
+        "terms"
+    ]["contrastive"]
     proj = next(m for name, m in wrapper.named_modules() if name.endswith("contrastive_t0"))
     last = wrapper.student(input_ids=ids, output_hidden_states=True).hidden_states[-1]
     pairs = [(b, i) for b in range(2) for i in range(8) if index[b, i] >= 0]
     s = torch.stack([proj(last[b, i]) for b, i in pairs])
     t = torch.stack([o.hidden_states[-1][b, index[b, i]] for b, i in pairs])
-    assert torch.allclose(got, contrastive(s, t, losses.contrastive.tau, losses.contrastive.max_negatives, 16), atol=1e-5)
+    assert torch.allclose(
+        got, contrastive(s, t, losses.contrastive.tau, losses.contrastive.max_negatives, 16), atol=1e-5
+    )
     # a teacher aligned nowhere adds 0
-    none = wrapper(ids, labels=ids, teacher_outputs=[TeacherOutput(o.logits, o.hidden_states, torch.full((2, 9), -1))], n_tokens=16)
+    none = wrapper(
+        ids, labels=ids, teacher_outputs=[TeacherOutput(o.logits, o.hidden_states, torch.full((2, 9), -1))], n_tokens=16
+    )
     assert float(none["terms"]["contrastive"]) == 0.0

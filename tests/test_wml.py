@@ -25,14 +25,20 @@ def test_wml_parts_formula_and_single_peer():
     parts = W.wml_parts(logits, y, alpha, n)
     for j in range(3):
         ce = F.cross_entropy(logits[j], y)
-        kl = sum(F.kl_div(F.log_softmax(logits[i], -1), F.log_softmax(logits[j], -1), log_target=True, reduction="sum") / n
-                 for i in range(3) if i != j)
+        kl = sum(
+            F.kl_div(F.log_softmax(logits[i], -1), F.log_softmax(logits[j], -1), log_target=True, reduction="sum") / n
+            for i in range(3)
+            if i != j
+        )
         assert torch.allclose(parts[j], (1 - alpha) * ce + alpha * kl)
-    assert torch.allclose(W.wml_parts(logits[:1], y, alpha, n), F.cross_entropy(logits[0], y)[None])  # one peer: plain CE
+    assert torch.allclose(
+        W.wml_parts(logits[:1], y, alpha, n), F.cross_entropy(logits[0], y)[None]
+    )  # one peer: plain CE
 
 
 def test_target_side_of_each_kl_is_detached():
-    """In ℓ_j the KL terms teach the other peers: with α = 1, ℓ_j has no gradient on peer j and a nonzero one on the others."""
+    """In ℓ_j the KL terms teach the other peers: with α = 1, ℓ_j has no gradient on peer j and a nonzero one on the
+    others."""
     x, y, _, _, params = problem(k=3)
     parts = W.wml_parts([x @ p for p in params], y, alpha=1.0, n_tokens=len(y))
     grads = torch.autograd.grad(parts[0], params)
@@ -47,8 +53,12 @@ def test_mutual_kl_derivatives_match_the_formula_with_the_target_detached():
 
     def reference(ps):
         logp = [F.log_softmax(x @ p, -1) for p in ps]
-        return torch.stack([sum((lp_j.detach().exp() * (lp_j.detach() - lp_i)).sum() for i, lp_i in enumerate(logp) if i != j)
-                            for j, lp_j in enumerate(logp)])
+        return torch.stack(
+            [
+                sum((lp_j.detach().exp() * (lp_j.detach() - lp_i)).sum() for i, lp_i in enumerate(logp) if i != j)
+                for j, lp_j in enumerate(logp)
+            ]
+        )
 
     def ours(ps):
         return (W.wml_parts([x @ p for p in ps], y, alpha=1.0, n_tokens=1.0))
@@ -83,7 +93,9 @@ def test_hypergradient_matches_finite_differences(k):
 
     g = W.hypergradient(params, inner, val, omega, gamma)
     eps = 1e-6
-    fd = torch.stack([(unrolled(omega + eps * e) - unrolled(omega - eps * e)) / (2 * eps) for e in torch.eye(k, dtype=torch.float64)])
+    fd = torch.stack(
+        [(unrolled(omega + eps * e) - unrolled(omega - eps * e)) / (2 * eps) for e in torch.eye(k, dtype=torch.float64)]
+    )
     assert torch.linalg.norm(g - fd) / torch.linalg.norm(fd) < 1e-2, (g, fd)
     # the second term is real: without it the hypergradient is measurably off
     w = omega.clone().requires_grad_(True)
@@ -103,7 +115,9 @@ def test_mirror_step_stays_on_the_simplex_and_favours_low_gradients():
 def test_eta_schedule_warms_up_then_decays():
     values = [W.eta_at(s, 0.05, 0.005, 5, 200) for s in range(220)]
     assert values[0] == pytest.approx(0.01) and values[4] == pytest.approx(0.05)
-    assert values[5] == pytest.approx(0.05) and values[200] == pytest.approx(0.005) and values[219] == pytest.approx(0.005)
+    assert (
+        values[5] == pytest.approx(0.05) and values[200] == pytest.approx(0.005) and values[219] == pytest.approx(0.005)
+    )
     assert all(a >= b for a, b in zip(values[5:], values[6:]))
 
 

@@ -10,7 +10,16 @@ import yaml
 
 import random
 
-from conftest import assert_bitwise_equal, assert_user_error, ok, run_cli, shared, start_and_kill, stop_at_budget, weights
+from conftest import (
+    assert_bitwise_equal,
+    assert_user_error,
+    ok,
+    run_cli,
+    shared,
+    start_and_kill,
+    stop_at_budget,
+    weights,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +51,21 @@ def write_peers(out: Path, fields: list[dict], objective: str = "causal") -> Non
 def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    extra = [] if kind == "causal" else ["model.arch=roberta-tiny", "wml.objective=masked", "wml.init_points=5", "wml.n_iter=15"]
-    proc = ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path), *QUICK_SEARCH, *extra, "train.word_checkpoints=2k"))
+    extra = (
+        []
+        if kind == "causal"
+        else ["model.arch=roberta-tiny", "wml.objective=masked", "wml.init_points=5", "wml.n_iter=15"]
+    )
+    proc = ok(
+        run_cli(
+            "distill.wml",
+            "train",
+            *base(demo_root, cache_dir, tmp_path),
+            *QUICK_SEARCH,
+            *extra,
+            "train.word_checkpoints=2k",
+        )
+    )
     run = tmp_path / "demo-wml" / "wml"
     assert (run / "DONE").exists() and "champion: peer-" in proc.stdout
     rows = [r for r in metrics(run) if "loss" in r]
@@ -56,20 +78,34 @@ def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
         model = auto.from_pretrained(run / "model" / f"peer-{i}")
         assert sum(p.numel() for p in model.parameters()) == search["peers"][i]["n_params"]
         assert json.loads((run / "eval" / f"peer-{i}" / "demo_pairs.json").read_text())["n_items"] > 0
-        at_milestone = auto.from_pretrained(run / "milestones" / "chck_2k" / f"peer-{i}")  # every peer, at the milestone
+        at_milestone = auto.from_pretrained(
+            run / "milestones" / "chck_2k" / f"peer-{i}"
+        )  # every peer, at the milestone
         assert sum(p.numel() for p in at_milestone.parameters()) == search["peers"][i]["n_params"]
     assert json.loads((run / "milestones" / "chck_2k" / "words_seen.json").read_text())["words_seen"] >= 2000
     champion = json.loads((run / "model" / "champion.json").read_text())
     assert champion["champion"] == min(range(2), key=lambda i: champion["dev_ce"][i])
-    ok(run_cli("results", "collect", str(run), "--out", str(tmp_path / "results"), "--name", "t"))  # ω, from metrics.jsonl
+    ok(
+        run_cli("results", "collect", str(run), "--out", str(tmp_path / "results"), "--name", "t")
+    )  # ω, from metrics.jsonl
     assert (tmp_path / "results" / "t-omega" / "wml.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_four_peers(demo_root, cache_dir, tmp_path):
-    ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path, steps=10), "wml.num_peers=4", "wml.eval_tasks=[]"))
+    ok(
+        run_cli(
+            "distill.wml",
+            "train",
+            *base(demo_root, cache_dir, tmp_path, steps=10),
+            "wml.num_peers=4",
+            "wml.eval_tasks=[]",
+        )
+    )
     run = tmp_path / "demo-wml" / "wml"
     search = json.loads((tmp_path / "demo-wml" / "arch_search_results" / "search.json").read_text())
-    assert [round(p["target"]) for p in search["peers"]] == [round(search["settings"]["reference_params"] / d) for d in (2, 3, 4, 5)]
+    assert [round(p["target"]) for p in search["peers"]] == [
+        round(search["settings"]["reference_params"] / d) for d in (2, 3, 4, 5)
+    ]
     assert len({(p["layers"], p["heads"], p["hidden"]) for p in search["peers"]}) == 4
     last = [r for r in metrics(run) if "loss" in r][-1]
     assert abs(sum(last[f"omega/{i}"] for i in range(4)) - 1) < 1e-5
@@ -87,9 +123,20 @@ def test_weak_peer_ends_with_lower_weight(demo_root, cache_dir, tmp_path):
 
 
 def test_vanilla_mode_with_a_teacher(demo_root, cache_dir, tmp_path):
-    ok(run_cli("train", "config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
-               f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 't'}", "train.max_steps=40", "train.save_steps=1000",
-               "train.eval_steps=1000", "optim.warmup_steps=5"))
+    ok(
+        run_cli(
+            "train",
+            "config/runs/demo-teacher.yaml",
+            f"data.train_dir={demo_root / 'train'}",
+            f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache_dir}",
+            f"output.dir={tmp_path / 't'}",
+            "train.max_steps=40",
+            "train.save_steps=1000",
+            "train.eval_steps=1000",
+            "optim.warmup_steps=5",
+        )
+    )
     teacher = tmp_path / "t" / "demo" / "teacher" / "model"
     proc = ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path / "r"), *QUICK_SEARCH,
                       "wml.distillation_method=vanilla", f"wml.teacher={teacher}", "wml.eval_tasks=[]"))
@@ -101,10 +148,28 @@ def test_vanilla_mode_with_a_teacher(demo_root, cache_dir, tmp_path):
 def test_one_peer_matches_the_spine_trainer_step_for_step(demo_root, cache_dir, tmp_path):
     peer = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}
     write_peers(tmp_path, [peer])
-    common = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
-              "train.max_steps=20", "train.save_steps=10", "train.eval_steps=10", "train.logging_steps=1", "optim.warmup_steps=5"]
-    ok(run_cli("distill.wml", "train", "config/runs/demo-wml.yaml", *common, f"output.dir={tmp_path}", "wml.num_peers=1",
-               "wml.use_opt_config=false", "wml.eval_tasks=[]"))
+    common = [
+        f"data.train_dir={demo_root / 'train'}",
+        f"data.dev_dir={demo_root / 'dev'}",
+        f"data.cache_dir={cache_dir}",
+        "train.max_steps=20",
+        "train.save_steps=10",
+        "train.eval_steps=10",
+        "train.logging_steps=1",
+        "optim.warmup_steps=5",
+    ]
+    ok(
+        run_cli(
+            "distill.wml",
+            "train",
+            "config/runs/demo-wml.yaml",
+            *common,
+            f"output.dir={tmp_path}",
+            "wml.num_peers=1",
+            "wml.use_opt_config=false",
+            "wml.eval_tasks=[]",
+        )
+    )
     arch = tmp_path / "demo-wml" / "arch_search_results" / "peer-0.yaml"
     ok(run_cli("train", "config/runs/demo-teacher.yaml", *common,
                f"output.dir={tmp_path / 'spine'}", f"model.arch={arch}", "optim.lr=3e-3", "optim.min_lr=3e-4",
@@ -118,8 +183,16 @@ def test_one_peer_matches_the_spine_trainer_step_for_step(demo_root, cache_dir, 
 
 
 def budget_args(demo_root, cache_dir, out: Path) -> list[str]:
-    return ["train", *base(demo_root, cache_dir, out, steps=21), "train.save_steps=7", "train.eval_steps=7", "train.logging_steps=1",
-            "data.train_fraction=0.05", "wml.eval_tasks=[]", *QUICK_SEARCH]  # 2 steps per epoch: 21 ends inside one
+    return [
+        "train",
+        *base(demo_root, cache_dir, out, steps=21),
+        "train.save_steps=7",
+        "train.eval_steps=7",
+        "train.logging_steps=1",
+        "data.train_fraction=0.05",
+        "wml.eval_tasks=[]",
+        *QUICK_SEARCH,
+    ]  # 2 steps per epoch: 21 ends inside one
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +214,23 @@ def test_peers_stopped_at_their_last_step_only_finish(window, budget_reference, 
     assert json.loads((run / "DONE").read_text())["step"] == 21
     for i in range(2):
         assert_bitwise_equal(weights(run / "model" / f"peer-{i}"), weights(budget_reference / "model" / f"peer-{i}"))
-    assert json.loads((run / "model" / "champion.json").read_text()) == json.loads((budget_reference / "model" / "champion.json").read_text())
+    assert json.loads((run / "model" / "champion.json").read_text()) == json.loads(
+        (budget_reference / "model" / "champion.json").read_text()
+    )
 
 
 def test_resume_after_sigkill_continues_the_peer_weights_bitwise(demo_root, cache_dir, tmp_path):
-    """ω, its outer-step count and the peers come back from the checkpoint; dev batches are a function of the outer step."""
-    args = lambda out: ["train", *base(demo_root, cache_dir, out, steps=30), "train.save_steps=5", "train.eval_steps=5",  # noqa: E731
-                        "train.logging_steps=1", "wml.eval_tasks=[]", *QUICK_SEARCH]
+    """ω, its outer-step count and the peers come back from the checkpoint; dev batches are a function of the outer
+    step."""
+    args = lambda out: [
+        "train",
+        *base(demo_root, cache_dir, out, steps=30),
+        "train.save_steps=5",
+        "train.eval_steps=5",  # noqa: E731
+        "train.logging_steps=1",
+        "wml.eval_tasks=[]",
+        *QUICK_SEARCH,
+    ]
     ok(run_cli("distill.wml", *args(tmp_path / "ref")))
     ref = tmp_path / "ref" / "demo-wml" / "wml"
     run = tmp_path / "run" / "demo-wml" / "wml"
@@ -156,8 +239,14 @@ def test_resume_after_sigkill_continues_the_peer_weights_bitwise(demo_root, cach
     assert not (run / "DONE").exists()
     assert "resuming from" in ok(run_cli("distill.wml", *args(tmp_path / "run"), "--resume")).stdout
     for i in range(2):
-        assert_bitwise_equal(weights(run / "model" / f"peer-{i}"), weights(ref / "model" / f"peer-{i}")), f"killed at step {step}"
-    assert json.loads((run / "model" / "champion.json").read_text())["omega"] == json.loads((ref / "model" / "champion.json").read_text())["omega"]
+        (
+            assert_bitwise_equal(weights(run / "model" / f"peer-{i}"), weights(ref / "model" / f"peer-{i}")),
+            f"killed at step {step}",
+        )
+    assert (
+        json.loads((run / "model" / "champion.json").read_text())["omega"]
+        == json.loads((ref / "model" / "champion.json").read_text())["omega"]
+    )
 
 
 def test_bad_inputs(demo_root, cache_dir, tmp_path, monkeypatch):
@@ -178,12 +267,18 @@ def test_bad_inputs(demo_root, cache_dir, tmp_path, monkeypatch):
     bad(f"wml.reference_folder={tmp_path}/nowhere", needles=("wml.reference_folder", "does not exist"))
     bad("wml.search.layers=[1]", "wml.search.hidden=[16,24]", "wml.search.heads=[2]", *QUICK_SEARCH,
         needles=("wml.search: peer 0 targets", "nearest architecture", "1 layers, 2 heads, hidden 24", "widen"))
-    bad("wml.use_opt_config=false", needles=("wml.use_opt_config=false", "search.json does not exist", "python -m distill.wml search"))
+    bad(
+        "wml.use_opt_config=false",
+        needles=("wml.use_opt_config=false", "search.json does not exist", "python -m distill.wml search"),
+    )
     bad("wml.distillation_method=vanilla", f"wml.teacher={tmp_path}/none", needles=("wml.teacher", "does not exist"))
     bad("wml.distillation_method=vanilla", f"wml.teacher={shared('hf_tiny_gpt2')}", *QUICK_SEARCH,
         needles=("differ in their vocabulary",))
     bad("wml.loss_alpha=1.5", needles=("wml.loss_alpha", "must be at least 0 and at most 1"))
-    bad(f"wml.reference_folder={shared('hf_tiny_gpt2')}", needles=("wml.reference_folder", "50257-token vocabulary", "512"))
+    bad(
+        f"wml.reference_folder={shared('hf_tiny_gpt2')}",
+        needles=("wml.reference_folder", "50257-token vocabulary", "512"),
+    )
 
 
 def test_the_champion_is_chosen_on_the_whole_dev_set_under_two_ranks(demo_root, cache_dir, tmp_path):
@@ -195,8 +290,21 @@ def test_the_champion_is_chosen_on_the_whole_dev_set_under_two_ranks(demo_root, 
     from distill.wml.config import WMLRunConfig
     from tokenizer.prepare import load_blocks, prepare
 
-    ok(run_cli("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "distill.wml", "train",
-               *base(demo_root, cache_dir, tmp_path, steps=10), "wml.eval_tasks=[]", *QUICK_SEARCH, "train.batch_size=4"))
+    ok(
+        run_cli(
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "distill.wml",
+            "train",
+            *base(demo_root, cache_dir, tmp_path, steps=10),
+            "wml.eval_tasks=[]",
+            *QUICK_SEARCH,
+            "train.batch_size=4",
+        )
+    )
     run = tmp_path / "demo-wml" / "wml"
     champion = json.loads((run / "model" / "champion.json").read_text())
     cfg = load(WMLRunConfig, run / "config.yaml")

@@ -67,7 +67,9 @@ def test_every_block_holds_the_words_of_its_text(babylm, tmp_path):
     blocks = block_words(load_blocks(prepared.train_blocks, with_words=True))
     assert np.array_equal(blocks, expected)
     stats = json.loads((prepared.train_blocks / "stats.json").read_text())
-    assert stats["words"] == expected.sum() and stats["kept_words"] == flat.sum() and stats["corpus_words"] == corpus_words
+    assert (
+        stats["words"] == expected.sum() and stats["kept_words"] == flat.sum() and stats["corpus_words"] == corpus_words
+    )
     assert stats["corpus_words"] > stats["kept_words"]  # the _BOOK_TITLE_ line's words are in the file, not in training
     assert "words" not in load_blocks(prepared.train_blocks).column_names  # only training counts them
 
@@ -78,9 +80,18 @@ def test_every_block_holds_the_words_of_its_text(babylm, tmp_path):
 
 
 def demo_cli(demo_root, cache_dir, out, *extra):
-    return ["config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
-            f"data.cache_dir={cache_dir}", f"output.dir={out}", "train.save_steps=10", "train.eval_steps=10",
-            "train.logging_steps=1", "optim.warmup_steps=5", *extra]
+    return [
+        "config/runs/demo-teacher.yaml",
+        f"data.train_dir={demo_root / 'train'}",
+        f"data.dev_dir={demo_root / 'dev'}",
+        f"data.cache_dir={cache_dir}",
+        f"output.dir={out}",
+        "train.save_steps=10",
+        "train.eval_steps=10",
+        "train.logging_steps=1",
+        "optim.warmup_steps=5",
+        *extra,
+    ]
 
 
 def data_order(blocks, batch_size: int, epochs: int) -> list[list[int]]:
@@ -111,9 +122,22 @@ def test_two_epochs_count_twice_the_corpus_and_milestones_fall_on_the_data_order
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "runs"
-    ok(run_cli("train", "config/runs/demo-teacher.yaml", f"data.train_dir={babylm / 'train'}", "data.dev_dir=",
-               f"data.cache_dir={cache_dir}", f"output.dir={out}", "train.epochs=2", "train.logging_steps=1",  # replaces the recipe's max_steps
-               "train.save_steps=100", "train.word_checkpoints=5k,20k,30k", "optim.warmup_steps=2", "train.keep_best=false"))
+    ok(
+        run_cli(
+            "train",
+            "config/runs/demo-teacher.yaml",
+            f"data.train_dir={babylm / 'train'}",
+            "data.dev_dir=",
+            f"data.cache_dir={cache_dir}",
+            f"output.dir={out}",
+            "train.epochs=2",
+            "train.logging_steps=1",  # replaces the recipe's max_steps
+            "train.save_steps=100",
+            "train.word_checkpoints=5k,20k,30k",
+            "optim.warmup_steps=2",
+            "train.keep_best=false",
+        )
+    )
     run = out / "demo" / "teacher"
     info = json.loads((run / "run.json").read_text())["words"]
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
@@ -125,7 +149,12 @@ def test_two_epochs_count_twice_the_corpus_and_milestones_fall_on_the_data_order
 
     from common.paths import read_jsonl
 
-    cumulative = np.cumsum([block_words[step].sum() for step in data_order(load_blocks(_train_blocks(cache_dir, run), with_words=True), 16, 2)])
+    cumulative = np.cumsum(
+        [
+            block_words[step].sum()
+            for step in data_order(load_blocks(_train_blocks(cache_dir, run), with_words=True), 16, 2)
+        ]
+    )
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == list(range(1, len(cumulative) + 1))
     assert [r["words_seen"] for r in rows] == cumulative.tolist()
@@ -134,9 +163,21 @@ def test_two_epochs_count_twice_the_corpus_and_milestones_fall_on_the_data_order
         folder = run / "milestones" / f"chck_{milestone // 1000}k"
         record = json.loads((folder / "words_seen.json").read_text())
         step = int(np.argmax(cumulative >= milestone)) + 1
-        assert record == {"milestone": milestone, "words_seen": int(cumulative[step - 1]), "step": step, "epoch": record["epoch"]}
-        assert AutoModelForCausalLM.from_pretrained(folder).config.model_type == "gpt2" and (folder / "tokenizer.json").exists()
-    assert sorted(p.name for p in (run / "milestones").iterdir()) == ["chck_20k", "chck_30k", "chck_5k"]  # no temporary left
+        assert record == {
+            "milestone": milestone,
+            "words_seen": int(cumulative[step - 1]),
+            "step": step,
+            "epoch": record["epoch"],
+        }
+        assert (
+            AutoModelForCausalLM.from_pretrained(folder).config.model_type == "gpt2"
+            and (folder / "tokenizer.json").exists()
+        )
+    assert sorted(p.name for p in (run / "milestones").iterdir()) == [
+        "chck_20k",
+        "chck_30k",
+        "chck_5k",
+    ]  # no temporary left
 
 
 def _train_blocks(cache_dir, run):
@@ -179,7 +220,9 @@ def test_a_words_budget_stops_at_the_first_step_past_it(demo_root, cache_dir, tm
     (["train.word_checkpoints=babylm,5k"], ["train.word_checkpoints", "stands alone"]),
     (["train.word_checkpoints=5q"], ["train.word_checkpoints[0]", "not a number of words"]),
 ])
-def test_budget_and_milestone_mistakes_are_refused_before_anything_is_written(extra, needles, demo_root, cache_dir, tmp_path):
+def test_budget_and_milestone_mistakes_are_refused_before_anything_is_written(
+    extra, needles, demo_root, cache_dir, tmp_path
+):
     from train.__main__ import main
 
     args = demo_cli(demo_root, cache_dir, tmp_path / "runs", "train.max_steps=30", *extra)
@@ -228,7 +271,9 @@ def test_eval_curve_scores_every_milestone_once_and_plots_it(demo_root, cache_di
     out = tmp_path / "runs"
     ok(run_cli("train", *demo_cli(demo_root, cache_dir, out, "train.max_steps=20", "train.word_checkpoints=2k,5k,10k")))
     run = out / "demo" / "teacher"
-    proc = ok(run_cli("eval", "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress"))
+    proc = ok(
+        run_cli("eval", "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress")
+    )
     assert "Loading weights" not in proc.stderr  # no bar per milestone model
     curve = json.loads((run / "eval" / "curve.json").read_text())["tasks"]
     for task in ("demo_pairs",):
@@ -240,12 +285,27 @@ def test_eval_curve_scores_every_milestone_once_and_plots_it(demo_root, cache_di
             assert p["words_seen"] == record["words_seen"] and p["score"] == result["score"] and 0 <= p["score"] <= 1
         assert (run / "eval" / "curves" / f"{task}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamps = {p: p.stat().st_mtime_ns for p in run.glob("milestones/*/eval/*.json")}
-    proc = ok(call(eval_main, "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress"))
+    proc = ok(
+        call(eval_main, "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress")
+    )
     assert "task(s) at" not in proc.stdout and {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     ok(run_cli("train", *demo_cli(demo_root, cache_dir, out, "train.max_steps=2", "output.name=plain")))
-    assert_user_error(call(eval_main, "curve", str(run), str(out / "demo" / "plain"), "--tasks", "demo_pairs", "--data-dir", str(demo_root)),
-                      str(out / "demo" / "plain"), "no milestones", "train.word_checkpoints")
+    assert_user_error(
+        call(
+            eval_main,
+            "curve",
+            str(run),
+            str(out / "demo" / "plain"),
+            "--tasks",
+            "demo_pairs",
+            "--data-dir",
+            str(demo_root),
+        ),
+        str(out / "demo" / "plain"),
+        "no milestones",
+        "train.word_checkpoints",
+    )
     assert_user_error(call(eval_main, "curve", str(tmp_path), "--tasks", "demo_pairs"), "not a run directory")
     assert_user_error(call(eval_main, "curve", str(run)), "give --suite or --tasks")
 
@@ -265,4 +325,8 @@ def test_a_checkpoint_from_before_word_counting_resumes_with_an_estimate(demo_ro
     step_words = json.loads((run / "run.json").read_text())["words"]["step_words"]
     assert f"note: {ckpt} predates word counting" in proc.stdout and f"= {round(10 * step_words):,}" in proc.stdout
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert round(10 * step_words) < [r for r in rows if r.get("step") == 11 and "loss" in r][0]["words_seen"] < round(12 * step_words)
+    assert (
+        round(10 * step_words)
+        < [r for r in rows if r.get("step") == 11 and "loss" in r][0]["words_seen"]
+        < round(12 * step_words)
+    )

@@ -1,1 +1,2 @@
-"""Corpus cleaning per BabyLM domain, BPE tokenizer training, tokenize + pack to blocks, and the embedded demo corpus."""
+"""Corpus cleaning per BabyLM domain, BPE tokenizer training, tokenize + pack to blocks, and the embedded demo
+corpus."""

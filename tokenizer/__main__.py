@@ -1,4 +1,6 @@
-"""python -m tokenizer {prepare,demo}: build the cached tokenizer and blocks of a run config, or write the demo corpus."""
+"""python -m tokenizer {prepare,demo}: build the cached tokenizer and blocks of a run config, or write the demo
+corpus."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,9 +14,12 @@ from tokenizer.config import PrepareConfig
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tokenizer", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m tokenizer",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Clean a BabyLM corpus, train or load a tokenizer, tokenize and pack into blocks (all cached).",
-        epilog="config keys read by `prepare` (set in the YAML or as key=value):\n" + "\n".join(cfglib.describe(PrepareConfig)))
+        epilog="config keys read by `prepare` (set in the YAML or as key=value):\n"
+        + "\n".join(cfglib.describe(PrepareConfig)),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="clean + tokenizer + pack for a run config (config/runs/*.yaml)")
     p.add_argument("config", help="run YAML; only its data: and tokenizer: sections are read")

@@ -13,7 +13,13 @@ from pathlib import Path
 from common.errors import UserError
 
 MIN_VOCAB = 300  # 256 byte tokens, the specials and some merges: tokenizer.vocab_size's lower bound
-SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask>"}
+SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+}
 
 
 def train_bpe(text_files: list[Path], vocab_size: int, min_frequency: int, out_dir: Path):
@@ -31,9 +37,11 @@ def train_bpe(text_files: list[Path], vocab_size: int, min_frequency: int, out_d
     if tok.get_vocab_size() != vocab_size:
         found = tok.get_vocab_size()
         if found < MIN_VOCAB:  # the smallest size a from-scratch tokenizer may have: suggesting it would fail again
-            raise UserError(f"data.train_dir: the corpus is too small for a BPE tokenizer (it supports {found} tokens, fewer than "
-                            f"the {MIN_VOCAB} tokenizer.vocab_size must reach); add text, lower tokenizer.min_frequency, or use "
-                            f"tokenizer.type=pretrained")
+            raise UserError(
+                f"data.train_dir: the corpus is too small for a BPE tokenizer (it supports {found} tokens, fewer than "
+                f"the {MIN_VOCAB} tokenizer.vocab_size must reach); add text, lower tokenizer.min_frequency, or use "
+                f"tokenizer.type=pretrained"
+            )
         raise UserError(
             f"tokenizer.vocab_size: the corpus in data.train_dir supports only {found} BPE tokens, "
             f"not {vocab_size}; set tokenizer.vocab_size={found} and model.vocab_size={found}")
@@ -55,11 +63,20 @@ def load_pretrained(name_or_path: str, key: str = "tokenizer.name_or_path"):
 
     local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or Path(name_or_path).exists()
     if local and not Path(name_or_path).is_dir():
-        raise UserError(f"{key}={name_or_path}: no such folder; give a tokenizer folder (saved with save_pretrained) or a Hub name")
-    with reading(f"{key}={name_or_path}", "the tokenizer", "give a tokenizer folder (saved with save_pretrained) or a reachable Hub name"):
+        raise UserError(
+            f"{key}={name_or_path}: no such folder; give a tokenizer folder (saved with save_pretrained) or a Hub name"
+        )
+    with reading(
+        f"{key}={name_or_path}",
+        "the tokenizer",
+        "give a tokenizer folder (saved with save_pretrained) or a reachable Hub name",
+    ):
         tok = AutoTokenizer.from_pretrained(name_or_path)
     if tok.bos_token_id is None and tok.eos_token_id is None:
-        raise UserError(f"{key}={name_or_path}: the tokenizer has neither a BOS nor an EOS token; zero-shot scoring needs a prefix token")
+        raise UserError(
+            f"{key}={name_or_path}: the tokenizer has neither a BOS nor an EOS token; zero-shot scoring needs a "
+            "prefix token"
+        )
     return tok
 
 

@@ -50,7 +50,9 @@ def _noun(rng: random.Random, number: str, gendered: bool = False) -> tuple[str,
 def _np(rng: random.Random, number: str, det: str | None = None, gendered: bool = False) -> tuple[str, str]:
     noun, gender = _noun(rng, number, gendered)
     det = det or rng.choice(DETS[number])
-    adj = rng.choice(ADJECTIVES) + " " if rng.random() < 0.25 else ""  # no noun or adjective starts with a vowel: "a" fits
+    adj = (
+        rng.choice(ADJECTIVES) + " " if rng.random() < 0.25 else ""
+    )  # no noun or adjective starts with a vowel: "a" fits
     return f"{det} {adj}{noun}", gender
 
 
@@ -170,10 +172,16 @@ def check_target(out_dir: str | Path, n_sentences: int) -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; give a folder for the demo corpus")
-    taken = [p for p in (out / "train", out / "dev", out / "pairs", out / "finetune") if p.exists() and (not p.is_dir() or any(p.iterdir()))]
+    taken = [
+        p
+        for p in (out / "train", out / "dev", out / "pairs", out / "finetune")
+        if p.exists() and (not p.is_dir() or any(p.iterdir()))
+    ]
     if taken:
-        raise UserError(f"{out}: already holds {', '.join(p.name + '/' for p in taken)}; the demo does not write over them, "
-                        f"choose an empty or new folder")
+        raise UserError(
+            f"{out}: already holds {', '.join(p.name + '/' for p in taken)}; the demo does not write over them, "
+            f"choose an empty or new folder"
+        )
 
 
 def _held_out_rows(rng: random.Random, seen: set[str], n: int, row_for) -> list[dict]:
@@ -232,8 +240,12 @@ def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pair
 def acceptability_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
     """n sentences, one side of a fresh minimal pair each: label 1 the grammatical side, 0 the other (balanced over
     labels and phenomena), none seen before. Solving it takes the agreement the pairs test, not surface cues."""
-    return _held_out_rows(rng, seen, n, lambda i, k: ((i // 2) % k, lambda good, bad: {"sentence": good if i % 2 else bad,
-                                                                                         "label": i % 2}))
+    return _held_out_rows(
+        rng,
+        seen,
+        n,
+        lambda i, k: ((i // 2) % k, lambda good, bad: {"sentence": good if i % 2 else bad, "label": i % 2}),
+    )
 
 
 TASKS = ("demo_phenomenon", "demo_acceptability")  # the fine-tuning tasks, in the order task_splits draws them
@@ -243,15 +255,22 @@ def task_splits(seed: int, seen: set[str]) -> dict[str, dict[str, list[dict]]]:
     """Each fine-tuning task's train (1,000) and valid (200) rows, none of them in `seen` or in another task."""
     task_rng = random.Random(seed + 2_000_003)
     phenomenon = {"train": phenomenon_task(task_rng, seen, 1000), "valid": phenomenon_task(task_rng, seen, 200)}
-    return {"demo_phenomenon": phenomenon,
-            "demo_acceptability": {"train": acceptability_task(task_rng, seen, 1000), "valid": acceptability_task(task_rng, seen, 200)}}
+    return {
+        "demo_phenomenon": phenomenon,
+        "demo_acceptability": {
+            "train": acceptability_task(task_rng, seen, 1000),
+            "valid": acceptability_task(task_rng, seen, 200),
+        },
+    }
 
 
 def write_task(out: Path, tasks: dict[str, dict[str, list[dict]]]) -> None:
     (out / "finetune").mkdir(parents=True, exist_ok=True)
     for name, splits in tasks.items():
         for split, rows in splits.items():
-            (out / "finetune" / f"{name}.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            (out / "finetune" / f"{name}.{split}.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+            )
 
 
 def add_task(out_dir: str | Path, seed: int) -> bool:

@@ -41,12 +41,19 @@ def ensure_demo(data: DataConfig) -> None:
     if not data.demo:
         return
     if train_dir.exists():
-        if train_dir.name == "train" and (train_dir.parent / "pairs").is_dir() and demo.add_task(train_dir.parent, data.seed):
+        if (
+            train_dir.name == "train"
+            and (train_dir.parent / "pairs").is_dir()
+            and demo.add_task(train_dir.parent, data.seed)
+        ):
             print(f"added the demo's fine-tuning tasks to {train_dir.parent}/finetune (the folder predates it)")
         return
     root = train_dir.parent
     if train_dir.name != "train" or (data.dev_dir and Path(data.dev_dir) != root / "dev"):
-        raise UserError(f"data.demo writes <root>/train, <root>/dev and <root>/pairs: set data.train_dir={root}/train and data.dev_dir={root}/dev")
+        raise UserError(
+            f"data.demo writes <root>/train, <root>/dev and <root>/pairs: set data.train_dir={root}/train and "
+            f"data.dev_dir={root}/dev"
+        )
     demo.check_target(root, data.demo_sentences)
     print(f"generating the demo corpus in {root} (seed {data.seed}, {data.demo_sentences} sentences)")
     demo.generate(root, seed=data.seed, n_sentences=data.demo_sentences)
@@ -109,7 +116,9 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
                         remove_columns=["text"], fn_kwargs={"tokenizer": tokenizer, "prefix": bpe.prefix_id(tokenizer)},
                         desc=f"tokenizing {out.parent.name}/{out.name}", new_fingerprint=_hash("tok", out))
     flat = pc.list_flatten(tokenized.data.column("input_ids")).to_numpy().astype(np.int32)
-    lengths = np.asarray(pc.list_value_length(tokenized.data.column("input_ids")).to_numpy(zero_copy_only=False), dtype=np.int64)
+    lengths = np.asarray(
+        pc.list_value_length(tokenized.data.column("input_ids")).to_numpy(zero_copy_only=False), dtype=np.int64
+    )
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     words, corpus_words = corpus.read_words(text_files)
     if len(words) != len(lengths):  # the text loader split lines differently from the cleaner: never count wrongly
@@ -117,7 +126,10 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
     if packing:
         n_blocks = len(flat) // block_size
         if n_blocks == 0:
-            raise UserError(f"{source}: only {len(flat)} tokens, fewer than one block of data.block_size={block_size}; lower data.block_size or add text")
+            raise UserError(
+                f"{source}: only {len(flat)} tokens, fewer than one block of data.block_size={block_size}; lower "
+                "data.block_size or add text"
+            )
         blocks = pa.FixedSizeListArray.from_arrays(pa.array(flat[: n_blocks * block_size]), block_size)
         block_words = np.diff(words_before(np.arange(n_blocks + 1) * block_size, starts, lengths, words))
         ds = datasets.Dataset(pa.table({"input_ids": blocks, "words": pa.array(block_words)}))
@@ -132,8 +144,12 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
         for r, (start, n) in enumerate(zip(starts[keep], used)):
             rows[r, :n] = flat[start:start + n]
         blocks = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), block_size)
-        block_words = (used * words[keep] + lengths[keep] - 1) // lengths[keep]  # a truncated line: its first `used` tokens' words
-        ds = datasets.Dataset(pa.table({"input_ids": blocks, "length": pa.array(used.astype(np.int32)), "words": pa.array(block_words)}))
+        block_words = (used * words[keep] + lengths[keep] - 1) // lengths[
+            keep
+        ]  # a truncated line: its first `used` tokens' words
+        ds = datasets.Dataset(
+            pa.table({"input_ids": blocks, "length": pa.array(used.astype(np.int32)), "words": pa.array(block_words)})
+        )
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     ds.save_to_disk(str(tmp))
@@ -167,8 +183,15 @@ def _prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
     blocks = cache / "blocks"
     layout = () if data.packing else ("padded",)  # packed caches keep their old keys
     train_key = _hash(PACK_VERSION, train_fp, tok_fp, data.block_size, *layout)
-    train_blocks = pack(clean_train, tokenizer, data.block_size, data.num_proc, blocks / f"train-{train_key}", data.packing,
-                        f"{data.train_dir} (data.train_dir)")
+    train_blocks = pack(
+        clean_train,
+        tokenizer,
+        data.block_size,
+        data.num_proc,
+        blocks / f"train-{train_key}",
+        data.packing,
+        f"{data.train_dir} (data.train_dir)",
+    )
     dev_blocks = None
     if data.dev_dir:
         dev_files = corpus.find_files(data.dev_dir, data.domains, key="data.dev_dir")

@@ -15,8 +15,13 @@ from train.config import RunConfig
 def build_parser():
     from train.session import run_parser
 
-    return run_parser("python -m train", "Train a teacher or baseline LM into runs/<experiment>/<name>/ (see DESIGN.md, 'The run directory').",
-                      RunConfig, "config/runs/demo-teacher.yaml", "optim.lr=3e-4 data.train_dir=/data/babylm/train_10M")
+    return run_parser(
+        "python -m train",
+        "Train a teacher or baseline LM into runs/<experiment>/<name>/ (see DESIGN.md, 'The run directory').",
+        RunConfig,
+        "config/runs/demo-teacher.yaml",
+        "optim.lr=3e-4 data.train_dir=/data/babylm/train_10M",
+    )
 
 
 @exit_on_user_error

@@ -16,9 +16,13 @@ from tokenizer.config import DataConfig, TokenizerConfig
 
 @dataclass
 class ModelConfig:
-    arch: str = field("gpt2-tiny", "architecture: a name in config/models/ or a path to a YAML of Hugging Face config fields")
+    arch: str = field(
+        "gpt2-tiny", "architecture: a name in config/models/ or a path to a YAML of Hugging Face config fields"
+    )
     vocab_size: int = field(16000, "embedding rows; must equal the tokenizer's vocabulary", ge=1)
-    overrides: dict[str, Any] = field({}, "Hugging Face config fields that replace the architecture file's (model.overrides.n_layer=4)")
+    overrides: dict[str, Any] = field(
+        {}, "Hugging Face config fields that replace the architecture file's (model.overrides.n_layer=4)"
+    )
 
 
 @dataclass
@@ -38,9 +42,16 @@ class TrainConfig:
     max_steps: int = field(0, "budget in optimizer steps (one budget per run: this, train.epochs or train.max_words; "
                               "0 = not this one; none set: 1000 steps)", ge=0)
     epochs: float = field(0.0, "budget in passes over the training blocks (BabyLlama: 6); 0 = not this one", ge=0)
-    max_words: str = field("", "budget in raw words seen, repeats counted (100M, 500k, 2000000); the run stops at the first step at or past it")
-    word_checkpoints: list[str] = field([], "export the model at these words seen: babylm (1M..10M by 1M, 20M..100M by 10M), "
-                                            "babylm-100m (then 200M..1000M by 100M), a list (1M,5M), or none")
+    max_words: str = field(
+        "",
+        "budget in raw words seen, repeats counted (100M, 500k, 2000000); the run stops at the first step at or past "
+        "it",
+    )
+    word_checkpoints: list[str] = field(
+        [],
+        "export the model at these words seen: babylm (1M..10M by 1M, 20M..100M by 10M), "
+        "babylm-100m (then 200M..1000M by 100M), a list (1M,5M), or none",
+    )
     batch_size: int = field(32, "blocks per device per micro-batch", ge=1)
     grad_accum: int = field(1, "micro-batches accumulated per optimizer step", ge=1)
     eval_steps: int = field(200, "evaluate the dev loss every this many steps (needs data.dev_dir)", ge=1)
@@ -48,10 +59,17 @@ class TrainConfig:
     logging_steps: int = field(10, "append a line to metrics.jsonl every this many steps", ge=1)
     save_total_limit: int = field(3, "checkpoints kept (at least 2, so a corrupt newest one has a fallback)", ge=2)
     keep_best: bool = field(True, "export the checkpoint with the lowest dev loss as model/ (needs data.dev_dir)")
-    early_stopping_patience: int = field(0, "stop after this many evaluations without a lower dev loss; 0 = never", ge=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field("auto", "auto = bf16 on a GPU that supports it, else fp32")
-    report_to: str = field("none", "experiment trackers, comma-separated: none, tensorboard, wandb, mlflow (the Trainer's "
-                                   "integrations; files under <run>/tracking/)")
+    early_stopping_patience: int = field(
+        0, "stop after this many evaluations without a lower dev loss; 0 = never", ge=0
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        "auto", "auto = bf16 on a GPU that supports it, else fp32"
+    )
+    report_to: str = field(
+        "none",
+        "experiment trackers, comma-separated: none, tensorboard, wandb, mlflow (the Trainer's "
+        "integrations; files under <run>/tracking/)",
+    )
     deepspeed: str = field("", "DeepSpeed JSON (config/deepspeed/*.json) used when launched by torchrun or deepspeed")
     seed: int = field(42, "seed for initialisation, data order and dropout", ge=0, le=2**32 - 1)
     num_workers: int = field(0, "DataLoader worker processes", ge=0)
@@ -73,7 +91,9 @@ class OutputConfig:
 class RunSections:
     """The sections every kind of training run has; each kind adds its model section and its own."""
 
-    ALTERNATIVES = (("train.max_steps", "train.epochs", "train.max_words"),)  # one budget: an override replaces the YAML's
+    ALTERNATIVES = (
+        ("train.max_steps", "train.epochs", "train.max_words"),
+    )  # one budget: an override replaces the YAML's
 
     data: DataConfig = field(DataConfig(), "corpus location, cleaning, packing")
     tokenizer: TokenizerConfig = field(TokenizerConfig(), "tokenizer trained from scratch or loaded")
@@ -124,13 +144,25 @@ def check_run(cfg) -> None:
     if precision_problem(t.precision):
         raise ConfigError("train.precision", precision_problem(t.precision))
     if cfg.data.dev_dir and t.keep_best and t.save_steps % t.eval_steps:
-        raise ConfigError("train.save_steps", f"is {t.save_steps}; with train.keep_best it must be a multiple of train.eval_steps ({t.eval_steps})")
+        raise ConfigError(
+            "train.save_steps",
+            f"is {t.save_steps}; with train.keep_best it must be a multiple of train.eval_steps ({t.eval_steps})",
+        )
     if t.early_stopping_patience and not cfg.data.dev_dir:
-        raise ConfigError("train.early_stopping_patience", "needs a dev set; set data.dev_dir or train.early_stopping_patience=0")
+        raise ConfigError(
+            "train.early_stopping_patience", "needs a dev set; set data.dev_dir or train.early_stopping_patience=0"
+        )
     if t.early_stopping_patience and not t.keep_best:
-        raise ConfigError("train.early_stopping_patience", "needs train.keep_best=true (it stops at, and exports, the best checkpoint)")
+        raise ConfigError(
+            "train.early_stopping_patience",
+            "needs train.keep_best=true (it stops at, and exports, the best checkpoint)",
+        )
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError("optim.min_lr", f"is {cfg.optim.min_lr}, above optim.lr={cfg.optim.lr}")
     if cfg.tokenizer.type == "from_scratch" and cfg.tokenizer.vocab_size != cfg.model.vocab_size:
-        raise ConfigError("model.vocab_size", f"is {cfg.model.vocab_size} but tokenizer.vocab_size is {cfg.tokenizer.vocab_size}; set both to the same size")
+        raise ConfigError(
+            "model.vocab_size",
+            f"is {cfg.model.vocab_size} but tokenizer.vocab_size is {cfg.tokenizer.vocab_size}; set both to the same "
+            "size",
+        )
     models.check_architecture(cfg.model, cfg.data.block_size)

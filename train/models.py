@@ -55,9 +55,13 @@ def hf_config(model_cfg, special_ids: dict | None = None):
     objective, fields = read_architecture(model_cfg)
     model_type = fields.pop("model_type")
     try:
-        return objective, AutoConfig.for_model(model_type, **fields, vocab_size=model_cfg.vocab_size, **(special_ids or NO_SPECIAL_IDS))
+        return objective, AutoConfig.for_model(
+            model_type, **fields, vocab_size=model_cfg.vocab_size, **(special_ids or NO_SPECIAL_IDS)
+        )
     except (ValueError, TypeError) as exc:
-        raise ConfigError("model.arch", f"{arch_file(model_cfg.arch)}: not a valid {model_type} config: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(
+            "model.arch", f"{arch_file(model_cfg.arch)}: not a valid {model_type} config: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def max_positions(config) -> int:
@@ -71,23 +75,36 @@ def check_architecture(model_cfg, block_size: int) -> None:
     _, config = hf_config(model_cfg)
     hidden, heads = config.hidden_size, config.num_attention_heads
     touched = [k for k in ("hidden_size", "n_embd", "num_attention_heads", "n_head") if k in model_cfg.overrides]
-    for name, value, keys in (("hidden size", hidden, ("hidden_size", "n_embd")), ("attention heads", heads, ("num_attention_heads", "n_head")),
-                              ("layers", getattr(config, "num_hidden_layers", 1), ("num_hidden_layers", "n_layer"))):
+    for name, value, keys in (
+        ("hidden size", hidden, ("hidden_size", "n_embd")),
+        ("attention heads", heads, ("num_attention_heads", "n_head")),
+        ("layers", getattr(config, "num_hidden_layers", 1), ("num_hidden_layers", "n_layer")),
+    ):
         if not isinstance(value, int) or value < 1:
             key = next((f"model.overrides.{k}" for k in keys if k in model_cfg.overrides), "model.arch")
             raise ConfigError(key, f"{name} must be a positive integer, got {value!r} ({model_cfg.arch})")
     if hidden % heads:
         key = f"model.overrides.{touched[0]}" if touched else "model.arch"
-        raise ConfigError(key, f"hidden size {hidden} is not divisible by {heads} attention heads ({model_cfg.arch}); choose sizes that divide")
+        raise ConfigError(
+            key,
+            f"hidden size {hidden} is not divisible by {heads} attention heads ({model_cfg.arch}); choose sizes that "
+            "divide",
+        )
     if block_size > max_positions(config):
-        raise ConfigError("data.block_size", f"is {block_size} but {model_cfg.arch} has {max_positions(config)} positions; "
-                                             f"lower data.block_size or raise the model's positions")
+        raise ConfigError(
+            "data.block_size",
+            f"is {block_size} but {model_cfg.arch} has {max_positions(config)} positions; "
+            f"lower data.block_size or raise the model's positions",
+        )
 
 
 def check_vocab(model_cfg, tokenizer, tokenizer_name: str) -> None:
     if len(tokenizer) != model_cfg.vocab_size:
-        raise UserError(f"model.vocab_size: is {model_cfg.vocab_size} but the tokenizer {tokenizer_name} has {len(tokenizer)} tokens; "
-                        f"set model.vocab_size={len(tokenizer)}")
+        raise UserError(
+            f"model.vocab_size: is {model_cfg.vocab_size} but the tokenizer {tokenizer_name} has {len(tokenizer)} "
+            "tokens; "
+            f"set model.vocab_size={len(tokenizer)}"
+        )
 
 
 def build_model(model_cfg, tokenizer):

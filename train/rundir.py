@@ -126,16 +126,25 @@ class RunDir:
             old = exc
         if not isinstance(old, dict):
             why = summary(old) if isinstance(old, Exception) else f"it holds a {type(old).__name__}"
-            raise UserError(f"{self.config_file}: cannot be read ({why}); restore the file, or pass --overwrite to start the run again")
+            raise UserError(
+                f"{self.config_file}: cannot be read ({why}); restore the file, or pass --overwrite to start the run "
+                "again"
+            )
         return old
 
     def refuse_foreign(self) -> None:
         """A folder at the run's path that holds something and is not a run directory of ours is never used."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path}: is a file, not a run directory; move it or choose another output.name")
-        if self.path.is_dir() and any(p.name not in ("logs", FolderLock.NAME) for p in self.path.iterdir()) and not self.is_ours():
-            raise UserError(f"{self.path}: exists and is not a babydistill run directory (no run.json beside config.yaml), so "
-                            f"neither --resume nor --overwrite touches it; choose another output.name")
+        if (
+            self.path.is_dir()
+            and any(p.name not in ("logs", FolderLock.NAME) for p in self.path.iterdir())
+            and not self.is_ours()
+        ):
+            raise UserError(
+                f"{self.path}: exists and is not a babydistill run directory (no run.json beside config.yaml), so "
+                f"neither --resume nor --overwrite touches it; choose another output.name"
+            )
 
     def decide(self, resolved: dict, resume: bool, overwrite: bool) -> str:
         """'start', 'resume', 'overwrite' or 'done'; refuses (UserError) where data would be lost.
@@ -151,8 +160,11 @@ class RunDir:
         if self.done_file.exists():
             if resume and not diff:
                 return "done"
-            raise UserError(f"{self.path}: holds a finished run" + (f" with a different config ({diff})" if diff else "")
-                            + "; choose another output.name, or pass --overwrite to replace it")
+            raise UserError(
+                f"{self.path}: holds a finished run"
+                + (f" with a different config ({diff})" if diff else "")
+                + "; choose another output.name, or pass --overwrite to replace it"
+            )
         if resume:
             if diff:
                 print(f"warning: resuming {self.path} with a changed config ({diff})", file=sys.stderr)
@@ -161,9 +173,14 @@ class RunDir:
             raise UserError(f"{self.path}: holds a different run ({diff}); choose another output.name, "
                             f"or pass --resume to continue it or --overwrite to replace it")
         if not any(checkpoint_problem(c) is None for c in self.checkpoint_list()):
-            print(f"{self.path}: an earlier attempt of this config stopped before its first checkpoint; starting it again")
+            print(
+                f"{self.path}: an earlier attempt of this config stopped before its first checkpoint; starting it again"
+            )
             return "resume"  # nothing trained to lose: resuming from no checkpoint starts at step 0
-        raise UserError(f"{self.path}: holds an unfinished run of this config; pass --resume to continue it or --overwrite to restart it")
+        raise UserError(
+            f"{self.path}: holds an unfinished run of this config; pass --resume to continue it or --overwrite to "
+            "restart it"
+        )
 
     def create(self, resolved: dict, decision: str) -> None:
         """Lay out the folder for `decision` and write config.yaml (main process only)."""
@@ -186,7 +203,9 @@ class RunDir:
         """Checkpoint folders, newest (highest step) first."""
         if not self.checkpoints.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := CHECKPOINT.match(p.name)) and p.is_dir()]
+        found = [
+            (int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := CHECKPOINT.match(p.name)) and p.is_dir()
+        ]
         return [p for _, p in sorted(found, reverse=True)]
 
     def newest_good_checkpoint(self, expected: list[tuple[str, ...]] | None = None) -> Path | None:
@@ -199,7 +218,11 @@ class RunDir:
             aside = free_name(ckpt.with_name("corrupt-" + ckpt.name))
             if is_main_process():
                 ckpt.rename(aside)
-            print(f"warning: {ckpt} is unusable ({problem}); moved to {aside.name}, falling back to the previous checkpoint", file=sys.stderr)
+            print(
+                f"warning: {ckpt} is unusable ({problem}); moved to {aside.name}, falling back to the previous "
+                "checkpoint",
+                file=sys.stderr,
+            )
         return None
 
     def newest_finite_checkpoint(self) -> Path | None:
@@ -216,7 +239,9 @@ class RunDir:
         except ValueError:
             info = None
         if not isinstance(info, dict):
-            raise UserError(f"{self.info_file}: not a JSON object (damaged); restore it, or pass --overwrite to start the run again")
+            raise UserError(
+                f"{self.info_file}: not a JSON object (damaged); restore it, or pass --overwrite to start the run again"
+            )
         return info
 
     def write_info(self, **changes) -> None:
@@ -266,7 +291,11 @@ def free_name(path: Path) -> Path:
 
 def write_manifest(ckpt: Path) -> None:
     """COMPLETE: written last into a saved checkpoint; it lists every file with its size."""
-    files = {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != COMPLETE}
+    files = {
+        str(p.relative_to(ckpt)): p.stat().st_size
+        for p in sorted(ckpt.rglob("*"))
+        if p.is_file() and p.name != COMPLETE
+    }
     write_atomic(ckpt / COMPLETE, json.dumps({"written": now(), "files": files}, indent=1))
 
 
@@ -274,8 +303,11 @@ def required_files_problem(ckpt: Path) -> str | None:
     """What every resumable checkpoint holds: weights, optimizer, scheduler, RNG and trainer state."""
     deepspeed = any(ckpt.glob("global_step*/*"))
     weights = list(ckpt.glob("*.safetensors")) or list(ckpt.glob("pytorch_model*.bin"))
-    needed = [("trainer state", ["trainer_state.json"]), ("model weights", ["*.safetensors", "pytorch_model*.bin", "global_step*/*model_states.pt"]),
-              ("random-number state", ["rng_state*.pth"])]
+    needed = [
+        ("trainer state", ["trainer_state.json"]),
+        ("model weights", ["*.safetensors", "pytorch_model*.bin", "global_step*/*model_states.pt"]),
+        ("random-number state", ["rng_state*.pth"]),
+    ]
     if deepspeed:
         needed.append(("optimizer state", ["global_step*/*optim_states.pt"]))
     else:
@@ -291,7 +323,11 @@ def state_groups(module) -> list[tuple[str, ...]]:
     must hold at least one name of every group (savers keep one name of a tied group)."""
     groups: dict[tuple, list[str]] = {}
     for name, tensor in module.state_dict(keep_vars=True).items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)) if tensor.numel() else (name,)
+        key = (
+            (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            if tensor.numel()
+            else (name,)
+        )
         groups.setdefault(key, []).append(name)
     return [tuple(names) for names in groups.values()]
 

@@ -36,7 +36,9 @@ class Built:
 Builder = Callable[[Any, Any, Any, Any], Built]  # (cfg, tokenizer, prepared data, device) -> Built
 
 
-def run_parser(prog: str, description: str, schema: type, example_config: str, example_override: str) -> argparse.ArgumentParser:
+def run_parser(
+    prog: str, description: str, schema: type, example_config: str, example_override: str
+) -> argparse.ArgumentParser:
     """The command line every training entry point shares: CONFIG, dotted overrides, --resume | --overwrite."""
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=description,
@@ -44,7 +46,9 @@ def run_parser(prog: str, description: str, schema: type, example_config: str, e
     parser.add_argument("config", help=f"run YAML, e.g. {example_config}")
     parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example_override}")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint (or start if there is none)")
+    group.add_argument(
+        "--resume", action="store_true", help="continue from the newest complete checkpoint (or start if there is none)"
+    )
     group.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start again")
     return parser
 
@@ -70,8 +74,16 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     from tokenizer.prepare import block_words, load_blocks, prepare
     from train import models, words
     from train.rundir import state_groups
-    from train.trainer import (BabyTrainer, MetricsLog, NonFiniteLoss, Preemption, build_trainer, leave, quiet_library_bars,
-                               training_arguments)
+    from train.trainer import (
+        BabyTrainer,
+        MetricsLog,
+        NonFiniteLoss,
+        Preemption,
+        build_trainer,
+        leave,
+        quiet_library_bars,
+        training_arguments,
+    )
 
     # 1. Data and tokenizer (cached), the model, and the checks, before anything is written.
     quiet_library_bars()
@@ -82,7 +94,9 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     models.check_vocab(cfg.model, tokenizer, prepared.tokenizer_dir)
     set_seed(cfg.train.seed)  # the model is initialised before the Trainer seeds anything
     built = build(cfg, tokenizer, prepared, targs.device)
-    train_ds = load_blocks(prepared.train_blocks, cfg.data.train_fraction, cfg.data.seed, with_index=built.block_index, with_words=True)
+    train_ds = load_blocks(
+        prepared.train_blocks, cfg.data.train_fraction, cfg.data.seed, with_index=built.block_index, with_words=True
+    )
     dev_ds = load_blocks(prepared.dev_blocks) if prepared.dev_blocks else None
     budget = words.plan(cfg.train, block_words(train_ds), targs.world_size)
     targs.max_steps, targs.num_train_epochs = budget.max_steps, budget.epochs or targs.num_train_epochs
@@ -93,7 +107,11 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     run_dir.create(cfglib.to_dict(cfg), decision)
     checkpoint = run_dir.newest_good_checkpoint(state_groups(built.trained)) if decision == "resume" else None
     if decision == "resume":
-        print(f"resuming from {checkpoint}" if checkpoint else f"{run_dir.path}: no usable checkpoint; starting from step 0")
+        print(
+            f"resuming from {checkpoint}"
+            if checkpoint
+            else f"{run_dir.path}: no usable checkpoint; starting from step 0"
+        )
     trainer = build_trainer(cfg, run_dir, targs, built.trained, built.objective, tokenizer, train_ds, dev_ds, budget,
                             trainer_cls=built.trainer_cls or BabyTrainer, **built.trainer_kwargs)
     words_seen = trainer.words_seen
@@ -115,7 +133,10 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     except KeyboardInterrupt:
         metrics_log.record()
         run_dir.end("interrupted")
-        print(f"\n{run_dir.path}: interrupted; rerun with --resume to continue from its newest checkpoint", file=sys.stderr)
+        print(
+            f"\n{run_dir.path}: interrupted; rerun with --resume to continue from its newest checkpoint",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except UserError as exc:
         with contextlib.suppress(OSError, UserError):  # the disk may be too full even for run.json
@@ -125,8 +146,10 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Preemption))
     if preemption.stopped_at is not None:
         run_dir.end("preempted", step=preemption.stopped_at)
-        print(f"{run_dir.path}: stopped on SIGUSR2 after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
-              file=sys.stderr)
+        print(
+            f"{run_dir.path}: stopped on SIGUSR2 after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
+            file=sys.stderr,
+        )
         return leave(trainer, EXIT_PREEMPTED)
 
     # 3. Export the (best) model with its tokenizer, final dev loss, DONE last.
@@ -141,7 +164,10 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
         run_dir.end("done", **summary)
         run_dir.mark_done(summary)
     if trainer.is_world_process_zero():
-        print(f"{run_dir.path}: done at step {trainer.state.global_step}" + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else ""))
+        print(
+            f"{run_dir.path}: done at step {trainer.state.global_step}"
+            + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else "")
+        )
     return leave(trainer, 0)
 
 

@@ -16,8 +16,14 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import (DataCollatorForLanguageModeling, EarlyStoppingCallback, ProgressCallback, Trainer, TrainerCallback,
-                          TrainingArguments)
+from transformers import (
+    DataCollatorForLanguageModeling,
+    EarlyStoppingCallback,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from common.errors import UserError
 from common.paths import REPO, read_jsonl, write_atomic
@@ -124,7 +130,8 @@ class CheckpointMarker(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if _collective(args):
-            torch.distributed.barrier()  # every rank's shards (DeepSpeed ZeRO, RNG) are written before rank 0 lists them
+            # every rank's shards (DeepSpeed ZeRO, RNG) are written before rank 0 lists them
+            torch.distributed.barrier()
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
@@ -241,7 +248,9 @@ class MetricsLog(TrainerCallback):
         self.train_begin = time.perf_counter()
         if state.is_world_process_zero:
             rows = read_jsonl(self.path)
-            kept = [r for r in rows if r.get("step", 0) <= state.global_step and row_kind(r) not in ("final", "summary")]
+            kept = [
+                r for r in rows if r.get("step", 0) <= state.global_step and row_kind(r) not in ("final", "summary")
+            ]
             if len(kept) != len(rows):
                 write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             self.keys = {(r.get("step", 0), row_kind(r)) for r in kept}
@@ -297,7 +306,11 @@ def make_collator(objective: str, tokenizer, mlm_probability: float):
 
     The masked-LM collator draws from the global torch RNG, which checkpoints restore.
     """
-    mlm = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability) if objective == "masked" else None
+    mlm = (
+        DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability)
+        if objective == "masked"
+        else None
+    )
 
     def collate(rows: list[dict]) -> dict:
         ids = torch.stack([torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows])
@@ -308,7 +321,11 @@ def make_collator(objective: str, tokenizer, mlm_probability: float):
             else:
                 batch = {"input_ids": ids, "attention_mask": real.long(), "labels": ids.masked_fill(~real, -100)}
         else:
-            batch = mlm([{"input_ids": row} for row in ids]) if mlm is not None else {"input_ids": ids, "labels": ids.clone()}
+            batch = (
+                mlm([{"input_ids": row} for row in ids])
+                if mlm is not None
+                else {"input_ids": ids, "labels": ids.clone()}
+            )
         if "block_index" in rows[0]:  # the row of each block in a teacher cache (distillation)
             batch["block_index"] = torch.as_tensor([int(r["block_index"]) for r in rows])
         if "words" in rows[0]:  # the raw words of each block, counted by the trainer and taken out before the model
@@ -341,31 +358,61 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
         if launched_distributed():
             deepspeed = str(path)
         else:
-            print(f"note: train.deepspeed={t.deepspeed} is used only under torchrun or the deepspeed launcher; training without it")
+            print(
+                f"note: train.deepspeed={t.deepspeed} is used only under torchrun or the deepspeed launcher; training "
+                "without it"
+            )
     try:
         return TrainingArguments(
-            output_dir=str(run.checkpoints), max_steps=t.max_steps or -1, num_train_epochs=t.epochs or 1.0,  # words: set by the session
-            per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+            output_dir=str(run.checkpoints),
+            max_steps=t.max_steps or -1,
+            num_train_epochs=t.epochs or 1.0,  # words: set by the session
+            per_device_train_batch_size=t.batch_size,
+            per_device_eval_batch_size=t.batch_size,
             gradient_accumulation_steps=t.grad_accum,
-            optim="adamw_torch", learning_rate=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
-            adam_beta2=o.beta2, adam_epsilon=o.eps, max_grad_norm=o.max_grad_norm,
-            lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": o.min_lr / o.lr if o.lr > 0 else 0.0},  # as a rate: DeepSpeed's optimizer has no .defaults
+            optim="adamw_torch",
+            learning_rate=o.lr,
+            weight_decay=o.weight_decay,
+            adam_beta1=o.beta1,
+            adam_beta2=o.beta2,
+            adam_epsilon=o.eps,
+            max_grad_norm=o.max_grad_norm,
+            lr_scheduler_type="cosine_with_min_lr",
+            lr_scheduler_kwargs={
+                "min_lr_rate": o.min_lr / o.lr if o.lr > 0 else 0.0
+            },  # as a rate: DeepSpeed's optimizer has no .defaults
             warmup_steps=o.warmup_steps,
-            logging_steps=t.logging_steps, logging_nan_inf_filter=False,
-            eval_strategy="steps" if has_dev else "no", eval_steps=t.eval_steps,
-            save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-            load_best_model_at_end=has_dev and t.keep_best, metric_for_best_model="eval_loss", greater_is_better=False,
-            seed=t.seed, dataloader_num_workers=t.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
+            logging_steps=t.logging_steps,
+            logging_nan_inf_filter=False,
+            eval_strategy="steps" if has_dev else "no",
+            eval_steps=t.eval_steps,
+            save_strategy="steps",
+            save_steps=t.save_steps,
+            save_total_limit=t.save_total_limit,
+            load_best_model_at_end=has_dev and t.keep_best,
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+            seed=t.seed,
+            dataloader_num_workers=t.num_workers,
+            dataloader_pin_memory=torch.cuda.is_available(),
             restore_callback_states_from_checkpoint=True,  # early stopping's patience counter survives a resume
-            **tracking.prepare(cfg, run.path), disable_tqdm=False,
+            **tracking.prepare(cfg, run.path),
+            disable_tqdm=False,
             # the collator reads every column (the length of padded examples, block_index)
-            remove_unused_columns=False, deepspeed=deepspeed, **precision_flags(t.precision),
-            use_cpu=not torch.cuda.is_available())  # on CPU, accelerate forms a gloo group under torchrun only with this
+            remove_unused_columns=False,
+            deepspeed=deepspeed,
+            **precision_flags(t.precision),
+            use_cpu=not torch.cuda.is_available(),
+        )  # on CPU, accelerate forms a gloo group under torchrun only with this
     except ImportError as exc:
-        raise UserError(f"train.deepspeed={t.deepspeed}: {str(exc).splitlines()[0]}; pip install deepspeed on this node") from None
+        raise UserError(
+            f"train.deepspeed={t.deepspeed}: {str(exc).splitlines()[0]}; pip install deepspeed on this node"
+        ) from None
     except ValueError as exc:  # our checks come first; what is left is the Trainer's own word, under no key of ours
-        raise UserError(f"the Trainer refused the training arguments ({str(exc).splitlines()[0]}); "
-                        f"check the train and optim sections of the config") from None
+        raise UserError(
+            f"the Trainer refused the training arguments ({str(exc).splitlines()[0]}); "
+            f"check the train and optim sections of the config"
+        ) from None
 
 
 def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: str, tokenizer, train_ds, dev_ds,

@@ -51,7 +51,9 @@ def milestone_list(spec: list[str], key: str = "train.word_checkpoints") -> list
     values = [parse_words(item, f"{key}[{i}]") for i, item in enumerate(spec)]
     for i in range(1, len(values)):
         if values[i] <= values[i - 1]:
-            raise ConfigError(f"{key}[{i}]", f"{spec[i]} does not come after {spec[i - 1]}; list milestones in increasing order")
+            raise ConfigError(
+                f"{key}[{i}]", f"{spec[i]} does not come after {spec[i - 1]}; list milestones in increasing order"
+            )
     return values
 
 
@@ -67,14 +69,24 @@ DEFAULT_STEPS = 1000  # the budget of a config that names none
 
 
 def check_budget(t) -> None:
-    """At most one of train.max_steps, train.epochs, train.max_words (none: DEFAULT_STEPS steps); milestones that parse."""
-    chosen = [key for key, value in (("train.max_steps", t.max_steps), ("train.epochs", t.epochs), ("train.max_words", t.max_words))
-              if value]
+    """At most one of train.max_steps, train.epochs, train.max_words (none: DEFAULT_STEPS steps); milestones that
+    parse."""
+    chosen = [
+        key
+        for key, value in (
+            ("train.max_steps", t.max_steps),
+            ("train.epochs", t.epochs),
+            ("train.max_words", t.max_words),
+        )
+        if value
+    ]
     if not chosen:
         t.max_steps = DEFAULT_STEPS
     if len(chosen) > 1:
         a, b = chosen[:2]
-        raise ConfigError(b, f"{a} and {b} are both set; a run has one budget: keep one (the other 0, or '' for train.max_words)")
+        raise ConfigError(
+            b, f"{a} and {b} are both set; a run has one budget: keep one (the other 0, or '' for train.max_words)"
+        )
     if t.max_words:
         parse_words(t.max_words, "train.max_words")
     milestone_list(t.word_checkpoints)
@@ -95,8 +107,14 @@ class Budget:
 
     def summary(self, stats: dict) -> dict:
         """What run.json records about words."""
-        return {"corpus_words": stats.get("corpus_words"), "kept_words": stats.get("kept_words"), "epoch_words": self.epoch_words,
-                "budget_words": round(self.budget_words), "step_words": round(self.step_words, 1), "milestones": self.milestones}
+        return {
+            "corpus_words": stats.get("corpus_words"),
+            "kept_words": stats.get("kept_words"),
+            "epoch_words": self.epoch_words,
+            "budget_words": round(self.budget_words),
+            "step_words": round(self.step_words, 1),
+            "milestones": self.milestones,
+        }
 
 
 def plan(t, block_words, world: int) -> Budget:
@@ -120,14 +138,20 @@ def plan(t, block_words, world: int) -> Budget:
         budget = Budget(steps + max(10, steps // 50), 0.0, words, steps, epoch_words, step_words, words)
         key, given = "train.max_words", t.max_words
     if budget.budget_words < step_words:
-        raise UserError(f"{key}={given} is less than one optimizer step, which takes about {step_words:,.0f} words "
-                        f"({global_batch} blocks of {block_words.mean():,.1f} words on average, fewer at an epoch's end); "
-                        f"raise it, or lower train.batch_size or train.grad_accum")
+        raise UserError(
+            f"{key}={given} is less than one optimizer step, which takes about {step_words:,.0f} words "
+            f"({global_batch} blocks of {block_words.mean():,.1f} words on average, fewer at an epoch's end); "
+            f"raise it, or lower train.batch_size or train.grad_accum"
+        )
     milestones = milestone_list(t.word_checkpoints)
     beyond = [m for m in milestones if m > budget.budget_words]
     if beyond:  # a recipe's list outlives a shorter budget given on the command line: name what is left out, go on
-        print(f"note: train.word_checkpoints: {len(beyond)} milestone(s) from {milestone_name(beyond[0])[5:]} on lie beyond this "
-              f"run's budget of {'about ' if t.max_steps else ''}{budget.budget_words:,.0f} words ({key}={given}); not exported")
+        print(
+            f"note: train.word_checkpoints: {len(beyond)} milestone(s) from {milestone_name(beyond[0])[5:]} on lie "
+            "beyond this "
+            f"run's budget of {'about ' if t.max_steps else ''}{budget.budget_words:,.0f} words ({key}={given}); not "
+            "exported"
+        )
     budget.milestones = [m for m in milestones if m <= budget.budget_words]
     return budget
 
@@ -146,7 +170,9 @@ class WordsSeen(TrainerCallback):
         self.total = 0
         self.pending = 0
         self.upcoming = list(budget.milestones)  # not yet reached (in this attempt)
-        self.export: Callable[[Path], None] | None = None  # (folder) -> the model and tokenizer written there; set by the session
+        self.export: Callable[[Path], None] | None = (
+            None  # (folder) -> the model and tokenizer written there; set by the session
+        )
 
     @property
     def finished(self) -> bool:
@@ -194,6 +220,16 @@ class WordsSeen(TrainerCallback):
             raise RuntimeError(f"{self.folder}: milestone {name} reached before the session set an exporter")
         self.export(tmp)
         if state.is_world_process_zero:
-            write_atomic(tmp / WORDS_FILE, json.dumps({"milestone": milestone, "words_seen": self.total, "step": state.global_step,
-                                                       "epoch": round(state.epoch or 0.0, 4)}, indent=2))
+            write_atomic(
+                tmp / WORDS_FILE,
+                json.dumps(
+                    {
+                        "milestone": milestone,
+                        "words_seen": self.total,
+                        "step": state.global_step,
+                        "epoch": round(state.epoch or 0.0, 4),
+                    },
+                    indent=2,
+                ),
+            )
             tmp.replace(self.folder / name)

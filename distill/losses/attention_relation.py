@@ -58,18 +58,37 @@ def attention_relation(student: dict, teachers: list[dict], heads: int, relation
 @dataclass
 class AttentionRelationParams:
     weight: float = field(0.0, "weight of the self-attention relation KL (MiniLMv2); 0 = off", ge=0)
-    student_layer: int = field(-1, "the student block whose relations are trained (0-based; negative counts from the end, -1 = last; "
-                                   "checked against the student's depth when it is built)", ge=-1024, lt=1024)
-    teacher_layer: int = field(-1, "each teacher's block whose relations are the target (0-based; negative from the end; "
-                                   "checked against each teacher's depth)", ge=-1024, lt=1024)
-    heads: int = field(0, "relation heads R: queries, keys and values are split into R parts of both models; 0 = the student's attention heads", ge=0)
-    relations: list[Literal["qq", "kk", "vv"]] = field(["qq", "kk", "vv"], "which relations: query-query, key-key, value-value")
+    student_layer: int = field(
+        -1,
+        "the student block whose relations are trained (0-based; negative counts from the end, -1 = last; "
+        "checked against the student's depth when it is built)",
+        ge=-1024,
+        lt=1024,
+    )
+    teacher_layer: int = field(
+        -1,
+        "each teacher's block whose relations are the target (0-based; negative from the end; "
+        "checked against each teacher's depth)",
+        ge=-1024,
+        lt=1024,
+    )
+    heads: int = field(
+        0,
+        "relation heads R: queries, keys and values are split into R parts of both models; 0 = the student's "
+        "attention heads",
+        ge=0,
+    )
+    relations: list[Literal["qq", "kk", "vv"]] = field(
+        ["qq", "kk", "vv"], "which relations: query-query, key-key, value-value"
+    )
 
 
 def resolve_block(index: int, depth: int, key: str, who: str) -> int:
     if not -depth <= index < depth:
-        raise UserError(f"distill.losses.attention_relation.{key}: block {index} is out of range: {who} has {depth} blocks "
-                        f"(0..{depth - 1}, or -{depth}..-1 from the end)")
+        raise UserError(
+            f"distill.losses.attention_relation.{key}: block {index} is out of range: {who} has {depth} blocks "
+            f"(0..{depth - 1}, or -{depth}..-1 from the end)"
+        )
     return index % depth
 
 
@@ -78,7 +97,12 @@ class AttentionRelation(LossTerm):
     """Reads queries, keys and values through hooks on the blocks' projections (distill/attention.py), so the
     attention kernel (SDPA, flash) is kept; the teachers' relations are averaged over the teachers."""
 
-    key, title, Params, order = "attention_relation", "self-attention relation KD (MiniLMv2, Wang et al. 2021)", AttentionRelationParams, 50
+    key, title, Params, order = (
+        "attention_relation",
+        "self-attention relation KD (MiniLMv2, Wang et al. 2021)",
+        AttentionRelationParams,
+        50,
+    )
     needs = Needs(qkv=True)
 
     def __init__(self, params, setup):
@@ -94,15 +118,20 @@ class AttentionRelation(LossTerm):
         for who, model, block in models:
             for x, w in widths(model, block).items():
                 if w % self.heads:
-                    raise UserError(f"distill.losses.attention_relation.heads: {self.heads} relation heads do not divide the "
-                                    f"{w}-wide {x} of {who} (block {block}); choose heads that divide every width")
+                    raise UserError(
+                        f"distill.losses.attention_relation.heads: {self.heads} relation heads do not divide the "
+                        f"{w}-wide {x} of {who} (block {block}); choose heads that divide every width"
+                    )
 
     def qkv_layers(self):
         return [self.student_block], [[b] for b in self.teacher_blocks]
 
     def describe(self, teachers):
-        return (f"{self.weight:g}*attention_relation({'+'.join(self.params.relations)}, student block {self.student_block} <- "
-                f"teacher blocks {self.teacher_blocks}, {self.heads} heads)")
+        return (
+            f"{self.weight:g}*attention_relation({'+'.join(self.params.relations)}, student block "
+            f"{self.student_block} <- "
+            f"teacher blocks {self.teacher_blocks}, {self.heads} heads)"
+        )
 
     def __call__(self, batch, parts):
         teachers = [qkv[b] for qkv, b in zip(batch.teacher_qkv, self.teacher_blocks)]

@@ -26,16 +26,22 @@ class Needs:
     teacher_hidden: bool = False   # the teachers' hidden states (online only)
     student_hidden: bool = False   # the student's hidden states
     qkv: bool = False              # queries, keys and values of chosen blocks, student's and teachers' (`qkv_layers`)
-    cache: bool = False            # the teacher cache (top-k log-probabilities) can serve it
-    any_tokenizer: bool = False    # reads teachers with their own tokenizer too (teacher.tokenizer: own), at aligned positions
+    cache: bool = False  # the teacher cache (top-k log-probabilities) can serve it
+    any_tokenizer: bool = (
+        False  # reads teachers with their own tokenizer too (teacher.tokenizer: own), at aligned positions
+    )
 
     @staticmethod
     def union(items) -> Needs:
         """What a set of terms reads together (`teacher` and `cache` stay per term)."""
         items = list(items)
-        return Needs(teacher=any(n.teacher for n in items), teacher_logits=any(n.teacher_logits for n in items),
-                     teacher_hidden=any(n.teacher_hidden for n in items), student_hidden=any(n.student_hidden for n in items),
-                     qkv=any(n.qkv for n in items))
+        return Needs(
+            teacher=any(n.teacher for n in items),
+            teacher_logits=any(n.teacher_logits for n in items),
+            teacher_hidden=any(n.teacher_hidden for n in items),
+            student_hidden=any(n.student_hidden for n in items),
+            qkv=any(n.qkv for n in items),
+        )
 
 
 @dataclass
@@ -65,8 +71,8 @@ class Batch:
     teacher_weights: tuple = ()                   # distill.teachers[k].weight
     attention_mask: torch.Tensor | None = None    # [B, T] 1 = a real token (None: every token is)
     student_qkv: dict | None = None               # block -> {"q", "k", "v": [B, T, W]}, when needed
-    teacher_qkv: list | None = None               # one such dict per teacher, when needed
-    teacher_aligned: list | None = None           # one [N] bool per teacher: rows with an aligned teacher position (None: all)
+    teacher_qkv: list | None = None  # one such dict per teacher, when needed
+    teacher_aligned: list | None = None  # one [N] bool per teacher: rows with an aligned teacher position (None: all)
 
 
 class LossTerm:
@@ -94,7 +100,8 @@ class LossTerm:
 
     @classmethod
     def check(cls, params, cfg) -> None:
-        """Checks that need more than one value's range (raise common.config.ConfigError); run before anything is written."""
+        """Checks that need more than one value's range (raise common.config.ConfigError); run before anything is
+        written."""
 
     def qkv_layers(self) -> tuple[list[int], list[list[int]]]:
         """(student blocks, per teacher its blocks) whose queries, keys and values the term reads (needs.qkv)."""
@@ -119,7 +126,9 @@ REGISTRY: dict[str, type[LossTerm]] = {}
 def register(cls: type[LossTerm]) -> type[LossTerm]:
     """Class decorator: adds a term to REGISTRY (kept sorted by `order`)."""
     if cls.key in REGISTRY and REGISTRY[cls.key] is not cls:
-        raise ValueError(f"two loss terms are registered as {cls.key!r}: {REGISTRY[cls.key].__module__} and {cls.__module__}")
+        raise ValueError(
+            f"two loss terms are registered as {cls.key!r}: {REGISTRY[cls.key].__module__} and {cls.__module__}"
+        )
     if not dataclass_has_weight(cls.Params):
         raise TypeError(f"{cls.__name__}.Params must be a dataclass whose first field is `weight`")
     REGISTRY[cls.key] = cls

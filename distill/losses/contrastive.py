@@ -13,7 +13,9 @@ from distill.losses.base import LossTerm, Needs, register
 __all__ = ["contrastive"]
 
 
-def contrastive(student: torch.Tensor, teacher: torch.Tensor, tau: float, max_negatives: int, n_tokens: float) -> torch.Tensor:
+def contrastive(
+    student: torch.Tensor, teacher: torch.Tensor, tau: float, max_negatives: int, n_tokens: float
+) -> torch.Tensor:
     """InfoNCE between student and teacher states of the same token (van den Oord et al.
     2018, eq. 4; as contrastive representation distillation, Tian et al. 2020):
     −log( exp(cos(s_n, t_n)/τ) / Σ_m exp(cos(s_n, t_m)/τ) ), where the t_m are the teacher
@@ -38,7 +40,9 @@ def contrastive(student: torch.Tensor, teacher: torch.Tensor, tau: float, max_ne
 
 @dataclass
 class ContrastiveParams:
-    weight: float = field(0.0, "weight of InfoNCE between projected student and teacher last hidden states; 0 = off", ge=0)
+    weight: float = field(
+        0.0, "weight of InfoNCE between projected student and teacher last hidden states; 0 = off", ge=0
+    )
     tau: float = field(0.1, "temperature τ of the cosine similarities", gt=0)
     max_negatives: int = field(255, "negatives per token at most (tokens are grouped so memory stays flat)", ge=1)
 
@@ -58,7 +62,9 @@ class Contrastive(LossTerm):
         self.hidden_size = setup.hidden_size
 
     def parts(self):
-        return {f"contrastive_t{k}": nn.Linear(self.hidden_size, width, bias=False) for k, width in enumerate(self.widths)}
+        return {
+            f"contrastive_t{k}": nn.Linear(self.hidden_size, width, bias=False) for k, width in enumerate(self.widths)
+        }
 
     def describe(self, teachers):
         return f"{self.weight:g}*contrastive(tau={self.params.tau:g}, negatives<={self.params.max_negatives})"

@@ -33,14 +33,23 @@ def hidden_mse(student_states: list[torch.Tensor], teacher_states: list[torch.Te
 
 @dataclass
 class HiddenMSEParams:
-    weight: float = field(0.0, "weight of the deeply supervised hidden-state MSE (student blocks projected to teacher width); 0 = off", ge=0)
+    weight: float = field(
+        0.0,
+        "weight of the deeply supervised hidden-state MSE (student blocks projected to teacher width); 0 = off",
+        ge=0,
+    )
 
 
 @register
 class HiddenMSE(LossTerm):
     """The pairs come from each teacher's layer map (distill.teachers[k].layer_map); one projection per pair."""
 
-    key, title, Params, order = "hidden_mse", "deeply supervised hidden-state KD (DSKD, arXiv 2202.07846)", HiddenMSEParams, 20
+    key, title, Params, order = (
+        "hidden_mse",
+        "deeply supervised hidden-state KD (DSKD, arXiv 2202.07846)",
+        HiddenMSEParams,
+        20,
+    )
     needs = Needs(teacher_hidden=True, student_hidden=True, any_tokenizer=True)
 
     def __init__(self, params, setup):

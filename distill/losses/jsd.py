@@ -29,7 +29,8 @@ def jsd_rows(p_logp: torch.Tensor, q_logp: torch.Tensor, beta: float) -> torch.T
 
 @with_gradient
 def _mixed_rows(p_logp: torch.Tensor, q_logp: torch.Tensor, beta: float):
-    """0 < β < 1. Value: β·Σ p (log p − log m) + (1 − β)·Σ q (log q − log m) = Σ [β p log p + (1 − β) q log q − m log m],
+    """0 < β < 1. Value: β·Σ p (log p − log m) + (1 − β)·Σ q (log q − log m) = Σ [β p log p + (1 − β) q log q − m log
+    m],
     one reduction, with m formed in probability space. Gradient: ∂/∂q_v = (1 − β)(log q_v − log m_v), so with
     respect to log q_v it is q_v (1 − β)(log q_v − log m_v)."""
     p, q = p_logp.exp(), q_logp.exp()
@@ -39,13 +40,22 @@ def _mixed_rows(p_logp: torch.Tensor, q_logp: torch.Tensor, beta: float):
     return value, (1.0 - beta) * q * (q_logp - log_m)
 
 
-def jsd(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], temperature: float, n_tokens: float, beta: float,
-        ensemble: str = "mean_logits", weights: list[float] | None = None) -> torch.Tensor:
+def jsd(
+    student_logits: torch.Tensor,
+    teacher_logits: list[torch.Tensor],
+    temperature: float,
+    n_tokens: float,
+    beta: float,
+    ensemble: str = "mean_logits",
+    weights: list[float] | None = None,
+) -> torch.Tensor:
     """T² · JSD(β)(p_T ‖ q_T) per valid token (GKD, eq. 1), p the teacher and q the student.
 
     student_logits [N, V]; teacher_logits: one [N, V] per teacher; beta in [0, 1]; returns a scalar.
     """
-    return divergence_kd(lambda p, q: jsd_rows(p, q, beta), student_logits, teacher_logits, temperature, n_tokens, ensemble, weights)
+    return divergence_kd(
+        lambda p, q: jsd_rows(p, q, beta), student_logits, teacher_logits, temperature, n_tokens, ensemble, weights
+    )
 
 
 @dataclass
@@ -56,5 +66,10 @@ class JSDParams(LogitParams):
 
 @register
 class JSD(LogitTerm):
-    key, title, Params, order = "jsd", "generalised Jensen-Shannon divergence with skew β (GKD, Agarwal et al. 2024)", JSDParams, 12
+    key, title, Params, order = (
+        "jsd",
+        "generalised Jensen-Shannon divergence with skew β (GKD, Agarwal et al. 2024)",
+        JSDParams,
+        12,
+    )
     divergence, knob = staticmethod(jsd_rows), "beta"

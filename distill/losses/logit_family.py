@@ -55,15 +55,24 @@ def with_gradient(value_and_grad):
     return rows
 
 
-def divergence_kd(rows, student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], temperature: float, n_tokens: float,
-                  ensemble: str = "mean_logits", weights: list[float] | None = None) -> torch.Tensor:
+def divergence_kd(
+    rows,
+    student_logits: torch.Tensor,
+    teacher_logits: list[torch.Tensor],
+    temperature: float,
+    n_tokens: float,
+    ensemble: str = "mean_logits",
+    weights: list[float] | None = None,
+) -> torch.Tensor:
     """T² · Σ_targets w · Σ_rows D(p ‖ q) / n_tokens, with the teachers' targets from `teacher_logprobs`.
 
     rows: the divergence, (p_logp [N, V], q_logp [N, V]) -> [N]; student_logits [N, V];
     teacher_logits: one [N, V] per teacher (no gradient needed); returns a scalar.
     """
     q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    total = sum(w * rows(p.detach(), q).sum() for w, p in teacher_logprobs(teacher_logits, temperature, ensemble, weights))
+    total = sum(
+        w * rows(p.detach(), q).sum() for w, p in teacher_logprobs(teacher_logits, temperature, ensemble, weights)
+    )
     return temperature ** 2 * total / n_tokens
 
 
@@ -82,8 +91,15 @@ def coarsen(student_logits: torch.Tensor, top_logp: torch.Tensor, top_ids: torch
             torch.cat([q_top, q_rest[:, None]], dim=1))
 
 
-def cached_divergence_kd(rows, student_logits: torch.Tensor, top_logp: torch.Tensor, top_ids: torch.Tensor, rest: torch.Tensor,
-                         temperature: float, n_tokens: float) -> torch.Tensor:
+def cached_divergence_kd(
+    rows,
+    student_logits: torch.Tensor,
+    top_logp: torch.Tensor,
+    top_ids: torch.Tensor,
+    rest: torch.Tensor,
+    temperature: float,
+    n_tokens: float,
+) -> torch.Tensor:
     """T² · Σ_rows D(p ‖ q) / n_tokens on the cache's (k + 1)-way partition (`coarsen`); returns a scalar."""
     p, q = coarsen(student_logits, top_logp, top_ids, rest, temperature)
     return temperature ** 2 * rows(p, q).sum() / n_tokens

@@ -51,7 +51,9 @@ def logit_kd(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], t
     returns a scalar. The teachers' targets come from `teacher_logprobs` (`ensemble`).
     """
     q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    total = sum(w * _kl_rows(p.detach(), q) for w, p in teacher_logprobs(teacher_logits, temperature, ensemble, weights))
+    total = sum(
+        w * _kl_rows(p.detach(), q) for w, p in teacher_logprobs(teacher_logits, temperature, ensemble, weights)
+    )
     return temperature ** 2 * total / n_tokens
 
 
@@ -69,7 +71,9 @@ def cached_logit_kd(student_logits: torch.Tensor, top_logp: torch.Tensor, top_id
     q_top = F.log_softmax(z, dim=-1).gather(1, top_ids.long())  # one fused pass each way (a logsumexp takes several)
     rest_q = torch.log1p(-q_top.exp().sum(-1).clamp_max(1.0 - 1e-6))
     rest_p = rest.float().clamp_min(0.0)
-    kl = (top_logp.float().exp() * (top_logp.float() - q_top)).sum(-1) + rest_p * (torch.log(rest_p.clamp_min(1e-12)) - rest_q)
+    kl = (top_logp.float().exp() * (top_logp.float() - q_top)).sum(-1) + rest_p * (
+        torch.log(rest_p.clamp_min(1e-12)) - rest_q
+    )
     return temperature ** 2 * kl.sum() / n_tokens
 
 
@@ -77,8 +81,11 @@ def check_ensemble(key: str, ensemble: str, cfg) -> None:
     """per_teacher weights every teacher by distill.teachers[k].weight: at least one must be positive."""
     teachers = cfg.distill.teachers
     if ensemble == "per_teacher" and teachers and not any(t.weight > 0 for t in teachers):
-        raise ConfigError("distill.teachers", f"every teacher's weight is 0, so {key} (ensemble per_teacher) would distil nothing; "
-                                              f"give the teachers positive weights")
+        raise ConfigError(
+            "distill.teachers",
+            f"every teacher's weight is 0, so {key} (ensemble per_teacher) would distil nothing; "
+            f"give the teachers positive weights",
+        )
 
 
 @dataclass
@@ -86,7 +93,10 @@ class LogitKDParams:
     weight: float = field(0.0, "weight of T²·KL(teacher ‖ student); 0 = off", ge=0)
     temperature: float = field(2.0, "softmax temperature T of teachers and student", gt=0)
     ensemble: Ensemble = field(
-        "mean_logits", "how teachers combine: mean of logits (BabyLlama), mean of probabilities, or one KL per teacher with its weight")
+        "mean_logits",
+        "how teachers combine: mean of logits (BabyLlama), mean of probabilities, or one KL per teacher with its "
+        "weight",
+    )
 
 
 @register
@@ -106,4 +116,6 @@ class LogitKD(LossTerm):
         if batch.cached is not None:
             top_logp, top_ids, rest = batch.cached
             return cached_logit_kd(batch.logits, top_logp, top_ids, rest, p.temperature, batch.n_tokens)
-        return logit_kd(batch.logits, batch.teacher_logits, p.temperature, batch.n_tokens, p.ensemble, list(batch.teacher_weights))
+        return logit_kd(
+            batch.logits, batch.teacher_logits, p.temperature, batch.n_tokens, p.ensemble, list(batch.teacher_weights)
+        )

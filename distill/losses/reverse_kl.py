@@ -39,5 +39,10 @@ class ReverseKLParams(LogitParams):
 
 @register
 class ReverseKL(LogitTerm):
-    key, title, Params, order = "reverse_kl", "reverse KL, KL(student ‖ teacher) (MiniLLM, Gu et al. 2024)", ReverseKLParams, 11
+    key, title, Params, order = (
+        "reverse_kl",
+        "reverse KL, KL(student ‖ teacher) (MiniLLM, Gu et al. 2024)",
+        ReverseKLParams,
+        11,
+    )
     divergence = staticmethod(reverse_rows)

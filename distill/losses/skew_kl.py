@@ -52,29 +52,58 @@ def skew_reverse_kl_rows(p_logp: torch.Tensor, q_logp: torch.Tensor, alpha: floa
     return _skewed_q_side(p_logp, q_logp, alpha)
 
 
-def skew_kl(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], temperature: float, n_tokens: float, alpha: float,
-            ensemble: str = "mean_logits", weights: list[float] | None = None) -> torch.Tensor:
-    """T² · SKL(α)(p_T, q_T) per valid token. student_logits [N, V]; teacher_logits: one [N, V] per teacher; returns a scalar."""
-    return divergence_kd(lambda p, q: skew_kl_rows(p, q, alpha), student_logits, teacher_logits, temperature, n_tokens, ensemble, weights)
+def skew_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: list[torch.Tensor],
+    temperature: float,
+    n_tokens: float,
+    alpha: float,
+    ensemble: str = "mean_logits",
+    weights: list[float] | None = None,
+) -> torch.Tensor:
+    """T² · SKL(α)(p_T, q_T) per valid token. student_logits [N, V]; teacher_logits: one [N, V] per teacher; returns a
+    scalar."""
+    return divergence_kd(
+        lambda p, q: skew_kl_rows(p, q, alpha), student_logits, teacher_logits, temperature, n_tokens, ensemble, weights
+    )
 
 
-def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], temperature: float, n_tokens: float,
-                    alpha: float, ensemble: str = "mean_logits", weights: list[float] | None = None) -> torch.Tensor:
-    """T² · SRKL(α)(p_T, q_T) per valid token. student_logits [N, V]; teacher_logits: one [N, V] per teacher; returns a scalar."""
-    return divergence_kd(lambda p, q: skew_reverse_kl_rows(p, q, alpha), student_logits, teacher_logits, temperature, n_tokens,
-                         ensemble, weights)
+def skew_reverse_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: list[torch.Tensor],
+    temperature: float,
+    n_tokens: float,
+    alpha: float,
+    ensemble: str = "mean_logits",
+    weights: list[float] | None = None,
+) -> torch.Tensor:
+    """T² · SRKL(α)(p_T, q_T) per valid token. student_logits [N, V]; teacher_logits: one [N, V] per teacher; returns a
+    scalar."""
+    return divergence_kd(
+        lambda p, q: skew_reverse_kl_rows(p, q, alpha),
+        student_logits,
+        teacher_logits,
+        temperature,
+        n_tokens,
+        ensemble,
+        weights,
+    )
 
 
 @dataclass
 class SkewKLParams(LogitParams):
     weight: float = field(0.0, "weight of T²·KL(teacher ‖ α·teacher + (1 − α)·student); 0 = off", ge=0)
-    alpha: float = field(0.1, "α: the teacher's share in the student's side (DistiLLM's default 0.1); 0 = forward KL", ge=0, le=1)
+    alpha: float = field(
+        0.1, "α: the teacher's share in the student's side (DistiLLM's default 0.1); 0 = forward KL", ge=0, le=1
+    )
 
 
 @dataclass
 class SkewReverseKLParams(LogitParams):
     weight: float = field(0.0, "weight of T²·KL(student ‖ (1 − α)·teacher + α·student); 0 = off", ge=0)
-    alpha: float = field(0.1, "α: the student's share in the teacher's side (DistiLLM's default 0.1); 0 = reverse KL", ge=0, le=1)
+    alpha: float = field(
+        0.1, "α: the student's share in the teacher's side (DistiLLM's default 0.1); 0 = reverse KL", ge=0, le=1
+    )
 
 
 @register
@@ -85,5 +114,10 @@ class SkewKL(LogitTerm):
 
 @register
 class SkewReverseKL(LogitTerm):
-    key, title, Params, order = "skew_reverse_kl", "α-skew reverse KL (DistiLLM, Ko et al. 2024)", SkewReverseKLParams, 15
+    key, title, Params, order = (
+        "skew_reverse_kl",
+        "α-skew reverse KL (DistiLLM, Ko et al. 2024)",
+        SkewReverseKLParams,
+        15,
+    )
     divergence, knob = staticmethod(skew_reverse_kl_rows), "alpha"

@@ -61,7 +61,9 @@ def shared_vocabulary(student_tokenizer, teacher_tokenizer) -> tuple[list[int], 
 class ULDParams:
     weight: float = field(0.0, "weight of universal logit distillation (any teacher vocabulary); 0 = off", ge=0)
     temperature: float = field(1.0, "softmax temperature T of teachers and student (no T² factor)", gt=0)
-    shared_kl: float = field(0.0, "weight of the added KL over tokens both vocabularies spell alike (GOLD's hybrid); 0 = ULD alone", ge=0)
+    shared_kl: float = field(
+        0.0, "weight of the added KL over tokens both vocabularies spell alike (GOLD's hybrid); 0 = ULD alone", ge=0
+    )
 
 
 @register
@@ -69,15 +71,24 @@ class ULD(LossTerm):
     """Σ_teachers w_k · Σ_aligned rows [ULD + shared_kl · KL_shared] / n_tokens. Rows without an aligned
     teacher position (distill/align.py) contribute 0; a teacher with the student's tokenizer is aligned everywhere."""
 
-    key, title, Params, order = "uld", "universal logit distillation across tokenizers (Boizard et al. 2024)", ULDParams, 16
+    key, title, Params, order = (
+        "uld",
+        "universal logit distillation across tokenizers (Boizard et al. 2024)",
+        ULDParams,
+        16,
+    )
     needs = Needs(teacher_logits=True, any_tokenizer=True)
 
     def __init__(self, params, setup):
         super().__init__(params, setup)
-        # per teacher: (teacher ids, student ids) of the shared tokens, or (None, None) when it has the student's vocabulary
-        self.shared = [(None, None) if t.cross is None or not params.shared_kl
-                       else tuple(torch.tensor(ids) for ids in reversed(shared_vocabulary(t.cross.student, t.cross.teacher)))
-                       for t in setup.teachers]
+        # per teacher: (teacher ids, student ids) of the shared tokens, or (None, None) when it has the student's
+        # vocabulary
+        self.shared = [
+            (None, None)
+            if t.cross is None or not params.shared_kl
+            else tuple(torch.tensor(ids) for ids in reversed(shared_vocabulary(t.cross.student, t.cross.teacher)))
+            for t in setup.teachers
+        ]
 
     def describe(self, teachers):
         extra = f" + {self.params.shared_kl:g}*KL(shared tokens)" if self.params.shared_kl else ""
@@ -95,7 +106,9 @@ class ULD(LossTerm):
                 logits, student_logits = logits[keep], student_logits[keep]
             rows = uld_rows(logits, student_logits, T)
             if p.shared_kl:
-                self.shared[k] = tuple(None if x is None else x.to(logits.device) for x in self.shared[k])  # once per device
+                self.shared[k] = tuple(
+                    None if x is None else x.to(logits.device) for x in self.shared[k]
+                )  # once per device
                 rows = rows + p.shared_kl * shared_kl_rows(logits, student_logits, *self.shared[k], T)
             total = total + weights[k] * rows.sum()
         return total / batch.n_tokens

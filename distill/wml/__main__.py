@@ -28,10 +28,18 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in ("-h", "--help"):
             print(__doc__)
             return 0
-        raise UserError(f"python -m distill.wml: give a command, one of {', '.join(commands)} (e.g. python -m distill.wml train config/runs/demo-wml.yaml)")
+        raise UserError(
+            f"python -m distill.wml: give a command, one of {', '.join(commands)} (e.g. python -m distill.wml train "
+            "config/runs/demo-wml.yaml)"
+        )
     command, rest = argv[0], argv[1:]
-    args = run_parser(f"python -m distill.wml {command}", "Weighted mutual learning of peers found by Bayesian optimisation.",
-                      WMLRunConfig, "config/runs/demo-wml.yaml", "wml.num_peers=2 wml.distillation_method=vanilla").parse_args(rest)
+    args = run_parser(
+        f"python -m distill.wml {command}",
+        "Weighted mutual learning of peers found by Bayesian optimisation.",
+        WMLRunConfig,
+        "config/runs/demo-wml.yaml",
+        "wml.num_peers=2 wml.distillation_method=vanilla",
+    ).parse_args(rest)
     cfg = cfglib.load(WMLRunConfig, args.config, args.overrides)
     if command == "search":
         run_search(cfg)

@@ -26,7 +26,11 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     peers = []
     for p in peer_fields:
         fields = {k: v for k, v in p["fields"].items() if k not in SPECIAL}
-        peers.append(auto.from_config(AutoConfig.for_model(fields.pop("model_type"), **fields, vocab_size=cfg.model.vocab_size, **ids)))
+        peers.append(
+            auto.from_config(
+                AutoConfig.for_model(fields.pop("model_type"), **fields, vocab_size=cfg.model.vocab_size, **ids)
+            )
+        )
     if cfg.wml.reference_folder and (Path(cfg.wml.reference_folder) / "tokenizer.json").is_file():
         try:  # N counts the reference's embeddings, so its vocabulary must be the peers' (the run's tokenizer)
             check_same_tokenizer(Path(cfg.wml.reference_folder), Path(prepared.tokenizer_dir))
@@ -36,7 +40,9 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     if cfg.wml.distillation_method == "vanilla":
         folder = check_folder(cfg.wml.teacher)
         check_same_tokenizer(folder, Path(prepared.tokenizer_dir))
-        teacher = load_model_folder(folder, auto, "the vanilla teacher (wml.teacher)", "save it again with save_pretrained, or fix wml.teacher")
+        teacher = load_model_folder(
+            folder, auto, "the vanilla teacher (wml.teacher)", "save it again with save_pretrained, or fix wml.teacher"
+        )
         if positions(teacher.config) is not None and positions(teacher.config) < cfg.data.block_size:
             raise UserError(f"wml.teacher={cfg.wml.teacher}: has {positions(teacher.config)} positions, fewer than "
                             f"data.block_size={cfg.data.block_size}; lower data.block_size or use another teacher")
@@ -52,10 +58,16 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     def finish(trainer, run_path: Path) -> dict:
         return finish_run(cfg, trainer, wrapper, run_path)
 
-    return Built(trained=wrapper, export=export, finish=finish, objective=objective,
-                 trainer_cls=WMLTrainer, trainer_kwargs={"wml": cfg.wml},
-                 banner=f"{len(peers)} {objective} peer(s) of {sizes} parameters, {cfg.wml.distillation_method} learning, "
-                        f"α={cfg.wml.loss_alpha:g}, ω updated every {cfg.wml.weight_update_frequency} steps")
+    return Built(
+        trained=wrapper,
+        export=export,
+        finish=finish,
+        objective=objective,
+        trainer_cls=WMLTrainer,
+        trainer_kwargs={"wml": cfg.wml},
+        banner=f"{len(peers)} {objective} peer(s) of {sizes} parameters, {cfg.wml.distillation_method} learning, "
+        f"α={cfg.wml.loss_alpha:g}, ω updated every {cfg.wml.weight_update_frequency} steps",
+    )
 
 
 def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
@@ -65,7 +77,9 @@ def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
     from common.paths import write_atomic
 
     dev_ce = trainer.peer_dev_ce() if trainer.eval_dataset is not None else [None] * len(wrapper.peers)
-    dev_ce = [x if x is None or math.isfinite(x) else None for x in dev_ce]  # a diverged peer has no dev CE, never the champion
+    dev_ce = [
+        x if x is None or math.isfinite(x) else None for x in dev_ce
+    ]  # a diverged peer has no dev CE, never the champion
     finite = [i for i, x in enumerate(dev_ce) if x is not None]
     champion = min(finite, key=lambda i: dev_ce[i]) if finite else 0
     info = {"champion": champion, "dev_ce": dev_ce, "omega": [float(x) for x in wrapper.omega],
@@ -81,5 +95,7 @@ def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
             for i in range(len(wrapper.peers)):
                 opts.out = str(run_path / "eval" / f"peer-{i}")
                 evaluate(str(run_path / "model" / f"peer-{i}"), cfg.wml.eval_tasks, opts)
-        print(f"champion: peer-{champion} (dev CE {dev_ce[champion]:.4f})" if finite else "champion: peer-0 (no dev CE)")
+        print(
+            f"champion: peer-{champion} (dev CE {dev_ce[champion]:.4f})" if finite else "champion: peer-0 (no dev CE)"
+        )
     return {"champion": champion, "peer_dev_ce": dev_ce}

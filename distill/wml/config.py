@@ -24,19 +24,36 @@ class SearchSpace:
 class WMLConfig:
     RENAMED = {"model_type": ("objective", {"CLM": "causal", "MLM": "masked"})}  # the seed's spelling, still read
 
-    num_peers: int = field(4, "peers trained together: 1 (ordinary training), 2 or 4; peer i targets N/(i + 2) parameters", ge=1, le=4)
-    objective: Literal["causal", "masked"] = field("causal", "causal or masked LM peers; must match the reference architecture's "
-                                                             "objective (the seed's model_type: CLM/MLM is read as this)")
-    distillation_method: Literal["mutual", "vanilla"] = field("mutual", "mutual: peers teach each other; vanilla: each peer distils from wml.teacher instead")
+    num_peers: int = field(
+        4, "peers trained together: 1 (ordinary training), 2 or 4; peer i targets N/(i + 2) parameters", ge=1, le=4
+    )
+    objective: Literal["causal", "masked"] = field(
+        "causal",
+        "causal or masked LM peers; must match the reference architecture's "
+        "objective (the seed's model_type: CLM/MLM is read as this)",
+    )
+    distillation_method: Literal["mutual", "vanilla"] = field(
+        "mutual", "mutual: peers teach each other; vanilla: each peer distils from wml.teacher instead"
+    )
     teacher: str = field("", "vanilla: a local Hugging Face folder of the teacher (same tokenizer, same objective)")
-    loss_alpha: float = field(0.5, "α: weight of the distillation part against (1 − α) for the peers' cross-entropy", ge=0, le=1)
-    weight_update_frequency: int = field(10, "a mirror-descent step of the peer weights ω every this many training steps", ge=1)
+    loss_alpha: float = field(
+        0.5, "α: weight of the distillation part against (1 − α) for the peers' cross-entropy", ge=0, le=1
+    )
+    weight_update_frequency: int = field(
+        10, "a mirror-descent step of the peer weights ω every this many training steps", ge=1
+    )
     eta: float = field(0.05, "peak step size η of the peer-weight update", gt=0)
     eta_min: float = field(0.005, "η after its cosine decay", ge=0)
     eta_warmup: int = field(5, "peer-weight updates of linear η warmup", ge=0)
     eta_steps: int = field(200, "peer-weight updates over which η decays to eta_min", ge=1)
-    reference_folder: str = field("", "a local Hugging Face folder whose parameter count is N; empty = the model section's architecture")
-    use_opt_config: bool = field(True, "true: search peer architectures (or reuse a finished search with the same settings); false: reuse arch_search_results/, which must exist")
+    reference_folder: str = field(
+        "", "a local Hugging Face folder whose parameter count is N; empty = the model section's architecture"
+    )
+    use_opt_config: bool = field(
+        True,
+        "true: search peer architectures (or reuse a finished search with the same settings); false: reuse "
+        "arch_search_results/, which must exist",
+    )
     search: SearchSpace = field(SearchSpace(), "the peer search space (hidden must be divisible by heads)")
     init_points: int = field(10, "random initial points of the Bayesian search, per peer", ge=1)
     n_iter: int = field(100, "Bayesian-optimisation iterations, per peer", ge=0)
@@ -47,8 +64,12 @@ class WMLConfig:
 
 @dataclass
 class WMLRunConfig(RunSections):
-    model: ModelConfig = field(ModelConfig(), "the reference architecture: its parameter count N sets the peers' targets")
-    wml: WMLConfig = field(WMLConfig(), "peers (one AdamW over all), the mutual-learning loss, the peer weights and the peer search")
+    model: ModelConfig = field(
+        ModelConfig(), "the reference architecture: its parameter count N sets the peers' targets"
+    )
+    wml: WMLConfig = field(
+        WMLConfig(), "peers (one AdamW over all), the mutual-learning loss, the peer weights and the peer search"
+    )
 
     def check(self) -> None:
         check_run(self)
@@ -56,7 +77,10 @@ class WMLRunConfig(RunSections):
         if w.num_peers not in (1, 2, 4):
             raise ConfigError("wml.num_peers", f"must be 1, 2 or 4, got {w.num_peers}")
         if w.num_peers > 1 and not self.data.dev_dir:
-            raise ConfigError("data.dev_dir", "is empty; the peer weights are learned on dev batches, so wml.num_peers > 1 needs a dev set")
+            raise ConfigError(
+                "data.dev_dir",
+                "is empty; the peer weights are learned on dev batches, so wml.num_peers > 1 needs a dev set",
+            )
         if w.eta_min > w.eta:
             raise ConfigError("wml.eta_min", f"is {w.eta_min}, above wml.eta={w.eta}")
         for key in ("layers", "heads", "hidden"):
@@ -69,10 +93,14 @@ class WMLRunConfig(RunSections):
             if problem:
                 raise ConfigError(f"wml.eval_tasks[{i}]", problem)
         if not any(h % n == 0 for h in w.search.hidden for n in w.search.heads):
-            raise ConfigError("wml.search.hidden", "no hidden size is divisible by any head count; no architecture is valid")
+            raise ConfigError(
+                "wml.search.hidden", "no hidden size is divisible by any head count; no architecture is valid"
+            )
         if w.distillation_method == "vanilla":
             if not w.teacher:
-                raise ConfigError("wml.teacher", "is empty but wml.distillation_method is vanilla; give the teacher's model folder")
+                raise ConfigError(
+                    "wml.teacher", "is empty but wml.distillation_method is vanilla; give the teacher's model folder"
+                )
             if not Path(w.teacher).is_dir():
                 raise ConfigError("wml.teacher", f"{w.teacher} does not exist; train the teacher first or fix the path")
         if w.reference_folder and not Path(w.reference_folder).is_dir():
@@ -81,4 +109,7 @@ class WMLRunConfig(RunSections):
 
         objective, _ = read_architecture(self.model)
         if objective != w.objective:
-            raise ConfigError("wml.objective", f"is {w.objective} but model.arch={self.model.arch} is a {objective} LM; make them agree")
+            raise ConfigError(
+                "wml.objective",
+                f"is {w.objective} but model.arch={self.model.arch} is a {objective} LM; make them agree",
+            )

@@ -104,11 +104,16 @@ def vanilla_parts(logits: list[torch.Tensor], teacher_logits: torch.Tensor, labe
     parts = []
     for z in logits:
         lp = F.log_softmax(_full(z), dim=-1)
-        parts.append(((1 - alpha) * F.nll_loss(lp, labels, reduction="sum") + alpha * (target.exp() * (target - lp)).sum()) / n_tokens)
+        parts.append(
+            ((1 - alpha) * F.nll_loss(lp, labels, reduction="sum") + alpha * (target.exp() * (target - lp)).sum())
+            / n_tokens
+        )
     return torch.stack(parts)
 
 
-def ensemble_loss(logits: list[torch.Tensor], labels: torch.Tensor, omega: torch.Tensor, n_tokens: float) -> torch.Tensor:
+def ensemble_loss(
+    logits: list[torch.Tensor], labels: torch.Tensor, omega: torch.Tensor, n_tokens: float
+) -> torch.Tensor:
     """Validation loss of the ω-weighted ensemble: −Σ log Σ_i ω_i p_i(y) / n_tokens. logits: K × [N, V]; omega [K]."""
     logp = torch.stack([F.log_softmax(_full(z), dim=-1).gather(1, labels[:, None])[:, 0] for z in logits])  # [K, N]
     return -torch.logsumexp(logp + torch.log(omega.to(logp.dtype))[:, None], dim=0).sum() / n_tokens
@@ -145,13 +150,15 @@ def hypergradient(params: list[torch.Tensor], inner_parts: Callable[[list[torch.
 
 
 def mirror_step(omega: torch.Tensor, g: torch.Tensor, eta: float) -> torch.Tensor:
-    """Exponentiated gradient on the simplex: ω_i exp(−η g_i) / Σ_j ω_j exp(−η g_j) (in log space, so it cannot overflow)."""
+    """Exponentiated gradient on the simplex: ω_i exp(−η g_i) / Σ_j ω_j exp(−η g_j) (in log space, so it cannot
+    overflow)."""
     logits = torch.log(omega) - eta * g
     return torch.softmax(logits, dim=0)
 
 
 def eta_at(step: int, peak: float, final: float, warmup: int, total: int) -> float:
-    """The peer-weight step size: linear warmup to `peak` over `warmup` outer steps, then cosine to `final` at `total`."""
+    """The peer-weight step size: linear warmup to `peak` over `warmup` outer steps, then cosine to `final` at
+    `total`."""
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))

@@ -21,14 +21,18 @@ from distill.wrapper import scored_positions, store_ties_once
 class PeersWrapper(nn.Module):
     accepts_loss_kwargs = True  # the Trainer counts num_items_in_batch over the accumulated batch
 
-    def __init__(self, peers: list[nn.Module], objective: str, alpha: float, method: str, teacher: nn.Module | None = None):
+    def __init__(
+        self, peers: list[nn.Module], objective: str, alpha: float, method: str, teacher: nn.Module | None = None
+    ):
         super().__init__()
         self.peers = nn.ModuleList(peers)
         self.config = peers[0].config
         self.objective, self.alpha, self.method = objective, alpha, method
         self.teacher = [teacher] if teacher is not None else []  # a list: not a submodule, never trained or saved
         self.register_buffer("omega", torch.full((len(peers),), 1.0 / len(peers)))
-        self.register_buffer("outer_steps", torch.zeros((), dtype=torch.long))  # checkpointed with ω: η's schedule resumes
+        self.register_buffer(
+            "outer_steps", torch.zeros((), dtype=torch.long)
+        )  # checkpointed with ω: η's schedule resumes
         self.loss_type = "ForCausalLM" if objective == "causal" else None  # labels counted after the shift when causal
         store_ties_once(self)
 
@@ -88,10 +92,14 @@ class PeersWrapper(nn.Module):
         dev_batch = {k: v for k, v in dev_batch.items() if k in keep}
 
         def inner_parts(ps):
-            return functional_call(self, dict(zip(names, ps)), args=(), kwargs={**train_batch, "ensemble": False})["parts"]
+            return functional_call(self, dict(zip(names, ps)), args=(), kwargs={**train_batch, "ensemble": False})[
+                "parts"
+            ]
 
         def val_loss(ps, w):
-            return functional_call(self, dict(zip(names, ps)), args=(), kwargs={**dev_batch, "omega": w, "ensemble": True})["loss"]
+            return functional_call(
+                self, dict(zip(names, ps)), args=(), kwargs={**dev_batch, "omega": w, "ensemble": True}
+            )["loss"]
 
         was_training = self.training
         attention = [p.config._attn_implementation for p in self.peers]
@@ -130,8 +138,12 @@ class WMLTrainer(WrapperTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         wrapper = self.accelerator.unwrap_model(model)
         step = self.state.global_step
-        if len(wrapper.peers) > 1 and self.eval_dataset is not None and step % self.wml.weight_update_frequency == 0 \
-                and int(wrapper.outer_steps) <= step // self.wml.weight_update_frequency:  # once per step, also under accumulation
+        if (
+            len(wrapper.peers) > 1
+            and self.eval_dataset is not None
+            and step % self.wml.weight_update_frequency == 0
+            and int(wrapper.outer_steps) <= step // self.wml.weight_update_frequency
+        ):  # once per step, also under accumulation
             self.update_omega(wrapper, self._prepare_inputs(inputs))
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -165,5 +177,7 @@ class WMLTrainer(WrapperTrainer):
         wrapper = self.accelerator.unwrap_model(self.model)
         logs = {f"omega/{i}": round(float(v), 6) for i, v in enumerate(wrapper.omega)}
         if self._last_g is not None:
-            logs.update({f"hypergrad/{i}": round(v, 6) for i, v in enumerate(self._last_g)}, eta=round(self._last_eta, 6))
+            logs.update(
+                {f"hypergrad/{i}": round(v, 6) for i, v in enumerate(self._last_g)}, eta=round(self._last_eta, 6)
+            )
         return logs

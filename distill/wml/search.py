@@ -56,7 +56,12 @@ class Reference:
 def _names(model_type: str) -> dict:
     if model_type == "gpt2":
         return {"layers": "n_layer", "heads": "n_head", "hidden": "n_embd", "ffn": "n_inner"}
-    return {"layers": "num_hidden_layers", "heads": "num_attention_heads", "hidden": "hidden_size", "ffn": "intermediate_size"}
+    return {
+        "layers": "num_hidden_layers",
+        "heads": "num_attention_heads",
+        "hidden": "hidden_size",
+        "ffn": "intermediate_size",
+    }
 
 
 def count_params(fields: dict, objective: str) -> int:
@@ -69,7 +74,9 @@ def _count(fields_json: str, objective: str) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     fields = json.loads(fields_json)
-    ids = {k: fields.pop(k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}  # no GPT-2 defaults past the vocabulary
+    ids = {
+        k: fields.pop(k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+    }  # no GPT-2 defaults past the vocabulary
     config = AutoConfig.for_model(fields.pop("model_type"), **fields, **ids)
     auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
     with torch.device("meta"):
@@ -92,10 +99,16 @@ def reference_from_folder(folder: str) -> Reference:
 
     from eval.model import load_config
 
-    config = load_config(Path(folder), "the reference model", "save it again with save_pretrained, or fix wml.reference_folder")
+    config = load_config(
+        Path(folder), "the reference model", "save it again with save_pretrained, or fix wml.reference_folder"
+    )
     arch = (config.architectures or [""])[0]
     objective = "masked" if "MaskedLM" in arch else "causal"
-    fields = {k: v for k, v in config.to_diff_dict().items() if k not in ("architectures", "transformers_version", "dtype", "torch_dtype")}
+    fields = {
+        k: v
+        for k, v in config.to_diff_dict().items()
+        if k not in ("architectures", "transformers_version", "dtype", "torch_dtype")
+    }
     fields["model_type"] = config.model_type
     return Reference(objective, fields, count_params(fields, objective))
 
@@ -124,17 +137,28 @@ def bayes_search(ref: Reference, target: float, space: dict[str, list[int]], tak
             best.update(arch=arch, error=e)
         return -e
 
-    bounds = {"li": (0, len(space["layers"]) - 1), "hi": (0, len(space["heads"]) - 1), "wi": (0, len(space["hidden"]) - 1)}
+    bounds = {
+        "li": (0, len(space["layers"]) - 1),
+        "hi": (0, len(space["heads"]) - 1),
+        "wi": (0, len(space["hidden"]) - 1),
+    }
     bounds = {k: (lo, hi if hi > lo else lo + 1e-9) for k, (lo, hi) in bounds.items()}
-    optimizer = BayesianOptimization(f=objective, pbounds=bounds, random_state=seed, verbose=0, allow_duplicate_points=True)
+    optimizer = BayesianOptimization(
+        f=objective, pbounds=bounds, random_state=seed, verbose=0, allow_duplicate_points=True
+    )
     optimizer.maximize(init_points=init_points, n_iter=n_iter)
     return best["arch"], best["error"]
 
 
-def exhaustive_search(ref: Reference, target: float, space: dict[str, list[int]], taken: set[Arch]) -> tuple[Arch, float]:
+def exhaustive_search(
+    ref: Reference, target: float, space: dict[str, list[int]], taken: set[Arch]
+) -> tuple[Arch, float]:
     """Every architecture of the space; for checking the Bayesian search on small spaces."""
     candidates = [Arch(*c) for c in itertools.product(space["layers"], space["heads"], space["hidden"])]
-    return min(((a, error(ref, a, target, taken)) for a in candidates), key=lambda t: (t[1], t[0].layers, t[0].heads, t[0].hidden))
+    return min(
+        ((a, error(ref, a, target, taken)) for a in candidates),
+        key=lambda t: (t[1], t[0].layers, t[0].heads, t[0].hidden),
+    )
 
 
 def search_peers(ref: Reference, num_peers: int, space: dict[str, list[int]], init_points: int, n_iter: int, seed: int,
@@ -175,9 +199,15 @@ def reference(cfg):
     if not cfg.wml.reference_folder:
         return reference_from_arch(cfg.model)
     ref = reference_from_folder(cfg.wml.reference_folder)
-    if ref.fields.get("vocab_size") != cfg.model.vocab_size:  # N counts its embeddings: the peers must share its vocabulary
-        raise UserError(f"wml.reference_folder={cfg.wml.reference_folder}: has a {ref.fields.get('vocab_size')}-token vocabulary but the "
-                        f"peers use the run's tokenizer (model.vocab_size={cfg.model.vocab_size}); give a reference trained with this tokenizer")
+    if (
+        ref.fields.get("vocab_size") != cfg.model.vocab_size
+    ):  # N counts its embeddings: the peers must share its vocabulary
+        raise UserError(
+            f"wml.reference_folder={cfg.wml.reference_folder}: has a {ref.fields.get('vocab_size')}-token vocabulary "
+            "but the "
+            f"peers use the run's tokenizer (model.vocab_size={cfg.model.vocab_size}); give a reference trained with "
+            "this tokenizer"
+        )
     return ref
 
 
@@ -195,18 +225,29 @@ def run_search(cfg) -> list[dict]:
         raise UserError(f"wml.search: {exc}; widen the search space") from None
     for p in peers:
         if p["relative_error"] > MAX_ERROR:
-            raise UserError(f"wml.search: peer {p['peer']} targets {p['target']:,.0f} parameters but the nearest architecture in the "
-                            f"search space ({p['layers']} layers, {p['heads']} heads, hidden {p['hidden']}) has {p['n_params']:,} "
-                            f"({p['relative_error']:.0%} off, more than {MAX_ERROR:.0%}); widen wml.search.layers or wml.search.hidden")
+            raise UserError(
+                f"wml.search: peer {p['peer']} targets {p['target']:,.0f} parameters but the nearest architecture in "
+                "the "
+                f"search space ({p['layers']} layers, {p['heads']} heads, hidden {p['hidden']}) has {p['n_params']:,} "
+                f"({p['relative_error']:.0%} off, more than {MAX_ERROR:.0%}); widen wml.search.layers or "
+                "wml.search.hidden"
+            )
     out = results_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     for p in peers:
         fields = {k: v for k, v in p["fields"].items() if k not in SPECIAL}
-        text = (f"# Peer {p['peer']} of weighted mutual learning: {p['n_params']:,} parameters for a target of {p['target']:,.0f} "
-                f"({p['relative_error']:.2%} off).\n" + yaml.safe_dump({"objective": ref.objective, **fields}, sort_keys=False))
+        text = (
+            f"# Peer {p['peer']} of weighted mutual learning: {p['n_params']:,} parameters for a target of "
+            f"{p['target']:,.0f} "
+            f"({p['relative_error']:.2%} off).\n"
+            + yaml.safe_dump({"objective": ref.objective, **fields}, sort_keys=False)
+        )
         write_atomic(out / f"peer-{p['peer']}.yaml", text)
-        print(f"peer {p['peer']}: {p['layers']} layers, {p['heads']} heads, hidden {p['hidden']}: {p['n_params']:,} parameters "
-              f"(target {p['target']:,.0f}, {p['relative_error']:.2%} off)")
+        print(
+            f"peer {p['peer']}: {p['layers']} layers, {p['heads']} heads, hidden {p['hidden']}: {p['n_params']:,} "
+            "parameters "
+            f"(target {p['target']:,.0f}, {p['relative_error']:.2%} off)"
+        )
     print(f"wrote {out}/peer-*.yaml and search.json")
     write_atomic(out / "search.json", json.dumps({"settings": search_settings(cfg, ref), "peers": peers}, indent=2))
     return peers
@@ -217,8 +258,10 @@ def peer_architectures(cfg) -> list[dict]:
     saved = results_dir(cfg) / "search.json"
     if not cfg.wml.use_opt_config:
         if not saved.is_file():
-            raise UserError(f"wml.use_opt_config=false but {saved} does not exist; run python -m distill.wml search CONFIG first "
-                            f"(or set wml.use_opt_config=true)")
+            raise UserError(
+                f"wml.use_opt_config=false but {saved} does not exist; run python -m distill.wml search CONFIG first "
+                f"(or set wml.use_opt_config=true)"
+            )
         peers = json.loads(saved.read_text())["peers"]
         if len(peers) < cfg.wml.num_peers:
             raise UserError(f"{saved} holds {len(peers)} peer(s) but wml.num_peers={cfg.wml.num_peers}; search again")
