@@ -3,7 +3,7 @@
 #   - the install (install.sh: .venv reused, installed packages skipped);
 #   - Debian's SLURM, munge and MariaDB for the tests marked `slurm` (apt-get, with sudo when not root; only when
 #     one of them is missing; tests/slurm_cluster.py starts and stops the daemons itself, without systemd);
-#   - pytest on two workers. Extra arguments go to pytest (bash test.sh -k grid).
+#   - ruff (pyproject.toml), then pytest on two workers. Extra arguments go to pytest (bash test.sh -k grid).
 # The quick loop, without SLURM: . .venv/bin/activate && python -m pytest tests -m "not slurm" -n 2 --dist loadfile
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,6 +27,8 @@ fi
 for svc in slurmctld slurmd slurmdbd munge mariadb; do
   (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || true
 done
+
+.venv/bin/ruff check .  # pyflakes rules and 120 columns (pyproject.toml); a finding stops here
 
 set +e
 .venv/bin/python -m pytest tests -n 2 --dist loadfile -ra --durations=40 "$@"

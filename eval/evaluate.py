@@ -66,9 +66,11 @@ def requests_for(task: Task, m: Loaded, opts: Options) -> tuple[list, list[str]]
     owners = [it for it in task.items for _ in it.choices]
     if convention == "babylm2025":
         if not getattr(m.tokenizer, "is_fast", False):
-            raise UserError(f"{m.path}: the tokenizer is not a fast tokenizer, and the 2025 convention finds the scored tokens "
-                            f"by character offsets, which only fast tokenizers give; save a tokenizer.json (a `tokenizers` "
-                            f"tokenizer) in the model folder")
+            raise UserError(
+                f"{m.path}: the tokenizer is not a fast tokenizer, and the 2025 convention finds the scored tokens "
+                f"by character offsets, which only fast tokenizers give; save a tokenizer.json (a `tokenizers` "
+                f"tokenizer) in the model folder"
+            )
         sentences = [s for it in task.items for s in it.sentences]
         completions = [c for it in task.items for c in it.completions]
         try:
@@ -81,14 +83,18 @@ def requests_for(task: Task, m: Loaded, opts: Options) -> tuple[list, list[str]]
         reqs = encode.causal_requests(m.tokenizer, contexts, choices, m.prefix_id, convention)
         empty = [i for i, r in enumerate(reqs) if not r.cont]
         if empty:
-            raise UserError(f"{owners[empty[0]].where}: the choice {choices[empty[0]]!r} has no tokens to score after tokenization")
+            raise UserError(
+                f"{owners[empty[0]].where}: the choice {choices[empty[0]]!r} has no tokens to score after tokenization"
+            )
     else:
         contexts = [it.context for it in task.items for _ in it.choices]
         choices = [c for it in task.items for c in it.choices]
         reqs = encode.masked_requests(m.tokenizer, contexts, choices)
         empty = [i for i, r in enumerate(reqs) if not r.targets]
         if empty:
-            raise UserError(f"{owners[empty[0]].where}: the choice {choices[empty[0]]!r} has no tokens to score after tokenization")
+            raise UserError(
+                f"{owners[empty[0]].where}: the choice {choices[empty[0]]!r} has no tokens to score after tokenization"
+            )
     return reqs, too_long(task.name, reqs, owners, m, opts)
 
 
@@ -100,14 +106,17 @@ def too_long(name: str, reqs: list, owners: list, m: Loaded, opts: Options) -> l
     if not long:
         return []
     where = owners[long[0]].where if owners else "an item"
-    what = f"task {name}: {len(long)} input(s) longer than the model's {m.max_length} positions (first: {where}, {lengths[long[0]]} tokens)"
+    first = f"first: {where}, {lengths[long[0]]} tokens"
+    what = f"task {name}: {len(long)} input(s) longer than the model's {m.max_length} positions ({first})"
     if not causal or opts.too_long == "error":
         how = "masked LMs cannot be truncated without changing what is scored" if not causal else "--too-long error"
         raise UserError(f"{what}; {how}: shorten the item or use --max-length with a model that has more positions")
     if any(len(reqs[i].cont) > m.max_length for i in long):
         i = next(i for i in long if len(reqs[i].cont) > m.max_length)
-        raise UserError(f"{owners[i].where if owners else name}: the scored continuation alone has {len(reqs[i].cont)} tokens, "
-                        f"more than the model's {m.max_length} positions; it cannot be scored")
+        raise UserError(
+            f"{owners[i].where if owners else name}: the scored continuation alone has {len(reqs[i].cont)} tokens, "
+            f"more than the model's {m.max_length} positions; it cannot be scored"
+        )
     return [f"warning: {what} were left-truncated (the context loses its first tokens), as lm-evaluation-harness does; "
             f"--too-long error refuses instead"]
 
@@ -146,7 +155,9 @@ def output_for(model_path: str, opts: Options) -> Path:
     return out_dir
 
 
-def score_requests(scorer: Scorer, m: Loaded, reqs: list, opts: Options, choices: list[int] | None = None) -> tuple[np.ndarray, int]:
+def score_requests(
+    scorer: Scorer, m: Loaded, reqs: list, opts: Options, choices: list[int] | None = None
+) -> tuple[np.ndarray, int]:
     """Each request's score; `choices`: how many consecutive requests belong to one item (default one each: the
     reading task's requests), read as one tree, and items that open alike share their prefix."""
     longest = max((len(r.ctx) + len(r.cont) if m.backend == "causal" else len(r.ids)) for r in reqs)
@@ -162,7 +173,8 @@ def item_scores(flat: np.ndarray, task: Task) -> np.ndarray:
 
 
 def reduce_masked(flat: np.ndarray, reqs: list, m: Loaded, convention: str) -> np.ndarray:
-    """2024 masked scores are minicons' conditional_score at its defaults: the mean over the scored tokens, not the sum."""
+    """2024 masked scores are minicons' conditional_score at its defaults: the mean over the scored tokens, not the
+    sum."""
     if m.backend != "causal" and convention == "babylm2024":
         return flat / np.array([len(r.targets) for r in reqs], dtype=np.float64)
     return flat
@@ -177,8 +189,11 @@ def score_pairs(task: Task, m: Loaded, scorer: Scorer, reqs: list, opts: Options
         raise UserError(f"{meta['model']}: every score on task {task.name} is NaN or infinite, so the model is broken "
                         f"(check its weights for NaN, or its training log); nothing was written for {task.name}")
     summary = report.summarise(task, scores, right, tied, bad)
-    meta = {**meta, "convention": convention if m.backend == "causal" or convention == "babylm2025" else "minicons-pll-mean",
-            "batch_size": batch}
+    meta = {
+        **meta,
+        "convention": convention if m.backend == "causal" or convention == "babylm2025" else "minicons-pll-mean",
+        "batch_size": batch,
+    }
     files = report.write_results(out_dir, task, scores, summary, meta)
     if convention == "babylm2025":
         files["official"] = report.write_official(out_dir, task, scores)
@@ -203,8 +218,11 @@ def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tupl
     with loading_bars(opts.progress):
         m = load(model_path, "causal" if opts.backend == "causal" else "mlm", opts.device, opts.dtype, opts.max_length)
     m.backend = opts.backend
-    print(f"model {model_path}: {opts.backend}, {sum(p.numel() for p in m.model.parameters()):,} parameters, "
-          f"{m.max_length} positions, {m.device}; {m.prefix_note if m.backend != 'causal' else 'prefix token ' + m.prefix_note}")
+    print(
+        f"model {model_path}: {opts.backend}, {sum(p.numel() for p in m.model.parameters()):,} parameters, "
+        f"{m.max_length} positions, {m.device}; "
+        f"{m.prefix_note if m.backend != 'causal' else 'prefix token ' + m.prefix_note}"
+    )
     prepared = []
     for task in tasks:
         if task.spec.kind == "reading":
@@ -219,8 +237,14 @@ def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tupl
     results = []
     for task, reqs in prepared:
         t0 = time.perf_counter()
-        meta = {"model": str(Path(model_path).resolve()), "backend": m.backend, "prefix": m.prefix_note, "dtype": opts.dtype,
-                "device": str(m.device), "fast": task.fast}
+        meta = {
+            "model": str(Path(model_path).resolve()),
+            "backend": m.backend,
+            "prefix": m.prefix_note,
+            "dtype": opts.dtype,
+            "device": str(m.device),
+            "fast": task.fast,
+        }
         if reqs is None:
             summary, files = evaluate_reading(task, m, lambda r: score_requests(scorer, m, r, opts)[0], out_dir, meta)
         else:
@@ -233,7 +257,10 @@ def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tupl
         print(f"{task.name}: {report.METRIC_LABELS[summary['metric']]} {shown}, {n} items in {seconds:.1f} s "
               f"({n / max(seconds, 1e-9):.0f} items/s), {summary['ties']} ties -> {files['result']}")
         if summary["non_finite"]:
-            print(f"warning: {task.name}: {summary['non_finite']} item(s) have a NaN or infinite score; they count as wrong"
-                  + (" and the correlation is null" if summary["metric"] == "spearman" else ""))
+            print(
+                f"warning: {task.name}: {summary['non_finite']} item(s) have a NaN or infinite score; they count as "
+                "wrong"
+                + (" and the correlation is null" if summary["metric"] == "spearman" else "")
+            )
         results.append((task.name, summary, files))
     return results

@@ -15,9 +15,12 @@ import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from common.errors import UserError
+
+if TYPE_CHECKING:  # numpy is imported where the words are read
+    import numpy as np
 
 SPLIT_SUFFIXES = (".train", ".dev", ".test", ".txt")
 CLEANER_VERSION = "1"  # bump when a cleaner changes: it invalidates every cache built on cleaned text
@@ -155,7 +158,10 @@ def clean_file(f: CorpusFile) -> tuple[list[str], list[int], int]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise UserError(f"{f.path}:{number}: bytes that are not UTF-8 at column {exc.start + 1}; re-encode the file as UTF-8") from None
+                raise UserError(
+                    f"{f.path}:{number}: bytes that are not UTF-8 at column {exc.start + 1}; re-encode the file as "
+                    "UTF-8"
+                ) from None
             n = len(text.split())
             corpus_words += n
             line = clean(text)
@@ -211,7 +217,7 @@ def write_clean(files: list[CorpusFile], out_dir: Path) -> list[Path]:
     return paths
 
 
-def read_words(clean_files: list[Path]) -> tuple["np.ndarray", int]:
+def read_words(clean_files: list[Path]) -> tuple[np.ndarray, int]:
     """The raw words of every clean line, in file order, and the words of the raw files."""
     import numpy as np
 

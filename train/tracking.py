@@ -32,9 +32,11 @@ def problem(report_to: str) -> str | None:
 
     for name in trackers(report_to):
         if name not in TRACKERS:
-            return f"'{name}' is not a tracker{suggest(name, list(TRACKERS))}; use none or a comma-separated list of {', '.join(TRACKERS)}"
+            return (f"'{name}' is not a tracker{suggest(name, list(TRACKERS))}; use none or a comma-separated list of "
+                    f"{', '.join(TRACKERS)}")
         if importlib.util.find_spec(TRACKERS[name]) is None:
-            return f"'{name}' needs the {TRACKERS[name]} package, which is not installed; pip install {TRACKERS[name]}, or use none"
+            package = TRACKERS[name]
+            return f"'{name}' needs the {package} package, which is not installed; pip install {package}, or use none"
     return None
 
 
@@ -62,7 +64,8 @@ class TrackerConfig(TrainerCallback):
         from common.config import to_dict
 
         self.names = names
-        self.callbacks: list = []  # the trainer's callbacks (build_trainer sets them): the TensorBoard writer is among them
+        # the trainer's callbacks (build_trainer sets them): the TensorBoard writer is among them
+        self.callbacks: list = []
         self.config = {"babydistill": to_dict(cfg)}
         grid = os.environ.get(GRID_ENV)
         if grid:

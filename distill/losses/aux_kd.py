@@ -39,14 +39,20 @@ def default_aux_layers(student_layers: int) -> list[int]:
 @dataclass
 class AuxKDParams:
     weight: float = field(0.0, "γ: weight of the auxiliary classifiers' adaptively weighted KL; 0 = off", ge=0)
-    layers: list[int] = field([], "student blocks (0-based) that get an auxiliary classifier; empty = the first half, every other block", ge=0)
+    layers: list[int] = field(
+        [], "student blocks (0-based) that get an auxiliary classifier; empty = the first half, every other block", ge=0
+    )
     temperature: float = field(2.0, "softmax temperature of the auxiliary KL", gt=0)
-    ensemble: Ensemble = field("mean_logits", "how teachers combine for the heads (as logit_kd.ensemble; per_teacher uses the teachers' weights)")
+    ensemble: Ensemble = field(
+        "mean_logits",
+        "how teachers combine for the heads (as logit_kd.ensemble; per_teacher uses the teachers' weights)",
+    )
 
 
 @register
 class AuxKD(LossTerm):
-    """One head (LayerNorm + a linear map to the vocabulary) per chosen student block; heads are trained, never exported."""
+    """One head (LayerNorm + a linear map to the vocabulary) per chosen student block; heads are trained, never
+    exported."""
 
     key, title, Params, order = "aux_kd", "auxiliary-classifier KD with adaptive layer weights", AuxKDParams, 40
     needs = Needs(teacher_logits=True, student_hidden=True)
@@ -66,13 +72,20 @@ class AuxKD(LossTerm):
         check_ensemble(cls.key, params.ensemble, cfg)
 
     def parts(self):
-        return {f"block{b}": nn.Sequential(nn.LayerNorm(self.hidden_size), nn.Linear(self.hidden_size, self.vocab_size, bias=False))
-                for b in self.layers}
+        return {
+            f"block{b}": nn.Sequential(
+                nn.LayerNorm(self.hidden_size), nn.Linear(self.hidden_size, self.vocab_size, bias=False)
+            )
+            for b in self.layers
+        }
 
     def describe(self, teachers):
-        return f"{self.weight:g}*aux_kd(layers={self.layers}, T={self.params.temperature:g}, {self.params.ensemble}, softmax-weighted)"
+        p = self.params
+        return f"{self.weight:g}*aux_kd(layers={self.layers}, T={p.temperature:g}, {p.ensemble}, softmax-weighted)"
 
     def __call__(self, batch, parts):
         p = self.params
         heads = [parts[f"block{b}"](batch.rows(batch.student_hidden[b + 1])) for b in self.layers]
-        return aux_kd(heads, batch.teacher_logits, p.temperature, batch.n_tokens, p.ensemble, list(batch.teacher_weights))
+        return aux_kd(
+            heads, batch.teacher_logits, p.temperature, batch.n_tokens, p.ensemble, list(batch.teacher_weights)
+        )
