@@ -40,8 +40,18 @@ def problem(report_to: str) -> str | None:
     return None
 
 
+# The trackers' own settings as the user's environment gives them, read once: a setting the user made wins, the others
+# are set per run (several runs in one process, as the grid's debug executor runs them, each get their own).
+USER_ENV = {key: os.environ.get(key) for key in ("WANDB_DIR", "WANDB_PROJECT", "MLFLOW_EXPERIMENT_NAME")}
+
+
+def _set(key: str, value: str) -> None:
+    os.environ[key] = USER_ENV.get(key) or value
+
+
 def prepare(cfg, run_path) -> dict:
-    """TrainingArguments' report_to and run_name; each tracker's folder set to the run directory (unless set)."""
+    """TrainingArguments' report_to and run_name; each tracker's folder set to the run directory (unless the user's
+    environment sets it)."""
     names = trackers(cfg.train.report_to)
     if not names:
         return {"report_to": "none"}
@@ -49,10 +59,10 @@ def prepare(cfg, run_path) -> dict:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_path / "tracking" / "tensorboard")
     if "wandb" in names:
         (run_path / "tracking").mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("WANDB_DIR", str(run_path / "tracking"))
-        os.environ.setdefault("WANDB_PROJECT", cfg.output.experiment)
+        _set("WANDB_DIR", str(run_path / "tracking"))
+        _set("WANDB_PROJECT", cfg.output.experiment)
     if "mlflow" in names:
-        os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", cfg.output.experiment)
+        _set("MLFLOW_EXPERIMENT_NAME", cfg.output.experiment)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return {"report_to": names, "run_name": f"{cfg.output.experiment}/{cfg.output.name}-{stamp}"}
 
