@@ -12,42 +12,16 @@ returns), then the medians and the after/before ratio of the wall time. Run it o
 from __future__ import annotations
 
 import argparse
-import fcntl
-import os
-import pty
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
 
-
-def in_terminal(argv: list[str], cwd: Path) -> tuple[int, str, float]:
-    start = time.perf_counter()
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(cwd)
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        os.execv(argv[0], argv)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    out = bytearray()
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        out.extend(data)
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    seconds = time.perf_counter() - start
-    return os.waitstatus_to_exitcode(status), out.decode(errors="replace").replace("\r\n", "\n"), seconds
+from conftest import in_terminal  # noqa: E402 - the tests' pseudo-terminal runner
 
 
 def one_run(commit: str, tmp: Path, label: str, i: int) -> dict:

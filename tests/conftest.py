@@ -209,20 +209,21 @@ def call(main, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
 
 
-def run_in_terminal(*args: str, cwd: Path = ROOT, timeout: int = 600) -> tuple[int, str]:
-    """`python -m <args>` under a pseudo-terminal of 120 columns (progress bars draw as on a person's screen):
-    the exit code and everything written to the terminal, line ends as `\\n`, bar redraws as `\\r`."""
+def in_terminal(argv: list[str], cwd: Path = ROOT, timeout: int = 600) -> tuple[int, str, float]:
+    """`argv` under a pseudo-terminal of 120 columns (progress bars draw as on a person's screen): the exit code,
+    everything written to the terminal (line ends as `\n`, bar redraws as `\r`) and the wall time in seconds.
+    Also used by bench/grid_output.py."""
     import fcntl
     import pty
     import struct
     import termios
-    import time
 
+    start = time.perf_counter()
     pid, fd = pty.fork()
     if pid == 0:
         os.environ.update(PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
         os.chdir(cwd)
-        os.execv(sys.executable, [sys.executable, "-m", *args])
+        os.execv(argv[0], argv)
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     out, deadline = bytearray(), time.time() + timeout
     while time.time() < deadline:
@@ -235,4 +236,11 @@ def run_in_terminal(*args: str, cwd: Path = ROOT, timeout: int = 600) -> tuple[i
         out.extend(data)
     _, status = os.waitpid(pid, 0)
     os.close(fd)
-    return os.waitstatus_to_exitcode(status), out.decode(errors="replace").replace("\r\n", "\n")
+    seconds = time.perf_counter() - start
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace").replace("\r\n", "\n"), seconds
+
+
+def run_in_terminal(*args: str, cwd: Path = ROOT, timeout: int = 600) -> tuple[int, str]:
+    """`python -m <args>` under a pseudo-terminal (in_terminal): the exit code and the terminal's text."""
+    rc, screen, _ = in_terminal([sys.executable, "-m", *args], cwd, timeout)
+    return rc, screen
