@@ -23,6 +23,10 @@ class ModelConfig:
     overrides: dict[str, Any] = field(
         {}, "Hugging Face config fields that replace the architecture file's (model.overrides.n_layer=4)"
     )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = field(
+        "sdpa", "attention kernel: sdpa (PyTorch's fused attention), eager (plain matmuls), flash_attention_2 (the "
+        "flash-attn package, on a CUDA GPU)"
+    )
 
 
 @dataclass
@@ -73,6 +77,8 @@ class TrainConfig:
     deepspeed: str = field("", "DeepSpeed JSON (config/deepspeed/*.json) used when launched by torchrun or deepspeed")
     seed: int = field(42, "seed for initialisation, data order and dropout", ge=0, le=2**32 - 1)
     num_workers: int = field(0, "DataLoader worker processes", ge=0)
+    compile: bool = field(False, "torch.compile the trained model (the Trainer's torch_compile); the first steps are "
+                                 "slow while it compiles")
 
 
 @dataclass
@@ -110,6 +116,27 @@ class RunConfig(RunSections):
         check_run(self)
 
 
+def compile_problem() -> str | None:
+    """Why torch.compile's default backend (inductor) cannot compile here, or None: on a CPU it writes C++ and needs a
+    compiler (g++, or $CXX); on a GPU it needs triton."""
+    import importlib.util
+    import os
+    import shutil
+
+    import torch
+
+    if torch.cuda.is_available():
+        if importlib.util.find_spec("triton") is None:
+            return ("is true, but torch.compile needs the triton package on a GPU and it is not installed; "
+                    "pip install triton")
+        return None
+    compiler = os.environ.get("CXX") or "g++"
+    if shutil.which(compiler) is None:
+        return (f"is true, but torch.compile on a CPU needs a C++ compiler ({compiler}) and none is on the PATH; "
+                f"install one (apt-get install g++) or set train.compile=false")
+    return None
+
+
 def precision_problem(precision: str) -> str | None:
     """Why this machine cannot train at `precision`, or None."""
     if precision not in ("bf16", "fp16"):
@@ -143,6 +170,8 @@ def check_run(cfg) -> None:
         raise ConfigError("train.report_to", tracking_problem(t.report_to))
     if precision_problem(t.precision):
         raise ConfigError("train.precision", precision_problem(t.precision))
+    if t.compile and compile_problem():
+        raise ConfigError("train.compile", compile_problem())
     if cfg.data.dev_dir and t.keep_best and t.save_steps % t.eval_steps:
         raise ConfigError(
             "train.save_steps",

@@ -90,6 +90,17 @@ def check_architecture(model_cfg, block_size: int) -> None:
             f"hidden size {hidden} is not divisible by {heads} attention heads ({model_cfg.arch}); choose sizes that "
             "divide",
         )
+    if model_cfg.attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        import torch
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("model.attn_implementation", "is flash_attention_2, but the flash-attn package is not "
+                              "installed; pip install flash-attn --no-build-isolation on a CUDA node, or use sdpa")
+        if not torch.cuda.is_available():
+            raise ConfigError("model.attn_implementation", "is flash_attention_2, which runs on a CUDA GPU and none "
+                              "is visible here; use sdpa")
     if block_size > max_positions(config):
         raise ConfigError(
             "data.block_size",
@@ -115,7 +126,7 @@ def build_model(model_cfg, tokenizer):
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": pad}
     objective, config = hf_config(model_cfg, ids)
     auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
-    model = auto.from_config(config)
+    model = auto.from_config(config, attn_implementation=model_cfg.attn_implementation)
     if objective == "causal" and getattr(model, "loss_type", None) is None:
         # GPT-2's class name maps to no loss type, so the Trainer would count num_items_in_batch over all
         # labels instead of labels[..., 1:] and report the loss (T - 1)/T too low (1.6% at 64-token blocks).

@@ -395,6 +395,8 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
             seed=t.seed,
             dataloader_num_workers=t.num_workers,
             dataloader_pin_memory=torch.cuda.is_available(),
+            torch_compile=t.compile,
+            tf32=True if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8 else None,  # Ampere+
             restore_callback_states_from_checkpoint=True,  # early stopping's patience counter survives a resume
             **tracking.prepare(cfg, run.path),
             disable_tqdm=False,

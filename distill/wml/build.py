@@ -28,7 +28,8 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
         fields = {k: v for k, v in p["fields"].items() if k not in SPECIAL}
         peers.append(
             auto.from_config(
-                AutoConfig.for_model(fields.pop("model_type"), **fields, vocab_size=cfg.model.vocab_size, **ids)
+                AutoConfig.for_model(fields.pop("model_type"), **fields, vocab_size=cfg.model.vocab_size, **ids),
+                attn_implementation=cfg.model.attn_implementation,
             )
         )
     if cfg.wml.reference_folder and (Path(cfg.wml.reference_folder) / "tokenizer.json").is_file():
