@@ -149,6 +149,25 @@ def test_two_axis_grid_selects_and_retrains_the_best_point(workdir, demo_root, c
     assert (runs / "_results" / "lr-seed-heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
+def test_verbose_keeps_a_points_whole_output_on_the_terminal(workdir, demo_root, cache_dir):
+    """-v: the point's own output (the training's closing line, the evaluation's lines) stays on the terminal;
+    without -v it goes to the point's log and the terminal has only the point's start and end lines."""
+    one_point = (f"name: lr-seed\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
+                 f"    axes: {{optim.lr: [3.0e-3]}}\ntasks: [demo_pairs]\neval_data_dir: {demo_root}\n"
+                 f"executor: {{kind: debug}}\n")
+    grid = write_grid(workdir, one_point)
+    proc = ok(launch(workdir, str(grid), "-v", *data_sets(demo_root, cache_dir)))
+    run = next((workdir / "runs" / "lr-seed").glob("student__*"))
+    assert f"{run.name}: done at step 20" in proc.stdout and "demo_pairs: accuracy" in proc.stdout
+    assert not list((run / "logs").glob("grid-*.log"))  # -v: the stream stays on the terminal
+    again = ok(launch(workdir, str(grid), "name=quiet", *data_sets(demo_root, cache_dir)))
+    assert "done at step" not in again.stdout and "demo_pairs: accuracy" not in again.stdout
+    (log,) = (workdir / "runs" / "quiet").glob("student__*/logs/grid-*.log")
+    assert "done at step 20" in log.read_text()
+    assert "student__" in again.stdout and ": done in " in again.stdout
+
+
 def test_zip_axes_pair_their_values(workdir):
     grid = write_grid(workdir, TWO_AXES.replace("train.seed: [1, 2]", "optim.min_lr: [1.0e-4, 3.0e-4]")
                       .replace("    overrides:", "    mode: zip\n    overrides:"))
