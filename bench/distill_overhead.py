@@ -3,8 +3,8 @@ in each of its storage formats (fp16, q8, q4: step time and bytes per token), an
 reverse_kl, jsd, ...) and attention_relation on teacher outputs computed outside the timed step.
 
     python bench/distill_overhead.py                  # CPU, tiny models (teachers ~6x and ~12x the student)
-    python bench/distill_overhead.py --preset babyllama --device cuda   # Llama-58M from Llama-360M + GPT2-705M, bf16
-    teachers
+    python bench/distill_overhead.py --preset babyllama --device cuda   # Llama-58M from Llama-360M + GPT2-705M
+                                                                        # (teachers in bf16)
 
 Each configuration runs in its own child process (so its peak memory is its own), through
 the project's own pieces: DistillationWrapper (the composite loss), run_teachers (frozen,

@@ -9,10 +9,9 @@ word the other keeps whole, and the student's position has no teacher counterpar
 
 The student's text is rebuilt exactly from its ids: its tokenizer must be byte-level (the project's
 own BPE, GPT-2-style pretrained ones), whose tokens are byte strings. Bytes that do not decode (a block
-cut inside a character) become U+FFFD as the tokenizer's own decoding gives them, and the teacher reads that. The
-teacher may use any fast
-tokenizer: its character offsets (`return_offsets_mapping`) give E'_t. Special tokens of the student
-(BOS at each line, padding) split the block into segments; the teacher reads each segment's text, and
+cut inside a character) become U+FFFD as the tokenizer's own decoding gives them, and the teacher reads that.
+The teacher may use any fast tokenizer: its character offsets (`return_offsets_mapping`) give E'_t. Special tokens
+of the student (BOS at each line, padding) split the block into segments; the teacher reads each segment's text, and
 one boundary token of its own (its BOS, else EOS) where the student had a special token.
 """
 from __future__ import annotations

@@ -9,9 +9,8 @@ Layout of a cache folder (written into a temporary sibling, renamed when complet
                                        e.g. for fp16: logp [S, T, k], ids [S, T, k], rest [S, T]
 The format (`distill.cache_format`) is recorded in cache.json; a run reads a cache of any format.
 The fingerprint covers the teachers' files, the tokenizer, the packed data, the block size,
-the temperature and ensemble of the KD terms it serves (they must agree) and k: training with a cache whose fingerprint
-differs from
-the run's config is an error that names what changed, never a silent reuse.
+the temperature and ensemble of the KD terms it serves (they must agree) and k: training with a cache whose
+fingerprint differs from the run's config is an error that names what changed, never a silent reuse.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered | --suite babylm2025 ...   |   finetune   |   curve   |  
-collate   |   download
+"""python -m eval MODEL --tasks blimp_filtered,ewok_filtered | --suite babylm2025 ...
+python -m eval finetune | curve | collate | download
 
 Zero-shot evaluation of a Hugging Face model folder, scored as the BabyLM pipelines score
 it. Results go to the run directory's eval/ (or <model>/eval, or --out).

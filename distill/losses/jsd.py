@@ -29,10 +29,9 @@ def jsd_rows(p_logp: torch.Tensor, q_logp: torch.Tensor, beta: float) -> torch.T
 
 @with_gradient
 def _mixed_rows(p_logp: torch.Tensor, q_logp: torch.Tensor, beta: float):
-    """0 < β < 1. Value: β·Σ p (log p − log m) + (1 − β)·Σ q (log q − log m) = Σ [β p log p + (1 − β) q log q − m log
-    m],
-    one reduction, with m formed in probability space. Gradient: ∂/∂q_v = (1 − β)(log q_v − log m_v), so with
-    respect to log q_v it is q_v (1 − β)(log q_v − log m_v)."""
+    """0 < β < 1. Value: β·Σ p (log p − log m) + (1 − β)·Σ q (log q − log m)
+    = Σ [β p log p + (1 − β) q log q − m log m], one reduction, with m formed in probability space.
+    Gradient: ∂/∂q_v = (1 − β)(log q_v − log m_v), so with respect to log q_v it is q_v (1 − β)(log q_v − log m_v)."""
     p, q = p_logp.exp(), q_logp.exp()
     m = beta * p + (1.0 - beta) * q
     log_m = torch.log(m.clamp_min(TINY))
