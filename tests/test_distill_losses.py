@@ -159,18 +159,11 @@ GOLDEN_VALUES = {"ce": 6.71281, "logit_kd": 3.39905, "logit_kd_mean_probs": 3.50
 def tiny(model_type: str, hidden: int, layers: int, vocab: int = 64):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if model_type == "gpt2":
-        cfg = AutoConfig.for_model("gpt2", vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=2, n_positions=32)
-    else:
-        cfg = AutoConfig.for_model(
-            "llama",
-            vocab_size=vocab,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            intermediate_size=2 * hidden,
-            max_position_embeddings=32,
-        )
+    from conftest import tiny_llama
+
+    if model_type != "gpt2":
+        return tiny_llama(hidden, layers, vocab, seed=hidden * 31 + layers)
+    cfg = AutoConfig.for_model("gpt2", vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=2, n_positions=32)
     torch.manual_seed(hidden * 31 + layers)
     return AutoModelForCausalLM.from_config(cfg)
 
