@@ -122,6 +122,7 @@ def child(args) -> None:
     from distill.attention import capture_qkv
     from distill.teachers import Teacher, num_layers, run_teachers
     from distill.wrapper import DistillationWrapper
+    from train.chunked import logit_head
 
     work = Path(args.work)
     info = json.loads((work / "info.json").read_text())
@@ -138,10 +139,11 @@ def child(args) -> None:
                 .eval()
                 .requires_grad_(False)
             )
-            teachers.append(Teacher(f"t{i}", m, 1.0, [], m.config.hidden_size, num_layers(m.config)))
+            teachers.append(Teacher(f"t{i}", m, 1.0, [], m.config.hidden_size, num_layers(m.config),
+                                    head=logit_head(m)))
     if args.one.startswith("cached:"):
         cache = TeacherCache(work / f"cache-{args.one.split(':')[1]}", {})
-    wrapper = DistillationWrapper(student, teachers, loss_cfg(args.one)).to(device).train()
+    wrapper = DistillationWrapper(student, teachers, loss_cfg(args.one), args.logits_chunk).to(device).train()
     opt = torch.optim.AdamW(wrapper.parameters(), lr=1e-4)
     blocks = torch.load(work / "blocks.pt")
     B = info["batch"]
@@ -239,6 +241,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--top-k", type=int, default=64)
+    p.add_argument("--logits-chunk", type=int, default=1024, help="train.logits_chunk (0 = all positions at once)")
     p.add_argument(
         "--terms", default=",".join(compared_terms()), help="terms to compare with logit_kd (comma list; empty = none)"
     )
@@ -280,6 +283,8 @@ def main() -> None:
                     str(args.steps),
                     "--warmup",
                     str(args.warmup),
+                    "--logits-chunk",
+                    str(args.logits_chunk),
                 ],
                 capture_output=True,
                 text=True,

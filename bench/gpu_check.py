@@ -5,7 +5,8 @@
 
 It measures, each configuration in its own child process (so peak memory is its own):
 - training tokens/s, MFU and peak memory of llama-360m, gpt2-705m and llama-58m (--cpu: gpt2-tiny, llama-tiny) with
-  bf16 autocast on a GPU (fp32 on a CPU), without and with torch.compile; random tokens, batch x block as the
+  bf16 autocast on a GPU (fp32 on a CPU), without and with torch.compile, the loss over chunks of logits as the
+  Trainer takes it (and once, for the last model, over whole logits); random tokens, batch x block as the
   BabyLlama recipes train (32 x 128), AdamW. MFU = (6 N + 12 L d T) x tokens/s / peak, N the weights of the linear
   layers (the LM head included, the embedding lookup not), L layers, d width, T block (PaLM's estimate), against
   989 TFLOP/s, the dense bf16 peak of an H100/H200 SXM;
@@ -37,12 +38,15 @@ RECIPE = [("llama-360m", 4), ("gpt2-705m", 4)]  # the teachers and their epochs;
 STUDENT_EPOCHS = 6
 
 
-def train_rate(arch: str, compile_model: bool, batch: int, block: int, steps: int, warmup: int) -> dict:
-    """One configuration, in this process: tokens/s, MFU, peak memory."""
+def train_rate(arch: str, compile_model: bool, batch: int, block: int, steps: int, warmup: int,
+               chunk: int | None = 1024) -> dict:
+    """One configuration, in this process: tokens/s, MFU, peak memory. The loss is the project's (train.chunked,
+    `chunk` positions of logits at a time, as the Trainer takes it), or with `chunk` None the model's own
+    (whole [B, T, V] logits)."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    from train import models
+    from train import chunked, models
     from train.config import ModelConfig
 
     class Tokens:
@@ -59,13 +63,18 @@ def train_rate(arch: str, compile_model: bool, batch: int, block: int, steps: in
     width = getattr(cfg, "hidden_size", None) or cfg.n_embd
     flops_per_token = 6 * linear + 12 * layers * width * block
     step_fn = torch.compile(model) if compile_model else model
+    head = chunked.logit_head(model) if chunk is not None else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     ids = torch.randint(3, 16000, (batch, block), device=device)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = step_fn(input_ids=ids, labels=ids).loss
+            if head is None:
+                loss = step_fn(input_ids=ids, labels=ids).loss
+            else:
+                _, final = chunked.final_states(step_fn, model, head, input_ids=ids)
+                loss = chunked.causal_ce(final, head, ids, None, chunk)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -77,7 +86,8 @@ def train_rate(arch: str, compile_model: bool, batch: int, block: int, steps: in
     tokens_per_s = batch * block / seconds
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_mib
-    return {"arch": arch, "compile": compile_model, "params": sum(p.numel() for p in model.parameters()),
+    return {"arch": arch, "compile": compile_model, "chunk": chunk,
+            "params": sum(p.numel() for p in model.parameters()),
             "tokens_per_s": tokens_per_s, "mfu": flops_per_token * tokens_per_s / PEAK_FLOPS if cuda else None,
             "peak_mib": peak, "finite": bool(torch.isfinite(loss).item())}
 
@@ -145,19 +155,24 @@ def main() -> int:
              f"`bash bench/gpu_check.sh{' --cpu' if args.cpu else ''}`; training: random tokens, batch {batch} x "
              f"{block}, {'fp32' if args.cpu else 'bf16 autocast'}, AdamW, median of {steps} steps after {warmup}; MFU "
              f"against {PEAK_FLOPS / 1e12:.0f} TFLOP/s (dense bf16, H100/H200 SXM).", "",
-             "| model | compile | parameters | tokens/s | MFU | peak MiB |", "| --- | --- | --- | --- | --- | --- |"]
+             "Logits: chunks of 1024 positions (train.logits_chunk, the Trainer's path); `whole`: the model's own "
+             "loss over the whole [B, T, V] logits, for the memory it takes.", "",
+             "| model | compile | logits | parameters | tokens/s | MFU | peak MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     rates = {}
-    for arch in archs:
-        for compiled in (False, True):
-            r = child([arch, compiled, batch, block, steps, warmup])
-            if "error" in r:
-                lines.append(f"| {arch} | {compiled} | | failed: {r['error']} | | |")
-                continue
+    configs = [(arch, compiled, 1024) for arch in archs for compiled in (False, True)] + [(archs[-1], False, None)]
+    for arch, compiled, chunk in configs:
+        r = child([arch, compiled, batch, block, steps, warmup, chunk])
+        logits = "whole" if chunk is None else f"chunks of {chunk}"
+        if "error" in r:
+            lines.append(f"| {arch} | {compiled} | {logits} | | failed: {r['error']} | | |")
+            continue
+        if chunk is not None:
             rates[arch] = max(rates.get(arch, 0.0), r["tokens_per_s"])
-            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (CPU)"
-            lines.append(f"| {arch} | {compiled} | {r['params']:,} | {r['tokens_per_s']:,.0f} | {mfu} "
-                         f"| {r['peak_mib']:,.0f} |")
-            print(lines[-1], flush=True)
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (CPU)"
+        lines.append(f"| {arch} | {compiled} | {logits} | {r['params']:,} | {r['tokens_per_s']:,.0f} | {mfu} "
+                     f"| {r['peak_mib']:,.0f} |")
+        print(lines[-1], flush=True)
     rows, text = distillation(args.cpu, 6 if args.cpu else 20)
     lines += ["", "## Distillation step (bench/distill_overhead.py)", "", "```", text.strip(), "```"]
     if "student" in rows:

@@ -62,7 +62,7 @@ def build_distillation(cfg, tokenizer, prepared, device):
         cache = TeacherCache(
             cfg.distill.teacher_cache, fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint)
         )
-    wrapper = DistillationWrapper(student, teachers, cfg.distill.losses)
+    wrapper = DistillationWrapper(student, teachers, cfg.distill.losses, cfg.train.logits_chunk)
     n_student = sum(p.numel() for p in student.parameters())
     n_extra = sum(p.numel() for p in wrapper.parameters()) - n_student
     who = (

@@ -181,13 +181,14 @@ def gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def student_rows(output, rows, logits: bool, hidden: bool):
-    """One teacher's output (distill.teachers.TeacherOutput) as the loss terms read it: (logits at the N
-    scored student rows [N, V] or None, hidden states in the student's positions [B, T, H] or None,
-    aligned rows [N] bool or None when every row is). `rows` takes [B, T, ...] to [N, ...]."""
+    """One teacher's output (distill.teachers.TeacherOutput) as the loss terms read it: (its `final` at the N
+    scored student rows [N, ...] or None: what its head maps to logits, or the logits; hidden states in the
+    student's positions [B, T, H] or None; aligned rows [N] bool or None when every row is). `rows` takes
+    [B, T, ...] to [N, ...]."""
     if output.index is None:
-        return rows(output.logits) if logits else None, output.hidden if hidden else None, None
+        return rows(output.final) if logits else None, output.hidden if hidden else None, None
     index = rows(output.index)
     batch = rows(torch.arange(output.index.shape[0], device=index.device)[:, None].expand_as(output.index))
-    picked = output.logits[batch, index.clamp_min(0)] if logits else None  # one copy, of the scored rows only
+    picked = output.final[batch, index.clamp_min(0)] if logits else None  # one copy, of the scored rows only
     states = tuple(gather(h, output.index) for h in output.hidden) if hidden and output.hidden is not None else None
     return picked, states, index >= 0

@@ -16,6 +16,7 @@ import torch
 
 from common.errors import UserError, reading
 from eval.model import check_folder, load_config, load_model_folder
+from train.chunked import final_states, logit_head
 
 
 @dataclass
@@ -27,16 +28,28 @@ class Teacher:
     hidden_size: int
     num_layers: int
     cross: object | None = None  # distill.align.CrossTokenizer when the teacher reads its own tokens (tokenizer: own)
+    head: torch.nn.Module | None = None  # its output layer (train.chunked.logit_head): logits then come chunk by chunk
+    compiled: torch.nn.Module | None = None  # torch.compile of `model` (train.compile), run in its place
 
 
 class TeacherOutput(NamedTuple):
     """One teacher's outputs on a batch [B, T_teacher, ...]. With the student's tokenizer T_teacher = T and
     `index` is None; a teacher with its own tokenizer gives `index` [B, T]: for each student position,
-    the aligned teacher position or -1 (distill/align.py; the wrapper moves the rows it reads)."""
+    the aligned teacher position or -1 (distill/align.py; the wrapper moves the rows it reads).
+    `final` is its last hidden state, which `head` maps to logits, or with `head` None its logits."""
 
-    logits: torch.Tensor
+    final: torch.Tensor
     hidden: tuple[torch.Tensor, ...] | None
     index: torch.Tensor | None = None
+    head: torch.nn.Module | None = None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The whole logits [B, T_teacher, V] (the teacher cache reads them; training never does)."""
+        if self.head is None:
+            return self.final
+        with torch.no_grad():
+            return self.head(self.final)
 
 
 def tokenizer_identity(folder: Path) -> dict:
@@ -146,6 +159,8 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
         )
         if model is not None:
             model.requires_grad_(False)
+        head = logit_head(model) if model is not None else None  # probed before compiling: eager and exact
+        compiled = torch.compile(model) if model is not None and cfg.train.compile else None
         out.append(
             Teacher(
                 name=folder.parent.name if folder.name == "model" else folder.name,
@@ -155,6 +170,8 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
                 hidden_size=config.hidden_size,
                 num_layers=num_layers(config),
                 cross=cross,
+                head=head,
+                compiled=compiled,
             )
         )
     return out
@@ -176,20 +193,27 @@ def own_tokenizer(folder: Path, student_tokenizer_dir: Path, where: str, max_pos
     return CrossTokenizer(AutoTokenizer.from_pretrained(str(student_tokenizer_dir)), teacher_tok, where, max_positions)
 
 
-@torch.no_grad()
 def run_teachers(teachers: list[Teacher], input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 hidden: bool) -> list[TeacherOutput]:
-    """Each teacher's logits [B, T, V_k] and (only when a loss needs them) hidden states. A teacher with
-    its own tokenizer reads the blocks re-tokenised, and its output carries the alignment (`index`)."""
-    out = []
-    for t in teachers:
-        if t.model.training:  # the Trainer's model.train() never reaches the teachers, but be sure
-            t.model.eval()
-        if t.cross is None:
-            o = t.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
-            out.append(TeacherOutput(o.logits, o.hidden_states if hidden else None))
-            continue
-        r = t.cross(input_ids)
-        o = t.model(input_ids=r.teacher_ids, attention_mask=r.teacher_mask, output_hidden_states=hidden)
-        out.append(TeacherOutput(o.logits, o.hidden_states if hidden else None, r.index))
-    return out
+                 hidden: bool, inference: bool = True) -> list[TeacherOutput]:
+    """Each teacher's last hidden state with its head, or its logits [B, T, V_k] where it has no head
+    (TeacherOutput), and (only when a loss needs them) hidden states. A teacher with its own tokenizer
+    reads the blocks re-tokenised, and its output carries the alignment (`index`).
+
+    Under torch.inference_mode when `inference` and not `hidden` (cheaper than no_grad: no version counters),
+    else no_grad: autograd cannot save inference tensors, and the hidden-state terms save what they read."""
+    with torch.inference_mode() if inference and not hidden else torch.no_grad():
+        return [_run(t, input_ids, attention_mask, hidden) for t in teachers]
+
+
+def _run(t: Teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, hidden: bool) -> TeacherOutput:
+    runner = t.compiled if t.compiled is not None else t.model
+    if t.model.training:  # the Trainer's model.train() never reaches the teachers, but be sure
+        t.model.eval()
+    if t.cross is None:
+        o, final = final_states(runner, t.model, t.head, input_ids=input_ids, attention_mask=attention_mask,
+                                output_hidden_states=hidden)
+        return TeacherOutput(final, o.hidden_states if hidden else None, None, t.head)
+    r = t.cross(input_ids)
+    o, final = final_states(runner, t.model, t.head, input_ids=r.teacher_ids, attention_mask=r.teacher_mask,
+                            output_hidden_states=hidden)
+    return TeacherOutput(final, o.hidden_states if hidden else None, r.index, t.head)

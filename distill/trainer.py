@@ -99,9 +99,8 @@ class DistillTrainer(WrapperTrainer):
                     for t, blocks in zip(self.teachers, wrapper.teacher_qkv)
                 ]
                 extra["teacher_outputs"] = (
-                    run_teachers(
-                        self.teachers, inputs["input_ids"], inputs.get("attention_mask"), hidden=needs.teacher_hidden
-                    )
+                    run_teachers(self.teachers, inputs["input_ids"], inputs.get("attention_mask"),
+                                 hidden=needs.teacher_hidden, inference=not needs.qkv)
                     if needs.teacher_logits or needs.teacher_hidden or needs.qkv
                     else []
                 )

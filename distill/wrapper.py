@@ -9,28 +9,18 @@ parameters. The exported model is `wrapper.student` alone, a plain Hugging Face 
 The composite is Σ_k weight_k · term_k over the active terms of `distill.losses`, each term
 an instance of its registered class (distill.losses.REGISTRY) that owns its trainable parts,
 each normalised per valid token of the whole accumulated batch (`n_tokens`). Nothing here
-knows a term by name.
+knows a term by name. Logits are never whole: the student runs without its head, and the rowwise
+terms (ce and the logit terms) are computed together over chunks of `chunk` positions from its last
+hidden state and the teachers' (train.chunked, distill.losses.base.Batch.at).
 """
 from __future__ import annotations
 
 from torch import nn
 
 from distill.losses import REGISTRY, Batch, LossTerm, Needs, Setup
-from distill.losses.ce import ce
 from distill.teachers import Teacher, num_layers
+from train.chunked import causal_ce, final_states, logit_head, scored_positions
 
-
-def scored_positions(labels, causal: bool = True):
-    """(select, targets): `select` takes [B, T, ...] to [N, ...] at the N positions whose label is
-    scored, and `targets` [N] are those labels. A causal LM's logits at position p predict label
-    p + 1, so for it the positions shift by one; a masked LM predicts in place."""
-    targets = labels[:, 1:] if causal else labels
-    valid = targets != -100
-    if causal and bool(valid.all()):  # packed blocks: a slice, whose backward is a copy (a mask's is a serial scatter)
-        return (lambda x: x[:, :-1].reshape(-1, *x.shape[2:])), targets.reshape(-1)
-    if causal:
-        return (lambda x: x[:, :-1][valid]), targets[valid]
-    return (lambda x: x[valid]), targets[valid]
 
 
 def store_ties_once(module: nn.Module) -> None:
@@ -56,12 +46,15 @@ class DistillationWrapper(nn.Module):
     accepts_loss_kwargs = True  # the Trainer then counts num_items_in_batch over the accumulated batch
     loss_type = "ForCausalLM"   # ... over labels[..., 1:], the positions a causal LM predicts
 
-    def __init__(self, student: nn.Module, teachers: list[Teacher], loss_cfg):
+    def __init__(self, student: nn.Module, teachers: list[Teacher], loss_cfg, chunk: int = 1024):
         super().__init__()
         self.student = student
+        self.chunk = chunk  # positions whose logits exist at once (train.logits_chunk)
+        self.head = logit_head(student)  # None: the student's logits are computed whole
         self.config = student.config
         setup = Setup(hidden_size=student.config.hidden_size, num_layers=num_layers(student.config),
                       vocab_size=student.config.vocab_size, teachers=teachers, student=student)
+        self.owned: dict[str, list[nn.Module]] = {}  # each term's trainable parts (also registered under its group)
         self.terms: list[LossTerm] = [REGISTRY[key](params, setup) for key, params in loss_cfg.active().items()]
         for term in self.terms:  # each term's parts under its group: checkpoints name them <group>.<name>
             group = self._modules.get(term.group)
@@ -70,10 +63,12 @@ class DistillationWrapper(nn.Module):
                 self.add_module(term.group, group)
             if not isinstance(group, nn.ModuleDict):
                 raise ValueError(f"loss term {term.key}: its group {term.group!r} is a name the wrapper already uses")
-            for name, module in term.parts().items():
+            owned = term.parts()
+            for name, module in owned.items():
                 if name in group:
                     raise ValueError(f"loss terms {term.key} and another both name a part {term.group}.{name}")
                 group[name] = module
+            self.owned[term.key] = list(owned.values())
         self.teacher_weights = tuple(t.weight for t in teachers)
         self.needs = Needs.union(t.needs for t in self.terms)
         layers = [t.qkv_layers() for t in self.terms]
@@ -102,42 +97,59 @@ class DistillationWrapper(nn.Module):
         n_tokens=None,
         teacher_qkv=None,
     ):
-        """Without `teacher_outputs`/`cached_targets` (evaluation): the student's cross-entropy per
-        valid token. With them: the composite loss. Returns {"loss", "terms", "logits"}.
+        """Without `teacher_outputs`/`cached_targets` (evaluation): {"loss"}, the student's cross-entropy per
+        valid token. With them: {"loss", "terms"}, the composite loss and its terms. Without labels: {"logits"}.
         `teacher_qkv`: per teacher, the captured queries, keys and values (distill.attention.capture_qkv)."""
         from distill.align import student_rows
         from distill.attention import capture_qkv
 
         training = teacher_outputs is not None or cached_targets is not None
         with capture_qkv(self.student, self.student_qkv if training else []) as student_qkv:
-            out = self.student(input_ids=input_ids, attention_mask=attention_mask,
-                               output_hidden_states=training and self.needs.student_hidden)
+            out, final = final_states(self.student, self.student, self.head, input_ids=input_ids,
+                                      attention_mask=attention_mask,
+                                      output_hidden_states=training and self.needs.student_hidden)
         if labels is None:
-            return {"logits": out.logits}
-        rows, targets = scored_positions(labels)
-        n = n_tokens if n_tokens is not None else max(targets.numel(), 1)
-        logits = rows(out.logits)
+            return {"logits": final if self.head is None else self.head(final)}
         if not training:
-            return {"loss": ce(logits, targets, n), "logits": out.logits}
+            return {"loss": causal_ce(final, self.head, labels, n_tokens, self.chunk)}
+        rows, targets = scored_positions(labels)
         online = teacher_outputs is not None
         read = [
             student_rows(o, rows, self.needs.teacher_logits, self.needs.teacher_hidden) for o in teacher_outputs or []
         ]
         batch = Batch(
-            logits=logits,
+            logits=None,
             targets=targets,
-            n_tokens=n,
+            n_tokens=n_tokens if n_tokens is not None else max(targets.numel(), 1),
             rows=rows,
             teacher_weights=self.teacher_weights,
             student_hidden=out.hidden_states if self.needs.student_hidden else None,
-            teacher_logits=[r[0] for r in read] if online and self.needs.teacher_logits else None,
+            teacher_final=[r[0] for r in read] if online and self.needs.teacher_logits else None,
+            teacher_heads=[o.head for o in teacher_outputs] if online and self.needs.teacher_logits else None,
             teacher_hidden=[r[1] for r in read] if online and self.needs.teacher_hidden else None,
             teacher_aligned=[r[2] for r in read] if online else None,
             cached=tuple(rows(x) for x in cached_targets) if cached_targets is not None else None,
             attention_mask=attention_mask,
             student_qkv=student_qkv if self.needs.qkv else None,
             teacher_qkv=teacher_qkv,
+            chunk=self.chunk,
         )
-        terms = {t.key: t(batch, getattr(self, t.group, None)) for t in self.terms}
-        loss = sum(t.weight * terms[t.key] for t in self.terms)
-        return {"loss": loss, "terms": {k: v.detach() for k, v in terms.items()}, "logits": out.logits}
+        terms = {}
+        rowwise = [t for t in self.terms if t.rowwise]
+
+        def rowwise_terms(logits, chunk: Batch):
+            total = 0.0
+            for t in rowwise:
+                value = t(chunk, getattr(self, t.group, None))
+                terms[t.key] = terms.get(t.key, 0.0) + value.detach()
+                total = total + t.weight * value
+            return total
+
+        parts = tuple(p for t in rowwise for m in self.owned[t.key] for p in m.parameters())
+        loss = batch.over_chunks(rows(final), self.head, rowwise_terms, parts) if rowwise else 0.0
+        for t in self.terms:
+            if not t.rowwise:
+                terms[t.key] = t(batch, getattr(self, t.group, None))
+                loss = loss + t.weight * terms[t.key]
+        terms = {t.key: terms[t.key] for t in self.terms}  # the formula's order
+        return {"loss": loss, "terms": {k: v.detach() for k, v in terms.items()}}

@@ -51,7 +51,7 @@ def qkv(widths, seed, B=2, T=6):
 
 
 def test_equal_to_the_reference_and_zero_at_identity():
-    from distill.wrapper import scored_positions
+    from train.chunked import scored_positions
 
     s, t = qkv((8, 8, 4), 0), qkv((12, 12, 12), 1)  # other widths, and narrower keys/values (grouped-query attention)
     labels = torch.ones(2, 6, dtype=torch.long)
@@ -161,7 +161,7 @@ def test_layers_out_of_range_and_heads_that_do_not_divide_are_one_line_errors():
 
 
 def test_golden_value():
-    from distill.wrapper import scored_positions
+    from train.chunked import scored_positions
 
     s, t = qkv((8, 8, 8), 3), qkv((12, 12, 12), 4)
     rows, _ = scored_positions(torch.ones(2, 6, dtype=torch.long))

@@ -255,7 +255,7 @@ def test_aux_layers_out_of_range_is_a_clear_error():
 def test_scored_positions_take_the_labelled_rows_with_and_without_padding(causal):
     """Packed causal blocks take the slice path, padded ones the mask path; both give the rows whose label is
     scored (shifted by one when causal) and pass gradients back to exactly those rows."""
-    from distill.wrapper import scored_positions
+    from train.chunked import scored_positions
 
     x = torch.randn(2, 5, 3, requires_grad=True)
     labels = torch.arange(10).reshape(2, 5)

@@ -155,6 +155,7 @@ class LogitSquare(LossTerm):
     key, title, Params, order = "logit_square", "a test-only term", LogitSquareParams, 99
     needs = Needs(teacher=False)
     group = "scales"
+    rowwise = True  # a sum over rows of what it reads there: called on chunks of rows, logits included
 
     def __init__(self, params, setup):
         super().__init__(params, setup)

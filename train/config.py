@@ -77,8 +77,10 @@ class TrainConfig:
     deepspeed: str = field("", "DeepSpeed JSON (config/deepspeed/*.json) used when launched by torchrun or deepspeed")
     seed: int = field(42, "seed for initialisation, data order and dropout", ge=0, le=2**32 - 1)
     num_workers: int = field(0, "DataLoader worker processes", ge=0)
-    compile: bool = field(False, "torch.compile the trained model (the Trainer's torch_compile); the first steps are "
-                                 "slow while it compiles")
+    compile: bool = field(False, "torch.compile the trained model (the Trainer's torch_compile) and, in distillation, "
+                                 "the teachers; the first steps are slow while it compiles")
+    logits_chunk: int = field(1024, "positions whose logits exist at once in a causal LM's loss and in logit "
+                                    "distillation (train.chunked); 0 = all of a micro-batch's at once", ge=0)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from transformers import (
 
 from common.errors import UserError
 from common.paths import REPO, read_jsonl, write_atomic
-from train import tracking
+from train import chunked, tracking
 from train.rundir import RunDir, now, write_manifest
 from train.words import Budget, WordsSeen
 
@@ -55,6 +55,22 @@ class BabyTrainer(Trainer):
 
     schedule_steps: int | None = None  # the learning-rate schedule's length, when the budget is in words
     words_seen: WordsSeen | None = None  # the counter (build_trainer sets it)
+    logit_head: torch.nn.Module | None = None  # a causal LM's output layer: its loss is then taken over chunks
+    logits_chunk: int = 0  # positions per chunk (train.logits_chunk)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """A causal LM's cross-entropy from its last hidden state, `logits_chunk` positions at a time
+        (train.chunked), the same value as the model's own loss; other models: the Trainer's own."""
+        if self.logit_head is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        count = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        outputs, final = chunked.final_states(model, self.accelerator.unwrap_model(model), self.logit_head, **inputs)
+        loss = chunked.causal_ce(final, self.logit_head, labels, count, self.logits_chunk)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and count is not None:
+            loss = loss * self.accelerator.num_processes  # as the Trainer's own compute_loss
+        return (loss, {"loss": loss}) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         """Training logs carry the words seen too, so trackers (train.report_to) get BabyLM's unit."""
@@ -429,6 +445,8 @@ def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: s
                           data_collator=make_collator(objective, tokenizer, cfg.data.mlm_probability),
                           processing_class=tokenizer, callbacks=callbacks, **extra)
     trainer.schedule_steps, trainer.words_seen = budget.schedule_steps, words
+    if objective == "causal" and trainer_cls is BabyTrainer:  # wrappers chunk their own loss (distill.wrapper)
+        trainer.logit_head, trainer.logits_chunk = chunked.logit_head(model), cfg.train.logits_chunk
     trainer.remove_callback(ProgressCallback)  # the Trainer's bars and printed dicts: OneBar instead
     trainer.add_callback(OneBar())
     names = tracking.trackers(cfg.train.report_to)

@@ -27,7 +27,12 @@ def aux_kd(aux_logits: list[torch.Tensor], teacher_logits: list[torch.Tensor], t
     per-teacher `weights` as in logit_kd; returns a scalar (the overall weight γ is the
     term's weight in the composite).
     """
-    losses = torch.stack([logit_kd(a, teacher_logits, temperature, n_tokens, ensemble, weights) for a in aux_logits])
+    return adaptive_sum([logit_kd(a, teacher_logits, temperature, n_tokens, ensemble, weights) for a in aux_logits])
+
+
+def adaptive_sum(losses: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_l softmax(L_1 … L_A)_l · L_l, the weights from the detached losses (DSKD, sec. 3.3)."""
+    losses = torch.stack(losses)
     return (torch.softmax(losses.detach(), dim=0) * losses).sum()
 
 
@@ -84,8 +89,12 @@ class AuxKD(LossTerm):
         return f"{self.weight:g}*aux_kd(layers={self.layers}, T={p.temperature:g}, {p.ensemble}, softmax-weighted)"
 
     def __call__(self, batch, parts):
-        p = self.params
-        heads = [parts[f"block{b}"](batch.rows(batch.student_hidden[b + 1])) for b in self.layers]
-        return aux_kd(
-            heads, batch.teacher_logits, p.temperature, batch.n_tokens, p.ensemble, list(batch.teacher_weights)
+        """`aux_kd` of the heads' logits, each head's KL taken over chunks of rows (Batch.over_chunks)."""
+        p, weights = self.params, list(batch.teacher_weights)
+
+        def kl(logits, chunk):
+            return logit_kd(logits, chunk.teacher_logits, p.temperature, batch.n_tokens, p.ensemble, weights)
+
+        return adaptive_sum(
+            [batch.over_chunks(batch.rows(batch.student_hidden[b + 1]), parts[f"block{b}"], kl) for b in self.layers]
         )

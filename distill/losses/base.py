@@ -58,14 +58,19 @@ class Setup:
 @dataclass
 class Batch:
     """One micro-batch as the terms see it. Row tensors are restricted to the N scored positions
-    (distill.wrapper.scored_positions); full [B, T, H] tensors go through `rows` first."""
+    (train.chunked.scored_positions); full [B, T, H] tensors go through `rows` first.
 
-    logits: torch.Tensor                          # [N, V] the student's
-    targets: torch.Tensor                         # [N] next-token labels
+    The logits are never whole: a `rowwise` term is called on chunks of rows (`at`), each with `logits`
+    and `teacher_logits` for those rows only; another term that reads logits maps hidden rows to them
+    chunk by chunk with `over_chunks` (train.chunked). On the whole batch `logits` and `teacher_logits`
+    are None."""
+
+    logits: torch.Tensor | None                   # [n, V] the student's, in a chunk
+    targets: torch.Tensor                         # [N] next-token labels ([n] in a chunk)
     n_tokens: float                               # valid tokens of the whole accumulated batch
-    rows: Callable[[torch.Tensor], torch.Tensor]  # [B, T, ...] -> [N, ...]
+    rows: Callable[[torch.Tensor], torch.Tensor] | None  # [B, T, ...] -> [N, ...]
     student_hidden: tuple | None = None           # L + 1 tensors [B, T, H] (embeddings first), when needed
-    teacher_logits: list | None = None            # one [N, V] per teacher, online
+    teacher_logits: list | None = None            # one [n, V_k] per teacher online, in a chunk
     teacher_hidden: list | None = None            # one tuple of [B, T, H_k] per teacher, when needed
     cached: tuple | None = None                   # (top_logp [N, k], top_ids [N, k], rest [N]) from the teacher cache
     teacher_weights: tuple = ()                   # distill.teachers[k].weight
@@ -73,6 +78,41 @@ class Batch:
     student_qkv: dict | None = None               # block -> {"q", "k", "v": [B, T, W]}, when needed
     teacher_qkv: list | None = None  # one such dict per teacher, when needed
     teacher_aligned: list | None = None  # one [N] bool per teacher: rows with an aligned teacher position (None: all)
+    teacher_final: list | None = None  # one [N, H_k] per teacher online: what its head maps to logits (or the logits)
+    teacher_heads: list | None = None  # one output layer per teacher, or None where teacher_final holds logits
+    chunk: int = 0                     # rows per chunk (train.logits_chunk; 0 = all at once)
+
+    def at(self, part: slice, logits: torch.Tensor | None) -> Batch:
+        """The batch restricted to the rows `part`, with the student's `logits` [n, V] there and the teachers'
+        computed there (without gradient)."""
+        teacher_logits = None
+        if self.teacher_final is not None:
+            with torch.no_grad():
+                teacher_logits = [
+                    head(final[part]) if head is not None else final[part]
+                    for final, head in zip(self.teacher_final, self.teacher_heads)
+                ]
+        return Batch(
+            logits=logits,
+            targets=self.targets[part],
+            n_tokens=self.n_tokens,
+            rows=None,
+            teacher_logits=teacher_logits,
+            cached=tuple(x[part] for x in self.cached) if self.cached is not None else None,
+            teacher_weights=self.teacher_weights,
+            teacher_aligned=[m if m is None else m[part] for m in self.teacher_aligned]
+            if self.teacher_aligned is not None else None,
+        )
+
+    def over_chunks(self, hidden_rows: torch.Tensor, head: nn.Module | None,
+                    fn: Callable[[torch.Tensor, Batch], torch.Tensor], extra: tuple = ()) -> torch.Tensor:
+        """Σ over chunks of fn(head(hidden_rows[chunk]) [n, V], the chunk's batch (`at`)), differentiable with
+        respect to `hidden_rows` [N, H], the head's parameters and the parameters `extra` that `fn` uses;
+        `fn` must be a sum over its rows."""
+        from train.chunked import over_chunks
+
+        return over_chunks(hidden_rows, head, lambda logits, part: fn(logits, self.at(part, logits)), self.chunk,
+                           extra)
 
 
 class LossTerm:
@@ -85,6 +125,10 @@ class LossTerm:
     order    its place in the formula and in metrics (lower first)
     group    the wrapper attribute (an nn.ModuleDict) its trainable parts live in, so checkpoints name them
              `<group>.<name>`; each part's name starts with the key's own prefix
+    rowwise  its value is a sum over the scored rows of what it reads there (the student's logits, the
+             targets, the teachers' logits, the cache, the alignment, its own parts): it is then called on
+             chunks of rows (`Batch.at`), so no logits tensor is ever whole. A term that is not rowwise
+             gets no logits; it maps hidden rows to logits itself with `Batch.over_chunks` (as aux_kd does)
     """
 
     key: ClassVar[str]
@@ -93,6 +137,7 @@ class LossTerm:
     needs: ClassVar[Needs] = Needs()
     order: ClassVar[int]
     group: ClassVar[str] = "projections"
+    rowwise: ClassVar[bool] = False
 
     def __init__(self, params, setup: Setup):
         self.params = params

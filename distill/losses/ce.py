@@ -29,6 +29,7 @@ class CEParams:
 class CE(LossTerm):
     key, title, Params, order = "ce", "hard-label cross-entropy", CEParams, 0
     needs = Needs(teacher=False)
+    rowwise = True
 
     def __call__(self, batch, parts):
         return ce(batch.logits, batch.targets, batch.n_tokens)

@@ -120,6 +120,7 @@ class LogitTerm(LossTerm):
     divergence takes a parameter, `knob`: the name of that parameter in its Params (`beta`, `alpha`)."""
 
     needs = Needs(teacher_logits=True, cache=True)
+    rowwise = True
     divergence: ClassVar
     knob: ClassVar[str | None] = None
 

@@ -103,6 +103,7 @@ class LogitKDParams:
 class LogitKD(LossTerm):
     key, title, Params, order = "logit_kd", "logit distillation (Hinton et al. 2015)", LogitKDParams, 10
     needs = Needs(teacher_logits=True, cache=True)
+    rowwise = True
 
     @classmethod
     def check(cls, params, cfg) -> None:

@@ -78,6 +78,7 @@ class ULD(LossTerm):
         16,
     )
     needs = Needs(teacher_logits=True, any_tokenizer=True)
+    rowwise = True
 
     def __init__(self, params, setup):
         super().__init__(params, setup)

@@ -15,7 +15,8 @@ from torch.func import functional_call
 
 from distill.trainer import WrapperTrainer
 from distill.wml import objective as W
-from distill.wrapper import scored_positions, store_ties_once
+from distill.wrapper import store_ties_once
+from train.chunked import scored_positions
 
 
 class PeersWrapper(nn.Module):
