@@ -50,7 +50,7 @@ class DistillationWrapper(nn.Module):
         super().__init__()
         self.student = student
         self.chunk = chunk  # positions whose logits exist at once (train.logits_chunk)
-        self.head = logit_head(student)  # None: the student's logits are computed whole
+        self.has_head = logit_head(student) is not None  # False: the student's logits are computed whole
         self.config = student.config
         setup = Setup(hidden_size=student.config.hidden_size, num_layers=num_layers(student.config),
                       vocab_size=student.config.vocab_size, teachers=teachers, student=student)
@@ -77,6 +77,12 @@ class DistillationWrapper(nn.Module):
             sorted({b for _, per in layers for b in (per[k] if per else [])}) for k in range(len(teachers))
         ]
         store_ties_once(self)
+
+    @property
+    def head(self) -> nn.Module | None:
+        """The student's output layer when its loss is taken over chunks (a property, so the wrapper does not
+        register the layer a second time)."""
+        return self.student.get_output_embeddings() if self.has_head else None
 
     def term(self, key: str) -> LossTerm:
         return next(t for t in self.terms if t.key == key)

@@ -301,3 +301,10 @@ def test_a_teacher_with_its_own_tokens_gives_the_same_uld_from_its_last_hidden_s
     whole = wrapper(ids, labels=ids, teacher_outputs=[TeacherOutput(logits, None, index)], n_tokens=16)
     assert final.shape == (2, 12, 24)
     assert torch.allclose(by_head["terms"]["uld"], whole["terms"]["uld"], atol=1e-6) and whole["terms"]["uld"] > 0
+
+
+def test_the_wrapper_does_not_register_the_students_head_a_second_time():
+    wrapper, _ = build("ce", "mean_logits", chunk=4)
+    assert wrapper.head is wrapper.student.get_output_embeddings()
+    assert [k for k in wrapper.state_dict() if "head" in k] == ["student.lm_head.weight"]
+    assert wrapper._keys_to_ignore_on_save is None  # a Llama student ties nothing

@@ -66,7 +66,7 @@ class BabyTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         count = num_items_in_batch if self.model_accepts_loss_kwargs else None
-        outputs, final = chunked.final_states(model, self.accelerator.unwrap_model(model), self.logit_head, **inputs)
+        _, final = chunked.final_states(model, self.accelerator.unwrap_model(model), self.logit_head, **inputs)
         loss = chunked.causal_ce(final, self.logit_head, labels, count, self.logits_chunk)
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and count is not None:
             loss = loss * self.accelerator.num_processes  # as the Trainer's own compute_loss
