@@ -17,7 +17,7 @@ from typing import Literal
 from common.config import ConfigError, field
 from distill.cache_format import Format
 from distill.losses import REGISTRY
-from train.config import ModelConfig, RunSections, check_run
+from train.config import ModelConfig, RunSections, bf16_missing, check_run
 
 
 @dataclass
@@ -98,6 +98,8 @@ class DistillRunConfig(RunSections):
                 ) from None
             raise
         d = self.distill
+        if d.teacher_dtype == "bfloat16" and bf16_missing():
+            raise ConfigError("distill.teacher_dtype", f"is bfloat16, which {bf16_missing()}; use auto or float32")
         active = d.losses.active()
         if not active:
             raise ConfigError(

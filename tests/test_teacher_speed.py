@@ -2,6 +2,7 @@
 when no term saves what they output, their output layer found and applied chunk by chunk; same targets."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
@@ -83,3 +84,24 @@ def test_a_bf16_teachers_targets_come_from_its_own_head_in_bf16():
     chunk = batch.at(slice(3, 9), None)
     want = model(input_ids=ids).logits[:, :-1].reshape(-1, 48)[3:9]
     assert chunk.teacher_logits[0].dtype == torch.bfloat16 and torch.equal(chunk.teacher_logits[0], want)
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_for_training_and_for_teachers(monkeypatch):
+    """No such GPU is here: torch.cuda is made to report one (an old GPU without bf16), the one piece of hardware
+    this test cannot have. On this CPU, teachers in bf16 are allowed (a CPU computes bf16 in software)."""
+    from common import config as cfglib
+    from common.errors import UserError
+    from common.paths import REPO
+    from distill.config import DistillRunConfig
+
+    recipe = REPO / "config" / "runs" / "demo-kd.yaml"
+    cfglib.load(DistillRunConfig, recipe, ["distill.teacher_dtype=bfloat16"])  # checked on load: the CPU is fine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
+    for override, key in (("distill.teacher_dtype=bfloat16", "distill.teacher_dtype"),
+                          ("train.precision=bf16", "train.precision")):
+        with pytest.raises(UserError) as info:
+            cfglib.load(DistillRunConfig, recipe, [override])
+        assert str(info.value).startswith(f"command line: {key}: is ") and "(Tesla V100) lacks" in str(info.value)
+    cfglib.load(DistillRunConfig, recipe, ["distill.teacher_dtype=float32"])

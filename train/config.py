@@ -139,6 +139,16 @@ def compile_problem() -> str | None:
     return None
 
 
+def bf16_missing() -> str | None:
+    """Why bf16 cannot run here, or None: a CUDA GPU without it (a CPU computes bf16 in software; training
+    precision asks for a GPU anyway, `precision_problem`)."""
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return f"this GPU ({torch.cuda.get_device_name(0)}) lacks"
+    return None
+
+
 def precision_problem(precision: str) -> str | None:
     """Why this machine cannot train at `precision`, or None."""
     if precision not in ("bf16", "fp16"):
@@ -147,8 +157,8 @@ def precision_problem(precision: str) -> str | None:
 
     if not torch.cuda.is_available():
         return f"is {precision}, which needs a GPU, and none is visible here; use auto or fp32"
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return "is bf16, which this GPU lacks; use fp16 or auto"
+    if precision == "bf16" and bf16_missing():
+        return f"is bf16, which {bf16_missing()}; use fp16 or auto"
     return None
 
 
