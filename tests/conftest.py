@@ -22,6 +22,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two pytest workers share the two cores: one thread each, inherited by every process a test starts.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # A suite started in the background (`bash .ci/run &`, nohup) inherits SIGINT ignored, and so would every run a
+    # test starts: it would never see the Ctrl-C a test sends. A handler here (not inherited: exec resets it to the
+    # default) gives the runs a test starts the disposition of a terminal's foreground job.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def pytest_collection_modifyitems(config, items):
     """The SLURM tests first: with `-n 2 --dist loadfile` each file runs on one worker, in collection order,
