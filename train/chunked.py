@@ -82,10 +82,11 @@ def logit_head(model: nn.Module) -> nn.Module | None:
     was_training = model.training
     model.eval()
     try:
-        whole = model(input_ids=ids).logits
+        mask = torch.ones_like(ids)  # ids 0..3 may be the padding id: say that they are real tokens
+        whole = model(input_ids=ids, attention_mask=mask).logits
         reader = _last_hidden(model)
         reader.take()
-        out = model(input_ids=ids, logits_to_keep=_no_position(device))
+        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=_no_position(device))
         last = reader.take()
         if out.logits.numel() or last is None:
             return None
