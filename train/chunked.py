@@ -19,6 +19,7 @@ computed whole, as before.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
@@ -120,6 +121,11 @@ class _OverChunks(torch.autograd.Function):
             torch.zeros_like(p, dtype=torch.float32) if w else None for p, w in zip(params, want[1:])
         ]
         total = rows.new_zeros((), dtype=torch.float32)
+        # These gradients are taken before any loss scaler (fp16's GradScaler scales the backward only). The loss is
+        # per token of the batch, so a position's gradient is O(1/N): under fp16 autocast that is near fp16's
+        # smallest normal numbers. They are taken of the value times a power of two >= N, O(1) each, and divided
+        # by it at the end (exactly: a power of two).
+        scale = 2.0 ** math.ceil(math.log2(max(rows.shape[0], 1)))
         for start in range(0, rows.shape[0], chunk):
             part = slice(start, start + chunk)
             with torch.enable_grad():
@@ -127,7 +133,7 @@ class _OverChunks(torch.autograd.Function):
                 value = fn(head(x) if head is not None else x, part)
                 inputs = [(x if want[0] else None)] + [p if w else None for p, w in zip(params, want[1:])]
                 wanted = [t for t in inputs if t is not None]
-                got = iter(torch.autograd.grad(value, wanted, allow_unused=True) if wanted else ())
+                got = iter(torch.autograd.grad(value * scale, wanted, allow_unused=True) if wanted else ())
             for i, t in enumerate(inputs):
                 g = next(got) if t is not None else None
                 if g is None:
@@ -137,6 +143,9 @@ class _OverChunks(torch.autograd.Function):
                 else:
                     grads[i].add_(g)
             total = total + value.detach().float()
+        for g in grads:
+            if g is not None:
+                g.div_(scale)
         ctx.dtypes = [p.dtype for p in params]
         ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
         ctx.present = [g is not None for g in grads]
