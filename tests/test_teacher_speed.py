@@ -86,7 +86,7 @@ def test_a_bf16_teachers_targets_come_from_its_own_head_in_bf16():
     assert chunk.teacher_logits[0].dtype == torch.bfloat16 and torch.equal(chunk.teacher_logits[0], want)
 
 
-def test_bf16_on_a_gpu_without_it_is_refused_for_training_and_for_teachers(monkeypatch):
+def test_bf16_on_a_gpu_without_it_is_refused_for_training_and_for_teachers(monkeypatch, tmp_path):
     """No such GPU is here: torch.cuda is made to report one (an old GPU without bf16), the one piece of hardware
     this test cannot have. On this CPU, teachers in bf16 are allowed (a CPU computes bf16 in software)."""
     from common import config as cfglib
@@ -94,7 +94,13 @@ def test_bf16_on_a_gpu_without_it_is_refused_for_training_and_for_teachers(monke
     from common.paths import REPO
     from distill.config import DistillRunConfig
 
-    recipe = REPO / "config" / "runs" / "demo-kd.yaml"
+    import yaml
+
+    recipe = yaml.safe_load((REPO / "config" / "runs" / "demo-kd.yaml").read_text())
+    save_teacher(tmp_path / "t")  # the recipe's teachers, trained by the demo, are not in a clean clone
+    recipe["distill"]["teachers"] = [{"path": str(tmp_path / "t")}]
+    (tmp_path / "kd.yaml").write_text(yaml.safe_dump(recipe))
+    recipe = tmp_path / "kd.yaml"
     cfglib.load(DistillRunConfig, recipe, ["distill.teacher_dtype=bfloat16"])  # checked on load: the CPU is fine
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
