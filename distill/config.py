@@ -98,8 +98,9 @@ class DistillRunConfig(RunSections):
                 ) from None
             raise
         d = self.distill
-        if d.teacher_dtype == "bfloat16" and bf16_missing():
-            raise ConfigError("distill.teacher_dtype", f"is bfloat16, which {bf16_missing()}; use auto or float32")
+        missing = bf16_missing() if d.teacher_dtype == "bfloat16" else None
+        if missing:
+            raise ConfigError("distill.teacher_dtype", f"is bfloat16, which {missing}; use auto or float32")
         active = d.losses.active()
         if not active:
             raise ConfigError(

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["logit_head", "final_states", "over_chunks", "scored_positions", "causal_ce"]
+__all__ = ["logit_head", "final_states", "over_chunks", "scored_positions", "ce", "causal_ce"]
 
 
 def scored_positions(labels, causal: bool = True):
@@ -186,6 +186,12 @@ def over_chunks(rows: torch.Tensor, head: nn.Module | None, fn: Callable[[torch.
     return _OverChunks.apply(fn, head, chunk, rows, *params)
 
 
+def ce(logits: torch.Tensor, targets: torch.Tensor, n_tokens) -> torch.Tensor:
+    """Hard-label cross-entropy summed over rows / n_tokens. logits [N, V], targets [N] (token ids); returns a scalar
+    (the `ce` term of distillation is this function)."""
+    return nn.functional.cross_entropy(logits.float(), targets, reduction="sum") / n_tokens
+
+
 def causal_ce(final: torch.Tensor, head: nn.Module | None, labels: torch.Tensor, n_tokens, chunk: int) -> torch.Tensor:
     """Σ cross-entropy of the next tokens / n_tokens (None: the count of scored positions here), chunk by chunk.
 
@@ -193,8 +199,4 @@ def causal_ce(final: torch.Tensor, head: nn.Module | None, labels: torch.Tensor,
     scored; returns a scalar, the same value as Hugging Face's ForCausalLMLoss for the same count."""
     rows, targets = scored_positions(labels)
     n = n_tokens if n_tokens is not None else max(targets.numel(), 1)
-
-    def ce(logits, part):
-        return nn.functional.cross_entropy(logits.float(), targets[part], reduction="sum") / n
-
-    return over_chunks(rows(final), head, ce, chunk)
+    return over_chunks(rows(final), head, lambda logits, part: ce(logits, targets[part], n), chunk)

@@ -157,9 +157,8 @@ def precision_problem(precision: str) -> str | None:
 
     if not torch.cuda.is_available():
         return f"is {precision}, which needs a GPU, and none is visible here; use auto or fp32"
-    if precision == "bf16" and bf16_missing():
-        return f"is bf16, which {bf16_missing()}; use fp16 or auto"
-    return None
+    missing = bf16_missing() if precision == "bf16" else None
+    return f"is bf16, which {missing}; use fp16 or auto" if missing else None
 
 
 def check_run(cfg) -> None:

@@ -3,21 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
 from common.config import field
 from distill.losses.base import LossTerm, Needs, register
+from train.chunked import ce  # the pure function, shared with python -m train's causal loss (one convention)
 
 __all__ = ["ce"]
-
-
-def ce(student_logits: torch.Tensor, labels: torch.Tensor, n_tokens: float) -> torch.Tensor:
-    """Hard-label cross-entropy.
-
-    student_logits [N, V], labels [N] (token ids); returns a scalar.
-    """
-    return F.cross_entropy(student_logits.float(), labels, reduction="sum") / n_tokens
 
 
 @dataclass
