@@ -38,6 +38,20 @@ RECIPE = [("llama-360m", 4), ("gpt2-705m", 4)]  # the teachers and their epochs;
 STUDENT_EPOCHS = 6
 
 
+def build(arch: str, seed: int = 0, vocab: int = 16000):
+    """A randomly initialised model of `arch` (config/models/) as python -m train builds it, seeded."""
+    import torch
+
+    from train import models
+    from train.config import ModelConfig
+
+    class Tokens:
+        pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+    torch.manual_seed(seed)
+    return models.build_model(ModelConfig(arch=arch, vocab_size=vocab), Tokens())[1]
+
+
 def train_rate(arch: str, compile_model: bool, batch: int, block: int, steps: int, warmup: int,
                chunk: int | None = 1024) -> dict:
     """One configuration, in this process: tokens/s, MFU, peak memory. The loss is the project's (train.chunked,
@@ -46,17 +60,11 @@ def train_rate(arch: str, compile_model: bool, batch: int, block: int, steps: in
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    from train import chunked, models
-    from train.config import ModelConfig
-
-    class Tokens:
-        pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+    from train import chunked
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    torch.manual_seed(0)
-    _, model = models.build_model(ModelConfig(arch=arch, vocab_size=16000), Tokens())
-    model.to(device).train()
+    model = build(arch).to(device).train()
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
     cfg = model.config
     layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer

@@ -34,14 +34,9 @@ ARCH, VOCAB, BLOCK, CHUNK = "llama-58m", 16000, 128, 1024
 
 
 def build(seed: int):
-    from train import models
-    from train.config import ModelConfig
+    from bench.gpu_check import build as build_arch
 
-    class Tokens:
-        pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
-
-    torch.manual_seed(seed)
-    return models.build_model(ModelConfig(arch=ARCH, vocab_size=VOCAB), Tokens())[1]
+    return build_arch(ARCH, seed, VOCAB)
 
 
 def child(step: str, side: str, batch: int, steps: int, device: torch.device) -> dict:
