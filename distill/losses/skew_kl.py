@@ -18,21 +18,22 @@ __all__ = ["skew_kl", "skew_reverse_kl"]
 @with_gradient
 def _skewed_p_side(p_logp: torch.Tensor, q_logp: torch.Tensor, alpha: float):
     """0 < α < 1. KL(p ‖ m), m = α·p + (1 − α)·q, per row, m formed in probability space. Gradient:
-    ∂/∂q_v = −(1 − α) p_v / m_v, so with respect to log q_v it is −(1 − α) p_v q_v / m_v."""
+    ∂/∂q_v = −(1 − α) p_v / m_v, so with respect to log q_v it is −(1 − α) p_v q_v / m_v. In place where it can be."""
     p, q = p_logp.exp(), q_logp.exp()
-    m = (alpha * p + (1.0 - alpha) * q).clamp_min(TINY)
-    return (p * (p_logp - torch.log(m))).sum(-1), -(1.0 - alpha) * p * q / m
+    m = torch.lerp(q, p, alpha).clamp_min_(TINY)
+    value = torch.linalg.vecdot(p, torch.sub(p_logp, torch.log(m)))
+    return value, p.mul_(q).div_(m).mul_(alpha - 1.0)
 
 
 @with_gradient
 def _skewed_q_side(p_logp: torch.Tensor, q_logp: torch.Tensor, alpha: float):
     """0 < α < 1. KL(q ‖ m), m = (1 − α)·p + α·q, per row. Gradient: ∂/∂q_v = log q_v + 1 − log m_v − α q_v / m_v,
-    so with respect to log q_v it is q_v times that."""
+    so with respect to log q_v it is q_v times that. In place where it can be."""
     p, q = p_logp.exp(), q_logp.exp()
-    m = ((1.0 - alpha) * p + alpha * q).clamp_min(TINY)
-    log_ratio = q_logp - torch.log(m)
-    return (q * log_ratio).sum(-1), q * (log_ratio + 1.0 - alpha * q / m)
-
+    m = torch.lerp(p, q, alpha).clamp_min_(TINY)
+    log_ratio = torch.sub(q_logp, torch.log(m))
+    value = torch.linalg.vecdot(q, log_ratio)
+    return value, torch.div(q, m, out=m).mul_(-alpha).add_(log_ratio).add_(1.0).mul_(q)
 
 def skew_kl_rows(p_logp: torch.Tensor, q_logp: torch.Tensor, alpha: float) -> torch.Tensor:
     """SKL(α) = KL(p ‖ α·p + (1 − α)·q) per row (DistiLLM, eq. 2); α = 0 is forward KL, α = 1 is 0."""
