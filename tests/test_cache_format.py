@@ -87,6 +87,6 @@ def test_the_kd_loss_from_each_format_matches_full_precision_for_a_near_student(
 
 def test_pack_unpack_are_inverse():
     rng = np.random.default_rng(0)
-    for bits in (1, 3, 4, 8, 9, 14, 17):
-        values = rng.integers(0, 1 << bits, size=(5, 7, 11))
-        assert np.array_equal(C.unpack(C.pack(values, bits), bits, 11), values)
+    for bits in (1, 2, 3, 4, 5, 7, 8, 9, 14, 16, 17, 18, 25, 26, 31):  # nibbles, bytes, 32- and 64-bit words
+        for values in (rng.integers(0, 1 << bits, size=(5, 7, 11)), np.full((2, 11), (1 << bits) - 1)):
+            assert np.array_equal(C.unpack(C.pack(values, bits), bits, 11), values), bits
