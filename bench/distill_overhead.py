@@ -6,16 +6,21 @@ reverse_kl, jsd, ...) and attention_relation on teacher outputs computed outside
     python bench/distill_overhead.py --preset babyllama --device cuda   # Llama-58M from Llama-360M + GPT2-705M
                                                                         # (teachers in bf16)
 
-Each configuration runs in its own child process (so its peak memory is its own), through
-the project's own pieces: DistillationWrapper (the composite loss), run_teachers (frozen,
-no_grad) and TeacherCache (the memory-mapped top-k shards written by write_cache). A step is
-forward + backward + AdamW on one batch of packed blocks. Prints step time, tokens/s and peak
-memory of each (the faster of two rounds run in mirrored order), the cached/online ratios
-to the student alone, and next to the online ratio
-the FLOP estimate 1 + N_teachers / (3 · N_student) (teachers run forward only: 2N per token
-against the student's 6N), and each term's step time against logit_kd's (target <= 1.1x for the logit terms).
-Those `dense:<term>` modes run the teachers before each timed step, so the time is the
-student's step plus the term itself, which the teachers' forward would otherwise hide.
+Everything runs through the project's own pieces: DistillationWrapper (the composite loss), run_teachers
+(frozen, no_grad) and TeacherCache (the memory-mapped top-k shards written by write_cache). A step is forward +
+backward + AdamW on one batch of packed blocks.
+
+- The student alone, online KD and each cache format run alone, each in its own child process (so its peak
+  memory is its own), in two rounds of mirrored order (the faster round kept): step time, tokens/s, peak memory,
+  and online KD's ratio to the student next to the FLOP estimate 1 + N_teachers / (3 · N_student) (teachers run
+  forward only: 2N per token against the student's 6N).
+- The ratios with targets (each cache format against the student alone, target <= 1.15x; each term against
+  logit_kd, target <= 1.1x for the logit terms) come from one more child process that holds every compared mode
+  (each its own student copy and optimizer) and takes one step of each per batch, in an order that rotates with
+  the batch; a ratio is the median over batches of the two modes' times on that batch. A slow spell of a shared
+  machine then falls on both sides of a ratio alike (the separate processes moved ±8% between runs).
+- The `dense:<term>` modes run the teachers before the clock starts, so the time is the student's step plus the
+  term itself, which the teachers' forward would otherwise hide.
 """
 from __future__ import annotations
 
@@ -114,76 +119,125 @@ def loss_cfg(mode: str):
     return losses
 
 
-def child(args) -> None:
-    """One configuration: time `--steps` training steps after `--warmup`; print a JSON line."""
-    from transformers import AutoModelForCausalLM
+class Modes:
+    """The models of one child process: the student wrapper of each mode (each with its own copy of the student
+    and its own AdamW), the teachers when a mode needs them, the caches; `step(mode, index)` times one training
+    step of that mode."""
 
-    from distill.cache import TeacherCache
-    from distill.attention import capture_qkv
-    from distill.teachers import Teacher, num_layers, run_teachers
-    from distill.wrapper import DistillationWrapper
-    from train.chunked import logit_head
+    def __init__(self, args, modes: list[str]):
+        from transformers import AutoModelForCausalLM
 
-    work = Path(args.work)
-    info = json.loads((work / "info.json").read_text())
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    student = AutoModelForCausalLM.from_pretrained(work / "student").to(device)
-    teachers, cache = [], None
-    if args.one == "online" or args.one.startswith("dense:"):
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        for i in range(info["n_teachers"]):
-            m = (
-                AutoModelForCausalLM.from_pretrained(work / f"teacher{i}", dtype=dtype)
-                .to(device)
-                .eval()
-                .requires_grad_(False)
-            )
-            teachers.append(Teacher(f"t{i}", m, 1.0, [], m.config.hidden_size, num_layers(m.config),
-                                    head=logit_head(m)))
-    if args.one.startswith("cached:"):
-        cache = TeacherCache(work / f"cache-{args.one.split(':')[1]}", {})
-    wrapper = DistillationWrapper(student, teachers, loss_cfg(args.one), args.logits_chunk).to(device).train()
-    opt = torch.optim.AdamW(wrapper.parameters(), lr=1e-4)
-    blocks = torch.load(work / "blocks.pt")
-    B = info["batch"]
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for step in range(args.warmup + args.steps):
-        idx = torch.arange(step * B, (step + 1) * B) % len(blocks)
-        ids = blocks[idx].to(device)
-        if device.type == "cuda":
+        from distill.cache import TeacherCache
+        from distill.teachers import Teacher, num_layers
+        from distill.wrapper import DistillationWrapper
+        from train.chunked import logit_head
+
+        work = Path(args.work)
+        info = json.loads((work / "info.json").read_text())
+        self.device, self.batch = torch.device(args.device), info["batch"]
+        self.teachers, self.caches, self.wrappers, self.optimizers = [], {}, {}, {}
+        if any(m == "online" or m.startswith("dense:") for m in modes):
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            for i in range(info["n_teachers"]):
+                m = AutoModelForCausalLM.from_pretrained(work / f"teacher{i}", dtype=dtype).to(self.device).eval()
+                m.requires_grad_(False)
+                self.teachers.append(Teacher(f"t{i}", m, 1.0, [], m.config.hidden_size, num_layers(m.config),
+                                             head=logit_head(m)))
+        for mode in modes:
+            torch.manual_seed(0)
+            student = AutoModelForCausalLM.from_pretrained(work / "student").to(self.device)
+            teachers = self.teachers if mode == "online" or mode.startswith("dense:") else []
+            wrapper = DistillationWrapper(student, teachers, loss_cfg(mode), args.logits_chunk).to(self.device)
+            self.wrappers[mode] = wrapper.train()
+            self.optimizers[mode] = torch.optim.AdamW(wrapper.parameters(), lr=1e-4)
+            if mode.startswith("cached:"):
+                self.caches[mode] = TeacherCache(work / f"cache-{mode.split(':')[1]}", {})
+        self.blocks = torch.load(work / "blocks.pt")
+        self.dense: dict[int, dict] = {}  # step -> the teachers' outputs for the dense modes, computed untimed
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
+
+    def step(self, mode: str, index: int) -> float:
+        """One training step of `mode` on batch `index`; returns its seconds. A `dense:` mode's teacher outputs are
+        computed before the clock starts (once per batch, shared by the dense modes)."""
+        from distill.attention import capture_qkv
+        from distill.teachers import run_teachers
+
+        wrapper, B = self.wrappers[mode], self.batch
+        idx = torch.arange(index * B, (index + 1) * B) % len(self.blocks)
+        ids = self.blocks[idx].to(self.device)
         extra = {}
-        if args.one.startswith("dense:"):  # the teachers outside the timed region
-            with contextlib.ExitStack() as stack:
-                qkv = [stack.enter_context(capture_qkv(t.model, b)) for t, b in zip(teachers, wrapper.teacher_qkv)]
-                extra["teacher_outputs"] = run_teachers(teachers, ids, None, hidden=False)
+        if mode.startswith("dense:"):
+            if index not in self.dense:
+                self.dense = {index: {}}
+                with contextlib.ExitStack() as stack:
+                    layers = [sorted({b for w in self.wrappers.values() for b in (w.teacher_qkv[k] if w.teacher_qkv
+                                                                                   else [])})
+                              for k in range(len(self.teachers))]
+                    qkv = [stack.enter_context(capture_qkv(t.model, b)) for t, b in zip(self.teachers, layers)]
+                    self.dense[index]["teacher_outputs"] = run_teachers(self.teachers, ids, None, hidden=False)
+                self.dense[index]["teacher_qkv"] = qkv
+            extra["teacher_outputs"] = self.dense[index]["teacher_outputs"]
             if wrapper.needs.qkv:
-                extra["teacher_qkv"] = qkv
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+                extra["teacher_qkv"] = self.dense[index]["teacher_qkv"]
+        self.sync()
         t0 = time.perf_counter()
-        if args.one == "online":
-            extra["teacher_outputs"] = run_teachers(teachers, ids, None, hidden=False)
-        elif cache is not None:
-            extra["cached_targets"] = tuple(x.to(device) for x in cache.lookup(idx))
-        elif args.one == "student":
+        if mode == "online":
+            extra["teacher_outputs"] = run_teachers(self.teachers, ids, None, hidden=False)
+        elif mode in self.caches:
+            extra["cached_targets"] = tuple(x.to(self.device) for x in self.caches[mode].lookup(idx))
+        elif mode == "student":
             extra["teacher_outputs"] = []
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             out = wrapper(ids, labels=ids, n_tokens=ids[:, 1:].numel(), **extra)
         out["loss"].backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - t0)
+        self.optimizers[mode].step()
+        self.optimizers[mode].zero_grad(set_to_none=True)
+        self.sync()
+        return time.perf_counter() - t0
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args) -> None:
+    """One configuration alone: time `--steps` training steps after `--warmup`; print a JSON line."""
+    modes = Modes(args, [args.one])
+    if modes.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = [modes.step(args.one, i) for i in range(args.warmup + args.steps)][args.warmup:]
     step_s = sorted(times)[len(times) // 2]
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    print("RESULT " + json.dumps({"step_s": step_s, "tokens_per_s": B * info["block"] / step_s, "peak_mb": peak}))
+    print("RESULT " + json.dumps({"step_s": step_s, "tokens_per_s": modes.batch * block_of(args) / step_s,
+                                  "peak_mb": peak_mb(modes.device)}))
+
+
+def paired(args) -> None:
+    """Every mode of `--paired` in one process, one step of each per batch in an order that rotates with the batch,
+    so that a slow spell of a shared machine falls on all of them alike; prints each mode's per-step seconds."""
+    names = args.paired.split(",")
+    modes = Modes(args, names)
+    times: dict[str, list[float]] = {m: [] for m in names}
+    for i in range(args.warmup + args.steps):
+        for mode in names[i % len(names):] + names[:i % len(names)]:
+            t = modes.step(mode, i)
+            if i >= args.warmup:
+                times[mode].append(t)
+    print("RESULT " + json.dumps(times))
+
+
+def block_of(args) -> int:
+    return json.loads((Path(args.work) / "info.json").read_text())["block"]
+
+
+def paired_ratio(times: dict[str, list[float]], mode: str, base: str) -> float:
+    """The median over batches of mode's step time over base's on the same batch."""
+    ratios = sorted(a / b for a, b in zip(times[mode], times[base]))
+    return ratios[len(ratios) // 2]
 
 
 def prepare(args, work: Path) -> dict:
@@ -246,11 +300,14 @@ def main() -> None:
         "--terms", default=",".join(compared_terms()), help="terms to compare with logit_kd (comma list; empty = none)"
     )
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--paired", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     if args.one:
         return child(args)
+    if args.paired:
+        return paired(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -260,64 +317,51 @@ def main() -> None:
               + ", ".join(f"{n:,} ({r:.1f}x)" for n, r in zip(info["n_teacher_params"], ratio_t))
               + f"; batch {info['batch']} x {info['block']} tokens; top-k {args.top_k}; median of {args.steps} steps")
         results: dict[str, dict] = {}
-        # Two rounds in mirrored order (A B C C B A), keeping each mode's faster round, so that a
-        # slow spell of a shared machine does not land on one mode only.
+        # Each alone, for its memory: two rounds in mirrored order (A B C C B A), keeping each mode's faster round.
         cached = [f"cached:{fmt}" for fmt in FORMATS]
-        modes = ["student", "online", *cached] + [f"dense:{key}" for key in ["logit_kd", *args.terms.split(",")] if key]
-        from distill.losses.logit_family import LogitTerm
-        from distill.losses import REGISTRY
-
-        logit_keys = [k for k in compared_terms() if issubclass(REGISTRY[k], LogitTerm)]
-        for mode in modes + modes[::-1]:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--one",
-                    mode,
-                    "--work",
-                    str(work),
-                    "--device",
-                    args.device,
-                    "--steps",
-                    str(args.steps),
-                    "--warmup",
-                    str(args.warmup),
-                    "--logits-chunk",
-                    str(args.logits_chunk),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(line.split(" ", 1)[1])
+        alone = ["student", "online", *cached]
+        dense = [f"dense:{key}" for key in ["logit_kd", *args.terms.split(",")] if key]
+        common = ["--work", str(work), "--device", args.device, "--steps", str(args.steps), "--warmup",
+                  str(args.warmup), "--logits-chunk", str(args.logits_chunk)]
+        for mode in alone + alone[::-1]:
+            r = run_child(["--one", mode, *common], mode)
             if mode not in results or r["step_s"] < results[mode]["step_s"]:
                 results[mode] = r
+        # The ratios: the modes compared, interleaved step by step in one process.
+        times = run_child(["--paired", ",".join(["student", *cached, *dense]), *common], "the paired run")
         for mode, r in results.items():
-            print(
-                f"{mode:24s}: {r['step_s'] * 1000:8.1f} ms/step  {r['tokens_per_s']:10.0f} tokens/s  peak "
-                f"{r['peak_mb']:8.0f} MiB"
-            )
+            print(f"{mode:24s}: {r['step_s'] * 1000:8.1f} ms/step  {r['tokens_per_s']:10.0f} tokens/s  peak "
+                  f"{r['peak_mb']:8.0f} MiB  (alone)")
+        for mode in dense:
+            step = sorted(times[mode])[len(times[mode]) // 2]
+            print(f"{mode:24s}: {step * 1000:8.1f} ms/step  (paired)")
         base = results["student"]["step_s"]
         flops = 1 + sum(info["n_teacher_params"]) / (3 * info["n_student"])
-        print(
-            f"online KD: {results['online']['step_s'] / base:.2f}x the student alone (FLOP estimate 1 + N_teachers/(3 "
-            f"N_student) = {flops:.2f})"
-        )
+        print(f"online KD: {results['online']['step_s'] / base:.2f}x the student alone (FLOP estimate 1 + "
+              f"N_teachers/(3 N_student) = {flops:.2f})")
+        print("Ratios below: the median over the steps of the two modes' times on the same batch, the modes "
+              "interleaved in one process")
         for mode in cached:
             fmt = mode.split(":")[1]
             size = json.loads((work / f"cache-{fmt}" / "cache.json").read_text())["bytes_per_token"]
-            print(
-                f"cached KD ({fmt}, {size:g} bytes/token): {results[mode]['step_s'] / base:.2f}x the student alone "
-                "(target <= 1.15); "
-                f"{results[mode]['step_s'] / results['cached:fp16']['step_s']:.2f}x the fp16 cache's step"
-            )
-        for mode in modes[2 + len(cached) + 1:]:
-            target = "; target <= 1.1" if term_of(mode) in logit_keys else ""
-            print(f"{term_of(mode)}: {results[mode]['step_s'] / results['dense:logit_kd']['step_s']:.2f}x logit_kd "
-                  f"(the student's step plus the term, teachers untimed{target})")
+            print(f"cached KD ({fmt}, {size:g} bytes/token): {paired_ratio(times, mode, 'student'):.2f}x the "
+                  f"student alone (target <= 1.15); {paired_ratio(times, mode, 'cached:fp16'):.2f}x the fp16 "
+                  "cache's step")
+        from distill.losses import REGISTRY
+        from distill.losses.logit_family import LogitTerm
+
+        for mode in dense[1:]:
+            target = "; target <= 1.1" if issubclass(REGISTRY[term_of(mode)], LogitTerm) else ""
+            print(f"{term_of(mode)}: {paired_ratio(times, mode, 'dense:logit_kd'):.2f}x logit_kd (the student's "
+                  f"step plus the term, teachers untimed{target})")
+
+
+def run_child(argv: list[str], what: str):
+    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line.split(" ", 1)[1])
 
 
 if __name__ == "__main__":
