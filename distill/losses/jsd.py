@@ -31,13 +31,14 @@ def jsd_rows(p_logp: torch.Tensor, q_logp: torch.Tensor, beta: float) -> torch.T
 def _mixed_rows(p_logp: torch.Tensor, q_logp: torch.Tensor, beta: float):
     """0 < β < 1. Gradient: ∂/∂q_v = (1 − β)(log q_v − log m_v), so with respect to log q_v it is
     g_v = (1 − β) q_v (log q_v − log m_v). Value: β·Σ p (log p − log m) + (1 − β)·Σ q (log q − log m)
-    = β·Σ p (log p − log m) + Σ g, with m = β·p + (1 − β)·q formed in probability space. Written in place,
-    one [N, C] pass per operation (a GPU fuses them; a CPU does not)."""
+    = β·Σ p (log p − log m) + Σ g, with m = β·p + (1 − β)·q formed in probability space. In place where it
+    can be: each elementwise operation is one pass over the [N, C] chunk, so fewer operations are faster."""
     p, q = p_logp.exp(), q_logp.exp()
     log_m = torch.lerp(q, p, beta).clamp_min_(TINY).log_()
     grad = q.mul_(torch.sub(q_logp, log_m)).mul_(1.0 - beta)
     value = torch.linalg.vecdot(p, torch.sub(p_logp, log_m, out=log_m)).mul_(beta) + grad.sum(-1)
     return value, grad
+
 
 def jsd(
     student_logits: torch.Tensor,
