@@ -320,7 +320,8 @@ def main() -> None:
         # Each alone, for its memory: two rounds in mirrored order (A B C C B A), keeping each mode's faster round.
         cached = [f"cached:{fmt}" for fmt in FORMATS]
         alone = ["student", "online", *cached]
-        dense = [f"dense:{key}" for key in ["logit_kd", *args.terms.split(",")] if key]
+        terms = [key for key in args.terms.split(",") if key]
+        dense = [f"dense:{key}" for key in ["logit_kd", *terms]] if terms else []  # no terms: no teachers to load
         common = ["--work", str(work), "--device", args.device, "--steps", str(args.steps), "--warmup",
                   str(args.warmup), "--logits-chunk", str(args.logits_chunk)]
         for mode in alone + alone[::-1]:
