@@ -134,7 +134,7 @@ class Modes:
 
         work = Path(args.work)
         info = json.loads((work / "info.json").read_text())
-        self.device, self.batch = torch.device(args.device), info["batch"]
+        self.device, self.batch, self.block = torch.device(args.device), info["batch"], info["block"]
         self.teachers, self.caches, self.wrappers, self.optimizers = [], {}, {}, {}
         if any(m == "online" or m.startswith("dense:") for m in modes):
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
@@ -153,7 +153,11 @@ class Modes:
             if mode.startswith("cached:"):
                 self.caches[mode] = TeacherCache(work / f"cache-{mode.split(':')[1]}", {})
         self.blocks = torch.load(work / "blocks.pt")
-        self.dense: dict[int, dict] = {}  # step -> the teachers' outputs for the dense modes, computed untimed
+        # per teacher, the blocks whose queries, keys and values some mode reads
+        self.teacher_qkv = [sorted({b for w in self.wrappers.values() for b in (w.teacher_qkv[k] if w.teacher_qkv
+                                                                                 else [])})
+                            for k in range(len(self.teachers))]
+        self.dense: tuple = (None, None, None)  # (batch index, teacher outputs, their qkv) for the dense modes
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -170,18 +174,14 @@ class Modes:
         ids = self.blocks[idx].to(self.device)
         extra = {}
         if mode.startswith("dense:"):
-            if index not in self.dense:
-                self.dense = {index: {}}
+            if self.dense[0] != index:  # computed untimed, once per batch, shared by the dense modes
                 with contextlib.ExitStack() as stack:
-                    layers = [sorted({b for w in self.wrappers.values() for b in (w.teacher_qkv[k] if w.teacher_qkv
-                                                                                   else [])})
-                              for k in range(len(self.teachers))]
-                    qkv = [stack.enter_context(capture_qkv(t.model, b)) for t, b in zip(self.teachers, layers)]
-                    self.dense[index]["teacher_outputs"] = run_teachers(self.teachers, ids, None, hidden=False)
-                self.dense[index]["teacher_qkv"] = qkv
-            extra["teacher_outputs"] = self.dense[index]["teacher_outputs"]
+                    qkv = [stack.enter_context(capture_qkv(t.model, blocks))
+                           for t, blocks in zip(self.teachers, self.teacher_qkv)]
+                    self.dense = (index, run_teachers(self.teachers, ids, None, hidden=False), qkv)
+            extra["teacher_outputs"] = self.dense[1]
             if wrapper.needs.qkv:
-                extra["teacher_qkv"] = self.dense[index]["teacher_qkv"]
+                extra["teacher_qkv"] = self.dense[2]
         self.sync()
         t0 = time.perf_counter()
         if mode == "online":
@@ -211,8 +211,8 @@ def child(args) -> None:
     if modes.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = [modes.step(args.one, i) for i in range(args.warmup + args.steps)][args.warmup:]
-    step_s = sorted(times)[len(times) // 2]
-    print("RESULT " + json.dumps({"step_s": step_s, "tokens_per_s": modes.batch * block_of(args) / step_s,
+    step_s = middle(times)
+    print("RESULT " + json.dumps({"step_s": step_s, "tokens_per_s": modes.batch * modes.block / step_s,
                                   "peak_mb": peak_mb(modes.device)}))
 
 
@@ -230,14 +230,15 @@ def paired(args) -> None:
     print("RESULT " + json.dumps(times))
 
 
-def block_of(args) -> int:
-    return json.loads((Path(args.work) / "info.json").read_text())["block"]
+def middle(values) -> float:
+    """The median as this bench takes it: the upper middle value."""
+    values = sorted(values)
+    return values[len(values) // 2]
 
 
 def paired_ratio(times: dict[str, list[float]], mode: str, base: str) -> float:
     """The median over batches of mode's step time over base's on the same batch."""
-    ratios = sorted(a / b for a, b in zip(times[mode], times[base]))
-    return ratios[len(ratios) // 2]
+    return middle(a / b for a, b in zip(times[mode], times[base]))
 
 
 def prepare(args, work: Path) -> dict:
@@ -334,8 +335,7 @@ def main() -> None:
             print(f"{mode:24s}: {r['step_s'] * 1000:8.1f} ms/step  {r['tokens_per_s']:10.0f} tokens/s  peak "
                   f"{r['peak_mb']:8.0f} MiB  (alone)")
         for mode in dense:
-            step = sorted(times[mode])[len(times[mode]) // 2]
-            print(f"{mode:24s}: {step * 1000:8.1f} ms/step  (paired)")
+            print(f"{mode:24s}: {middle(times[mode]) * 1000:8.1f} ms/step  (paired)")
         base = results["student"]["step_s"]
         flops = 1 + sum(info["n_teacher_params"]) / (3 * info["n_student"])
         print(f"online KD: {results['online']['step_s'] / base:.2f}x the student alone (FLOP estimate 1 + "

@@ -35,6 +35,7 @@ def _skewed_q_side(p_logp: torch.Tensor, q_logp: torch.Tensor, alpha: float):
     value = torch.linalg.vecdot(q, log_ratio)
     return value, torch.div(q, m, out=m).mul_(-alpha).add_(log_ratio).add_(1.0).mul_(q)
 
+
 def skew_kl_rows(p_logp: torch.Tensor, q_logp: torch.Tensor, alpha: float) -> torch.Tensor:
     """SKL(α) = KL(p ‖ α·p + (1 − α)·q) per row (DistiLLM, eq. 2); α = 0 is forward KL, α = 1 is 0."""
     if alpha == 0.0:
