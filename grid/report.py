@@ -109,9 +109,10 @@ class Reporter:
 def print_plan(points, cfg) -> None:
     import pandas as pd
 
-    rows = [{"stage": p.stage, "point": p.name, "kind": p.kind, "recipe": p.recipe, "state": p.state(),
-             **{k: v for k, v in p.axes.items()}} for p in points]
-    print(pd.DataFrame(rows).to_string(index=False))
+    axes = list(dict.fromkeys(k for p in points for k in p.axes))  # an axis a stage does not vary: blank in its rows
+    rows = [{"stage": p.stage, "point": p.name, "kind": p.kind, "recipe": p.recipe,
+             **{k: p.axes.get(k) for k in axes}, "state": p.state()} for p in points]
+    print(pd.DataFrame(rows, dtype=object).fillna("").to_string(index=False))
     sel = cfg.select
     print(
         f"{len(points)} point(s) on executor '{cfg.executor.kind}'; tasks: {', '.join(cfg.tasks) or 'none'}"

@@ -52,6 +52,8 @@ def count_params(model_dir: Path) -> int:
 
 def _method(config: dict) -> str:
     if "wml" in config:
+        if config["wml"].get("solo_peer", -1) >= 0:
+            return "solo-twin"  # one peer of the search trained alone: the baseline of its WML peer
         return f"wml-{config['wml'].get('distillation_method', 'mutual')}"
     if "distill" in config:
         terms = [k for k, v in (config["distill"].get("losses") or {}).items() if (v or {}).get("weight", 0) > 0]
@@ -116,6 +118,15 @@ def _params(run: Path, model_dir: Path) -> int:
         raise Unusable(str(model_dir.relative_to(run)), f"weights unreadable ({summary(exc)})") from None
 
 
+def _architecture(run: Path, model_dir: Path) -> str:
+    from results.baselines import architecture
+
+    try:
+        return architecture(model_dir)
+    except (OSError, ValueError) as exc:
+        raise Unusable(str(model_dir.relative_to(run) / "config.json"), f"unreadable ({summary(exc)})") from None
+
+
 def read_run(run: Path) -> list[dict]:
     """The rows of one finished run; raises ValueError (`Unusable`: file and reason) when it is not usable."""
     if not (run / "DONE").is_file():
@@ -149,18 +160,21 @@ def read_run(run: Path) -> list[dict]:
         "tokens_seen": tokens,
         "train_hours": round(seconds / 3600, 4),
         "gpu_hours": round(seconds * world / 3600, 4) if gpus else 0.0,
+        "seed": (config.get("train") or {}).get("seed"),
     }
     if "wml" in config:
         champion = _read(run, "model/champion.json", json.loads, dict)
         rows = []
         for i, name in enumerate(champion["peers"]):
             rows.append({**base, "model": f"{config['model']['arch']} {name}", "champion": i == champion["champion"],
-                         "params": _params(run, run / "model" / name),
+                         "params": _params(run, run / "model" / name), "eval_dir": str(run / "eval" / name),
+                         "architecture": _architecture(run, run / "model" / name),
                          "dev_ce": _number(champion["dev_ce"][i], "model/champion.json", "dev_ce"),
                          **_eval_columns(run, run / "eval" / name)})
         return rows
     model = (config.get("student") or config.get("model") or {}).get("arch")
     return [{**base, "model": model, "champion": None, "params": _params(run, run / "model"),
+             "eval_dir": str(run / "eval"), "architecture": _architecture(run, run / "model"),
              "dev_ce": _number(info.get("dev_loss"), "run.json", "dev_loss"), **_eval_columns(run, run / "eval")}]
 
 
@@ -209,6 +223,16 @@ def _fmt(value, form: str) -> str:
     return form.format(value)
 
 
+def _axis(value) -> str:
+    """An axis value in the table: blank where the run's stage did not vary it, 1 rather than 1.0 (pandas stores a
+    column with blanks as floats)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def markdown(df) -> str:
     """The reference format: one row per model, `0.694 ± 0.0016` per task."""
     tasks = task_columns(df)
@@ -222,7 +246,7 @@ def markdown(df) -> str:
             str(r["method"]),
             f"{r['model']}" + (" (champion)" if r.get("champion") is True else ""),
             f"{int(r['params']):,}",
-            *[str(r[a]) for a in axes],
+            *[_axis(r[a]) for a in axes],
             _fmt(r["dev_ce"], "{:.4f}"),
         ]
         for t in tasks:

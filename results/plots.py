@@ -109,9 +109,10 @@ def term_curves(run: Path, out: Path) -> Path | None:
 
 
 def omega_curves(run: Path, out: Path) -> Path | None:
-    """A WML run's peer weights ω against words seen (metrics.jsonl `omega/<i>`); None for other runs."""
+    """A WML run's peer weights ω against words seen (metrics.jsonl `omega/<i>`); None for other runs and for one peer
+    (a solo twin, whose ω stays 1)."""
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "omega/0" in r and "loss" in r]
-    if not rows:
+    if not rows or "omega/1" not in rows[0]:
         return None
     k = len([key for key in rows[0] if key.startswith("omega/")])
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -188,5 +189,14 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> No
         made += [p for p in (term_curves(Path(run), out / f"{name}-terms" / f"{Path(run).name}.png"),
                              omega_curves(Path(run), out / f"{name}-omega" / f"{Path(run).name}.png")) if p is not None]
     print(table)
+    from results.baselines import comparisons
+    from results.baselines import markdown as baseline_markdown
+
+    tests = comparisons(df)
+    if tests:
+        write_atomic(out / f"{name}-baselines.md", baseline_markdown(tests))
+        made.insert(0, out / f"{name}-baselines.md")
+        print("each method against its baseline (same architecture, seed and words seen, trained alone):\n"
+              + baseline_markdown(tests))
     print(f"{len(df)} row(s) from {df['run'].nunique()} run(s), {len(incomplete)} incomplete -> "
           + ", ".join(str(p) for p in [out / f"{name}.csv", out / f"{name}.md", *made]))

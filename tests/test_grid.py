@@ -77,16 +77,27 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
     grid_sets = [f"eval_data_dir={demo_root}", f"finetune_data_dir={tasks}"]
     proc = ok(launch(workdir, "config/grids/demo.yaml", *grid_sets, *data_sets(demo_root, cache_dir)))
     runs = workdir / "runs" / "demo"
-    names = ["teacher", "teacher-llama", "student", "kd", "palenkallama", "contrastive", "wml"]
+    twins = ["wml__wml.solo_peer=0", "wml__wml.solo_peer=1"]
+    names = ["teacher", "teacher-llama", "student", "kd", "palenkallama", "contrastive", "wml", *twins]
     for name in names:
         assert (runs / name / "DONE").is_file() and (runs / name / "grid.json").is_file(), name
     table = pd.read_csv(runs / "_results" / "demo.csv")
-    assert sorted(table["recipe"].unique()) == sorted(names) and len(table) == 8  # two WML peers
+    assert sorted(table["recipe"].unique()) == sorted(names) and len(table) == 10  # two WML peers
     assert table["demo_pairs"].between(0, 1).all() and table["dev_ce"].notna().all()
     assert table["demo_acceptability"].between(0, 1).all()  # every model, WML peers included, fine-tuned
     tuned = sorted(runs.glob("*/eval/**/demo_acceptability.json"))
-    assert len(tuned) == 8 and all(json.loads(p.read_text())["n_items"] == 50 for p in tuned)
-    assert len(list(runs.glob("*/eval/**/finetune/demo_acceptability/predictions.json"))) == 8
+    assert len(tuned) == 10 and all(json.loads(p.read_text())["n_items"] == 50 for p in tuned)
+    assert len(list(runs.glob("*/eval/**/finetune/demo_acceptability/predictions.json"))) == 10
+    # each method against its baseline: the KD students against the student alone, each peer against its solo twin
+    baselines = (runs / "_results" / "demo-baselines.md").read_text()
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]) for line in baselines.splitlines()[2:]}
+    assert rows == {
+        *((f"{kd} llama-tiny", method, "student llama-tiny")
+          for kd, method in (("kd", "kd:ce+logit_kd"), ("palenkallama", "kd:ce+logit_kd+hidden_mse"),
+                             ("contrastive", "kd:ce+logit_kd+contrastive"))),
+        *((f"wml gpt2-tiny peer-{i}", "wml-mutual", f"{twins[i]} gpt2-tiny peer-{i}-solo") for i in (0, 1)),
+    }, baselines
+    assert "each method against its baseline" in proc.stdout
     stamps = {p: p.stat().st_mtime_ns for p in tuned}
     for png in ("demo-tasks.png", "demo-curves.png", "demo-curve-demo_pairs.png"):
         assert (runs / "_results" / png).read_bytes()[:4] == b"\x89PNG"
@@ -101,7 +112,7 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
     # no warning. Each point's whole output (training, evaluation, fine-tuning) is in its own log instead.
     terminal = proc.stdout + proc.stderr
     assert "\r" not in terminal and "%|" not in terminal and not proc.stderr.strip(), proc.stderr[-2000:]
-    assert len(terminal.splitlines()) <= 10 + 2 * len(names) + 2 + 12, terminal
+    assert len(terminal.splitlines()) <= 10 + 2 * len(names) + 3 + 15 + 15, terminal  # ... + the baseline table
     for name in names:
         assert f"{name}: started (new" in proc.stdout and f"{name}: done in " in proc.stdout, name
         (log,) = (runs / name / "logs").glob("grid-*.log")
@@ -115,11 +126,11 @@ def test_demo_grid_is_the_whole_pipeline_and_a_rerun_skips_it(workdir, demo_root
 
     again = ok(launch(workdir, "config/grids/demo.yaml", *grid_sets, *data_sets(demo_root, cache_dir)))
     plan = [line.split() for line in again.stdout.splitlines() if "config/runs/" in line]
-    assert len(plan) == 7 and all(row[-1] == "done" for row in plan), again.stdout[:2000]
+    assert len(plan) == 9 and all(row[-1] == "done" for row in plan), again.stdout[:2000]
     assert {n: len(json.loads((runs / n / "run.json").read_text())["attempts"]) for n in names} == attempts, (
         "a finished point ran again"
     )
-    assert len(pd.read_csv(runs / "_results" / "demo.csv")) == 8
+    assert len(pd.read_csv(runs / "_results" / "demo.csv")) == 10
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a model was fine-tuned or a milestone evaluated again"
 
 
@@ -254,7 +265,7 @@ def test_unknown_grid_key_and_missing_grid_file(workdir):
 @pytest.mark.parametrize("grid", sorted((ROOT / "config" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_grid_plans(grid, workdir):
     proc = ok(launch(workdir, f"config/grids/{grid.name}", "--dry-run"))
-    expected = {"demo": 7, "palenka-weights": 25}[grid.stem]
+    expected = {"demo": 9, "palenka-weights": 25}[grid.stem]
     assert f"{expected} point(s)" in proc.stdout
     assert not (workdir / "runs").exists()
 

@@ -182,6 +182,35 @@ def test_one_peer_matches_the_spine_trainer_step_for_step(demo_root, cache_dir, 
         assert a["step"] == b["step"] and a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a, b)
 
 
+def test_a_solo_twin_starts_and_learns_as_its_peer_does_in_the_wml_run(demo_root, cache_dir, tmp_path):
+    """wml.solo_peer=1 trains peer 1 alone. With nothing pulling the peers together (α = 0, ω held at ½ by a tiny η,
+    no clipping, no dropout: AdamW does not see the constant ½) peer 1 of the WML run and its twin must end with the
+    same weights, which they do only if both start from the same weights and see the same batches in the same order."""
+    import torch
+
+    quiet = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "n_positions": 128}
+    write_peers(tmp_path, [{"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, **quiet},
+                           {"model_type": "gpt2", "n_embd": 24, "n_layer": 1, "n_head": 2, **quiet}])
+    args = [*base(demo_root, cache_dir, tmp_path, steps=20), "wml.use_opt_config=false", "wml.loss_alpha=0",
+            "wml.eta=1e-9", "wml.eta_min=0", "optim.max_grad_norm=0", "wml.eval_tasks=[demo_pairs]"]
+    ok(run_cli("distill.wml", "train", *args))
+    proc = ok(run_cli("distill.wml", "train", *args, "wml.solo_peer=1", "output.name=wml-solo1"))
+    assert "the solo twin of peer 1" in proc.stdout
+    twin = tmp_path / "demo-wml" / "wml-solo1"
+    assert json.loads((twin / "model" / "champion.json").read_text())["peers"] == ["peer-1-solo"]
+    assert json.loads((twin / "eval" / "peer-1-solo" / "demo_pairs.json").read_text())["n_items"] > 0
+    a = weights(tmp_path / "demo-wml" / "wml" / "model" / "peer-1")
+    b = weights(twin / "model" / "peer-1-solo")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-3, atol=2e-4), (k, (a[k] - b[k]).abs().max())  # AdamW eps
+    # the control: the same twin from another seed (other initial weights and batches) ends far outside that tolerance
+    ok(run_cli("distill.wml", "train", *args, "wml.solo_peer=1", "output.name=wml-solo1-seed1", "train.seed=1",
+               "wml.eval_tasks=[]"))
+    c = weights(tmp_path / "demo-wml" / "wml-solo1-seed1" / "model" / "peer-1-solo")
+    assert max(float((a[k] - c[k]).abs().max()) for k in a) > 0.05
+
+
 def budget_args(demo_root, cache_dir, out: Path) -> list[str]:
     return [
         "train",
@@ -275,6 +304,8 @@ def test_bad_inputs(demo_root, cache_dir, tmp_path, monkeypatch):
     bad("wml.distillation_method=vanilla", f"wml.teacher={shared('hf_tiny_gpt2')}", *QUICK_SEARCH,
         needles=("differ in their vocabulary",))
     bad("wml.loss_alpha=1.5", needles=("wml.loss_alpha", "must be at least 0 and at most 1"))
+    bad("wml.solo_peer=2", needles=("wml.solo_peer", "only wml.num_peers=2 peers", "0 to 1"))
+    bad("wml.solo_peer=-2", needles=("wml.solo_peer", "at least -1"))
     bad(
         f"wml.reference_folder={shared('hf_tiny_gpt2')}",
         needles=("wml.reference_folder", "50257-token vocabulary", "512"),

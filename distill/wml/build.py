@@ -11,7 +11,9 @@ from distill.wml.search import SPECIAL
 
 
 def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
-    """The peers (one per searched architecture, initialised in order after the run's seed), the teacher for vanilla."""
+    """The peers (one per searched architecture, initialised in order after the run's seed), the teacher for vanilla.
+    With `wml.solo_peer` = i, every peer is still built (so peer i starts from the weights it has in the WML run) and
+    only peer i is kept, trained on its own cross-entropy (one peer: ordinary training) and exported as peer-i-solo."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     from distill.teachers import check_same_tokenizer, positions
@@ -32,13 +34,18 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
                 attn_implementation=cfg.model.attn_implementation,
             )
         )
+    solo = cfg.wml.solo_peer
+    names = [f"peer-{i}" for i in range(len(peers))]
+    if solo >= 0:
+        peers, names = [peers[solo]], [f"peer-{solo}-solo"]
     if cfg.wml.reference_folder and (Path(cfg.wml.reference_folder) / "tokenizer.json").is_file():
         try:  # N counts the reference's embeddings, so its vocabulary must be the peers' (the run's tokenizer)
             check_same_tokenizer(Path(cfg.wml.reference_folder), Path(prepared.tokenizer_dir))
         except UserError as exc:
             raise UserError(f"wml.reference_folder: {exc}") from None
     teacher = None
-    if cfg.wml.distillation_method == "vanilla":
+    method = "mutual" if solo >= 0 else cfg.wml.distillation_method  # one peer, mutual: its own cross-entropy
+    if method == "vanilla":
         folder = check_folder(cfg.wml.teacher)
         check_same_tokenizer(folder, Path(prepared.tokenizer_dir))
         teacher = load_model_folder(
@@ -48,16 +55,16 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
             raise UserError(f"wml.teacher={cfg.wml.teacher}: has {positions(teacher.config)} positions, fewer than "
                             f"data.block_size={cfg.data.block_size}; lower data.block_size or use another teacher")
         teacher = teacher.to(device).eval().requires_grad_(False)
-    wrapper = PeersWrapper(peers, objective, cfg.wml.loss_alpha, cfg.wml.distillation_method, teacher)
+    wrapper = PeersWrapper(peers, objective, cfg.wml.loss_alpha, method, teacher)
     sizes = ", ".join(f"{sum(x.numel() for x in m.parameters()):,}" for m in peers)
 
     def export(model_dir: Path) -> None:
-        for i, peer in enumerate(wrapper.peers):
-            peer.save_pretrained(model_dir / f"peer-{i}")
-            tokenizer.save_pretrained(model_dir / f"peer-{i}")
+        for name, peer in zip(names, wrapper.peers):
+            peer.save_pretrained(model_dir / name)
+            tokenizer.save_pretrained(model_dir / name)
 
     def finish(trainer, run_path: Path) -> dict:
-        return finish_run(cfg, trainer, wrapper, run_path)
+        return finish_run(cfg, trainer, wrapper, run_path, names)
 
     return Built(
         trained=wrapper,
@@ -66,13 +73,15 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
         objective=objective,
         trainer_cls=WMLTrainer,
         trainer_kwargs={"wml": cfg.wml},
-        banner=f"{len(peers)} {objective} peer(s) of {sizes} parameters, {cfg.wml.distillation_method} learning, "
+        banner=f"the solo twin of peer {solo}: {sizes} parameters, {objective}, its own cross-entropy" if solo >= 0 else
+        f"{len(peers)} {objective} peer(s) of {sizes} parameters, {method} learning, "
         f"α={cfg.wml.loss_alpha:g}, ω updated every {cfg.wml.weight_update_frequency} steps",
     )
 
 
-def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
-    """Each peer's dev CE, the champion, and each peer's evaluation (the ω plot is results' job)."""
+def finish_run(cfg, trainer, wrapper, run_path: Path, names: list[str]) -> dict:
+    """Each peer's dev CE, the champion, and each peer's evaluation (the ω plot is results' job); `names`: the peers'
+    folders under model/."""
     import math
 
     from common.paths import write_atomic
@@ -84,7 +93,7 @@ def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
     finite = [i for i, x in enumerate(dev_ce) if x is not None]
     champion = min(finite, key=lambda i: dev_ce[i]) if finite else 0
     info = {"champion": champion, "dev_ce": dev_ce, "omega": [float(x) for x in wrapper.omega],
-            "peers": [f"peer-{i}" for i in range(len(wrapper.peers))]}
+            "peers": names}
     if trainer.is_world_process_zero():
         write_atomic(run_path / "model" / "champion.json", json.dumps(info, indent=2))
         if cfg.wml.eval_tasks:
@@ -93,10 +102,9 @@ def finish_run(cfg, trainer, wrapper, run_path: Path) -> dict:
 
             opts = Options(backend=backend_for(cfg.wml.objective), data_dir=cfg.wml.eval_data_dir or None,
                            progress=False)
-            for i in range(len(wrapper.peers)):
-                opts.out = str(run_path / "eval" / f"peer-{i}")
-                evaluate(str(run_path / "model" / f"peer-{i}"), cfg.wml.eval_tasks, opts)
-        print(
-            f"champion: peer-{champion} (dev CE {dev_ce[champion]:.4f})" if finite else "champion: peer-0 (no dev CE)"
-        )
+            for name in names:
+                opts.out = str(run_path / "eval" / name)
+                evaluate(str(run_path / "model" / name), cfg.wml.eval_tasks, opts)
+        print(f"champion: {names[champion]} (dev CE {dev_ce[champion]:.4f})" if finite
+              else f"champion: {names[0]} (no dev CE)")
     return {"champion": champion, "peer_dev_ce": dev_ce}

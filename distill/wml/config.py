@@ -58,6 +58,9 @@ class WMLConfig:
     init_points: int = field(10, "random initial points of the Bayesian search, per peer", ge=1)
     n_iter: int = field(100, "Bayesian-optimisation iterations, per peer", ge=0)
     seed: int = field(0, "seed of the peer search", ge=0, le=2**32 - 1)
+    solo_peer: int = field(
+        -1, "train only peer i of the search, alone, on its own cross-entropy: the solo twin its WML run is compared "
+        "with (same architecture, initial weights, data order and schedule); -1: the peers together", ge=-1, le=3)
     eval_tasks: list[str] = field([], "evaluation tasks run on every peer at the end (e.g. demo_pairs); empty = none")
     eval_data_dir: str = field("", "data folder for eval_tasks (as python -m eval --data-dir)")
 
@@ -81,6 +84,9 @@ class WMLRunConfig(RunSections):
                 "data.dev_dir",
                 "is empty; the peer weights are learned on dev batches, so wml.num_peers > 1 needs a dev set",
             )
+        if w.solo_peer >= w.num_peers:
+            raise ConfigError("wml.solo_peer", f"is {w.solo_peer} but there are only wml.num_peers={w.num_peers} peers "
+                                               f"(0 to {w.num_peers - 1}); give one of those, or -1")
         if w.eta_min > w.eta:
             raise ConfigError("wml.eta_min", f"is {w.eta_min}, above wml.eta={w.eta}")
         for key in ("layers", "heads", "hidden"):
@@ -96,7 +102,7 @@ class WMLRunConfig(RunSections):
             raise ConfigError(
                 "wml.search.hidden", "no hidden size is divisible by any head count; no architecture is valid"
             )
-        if w.distillation_method == "vanilla":
+        if w.distillation_method == "vanilla" and w.solo_peer < 0:  # a solo twin learns from no teacher
             if not w.teacher:
                 raise ConfigError(
                     "wml.teacher", "is empty but wml.distillation_method is vanilla; give the teacher's model folder"

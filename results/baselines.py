@@ -1,0 +1,82 @@
+"""Each method against its baseline: the same-size model trained alone on the same tokens, found among the collected
+runs, and the paired tests of the two on every task both scored pair by pair.
+
+A row's baseline is a model of the same experiment with the same architecture (the saved config.json, read as the
+model folder holds it), the same seed and the same number of words seen, trained without distillation: a `train` run
+(the student alone) or, for a WML peer, its solo twin (`wml.solo_peer`, preferred when both exist). Rows trained
+alone have no baseline; they are the baselines. For every task whose per-pair file (eval/pairs/<task>.jsonl) both
+models have, the difference of accuracies with its paired-bootstrap 95% interval and McNemar's exact p
+(results/compare.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from common.errors import UserError
+from results.compare import compare
+
+ALONE = ("train", "solo-twin")  # methods whose models are trained without distillation: the baselines
+NOT_ARCHITECTURE = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache", "architectures"}
+
+
+def architecture(model_dir: Path) -> str:
+    """A short fingerprint of the saved model's config.json, without the keys that do not change the architecture."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    kept = {k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pair_tasks(eval_dir: Path) -> set[str]:
+    return {p.stem for p in (eval_dir / "pairs").glob("*.jsonl")}
+
+
+def label(row) -> str:
+    return f"{row['recipe']} {row['model']}"
+
+
+def find_baseline(df, i: int):
+    """The index of row i's baseline in df, or None."""
+    r = df.loc[i]
+    if r["method"] in ALONE:
+        return None
+    same = df[(df["experiment"] == r["experiment"]) & (df["architecture"] == r["architecture"])
+              & (df["seed"] == r["seed"]) & (df["words_seen"] == r["words_seen"]) & df["method"].isin(ALONE)]
+    if same.empty:
+        return None
+    twins = same[same["method"] == "solo-twin"]
+    return (twins if r["method"].startswith("wml") and not twins.empty else same).index[0]
+
+
+def comparisons(df, samples: int = 10_000) -> list[dict]:
+    """One record per (method row, task): the row, its baseline, and the paired test of the two. A pair file that
+    cannot be read is named on one line and its comparison left out; the rest of the collection goes on."""
+    out = []
+    for i in df.index:
+        b = find_baseline(df, i)
+        if b is None:
+            continue
+        a_dir, b_dir = Path(df.loc[i, "eval_dir"]), Path(df.loc[b, "eval_dir"])
+        for task in sorted(pair_tasks(a_dir) & pair_tasks(b_dir)):
+            try:
+                test = compare(a_dir, b_dir, task, samples)
+            except UserError as exc:
+                print(f"not compared: {label(df.loc[i])} against {label(df.loc[b])} on {task}: {exc}")
+                continue
+            out.append({"model": label(df.loc[i]), "method": df.loc[i, "method"], "baseline": label(df.loc[b]),
+                        **test})
+    return out
+
+
+def markdown(records: list[dict]) -> str:
+    head = ["model", "method", "baseline", "task", "pairs", "model acc.", "baseline acc.", "difference (95% CI)",
+            "McNemar p"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for c in records:
+        lo, hi = c["bootstrap_95"]
+        lines.append("| " + " | ".join([
+            c["model"], c["method"], c["baseline"], c["task"], str(c["pairs"]), f"{c['accuracy_a']:.3f}",
+            f"{c['accuracy_b']:.3f}", f"{c['difference']:+.3f} ({lo:+.3f}, {hi:+.3f})", f"{c['mcnemar_p']:.3g}",
+        ]) + " |")
+    return "\n".join(lines) + "\n"
