@@ -166,7 +166,8 @@ def read_run(run: Path) -> list[dict]:
         champion = _read(run, "model/champion.json", json.loads, dict)
         rows = []
         for i, name in enumerate(champion["peers"]):
-            rows.append({**base, "model": f"{config['model']['arch']} {name}", "champion": i == champion["champion"],
+            rows.append({**base, "model": f"{config['model']['arch']} {name}",
+                         "champion": i == champion["champion"] if len(champion["peers"]) > 1 else None,  # one: no race
                          "params": _params(run, run / "model" / name), "eval_dir": str(run / "eval" / name),
                          "architecture": _architecture(run, run / "model" / name),
                          "dev_ce": _number(champion["dev_ce"][i], "model/champion.json", "dev_ce"),
