@@ -79,6 +79,23 @@ def test_train_fraction_is_a_seeded_subset(babylm_slice, tmp_path):
     )
 
 
+def test_a_block_limit_is_a_seeded_subset_in_order(babylm_slice, tmp_path):
+    """data.dev_blocks: at most `limit` blocks, the same ones for a seed, in their original order; a limit at or
+    above the count, or 0, keeps every block."""
+    data = DataConfig(train_dir=str(babylm_slice / "train"), cache_dir=str(tmp_path), block_size=32)
+    prepared = prepare(data, TokenizerConfig(vocab_size=800))
+    full = np.asarray(load_blocks(prepared.train_blocks)["input_ids"])
+    rows = {tuple(r): i for i, r in enumerate(full)}
+    part = np.asarray(load_blocks(prepared.train_blocks, seed=3, limit=7)["input_ids"])
+    assert len(part) == 7 and np.array_equal(part, np.asarray(load_blocks(prepared.train_blocks, seed=3, limit=7)[
+        "input_ids"]))
+    at = [rows[tuple(r)] for r in part]
+    assert at == sorted(at) and len(set(at)) == 7
+    assert not np.array_equal(part, np.asarray(load_blocks(prepared.train_blocks, seed=4, limit=7)["input_ids"]))
+    for keep_all in (0, len(full), len(full) + 5):
+        assert len(load_blocks(prepared.train_blocks, seed=3, limit=keep_all)) == len(full)
+
+
 @pytest.mark.parametrize("kind", ["pretrained", "pretrained_hf"])
 def test_pretrained_tokenizer_from_local_folder(kind, tmp_path):
     sw = shared("babylm_2024_switchboard", "train_10M")

@@ -64,6 +64,15 @@ def test_masked_lm(demo_args, tmp_path):
     assert (run_dir(tmp_path) / "DONE").exists()
 
 
+def test_dev_blocks_evaluates_a_subset(demo_args, tmp_path):
+    """data.dev_blocks=3: the dev loss is taken on 3 blocks (the Trainer's own count of evaluated samples)."""
+    proc = ok(run_cli("train", *demo_args, "train.max_steps=10", "data.dev_blocks=3"))
+    assert "3 dev blocks (data.dev_blocks)" in proc.stdout
+    rows = [json.loads(line) for line in (run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert evals and all(round(r["eval_samples_per_second"] * r["eval_runtime"]) == 3 for r in evals), evals
+
+
 def test_real_babylm_2023_llama(tmp_path, cache_dir):
     train = slice_corpus(shared("babylm_2023_partial", "train_10M"), tmp_path / "train", 2000)
     dev = slice_corpus(shared("babylm_2023_partial", "dev"), tmp_path / "dev", 300)

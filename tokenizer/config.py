@@ -29,8 +29,11 @@ class DataConfig:
     train_fraction: float = field(
         1.0, "fraction of training blocks to use (seeded subset), for quick grid points", gt=0, le=1
     )
+    dev_blocks: int = field(
+        0, "use at most this many dev blocks (a seeded subset, data.seed) for a quicker dev loss on a large dev set; "
+        "0 = all", ge=0)
     mlm_probability: float = field(0.15, "share of tokens masked per block when the model is a masked LM", gt=0, lt=1)
-    seed: int = field(42, "seed for the demo grammar and the train_fraction subset", ge=0, le=2**32 - 1)
+    seed: int = field(42, "seed for the demo grammar and the train_fraction and dev_blocks subsets", ge=0, le=2**32 - 1)
     num_proc: int = field(1, "processes for tokenizing with datasets.map", ge=1)
     cache_dir: str = field(
         "cache", "where cleaned text, trained tokenizers and packed blocks are cached (fingerprinted)"

@@ -208,8 +208,10 @@ def block_words(blocks) -> np.ndarray:
     return blocks.select_columns(["words"]).with_format("numpy")[:]["words"]
 
 
-def load_blocks(path: Path, fraction: float = 1.0, seed: int = 0, with_index: bool = False, with_words: bool = False):
-    """The packed blocks at `path` as a torch-formatted Dataset; a seeded subset when fraction < 1.
+def load_blocks(path: Path, fraction: float = 1.0, seed: int = 0, with_index: bool = False, with_words: bool = False,
+                limit: int = 0):
+    """The packed blocks at `path` as a torch-formatted Dataset; a seeded subset when fraction < 1 or when `limit`
+    (> 0) is below the number of blocks (the subset keeps the blocks' order).
     `with_index` adds `block_index`, each block's row in the full packed set; `with_words` keeps
     `words`, the raw words each block holds (training counts them)."""
     import datasets
@@ -219,7 +221,9 @@ def load_blocks(path: Path, fraction: float = 1.0, seed: int = 0, with_index: bo
         ds = ds.remove_columns(["words"])
     if with_index:
         ds = ds.add_column("block_index", np.arange(len(ds), dtype=np.int64))
-    if fraction < 1.0:
-        keep = max(1, math.ceil(len(ds) * fraction))
+    keep = max(1, math.ceil(len(ds) * fraction)) if fraction < 1.0 else len(ds)
+    if 0 < limit < keep:
+        keep = limit
+    if keep < len(ds):
         ds = ds.select(np.sort(np.random.default_rng(seed).permutation(len(ds))[:keep]))
     return ds.with_format("torch")

@@ -97,11 +97,13 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     train_ds = load_blocks(
         prepared.train_blocks, cfg.data.train_fraction, cfg.data.seed, with_index=built.block_index, with_words=True
     )
-    dev_ds = load_blocks(prepared.dev_blocks) if prepared.dev_blocks else None
+    dev_ds = None
+    if prepared.dev_blocks:
+        dev_ds = load_blocks(prepared.dev_blocks, seed=cfg.data.seed, limit=cfg.data.dev_blocks)
     budget = words.plan(cfg.train, block_words(train_ds), targs.world_size)
     targs.max_steps, targs.num_train_epochs = budget.max_steps, budget.epochs or targs.num_train_epochs
     print(f"{built.banner}; {len(train_ds)} train blocks of {cfg.data.block_size} tokens ({budget.epoch_words:,} words)"
-          + (f", {len(dev_ds)} dev blocks" if dev_ds else ""))
+          + (f", {len(dev_ds)} dev blocks" + (" (data.dev_blocks)" if cfg.data.dev_blocks else "") if dev_ds else ""))
 
     # 2. The run directory, then training from the newest good checkpoint (none left to take: only finish).
     run_dir.create(cfglib.to_dict(cfg), decision)
