@@ -2,7 +2,8 @@
 runs, and the paired tests of the two on every task both scored pair by pair.
 
 A row's baseline is a model of the same experiment with the same architecture (the saved config.json, read as the
-model folder holds it), the same seed and the same number of words seen, trained without distillation: a `train` run
+model folder holds it), the same training data and tokenizer (`data_key`), the same seed and the same number of words
+seen, trained without distillation: a `train` run
 (the student alone) or, for a WML peer, its solo twin (`wml.solo_peer`, preferred when both exist). Rows trained
 alone have no baseline; they are the baselines. For every task whose per-pair file (eval/pairs/<task>.jsonl) both
 models have, the difference of accuracies with its paired-bootstrap 95% interval and McNemar's exact p
@@ -28,6 +29,17 @@ def architecture(model_dir: Path) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 
+TRAINING_DATA = ("train_dir", "demo", "block_size", "packing", "train_fraction", "seed")  # what decides the tokens seen
+
+
+def data_key(config: dict) -> str:
+    """A short fingerprint of what decides a run's training tokens and their order: the data keys above and the
+    tokenizer section of its config.yaml."""
+    data = config.get("data") or {}
+    kept = {"data": {k: data.get(k) for k in TRAINING_DATA}, "tokenizer": config.get("tokenizer")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def pair_tasks(eval_dir: Path) -> set[str]:
     return {p.stem for p in (eval_dir / "pairs").glob("*.jsonl")}
 
@@ -42,7 +54,8 @@ def find_baseline(df, i: int):
     if r["method"] in ALONE:
         return None
     same = df[(df["experiment"] == r["experiment"]) & (df["architecture"] == r["architecture"])
-              & (df["seed"] == r["seed"]) & (df["words_seen"] == r["words_seen"]) & df["method"].isin(ALONE)]
+              & (df["data_key"] == r["data_key"]) & (df["seed"] == r["seed"]) & (df["words_seen"] == r["words_seen"])
+              & df["method"].isin(ALONE)]
     if same.empty:
         return None
     twins = same[same["method"] == "solo-twin"]

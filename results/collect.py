@@ -129,6 +129,8 @@ def _architecture(run: Path, model_dir: Path) -> str:
 
 def read_run(run: Path) -> list[dict]:
     """The rows of one finished run; raises ValueError (`Unusable`: file and reason) when it is not usable."""
+    from results.baselines import data_key
+
     if not (run / "DONE").is_file():
         raise Unusable("DONE", "missing: the run has not finished")
     config = _read(run, "config.yaml", yaml.safe_load, dict)
@@ -161,6 +163,7 @@ def read_run(run: Path) -> list[dict]:
         "train_hours": round(seconds / 3600, 4),
         "gpu_hours": round(seconds * world / 3600, 4) if gpus else 0.0,
         "seed": (config.get("train") or {}).get("seed"),
+        "data_key": data_key(config),
     }
     if "wml" in config:
         champion = _read(run, "model/champion.json", json.loads, dict)

@@ -196,7 +196,7 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> No
     if tests:
         write_atomic(out / f"{name}-baselines.md", baseline_markdown(tests))
         made.insert(0, out / f"{name}-baselines.md")
-        print("each method against its baseline (same architecture, seed and words seen, trained alone):\n"
+        print("each method against its baseline (same architecture, text, seed and words seen, trained alone):\n"
               + baseline_markdown(tests))
     print(f"{len(df)} row(s) from {df['run'].nunique()} run(s), {len(incomplete)} incomplete -> "
           + ", ".join(str(p) for p in [out / f"{name}.csv", out / f"{name}.md", *made]))

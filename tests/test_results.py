@@ -234,23 +234,26 @@ def test_curves_plot_dev_ce_and_the_ce_term_never_the_mixed_training_loss(tmp_pa
 
 def test_a_method_is_compared_with_the_same_architecture_seed_and_words_trained_alone():
     """The baseline rule, on rows as collect makes them: same experiment, architecture, seed and words seen, trained
-    alone; a WML peer's solo twin before a plain run of its architecture; runs trained alone have none."""
+    alone on the same text and tokenizer; a WML peer's solo twin before a plain run of its architecture; runs trained
+    alone have none."""
     import pandas as pd
 
     from results.baselines import find_baseline
 
-    def row(recipe, method, arch="A", seed=42, words=1000, experiment="e"):
+    def row(recipe, method, arch="A", seed=42, words=1000, experiment="e", data="d"):
         return {"recipe": recipe, "model": arch, "method": method, "architecture": arch, "seed": seed,
-                "words_seen": words, "experiment": experiment}
+                "words_seen": words, "experiment": experiment, "data_key": data}
 
     df = pd.DataFrame([
         row("student", "train"), row("kd", "kd:ce+logit_kd"), row("kd-seed", "kd:ce+logit_kd", seed=1),
         row("kd-longer", "kd:ce+logit_kd", words=2000), row("kd-other", "kd:ce+logit_kd", experiment="f"),
-        row("kd-wider", "kd:ce+logit_kd", arch="B"), row("twin", "solo-twin"), row("peer", "wml-mutual"),
+        row("kd-wider", "kd:ce+logit_kd", arch="B"), row("kd-other-text", "kd:ce+logit_kd", data="other"),
+        row("twin", "solo-twin"), row("peer", "wml-mutual"),
         row("teacher", "train", arch="T"),
     ])
     by = {r: i for i, r in enumerate(df["recipe"])}
     assert find_baseline(df, by["kd"]) == by["student"]
     assert find_baseline(df, by["peer"]) == by["twin"]  # the twin, not the plain run of the same architecture
-    for alone_or_unmatched in ("student", "twin", "teacher", "kd-seed", "kd-longer", "kd-other", "kd-wider"):
+    for alone_or_unmatched in ("student", "twin", "teacher", "kd-seed", "kd-longer", "kd-other", "kd-wider",
+                               "kd-other-text"):
         assert find_baseline(df, by[alone_or_unmatched]) is None, alone_or_unmatched
