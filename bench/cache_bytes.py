@@ -20,7 +20,6 @@ rescaling to a total of 1 as ours, so that both sides differ only in what they s
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -43,7 +42,7 @@ DISTILLKIT = {  # name: (k, exact values, fitted terms), from DistillKit's READM
 
 def distillkit_bytes(k: int, exact: int, terms: tuple, vocab: int) -> int:
     values = exact * 16 + len(terms) * 32
-    return -(-values // 8) + -(-k * math.ceil(math.log2(vocab)) // 8)
+    return -(-values // 8) + -(-k * C.id_bits(vocab) // 8)
 
 
 def distillkit_logp(top: torch.Tensor, exact: int, terms: tuple) -> torch.Tensor:
@@ -53,10 +52,6 @@ def distillkit_logp(top: torch.Tensor, exact: int, terms: tuple) -> torch.Tensor
     coef = torch.linalg.pinv(basis) @ top[:, exact:].double().T  # [terms, N]
     fitted = (basis @ coef.float().double()).T.float()  # the coefficients stored as float32
     return torch.cat([top[:, :exact].bfloat16().float(), fitted], 1)
-
-
-def rescale(logp: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
-    return logp + (torch.log1p(-rest.clamp(0, 1 - 1e-6)) - logp.logsumexp(-1))[..., None]
 
 
 def rows(kind: str, n: int, vocab: int) -> torch.Tensor:
@@ -77,7 +72,7 @@ def errors(n: int, k: int, vocab: int = 16_000) -> dict[str, dict[str, float]]:
         stored = {fmt: C.decode(fmt, C.encode(fmt, top, ids, rest, vocab), k, vocab)[0] for fmt in C.FORMATS + TRIALS}
         for name, (dk_k, exact, terms) in DISTILLKIT.items():
             if dk_k == k:
-                stored[name] = rescale(distillkit_logp(top, exact, terms), rest)
+                stored[name] = C.rescale(distillkit_logp(top, exact, terms), rest)
         for noise in (1.0, 0.3):
             student = logits + noise * torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
             student = student.double()  # float64 from here: the smallest shares are otherwise float32 rounding

@@ -98,10 +98,13 @@ def decode(
     codes = torch.from_numpy(unpack(arrays["codes"], bits, k - head)).float()
     step = torch.from_numpy(arrays["step"].astype(np.float32))[..., None]
     tail = first[..., -1:] - step * codes.cumsum(-1)
-    logp = torch.cat([first, tail], -1)
-    # rescale so that the k probabilities and the stored rest sum to exactly 1
-    logp = logp + (torch.log1p(-rest.clamp(0, 1 - 1e-6)) - logp.logsumexp(-1))[..., None]
-    return logp, ids, rest
+    return rescale(torch.cat([first, tail], -1), rest), ids, rest
+
+
+def rescale(logp: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """logp [..., k] shifted so that the k probabilities and the stored rest [...] sum to exactly 1 (an error in the
+    total would otherwise enter the KD loss at first order)."""
+    return logp + (torch.log1p(-rest.clamp(0, 1 - 1e-6)) - logp.logsumexp(-1))[..., None]
 
 
 def pack(values: np.ndarray, bits: int) -> np.ndarray:

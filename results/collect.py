@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from common.errors import summary
+from results.baselines import architecture, data_key
 
 FAMILY_ORDER = ["blimp_filtered", "blimp_supplement", "blimp", "ewok_filtered", "demo_pairs"]
 
@@ -119,8 +120,6 @@ def _params(run: Path, model_dir: Path) -> int:
 
 
 def _architecture(run: Path, model_dir: Path) -> str:
-    from results.baselines import architecture
-
     try:
         return architecture(model_dir)
     except (OSError, ValueError) as exc:
@@ -129,8 +128,6 @@ def _architecture(run: Path, model_dir: Path) -> str:
 
 def read_run(run: Path) -> list[dict]:
     """The rows of one finished run; raises ValueError (`Unusable`: file and reason) when it is not usable."""
-    from results.baselines import data_key
-
     if not (run / "DONE").is_file():
         raise Unusable("DONE", "missing: the run has not finished")
     config = _read(run, "config.yaml", yaml.safe_load, dict)
