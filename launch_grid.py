@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from grid import executors
     from grid.launcher import run_grid
-    from grid.plan import check_finetune, expand, load_grid
+    from grid.plan import check_finetune, check_tasks, expand, load_grid
 
     args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     cfg = load_grid(args.grid, args.overrides)
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         cfglib.parse_override(s)  # a malformed --set fails here, before anything runs
     points = expand(cfg, args.grid, args.sets)
     check_finetune(cfg)
+    check_tasks(cfg)
     from grid.report import print_plan
 
     print_plan(points, cfg)

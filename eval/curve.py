@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from common.errors import UserError
@@ -51,6 +52,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tasks", help=f"comma-separated task families instead ({', '.join(available())})")
     p.add_argument("--data-dir", help="BabyLM's evaluation_data folder (demo_pairs: cache/demo)")
     p.add_argument("--backend", choices=BACKENDS, default="causal", help="causal, mlm or mntp")
+    p.add_argument("--convention", choices=["babylm2024", "babylm2025"],
+                   help="as python -m eval --convention (default: the task's own, else babylm2024; --suite: 2025)")
+    p.add_argument("--ewok-password", default=os.environ.get("EWOK_PASSWORD"),
+                   help="EWoK's zip password (default $EWOK_PASSWORD)")
     p.add_argument("--batch-size", default="64", help="sequences per forward pass, or 'auto'")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--out", help="where the PNGs go (default: <run>/eval/curves for one run, "
@@ -66,6 +71,8 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     if bool(args.suite) == bool(args.tasks):
         raise UserError("eval curve: give --suite or --tasks (one of them)")
+    if args.suite and args.convention == "babylm2024":
+        raise UserError(f"--suite {args.suite} is the 2025 pipeline's; drop --convention babylm2024")
     tasks = SUITES[args.suite] if args.suite else [t.strip() for t in args.tasks.split(",") if t.strip()]
     runs = [Path(r) for r in args.runs]
     for run in runs:
@@ -74,10 +81,11 @@ def main(argv: list[str]) -> int:
         milestones(run)  # every run checked before anything is evaluated
     opts = Options(
         backend=args.backend,
-        convention="babylm2025" if args.suite else None,
+        convention="babylm2025" if args.suite else args.convention,
         batch_size=args.batch_size,
         device=args.device,
         data_dir=args.data_dir,
+        ewok_password=args.ewok_password,
         progress=not args.no_progress,
         fast=args.suite == "babylm2025-fast",
     )

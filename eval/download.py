@@ -1,10 +1,12 @@
 """`python -m eval download`: put the evaluation data where `--data-dir` expects it.
 
-Two sources, both unpacked into one folder (default `evaluation_data/`):
+Sources, all unpacked into one folder (default `evaluation_data/`):
 - BabyLM's evaluation data (blimp_filtered/, supplement_filtered/, EWoK), published on OSF
   (https://osf.io/ad7qg/). OSF gives no stable direct link to the folder, so download its zip
   in a browser and pass it (or any URL to it) with `--from`.
 - The full BLiMP, from its GitHub archive (fetched by default when there is a network).
+- A local folder that holds such files or archives (e.g. ../shared/data): its task folders are copied and the
+  archives in it unpacked, so one command assembles the folder that `--data-dir` and a grid's eval_data_dir expect.
 
 EWoK stays in its password-protected zip: plain EWoK files found in an archive are not
 written out (its terms allow sharing only inside such zips); point `--ewok-zip` at the zip.
@@ -31,15 +33,25 @@ KEEP = {  # folder in the archive -> folder under the destination
     "supplement_filtered": "supplement_filtered",
     "blimp_supplement": "blimp_supplement",
     "data": "blimp",  # BLiMP's own archive: <repo>/data/<paradigm>.jsonl
+    "blimp_fast": "blimp_fast",  # the 2025 pipeline's extra tasks and fast variants (eval/tasks/*.yaml)
+    "supplement_fast": "supplement_fast",
+    "entity_tracking": "entity_tracking",
+    "entity_tracking_fast": "entity_tracking_fast",
+    "wug_adj_nominalization": "wug_adj_nominalization",
+    "wug_past_tense": "wug_past_tense",
+    "comps": "comps",
+    "reading": "reading",
 }
+TASK_FILES = ("*.jsonl", "*.csv")  # reading/reading_data.csv is the one CSV
+ARCHIVES = (".zip", ".tar.gz", ".tgz", ".tar")
 
 
 def fetch(source: str, work: Path) -> Path:
-    """A local path as is; a URL (http, https, file) downloaded into `work`."""
+    """A local path (an archive or a folder) as is; a URL (http, https, file) downloaded into `work`."""
     if "://" not in source:
         path = Path(source)
-        if not path.is_file():
-            raise UserError(f"--from {source}: no such file")
+        if not path.exists():
+            raise UserError(f"--from {source}: no such file or folder")
         return path
     target = work / (PurePosixPath(source.split("?")[0]).name or "download")
     try:
@@ -55,7 +67,9 @@ def fetch(source: str, work: Path) -> Path:
 
 
 def _members(archive: Path) -> list[tuple[str, callable]]:
-    """(name, read) for every file in a zip or tar archive."""
+    """(name, read) for every file in a zip or tar archive, or under a folder (names relative to it)."""
+    if archive.is_dir():
+        return [(p.relative_to(archive).as_posix(), p.read_bytes) for p in sorted(archive.rglob("*")) if p.is_file()]
     if zipfile.is_zipfile(archive):
         zf = zipfile.ZipFile(archive)
         return [(i.filename, (lambda i=i: zf.read(i))) for i in zf.infolist() if not i.is_dir()]
@@ -66,10 +80,41 @@ def _members(archive: Path) -> list[tuple[str, callable]]:
     return [(m.name, (lambda m=m: tf.extractfile(m).read())) for m in tf.getmembers() if m.isfile()]
 
 
+def _is_ewok_zip(name: str) -> bool:
+    return name.startswith("ewok") and name.endswith(".zip")
+
+
+def _encrypted(archive: Path) -> bool:
+    """A zip whose members are password-protected: EWoK's own zip, kept whole (read in place by the tasks)."""
+    if not zipfile.is_zipfile(archive):
+        return False
+    with zipfile.ZipFile(archive) as zf:
+        return any(info.flag_bits & 0x1 for info in zf.infolist())
+
+
 def unpack(archive: Path, dest: Path) -> dict[str, int]:
-    """Copy the task folders' JSONL files and any EWoK zip from `archive` into `dest`; returns files per folder."""
+    """Copy the task folders' JSONL (and CSV) files and any EWoK zip from `archive` (or a folder, whose archives are
+    unpacked too) into `dest`; returns files per folder. An EWoK zip given itself is copied as it is."""
+    if archive.is_file() and _is_ewok_zip(archive.name) and _encrypted(archive):
+        return _write(dest / archive.name, archive.read_bytes, dest, {})
     with reading(archive, "the archive", "download it again"):
-        return _unpack(archive, dest)
+        counts = _unpack(archive, dest)
+    if archive.is_dir():
+        for nested in sorted(p for p in archive.rglob("*") if p.is_file() and p.name.endswith(ARCHIVES)
+                             and not _is_ewok_zip(p.name)):
+            for key, n in unpack(nested, dest).items():
+                counts[key] = counts.get(key, 0) + n
+    return counts
+
+
+def _write(target: Path, read, dest: Path, counts: dict[str, int]) -> dict[str, int]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    tmp.write_bytes(read())
+    tmp.replace(target)
+    key = target.parent.name if target.parent != dest else target.name
+    counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _unpack(archive: Path, dest: Path) -> dict[str, int]:
@@ -78,22 +123,17 @@ def _unpack(archive: Path, dest: Path) -> dict[str, int]:
         parts = PurePosixPath(name).parts
         if any(p in ("..", "") for p in parts) or name.startswith("/"):
             continue  # never write outside dest
-        if parts[-1].startswith("ewok") and parts[-1].endswith(".zip"):
+        if _is_ewok_zip(parts[-1]):
             target = dest / parts[-1]
         elif "ewok_filtered" in parts or "ewok" in parts[:-1]:
             counts[SKIPPED] = counts.get(SKIPPED, 0) + 1
             continue
         else:
             folders = [p for p in parts[:-1] if p in KEEP]
-            if not folders or not fnmatch.fnmatch(parts[-1], "*.jsonl"):
+            if not folders or not any(fnmatch.fnmatch(parts[-1], pattern) for pattern in TASK_FILES):
                 continue
             target = dest / KEEP[folders[-1]] / parts[-1]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.part")
-        tmp.write_bytes(read())
-        tmp.replace(target)
-        key = target.parent.name if target.parent != dest else target.name
-        counts[key] = counts.get(key, 0) + 1
+        _write(target, read, dest, counts)
     return counts
 
 

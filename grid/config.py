@@ -23,6 +23,8 @@ class StageConfig:
     overrides: dict[str, Any] = field(
         {}, "dotted recipe key -> value for every point of the stage, e.g. data.train_fraction: 0.2"
     )
+    curve: bool = field(True, "evaluate this stage's milestones on the grid's tasks_per_milestone (false: the stage "
+                              "needs no train.word_checkpoints, e.g. teachers)")
 
 
 @dataclass
@@ -67,6 +69,9 @@ class GridConfig:
     stages: list[StageConfig] = field([], "the stages, run in order")
     tasks: list[str] = field(["demo_pairs"], "evaluation tasks run on every point (python -m eval --tasks)")
     eval_data_dir: str = field("", "BabyLM evaluation_data folder for the tasks (empty: eval's default)")
+    convention: Literal["", "babylm2024", "babylm2025"] = field(
+        "", "how the zero-shot tasks are scored (python -m eval --convention; empty: each task's own, else babylm2024)"
+    )
     finetune: list[str] = field([], "fine-tuning tasks run on every point's models (python -m eval finetune --tasks)")
     tasks_per_milestone: list[str] = field(
         [],

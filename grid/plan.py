@@ -32,6 +32,7 @@ class Point:
     run: str                       # the run directory
     tasks: list[str]
     eval_data_dir: str = ""
+    convention: str = ""           # python -m eval --convention; empty: each task's own
     backend: str = "causal"        # how its models are evaluated (eval.model.backend_for its objective)
     finetune: list[str] = field(default_factory=list)  # fine-tuning tasks (eval.finetune), after the zero-shot ones
     finetune_data_dir: str = ""
@@ -155,8 +156,9 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
                     overrides["wml.eval_tasks"] = []  # the grid evaluates every peer itself, on its own tasks
                 point = Point(grid=cfg.name, stage=stage.name, name=base, recipe=recipe, kind=kind, axes=combo,
                               overrides=overrides, run="", tasks=list(cfg.tasks), eval_data_dir=cfg.eval_data_dir,
-                              finetune=list(cfg.finetune), finetune_data_dir=cfg.finetune_data_dir,
-                              tasks_per_milestone=list(cfg.tasks_per_milestone),
+                              convention=cfg.convention, finetune=list(cfg.finetune),
+                              finetune_data_dir=cfg.finetune_data_dir,
+                              tasks_per_milestone=list(cfg.tasks_per_milestone) if stage.curve else [],
                               deepspeed=cfg.executor.deepspeed, extra=list(extra))
                 built, point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})")
                 # The values as the config reads them: 0.001 and "1e-3" are one value, hence one point.
@@ -202,6 +204,37 @@ def check_finetune(cfg: GridConfig) -> None:
         except UserError as exc:
             raise UserError(f"finetune_data_dir: {exc}".replace("--data-dir ", "")) from None
         finetune.read_task(name, data)
+
+
+GRID_WORDS = (("pass --ewok-password (or set EWOK_PASSWORD)", "set EWOK_PASSWORD"),
+              ("--ewok-password", "$EWOK_PASSWORD"), ("pass --data-dir with", "set eval_data_dir to"),
+              ("pass --data-dir", "set eval_data_dir"), ("--data-dir", "eval_data_dir"))
+
+
+def check_tasks(cfg: GridConfig) -> None:
+    """Every zero-shot task's files are read now, before anything trains: a wrong eval_data_dir or a missing
+    $EWOK_PASSWORD would otherwise stop the first point after its training. A task's own default folder (the
+    demo's) may appear later, when the first demo run writes the corpus."""
+    import os
+
+    from common.config import load
+    from common.paths import REPO
+    from eval.tasks import TaskSpec, load_task, resolve_spec
+
+    for key in ("tasks", "tasks_per_milestone"):
+        for task in dict.fromkeys(getattr(cfg, key)):
+            spec = load(TaskSpec, resolve_spec(task)[1])
+            if not cfg.eval_data_dir and spec.data_dir and not any(
+                (base / spec.data_dir).is_dir() for base in (Path.cwd(), REPO)
+            ):
+                continue
+            try:
+                load_task(task, cfg.eval_data_dir or None, password=os.environ.get("EWOK_PASSWORD"))
+            except UserError as exc:
+                message = str(exc)  # eval's advice, in the grid's words
+                for flag, key_word in GRID_WORDS:
+                    message = message.replace(flag, key_word)
+                raise UserError(f"{key}: {message}") from None
 
 
 def check_point(point: Point, grid_path: str | Path, where: str) -> tuple[Any, str]:

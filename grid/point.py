@@ -50,6 +50,8 @@ def eval_argvs(point: Point) -> list[list[str]]:
     on the grid's tasks it lacks, then on each fine-tuning task it lacks, then its milestones (the learning curve)."""
     argvs = []
     data = ["--data-dir", point.eval_data_dir] if point.eval_data_dir else []
+    if point.convention:
+        data += ["--convention", point.convention]
     for model in point.model_dirs():
         out = point.eval_dir(model)
         todo = [t for t in point.tasks if not (out / f"{t}.json").is_file()]

@@ -471,6 +471,32 @@ def test_download_unpacks_local_archives(tmp_path, data_slice):
     )
 
 
+def test_download_assembles_the_2025_folder_from_a_local_folder(tmp_path, data_slice):
+    """A folder as --from (e.g. ../shared/data): its task folders copied, the archives in it unpacked (the 2025
+    extras, BLiMP), EWoK's password-protected zip copied whole; every 2025 task then loads from the result."""
+    source = tmp_path / "shared"
+    shutil.copytree(data_slice / "blimp_filtered", source / "blimp_filtered")
+    shutil.copy(shared("babylm2025_extra_tasks.tar.gz"), source / "babylm2025_extra_tasks.tar.gz")
+    shutil.copy(shared("ewok_filtered.zip"), source / "ewok_filtered.zip")
+    (source / "corpus").mkdir()
+    (source / "corpus" / "train.txt").write_text("not a task file\n")
+    dest = tmp_path / "evaluation_data"
+    proc = ok(run_cli("eval", "download", "--dest", str(dest), "--from", str(source)))
+    assert "entity_tracking: 3 file(s)" in proc.stdout and "reading: 1 file(s)" in proc.stdout
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "blimp_filtered", "entity_tracking", "ewok_filtered.zip", "reading", "wug_adj_nominalization"]
+    assert (dest / "ewok_filtered.zip").read_bytes() == shared("ewok_filtered.zip").read_bytes()
+    from eval.tasks import load_task
+
+    assert len(load_task("ewok_filtered", str(dest), "ewok").items) == 7618
+    assert len(load_task("wug_adj", str(dest)).items) == 200
+    assert len(load_task("reading", str(dest)).table) == 1726 and load_task("entity_tracking", str(dest)).items
+    assert_user_error(
+        run_cli("eval", "download", "--dest", str(dest), "--from", str(tmp_path / "nowhere")), "nowhere",
+        "no such file or folder"
+    )
+
+
 def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_root, tmp_path):
     """`python -m eval finetune` on the demo's phenomenon task (five classes): the last token's state learns it;
     position 0 of a causal model has seen one token (the 2025 script's choice), so it stays at chance."""

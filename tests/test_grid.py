@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, assert_user_error, ok
+from conftest import ROOT, assert_user_error, ok, shared
 
 FAST = [
     "train.max_steps=20",
@@ -244,6 +245,30 @@ def test_bad_grids_fail_with_one_line_and_run_nothing(workdir, change, needles):
         return
     assert_user_error(proc, *needles)
     assert not (workdir / "runs").exists() and not (workdir / "results").exists()
+
+
+def test_the_zero_shot_data_is_read_before_anything_trains(workdir, tmp_path):
+    """A wrong eval_data_dir, a folder without a task's files, EWoK without $EWOK_PASSWORD or with a wrong one, a
+    convention that does not exist: each is one line naming the key before the first point trains."""
+    data = tmp_path / "evaluation_data"
+    data.mkdir()
+    shutil.copy(shared("ewok_filtered.zip"), data / "ewok_filtered.zip")
+    grid = ("name: zero-shot\nstages:\n  - name: s\n    recipes: [config/runs/demo-student.yaml]\n"
+            f"tasks: [ewok_filtered]\neval_data_dir: {data}\nexecutor: {{kind: debug}}\n")
+    env = {"EWOK_PASSWORD": ""}
+    assert_user_error(launch(workdir, str(write_grid(workdir, grid)), env=env), "tasks:", "set EWOK_PASSWORD")
+    assert_user_error(launch(workdir, str(write_grid(workdir, grid)), env={"EWOK_PASSWORD": "wrong"}),
+                      "tasks:", "$EWOK_PASSWORD")
+    for text, needles in (
+        (grid.replace(str(data), str(tmp_path / "nowhere")), ["eval_data_dir", "nowhere", "no such folder"]),
+        (grid.replace("[ewok_filtered]", "[ewok_filtered, wug_adj]"), ["tasks:", "wug_adj", "set eval_data_dir to"]),
+        (grid + "tasks_per_milestone: [reading]\n", ["tasks_per_milestone:", "reading"]),
+        (grid + "convention: babylm2026\n", ["convention", "babylm2025"]),
+    ):
+        assert_user_error(launch(workdir, str(write_grid(workdir, text)), env={"EWOK_PASSWORD": "ewok"}), *needles)
+    assert not (workdir / "runs").exists()
+    proc = ok(launch(workdir, str(write_grid(workdir, grid)), "--dry-run", env={"EWOK_PASSWORD": "ewok"}))
+    assert "1 point(s)" in proc.stdout
 
 
 def test_slurm_executor_without_sbatch_submits_nothing(workdir):
