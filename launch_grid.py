@@ -51,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     for s in args.sets:
         cfglib.parse_override(s)  # a malformed --set fails here, before anything runs
     points = expand(cfg, args.grid, args.sets)
-    check_finetune(cfg)
-    check_tasks(cfg)
     from grid.report import print_plan
 
     print_plan(points, cfg)
     if args.dry_run:
         return 0
+    check_finetune(cfg)  # the evaluation data, read before anything trains (a plan needs none)
+    check_tasks(cfg)
     if cfg.executor.kind == "slurm":
         executors.check_slurm()
     from common.paths import FolderLock, Locked

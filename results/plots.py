@@ -148,7 +148,8 @@ def grid_heatmap(df, metric: str, out: Path) -> Path | None:
 
 def learning_curves(df, out_prefix: Path) -> list[Path]:
     """One PNG per task that some run has a learning curve for (eval/curve.json, from `python -m eval curve` or a
-    grid's tasks_per_milestone): score against words seen, one line per run (and WML peer)."""
+    grid's tasks_per_milestone): score against words seen, one line per run (and WML peer), each ending at the
+    final model's own score on that task (its words seen, when later than its last milestone)."""
     import json
 
     from common.curves import curve_lines, plot_curve
@@ -159,10 +160,31 @@ def learning_curves(df, out_prefix: Path) -> list[Path]:
         if file.is_file():
             curves[Path(run).name] = json.loads(file.read_text(encoding="utf-8"))["tasks"]
     tasks = sorted({task for per_task in curves.values() for task in per_task})
-    return [
-        plot_curve(task, *curve_lines(curves, task), out_prefix.with_name(f"{out_prefix.name}-curve-{task}.png"))
-        for task in tasks
-    ]
+    made = []
+    for task in tasks:
+        lines, metric = curve_lines(curves, task)
+        png = out_prefix.with_name(f"{out_prefix.name}-curve-{task}.png")
+        made.append(plot_curve(task, with_final_scores(lines, df, task), metric, png))
+    return made
+
+
+def with_final_scores(lines: dict[str, list], df, task: str) -> dict[str, list]:
+    """`lines` (label -> [(words seen, score)] of the milestones; a WML peer is `run/peer-i`) with each model's final
+    score on `task` appended, at its run's words seen, when that is later than its last milestone."""
+    out = {label: list(points) for label, points in lines.items()}
+    for row in df.to_dict("records"):
+        run = Path(row["run"])
+        label = run.name if row["eval_dir"] == str(run / "eval") else f"{run.name}/{Path(row['eval_dir']).name}"
+        score, words = row.get(task), row.get("words_seen")
+        if out.get(label) and _finite(score) and _finite(words) and words > max(w for w, _ in out[label]):
+            out[label].append((int(words), score))
+    return out
+
+
+def _finite(value) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> None:

@@ -290,7 +290,7 @@ def test_unknown_grid_key_and_missing_grid_file(workdir):
 @pytest.mark.parametrize("grid", sorted((ROOT / "config" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_grid_plans(grid, workdir):
     proc = ok(launch(workdir, f"config/grids/{grid.name}", "--dry-run"))
-    expected = {"demo": 9, "palenka-weights": 25}[grid.stem]
+    expected = {"demo": 9, "palenka-weights": 25, "study-cpu": 11}[grid.stem]
     assert f"{expected} point(s)" in proc.stdout
     assert not (workdir / "runs").exists()
 

@@ -232,6 +232,33 @@ def test_curves_plot_dev_ce_and_the_ce_term_never_the_mixed_training_loss(tmp_pa
     assert plots.term_curves(tmp_path / "kd", tmp_path / "kd.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_learning_curve_ends_at_the_final_models_own_score(tmp_path):
+    """Milestones give the curve's points; each model's final score (its run's words seen) is the last one, when it
+    lies beyond the last milestone; a WML peer's line is run/peer-i; no final score or a non-finite one adds nothing."""
+    import pandas as pd
+
+    from results.plots import with_final_scores
+
+    lines = {"student": [(100, 0.51), (300, 0.53)], "wml/peer-0": [(100, 0.50)], "wml/peer-1": [(100, 0.49)],
+             "kd": [(100, 0.52), (1000, 0.60)]}
+    df = pd.DataFrame([
+        {"run": str(tmp_path / "student"), "eval_dir": str(tmp_path / "student" / "eval"), "words_seen": 1000,
+         "blimp_filtered": 0.55},
+        {"run": str(tmp_path / "wml"), "eval_dir": str(tmp_path / "wml" / "eval" / "peer-0"), "words_seen": 1000,
+         "blimp_filtered": 0.56},
+        {"run": str(tmp_path / "wml"), "eval_dir": str(tmp_path / "wml" / "eval" / "peer-1"), "words_seen": 1000,
+         "blimp_filtered": float("nan")},
+        {"run": str(tmp_path / "kd"), "eval_dir": str(tmp_path / "kd" / "eval"), "words_seen": 1000,
+         "blimp_filtered": 0.61},
+        {"run": str(tmp_path / "teacher"), "eval_dir": str(tmp_path / "teacher" / "eval"), "words_seen": 3000,
+         "blimp_filtered": 0.58},
+    ])
+    out = with_final_scores(lines, df, "blimp_filtered")
+    assert out == {"student": [(100, 0.51), (300, 0.53), (1000, 0.55)], "wml/peer-0": [(100, 0.50), (1000, 0.56)],
+                   "wml/peer-1": [(100, 0.49)], "kd": [(100, 0.52), (1000, 0.60)]}
+    assert lines["student"] == [(100, 0.51), (300, 0.53)]  # the caller's lines are left as they were
+
+
 def test_a_method_is_compared_with_the_same_architecture_seed_and_words_trained_alone():
     """The baseline rule, on rows as collect makes them: same experiment, architecture, seed and words seen, trained
     alone on the same text and tokenizer; a WML peer's solo twin before a plain run of its architecture; runs trained
