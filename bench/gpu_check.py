@@ -168,6 +168,7 @@ def main() -> int:
              "| model | compile | logits | parameters | tokens/s | MFU | peak MiB |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     rates = {}
+    measured = []  # the training rows, also written as JSON beside the report (grid --dry-run reads their MFU)
     configs = [(arch, compiled, 1024) for arch in archs for compiled in (False, True)] + [(archs[-1], False, None)]
     for arch, compiled, chunk in configs:
         r = child([arch, compiled, batch, block, steps, warmup, chunk])
@@ -177,6 +178,7 @@ def main() -> int:
             continue
         if chunk is not None:
             rates[arch] = max(rates.get(arch, 0.0), r["tokens_per_s"])
+            measured.append(r)
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (CPU)"
         lines.append(f"| {arch} | {compiled} | {logits} | {r['params']:,} | {r['tokens_per_s']:,.0f} | {mfu} "
                      f"| {r['peak_mib']:,.0f} |")
@@ -200,6 +202,8 @@ def main() -> int:
     lines += ["", f"Wall time of this check: {time.time() - started:.0f} s."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
+    if not args.cpu:  # the CPU run proves the script; its rates are no GPU's
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"machine": machine, "training": measured}, indent=2))
     print(f"wrote {args.out}")
     return 0
 

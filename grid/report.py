@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from common.paths import REPO
 from grid.plan import Point
 
 
@@ -107,12 +108,29 @@ class Reporter:
 
 
 def print_plan(points, cfg) -> None:
+    """The points, their axes and state; on a grid with GPUs also each point's expected tokens and GPU hours
+    (grid.estimate) and their sum."""
     import pandas as pd
 
     axes = list(dict.fromkeys(k for p in points for k in p.axes))  # an axis a stage does not vary: blank in its rows
     rows = [{"stage": p.stage, "point": p.name, "kind": p.kind, "recipe": p.recipe,
              **{k: p.axes.get(k) for k in axes}, "state": p.state()} for p in points]
+    gpus = cfg.executor.gpus_per_node * cfg.executor.nodes
+    if gpus:
+        from grid.estimate import ASSUMED_MFU, MEASURED, PEAK_FLOPS, estimate, measured_mfu
+
+        measured = measured_mfu()
+        figures = [estimate(p, points, gpus, measured) for p in points]
+        for row, e in zip(rows, figures):
+            row.update({"tokens": f"{e.tokens / 1e6:,.0f}M", "GPU h": f"{e.gpu_hours:.2f}", "note": e.note})
     print(pd.DataFrame(rows, dtype=object).fillna("").to_string(index=False))
+    if gpus:
+        rate = (f"the MFU measured in {MEASURED.relative_to(REPO)}" if measured else
+                f"an assumed {ASSUMED_MFU:.0%} MFU (no {MEASURED.relative_to(REPO)} yet: run bash bench/gpu_check.sh "
+                "on the cluster's GPU)")
+        print(f"expected: {sum(e.gpu_hours for e in figures):.1f} GPU hours of training in all (evaluation and "
+              f"finalists not counted), from each architecture's FLOPs per token at {rate} of "
+              f"{PEAK_FLOPS / 1e12:.0f} TFLOP/s (dense bf16, H100/H200 SXM)")
     sel = cfg.select
     print(
         f"{len(points)} point(s) on executor '{cfg.executor.kind}'; tasks: {', '.join(cfg.tasks) or 'none'}"

@@ -52,10 +52,16 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
-    """(accuracy difference A − B, 95% interval low, high) from resampling the pairs."""
+    """(accuracy difference A − B, 95% interval low, high) from resampling the pairs with replacement. Each pair's
+    difference is +1, 0 or −1, so a resample of n pairs is a multinomial draw of how many of each it holds: the
+    same distribution as drawing n indices, in O(samples) memory instead of O(samples x n) (a BLiMP-sized task
+    at 10,000 resamples would hold 5 GB of indices)."""
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(samples, len(a)))
-    diffs = a[idx].mean(1) - b[idx].mean(1)
+    d = a - b
+    n = len(d)
+    probs = np.array([(d > 0).sum(), (d < 0).sum(), (d == 0).sum()], float) / n
+    counts = rng.multinomial(n, probs, size=samples)
+    diffs = (counts[:, 0] - counts[:, 1]) / n
     return float(a.mean() - b.mean()), float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
 
 

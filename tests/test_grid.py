@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, assert_user_error, ok, shared
+from conftest import ROOT, assert_user_error, call, ok, shared
 
 FAST = [
     "train.max_steps=20",
@@ -247,28 +247,31 @@ def test_bad_grids_fail_with_one_line_and_run_nothing(workdir, change, needles):
     assert not (workdir / "runs").exists() and not (workdir / "results").exists()
 
 
-def test_the_zero_shot_data_is_read_before_anything_trains(workdir, tmp_path):
+def test_the_zero_shot_data_is_read_before_anything_trains(workdir, tmp_path, monkeypatch):
     """A wrong eval_data_dir, a folder without a task's files, EWoK without $EWOK_PASSWORD or with a wrong one, a
     convention that does not exist: each is one line naming the key before the first point trains."""
+    import launch_grid
+
     data = tmp_path / "evaluation_data"
     data.mkdir()
     shutil.copy(shared("ewok_filtered.zip"), data / "ewok_filtered.zip")
     grid = ("name: zero-shot\nstages:\n  - name: s\n    recipes: [config/runs/demo-student.yaml]\n"
             f"tasks: [ewok_filtered]\neval_data_dir: {data}\nexecutor: {{kind: debug}}\n")
-    env = {"EWOK_PASSWORD": ""}
-    assert_user_error(launch(workdir, str(write_grid(workdir, grid)), env=env), "tasks:", "set EWOK_PASSWORD")
-    assert_user_error(launch(workdir, str(write_grid(workdir, grid)), env={"EWOK_PASSWORD": "wrong"}),
-                      "tasks:", "$EWOK_PASSWORD")
+    monkeypatch.chdir(workdir)  # in this process: an interpreter start saved per case
+    monkeypatch.delenv("EWOK_PASSWORD", raising=False)
+    assert_user_error(call(launch_grid.main, write_grid(workdir, grid)), "tasks:", "set EWOK_PASSWORD")
+    monkeypatch.setenv("EWOK_PASSWORD", "wrong")
+    assert_user_error(call(launch_grid.main, write_grid(workdir, grid)), "tasks:", "$EWOK_PASSWORD")
+    monkeypatch.setenv("EWOK_PASSWORD", "ewok")
     for text, needles in (
         (grid.replace(str(data), str(tmp_path / "nowhere")), ["eval_data_dir", "nowhere", "no such folder"]),
         (grid.replace("[ewok_filtered]", "[ewok_filtered, wug_adj]"), ["tasks:", "wug_adj", "set eval_data_dir to"]),
         (grid + "tasks_per_milestone: [reading]\n", ["tasks_per_milestone:", "reading"]),
         (grid + "convention: babylm2026\n", ["convention", "babylm2025"]),
     ):
-        assert_user_error(launch(workdir, str(write_grid(workdir, text)), env={"EWOK_PASSWORD": "ewok"}), *needles)
+        assert_user_error(call(launch_grid.main, write_grid(workdir, text)), *needles)
     assert not (workdir / "runs").exists()
-    proc = ok(launch(workdir, str(write_grid(workdir, grid)), "--dry-run", env={"EWOK_PASSWORD": "ewok"}))
-    assert "1 point(s)" in proc.stdout
+    assert "1 point(s)" in ok(call(launch_grid.main, write_grid(workdir, grid), "--dry-run")).stdout
 
 
 def test_slurm_executor_without_sbatch_submits_nothing(workdir):
@@ -290,9 +293,52 @@ def test_unknown_grid_key_and_missing_grid_file(workdir):
 @pytest.mark.parametrize("grid", sorted((ROOT / "config" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_grid_plans(grid, workdir):
     proc = ok(launch(workdir, f"config/grids/{grid.name}", "--dry-run"))
-    expected = {"demo": 9, "palenka-weights": 25, "study-cpu": 11}[grid.stem]
+    expected = {"demo": 9, "palenka-weights": 25, "study-cpu": 11, "strict-small-replication": 16}[grid.stem]
     assert f"{expected} point(s)" in proc.stdout
     assert not (workdir / "runs").exists()
+
+
+def test_a_gpu_grid_plans_gpu_hours_from_the_architectures_flops(workdir, tmp_path, monkeypatch):
+    """grid.estimate on the demo grid given a GPU: tokens from each budget, FLOPs per token written out here by hand
+    from the architectures (6 N + 12 L d T trained, 2 N + 4 L d T per teacher forward, N the linear weights; WML
+    peers at N/2 and N/3 of the reference), the MFU from a gpu_check.json (or the assumed one); the plan prints them."""
+    from grid import estimate
+    from grid.plan import expand, load_grid
+
+    monkeypatch.chdir(workdir)
+    cfg = load_grid("config/grids/demo.yaml", ["executor.gpus_per_node=1"])
+    points = {p.name: p for p in expand(cfg, "config/grids/demo.yaml")}
+    T, V = 64, 512
+
+    def llama(d, ff, layers=2):
+        return layers * (4 * d * d + 3 * d * ff) + d * V  # q, k, v, o; gate, up, down; the untied head
+
+    gpt2 = 2 * 12 * 64 * 64 + 64 * V  # c_attn, c_proj, c_fc, mlp c_proj per layer; the tied head, a Linear
+    trained = {"llama": 6 * llama(64, 128) + 12 * 2 * 64 * T, "gpt2": 6 * gpt2 + 12 * 2 * 64 * T}
+    forward = {"llama": 2 * llama(64, 128) + 4 * 2 * 64 * T, "gpt2": 2 * gpt2 + 4 * 2 * 64 * T}
+    measured = estimate.measured_mfu(tmp_path / "absent.json")
+    assert measured == {}
+    teacher = estimate.estimate(points["teacher-llama"], list(points.values()), 1, measured)
+    assert teacher.tokens == 300 * 16 * T and teacher.flops == teacher.tokens * trained["llama"]
+    assert teacher.gpu_hours == pytest.approx(teacher.flops / (989e12 * estimate.ASSUMED_MFU) / 3600)
+    kd = estimate.estimate(points["kd"], list(points.values()), 1, measured)
+    student = 6 * llama(32, 64) + 12 * 2 * 32 * T
+    assert kd.flops == kd.tokens * (student + forward["gpt2"] + forward["llama"]) and kd.note == ""
+    wml = estimate.estimate(points["wml"], list(points.values()), 1, measured)
+    twin = estimate.estimate(points["wml__wml.solo_peer=1"], list(points.values()), 1, measured)
+    assert wml.flops == pytest.approx(wml.tokens * trained["gpt2"] * (1 / 2 + 1 / 3))
+    assert twin.flops == pytest.approx(twin.tokens * trained["gpt2"] / 3)
+    check = tmp_path / "gpu_check.json"
+    check.write_text(json.dumps({"training": [{"arch": "llama-tiny", "mfu": 0.3}, {"arch": "llama-tiny", "mfu": 0.4},
+                                              {"arch": "gpt2-tiny", "mfu": None}]}))
+    measured = estimate.measured_mfu(check)
+    assert measured == {"llama-tiny": 0.4}
+    again = estimate.estimate(points["teacher-llama"], list(points.values()), 1, measured)
+    assert again.gpu_hours == pytest.approx(teacher.gpu_hours * estimate.ASSUMED_MFU / 0.4)
+    assert "not measured" in estimate.estimate(points["teacher"], list(points.values()), 1, measured).note
+    proc = ok(launch(workdir, "config/grids/strict-small-replication.yaml", "--dry-run"))
+    assert "GPU h" in proc.stdout and "GPU hours of training in all" in proc.stdout
+    assert "/data/babylm/train_10M not here: 10M words assumed" in proc.stdout
 
 
 def test_launch_command_follows_the_job_layout(monkeypatch):

@@ -171,6 +171,24 @@ def test_compare_is_mcnemar_and_a_paired_bootstrap(runs):
     assert "McNemar p =" in proc.stdout
 
 
+def test_the_bootstrap_resamples_pairs_as_index_draws_do_without_holding_them():
+    """The multinomial form of the paired bootstrap has the interval of drawing pair indices with replacement; a
+    BLiMP-sized task at 10,000 resamples needs no 5 GB index matrix."""
+    import numpy as np
+
+    from results.compare import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    a, b = (rng.random(400) < 0.6).astype(float), (rng.random(400) < 0.5).astype(float)
+    diff, lo, hi = paired_bootstrap(a, b, 20000, seed=3)
+    idx = np.random.default_rng(4).integers(0, 400, size=(20000, 400))
+    direct = a[idx].mean(1) - b[idx].mean(1)
+    assert diff == pytest.approx(a.mean() - b.mean())
+    assert lo == pytest.approx(np.quantile(direct, 0.025), abs=0.006)
+    assert hi == pytest.approx(np.quantile(direct, 0.975), abs=0.006)
+    assert paired_bootstrap(np.ones(60000), np.zeros(60000), 10000) == (1.0, 1.0, 1.0)
+
+
 def test_bad_inputs(runs, tmp_path):
     assert_user_error(run_cli("results", "collect", str(tmp_path / "none")), "folder not found")
     (tmp_path / "empty").mkdir()

@@ -81,7 +81,9 @@ def test_the_study_grid_runs_scaled_down_and_pairs_every_method_with_its_baselin
                                                               "reverse-kl")),
         *((f"wml gpt2-tiny peer-{i}", f"wml__wml.solo_peer={i} gpt2-tiny peer-{i}-solo") for i in (0, 1)),
     }, baselines
-    assert "each method against its baseline" in proc.stdout
+    assert "each method against its baseline" in proc.stdout and "not compared" not in proc.stdout
+    tasks = {line.split("|")[4].strip() for line in baselines.splitlines()[2:]}
+    assert tasks == {"blimp_filtered", "blimp_supplement"}  # accuracy tasks only: WUG's rho and reading's ΔR² are not
     # learning curves: the students and the WML peers at their milestone; the teachers' and twins' stages have none
     for name in names:
         curve = runs / name / "eval" / "curve.json"
