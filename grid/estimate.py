@@ -11,6 +11,7 @@ stopping can only shorten a run: these are upper figures for the budgets as writ
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +41,17 @@ def _linear_flops(arch_fields: dict, block: int, trained: bool) -> float:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, logging
     from transformers.pytorch_utils import Conv1D
 
-    logging.set_verbosity_error()  # an architecture file's default special ids are not this run's: no warnings
     fields = dict(arch_fields)
     objective = fields.pop("objective", "causal")
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
-    with torch.device("meta"):
-        model = auto.from_config(config)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # an architecture file's default special ids are not this run's: no warnings
+    try:
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        with torch.device("meta"):
+            model = auto.from_config(config)
+    finally:
+        logging.set_verbosity(verbosity)
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
     layers = getattr(config, "num_hidden_layers", None) or config.n_layer
     width = getattr(config, "hidden_size", None) or config.n_embd
@@ -60,15 +65,21 @@ def _fields(model_cfg) -> dict:
     return {**fields, "objective": objective, "vocab_size": model_cfg.vocab_size}
 
 
+@functools.lru_cache(maxsize=None)
+def _words_in(folder: Path) -> int:
+    """Whitespace-separated words of every file under `folder` (raw text: before cleaning), counted once per plan."""
+    words = 0
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with open(f, encoding="utf-8", errors="replace") as handle:
+            words += sum(len(line.split()) for line in handle)
+    return words
+
+
 def _corpus_words(cfg) -> tuple[float, str]:
     """Words of the training text: counted when the folder is here, else its track's size."""
     folder = Path(cfg.data.train_dir)
     if folder.is_dir():
-        words = 0
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            with open(f, encoding="utf-8", errors="replace") as handle:
-                words += sum(len(line.split()) for line in handle)
-        return words * cfg.data.train_fraction, ""
+        return _words_in(folder.resolve()) * cfg.data.train_fraction, ""
     track = 100e6 if "100M" in str(folder) else 10e6
     return track * cfg.data.train_fraction, f"{folder} not here: {track / 1e6:.0f}M words assumed"
 
