@@ -56,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     print_plan(points, cfg)
     if args.dry_run:
         return 0
-    check_finetune(cfg)  # the evaluation data, read before anything trains (a plan needs none)
-    check_tasks(cfg)
     if cfg.executor.kind == "slurm":
         executors.check_slurm()
+    check_finetune(cfg)  # the evaluation data, read before anything trains (a plan needs none)
+    check_tasks(cfg)
     from common.paths import FolderLock, Locked
 
     try:
