@@ -58,18 +58,14 @@ def train_rate(arch: str, compile_model: bool, batch: int, block: int, steps: in
     `chunk` positions of logits at a time, as the Trainer takes it), or with `chunk` None the model's own
     (whole [B, T, V] logits)."""
     import torch
-    from transformers.pytorch_utils import Conv1D
 
+    from grid.estimate import flops_per_token as grid_flops
     from train import chunked
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     model = build(arch).to(device).train()
-    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
-    cfg = model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
-    width = getattr(cfg, "hidden_size", None) or cfg.n_embd
-    flops_per_token = 6 * linear + 12 * layers * width * block
+    flops_per_token = grid_flops(model, block)  # the count grid --dry-run plans with
     step_fn = torch.compile(model) if compile_model else model
     head = chunked.logit_head(model) if chunk is not None else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)

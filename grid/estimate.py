@@ -39,7 +39,6 @@ def _linear_flops(arch_fields: dict, block: int, trained: bool) -> float:
     """FLOPs per token of one model: training 6 N + 12 L d T, a forward pass 2 N + 4 L d T."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, logging
-    from transformers.pytorch_utils import Conv1D
 
     fields = dict(arch_fields)
     objective = fields.pop("objective", "causal")
@@ -52,9 +51,19 @@ def _linear_flops(arch_fields: dict, block: int, trained: bool) -> float:
             model = auto.from_config(config)
     finally:
         logging.set_verbosity(verbosity)
+    return flops_per_token(model, block, trained)
+
+
+def flops_per_token(model, block: int, trained: bool = True) -> float:
+    """A built model's FLOPs per token (bench/gpu_check.py's MFU uses the same count): 6 N + 12 L d T to train it,
+    2 N + 4 L d T for a forward pass, N its linear weights (nn.Linear and GPT-2's Conv1D), L layers, d width."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-    width = getattr(config, "hidden_size", None) or config.n_embd
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    width = getattr(cfg, "hidden_size", None) or cfg.n_embd
     return (6 * linear + 12 * layers * width * block) if trained else (2 * linear + 4 * layers * width * block)
 
 
