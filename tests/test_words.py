@@ -207,6 +207,30 @@ def test_a_words_budget_stops_at_the_first_step_past_it(demo_root, cache_dir, tm
     assert json.loads((run / "run.json").read_text())["words"]["budget_words"] == 12000
 
 
+@pytest.mark.slow
+def test_a_words_budget_evaluates_its_last_step_so_keep_best_can_export_it(demo_root, cache_dir, tmp_path):
+    """The step that meets train.max_words is saved and evaluated, as the Trainer does at its own last step: the
+    final weights compete for keep_best, and model/ is the evaluated checkpoint with the lowest dev loss. (Before,
+    the budget's last step was saved but never evaluated, so model/ was the last evaluated checkpoint: the study's
+    students lost their last 47 of 247 steps.)"""
+    from common.paths import read_jsonl
+    from conftest import assert_bitwise_equal, weights
+
+    ok(run_cli("train", *demo_cli(demo_root, cache_dir, tmp_path, "train.max_words=12k", "train.eval_steps=4",
+                                  "train.save_steps=4", "train.word_checkpoints=12k")))
+    run = tmp_path / "demo" / "teacher"
+    done = json.loads((run / "DONE").read_text())
+    assert done["step"] % 4, f"the budget's last step ({done['step']}) must not be a multiple of eval_steps here"
+    evals = {r["step"]: r["eval_loss"] for r in read_jsonl(run / "metrics.jsonl") if "eval_loss" in r
+             and not r.get("final")}
+    assert done["step"] in evals and sorted(evals) == [*range(4, done["step"], 4), done["step"]]
+    best = min(evals, key=evals.get)
+    assert done["best_checkpoint"].endswith(f"checkpoint-{best}") and done["dev_loss"] == evals[best]
+    assert_bitwise_equal(weights(run / "model"), weights(run / "checkpoints" / f"checkpoint-{best}"))
+    if best == done["step"]:  # the final weights are the milestone at the budget
+        assert_bitwise_equal(weights(run / "model"), weights(run / "milestones" / "chck_12k"))
+
+
 @pytest.mark.parametrize("extra, needles", [
     (["train.epochs=2"], ["train.max_steps and train.epochs are both set"]),
     (["train.max_words=1M"], ["train.max_steps and train.max_words are both set"]),

@@ -158,8 +158,9 @@ def plan(t, block_words, world: int) -> Budget:
 
 class WordsSeen(TrainerCallback):
     """Counts the words of every optimizer step (the trainer adds each step's, summed over ranks),
-    exports the model at each milestone, stops a words budget at the first step at or past it,
-    and keeps the count in every checkpoint so that a resumed run counts on from there.
+    exports the model at each milestone, stops a words budget at the first step at or past it (saving and
+    evaluating that step, as the Trainer does at its own last step), and keeps the count in every checkpoint so
+    that a resumed run counts on from there.
 
     A milestone folder is written under a temporary name and renamed when whole; one that exists
     was written by an earlier attempt of this run at the same step, so it is not written again."""
@@ -200,9 +201,10 @@ class WordsSeen(TrainerCallback):
             milestone = self.upcoming.pop(0)
             if not (self.folder / milestone_name(milestone)).exists():
                 self._export(milestone, state)
-        if self.finished:
+        if self.finished:  # saved and, where there is a dev set, evaluated: the final weights compete for keep_best
             control.should_training_stop = True
             control.should_save = True
+            control.should_evaluate = args.eval_strategy != "no"
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
