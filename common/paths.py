@@ -9,6 +9,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent  # the checkout: config/, eval/tasks/ and friends are found from here
 
 
+def local_folder(relative: str | Path) -> Path | None:
+    """`relative` under the working directory, else under the repository, where it is a folder; else None."""
+    return next((base / relative for base in (Path.cwd(), REPO) if (base / relative).is_dir()), None)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)

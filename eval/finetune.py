@@ -29,7 +29,7 @@ import torch
 
 from common.config import ConfigError, field, load, suggest
 from common.errors import UserError
-from common.paths import REPO, write_atomic
+from common.paths import REPO, local_folder, write_atomic
 from eval.tasks import decode_text, jsonl_rows
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
@@ -171,11 +171,7 @@ def read_task(name: str, data_dir: Path) -> tuple[FinetuneSpec, tuple, tuple]:
 
 def default_folder(spec: FinetuneSpec) -> Path | None:
     """The task's own folder (the demo's) under the working directory or the repository, when it is there."""
-    return (
-        next((b / spec.data_dir for b in (Path.cwd(), REPO) if (b / spec.data_dir).is_dir()), None)
-        if spec.data_dir
-        else None
-    )
+    return local_folder(spec.data_dir) if spec.data_dir else None
 
 
 def data_folder(name: str, spec: FinetuneSpec, data_dir: str | None) -> Path:

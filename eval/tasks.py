@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common.config import ConfigError, field, load, suggest
 from common.errors import UserError
-from common.paths import REPO
+from common.paths import REPO, local_folder
 
 TASKS_DIR = REPO / "eval" / "tasks"
 SUITES = {  # --suite: the 2025 pipeline's zero-shot tasks; the fast variant reads the *_fast folders and has no COMPS
@@ -195,15 +195,13 @@ def data_dir_for(spec: TaskSpec, given: str | None, name: str) -> Path:
             raise UserError(f"--data-dir {given}: no such folder; give BabyLM's evaluation_data folder")
         return Path(given)
     if spec.data_dir is not None:
-        for base in (Path.cwd(), REPO):
-            if (base / spec.data_dir).is_dir():
-                return base / spec.data_dir
+        if (found := local_folder(spec.data_dir)) is not None:
+            return found
         hint = "run `python -m train config/runs/demo-teacher.yaml` (or `python -m tokenizer demo cache/demo`) first" \
             if name == "demo_pairs" else "or pass --data-dir"
         raise UserError(f"task {name}: its data folder {spec.data_dir} does not exist; {hint}")
-    for base in (Path.cwd(), REPO):
-        if (base / "evaluation_data").is_dir():
-            return base / "evaluation_data"
+    if (found := local_folder("evaluation_data")) is not None:
+        return found
     raise UserError(f"task {name}: no data folder; pass --data-dir /path/to/evaluation_data (BabyLM's evaluation data; "
                     f"`python -m eval download` fetches it)")
 

@@ -16,10 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import config as cfglib
 from common.paths import REPO
 from grid.plan import Point
-from launch.kinds import schema
 
 PEAK_FLOPS = 989e12  # dense bf16, H100/H200 SXM (bench/gpu_check.py)
 ASSUMED_MFU = 0.35  # where bench/gpu_check.sh has not measured one
@@ -127,7 +125,7 @@ def measured_mfu(path: Path = MEASURED) -> dict[str, float]:
 
 def estimate(point: Point, points: list[Point], processes: int, measured: dict[str, float]) -> Estimate:
     """The expected tokens, FLOPs and GPU hours of one point's training (evaluation not included)."""
-    cfg = cfglib.load(schema(point.kind), point.recipe, point.sets(), check=False)
+    cfg = point.config
     tokens, note = _tokens(cfg, processes)
     block = cfg.data.block_size
     notes = [note] if note else []
@@ -145,8 +143,7 @@ def estimate(point: Point, points: list[Point], processes: int, measured: dict[s
             for teacher in cfg.distill.teachers:
                 source = runs.get(str(Path(teacher.path)))
                 if source is not None:
-                    built = cfglib.load(schema(source.kind), source.recipe, source.sets(), check=False)
-                    per_token += _linear_flops(_fields(built.model), block, trained=False)
+                    per_token += _linear_flops(_fields(source.config.model), block, trained=False)
                 elif (Path(teacher.path) / "config.json").is_file():
                     fields = json.loads((Path(teacher.path) / "config.json").read_text(encoding="utf-8"))
                     per_token += _linear_flops({k: v for k, v in fields.items() if k != "architectures"}, block,

@@ -39,6 +39,7 @@ class Point:
     tasks_per_milestone: list[str] = field(default_factory=list)  # on every milestone: the point's learning curve
     deepspeed: str = ""
     extra: list[str] = field(default_factory=list)  # overrides from the launcher's command line, last
+    config: Any = field(default=None, repr=False, compare=False)  # as expand built it, for the plan; finalists: None
 
     def sets(self) -> list[str]:
         """Every override as key=JSON: the grid's, DeepSpeed's, then the launcher's command line."""
@@ -160,9 +161,9 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
                               finetune_data_dir=cfg.finetune_data_dir,
                               tasks_per_milestone=list(cfg.tasks_per_milestone) if stage.curve else [],
                               deepspeed=cfg.executor.deepspeed, extra=list(extra))
-                built, point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})")
+                point.config, point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})")
                 # The values as the config reads them: 0.001 and "1e-3" are one value, hence one point.
-                point.axes = {k: dotted_get(built, k) for k in combo}
+                point.axes = {k: dotted_get(point.config, k) for k in combo}
                 point.name = point_name(base, point.axes)
                 point.overrides.update({**point.axes, "output.name": point.name})
                 point.run = str(cfg.root / point.name)
@@ -218,15 +219,13 @@ def check_tasks(cfg: GridConfig) -> None:
     import os
 
     from common.config import load
-    from common.paths import REPO
+    from common.paths import local_folder
     from eval.tasks import TaskSpec, load_task, resolve_spec
 
     for key in ("tasks", "tasks_per_milestone"):
         for task in dict.fromkeys(getattr(cfg, key)):
             spec = load(TaskSpec, resolve_spec(task)[1])
-            if not cfg.eval_data_dir and spec.data_dir and not any(
-                (base / spec.data_dir).is_dir() for base in (Path.cwd(), REPO)
-            ):
+            if not cfg.eval_data_dir and spec.data_dir and local_folder(spec.data_dir) is None:
                 continue
             try:
                 load_task(task, cfg.eval_data_dir or None, password=os.environ.get("EWOK_PASSWORD"))
@@ -285,6 +284,7 @@ def finalists(cfg: GridConfig, points: list[Point]) -> list[Point]:
         name = p.name + "__final"
         overrides = {**p.overrides, **cfg.select.overrides, "output.name": name}
         out.append(
-            dataclasses.replace(p, stage=FINALISTS, name=name, overrides=overrides, run=str(Path(p.run).parent / name))
+            dataclasses.replace(p, stage=FINALISTS, name=name, overrides=overrides, run=str(Path(p.run).parent / name),
+                                config=None)  # select.overrides change it: the point's run builds its own
         )
     return out
