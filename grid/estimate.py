@@ -33,23 +33,12 @@ class Estimate:
     note: str = ""  # what the figure assumed beyond the recipe
 
 
-def _linear_flops(arch_fields: dict, block: int, trained: bool) -> float:
-    """FLOPs per token of one model: training 6 N + 12 L d T, a forward pass 2 N + 4 L d T."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, logging
+def _model_flops(model_cfg, block: int, trained: bool) -> float:
+    """FLOPs per token of a run config's model section (its architecture with the overrides)."""
+    from train.models import hf_config, on_meta
 
-    fields = dict(arch_fields)
-    objective = fields.pop("objective", "causal")
-    auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # an architecture file's default special ids are not this run's: no warnings
-    try:
-        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-        with torch.device("meta"):
-            model = auto.from_config(config)
-    finally:
-        logging.set_verbosity(verbosity)
-    return flops_per_token(model, block, trained)
+    objective, config = hf_config(model_cfg)
+    return flops_per_token(on_meta(config, objective), block, trained)
 
 
 def flops_per_token(model, block: int, trained: bool = True) -> float:
@@ -63,13 +52,6 @@ def flops_per_token(model, block: int, trained: bool = True) -> float:
     layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
     width = getattr(cfg, "hidden_size", None) or cfg.n_embd
     return (6 * linear + 12 * layers * width * block) if trained else (2 * linear + 4 * layers * width * block)
-
-
-def _fields(model_cfg) -> dict:
-    from train.models import read_architecture
-
-    objective, fields = read_architecture(model_cfg)
-    return {**fields, "objective": objective, "vocab_size": model_cfg.vocab_size}
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,24 +112,26 @@ def estimate(point: Point, points: list[Point], processes: int, measured: dict[s
     block = cfg.data.block_size
     notes = [note] if note else []
     if point.kind == "wml":
-        reference = _linear_flops(_fields(cfg.model), block, trained=True)
+        reference = _model_flops(cfg.model, block, trained=True)
         peers = range(cfg.wml.num_peers) if cfg.wml.solo_peer < 0 else [cfg.wml.solo_peer]
         per_token = sum(reference / (i + 2) for i in peers)  # each peer's search targets N/(i + 2)
         arch = cfg.model.arch
     else:
         model = cfg.student if point.kind == "distill" else cfg.model
-        per_token = _linear_flops(_fields(model), block, trained=True)
+        per_token = _model_flops(model, block, trained=True)
         arch = model.arch
         if point.kind == "distill":
             runs = {str(Path(p.run) / "model"): p for p in points}
             for teacher in cfg.distill.teachers:
                 source = runs.get(str(Path(teacher.path)))
                 if source is not None:
-                    per_token += _linear_flops(_fields(source.config.model), block, trained=False)
+                    per_token += _model_flops(source.config.model, block, trained=False)
                 elif (Path(teacher.path) / "config.json").is_file():
-                    fields = json.loads((Path(teacher.path) / "config.json").read_text(encoding="utf-8"))
-                    per_token += _linear_flops({k: v for k, v in fields.items() if k != "architectures"}, block,
-                                               trained=False)
+                    from eval.model import load_config
+                    from train.models import on_meta
+
+                    config = load_config(Path(teacher.path), "the teacher", "fix distill.teachers[].path")
+                    per_token += flops_per_token(on_meta(config), block, trained=False)
                 else:
                     notes.append(f"teacher {teacher.path} unknown: left out")
     mfu, mfu_note = _mfu(arch, measured)

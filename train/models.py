@@ -135,13 +135,17 @@ def build_model(model_cfg, tokenizer):
     return objective, model
 
 
-def count_parameters(model_cfg) -> int:
-    """Parameters of the architecture, counted on the meta device (no memory used); tied weights once."""
+def on_meta(config, objective: str = "causal"):
+    """The model of a Hugging Face config built on the meta device: shapes only, no memory used."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    objective, config = hf_config(model_cfg)
     auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
     with torch.device("meta"):
-        model = auto.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+        return auto.from_config(config)
+
+
+def count_parameters(model_cfg) -> int:
+    """Parameters of the architecture, counted on the meta device (no memory used); tied weights once."""
+    objective, config = hf_config(model_cfg)
+    return sum(p.numel() for p in on_meta(config, objective).parameters())

@@ -70,18 +70,16 @@ def count_params(fields: dict, objective: str) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _count(fields_json: str, objective: str) -> int:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoConfig
+
+    from train.models import on_meta
 
     fields = json.loads(fields_json)
     ids = {
         k: fields.pop(k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
     }  # no GPT-2 defaults past the vocabulary
     config = AutoConfig.for_model(fields.pop("model_type"), **fields, **ids)
-    auto = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
-    with torch.device("meta"):
-        model = auto.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in on_meta(config, objective).parameters())
 
 
 def reference_from_arch(model_cfg) -> Reference:
