@@ -296,12 +296,16 @@ def test_every_shipped_grid_plans(grid, workdir):
     expected = {"demo": 9, "palenka-weights": 25, "study-cpu": 11, "strict-small-replication": 16}[grid.stem]
     assert f"{expected} point(s)" in proc.stdout
     assert not (workdir / "runs").exists()
+    if grid.stem == "strict-small-replication":  # the grid with GPUs: its plan has GPU hours (grid.estimate)
+        assert "GPU h" in proc.stdout and "GPU hours of training in all" in proc.stdout
+        assert "/data/babylm/train_10M not here: 10M words assumed" in proc.stdout
 
 
 def test_a_gpu_grid_plans_gpu_hours_from_the_architectures_flops(workdir, tmp_path, monkeypatch):
     """grid.estimate on the demo grid given a GPU: tokens from each budget, FLOPs per token written out here by hand
     from the architectures (6 N + 12 L d T trained, 2 N + 4 L d T per teacher forward, N the linear weights; WML
-    peers at N/2 and N/3 of the reference), the MFU from a gpu_check.json (or the assumed one); the plan prints them."""
+    peers at N/2 and N/3 of the reference), the MFU from a gpu_check.json (or the assumed one). That the plan prints
+    them: test_every_shipped_grid_plans, on the replication grid."""
     from grid import estimate
     from grid.plan import expand, load_grid
 
@@ -336,9 +340,6 @@ def test_a_gpu_grid_plans_gpu_hours_from_the_architectures_flops(workdir, tmp_pa
     again = estimate.estimate(points["teacher-llama"], list(points.values()), 1, measured)
     assert again.gpu_hours == pytest.approx(teacher.gpu_hours * estimate.ASSUMED_MFU / 0.4)
     assert "not measured" in estimate.estimate(points["teacher"], list(points.values()), 1, measured).note
-    proc = ok(launch(workdir, "config/grids/strict-small-replication.yaml", "--dry-run"))
-    assert "GPU h" in proc.stdout and "GPU hours of training in all" in proc.stdout
-    assert "/data/babylm/train_10M not here: 10M words assumed" in proc.stdout
 
 
 def test_launch_command_follows_the_job_layout(monkeypatch):
