@@ -6,6 +6,7 @@ predictions.json (eval/babylm2025/<task>/), which `python -m eval collate` reads
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +147,26 @@ def pick_batch_size(value: str, m: Loaded, longest: int) -> int:
     return size
 
 
+def results_dir(model_path: str, opts: Options) -> Path:
+    return output_dir(Path(model_path), opts.out) / ("fast" if opts.fast and not opts.out else "")
+
+
+def keep_other_results(out_dir: Path, task: Task, convention: str, backend: str) -> None:
+    """Scores of a task made another way are never replaced: rerunning an evaluation as it was replaces its files,
+    another convention or backend needs another --out."""
+    result = out_dir / f"{task.name}.json"
+    try:
+        old = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no result yet, or one that cannot be read: nothing to keep
+    for key, new in (("convention", convention), ("backend", backend)):
+        if isinstance(old, dict) and old.get(key, new) != new:
+            raise UserError(f"{result}: holds {task.name} scored with {key} {old[key]}; scoring it with {new} would "
+                            f"replace it: pass --out DIR to keep both, or move that file away")
+
+
 def output_for(model_path: str, opts: Options) -> Path:
-    out_dir = output_dir(Path(model_path), opts.out) / ("fast" if opts.fast and not opts.out else "")
+    out_dir = results_dir(model_path, opts)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -213,8 +232,8 @@ def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tupl
         if override is not None and not override.is_file():
             raise UserError(f"--ewok-zip: {override} does not exist")
         tasks.append(load_task(name, opts.data_dir, opts.ewok_password, override, fast=opts.fast))
-    for task in tasks:
-        convention_for(task, opts)  # a task that cannot be scored this way fails before the model is loaded
+    for task in tasks:  # a task that cannot be scored this way, or whose other scores it would replace, fails here
+        keep_other_results(results_dir(model_path, opts), task, convention_for(task, opts), opts.backend)
     with loading_bars(opts.progress):
         m = load(model_path, "causal" if opts.backend == "causal" else "mlm", opts.device, opts.dtype, opts.max_length)
     m.backend = opts.backend

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_user_error, ok, run_cli, shared
+from conftest import ROOT, assert_user_error, call, ok, run_cli, shared
 
 PARADIGMS = [
     "adjunct_island",
@@ -606,6 +606,30 @@ def test_bad_inputs(trained, data_slice, tmp_path):
     long_spec, long_data = long_context_task(tmp_path)
     bad(model, "--tasks", str(long_spec), "--data-dir", str(long_data), "--max-length", "16", "--too-long", "error",
         needles=("longer than the model's 16 positions", "long.jsonl:2"))
+
+
+def test_scores_made_another_way_are_never_replaced(trained, data_slice, tmp_path):
+    """Another convention or another backend into a folder that holds a task's scores is refused before the model
+    loads (one line, exit 2, every file as it was); the same evaluation again replaces its own files."""
+    from eval.__main__ import main
+
+    cases = (
+        ("convention", trained["causal"], ["--convention", "babylm2024"], ["--convention", "babylm2025"]),
+        ("backend", trained["mlm"], ["--backend", "mlm", "--convention", "babylm2025"],
+         ["--backend", "mntp", "--convention", "babylm2025"]),
+    )
+    for key, model, first, second in cases:
+        out = tmp_path / key
+        common = [model, "--tasks", "blimp_filtered", "--data-dir", data_slice, "--out", out, "--no-progress"]
+        ok(call(main, *common, *first))
+        before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+        was = json.loads((out / "blimp_filtered.json").read_text())[key]
+        now = second[second.index(f"--{key}") + 1]
+        assert_user_error(call(main, *common, *second), str(out / "blimp_filtered.json"),
+                          f"scored with {key} {was}; scoring it with {now} would replace it", "--out DIR")
+        assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
+    ok(call(main, trained["causal"], "--tasks", "blimp_filtered", "--data-dir", data_slice, "--out",
+            tmp_path / "convention", "--no-progress", "--convention", "babylm2024"))  # as it was: replaced
 
 
 def long_context_task(tmp_path):
