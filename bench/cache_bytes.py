@@ -33,7 +33,7 @@ from distill import cache_format as C  # noqa: E402
 from distill.losses import cached_logit_kd  # noqa: E402
 
 VOCABS = (16_000, 50_257)
-TRIALS = ("q3",)  # narrower codes than the cache offers, to show what fewer bytes cost (the codec takes any width)
+TRIALS = ("q3", "s6")  # narrower codes than the cache offers, to show what fewer bytes cost (the codec takes any width)
 DISTILLKIT = {  # name: (k, exact values, fitted terms), from DistillKit's README
     "DistillKit budget": (50, 1, (0, 1, "sqrt")),
     "DistillKit recommended": (128, 16, (0, 1, 2, 3, 4, "sqrt")),
@@ -69,18 +69,18 @@ def errors(n: int, k: int, vocab: int = 16_000) -> dict[str, dict[str, float]]:
         logits = rows(kind, n, vocab)
         top, ids = F.log_softmax(logits, -1).topk(k, -1)
         rest = (1 - top.exp().sum(-1)).clamp_min(0)
-        stored = {fmt: C.decode(fmt, C.encode(fmt, top, ids, rest, vocab), k, vocab)[0] for fmt in C.FORMATS + TRIALS}
+        stored = {fmt: C.decode(fmt, C.encode(fmt, top, ids, rest, vocab), k, vocab)[:2] for fmt in C.FORMATS + TRIALS}
         for name, (dk_k, exact, terms) in DISTILLKIT.items():
             if dk_k == k:
-                stored[name] = C.rescale(distillkit_logp(top, exact, terms), rest)
+                stored[name] = C.rescale(distillkit_logp(top, exact, terms), rest), ids
         for noise in (1.0, 0.3):
             student = logits + noise * torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
             student = student.double()  # float64 from here: the smallest shares are otherwise float32 rounding
             dense = float(F.kl_div(F.log_softmax(student, -1), F.log_softmax(logits.double(), -1), log_target=True,
                                    reduction="sum"))
             exact_kd = float(cached_logit_kd(student, top.double(), ids, rest.double(), 1.0, 1))
-            for name, logp in stored.items():
-                kd = float(cached_logit_kd(student, logp.double(), ids, rest.double(), 1.0, 1))
+            for name, (logp, got_ids) in stored.items():  # the s formats give the row back in id order
+                kd = float(cached_logit_kd(student, logp.double(), got_ids, rest.double(), 1.0, 1))
                 out.setdefault(name, {})[f"{kind}, noise {noise}"] = abs(kd - exact_kd) / dense
     return out
 

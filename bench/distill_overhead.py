@@ -1,5 +1,5 @@
 """Training-step cost of distillation: the student alone, online KD from two teachers, KD from the teacher cache
-in each of its storage formats (fp16, q8, q4: step time and bytes per token), and each logit term (logit_kd,
+in each of its storage formats (fp16, q8, q4, s8, s7: step time and bytes per token), and each logit term (logit_kd,
 reverse_kl, jsd, ...) and attention_relation on teacher outputs computed outside the timed step.
 
     python bench/distill_overhead.py                  # CPU, tiny models (teachers ~6x and ~12x the student)

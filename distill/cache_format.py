@@ -1,7 +1,8 @@
 """How the teacher cache stores each token's top-k: `fp16` (k float16 log-probabilities and k
-uint16/int32 ids) or the quantised `q8` and `q4`, chosen per cache by `distill.cache_format`.
+uint16/int32 ids), the quantised `q8` and `q4` (the row by probability), or the quantised `s8` and
+`s7` (the row by id), chosen per cache by `distill.cache_format`.
 
-The quantised formats store, per token:
+The q formats store, per token:
     ids    the k token ids bit-packed at ceil(log2 vocabulary) bits each
     head   the H = 4 largest log-probabilities in float16
     step   one float16 step size
@@ -10,10 +11,24 @@ The quantised formats store, per token:
 The log-probabilities are sorted, so each is the previous one minus a non-negative gap. The codes
 quantise those gaps with error diffusion (each code rounds the gap from the previous *decoded* value),
 so errors never add up along the row: every decoded log-probability is within about one step of the
-true one. The step is the row's largest gap over (2^bits − 2), so no gap overflows its code. The
-reader decodes with one cumulative sum and rescales the k probabilities so that they and the rest sum
-to 1 (an error in the total would otherwise enter the KD loss at first order). Bytes per token with
-b-bit ids (`bytes_per_token`): fp16 4k + 2 (b ≤ 16); q8 ⌈kb/8⌉ + (k − 4) + 12; q4 ⌈kb/8⌉ + ⌈(k − 4)/2⌉ + 12.
+true one. The step is the row's largest gap over (2^bits − 2), so no gap overflows its code.
+
+The s formats store the row in id order instead, since a set of k ids out of V needs far fewer bits
+than a sequence of them (Elias 1974, Fano 1971: ⌊log₂(V/k)⌋ + 2 to 3 bits an id, 9.0 at k = 128
+and V = 16,000, where the q formats spend 14):
+    set    the k ascending ids as low parts of ⌊log₂(V/k)⌋ bits, then the high parts in unary (bit
+           high_i + i set), then where in the row each of the H largest sits (⌈log₂ k⌉ bits each)
+    head   the H = 4 largest log-probabilities in float16
+    step   one float16 step size: the head's last value minus the row's smallest, over 2^bits − 1
+    codes  the k − H others as 8- or 7-bit steps down from the head's last value, each rounded alone
+    rest   as above
+Each decoded log-probability is within half a step of the true one (plus float16's rounding).
+
+Every reader rescales the k probabilities so that they and the rest sum to 1 (an error in the total
+would otherwise enter the KD loss at first order). Bytes per token with b-bit ids (`bytes_per_token`):
+fp16 4k + 2 (b ≤ 16); q8 ⌈kb/8⌉ + (k − 4) + 12; q4 ⌈kb/8⌉ + ⌈(k − 4)/2⌉ + 12; sB ⌈set_bits/8⌉ +
+⌈(k − 4)·B/8⌉ + 12. The readers give the q formats' rows by probability and the s formats' by id:
+every loss that reads the cache sums over the row, so the order does not matter.
 """
 from __future__ import annotations
 
@@ -23,8 +38,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-Format = Literal["fp16", "q8", "q4"]
-FORMATS: tuple[str, ...] = ("fp16", "q8", "q4")
+Format = Literal["fp16", "q8", "q4", "s8", "s7"]
+FORMATS: tuple[str, ...] = ("fp16", "q8", "q4", "s8", "s7")
 HEAD = 4  # log-probabilities stored exactly (float16) before the quantised gaps
 FLOOR = -60.0  # log-probabilities are clipped here before quantising (the loss clips at log 1e-12 ≈ -27.6 anyway)
 
@@ -39,8 +54,22 @@ def layout(fmt: str, k: int, vocab: int) -> dict[str, tuple[np.dtype, tuple[int,
         ids = np.uint16 if vocab <= 1 << 16 else np.int32
         return {"logp": (np.float16, (k,)), "ids": (ids, (k,)), "rest": (np.float16, ())}
     bits, head = int(fmt[1:]), min(HEAD, k)
+    if fmt[0] == "s":
+        return {"set": (np.uint8, (-(-set_bits(k, vocab) // 8),)), "head": (np.float16, (head,)),
+                "step": (np.float16, ()), "codes": (np.uint8, (-(-(k - head) * bits // 8),)), "rest": (np.float16, ())}
     return {"ids": (np.uint8, (-(-k * id_bits(vocab) // 8),)), "head": (np.float16, (head,)), "step": (np.float16, ()),
             "codes": (np.uint8, (-(-(k - head) * bits // 8),)), "rest": (np.float16, ())}
+
+
+def low_bits(k: int, vocab: int) -> int:
+    """Elias-Fano's split: the low ⌊log₂(V/k)⌋ bits of each sorted id are stored as they are, the rest in unary."""
+    return max(0, (vocab // k).bit_length() - 1)
+
+
+def set_bits(k: int, vocab: int) -> int:
+    """Bits of an `s` format's "set": k low parts, the unary high parts, and where each head value sits."""
+    low = low_bits(k, vocab)
+    return k * low + ((vocab - 1) >> low) + k + min(HEAD, k) * (k - 1).bit_length()
 
 
 def bytes_per_token(fmt: str, k: int, vocab: int) -> int:
@@ -57,6 +86,8 @@ def encode(
             "ids": top_ids.cpu().numpy().astype(layout(fmt, 1, vocab)["ids"][0]),
             "rest": rest.cpu().numpy().astype(np.float16),
         }
+    if fmt[0] == "s":
+        return encode_set(int(fmt[1:]), top_logp, top_ids, rest, vocab)
     bits, head = int(fmt[1:]), min(HEAD, top_logp.shape[1])
     top = top_logp.float().clamp_min(FLOOR)
     first = top[:, :head].half().float()
@@ -84,7 +115,7 @@ def decode(
     fmt: str, arrays: dict[str, np.ndarray], k: int, vocab: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The arrays of `layout` (any leading dims) -> (log-probs [..., k] float32, ids [..., k] long, rest [...]
-    float32)."""
+    float32); the s formats give each row in id order, the others by probability."""
     rest = torch.from_numpy(arrays["rest"].astype(np.float32))
     if fmt == "fp16":
         return (
@@ -92,6 +123,8 @@ def decode(
             torch.from_numpy(arrays["ids"].astype(np.int64)),
             rest,
         )
+    if fmt[0] == "s":
+        return (*decode_set(int(fmt[1:]), arrays, k, vocab), rest)
     bits, head = int(fmt[1:]), min(HEAD, k)
     ids = torch.from_numpy(unpack(arrays["ids"], id_bits(vocab), k))
     first = torch.from_numpy(arrays["head"].astype(np.float32))
@@ -99,6 +132,74 @@ def decode(
     step = torch.from_numpy(arrays["step"].astype(np.float32))[..., None]
     tail = first[..., -1:] - step * codes.cumsum(-1)
     return rescale(torch.cat([first, tail], -1), rest), ids, rest
+
+
+def encode_set(
+    bits: int, top_logp: torch.Tensor, top_ids: torch.Tensor, rest: torch.Tensor, vocab: int
+) -> dict[str, np.ndarray]:
+    """An `s` format: the row in id order, its ids as one Elias-Fano set, its log-probabilities as `bits`-bit
+    steps down from the head's last value (plain rounding: in id order no neighbour shares an error)."""
+    n, k = top_logp.shape
+    head, low = min(HEAD, k), low_bits(k, vocab)
+    top = top_logp.float().cpu().clamp_min(FLOOR)
+    order = top_ids.cpu().argsort(1)
+    ids = top_ids.cpu().gather(1, order).numpy().astype(np.int64)  # ascending
+    where = order.argsort(1)[:, :head]  # the place of the r-th largest in id order, r < head
+    is_head = torch.zeros(n, k, dtype=torch.bool).scatter_(1, where, True)
+    first = top[:, :head].half().float()
+    tail = top.gather(1, order)[~is_head].view(n, k - head)
+    top_code = (1 << bits) - 1
+    span = first[:, -1] - tail.amin(1) if k > head else first[:, 0] * 0
+    step = (span.clamp_min(0) / top_code * (1 + 2 ** -9)).clamp_min(1e-4).half().float()
+    codes = torch.round((first[:, -1:] - tail) / step[:, None]).clamp(0, top_code)
+    high = np.zeros((n, ((vocab - 1) >> low) + k), np.uint8)
+    high[np.arange(n)[:, None], (ids >> low) + np.arange(k)] = 1
+    places = where.numpy().astype(np.int64)
+    planes = [bit_planes(ids, low), high, bit_planes(places, (k - 1).bit_length())]
+    return {
+        "set": np.packbits(np.concatenate(planes, 1), axis=-1, bitorder="little"),
+        "head": first.numpy().astype(np.float16),
+        "step": step.numpy().astype(np.float16),
+        "codes": pack(codes.numpy().astype(np.int64), bits),
+        "rest": rest.cpu().numpy().astype(np.float16),
+    }
+
+
+def decode_set(bits: int, arrays: dict[str, np.ndarray], k: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of `encode_set` (any leading dims): (log-probs [..., k] rescaled with the rest, ids [..., k]),
+    both in id order."""
+    lead = arrays["rest"].shape
+    head, low, where_bits = min(HEAD, k), low_bits(k, vocab), (k - 1).bit_length()
+    n_high = ((vocab - 1) >> low) + k
+    planes = np.unpackbits(arrays["set"].reshape(-1, arrays["set"].shape[-1]), axis=-1, count=set_bits(k, vocab),
+                           bitorder="little")
+    n = planes.shape[0]
+    low_part = unpack(arrays["set"].reshape(n, -1), low, k)  # the low parts come first, from bit 0
+    unary = np.ascontiguousarray(planes[:, k * low: k * low + n_high]).view(bool)  # k ones in each row
+    high = np.flatnonzero(unary).reshape(n, k) - (np.arange(n) * n_high)[:, None] - np.arange(k)
+    ids = (high << low) | low_part
+    where = from_planes(planes[:, k * low + n_high:], where_bits, head)
+    first = arrays["head"].reshape(n, head).astype(np.float32)
+    codes = unpack(arrays["codes"].reshape(n, -1), bits, k - head)
+    step = arrays["step"].reshape(n, 1).astype(np.float32)
+    rows = np.arange(n)[:, None]
+    is_tail = np.ones((n, k), bool)
+    is_tail[rows, where] = False
+    logp = np.empty((n, k), np.float32)
+    logp[is_tail] = (first[:, -1:] - step * codes).ravel()
+    logp[rows, where] = first
+    rest = torch.from_numpy(arrays["rest"].reshape(n).astype(np.float32))
+    return rescale(torch.from_numpy(logp), rest).view(*lead, k), torch.from_numpy(ids).view(*lead, k)
+
+
+def bit_planes(values: np.ndarray, bits: int) -> np.ndarray:
+    """[..., m] non-negative ints < 2^bits -> [..., m·bits] of 0/1, each value's bits from the lowest."""
+    return ((values[..., None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(*values.shape[:-1], -1)
+
+
+def from_planes(planes: np.ndarray, bits: int, m: int) -> np.ndarray:
+    """The inverse of `bit_planes`: [n, m·bits] of 0/1 -> [n, m] int64."""
+    return planes.reshape(planes.shape[0], m, bits).astype(np.int64) @ (1 << np.arange(bits, dtype=np.int64))
 
 
 def rescale(logp: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
@@ -109,8 +210,7 @@ def rescale(logp: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
 
 def pack(values: np.ndarray, bits: int) -> np.ndarray:
     """[..., n] non-negative ints < 2^bits -> [..., ⌈n·bits/8⌉] uint8, little-endian bit order."""
-    planes = ((values[..., None] >> np.arange(bits)) & 1).astype(np.uint8)
-    return np.packbits(planes.reshape(*values.shape[:-1], -1), axis=-1, bitorder="little")
+    return np.packbits(bit_planes(values, bits), axis=-1, bitorder="little")
 
 
 def unpack(packed: np.ndarray, bits: int, n: int) -> np.ndarray:

@@ -74,7 +74,9 @@ class DistillConfig:
     )
     cache_top_k: int = field(64, "cache-teachers: log-probabilities kept per token", ge=1)
     cache_format: Format = field(
-        "q8", "cache-teachers: how the top-k is stored: q8 or q4 (quantised, smaller), fp16 (float16, as before)"
+        "q8",
+        "cache-teachers: how the top-k is stored: q8 or q4 (quantised, by probability), s8 or s7 (quantised, ids as "
+        "a set: smaller), fp16 (float16, as before)",
     )
 
 
