@@ -2,6 +2,7 @@
 error its storage puts into the KD loss, in one run.
 
     python bench/cache_bytes.py [--rows 2000]
+    python bench/cache_bytes.py --real TEACHER STUDENT --text FILE   # also on two trained models' outputs on real text
 
 Bytes: `distill/cache_format.bytes_per_token` for ours; for DistillKit, its README's two configurations counted as
 its `total_bits` does (the exact values at 16 bits each, each fitted term at 32, the ids at ⌈log₂ V⌉ bits, each part
@@ -85,10 +86,50 @@ def errors(n: int, k: int, vocab: int = 16_000) -> dict[str, dict[str, float]]:
     return out
 
 
+def real_errors(teacher: str, student: str, text: Path, blocks: int, temperature: float) -> dict[int, dict]:
+    """{k: {storage: error share}} on real text: a trained teacher's tempered top-k against a trained student (both
+    Hugging Face folders sharing the teacher's tokenizer), `blocks` blocks of 128 tokens from the start of `text`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(teacher)
+    ids = tok(text.read_text(encoding="utf-8")[: 2000 * blocks], add_special_tokens=False)["input_ids"]
+    batch = torch.tensor(ids[: blocks * 128]).view(blocks, 128)
+    with torch.no_grad():
+        t, s = (AutoModelForCausalLM.from_pretrained(m).eval()(batch).logits.flatten(0, 1).double()
+                for m in (teacher, student))
+    logp = F.log_softmax(t / temperature, -1)
+    dense = temperature ** 2 * float(F.kl_div(F.log_softmax(s / temperature, -1), logp, log_target=True,
+                                              reduction="sum"))
+    vocab, out = t.shape[-1], {}
+    for k in (50, 128):
+        top, top_ids = logp.float().topk(k, -1)
+        rest = (1 - top.exp().sum(-1)).clamp_min(0)
+        exact = float(cached_logit_kd(s, top.double(), top_ids, rest.double(), temperature, 1))
+        for fmt in C.FORMATS + TRIALS:
+            logp_k, got_ids, _ = C.decode(fmt, C.encode(fmt, top, top_ids, rest, vocab), k, vocab)
+            kd = float(cached_logit_kd(s, logp_k.double(), got_ids, rest.double(), temperature, 1))
+            out.setdefault(k, {})[fmt] = (C.bytes_per_token(fmt, k, vocab), abs(kd - exact) / dense)
+    print(f"\nreal text ({text.name}, {blocks * 128} tokens), T = {temperature}: teacher {teacher}, student {student}, "
+          f"{vocab}-token vocabulary, dense KD {dense / (blocks * 128):.4f} a token\n")
+    print("| storage | bytes, k = 50 | error, k = 50 | bytes, k = 128 | error, k = 128 |")
+    print("| --- | --- | --- | --- | --- |")
+    for fmt in C.FORMATS + TRIALS:
+        (b50, e50), (b128, e128) = out[50][fmt], out[128][fmt]
+        print(f"| `{fmt}`{' (trial)' if fmt in TRIALS else ''} | {b50} | {e50:.1e} | {b128} | {e128:.1e} |")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=2000, help="rows (token positions) per kind")
+    p.add_argument("--real", nargs=2, metavar=("TEACHER", "STUDENT"), help="also measure on two trained model folders")
+    p.add_argument("--text", type=Path, help="with --real: a text file to read blocks from")
+    p.add_argument("--blocks", type=int, default=16, help="with --real: blocks of 128 tokens")
+    p.add_argument("--temperature", type=float, default=2.0, help="with --real: the KD temperature")
     args = p.parse_args()
+    if args.real:
+        real_errors(*args.real, args.text, args.blocks, args.temperature)
+        return
     print("bytes per token (16k vocabulary / GPT-2's 50,257)\n")
     ks = (32, 50, 64, 128)
     print("| storage | " + " | ".join(f"k = {k}" for k in ks) + " |")
