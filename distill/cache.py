@@ -144,7 +144,11 @@ class TeacherCache:
         """(log-probs [B, T, k] float32, ids [B, T, k] long, rest [B, T] float32) for the given blocks."""
         rows = [(int(i) // self.shard_blocks, int(i) % self.shard_blocks) for i in block_index.tolist()]
         arrays = {name: np.stack([self.shards[s][name][o] for s, o in rows]) for name in self.shards[0]}
-        return cache_format.decode(self.format, arrays, self.k, self.vocab)
+        try:
+            return cache_format.decode(self.format, arrays, self.k, self.vocab)
+        except ValueError as exc:  # the s formats' sets check themselves
+            raise UserError(f"distill.teacher_cache={self.folder}: blocks {block_index.tolist()}: {exc}; write the "
+                            "cache again with python -m distill cache-teachers --overwrite") from None
 
 
 @torch.no_grad()

@@ -176,8 +176,12 @@ def decode_set(bits: int, arrays: dict[str, np.ndarray], k: int, vocab: int) -> 
     n = planes.shape[0]
     low_part = unpack(arrays["set"].reshape(n, -1), low, k)  # the low parts come first, from bit 0
     unary = np.ascontiguousarray(planes[:, k * low: k * low + n_high]).view(bool)  # k ones in each row
+    if not (unary.sum(1) == k).all():
+        raise ValueError(f"a row's id set does not hold {k} ids (damaged)")
     high = np.flatnonzero(unary).reshape(n, k) - (np.arange(n) * n_high)[:, None] - np.arange(k)
     ids = (high << low) | low_part
+    if ids.max(initial=0) >= vocab:
+        raise ValueError(f"a row's id set holds an id past the {vocab}-token vocabulary (damaged)")
     where = from_planes(planes[:, k * low + n_high:], where_bits, head)
     first = arrays["head"].reshape(n, head).astype(np.float32)
     codes = unpack(arrays["codes"].reshape(n, -1), bits, k - head)

@@ -56,6 +56,33 @@ def test_the_s_formats_give_each_row_in_id_order_with_its_ids_exact(fmt):
     assert torch.equal(ids3.flatten(0, 1), got_ids) and torch.equal(logp3.flatten(0, 1), logp)
 
 
+def test_a_damaged_id_set_is_refused_not_misread():
+    """The s formats' sets check themselves: a row whose unary part lost or gained an id, or whose last id runs
+    past the vocabulary, is a ValueError naming the damage (the cache reader turns it into one line)."""
+    _, top, ids, rest = targets(10, 16_000, 64)
+    arrays = C.encode("s8", top, ids, rest, 16_000)
+    low = C.low_bits(64, 16_000)
+    unary_byte = (64 * low + 20) // 8  # a byte inside the unary high parts, which follow the 64 low parts
+    for flip in (0x01, 0x80):
+        damaged = {**arrays, "set": arrays["set"].copy()}
+        damaged["set"][3, unary_byte] ^= flip
+        with pytest.raises(ValueError, match="does not hold 64 ids"):
+            C.decode("s8", damaged, 64, 16_000)
+    # at 16,100 tokens the largest high part (125) with all low bits set spells 16,127: past the vocabulary, with the
+    # count of ids unchanged
+    vocab = 16_100
+    planes = np.unpackbits(C.encode("s8", top, ids, rest, vocab)["set"], axis=-1, count=C.set_bits(64, vocab),
+                           bitorder="little")
+    low, n_high = C.low_bits(64, vocab), (vocab - 1 >> C.low_bits(64, vocab)) + 64
+    unary = planes[3, 64 * low: 64 * low + n_high]
+    unary[np.flatnonzero(unary)[-1]], unary[-1] = 0, 1
+    planes[3, 63 * low: 64 * low] = 1
+    planes[3, 64 * low: 64 * low + n_high] = unary
+    past = {**C.encode("s8", top, ids, rest, vocab), "set": np.packbits(planes, axis=-1, bitorder="little")}
+    with pytest.raises(ValueError, match="past the 16100-token vocabulary"):
+        C.decode("s8", past, 64, vocab)
+
+
 @pytest.mark.parametrize("fmt,bound", [("q8", 1 / 254), ("q4", 1 / 14)])
 def test_each_log_probability_is_within_about_a_step(fmt, bound):
     """Error diffusion: the error of every decoded value stays within one step (the largest gap over

@@ -367,6 +367,20 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
     assert (got_rest - rest).abs().max() < 1e-3
     assert (logp.gather(1, order) - top.gather(1, want_order)).abs().max() < {"fp16": 0.02, "s7": 0.1}[fmt]
 
+    if fmt == "s7":  # the s formats' id sets check themselves: a damaged one is one line from the reader, not a misread
+        import numpy as np
+
+        from common.errors import UserError
+
+        damaged = tmp_path / "damaged"
+        shutil.copytree(cache, damaged)
+        shard = np.load(damaged / "shard-00000.set.npy", mmap_mode="r+")
+        shard[1, 5, -8:] ^= 0xFF  # the id set's last bits: unary ones and head places
+        shard.flush()
+        del shard
+        with pytest.raises(UserError, match=f"teacher_cache={damaged}: blocks \\[1\\]: .*damaged.*--overwrite"):
+            TeacherCache(damaged, info["fingerprint"]).lookup(torch.tensor([1]))
+
     # the trainer reads it; changing the format asks for --overwrite; a format this version does not know is one line
     ok(run_cli("distill", str(recipe), *base, f"distill.teacher_cache={cache}"))
     other = "q4"
