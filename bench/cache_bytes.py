@@ -70,7 +70,7 @@ def errors(n: int, k: int, vocab: int = 16_000) -> dict[str, dict[str, float]]:
         logits = rows(kind, n, vocab)
         top, ids = F.log_softmax(logits, -1).topk(k, -1)
         rest = (1 - top.exp().sum(-1)).clamp_min(0)
-        stored = {fmt: C.decode(fmt, C.encode(fmt, top, ids, rest, vocab), k, vocab)[:2] for fmt in C.FORMATS + TRIALS}
+        stored = ours(top, ids, rest, vocab)
         for name, (dk_k, exact, terms) in DISTILLKIT.items():
             if dk_k == k:
                 stored[name] = C.rescale(distillkit_logp(top, exact, terms), rest), ids
@@ -80,10 +80,23 @@ def errors(n: int, k: int, vocab: int = 16_000) -> dict[str, dict[str, float]]:
             dense = float(F.kl_div(F.log_softmax(student, -1), F.log_softmax(logits.double(), -1), log_target=True,
                                    reduction="sum"))
             exact_kd = float(cached_logit_kd(student, top.double(), ids, rest.double(), 1.0, 1))
-            for name, (logp, got_ids) in stored.items():  # the s formats give the row back in id order
-                kd = float(cached_logit_kd(student, logp.double(), got_ids, rest.double(), 1.0, 1))
-                out.setdefault(name, {})[f"{kind}, noise {noise}"] = abs(kd - exact_kd) / dense
+            for name, (logp, got_ids) in stored.items():
+                out.setdefault(name, {})[f"{kind}, noise {noise}"] = share(student, logp, got_ids, rest, 1.0, exact_kd,
+                                                                           dense)
     return out
+
+
+def ours(top: torch.Tensor, ids: torch.Tensor, rest: torch.Tensor, vocab: int) -> dict[str, tuple]:
+    """{format: (log-probs, ids)} of the top-k as each of our formats (and trials) stores it; the s formats give the
+    row back in id order."""
+    return {fmt: C.decode(fmt, C.encode(fmt, top, ids, rest, vocab), top.shape[-1], vocab)[:2]
+            for fmt in C.FORMATS + TRIALS}
+
+
+def share(student, logp, ids, rest, temperature: float, exact: float, dense: float) -> float:
+    """|stored − top-k| / dense: the KD-loss error the storage adds, as a share of the dense loss."""
+    kd = float(cached_logit_kd(student, logp.double(), ids, rest.double(), temperature, 1))
+    return abs(kd - exact) / dense
 
 
 def real_errors(teacher: str, student: str, text: Path, blocks: int, temperature: float) -> dict[int, dict]:
@@ -105,10 +118,9 @@ def real_errors(teacher: str, student: str, text: Path, blocks: int, temperature
         top, top_ids = logp.float().topk(k, -1)
         rest = (1 - top.exp().sum(-1)).clamp_min(0)
         exact = float(cached_logit_kd(s, top.double(), top_ids, rest.double(), temperature, 1))
-        for fmt in C.FORMATS + TRIALS:
-            logp_k, got_ids, _ = C.decode(fmt, C.encode(fmt, top, top_ids, rest, vocab), k, vocab)
-            kd = float(cached_logit_kd(s, logp_k.double(), got_ids, rest.double(), temperature, 1))
-            out.setdefault(k, {})[fmt] = (C.bytes_per_token(fmt, k, vocab), abs(kd - exact) / dense)
+        for fmt, (logp_k, got_ids) in ours(top, top_ids, rest, vocab).items():
+            out.setdefault(k, {})[fmt] = (C.bytes_per_token(fmt, k, vocab),
+                                          share(s, logp_k, got_ids, rest, temperature, exact, dense))
     print(f"\nreal text ({text.name}, {blocks * 128} tokens), T = {temperature}: teacher {teacher}, student {student}, "
           f"{vocab}-token vocabulary, dense KD {dense / (blocks * 128):.4f} a token\n")
     print("| storage | bytes, k = 50 | error, k = 50 | bytes, k = 128 | error, k = 128 |")

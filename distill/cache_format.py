@@ -94,8 +94,7 @@ def encode(
     tail = top[:, head:]
     top_code = (1 << bits) - 1
     largest_gap = torch.cat([first[:, -1:], tail], 1).diff(dim=1).neg().amax(1) if tail.shape[1] else first[:, 0] * 0
-    # float16 rounds to nearest (relative error ≤ 2^-11): the margin keeps the stored step at or above its need
-    step = (largest_gap.clamp_min(0) / (top_code - 1) * (1 + 2 ** -9)).clamp_min(1e-4).half().float()
+    step = float16_step(largest_gap, top_code - 1)
     codes = torch.empty_like(tail, dtype=torch.uint8)
     decoded = first[:, -1]
     for i in range(tail.shape[1]):  # error diffusion: each code rounds the gap from the previous decoded value
@@ -134,6 +133,12 @@ def decode(
     return rescale(torch.cat([first, tail], -1), rest), ids, rest
 
 
+def float16_step(span: torch.Tensor, steps: int) -> torch.Tensor:
+    """The step that covers `span` [N] in `steps` steps, as float16 stores it: float16 rounds to nearest (relative
+    error ≤ 2^-11), so a margin keeps the stored step at or above its need."""
+    return (span.clamp_min(0) / steps * (1 + 2 ** -9)).clamp_min(1e-4).half().float()
+
+
 def encode_set(
     bits: int, top_logp: torch.Tensor, top_ids: torch.Tensor, rest: torch.Tensor, vocab: int
 ) -> dict[str, np.ndarray]:
@@ -150,7 +155,7 @@ def encode_set(
     tail = top.gather(1, order)[~is_head].view(n, k - head)
     top_code = (1 << bits) - 1
     span = first[:, -1] - tail.amin(1) if k > head else first[:, 0] * 0
-    step = (span.clamp_min(0) / top_code * (1 + 2 ** -9)).clamp_min(1e-4).half().float()
+    step = float16_step(span, top_code)
     codes = torch.round((first[:, -1:] - tail) / step[:, None]).clamp(0, top_code)
     high = np.zeros((n, ((vocab - 1) >> low) + k), np.uint8)
     high[np.arange(n)[:, None], (ids >> low) + np.arange(k)] = 1

@@ -159,8 +159,10 @@ def keep_other_results(out_dir: Path, task: Task, convention: str, backend: str)
         old = json.loads(result.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # no result yet, or one that cannot be read: nothing to keep
+    if not isinstance(old, dict):
+        return
     for key, new in (("convention", convention), ("backend", backend)):
-        if isinstance(old, dict) and old.get(key, new) != new:
+        if old.get(key, new) != new:
             raise UserError(f"{result}: holds {task.name} scored with {key} {old[key]}; scoring it with {new} would "
                             f"replace it: pass --out DIR to keep both, or move that file away")
 
@@ -232,8 +234,9 @@ def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tupl
         if override is not None and not override.is_file():
             raise UserError(f"--ewok-zip: {override} does not exist")
         tasks.append(load_task(name, opts.data_dir, opts.ewok_password, override, fast=opts.fast))
+    target = results_dir(model_path, opts)
     for task in tasks:  # a task that cannot be scored this way, or whose other scores it would replace, fails here
-        keep_other_results(results_dir(model_path, opts), task, convention_for(task, opts), opts.backend)
+        keep_other_results(target, task, convention_for(task, opts), opts.backend)
     with loading_bars(opts.progress):
         m = load(model_path, "causal" if opts.backend == "causal" else "mlm", opts.device, opts.dtype, opts.max_length)
     m.backend = opts.backend
