@@ -215,6 +215,15 @@ def call(main, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
 
 
+def run_here(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` in this process (`call` on `<module>.__main__.main`, as the grid's debug executor
+    runs a point): for tests of what a run does, without the ~8 s of interpreter start and imports each subprocess
+    costs here. How a process starts, stops and is signalled is tested through `run_cli`."""
+    import importlib
+
+    return call(importlib.import_module(f"{module}.__main__").main, *args)
+
+
 def in_terminal(argv: list[str], cwd: Path = ROOT, timeout: int = 600) -> tuple[int, str, float]:
     """`argv` under a pseudo-terminal of 120 columns (progress bars draw as on a person's screen): the exit code,
     everything written to the terminal (line ends as `\n`, bar redraws as `\r`) and the wall time in seconds.

@@ -20,6 +20,7 @@ from conftest import (
     call,
     ok,
     run_cli,
+    run_here,
     shared,
     start_and_kill,
     stop_at_budget,
@@ -40,7 +41,7 @@ def teachers(tmp_path_factory, demo_root, cache_dir) -> Path:
     root = tmp_path_factory.mktemp("distill")
     for recipe, steps in (("demo-teacher", 60), ("demo-teacher-llama", 60), ("demo-teacher-gpt2tok", 20)):
         ok(
-            run_cli(
+            run_here(
                 "train",
                 f"config/runs/{recipe}.yaml",
                 f"data.train_dir={demo_root / 'train'}",
@@ -96,7 +97,7 @@ def test_demo_recipe_trains_and_exports_a_plain_student(name, teachers, demo_roo
     recipe = recipe_copy(name, teachers, tmp_path)
     raw = yaml.safe_load(recipe.read_text())
     proc = ok(
-        run_cli(
+        run_here(
             "distill", str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs"), "train.word_checkpoints=1k"
         )
     )
@@ -140,7 +141,7 @@ def test_teachers_with_their_own_and_the_shared_tokenizer_together(teachers, dem
     both = (f"distill.teachers=[{{path: {teachers}/runs/demo/teacher-gpt2tok/model, tokenizer: own}}, "
             f"{{path: {teachers}/runs/demo/teacher/model}}]")
     proc = ok(
-        run_cli(
+        run_here(
             "distill",
             str(recipe),
             *overrides(demo_root, cache_dir, tmp_path / "runs", steps=10),
@@ -169,7 +170,7 @@ def test_warm_start_begins_from_the_checkpoint(teachers, demo_root, cache_dir, t
     for name, extra in (("warm", []), ("cold", ["student.init_from="])):
         recipe = recipe_copy("demo-warmstart", teachers, tmp_path)
         ok(
-            run_cli(
+            run_here(
                 "distill",
                 str(recipe),
                 *overrides(demo_root, cache_dir, tmp_path / name, steps=5),
@@ -189,7 +190,7 @@ def test_first_step_is_the_same_with_gradient_accumulation(teachers, demo_root, 
     results = {}
     for name, bs, ga in (("one", 8, 1), ("two", 4, 2)):
         ok(
-            run_cli(
+            run_here(
                 "distill",
                 str(recipe),
                 *overrides(demo_root, cache_dir, tmp_path / name, steps=1),
@@ -260,7 +261,7 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     recipe = recipe_copy("demo-kd", teachers, tmp_path)
     base = overrides(demo_root, cache_dir, tmp_path / "runs", steps=20)
     cache = tmp_path / "teacher-cache"
-    proc = ok(run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache)))
+    proc = ok(run_here("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache)))
     assert "caching top-16 of 2 teacher(s)" in proc.stdout and (cache / "cache.json").exists()
     info = json.loads((cache / "cache.json").read_text())
     assert info["fingerprint"]["top_k"] == 16 and info["n_blocks"] > 0
@@ -274,11 +275,11 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     assert (
         "nothing to do"
         in ok(
-            run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache))
+            run_here("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=16", "--out", str(cache))
         ).stdout
     )
 
-    proc = ok(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}"))
+    proc = ok(run_here("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}"))
     assert (
         "teacher targets from the cache" in proc.stdout and "teacher (cached)" in proc.stdout
     )  # checked, never loaded
@@ -288,16 +289,16 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     # stale
     rkl = ["distill.cache_top_k=16", f"distill.teacher_cache={cache}", "distill.losses.logit_kd.weight=0",
            "distill.losses.reverse_kl.weight=0.5", "output.name=cached-rkl"]
-    ok(run_cli("distill", str(recipe), *base, *rkl, "distill.losses.reverse_kl.temperature=2"))
+    ok(run_here("distill", str(recipe), *base, *rkl, "distill.losses.reverse_kl.temperature=2"))
     rows = [r for r in metrics(tmp_path / "runs" / "demo" / "cached-rkl") if "loss" in r]
     assert rows[-1]["loss"] < rows[0]["loss"] and "loss/reverse_kl" in rows[0] and "loss/logit_kd" not in rows[0]
-    assert_user_error(run_cli("distill", str(recipe), *base, *rkl, "output.name=stale"), "stale cache", "temperature")
+    assert_user_error(run_here("distill", str(recipe), *base, *rkl, "output.name=stale"), "stale cache", "temperature")
 
     # a different k, temperature or teacher set is a stale cache: an error, never a silent reuse
     for change, needle in (("distill.cache_top_k=32", "distill.cache_top_k"),
                            ("distill.losses.logit_kd.temperature=3", "temperature")):
         assert_user_error(
-            run_cli(
+            run_here(
                 "distill",
                 str(recipe),
                 *base,
@@ -310,7 +311,7 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
             needle,
         )
     assert_user_error(
-        run_cli("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=8", "--out", str(cache)),
+        run_here("distill", "cache-teachers", str(recipe), *base, "distill.cache_top_k=8", "--out", str(cache)),
         "holds a cache of different inputs",
         "--overwrite",
     )
@@ -319,8 +320,9 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     # a truncated shard is one line naming it, before the run directory exists
     shard = cache / "shard-00000.codes.npy"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    assert_user_error(run_cli("distill", str(recipe), *base, "distill.cache_top_k=16", f"distill.teacher_cache={cache}",
-                              "output.name=truncated"), str(shard), "cannot be read", "cache-teachers --overwrite")
+    assert_user_error(run_here("distill", str(recipe), *base, "distill.cache_top_k=16",
+                               f"distill.teacher_cache={cache}", "output.name=truncated"),
+                      str(shard), "cannot be read", "cache-teachers --overwrite")
     assert not (tmp_path / "runs" / "demo" / "truncated").exists()
 
 
@@ -341,7 +343,7 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
     base = [*overrides(demo_root, cache_dir, tmp_path / "runs", steps=6), "distill.cache_top_k=32"]
     cache = tmp_path / "cache"
     proc = ok(
-        run_cli("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={fmt}", "--out", str(cache))
+        run_here("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={fmt}", "--out", str(cache))
     )
     info = read_manifest(cache / "cache.json", "")
     assert info["format"] == fmt and "the storage changes it by" in proc.stdout
@@ -382,10 +384,10 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
             TeacherCache(damaged, info["fingerprint"]).lookup(torch.tensor([1]))
 
     # the trainer reads it; changing the format asks for --overwrite; a format this version does not know is one line
-    ok(run_cli("distill", str(recipe), *base, f"distill.teacher_cache={cache}"))
+    ok(run_here("distill", str(recipe), *base, f"distill.teacher_cache={cache}"))
     other = "q4"
     assert_user_error(
-        run_cli("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={other}", "--out", str(cache)),
+        run_here("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={other}", "--out", str(cache)),
         f"the format: {fmt} there, distill.cache_format={other} here",
         "--overwrite",
     )
@@ -393,10 +395,10 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
     manifest = json.loads((cache / "cache.json").read_text())
     unknown = {"fp16": "q6", "s7": "s6"}[fmt]  # widths the codecs could write, not formats this version reads
     (cache / "cache.json").write_text(json.dumps({**manifest, "format": unknown}))
-    assert_user_error(run_cli("distill", str(recipe), *base, f"distill.teacher_cache={cache}", "output.name=unknown"),
+    assert_user_error(run_here("distill", str(recipe), *base, f"distill.teacher_cache={cache}", "output.name=unknown"),
                       str(cache / "cache.json"), f"'{unknown}' is not one this version reads (fp16, q8, q4, s8, s7)")
     assert_user_error(
-        run_cli("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={unknown}", "--out",
+        run_here("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={unknown}", "--out",
                 str(tmp_path / "c2")),
         "distill.cache_format: expected one of 'fp16', 'q8', 'q4', 's8', 's7'",
         f"got '{unknown}'",

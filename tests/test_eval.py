@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_user_error, call, ok, run_cli, shared
+from conftest import ROOT, assert_user_error, call, ok, run_cli, run_here, shared
 
 PARADIGMS = [
     "adjunct_island",
@@ -37,8 +37,8 @@ def trained(tmp_path_factory, demo_root, cache_dir):
         "train.eval_steps=1000",
         "optim.warmup_steps=5",
     ]
-    ok(run_cli("train", *base, "train.max_steps=40", "output.name=causal"))
-    ok(run_cli("train", *base, "train.max_steps=20", "model.arch=roberta-tiny", "output.name=masked"))
+    ok(run_here("train", *base, "train.max_steps=40", "output.name=causal"))
+    ok(run_here("train", *base, "train.max_steps=20", "model.arch=roberta-tiny", "output.name=masked"))
     return {"causal": out / "demo" / "causal" / "model", "mlm": out / "demo" / "masked" / "model"}
 
 
@@ -503,7 +503,7 @@ def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_
     model = trained["causal"]
     for pool, out in (("last", tmp_path / "last"), ("first", tmp_path / "first")):
         ok(
-            run_cli(
+            run_here(
                 "eval",
                 "finetune",
                 str(model),
@@ -537,7 +537,7 @@ def test_bad_inputs(trained, data_slice, tmp_path):
     out = tmp_path / "never"
 
     def bad(*args, needles):
-        assert_user_error(run_cli("eval", *args, "--out", str(out), "--no-progress"), *needles)
+        assert_user_error(run_here("eval", *args, "--out", str(out), "--no-progress"), *needles)
         assert not out.exists()
 
     bad(
@@ -646,7 +646,7 @@ def long_context_task(tmp_path):
 
 def test_too_long_is_truncated_with_a_warning(trained, tmp_path):
     spec, data = long_context_task(tmp_path)
-    proc = ok(run_cli("eval", str(trained["causal"]), "--tasks", str(spec), "--data-dir", str(data),
+    proc = ok(run_here("eval", str(trained["causal"]), "--tasks", str(spec), "--data-dir", str(data),
                       "--max-length", "16", "--out", str(tmp_path / "o"), "--no-progress"))
     assert (
         "left-truncated" in proc.stdout

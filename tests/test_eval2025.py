@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_user_error, call, ok, run_cli, shared
+from conftest import assert_user_error, call, ok, run_here, shared
 from test_eval import compare_2025, score_with_project
 
 GPT2 = shared("hf_tiny_gpt2")
@@ -264,7 +264,7 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
 
     out = tmp_path / "model"
     shutil.copytree(GPT2, out)
-    proc = ok(run_cli("eval", str(out), "--suite", "babylm2025-fast", "--data-dir", str(extras), "--no-progress"))
+    proc = ok(run_here("eval", str(out), "--suite", "babylm2025-fast", "--data-dir", str(extras), "--no-progress"))
     assert "comps" not in proc.stdout and "reading" in proc.stdout
     fast = out / "eval" / "fast"
     et = json.loads((fast / "entity_tracking.json").read_text())
@@ -273,7 +273,7 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     assert list(wug) == ["wug"] and len(wug["wug"]["predictions"]) == 200 and "prob" in wug["wug"]["predictions"][0]
     reading = json.loads((fast / "babylm2025" / "reading" / "predictions.json").read_text())
     assert len(reading["reading"]["predictions"]) == 1726
-    ok(run_cli("eval", str(out), "--suite", "babylm2025", "--data-dir", str(extras), "--no-progress"))
+    ok(run_here("eval", str(out), "--suite", "babylm2025", "--data-dir", str(extras), "--no-progress"))
     full = out / "eval"
     blimp = json.loads((full / "babylm2025" / "blimp_filtered" / "predictions.json").read_text())
     first = blimp["adjunct_island"]["predictions"][0]
@@ -299,10 +299,10 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     table = tmp_path / "sizes.yaml"
     table.write_text(yaml.safe_dump(sizes))
     assert_user_error(
-        run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)), "task boolq is missing"
+        run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)), "task boolq is missing"
     )
     ok(
-        run_cli(
+        run_here(
             "eval", "finetune", str(out), "--data-dir", str(glue), "--epochs", "1", "--batch-size", "8", "--no-progress"
         )
     )
@@ -311,12 +311,12 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
         assert summary["metric"] == ("f1" if task in ("mrpc", "qqp") else "accuracy") and summary["n_items"] == 8
         assert summary["epochs"] == (1) and summary["lr"] == 3e-5 and summary["pool"] == "last"
     assert_user_error(
-        run_cli("eval", "collate", str(out), "--backend", "causal"), "blimp_filtered", "no predictions for subtask"
+        run_here("eval", "collate", str(out), "--backend", "causal"), "blimp_filtered", "no predictions for subtask"
     )
     assert_user_error(
-        run_cli("eval", "collate", str(out), "--backend", "mlm", "--sizes", str(table)), "--backend causal"
+        run_here("eval", "collate", str(out), "--backend", "mlm", "--sizes", str(table)), "--backend causal"
     )
-    ok(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
+    ok(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
     sub = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())
     assert list(sub) == [
         "blimp",
@@ -336,7 +336,7 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
         (out / "milestones" / name / "words_seen.json").write_text(
             json.dumps({"milestone": words // 10**6 * 10**6, "words_seen": words})
         )
-    ok(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
+    ok(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
     fast = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())["fast_eval_results"]
     assert sorted(fast) == ["blimp", "blimp_supplement", "entity_tracking", "ewok", "reading", "wug_adj", "wug_past"]
     assert all(len(v) == 2 for v in fast.values())
@@ -349,7 +349,7 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     sizes["full"]["comps"]["base"] += 1
     table.write_text(yaml.safe_dump(sizes))
     before = (full / "all_full_preds_and_fast_scores_causal.json").read_bytes()
-    assert_user_error(run_cli("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)),
+    assert_user_error(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)),
                       "task comps, subtask base has 4 predictions, the submission needs 5")
     assert (full / "all_full_preds_and_fast_scores_causal.json").read_bytes() == before
 
@@ -529,9 +529,9 @@ def test_curve_on_the_fast_suite_writes_the_submissions_fast_eval_results(extras
     each what collate reads from that milestone's fast results; a PNG per task."""
     from eval.collate import fast_eval_results
 
-    ok(run_cli("train", *demo_args, "train.max_steps=10", "train.word_checkpoints=1k,5k"))
+    ok(run_here("train", *demo_args, "train.max_steps=10", "train.word_checkpoints=1k,5k"))
     run = tmp_path / "runs" / "demo" / "teacher"
-    ok(run_cli("eval", "curve", str(run), "--suite", "babylm2025-fast", "--data-dir", str(extras), "--no-progress"))
+    ok(run_here("eval", "curve", str(run), "--suite", "babylm2025-fast", "--data-dir", str(extras), "--no-progress"))
     fast = json.loads((run / "eval" / "fast_eval_results.json").read_text())
     assert sorted(fast) == ["blimp", "blimp_supplement", "entity_tracking", "ewok", "reading", "wug_adj", "wug_past"]
     assert fast == fast_eval_results([run / "milestones" / "chck_1k", run / "milestones" / "chck_5k"])

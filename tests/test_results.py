@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, ok, run_cli
+from conftest import assert_user_error, ok, run_cli, run_here
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ def runs(tmp_path_factory, demo_root, cache_dir) -> Path:
     root = tmp_path_factory.mktemp("results") / "runs"
     for name, lr in (("a", "3e-3"), ("b", "1e-3")):
         ok(
-            run_cli(
+            run_here(
                 "train",
                 "config/runs/demo-teacher.yaml",
                 f"data.train_dir={demo_root / 'train'}",
@@ -36,7 +36,7 @@ def runs(tmp_path_factory, demo_root, cache_dir) -> Path:
             )
         )
         run = root / "grid" / name
-        ok(run_cli("eval", str(run / "model"), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress"))
+        ok(run_here("eval", str(run / "model"), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress"))
         (run / "grid.json").write_text(json.dumps({"grid": "demo", "axes": {"optim.lr": float(lr), "seed": 1}}))
     return root
 
@@ -69,7 +69,7 @@ def test_collect_writes_csv_markdown_and_plots(runs, tmp_path):
     shutil.copytree(runs / "grid" / "a", broken)
     (broken / "run.json").write_text("{ not json")
     try:
-        proc = ok(run_cli("results", "collect", str(runs / "grid"), "--out", str(tmp_path / "out")))
+        proc = ok(run_here("results", "collect", str(runs / "grid"), "--out", str(tmp_path / "out")))
     finally:
         shutil.rmtree(unfinished)
         shutil.rmtree(broken)
@@ -107,7 +107,7 @@ def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
     run = tmp_path / "exp" / "a"
     shutil.copytree(runs / "grid" / "a", run)
     ok(
-        run_cli(
+        run_here(
             "eval",
             str(run / "model"),
             "--tasks",
@@ -117,7 +117,7 @@ def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
             "--no-progress",
         )
     )
-    ok(run_cli("results", "collect", str(tmp_path / "exp"), "--out", str(tmp_path / "out")))
+    ok(run_here("results", "collect", str(tmp_path / "exp"), "--out", str(tmp_path / "out")))
     df = pd.read_csv(tmp_path / "out" / "exp.csv")
     wug, reading = (json.loads((run / "eval" / f"{t}.json").read_text()) for t in ("wug_adj", "reading"))
     row = df.iloc[0]
@@ -157,7 +157,7 @@ def test_compare_is_mcnemar_and_a_paired_bootstrap(runs):
     same = compare(runs / "grid" / "a", runs / "grid" / "a", "demo_pairs", samples=500)
     assert same["mcnemar_p"] == 1.0 and same["bootstrap_95"] == [0.0, 0.0]
     proc = ok(
-        run_cli(
+        run_here(
             "results",
             "compare",
             str(runs / "grid" / "a"),

@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from conftest import (ROOT, assert_bitwise_equal, assert_user_error, ok, run_cli, shared, slice_corpus, start_and_kill,
-                      stop_at_budget, weights)
+from conftest import (ROOT, assert_bitwise_equal, assert_user_error, ok, run_cli, run_here, shared, slice_corpus,
+                      start_and_kill, stop_at_budget, weights)
 from train.rundir import checkpoint_problem
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_demo_teacher_writes_the_run_directory(demo_args, tmp_path):
 def test_masked_lm(demo_args, tmp_path):
     from transformers import AutoModelForMaskedLM
 
-    ok(run_cli("train", *demo_args, "model.arch=roberta-tiny", "train.max_steps=10"))
+    ok(run_here("train", *demo_args, "model.arch=roberta-tiny", "train.max_steps=10"))
     model = AutoModelForMaskedLM.from_pretrained(run_dir(tmp_path) / "model")
     assert type(model).__name__ == "RobertaForMaskedLM"
     assert (run_dir(tmp_path) / "DONE").exists()
@@ -66,7 +66,7 @@ def test_masked_lm(demo_args, tmp_path):
 
 def test_dev_blocks_evaluates_a_subset(demo_args, tmp_path):
     """data.dev_blocks=3: the dev loss is taken on 3 blocks (the Trainer's own count of evaluated samples)."""
-    proc = ok(run_cli("train", *demo_args, "train.max_steps=10", "data.dev_blocks=3"))
+    proc = ok(run_here("train", *demo_args, "train.max_steps=10", "data.dev_blocks=3"))
     assert "3 dev blocks (data.dev_blocks)" in proc.stdout
     rows = [json.loads(line) for line in (run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_loss" in r]
@@ -77,7 +77,7 @@ def test_real_babylm_2023_llama(tmp_path, cache_dir):
     train = slice_corpus(shared("babylm_2023_partial", "train_10M"), tmp_path / "train", 2000)
     dev = slice_corpus(shared("babylm_2023_partial", "dev"), tmp_path / "dev", 300)
     ok(
-        run_cli(
+        run_here(
             "train",
             "config/runs/demo-teacher.yaml",
             "data.demo=false",
@@ -109,7 +109,7 @@ def test_real_babylm_2024_switchboard_with_pretrained_tokenizer(tmp_path, cache_
         .splitlines(keepends=True)
     )
     (dev / "switchboard.dev").write_text("".join(lines[:2000]), encoding="utf-8")
-    ok(run_cli("train", "config/runs/demo-teacher.yaml", "data.demo=false",
+    ok(run_here("train", "config/runs/demo-teacher.yaml", "data.demo=false",
                f"data.train_dir={shared('babylm_2024_switchboard', 'train_10M')}", f"data.dev_dir={dev}",
                f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}", "tokenizer.type=pretrained_hf",
                f"tokenizer.name_or_path={shared('hf_tiny_gpt2')}", "model.vocab_size=50257", "train.max_steps=10",
@@ -120,13 +120,13 @@ def test_real_babylm_2024_switchboard_with_pretrained_tokenizer(tmp_path, cache_
 
 
 def test_refuses_a_different_run_and_overwrites_on_request(demo_args, tmp_path):
-    ok(run_cli("train", *demo_args, "train.max_steps=10"))
+    ok(run_here("train", *demo_args, "train.max_steps=10"))
     run = run_dir(tmp_path)
     snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    assert_user_error(run_cli("train", *demo_args, "train.max_steps=10", "optim.lr=0.001"),
+    assert_user_error(run_here("train", *demo_args, "train.max_steps=10", "optim.lr=0.001"),
                       str(run), "holds a finished run with a different config (optim.lr: 0.003 -> 0.001)")
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot  # nothing touched
-    ok(run_cli("train", *demo_args, "train.max_steps=10", "optim.lr=0.001", "--overwrite"))
+    ok(run_here("train", *demo_args, "train.max_steps=10", "optim.lr=0.001", "--overwrite"))
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 0.001
 
 
@@ -300,7 +300,7 @@ def test_a_run_stopped_at_its_last_step_only_finishes(window, budget_reference, 
 def test_early_stopping_on_a_flat_dev_loss(demo_args, tmp_path):
     # A learning rate below float32 resolution leaves the weights, hence the dev loss, unchanged:
     # patience 1 stops at the second evaluation and keeps the first.
-    ok(run_cli("train", *demo_args, "optim.lr=1e-30", "optim.min_lr=0", "train.early_stopping_patience=1",
+    ok(run_here("train", *demo_args, "optim.lr=1e-30", "optim.min_lr=0", "train.early_stopping_patience=1",
                "train.eval_steps=5", "train.save_steps=5"))
     done = json.loads((run_dir(tmp_path) / "DONE").read_text())
     assert done["step"] == 10 and done["best_checkpoint"].endswith("checkpoint-5")

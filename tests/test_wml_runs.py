@@ -15,6 +15,7 @@ from conftest import (
     assert_user_error,
     ok,
     run_cli,
+    run_here,
     shared,
     start_and_kill,
     stop_at_budget,
@@ -57,7 +58,7 @@ def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
         else ["model.arch=roberta-tiny", "wml.objective=masked", "wml.init_points=5", "wml.n_iter=15"]
     )
     proc = ok(
-        run_cli(
+        run_here(
             "distill.wml",
             "train",
             *base(demo_root, cache_dir, tmp_path),
@@ -86,14 +87,14 @@ def test_two_peers_end_to_end(kind, demo_root, cache_dir, tmp_path):
     champion = json.loads((run / "model" / "champion.json").read_text())
     assert champion["champion"] == min(range(2), key=lambda i: champion["dev_ce"][i])
     ok(
-        run_cli("results", "collect", str(run), "--out", str(tmp_path / "results"), "--name", "t")
+        run_here("results", "collect", str(run), "--out", str(tmp_path / "results"), "--name", "t")
     )  # ω, from metrics.jsonl
     assert (tmp_path / "results" / "t-omega" / "wml.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_four_peers(demo_root, cache_dir, tmp_path):
     ok(
-        run_cli(
+        run_here(
             "distill.wml",
             "train",
             *base(demo_root, cache_dir, tmp_path, steps=10),
@@ -116,7 +117,7 @@ def test_weak_peer_ends_with_lower_weight(demo_root, cache_dir, tmp_path):
     strong = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128}
     weak = {"model_type": "gpt2", "n_embd": 4, "n_layer": 1, "n_head": 1, "n_positions": 128}
     write_peers(tmp_path, [weak, strong])
-    ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path, steps=60), "wml.use_opt_config=false",
+    ok(run_here("distill.wml", "train", *base(demo_root, cache_dir, tmp_path, steps=60), "wml.use_opt_config=false",
                "wml.eta=0.5", "wml.eta_min=0.1", "wml.eval_tasks=[]"))
     last = [r for r in metrics(tmp_path / "demo-wml" / "wml") if "loss" in r][-1]
     assert last["omega/0"] < last["omega/1"] - 0.05, last
@@ -124,7 +125,7 @@ def test_weak_peer_ends_with_lower_weight(demo_root, cache_dir, tmp_path):
 
 def test_vanilla_mode_with_a_teacher(demo_root, cache_dir, tmp_path):
     ok(
-        run_cli(
+        run_here(
             "train",
             "config/runs/demo-teacher.yaml",
             f"data.train_dir={demo_root / 'train'}",
@@ -138,7 +139,7 @@ def test_vanilla_mode_with_a_teacher(demo_root, cache_dir, tmp_path):
         )
     )
     teacher = tmp_path / "t" / "demo" / "teacher" / "model"
-    proc = ok(run_cli("distill.wml", "train", *base(demo_root, cache_dir, tmp_path / "r"), *QUICK_SEARCH,
+    proc = ok(run_here("distill.wml", "train", *base(demo_root, cache_dir, tmp_path / "r"), *QUICK_SEARCH,
                       "wml.distillation_method=vanilla", f"wml.teacher={teacher}", "wml.eval_tasks=[]"))
     assert "vanilla learning" in proc.stdout
     rows = [r for r in metrics(tmp_path / "r" / "demo-wml" / "wml") if "loss" in r]
@@ -159,7 +160,7 @@ def test_one_peer_matches_the_spine_trainer_step_for_step(demo_root, cache_dir, 
         "optim.warmup_steps=5",
     ]
     ok(
-        run_cli(
+        run_here(
             "distill.wml",
             "train",
             "config/runs/demo-wml.yaml",
@@ -171,7 +172,7 @@ def test_one_peer_matches_the_spine_trainer_step_for_step(demo_root, cache_dir, 
         )
     )
     arch = tmp_path / "demo-wml" / "arch_search_results" / "peer-0.yaml"
-    ok(run_cli("train", "config/runs/demo-teacher.yaml", *common,
+    ok(run_here("train", "config/runs/demo-teacher.yaml", *common,
                f"output.dir={tmp_path / 'spine'}", f"model.arch={arch}", "optim.lr=3e-3", "optim.min_lr=3e-4",
                "optim.weight_decay=0.1", "optim.beta2=0.95"))
     wml = [r for r in metrics(tmp_path / "demo-wml" / "wml") if "loss" in r or "eval_loss" in r]
@@ -193,8 +194,8 @@ def test_a_solo_twin_starts_and_learns_as_its_peer_does_in_the_wml_run(demo_root
                            {"model_type": "gpt2", "n_embd": 24, "n_layer": 1, "n_head": 2, **quiet}])
     args = [*base(demo_root, cache_dir, tmp_path, steps=20), "wml.use_opt_config=false", "wml.loss_alpha=0",
             "wml.eta=1e-9", "wml.eta_min=0", "optim.max_grad_norm=0", "wml.eval_tasks=[demo_pairs]"]
-    ok(run_cli("distill.wml", "train", *args))
-    proc = ok(run_cli("distill.wml", "train", *args, "wml.solo_peer=1", "output.name=wml-solo1"))
+    ok(run_here("distill.wml", "train", *args))
+    proc = ok(run_here("distill.wml", "train", *args, "wml.solo_peer=1", "output.name=wml-solo1"))
     assert "the solo twin of peer 1" in proc.stdout
     twin = tmp_path / "demo-wml" / "wml-solo1"
     assert json.loads((twin / "model" / "champion.json").read_text())["peers"] == ["peer-1-solo"]
@@ -205,7 +206,7 @@ def test_a_solo_twin_starts_and_learns_as_its_peer_does_in_the_wml_run(demo_root
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=2e-4), (k, (a[k] - b[k]).abs().max())  # AdamW eps
     # the control: the same twin from another seed (other initial weights and batches) ends far outside that tolerance
-    ok(run_cli("distill.wml", "train", *args, "wml.solo_peer=1", "output.name=wml-solo1-seed1", "train.seed=1",
+    ok(run_here("distill.wml", "train", *args, "wml.solo_peer=1", "output.name=wml-solo1-seed1", "train.seed=1",
                "wml.eval_tasks=[]"))
     c = weights(tmp_path / "demo-wml" / "wml-solo1-seed1" / "model" / "peer-1-solo")
     assert max(float((a[k] - c[k]).abs().max()) for k in a) > 0.05

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_user_error, call, ok, run_cli, shared, slice_corpus
+from conftest import ROOT, assert_user_error, call, ok, run_cli, run_here, shared, slice_corpus
 from tokenizer.config import DataConfig, TokenizerConfig
 from tokenizer.corpus import CLEANERS
 from tokenizer.prepare import block_words, load_blocks, prepare
@@ -123,7 +123,7 @@ def test_two_epochs_count_twice_the_corpus_and_milestones_fall_on_the_data_order
 
     out = tmp_path / "runs"
     ok(
-        run_cli(
+        run_here(
             "train",
             "config/runs/demo-teacher.yaml",
             f"data.train_dir={babylm / 'train'}",
@@ -195,7 +195,7 @@ def test_a_words_budget_stops_at_the_first_step_past_it(demo_root, cache_dir, tm
     step's model, and the learning rate has decayed to about its minimum there (the schedule spans the budget)."""
     from common.paths import read_jsonl
 
-    ok(run_cli("train", *demo_cli(demo_root, cache_dir, tmp_path, "train.max_words=12k",
+    ok(run_here("train", *demo_cli(demo_root, cache_dir, tmp_path, "train.max_words=12k",
                                   "train.word_checkpoints=4k,12k")))
     run = tmp_path / "demo" / "teacher"
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
@@ -216,7 +216,7 @@ def test_a_words_budget_evaluates_its_last_step_so_keep_best_can_export_it(demo_
     from common.paths import read_jsonl
     from conftest import assert_bitwise_equal, weights
 
-    ok(run_cli("train", *demo_cli(demo_root, cache_dir, tmp_path, "train.max_words=12k", "train.eval_steps=4",
+    ok(run_here("train", *demo_cli(demo_root, cache_dir, tmp_path, "train.max_words=12k", "train.eval_steps=4",
                                   "train.save_steps=4", "train.word_checkpoints=12k")))
     run = tmp_path / "demo" / "teacher"
     done = json.loads((run / "DONE").read_text())
@@ -293,10 +293,11 @@ def test_eval_curve_scores_every_milestone_once_and_plots_it(demo_root, cache_di
     from eval.__main__ import main as eval_main
 
     out = tmp_path / "runs"
-    ok(run_cli("train", *demo_cli(demo_root, cache_dir, out, "train.max_steps=20", "train.word_checkpoints=2k,5k,10k")))
+    ok(run_here("train", *demo_cli(demo_root, cache_dir, out, "train.max_steps=20",
+                                   "train.word_checkpoints=2k,5k,10k")))
     run = out / "demo" / "teacher"
     proc = ok(
-        run_cli("eval", "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress")
+        run_here("eval", "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress")
     )
     assert "Loading weights" not in proc.stderr  # no bar per milestone model
     curve = json.loads((run / "eval" / "curve.json").read_text())["tasks"]
@@ -314,7 +315,7 @@ def test_eval_curve_scores_every_milestone_once_and_plots_it(demo_root, cache_di
     )
     assert "task(s) at" not in proc.stdout and {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
-    ok(run_cli("train", *demo_cli(demo_root, cache_dir, out, "train.max_steps=2", "output.name=plain")))
+    ok(run_here("train", *demo_cli(demo_root, cache_dir, out, "train.max_steps=2", "output.name=plain")))
     assert_user_error(
         call(
             eval_main,
