@@ -297,7 +297,7 @@ def test_eval_curve_scores_every_milestone_once_and_plots_it(demo_root, cache_di
                                    "train.word_checkpoints=2k,5k,10k")))
     run = out / "demo" / "teacher"
     proc = ok(
-        run_here("eval", "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress")
+        run_cli("eval", "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress")
     )
     assert "Loading weights" not in proc.stderr  # no bar per milestone model
     curve = json.loads((run / "eval" / "curve.json").read_text())["tasks"]
