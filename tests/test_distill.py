@@ -399,7 +399,7 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
                       str(cache / "cache.json"), f"'{unknown}' is not one this version reads (fp16, q8, q4, s8, s7)")
     assert_user_error(
         run_here("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={unknown}", "--out",
-                str(tmp_path / "c2")),
+                 str(tmp_path / "c2")),
         "distill.cache_format: expected one of 'fp16', 'q8', 'q4', 's8', 's7'",
         f"got '{unknown}'",
     )

@@ -647,7 +647,7 @@ def long_context_task(tmp_path):
 def test_too_long_is_truncated_with_a_warning(trained, tmp_path):
     spec, data = long_context_task(tmp_path)
     proc = ok(run_here("eval", str(trained["causal"]), "--tasks", str(spec), "--data-dir", str(data),
-                      "--max-length", "16", "--out", str(tmp_path / "o"), "--no-progress"))
+                       "--max-length", "16", "--out", str(tmp_path / "o"), "--no-progress"))
     assert (
         "left-truncated" in proc.stdout
         and "longer than the model's 16 positions" in proc.stdout

@@ -110,10 +110,10 @@ def test_real_babylm_2024_switchboard_with_pretrained_tokenizer(tmp_path, cache_
     )
     (dev / "switchboard.dev").write_text("".join(lines[:2000]), encoding="utf-8")
     ok(run_here("train", "config/runs/demo-teacher.yaml", "data.demo=false",
-               f"data.train_dir={shared('babylm_2024_switchboard', 'train_10M')}", f"data.dev_dir={dev}",
-               f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}", "tokenizer.type=pretrained_hf",
-               f"tokenizer.name_or_path={shared('hf_tiny_gpt2')}", "model.vocab_size=50257", "train.max_steps=10",
-               "train.save_steps=10", "train.eval_steps=10"))
+                f"data.train_dir={shared('babylm_2024_switchboard', 'train_10M')}", f"data.dev_dir={dev}",
+                f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}", "tokenizer.type=pretrained_hf",
+                f"tokenizer.name_or_path={shared('hf_tiny_gpt2')}", "model.vocab_size=50257", "train.max_steps=10",
+                "train.save_steps=10", "train.eval_steps=10"))
     model_dir = run_dir(tmp_path) / "model"
     assert len(AutoTokenizer.from_pretrained(model_dir)) == 50257
     assert AutoModelForCausalLM.from_pretrained(model_dir).config.vocab_size == 50257
@@ -301,7 +301,7 @@ def test_early_stopping_on_a_flat_dev_loss(demo_args, tmp_path):
     # A learning rate below float32 resolution leaves the weights, hence the dev loss, unchanged:
     # patience 1 stops at the second evaluation and keeps the first.
     ok(run_here("train", *demo_args, "optim.lr=1e-30", "optim.min_lr=0", "train.early_stopping_patience=1",
-               "train.eval_steps=5", "train.save_steps=5"))
+                "train.eval_steps=5", "train.save_steps=5"))
     done = json.loads((run_dir(tmp_path) / "DONE").read_text())
     assert done["step"] == 10 and done["best_checkpoint"].endswith("checkpoint-5")
 
