@@ -227,32 +227,45 @@ def run_here(module: str, *args: str) -> subprocess.CompletedProcess:
 def in_terminal(argv: list[str], cwd: Path = ROOT, timeout: int = 600) -> tuple[int, str, float]:
     """`argv` under a pseudo-terminal of 120 columns (progress bars draw as on a person's screen): the exit code,
     everything written to the terminal (line ends as `\n`, bar redraws as `\r`) and the wall time in seconds.
-    Also used by bench/grid_output.py."""
+    The child is started by subprocess (no Python code runs between fork and exec in this process, which earlier
+    in-process runs have left with threads), in its own session; past `timeout` it is killed with everything it
+    started and the test fails. Also used by bench/grid_output.py."""
     import fcntl
     import pty
+    import select
     import struct
     import termios
 
     start = time.perf_counter()
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.environ.update(PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-        os.chdir(cwd)
-        os.execv(argv[0], argv)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    out, deadline = bytearray(), time.time() + timeout
-    while time.time() < deadline:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        out.extend(data)
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    seconds = time.perf_counter() - start
-    return os.waitstatus_to_exitcode(status), out.decode(errors="replace").replace("\r\n", "\n"), seconds
+    terminal, child_side = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=child_side, stdout=child_side, stderr=child_side,
+                            start_new_session=True)
+    os.close(child_side)  # the child's copies are the only ones left: the terminal ends when they close
+    out, deadline, closed, rc = bytearray(), time.time() + timeout, False, None
+    try:
+        while not closed and time.time() < deadline:
+            if not select.select([terminal], [], [], min(1.0, max(0.0, deadline - time.time())))[0]:
+                continue
+            try:
+                data = os.read(terminal, 65536)
+            except OSError:  # EIO: every process holding the terminal has closed it
+                data = b""
+            closed = not data
+            out.extend(data)
+        rc = proc.wait(timeout=max(1.0, deadline - time.time())) if closed else None
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        if rc is None:  # past the deadline: the child and everything it started go
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.close(terminal)
+    screen = out.decode(errors="replace").replace("\r\n", "\n")
+    assert rc is not None, f"{argv} did not end within {timeout} s:\n{screen[-3000:]}"
+    return rc, screen, time.perf_counter() - start
 
 
 def run_in_terminal(*args: str, cwd: Path = ROOT, timeout: int = 600) -> tuple[int, str]:
