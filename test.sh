@@ -31,7 +31,8 @@ done
 .venv/bin/ruff check .  # pyflakes rules and 120 columns (pyproject.toml); a finding stops here
 
 set +e
-.venv/bin/python -m pytest tests -n 2 --dist loadfile -ra --durations=40 "$@"
+# --max-worker-restart=0: a worker ended by the hang backstop (tests/conftest.py) ends the run, not retried.
+.venv/bin/python -m pytest tests -n 2 --dist loadfile --max-worker-restart=0 -ra --durations=40 "$@"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then

@@ -35,6 +35,63 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
 
 
+# --------------------------------------------------------------------------- a test that hangs
+# pytest-timeout (pyproject.toml: 900 s, SIGALRM) fails a test that waits too long, with the traceback of where it
+# waited, and the run goes on. A wait that no signal interrupts (a deadlock inside C code) ends here: past
+# BACKSTOP_S the worker writes every thread's stack to a file and exits, and the main pytest process prints that file
+# at the end of the run (with `--max-worker-restart=0`, as test.sh runs, the run then ends instead of retrying).
+BACKSTOP_S = float(os.environ.get("BABYDISTILL_TEST_BACKSTOP_S", 1020))
+HANG_DUMP = pytest.StashKey()
+
+
+def _hang_file(main_pid: int, worker: str) -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"babydistill-hang-{main_pid}-{worker}.txt"
+
+
+def pytest_configure(config):
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:  # an xdist worker, a child of the main pytest process
+        config.stash[HANG_DUMP] = open(_hang_file(os.getppid(), worker), "w", encoding="utf-8")
+
+
+def pytest_unconfigure(config):
+    dump = config.stash.get(HANG_DUMP, None)
+    if dump is not None:
+        dump.close()
+        Path(dump.name).unlink()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    import faulthandler
+
+    dump = item.config.stash.get(HANG_DUMP, None)
+    if dump is None:
+        yield
+        return
+    dump.seek(0)
+    dump.truncate()
+    dump.write(f"{item.nodeid} had not ended after {BACKSTOP_S:.0f} s; its worker's threads were here:\n")
+    dump.flush()
+    faulthandler.dump_traceback_later(BACKSTOP_S, exit=True, file=dump)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for path in sorted(_hang_file(os.getpid(), "*").parent.glob(_hang_file(os.getpid(), "*").name)):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "Timeout (" in text:  # faulthandler's heading: the backstop fired
+            terminalreporter.write_sep("=", "a worker stopped by the hang backstop")
+            terminalreporter.write_line(text)
+        path.unlink()  # this run's (its main process's pid is in the name)
+
 def shared(*parts: str) -> Path:
     """A path under ../shared/data; a missing file fails the test (it is never skipped)."""
     path = SHARED.joinpath(*parts)
