@@ -31,8 +31,11 @@ done
 .venv/bin/ruff check .  # pyflakes rules and 120 columns (pyproject.toml); a finding stops here
 
 set +e
+# --no-loadscope-reorder: files in collection order (the SLURM file first, tests/conftest.py), not xdist's default of
+# the files with the most tests first, which left the longest file (SLURM, ~7 min) to end the run alone.
 # --max-worker-restart=0: a worker ended by the hang backstop (tests/conftest.py) ends the run, not retried.
-.venv/bin/python -m pytest tests -n 2 --dist loadfile --max-worker-restart=0 -ra --durations=40 "$@"
+.venv/bin/python -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 -ra \
+  --durations=40 "$@"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then

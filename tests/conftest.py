@@ -30,8 +30,9 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The SLURM tests first: with `-n 2 --dist loadfile` each file runs on one worker, in collection order,
-    and the SLURM file, the longest by far (~6 min), would otherwise end the run alone."""
+    """The SLURM tests first: with `-n 2 --dist loadfile --no-loadscope-reorder` (test.sh) each file runs on one
+    worker, in collection order, and the SLURM file, the longest by far (~7 min), would otherwise end the run alone
+    (xdist's default order, the files with the most tests first, puts its four tests near the end)."""
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
 
 
