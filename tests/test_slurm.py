@@ -65,15 +65,18 @@ _PENDING_SINCE: dict[str, float] = {}
 def release_requeued(job: str) -> None:
     """A requeued job waits about 121 s (BeginTime); start it now. Not at once: a job started again within
     the second its credential was revoked (at the requeue) is killed by slurmd ("Job credential revoked")."""
-    proc = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True)
+    proc = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:  # the job has ended and left the controller's memory (squeue: "Invalid job id"): nothing
         return                # to release; the launcher's own outcome is what the test checks
     state = proc.stdout.strip()
     if state.startswith("PENDING") and "BeginTime" in state:
         first = _PENDING_SINCE.setdefault(job, time.time())
         if time.time() - first >= 3:
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=60)
             _PENDING_SINCE.pop(job, None)
+    elif state.startswith("PENDING") and "held" in state.lower():  # a restart that failed to launch (e.g. its
+        # credential revoked) is requeued held, and would wait for an administrator for ever
+        subprocess.run(["scontrol", "release", job], capture_output=True, timeout=60)
 
 
 SLURM_GRID = TWO_AXES.replace(
@@ -85,8 +88,10 @@ def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, de
     grid = workdir / "grid.yaml"
     grid.write_text(SLURM_GRID.replace("DEMO", str(demo_root)))
     sets = [*data_sets(demo_root, cache_dir), "--set", "train.max_steps=80", "--set", "train.logging_steps=1"]
-    launcher = subprocess.Popen([sys.executable, str(ROOT / "launch_grid.py"), str(grid), *sets], cwd=workdir,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = workdir / "launcher.log"  # a file, not a pipe: a pipe nobody reads until the end could fill and stop it
+    with open(log, "w", encoding="utf-8") as sink:
+        launcher = subprocess.Popen([sys.executable, str(ROOT / "launch_grid.py"), str(grid), *sets], cwd=workdir,
+                                    stdout=sink, stderr=subprocess.STDOUT)
     runs = workdir / "runs" / "lr-seed"
     jobs_file = runs / "_grid" / "jobs.json"
     jobs = wait_for(lambda: jobs_file.is_file() and json.loads(jobs_file.read_text()), "the job array")
@@ -96,10 +101,17 @@ def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, de
     subprocess.run(["scancel", jobs[cancelled]], check=True)
     wait_for(lambda: step_reached(runs / preempted, 15), f"{preempted} to reach step 15")
     subprocess.run(["scancel", "--signal=USR2", jobs[preempted]], check=True)
-    while launcher.poll() is None:
+    deadline = time.time() + 600
+    while launcher.poll() is None and time.time() < deadline:
         release_requeued(jobs[preempted])
         time.sleep(1)
-    out = launcher.stdout.read()
+    if launcher.poll() is None:
+        launcher.kill()
+        launcher.wait()
+        queue = subprocess.run(["squeue", "-o", "%i %T %r"], capture_output=True, text=True, timeout=60).stdout
+        raise AssertionError(f"the launcher had not ended 600 s after the preemption; the queue:\n{queue}\n"
+                             f"its output:\n{log.read_text()[-3000:]}")
+    out = log.read_text()
     assert launcher.returncode == 1, out[-3000:]
     assert f"incomplete: {cancelled}" in out and "1 point(s) incomplete" in out
 
