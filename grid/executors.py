@@ -148,7 +148,17 @@ def run_slurm(
     by_name = {p.name: p for p in points}
     lost: dict[str, int] = {}
     remaining = dict(jobs)
+    told: dict[str, str] = {}  # the holds already reported, by point
+    next_look = 0.0
     while remaining:
+        if time.time() >= next_look:  # a held job waits for a person, not for the queue: say so, once per hold
+            held = _held(remaining)
+            for name, reason in held.items():
+                if told.get(name) != reason:
+                    job_id = remaining[name].job_id
+                    report.line(f"{name}: job {job_id} is held by SLURM ({reason}); it waits until someone runs "
+                                f"scontrol release {job_id}")
+            told, next_look = held, time.time() + HELD_LOOK_S
         for name, job in list(remaining.items()):
             if not job.done() and _vanished(job):  # cancelled while pending: no queue entry, no accounting record
                 lost[name] = lost.get(name, 0) + 1
@@ -173,6 +183,26 @@ def run_slurm(
                 del remaining[name]
         time.sleep(2)
     return failed
+
+
+HELD_LOOK_S = 10.0  # how often a waiting launcher asks squeue for held jobs
+
+
+def _held(jobs: dict) -> dict[str, str]:
+    """The points whose jobs SLURM holds, with squeue's reason: a hold by a user or an administrator, or a restart
+    that failed to launch and was requeued held. Such a job stays PENDING for ever unless released."""
+    names = {str(job.job_id): name for name, job in jobs.items()}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(names), "-o", "%i|%T|%r"], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):  # squeue missing or stuck: the next look tries again
+        return {}
+    held = {}
+    for line in out.splitlines():
+        job_id, state, reason = (line.split("|") + ["", ""])[:3]
+        if job_id in names and state == "PENDING" and "held" in reason.lower():
+            held[names[job_id]] = reason
+    return held
 
 
 def _vanished(job) -> bool:

@@ -92,11 +92,44 @@ def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, de
     with open(log, "w", encoding="utf-8") as sink:
         launcher = subprocess.Popen([sys.executable, str(ROOT / "launch_grid.py"), str(grid), *sets], cwd=workdir,
                                     stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        check_grid_on_slurm(launcher, log, workdir)
+    finally:  # a launcher left waiting would outlive the test and the cluster
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "launch_grid.py"), str(grid), *sets],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "submitted 1 point(s)" in again.stdout
+    table = pd.read_csv(workdir / "runs" / "lr-seed" / "_results" / "lr-seed.csv")
+    assert len(table) == 4 and table["run"].is_unique and table["demo_pairs"].notna().all()
+
+
+def check_grid_on_slurm(launcher: subprocess.Popen, log: Path, workdir: Path) -> None:
+    """The first launch: holds, a cancelled point, a preempted one that requeues and ends as an uninterrupted run."""
     runs = workdir / "runs" / "lr-seed"
     jobs_file = runs / "_grid" / "jobs.json"
     jobs = wait_for(lambda: jobs_file.is_file() and json.loads(jobs_file.read_text()), "the job array")
     assert len(jobs) == 4
     names = sorted(jobs)
+    # every job is held; those still pending wait for a person: the launcher names them and says how to release them
+    for job in jobs.values():
+        subprocess.run(["scontrol", "hold", job], capture_output=True, timeout=60)
+    state = {n: slurm("squeue", "-h", "-r", "-j", jobs[n], "-o", "%T %r").strip() for n in names}
+    held = [n for n in names if state[n].startswith("PENDING") and "held" in state[n].lower()]
+    assert held, f"no job was still pending to hold (two CPUs, four jobs): {state}"
+    wait_for(lambda: all(f"{n}: job {jobs[n]} is held by SLURM (" in log.read_text() for n in held),
+             f"the launcher to report the held jobs ({state})", timeout=60)
+    assert f"scontrol release {jobs[held[0]]}" in log.read_text()
+    assert not any(f"{n}: job {jobs[n]} is held" in log.read_text() for n in names if n not in held), state
+    for n in names:
+        subprocess.run(["scontrol", "release", jobs[n]], capture_output=True, timeout=60)
     preempted, cancelled = names[0], names[1]
     subprocess.run(["scancel", jobs[cancelled]], check=True)
     wait_for(lambda: step_reached(runs / preempted, 15), f"{preempted} to reach step 15")
@@ -106,8 +139,6 @@ def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, de
         release_requeued(jobs[preempted])
         time.sleep(1)
     if launcher.poll() is None:
-        launcher.kill()
-        launcher.wait()
         queue = subprocess.run(["squeue", "-o", "%i %T %r"], capture_output=True, text=True, timeout=60).stdout
         raise AssertionError(f"the launcher had not ended 600 s after the preemption; the queue:\n{queue}\n"
                              f"its output:\n{log.read_text()[-3000:]}")
@@ -127,18 +158,6 @@ def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, de
     assert_bitwise_equal(
         weights(runs / preempted / "model"), weights(workdir / "ref" / "lr-seed" / "reference" / "model")
     )
-
-    again = subprocess.run(
-        [sys.executable, str(ROOT / "launch_grid.py"), str(grid), *sets],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "submitted 1 point(s)" in again.stdout
-    table = pd.read_csv(workdir / "runs" / "lr-seed" / "_results" / "lr-seed.csv")
-    assert len(table) == 4 and table["run"].is_unique and table["demo_pairs"].notna().all()
 
 
 def sbatch(*args: str, env: dict | None = None) -> str:
