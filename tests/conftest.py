@@ -86,12 +86,14 @@ def pytest_runtest_protocol(item, nextitem):
 def pytest_terminal_summary(terminalreporter):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    for path in sorted(_hang_file(os.getpid(), "*").parent.glob(_hang_file(os.getpid(), "*").name)):
+    pattern = _hang_file(os.getpid(), "*")
+    for path in sorted(pattern.parent.glob(pattern.name)):
         text = path.read_text(encoding="utf-8", errors="replace")
         if "Timeout (" in text:  # faulthandler's heading: the backstop fired
             terminalreporter.write_sep("=", "a worker stopped by the hang backstop")
             terminalreporter.write_line(text)
         path.unlink()  # this run's (its main process's pid is in the name)
+
 
 def shared(*parts: str) -> Path:
     """A path under ../shared/data; a missing file fails the test (it is never skipped)."""
