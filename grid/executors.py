@@ -206,10 +206,19 @@ def _held(jobs: dict) -> dict[str, str]:
 
 
 def _vanished(job) -> bool:
+    """SLURM no longer knows the job: sacct has no live state for it and the controller has no queue entry (squeue
+    prints nothing, or says the id is invalid). A squeue that cannot reach the controller, or does not answer, proves
+    nothing: during a controller restart or outage every job would look gone."""
     if job.state.split()[0] in ALIVE:
         return False
-    queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True)
-    return queued.returncode != 0 or not queued.stdout.strip()
+    try:
+        queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if queued.returncode != 0:
+        return "Invalid job id" in queued.stderr
+    return not queued.stdout.strip()
 
 
 EXECUTORS = {"debug": run_debug, "local": run_local, "slurm": run_slurm}

@@ -160,6 +160,31 @@ def check_grid_on_slurm(launcher: subprocess.Popen, log: Path, workdir: Path) ->
     )
 
 
+def test_a_job_is_gone_only_when_the_controller_says_so(cluster, tmp_path, monkeypatch):
+    """The launcher gives up on a job SLURM no longer knows (squeue: "Invalid job id"), never on one it cannot ask
+    about: a controller out of reach (a restart, an outage) says nothing of the job, and the job stays waited for."""
+    import socket
+
+    import submitit
+
+    from grid.executors import _vanished
+
+    never = submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id="999999")  # no such job: sacct has no state for it
+    assert never.state == "UNKNOWN"
+    assert _vanished(never)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = Path(cluster["SLURM_CONF"]).read_text()
+    assert f"SlurmctldPort={slurm_cluster.PORTS['ctld']}" in conf
+    unreachable = tmp_path / "slurm.conf"
+    unreachable.write_text(conf.replace(f"SlurmctldPort={slurm_cluster.PORTS['ctld']}", f"SlurmctldPort={port}"))
+    monkeypatch.setenv("SLURM_CONF", str(unreachable))
+    probe = subprocess.run(["squeue", "-h", "-j", "999999"], capture_output=True, text=True, timeout=120)
+    assert probe.returncode != 0 and "Unable to contact slurm controller" in probe.stderr, probe.stderr
+    assert not _vanished(never)
+
+
 def sbatch(*args: str, env: dict | None = None) -> str:
     """Submit from the repository root, as the templates expect; returns the job id."""
     proc = subprocess.run(
