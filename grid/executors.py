@@ -188,17 +188,24 @@ def run_slurm(
 HELD_LOOK_S = 10.0  # how often a waiting launcher asks squeue for held jobs
 
 
+def _squeue(*args: str) -> subprocess.CompletedProcess | None:
+    """`squeue -h <args>`; None when squeue is missing or has not answered within a minute (the caller cannot tell
+    anything about its jobs from that)."""
+    try:
+        return subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _held(jobs: dict) -> dict[str, str]:
     """The points whose jobs SLURM holds, with squeue's reason: a hold by a user or an administrator, or a restart
     that failed to launch and was requeued held. Such a job stays PENDING for ever unless released."""
     names = {str(job.job_id): name for name, job in jobs.items()}
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(names), "-o", "%i|%T|%r"], capture_output=True,
-                             text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):  # squeue missing or stuck: the next look tries again
+    queued = _squeue("-r", "-j", ",".join(names), "-o", "%i|%T|%r")
+    if queued is None:  # the next look tries again
         return {}
     held = {}
-    for line in out.splitlines():
+    for line in queued.stdout.splitlines():
         job_id, state, reason = (line.split("|") + ["", ""])[:3]
         if job_id in names and state == "PENDING" and "held" in reason.lower():
             held[names[job_id]] = reason
@@ -211,10 +218,8 @@ def _vanished(job) -> bool:
     nothing: during a controller restart or outage every job would look gone."""
     if job.state.split()[0] in ALIVE:
         return False
-    try:
-        queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True,
-                                timeout=60)
-    except (OSError, subprocess.SubprocessError):
+    queued = _squeue("-j", str(job.job_id), "-o", "%T")
+    if queued is None:
         return False
     if queued.returncode != 0:
         return "Invalid job id" in queued.stderr

@@ -126,8 +126,9 @@ def check_grid_on_slurm(launcher: subprocess.Popen, log: Path, workdir: Path) ->
     assert held, f"no job was still pending to hold (two CPUs, four jobs): {state}"
     wait_for(lambda: all(f"{n}: job {jobs[n]} is held by SLURM (" in log.read_text() for n in held),
              f"the launcher to report the held jobs ({state})", timeout=60)
-    assert f"scontrol release {jobs[held[0]]}" in log.read_text()
-    assert not any(f"{n}: job {jobs[n]} is held" in log.read_text() for n in names if n not in held), state
+    told = log.read_text()
+    assert f"scontrol release {jobs[held[0]]}" in told
+    assert not any(f"{n}: job {jobs[n]} is held" in told for n in names if n not in held), state
     for n in names:
         subprocess.run(["scontrol", "release", jobs[n]], capture_output=True, timeout=60)
     preempted, cancelled = names[0], names[1]
