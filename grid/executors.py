@@ -122,8 +122,9 @@ def run_slurm(
     for p in points:
         if p.name in known:
             job = submitit.SlurmJob(folder=str(root / "_grid" / "logs" / "%j"), job_id=known[p.name])
-            if job.state.split()[0] in ALIVE:
-                report.line(f"{p.name}: job {job.job_id} is still {job.state}; waiting for it")
+            still = _still_there(job)
+            if still:
+                report.line(f"{p.name}: job {job.job_id} {still}; waiting for it")
                 jobs[p.name] = job
                 continue
         todo.append(p)
@@ -212,18 +213,38 @@ def _held(jobs: dict) -> dict[str, str]:
     return held
 
 
-def _vanished(job) -> bool:
-    """SLURM no longer knows the job: sacct has no live state for it and the controller has no queue entry (squeue
-    prints nothing, or says the id is invalid). A squeue that cannot reach the controller, or does not answer, proves
-    nothing: during a controller restart or outage every job would look gone."""
-    if job.state.split()[0] in ALIVE:
-        return False
-    queued = _squeue("-j", str(job.job_id), "-o", "%T")
+def _controller_state(job) -> str | None:
+    """The controller's state for the job (squeue): "" when the controller no longer knows it (no entry, or "Invalid
+    job id"); None when squeue cannot tell (missing, stuck, or the controller out of reach: during a controller
+    restart or outage every job would look gone)."""
+    queued = _squeue("-r", "-j", str(job.job_id), "-o", "%T")
     if queued is None:
-        return False
+        return None
     if queued.returncode != 0:
-        return "Invalid job id" in queued.stderr
-    return not queued.stdout.strip()
+        return "" if "Invalid job id" in queued.stderr else None
+    return (queued.stdout.split() or [""])[0]
+
+
+def _vanished(job) -> bool:
+    """SLURM no longer knows the job: sacct has no live state for it and the controller has no queue entry."""
+    return job.state.split()[0] not in ALIVE and _controller_state(job) == ""
+
+
+def _still_there(job) -> str:
+    """How a job of an earlier launch is still with SLURM, said for the terminal ("is still RUNNING"); empty when
+    SLURM says it is over and the point is submitted again. sacct alone cannot say so: it has no state for a job
+    slurmdbd has not recorded yet, nor for any job while slurmdbd is down, and submitting such a job again runs
+    the point twice. So where sacct has no live state the controller is asked too, and a job neither can account
+    for is waited on (the wait gives up on it once the controller says it is gone)."""
+    state = job.state.split()[0]
+    if state in ALIVE:
+        return f"is still {state}"
+    queued = _controller_state(job)
+    if queued in ALIVE:
+        return f"is still {queued} (squeue; sacct has no live state for it)"
+    if queued is None and state == "UNKNOWN":
+        return "may still run (sacct has no state for it and squeue did not answer)"
+    return ""
 
 
 EXECUTORS = {"debug": run_debug, "local": run_local, "slurm": run_slurm}

@@ -161,11 +161,32 @@ def check_grid_on_slurm(launcher: subprocess.Popen, log: Path, workdir: Path) ->
     )
 
 
+def free_port() -> int:
+    """A port nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def out_of_reach(cluster, folder: Path, *daemons: str) -> str:
+    """A copy of the cluster's slurm.conf whose clients cannot reach the given daemons ("ctld": squeue, scontrol;
+    "dbd": sacct): each one's port is one nothing listens on. Returns the copy's path, for SLURM_CONF."""
+    keys = {"ctld": "SlurmctldPort", "dbd": "AccountingStoragePort"}
+    conf = Path(cluster["SLURM_CONF"]).read_text()
+    for daemon in daemons:
+        line = f"{keys[daemon]}={slurm_cluster.PORTS[daemon]}"
+        assert line in conf, line
+        conf = conf.replace(line, f"{keys[daemon]}={free_port()}")
+    path = folder / f"slurm-without-{'-'.join(daemons)}.conf"
+    path.write_text(conf)
+    return str(path)
+
+
 def test_a_job_is_gone_only_when_the_controller_says_so(cluster, tmp_path, monkeypatch):
     """The launcher gives up on a job SLURM no longer knows (squeue: "Invalid job id"), never on one it cannot ask
     about: a controller out of reach (a restart, an outage) says nothing of the job, and the job stays waited for."""
-    import socket
-
     import submitit
 
     from grid.executors import _vanished
@@ -173,17 +194,58 @@ def test_a_job_is_gone_only_when_the_controller_says_so(cluster, tmp_path, monke
     never = submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id="999999")  # no such job: sacct has no state for it
     assert never.state == "UNKNOWN"
     assert _vanished(never)
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = Path(cluster["SLURM_CONF"]).read_text()
-    assert f"SlurmctldPort={slurm_cluster.PORTS['ctld']}" in conf
-    unreachable = tmp_path / "slurm.conf"
-    unreachable.write_text(conf.replace(f"SlurmctldPort={slurm_cluster.PORTS['ctld']}", f"SlurmctldPort={port}"))
-    monkeypatch.setenv("SLURM_CONF", str(unreachable))
+    monkeypatch.setenv("SLURM_CONF", out_of_reach(cluster, tmp_path, "ctld"))
     probe = subprocess.run(["squeue", "-h", "-j", "999999"], capture_output=True, text=True, timeout=120)
     assert probe.returncode != 0 and "Unable to contact slurm controller" in probe.stderr, probe.stderr
     assert not _vanished(never)
+
+
+def test_a_rerun_waits_for_a_job_sacct_cannot_see_instead_of_submitting_it_again(cluster, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """Running the launcher again reattaches to a point's job that SLURM still runs, also while sacct has no state
+    for it (slurmdbd down, or not yet recorded): the controller is asked too. A job neither can account for is
+    waited on, not submitted twice; one the controller says is gone is submitted again."""
+    import submitit
+
+    from grid.config import ExecutorConfig
+    from grid.executors import _still_there, run_slurm
+    from grid.plan import Point
+    from grid.report import Reporter
+
+    running = sbatch("--wrap", "sleep 300", f"--output={tmp_path}/sleep-%j.out")
+    try:
+        wait_for(lambda: slurm("squeue", "-h", "-j", running, "-o", "%T").strip() == "RUNNING", "the job to run")
+        monkeypatch.setenv("SLURM_CONF", out_of_reach(cluster, tmp_path, "dbd"))
+        probe = subprocess.run(["sacct", "-j", running], capture_output=True, text=True, timeout=120)
+        assert probe.returncode != 0, probe.stdout
+        job = submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id=running)
+        assert job.state == "UNKNOWN"  # submitit bypasses sacct's error
+        assert _still_there(job) == "is still RUNNING (squeue; sacct has no live state for it)"
+        gone = submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id="999999")
+        assert _still_there(gone) == ""
+
+        point = Point(grid="g", stage="s", name="p", recipe="config/runs/demo.yaml", kind="train", axes={},
+                      overrides={}, run=str(tmp_path / "g" / "p"), tasks=[])
+        (tmp_path / "_grid").mkdir()
+        (tmp_path / "_grid" / "jobs.json").write_text(json.dumps({"p": running}))
+        capsys.readouterr()
+        assert run_slurm([point], tmp_path, ExecutorConfig(kind="slurm"), Reporter("s", 1), wait=False) == []
+        said = capsys.readouterr().out
+        assert f"p: job {running} is still RUNNING (squeue; sacct has no live state for it); waiting for it" in said
+        assert "submitted" not in said
+        assert json.loads((tmp_path / "_grid" / "jobs.json").read_text()) == {"p": running}
+
+        monkeypatch.setenv("SLURM_CONF", out_of_reach(cluster, tmp_path, "dbd", "ctld"))
+        job = submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id=running)
+        assert _still_there(job) == "may still run (sacct has no state for it and squeue did not answer)"
+    finally:
+        monkeypatch.setenv("SLURM_CONF", cluster["SLURM_CONF"])
+        subprocess.run(["scancel", running], timeout=60)
+    queued = slurm("squeue", "-h", "-o", "%i %j").splitlines()
+    assert not [line for line in queued if line.split()[0] != running], queued  # nothing was submitted
+    wait_for(lambda: states(running).get(running, "").startswith("CANCELLED"), "sacct to record the cancellation")
+    submitit.SlurmJob.watcher.update()  # what a new launcher would read
+    assert _still_there(submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id=running)) == ""
 
 
 def sbatch(*args: str, env: dict | None = None) -> str:
