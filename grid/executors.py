@@ -118,16 +118,13 @@ def run_slurm(
     check_slurm()
     jobs_file = _jobs_file(root)
     known = json.loads(jobs_file.read_text()) if jobs_file.is_file() else {}
-    jobs, todo = {}, []
-    for p in points:
-        if p.name in known:
-            job = submitit.SlurmJob(folder=str(root / "_grid" / "logs" / "%j"), job_id=known[p.name])
-            still = _still_there(job)
-            if still:
-                report.line(f"{p.name}: job {job.job_id} {still}; waiting for it")
-                jobs[p.name] = job
-                continue
-        todo.append(p)
+    earlier = {p.name: submitit.SlurmJob(folder=str(root / "_grid" / "logs" / "%j"), job_id=known[p.name])
+               for p in points if p.name in known}
+    jobs = {}
+    for name, still in _still_there(earlier).items():
+        report.line(f"{name}: job {earlier[name].job_id} {still}; waiting for it")
+        jobs[name] = earlier[name]
+    todo = [p for p in points if p.name not in jobs]
     if todo:
         executor = _executor(root, ex, f"{points[0].grid}-{points[0].stage}")
         with executor.batch():
@@ -160,14 +157,14 @@ def run_slurm(
                     report.line(f"{name}: job {job_id} is held by SLURM ({reason}); it waits until someone runs "
                                 f"scontrol release {job_id}")
             told, next_look = held, time.time() + HELD_LOOK_S
+        for name in _vanished({name: job for name, job in remaining.items() if not job.done()}):
+            lost[name] = lost.get(name, 0) + 1  # cancelled while pending: no queue entry, no accounting record
+            if lost[name] >= 3:
+                failed.append((by_name[name], f"job {remaining[name].job_id}: no longer queued and never ran "
+                                              f"(cancelled?)"))
+                report.end(by_name[name], failed[-1][1], newest_log(by_name[name]))
+                del remaining[name]
         for name, job in list(remaining.items()):
-            if not job.done() and _vanished(job):  # cancelled while pending: no queue entry, no accounting record
-                lost[name] = lost.get(name, 0) + 1
-                if lost[name] >= 3:
-                    failed.append((by_name[name], f"job {job.job_id}: no longer queued and never ran (cancelled?)"))
-                    report.end(by_name[name], failed[-1][1], newest_log(by_name[name]))
-                    del remaining[name]
-                continue
             if job.done():
                 try:
                     job.result()
@@ -189,62 +186,61 @@ def run_slurm(
 HELD_LOOK_S = 10.0  # how often a waiting launcher asks squeue for held jobs
 
 
-def _squeue(*args: str) -> subprocess.CompletedProcess | None:
-    """`squeue -h <args>`; None when squeue is missing or has not answered within a minute (the caller cannot tell
-    anything about its jobs from that)."""
+def _queue(jobs: dict) -> dict[str, tuple[str, str]] | None:
+    """What the controller says of these jobs (one `squeue` call, whatever their number: a controller out of reach
+    takes ~20 s to say so): (state, reason) by point for each job it still lists; a job it does not list is one it
+    no longer knows. None when squeue cannot tell: missing, stuck for a minute, or the controller out of reach (during
+    a controller restart or outage every job would look gone)."""
+    if not jobs:
+        return {}
+    names = {str(job.job_id): name for name, job in jobs.items()}
     try:
-        return subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, timeout=60)
+        queued = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(names), "-o", "%i|%T|%r"],
+                                capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
+    if queued.returncode != 0:  # one id alone that the controller does not know is an error; among others it is not
+        return {} if "Invalid job id" in queued.stderr else None
+    said = {}
+    for line in queued.stdout.splitlines():
+        job_id, state, reason = (line.split("|") + ["", ""])[:3]
+        if job_id in names:
+            said[names[job_id]] = (state, reason)
+    return said
 
 
 def _held(jobs: dict) -> dict[str, str]:
     """The points whose jobs SLURM holds, with squeue's reason: a hold by a user or an administrator, or a restart
     that failed to launch and was requeued held. Such a job stays PENDING for ever unless released."""
-    names = {str(job.job_id): name for name, job in jobs.items()}
-    queued = _squeue("-r", "-j", ",".join(names), "-o", "%i|%T|%r")
-    if queued is None:  # the next look tries again
-        return {}
-    held = {}
-    for line in queued.stdout.splitlines():
-        job_id, state, reason = (line.split("|") + ["", ""])[:3]
-        if job_id in names and state == "PENDING" and "held" in reason.lower():
-            held[names[job_id]] = reason
-    return held
+    queued = _queue(jobs) or {}  # None: the next look tries again
+    return {name: reason for name, (state, reason) in queued.items() if state == "PENDING" and "held" in reason.lower()}
 
 
-def _controller_state(job) -> str | None:
-    """The controller's state for the job (squeue): "" when the controller no longer knows it (no entry, or "Invalid
-    job id"); None when squeue cannot tell (missing, stuck, or the controller out of reach: during a controller
-    restart or outage every job would look gone)."""
-    queued = _squeue("-r", "-j", str(job.job_id), "-o", "%T")
-    if queued is None:
-        return None
-    if queued.returncode != 0:
-        return "" if "Invalid job id" in queued.stderr else None
-    return (queued.stdout.split() or [""])[0]
+def _vanished(jobs: dict) -> list[str]:
+    """The points whose jobs SLURM no longer knows: sacct has no live state for them and the controller no longer
+    lists them."""
+    unaccounted = {name: job for name, job in jobs.items() if job.state.split()[0] not in ALIVE}
+    queued = _queue(unaccounted)
+    return [] if queued is None else [name for name in unaccounted if name not in queued]
 
 
-def _vanished(job) -> bool:
-    """SLURM no longer knows the job: sacct has no live state for it and the controller has no queue entry."""
-    return job.state.split()[0] not in ALIVE and _controller_state(job) == ""
-
-
-def _still_there(job) -> str:
-    """How a job of an earlier launch is still with SLURM, said for the terminal ("is still RUNNING"); empty when
-    SLURM says it is over and the point is submitted again. sacct alone cannot say so: it has no state for a job
-    slurmdbd has not recorded yet, nor for any job while slurmdbd is down, and submitting such a job again runs
-    the point twice. So where sacct has no live state the controller is asked too, and a job neither can account
-    for is waited on (the wait gives up on it once the controller says it is gone)."""
-    state = job.state.split()[0]
-    if state in ALIVE:
-        return f"is still {state}"
-    queued = _controller_state(job)
-    if queued in ALIVE:
-        return f"is still {queued} (squeue; sacct has no live state for it)"
-    if queued is None and state == "UNKNOWN":
-        return "may still run (sacct has no state for it and squeue did not answer)"
-    return ""
+def _still_there(jobs: dict) -> dict[str, str]:
+    """Of the jobs of an earlier launch, by point, those still with SLURM and how, said for the terminal ("is still
+    RUNNING"); the others SLURM says are over, and their points are submitted again. sacct alone cannot say so: it
+    has no state for a job slurmdbd has not recorded yet, nor for any job while slurmdbd is down, and submitting
+    such a job again runs the point twice. So where sacct has no live state the controller is asked too, and a job
+    neither can account for is waited on (the wait gives up on it once the controller says it is gone)."""
+    states = {name: job.state.split()[0] for name, job in jobs.items()}
+    still = {name: f"is still {state}" for name, state in states.items() if state in ALIVE}
+    queued = _queue({name: job for name, job in jobs.items() if name not in still})
+    for name, state in states.items():
+        if name in still:
+            continue
+        if queued is not None and queued.get(name, ("",))[0] in ALIVE:
+            still[name] = f"is still {queued[name][0]} (squeue; sacct has no live state for it)"
+        elif queued is None and state == "UNKNOWN":
+            still[name] = "may still run (sacct has no state for it and squeue did not answer)"
+    return still
 
 
 EXECUTORS = {"debug": run_debug, "local": run_local, "slurm": run_slurm}

@@ -192,12 +192,14 @@ def test_a_job_is_gone_only_when_the_controller_says_so(cluster, tmp_path, monke
     from grid.executors import _vanished
 
     never = submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id="999999")  # no such job: sacct has no state for it
+    also = submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id="999998")
     assert never.state == "UNKNOWN"
-    assert _vanished(never)
+    assert _vanished({"p": never}) == ["p"]  # squeue: "Invalid job id"
+    assert _vanished({"p": never, "q": also}) == ["p", "q"]  # squeue: nothing listed
     monkeypatch.setenv("SLURM_CONF", out_of_reach(cluster, tmp_path, "ctld"))
     probe = subprocess.run(["squeue", "-h", "-j", "999999"], capture_output=True, text=True, timeout=120)
     assert probe.returncode != 0 and "Unable to contact slurm controller" in probe.stderr, probe.stderr
-    assert not _vanished(never)
+    assert _vanished({"p": never}) == [] and _vanished({"p": never, "q": also}) == []
 
 
 def test_a_rerun_waits_for_a_job_sacct_cannot_see_instead_of_submitting_it_again(cluster, tmp_path, monkeypatch,
@@ -220,9 +222,9 @@ def test_a_rerun_waits_for_a_job_sacct_cannot_see_instead_of_submitting_it_again
         assert probe.returncode != 0, probe.stdout
         job = submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id=running)
         assert job.state == "UNKNOWN"  # submitit bypasses sacct's error
-        assert _still_there(job) == "is still RUNNING (squeue; sacct has no live state for it)"
         gone = submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id="999999")
-        assert _still_there(gone) == ""
+        assert _still_there({"p": job, "q": gone}) == {"p": "is still RUNNING (squeue; sacct has no live state for it)"}
+        assert _still_there({"q": gone}) == {}
 
         point = Point(grid="g", stage="s", name="p", recipe="config/runs/demo.yaml", kind="train", axes={},
                       overrides={}, run=str(tmp_path / "g" / "p"), tasks=[])
@@ -237,7 +239,7 @@ def test_a_rerun_waits_for_a_job_sacct_cannot_see_instead_of_submitting_it_again
 
         monkeypatch.setenv("SLURM_CONF", out_of_reach(cluster, tmp_path, "dbd", "ctld"))
         job = submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id=running)
-        assert _still_there(job) == "may still run (sacct has no state for it and squeue did not answer)"
+        assert _still_there({"p": job}) == {"p": "may still run (sacct has no state for it and squeue did not answer)"}
     finally:
         monkeypatch.setenv("SLURM_CONF", cluster["SLURM_CONF"])
         subprocess.run(["scancel", running], timeout=60)
@@ -245,7 +247,7 @@ def test_a_rerun_waits_for_a_job_sacct_cannot_see_instead_of_submitting_it_again
     assert not [line for line in queued if line.split()[0] != running], queued  # nothing was submitted
     wait_for(lambda: states(running).get(running, "").startswith("CANCELLED"), "sacct to record the cancellation")
     submitit.SlurmJob.watcher.update()  # what a new launcher would read
-    assert _still_there(submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id=running)) == ""
+    assert _still_there({"p": submitit.SlurmJob(folder=str(tmp_path / "%j"), job_id=running)}) == {}
 
 
 def sbatch(*args: str, env: dict | None = None) -> str:
