@@ -158,10 +158,10 @@ def run_slurm(
                                 f"scontrol release {job_id}")
             told, next_look = held, time.time() + HELD_LOOK_S
         for name in _vanished({name: job for name, job in remaining.items() if not job.done()}):
-            lost[name] = lost.get(name, 0) + 1  # cancelled while pending: no queue entry, no accounting record
+            lost[name] = lost.get(name, 0) + 1  # no queue entry, no live accounting record, three looks running
             if lost[name] >= 3:
-                failed.append((by_name[name], f"job {remaining[name].job_id}: no longer queued and never ran "
-                                              f"(cancelled?)"))
+                failed.append((by_name[name], f"job {remaining[name].job_id}: SLURM no longer lists it and it left "
+                                              f"no result (cancelled while pending, or preempted without a requeue?)"))
                 report.end(by_name[name], failed[-1][1], newest_log(by_name[name]))
                 del remaining[name]
         for name, job in list(remaining.items()):
@@ -188,7 +188,7 @@ HELD_LOOK_S = 10.0  # how often a waiting launcher asks squeue for held jobs
 
 def _queue(jobs: dict) -> dict[str, tuple[str, str]] | None:
     """What the controller says of these jobs (one `squeue` call, whatever their number: a controller out of reach
-    takes ~20 s to say so): (state, reason) by point for each job it still lists; a job it does not list is one it
+    takes ~18 s to say so): (state, reason) by point for each job it still lists; a job it does not list is one it
     no longer knows. None when squeue cannot tell: missing, stuck for a minute, or the controller out of reach (during
     a controller restart or outage every job would look gone)."""
     if not jobs:
