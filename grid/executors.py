@@ -7,7 +7,10 @@ submitting the same run directory twice.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +109,47 @@ def _executor(root: Path, ex: ExecutorConfig, job_name: str):
     return executor
 
 
+# sbatch's refusals that name what was asked, and the executor key that asked it (the first that matches)
+REFUSED = (
+    ("partition", "executor.partition"),
+    ("gres", "executor.gpus_per_node"),
+    ("gpu", "executor.gpus_per_node"),
+    ("memory", "executor.mem_gb"),
+    ("time limit", "executor.time_min"),
+    ("node count", "executor.nodes"),
+    ("processors", "executor.cpus_per_task"),
+    ("cpu", "executor.cpus_per_task"),
+)
+
+
+def _submit(points: list[Point], root: Path, ex: ExecutorConfig, verbose: bool) -> list[tuple[Point, object]]:
+    """Submit the points as one job array. A submission sbatch refuses (a partition the cluster lacks, more GPUs,
+    memory or time than it grants) is one UserError naming the executor key and sbatch's reason; nothing is
+    recorded in jobs.json, so the same command runs again once the key is fixed."""
+    import submitit
+
+    executor = _executor(root, ex, f"{points[0].grid}-{points[0].stage}")
+    said = io.StringIO()  # submitit prints sbatch's error lines before raising: they go into the one error line
+    try:
+        with contextlib.redirect_stderr(said), executor.batch():
+            pending = [
+                (p, executor.submit(PointJob(p, grace_s=max(10, ex.signal_delay_s - 20), verbose=verbose)))
+                for p in points
+            ]
+    except submitit.core.utils.FailedJobError as exc:
+        reasons = [line.removeprefix("sbatch: error: ").strip() for line in str(exc).splitlines() if line.strip()]
+        reason = "; ".join(dict.fromkeys(reasons)) or summary(exc)
+        key = next((key for word, key in REFUSED if word in reason.lower()), None)
+        asked = (f"partition {ex.partition or '(the default)'}, {ex.nodes} node(s), {ex.gpus_per_node} GPU(s) and "
+                 f"{ex.cpus_per_task} CPU core(s) per node, {f'{ex.mem_gb} GB' if ex.mem_gb else 'the default memory'}"
+                 f" per node, {ex.time_min} min")
+        raise UserError(f"{key or 'executor'}: sbatch refused stage '{points[0].stage}' ({reason}); its jobs asked "
+                        f"for {asked}: fix {key or 'the executor keys'} (sinfo lists the partitions and their "
+                        f"limits), then run the same command again") from None
+    sys.stderr.write(said.getvalue())
+    return pending
+
+
 def _jobs_file(root: Path) -> Path:
     return root / "_grid" / "jobs.json"
 
@@ -126,12 +170,7 @@ def run_slurm(
         jobs[name] = earlier[name]
     todo = [p for p in points if p.name not in jobs]
     if todo:
-        executor = _executor(root, ex, f"{points[0].grid}-{points[0].stage}")
-        with executor.batch():
-            pending = [
-                (p, executor.submit(PointJob(p, grace_s=max(10, ex.signal_delay_s - 20), verbose=report.verbose)))
-                for p in todo
-            ]
+        pending = _submit(todo, root, ex, report.verbose)
         for p, job in pending:
             jobs[p.name] = job
             known[p.name] = job.job_id
@@ -146,17 +185,15 @@ def run_slurm(
     by_name = {p.name: p for p in points}
     lost: dict[str, int] = {}
     remaining = dict(jobs)
-    told: dict[str, str] = {}  # the holds already reported, by point
+    told: dict[str, str] = {}  # what was said of jobs waiting for a person, by point
     next_look = 0.0
     while remaining:
-        if time.time() >= next_look:  # a held job waits for a person, not for the queue: say so, once per hold
-            held = _held(remaining)
-            for name, reason in held.items():
-                if told.get(name) != reason:
-                    job_id = remaining[name].job_id
-                    report.line(f"{name}: job {job_id} is held by SLURM ({reason}); it waits until someone runs "
-                                f"scontrol release {job_id}")
-            told, next_look = held, time.time() + HELD_LOOK_S
+        if time.time() >= next_look:  # a job that waits for a person, not for the queue: say so, once per reason
+            stuck = _stuck(remaining)
+            for name, text in stuck.items():
+                if told.get(name) != text:
+                    report.line(f"{name}: job {remaining[name].job_id} {text}")
+            told, next_look = stuck, time.time() + HELD_LOOK_S
         for name in _vanished({name: job for name, job in remaining.items() if not job.done()}):
             lost[name] = lost.get(name, 0) + 1  # no queue entry, no live accounting record, three looks running
             if lost[name] >= 3:
@@ -183,7 +220,7 @@ def run_slurm(
     return failed
 
 
-HELD_LOOK_S = 10.0  # how often a waiting launcher asks squeue for held jobs
+HELD_LOOK_S = 10.0  # how often a waiting launcher asks squeue for jobs that wait for a person
 
 
 def _queue(jobs: dict) -> dict[str, tuple[str, str]] | None:
@@ -209,11 +246,37 @@ def _queue(jobs: dict) -> dict[str, tuple[str, str]] | None:
     return said
 
 
-def _held(jobs: dict) -> dict[str, str]:
-    """The points whose jobs SLURM holds, with squeue's reason: a hold by a user or an administrator, or a restart
-    that failed to launch and was requeued held. Such a job stays PENDING for ever unless released."""
+# Pending reasons of a job SLURM accepted but can never start as submitted (sbatch accepts a request beyond the
+# partition's limits unless the cluster sets EnforcePartLimits), with what the job asked that causes it.
+NEVER_STARTS = {
+    "PartitionConfig": "it asks for more than the partition's nodes have: executor.cpus_per_task, gpus_per_node, "
+                       "mem_gb or nodes",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows: executor.nodes",
+    "PartitionTimeLimit": "its time limit exceeds the partition's: executor.time_min",
+    "BadConstraints": "no node meets its constraints",
+    "InvalidAccount": "the account it runs under is not valid on this cluster",
+    "InvalidQOS": "its QOS is not valid on this cluster",
+}
+PER_JOB_LIMIT = re.compile(r"^(Assoc|QOS)Max\w*Per(Job|Node)")  # e.g. QOSMaxGRESPerJob: over what the QOS grants
+
+
+def _stuck(jobs: dict) -> dict[str, str]:
+    """The points whose jobs stay PENDING until a person acts, each with what the launcher says of it: held (by a
+    user or an administrator, or a restart that failed to launch and was requeued held), or asking for what the
+    partition or the account never grants (squeue's reason, e.g. PartitionConfig)."""
     queued = _queue(jobs) or {}  # None: the next look tries again
-    return {name: reason for name, (state, reason) in queued.items() if state == "PENDING" and "held" in reason.lower()}
+    said = {}
+    for name, (state, reason) in queued.items():
+        job_id = jobs[name].job_id
+        if state != "PENDING":
+            continue
+        if "held" in reason.lower():
+            said[name] = f"is held by SLURM ({reason}); it waits until someone runs scontrol release {job_id}"
+        elif reason in NEVER_STARTS or PER_JOB_LIMIT.match(reason):
+            meaning = NEVER_STARTS.get(reason, "it asks for more than the account or QOS grants a job")
+            said[name] = (f"cannot start as submitted ({reason}: {meaning}); it stays pending until someone runs "
+                          f"scancel {job_id}; then fix the executor keys and run the same command again")
+    return said
 
 
 def _vanished(jobs: dict) -> list[str]:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import slurm_cluster
-from conftest import ROOT, SHARED, assert_bitwise_equal, ok, run_cli, weights
+from conftest import ROOT, SHARED, assert_bitwise_equal, assert_user_error, call, ok, run_cli, weights
 from test_grid import TWO_AXES, data_sets
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -159,6 +159,59 @@ def check_grid_on_slurm(launcher: subprocess.Popen, log: Path, workdir: Path) ->
     assert_bitwise_equal(
         weights(runs / preempted / "model"), weights(workdir / "ref" / "lr-seed" / "reference" / "model")
     )
+
+
+@pytest.mark.parametrize("setting, key, reason", [
+    ("executor.partition=nope", "executor.partition", "invalid partition specified: nope"),
+    ("executor.gpus_per_node=8", "executor.gpus_per_node", "Invalid generic resource (gres) specification"),
+    ("executor.mem_gb=100000", "executor.mem_gb", "Memory specification can not be satisfied"),
+])
+def test_a_job_array_sbatch_refuses_is_one_error_naming_the_key(cluster, workdir, demo_root, cache_dir, monkeypatch,
+                                                                 setting, key, reason):
+    """What the cluster cannot grant is refused by sbatch at submission: one error line with the executor key and
+    sbatch's reason, exit 2, nothing submitted and nothing recorded, so the fixed command runs as if fresh."""
+    import launch_grid
+
+    grid = workdir / "grid.yaml"
+    grid.write_text(SLURM_GRID.replace("DEMO", str(demo_root)))
+    before = slurm("squeue", "-h", "-o", "%i")
+    monkeypatch.chdir(workdir)  # in this process: no interpreter start per case
+    refused = call(launch_grid.main, str(grid), setting, *data_sets(demo_root, cache_dir))
+    error = assert_user_error(refused, f"error: {key}: sbatch refused stage 'grid' (", reason, "then run the same")
+    rest = refused.stderr.replace(error, "")
+    assert "Traceback" not in rest and "sbatch: error" not in rest, refused.stderr
+    assert not (workdir / "runs" / "lr-seed" / "_grid" / "jobs.json").exists()
+    assert slurm("squeue", "-h", "-o", "%i") == before
+
+
+def test_a_job_that_can_never_start_is_named_with_what_to_fix(cluster, workdir, demo_root, cache_dir):
+    """More CPU cores per task than any node has: sbatch accepts the array (this cluster does not set
+    EnforcePartLimits) and SLURM keeps it PENDING (PartitionConfig) for ever. The launcher says so once per job, with
+    the keys to fix and the command that ends the wait; cancelled, the points are reported incomplete."""
+    grid = workdir / "grid.yaml"
+    grid.write_text(SLURM_GRID.replace("DEMO", str(demo_root)))
+    log = workdir / "launcher.log"
+    with open(log, "w", encoding="utf-8") as sink:
+        launcher = subprocess.Popen([sys.executable, str(ROOT / "launch_grid.py"), str(grid),
+                                     "executor.cpus_per_task=64", *data_sets(demo_root, cache_dir)], cwd=workdir,
+                                    stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        jobs_file = workdir / "runs" / "lr-seed" / "_grid" / "jobs.json"
+        jobs = wait_for(lambda: jobs_file.is_file() and json.loads(jobs_file.read_text()), "the job array", 120)
+        said = wait_for(lambda: all(f"{n}: job {j} cannot start as submitted (PartitionConfig: " in log.read_text()
+                                    for n, j in jobs.items()) and log.read_text(), "the launcher to name them", 120)
+        assert f"executor.cpus_per_task, gpus_per_node, mem_gb or nodes); it stays pending until someone runs " \
+               f"scancel {jobs[sorted(jobs)[0]]}; then fix the executor keys" in said
+        for job in jobs.values():
+            subprocess.run(["scancel", job], check=True, timeout=60)
+        launcher.wait(timeout=300)
+    finally:  # a launcher left waiting would outlive the test and the cluster
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    out = log.read_text()
+    assert launcher.returncode == 1 and "4 point(s) incomplete" in out, out[-3000:]
+    assert sum(out.count(f"job {j} cannot start") for j in jobs.values()) == 4  # said once each, not every look
 
 
 def free_port() -> int:
