@@ -111,6 +111,7 @@ def _executor(root: Path, ex: ExecutorConfig, job_name: str):
 
 # sbatch's refusals that name what was asked, and the executor key that asked it (the first that matches)
 REFUSED = (
+    ("qos policy", None),  # "Job violates accounting/QOS policy (... size and/or time limits)": no one key
     ("partition", "executor.partition"),
     ("gres", "executor.gpus_per_node"),
     ("gpu", "executor.gpus_per_node"),
@@ -137,17 +138,23 @@ def _submit(points: list[Point], root: Path, ex: ExecutorConfig, verbose: bool) 
                 for p in points
             ]
     except submitit.core.utils.FailedJobError as exc:
-        reasons = [line.removeprefix("sbatch: error: ").strip() for line in str(exc).splitlines() if line.strip()]
-        reason = "; ".join(dict.fromkeys(reasons)) or summary(exc)
-        key = next((key for word, key in REFUSED if word in reason.lower()), None)
-        asked = (f"partition {ex.partition or '(the default)'}, {ex.nodes} node(s), {ex.gpus_per_node} GPU(s) and "
-                 f"{ex.cpus_per_task} CPU core(s) per node, {f'{ex.mem_gb} GB' if ex.mem_gb else 'the default memory'}"
-                 f" per node, {ex.time_min} min")
-        raise UserError(f"{key or 'executor'}: sbatch refused stage '{points[0].stage}' ({reason}); its jobs asked "
-                        f"for {asked}: fix {key or 'the executor keys'} (sinfo lists the partitions and their "
-                        f"limits), then run the same command again") from None
+        raise UserError(_refusal(str(exc) or summary(exc), ex, points[0].stage)) from None
     sys.stderr.write(said.getvalue())
     return pending
+
+
+def _refusal(sbatch_said: str, ex: ExecutorConfig, stage: str) -> str:
+    """The one error line for a job array sbatch refused: the executor key its reason points at, sbatch's reason,
+    and what the jobs asked."""
+    reasons = [line.removeprefix("sbatch: error: ").strip() for line in sbatch_said.splitlines() if line.strip()]
+    reason = "; ".join(dict.fromkeys(reasons))
+    key = next((key for word, key in REFUSED if word in reason.lower()), None)
+    asked = (f"partition {ex.partition or '(the default)'}, {ex.nodes} node(s), {ex.gpus_per_node} GPU(s) and "
+             f"{ex.cpus_per_task} CPU core(s) per node, {f'{ex.mem_gb} GB' if ex.mem_gb else 'the default memory'}"
+             f" per node, {ex.time_min} min")
+    return (f"{key or 'executor'}: sbatch refused stage '{stage}' ({reason}); its jobs asked for {asked}: fix "
+            f"{key or 'the executor keys'} (sinfo lists the partitions and their limits), then run the same command "
+            f"again")
 
 
 def _jobs_file(root: Path) -> Path:
@@ -261,22 +268,26 @@ PER_JOB_LIMIT = re.compile(r"^(Assoc|QOS)Max\w*Per(Job|Node)")  # e.g. QOSMaxGRE
 
 
 def _stuck(jobs: dict) -> dict[str, str]:
-    """The points whose jobs stay PENDING until a person acts, each with what the launcher says of it: held (by a
-    user or an administrator, or a restart that failed to launch and was requeued held), or asking for what the
-    partition or the account never grants (squeue's reason, e.g. PartitionConfig)."""
+    """The points whose jobs stay PENDING until a person acts, each with what the launcher says of it."""
     queued = _queue(jobs) or {}  # None: the next look tries again
-    said = {}
-    for name, (state, reason) in queued.items():
-        job_id = jobs[name].job_id
-        if state != "PENDING":
-            continue
-        if "held" in reason.lower():
-            said[name] = f"is held by SLURM ({reason}); it waits until someone runs scontrol release {job_id}"
-        elif reason in NEVER_STARTS or PER_JOB_LIMIT.match(reason):
-            meaning = NEVER_STARTS.get(reason, "it asks for more than the account or QOS grants a job")
-            said[name] = (f"cannot start as submitted ({reason}: {meaning}); it stays pending until someone runs "
-                          f"scancel {job_id}; then fix the executor keys and run the same command again")
-    return said
+    said = {name: _waits_for_a_person(jobs[name].job_id, state, reason) for name, (state, reason) in queued.items()}
+    return {name: text for name, text in said.items() if text}
+
+
+def _waits_for_a_person(job_id: str, state: str, reason: str) -> str:
+    """What the launcher says of a job that stays PENDING until a person acts, from squeue's state and reason: held
+    (by a user or an administrator, or a restart that failed to launch and was requeued held), or asking for what
+    the partition, the account or the QOS never grants. Empty for a job that waits for the queue (Resources,
+    Priority, a group limit that frees up as other jobs end) or runs."""
+    if state != "PENDING":
+        return ""
+    if "held" in reason.lower():
+        return f"is held by SLURM ({reason}); it waits until someone runs scontrol release {job_id}"
+    if reason in NEVER_STARTS or PER_JOB_LIMIT.match(reason):
+        meaning = NEVER_STARTS.get(reason, "it asks for more than the account or QOS grants a job")
+        return (f"cannot start as submitted ({reason}: {meaning}); it stays pending until someone runs scancel "
+                f"{job_id}; then fix the executor keys and run the same command again")
+    return ""
 
 
 def _vanished(jobs: dict) -> list[str]:

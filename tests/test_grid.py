@@ -398,3 +398,68 @@ def test_finalists_are_refused_while_a_point_of_the_selection_stage_failed(workd
     assert again.returncode == 1 and "WARNING: finalists chosen among the finished points" in again.stderr
     (final,) = runs.glob("*__final")
     assert "optim.lr=0.003" in final.name and (final / "DONE").is_file()
+
+
+@pytest.mark.parametrize("sbatch_said, key", [
+    ("sbatch: error: invalid partition specified: nope\n"
+     "sbatch: error: Batch job submission failed: Invalid partition name specified", "executor.partition"),
+    ("sbatch: error: Invalid generic resource (gres) specification", "executor.gpus_per_node"),
+    ("sbatch: error: Memory specification can not be satisfied\n"
+     "sbatch: error: Batch job submission failed: Requested node configuration is not available", "executor.mem_gb"),
+    ("sbatch: error: Batch job submission failed: Requested time limit is invalid (missing or exceeds some limit)",
+     "executor.time_min"),
+    ("sbatch: error: Batch job submission failed: Node count specification invalid", "executor.nodes"),
+    ("sbatch: error: Batch job submission failed: More processors requested than permitted", "executor.cpus_per_task"),
+    ("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size "
+     "and/or time limits)", "executor"),
+])
+def test_a_refused_job_array_names_the_key_its_reason_points_at(sbatch_said, key):
+    """sbatch's refusals (as SLURM words them; tests/test_slurm.py provokes the first three on the real cluster):
+    the error names the key, quotes sbatch without its prefix, and says what the jobs asked."""
+    from grid.config import ExecutorConfig
+    from grid.executors import _refusal
+
+    said = _refusal(sbatch_said, ExecutorConfig(kind="slurm", partition="gpu", gpus_per_node=4), "students")
+    assert said.startswith(f"{key}: sbatch refused stage 'students' (") and "sbatch: error" not in said
+    assert sbatch_said.splitlines()[-1].removeprefix("sbatch: error: ") in said
+    assert "asked for partition gpu, 1 node(s), 4 GPU(s) and 2 CPU core(s) per node, the default memory" in said
+    assert said.endswith(f"fix {key if key != 'executor' else 'the executor keys'} (sinfo lists the partitions and "
+                         f"their limits), then run the same command again")
+
+
+@pytest.mark.parametrize("state, reason, says", [
+    ("PENDING", "JobHeldUser", "is held by SLURM (JobHeldUser); it waits until someone runs scontrol release 7_1"),
+    ("PENDING", "JobHeldAdmin", "is held by SLURM (JobHeldAdmin)"),
+    ("PENDING", "launch failed requeued held", "is held by SLURM (launch failed requeued held)"),
+    ("PENDING", "PartitionConfig", "cannot start as submitted (PartitionConfig: it asks for more than the partition's "
+                                   "nodes have: executor.cpus_per_task, gpus_per_node, mem_gb or nodes); it stays "
+                                   "pending until someone runs scancel 7_1; then fix the executor keys"),
+    ("PENDING", "PartitionNodeLimit", "(PartitionNodeLimit: it asks for more nodes than the partition allows: "
+                                      "executor.nodes)"),
+    ("PENDING", "PartitionTimeLimit", "(PartitionTimeLimit: its time limit exceeds the partition's: "
+                                      "executor.time_min)"),
+    ("PENDING", "BadConstraints", "(BadConstraints: no node meets its constraints)"),
+    ("PENDING", "InvalidAccount", "(InvalidAccount: the account it runs under is not valid"),
+    ("PENDING", "InvalidQOS", "(InvalidQOS: its QOS is not valid"),
+    ("PENDING", "QOSMaxGRESPerJob", "(QOSMaxGRESPerJob: it asks for more than the account or QOS grants a job)"),
+    ("PENDING", "AssocMaxCpuPerJobLimit", "(AssocMaxCpuPerJobLimit: it asks for more than the account or QOS"),
+    ("PENDING", "QOSMaxNodePerJobLimit", "(QOSMaxNodePerJobLimit: it asks for more than the account or QOS"),
+    # waits for the queue, not for a person: nothing said
+    ("PENDING", "Resources", ""),
+    ("PENDING", "Priority", ""),
+    ("PENDING", "JobArrayTaskLimit", ""),
+    ("PENDING", "QOSGrpCpuLimit", ""),
+    ("PENDING", "AssocGrpGRES", ""),
+    ("PENDING", "BeginTime", ""),
+    ("RUNNING", "None", ""),
+    ("COMPLETING", "None", ""),
+])
+def test_the_launcher_names_a_job_only_a_person_can_start(state, reason, says):
+    """squeue's state and reason decide whether the launcher tells the person at the terminal what to do: a hold
+    (scontrol release) or a request the cluster never grants (scancel, then fix the executor keys); a job waiting
+    for resources, its priority or a group limit is left to the queue. tests/test_slurm.py provokes a hold and
+    PartitionConfig on the real cluster."""
+    from grid.executors import _waits_for_a_person
+
+    said = _waits_for_a_person("7_1", state, reason)
+    assert (says in said) if says else said == "", said
