@@ -200,7 +200,7 @@ def run_slurm(
             for name, text in stuck.items():
                 if told.get(name) != text:
                     report.line(f"{name}: job {remaining[name].job_id} {text}")
-            told, next_look = stuck, time.time() + HELD_LOOK_S
+            told, next_look = stuck, time.time() + PERSON_LOOK_S
         for name in _vanished({name: job for name, job in remaining.items() if not job.done()}):
             lost[name] = lost.get(name, 0) + 1  # no queue entry, no live accounting record, three looks running
             if lost[name] >= 3:
@@ -227,7 +227,7 @@ def run_slurm(
     return failed
 
 
-HELD_LOOK_S = 10.0  # how often a waiting launcher asks squeue for jobs that wait for a person
+PERSON_LOOK_S = 10.0  # how often a waiting launcher asks squeue for jobs that wait for a person
 
 
 def _queue(jobs: dict) -> dict[str, tuple[str, str]] | None:

@@ -5,6 +5,7 @@ with the weights of an uninterrupted run; a cancelled point is reported incomple
 others finish, and running the launcher again finishes it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ import yaml
 
 import slurm_cluster
 from conftest import ROOT, SHARED, assert_bitwise_equal, assert_user_error, call, ok, run_cli, weights
-from test_grid import TWO_AXES, data_sets
+from test_grid import TWO_AXES, data_sets, write_grid
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -84,20 +85,27 @@ SLURM_GRID = TWO_AXES.replace(
 ).replace("select: {stage: grid, metric: demo_pairs, finalists: 1, overrides: {data.train_fraction: 1.0}}\n", "")
 
 
-def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, demo_root, cache_dir):
-    grid = workdir / "grid.yaml"
-    grid.write_text(SLURM_GRID.replace("DEMO", str(demo_root)))
-    sets = [*data_sets(demo_root, cache_dir), "--set", "train.max_steps=80", "--set", "train.logging_steps=1"]
+@contextlib.contextmanager
+def launching(workdir: Path, *args: str):
+    """`launch_grid.py <args>` in the background from `workdir`: yields the process and its log file, and kills it
+    on the way out if it still runs (a launcher left waiting would outlive the test and the cluster)."""
     log = workdir / "launcher.log"  # a file, not a pipe: a pipe nobody reads until the end could fill and stop it
     with open(log, "w", encoding="utf-8") as sink:
-        launcher = subprocess.Popen([sys.executable, str(ROOT / "launch_grid.py"), str(grid), *sets], cwd=workdir,
+        launcher = subprocess.Popen([sys.executable, str(ROOT / "launch_grid.py"), *args], cwd=workdir,
                                     stdout=sink, stderr=subprocess.STDOUT)
     try:
-        check_grid_on_slurm(launcher, log, workdir)
-    finally:  # a launcher left waiting would outlive the test and the cluster
+        yield launcher, log
+    finally:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+
+
+def test_grid_on_slurm_survives_preemption_and_cancellation(cluster, workdir, demo_root, cache_dir):
+    grid = write_grid(workdir, SLURM_GRID.replace("DEMO", str(demo_root)))
+    sets = [*data_sets(demo_root, cache_dir), "--set", "train.max_steps=80", "--set", "train.logging_steps=1"]
+    with launching(workdir, str(grid), *sets) as (launcher, log):
+        check_grid_on_slurm(launcher, log, workdir)
     again = subprocess.run(
         [sys.executable, str(ROOT / "launch_grid.py"), str(grid), *sets],
         cwd=workdir,
@@ -172,8 +180,7 @@ def test_a_job_array_sbatch_refuses_is_one_error_naming_the_key(cluster, workdir
     sbatch's reason, exit 2, nothing submitted and nothing recorded, so the fixed command runs as if fresh."""
     import launch_grid
 
-    grid = workdir / "grid.yaml"
-    grid.write_text(SLURM_GRID.replace("DEMO", str(demo_root)))
+    grid = write_grid(workdir, SLURM_GRID.replace("DEMO", str(demo_root)))
     before = slurm("squeue", "-h", "-o", "%i")
     monkeypatch.chdir(workdir)  # in this process: no interpreter start per case
     refused = call(launch_grid.main, str(grid), setting, *data_sets(demo_root, cache_dir))
@@ -188,14 +195,9 @@ def test_a_job_that_can_never_start_is_named_with_what_to_fix(cluster, workdir, 
     """More CPU cores per task than any node has: sbatch accepts the array (this cluster does not set
     EnforcePartLimits) and SLURM keeps it PENDING (PartitionConfig) for ever. The launcher says so once per job, with
     the keys to fix and the command that ends the wait; cancelled, the points are reported incomplete."""
-    grid = workdir / "grid.yaml"
-    grid.write_text(SLURM_GRID.replace("DEMO", str(demo_root)))
-    log = workdir / "launcher.log"
-    with open(log, "w", encoding="utf-8") as sink:
-        launcher = subprocess.Popen([sys.executable, str(ROOT / "launch_grid.py"), str(grid),
-                                     "executor.cpus_per_task=64", *data_sets(demo_root, cache_dir)], cwd=workdir,
-                                    stdout=sink, stderr=subprocess.STDOUT)
-    try:
+    grid = write_grid(workdir, SLURM_GRID.replace("DEMO", str(demo_root)))
+    args = [str(grid), "executor.cpus_per_task=64", *data_sets(demo_root, cache_dir)]
+    with launching(workdir, *args) as (launcher, log):
         jobs_file = workdir / "runs" / "lr-seed" / "_grid" / "jobs.json"
         jobs = wait_for(lambda: jobs_file.is_file() and json.loads(jobs_file.read_text()), "the job array", 120)
         said = wait_for(lambda: all(f"{n}: job {j} cannot start as submitted (PartitionConfig: " in log.read_text()
@@ -205,10 +207,6 @@ def test_a_job_that_can_never_start_is_named_with_what_to_fix(cluster, workdir, 
         for job in jobs.values():
             subprocess.run(["scancel", job], check=True, timeout=60)
         launcher.wait(timeout=300)
-    finally:  # a launcher left waiting would outlive the test and the cluster
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
     out = log.read_text()
     assert launcher.returncode == 1 and "4 point(s) incomplete" in out, out[-3000:]
     assert sum(out.count(f"job {j} cannot start") for j in jobs.values()) == 4  # said once each, not every look
