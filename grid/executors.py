@@ -123,13 +123,21 @@ REFUSED = (
 )
 
 
+# The files submitit writes before sbatch answers: one pickled job per point (renamed into the job's folder once
+# SLURM gives an id) and the array's sbatch script.
+SUBMITIT_SCRATCH = re.compile(r"^(?:[0-9a-f]{32}\.pkl|\.submission_file_[0-9a-f]{32}\.sh)$")
+
+
 def _submit(points: list[Point], root: Path, ex: ExecutorConfig, verbose: bool) -> list[tuple[Point, object]]:
     """Submit the points as one job array. A submission sbatch refuses (a partition the cluster lacks, more GPUs,
     memory or time than it grants) is one UserError naming the executor key and sbatch's reason; nothing is
-    recorded in jobs.json, so the same command runs again once the key is fixed."""
+    recorded in jobs.json and the files submitit wrote for it are removed, so the same command runs again once the
+    key is fixed."""
     import submitit
 
     executor = _executor(root, ex, f"{points[0].grid}-{points[0].stage}")
+    logs = root / "_grid" / "logs"
+    before = set(logs.iterdir()) if logs.is_dir() else set()
     said = io.StringIO()  # submitit prints sbatch's error lines before raising: they go into the one error line
     try:
         with contextlib.redirect_stderr(said), executor.batch():
@@ -138,6 +146,9 @@ def _submit(points: list[Point], root: Path, ex: ExecutorConfig, verbose: bool) 
                 for p in points
             ]
     except submitit.core.utils.FailedJobError as exc:
+        for scratch in set(logs.iterdir()) - before:  # what submitit wrote for the refused array: no job will read it
+            if SUBMITIT_SCRATCH.match(scratch.name):
+                scratch.unlink()
         raise UserError(_refusal(str(exc) or summary(exc), ex, points[0].stage)) from None
     sys.stderr.write(said.getvalue())
     return pending

@@ -189,6 +189,8 @@ def test_a_job_array_sbatch_refuses_is_one_error_naming_the_key(cluster, workdir
     assert "Traceback" not in rest and "sbatch: error" not in rest, refused.stderr
     assert not (workdir / "runs" / "lr-seed" / "_grid" / "jobs.json").exists()
     assert slurm("squeue", "-h", "-o", "%i") == before
+    left = [p.name for p in (workdir / "runs" / "lr-seed" / "_grid").rglob("*") if p.suffix in (".pkl", ".sh")]
+    assert left == []  # submitit's pickled jobs and sbatch script for the refused array are not left behind
 
 
 def test_a_job_that_can_never_start_is_named_with_what_to_fix(cluster, workdir, demo_root, cache_dir):
