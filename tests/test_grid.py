@@ -293,12 +293,16 @@ def test_unknown_grid_key_and_missing_grid_file(workdir):
 @pytest.mark.parametrize("grid", sorted((ROOT / "config" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_grid_plans(grid, workdir):
     proc = ok(launch(workdir, f"config/grids/{grid.name}", "--dry-run"))
-    expected = {"demo": 9, "palenka-weights": 25, "study-cpu": 11, "strict-small-replication": 16}[grid.stem]
+    expected = {"demo": 9, "palenka-weights": 25, "study-cpu": 11, "study-cpu-seed7": 11,
+                "strict-small-replication": 16}[grid.stem]
     assert f"{expected} point(s)" in proc.stdout
     assert not (workdir / "runs").exists()
     if grid.stem == "strict-small-replication":  # the grid with GPUs: its plan has GPU hours (grid.estimate)
         assert "GPU h" in proc.stdout and "GPU hours of training in all" in proc.stdout
         assert "/data/babylm/train_10M not here: 10M words assumed" in proc.stdout
+    if grid.stem == "study-cpu-seed7":  # the second seed shares the first study's teachers and names its own points
+        assert "teacher-llama " in proc.stdout and "kd__train.seed=7 " in proc.stdout
+        assert "wml__wml.solo_peer=1__train.seed=7 " in proc.stdout and " student " not in proc.stdout
 
 
 def test_a_gpu_grid_plans_gpu_hours_from_the_architectures_flops(workdir, tmp_path, monkeypatch):
