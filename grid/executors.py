@@ -84,7 +84,7 @@ def check_slurm() -> None:
 def _executor(root: Path, ex: ExecutorConfig, job_name: str):
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(root / "_grid" / "logs" / "%j"), cluster="slurm",
+    executor = submitit.AutoExecutor(folder=str(_logs(root) / "%j"), cluster="slurm",
                                      slurm_max_num_timeout=ex.max_requeues)
     extra = {"requeue": True}
     setup = [f"source {ex.venv}/bin/activate"] if ex.venv else []
@@ -136,8 +136,7 @@ def _submit(points: list[Point], root: Path, ex: ExecutorConfig, verbose: bool) 
     import submitit
 
     executor = _executor(root, ex, f"{points[0].grid}-{points[0].stage}")
-    logs = root / "_grid" / "logs"
-    before = set(logs.iterdir()) if logs.is_dir() else set()
+    before = _listing(_logs(root))
     said = io.StringIO()  # submitit prints sbatch's error lines before raising: they go into the one error line
     try:
         with contextlib.redirect_stderr(said), executor.batch():
@@ -146,7 +145,7 @@ def _submit(points: list[Point], root: Path, ex: ExecutorConfig, verbose: bool) 
                 for p in points
             ]
     except submitit.core.utils.FailedJobError as exc:
-        for scratch in set(logs.iterdir()) - before:  # what submitit wrote for the refused array: no job will read it
+        for scratch in _listing(_logs(root)) - before:  # what submitit wrote for the refused array: no job will read it
             if SUBMITIT_SCRATCH.match(scratch.name):
                 scratch.unlink()
         raise UserError(_refusal(str(exc) or summary(exc), ex, points[0].stage)) from None
@@ -172,6 +171,15 @@ def _jobs_file(root: Path) -> Path:
     return root / "_grid" / "jobs.json"
 
 
+def _logs(root: Path) -> Path:
+    """submitit's folder: each job's logs in <id>/, and what it writes before sbatch answers."""
+    return root / "_grid" / "logs"
+
+
+def _listing(folder: Path) -> set[Path]:
+    return set(folder.iterdir()) if folder.is_dir() else set()
+
+
 def run_slurm(
     points: list[Point], root: Path, ex: ExecutorConfig, report: Reporter, wait: bool = True
 ) -> list[tuple[Point, str]]:
@@ -180,7 +188,7 @@ def run_slurm(
     check_slurm()
     jobs_file = _jobs_file(root)
     known = json.loads(jobs_file.read_text()) if jobs_file.is_file() else {}
-    earlier = {p.name: submitit.SlurmJob(folder=str(root / "_grid" / "logs" / "%j"), job_id=known[p.name])
+    earlier = {p.name: submitit.SlurmJob(folder=str(_logs(root) / "%j"), job_id=known[p.name])
                for p in points if p.name in known}
     jobs = {}
     for name, still in _still_there(earlier).items():
