@@ -4,8 +4,10 @@ python -m results compare RUN_A RUN_B --task TASK: a paired significance test on
 collect reads only run directories and writes, atomically, beside them (<out> defaults to
 runs/<experiment>/_results/, never this package's folder) <out>/<name>.csv, <out>/<name>.md
 (`0.694 ± 0.0016`), and PNGs: <name>-tasks.png, <name>-curves.png, for a two-axis grid
-<name>-heatmap.png, and <name>-curve-<task>.png per task of the runs' learning curves (eval/curve.json). Runs without
-DONE or with unreadable files are listed as incomplete.
+<name>-heatmap.png, and <name>-curve-<task>.png per task of the runs' learning curves (eval/curve.json). Each method
+against its baseline goes to <name>-baselines.md; settings run from two seeds or more to <name>-seeds.md (their mean
+and spread over seeds, and each method's difference from its baseline at every seed). Runs without DONE or with
+unreadable files are listed as incomplete.
 """
 from __future__ import annotations
 

@@ -40,6 +40,18 @@ def data_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+NOT_SETTING = {"output": ("name", "dir"), "train": ("seed", "num_workers", "report_to"),
+               "data": ("num_proc", "cache_dir")}  # a run's seed, its name and where it ran: not what it trains
+
+
+def setting_key(config: dict) -> str:
+    """A short fingerprint of a run's whole config.yaml but the keys above: runs with equal keys are replicates of
+    one setting, differing at most in their seed (results/seeds.py)."""
+    kept = {section: ({k: v for k, v in values.items() if k not in NOT_SETTING.get(section, ())}
+                      if isinstance(values, dict) else values) for section, values in config.items()}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def pair_tasks(eval_dir: Path) -> set[str]:
     return {p.stem for p in (eval_dir / "pairs").glob("*.jsonl")}
 
@@ -81,7 +93,7 @@ def comparisons(df, samples: int = 10_000) -> list[dict]:
                 print(f"not compared: {label(df.loc[i])} against {label(df.loc[b])} on {task}: {exc}")
                 continue
             out.append({"model": label(df.loc[i]), "method": df.loc[i, "method"], "baseline": label(df.loc[b]),
-                        **test})
+                        "row": i, "baseline_row": b, **test})
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from common.errors import summary
-from results.baselines import architecture, data_key
+from results.baselines import architecture, data_key, setting_key
 
 FAMILY_ORDER = ["blimp_filtered", "blimp_supplement", "blimp", "ewok_filtered", "demo_pairs"]
 
@@ -161,6 +161,7 @@ def read_run(run: Path) -> list[dict]:
         "gpu_hours": round(seconds * world / 3600, 4) if gpus else 0.0,
         "seed": (config.get("train") or {}).get("seed"),
         "data_key": data_key(config),
+        "setting": setting_key(config),
     }
     if "wml" in config:
         champion = _read(run, "model/champion.json", json.loads, dict)

@@ -220,5 +220,12 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> No
         made.insert(0, out / f"{name}-baselines.md")
         print("each method against its baseline (same architecture, text, seed and words seen, trained alone):\n"
               + baseline_markdown(tests))
+    from results.seeds import seeds_markdown
+
+    over_seeds = seeds_markdown(df, tests)
+    if over_seeds is not None:
+        write_atomic(out / f"{name}-seeds.md", over_seeds)
+        made.insert(0, out / f"{name}-seeds.md")
+        print(over_seeds)
     print(f"{len(df)} row(s) from {df['run'].nunique()} run(s), {len(incomplete)} incomplete -> "
           + ", ".join(str(p) for p in [out / f"{name}.csv", out / f"{name}.md", *made]))

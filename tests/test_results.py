@@ -302,3 +302,83 @@ def test_a_method_is_compared_with_the_same_architecture_seed_and_words_trained_
     for alone_or_unmatched in ("student", "twin", "teacher", "kd-seed", "kd-longer", "kd-other", "kd-wider",
                                "kd-other-text"):
         assert find_baseline(df, by[alone_or_unmatched]) is None, alone_or_unmatched
+
+
+def test_replicates_are_one_setting_that_differs_only_in_the_seed():
+    """Two runs are replicates when their config.yaml differ only in train.seed, their name and where they ran; any
+    other key, data.seed included, makes another setting."""
+    from results.baselines import setting_key
+
+    base = {"data": {"train_dir": "t", "seed": 42, "num_proc": 2, "cache_dir": "cache"}, "optim": {"lr": 0.002},
+            "train": {"seed": 42, "max_words": "500k", "num_workers": 0, "report_to": "none"},
+            "output": {"dir": "runs", "experiment": "study", "name": "kd"}}
+
+    def changed(section, key, value):
+        return {**base, section: {**base[section], key: value}}
+
+    same = [changed("train", "seed", 7), changed("output", "name", "kd__train.seed=7"), changed("data", "num_proc", 1),
+            changed("data", "cache_dir", "/tmp/c"), changed("train", "num_workers", 2), changed("output", "dir", "r")]
+    for config in same:
+        assert setting_key(config) == setting_key(base), config
+    other = [changed("data", "seed", 7), changed("optim", "lr", 0.001), changed("train", "max_words", "1M"),
+             changed("output", "experiment", "other"), {**base, "distill": {"losses": {}}}]
+    for config in other:
+        assert setting_key(config) != setting_key(base), config
+
+
+def _rows(seeds_of: dict) -> "object":
+    import pandas as pd
+
+    rows = []
+    for recipe, seeds in seeds_of.items():
+        for seed in seeds:
+            name = recipe if seed == 42 else f"{recipe}__train.seed={seed}"
+            rows.append({"run": f"runs/s/{name}", "recipe": name, "model": "llama-tiny", "seed": seed,
+                         "method": "train" if recipe == "student" else "kd:ce+logit_kd", "setting": recipe,
+                         "dev_ce": 5.0 + seed / 100, "blimp_filtered": 0.5 + seed / 1000, "blimp_filtered_stderr": 0.01,
+                         "blimp_filtered_metric": "accuracy"})
+    return pd.DataFrame(rows)
+
+
+def test_over_seeds_each_difference_its_mean_spread_t_test_and_what_the_seeds_say(capsys):
+    """Per setting the mean and sample standard deviation over its seeds; per method the difference from its
+    same-seed baseline at every seed, their mean, spread and one-sample t test (checked against the formula), and a
+    verdict; a seed run twice counts once, a setting of one seed is not listed, a missing score is never averaged."""
+    import math
+
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    from results.seeds import across_seeds, replicate_groups, replicates_markdown, seeds_markdown, verdict
+
+    df = _rows({"student": [42, 7, 3], "kd": [42, 7, 3], "alone": [42]})
+    df.loc[len(df)] = {**df.loc[4].to_dict(), "run": "runs/s/kd__train.seed=7-again", "dev_ce": 9.0}  # seed 7 twice
+    groups = replicate_groups(df)
+    assert "same setting and seed 7 twice" in capsys.readouterr().out
+    assert {k[0]: v for k, v in groups.items()} == {"student": [2, 1, 0], "kd": [5, 4, 3]}  # seeds 3, 7, 42
+    table = replicates_markdown(df, groups)
+    kd_line = next(line for line in table.splitlines() if line.startswith("| kd |"))
+    ce = [5.03, 5.07, 5.42]
+    assert f"| 3, 7, 42 | {np.mean(ce):.4f} ± {np.std(ce, ddof=1):.4f} |" in kd_line  # not the 9.0 of the repeat
+    df.loc[3, "blimp_filtered"] = float("nan")  # kd at seed 42 lost its score: no mean for kd's BLiMP
+    assert replicates_markdown(df, groups).splitlines()[3].endswith("| – |")
+
+    diffs, ps = {42: 0.007, 7: 0.014, 3: 0.004}, {42: 1e-8, 7: 1e-32, 3: 0.2}
+    records = [{"row": 3 + i, "baseline_row": i, "task": "blimp_filtered", "difference": diffs[s], "mcnemar_p": ps[s]}
+               for i, s in enumerate((42, 7, 3))]
+    records.append({**records[1], "row": 6, "difference": -0.5, "mcnemar_p": 0.0})  # the repeated seed 7: left out
+    (over,) = across_seeds(df, records)
+    d = [diffs[3], diffs[7], diffs[42]]
+    mean, sd = np.mean(d), np.std(d, ddof=1)
+    assert over["seeds"] == [3, 7, 42] and over["differences"] == d
+    assert math.isclose(over["mean"], mean) and math.isclose(over["sd"], sd)
+    assert math.isclose(over["t_p"], 2 * student_t.sf(abs(mean / (sd / math.sqrt(3))), df=2), rel_tol=1e-9)
+    assert (over["ahead"], over["behind"]) == (2, 0)
+    assert over["verdict"] == "same sign at every seed, not significant at each"
+    assert over["method"] == "kd llama-tiny" and over["baseline"] == "student llama-tiny"
+
+    assert verdict([0.01, 0.02], [0.01, 0.001]) == "ahead at every seed"
+    assert verdict([-0.01, -0.02], [0.01, 0.001]) == "behind at every seed"
+    assert verdict([0.01, -0.02], [0.01, 0.001]) == "changes sign"
+    assert verdict([0.0, 0.02], [1.0, 0.001]) == "zero at a seed"
+    assert seeds_markdown(_rows({"student": [42], "kd": [42]}), []) is None  # one seed: no seeds file

@@ -92,3 +92,36 @@ def test_the_study_grid_runs_scaled_down_and_pairs_every_method_with_its_baselin
     again = ok(launch(workdir, "config/grids/study-cpu.yaml", "--dry-run", *grid,
                       *(a for s in sets for a in ("--set", s))))
     assert again.stdout.count(" done") == len(names)
+
+    # the second seed beside the first (config/grids/study-cpu-seed7.yaml): its teachers stage is the first one's,
+    # already done; then each setting's spread over the two seeds and each method's difference at both
+    proc = ok(launch(workdir, "config/grids/study-cpu-seed7.yaml", *grid, *(a for s in sets for a in ("--set", s))))
+    assert "stage teachers: 2 point(s), 0 incomplete" in proc.stdout
+    for name in names[2:]:
+        assert (runs / f"{name}__train.seed=7" / "DONE").is_file(), name
+    seeds = (runs / "_results" / "study-seeds.md").read_text()
+    spread, _, over = seeds.partition("## Each method against its baseline at every seed")
+    settings = {tuple(c.strip() for c in line.split("|")[1:5]) for line in spread.splitlines() if line[:2] == "| "}
+    assert settings - {("setting", "method", "model", "seeds"), ("---",) * 4} == {
+        ("student", "train", "llama-tiny", "7, 42"),
+        *((m, method, "llama-tiny", "7, 42") for m, method in (
+            ("kd", "kd:ce+logit_kd"), ("palenkallama", "kd:ce+logit_kd+hidden_mse"),
+            ("contrastive", "kd:ce+logit_kd+contrastive"), ("dskd-aux", "kd:ce+logit_kd+hidden_mse+aux_kd"),
+            ("reverse-kl", "kd:ce+reverse_kl"))),
+        *(("wml", "wml-mutual", f"gpt2-tiny peer-{i}", "7, 42") for i in (0, 1)),
+        *((f"wml__wml.solo_peer={i}", "solo-twin", f"gpt2-tiny peer-{i}-solo", "7, 42") for i in (0, 1)),
+    }, seeds
+    table = pd.read_csv(runs / "_results" / "study.csv")
+    pairs = {tuple(c.strip() for c in line.split("|")[1:4]) for line in over.splitlines() if line[:2] == "| "}
+    assert {p for p in pairs if p[2] == "blimp_filtered"} == {
+        *((f"{m} llama-tiny", "student llama-tiny", "blimp_filtered") for m in ("kd", "palenkallama", "contrastive",
+                                                                                 "dskd-aux", "reverse-kl")),
+        *((f"wml gpt2-tiny peer-{i}", f"wml__wml.solo_peer={i} gpt2-tiny peer-{i}-solo", "blimp_filtered")
+          for i in (0, 1)),
+    }, over
+    kd = table[table["recipe"].isin(["kd", "kd__train.seed=7"])].set_index("seed")["blimp_filtered"]
+    student = table[table["recipe"].isin(["student", "student__train.seed=7"])].set_index("seed")["blimp_filtered"]
+    kd_line = next(line for line in over.splitlines() if line.startswith("| kd llama-tiny | student llama-tiny | "
+                                                                             "blimp_filtered |"))
+    for seed in (7, 42):  # each seed's difference is that seed's kd minus that seed's student
+        assert f"{seed}: {kd[seed] - student[seed]:+.3f} (" in kd_line, kd_line
