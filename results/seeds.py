@@ -29,18 +29,23 @@ def _setting_name(recipes) -> str:
     return names[0] if len(names) == 1 else " / ".join(names)
 
 
+def first_per_seed(df, rows) -> dict:
+    """seed -> the row of rows (indices of df, one setting and model) whose run directory comes first in order: a
+    seed run twice counts once."""
+    first = {}
+    for i in sorted(rows, key=lambda i: df.loc[i, "run"]):
+        first.setdefault(df.loc[i, "seed"], i)
+    return first
+
+
 def replicate_groups(df) -> dict[tuple, list]:
     """(setting, model) -> the row indices of its distinct seeds, in seed order, for groups of two seeds or more."""
     groups: dict[tuple, list] = {}
     for (setting, model), rows in df.groupby(["setting", "model"], sort=False):
-        first = {}
-        for i in rows.sort_values("run").index:
-            seed = df.loc[i, "seed"]
-            if seed in first:
-                print(f"same setting and seed {seed} twice: {df.loc[first[seed], 'run']} and {df.loc[i, 'run']}; "
-                      "the first counted")
-                continue
-            first[seed] = i
+        first = first_per_seed(df, rows.index)
+        for i in set(rows.index) - set(first.values()):
+            print(f"same setting and seed {df.loc[i, 'seed']} twice: {df.loc[first[df.loc[i, 'seed']], 'run']} and "
+                  f"{df.loc[i, 'run']}; the first counted")
         if len(first) >= 2:
             groups[(setting, model)] = [first[s] for s in sorted(first)]
     return groups
@@ -94,9 +99,8 @@ def across_seeds(df, records: list[dict]) -> list[dict]:
         groups.setdefault((a["setting"], a["model"], b["setting"], b["model"], c["task"]), []).append(c)
     out = []
     for (_, model, _, baseline_model, task), tests in groups.items():
-        by_seed = {}
-        for c in sorted(tests, key=lambda c: df.loc[c["row"], "run"]):
-            by_seed.setdefault(df.loc[c["row"], "seed"], c)  # a repeated seed counts once, as in replicate_groups
+        by_row = {c["row"]: c for c in tests}
+        by_seed = {seed: by_row[i] for seed, i in first_per_seed(df, by_row).items()}
         if len(by_seed) < 2:
             continue
         seeds = sorted(by_seed)

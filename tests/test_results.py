@@ -326,7 +326,7 @@ def test_replicates_are_one_setting_that_differs_only_in_the_seed():
         assert setting_key(config) != setting_key(base), config
 
 
-def _rows(seeds_of: dict) -> "object":
+def _rows(seeds_of: dict):
     import pandas as pd
 
     rows = []
