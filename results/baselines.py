@@ -22,11 +22,16 @@ ALONE = ("train", "solo-twin")  # methods whose models are trained without disti
 NOT_ARCHITECTURE = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache", "architectures"}
 
 
+def fingerprint(value) -> str:
+    """12 hex digits of the SHA-256 of `value` as sorted JSON: equal values, equal fingerprints."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def architecture(model_dir: Path) -> str:
     """A short fingerprint of the saved model's config.json, without the keys that do not change the architecture."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     kept = {k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+    return fingerprint(kept)
 
 
 TRAINING_DATA = ("train_dir", "demo", "block_size", "packing", "train_fraction", "seed")  # what decides the tokens seen
@@ -37,7 +42,7 @@ def data_key(config: dict) -> str:
     tokenizer section of its config.yaml."""
     data = config.get("data") or {}
     kept = {"data": {k: data.get(k) for k in TRAINING_DATA}, "tokenizer": config.get("tokenizer")}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return fingerprint(kept)
 
 
 NOT_SETTING = {"output": ("name", "dir"), "train": ("seed", "num_workers", "report_to"),
@@ -49,7 +54,7 @@ def setting_key(config: dict) -> str:
     one setting, differing at most in their seed (results/seeds.py)."""
     kept = {section: ({k: v for k, v in values.items() if k not in NOT_SETTING.get(section, ())}
                       if isinstance(values, dict) else values) for section, values in config.items()}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return fingerprint(kept)
 
 
 def pair_tasks(eval_dir: Path) -> set[str]:
