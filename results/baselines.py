@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from results.compare import compare
+from results.markdown import table
 
 ALONE = ("train", "solo-twin")  # methods whose models are trained without distillation: the baselines
 NOT_ARCHITECTURE = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache", "architectures"}
@@ -105,11 +106,8 @@ def comparisons(df, samples: int = 10_000) -> list[dict]:
 def markdown(records: list[dict]) -> str:
     head = ["model", "method", "baseline", "task", "pairs", "model acc.", "baseline acc.", "difference (95% CI)",
             "McNemar p"]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    for c in records:
-        lo, hi = c["bootstrap_95"]
-        lines.append("| " + " | ".join([
-            c["model"], c["method"], c["baseline"], c["task"], str(c["pairs"]), f"{c['accuracy_a']:.3f}",
-            f"{c['accuracy_b']:.3f}", f"{c['difference']:+.3f} ({lo:+.3f}, {hi:+.3f})", f"{c['mcnemar_p']:.3g}",
-        ]) + " |")
-    return "\n".join(lines) + "\n"
+    return table(head, ([
+        c["model"], c["method"], c["baseline"], c["task"], str(c["pairs"]), f"{c['accuracy_a']:.3f}",
+        f"{c['accuracy_b']:.3f}", f"{c['difference']:+.3f} ({c['bootstrap_95'][0]:+.3f}, {c['bootstrap_95'][1]:+.3f})",
+        f"{c['mcnemar_p']:.3g}",
+    ] for c in records))

@@ -16,6 +16,7 @@ import yaml
 
 from common.errors import summary
 from results.baselines import architecture, data_key, setting_key
+from results.markdown import number, table
 
 FAMILY_ORDER = ["blimp_filtered", "blimp_supplement", "blimp", "ewok_filtered", "demo_pairs"]
 
@@ -218,13 +219,6 @@ def task_columns(df) -> list[str]:
     return sorted(tasks, key=lambda t: (FAMILY_ORDER.index(t) if t in FAMILY_ORDER else len(FAMILY_ORDER), t))
 
 
-def _fmt(value, form: str) -> str:
-    """A number in `form`, or – for a missing or non-finite one."""
-    if value is None or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
-        return "–"
-    return form.format(value)
-
-
 def _axis(value) -> str:
     """An axis value in the table: blank where the run's stage did not vary it, 1 rather than 1.0 (pandas stores a
     column with blanks as floats)."""
@@ -241,7 +235,7 @@ def markdown(df) -> str:
     axes = [c for c in df.columns if c.startswith("axis:")]
     head = ["recipe", "method", "model", "params", *[a[5:] for a in axes], "dev CE",
             *[t + METRIC_HEADERS[metric_of(df, t)] for t in tasks]]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    rows = []
     for _, r in df.iterrows():
         cells = [
             str(r["recipe"]),
@@ -249,11 +243,11 @@ def markdown(df) -> str:
             f"{r['model']}" + (" (champion)" if r.get("champion") is True else ""),
             f"{int(r['params']):,}",
             *[_axis(r[a]) for a in axes],
-            _fmt(r["dev_ce"], "{:.4f}"),
+            number(r["dev_ce"], "{:.4f}"),
         ]
         for t in tasks:
             acc, se = r.get(t), r.get(f"{t}_stderr")
-            with_se = _fmt(acc, "") != "–" and _fmt(se, "") != "–"
-            cells.append(_fmt(acc, "{:.3f}") + (f" ± {_fmt(se, '{:.4f}')}" if with_se else ""))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            with_se = number(acc, "") != "–" and number(se, "") != "–"
+            cells.append(number(acc, "{:.3f}") + (f" ± {number(se, '{:.4f}')}" if with_se else ""))
+        rows.append(cells)
+    return table(head, rows)

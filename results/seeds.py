@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import re
 
-from results.collect import METRIC_HEADERS, _fmt, metric_of, task_columns
+from results.collect import METRIC_HEADERS, metric_of, task_columns
+from results.markdown import number, table
 
 SEED_IN_NAME = re.compile(r"__train\.seed=\d+")  # a grid point's seed axis in its name (grid/plan.py point_name)
 ALPHA = 0.05  # the per-seed significance level of the "ahead"/"behind" counts
@@ -69,13 +70,10 @@ def replicates_markdown(df, groups: dict[tuple, list]) -> str:
     task's score."""
     tasks = task_columns(df)
     head = ["setting", "method", "model", "seeds", "dev CE", *[t + METRIC_HEADERS[metric_of(df, t)] for t in tasks]]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    for (_, model), rows in groups.items():
-        cells = [_setting_name(df.loc[rows, "recipe"]), str(df.loc[rows[0], "method"]), str(model),
-                 ", ".join(str(s) for s in df.loc[rows, "seed"]), _mean_sd(list(df.loc[rows, "dev_ce"]), 4)]
-        cells += [_mean_sd([df.loc[i].get(t) for i in rows], 3) for t in tasks]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return table(head, ([_setting_name(df.loc[rows, "recipe"]), str(df.loc[rows[0], "method"]), str(model),
+                         ", ".join(str(s) for s in df.loc[rows, "seed"]), _mean_sd(list(df.loc[rows, "dev_ce"]), 4),
+                         *[_mean_sd([df.loc[i].get(t) for i in rows], 3) for t in tasks]]
+                        for (_, model), rows in groups.items()))
 
 
 def verdict(differences: list[float], ps: list[float]) -> str:
@@ -124,15 +122,15 @@ def across_seeds(df, records: list[dict]) -> list[dict]:
 def across_seeds_markdown(records: list[dict]) -> str:
     head = ["method", "baseline", "task", "difference at each seed (McNemar p)", "mean ± sd",
             "ahead / behind (p < 0.05)", "t test over seeds p", "seeds say"]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    rows = []
     for r in records:
         each = "; ".join(f"{s}: {d:+.3f} ({p:.2g})" for s, d, p in zip(r["seeds"], r["differences"], r["mcnemar_p"]))
         mean = "–" if r["mean"] is None else f"{r['mean']:+.3f} ± {r['sd']:.3f}"
-        lines.append("| " + " | ".join([
+        rows.append([
             r["method"], r["baseline"], r["task"], each, mean, f"{r['ahead']} / {r['behind']} of {len(r['seeds'])}",
-            _fmt(r["t_p"], "{:.2g}") + (f" (df {len(r['seeds']) - 1})" if r["t_p"] is not None else ""), r["verdict"],
-        ]) + " |")
-    return "\n".join(lines) + "\n"
+            number(r["t_p"], "{:.2g}") + (f" (df {len(r['seeds']) - 1})" if r["t_p"] is not None else ""), r["verdict"],
+        ])
+    return table(head, rows)
 
 
 def seeds_markdown(df, records: list[dict]) -> str | None:
