@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 
 from results.collect import METRIC_HEADERS, metric_of, task_columns
 from results.markdown import number, table
@@ -56,8 +57,7 @@ def _spread(values: list) -> tuple[float, float] | None:
     """(mean, sample standard deviation) of finite values; None when any value is missing or not finite."""
     if not values or any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
         return None
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.fmean(values), statistics.stdev(values)
 
 
 def _mean_sd(values: list, digits: int) -> str:
@@ -79,11 +79,12 @@ def replicates_markdown(df, groups: dict[tuple, list]) -> str:
 def verdict(differences: list[float], ps: list[float]) -> str:
     """What the seeds agree on: a difference significant (p < ALPHA) in one direction at every seed, the same sign at
     every seed, or not even that."""
-    if all(p < ALPHA for p in ps) and (all(d > 0 for d in differences) or all(d < 0 for d in differences)):
-        return "ahead at every seed" if differences[0] > 0 else "behind at every seed"
-    if all(d > 0 for d in differences) or all(d < 0 for d in differences):
+    signs = {(d > 0) - (d < 0) for d in differences}
+    if signs == {1} or signs == {-1}:
+        if all(p < ALPHA for p in ps):
+            return "ahead at every seed" if signs == {1} else "behind at every seed"
         return "same sign at every seed, not significant at each"
-    return "changes sign" if any(d > 0 for d in differences) and any(d < 0 for d in differences) else "zero at a seed"
+    return "changes sign" if {1, -1} <= signs else "zero at a seed"
 
 
 def across_seeds(df, records: list[dict]) -> list[dict]:
