@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eval.scorer import CHUNK_LOGITS, HEAD_ROWS, WIDE_HIDDEN  # noqa: E402
+from eval.scorer import head_chunk_rows  # noqa: E402
 
 
 def best_seconds(x: torch.Tensor, weight: torch.Tensor, step: int, repeats: int) -> float:
@@ -43,8 +43,7 @@ def main() -> None:
     for shape in args.shapes.split(","):
         hidden, vocab = (int(v) for v in shape.split("x"))
         x, weight = torch.randn(args.rows, hidden), torch.randn(vocab, hidden) / hidden ** 0.5
-        logits_rule = max(1, CHUNK_LOGITS // vocab)
-        ours = max(logits_rule, HEAD_ROWS) if hidden >= WIDE_HIDDEN else logits_rule
+        logits_rule, ours = head_chunk_rows(vocab, None), head_chunk_rows(vocab, hidden)
         a = best_seconds(x, weight, logits_rule, args.repeats)
         b = best_seconds(x, weight, ours, args.repeats)
         print(f"{hidden} x {vocab}: {logits_rule} rows a chunk {a:.3f} s, the scorer's {ours} rows {b:.3f} s: "

@@ -38,6 +38,13 @@ def _unique(keys: list[tuple]) -> tuple[list[int], np.ndarray]:
     return reps, back
 
 
+def head_chunk_rows(vocab: int, hidden: int | None) -> int:
+    """Rows normalised at a time: about CHUNK_LOGITS logits, or at least HEAD_ROWS when a head of width `hidden`
+    (None: the model gives logits, no head to multiply) is WIDE_HIDDEN wide or more."""
+    rows = max(1, CHUNK_LOGITS // max(vocab, 1))
+    return max(rows, HEAD_ROWS) if hidden is not None and hidden >= WIDE_HIDDEN else rows
+
+
 def tree_attention_works(model, split) -> bool:
     """Whether the model takes a 4D boolean attention mask with position ids and gives the same logits for a branch
     of a tree as for the branch alone (GPT-2, Llama and most HF decoders do; a model that does not is scored
@@ -96,10 +103,7 @@ class Scorer:
         else:
             head = None
             picked = self.m.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[rows, cols]
-        vocab = self.m.model.config.vocab_size
-        step = max(1, CHUNK_LOGITS // max(vocab, 1))
-        if head is not None and picked.shape[-1] >= WIDE_HIDDEN:
-            step = max(step, HEAD_ROWS)
+        step = head_chunk_rows(self.m.model.config.vocab_size, picked.shape[-1] if head is not None else None)
         bounds = torch.searchsorted(picks, torch.arange(0, len(rows) + step, step, device=picks.device)).tolist()
         out = []
         for c, i in enumerate(range(0, len(rows), step)):

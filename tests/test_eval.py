@@ -263,7 +263,7 @@ def test_shared_prefixes_and_truncated_windows_match_reference(trained):
             assert np.abs(got - np.array(expected)).max() < 1e-4, (batch, items, got, expected)
 
 
-def test_a_wide_head_takes_its_rows_in_larger_chunks_with_the_same_scores(trained, data_slice, tmp_path):
+def test_a_wide_head_takes_its_rows_in_larger_chunks_with_the_same_scores(trained, data_slice, tmp_path, monkeypatch):
     """From a hidden width of WIDE_HIDDEN on, the head multiplies at least HEAD_ROWS rows at a time (a 65-row product
     of a 16k head runs at about 2/3 speed); the scores stay those of the naive reference, item by item."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -286,11 +286,9 @@ def test_a_wide_head_takes_its_rows_in_larger_chunks_with_the_same_scores(traine
             rows.append(x.shape[0])
         return real_linear(x, weight, bias)
 
-    torch.nn.functional.linear = counting
-    try:
-        m, task, scores = score_with_project(tmp_path / "wide", "causal", "blimp_filtered", data_slice, 64, every=2)
-    finally:
-        torch.nn.functional.linear = real_linear
+    monkeypatch.setattr(torch.nn.functional, "linear", counting)
+    m, task, scores = score_with_project(tmp_path / "wide", "causal", "blimp_filtered", data_slice, 64, every=2)
+    monkeypatch.undo()
     assert max(rows) == S.HEAD_ROWS, rows
     compare_to_reference(m, task, scores, lambda c, s: ref_causal(m.model, m.tokenizer, m.prefix_id, c, s), every=4)
 
