@@ -16,7 +16,7 @@ import yaml
 
 from common.errors import summary
 from results.baselines import architecture, data_key, setting_key
-from results.markdown import number, table
+from results.markdown import finite, number, table
 
 FAMILY_ORDER = ["blimp_filtered", "blimp_supplement", "blimp", "ewok_filtered", "demo_pairs"]
 
@@ -247,7 +247,6 @@ def markdown(df) -> str:
         ]
         for t in tasks:
             acc, se = r.get(t), r.get(f"{t}_stderr")
-            with_se = number(acc, "") != "–" and number(se, "") != "–"
-            cells.append(number(acc, "{:.3f}") + (f" ± {number(se, '{:.4f}')}" if with_se else ""))
+            cells.append(number(acc, "{:.3f}") + (f" ± {se:.4f}" if finite(acc) and finite(se) else ""))
         rows.append(cells)
     return table(head, rows)

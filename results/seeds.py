@@ -14,12 +14,11 @@ the same seed counts once (the first run directory in order), and is named on on
 """
 from __future__ import annotations
 
-import math
 import re
 import statistics
 
 from results.collect import METRIC_HEADERS, metric_of, task_columns
-from results.markdown import number, table
+from results.markdown import finite, number, table
 
 SEED_IN_NAME = re.compile(r"__train\.seed=\d+")  # a grid point's seed axis in its name (grid/plan.py point_name)
 ALPHA = 0.05  # the per-seed significance level of the "ahead"/"behind" counts
@@ -55,7 +54,7 @@ def replicate_groups(df) -> dict[tuple, list]:
 
 def _spread(values: list) -> tuple[float, float] | None:
     """(mean, sample standard deviation) of finite values; None when any value is missing or not finite."""
-    if not values or any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+    if not values or not all(finite(v) for v in values):
         return None
     return statistics.fmean(values), statistics.stdev(values)
 
