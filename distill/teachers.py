@@ -150,6 +150,12 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
         cross = own_tokenizer(folder, student_tokenizer_dir, where, positions(config)) if own else None
         if not own:
             check_same_tokenizer(folder, student_tokenizer_dir)
+            if config.vocab_size != cfg.student.vocab_size:  # the logit terms compare the two distributions row by row
+                raise UserError(
+                    f"{where}: its config.json gives {config.vocab_size} logits a position, the student's vocabulary "
+                    f"{cfg.student.vocab_size} (student.vocab_size); with the student's tokenizer they must be equal: "
+                    f"use a teacher trained with that vocabulary size, or set tokenizer: own for this teacher"
+                )
         layer_map = (resolve_layer_map(tc.layer_map, num_layers(config), student_layers, f"{where}.layer_map")
                      if student_layers else [])
         model = (

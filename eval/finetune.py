@@ -188,18 +188,20 @@ def data_folder(name: str, spec: FinetuneSpec, data_dir: str | None) -> Path:
 
 def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings) -> dict:
     """Fine-tune on one task, keep the best epoch, write its validation predictions; the task's summary."""
-    from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PrinterCallback, Trainer,
+    from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, PrinterCallback, Trainer,
                               TrainerCallback, TrainingArguments, set_seed)
 
-    from eval.model import check_folder, load_config, load_model_folder, loading_bars, pick_device
+    from eval.model import (check_embedding, check_folder, check_tokenizer_files, load_config, load_model_folder,
+                            load_tokenizer, loading_bars, pick_device)
 
     spec, train, valid = task
     folder = check_folder(model_path)
+    check_tokenizer_files(folder)
     device = pick_device(s.device)
     config = load_config(folder, "the model", "save the model again with save_pretrained")
     causal = is_causal(config)
     pool = s.pool or ("last" if causal else "first")
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer = load_tokenizer(folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -207,10 +209,9 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     # The whole saved LM, then its backbone: loading the backbone alone would report the LM head's weights as unused.
     auto = AutoModelForCausalLM if causal else AutoModelForMaskedLM
     with loading_bars(s.progress):
-        backbone = load_model_folder(
-            folder, auto, "the model", "save the model again with save_pretrained", config
-        ).base_model
-    model = Classifier(backbone, spec.num_labels, pool)
+        lm = load_model_folder(folder, auto, "the model", "save the model again with save_pretrained", config)
+    check_embedding(lm, tokenizer, folder)
+    model = Classifier(lm.base_model, spec.num_labels, pool)
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or s.max_length
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         positions -= (config.pad_token_id or 0) + 1

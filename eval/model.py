@@ -8,12 +8,13 @@ soft-capping, scaling) fall back to the full forward, which gives the same numbe
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from common.errors import UserError, reading
+from common.errors import UserError, reading, summary
 
 BACKENDS = ("causal", "mlm", "mntp")  # mntp: a masked LM that predicts the next token (2025 convention)
 
@@ -117,8 +118,53 @@ def load_model_folder(folder: Path, auto, what: str, fix: str, config=None, **kw
     mismatch = shape_mismatch(folder, auto, config, fix)
     if mismatch is not None:
         raise UserError(f"{config_file} does not fit the weights beside it ({mismatch}); {fix}")
-    with reading(folder, f"{what} ({config.model_type})", fix):
-        return auto.from_pretrained(folder, local_files_only=True, **kwargs)
+    with reading(folder, f"{what} ({config.model_type})", fix), without_load_report():
+        model, info = auto.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+    mismatch = missing_or_unused(info)
+    if mismatch is not None:  # transformers would start the missing tensors from random values and go on
+        raise UserError(f"{config_file} does not fit the weights beside it ({mismatch}); {fix}")
+    return model
+
+
+def missing_or_unused(info: dict) -> str | None:
+    """What `from_pretrained`'s loading info says the config and the weights disagree on, or None: tensors the
+    config builds that no weights file holds, and tensors the files hold that the config has no place for."""
+    def some(keys) -> str:
+        keys = sorted(keys)
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    parts = []
+    if info.get("missing_keys"):
+        parts.append(f"the config builds {len(info['missing_keys'])} tensors the weights lack: "
+                     f"{some(info['missing_keys'])}")
+    if info.get("unexpected_keys"):
+        parts.append(f"the weights hold {len(info['unexpected_keys'])} tensors the config has no place for: "
+                     f"{some(info['unexpected_keys'])}")
+    return "; ".join(parts) or None
+
+
+@contextlib.contextmanager
+def without_load_report():
+    """transformers logs a table of missing and unused tensors while loading; `missing_or_unused` says it in a line."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    drop = logging.Filter()
+    drop.filter = lambda record: "LOAD REPORT" not in str(record.msg)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def check_embedding(model, tokenizer, folder: Path) -> None:
+    """Every id the tokenizer can give has a row in the model's embedding (a folder holding another model's
+    tokenizer would otherwise fail mid-scoring, or read the wrong rows)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise UserError(
+            f"{folder}: the tokenizer there has {len(tokenizer)} tokens, the model's embedding only {rows} rows; the "
+            f"folder holds another model's tokenizer: save the model's own tokenizer there with save_pretrained"
+        )
 
 
 def shape_mismatch(folder: Path, auto, config, fix: str) -> str | None:
@@ -128,8 +174,12 @@ def shape_mismatch(folder: Path, auto, config, fix: str) -> str | None:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
-    with torch.device("meta"):  # shapes only, no memory
-        expected = {k: tuple(v.shape) for k, v in auto.from_config(config).state_dict().items()}
+    try:
+        with torch.device("meta"):  # shapes only, no memory
+            expected = {k: tuple(v.shape) for k, v in auto.from_config(config).state_dict().items()}
+    except Exception as exc:  # noqa: BLE001 - a value transformers accepts in the config but cannot build from
+        raise UserError(f"{folder / 'config.json'}: its values do not build a {config.model_type} model "
+                        f"({summary(exc, 160)}); {fix}") from None
     for file in files:
         with reading(file, "the weights file", fix), safe_open(str(file), framework="pt") as handle:
             for name in handle.keys():
@@ -154,21 +204,33 @@ def check_folder(path: str) -> Path:
     return folder
 
 
+def check_tokenizer_files(folder: Path) -> None:
+    """The model folder holds a tokenizer (cheap: before anything is loaded)."""
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"{folder}: no tokenizer in the model folder (none of {', '.join(TOKENIZER_FILES)}); "
+                        f"save it there with tokenizer.save_pretrained")
+
+
+def load_tokenizer(folder: Path):
+    """The model folder's tokenizer; an unreadable one is one line naming the folder."""
+    from transformers import AutoTokenizer
+
+    with reading(folder, "the tokenizer in the model folder", "save it again with tokenizer.save_pretrained"):
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
 def load(
     path: str, backend: str, device: str = "auto", dtype: str = "float32", max_length: int | None = None
 ) -> Loaded:
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     folder = check_folder(path)
-    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise UserError(f"{path}: no tokenizer in the model folder (none of {', '.join(TOKENIZER_FILES)}); "
-                        f"save it there with tokenizer.save_pretrained")
+    check_tokenizer_files(folder)
     dev = pick_device(device)
     config = load_config(
         folder, "the model", "save the model again with save_pretrained"
     )  # first: the tokenizer's loader reads it too
-    with reading(folder, "the tokenizer in the model folder", "save it again with tokenizer.save_pretrained"):
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer = load_tokenizer(folder)
     auto = AutoModelForCausalLM if backend == "causal" else AutoModelForMaskedLM
     kind = "causal" if backend == "causal" else "masked"
     if type(config) not in auto._model_mapping:
@@ -184,6 +246,7 @@ def load(
     model = load_model_folder(
         folder, auto, f"the {kind} LM", "save the model again with save_pretrained", config, dtype=torch_dtype
     )
+    check_embedding(model, tokenizer, folder)
     model.to(dev).eval()
     prefix_id, note = None, ""
     if backend == "causal":

@@ -552,31 +552,64 @@ def test_yaml_that_is_not_utf8_or_names_a_key_twice(tmp_path):
     assert_user_error(call(main, twice), f"{twice}:4", "'optim.lr' is given twice (lines 2 and 4)")
 
 
-@pytest.mark.parametrize("damage, needles", [
-    ("truncated_weights", ("model.safetensors", "cannot be read", "save the model again")),
-    ("positions", ("config.json does not fit the weights", "transformer.wpe.weight")),
-    ("config_not_json", ("config.json", "the model's config cannot be read")),
-    ("tokenizer", ("the tokenizer in the model folder cannot be read",)),
-])
-def test_a_damaged_model_folder_is_one_line(damage, needles, model_dir, demo_root, tmp_path):
+def edit_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+# Every way a saved folder can disagree with itself. transformers loads most of them anyway: layers the config
+# builds but the weights lack start from random values, weights the config has no place for are dropped, and
+# another model's tokenizer gives ids past the embedding. Each must stop at one line before anything is written.
+DAMAGE = {
+    "truncated_weights": (
+        lambda m: (m / "model.safetensors").write_bytes((m / "model.safetensors").read_bytes()[:20_000]),
+        ("model.safetensors", "cannot be read", "save the model again"),
+    ),
+    "positions": (
+        lambda m: edit_config(m, n_positions=32), ("config.json does not fit the weights", "transformer.wpe")
+    ),
+    "more_layers": (
+        lambda m: edit_config(m, n_layer=4),
+        ("config.json does not fit the weights", "tensors the weights lack", "transformer.h.2."),
+    ),
+    "fewer_layers": (
+        lambda m: edit_config(m, n_layer=1),
+        ("config.json does not fit the weights", "tensors the config has no place for", "transformer.h.1."),
+    ),
+    "unbuildable": (lambda m: edit_config(m, vocab_size=-5), ("config.json", "its values do not build a gpt2 model")),
+    "config_not_json": (lambda m: (m / "config.json").write_text("{ not json"),
+                        ("config.json", "the model's config cannot be read")),
+    "tokenizer": (  # valid JSON, but not a tokenizer
+        lambda m: (m / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "Nonsense"}})),
+        ("the tokenizer in the model folder cannot be read",),
+    ),
+    "another_models_tokenizer": (
+        lambda m: [shutil.copy(f, m) for f in shared("hf_tiny_gpt2").glob("*") if "token" in f.name
+                   or f.name in ("vocab.json", "merges.txt")],
+        ("the tokenizer there has 50257 tokens, the model's embedding only 512 rows", "another model's tokenizer"),
+    ),
+    "no_tokenizer": (lambda m: [f.unlink() for f in m.glob("tokenizer*")], ("no tokenizer in the model folder",)),
+}
+
+
+@pytest.mark.parametrize("command", ["eval", "finetune"])
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_model_folder_is_one_line(damage, command, model_dir, demo_root, tmp_path):
     from eval.__main__ import main
 
     m = model_copy(model_dir, tmp_path / "m")
-    if damage == "truncated_weights":
-        data = (m / "model.safetensors").read_bytes()
-        (m / "model.safetensors").write_bytes(data[: len(data) // 2])
-    elif damage == "positions":
-        cfg = json.loads((m / "config.json").read_text())
-        cfg["n_positions"] = 32
-        (m / "config.json").write_text(json.dumps(cfg))
-    elif damage == "config_not_json":
-        (m / "config.json").write_text("{ not json")
-    else:  # valid JSON, but not a tokenizer
-        (m / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "Nonsense"}}))
+    edit, needles = DAMAGE[damage]
+    edit(m)
     before = snapshot(m)
-    proc = call(main, m, "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress")
+    out = tmp_path / "out"
+    if command == "eval":
+        proc = call(main, m, "--tasks", "demo_pairs", "--data-dir", demo_root, "--out", out, "--no-progress")
+    else:
+        proc = call(main, "finetune", m, "--tasks", "demo_acceptability", "--data-dir", demo_root / "finetune",
+                    "--epochs", "1", "--out", out, "--no-progress")
     assert_user_error(proc, str(m), *needles)
     assert snapshot(m) == before
+    assert not out.exists()
 
 
 def test_eval_device_length_and_task_list(model_dir, demo_root):

@@ -543,6 +543,28 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
         "student.arch=gpt2-tiny",
         needles=(str(broken / "model.safetensors"), "cannot be read"),
     )
+    # a teacher whose logits are wider or narrower than the student's vocabulary (a padded embedding): refused by its
+    # config alone, so the cache refuses it too; and a teacher whose config builds more layers than its weights hold
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for rows in (576, 500):
+        resized = tmp_path / f"teacher-{rows}"
+        lm = AutoModelForCausalLM.from_pretrained(gpt2)
+        lm.resize_token_embeddings(rows)
+        lm.save_pretrained(resized)
+        AutoTokenizer.from_pretrained(gpt2).save_pretrained(resized)
+        needles = ("distill.teachers[0]", f"gives {rows} logits a position, the student's vocabulary 512",
+                   "tokenizer: own")
+        bad(f"distill.teachers=[{{path: {resized}}}]", needles=needles)
+        assert_user_error(call(main, "cache-teachers", *base, f"distill.teachers=[{{path: {resized}}}]", "--out",
+                               str(tmp_path / "wide-cache")), *needles)
+        assert not (tmp_path / "wide-cache").exists()
+    deeper = tmp_path / "deeper-teacher"
+    shutil.copytree(gpt2, deeper)
+    config = json.loads((deeper / "config.json").read_text())
+    (deeper / "config.json").write_text(json.dumps({**config, "n_layer": config["n_layer"] + 1}))
+    bad(f"distill.teachers=[{{path: {deeper}}}]",
+        needles=(str(deeper / "config.json"), "tensors the weights lack", "fix distill.teachers[0].path"))
 
     mlm = tmp_path / "mlm"
     ok(

@@ -31,6 +31,7 @@ def test_load_teachers_compiles_with_train_compile_and_the_targets_stay_the_same
     cfg = DistillRunConfig()
     cfg.distill.teachers = [TeacherConfig(path=str(tmp_path / "t"))]
     cfg.data.block_size = 16
+    cfg.student.vocab_size = 48  # the teacher's: with the shared tokenizer the two vocabularies are one
     plain = load_teachers(cfg, tmp_path / "t", 2, torch.device("cpu"))
     assert plain[0].compiled is None and plain[0].head is plain[0].model.get_output_embeddings()
     cfg.train.compile = True
