@@ -732,6 +732,35 @@ def test_a_full_disk_during_training_then_the_same_command_works(tmp_path, demo_
         assert json.loads((out / "demo" / "teacher" / "DONE").read_text())["step"] == 20
 
 
+def test_a_crash_of_ours_leaves_run_json_failed_and_resume_finishes(tmp_path, demo_root, cache_dir, monkeypatch):
+    """An exception no check foresaw (a defect, a device fault) keeps its traceback, and run.json says failed, not
+    running, with its type and message; the newest checkpoint then resumes as after any other failure."""
+    from train.__main__ import main
+    from train.trainer import BabyTrainer
+
+    out = tmp_path / "crash"
+    args = train_args(demo_root, cache_dir, out)
+    step = BabyTrainer.training_step
+
+    def faulty(self, *a, **k):
+        if self.state.global_step == 14:
+            raise RuntimeError("injected fault at step 15")
+        return step(self, *a, **k)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BabyTrainer, "training_step", faulty)
+        with pytest.raises(RuntimeError, match="injected fault"):
+            main(args)
+    run = out / "demo" / "teacher"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "failed" and info["error"] == "RuntimeError: injected fault at step 15", info
+    assert not (run / "DONE").exists()
+    assert ok(call(main, *args, "--resume")).returncode == 0
+    assert json.loads((run / "DONE").read_text())["step"] == 20
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "done" and info["attempts"][-1]["resumed_from"].endswith("checkpoint-10"), info
+
+
 # -------------------------------------------------------------------------- 11. results and compare survive one bad run
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common import config as cfglib
+from common import errors
 from common.errors import EXIT_PREEMPTED, UserError
 
 
@@ -144,6 +145,11 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
         with contextlib.suppress(OSError, UserError):  # the disk may be too full even for run.json
             metrics_log.record()
             run_dir.end("failed", error=str(exc))
+        raise
+    except Exception as exc:  # a defect (ours or a library's): run.json says failed, the traceback says where
+        with contextlib.suppress(OSError, UserError):
+            metrics_log.record()
+            run_dir.end("failed", error=errors.summary(exc, 300))
         raise
     preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Preemption))
     if preemption.stopped_at is not None:
