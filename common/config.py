@@ -9,6 +9,7 @@ before anything is written. A YAML mapping that names a key twice is refused (na
 """
 from __future__ import annotations
 
+import contextvars
 import copy
 import dataclasses
 import difflib
@@ -299,8 +300,31 @@ def _pop_dotted(data: dict, key: str) -> None:
     data.pop(leaf, None)
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A grid planning its points: every check runs now except those the point can only pass when it runs. The
+    folders of other runs (teachers, references) may be an earlier stage's output; and `elsewhere` (a SLURM
+    executor), the point runs on another machine, whose GPU and compiler are checked there."""
+
+    elsewhere: bool
+
+
+_PLAN: contextvars.ContextVar[Plan | None] = contextvars.ContextVar("plan", default=None)
+
+
+def planning() -> bool:
+    """True while a grid plans its points: a check of another run's folder waits for the point to run."""
+    return _PLAN.get() is not None
+
+
+def planned_elsewhere() -> bool:
+    """True while a grid plans points that run on other machines: a check of this machine's GPU or compiler waits."""
+    plan = _PLAN.get()
+    return plan is not None and plan.elsewhere
+
+
 def load(schema: type, path: str | Path | None, overrides: list[str] = (), sections: tuple[str, ...] | None = None,
-         check: bool = True):
+         check: bool = True, plan: Plan | None = None):
     """Build `schema` from its defaults, then the YAML at `path`, then `overrides`.
 
     `sections`, when given, restricts strict checking to those top-level sections; the
@@ -308,9 +332,8 @@ def load(schema: type, path: str | Path | None, overrides: list[str] = (), secti
     A schema's `ALTERNATIVES` lists groups of keys of which a config sets one (a run's budget:
     steps, epochs or words): one of them overridden on the command line replaces whichever
     the YAML set, so `train.max_steps=20` works on a recipe budgeted in epochs.
-    Runs `check()` on the result if the schema defines it (and `check`; a grid plans runs whose
-    teachers do not exist yet). Errors name file:line or
-    `command line` and the key.
+    Runs `check()` on the result if the schema defines it (and `check`), under `plan` when a grid plans
+    the run (`Plan`). Errors name file:line or `command line` and the key.
     """
     data, lines = read_yaml(path) if path is not None else ({}, {})
     source = {k: f"{path}:{line}" for k, line in lines.items()}
@@ -338,7 +361,11 @@ def load(schema: type, path: str | Path | None, overrides: list[str] = (), secti
     try:
         cfg = _build(schema, data, "", _field_names(schema))
         if check and hasattr(cfg, "check"):
-            cfg.check()
+            token = _PLAN.set(plan)
+            try:
+                cfg.check()
+            finally:
+                _PLAN.reset(token)
     except ConfigError as exc:
         raise UserError(f"{where(exc.key)}: {exc.key}: {exc.message}" if not exc.message.startswith("unknown key")
                         else f"{where(exc.key)}: {exc.message}") from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from common.config import ConfigError, field
+from common.config import ConfigError, field, planned_elsewhere, planning
 from distill.cache_format import Format
 from distill.losses import REGISTRY
 from train.config import ModelConfig, RunSections, bf16_missing, check_run
@@ -100,7 +100,7 @@ class DistillRunConfig(RunSections):
                 ) from None
             raise
         d = self.distill
-        missing = bf16_missing() if d.teacher_dtype == "bfloat16" else None
+        missing = bf16_missing() if d.teacher_dtype == "bfloat16" and not planned_elsewhere() else None
         if missing:
             raise ConfigError("distill.teacher_dtype", f"is bfloat16, which {missing}; use auto or float32")
         active = d.losses.active()
@@ -119,7 +119,7 @@ class DistillRunConfig(RunSections):
         for i, t in enumerate(d.teachers):
             if not t.path:
                 raise ConfigError(f"distill.teachers[{i}].path", "is empty; give the teacher's model folder")
-            if not Path(t.path).is_dir():
+            if not planning() and not Path(t.path).is_dir():  # in a grid, maybe an earlier stage's model
                 raise ConfigError(
                     f"distill.teachers[{i}].path",
                     f"{t.path} does not exist; train the teacher first "

@@ -139,9 +139,10 @@ def load_grid(path: str | Path, overrides: list[str] = ()) -> GridConfig:
 
 def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> list[Point]:
     """Every point of every stage (finalists come later, from the results). Each point's config is
-    built now, without the checks that need earlier stages' outputs, so a wrong axis key or
-    value fails before anything runs."""
+    built and checked now, without the checks that need earlier stages' outputs, so a wrong axis
+    key or value, or values that do not go together, fail before anything runs."""
     points: list[Point] = []
+    plan = cfglib.Plan(elsewhere=cfg.executor.kind == "slurm")
     for i, stage in enumerate(cfg.stages):
         for recipe in stage.recipes:
             if not Path(recipe).is_file():
@@ -161,7 +162,7 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
                               finetune_data_dir=cfg.finetune_data_dir,
                               tasks_per_milestone=list(cfg.tasks_per_milestone) if stage.curve else [],
                               deepspeed=cfg.executor.deepspeed, extra=list(extra))
-                point.config, point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})")
+                point.config, point.backend = check_point(point, grid_path, f"stages[{i}] ({stage.name})", plan)
                 # The values as the config reads them: 0.001 and "1e-3" are one value, hence one point.
                 point.axes = {k: dotted_get(point.config, k) for k in combo}
                 point.name = point_name(base, point.axes)
@@ -182,6 +183,10 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
                             f"{q.stage}, {p.recipe} in stage {p.stage}); give the recipes different output.name")
         seen[p.name] = p
     if cfg.select.stage:
+        for p in points:  # any of them may be a finalist: each must take select.overrides
+            if p.stage == cfg.select.stage and cfg.select.overrides:
+                check_point(dataclasses.replace(p, overrides={**p.overrides, **cfg.select.overrides}), grid_path,
+                            f"select.overrides on point {p.name}", plan)
         n = sum(p.stage == cfg.select.stage for p in points)
         if cfg.select.finalists > n:
             raise UserError(
@@ -236,10 +241,11 @@ def check_tasks(cfg: GridConfig) -> None:
                 raise UserError(f"{key}: {message}") from None
 
 
-def check_point(point: Point, grid_path: str | Path, where: str) -> tuple[Any, str]:
-    """Build the point's config (no cross-run checks); returns it and how its models are evaluated."""
+def check_point(point: Point, grid_path: str | Path, where: str, plan: cfglib.Plan) -> tuple[Any, str]:
+    """Build and check the point's config as the point will (but for what `plan` leaves to the point: earlier
+    stages' folders, another machine's GPU); returns it and how its models are evaluated."""
     try:
-        cfg = cfglib.load(schema(point.kind), point.recipe, point.sets(), check=False)
+        cfg = cfglib.load(schema(point.kind), point.recipe, point.sets(), plan=plan)
     except UserError as exc:
         message = str(exc).replace("command line: ", "")
         raise UserError(f"{grid_path}: {where}, recipe {point.recipe}: {message}") from None

@@ -359,6 +359,67 @@ def test_grid_checks_come_before_any_training(change, needles, workdir, tmp_path
     assert not (tmp_path / "runs" / "g" / "teacher").exists()
 
 
+def staged_grid(workdir: Path, tmp_path: Path, **change) -> Path:
+    """Teachers, then students that read them from runs/demo/ (not there yet: the first stage writes them), then
+    WML solo twins, then finalists of the students."""
+    raw = {
+        "name": "g",
+        "output_dir": str(tmp_path / "runs"),
+        "stages": [
+            {"name": "teachers", "recipes": ["config/runs/demo-teacher.yaml", "config/runs/demo-teacher-llama.yaml"]},
+            {"name": "students", "recipes": ["config/runs/demo-kd.yaml"], "axes": {"optim.lr": [0.003, 0.001]}},
+            {"name": "twins", "recipes": ["config/runs/demo-wml.yaml"], "axes": {"wml.solo_peer": [0, 1]}},
+        ],
+        "select": {"stage": "students", "metric": "demo_pairs", "finalists": 1},
+        "executor": {"kind": "debug"},
+    }
+    for key, value in change.items():
+        if key in ("students", "twins"):
+            next(s for s in raw["stages"] if s["name"] == key).update(value)
+        else:
+            raw[key] = {**raw.get(key, {}), **value}
+    grid = workdir / "g.yaml"
+    grid.write_text(yaml.safe_dump(raw))
+    return grid
+
+
+@pytest.mark.parametrize("change, needles", [
+    ({"students": {"overrides": {"optim.min_lr": 0.002}}},
+     ("stages[1] (students), recipe config/runs/demo-kd.yaml", "optim.min_lr: is 0.002, above optim.lr=0.001")),
+    ({"students": {"overrides": {"distill.losses.logit_kd.weight": 0, "distill.losses.ce.weight": 0}}},
+     ("stages[1] (students)", "distill.losses: no term has a positive weight")),
+    ({"twins": {"axes": {"wml.solo_peer": [0, 3]}}},
+     ("stages[2] (twins)", "wml.solo_peer: is 3 but there are only wml.num_peers=2 peers")),
+    ({"select": {"overrides": {"optim.min_lr": 0.002}}},
+     ("select.overrides on point kd__optim.lr=0.001", "optim.min_lr: is 0.002, above optim.lr=0.001")),
+    ({"students": {"overrides": {"train.precision": "bf16"}}},  # the points run here, on a CPU
+     ("stages[1] (students)", "train.precision: is bf16, which needs a GPU")),
+])
+def test_a_grid_checks_every_points_values_together_before_the_first_stage_trains(change, needles, workdir,
+                                                                                  tmp_path, monkeypatch):
+    """Values that do not go together (one from a recipe, one from a stage's axes or overrides, or from
+    select.overrides for the finalists) fail the whole grid in one line before its first stage trains, not after."""
+    import launch_grid
+
+    monkeypatch.chdir(workdir)
+    assert_user_error(call(launch_grid.main, staged_grid(workdir, tmp_path, **change)), *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_grid_leaves_to_each_point_what_only_it_can_check(workdir, tmp_path, monkeypatch):
+    """The students' teachers come from the first stage, and a SLURM point's GPU is the node's: both plan."""
+    import launch_grid
+
+    monkeypatch.chdir(workdir)
+    assert not (workdir / "runs" / "demo" / "teacher").exists()
+    proc = ok(call(launch_grid.main, staged_grid(workdir, tmp_path), "--dry-run"))
+    assert "6 point(s)" in proc.stdout, proc.stdout
+    gpu = {"students": {"overrides": {"train.precision": "bf16"}}, "executor": {"kind": "slurm"}}
+    assert "6 point(s) on executor 'slurm'" in ok(call(launch_grid.main, staged_grid(workdir, tmp_path, **gpu),
+                                                       "--dry-run")).stdout
+    assert not (tmp_path / "runs").exists()
+
+
 def _finetune_folder(tmp_path: Path, bad_line: str | None) -> Path:
     folder = tmp_path / "glue"
     folder.mkdir()

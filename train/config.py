@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from common.config import ConfigError, field
+from common.config import ConfigError, field, planned_elsewhere
 from tokenizer.config import DataConfig, TokenizerConfig
 
 
@@ -179,9 +179,9 @@ def check_run(cfg) -> None:
 
     if tracking_problem(t.report_to):
         raise ConfigError("train.report_to", tracking_problem(t.report_to))
-    if precision_problem(t.precision):
+    if not planned_elsewhere() and precision_problem(t.precision):
         raise ConfigError("train.precision", precision_problem(t.precision))
-    if t.compile and compile_problem():
+    if t.compile and not planned_elsewhere() and compile_problem():
         raise ConfigError("train.compile", compile_problem())
     if cfg.data.dev_dir and t.keep_best and t.save_steps % t.eval_steps:
         raise ConfigError(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from common.config import ConfigError, field
+from common.config import ConfigError, field, planning
 from train.config import ModelConfig, RunSections, check_run
 
 
@@ -107,9 +107,9 @@ class WMLRunConfig(RunSections):
                 raise ConfigError(
                     "wml.teacher", "is empty but wml.distillation_method is vanilla; give the teacher's model folder"
                 )
-            if not Path(w.teacher).is_dir():
+            if not planning() and not Path(w.teacher).is_dir():
                 raise ConfigError("wml.teacher", f"{w.teacher} does not exist; train the teacher first or fix the path")
-        if w.reference_folder and not Path(w.reference_folder).is_dir():
+        if w.reference_folder and not planning() and not Path(w.reference_folder).is_dir():
             raise ConfigError("wml.reference_folder", f"{w.reference_folder} does not exist")
         from train.models import read_architecture
 
