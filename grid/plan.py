@@ -196,6 +196,37 @@ def expand(cfg: GridConfig, grid_path: str | Path, extra: list[str] = ()) -> lis
     return points
 
 
+def other_runs(point: Point) -> list[tuple[str, str]]:
+    """(key, folder) of every other run's folder the point reads: teachers, a warm start, a WML reference."""
+    cfg = point.config
+    if point.kind == "distill":
+        return [(f"distill.teachers[{i}].path", t.path) for i, t in enumerate(cfg.distill.teachers)] + (
+            [("student.init_from", cfg.student.init_from)] if cfg.student.init_from else [])
+    if point.kind == "wml":
+        w = cfg.wml
+        uses_teacher = w.distillation_method == "vanilla" and w.solo_peer < 0
+        return ([("wml.teacher", w.teacher)] if uses_teacher and w.teacher else []) + (
+            [("wml.reference_folder", w.reference_folder)] if w.reference_folder else [])
+    return []
+
+
+def check_other_runs(cfg: GridConfig, points: list[Point], grid_path: str | Path) -> None:
+    """Each folder of another run that a point reads is there now, or inside the run directory of a point of an
+    earlier stage (which will write it): a mistyped teacher fails the grid on launch, not after the stages before it.
+    (A plan, `--dry-run`, reads no folders: it can be shown before the teachers exist.)"""
+    stages = [stage.name for stage in cfg.stages]
+    for point in points:
+        earlier = [Path(p.run).resolve() for p in points if stages.index(p.stage) < stages.index(point.stage)]
+        for key, folder in other_runs(point):
+            path = Path(folder).resolve()
+            if not path.is_dir() and not any(path == run or run in path.parents for run in earlier):
+                raise UserError(
+                    f"{grid_path}: stages[{stages.index(point.stage)}] ({point.stage}), recipe {point.recipe}: {key}: "
+                    f"{folder} does not exist and no earlier stage's point writes it; fix the path, or train that "
+                    f"model in an earlier stage"
+                )
+
+
 def check_finetune(cfg: GridConfig) -> None:
     """Every fine-tuning task's files that are already there are read and checked now, before anything trains; a
     task's own default folder (the demo's) may appear later, when the first demo run writes the corpus."""

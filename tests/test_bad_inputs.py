@@ -363,7 +363,7 @@ def staged_grid(workdir: Path, tmp_path: Path, **change) -> Path:
     """Teachers, then students that read them from runs/demo/ (not there yet: the first stage writes them), then
     WML solo twins, then finalists of the students."""
     raw = {
-        "name": "g",
+        "name": "demo",  # the students' recipes read runs/demo/teacher*/model
         "output_dir": str(tmp_path / "runs"),
         "stages": [
             {"name": "teachers", "recipes": ["config/runs/demo-teacher.yaml", "config/runs/demo-teacher-llama.yaml"]},
@@ -407,17 +407,28 @@ def test_a_grid_checks_every_points_values_together_before_the_first_stage_train
 
 
 def test_a_grid_leaves_to_each_point_what_only_it_can_check(workdir, tmp_path, monkeypatch):
-    """The students' teachers come from the first stage, and a SLURM point's GPU is the node's: both plan."""
+    """The students' teachers come from the first stage, and a SLURM point's GPU is the node's: both plan. A teacher
+    that is not there and that no earlier stage writes fails the launch before anything trains."""
     import launch_grid
+    from grid.plan import check_other_runs, expand, load_grid
 
     monkeypatch.chdir(workdir)
     assert not (workdir / "runs" / "demo" / "teacher").exists()
     proc = ok(call(launch_grid.main, staged_grid(workdir, tmp_path), "--dry-run"))
     assert "6 point(s)" in proc.stdout, proc.stdout
-    gpu = {"students": {"overrides": {"train.precision": "bf16"}}, "executor": {"kind": "slurm"}}
-    assert "6 point(s) on executor 'slurm'" in ok(call(launch_grid.main, staged_grid(workdir, tmp_path, **gpu),
-                                                       "--dry-run")).stdout
+    grid = staged_grid(workdir, tmp_path)
+    check_other_runs(load_grid(grid), expand(load_grid(grid), grid), grid)  # the first stage writes both teachers
+    typo = {"students": {"overrides": {"distill.teachers": [{"path": "runs/demo/teachr/model"}]}}}
+    assert_user_error(call(launch_grid.main, staged_grid(workdir, tmp_path, **typo)),
+                      "stages[1] (students), recipe config/runs/demo-kd.yaml", "distill.teachers[0].path",
+                      "runs/demo/teachr/model does not exist and no earlier stage's point writes it")
     assert not (tmp_path / "runs").exists()
+    solo = "runs/demo/wml__wml.solo_peer=0/model/peer-0-solo"  # the twins' stage writes it, after the students
+    assert any(Path(p.run) == tmp_path / "runs" / "demo" / "wml__wml.solo_peer=0" and p.stage == "twins"
+               for p in expand(load_grid(grid), grid))
+    later = {"students": {"overrides": {"distill.teachers": [{"path": solo}]}}}
+    assert_user_error(call(launch_grid.main, staged_grid(workdir, tmp_path, **later)), "stages[1] (students)",
+                      f"{solo} does not exist and no earlier stage's point writes it")
 
 
 def _finetune_folder(tmp_path: Path, bad_line: str | None) -> Path:
