@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from common.errors import UserError
-from results.compare import compare
+from results.compare import compare, left_out
 from results.markdown import table
 
 ALONE = ("train", "solo-twin")  # methods whose models are trained without distillation: the baselines
@@ -98,6 +98,9 @@ def comparisons(df, samples: int = 10_000) -> list[dict]:
             except UserError as exc:
                 print(f"not compared: {label(df.loc[i])} against {label(df.loc[b])} on {task}: {exc}")
                 continue
+            if test["left_out"]["a"] or test["left_out"]["b"]:
+                print(f"note: {label(df.loc[i])} against {label(df.loc[b])} on {task}: {test['pairs']} shared pairs"
+                      + left_out(test["left_out"], "the model", "its baseline"))
             out.append({"model": label(df.loc[i]), "method": df.loc[i, "method"], "baseline": label(df.loc[b]),
                         "row": i, "baseline_row": b, **test})
     return out
@@ -107,7 +110,13 @@ def markdown(records: list[dict]) -> str:
     head = ["model", "method", "baseline", "task", "pairs", "model acc.", "baseline acc.", "difference (95% CI)",
             "McNemar p"]
     return table(head, ([
-        c["model"], c["method"], c["baseline"], c["task"], str(c["pairs"]), f"{c['accuracy_a']:.3f}",
+        c["model"], c["method"], c["baseline"], c["task"], pairs_cell(c), f"{c['accuracy_a']:.3f}",
         f"{c['accuracy_b']:.3f}", f"{c['difference']:+.3f} ({c['bootstrap_95'][0]:+.3f}, {c['bootstrap_95'][1]:+.3f})",
         f"{c['mcnemar_p']:.3g}",
     ] for c in records))
+
+
+def pairs_cell(c: dict) -> str:
+    """The shared pairs the test ran on, and those only the model or only its baseline scored (left out)."""
+    a, b = c["left_out"]["a"], c["left_out"]["b"]
+    return str(c["pairs"]) + (f" ({a} only the model's, {b} only the baseline's: left out)" if a or b else "")

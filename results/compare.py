@@ -75,7 +75,16 @@ def compare(run_a: Path, run_b: Path, task: str, samples: int = 10000, seed: int
     diff, lo, hi = paired_bootstrap(va, vb, samples, seed)
     return {"task": task, "pairs": len(common), "accuracy_a": float(va.mean()), "accuracy_b": float(vb.mean()),
             "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b),
-            "difference": diff, "bootstrap_95": [lo, hi], "bootstrap_samples": samples}
+            "difference": diff, "bootstrap_95": [lo, hi], "bootstrap_samples": samples,
+            "left_out": {"a": len(a) - len(common), "b": len(b) - len(common)}}  # pairs only one run scored
+
+
+def left_out(counts: dict, a: str = "A", b: str = "B") -> str:
+    """The pairs one run scored and the other did not, which the test leaves out ('' when none): a different split or
+    data version, said where the accuracies are, since they are then those of the shared pairs only."""
+    if not counts["a"] and not counts["b"]:
+        return ""
+    return f"; left out: {counts['a']} pair(s) only {a} scored, {counts['b']} only {b} scored (different task data?)"
 
 
 def check_out_file(out: str | None) -> None:
@@ -102,6 +111,6 @@ def run_compare(args) -> int:
         f"{args.task}: A {out['accuracy_a']:.4f} vs B {out['accuracy_b']:.4f} on {out['pairs']} pairs; "
         f"McNemar p = {out['mcnemar_p']:.3g} ({out['only_a_right']} right only in A, {out['only_b_right']} only in B); "
         f"difference {out['difference']:+.4f}, 95% bootstrap [{out['bootstrap_95'][0]:+.4f}, "
-        f"{out['bootstrap_95'][1]:+.4f}]"
+        f"{out['bootstrap_95'][1]:+.4f}]" + left_out(out["left_out"])
     )
     return 0

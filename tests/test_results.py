@@ -171,6 +171,32 @@ def test_compare_is_mcnemar_and_a_paired_bootstrap(runs):
     assert "McNemar p =" in proc.stdout
 
 
+def test_compare_says_which_pairs_only_one_run_scored(runs, tmp_path):
+    """Runs scored on different task data (another split, a pair dropped) are tested on the pairs both scored, and
+    every output says how many each side had alone, so the accuracies are read as those of the shared pairs."""
+    from results.compare import compare
+
+    a = tmp_path / "a"
+    shutil.copytree(runs / "grid" / "a", a)
+    pairs = a / "eval" / "pairs" / "demo_pairs.jsonl"
+    rows = pairs.read_text().splitlines()
+    pairs.write_text("\n".join(rows[3:]) + "\n")  # three pairs fewer in A
+    shared = [json.loads(r) for r in rows[3:]]
+    out = compare(a, runs / "grid" / "b", "demo_pairs", samples=200)
+    assert out["pairs"] == 997 and out["left_out"] == {"a": 0, "b": 3}
+    assert out["accuracy_a"] == pytest.approx(sum(r["correct"] for r in shared) / 997)
+    assert compare(runs / "grid" / "a", runs / "grid" / "b", "demo_pairs", samples=200)["left_out"] == {"a": 0, "b": 0}
+    proc = ok(run_here("results", "compare", str(a), str(runs / "grid" / "b"), "--task", "demo_pairs",
+                       "--samples", "200"))
+    line = proc.stdout.rstrip().splitlines()[-1]
+    assert "on 997 pairs" in line and line.endswith(
+        "left out: 0 pair(s) only A scored, 3 only B scored (different task data?)"), line
+    from results.baselines import markdown
+
+    assert "| 997 (0 only the model's, 3 only the baseline's: left out) |" in markdown([{**out, "model": "m",
+                                                                                      "method": "kd", "baseline": "s"}])
+
+
 def test_the_bootstrap_resamples_pairs_as_index_draws_do_without_holding_them():
     """The multinomial form of the paired bootstrap has the interval of drawing pair indices with replacement; a
     BLiMP-sized task at 10,000 resamples needs no 5 GB index matrix."""
