@@ -29,6 +29,7 @@ import torch
 
 from common.config import ConfigError, field, load, suggest
 from common.errors import UserError
+from common.libraries import no_accelerator_probe
 from common.paths import REPO, local_folder, write_atomic
 from eval.tasks import decode_text, jsonl_rows
 
@@ -245,6 +246,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, eval_strategy="epoch",
         save_strategy="no", logging_strategy="epoch", seed=s.seed, report_to=[],
         use_cpu=device.type == "cpu", disable_tqdm=not s.progress, remove_unused_columns=False)
+    no_accelerator_probe()
     trainer = Trainer(
         model=model,
         args=args,
