@@ -198,9 +198,14 @@ def check_folder(path: str) -> Path:
             "runs/demo/teacher/model)"
         )
     if not (folder / "config.json").is_file():
-        raise UserError(
-            f"{path}: not a Hugging Face model folder (no config.json); give the folder save_pretrained wrote"
-        )
+        inside = sorted(p.parent for p in folder.glob("*/config.json"))
+        if folder / "model" in inside:  # a run directory
+            hint = f"it is a run directory: give its model, {folder / 'model'}"
+        elif inside:  # WML's model/ holds one folder per peer
+            hint = f"it holds {len(inside)} model folder(s): give one of them, e.g. {inside[0]}"
+        else:
+            hint = "give the folder save_pretrained wrote"
+        raise UserError(f"{path}: not a Hugging Face model folder (no config.json); {hint}")
     return folder
 
 

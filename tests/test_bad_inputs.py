@@ -684,6 +684,24 @@ def test_a_damaged_model_folder_is_one_line(damage, command, model_dir, demo_roo
     assert not out.exists()
 
 
+def test_a_folder_above_the_model_says_which_folder_to_give(model_dir, demo_root, tmp_path):
+    """A run directory, or WML's model/ with a folder per peer, instead of a model folder: the line names the one
+    to give."""
+    from eval.__main__ import main
+
+    run = model_dir.parent
+    assert_user_error(call(main, run, "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress"),
+                      f"{run}: not a Hugging Face model folder", f"it is a run directory: give its model, {model_dir}")
+    peers = tmp_path / "model"
+    for name in ("peer-0", "peer-1"):
+        model_copy(model_dir, peers / name)
+    assert_user_error(call(main, "finetune", peers, "--tasks", "demo_acceptability", "--data-dir",
+                           demo_root / "finetune", "--no-progress"),
+                      "it holds 2 model folder(s): give one of them", str(peers / "peer-0"))
+    assert_user_error(call(main, tmp_path, "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress"),
+                      "no config.json); give the folder save_pretrained wrote")
+
+
 def test_eval_device_length_and_task_list(model_dir, demo_root):
     from eval.__main__ import main
 
