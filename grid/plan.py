@@ -6,16 +6,15 @@ task's evaluation), `partial` (a config.yaml: resumed from its newest checkpoint
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common import config as cfglib
 from common.errors import UserError
+from common.names import point_name
 from grid.config import FINALISTS, GridConfig, StageConfig
 from launch.kinds import recipe_kind, schema
 
@@ -82,32 +81,6 @@ class Point:
         if (run / "DONE").is_file() and (run / "grid.json").is_file() and self.evaluated():
             return "done"
         return "partial" if (run / "config.yaml").is_file() else "new"
-
-
-NAME_BYTES = 200  # a point's folder name, hash included, stays well under the 255 bytes of one path component
-SAFE = re.compile(r"[^A-Za-z0-9._+=,-]+")
-
-
-def _fmt(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-
-
-def _short(key: str) -> str:
-    return ".".join(key.split(".")[-2:])
-
-
-def point_name(base: str, values: dict[str, Any]) -> str:
-    """`<base>__<key>=<value>...`, one safe folder name: characters outside [A-Za-z0-9._+=,-] become '-'
-    (a path value's '/' never nests folders, '..' never climbs out), and a name that had to change or is
-    long gets a hash of the exact values (grid.json keeps them whole)."""
-    readable = base + "".join(f"__{_short(k)}={_fmt(v)}" for k, v in values.items())
-    name = SAFE.sub("-", readable).strip("-") or "point"
-    if name.startswith("."):
-        name = "p" + name
-    if name == readable and len(name.encode()) <= NAME_BYTES:
-        return name
-    digest = hashlib.sha256(json.dumps([base, values], sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return name.encode()[:NAME_BYTES - 12].decode(errors="ignore").rstrip("-") + f"__{digest}"
 
 
 def plain(value: Any) -> Any:

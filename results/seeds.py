@@ -14,19 +14,18 @@ the same seed counts once (the first run directory in order), and is named on on
 """
 from __future__ import annotations
 
-import re
 import statistics
 
+from common.names import without_axis
 from results.collect import METRIC_HEADERS, metric_of, task_columns
 from results.markdown import finite, number, table
 
-SEED_IN_NAME = re.compile(r"__train\.seed=\d+")  # a grid point's seed axis in its name (grid/plan.py point_name)
 ALPHA = 0.05  # the per-seed significance level of the "ahead"/"behind" counts
 
 
 def _setting_name(recipes) -> str:
     """One name for a setting's runs: their names without a grid's seed axis when that makes them one, else all."""
-    names = list(dict.fromkeys(SEED_IN_NAME.sub("", str(r)) for r in recipes))
+    names = list(dict.fromkeys(without_axis(str(r), "train.seed") for r in recipes))
     return names[0] if len(names) == 1 else " / ".join(names)
 
 

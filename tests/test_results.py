@@ -408,3 +408,15 @@ def test_over_seeds_each_difference_its_mean_spread_t_test_and_what_the_seeds_sa
     assert verdict([0.01, -0.02], [0.01, 0.001]) == "changes sign"
     assert verdict([0.0, 0.02], [1.0, 0.001]) == "zero at a seed"
     assert seeds_markdown(_rows({"student": [42], "kd": [42]}), []) is None  # one seed: no seeds file
+
+
+def test_a_settings_name_across_seeds_is_the_grid_point_name_without_its_seed():
+    """results/seeds.py names a setting run from several seeds by the grid's point names with the seed axis taken
+    out, wherever the grid put it among the axes; both sides use common.names."""
+    from common.names import point_name, without_axis
+
+    for axes in ({"train.seed": 7}, {"train.seed": 7, "optim.lr": 0.001}, {"optim.lr": 0.001, "train.seed": 13},
+                 {"distill.losses.logit_kd.weight": 0.5, "train.seed": 42, "data.train_fraction": 0.5}):
+        rest = {k: v for k, v in axes.items() if k != "train.seed"}
+        expected = point_name("kd_llama", rest) if rest else "kd_llama"
+        assert without_axis(point_name("kd_llama", axes), "train.seed") == expected
