@@ -144,6 +144,18 @@ def test_vanilla_mode_with_a_teacher(demo_root, cache_dir, tmp_path):
     assert "vanilla learning" in proc.stdout
     rows = [r for r in metrics(tmp_path / "r" / "demo-wml" / "wml") if "loss" in r]
     assert rows[-1]["loss"] < rows[0]["loss"]
+    # the same teacher with a padded embedding (576 logits for the peers' 512): refused before anything is written
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    padded = tmp_path / "padded"
+    lm = AutoModelForCausalLM.from_pretrained(teacher)
+    lm.resize_token_embeddings(576)
+    lm.save_pretrained(padded)
+    AutoTokenizer.from_pretrained(teacher).save_pretrained(padded)
+    assert_user_error(run_here("distill.wml", "train", *base(demo_root, cache_dir, tmp_path / "p"), *QUICK_SEARCH,
+                               "wml.distillation_method=vanilla", f"wml.teacher={padded}", "wml.eval_tasks=[]"),
+                      f"wml.teacher={padded}", "gives 576 logits a position, the peers' vocabulary 512")
+    assert not (tmp_path / "p" / "demo-wml" / "wml").exists()
 
 
 def test_one_peer_matches_the_spine_trainer_step_for_step(demo_root, cache_dir, tmp_path):

@@ -51,6 +51,10 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
         teacher = load_model_folder(
             folder, auto, "the vanilla teacher (wml.teacher)", "save it again with save_pretrained, or fix wml.teacher"
         )
+        if teacher.config.vocab_size != cfg.model.vocab_size:  # its distribution is compared with each peer's
+            raise UserError(f"wml.teacher={cfg.wml.teacher}: its config.json gives {teacher.config.vocab_size} logits "
+                            f"a position, the peers' vocabulary {cfg.model.vocab_size} (model.vocab_size); use a "
+                            f"teacher trained with that vocabulary size")
         if positions(teacher.config) is not None and positions(teacher.config) < cfg.data.block_size:
             raise UserError(f"wml.teacher={cfg.wml.teacher}: has {positions(teacher.config)} positions, fewer than "
                             f"data.block_size={cfg.data.block_size}; lower data.block_size or use another teacher")
