@@ -148,6 +148,11 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
                 f"lower data.block_size or use a teacher with more positions"
             )
         cross = own_tokenizer(folder, student_tokenizer_dir, where, positions(config)) if own else None
+        if cross is not None and len(cross.teacher) > config.vocab_size:  # its ids would index past the embedding
+            raise UserError(
+                f"{where}: its tokenizer has {len(cross.teacher)} tokens, its config.json only {config.vocab_size} "
+                f"embedding rows; the folder holds another model's tokenizer: save the teacher's own tokenizer there"
+            )
         if not own:
             check_same_tokenizer(folder, student_tokenizer_dir)
             if config.vocab_size != cfg.student.vocab_size:  # the logit terms compare the two distributions row by row

@@ -559,6 +559,15 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
         assert_user_error(call(main, "cache-teachers", *base, f"distill.teachers=[{{path: {resized}}}]", "--out",
                                str(tmp_path / "wide-cache")), *needles)
         assert not (tmp_path / "wide-cache").exists()
+    # a teacher read with its own tokenizer, but the folder holds GPT-2's 50,257-token one beside a 512-row embedding
+    borrowed = tmp_path / "borrowed-tokenizer-teacher"
+    shutil.copytree(gpt2, borrowed)
+    for f in borrowed.glob("tokenizer*"):
+        f.unlink()
+    AutoTokenizer.from_pretrained(shared("hf_tiny_gpt2")).save_pretrained(borrowed)
+    bad(f"distill.teachers=[{{path: {borrowed}, tokenizer: own}}]", "distill.losses.logit_kd.weight=0",
+        "distill.losses.uld.weight=0.5", needles=("distill.teachers[0]", "its tokenizer has 50257 tokens",
+                                                  "only 512 embedding rows", "another model's tokenizer"))
     deeper = tmp_path / "deeper-teacher"
     shutil.copytree(gpt2, deeper)
     config = json.loads((deeper / "config.json").read_text())
