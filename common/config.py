@@ -300,6 +300,26 @@ def _pop_dotted(data: dict, key: str) -> None:
     data.pop(leaf, None)
 
 
+# A top-level section that makes a YAML another command's file, and that command (named here as text only: common
+# imports nothing above it; launch/kinds.py holds the run kinds): a file given to the wrong command says which to use.
+READ_BY = {
+    "stages": ("a grid", "python launch_grid.py"),
+    "student": ("a distillation recipe", "python -m distill"),
+    "distill": ("a distillation recipe", "python -m distill"),
+    "wml": ("a weighted-mutual-learning recipe", "python -m distill.wml train"),
+    "model": ("a training recipe", "python -m train"),
+}
+
+
+def wrong_command(schema: type, data: dict) -> tuple[str, str] | None:
+    """(the section, what to say) when `data` holds a section that marks another command's file, else None."""
+    fields = {f.name for f in dataclasses.fields(schema)}
+    for key, (what, command) in READ_BY.items():
+        if key in data and key not in fields:
+            return key, f"'{key}:' makes this file {what}, which this command does not read; run {command} on it"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """A grid planning its points: every check runs now except those the point can only pass when it runs. The
@@ -348,6 +368,9 @@ def load(schema: type, path: str | Path | None, overrides: list[str] = (), secti
                     _pop_dotted(data, key)
     if sections is not None:
         data = {k: v for k, v in data.items() if k in sections}
+    other = wrong_command(schema, data)
+    if other is not None:
+        raise UserError(f"{source.get(other[0], path)}: {other[1]}")
 
     def where(key: str) -> str:
         """The source of `key` or of its nearest parent (`a.b[0].c` -> `a.b[0]` -> `a.b` -> `a`)."""

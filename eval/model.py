@@ -193,10 +193,8 @@ def check_folder(path: str) -> Path:
     """The model folder, or a one-line error; cheap, so it runs before any data is read."""
     folder = Path(path)
     if not folder.is_dir():
-        raise UserError(
-            f"{path}: model folder does not exist; give a folder written by save_pretrained (e.g. "
-            "runs/demo/teacher/model)"
-        )
+        what = "is a file, not a model folder" if folder.exists() else "model folder does not exist"
+        raise UserError(f"{path}: {what}; give a folder written by save_pretrained (e.g. runs/demo/teacher/model)")
     if not (folder / "config.json").is_file():
         inside = sorted(p.parent for p in folder.glob("*/config.json"))
         if folder / "model" in inside:  # a run directory

@@ -20,7 +20,7 @@ import sys
 from common import config as cfglib
 from common.errors import UserError, exit_on_user_error
 from launch.command import command
-from launch.kinds import recipe_kind
+from launch.kinds import recipe_kind, schema
 
 
 @exit_on_user_error
@@ -28,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         raise UserError("python -m launch RECIPE [key=value ...] [--resume]: give a run YAML")
-    cmd = command(recipe_kind(cfglib.read_yaml(argv[0])[0]), argv)
+    raw, lines = cfglib.read_yaml(argv[0])
+    kind = recipe_kind(raw)
+    other = cfglib.wrong_command(schema(kind), raw)  # a grid, say: refused here, not by the process it would become
+    if other is not None:
+        raise UserError(f"{argv[0]}:{lines.get(other[0], 1)}: {other[1]}")
+    cmd = command(kind, argv)
     sys.stdout.flush()
     os.execv(cmd[0], cmd)
     return 0  # not reached

@@ -613,6 +613,39 @@ def test_an_override_is_blamed_on_the_command_line_and_a_list_item_on_its_line(t
 # ----------------------------------------------------------- 10. corrupt or unreadable inputs: one line, the file named
 
 
+@pytest.mark.parametrize("command, file, needles", [
+    ("train", "config/grids/demo.yaml", ("demo.yaml:11", "'stages:' makes this file a grid", "launch_grid.py")),
+    ("train", "config/runs/demo-kd.yaml", ("'student:' makes this file a distillation recipe", "python -m distill")),
+    ("train", "config/runs/demo-wml.yaml", ("'wml:' makes this file a weighted-mutual-learning recipe",
+                                            "python -m distill.wml train")),
+    ("distill", "config/runs/demo-teacher.yaml", ("demo-teacher.yaml:12", "'model:' makes this file a training "
+                                                  "recipe", "python -m train")),
+    ("distill", "config/grids/demo.yaml", ("'stages:' makes this file a grid",)),
+    ("distill.wml", "config/runs/demo-kd.yaml", ("'student:' makes this file a distillation recipe",)),
+    ("grid", "config/runs/demo-teacher.yaml", ("'model:' makes this file a training recipe", "python -m train")),
+    ("grid", "config/runs/demo-wml.yaml", ("'wml:' makes this file a weighted-mutual-learning recipe",)),
+    ("launch", "config/grids/demo.yaml", ("'stages:' makes this file a grid", "launch_grid.py")),
+    ("eval", "config/runs/demo-kd.yaml", ("config/runs/demo-kd.yaml: is a file, not a model folder",)),
+])
+def test_a_file_given_to_the_wrong_command_names_the_right_one(command, file, needles, tmp_path, monkeypatch):
+    """A grid, a distillation or WML recipe, or a training recipe given to a command that reads another kind of file:
+    one line naming the section that tells, and the command that reads it (it said "unknown key 'name'")."""
+    import importlib
+
+    import launch_grid
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").symlink_to(ROOT / "config")
+    argv = (["train"] if command == "distill.wml" else []) + [file]
+    if command == "launch":  # it replaces its process with the run's: in a subprocess
+        proc = run_cli(command, *argv, cwd=tmp_path)
+    else:
+        proc = call(launch_grid.main if command == "grid" else importlib.import_module(f"{command}.__main__").main,
+                    *argv)
+    assert_user_error(proc, file, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config"]  # nothing written
+
+
 def test_yaml_that_is_not_utf8_or_names_a_key_twice(tmp_path):
     from train.__main__ import main
 
