@@ -74,6 +74,14 @@ def check_same_tokenizer(teacher_dir: Path, student_tokenizer_dir: Path) -> None
         )
 
 
+def logit_width_problem(config, vocab_size: int, whose: str) -> str | None:
+    """What is wrong when a teacher sharing its learners' tokenizer gives more or fewer logits a position than their
+    `vocab_size` (a padded embedding), or None."""
+    if config.vocab_size == vocab_size:
+        return None
+    return f"its config.json gives {config.vocab_size} logits a position, {whose} {vocab_size}"
+
+
 def num_layers(config) -> int:
     return config.num_hidden_layers if hasattr(config, "num_hidden_layers") else config.n_layer
 
@@ -155,10 +163,10 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
             )
         if not own:
             check_same_tokenizer(folder, student_tokenizer_dir)
-            if config.vocab_size != cfg.student.vocab_size:  # the logit terms compare the two distributions row by row
+            problem = logit_width_problem(config, cfg.student.vocab_size, "the student's vocabulary")
+            if problem:  # the logit terms compare the two distributions row by row
                 raise UserError(
-                    f"{where}: its config.json gives {config.vocab_size} logits a position, the student's vocabulary "
-                    f"{cfg.student.vocab_size} (student.vocab_size); with the student's tokenizer they must be equal: "
+                    f"{where}: {problem} (student.vocab_size); with the student's tokenizer they must be equal: "
                     f"use a teacher trained with that vocabulary size, or set tokenizer: own for this teacher"
                 )
         layer_map = (resolve_layer_map(tc.layer_map, num_layers(config), student_layers, f"{where}.layer_map")

@@ -16,9 +16,9 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     only peer i is kept, trained on its own cross-entropy (one peer: ordinary training) and exported as peer-i-solo."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from distill.teachers import check_same_tokenizer, positions
+    from distill.teachers import check_same_tokenizer, logit_width_problem, positions
     from distill.wml.peers import PeersWrapper, WMLTrainer
-    from eval.model import check_folder, load_model_folder
+    from eval.model import check_folder, load_config, load_model_folder
     from train.session import Built
 
     objective = cfg.wml.objective
@@ -48,17 +48,16 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     if method == "vanilla":
         folder = check_folder(cfg.wml.teacher)
         check_same_tokenizer(folder, Path(prepared.tokenizer_dir))
-        teacher = load_model_folder(
-            folder, auto, "the vanilla teacher (wml.teacher)", "save it again with save_pretrained, or fix wml.teacher"
-        )
-        if teacher.config.vocab_size != cfg.model.vocab_size:  # its distribution is compared with each peer's
-            raise UserError(f"wml.teacher={cfg.wml.teacher}: its config.json gives {teacher.config.vocab_size} logits "
-                            f"a position, the peers' vocabulary {cfg.model.vocab_size} (model.vocab_size); use a "
-                            f"teacher trained with that vocabulary size")
-        if positions(teacher.config) is not None and positions(teacher.config) < cfg.data.block_size:
-            raise UserError(f"wml.teacher={cfg.wml.teacher}: has {positions(teacher.config)} positions, fewer than "
+        what, fix = "the vanilla teacher (wml.teacher)", "save it again with save_pretrained, or fix wml.teacher"
+        config = load_config(folder, what, fix)  # checked before its weights are read
+        problem = logit_width_problem(config, cfg.model.vocab_size, "the peers' vocabulary")
+        if problem:  # its distribution is compared with each peer's
+            raise UserError(f"wml.teacher={cfg.wml.teacher}: {problem} (model.vocab_size); use a teacher trained with "
+                            f"that vocabulary size")
+        if positions(config) is not None and positions(config) < cfg.data.block_size:
+            raise UserError(f"wml.teacher={cfg.wml.teacher}: has {positions(config)} positions, fewer than "
                             f"data.block_size={cfg.data.block_size}; lower data.block_size or use another teacher")
-        teacher = teacher.to(device).eval().requires_grad_(False)
+        teacher = load_model_folder(folder, auto, what, fix, config).to(device).eval().requires_grad_(False)
     wrapper = PeersWrapper(peers, objective, cfg.wml.loss_alpha, method, teacher)
     sizes = ", ".join(f"{sum(x.numel() for x in m.parameters()):,}" for m in peers)
 
