@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from grid import executors
     from grid.launcher import run_grid
-    from grid.plan import check_finetune, check_other_runs, check_tasks, expand, load_grid
+    from grid.plan import check_finetune, check_other_runs, check_started_points, check_tasks, expand, load_grid
 
     args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     cfg = load_grid(args.grid, args.overrides)
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     check_finetune(cfg)  # the evaluation data, read before anything trains (a plan needs none)
     check_tasks(cfg)
     check_other_runs(cfg, points, args.grid)
+    check_started_points(points, args.grid)
     from common.paths import FolderLock, Locked
 
     try:

@@ -36,10 +36,13 @@ class ConfigError(UserError):
 
 
 def field(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-          lt: float | None = None) -> Any:
+          lt: float | None = None, resume: bool = False) -> Any:
     """A dataclass field with a one-line doc and, for numbers (or lists of numbers), its range:
-    ge/gt/le/lt are the bounds >=, >, <=, <. List and dict defaults are copied per instance."""
-    meta = {"doc": doc, "range": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}}
+    ge/gt/le/lt are the bounds >=, >, <=, <. List and dict defaults are copied per instance.
+    `resume=True`: the value may change when a run is resumed, because it changes how the run is carried out or
+    recorded (logging, checkpoints, kernels, exports), not what it trains (`may_change_on_resume`)."""
+    meta = {"doc": doc, "range": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
+            "resume": resume}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -399,6 +402,18 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def may_change_on_resume(cfg: Any, prefix: str = "") -> set[str]:
+    """Dotted keys of `cfg`'s fields declared with `field(..., resume=True)`, sections walked."""
+    keys = set()
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys |= may_change_on_resume(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("resume"):
+            keys.add(prefix + f.name)
+    return keys
+
+
 def describe(schema: type, prefix: str = "") -> list[str]:
     """One line per field: `key (type, default X): doc`, for `--help`."""
     out = []
@@ -413,7 +428,7 @@ def describe(schema: type, prefix: str = "") -> list[str]:
         bounds = f.metadata.get("range")
         out.append(
             f"  {prefix}{f.name} ({_type_name(tp)}, default {default!r}{', ' + range_text(bounds) if bounds else ''}): "
-            f"{f.metadata.get('doc', '')}"
+            f"{f.metadata.get('doc', '')}" + (" [may change on --resume]" if f.metadata.get("resume") else "")
         )
         item = get_args(tp)[0] if get_origin(tp) is list and get_args(tp) else None
         if item is not None and dataclasses.is_dataclass(item):  # a list of sections: describe one item's keys

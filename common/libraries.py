@@ -1,6 +1,7 @@
 """What the libraries we drive must be told before they start, so that they print nothing a user has to wonder about."""
 from __future__ import annotations
 
+import logging
 import os
 
 
@@ -13,3 +14,16 @@ def no_accelerator_probe() -> None:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+class _DropResumeArgumentTable(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "do not match the ones in the `trainer_state.json`" not in str(record.msg)
+
+
+def no_resume_argument_table() -> None:
+    """On a resume whose logging, evaluation or save interval changed, the Trainer logs a table of them. A resume
+    changes only such keys, and says which in its own `note:` line (train.rundir.RunDir.decide): drop the table."""
+    logger = logging.getLogger("transformers.trainer_utils")
+    if not any(isinstance(f, _DropResumeArgumentTable) for f in logger.filters):
+        logger.addFilter(_DropResumeArgumentTable())

@@ -200,6 +200,26 @@ def check_other_runs(cfg: GridConfig, points: list[Point], grid_path: str | Path
                 )
 
 
+def check_started_points(points: list[Point], grid_path: str | Path) -> None:
+    """A point whose run directory exists holds a run of the values the grid gives it now: a grid edited after its
+    points started would otherwise resume them with values their checkpoints override, or show finished runs of the
+    old values under the new ones. Keys a resume may change (logging, checkpoints, ...) may differ."""
+    from train.rundir import RunDir, describe_changes
+
+    for point in points:
+        run = RunDir(Path(point.run))
+        if point.config is None or not run.config_file.is_file():
+            continue
+        _, fixed = run.changes_to(point.config)
+        if fixed:
+            finished = "a finished run" if (run.path / "DONE").is_file() else "an unfinished run"
+            raise UserError(
+                f"{grid_path}: stage {point.stage}, point {point.name}: {run.path} holds {finished} of other values "
+                f"({describe_changes(fixed)}): the grid's values for it changed since it started; restore them, or "
+                f"give the grid another name for a new set of runs"
+            )
+
+
 def check_finetune(cfg: GridConfig) -> None:
     """Every fine-tuning task's files that are already there are read and checked now, before anything trains; a
     task's own default folder (the demo's) may appear later, when the first demo run writes the corpus."""

@@ -1,6 +1,7 @@
 """The strict typed config: defaults <- YAML <- overrides, errors that name file:line or key."""
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 import pytest
@@ -109,8 +110,6 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_help_lists_every_field_with_its_doc():
-    import dataclasses
-
     proc = run_cli("train", "--help")
     assert proc.returncode == 0
     for section in dataclasses.fields(RunConfig):
@@ -157,3 +156,141 @@ def test_the_old_spelling_of_a_renamed_key_is_read_with_a_note(tmp_path, capsys)
         cfglib.load(WMLRunConfig, old, ["wml.objective=masked"], check=False)
     with pytest.raises(UserError, match="wml.objective: expected one of 'causal', 'masked', got 'XLM'"):
         cfglib.load(WMLRunConfig, old, ["wml.model_type=XLM"], check=False)
+
+
+# --------------------------------------------------------------------------- what --resume may change
+
+# The keys a resumed run may change (field(..., resume=True)): how the run is carried out or recorded, and gradient
+# clipping (the remedy a non-finite loss names). README "Resume and failures" lists the same.
+MAY_CHANGE = {"model.attn_implementation", "optim.max_grad_norm", "train.word_checkpoints", "train.eval_steps",
+              "train.save_steps", "train.logging_steps", "train.save_total_limit", "train.keep_best",
+              "train.report_to", "train.num_workers", "train.compile", "train.logits_chunk", "data.num_proc",
+              "data.cache_dir"}
+RECIPES = {"train": "demo-teacher.yaml", "distill": "demo-kd.yaml", "wml": "demo-wml.yaml"}
+
+
+def schema_and_recipe(kind: str):
+    from distill.config import DistillRunConfig
+    from distill.wml.config import WMLRunConfig
+
+    schema = {"train": RunConfig, "distill": DistillRunConfig, "wml": WMLRunConfig}[kind]
+    return schema, ROOT / "config" / "runs" / RECIPES[kind]
+
+
+def every_field(cfg, prefix: str = ""):
+    """(dotted key, the section holding it, its name, its type) for every field below a config."""
+    from typing import get_type_hints
+
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from every_field(value, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, cfg, f.name, hints[f.name]
+
+
+def another_value(value, tp):
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(tp) is Literal:
+        return next(option for option in get_args(tp) if option != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return value[:-1] if value else ["1"]
+    if isinstance(value, dict):
+        return {**value, "changed": 1}
+    raise AssertionError(f"no other value for {value!r} ({tp})")
+
+
+def unfinished_run(tmp_path, cfg):
+    """A run directory as a run of `cfg` leaves it when killed after a checkpoint: config.yaml, run.json,
+    checkpoints/."""
+    import json
+
+    import yaml
+
+    from train.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    (run.path / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    run.config_file.write_text(yaml.safe_dump(cfglib.to_dict(cfg), sort_keys=False))
+    run.info_file.write_text(json.dumps({"babydistill": 1, "status": "running", "attempts": []}))
+    return run
+
+
+@pytest.mark.parametrize("kind", sorted(RECIPES))
+def test_resume_refuses_every_change_but_those_declared_safe(kind, tmp_path):
+    """Every field of every kind of run, changed on its own: --resume refuses it, naming the key and both values, or
+    (for the keys declared field(..., resume=True)) resumes and records the change. A checkpoint brings back the
+    optimizer, schedule, data position and RNG, so any other change would apply partly or not at all: before
+    2026-12-03 `optim.lr=1e-3` on a run begun at 3e-3 was accepted with a warning, config.yaml said 1e-3, and the
+    restored schedule went on at 3e-3."""
+    import copy
+
+    schema, recipe = schema_and_recipe(kind)
+    cfg = cfglib.load(schema, recipe, check=False)
+    expected = {key.replace("model.", "student.") if kind == "distill" else key for key in MAY_CHANGE}
+    assert cfglib.may_change_on_resume(cfg) == expected | ({"wml.eval_tasks", "wml.eval_data_dir"}
+                                                           if kind == "wml" else set())
+    run = unfinished_run(tmp_path, cfg)
+    assert run.decide(cfg, resume=True, overwrite=False) == "resume" and run.config_changes == []
+    tried = 0
+    for key, _, name, tp in every_field(cfg):
+        if key.startswith("output."):  # the run directory's own address
+            continue
+        changed = copy.deepcopy(cfg)
+        section = changed
+        for part in key.split(".")[:-1]:
+            section = getattr(section, part)
+        old = getattr(section, name)
+        setattr(section, name, another_value(old, tp))
+        run.config_changes = []
+        if key in cfglib.may_change_on_resume(cfg):
+            assert run.decide(changed, resume=True, overwrite=False) == "resume", key
+            assert run.config_changes == [f"{key}: {old!r} -> {getattr(section, name)!r}"]
+        else:
+            with pytest.raises(UserError, match="--resume continues a run with the config it started with") as info:
+                run.decide(changed, resume=True, overwrite=False)
+            if isinstance(old, dict):  # the key inside it that changed
+                said = f"({key}.changed: None -> 1)"
+            elif isinstance(old, list) and old and dataclasses.is_dataclass(old[0]):  # sections: how many
+                said = f"({key}: {len(old)} items -> {len(old) - 1} item"
+            else:
+                said = f"({key}: {old!r} -> "
+            assert said in str(info.value), str(info.value)
+        tried += 1
+    assert tried > 40
+
+
+def test_resume_reads_an_older_config_yaml_as_todays_schema_reads_it(tmp_path, capsys):
+    """A config.yaml written before a key existed (it takes its default) or with a key's old spelling is the same
+    config: the run resumes without a change to report. A key the code no longer reads is a change."""
+    import yaml
+
+    from distill.wml.config import WMLRunConfig
+
+    cfg = cfglib.load(RunConfig, DEMO, check=False)
+    run = unfinished_run(tmp_path, cfg)
+    written = yaml.safe_load(run.config_file.read_text())
+    del written["train"]["logits_chunk"]  # added in a later version, at its default
+    run.config_file.write_text(yaml.safe_dump(written))
+    assert run.decide(cfg, resume=True, overwrite=False) == "resume" and run.config_changes == []
+    written["train"]["retired_key"] = 3
+    run.config_file.write_text(yaml.safe_dump(written))
+    with pytest.raises(UserError, match=r"train.retired_key: 3 -> None"):
+        run.decide(cfg, resume=True, overwrite=False)
+
+    wml = cfglib.load(WMLRunConfig, ROOT / "config" / "runs" / "demo-wml.yaml", check=False)
+    run = unfinished_run(tmp_path / "wml", wml)
+    written = yaml.safe_load(run.config_file.read_text())
+    written["wml"]["model_type"] = {"causal": "CLM", "masked": "MLM"}[written["wml"].pop("objective")]
+    run.config_file.write_text(yaml.safe_dump(written))
+    capsys.readouterr()
+    assert run.decide(wml, resume=True, overwrite=False) == "resume" and run.config_changes == []
+    assert capsys.readouterr().err == ""  # no note about the run's own file's old spelling

@@ -181,7 +181,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_args, tmp_path):
     # A learning rate that grows by 10 per step without clipping overflows float32 after a few steps.
     proc = run_cli("train", *demo_args, "train.max_steps=60", "train.save_steps=5", "train.eval_steps=5",
                    "optim.lr=1e7", "optim.warmup_steps=1000000", "optim.max_grad_norm=0", "optim.min_lr=0")
-    line = assert_user_error(proc, "loss became nan at step", "last good checkpoint:", "--resume")
+    line = assert_user_error(proc, "loss became nan at step", "last good checkpoint:",
+                             "rerun with --resume and a lower optim.max_grad_norm, or start again (--overwrite) with "
+                             "a lower optim.lr")
     step = int(line.split("at step ")[1].split(";")[0])
     good = line.split("last good checkpoint: ")[1].split(";")[0]
     run = run_dir(tmp_path)
@@ -283,6 +285,35 @@ def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, r
         checkpoints / "corrupt-checkpoint-35"
     ).is_dir()  # kept, not deleted
     assert_bitwise_equal(weights(run / "model"), reference)
+
+
+def test_resume_with_a_changed_config_refuses_what_the_checkpoint_would_override(demo_args, tmp_path):
+    """A run killed after checkpoint-10 (here: what a finished 20-step run leaves without its last checkpoint, model/
+    and DONE). --resume with another learning rate, batch size or budget is refused and touches nothing: the
+    checkpoint would bring back the old optimizer and schedule while config.yaml said otherwise. Logging and gradient
+    clipping may change: a note says so, run.json's attempt records it, config.yaml holds the new values."""
+    args = [*demo_args, "train.max_steps=20", "train.save_steps=10", "train.eval_steps=10"]
+    ok(run_cli("train", *args))
+    run = run_dir(tmp_path)
+    for done in (run / "DONE", run / "model", run / "checkpoints" / "checkpoint-20"):
+        subprocess.run(["rm", "-r", str(done)], check=True)
+    snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for change, said in (("optim.lr=0.001", "optim.lr: 0.003 -> 0.001"), ("train.batch_size=8", "train.batch_size: 16 "
+                         "-> 8"), ("train.max_steps=40", "train.max_steps: 20 -> 40")):
+        assert_user_error(run_cli("train", *args, change, "--resume"), str(run),
+                          f"--resume continues a run with the config it started with, and this one differs ({said})",
+                          f"resume with {run / 'config.yaml'}'s values, or start a new run")
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot  # nothing touched
+    proc = ok(run_cli("train", *args, "train.logging_steps=2", "optim.max_grad_norm=0.5", "--resume"))
+    assert (f"note: resuming {run} with optim.max_grad_norm: 1.0 -> 0.5; train.logging_steps: 5 -> 2" in proc.stderr
+            and "do not match the ones in the" not in proc.stderr)  # the Trainer's table of the same is dropped
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "done" and info["attempts"][-1]["config_changes"] == [
+        "optim.max_grad_norm: 1.0 -> 0.5", "train.logging_steps: 5 -> 2"]
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written["optim"]["max_grad_norm"] == 0.5 and written["train"]["logging_steps"] == 2
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r] == [
+        5, 10, 12, 14, 16, 18, 20]
 
 
 BUDGET_ARGS = ["train.max_steps=21", "train.save_steps=7", "train.eval_steps=7", "train.logging_steps=1",

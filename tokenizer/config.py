@@ -34,9 +34,10 @@ class DataConfig:
         "0 = all", ge=0)
     mlm_probability: float = field(0.15, "share of tokens masked per block when the model is a masked LM", gt=0, lt=1)
     seed: int = field(42, "seed for the demo grammar and the train_fraction and dev_blocks subsets", ge=0, le=2**32 - 1)
-    num_proc: int = field(1, "processes for tokenizing with datasets.map", ge=1)
+    num_proc: int = field(1, "processes for tokenizing with datasets.map", ge=1, resume=True)
     cache_dir: str = field(
-        "cache", "where cleaned text, trained tokenizers and packed blocks are cached (fingerprinted)"
+        "cache", "where cleaned text, trained tokenizers and packed blocks are cached (fingerprinted)",
+        resume=True,
     )
 
     def check(self) -> None:

@@ -25,7 +25,8 @@ class ModelConfig:
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = field(
         "sdpa", "attention kernel: sdpa (PyTorch's fused attention), eager (plain matmuls), flash_attention_2 (the "
-        "flash-attn package, on a CUDA GPU)"
+        "flash-attn package, on a CUDA GPU)",
+        resume=True,
     )
 
 
@@ -38,7 +39,7 @@ class OptimConfig:
     beta1: float = field(0.9, "AdamW beta1", ge=0, lt=1)
     beta2: float = field(0.95, "AdamW beta2", ge=0, lt=1)
     eps: float = field(1e-8, "AdamW epsilon", gt=0)
-    max_grad_norm: float = field(1.0, "gradient clipping norm; 0 disables clipping", ge=0)
+    max_grad_norm: float = field(1.0, "gradient clipping norm; 0 disables clipping", ge=0, resume=True)
 
 
 @dataclass
@@ -55,14 +56,19 @@ class TrainConfig:
         [],
         "export the model at these words seen: babylm (1M..10M by 1M, 20M..100M by 10M), "
         "babylm-100m (then 200M..1000M by 100M), a list (1M,5M), or none",
+        resume=True,
     )
     batch_size: int = field(32, "blocks per device per micro-batch", ge=1)
     grad_accum: int = field(1, "micro-batches accumulated per optimizer step", ge=1)
-    eval_steps: int = field(200, "evaluate the dev loss every this many steps (needs data.dev_dir)", ge=1)
-    save_steps: int = field(200, "write a resumable checkpoint every this many steps", ge=1)
-    logging_steps: int = field(10, "append a line to metrics.jsonl every this many steps", ge=1)
-    save_total_limit: int = field(3, "checkpoints kept (at least 2, so a corrupt newest one has a fallback)", ge=2)
-    keep_best: bool = field(True, "export the checkpoint with the lowest dev loss as model/ (needs data.dev_dir)")
+    eval_steps: int = field(200, "evaluate the dev loss every this many steps (needs data.dev_dir)", ge=1, resume=True)
+    save_steps: int = field(200, "write a resumable checkpoint every this many steps", ge=1, resume=True)
+    logging_steps: int = field(10, "append a line to metrics.jsonl every this many steps", ge=1, resume=True)
+    save_total_limit: int = field(
+        3, "checkpoints kept (at least 2, so a corrupt newest one has a fallback)", ge=2, resume=True
+    )
+    keep_best: bool = field(
+        True, "export the checkpoint with the lowest dev loss as model/ (needs data.dev_dir)", resume=True
+    )
     early_stopping_patience: int = field(
         0, "stop after this many evaluations without a lower dev loss; 0 = never", ge=0
     )
@@ -73,14 +79,16 @@ class TrainConfig:
         "none",
         "experiment trackers, comma-separated: none, tensorboard, wandb, mlflow (the Trainer's "
         "integrations; files under <run>/tracking/)",
+        resume=True,
     )
     deepspeed: str = field("", "DeepSpeed JSON (config/deepspeed/*.json) used when launched by torchrun or deepspeed")
     seed: int = field(42, "seed for initialisation, data order and dropout", ge=0, le=2**32 - 1)
-    num_workers: int = field(0, "DataLoader worker processes", ge=0)
+    num_workers: int = field(0, "DataLoader worker processes", ge=0, resume=True)
     compile: bool = field(False, "torch.compile the trained model (the Trainer's torch_compile) and, in distillation, "
-                                 "the teachers; the first steps are slow while it compiles")
+                                 "the teachers; the first steps are slow while it compiles", resume=True)
     logits_chunk: int = field(1024, "positions whose logits exist at once in a causal LM's loss and in logit "
-                                    "distillation (train.chunked); 0 = all of a micro-batch's at once", ge=0)
+                                    "distillation (train.chunked); 0 = all of a micro-batch's at once", ge=0,
+                              resume=True)
 
 
 @dataclass

@@ -9,7 +9,9 @@ whole, and nothing here is deleted except a run directory of ours on an explicit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from common import config as cfglib
 from common.errors import UserError, summary
 from common.paths import REPO, FolderLock, Locked, file_in_the_way, write_atomic
 
@@ -41,20 +44,36 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def first_difference(old, new, prefix: str = "") -> str | None:
-    """Dotted key of the first value that differs between two nested dicts."""
+def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) of every value that differs between two nested dicts, in key order; lists
+    of sections of the same length item by item (`distill.teachers[0].path`)."""
     if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            diff = first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
-            if diff:
-                return diff
-        return None
-    return None if old == new else f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
+        return [d for key in sorted(set(old) | set(new)) for d in differences(old.get(key), new.get(key),
+                                                                               f"{prefix}{key}.")]
+    key = prefix.rstrip(".")
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and any(
+            isinstance(item, dict) for item in old):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{key}[{i}].")]
+    return [] if old == new else [(key, old, new)]
+
+
+def describe_changes(changes: list[tuple[str, object, object]], most: int = 3) -> str:
+    """`optim.lr: 0.003 -> 0.001; train.max_steps: 40 -> 60` (and `; and 2 more` past `most`); a list of sections
+    is shown by its length."""
+
+    def shown(value) -> str:
+        if isinstance(value, list) and any(isinstance(item, dict) for item in value):
+            return f"{len(value)} item{'s' * (len(value) != 1)}"
+        return repr(value)
+
+    text = "; ".join(f"{key}: {shown(old)} -> {shown(new)}" for key, old, new in changes[:most])
+    return text + (f"; and {len(changes) - most} more" if len(changes) > most else "")
 
 
 @dataclass
 class RunDir:
     path: Path
+    config_changes: list[str] = dataclasses.field(default_factory=list)  # what this attempt's --resume changed
 
     @property
     def config_file(self) -> Path:
@@ -119,7 +138,10 @@ class RunDir:
             return False
         return isinstance(info, dict) and ("attempts" in info or "babydistill" in info) and self.config_file.is_file()
 
-    def read_config(self) -> dict:
+    def read_config(self, schema: type) -> dict:
+        """The run's config.yaml as `schema` reads it today: keys it lacks (added to the code since) take their
+        defaults and old spellings their new names, so only real changes differ; as written when it no longer
+        loads (a key since removed)."""
         try:
             old = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
         except (OSError, ValueError, yaml.YAMLError) as exc:
@@ -130,6 +152,8 @@ class RunDir:
                 f"{self.config_file}: cannot be read ({why}); restore the file, or pass --overwrite to start the run "
                 "again"
             )
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(UserError):  # no notes on old spellings
+            return cfglib.to_dict(cfglib.load(schema, self.config_file, check=False))
         return old
 
     def refuse_foreign(self) -> None:
@@ -146,9 +170,22 @@ class RunDir:
                 f"neither --resume nor --overwrite touches it; choose another output.name"
             )
 
-    def decide(self, resolved: dict, resume: bool, overwrite: bool) -> str:
-        """'start', 'resume', 'overwrite' or 'done'; refuses (UserError) where data would be lost.
+    def changes_to(self, cfg) -> tuple[list, list]:
+        """What config `cfg` changes in the run's config.yaml: every change, and those a resume may not make (keys
+        not declared `field(..., resume=True)`). `output.*` is the run's address, the same folder here."""
+        changes = [c for c in differences(self.read_config(type(cfg)), cfglib.to_dict(cfg))
+                   if not c[0].startswith("output.")]
+        may_change = cfglib.may_change_on_resume(cfg)
+        return changes, [c for c in changes if c[0] not in may_change]
 
+    def decide(self, cfg, resume: bool, overwrite: bool) -> str:
+        """'start', 'resume', 'overwrite' or 'done' for the run of config `cfg`; refuses (UserError) where data would
+        be lost or a resumed run would not be the run its checkpoints belong to.
+
+        `--resume` continues a run with the config it started with: a checkpoint brings back the optimizer (its
+        learning rate and betas), the schedule, the data position and the RNG, so a changed value would apply
+        partly or not at all while config.yaml claimed it. Only keys declared `field(..., resume=True)` (logging,
+        checkpoints, kernels, exports, gradient clipping) may change; they are noted and recorded in the attempt.
         Only reads: nothing is written or removed here, so a refused run leaves the folder as it was.
         """
         self.refuse_foreign()
@@ -156,22 +193,31 @@ class RunDir:
             return "start"  # empty, or only the logs/ a SLURM template writes before training starts
         if overwrite:
             return "overwrite"
-        diff = first_difference(self.read_config(), resolved)
+        changes, fixed = self.changes_to(cfg)
         if self.done_file.exists():
-            if resume and not diff:
+            if resume and not fixed:
                 return "done"
             raise UserError(
                 f"{self.path}: holds a finished run"
-                + (f" with a different config ({diff})" if diff else "")
+                + (f" with a different config ({describe_changes(fixed or changes)})" if changes else "")
                 + "; choose another output.name, or pass --overwrite to replace it"
             )
         if resume:
-            if diff:
-                print(f"warning: resuming {self.path} with a changed config ({diff})", file=sys.stderr)
+            if fixed:
+                raise UserError(
+                    f"{self.path}: --resume continues a run with the config it started with, and this one differs "
+                    f"({describe_changes(fixed)}); its checkpoint restores the optimizer, schedule and data position, "
+                    f"so the change would not apply as written: resume with {self.config_file}'s values, or start a "
+                    f"new run (another output.name, or --overwrite)"
+                )
+            if changes:
+                self.config_changes = [describe_changes([c]) for c in changes]
+                print(f"note: resuming {self.path} with {describe_changes(changes, most=len(changes))} (these may "
+                      "change on --resume; recorded in run.json)", file=sys.stderr)
             return "resume"
-        if diff:
-            raise UserError(f"{self.path}: holds a different run ({diff}); choose another output.name, "
-                            f"or pass --resume to continue it or --overwrite to replace it")
+        if changes:
+            raise UserError(f"{self.path}: holds a different run ({describe_changes(changes)}); choose another "
+                            f"output.name, or pass --resume to continue it or --overwrite to replace it")
         if not any(checkpoint_problem(c) is None for c in self.checkpoint_list()):
             print(
                 f"{self.path}: an earlier attempt of this config stopped before its first checkpoint; starting it again"
@@ -259,7 +305,8 @@ class RunDir:
         attempts.append({"start": now(), "host": socket.gethostname(), "argv": argv,
                          "resumed_from": str(resumed_from) if resumed_from else None,
                          "world_size": int(os.environ.get("WORLD_SIZE", "1")), "gpus_per_node": gpus,
-                         "slurm": {k: os.environ[k] for k in SLURM_VARS if k in os.environ}})
+                         "slurm": {k: os.environ[k] for k in SLURM_VARS if k in os.environ},
+                         **({"config_changes": self.config_changes} if self.config_changes else {})})
         self.write_info(start=info.get("start", now()), status="running", attempts=attempts, **provenance())
 
     def end(self, status: str, **extra) -> None:

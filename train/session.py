@@ -60,7 +60,7 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, build: Builder) -> 
 
     run_dir = RunDir(cfg.output.run_path)
     with run_dir.locked():  # one process per run directory; a second one is refused in one line
-        decision = run_dir.decide(cfglib.to_dict(cfg), resume=resume, overwrite=overwrite)
+        decision = run_dir.decide(cfg, resume=resume, overwrite=overwrite)
         if decision == "done":
             print(f"{run_dir.path}: already finished (DONE); nothing to do")
             return 0
@@ -132,7 +132,8 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
         run_dir.end("failed", error=str(exc))
         print(file=sys.stderr)  # end the progress bar's line before the error
         raise UserError(f"{run_dir.path}: {exc}; training stopped, last good checkpoint: {good or 'none'}; "
-                        f"lower optim.lr or set optim.max_grad_norm, then rerun with --resume") from None
+                        f"rerun with --resume and a lower optim.max_grad_norm, or start again (--overwrite) with a "
+                        f"lower optim.lr") from None
     except KeyboardInterrupt:
         metrics_log.record()
         run_dir.end("interrupted")

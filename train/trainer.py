@@ -27,7 +27,7 @@ from transformers import (
 
 from common.errors import UserError
 from common.paths import REPO, read_jsonl, write_atomic
-from common.libraries import no_accelerator_probe
+from common.libraries import no_accelerator_probe, no_resume_argument_table
 from train import chunked, tracking
 from train.rundir import RunDir, now, write_manifest
 from train.words import Budget, WordsSeen
@@ -170,6 +170,16 @@ class CheckpointMarker(TrainerCallback):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
                 write_manifest(ckpt)
+
+
+class IntervalsFromArguments(TrainerCallback):
+    """On a resume the Trainer takes the logging, evaluation and save intervals from the checkpoint's
+    trainer_state.json and only warns that the arguments differ. A resume may change them (train.rundir.RunDir.decide
+    says so and records it), so at the start of training they are set from the arguments, as a fresh start sets
+    them."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
 
 
 class Preemption(TrainerCallback):
@@ -454,10 +464,12 @@ def training_arguments(cfg, run: RunDir) -> TrainingArguments:
 def build_trainer(cfg, run: RunDir, args: TrainingArguments, model, objective: str, tokenizer, train_ds, dev_ds,
                   budget: Budget, trainer_cls: type = BabyTrainer, **extra) -> BabyTrainer:
     no_accelerator_probe()
+    no_resume_argument_table()
     world = args.world_size
     tokens_per_step = cfg.data.block_size * cfg.train.batch_size * cfg.train.grad_accum * world
     words = WordsSeen(run.path, budget)  # before CheckpointMarker: its count is in the checkpoint's manifest
-    callbacks = [words, CheckpointMarker(), MetricsLog(run, tokens_per_step, words), Preemption()]
+    callbacks = [IntervalsFromArguments(), words, CheckpointMarker(), MetricsLog(run, tokens_per_step, words),
+                 Preemption()]
     if cfg.train.early_stopping_patience and dev_ds is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds,

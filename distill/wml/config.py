@@ -61,8 +61,10 @@ class WMLConfig:
     solo_peer: int = field(
         -1, "train only peer i of the search, alone, on its own cross-entropy: the solo twin its WML run is compared "
         "with (same architecture, initial weights, data order and schedule); -1: the peers together", ge=-1, le=3)
-    eval_tasks: list[str] = field([], "evaluation tasks run on every peer at the end (e.g. demo_pairs); empty = none")
-    eval_data_dir: str = field("", "data folder for eval_tasks (as python -m eval --data-dir)")
+    eval_tasks: list[str] = field(
+        [], "evaluation tasks run on every peer at the end (e.g. demo_pairs); empty = none", resume=True
+    )
+    eval_data_dir: str = field("", "data folder for eval_tasks (as python -m eval --data-dir)", resume=True)
 
 
 @dataclass
