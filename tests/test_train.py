@@ -316,6 +316,37 @@ def test_resume_with_a_changed_config_refuses_what_the_checkpoint_would_override
         5, 10, 12, 14, 16, 18, 20]
 
 
+def test_resume_refuses_a_corpus_that_changed_since_the_run_started(demo_args, demo_root, tmp_path):
+    """The same config over other text: a line added to a training file (or a new cleaner, or another tokenizer)
+    packs other blocks under the same keys, and the checkpoint's data position would point into them. --resume is
+    refused in one line naming the folder's blocks, and touches nothing; with the file restored it resumes. Changed dev
+    files are refused the same way (the dev loss, and keep_best, compare across attempts)."""
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(demo_root / "train", corpus / "train")
+    shutil.copytree(demo_root / "dev", corpus / "dev")
+    args = [*demo_args, f"data.train_dir={corpus / 'train'}", f"data.dev_dir={corpus / 'dev'}", "train.max_steps=20"]
+    ok(run_cli("train", *args))
+    run = run_dir(tmp_path)
+    blocks = json.loads((run / "run.json").read_text())["blocks"]
+    assert blocks["data.train_dir"].startswith("train-") and blocks["data.dev_dir"].startswith("dev-")
+    for done in (run / "DONE", run / "model", run / "checkpoints" / "checkpoint-20"):
+        subprocess.run(["rm", "-r", str(done)], check=True)
+    snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for split in ("train", "dev"):
+        (text,) = (corpus / split).glob("*")
+        original = text.read_bytes()
+        text.write_bytes(original + b"the dog saw a cat .\n")
+        assert_user_error(run_cli("train", *args, "--resume"), str(run),
+                          f"its checkpoints were trained on other data than the config reads now (data.{split}_dir: "
+                          f"{blocks[f'data.{split}_dir']} -> {split}-", "restore them, or start a new run")
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot  # nothing touched
+        text.write_bytes(original)
+    proc = ok(run_cli("train", *args, "--resume"))
+    assert f"resuming from {run / 'checkpoints' / 'checkpoint-10'}" in proc.stdout and (run / "DONE").is_file()
+
+
 BUDGET_ARGS = ["train.max_steps=21", "train.save_steps=7", "train.eval_steps=7", "train.logging_steps=1",
                "data.train_fraction=0.05"]  # 2 steps per epoch: the budget ends inside an epoch
 

@@ -228,6 +228,24 @@ class RunDir:
             "restart it"
         )
 
+    def check_same_blocks(self, blocks: dict[str, str | None]) -> None:
+        """A resume trains on the data its checkpoints were trained on. `blocks` maps data.train_dir and data.dev_dir
+        to the cache's name of their packed blocks, a fingerprint of the raw files' bytes, the tokenizer, this
+        version's cleaning and the packing; run.json recorded them when the run started. The config alone cannot tell:
+        a file added to the corpus folder, or a new cleaner, gives other blocks under the same keys, and the data
+        position of the checkpoint would point into them. Only reads."""
+        before = self.read_info().get("blocks")
+        if not isinstance(before, dict) or not self.checkpoint_list():  # recorded before 2026-12-03, or nothing trained
+            return
+        changed = [f"{key}: {before.get(key)} -> {name}" for key, name in blocks.items() if before.get(key) != name]
+        if changed:
+            raise UserError(
+                f"{self.path}: its checkpoints were trained on other data than the config reads now "
+                f"({'; '.join(changed)}): the files of that folder, the tokenizer, or this version's cleaning or "
+                f"packing changed since the run started; restore them, or start a new run (another output.name, or "
+                f"--overwrite)"
+            )
+
     def create(self, resolved: dict, decision: str) -> None:
         """Lay out the folder for `decision` and write config.yaml (main process only)."""
         if not is_main_process():

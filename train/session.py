@@ -107,6 +107,10 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
           + (f", {len(dev_ds)} dev blocks" + (" (data.dev_blocks)" if cfg.data.dev_blocks else "") if dev_ds else ""))
 
     # 2. The run directory, then training from the newest good checkpoint (none left to take: only finish).
+    blocks = {"data.train_dir": prepared.train_blocks.name,
+              "data.dev_dir": prepared.dev_blocks.name if prepared.dev_blocks else None}
+    if decision == "resume":
+        run_dir.check_same_blocks(blocks)
     run_dir.create(cfglib.to_dict(cfg), decision)
     checkpoint = run_dir.newest_good_checkpoint(state_groups(built.trained)) if decision == "resume" else None
     if decision == "resume":
@@ -122,7 +126,8 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     if checkpoint:
         words_seen.restore(checkpoint)
     run_dir.begin(argv, checkpoint)
-    run_dir.write_info(words=budget.summary(json.loads((prepared.train_blocks / "stats.json").read_text())))
+    run_dir.write_info(words=budget.summary(json.loads((prepared.train_blocks / "stats.json").read_text())),
+                       blocks=blocks)
     metrics_log = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MetricsLog))
     try:
         with writing(run_dir.path, "then rerun with --resume"):
