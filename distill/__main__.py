@@ -55,13 +55,15 @@ def build_distillation(cfg, tokenizer, prepared, device):
     # With a teacher cache the teachers are checked (and their files fingerprinted) but never loaded.
     teachers = load_teachers(cfg, Path(prepared.tokenizer_dir), num_layers(student.config), device,
                              weights=not cfg.distill.teacher_cache)
+    from distill.cache import MODEL_FILES, TeacherCache, fingerprint, hash_files
+
     cache = None
     if cfg.distill.teacher_cache:
-        from distill.cache import TeacherCache, fingerprint
-
-        cache = TeacherCache(
-            cfg.distill.teacher_cache, fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint)
-        )
+        expected = fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint)
+        cache = TeacherCache(cfg.distill.teacher_cache, expected)
+        hashes = expected["teachers"]
+    else:
+        hashes = [hash_files(Path(t.path), MODEL_FILES) for t in cfg.distill.teachers]
     wrapper = DistillationWrapper(student, teachers, cfg.distill.losses, cfg.train.logits_chunk)
     n_student = sum(p.numel() for p in student.parameters())
     n_extra = sum(p.numel() for p in wrapper.parameters()) - n_student
@@ -85,6 +87,7 @@ def build_distillation(cfg, tokenizer, prepared, device):
         trainer_cls=DistillTrainer,
         trainer_kwargs={"teachers": teachers, "cache": cache},
         block_index=cache is not None,
+        inputs={f"distill.teachers[{i}].path": h for i, h in enumerate(hashes)},
         banner=f"student {cfg.student.arch}: {n_student:,} parameters (+{n_extra:,} in projections/heads, not "
                "exported); "
         f"teachers: {who}" + (f"; warm start from {cfg.student.init_from}" if cfg.student.init_from else ""),

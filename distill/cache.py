@@ -32,6 +32,9 @@ SHARD_BLOCKS = 1024
 VERSION = 1
 
 
+MODEL_FILES = ("config.json", "*.safetensors", "*.bin")  # what makes a model folder's model (hash_files)
+
+
 def hash_files(folder: Path, patterns: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for pattern in patterns:
@@ -81,7 +84,7 @@ def fingerprint(cfg, tokenizer_dir: Path, data_key: str) -> dict:
     temperature, ensemble = cached_distribution(cfg)
     return {
         "version": VERSION,
-        "teachers": [hash_files(Path(t.path), ("config.json", "*.safetensors", "*.bin")) for t in cfg.distill.teachers],
+        "teachers": [hash_files(Path(t.path), MODEL_FILES) for t in cfg.distill.teachers],
         "tokenizer": hash_files(Path(tokenizer_dir), ("tokenizer.json",)),
         "data": data_key,
         "block_size": cfg.data.block_size,

@@ -226,6 +226,41 @@ def test_resume_after_sigkill_restores_projections_and_is_bitwise_identical(teac
     assert_bitwise_equal(weights(run / "model"), reference), f"killed at step {step}"
 
 
+def test_resume_refuses_a_teacher_trained_again_since_the_run_started(teachers, demo_root, cache_dir, tmp_path):
+    """The same config, another teacher: a teacher folder trained again (here one weight nudged) between two attempts
+    would steer the rest of the run towards another distribution while the checkpoint carried on. run.json records
+    a hash of each teacher's model files; --resume over a changed one is refused in one line, nothing touched; with the
+    teacher restored it resumes. (With a teacher cache, the cache's own fingerprint already refuses it.)"""
+    from safetensors.torch import load_file, save_file
+
+    copies = tmp_path / "copies"
+    for name in ("teacher", "teacher-llama"):
+        shutil.copytree(teachers / "runs" / "demo" / name / "model", copies / "runs" / "demo" / name / "model")
+    recipe = recipe_copy("demo-kd", copies, tmp_path)
+    args = [str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs", steps=20)]
+    ok(run_cli("distill", *args))
+    run = tmp_path / "runs" / "demo" / "kd"
+    recorded = json.loads((run / "run.json").read_text())["inputs"]
+    assert set(recorded) == {"data.train_dir", "data.dev_dir", "distill.teachers[0].path", "distill.teachers[1].path"}
+    for done in (run / "DONE", run / "model", run / "checkpoints" / "checkpoint-20"):
+        shutil.rmtree(done) if done.is_dir() else done.unlink()
+    snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    weights_file = copies / "runs" / "demo" / "teacher-llama" / "model" / "model.safetensors"
+    original = weights_file.read_bytes()
+    tensors = load_file(str(weights_file))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, str(weights_file), metadata={"format": "pt"})
+    assert_user_error(run_cli("distill", *args, "--resume"), str(run),
+                      "its checkpoints were trained on other inputs than the config reads now "
+                      f"(distill.teachers[1].path: {recorded['distill.teachers[1].path']} -> ",
+                      "a teacher's model files changed since the run started", "restore them, or start a new run")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot  # nothing touched
+    weights_file.write_bytes(original)
+    proc = ok(run_cli("distill", *args, "--resume"))
+    assert "resuming from" in proc.stdout and (run / "DONE").is_file()
+
+
 BUDGET = [
     "train.save_steps=7",
     "train.eval_steps=7",

@@ -329,7 +329,7 @@ def test_resume_refuses_a_corpus_that_changed_since_the_run_started(demo_args, d
     args = [*demo_args, f"data.train_dir={corpus / 'train'}", f"data.dev_dir={corpus / 'dev'}", "train.max_steps=20"]
     ok(run_cli("train", *args))
     run = run_dir(tmp_path)
-    blocks = json.loads((run / "run.json").read_text())["blocks"]
+    blocks = json.loads((run / "run.json").read_text())["inputs"]
     assert blocks["data.train_dir"].startswith("train-") and blocks["data.dev_dir"].startswith("dev-")
     for done in (run / "DONE", run / "model", run / "checkpoints" / "checkpoint-20"):
         subprocess.run(["rm", "-r", str(done)], check=True)
@@ -339,7 +339,7 @@ def test_resume_refuses_a_corpus_that_changed_since_the_run_started(demo_args, d
         original = text.read_bytes()
         text.write_bytes(original + b"the dog saw a cat .\n")
         assert_user_error(run_cli("train", *args, "--resume"), str(run),
-                          f"its checkpoints were trained on other data than the config reads now (data.{split}_dir: "
+                          f"its checkpoints were trained on other inputs than the config reads now (data.{split}_dir: "
                           f"{blocks[f'data.{split}_dir']} -> {split}-", "restore them, or start a new run")
         assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot  # nothing touched
         text.write_bytes(original)

@@ -228,21 +228,28 @@ class RunDir:
             "restart it"
         )
 
-    def check_same_blocks(self, blocks: dict[str, str | None]) -> None:
-        """A resume trains on the data its checkpoints were trained on. `blocks` maps data.train_dir and data.dev_dir
-        to the cache's name of their packed blocks, a fingerprint of the raw files' bytes, the tokenizer, this
-        version's cleaning and the packing; run.json recorded them when the run started. The config alone cannot tell:
-        a file added to the corpus folder, or a new cleaner, gives other blocks under the same keys, and the data
-        position of the checkpoint would point into them. Only reads."""
-        before = self.read_info().get("blocks")
+    def check_same_inputs(self, inputs: dict[str, str | None]) -> None:
+        """A resume trains on what its checkpoints were trained on. `inputs` maps data.train_dir and data.dev_dir to
+        the cache's name of their packed blocks (a fingerprint of the raw files' bytes, the tokenizer, this version's
+        cleaning and the packing), and each teacher read at every step to a hash of its model files; run.json
+        recorded them when the run started. The config alone cannot tell: a line added to a corpus file, a new
+        cleaner or a teacher trained again leaves every key as it was, and the checkpoint's data position and
+        optimizer would carry on over other text or towards another teacher. Only reads."""
+        before = self.read_info().get("inputs")
         if not isinstance(before, dict) or not self.checkpoint_list():  # recorded before 2026-12-03, or nothing trained
             return
-        changed = [f"{key}: {before.get(key)} -> {name}" for key, name in blocks.items() if before.get(key) != name]
+        changed = [key for key, value in inputs.items() if before.get(key) != value]
         if changed:
+            data = any(key.startswith("data.") for key in changed)
+            why = "; ".join(
+                ([f"the files of {'that folder' if len(changed) == 1 else 'a data folder'}, the tokenizer, or this "
+                  f"version's cleaning or packing changed"] if data else [])
+                + (["a teacher's model files changed"] if any(not key.startswith("data.") for key in changed) else [])
+            )
             raise UserError(
-                f"{self.path}: its checkpoints were trained on other data than the config reads now "
-                f"({'; '.join(changed)}): the files of that folder, the tokenizer, or this version's cleaning or "
-                f"packing changed since the run started; restore them, or start a new run (another output.name, or "
+                f"{self.path}: its checkpoints were trained on other inputs than the config reads now ("
+                + "; ".join(f"{key}: {before.get(key)} -> {inputs[key]}" for key in changed)
+                + f"): {why} since the run started; restore them, or start a new run (another output.name, or "
                 f"--overwrite)"
             )
 

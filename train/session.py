@@ -32,6 +32,7 @@ class Built:
     block_index: bool = False  # give every training block its row number (a teacher cache is read by it)
     export: Callable[[Path], None] | None = None  # writes model/ (rank 0); None: the Trainer saves `trained` there
     finish: Callable[[Any, Path], dict] | None = None  # (trainer, run path) -> extra summary, after export, before DONE
+    inputs: dict[str, str] = field(default_factory=dict)  # teachers read at every step: key -> hash of model files
 
 
 Builder = Callable[[Any, Any, Any, Any], Built]  # (cfg, tokenizer, prepared data, device) -> Built
@@ -107,10 +108,10 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
           + (f", {len(dev_ds)} dev blocks" + (" (data.dev_blocks)" if cfg.data.dev_blocks else "") if dev_ds else ""))
 
     # 2. The run directory, then training from the newest good checkpoint (none left to take: only finish).
-    blocks = {"data.train_dir": prepared.train_blocks.name,
-              "data.dev_dir": prepared.dev_blocks.name if prepared.dev_blocks else None}
+    inputs = {"data.train_dir": prepared.train_blocks.name,
+              "data.dev_dir": prepared.dev_blocks.name if prepared.dev_blocks else None, **built.inputs}
     if decision == "resume":
-        run_dir.check_same_blocks(blocks)
+        run_dir.check_same_inputs(inputs)
     run_dir.create(cfglib.to_dict(cfg), decision)
     checkpoint = run_dir.newest_good_checkpoint(state_groups(built.trained)) if decision == "resume" else None
     if decision == "resume":
@@ -127,7 +128,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
         words_seen.restore(checkpoint)
     run_dir.begin(argv, checkpoint)
     run_dir.write_info(words=budget.summary(json.loads((prepared.train_blocks / "stats.json").read_text())),
-                       blocks=blocks)
+                       inputs=inputs)
     metrics_log = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MetricsLog))
     try:
         with writing(run_dir.path, "then rerun with --resume"):

@@ -16,6 +16,7 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     only peer i is kept, trained on its own cross-entropy (one peer: ordinary training) and exported as peer-i-solo."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
+    from distill.cache import MODEL_FILES, hash_files
     from distill.teachers import check_same_tokenizer, logit_width_problem, positions
     from distill.wml.peers import PeersWrapper, WMLTrainer
     from eval.model import check_folder, load_config, load_model_folder
@@ -43,7 +44,7 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
             check_same_tokenizer(Path(cfg.wml.reference_folder), Path(prepared.tokenizer_dir))
         except UserError as exc:
             raise UserError(f"wml.reference_folder: {exc}") from None
-    teacher = None
+    teacher, inputs = None, {}
     method = "mutual" if solo >= 0 else cfg.wml.distillation_method  # one peer, mutual: its own cross-entropy
     if method == "vanilla":
         folder = check_folder(cfg.wml.teacher)
@@ -58,6 +59,7 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
             raise UserError(f"wml.teacher={cfg.wml.teacher}: has {positions(config)} positions, fewer than "
                             f"data.block_size={cfg.data.block_size}; lower data.block_size or use another teacher")
         teacher = load_model_folder(folder, auto, what, fix, config).to(device).eval().requires_grad_(False)
+        inputs = {"wml.teacher": hash_files(folder, MODEL_FILES)}
     wrapper = PeersWrapper(peers, objective, cfg.wml.loss_alpha, method, teacher)
     sizes = ", ".join(f"{sum(x.numel() for x in m.parameters()):,}" for m in peers)
 
@@ -76,6 +78,7 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
         objective=objective,
         trainer_cls=WMLTrainer,
         trainer_kwargs={"wml": cfg.wml},
+        inputs=inputs,
         banner=f"the solo twin of peer {solo}: {sizes} parameters, {objective}, its own cross-entropy" if solo >= 0 else
         f"{len(peers)} {objective} peer(s) of {sizes} parameters, {method} learning, "
         f"α={cfg.wml.loss_alpha:g}, ω updated every {cfg.wml.weight_update_frequency} steps",
