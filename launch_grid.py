@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from grid import executors
     from grid.launcher import run_grid
-    from grid.plan import check_finetune, check_other_runs, check_started_points, check_tasks, expand, load_grid
+    from grid.plan import (check_finetune, check_other_runs, check_scored_results, check_started_points, check_tasks,
+                           expand, load_grid)
 
     args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     cfg = load_grid(args.grid, args.overrides)
@@ -58,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.executor.kind == "slurm":
         executors.check_slurm()
-    check_finetune(cfg)  # the evaluation data, read before anything trains (a plan needs none)
-    check_tasks(cfg)
+    tuning = check_finetune(cfg)  # the evaluation data, read before anything trains (a plan needs none)
+    tasks = check_tasks(cfg)
     check_other_runs(cfg, points, args.grid)
     check_started_points(points, args.grid)
+    check_scored_results(cfg, points, tasks, tuning, args.grid)
     from common.paths import FolderLock, Locked
 
     try:

@@ -52,6 +52,12 @@ def convention_for(task: Task, opts: Options) -> str:
     return convention
 
 
+def recorded_convention(convention: str, backend: str) -> str:
+    """The convention a result file records for a task scored in `convention` by `backend`: the 2024 pipeline scored
+    masked models with minicons' mean PLL."""
+    return convention if backend == "causal" or convention == "babylm2025" else "minicons-pll-mean"
+
+
 def output_dir(model_dir: Path, out: str | None) -> Path:
     """The run directory's eval/ when the model is <run>/model, else <model>/eval; --out wins."""
     if out:
@@ -212,7 +218,7 @@ def score_pairs(task: Task, m: Loaded, scorer: Scorer, reqs: list, opts: Options
     summary = report.summarise(task, scores, right, tied, bad)
     meta = {
         **meta,
-        "convention": convention if m.backend == "causal" or convention == "babylm2025" else "minicons-pll-mean",
+        "convention": recorded_convention(convention, m.backend),
         "batch_size": batch,
     }
     files = report.write_results(out_dir, task, scores, summary, meta)

@@ -220,11 +220,13 @@ def check_started_points(points: list[Point], grid_path: str | Path) -> None:
             )
 
 
-def check_finetune(cfg: GridConfig) -> None:
+def check_finetune(cfg: GridConfig) -> dict[str, Path]:
     """Every fine-tuning task's files that are already there are read and checked now, before anything trains; a
-    task's own default folder (the demo's) may appear later, when the first demo run writes the corpus."""
+    task's own default folder (the demo's) may appear later, when the first demo run writes the corpus. Returns the
+    folder of each task read."""
     from eval import finetune
 
+    folders = {}
     for name in cfg.finetune:
         spec = finetune.spec_of(name)
         if not cfg.finetune_data_dir and spec.data_dir and finetune.default_folder(spec) is None:
@@ -234,6 +236,8 @@ def check_finetune(cfg: GridConfig) -> None:
         except UserError as exc:
             raise UserError(f"finetune_data_dir: {exc}".replace("--data-dir ", "")) from None
         finetune.read_task(name, data)
+        folders[name] = data
+    return folders
 
 
 GRID_WORDS = (("pass --ewok-password (or set EWOK_PASSWORD)", "set EWOK_PASSWORD"),
@@ -241,28 +245,72 @@ GRID_WORDS = (("pass --ewok-password (or set EWOK_PASSWORD)", "set EWOK_PASSWORD
               ("pass --data-dir", "set eval_data_dir"), ("--data-dir", "eval_data_dir"))
 
 
-def check_tasks(cfg: GridConfig) -> None:
+def check_tasks(cfg: GridConfig) -> dict:
     """Every zero-shot task's files are read now, before anything trains: a wrong eval_data_dir or a missing
     $EWOK_PASSWORD would otherwise stop the first point after its training. A task's own default folder (the
-    demo's) may appear later, when the first demo run writes the corpus."""
+    demo's) may appear later, when the first demo run writes the corpus. Returns each task read (eval.tasks.Task)."""
     import os
 
     from common.config import load
     from common.paths import local_folder
     from eval.tasks import TaskSpec, load_task, resolve_spec
 
+    read = {}
     for key in ("tasks", "tasks_per_milestone"):
         for task in dict.fromkeys(getattr(cfg, key)):
             spec = load(TaskSpec, resolve_spec(task)[1])
             if not cfg.eval_data_dir and spec.data_dir and local_folder(spec.data_dir) is None:
                 continue
             try:
-                load_task(task, cfg.eval_data_dir or None, password=os.environ.get("EWOK_PASSWORD"))
+                read[task] = load_task(task, cfg.eval_data_dir or None, password=os.environ.get("EWOK_PASSWORD"))
             except UserError as exc:
                 message = str(exc)  # eval's advice, in the grid's words
                 for flag, key_word in GRID_WORDS:
                     message = message.replace(flag, key_word)
                 raise UserError(f"{key}: {message}") from None
+    return read
+
+
+def check_scored_results(cfg: GridConfig, points: list[Point], tasks: dict, tuning: dict[str, Path],
+                         grid_path: str | Path) -> None:
+    """A point's result files were scored as the grid asks now: the same task files (eval_data_dir,
+    finetune_data_dir), convention and backend. A point with a task's result is not evaluated again, so a grid
+    whose evaluation was edited after its points were scored would show the old scores as the new ones."""
+    from eval.evaluate import Options, convention_for, recorded_convention
+
+    for point in points:
+        for model in point.model_dirs():
+            folder = point.eval_dir(model)
+            for name in point.tasks + point.finetune:
+                result = folder / f"{name}.json"
+                try:
+                    old = json.loads(result.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue
+                if not isinstance(old, dict):
+                    continue
+                if name in tasks:
+                    task = tasks[name]
+                    try:
+                        convention = convention_for(task, Options(backend=point.backend,
+                                                                  convention=cfg.convention or None))
+                    except UserError:  # a convention the task has not: the point's own evaluation says so
+                        continue
+                    now = {"data": (task.origin, "eval_data_dir"),
+                           "convention": (recorded_convention(convention, point.backend), "convention")}
+                elif name in tuning:
+                    now = {"data": (str(Path(tuning[name]).resolve()), "finetune_data_dir")}
+                    old["data"] = str(Path(old.get("data", "")).resolve())
+                else:
+                    continue
+                for key, (value, grid_key) in now.items():
+                    if key in old and old[key] != value:
+                        raise UserError(
+                            f"{grid_path}: point {point.name}: {result} holds {name} scored with {key} {old[key]}, and "
+                            f"the grid now gives {value} ({grid_key}): a scored point is not scored again, so the "
+                            f"table would show the old scores as the new ones; restore {grid_key}, or move {folder} "
+                            f"aside to score the point again"
+                        )
 
 
 def check_point(point: Point, grid_path: str | Path, where: str, plan: cfglib.Plan) -> tuple[Any, str]:

@@ -186,6 +186,21 @@ def test_a_grid_edited_after_its_points_started_is_refused_on_relaunch(workdir, 
     grid = write_grid(workdir, one_point.replace("OVERRIDES\n", ""))  # the values it started with, restored
     proc = ok(launch(workdir, str(grid), *data_sets(demo_root, cache_dir), "--set", "train.logging_steps=2"))
     assert f"{run.name}: started (partial" in proc.stdout and (run / "DONE").is_file()
+    # Its evaluation edited: other task files, or another convention. A scored point is not scored again, so the
+    # table would show the old scores as the new ones: refused, naming the result file and the grid key.
+    elsewhere = workdir / "other-eval-data"
+    shutil.copytree(demo_root, elsewhere)
+    scored = run / "eval" / "demo_pairs.json"
+    stamp = scored.stat().st_mtime_ns
+    for change, needles in ((f"eval_data_dir={elsewhere}", (f"scored with data {demo_root}", f"now gives {elsewhere}",
+                                                           "restore eval_data_dir, or move")),
+                            ("convention=babylm2025", ("scored with convention babylm2024", "now gives babylm2025 "
+                                                                                             "(convention)"))):
+        assert_user_error(launch(workdir, str(grid), change, *data_sets(demo_root, cache_dir)),
+                          f"{grid}: point {run.name}: runs/edited/{run.name}/eval/demo_pairs.json holds demo_pairs",
+                          *needles,
+                          "aside to score the point again")
+        assert scored.stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow
@@ -205,6 +220,26 @@ def test_verbose_keeps_a_points_whole_output_on_the_terminal(workdir, demo_root,
     (log,) = (workdir / "runs" / "quiet").glob("student__*/logs/grid-*.log")
     assert "done at step 20" in log.read_text()
     assert "student__" in again.stdout and ": done in " in again.stdout
+
+
+def test_a_point_fine_tuned_on_other_task_files_is_refused(tmp_path):
+    """The fine-tuning side of the check above: a result fine-tuned on the files of another folder than the grid's
+    finetune_data_dir now gives is refused, naming both; the same folder, written another way, is not."""
+    from grid.config import GridConfig
+    from common.errors import UserError
+    from grid.plan import Point, check_scored_results
+
+    run = tmp_path / "runs" / "g" / "student"
+    (run / "eval").mkdir(parents=True)
+    first, second = tmp_path / "tasks-a", tmp_path / "tasks-b"
+    (run / "eval" / "demo_acceptability.json").write_text(json.dumps({"data": str(first), "accuracy": 0.7}))
+    point = Point(grid="g", stage="s", name="student", recipe="config/runs/demo-student.yaml", kind="train", axes={},
+                  overrides={}, run=str(run), tasks=[], finetune=["demo_acceptability"])
+    check_scored_results(GridConfig(), [point], {}, {"demo_acceptability": tmp_path / "x" / ".." / "tasks-a"}, "g.yaml")
+    with pytest.raises(UserError, match=rf"g.yaml: point student: {run}/eval/demo_acceptability.json holds "
+                                        rf"demo_acceptability scored with data {first}, and the grid now gives "
+                                        rf"{second} \(finetune_data_dir\)"):
+        check_scored_results(GridConfig(), [point], {}, {"demo_acceptability": second}, "g.yaml")
 
 
 def test_zip_axes_pair_their_values(workdir):
