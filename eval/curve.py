@@ -103,9 +103,23 @@ def main(argv: list[str]) -> int:
 def evaluate_milestones(run: Path, tasks: list[str], opts) -> dict[str, list[dict]]:
     """Every milestone model of `run` (each WML peer) on `tasks`, skipping results it has; writes eval/curve.json
     (and the fast suite's eval/fast_eval_results.json). Returns, per task, one row per milestone and model."""
-    from eval.evaluate import evaluate, output_dir
+    from eval.evaluate import evaluate, load_tasks, output_dir, scored_otherwise
 
     points = milestones(run)
+    flags = {"data": "--data-dir", "convention": "--convention", "backend": "--backend"}
+    read = load_tasks(tasks, opts)
+    for _, milestone in points:  # a result that is kept must have been scored as asked, checked before any scoring
+        for _, model in models_in(milestone):
+            results = output_dir(model, None) / ("fast" if opts.fast else "")
+            for name, task in zip(tasks, read):
+                found = scored_otherwise(results / f"{name}.json", task, opts)
+                if found:
+                    key, old, new = found
+                    raise UserError(
+                        f"{results / f'{name}.json'}: holds {name} scored with {key} {old}, and this curve "
+                        f"asks {new}: a milestone's result is not scored again, so the curve would mix the two; give "
+                        f"the same {flags[key]}, or move {results} aside to score it again"
+                    )
     per_task: dict[str, list] = {}
     for words, milestone in points:
         for peer, model in models_in(milestone):

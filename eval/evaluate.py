@@ -58,6 +58,21 @@ def recorded_convention(convention: str, backend: str) -> str:
     return convention if backend == "causal" or convention == "babylm2025" else "minicons-pll-mean"
 
 
+def scored_otherwise(result: Path, task: Task, opts: Options) -> tuple[str, object, object] | None:
+    """(key, recorded, asked) when the result file `result` holds `task` scored otherwise than `opts` asks: from other
+    task files (`data`), in another convention or by another backend. None when it was scored so, or cannot be read
+    (it is then scored again). Callers that skip a task with a result check this first."""
+    try:
+        old = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    asked = {"data": task.origin, "backend": opts.backend,
+             "convention": recorded_convention(convention_for(task, opts), opts.backend)}
+    return next(((key, old[key], value) for key, value in asked.items() if key in old and old[key] != value), None)
+
+
 def output_dir(model_dir: Path, out: str | None) -> Path:
     """The run directory's eval/ when the model is <run>/model, else <model>/eval; --out wins."""
     if out:
@@ -227,19 +242,26 @@ def score_pairs(task: Task, m: Loaded, scorer: Scorer, reqs: list, opts: Options
     return summary, files
 
 
-def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tuple[str, dict, dict]]:
-    """Score `task_names` with the model at `model_path`; returns (task, summary, files) per task."""
-    from eval.reading import evaluate_reading
-
-    check_folder(model_path)
+def load_tasks(task_names: list[str], opts: Options) -> list[Task]:
+    """Every task's items, from `opts.data_dir` (or each task's own folder); an unknown name fails before any is
+    loaded."""
     for name in task_names:
-        resolve_spec(name)  # an unknown name fails before anything is loaded
+        resolve_spec(name)
     tasks = []
     for name in task_names:
         override = Path(opts.ewok_zip) if opts.ewok_zip and resolve_spec(name)[0] == "ewok_filtered" else None
         if override is not None and not override.is_file():
             raise UserError(f"--ewok-zip: {override} does not exist")
         tasks.append(load_task(name, opts.data_dir, opts.ewok_password, override, fast=opts.fast))
+    return tasks
+
+
+def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tuple[str, dict, dict]]:
+    """Score `task_names` with the model at `model_path`; returns (task, summary, files) per task."""
+    from eval.reading import evaluate_reading
+
+    check_folder(model_path)
+    tasks = load_tasks(task_names, opts)
     target = results_dir(model_path, opts)
     for task in tasks:  # a task that cannot be scored this way, or whose other scores it would replace, fails here
         keep_other_results(target, task, convention_for(task, opts), opts.backend)

@@ -276,41 +276,45 @@ def check_scored_results(cfg: GridConfig, points: list[Point], tasks: dict, tuni
     """A point's result files were scored as the grid asks now: the same task files (eval_data_dir,
     finetune_data_dir), convention and backend. A point with a task's result is not evaluated again, so a grid
     whose evaluation was edited after its points were scored would show the old scores as the new ones."""
-    from eval.evaluate import Options, convention_for, recorded_convention
+    from eval.evaluate import Options, scored_otherwise
 
+    grid_keys = {"data": "eval_data_dir", "convention": "convention", "backend": "the recipe's model"}
     for point in points:
         for model in point.model_dirs():
             folder = point.eval_dir(model)
             for name in point.tasks + point.finetune:
                 result = folder / f"{name}.json"
-                try:
-                    old = json.loads(result.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    continue
-                if not isinstance(old, dict):
-                    continue
                 if name in tasks:
-                    task = tasks[name]
                     try:
-                        convention = convention_for(task, Options(backend=point.backend,
-                                                                  convention=cfg.convention or None))
+                        found = scored_otherwise(result, tasks[name], Options(backend=point.backend,
+                                                                              convention=cfg.convention or None))
                     except UserError:  # a convention the task has not: the point's own evaluation says so
                         continue
-                    now = {"data": (task.origin, "eval_data_dir"),
-                           "convention": (recorded_convention(convention, point.backend), "convention")}
                 elif name in tuning:
-                    now = {"data": (str(Path(tuning[name]).resolve()), "finetune_data_dir")}
-                    old["data"] = str(Path(old.get("data", "")).resolve())
+                    found = tuned_otherwise(result, tuning[name])
                 else:
                     continue
-                for key, (value, grid_key) in now.items():
-                    if key in old and old[key] != value:
-                        raise UserError(
-                            f"{grid_path}: point {point.name}: {result} holds {name} scored with {key} {old[key]}, and "
-                            f"the grid now gives {value} ({grid_key}): a scored point is not scored again, so the "
-                            f"table would show the old scores as the new ones; restore {grid_key}, or move {folder} "
-                            f"aside to score the point again"
-                        )
+                if found:
+                    key, old, new = found
+                    grid_key = "finetune_data_dir" if name in tuning else grid_keys[key]
+                    raise UserError(
+                        f"{grid_path}: point {point.name}: {result} holds {name} scored with {key} {old}, and the "
+                        f"grid now gives {new} ({grid_key}): a scored point is not scored again, so the table would "
+                        f"show the old scores as the new ones; restore {grid_key}, or move {folder} aside to score "
+                        f"the point again"
+                    )
+
+
+def tuned_otherwise(result: Path, folder: Path) -> tuple[str, object, object] | None:
+    """("data", recorded, asked) when a fine-tuning result was tuned on the files of another folder than `folder`."""
+    try:
+        old = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or "data" not in old:
+        return None
+    recorded, asked = Path(old["data"]).resolve(), Path(folder).resolve()
+    return None if recorded == asked else ("data", str(recorded), str(asked))
 
 
 def check_point(point: Point, grid_path: str | Path, where: str, plan: cfglib.Plan) -> tuple[Any, str]:

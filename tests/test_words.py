@@ -314,6 +314,20 @@ def test_eval_curve_scores_every_milestone_once_and_plots_it(demo_root, cache_di
         call(eval_main, "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--no-progress")
     )
     assert "task(s) at" not in proc.stdout and {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # Asked to score otherwise (other task files, another convention): a kept result would mix into the curve, so
+    # the call is refused before anything is scored, naming the result file and the flag.
+    import shutil
+
+    elsewhere = tmp_path / "other-data"
+    shutil.copytree(demo_root / "pairs", elsewhere / "pairs")
+    first = run / "milestones" / "chck_2k" / "eval" / "demo_pairs.json"
+    for flags, needles in ((["--data-dir", str(elsewhere)], (f"scored with data {demo_root}/pairs/*.jsonl, and this "
+                                                             f"curve asks {elsewhere}/pairs/*.jsonl", "--data-dir")),
+                           (["--data-dir", str(demo_root), "--convention", "babylm2025"],
+                            ("scored with convention babylm2024, and this curve asks babylm2025", "--convention"))):
+        assert_user_error(call(eval_main, "curve", str(run), "--tasks", "demo_pairs", *flags, "--no-progress"),
+                          f"{first}: holds demo_pairs", *needles, f"or move {first.parent} aside")
+        assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     ok(run_here("train", *demo_cli(demo_root, cache_dir, out, "train.max_steps=2", "output.name=plain")))
     assert_user_error(
