@@ -172,20 +172,15 @@ def results_dir(model_path: str, opts: Options) -> Path:
     return output_dir(Path(model_path), opts.out) / ("fast" if opts.fast and not opts.out else "")
 
 
-def keep_other_results(out_dir: Path, task: Task, convention: str, backend: str) -> None:
-    """Scores of a task made another way are never replaced: rerunning an evaluation as it was replaces its files,
-    another convention or backend needs another --out."""
+def keep_other_results(out_dir: Path, task: Task, opts: Options) -> None:
+    """Scores of a task made another way (other task files, another convention or backend: `scored_otherwise`) are
+    never replaced: rerunning an evaluation as it was replaces its files; another way needs another --out."""
     result = out_dir / f"{task.name}.json"
-    try:
-        old = json.loads(result.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # no result yet, or one that cannot be read: nothing to keep
-    if not isinstance(old, dict):
-        return
-    for key, new in (("convention", convention), ("backend", backend)):
-        if old.get(key, new) != new:
-            raise UserError(f"{result}: holds {task.name} scored with {key} {old[key]}; scoring it with {new} would "
-                            f"replace it: pass --out DIR to keep both, or move that file away")
+    found = scored_otherwise(result, task, opts)
+    if found:
+        key, old, new = found
+        raise UserError(f"{result}: holds {task.name} scored with {key} {old}; scoring it with {new} would "
+                        f"replace it: pass --out DIR to keep both, or move that file away")
 
 
 def output_for(model_path: str, opts: Options) -> Path:
@@ -264,7 +259,8 @@ def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tupl
     tasks = load_tasks(task_names, opts)
     target = results_dir(model_path, opts)
     for task in tasks:  # a task that cannot be scored this way, or whose other scores it would replace, fails here
-        keep_other_results(target, task, convention_for(task, opts), opts.backend)
+        convention_for(task, opts)
+        keep_other_results(target, task, opts)
     with loading_bars(opts.progress):
         m = load(model_path, "causal" if opts.backend == "causal" else "mlm", opts.device, opts.dtype, opts.max_length)
     m.backend = opts.backend

@@ -639,8 +639,9 @@ def test_bad_inputs(trained, data_slice, tmp_path):
 
 
 def test_scores_made_another_way_are_never_replaced(trained, data_slice, tmp_path):
-    """Another convention or another backend into a folder that holds a task's scores is refused before the model
-    loads (one line, exit 2, every file as it was); the same evaluation again replaces its own files."""
+    """Another convention, another backend or other task files into a folder that holds a task's scores is refused
+    before the model loads (one line, exit 2, every file as it was); the same evaluation again replaces its own
+    files."""
     from eval.__main__ import main
 
     cases = (
@@ -660,6 +661,24 @@ def test_scores_made_another_way_are_never_replaced(trained, data_slice, tmp_pat
         assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
     ok(call(main, trained["causal"], "--tasks", "blimp_filtered", "--data-dir", data_slice, "--out",
             tmp_path / "convention", "--no-progress", "--convention", "babylm2024"))  # as it was: replaced
+    # A masked model scored the 2024 way records minicons' convention: the same call again is the same evaluation
+    # (it used to be refused, as "minicons-pll-mean" against "babylm2024").
+    masked = [trained["mlm"], "--tasks", "blimp_filtered", "--data-dir", data_slice, "--out", tmp_path / "mlm2024",
+              "--no-progress", "--backend", "mlm", "--convention", "babylm2024"]
+    ok(call(main, *masked))
+    assert json.loads((tmp_path / "mlm2024" / "blimp_filtered.json").read_text())["convention"] == "minicons-pll-mean"
+    ok(call(main, *masked))
+    # Other task files: refused the same way, naming both.
+    import shutil
+
+    copy = shutil.copytree(data_slice, tmp_path / "other-data")
+    out = tmp_path / "convention"
+    before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    was = json.loads((out / "blimp_filtered.json").read_text())["data"]
+    assert_user_error(call(main, trained["causal"], "--tasks", "blimp_filtered", "--data-dir", copy, "--out", out,
+                           "--no-progress", "--convention", "babylm2024"),
+                      f"scored with data {was}; scoring it with {copy}", "would replace it", "--out DIR")
+    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
 
 
 def long_context_task(tmp_path):
