@@ -187,6 +187,19 @@ def data_folder(name: str, spec: FinetuneSpec, data_dir: str | None) -> Path:
     return Path(data)
 
 
+def tuned_otherwise(result: Path, folder: Path) -> tuple[str, object, object] | None:
+    """("data", recorded, asked) when the fine-tuning result `result` was tuned on the files of another folder than
+    `folder` (a grid skips a tuned point: launch_grid checks this first); None when not, or unreadable."""
+    try:
+        old = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or "data" not in old:
+        return None
+    recorded, asked = Path(old["data"]).resolve(), Path(folder).resolve()
+    return None if recorded == asked else ("data", str(recorded), str(asked))
+
+
 def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings) -> dict:
     """Fine-tune on one task, keep the best epoch, write its validation predictions; the task's summary."""
     from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, PrinterCallback, Trainer,

@@ -277,6 +277,7 @@ def check_scored_results(cfg: GridConfig, points: list[Point], tasks: dict, tuni
     finetune_data_dir), convention and backend. A point with a task's result is not evaluated again, so a grid
     whose evaluation was edited after its points were scored would show the old scores as the new ones."""
     from eval.evaluate import Options, scored_otherwise
+    from eval.finetune import tuned_otherwise
 
     grid_keys = {"data": "eval_data_dir", "convention": "convention", "backend": "the recipe's model"}
     for point in points:
@@ -303,18 +304,6 @@ def check_scored_results(cfg: GridConfig, points: list[Point], tasks: dict, tuni
                         f"show the old scores as the new ones; restore {grid_key}, or move {folder} aside to score "
                         f"the point again"
                     )
-
-
-def tuned_otherwise(result: Path, folder: Path) -> tuple[str, object, object] | None:
-    """("data", recorded, asked) when a fine-tuning result was tuned on the files of another folder than `folder`."""
-    try:
-        old = json.loads(result.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(old, dict) or "data" not in old:
-        return None
-    recorded, asked = Path(old["data"]).resolve(), Path(folder).resolve()
-    return None if recorded == asked else ("data", str(recorded), str(asked))
 
 
 def check_point(point: Point, grid_path: str | Path, where: str, plan: cfglib.Plan) -> tuple[Any, str]:
