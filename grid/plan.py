@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,7 +344,8 @@ def finalists(cfg: GridConfig, points: list[Point]) -> list[Point]:
         if p.stage != cfg.select.stage or p.state() != "done":
             continue
         try:
-            values = [sign * r[metric] for r in read_run(Path(p.run)) if isinstance(r.get(metric), (int, float))]
+            values = [sign * r[metric] for r in read_run(Path(p.run))
+                      if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]  # NaN never ranks
         except (ValueError, KeyError, TypeError) as exc:
             print(f"warning: {p.name} is not ranked for the finalists: {exc}")
             continue

@@ -247,6 +247,29 @@ def test_a_point_fine_tuned_on_other_task_files_is_refused(tmp_path):
         check_scored_results(GridConfig(), [point], {}, {"demo_acceptability": second}, "g.yaml")
 
 
+def test_a_non_finite_score_never_makes_a_finalist(tmp_path, monkeypatch):
+    """NaN sorts anywhere: a point whose metric is NaN (a broken model's rho, say) would be ranked by chance. It is
+    not ranked; the point with a finite score is chosen."""
+    import results.collect
+    from common import config as cfglib
+    from grid.config import GridConfig
+    from grid.plan import Point, finalists
+
+    points = []
+    for name in ("broken", "fine"):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "DONE").write_text("{}")
+        (run / "grid.json").write_text("{}")
+        points.append(Point(grid="g", stage="grid", name=name, recipe="r.yaml", kind="train", axes={}, overrides={},
+                            run=str(run), tasks=[]))
+    scores = {"broken": float("nan"), "fine": 0.6}
+    monkeypatch.setattr(results.collect, "read_run", lambda run: [{"wug_adj": scores[run.name]}])
+    cfg = cfglib.load(GridConfig, None, ["select.stage=grid", "select.metric=wug_adj", "select.finalists=1"],
+                      check=False)
+    assert [p.name for p in finalists(cfg, points)] == ["fine__final"]
+
+
 def test_zip_axes_pair_their_values(workdir):
     grid = write_grid(workdir, TWO_AXES.replace("train.seed: [1, 2]", "optim.min_lr: [1.0e-4, 3.0e-4]")
                       .replace("    overrides:", "    mode: zip\n    overrides:"))
