@@ -1,11 +1,10 @@
 """A grid's run, start to end: its stages in order (a stage that leaves points unfinished stops the later ones),
 the finalists (refused while a point of the selection stage is unfinished, unless select.allow_incomplete), then
-`python -m results collect` on the grid's points."""
+`python -m results collect` on the grid's runs."""
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from common.errors import UserError
 
@@ -32,7 +31,6 @@ def run_grid(cfg, points, verbose: bool = False) -> int:
                 f"stage '{stage.name}': {len(stage_failed)} point(s) did not finish, so the later stages were not "
                 f"started; fix them and run the same command again (finished points are skipped)"
             )
-    chosen = []
     if cfg.select.stage:
         unfinished = [p for p, _ in failed if p.stage == cfg.select.stage]
         if unfinished and not cfg.select.allow_incomplete:
@@ -54,11 +52,9 @@ def run_grid(cfg, points, verbose: bool = False) -> int:
     executors.report(failed)
     from results.__main__ import main as results_main
 
-    # The table is the grid's: its points' runs, not every folder under its root (a point of values the grid no
-    # longer lists stays on disk; `python -m results collect <root>` shows it).
-    runs = [p.run for p in points + chosen if Path(p.run, "config.yaml").is_file()] or [str(root)]
-    rc = results_main(["collect", *runs, "--out", str(cfg.results_path), "--name", cfg.name, "--metric",
-                       cfg.select.metric])
+    rc = results_main(
+        ["collect", str(root), "--out", str(cfg.results_path), "--name", cfg.name, "--metric", cfg.select.metric]
+    )
     if failed:
         print(f"{len(failed)} point(s) incomplete; run the same command again to finish them", file=sys.stderr)
         return 1

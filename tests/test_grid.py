@@ -201,11 +201,6 @@ def test_a_grid_edited_after_its_points_started_is_refused_on_relaunch(workdir, 
                           *needles,
                           "aside to score the point again")
         assert scored.stat().st_mtime_ns == stamp
-    # An axis edited to another value is another point; the old one stays on disk but not in the grid's table.
-    grid = write_grid(workdir, one_point.replace("OVERRIDES\n", "").replace("[3.0e-3]", "[2.0e-3]"))
-    ok(launch(workdir, str(grid), *data_sets(demo_root, cache_dir)))
-    table = pd.read_csv(workdir / "runs" / "edited" / "_results" / "edited.csv")
-    assert list(table["axis:optim.lr"]) == [0.002] and run.is_dir()
 
 
 @pytest.mark.slow
