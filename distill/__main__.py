@@ -55,7 +55,7 @@ def build_distillation(cfg, tokenizer, prepared, device):
     # With a teacher cache the teachers are checked (and their files fingerprinted) but never loaded.
     teachers = load_teachers(cfg, Path(prepared.tokenizer_dir), num_layers(student.config), device,
                              weights=not cfg.distill.teacher_cache)
-    from distill.cache import MODEL_FILES, TeacherCache, fingerprint, hash_files
+    from distill.cache import TeacherCache, fingerprint, model_hash
 
     cache = None
     if cfg.distill.teacher_cache:
@@ -63,7 +63,7 @@ def build_distillation(cfg, tokenizer, prepared, device):
         cache = TeacherCache(cfg.distill.teacher_cache, expected)
         hashes = expected["teachers"]
     else:
-        hashes = [hash_files(Path(t.path), MODEL_FILES) for t in cfg.distill.teachers]
+        hashes = [model_hash(Path(t.path)) for t in cfg.distill.teachers]
     wrapper = DistillationWrapper(student, teachers, cfg.distill.losses, cfg.train.logits_chunk)
     n_student = sum(p.numel() for p in student.parameters())
     n_extra = sum(p.numel() for p in wrapper.parameters()) - n_student

@@ -32,9 +32,6 @@ SHARD_BLOCKS = 1024
 VERSION = 1
 
 
-MODEL_FILES = ("config.json", "*.safetensors", "*.bin")  # what makes a model folder's model (hash_files)
-
-
 def hash_files(folder: Path, patterns: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for pattern in patterns:
@@ -44,6 +41,11 @@ def hash_files(folder: Path, patterns: tuple[str, ...]) -> str:
                 for chunk in iter(lambda: f.read(1 << 24), b""):
                     h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def model_hash(folder: Path) -> str:
+    """A hash of what makes a model folder's model: its config.json and weight files."""
+    return hash_files(folder, ("config.json", "*.safetensors", "*.bin"))
 
 
 def served_terms(cfg) -> list[str]:
@@ -84,7 +86,7 @@ def fingerprint(cfg, tokenizer_dir: Path, data_key: str) -> dict:
     temperature, ensemble = cached_distribution(cfg)
     return {
         "version": VERSION,
-        "teachers": [hash_files(Path(t.path), MODEL_FILES) for t in cfg.distill.teachers],
+        "teachers": [model_hash(Path(t.path)) for t in cfg.distill.teachers],
         "tokenizer": hash_files(Path(tokenizer_dir), ("tokenizer.json",)),
         "data": data_key,
         "block_size": cfg.data.block_size,

@@ -107,11 +107,11 @@ def evaluate_milestones(run: Path, tasks: list[str], opts) -> dict[str, list[dic
 
     points = milestones(run)
     flags = {"data": "--data-dir", "convention": "--convention", "backend": "--backend"}
-    read = load_tasks(tasks, opts)
+    read = dict(zip(tasks, load_tasks(tasks, opts)))  # once, for the check and every milestone
     for _, milestone in points:  # a result that is kept must have been scored as asked, checked before any scoring
         for _, model in models_in(milestone):
             results = output_dir(model, None) / ("fast" if opts.fast else "")
-            for name, task in zip(tasks, read):
+            for name, task in read.items():
                 found = scored_otherwise(results / f"{name}.json", task, opts)
                 if found:
                     key, old, new = found
@@ -127,7 +127,7 @@ def evaluate_milestones(run: Path, tasks: list[str], opts) -> dict[str, list[dic
             todo = [t for t in tasks if not (results / f"{t}.json").is_file()]
             if todo:
                 print(f"{model}: {len(todo)} task(s) at {words:,} words seen", flush=True)
-                evaluate(str(model), todo, opts)
+                evaluate(str(model), todo, opts, loaded=read)
             for task in tasks:
                 summary = json.loads((results / f"{task}.json").read_text(encoding="utf-8"))
                 row = {"milestone": milestone.name, "words_seen": words, "score": summary.get("score"),

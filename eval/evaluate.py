@@ -251,12 +251,14 @@ def load_tasks(task_names: list[str], opts: Options) -> list[Task]:
     return tasks
 
 
-def evaluate(model_path: str, task_names: list[str], opts: Options) -> list[tuple[str, dict, dict]]:
-    """Score `task_names` with the model at `model_path`; returns (task, summary, files) per task."""
+def evaluate(model_path: str, task_names: list[str], opts: Options,
+             loaded: dict[str, Task] | None = None) -> list[tuple[str, dict, dict]]:
+    """Score `task_names` with the model at `model_path`; returns (task, summary, files) per task. `loaded`: the
+    tasks already read by `load_tasks` under `opts` (several models scored on them: a learning curve)."""
     from eval.reading import evaluate_reading
 
     check_folder(model_path)
-    tasks = load_tasks(task_names, opts)
+    tasks = [loaded[name] for name in task_names] if loaded is not None else load_tasks(task_names, opts)
     target = results_dir(model_path, opts)
     for task in tasks:  # a task that cannot be scored this way, or whose other scores it would replace, fails here
         convention_for(task, opts)

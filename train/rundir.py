@@ -239,19 +239,20 @@ class RunDir:
         if not isinstance(before, dict) or not self.checkpoint_list():  # recorded before 2026-12-03, or nothing trained
             return
         changed = [key for key, value in inputs.items() if before.get(key) != value]
-        if changed:
-            data = any(key.startswith("data.") for key in changed)
-            why = "; ".join(
-                ([f"the files of {'that folder' if len(changed) == 1 else 'a data folder'}, the tokenizer, or this "
-                  f"version's cleaning or packing changed"] if data else [])
-                + (["a teacher's model files changed"] if any(not key.startswith("data.") for key in changed) else [])
-            )
-            raise UserError(
-                f"{self.path}: its checkpoints were trained on other inputs than the config reads now ("
-                + "; ".join(f"{key}: {before.get(key)} -> {inputs[key]}" for key in changed)
-                + f"): {why} since the run started; restore them, or start a new run (another output.name, or "
-                f"--overwrite)"
-            )
+        if not changed:
+            return
+        reasons = []
+        if any(key.startswith("data.") for key in changed):
+            folder = "that folder" if len(changed) == 1 else "a data folder"
+            reasons.append(f"the files of {folder}, the tokenizer, or this version's cleaning or packing changed")
+        if any(not key.startswith("data.") for key in changed):
+            reasons.append("a teacher's model files changed")
+        raise UserError(
+            f"{self.path}: its checkpoints were trained on other inputs than the config reads now ("
+            + "; ".join(f"{key}: {before.get(key)} -> {inputs[key]}" for key in changed)
+            + f"): {'; '.join(reasons)} since the run started; restore them, or start a new run (another output.name, "
+            f"or --overwrite)"
+        )
 
     def create(self, resolved: dict, decision: str) -> None:
         """Lay out the folder for `decision` and write config.yaml (main process only)."""
