@@ -15,7 +15,6 @@ import dataclasses
 import difflib
 import math
 import re
-import sys
 import types
 import typing
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from common.errors import UserError
+from common.ranks import say
 
 
 class ConfigError(UserError):
@@ -254,9 +254,7 @@ def _renamed(cls: type, data: dict, prefix: str) -> dict:
             )
         value = data.pop(old)
         data[new] = values.get(value, value) if isinstance(value, str) else value
-        print(
-            f"note: {prefix}{old}: {value!r} is the old spelling; write {prefix}{new}: {data[new]!r}", file=sys.stderr
-        )
+        say(f"note: {prefix}{old}: {value!r} is the old spelling; write {prefix}{new}: {data[new]!r}", err=True)
     return data
 
 

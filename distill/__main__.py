@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common import config as cfglib
 from common.errors import exit_on_user_error
+from common.ranks import say
 from distill.config import DistillRunConfig
 
 
@@ -76,7 +77,7 @@ def build_distillation(cfg, tokenizer, prepared, device):
         )
         or "none"
     )
-    print(
+    say(
         f"loss = {wrapper.formula(teachers)}"
         + (f" (teacher targets from the cache {cfg.distill.teacher_cache})" if cache else "")
     )

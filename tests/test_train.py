@@ -396,14 +396,19 @@ def test_early_stopping_on_a_flat_dev_loss(demo_args, tmp_path):
 
 
 def test_torchrun_two_processes(demo_args, tmp_path):
-    # Two CPU processes in one gloo group: rank 0 alone writes the run directory, each rank saves its RNG.
-    milestones = ["train.max_steps=10", "train.word_checkpoints=3k,6k,9k"]
-    ok(
-        run_cli(
-            "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *demo_args, *milestones
-        )
-    )
+    # Two CPU processes in one gloo group: rank 0 alone writes the run directory, each rank saves its RNG, and rank 0
+    # alone prints what both would print alike (a note, the banner, the last line).
+    milestones = ["train.max_steps=10", "train.word_checkpoints=3k,6k,9k,1M"]
+    two_ranks = ("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *demo_args,
+                 *milestones)
+    proc = ok(run_cli(*two_ranks))
     run = run_dir(tmp_path)
+    said = proc.stdout + proc.stderr
+    for line in ("note: train.word_checkpoints: 1 milestone(s) from 1M on", "gpt2-tiny: 141,056 parameters",
+                 f"{run}: done at step 10"):
+        assert said.count(line) == 1, (line, said)
+    said = ok(run_cli(*two_ranks, "--resume")).stdout
+    assert said.count(f"{run}: already finished (DONE); nothing to do") == 1, said
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [5, 10]  # written once, not once per rank

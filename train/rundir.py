@@ -19,7 +19,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import yaml
 from common import config as cfglib
 from common.errors import UserError, summary
 from common.paths import REPO, FolderLock, Locked, file_in_the_way, write_atomic
+from common.ranks import is_main_process, say
 
 COMPLETE = "COMPLETE"  # written into a checkpoint folder after everything in it is saved
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -38,10 +38,6 @@ SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLUR
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
@@ -212,16 +208,15 @@ class RunDir:
                 )
             if changes:
                 self.config_changes = [describe_changes([c]) for c in changes]
-                print(f"note: resuming {self.path} with {describe_changes(changes, most=len(changes))} (these may "
-                      "change on --resume; recorded in run.json)", file=sys.stderr)
+                say(f"note: resuming {self.path} with {describe_changes(changes, most=len(changes))} (these may "
+                    "change on --resume; recorded in run.json)", err=True)
             return "resume"
         if changes:
             raise UserError(f"{self.path}: holds a different run ({describe_changes(changes)}); choose another "
                             f"output.name, or pass --resume to continue it or --overwrite to replace it")
         if not any(checkpoint_problem(c) is None for c in self.checkpoint_list()):
-            print(
-                f"{self.path}: an earlier attempt of this config stopped before its first checkpoint; starting it again"
-            )
+            say(f"{self.path}: an earlier attempt of this config stopped before its first checkpoint; starting it "
+                "again")
             return "resume"  # nothing trained to lose: resuming from no checkpoint starts at step 0
         raise UserError(
             f"{self.path}: holds an unfinished run of this config; pass --resume to continue it or --overwrite to "
@@ -290,11 +285,8 @@ class RunDir:
             aside = free_name(ckpt.with_name("corrupt-" + ckpt.name))
             if is_main_process():
                 ckpt.rename(aside)
-            print(
-                f"warning: {ckpt} is unusable ({problem}); moved to {aside.name}, falling back to the previous "
-                "checkpoint",
-                file=sys.stderr,
-            )
+            say(f"warning: {ckpt} is unusable ({problem}); moved to {aside.name}, falling back to the previous "
+                "checkpoint", err=True)
         return None
 
     def newest_finite_checkpoint(self) -> Path | None:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from common import config as cfglib
 from common import errors
 from common.errors import EXIT_PREEMPTED, UserError
+from common.ranks import say
 
 
 @dataclass
@@ -63,7 +64,7 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, build: Builder) -> 
     with run_dir.locked():  # one process per run directory; a second one is refused in one line
         decision = run_dir.decide(cfg, resume=resume, overwrite=overwrite)
         if decision == "done":
-            print(f"{run_dir.path}: already finished (DONE); nothing to do")
+            say(f"{run_dir.path}: already finished (DONE); nothing to do")
             return 0
         return train_run(cfg, argv, run_dir, decision, build)
 
@@ -104,7 +105,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
         dev_ds = load_blocks(prepared.dev_blocks, seed=cfg.data.seed, limit=cfg.data.dev_blocks)
     budget = words.plan(cfg.train, block_words(train_ds), targs.world_size)
     targs.max_steps, targs.num_train_epochs = budget.max_steps, budget.epochs or targs.num_train_epochs
-    print(f"{built.banner}; {len(train_ds)} train blocks of {cfg.data.block_size} tokens ({budget.epoch_words:,} words)"
+    say(f"{built.banner}; {len(train_ds)} train blocks of {cfg.data.block_size} tokens ({budget.epoch_words:,} words)"
           + (f", {len(dev_ds)} dev blocks" + (" (data.dev_blocks)" if cfg.data.dev_blocks else "") if dev_ds else ""))
 
     # 2. The run directory, then training from the newest good checkpoint (none left to take: only finish).
@@ -115,11 +116,8 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     run_dir.create(cfglib.to_dict(cfg), decision)
     checkpoint = run_dir.newest_good_checkpoint(state_groups(built.trained)) if decision == "resume" else None
     if decision == "resume":
-        print(
-            f"resuming from {checkpoint}"
-            if checkpoint
-            else f"{run_dir.path}: no usable checkpoint; starting from step 0"
-        )
+        say(f"resuming from {checkpoint}" if checkpoint
+            else f"{run_dir.path}: no usable checkpoint; starting from step 0")
     trainer = build_trainer(cfg, run_dir, targs, built.trained, built.objective, tokenizer, train_ds, dev_ds, budget,
                             trainer_cls=built.trainer_cls or BabyTrainer, **built.trainer_kwargs)
     words_seen = trainer.words_seen
@@ -143,10 +141,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     except KeyboardInterrupt:
         metrics_log.record()
         run_dir.end("interrupted")
-        print(
-            f"\n{run_dir.path}: interrupted; rerun with --resume to continue from its newest checkpoint",
-            file=sys.stderr,
-        )
+        say(f"\n{run_dir.path}: interrupted; rerun with --resume to continue from its newest checkpoint", err=True)
         return EXIT_INTERRUPTED
     except UserError as exc:
         with contextlib.suppress(OSError, UserError):  # the disk may be too full even for run.json
@@ -161,10 +156,8 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Preemption))
     if preemption.stopped_at is not None:
         run_dir.end("preempted", step=preemption.stopped_at)
-        print(
-            f"{run_dir.path}: stopped on SIGUSR2 after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
-            file=sys.stderr,
-        )
+        say(f"{run_dir.path}: stopped on SIGUSR2 after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
+            err=True)
         return leave(trainer, EXIT_PREEMPTED)
 
     # 3. Export the (best) model with its tokenizer, final dev loss, DONE last.
@@ -178,11 +171,8 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
             summary.update(built.finish(trainer, run_dir.path))
         run_dir.end("done", **summary)
         run_dir.mark_done(summary)
-    if trainer.is_world_process_zero():
-        print(
-            f"{run_dir.path}: done at step {trainer.state.global_step}"
-            + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else "")
-        )
+    say(f"{run_dir.path}: done at step {trainer.state.global_step}"
+        + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else ""))
     return leave(trainer, 0)
 
 

@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from common.config import ConfigError
 from common.errors import UserError
 from common.paths import write_atomic
+from common.ranks import say
 
 SUFFIXES = {"k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9}
 BABYLM = [m * 10**6 for m in range(1, 11)] + [m * 10**6 for m in range(20, 101, 10)]
@@ -146,7 +147,7 @@ def plan(t, block_words, world: int) -> Budget:
     milestones = milestone_list(t.word_checkpoints)
     beyond = [m for m in milestones if m > budget.budget_words]
     if beyond:  # a recipe's list outlives a shorter budget given on the command line: name what is left out, go on
-        print(
+        say(
             f"note: train.word_checkpoints: {len(beyond)} milestone(s) from {milestone_name(beyond[0])[5:]} on lie "
             "beyond this "
             f"run's budget of {'about ' if t.max_steps else ''}{budget.budget_words:,.0f} words ({key}={given}); not "
@@ -191,7 +192,7 @@ class WordsSeen(TrainerCallback):
             return
         step = int(checkpoint.name.rsplit("-", 1)[-1])
         self.total = round(step * self.budget.step_words)
-        print(f"note: {checkpoint} predates word counting (no {WORDS_FILE}); words seen before it are estimated "
+        say(f"note: {checkpoint} predates word counting (no {WORDS_FILE}); words seen before it are estimated "
               f"as {step} steps x {self.budget.step_words:,.0f} words = {self.total:,}")
 
     def on_step_end(self, args, state, control, **kwargs):
