@@ -18,7 +18,7 @@ from common.errors import UserError
 from eval import encode, report
 from eval.model import Loaded, check_folder, load, loading_bars
 from eval.scorer import Scorer
-from eval.tasks import Task, load_task, resolve_spec
+from eval.tasks import Task, load_task, resolve_spec, same_files
 
 CPU_BATCH = 64  # `--batch-size auto` on CPU: memory is not the limit there, and larger batches gain nothing
 
@@ -70,7 +70,13 @@ def scored_otherwise(result: Path, task: Task, opts: Options) -> tuple[str, obje
         return None
     asked = {"data": task.origin, "backend": opts.backend,
              "convention": recorded_convention(convention_for(task, opts), opts.backend)}
-    return next(((key, old[key], value) for key, value in asked.items() if key in old and old[key] != value), None)
+    for key, value in asked.items():
+        if key not in old:
+            continue
+        same = same_files(old[key], value) if key == "data" and isinstance(old[key], str) else old[key] == value
+        if not same:
+            return key, old[key], value
+    return None
 
 
 def output_dir(model_dir: Path, out: str | None) -> Path:

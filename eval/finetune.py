@@ -31,7 +31,7 @@ from common.config import ConfigError, field, load, suggest
 from common.errors import UserError
 from common.libraries import no_accelerator_probe
 from common.paths import REPO, local_folder, write_atomic
-from eval.tasks import decode_text, jsonl_rows
+from eval.tasks import absolute, decode_text, jsonl_rows, same_files
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
 GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
@@ -194,10 +194,9 @@ def tuned_otherwise(result: Path, folder: Path) -> tuple[str, object, object] | 
         old = json.loads(result.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(old, dict) or "data" not in old:
+    if not isinstance(old, dict) or not isinstance(old.get("data"), str):
         return None
-    recorded, asked = Path(old["data"]).resolve(), Path(folder).resolve()
-    return None if recorded == asked else ("data", str(recorded), str(asked))
+    return None if same_files(old["data"], str(folder)) else ("data", old["data"], absolute(str(folder)))
 
 
 def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings) -> dict:
@@ -306,7 +305,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         "epochs": epochs,
         "seed": s.seed,
         "max_length": length,
-        "data": str(data_dir),
+        "data": absolute(str(data_dir)),
         "seconds": round(seconds, 1),
     }
     work.mkdir(parents=True, exist_ok=True)

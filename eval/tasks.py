@@ -329,6 +329,24 @@ def _from_archive(archive: Path, pattern: str, password: str | None, needs_passw
     return out
 
 
+def absolute(origin: str) -> str:
+    """`origin` (task files: a path or glob, or archive!member) with its path made absolute, as a result file
+    records it."""
+    path, sep, member = origin.partition("!")
+    return os.path.abspath(path) + sep + member
+
+
+def same_files(recorded: str, origin: str) -> bool:
+    """Whether a result file's recorded task files are `origin`'s. Both are resolved, so that a folder written another
+    way (relative, with `..`, through a symlink) is the same files; a relative record (written before 2026-12-03) is
+    read from the working folder."""
+    def key(text: str) -> str:
+        path, sep, member = text.partition("!")
+        return str(Path(path).resolve()) + sep + member
+
+    return key(recorded) == key(origin)
+
+
 def load_task(name: str, data_dir: str | None = None, password: str | None = None,
               archive_override: Path | None = None, fast: bool = False) -> Task:
     """Read a family's spec and all its items. `archive_override` replaces the archive of the first archive source;
@@ -349,7 +367,8 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
             if paths:
                 table = read_table(paths[0])
                 return Task(
-                    name=name, spec=spec, spec_file=spec_file, items=[], origin=str(paths[0]), fast=fast, table=table
+                    name=name, spec=spec, spec_file=spec_file, items=[], origin=absolute(str(paths[0])), fast=fast,
+                    table=table
                 )
         raise UserError(f"task {name}: no files found (looked for {', '.join(str(root / s.files) for s in sources)}); "
                         f"pass --data-dir with BabyLM's evaluation_data (its full_eval or fast_eval folder)")
@@ -363,7 +382,7 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
             if not archive.is_file():
                 continue
             files = _from_archive(archive, src.files, password, src.password)
-            origin = f"{archive}!{src.files}"
+            origin = absolute(f"{archive}!{src.files}")
             where = lambda member, a=archive: f"{a}!{member}"  # noqa: E731
         else:
             tried.append(str(root / src.files))
@@ -371,7 +390,7 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
             if not paths:
                 continue
             files = [(str(p), decode_text(p.read_bytes(), str(p))) for p in paths]
-            origin = str(root / src.files)
+            origin = absolute(str(root / src.files))
             where = lambda member: member  # noqa: E731
         if not files:
             continue

@@ -527,11 +527,14 @@ def test_download_assembles_the_2025_folder_from_a_local_folder(tmp_path, data_s
     )
 
 
-def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_root, tmp_path):
+def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_root, tmp_path, monkeypatch):
     """`python -m eval finetune` on the demo's phenomenon task (five classes): the last token's state learns it;
-    position 0 of a causal model has seen one token (the 2025 script's choice), so it stays at chance."""
+    position 0 of a causal model has seen one token (the 2025 script's choice), so it stays at chance. The task
+    folder is recorded absolute, however it was given."""
     model = trained["causal"]
-    for pool, out in (("last", tmp_path / "last"), ("first", tmp_path / "first")):
+    monkeypatch.chdir(demo_root)
+    for pool, out, data in (("last", tmp_path / "last", demo_root / "finetune"), ("first", tmp_path / "first",
+                                                                               "finetune")):
         ok(
             run_here(
                 "eval",
@@ -540,7 +543,7 @@ def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_
                 "--tasks",
                 "demo_phenomenon",
                 "--data-dir",
-                str(demo_root / "finetune"),
+                str(data),
                 "--epochs",
                 "2",
                 "--pool",
@@ -553,6 +556,7 @@ def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_
     last, first = (json.loads((tmp_path / d / "demo_phenomenon.json").read_text()) for d in ("last", "first"))
     assert last["accuracy"] > 0.6 and last["pool"] == "last" and last["n_items"] == 200
     assert first["accuracy"] < 0.35  # chance is 0.2
+    assert last["data"] == first["data"] == str(demo_root / "finetune")
     pred = json.loads((tmp_path / "last" / "finetune" / "demo_phenomenon" / "predictions.json").read_text())
     pairs = [
         json.loads(line) for line in (tmp_path / "last" / "pairs" / "demo_phenomenon.jsonl").read_text().splitlines()
@@ -678,6 +682,35 @@ def test_scores_made_another_way_are_never_replaced(trained, data_slice, tmp_pat
     assert_user_error(call(main, trained["causal"], "--tasks", "blimp_filtered", "--data-dir", copy, "--out", out,
                            "--no-progress", "--convention", "babylm2024"),
                       f"scored with data {was}; scoring it with {copy}", "would replace it", "--out DIR")
+    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
+
+
+def test_the_same_task_files_written_another_way_are_the_same(trained, data_slice, tmp_path, monkeypatch):
+    """A result file records its task files as an absolute path, and a folder is compared as the folder it is: given
+    relative to the working folder, with `..` or through a symlink, it is the same files (they were compared as
+    written, so a relative --data-dir was refused against its absolute spelling, and the same relative words from
+    another working folder were taken for the same files)."""
+    from eval.__main__ import main
+
+    out = tmp_path / "out"
+    common = [trained["causal"], "--tasks", "blimp_filtered", "--out", out, "--no-progress"]
+    monkeypatch.chdir(data_slice.parent)
+    ok(call(main, *common, "--data-dir", data_slice.name))
+    recorded = json.loads((out / "blimp_filtered.json").read_text())["data"]
+    assert recorded == f"{data_slice.resolve()}/blimp_filtered/*.jsonl"
+    (tmp_path / "link").symlink_to(data_slice)
+    for spelling in (tmp_path / "link", f"../{data_slice.parent.name}/{data_slice.name}", data_slice):
+        ok(call(main, *common, "--data-dir", spelling))
+    recorded = json.loads((out / "blimp_filtered.json").read_text())["data"]
+    # Other files under the same relative words, from another working folder: refused, naming both.
+    import shutil
+
+    other = tmp_path / "elsewhere"
+    shutil.copytree(data_slice, other / data_slice.name)
+    monkeypatch.chdir(other)
+    before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    assert_user_error(call(main, *common, "--data-dir", data_slice.name),
+                      f"scored with data {recorded}; scoring it with {other / data_slice.name}/blimp_filtered/*.jsonl")
     assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
 
 
