@@ -117,25 +117,29 @@ def fast_eval_results(milestones: list[Path]) -> dict:
     return fast
 
 
-def collate(path: Path, backend: str, sizes_file: Path) -> tuple[dict, Path]:
-    eval_dir = eval_dir_of(path)
+def collate(path: Path, backend: str, sizes_file: Path, results: Path | None = None) -> tuple[dict, Path]:
+    """The submission of the model or run at `path` from its results folder (`results`, where `python -m eval --out`
+    wrote them, else its eval/), and where it goes by default."""
+    eval_dir = results or eval_dir_of(path)
+    to_results = f" --out {results}" if results else ""
     sizes = yaml.safe_load(sizes_file.read_text(encoding="utf-8"))
     out: dict = {}
     for key, task in ZERO_SHOT.items():
         file = eval_dir / OFFICIAL_DIR / task / "predictions.json"
-        data = _load(file, task, f"run python -m eval {path} --suite babylm2025 (or --tasks {task})")
+        data = _load(file, task, f"run python -m eval {path} --suite babylm2025{to_results} (or --tasks {task})")
         _check_backend(eval_dir, task, backend)
         _check_sizes(data, task, sizes["full"][task], file)
         out[key] = data
     out["glue"] = {}
     for task in GLUE:
         file = eval_dir / "finetune" / task / "predictions.json"
-        data = _load(file, task, f"run python -m eval finetune {path} --tasks {task}")
+        data = _load(file, task, f"run python -m eval finetune {path} --tasks {task}{to_results}")
         _check_sizes(data, task, sizes["full"][task], file)
         out["glue"].update(data)
     from eval.curve import milestones as milestone_list
 
-    evaluated = [m for _, m in milestone_list(eval_dir.parent, required=False) if (m / "eval" / "fast").is_dir()]
+    run = eval_dir_of(path).parent
+    evaluated = [m for _, m in milestone_list(run, required=False) if (m / "eval" / "fast").is_dir()]
     if len(evaluated) >= 2:
         out["fast_eval_results"] = fast_eval_results(evaluated)
     return out, eval_dir / f"all_full_preds_and_fast_scores_{backend}.json"
@@ -148,7 +152,10 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--backend", choices=BACKENDS, required=True, help="the backend the tasks were evaluated with")
     p.add_argument("--sizes", default=str(SIZES), help="the item-count table (default: the official 2025 counts)")
-    p.add_argument("--out", help="the submission file (default: eval/all_full_preds_and_fast_scores_<backend>.json)")
+    p.add_argument("--results", help="the folder `python -m eval ... --out DIR` wrote the results to (default: the "
+                                      "run's or model's eval/)")
+    p.add_argument("--out", help="the submission file (default: all_full_preds_and_fast_scores_<backend>.json in the "
+                                 "results folder)")
     args = p.parse_args(argv)
     path = Path(args.model)
     if not path.is_dir():
@@ -156,7 +163,10 @@ def main(argv: list[str]) -> int:
     sizes = Path(args.sizes)
     if not sizes.is_file():
         raise UserError(f"--sizes {sizes}: no such file")
-    data, default = collate(path, args.backend, sizes)
+    results = Path(args.results) if args.results else None
+    if results is not None and not results.is_dir():
+        raise UserError(f"--results {results}: no such folder; give the folder `python -m eval ... --out` wrote")
+    data, default = collate(path, args.backend, sizes, results)
     target = Path(args.out) if args.out else default
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, json.dumps(data) + "\n")

@@ -346,6 +346,19 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
         "spr": pytest.approx(rd["self_paced_reading"] / 100),
         "rt": pytest.approx(rd["eye_tracking"] / 100),
     }
+    # results written to another folder (`python -m eval --out DIR`) are collated from there with --results DIR
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(full, elsewhere, ignore=shutil.ignore_patterns("all_full_*", "wug_adj*"))
+    collate_there = ("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table), "--results")
+    assert_user_error(run_here(*collate_there, str(elsewhere)), "task wug_adj is missing",
+                      f"--suite babylm2025 --out {elsewhere} (or --tasks wug_adj)")
+    assert_user_error(run_here(*collate_there, str(tmp_path / "nowhere")), f"--results {tmp_path / 'nowhere'}",
+                      "no such folder")
+    ok(run_here("eval", str(out), "--tasks", "wug_adj", "--data-dir", str(extras), "--out", str(elsewhere),
+                "--no-progress"))
+    ok(run_here(*collate_there, str(elsewhere)))
+    assert ((elsewhere / "all_full_preds_and_fast_scores_causal.json").read_bytes()
+            == (full / "all_full_preds_and_fast_scores_causal.json").read_bytes())
     sizes["full"]["comps"]["base"] += 1
     table.write_text(yaml.safe_dump(sizes))
     before = (full / "all_full_preds_and_fast_scores_causal.json").read_bytes()
