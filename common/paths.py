@@ -1,8 +1,9 @@
-"""Where the repository is, and how files are written so that a crash never leaves half a file."""
+"""Where the repository is, how files are written so that a crash never leaves half a file, and how they are hashed."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 
@@ -184,3 +185,20 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def hash_files(folder: Path, patterns: tuple[str, ...]) -> str:
+    """A hash of the names and bytes of `folder`'s files that match `patterns`, in order."""
+    h = hashlib.sha256()
+    for pattern in patterns:
+        for path in sorted(folder.glob(pattern)):
+            h.update(path.name.encode())
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def model_hash(folder: Path) -> str:
+    """A hash of what makes a model folder's model: its config.json and weight files."""
+    return hash_files(folder, ("config.json", "*.safetensors", "*.bin"))

@@ -56,7 +56,8 @@ def build_distillation(cfg, tokenizer, prepared, device):
     # With a teacher cache the teachers are checked (and their files fingerprinted) but never loaded.
     teachers = load_teachers(cfg, Path(prepared.tokenizer_dir), num_layers(student.config), device,
                              weights=not cfg.distill.teacher_cache)
-    from distill.cache import TeacherCache, fingerprint, model_hash
+    from common.paths import model_hash
+    from distill.cache import TeacherCache, fingerprint
 
     cache = None
     if cfg.distill.teacher_cache:

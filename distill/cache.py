@@ -15,7 +15,6 @@ fingerprint differs from the run's config is an error that names what changed, n
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -23,29 +22,13 @@ import numpy as np
 import torch
 
 from common.errors import UserError, reading
-from common.paths import remove_ours
+from common.paths import hash_files, model_hash, remove_ours
 from distill import cache_format
 
 MANIFEST = "cache.json"
 PARTIAL = ".babydistill-partial"  # marks the temporary folder a cache is written into
 SHARD_BLOCKS = 1024
 VERSION = 1
-
-
-def hash_files(folder: Path, patterns: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
-    for pattern in patterns:
-        for path in sorted(folder.glob(pattern)):
-            h.update(path.name.encode())
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 24), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def model_hash(folder: Path) -> str:
-    """A hash of what makes a model folder's model: its config.json and weight files."""
-    return hash_files(folder, ("config.json", "*.safetensors", "*.bin"))
 
 
 def served_terms(cfg) -> list[str]:

@@ -4,7 +4,7 @@ to <run>/logs/grid-<time>.log (grid.report), the terminal shows a line per point
 `PointJob` is what the local and SLURM executors run. Training runs as a child process
 (`python -m <entry>`, or torchrun with several GPUs or nodes: launch.command, as in the
 .slurm templates) that ignores SIGUSR2 until its trainer arms the checkpoint-and-stop handler
-(train.trainer.Preemption). Under submitit the job's own process receives SIGUSR2 before the
+(common.preemption.Preemption). Under submitit the job's own process receives SIGUSR2 before the
 time limit or on preemption; `checkpoint` then passes the signal on, waits for the trainer's
 checkpoint, and hands submitit the same job to requeue, which resumes from that checkpoint
 (every run is started with --resume).

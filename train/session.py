@@ -73,6 +73,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     from transformers import set_seed
 
     from common.errors import EXIT_INTERRUPTED, writing
+    from common.preemption import Preemption
     from tokenizer.bpe import load_pretrained
     from tokenizer.prepare import block_words, load_blocks, prepare
     from train import models, words
@@ -81,7 +82,6 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
         BabyTrainer,
         MetricsLog,
         NonFiniteLoss,
-        Preemption,
         build_trainer,
         leave,
         quiet_library_bars,

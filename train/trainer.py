@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ from transformers import (
 from common.errors import UserError
 from common.paths import REPO, read_jsonl, write_atomic
 from common.libraries import no_accelerator_probe, no_resume_argument_table
+from common.preemption import Preemption
+from common.ranks import all_reduce, collective
 from train import chunked, tracking
 from train.rundir import RunDir, now, write_manifest
 from train.words import Budget, WordsSeen
@@ -83,8 +84,8 @@ class BabyTrainer(Trainer):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         words = sum(int(b.pop("words").sum()) for b in batches if "words" in b)  # the model takes no `words`
         if self.words_seen is not None:
-            if _collective(self.args):
-                words = int(_all_reduce(torch.tensor([words], dtype=torch.int64), self.args).item())
+            if collective(self.args):
+                words = int(all_reduce(torch.tensor([words], dtype=torch.int64), self.args).item())
             self.words_seen.add(words)
         return batches, num_items
 
@@ -124,18 +125,6 @@ def tied_names(model: torch.nn.Module) -> dict[str, set[str]]:
     return {name: names - {name} for names in by_tensor.values() for name in names if len(names) > 1}
 
 
-def _collective(args) -> bool:
-    """Several ranks in an initialised process group: callbacks must then act together."""
-    return args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_reduce(value: torch.Tensor, args, op=None) -> torch.Tensor:
-    """`value` reduced over every rank (SUM unless `op`), on the device the process group uses."""
-    value = value.to(args.device if args.device.type == "cuda" else "cpu")
-    torch.distributed.all_reduce(value, op=op or torch.distributed.ReduceOp.SUM)
-    return value
-
-
 def leave(trainer, code: int) -> int:
     """The end of a run on which every rank ended normally (not on errors: a rank may still wait in a
     collective). With one process: leave and return `code`. With several: wait for every rank, leave the
@@ -144,11 +133,11 @@ def leave(trainer, code: int) -> int:
     and destroying them there aborts a finished rank now and then ("terminate called without an active
     exception", pytorch/pytorch#190489; the atexit fix #179291 was abandoned): seen in two CI runs, the
     second after the process group was already destroyed explicitly. Every file is closed by then."""
-    collective = _collective(trainer.args)
-    if collective:
+    several = collective(trainer.args)
+    if several:
         torch.distributed.barrier()
     trainer.accelerator.end_training()
-    if not collective:
+    if not several:
         return code
     import logging
     import sys
@@ -163,7 +152,7 @@ class CheckpointMarker(TrainerCallback):
     """Writes checkpoint-N/COMPLETE, the list of its files and sizes, once the Trainer has saved everything in it."""
 
     def on_save(self, args, state, control, **kwargs):
-        if _collective(args):
+        if collective(args):
             # every rank's shards (DeepSpeed ZeRO, RNG) are written before rank 0 lists them
             torch.distributed.barrier()
         if state.is_world_process_zero:
@@ -180,39 +169,6 @@ class IntervalsFromArguments(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         state.compute_steps(args, state.max_steps)
-
-
-class Preemption(TrainerCallback):
-    """On SIGUSR2 (sbatch --signal=USR2@<seconds>, which submitit also uses), finish the current
-    step, save a checkpoint and stop; the session then exits with EXIT_PREEMPTED and no DONE.
-
-    With several ranks the decision is all-reduced at every step end, so every rank stops
-    at the same step and takes part in the same (collective) save.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self.stopped_at: int | None = None
-        self._previous = None
-
-    def _handler(self, signum, frame):
-        self.requested = True
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._previous = signal.signal(signal.SIGUSR2, self._handler)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        stop = self.requested
-        if _collective(args):
-            stop = bool(_all_reduce(torch.tensor([float(stop)]), args, torch.distributed.ReduceOp.MAX).item())
-        if stop:
-            control.should_save = True
-            control.should_training_stop = True
-            self.stopped_at = state.global_step
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGUSR2, self._previous)
 
 
 class OneBar(TrainerCallback):

@@ -16,7 +16,7 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     only peer i is kept, trained on its own cross-entropy (one peer: ordinary training) and exported as peer-i-solo."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from distill.cache import model_hash
+    from common.paths import model_hash
     from distill.teachers import check_same_tokenizer, logit_width_problem, positions
     from distill.wml.peers import PeersWrapper, WMLTrainer
     from eval.model import check_folder, load_config, load_model_folder
