@@ -17,9 +17,10 @@ token, so every GPT-2 scores about the same; `--pool first` reproduces that, off
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,16 @@ import torch
 
 from common.config import ConfigError, field, load, suggest
 from common.errors import UserError
+from common.errors import EXIT_PREEMPTED
 from common.libraries import no_accelerator_probe
-from common.paths import REPO, local_folder, write_atomic
+from common.paths import REPO, hash_files, local_folder, model_hash, write_atomic
 from eval.tasks import absolute, decode_text, jsonl_rows, same_files
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
+
+
+class Stopped(Exception):
+    """A fine-tuning stopped on SIGUSR2 after saving its checkpoint; the same command continues it."""
 GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
 
 
@@ -202,8 +208,10 @@ def tuned_otherwise(result: Path, folder: Path) -> tuple[str, object, object] | 
 def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings) -> dict:
     """Fine-tune on one task, keep the best epoch, write its validation predictions; the task's summary."""
     from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, PrinterCallback, Trainer,
-                              TrainerCallback, TrainingArguments, set_seed)
+                              TrainingArguments, set_seed)
 
+    from common.preemption import Preemption
+    from eval import finetune_state as state
     from eval.model import (check_embedding, check_folder, check_tokenizer_files, load_config, load_model_folder,
                             load_tokenizer, loading_bars, pick_device)
 
@@ -242,23 +250,23 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         batch["labels"] = torch.tensor([r["labels"] for r in rows])
         return batch
 
-    best: dict = {}
-
-    class KeepBest(TrainerCallback):  # the best epoch's weights, in memory (no checkpoint folders)
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            value = (metrics or {}).get(f"eval_{spec.metric}")
-            if value is not None and math.isfinite(value) and value > best.get("value", -math.inf):
-                best.update(value=value, epoch=state.epoch, state=copy.deepcopy(model.state_dict()))
-
     work = out_dir / "finetune" / name
     epochs, batch = s.epochs or spec.epochs, s.batch_size or spec.batch_size
+    files = (f"{name}.train.jsonl", f"{name}.valid.jsonl")
+    attempt = {"model": model_hash(folder), "data": hash_files(data_dir, files),
+               "spec": dataclasses.asdict(spec), "lr": s.lr or spec.lr, "batch_size": batch, "epochs": epochs,
+               "seed": s.seed, "max_length": length, "pool": pool}
+    checkpoint, best = state.resume(work, attempt)
+    if checkpoint is not None:
+        print(f"{name}: continuing from {checkpoint} (an earlier attempt of the same fine-tuning was stopped there)")
     args = TrainingArguments(
-        output_dir=str(work / "trainer"), learning_rate=s.lr or spec.lr, per_device_train_batch_size=batch,
+        output_dir=str(work / state.TRAINER), learning_rate=s.lr or spec.lr, per_device_train_batch_size=batch,
         per_device_eval_batch_size=64, num_train_epochs=epochs, weight_decay=0.01, warmup_steps=0.06,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, eval_strategy="epoch",
-        save_strategy="no", logging_strategy="epoch", seed=s.seed, report_to=[],
+        save_strategy="epoch", logging_strategy="epoch", seed=s.seed, report_to=[],
         use_cpu=device.type == "cpu", disable_tqdm=not s.progress, remove_unused_columns=False)
     no_accelerator_probe()
+    preemption = Preemption()
     trainer = Trainer(
         model=model,
         args=args,
@@ -266,13 +274,17 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         eval_dataset=encode(*valid),
         data_collator=collate,
         compute_metrics=lambda p: scores(p.predictions, p.label_ids),
-        callbacks=[KeepBest()],
+        callbacks=[state.KeepBest(model, spec.metric, work, best), preemption],
     )
     if not s.progress:
         trainer.remove_callback(PrinterCallback)  # no per-epoch dicts on the console: history.jsonl has them
     t0 = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if preemption.stopped_at is not None:
+        raise Stopped(f"{name}: stopped on SIGUSR2 after saving {work / state.TRAINER}/checkpoint-"
+                      f"{preemption.stopped_at}; run the same command again to continue from it")
     if not best:
+        state.forget(work)
         raise UserError(f"task {name}: no epoch gave a finite {spec.metric} (the loss diverged); lower --lr")
     model.load_state_dict(best["state"])
     out = trainer.predict(encode(*valid))
@@ -319,6 +331,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         json.dumps({"id": f"{name}_{i}", "pred": int(p), "label": int(y), "correct": bool(p == y)}) + "\n"
         for i, (p, y) in enumerate(zip(pred, out.label_ids))))
     write_atomic(out_dir / f"{name}.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    state.forget(work)
     return summary
 
 
@@ -365,8 +378,15 @@ def main(argv: list[str]) -> int:
     for name in names:  # every task's files are read and checked before any training
         data = data_folder(name, specs[name], args.data_dir)
         tasks[name] = (data, read_task(name, data))
+    from eval import finetune_state as state
+
     for name, (data, task) in tasks.items():
-        summary = finetune(args.model, name, task, data, out_dir, settings)
+        try:
+            with state.locked(out_dir / "finetune" / name, name):
+                summary = finetune(args.model, name, task, data, out_dir, settings)
+        except Stopped as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_PREEMPTED
         extra = f", F1 {summary['f1']:.4f}" if summary.get("f1") is not None else ""
         print(
             f"{name}: {summary['metric']} {summary['score']:.4f} (accuracy {summary['accuracy']:.4f}{extra}, best "

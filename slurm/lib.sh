@@ -58,7 +58,9 @@ bd_train() {
 bd_requeueable() {
   # Runs "$@" as a job step. SIGUSR2 to this batch shell (--signal=B:USR2@T before the time limit,
   # or scancel --batch --signal=USR2) is passed to the step, whose trainer saves a checkpoint at the
-  # end of its step and exits; then, unless the run finished meanwhile, the job requeues itself.
+  # end of its step and exits; then, unless the step finished meanwhile, the job requeues itself.
+  # Finished: <run>/DONE where BD_RUN is set (a training: torchrun does not pass on its ranks' exit
+  # status), else an exit status other than 75 (EX_TEMPFAIL: stopped after saving; fine-tuning).
   # The step's processes ignore SIGUSR2 until the trainer arms its handler (torchrun never does).
   BD_SIGNALED=0
   trap 'BD_SIGNALED=1; scancel --signal=USR2 "$SLURM_JOB_ID" 2>/dev/null || true' USR2
@@ -68,7 +70,13 @@ bd_requeueable() {
     wait "$pid" && rc=0 || rc=$?
     kill -0 "$pid" 2>/dev/null || break  # wait returns early when the trap runs; the step goes on
   done
-  if (( BD_SIGNALED )) && [[ ! -f "$BD_RUN/DONE" ]]; then
+  local unfinished=0
+  if [[ -n "${BD_RUN:-}" ]]; then
+    [[ -f "$BD_RUN/DONE" ]] || unfinished=1
+  elif (( rc == 75 )); then
+    unfinished=1
+  fi
+  if (( BD_SIGNALED && unfinished )); then
     echo "SIGUSR2: checkpoint saved; requeueing job $SLURM_JOB_ID to resume from it"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0

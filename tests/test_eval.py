@@ -714,6 +714,69 @@ def test_the_same_task_files_written_another_way_are_the_same(trained, data_slic
     assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
 
 
+def test_a_stopped_finetuning_continues_where_it_stopped(trained, demo_root, tmp_path):
+    """SIGUSR2 (SLURM's warning before a time limit) inside the second epoch: the task saves a checkpoint, says so,
+    exits 75 and writes no result; the same command continues from that checkpoint and ends as an uninterrupted
+    fine-tuning does (every epoch's evaluation, the best epoch, the predictions), and removes what it kept. A lost
+    node (SIGKILL) keeps the last epoch's checkpoint; a stopped attempt with other settings is not continued. A second
+    fine-tuning of the task into the same folder while one runs is refused."""
+    import signal
+
+    from common.errors import EXIT_PREEMPTED
+    from conftest import freeze_when
+
+    def command(out, *extra):
+        return ["finetune", str(trained["causal"]), "--tasks", "demo_phenomenon", "--data-dir",
+                str(demo_root / "finetune"), "--epochs", "3", "--out", str(out), "--no-progress", *extra]
+
+    def evaluations(out):
+        rows = (json.loads(line) for line in (out / "finetune" / "demo_phenomenon" / "history.jsonl").open())
+        return [{k: v for k, v in r.items() if k.startswith("eval_") and "runtime" not in k and "per_second" not in k}
+                | {"step": r["step"]} for r in rows if "eval_loss" in r]
+
+    def kept(out):
+        return sorted(p.name for p in (out / "finetune" / "demo_phenomenon").iterdir())
+
+    ok(run_here("eval", *command(tmp_path / "reference")))
+    reference = json.loads((tmp_path / "reference" / "demo_phenomenon.json").read_text())
+    assert len(evaluations(tmp_path / "reference")) == 3
+
+    out = tmp_path / "stopped"
+    trainer = out / "finetune" / "demo_phenomenon" / "trainer"
+    proc = freeze_when("eval", command(out), lambda: any(trainer.glob("checkpoint-*/COMPLETE")))
+    proc.send_signal(signal.SIGUSR2)
+    proc.send_signal(signal.SIGCONT)
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    stopped = [c.name for c in trainer.glob("checkpoint-*")]
+    assert len(stopped) == 1 and (trainer / stopped[0] / "COMPLETE").is_file()
+    assert f"demo_phenomenon: stopped on SIGUSR2 after saving {trainer / stopped[0]}; run the same command" in stderr
+    assert not (out / "demo_phenomenon.json").exists() and kept(out) == ["attempt.json", "best.pt", "trainer"]
+    proc = ok(run_here("eval", *command(out)))
+    assert f"demo_phenomenon: continuing from {trainer / stopped[0]}" in proc.stdout
+    assert evaluations(out) == evaluations(tmp_path / "reference")
+    result = json.loads((out / "demo_phenomenon.json").read_text())
+    assert {k: result[k] for k in ("accuracy", "mcc", "best_epoch")} == {
+        k: reference[k] for k in ("accuracy", "mcc", "best_epoch")}
+    assert ((out / "finetune" / "demo_phenomenon" / "predictions.json").read_bytes()
+            == (tmp_path / "reference" / "finetune" / "demo_phenomenon" / "predictions.json").read_bytes())
+    assert kept(out) == ["history.jsonl", "predictions.json"]
+
+    out = tmp_path / "killed"
+    trainer = out / "finetune" / "demo_phenomenon" / "trainer"
+    proc = freeze_when("eval", command(out), lambda: any(trainer.glob("checkpoint-*/COMPLETE")))
+    before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    assert_user_error(run_here("eval", *command(out)), f"{out / 'finetune' / 'demo_phenomenon'}: another fine-tuning "
+                      f"of demo_phenomenon is running there (", f"pid {proc.pid}", "pass --out DIR")
+    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert any(trainer.glob("checkpoint-*/COMPLETE"))
+    proc = ok(run_here("eval", *command(out, "--epochs", "1")))
+    assert "continuing from" not in proc.stdout and kept(out) == ["history.jsonl", "predictions.json"]
+    assert len(evaluations(out)) == 1
+
+
 def long_context_task(tmp_path):
     """A task whose second item has a context longer than 16 tokens and short choices."""
     data = tmp_path / "long-data"

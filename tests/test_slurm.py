@@ -416,8 +416,8 @@ def test_every_template_runs_under_sbatch(cluster, tmp_path, demo_root, cache_di
             "slurm/finetune.slurm",
             str(teacher / "model"),
             f"--data-dir={demo_root / 'finetune'}",
-            "--epochs=2",
-            env={"BABYDISTILL_FINETUNE_TASKS": "demo_phenomenon demo_phenomenon"},
+            "--epochs=6",
+            env={"BABYDISTILL_FINETUNE_TASKS": "demo_phenomenon demo_acceptability"},
         ),
         sbatch(
             f"--output={out}",
@@ -432,8 +432,17 @@ def test_every_template_runs_under_sbatch(cluster, tmp_path, demo_root, cache_di
             "train.save_steps=10",
         ),
     ]
+    # the fine-tuning too: SIGUSR2 after its first epoch's checkpoint, a requeue, and the rest of its epochs
+    tuning = teacher / "eval" / "finetune" / "demo_phenomenon"
+    wait_for(lambda: any((tuning / "trainer").glob("checkpoint-*/COMPLETE")), "a fine-tuning checkpoint", timeout=600)
+    subprocess.run(["scancel", "--batch", "--signal=USR2", f"{jobs[5]}_0"], check=True)
+    wait_for(lambda: release_requeued(f"{jobs[5]}_0") or (teacher / "eval" / "demo_phenomenon.json").is_file(),
+             "the requeued fine-tuning", timeout=600)
     wait_jobs(baselines, *jobs)
     assert all(v == "COMPLETED" for v in states(baselines, *jobs).values()), states(baselines, *jobs)
+    logs = b"".join(p.read_bytes() for p in tmp_path.glob("slurm-finetune-*.out"))
+    assert b"demo_phenomenon: continuing from " + str(tuning / "trainer").encode() in logs, logs[-3000:]
+    assert sum("eval_loss" in line for line in (tuning / "history.jsonl").read_text().splitlines()) == 6
     info = json.loads((teacher / "run.json").read_text())
     assert len(info["attempts"]) == 2 and info["attempts"][1]["resumed_from"]
     assert b"requeueing job" in b"".join(p.read_bytes() for p in (teacher / "logs").glob("*.log"))
