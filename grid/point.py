@@ -80,12 +80,21 @@ def eval_argvs(point: Point) -> list[list[str]]:
 
 def evaluate_point(point: Point) -> None:
     """Runs eval's command lines in this process (the same argv a person would type; one interpreter start
-    saved per model). Results already there are kept."""
+    saved per model). Results already there are kept.
+
+    A fine-tuning arms its own SIGUSR2 handler while it trains: a SIGUSR2 then stops it after a checkpoint (exit 75).
+    The signal is handed back to the handler this process had before (submitit's, which requeues the job, and the
+    requeued job continues the fine-tuning); where there was none, the point is reported stopped."""
     from launch.kinds import resolve
 
     main = resolve("eval.__main__:main")
     for argv in eval_argvs(point):
         rc = main(argv)
+        if rc == EXIT_PREEMPTED:
+            if callable(signal.getsignal(signal.SIGUSR2)):
+                signal.raise_signal(signal.SIGUSR2)
+            raise PointFailed(f"{point.name}: python -m eval {' '.join(argv[:2])} ... stopped on SIGUSR2 after a "
+                              "checkpoint; run the launcher again to continue", preempted=True)
         if rc != 0:
             raise PointFailed(f"{point.name}: python -m eval {' '.join(argv[:2])} ... exited {rc}")
 

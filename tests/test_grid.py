@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, assert_user_error, call, ok, shared
+from conftest import ROOT, assert_user_error, call, ok, run_here, shared
 
 FAST = [
     "train.max_steps=20",
@@ -240,6 +240,60 @@ def test_a_point_fine_tuned_on_other_task_files_is_refused(tmp_path):
                                         rf"demo_acceptability scored with data {first}, and the grid now gives "
                                         rf"{second} \(finetune_data_dir\)"):
         check_scored_results(GridConfig(), [point], {}, {"demo_acceptability": second}, "g.yaml")
+
+
+def test_a_points_finetuning_stopped_by_sigusr2_hands_the_signal_back(demo_args, demo_root, tmp_path):
+    """A point's fine-tuning runs in the job's own process and arms its SIGUSR2 handler while it trains. A SIGUSR2
+    stops it after a checkpoint; the signal then goes back to the handler the process had (submitit's requeues the
+    job: a handler here stands for it), and the requeued evaluation continues the fine-tuning. A process without a
+    handler (the debug executor) is not killed by the hand-back: the point is reported stopped."""
+    import signal
+    import time
+
+    from grid.plan import Point
+    from grid.point import evaluate_point
+
+    ok(run_here("train", *demo_args, "train.max_steps=10"))
+    run = tmp_path / "runs" / "demo" / "teacher"
+    point = dict(grid="g", stage="s", name="teacher", recipe="config/runs/demo-teacher.yaml", kind="train", axes={},
+                 overrides={}, run=str(run), tasks=[], finetune=["demo_acceptability"],
+                 finetune_data_dir=str(demo_root / "finetune"))
+    trainer = run / "eval" / "finetune" / "demo_acceptability" / "trainer"
+    requeued = tmp_path / "requeued"
+    child = f"""
+import signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from grid.plan import Point
+from grid.point import PointFailed, evaluate_point
+def requeue(signum, frame):  # what submitit's handler does: checkpoint(), requeue, exit
+    open({str(requeued)!r}, "w").write("requeued")
+    sys.exit(9)
+if sys.argv[1] == "handler":
+    signal.signal(signal.SIGUSR2, requeue)
+try:
+    evaluate_point(Point(**{point!r}))
+except PointFailed as exc:
+    print(f"stopped: {{exc}} preempted={{exc.preempted}}")
+"""
+    for case, code in (("handler", 9), ("none", 0)):
+        before = set(trainer.glob("checkpoint-*/COMPLETE"))
+        requeued.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", child, case], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and set(trainer.glob("checkpoint-*/COMPLETE")) <= before:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGUSR2)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == code, err[-3000:]
+        assert requeued.exists() == (case == "handler")
+        assert any(trainer.glob("checkpoint-*/COMPLETE")), err[-3000:]
+        if case == "none":
+            assert "stopped on SIGUSR2 after a checkpoint; run the launcher again to continue preempted=True" in out
+        assert not (run / "eval" / "demo_acceptability.json").exists()
+    evaluate_point(Point(**point))  # the requeued job
+    assert json.loads((run / "eval" / "demo_acceptability.json").read_text())["epochs"] == 4
+    assert not trainer.exists()
 
 
 def test_a_non_finite_score_never_makes_a_finalist(tmp_path, monkeypatch):
