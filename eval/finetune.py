@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from common.config import ConfigError, field, load, suggest
-from common.errors import UserError
-from common.errors import EXIT_PREEMPTED
+from common.errors import EXIT_PREEMPTED, UserError, writing
 from common.libraries import no_accelerator_probe
 from common.paths import REPO, hash_files, local_folder, model_hash, write_atomic
 from eval.tasks import absolute, decode_text, jsonl_rows, same_files
@@ -381,8 +380,9 @@ def main(argv: list[str]) -> int:
     from eval import finetune_state as state
 
     for name, (data, task) in tasks.items():
+        work = out_dir / "finetune" / name
         try:
-            with state.locked(out_dir / "finetune" / name, name):
+            with state.locked(work, name), writing(work, "then run the same command again to continue"):
                 summary = finetune(args.model, name, task, data, out_dir, settings)
         except Stopped as exc:
             print(exc, file=sys.stderr)

@@ -855,6 +855,26 @@ def test_a_full_disk_during_training_then_the_same_command_works(tmp_path, demo_
         assert json.loads((out / "demo" / "teacher" / "DONE").read_text())["step"] == 20
 
 
+def test_a_full_disk_during_finetuning_then_the_same_command_works(model_dir, demo_root, tmp_path):
+    """Fine-tuning writes a checkpoint every epoch: a full disk there is one line naming the task's folder, exit 2, no
+    traceback; once there is space, the same command fine-tunes the task."""
+    out = tmp_path / "disk"
+    args = ["finetune", str(model_dir), "--tasks", "demo_phenomenon", "--data-dir", str(demo_root / "finetune"),
+            "--epochs", "2", "--out", str(out), "--no-progress"]
+
+    def fill(folder):
+        (folder / "filler").write_bytes(b"\0" * (8 * 1024 - 600) * 1024)  # too little for the first checkpoint
+
+    with mounted(out, size="8m", fill=fill):
+        proc = run_cli("eval", *args)
+        assert_user_error(proc, str(out / "finetune" / "demo_phenomenon"), "disk is full", "free space",
+                          "run the same command again to continue")
+        no_traceback(proc)
+        (out / "filler").unlink()
+        ok(run_cli("eval", *args))
+        assert json.loads((out / "demo_phenomenon.json").read_text())["epochs"] == 2
+
+
 def test_a_crash_of_ours_leaves_run_json_failed_and_resume_finishes(tmp_path, demo_root, cache_dir, monkeypatch):
     """An exception no check foresaw (a defect, a device fault) keeps its traceback, and run.json says failed, not
     running, with its type and message; the newest checkpoint then resumes as after any other failure."""
