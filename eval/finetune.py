@@ -163,6 +163,7 @@ class Settings:
     pool: str | None = None  # None: first for masked LMs, last for causal LMs
     device: str = "auto"
     progress: bool = True
+    checkpoint_minutes: float = 10.0  # a checkpoint after the first epoch, then at most this often (0: every epoch)
 
 
 def read_task(name: str, data_dir: Path) -> tuple[FinetuneSpec, tuple, tuple]:
@@ -273,7 +274,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         eval_dataset=encode(*valid),
         data_collator=collate,
         compute_metrics=lambda p: scores(p.predictions, p.label_ids),
-        callbacks=[state.KeepBest(model, spec.metric, work, best), preemption],
+        callbacks=[state.Keeper(model, spec.metric, work, best, s.checkpoint_minutes), preemption],
     )
     if not s.progress:
         trainer.remove_callback(PrinterCallback)  # no per-epoch dicts on the console: history.jsonl has them
@@ -354,6 +355,9 @@ def main(argv: list[str]) -> int:
         help="the position the head reads: last non-padding token (causal "
         "default) or position 0 (masked default; the official script's choice for causal too)",
     )
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                   help="a checkpoint after the first epoch, then after any epoch that ends this long after the last "
+                        "one (0: every epoch), so that a stopped fine-tuning continues (default 10)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--out", help="where results go (default: <run>/eval for <run>/model, else <model>/eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -369,9 +373,11 @@ def main(argv: list[str]) -> int:
 
     check_folder(args.model)
     specs = {n: spec_of(n) for n in names}
-    settings = Settings(
-        args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device, not args.no_progress
-    )
+    if not math.isfinite(args.checkpoint_minutes) or args.checkpoint_minutes < 0:
+        raise UserError(f"--checkpoint-minutes: must be a finite number of minutes, 0 or more; got "
+                        f"{args.checkpoint_minutes}")
+    settings = Settings(args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device,
+                        not args.no_progress, args.checkpoint_minutes)
     out_dir = output_dir(Path(args.model), args.out)
     tasks = {}
     for name in names:  # every task's files are read and checked before any training

@@ -2,9 +2,9 @@
 preemption, Ctrl-C, a lost node) continues where it stopped instead of starting over.
 
 In `<results>/finetune/<task>/`, while the task trains:
-- `trainer/checkpoint-N/`: the Trainer's checkpoint of every epoch's end (model, optimizer, schedule, RNG, data
-  position), with `COMPLETE` once whole; the older one is removed only then;
-- `best.pt`: the best epoch so far (its weights, epoch and metric), written before that epoch's checkpoint;
+- `trainer/checkpoint-N/`: the Trainer's checkpoint (model, optimizer, schedule, RNG, data position) of an epoch's
+  end (see `Keeper` for which) or of a stop, with `COMPLETE` once whole; the older one is removed only then;
+- `best.pt`: the best epoch up to that checkpoint (its weights, epoch and metric);
 - `attempt.json`: what the checkpoints were trained from: the model's and the task files' hashes and every
   setting. Only the same attempt is continued; another one's state is removed, and the task starts over.
 All three are removed once the task's results are written. One process at a time fine-tunes a task into a
@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -87,24 +88,40 @@ def forget(work: Path) -> None:
         (work / name).unlink(missing_ok=True)
 
 
-class KeepBest(TrainerCallback):
-    """The best epoch's weights by `metric` (a finite value only), in memory and in `best.pt`; and each epoch's
-    checkpoint marked whole, the older ones removed after it. The Trainer evaluates an epoch before it saves it,
-    so a checkpoint never predates the best epoch it has seen."""
+class Keeper(TrainerCallback):
+    """Keeps the best epoch by `metric` (a finite value only) in memory, and checkpoints: at the end of the first
+    epoch, then of any epoch that ends `minutes` or more after the last checkpoint (0: every epoch), and wherever a
+    stop (SIGUSR2) asks, never at the last epoch's end (the results are written at once). Short tasks (WSC, RTE,
+    MRPC) so write one or two checkpoints of a 100M model, not one per epoch. `best.pt` is written with each
+    checkpoint, before its COMPLETE: a checkpoint never predates the best epoch it has seen. `clock` gives seconds."""
 
-    def __init__(self, model, metric: str, work: Path, best: dict):
+    def __init__(self, model, metric: str, work: Path, best: dict, minutes: float, clock=time.monotonic):
         self.model, self.metric, self.work, self.best = model, metric, work, best
+        self.interval, self.clock = minutes * 60, clock
+        self.saved_at: float | None = None  # when the last checkpoint was written (None: none in this attempt)
+        self.best_unsaved = False
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         value = (metrics or {}).get(f"eval_{self.metric}")
         if value is not None and math.isfinite(value) and value > self.best.get("value", -math.inf):
             self.best.update(value=value, epoch=state.epoch,
                              state={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
-            tmp = self.work / f".{BEST}.tmp"
-            torch.save(self.best, tmp)
-            tmp.replace(self.work / BEST)
+            self.best_unsaved = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_training_stop and state.global_step < state.max_steps:
+            return  # stopped at this epoch's end (SIGUSR2): the checkpoint after its evaluation is the one to keep
+        due = self.saved_at is None or self.clock() - self.saved_at >= self.interval
+        if state.global_step >= state.max_steps or not due:
+            control.should_save = False
 
     def on_save(self, args, state, control, **kwargs):
         saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.best_unsaved:
+            tmp = self.work / f".{BEST}.tmp"
+            torch.save(self.best, tmp)
+            tmp.replace(self.work / BEST)
+            self.best_unsaved = False
         (saved / COMPLETE).write_text("")
         _remove_checkpoints(self.work, but=saved)
+        self.saved_at = self.clock()

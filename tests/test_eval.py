@@ -777,6 +777,36 @@ def test_a_stopped_finetuning_continues_where_it_stopped(trained, demo_root, tmp
     assert len(evaluations(out)) == 1
 
 
+def test_finetuning_checkpoints_the_first_epoch_then_at_most_every_interval(tmp_path):
+    """Which epoch ends the fine-tuning checkpoints (the Trainer's own state and control objects, a clock the test
+    sets): the first; then one at least --checkpoint-minutes after the last (0: every one); a stop at an epoch's end
+    always; the last epoch's never (its results are written at once)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from eval.finetune_state import Keeper
+
+    for minutes, expected in ((10, [True, False, True, True, False]), (0, [True, True, True, True, False])):
+        now = [0.0]
+        keeper = Keeper(None, "accuracy", tmp_path, {}, minutes, clock=lambda: now[0])
+        args = SimpleNamespace(output_dir=str(tmp_path / "trainer"))
+        saved = []
+        for step, at, stop in ((10, 0, False), (20, 300, False), (30, 601, False), (40, 700, True), (100, 2000, True)):
+            now[0] = at
+            state, control = TrainerState(global_step=step, max_steps=100), TrainerControl(should_save=True)
+            control.should_training_stop = stop
+            keeper.on_epoch_end(args, state, control)
+            saved.append(control.should_save)
+            if control.should_save:
+                (tmp_path / "trainer" / f"checkpoint-{step}").mkdir(parents=True)
+                keeper.on_save(args, state, control)
+        assert saved == expected, minutes
+        assert [c.name for c in (tmp_path / "trainer").iterdir()] == ["checkpoint-40"]
+        assert (tmp_path / "trainer" / "checkpoint-40" / "COMPLETE").is_file()
+        shutil.rmtree(tmp_path / "trainer")
+
+
 def long_context_task(tmp_path):
     """A task whose second item has a context longer than 16 tokens and short choices."""
     data = tmp_path / "long-data"

@@ -534,6 +534,9 @@ def test_finetune_bad_inputs(glue, tmp_path):
     bad(glue, "rtee", "unknown fine-tuning task 'rtee'", "did you mean 'rte'")
     bad(glue, "rte", "--lr", extra=("--lr", "0"))
     bad(glue, "rte", "--epochs", extra=("--epochs", "-1"))
+    for minutes in ("-1", "nan", "inf"):
+        bad(glue, "rte", "--checkpoint-minutes: must be a finite number of minutes, 0 or more",
+            extra=("--checkpoint-minutes", minutes))
 
 
 @pytest.mark.slow
