@@ -37,8 +37,11 @@ OS_ADVICE = {
     errno.EEXIST: "it already exists; move it or choose another path",
     errno.ENOENT: "it does not exist; check the path",
 }
-# Failures that libraries report without an errno when a write hits a full disk (torch.save, safetensors).
-DISK_FULL_TEXT = ("No space left on device", "StorageFull", "file write failed", "Disk quota exceeded")
+# Failures that libraries report without an errno when a write hits a full disk (torch.save, safetensors). torch.save
+# of an optimizer state that no longer fits says only that its zip writer's stream failed ("basic_ios::clear:
+# iostream error", then "unexpected pos N vs M" as it closes the file).
+DISK_FULL_TEXT = ("No space left on device", "StorageFull", "file write failed", "Disk quota exceeded",
+                  "basic_ios::clear: iostream error", "] . unexpected pos ")
 
 
 class UserError(Exception):
@@ -69,11 +72,18 @@ def os_error_message(exc: OSError, where: str | None = None) -> str | None:
     return f"{name or 'a file'}: {exc.strerror or OS_ADVICE[exc.errno]}; {OS_ADVICE[exc.errno]}"
 
 
-def disk_full(exc: BaseException) -> bool:
-    """A write that failed on a full disk, whatever the library made of the OSError."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return any(text in str(exc) for text in DISK_FULL_TEXT)
+def disk_full(exc: BaseException | None) -> bool:
+    """A write that failed on a full disk, whatever the library made of the OSError (or of the error it raised while
+    handling it: the exception's cause and context are read too)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(exc) for text in DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextlib.contextmanager

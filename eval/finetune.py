@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,17 +206,37 @@ def tuned_otherwise(result: Path, folder: Path) -> tuple[str, object, object] | 
     return None if same_files(old["data"], str(folder)) else ("data", old["data"], absolute(str(folder)))
 
 
-def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings) -> dict:
-    """Fine-tune on one task, keep the best epoch, write its validation predictions; the task's summary."""
-    from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, PrinterCallback, Trainer,
-                              TrainingArguments, set_seed)
+@dataclass
+class Prepared:
+    """A task's classifier on the saved model and the tokenizer that feeds it: loaded and checked, nothing written."""
 
-    from common.preemption import Preemption
-    from eval import finetune_state as state
+    folder: Path
+    model: Classifier
+    tokenizer: Any
+    causal: bool
+    pool: str
+    length: int  # inputs are truncated to this many tokens
+    device: Any
+
+    def encode(self, texts, labels) -> list[dict]:
+        enc = self.tokenizer(texts, truncation=True, max_length=self.length)
+        return [{"input_ids": i, "attention_mask": a, "labels": y}
+                for i, a, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
+
+    def collate(self, rows) -> dict:
+        batch = self.tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows],
+                                   return_tensors="pt")
+        batch["labels"] = torch.tensor([r["labels"] for r in rows])
+        return batch
+
+
+def prepare(model_path: str, spec: FinetuneSpec, s: Settings) -> Prepared:
+    """The saved LM with a fresh head for `spec` (seeded): a damaged folder is one line, before anything is written."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, set_seed
+
     from eval.model import (check_embedding, check_folder, check_tokenizer_files, load_config, load_model_folder,
                             load_tokenizer, loading_bars, pick_device)
 
-    spec, train, valid = task
     folder = check_folder(model_path)
     check_tokenizer_files(folder)
     device = pick_device(s.device)
@@ -232,66 +253,72 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     with loading_bars(s.progress):
         lm = load_model_folder(folder, auto, "the model", "save the model again with save_pretrained", config)
     check_embedding(lm, tokenizer, folder)
-    model = Classifier(lm.base_model, spec.num_labels, pool)
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or s.max_length
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         positions -= (config.pad_token_id or 0) + 1
-    length = min(s.max_length, positions)
+    return Prepared(folder, Classifier(lm.base_model, spec.num_labels, pool), tokenizer, causal, pool,
+                    min(s.max_length, positions), device)
 
-    def encode(texts, labels):
-        enc = tokenizer(texts, truncation=True, max_length=length)
-        return [
-            {"input_ids": i, "attention_mask": a, "labels": y}
-            for i, a, y in zip(enc["input_ids"], enc["attention_mask"], labels)
-        ]
 
-    def collate(rows):
-        batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
-        batch["labels"] = torch.tensor([r["labels"] for r in rows])
-        return batch
+def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings) -> dict:
+    """Fine-tune on one task, keep the best epoch, write its validation predictions; the task's summary. A stopped
+    earlier attempt of the same fine-tuning is continued (eval.finetune_state)."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
+    from common.preemption import Preemption
+    from eval import finetune_state as state
+
+    spec, train, valid = task
+    m = prepare(model_path, spec, s)
     work = out_dir / "finetune" / name
-    epochs, batch = s.epochs or spec.epochs, s.batch_size or spec.batch_size
+    epochs, batch, lr = s.epochs or spec.epochs, s.batch_size or spec.batch_size, s.lr or spec.lr
     files = (f"{name}.train.jsonl", f"{name}.valid.jsonl")
-    attempt = {"model": model_hash(folder), "data": hash_files(data_dir, files),
-               "spec": dataclasses.asdict(spec), "lr": s.lr or spec.lr, "batch_size": batch, "epochs": epochs,
-               "seed": s.seed, "max_length": length, "pool": pool}
-    checkpoint, best = state.resume(work, attempt)
-    if checkpoint is not None:
-        print(f"{name}: continuing from {checkpoint} (an earlier attempt of the same fine-tuning was stopped there)")
-    args = TrainingArguments(
-        output_dir=str(work / state.TRAINER), learning_rate=s.lr or spec.lr, per_device_train_batch_size=batch,
-        per_device_eval_batch_size=64, num_train_epochs=epochs, weight_decay=0.01, warmup_steps=0.06,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, eval_strategy="epoch",
-        save_strategy="epoch", logging_strategy="epoch", seed=s.seed, report_to=[],
-        use_cpu=device.type == "cpu", disable_tqdm=not s.progress, remove_unused_columns=False)
-    no_accelerator_probe()
-    preemption = Preemption()
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=encode(*train),
-        eval_dataset=encode(*valid),
-        data_collator=collate,
-        compute_metrics=lambda p: scores(p.predictions, p.label_ids),
-        callbacks=[state.Keeper(model, spec.metric, work, best, s.checkpoint_minutes), preemption],
-    )
-    if not s.progress:
-        trainer.remove_callback(PrinterCallback)  # no per-epoch dicts on the console: history.jsonl has them
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if preemption.stopped_at is not None:
-        raise Stopped(f"{name}: stopped on SIGUSR2 after saving {work / state.TRAINER}/checkpoint-"
-                      f"{preemption.stopped_at}; run the same command again to continue from it")
-    if not best:
+    attempt = {"model": model_hash(m.folder), "data": hash_files(data_dir, files),
+               "spec": dataclasses.asdict(spec), "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
+               "max_length": m.length, "pool": m.pool}
+    with state.locked(work, name), writing(work, "then run the same command again to continue"):
+        checkpoint, best = state.resume(work, attempt)
+        if checkpoint is not None:
+            print(f"{name}: continuing from {checkpoint} (an earlier attempt of the same fine-tuning stopped there)")
+        args = TrainingArguments(
+            output_dir=str(work / state.TRAINER), learning_rate=lr, per_device_train_batch_size=batch,
+            per_device_eval_batch_size=64, num_train_epochs=epochs, weight_decay=0.01, warmup_steps=0.06,
+            lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, eval_strategy="epoch",
+            save_strategy="epoch", logging_strategy="epoch", seed=s.seed, report_to=[],
+            use_cpu=m.device.type == "cpu", disable_tqdm=not s.progress, remove_unused_columns=False)
+        no_accelerator_probe()
+        preemption = Preemption()
+        trainer = Trainer(model=m.model, args=args, train_dataset=m.encode(*train), eval_dataset=m.encode(*valid),
+                          data_collator=m.collate, compute_metrics=lambda p: scores(p.predictions, p.label_ids),
+                          callbacks=[state.Keeper(m.model, spec.metric, work, best, s.checkpoint_minutes), preemption])
+        if not s.progress:
+            trainer.remove_callback(PrinterCallback)  # no per-epoch dicts on the console: history.jsonl has them
+        t0 = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if preemption.stopped_at is not None:
+            raise Stopped(f"{name}: stopped on SIGUSR2 after saving {work / state.TRAINER}/checkpoint-"
+                          f"{preemption.stopped_at}; run the same command again to continue from it")
+        if not best:
+            state.forget(work)
+            raise UserError(f"task {name}: no epoch gave a finite {spec.metric} (the loss diverged); lower --lr")
+        m.model.load_state_dict(best["state"])
+        out = trainer.predict(m.encode(*valid))
+        settings = {"model": str(Path(model_path).resolve()), "backend": "causal" if m.causal else "mlm",
+                    "pool": m.pool, "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
+                    "max_length": m.length, "data": absolute(str(data_dir)),
+                    "seconds": round(time.perf_counter() - t0, 1)}
+        history = [r for r in trainer.state.log_history if "eval_loss" in r or "loss" in r]
+        summary = write_results(name, spec, out, best["epoch"], settings, history, out_dir)
         state.forget(work)
-        raise UserError(f"task {name}: no epoch gave a finite {spec.metric} (the loss diverged); lower --lr")
-    model.load_state_dict(best["state"])
-    out = trainer.predict(encode(*valid))
+        return summary
+
+
+def write_results(name: str, spec: FinetuneSpec, out, best_epoch: float, settings: dict, history: list[dict],
+                  out_dir: Path) -> dict:
+    """`<task>.json`, `pairs/<task>.jsonl` and the pipeline's `finetune/<task>/predictions.json` of the best epoch's
+    predictions on the validation set (`out`, the Trainer's), with `history.jsonl`; the summary."""
     final = scores(out.predictions, out.label_ids)
     pred = out.predictions.argmax(-1)
-    history = [r for r in trainer.state.log_history if "eval_loss" in r or "loss" in r]
-    seconds = time.perf_counter() - t0
     summary = {
         "task": name,
         "description": spec.description,
@@ -303,35 +330,24 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         "accuracy": final["accuracy"],
         "f1": final.get("f1"),
         "mcc": final["mcc"],
-        "best_epoch": best["epoch"],
+        "best_epoch": best_epoch,
         "n_items": len(pred),
         "n_subtasks": 1,
         "ties": 0,
         "non_finite": 0,
         "subtasks": {},
-        "model": str(Path(model_path).resolve()),
-        "backend": "causal" if causal else "mlm",
-        "pool": pool,
-        "lr": args.learning_rate,
-        "batch_size": batch,
-        "epochs": epochs,
-        "seed": s.seed,
-        "max_length": length,
-        "data": absolute(str(data_dir)),
-        "seconds": round(seconds, 1),
+        **settings,
     }
+    work = out_dir / "finetune" / name
     work.mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        work / "predictions.json",
-        json.dumps({name: {"predictions": [{"id": f"{name}_{i}", "pred": int(p)} for i, p in enumerate(pred)]}}) + "\n",
-    )
+    predictions = [{"id": f"{name}_{i}", "pred": int(p)} for i, p in enumerate(pred)]
+    write_atomic(work / "predictions.json", json.dumps({name: {"predictions": predictions}}) + "\n")
     write_atomic(work / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     (out_dir / "pairs").mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "pairs" / f"{name}.jsonl", "".join(
         json.dumps({"id": f"{name}_{i}", "pred": int(p), "label": int(y), "correct": bool(p == y)}) + "\n"
         for i, (p, y) in enumerate(zip(pred, out.label_ids))))
     write_atomic(out_dir / f"{name}.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    state.forget(work)
     return summary
 
 
@@ -383,13 +399,9 @@ def main(argv: list[str]) -> int:
     for name in names:  # every task's files are read and checked before any training
         data = data_folder(name, specs[name], args.data_dir)
         tasks[name] = (data, read_task(name, data))
-    from eval import finetune_state as state
-
     for name, (data, task) in tasks.items():
-        work = out_dir / "finetune" / name
         try:
-            with state.locked(work, name), writing(work, "then run the same command again to continue"):
-                summary = finetune(args.model, name, task, data, out_dir, settings)
+            summary = finetune(args.model, name, task, data, out_dir, settings)
         except Stopped as exc:
             print(exc, file=sys.stderr)
             return EXIT_PREEMPTED
