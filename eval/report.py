@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
-from common.paths import write_atomic
+from common.paths import file_lock, write_atomic
 from eval.tasks import Task
 
 
@@ -97,6 +97,9 @@ def json_safe(obj):
     return finite_or_none(obj) if isinstance(obj, float) else obj
 
 
+PREDICTIONS_LOCK = ".predictions.json.lock"  # held while a task's predictions are added to eval/predictions.json
+
+
 def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, meta: dict) -> dict[str, Path]:
     """eval/<task>.json, eval/pairs/<task>.jsonl and this task's part of eval/predictions.json (each written
     atomically)."""
@@ -121,13 +124,6 @@ def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, 
     write_atomic(pairs_file, "\n".join(lines) + "\n")
     # BabyLM-style predictions: {task: {subtask: {"predictions": [{"id", "pred"}]}}}, pred = the chosen continuation
     # text as the harness logs it; for data that may not be shared in plain text (EWoK) the chosen field's name instead.
-    predictions_file = out_dir / "predictions.json"
-    try:
-        merged = json.loads(predictions_file.read_text(encoding="utf-8")) if predictions_file.is_file() else {}
-    except json.JSONDecodeError:
-        raise UserError(
-            f"{predictions_file}: not valid JSON, so this task's predictions cannot be added; move it away and re-run"
-        ) from None
     per_sub: dict[str, list] = {}
     for it, p in zip(task.items, pred):
         if p < 0:
@@ -135,8 +131,17 @@ def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, 
         else:
             chosen = " " + it.choices[p] if task.spec.share_text else task.spec.choices[p]
         per_sub.setdefault(it.subtask, []).append({"id": f"{it.subtask}_{it.index}", "pred": chosen})
-    merged[task.name] = {name: {"predictions": rows} for name, rows in per_sub.items()}
-    write_atomic(predictions_file, json.dumps(merged) + "\n")
+    predictions_file = out_dir / "predictions.json"
+    # The file holds every task's: two evaluations of other tasks into one folder (two GPUs, two jobs) take turns to
+    # read, add and write it, or the second would write the file it read before the first added its task.
+    with file_lock(out_dir / PREDICTIONS_LOCK):
+        try:
+            merged = json.loads(predictions_file.read_text(encoding="utf-8")) if predictions_file.is_file() else {}
+        except json.JSONDecodeError:
+            raise UserError(f"{predictions_file}: not valid JSON, so this task's predictions cannot be added; move it "
+                            "away and re-run") from None
+        merged[task.name] = {name: {"predictions": rows} for name, rows in per_sub.items()}
+        write_atomic(predictions_file, json.dumps(merged) + "\n")
     return {"result": result_file, "pairs": pairs_file, "predictions": predictions_file}
 
 

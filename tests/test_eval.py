@@ -642,6 +642,38 @@ def test_bad_inputs(trained, data_slice, tmp_path):
         needles=("longer than the model's 16 positions", "long.jsonl:2"))
 
 
+def test_two_evaluations_into_one_folder_keep_both_tasks_predictions(trained, data_slice, tmp_path):
+    """eval/predictions.json holds every task's predictions, each evaluation adding its own. It adds them while it
+    holds the file's lock: one that finishes scoring while another writer (here the test) holds it waits, then adds
+    its task to what that writer wrote. (It used to read and write the file without a lock: of two evaluations of
+    other tasks into one folder, the later writer dropped the other's task.)"""
+    import subprocess
+    import sys
+    import time
+
+    from common.paths import file_lock
+    from eval.report import PREDICTIONS_LOCK
+
+    out = tmp_path / "out"
+    out.mkdir()
+    other = {"other_task": {"sub": {"predictions": [{"id": "sub_0", "pred": " x"}]}}}
+    with file_lock(out / PREDICTIONS_LOCK):
+        proc = subprocess.Popen([sys.executable, "-m", "eval", str(trained["causal"]), "--tasks", "blimp_supplement",
+                                 "--data-dir", str(data_slice), "--out", str(out), "--no-progress"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and not (out / "blimp_supplement.json").exists():
+            time.sleep(0.05)
+        time.sleep(1)
+        assert proc.poll() is None and not (out / "predictions.json").exists(), proc.communicate()
+        (out / "predictions.json").write_text(json.dumps(other) + "\n")  # the other writer's task
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    merged = json.loads((out / "predictions.json").read_text())
+    assert list(merged) == ["other_task", "blimp_supplement"] and merged["other_task"] == other["other_task"]
+    assert len(merged["blimp_supplement"]) == 5
+
+
 def test_scores_made_another_way_are_never_replaced(trained, data_slice, tmp_path):
     """Another convention, another backend or other task files into a folder that holds a task's scores is refused
     before the model loads (one line, exit 2, every file as it was); the same evaluation again replaces its own
