@@ -858,12 +858,12 @@ def test_a_full_disk_during_training_then_the_same_command_works(tmp_path, demo_
         assert json.loads((out / "demo" / "teacher" / "DONE").read_text())["step"] == 20
 
 
-@pytest.mark.parametrize("left_kib", [100, 600, 1900])
+@pytest.mark.parametrize("left_kib", [100, 600])
 def test_a_full_disk_during_finetuning_then_the_same_command_works(model_dir, demo_root, tmp_path, left_kib):
     """Fine-tuning writes a checkpoint after its first epoch: a full disk there is one line naming the task's folder,
-    exit 2, no traceback, wherever the disk fills up (the weights, ~0.6 MB here; the optimizer state, ~1.1 MB, where
-    torch.save says only that its stream failed; best.pt); once there is space, the same command fine-tunes the
-    task."""
+    exit 2, no traceback, wherever the disk fills up (the weights, ~0.6 MB here, which safetensors reports; the
+    optimizer state, ~1.1 MB, where torch.save says only that its stream failed, as for best.pt); once there is
+    space, the same command fine-tunes the task."""
     out = tmp_path / "disk"
     args = ["finetune", str(model_dir), "--tasks", "demo_phenomenon", "--data-dir", str(demo_root / "finetune"),
             "--epochs", "2", "--out", str(out), "--no-progress"]
