@@ -41,6 +41,8 @@ FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
 class Stopped(Exception):
     """A fine-tuning stopped on SIGUSR2 after saving its checkpoint; the same command continues it."""
 GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.*", "merges.txt",
+                   "*.model")  # what a saved tokenizer is made of, hashed into a fine-tuning attempt
 
 
 @dataclass
@@ -273,7 +275,8 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     work = out_dir / "finetune" / name
     epochs, batch, lr = s.epochs or spec.epochs, s.batch_size or spec.batch_size, s.lr or spec.lr
     files = (f"{name}.train.jsonl", f"{name}.valid.jsonl")
-    attempt = {"model": model_hash(m.folder), "data": hash_files(data_dir, files),
+    attempt = {"model": model_hash(m.folder), "tokenizer": hash_files(m.folder, TOKENIZER_FILES),
+               "data": hash_files(data_dir, files),
                "spec": dataclasses.asdict(spec), "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
                "max_length": m.length, "pool": m.pool}
     with state.locked(work, name), writing(work, "then run the same command again to continue"):

@@ -5,8 +5,8 @@ In `<results>/finetune/<task>/`, while the task trains:
 - `trainer/checkpoint-N/`: the Trainer's checkpoint (model, optimizer, schedule, RNG, data position) of an epoch's
   end (see `Keeper` for which) or of a stop, with `COMPLETE` once whole; the older one is removed only then;
 - `best.pt`: the best epoch up to that checkpoint (its weights, epoch and metric);
-- `attempt.json`: what the checkpoints were trained from: the model's and the task files' hashes and every
-  setting. Only the same attempt is continued; another one's state is removed, and the task starts over.
+- `attempt.json`: what the checkpoints were trained from: the model's, its tokenizer's and the task files' hashes
+  and every setting. Only the same attempt is continued; another one's state is removed, and the task starts over.
 All three are removed once the task's results are written. One process at a time fine-tunes a task into a
 folder: it holds `LOCK` there meanwhile.
 """

@@ -750,8 +750,8 @@ def test_a_stopped_finetuning_continues_where_it_stopped(trained, demo_root, tmp
     """SIGUSR2 (SLURM's warning before a time limit) inside the second epoch: the task saves a checkpoint, says so,
     exits 75 and writes no result; the same command continues from that checkpoint and ends as an uninterrupted
     fine-tuning does (every epoch's evaluation, the best epoch, the predictions), and removes what it kept. A lost
-    node (SIGKILL) keeps the last epoch's checkpoint; a stopped attempt with other settings is not continued. A second
-    fine-tuning of the task into the same folder while one runs is refused."""
+    node (SIGKILL) keeps the last checkpoint; a stopped attempt of another model, tokenizer, task files or settings is
+    not continued. A second fine-tuning of the task into the same folder while one runs is refused."""
     import signal
 
     from common.errors import EXIT_PREEMPTED
@@ -804,9 +804,14 @@ def test_a_stopped_finetuning_continues_where_it_stopped(trained, demo_root, tmp
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert any(trainer.glob("checkpoint-*/COMPLETE"))
-    proc = ok(run_here("eval", *command(out, "--epochs", "1")))
+    # the same model files elsewhere would be continued (the attempt is what they hold, not where); with another
+    # tokenizer they are another attempt, which starts over
+    copy = shutil.copytree(trained["causal"], tmp_path / "copy")
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 64}))
+    proc = ok(run_here("eval", *command(out)[:1], str(copy), *command(out)[2:]))
     assert "continuing from" not in proc.stdout and kept(out) == ["history.jsonl", "predictions.json"]
-    assert len(evaluations(out)) == 1
+    assert len(evaluations(out)) == 3
 
 
 def test_finetuning_checkpoints_the_first_epoch_then_at_most_every_interval(tmp_path):
