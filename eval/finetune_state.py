@@ -3,7 +3,9 @@ preemption, Ctrl-C, a lost node) continues where it stopped instead of starting 
 
 In `<results>/finetune/<task>/`, while the task trains:
 - `trainer/checkpoint-N/`: the Trainer's checkpoint (model, optimizer, schedule, RNG, data position) of an epoch's
-  end (see `Keeper` for which) or of a stop, with `COMPLETE` once whole; the older one is removed only then;
+  end (see `Keeper` for which) or of a stop, with its COMPLETE manifest once whole (common.checkpoints, as training
+  keeps them: a checkpoint with a missing, cut or unreadable file is not continued); the older one is removed only
+  then;
 - `best.pt`: the best epoch up to that checkpoint (its weights, epoch and metric);
 - `attempt.json`: what the checkpoints were trained from: the model's, its tokenizer's and the task files' hashes
   and every setting. Only the same attempt is continued; another one's state is removed, and the task starts over.
@@ -22,13 +24,13 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from common.checkpoints import CHECKPOINT, checkpoint_problem, write_manifest
 from common.errors import UserError
 from common.paths import FolderLock, Locked, write_atomic
 
 ATTEMPT = "attempt.json"
 BEST = "best.pt"
 TRAINER = "trainer"
-COMPLETE = "COMPLETE"
 
 
 @contextlib.contextmanager
@@ -47,14 +49,10 @@ def locked(work: Path, task: str):
         lock.release()
 
 
-def _step(checkpoint: Path) -> int:
-    return int(checkpoint.name.rsplit("-", 1)[-1])
-
-
-def checkpoints(work: Path) -> list[Path]:
-    """The task's whole checkpoints, oldest first."""
-    found = [c for c in (work / TRAINER).glob("checkpoint-*") if c.name.rsplit("-", 1)[-1].isdigit()]
-    return sorted((c for c in found if (c / COMPLETE).is_file()), key=_step)
+def newest_good_checkpoint(work: Path) -> Path | None:
+    """The task's newest checkpoint that `checkpoint_problem` passes, or None."""
+    found = [(int(m.group(1)), c) for c in (work / TRAINER).glob("checkpoint-*") if (m := CHECKPOINT.match(c.name))]
+    return next((c for _, c in sorted(found, reverse=True) if checkpoint_problem(c) is None), None)
 
 
 def resume(work: Path, attempt: dict) -> tuple[Path | None, dict]:
@@ -64,15 +62,15 @@ def resume(work: Path, attempt: dict) -> tuple[Path | None, dict]:
         same = json.loads((work / ATTEMPT).read_text(encoding="utf-8")) == attempt
     except (OSError, ValueError):
         same = False
-    found = checkpoints(work) if same else []
-    if not found:
+    found = newest_good_checkpoint(work) if same else None
+    if found is None:
         forget(work)
         work.mkdir(parents=True, exist_ok=True)
         write_atomic(work / ATTEMPT, json.dumps(attempt, indent=2) + "\n")
         return None, {}
-    _remove_checkpoints(work, but=found[-1])  # a half-written newer one, cut off by the stop
+    _remove_checkpoints(work, but=found)  # a half-written newer one, cut off by the stop
     best = torch.load(work / BEST, weights_only=True) if (work / BEST).is_file() else {}
-    return found[-1], best
+    return found, best
 
 
 def _remove_checkpoints(work: Path, but: Path) -> None:
@@ -122,6 +120,6 @@ class Keeper(TrainerCallback):
             torch.save(self.best, tmp)
             tmp.replace(self.work / BEST)
             self.best_unsaved = False
-        (saved / COMPLETE).write_text("")
+        write_manifest(saved)
         _remove_checkpoints(self.work, but=saved)
         self.saved_at = self.clock()

@@ -279,7 +279,7 @@ def test_a_checkpoint_with_a_missing_file_is_not_used_and_torn_saves_get_free_na
 
 
 def test_checkpoint_validator_needs_every_part(tmp_path):
-    from train.rundir import checkpoint_problem, required_files_problem, write_manifest
+    from common.checkpoints import checkpoint_problem, required_files_problem, write_manifest
 
     ckpt = tmp_path / "checkpoint-5"
     ckpt.mkdir()

@@ -782,6 +782,9 @@ def test_a_stopped_finetuning_continues_where_it_stopped(trained, demo_root, tmp
     assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
     stopped = [c.name for c in trainer.glob("checkpoint-*")]
     assert len(stopped) == 1 and (trainer / stopped[0] / "COMPLETE").is_file()
+    from common.checkpoints import checkpoint_problem
+
+    assert checkpoint_problem(trainer / stopped[0]) is None  # whole by the manifest training's checkpoints keep
     assert f"demo_phenomenon: stopped on SIGUSR2 after saving {trainer / stopped[0]}; run the same command" in stderr
     assert not (out / "demo_phenomenon.json").exists() and kept(out) == ["attempt.json", "best.pt", "trainer"]
     proc = ok(run_here("eval", *command(out)))

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import (ROOT, assert_bitwise_equal, assert_user_error, ok, run_cli, run_here, shared, slice_corpus,
                       start_and_kill, stop_at_budget, weights)
-from train.rundir import checkpoint_problem
+from common.checkpoints import checkpoint_problem
 
 pytestmark = pytest.mark.slow
 

@@ -352,7 +352,7 @@ def test_eval_curve_scores_every_milestone_once_and_plots_it(demo_root, cache_di
 @pytest.mark.slow
 def test_a_checkpoint_from_before_word_counting_resumes_with_an_estimate(demo_root, cache_dir, tmp_path):
     from conftest import start_and_kill
-    from train.rundir import write_manifest
+    from common.checkpoints import write_manifest
 
     args = demo_cli(demo_root, cache_dir, tmp_path, "train.max_steps=14")
     run = tmp_path / "demo" / "teacher"

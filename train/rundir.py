@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import io
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import subprocess
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,17 +24,12 @@ import yaml
 
 from common import config as cfglib
 from common.errors import UserError, summary
+from common.checkpoints import CHECKPOINT, checkpoint_problem, now
 from common.paths import REPO, FolderLock, Locked, file_in_the_way, write_atomic
 from common.ranks import is_main_process, say
 
-COMPLETE = "COMPLETE"  # written into a checkpoint folder after everything in it is saved
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST",
               "SLURM_RESTART_COUNT", "SLURM_PROCID", "SLURM_NNODES")
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
@@ -354,35 +346,6 @@ def free_name(path: Path) -> Path:
     return candidate
 
 
-def write_manifest(ckpt: Path) -> None:
-    """COMPLETE: written last into a saved checkpoint; it lists every file with its size."""
-    files = {
-        str(p.relative_to(ckpt)): p.stat().st_size
-        for p in sorted(ckpt.rglob("*"))
-        if p.is_file() and p.name != COMPLETE
-    }
-    write_atomic(ckpt / COMPLETE, json.dumps({"written": now(), "files": files}, indent=1))
-
-
-def required_files_problem(ckpt: Path) -> str | None:
-    """What every resumable checkpoint holds: weights, optimizer, scheduler, RNG and trainer state."""
-    deepspeed = any(ckpt.glob("global_step*/*"))
-    weights = list(ckpt.glob("*.safetensors")) or list(ckpt.glob("pytorch_model*.bin"))
-    needed = [
-        ("trainer state", ["trainer_state.json"]),
-        ("model weights", ["*.safetensors", "pytorch_model*.bin", "global_step*/*model_states.pt"]),
-        ("random-number state", ["rng_state*.pth"]),
-    ]
-    if deepspeed:
-        needed.append(("optimizer state", ["global_step*/*optim_states.pt"]))
-    else:
-        needed += [("optimizer state", ["optimizer.pt"]), ("scheduler state", ["scheduler.pt"])]
-    for what, patterns in needed:
-        if not any(any(ckpt.glob(pattern)) for pattern in patterns):
-            return f"no {what} ({' or '.join(patterns)})"
-    return None if weights or deepspeed else "no model weights"
-
-
 def state_groups(module) -> list[tuple[str, ...]]:
     """The trained module's tensors as groups of names that share storage (tied weights): a checkpoint
     must hold at least one name of every group (savers keep one name of a tied group)."""
@@ -395,54 +358,6 @@ def state_groups(module) -> list[tuple[str, ...]]:
         )
         groups.setdefault(key, []).append(name)
     return [tuple(names) for names in groups.values()]
-
-
-def checkpoint_problem(ckpt: Path, expected: list[tuple[str, ...]] | None = None) -> str | None:
-    """None if `ckpt` is complete (every file its COMPLETE manifest lists, whole), holds everything a
-    resume needs, is readable and has finite weights (and, given `expected` (state_groups), every tensor
-    of the trained module: the student and the loss's projections and heads, or every peer); else why not."""
-    import torch
-    from safetensors import safe_open
-
-    marker = ckpt / COMPLETE
-    if not marker.exists():
-        return "no COMPLETE marker: it was being written when the job stopped"
-    try:
-        manifest = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        manifest = None  # a checkpoint from before the manifest: its COMPLETE holds a time only
-    if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict):
-        for name, size in manifest["files"].items():
-            path = ckpt / name
-            if not path.is_file():
-                return f"{name} is missing"
-            if path.stat().st_size != size:
-                return f"{name} has {path.stat().st_size} bytes, not the {size} it was saved with"
-    problem = required_files_problem(ckpt)
-    if problem is not None:
-        return problem
-    try:
-        found: set[str] = set()
-        for file in sorted(ckpt.glob("*.safetensors")):
-            with safe_open(str(file), framework="pt") as handle:
-                for name in handle.keys():
-                    found.add(name)
-                    t = handle.get_tensor(name)
-                    if t.is_floating_point() and not torch.isfinite(t).all():
-                        return f"non-finite values in {file.name}:{name}"
-        for file in [*ckpt.glob("*.pt"), *ckpt.glob("*.pth")]:  # torch.save writes zip archives: check every CRC
-            with zipfile.ZipFile(file) as archive:
-                bad = archive.testzip()
-            if bad is not None:
-                return f"{file.name}: corrupt member {bad}"
-        json.loads((ckpt / "trainer_state.json").read_text())
-    except Exception as exc:  # any unreadable file makes the checkpoint unusable
-        return f"unreadable: {summary(exc)}"
-    if expected and found:
-        missing = [group[0] for group in expected if not found.intersection(group)]
-        if missing:
-            return f"its weights lack {len(missing)} tensor(s) of the trained model, e.g. {missing[0]}"
-    return None
 
 
 def provenance() -> dict:

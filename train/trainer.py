@@ -24,13 +24,14 @@ from transformers import (
     TrainingArguments,
 )
 
+from common.checkpoints import now, write_manifest
 from common.errors import UserError
 from common.paths import REPO, read_jsonl, write_atomic
 from common.libraries import no_accelerator_probe, no_resume_argument_table
 from common.preemption import Preemption
 from common.ranks import all_reduce, collective
 from train import chunked, tracking
-from train.rundir import RunDir, now, write_manifest
+from train.rundir import RunDir
 from train.words import Budget, WordsSeen
 
 
