@@ -36,13 +36,13 @@ from common.paths import REPO, hash_files, local_folder, model_hash, write_atomi
 from eval.tasks import absolute, decode_text, jsonl_rows, same_files
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
+GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.*", "merges.txt",
+                   "*.model")  # what a saved tokenizer is made of, hashed into a fine-tuning attempt
 
 
 class Stopped(Exception):
     """A fine-tuning stopped on SIGUSR2 after saving its checkpoint; the same command continues it."""
-GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.*", "merges.txt",
-                   "*.model")  # what a saved tokenizer is made of, hashed into a fine-tuning attempt
 
 
 @dataclass
