@@ -135,9 +135,10 @@ class FolderLock:
 
     NAME = "LOCK"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, name: str = NAME):
+        """`name`: the lock file's name in `folder`; another name locks one part of the folder (one task's results)."""
         self.folder = Path(folder)
-        self.path = self.folder / self.NAME
+        self.path = self.folder / name
         self._handle = None
 
     def acquire(self) -> None:

@@ -6,6 +6,7 @@ predictions.json (eval/babylm2025/<task>/), which `python -m eval collate` reads
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
+from common.paths import FolderLock, Locked
 from eval import encode, report
 from eval.model import Loaded, check_folder, load, loading_bars
 from eval.scorer import Scorer
@@ -189,13 +191,34 @@ def keep_other_results(out_dir: Path, task: Task, opts: Options) -> None:
                         f"replace it: pass --out DIR to keep both, or move that file away")
 
 
-def output_for(model_path: str, opts: Options) -> Path:
+def task_lock(out_dir: Path, task: str) -> FolderLock:
+    """The lock one evaluation holds on `task`'s results in `out_dir` while it scores and writes them."""
+    return FolderLock(out_dir, f".{task}.lock")
+
+
+@contextlib.contextmanager
+def writing(model_path: str, tasks: list[Task], opts: Options):
+    """The results folder, made, with every task's lock held for the block: two evaluations of one task into one
+    folder at once would mix their files (a result from one, pairs from the other), or each would pass the check
+    of `keep_other_results` and the second would replace the first's scores made another way. Refused in one line
+    naming the holder; the check is made again once the locks are held."""
     out_dir = results_dir(model_path, opts)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write results to {out_dir} ({exc.strerror}); pass --out DIR") from None
-    return out_dir
+    with contextlib.ExitStack() as held:
+        for task in tasks:
+            lock = task_lock(out_dir, task.name)
+            try:
+                lock.acquire()
+            except Locked as exc:
+                raise UserError(f"{out_dir}: another evaluation of {task.name} is writing there ({exc.holder}); let "
+                                "it end, or pass --out DIR") from None
+            held.callback(lock.release)
+        for task in tasks:
+            keep_other_results(out_dir, task, opts)
+        yield out_dir
 
 
 def score_requests(
@@ -261,8 +284,6 @@ def evaluate(model_path: str, task_names: list[str], opts: Options,
              loaded: dict[str, Task] | None = None) -> list[tuple[str, dict, dict]]:
     """Score `task_names` with the model at `model_path`; returns (task, summary, files) per task. `loaded`: the
     tasks already read by `load_tasks` under `opts` (several models scored on them: a learning curve)."""
-    from eval.reading import evaluate_reading
-
     check_folder(model_path)
     tasks = [loaded[name] for name in task_names] if loaded is not None else load_tasks(task_names, opts)
     target = results_dir(model_path, opts)
@@ -286,7 +307,15 @@ def evaluate(model_path: str, task_names: list[str], opts: Options,
         for w in warnings:
             print(w)
         prepared.append((task, reqs))
-    out_dir = output_for(model_path, opts)
+    with writing(model_path, tasks, opts) as out_dir:
+        return score_tasks(model_path, m, prepared, opts, out_dir)
+
+
+def score_tasks(model_path: str, m: Loaded, prepared: list[tuple[Task, list | None]], opts: Options,
+                out_dir: Path) -> list[tuple[str, dict, dict]]:
+    """Score and write each prepared (task, requests); the reading task's requests are made by its own module."""
+    from eval.reading import evaluate_reading
+
     scorer = Scorer(m, progress=opts.progress)
     results = []
     for task, reqs in prepared:

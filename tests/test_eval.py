@@ -674,6 +674,45 @@ def test_two_evaluations_into_one_folder_keep_both_tasks_predictions(trained, da
     assert len(merged["blimp_supplement"]) == 5
 
 
+def test_one_evaluation_at_a_time_writes_a_task_into_a_folder(trained, data_slice, tmp_path, monkeypatch):
+    """An evaluation holds each of its tasks' locks in the results folder while it scores and writes them. A second
+    evaluation of one of those tasks into that folder is refused in one line naming the holder, before it writes any
+    task (two at once mixed their files: one's result beside the other's pairs). The check that scores made another
+    way are kept is made again once the locks are held: scores written while the model loaded are kept too."""
+    import eval.evaluate as evaluate
+    from eval.__main__ import main
+
+    out = tmp_path / "out"
+    common = [trained["causal"], "--tasks", "blimp_filtered,blimp_supplement", "--data-dir", data_slice, "--out", out,
+              "--no-progress"]
+    ok(call(main, *common))
+    assert not list(out.glob(".blimp*.lock")), "the tasks' locks are released and their files removed"
+    files = lambda: {f: f.read_bytes() for f in out.rglob("*") if f.is_file() and not f.name.endswith(".lock")}  # noqa: E731
+    before = files()
+    with evaluate.task_lock(out, "blimp_supplement"):
+        assert_user_error(call(main, *common), str(out), "another evaluation of blimp_supplement is writing there",
+                          f"pid {os.getpid()}", "--out DIR")
+        assert files() == before
+
+    # Another way's scores, written by an evaluation that ended while this one loaded its model (after the first
+    # check): still refused, and kept.
+    late = tmp_path / "late"
+    real_load = evaluate.load
+
+    def load_while_another_ends(*args, **kwargs):
+        monkeypatch.setattr(evaluate, "load", real_load)  # the other evaluation loads as usual
+        ok(call(main, trained["causal"], "--tasks", "blimp_filtered", "--data-dir", data_slice, "--out", late,
+                "--no-progress", "--convention", "babylm2025"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "load", load_while_another_ends)
+    assert_user_error(call(main, trained["causal"], "--tasks", "blimp_filtered", "--data-dir", data_slice, "--out",
+                           late, "--no-progress", "--convention", "babylm2024"),
+                      str(late / "blimp_filtered.json"), "scored with convention babylm2025; scoring it with",
+                      "babylm2024")
+    assert json.loads((late / "blimp_filtered.json").read_text())["convention"] == "babylm2025"
+
+
 def test_scores_made_another_way_are_never_replaced(trained, data_slice, tmp_path):
     """Another convention, another backend or other task files into a folder that holds a task's scores is refused
     before the model loads (one line, exit 2, every file as it was); the same evaluation again replaces its own
