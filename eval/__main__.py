@@ -1,5 +1,5 @@
 """python -m eval MODEL --tasks blimp_filtered,ewok_filtered | --suite babylm2025 ...
-python -m eval finetune | curve | collate | download
+python -m eval finetune | curve | aoa | collate | download
 
 Zero-shot evaluation of a Hugging Face model folder, scored as the BabyLM pipelines score
 it. Results go to the run directory's eval/ (or <model>/eval, or --out).
@@ -21,8 +21,8 @@ def parse_eval(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m eval",
         description=__doc__.split("\n\n")[1],
-        epilog="Also: python -m eval finetune | curve RUN ... | collate RUN | download [--dest DIR] [--from "
-               "FILE_OR_URL ...]",
+        epilog="Also: python -m eval finetune | curve RUN ... | aoa RUN --words FILE | collate RUN | download "
+               "[--dest DIR] [--from FILE_OR_URL ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", help="a Hugging Face model folder (model + tokenizer), e.g. runs/demo/teacher/model")
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from eval.curve import main as curve
 
         return curve(argv[1:])
+    if argv[:1] == ["aoa"]:
+        from eval.aoa import main as aoa
+
+        return aoa(argv[1:])
     if argv[:1] == ["collate"]:
         from eval.collate import main as collate
 

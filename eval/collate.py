@@ -3,11 +3,13 @@
 It gathers the 2025 pipeline's predictions.json of every task (written by `python -m eval`
 under the 2025 convention into eval/babylm2025/<task>/, fine-tuning into
 eval/finetune/<task>/) into {"blimp", "blimp_supplement", "ewok", "entity_tracking",
-"wug_adj", "wug_past", "comps", "reading", "glue"} as the pipeline's `collate_preds.py`
-does, and adds "fast_eval_results" when fast results of two or more milestone checkpoints
-exist (<run>/milestones/chck_*/eval/fast/). Every task must be there, evaluated with the
+"wug_adj", "wug_past", "comps", "reading", "aoa", "glue"} as the pipeline's
+`collate_preds.py` does ("aoa": `python -m eval aoa`'s surprisals at every checkpoint), and
+adds "fast_eval_results" when fast results of two or more milestone checkpoints exist
+(<run>/milestones/chck_*/eval/fast/). Every task must be there, evaluated with the
 given backend, with the item count of the size table for each subtask; else one error line
-names the task, the subtask and both counts, and nothing is written.
+names the task, the subtask and both counts, and nothing is written. Without AoA
+surprisals the file is written without "aoa", with a warning.
 """
 from __future__ import annotations
 
@@ -82,6 +84,49 @@ def _check_sizes(data: dict, task: str, expected: dict, file: Path) -> None:
             )
 
 
+def _aoa(eval_dir: Path, backend: str, table: dict | None, how: str) -> dict | None:
+    """The AoA surprisals (`python -m eval aoa`), checked against the size table's checkpoints and entries; None,
+    with a warning, when there are none (the pipeline's collate_preds.py requires them)."""
+    from eval.aoa import SURPRISALS, TASK
+
+    file = eval_dir / OFFICIAL_DIR / TASK / SURPRISALS
+    if not file.is_file():
+        print(f"warning: collate: no AoA surprisals ({file}), so the file has no aoa entry, which the pipeline's "
+              f"collate_preds.py requires; {how}")
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: not valid JSON ({exc}); {how}") from None
+    rows = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "step" in r for r in rows):
+        raise UserError(f"{file}: not the pipeline's {{\"metadata\", \"results\": [{{\"step\", ...}}]}}; {how}")
+    got = (data.get("metadata") or {}).get("backend", backend)
+    if got != backend:
+        raise UserError(f"collate: task aoa was made with --backend {got} ({file}), not {backend}; collate with "
+                        f"--backend {got} or {how}")
+    if not table:
+        raise UserError(f"collate: the size table has no aoa section (entries, checkpoints) to check {file} against")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["step"]] = counts.get(r["step"], 0) + 1
+    lists = table["checkpoints"]
+    track = max(lists, key=lambda name: (len(set(lists[name]) & set(counts)), -len(lists[name])))
+    expected = lists[track]
+    missing = [c for c in expected if c not in counts]
+    extra = [c for c in counts if c not in expected]
+    if missing or extra:
+        what = f"no surprisals for checkpoint {missing[0]}" if missing else f"a checkpoint {extra[0]} it does not take"
+        raise UserError(f"collate: task aoa has {what} ({file}); the {track} submission needs {len(expected)} "
+                        f"checkpoints, {expected[0]} .. {expected[-1]}: export every milestone "
+                        f"(train.word_checkpoints) and {how}")
+    wrong = next((c for c in expected if counts[c] != table["entries"]), None)
+    if wrong:
+        raise UserError(f"collate: task aoa, checkpoint {wrong} has {counts[wrong]} entries, the submission needs "
+                        f"{table['entries']} ({file}); {how} with the official cdi_childes.json")
+    return data
+
+
 def _fast_metrics(eval_dir: Path) -> dict:
     """One checkpoint's fast scores, as collate_preds.get_revision_fast_eval_metrics reports them (fractions)."""
     out = {}
@@ -130,6 +175,11 @@ def collate(path: Path, backend: str, sizes_file: Path, results: Path | None = N
         _check_backend(eval_dir, task, backend)
         _check_sizes(data, task, sizes["full"][task], file)
         out[key] = data
+    run = eval_dir_of(path).parent
+    aoa = _aoa(eval_dir, backend, sizes.get("aoa"), f"run python -m eval aoa {run} --words cdi_childes.json"
+               f"{to_results}")
+    if aoa is not None:
+        out["aoa"] = aoa
     out["glue"] = {}
     for task in GLUE:
         file = eval_dir / "finetune" / task / "predictions.json"
@@ -138,7 +188,6 @@ def collate(path: Path, backend: str, sizes_file: Path, results: Path | None = N
         out["glue"].update(data)
     from eval.curve import milestones as milestone_list
 
-    run = eval_dir_of(path).parent
     evaluated = [m for _, m in milestone_list(run, required=False) if (m / "eval" / "fast").is_dir()]
     if len(evaluated) >= 2:
         out["fast_eval_results"] = fast_eval_results(evaluated)

@@ -207,18 +207,25 @@ def writing(model_path: str, tasks: list[Task], opts: Options):
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write results to {out_dir} ({exc.strerror}); pass --out DIR") from None
-    with contextlib.ExitStack() as held:
-        for task in tasks:
-            lock = task_lock(out_dir, task.name)
-            try:
-                lock.acquire()
-            except Locked as exc:
-                raise UserError(f"{out_dir}: another evaluation of {task.name} is writing there ({exc.holder}); let "
-                                "it end, or pass --out DIR") from None
-            held.callback(lock.release)
+    with tasks_locked(out_dir, [task.name for task in tasks]):
         for task in tasks:
             keep_other_results(out_dir, task, opts)
         yield out_dir
+
+
+@contextlib.contextmanager
+def tasks_locked(out_dir: Path, names: list[str]):
+    """Each task's lock in `out_dir` held for the block; a live holder of one is refused in one line naming it."""
+    with contextlib.ExitStack() as held:
+        for name in names:
+            lock = task_lock(out_dir, name)
+            try:
+                lock.acquire()
+            except Locked as exc:
+                raise UserError(f"{out_dir}: another evaluation of {name} is writing there ({exc.holder}); let it "
+                                "end, or pass --out DIR") from None
+            held.callback(lock.release)
+        yield
 
 
 def score_requests(

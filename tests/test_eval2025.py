@@ -316,7 +316,8 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     assert_user_error(
         run_here("eval", "collate", str(out), "--backend", "mlm", "--sizes", str(table)), "--backend causal"
     )
-    ok(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
+    proc = ok(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
+    assert "warning: collate: no AoA surprisals" in proc.stdout and "python -m eval aoa" in proc.stdout
     sub = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())
     assert list(sub) == [
         "blimp",
@@ -346,6 +347,32 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
         "spr": pytest.approx(rd["self_paced_reading"] / 100),
         "rt": pytest.approx(rd["eye_tracking"] / 100),
     }
+    # the AoA surprisals of the two checkpoints (here copies of this model) are the "aoa" entry, checked against the
+    # size table's checkpoints and entries per checkpoint
+    from test_aoa import write_words
+
+    (out / "run.json").write_text("{}\n")
+    for name in ("chck_1M", "chck_2M"):
+        for f in GPT2.iterdir():
+            shutil.copy(f, out / "milestones" / name)
+    ok(run_here("eval", "aoa", str(out), "--words", str(write_words(tmp_path / "cdi.json")), "--no-progress"))
+    assert_user_error(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)),
+                      "the size table has no aoa section")
+    for checkpoints, entries, needles in (
+        (["chck_1M", "chck_2M", "chck_3M"], 9, ("task aoa has no surprisals for checkpoint chck_3M", "3 checkpoints")),
+        (["chck_1M"], 9, ("task aoa has a checkpoint chck_2M it does not take",)),
+        (["chck_1M", "chck_2M"], 10, ("task aoa, checkpoint chck_1M has 9 entries, the submission needs 10",)),
+    ):
+        table.write_text(yaml.safe_dump({**sizes, "aoa": {"entries": entries, "checkpoints": {"test": checkpoints}}}))
+        assert_user_error(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)),
+                          *needles)
+    sizes["aoa"] = {"entries": 9, "checkpoints": {"other": ["chck_1M"] * 2, "test": ["chck_1M", "chck_2M"]}}
+    table.write_text(yaml.safe_dump(sizes))
+    proc = ok(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
+    assert "warning" not in proc.stdout
+    sub = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())
+    assert list(sub)[-4:] == ["reading", "aoa", "glue", "fast_eval_results"]
+    assert sub["aoa"] == json.loads((full / "babylm2025" / "aoa" / "surprisal.json").read_text())
     # results written to another folder (`python -m eval --out DIR`) are collated from there with --results DIR
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(full, elsewhere, ignore=shutil.ignore_patterns("all_full_*", "wug_adj*"))
