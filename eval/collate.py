@@ -7,9 +7,10 @@ eval/finetune/<task>/) into {"blimp", "blimp_supplement", "ewok", "entity_tracki
 `collate_preds.py` does ("aoa": `python -m eval aoa`'s surprisals at every checkpoint), and
 adds "fast_eval_results" when fast results of two or more milestone checkpoints exist
 (<run>/milestones/chck_*/eval/fast/). Every task must be there, evaluated with the
-given backend, with the item count of the size table for each subtask; else one error line
-names the task, the subtask and both counts, and nothing is written. Without AoA
-surprisals the file is written without "aoa", with a warning.
+given backend, with the item count of the size table for each subtask (full, and fast at
+each checkpoint), and the checkpoints must be exactly one of the table's lists; else one
+error line names the task, the subtask or checkpoint and both counts, and nothing is
+written. Without AoA surprisals the file is written without "aoa", with a warning.
 """
 from __future__ import annotations
 
@@ -64,6 +65,14 @@ def _check_backend(eval_dir: Path, task: str, backend: str) -> None:
                             f"collate with --backend {got} or evaluate again")
 
 
+def _table(sizes: dict, section: str, task: str) -> dict:
+    """The size table's counts for `task` in `section` (full, fast); a table without them is refused in one line."""
+    counts = (sizes.get(section) or {}).get(task)
+    if not isinstance(counts, dict):
+        raise UserError(f"collate: the size table has no {section} counts for task {task}; give them in --sizes")
+    return counts
+
+
 def _check_sizes(data: dict, task: str, expected: dict, file: Path) -> None:
     if "*" not in expected:
         missing = sorted(set(expected) - {k.lower() for k in data})
@@ -84,7 +93,24 @@ def _check_sizes(data: dict, task: str, expected: dict, file: Path) -> None:
             )
 
 
-def _aoa(eval_dir: Path, backend: str, table: dict | None, how: str) -> dict | None:
+def _check_checkpoints(what: str, names: list[str], lists: dict | None, where: Path, how: str) -> None:
+    """`names` (checkpoints, repeats allowed) are exactly one of the size table's checkpoint lists (the one they
+    share most with is named when they are not)."""
+    if not lists:
+        raise UserError(f"collate: the size table has no checkpoints section to check {what} ({where}) against")
+    found = set(names)
+    track = max(lists, key=lambda name: (len(set(lists[name]) & found), -len(lists[name])))
+    expected = lists[track]
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in dict.fromkeys(names) if c not in expected]
+    if missing or extra:
+        have = f"nothing for checkpoint {missing[0]}" if missing else f"a checkpoint {extra[0]} it does not take"
+        raise UserError(f"collate: {what} has {have} ({where}); the {track} submission needs {len(expected)} "
+                        f"checkpoints, {expected[0]} .. {expected[-1]}: export every milestone "
+                        f"(train.word_checkpoints) and {how}")
+
+
+def _aoa(eval_dir: Path, backend: str, sizes: dict, how: str) -> dict | None:
     """The AoA surprisals (`python -m eval aoa`), checked against the size table's checkpoints and entries; None,
     with a warning, when there are none (the pipeline's collate_preds.py requires them)."""
     from eval.aoa import SURPRISALS, TASK
@@ -105,26 +131,27 @@ def _aoa(eval_dir: Path, backend: str, table: dict | None, how: str) -> dict | N
     if got != backend:
         raise UserError(f"collate: task aoa was made with --backend {got} ({file}), not {backend}; collate with "
                         f"--backend {got} or {how}")
-    if not table:
-        raise UserError(f"collate: the size table has no aoa section (entries, checkpoints) to check {file} against")
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["step"]] = counts.get(r["step"], 0) + 1
-    lists = table["checkpoints"]
-    track = max(lists, key=lambda name: (len(set(lists[name]) & set(counts)), -len(lists[name])))
-    expected = lists[track]
-    missing = [c for c in expected if c not in counts]
-    extra = [c for c in counts if c not in expected]
-    if missing or extra:
-        what = f"no surprisals for checkpoint {missing[0]}" if missing else f"a checkpoint {extra[0]} it does not take"
-        raise UserError(f"collate: task aoa has {what} ({file}); the {track} submission needs {len(expected)} "
-                        f"checkpoints, {expected[0]} .. {expected[-1]}: export every milestone "
-                        f"(train.word_checkpoints) and {how}")
-    wrong = next((c for c in expected if counts[c] != table["entries"]), None)
+    if not sizes.get("aoa"):
+        raise UserError(f"collate: the size table has no aoa section (entries) to check {file} against")
+    steps = [r["step"] for r in rows]
+    _check_checkpoints("task aoa", steps, sizes.get("checkpoints"), file, how)
+    want = sizes["aoa"]["entries"]
+    wrong = next((c for c in dict.fromkeys(steps) if steps.count(c) != want), None)
     if wrong:
-        raise UserError(f"collate: task aoa, checkpoint {wrong} has {counts[wrong]} entries, the submission needs "
-                        f"{table['entries']} ({file}); {how} with the official cdi_childes.json")
+        raise UserError(f"collate: task aoa, checkpoint {wrong} has {steps.count(wrong)} entries, the submission "
+                        f"needs {want} ({file}); {how} with the official cdi_childes.json")
     return data
+
+
+def _check_fast(milestone: Path, backend: str, sizes: dict, how: str) -> None:
+    """A milestone's fast predictions are all there, of `backend`, with the table's fast counts (as collate_preds
+    checks each revision's)."""
+    fast_dir = milestone / "eval" / "fast"
+    for task in FAST:
+        file = fast_dir / OFFICIAL_DIR / task / "predictions.json"
+        data = _load(file, f"{task} (fast, {milestone.name})", how)
+        _check_backend(fast_dir, task, backend)
+        _check_sizes(data, f"{task} (fast, {milestone.name})", _table(sizes, "fast", task), file)
 
 
 def _fast_metrics(eval_dir: Path) -> dict:
@@ -167,29 +194,38 @@ def collate(path: Path, backend: str, sizes_file: Path, results: Path | None = N
     wrote them, else its eval/), and where it goes by default."""
     eval_dir = results or eval_dir_of(path)
     to_results = f" --out {results}" if results else ""
-    sizes = yaml.safe_load(sizes_file.read_text(encoding="utf-8"))
+    try:
+        sizes = yaml.safe_load(sizes_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"--sizes {sizes_file}: not readable YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(sizes, dict):
+        raise UserError(f"--sizes {sizes_file}: holds no table (full:, fast:, checkpoints:, aoa:)")
     out: dict = {}
     for key, task in ZERO_SHOT.items():
         file = eval_dir / OFFICIAL_DIR / task / "predictions.json"
         data = _load(file, task, f"run python -m eval {path} --suite babylm2025{to_results} (or --tasks {task})")
         _check_backend(eval_dir, task, backend)
-        _check_sizes(data, task, sizes["full"][task], file)
+        _check_sizes(data, task, _table(sizes, "full", task), file)
         out[key] = data
     run = eval_dir_of(path).parent
-    aoa = _aoa(eval_dir, backend, sizes.get("aoa"), f"run python -m eval aoa {run} --words cdi_childes.json"
-               f"{to_results}")
+    aoa = _aoa(eval_dir, backend, sizes, f"run python -m eval aoa {run} --words cdi_childes.json{to_results}")
     if aoa is not None:
         out["aoa"] = aoa
     out["glue"] = {}
     for task in GLUE:
         file = eval_dir / "finetune" / task / "predictions.json"
         data = _load(file, task, f"run python -m eval finetune {path} --tasks {task}{to_results}")
-        _check_sizes(data, task, sizes["full"][task], file)
+        _check_sizes(data, task, _table(sizes, "full", task), file)
         out["glue"].update(data)
     from eval.curve import milestones as milestone_list
 
     evaluated = [m for _, m in milestone_list(run, required=False) if (m / "eval" / "fast").is_dir()]
     if len(evaluated) >= 2:
+        how = f"run python -m eval curve {run} --suite babylm2025-fast"
+        _check_checkpoints("fast_eval_results", [m.name for m in evaluated], sizes.get("checkpoints"),
+                           run / "milestones", how)
+        for milestone in evaluated:
+            _check_fast(milestone, backend, sizes, how)
         out["fast_eval_results"] = fast_eval_results(evaluated)
     return out, eval_dir / f"all_full_preds_and_fast_scores_{backend}.json"
 

@@ -260,7 +260,7 @@ def test_reading_matches_naive_surprisal_and_least_squares(extras):
 
 
 def test_fast_suite_and_collate(extras, glue, tmp_path):
-    from eval.collate import GLUE
+    from eval.collate import FAST, GLUE
 
     out = tmp_path / "model"
     shutil.copytree(GPT2, out)
@@ -337,7 +337,33 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
         (out / "milestones" / name / "words_seen.json").write_text(
             json.dumps({"milestone": words // 10**6 * 10**6, "words_seen": words})
         )
-    ok(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
+    # as collate_preds.py checks each revision: the table's checkpoints exactly, each with the table's fast counts
+    collate = ("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table))
+    assert_user_error(run_here(*collate), "the size table has no checkpoints section", "fast_eval_results")
+    sizes["fast"] = {}
+    for task in FAST:
+        data = json.loads((out / "eval" / "fast" / "babylm2025" / task / "predictions.json").read_text())
+        sizes["fast"][task] = {k.lower(): len(v["predictions"]) for k, v in data.items()}
+    for checkpoints, needles in (
+        (["chck_1M", "chck_2M", "chck_3M"], ("fast_eval_results has nothing for checkpoint chck_3M",
+                                            "the test submission needs 3 checkpoints, chck_1M .. chck_3M",
+                                            f"python -m eval curve {out} --suite babylm2025-fast")),
+        (["chck_1M"], ("fast_eval_results has a checkpoint chck_2M it does not take",)),
+    ):
+        table.write_text(yaml.safe_dump({**sizes, "checkpoints": {"test": checkpoints}}))
+        assert_user_error(run_here(*collate), *needles)
+    sizes["checkpoints"] = {"other": ["chck_1M"], "test": ["chck_1M", "chck_2M"]}
+    fewer = json.loads(json.dumps(sizes))
+    fewer["fast"]["entity_tracking"]["regular_0_ops"] += 1
+    table.write_text(yaml.safe_dump(fewer))
+    assert_user_error(run_here(*collate), "task entity_tracking (fast, chck_1M), subtask regular_0_ops has")
+    shutil.rmtree(out / "milestones" / "chck_2M" / "eval" / "fast" / "babylm2025" / "reading")
+    table.write_text(yaml.safe_dump(sizes))
+    assert_user_error(run_here(*collate), "task reading (fast, chck_2M) is missing",
+                      f"python -m eval curve {out} --suite babylm2025-fast")
+    shutil.copytree(out / "eval" / "fast" / "babylm2025" / "reading",
+                    out / "milestones" / "chck_2M" / "eval" / "fast" / "babylm2025" / "reading")
+    ok(run_here(*collate))
     fast = json.loads((full / "all_full_preds_and_fast_scores_causal.json").read_text())["fast_eval_results"]
     assert sorted(fast) == ["blimp", "blimp_supplement", "entity_tracking", "ewok", "reading", "wug_adj", "wug_past"]
     assert all(len(v) == 2 for v in fast.values())
@@ -359,14 +385,13 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     assert_user_error(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)),
                       "the size table has no aoa section")
     for checkpoints, entries, needles in (
-        (["chck_1M", "chck_2M", "chck_3M"], 9, ("task aoa has no surprisals for checkpoint chck_3M", "3 checkpoints")),
+        (["chck_1M", "chck_2M", "chck_3M"], 9, ("task aoa has nothing for checkpoint chck_3M", "3 checkpoints")),
         (["chck_1M"], 9, ("task aoa has a checkpoint chck_2M it does not take",)),
         (["chck_1M", "chck_2M"], 10, ("task aoa, checkpoint chck_1M has 9 entries, the submission needs 10",)),
     ):
-        table.write_text(yaml.safe_dump({**sizes, "aoa": {"entries": entries, "checkpoints": {"test": checkpoints}}}))
-        assert_user_error(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)),
-                          *needles)
-    sizes["aoa"] = {"entries": 9, "checkpoints": {"other": ["chck_1M"] * 2, "test": ["chck_1M", "chck_2M"]}}
+        table.write_text(yaml.safe_dump({**sizes, "aoa": {"entries": entries}, "checkpoints": {"test": checkpoints}}))
+        assert_user_error(run_here(*collate), *needles)
+    sizes["aoa"] = {"entries": 9}
     table.write_text(yaml.safe_dump(sizes))
     proc = ok(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)))
     assert "warning" not in proc.stdout
@@ -391,6 +416,10 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     before = (full / "all_full_preds_and_fast_scores_causal.json").read_bytes()
     assert_user_error(run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)),
                       "task comps, subtask base has 4 predictions, the submission needs 5")
+    sizes["full"]["comps"]["base"] -= 1
+    del sizes["full"]["reading"]
+    table.write_text(yaml.safe_dump(sizes))
+    assert_user_error(run_here(*collate), "the size table has no full counts for task reading")
     assert (full / "all_full_preds_and_fast_scores_causal.json").read_bytes() == before
 
 
@@ -501,6 +530,11 @@ def test_bad_inputs_2025(extras, tmp_path):
     if not AutoTokenizer.from_pretrained(slow).is_fast:
         bad(extras, "comps", "not a fast tokenizer", model=slow)
     assert_user_error(call(main, "collate", str(tmp_path / "none"), "--backend", "causal"), "is not a folder")
+    for name, text, needle in (("list.yaml", "- 1\n- 2\n", "holds no table"),
+                               ("broken.yaml", "full: [1, 2\n", "not readable YAML")):
+        (tmp_path / name).write_text(text)
+        assert_user_error(call(main, "collate", str(tmp_path), "--backend", "causal", "--sizes", str(tmp_path / name)),
+                          f"--sizes {tmp_path / name}", needle)
 
 
 def test_finetune_bad_inputs(glue, tmp_path):
