@@ -215,9 +215,10 @@ def writing(model_path: str, tasks: list[Task], opts: Options):
 
 @contextlib.contextmanager
 def tasks_locked(out_dir: Path, names: list[str]):
-    """Each task's lock in `out_dir` held for the block; a live holder of one is refused in one line naming it."""
+    """Each task's lock in `out_dir` held for the block (a task named twice, once); a live holder of one is refused
+    in one line naming it."""
     with contextlib.ExitStack() as held:
-        for name in names:
+        for name in dict.fromkeys(names):
             lock = task_lock(out_dir, name)
             try:
                 lock.acquire()

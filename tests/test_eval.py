@@ -687,6 +687,8 @@ def test_one_evaluation_at_a_time_writes_a_task_into_a_folder(trained, data_slic
               "--no-progress"]
     ok(call(main, *common))
     assert not list(out.glob(".blimp*.lock")), "the tasks' locks are released and their files removed"
+    ok(call(main, trained["causal"], "--tasks", "blimp_filtered,blimp_filtered", "--data-dir", data_slice, "--out",
+            tmp_path / "twice", "--no-progress"))  # a task named twice takes its lock once (not refused by itself)
     files = lambda: {f: f.read_bytes() for f in out.rglob("*") if f.is_file() and not f.name.endswith(".lock")}  # noqa: E731
     before = files()
     with evaluate.task_lock(out, "blimp_supplement"):
