@@ -32,6 +32,7 @@ from common.paths import write_atomic
 
 TASK = "aoa"
 SURPRISALS = "surprisal.json"  # in eval/babylm2025/aoa/, the pipeline's AoA_word/surprisal.json
+FITNESS = "curve_fitness.json"  # beside it, with --cdi: what the pipeline's scoring computes from it
 NAME = re.compile(r"chck_(\d+)([kM]?)$")
 
 
@@ -176,6 +177,7 @@ def checkpoints(run: Path) -> list[Path]:
 def main(argv: list[str]) -> int:
     from tqdm.auto import tqdm
 
+    from eval.aoa_fit import curve_fitness, read_cdi
     from eval.evaluate import tasks_locked
     from eval.model import loading_bars
     from eval.report import OFFICIAL_DIR
@@ -188,8 +190,6 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--min-contexts {args.min_contexts}: give 0 or more")
     folders = checkpoints(run)
     words = read_words(Path(args.words), args.min_contexts)
-    from eval.aoa_fit import curve_fitness, read_cdi
-
     cdi = read_cdi(Path(args.cdi)) if args.cdi else None
     out_dir = Path(args.out) if args.out else run / "eval"
     target = out_dir / OFFICIAL_DIR / TASK / SURPRISALS
@@ -208,9 +208,12 @@ def main(argv: list[str]) -> int:
         write_atomic(target, json.dumps({"metadata": metadata, "results": rows}, indent=2) + "\n")
         print(f"aoa: {len(words)} words, {sum(w.contexts for w in words)} entries at each of {len(folders)} "
               f"checkpoints ({folders[0].name} .. {folders[-1].name}) -> {target}")
+        fitness_file = target.with_name(FITNESS)
+        if cdi is None and fitness_file.is_file():  # it scored the surprisals this file replaced
+            fitness_file.unlink()
+            print(f"aoa: removed {fitness_file}, the curve fitness of the surprisals replaced; --cdi computes it")
         if cdi is not None:
-            fitness = curve_fitness(rows, cdi)
-            fitness_file = target.with_name("curve_fitness.json")
+            fitness = {**curve_fitness(rows, cdi), "cdi": str(Path(args.cdi).resolve())}
             write_atomic(fitness_file, json.dumps(fitness, indent=2) + "\n")
             note = " (fewer than 3 words could be fitted: the pipeline's 0.0, not a correlation)" \
                 if fitness.get("too_few_words") else ""

@@ -136,8 +136,11 @@ def test_aoa_writes_the_pipelines_surprisal_file_and_fitness(run, tmp_path):
     fitness = json.loads(target.with_name("curve_fitness.json").read_text())  # its values: the next test
     assert f"aoa: curve fitness {fitness['curve_fitness']:.4f} over {fitness['n_words']} words" in proc.stdout
 
-    # the same command again replaces its own file; another backend or words file is refused, the file kept
-    ok(run_here("eval", "aoa", str(run), "--words", str(words_file), "--no-progress"))
+    assert fitness["cdi"] == str(cdi.resolve())
+    # the same command again replaces its own file (and the fitness of the surprisals it replaced, without --cdi);
+    # another backend or words file is refused, the file kept
+    proc = ok(run_here("eval", "aoa", str(run), "--words", str(words_file), "--no-progress"))
+    assert "removed" in proc.stdout and not target.with_name("curve_fitness.json").exists()
     before = target.read_bytes()
     other = write_words(tmp_path / "other.json", {"dog": 1, "ball": 1})
     assert_user_error(run_here("eval", "aoa", str(run), "--words", str(other), "--no-progress"),
