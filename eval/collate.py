@@ -15,6 +15,7 @@ written. Without AoA surprisals the file is written without "aoa", with a warnin
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 from pathlib import Path
 
@@ -96,8 +97,11 @@ def _check_sizes(data: dict, task: str, expected: dict, file: Path) -> None:
 def _check_checkpoints(what: str, names: list[str], lists: dict | None, where: Path, how: str) -> None:
     """`names` (checkpoints, repeats allowed) are exactly one of the size table's checkpoint lists (the one they
     share most with is named when they are not)."""
-    if not lists:
-        raise UserError(f"collate: the size table has no checkpoints section to check {what} ({where}) against")
+    if not isinstance(lists, dict) or not lists or not all(
+        isinstance(v, list) and v and all(isinstance(c, str) for c in v) for v in lists.values()
+    ):
+        raise UserError(f"collate: the size table has no checkpoints section (track: [chck_1M, ...]) to check {what} "
+                        f"({where}) against")
     found = set(names)
     track = max(lists, key=lambda name: (len(set(lists[name]) & found), -len(lists[name])))
     expected = lists[track]
@@ -131,14 +135,15 @@ def _aoa(eval_dir: Path, backend: str, sizes: dict, how: str) -> dict | None:
     if got != backend:
         raise UserError(f"collate: task aoa was made with --backend {got} ({file}), not {backend}; collate with "
                         f"--backend {got} or {how}")
-    if not sizes.get("aoa"):
-        raise UserError(f"collate: the size table has no aoa section (entries) to check {file} against")
-    steps = [r["step"] for r in rows]
+    want = (sizes.get("aoa") or {}).get("entries") if isinstance(sizes.get("aoa"), dict) else None
+    if not isinstance(want, int):
+        raise UserError(f"collate: the size table has no aoa section (entries: N) to check {file} against")
+    steps = [str(r["step"]) for r in rows]
     _check_checkpoints("task aoa", steps, sizes.get("checkpoints"), file, how)
-    want = sizes["aoa"]["entries"]
-    wrong = next((c for c in dict.fromkeys(steps) if steps.count(c) != want), None)
+    counts = collections.Counter(steps)
+    wrong = next((c for c in counts if counts[c] != want), None)
     if wrong:
-        raise UserError(f"collate: task aoa, checkpoint {wrong} has {steps.count(wrong)} entries, the submission "
+        raise UserError(f"collate: task aoa, checkpoint {wrong} has {counts[wrong]} entries, the submission "
                         f"needs {want} ({file}); {how} with the official cdi_childes.json")
     return data
 

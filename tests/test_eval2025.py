@@ -345,6 +345,7 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
         data = json.loads((out / "eval" / "fast" / "babylm2025" / task / "predictions.json").read_text())
         sizes["fast"][task] = {k.lower(): len(v["predictions"]) for k, v in data.items()}
     for checkpoints, needles in (
+        ("chck_1M", ("the size table has no checkpoints section (track: [chck_1M, ...])",)),
         (["chck_1M", "chck_2M", "chck_3M"], ("fast_eval_results has nothing for checkpoint chck_3M",
                                             "the test submission needs 3 checkpoints, chck_1M .. chck_3M",
                                             f"python -m eval curve {out} --suite babylm2025-fast")),
@@ -388,6 +389,7 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
         (["chck_1M", "chck_2M", "chck_3M"], 9, ("task aoa has nothing for checkpoint chck_3M", "3 checkpoints")),
         (["chck_1M"], 9, ("task aoa has a checkpoint chck_2M it does not take",)),
         (["chck_1M", "chck_2M"], 10, ("task aoa, checkpoint chck_1M has 9 entries, the submission needs 10",)),
+        (["chck_1M", "chck_2M"], "nine", ("the size table has no aoa section (entries: N)",)),
     ):
         table.write_text(yaml.safe_dump({**sizes, "aoa": {"entries": entries}, "checkpoints": {"test": checkpoints}}))
         assert_user_error(run_here(*collate), *needles)
