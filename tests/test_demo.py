@@ -12,8 +12,8 @@ def test_deterministic_from_seed(tmp_path):
     c = demo.generate(tmp_path / "c", seed=4, n_sentences=500, pairs_per_phenomenon=20)
     files = [p.relative_to(a) for p in sorted(a.rglob("*")) if p.is_file()]
     assert (
-        len(files) == 2 + len(demo.PHENOMENA) + 4
-    )  # corpus, dev, pairs, finetune/{demo_phenomenon,demo_acceptability}.*
+        len(files) == 2 + len(demo.PHENOMENA) + 4 + 1
+    )  # corpus, dev, pairs, finetune/{demo_phenomenon,demo_acceptability}.*, aoa/cdi_childes.json
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert (a / "train" / "demo.train").read_bytes() != (c / "train" / "demo.train").read_bytes()
 
@@ -28,13 +28,29 @@ def test_a_folder_from_before_the_tasks_gains_them_and_keeps_its_files(tmp_path)
     shutil.copytree(fresh, old)
     (old / "finetune" / "demo_acceptability.valid.jsonl").unlink()
     (old / "finetune" / "demo_phenomenon.train.jsonl").unlink()
+    (old / demo.AOA_WORDS).unlink()
     kept = old / "finetune" / "demo_acceptability.train.jsonl"
     kept.write_text(kept.read_text() + "\n")  # someone's edit: must survive
     assert demo.add_task(old, seed=3)
     for name in ("demo_acceptability.valid.jsonl", "demo_phenomenon.train.jsonl", "demo_phenomenon.valid.jsonl"):
         assert (old / "finetune" / name).read_bytes() == (fresh / "finetune" / name).read_bytes(), name
     assert kept.read_text() == (fresh / "finetune" / kept.name).read_text() + "\n"
+    assert (old / demo.AOA_WORDS).read_bytes() == (fresh / demo.AOA_WORDS).read_bytes()
     assert not demo.add_task(old, seed=3)
+    (old / demo.AOA_WORDS).unlink()  # the AoA words alone missing: added too
+    assert demo.add_task(old, seed=3) and (old / demo.AOA_WORDS).read_bytes() == (fresh / demo.AOA_WORDS).read_bytes()
+
+
+def test_aoa_words_are_the_grammars_content_words_in_the_cdi_layout(demo_root):
+    """cdi_childes.json's layout ({word: [{"context": ...}]}), every content word of the grammar, each context a
+    corpus sentence that holds the word, at most AOA_CONTEXTS of them."""
+    words = json.loads((demo_root / demo.AOA_WORDS).read_text())
+    corpus = set((demo_root / "train" / "demo.train").read_text().splitlines())
+    assert {"dog", "dogs", "mice", "tickles", "hungry", "boxes"} <= set(words) and "the" not in words
+    assert all(1 <= len(c) <= demo.AOA_CONTEXTS for c in words.values())
+    for word, contexts in words.items():
+        for c in contexts:
+            assert c["context"] in corpus and word in c["context"].rstrip(".?!").lower().split(), (word, c)
 
 
 def test_pairs_are_blimp_format_and_held_out(demo_root):

@@ -205,9 +205,31 @@ def phenomenon_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
     return _held_out_rows(rng, seen, n, lambda i, k: (i % k, lambda good, bad: {"sentence": good, "label": i % k}))
 
 
+AOA_WORDS = "aoa/cdi_childes.json"  # the demo's stand-in for the 2025 AoA task's word list (python -m eval aoa)
+AOA_CONTEXTS = 5  # corpus sentences kept per word
+
+
+def aoa_words(train: list[str]) -> dict[str, list[dict]]:
+    """The grammar's content words in cdi_childes.json's layout, {word: [{"context": sentence}, ...]}: each with its
+    first AOA_CONTEXTS corpus sentences that hold it (the task scores words out of context, so these only count)."""
+    vocab = dict.fromkeys([w for n in NOUNS for w in n[:2]] + [w for pl in PLACES for w in pl]
+                          + [w for v in INTRANSITIVE + TRANSITIVE for w in v] + ADJECTIVES)
+    contexts: dict[str, list[dict]] = {w: [] for w in vocab}
+    for sentence in train:
+        for token in dict.fromkeys(sentence.rstrip(".?!").lower().split()):
+            if token in contexts and len(contexts[token]) < AOA_CONTEXTS:
+                contexts[token].append({"context": sentence})
+    return contexts
+
+
+def write_aoa_words(out: Path, train: list[str]) -> None:
+    (out / AOA_WORDS).parent.mkdir(parents=True, exist_ok=True)
+    (out / AOA_WORDS).write_text(json.dumps(aoa_words(train), indent=1) + "\n", encoding="utf-8")
+
+
 def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pairs_per_phenomenon: int = 200) -> Path:
-    """Write `train/demo.train`, `dev/demo.dev`, `pairs/<UID>.jsonl` and `finetune/<task>.{train,valid}.jsonl`
-    (demo_phenomenon, demo_acceptability) under `out_dir`."""
+    """Write `train/demo.train`, `dev/demo.dev`, `pairs/<UID>.jsonl`, `finetune/<task>.{train,valid}.jsonl`
+    (demo_phenomenon, demo_acceptability) and `aoa/cdi_childes.json` under `out_dir`."""
     out = Path(out_dir)
     rng = random.Random(seed)
     train = [corpus_sentence(rng) for _ in range(n_sentences)]
@@ -234,6 +256,7 @@ def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pair
     for uid, rows in pairs.items():
         (out / "pairs" / f"{uid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     write_task(out, task)
+    write_aoa_words(out, train)
     return out
 
 
@@ -274,12 +297,18 @@ def write_task(out: Path, tasks: dict[str, dict[str, list[dict]]]) -> None:
 
 
 def add_task(out_dir: str | Path, seed: int) -> bool:
-    """A demo folder written before a fine-tuning task existed gains its files, the sentences kept out of that folder's
-    own corpus and pairs (the same files a fresh `generate` with this seed writes); files already there are kept.
-    False when nothing was missing."""
+    """A demo folder written before a task existed gains its files: the fine-tuning tasks' (their sentences kept out
+    of that folder's own corpus and pairs) and the AoA words (from its corpus), the same files a fresh `generate`
+    with this seed writes; files already there are kept. False when nothing was missing."""
     out = Path(out_dir)
     missing = [f"{name}.{split}.jsonl" for name in TASKS for split in ("train", "valid")
                if not (out / "finetune" / f"{name}.{split}.jsonl").exists()]
+    if not (out / AOA_WORDS).exists():
+        train = [line for path in sorted((out / "train").glob("*"))
+                 for line in path.read_text(encoding="utf-8").split("\n") if line]
+        write_aoa_words(out, train)
+        if not missing:
+            return True
     if not missing:
         return False
     seen = set()

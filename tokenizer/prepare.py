@@ -46,7 +46,8 @@ def ensure_demo(data: DataConfig) -> None:
             and (train_dir.parent / "pairs").is_dir()
             and demo.add_task(train_dir.parent, data.seed)
         ):
-            print(f"added the demo's fine-tuning tasks to {train_dir.parent}/finetune (the folder predates it)")
+            print(f"added the demo's missing task files to {train_dir.parent} (finetune/, aoa/: the folder predates "
+                  "them)")
         return
     root = train_dir.parent
     if train_dir.name != "train" or (data.dev_dir and Path(data.dev_dir) != root / "dev"):
