@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from common import config as cfglib
-from common.errors import UserError, exit_on_user_error
+from common.errors import exit_on_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,14 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     check_other_runs(cfg, points, args.grid)
     check_started_points(points, args.grid)
     check_scored_results(cfg, points, tasks, tuning, args.grid)
-    from common.paths import FolderLock, Locked
+    from common.paths import FolderLock, holding
 
-    try:
-        with FolderLock(cfg.root / "_grid"):  # one launcher per grid: a second one would train every point twice
-            return run_grid(cfg, points, args.verbose)
-    except Locked as exc:
-        raise UserError(f"{cfg.root}: another launcher is running this grid ({exc.holder}); wait for it to end, "
-                        f"or stop it, then run the same command again") from None
+    # one launcher per grid: a second one would train every point twice
+    with holding(FolderLock(cfg.root / "_grid"), cfg.root, "launcher is running this grid",
+                 "wait for it to end, or stop it, then run the same command again"):
+        return run_grid(cfg, points, args.verbose)
 
 
 if __name__ == "__main__":

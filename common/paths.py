@@ -188,6 +188,23 @@ class FolderLock:
         self.release()
 
 
+@contextlib.contextmanager
+def holding(lock: FolderLock, where: Path, doing: str, advice: str):
+    """Hold `lock` for the block (its folder made if need be). A live holder is refused in one line:
+    `<where>: another <doing> (<holder>); <advice>`."""
+    from common.errors import UserError
+
+    lock.folder.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire()
+    except Locked as exc:
+        raise UserError(f"{where}: another {doing} ({exc.holder}); {advice}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def hash_files(folder: Path, patterns: tuple[str, ...]) -> str:
     """A hash of the names and bytes of `folder`'s files that match `patterns`, in order."""
     h = hashlib.sha256()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from common.paths import FolderLock, Locked
+from common.paths import FolderLock, holding
 from eval import encode, report
 from eval.model import Loaded, check_folder, load, loading_bars
 from eval.scorer import Scorer
@@ -219,13 +219,8 @@ def tasks_locked(out_dir: Path, names: list[str]):
     in one line naming it."""
     with contextlib.ExitStack() as held:
         for name in dict.fromkeys(names):
-            lock = task_lock(out_dir, name)
-            try:
-                lock.acquire()
-            except Locked as exc:
-                raise UserError(f"{out_dir}: another evaluation of {name} is writing there ({exc.holder}); let it "
-                                "end, or pass --out DIR") from None
-            held.callback(lock.release)
+            held.enter_context(holding(task_lock(out_dir, name), out_dir, f"evaluation of {name} is writing there",
+                                       "let it end, or pass --out DIR"))
         yield
 
 

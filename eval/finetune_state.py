@@ -25,8 +25,7 @@ import torch
 from transformers import TrainerCallback
 
 from common.checkpoints import CHECKPOINT, checkpoint_problem, write_manifest
-from common.errors import UserError
-from common.paths import FolderLock, Locked, write_atomic
+from common.paths import FolderLock, holding, write_atomic
 
 ATTEMPT = "attempt.json"
 BEST = "best.pt"
@@ -36,17 +35,8 @@ TRAINER = "trainer"
 @contextlib.contextmanager
 def locked(work: Path, task: str):
     """Hold `work`'s LOCK for the block; a live holder is refused in one line naming it."""
-    lock = FolderLock(work)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        lock.acquire()
-    except Locked as exc:
-        raise UserError(f"{work}: another fine-tuning of {task} is running there ({exc.holder}); let it end, or "
-                        "pass --out DIR") from None
-    try:
+    with holding(FolderLock(work), work, f"fine-tuning of {task} is running there", "let it end, or pass --out DIR"):
         yield
-    finally:
-        lock.release()
 
 
 def newest_good_checkpoint(work: Path) -> Path | None:

@@ -25,7 +25,7 @@ import yaml
 from common import config as cfglib
 from common.errors import UserError, summary
 from common.checkpoints import CHECKPOINT, checkpoint_problem, now
-from common.paths import REPO, FolderLock, Locked, file_in_the_way, write_atomic
+from common.paths import REPO, FolderLock, file_in_the_way, holding, write_atomic
 from common.ranks import is_main_process, say
 
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST",
@@ -104,11 +104,9 @@ class RunDir:
         self.refuse_foreign()  # not even a LOCK goes into a folder that is not ours
         created = [p for p in [self.path, *self.path.parents] if not p.exists()]
         try:
-            with FolderLock(self.path):
+            with holding(FolderLock(self.path), self.path, "process is working on this run",
+                         "wait for it to end, or stop it, then run the same command again"):
                 yield
-        except Locked as exc:
-            raise UserError(f"{self.path}: another process is working on this run ({exc.holder}); wait for it to end, "
-                            f"or stop it, then run the same command again") from None
         finally:
             for folder in created:  # innermost first; only folders made here and still empty
                 try:
