@@ -37,8 +37,8 @@ from eval.tasks import absolute, decode_text, jsonl_rows, same_files
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
 GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.*", "merges.txt",
-                   "*.model")  # what a saved tokenizer is made of, hashed into a fine-tuning attempt
+TOKENIZER_HASHED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.*", "merges.txt",
+                    "*.model")  # what a saved tokenizer is made of, hashed into a fine-tuning attempt
 
 
 class Stopped(Exception):
@@ -275,7 +275,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     work = out_dir / "finetune" / name
     epochs, batch, lr = s.epochs or spec.epochs, s.batch_size or spec.batch_size, s.lr or spec.lr
     files = (f"{name}.train.jsonl", f"{name}.valid.jsonl")
-    attempt = {"model": model_hash(m.folder), "tokenizer": hash_files(m.folder, TOKENIZER_FILES),
+    attempt = {"model": model_hash(m.folder), "tokenizer": hash_files(m.folder, TOKENIZER_HASHED),
                "data": hash_files(data_dir, files),
                "spec": dataclasses.asdict(spec), "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
                "max_length": m.length, "pool": m.pool}
