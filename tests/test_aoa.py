@@ -249,6 +249,16 @@ def test_aoa_bad_inputs(run, tmp_path):
         tok.bos_token = None
         tok.save_pretrained(nobos / "milestones" / name)
     bad("--words", str(words), needles=("no BOS token",), target=nobos)
+    slow = tmp_path / "slow"  # ByT5's tokenizer exists only in Python: no character offsets
+    shutil.copytree(run, slow)
+    from transformers import ByT5Tokenizer
+
+    for name in ("chck_1k", "chck_5k"):
+        for f in (slow / "milestones" / name).glob("*"):
+            if f.name.startswith(("tokenizer", "special_tokens")):
+                f.unlink()
+        ByT5Tokenizer(extra_ids=0, bos_token="<s>").save_pretrained(slow / "milestones" / name)
+    bad("--words", str(words), needles=("not a fast tokenizer", "chck_1k"), target=slow)
     bad("--words", str(words), "--backend", "mlm", needles=("cannot be loaded as a masked LM",))
     bad("--words", str(words), "--cdi", str(tmp_path / "none.csv"), needles=("--cdi", "no such file"))
     bad("--words", str(words), "--cdi", str(words_file("noword.csv", "item,16,17\ndog,0.1,0.2\n")),
