@@ -2,12 +2,12 @@
 runs, and the paired tests of the two on every task both scored pair by pair.
 
 A row's baseline is a model of the same experiment with the same architecture (the saved config.json, read as the
-model folder holds it), the same training data and tokenizer (`data_key`), the same seed and the same number of words
-seen, trained without distillation: a `train` run
-(the student alone) or, for a WML peer, its solo twin (`wml.solo_peer`, preferred when both exist). Rows trained
-alone have no baseline; they are the baselines. For every task whose per-pair file (eval/pairs/<task>.jsonl) both
-models have, the difference of accuracies with its paired-bootstrap 95% interval and McNemar's exact p
-(results/compare.py).
+model folder holds it), the same training data and tokenizer (`data_key`; and the same packed text, `train_blocks`,
+where both runs recorded it), the same seed and the same number of words seen, trained without distillation: a
+`train` run (the student alone) or, for a WML peer, its solo twin (`wml.solo_peer`, preferred when both exist).
+Rows trained alone have no baseline; they are the baselines. For every task whose per-pair file
+(eval/pairs/<task>.jsonl) both models have, the difference of accuracies with its paired-bootstrap 95% interval
+and McNemar's exact p (results/compare.py).
 """
 from __future__ import annotations
 
@@ -58,6 +58,42 @@ def setting_key(config: dict) -> str:
     return fingerprint(kept)
 
 
+def trained_on(inputs) -> dict:
+    """A run's recorded inputs (run.json `inputs`, written since 2026-12-03; None before): `train_blocks`, the cache
+    name of the packed blocks it trained on (a fingerprint of the raw files' bytes, the tokenizer, the cleaning and
+    the packing), and `inputs_key`, a fingerprint of every input, the teachers' model files included. The config
+    names a folder; these say what was in it."""
+    if not isinstance(inputs, dict):
+        return {"train_blocks": None, "inputs_key": None}
+    blocks = inputs.get("data.train_dir")
+    return {"train_blocks": blocks if isinstance(blocks, str) else None, "inputs_key": fingerprint(inputs)}
+
+
+def agree(a, b) -> bool:
+    """Two recorded fingerprints agree unless both are recorded and differ (a run from before the record agrees)."""
+    return not (isinstance(a, str) and isinstance(b, str)) or a == b
+
+
+def differing_text(df) -> list[str]:
+    """One line per experiment and data config (`data_key`) whose runs trained on other text: the same folder
+    names, but the files, the tokenizer, the cleaning or the packing changed between the runs. Such runs are not
+    paired as method and baseline (find_baseline), and are not replicates (results/seeds.py)."""
+    if "train_blocks" not in df.columns:
+        return []
+    lines = []
+    for _, rows in df.groupby(["experiment", "data_key"], sort=False, dropna=False):
+        first = {}  # packed blocks -> the first run trained on them
+        for _, r in rows.sort_values("run").iterrows():
+            if isinstance(r["train_blocks"], str):
+                first.setdefault(r["train_blocks"], r["run"])
+        if len(first) > 1:
+            (a_blocks, a), (b_blocks, b) = list(first.items())[:2]
+            lines.append(f"note: {a} and {b} have the same data config but trained on other text ({a_blocks} against "
+                         f"{b_blocks}): the corpus files, the tokenizer, the cleaning or the packing changed between "
+                         f"them; runs on other text are not compared as method and baseline, nor taken as replicates")
+    return lines
+
+
 def pair_tasks(eval_dir: Path) -> set[str]:
     return {p.stem for p in (eval_dir / "pairs").glob("*.jsonl")}
 
@@ -74,6 +110,8 @@ def find_baseline(df, i: int):
     same = df[(df["experiment"] == r["experiment"]) & (df["architecture"] == r["architecture"])
               & (df["data_key"] == r["data_key"]) & (df["seed"] == r["seed"]) & (df["words_seen"] == r["words_seen"])
               & df["method"].isin(ALONE)]
+    if "train_blocks" in df.columns:  # and the same text, where both runs recorded it
+        same = same[[agree(r["train_blocks"], blocks) for blocks in same["train_blocks"]]]
     if same.empty:
         return None
     twins = same[same["method"] == "solo-twin"]

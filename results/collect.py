@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from common.errors import summary
-from results.baselines import architecture, data_key, setting_key
+from results.baselines import architecture, data_key, setting_key, trained_on
 from results.markdown import finite, number, table
 
 FAMILY_ORDER = ["blimp_filtered", "blimp_supplement", "blimp", "ewok_filtered", "demo_pairs"]
@@ -163,6 +163,7 @@ def read_run(run: Path) -> list[dict]:
         "seed": (config.get("train") or {}).get("seed"),
         "data_key": data_key(config),
         "setting": setting_key(config),
+        **trained_on(info.get("inputs")),
     }
     if "wml" in config:
         champion = _read(run, "model/champion.json", json.loads, dict)

@@ -211,7 +211,10 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> No
         made += [p for p in (term_curves(Path(run), out / f"{name}-terms" / f"{Path(run).name}.png"),
                              omega_curves(Path(run), out / f"{name}-omega" / f"{Path(run).name}.png")) if p is not None]
     print(table)
-    from results.baselines import comparisons
+    from results.baselines import comparisons, differing_text
+
+    for line in differing_text(df):
+        print(line)
     from results.baselines import markdown as baseline_markdown
 
     tests = comparisons(df)

@@ -9,8 +9,10 @@ one-sample t test of the per-seed differences against 0 (scipy.stats.ttest_1samp
 of freedom, so two seeds give a weak test).
 
 Replicates are the rows of one setting (results/baselines.py setting_key: the whole config.yaml but the seed, the
-run's name and where it ran) and one model; a setting needs two seeds or more to appear. A setting run twice with
-the same seed counts once (the first run directory in order), and is named on one line.
+run's name and where it ran) and one model, trained on the same inputs where recorded (run.json `inputs`: the
+packed text and the teachers' model files; a setting whose runs differ there is named on one line and left out); a
+setting needs two seeds or more to appear. A setting run twice with the same seed counts once (the first run
+directory in order), and is named on one line.
 """
 from __future__ import annotations
 
@@ -38,10 +40,25 @@ def first_per_seed(df, rows) -> dict:
     return first
 
 
+def _other_inputs(df, rows) -> tuple[str, str] | None:
+    """Two runs of `rows` whose recorded inputs differ (results/baselines.py trained_on), or None."""
+    first = {}
+    for i in sorted(rows, key=lambda i: df.loc[i, "run"]):
+        key = df.loc[i].get("inputs_key")
+        if isinstance(key, str):
+            first.setdefault(key, df.loc[i, "run"])
+    return tuple(list(first.values())[:2]) if len(first) > 1 else None
+
+
 def replicate_groups(df) -> dict[tuple, list]:
     """(setting, model) -> the row indices of its distinct seeds, in seed order, for groups of two seeds or more."""
     groups: dict[tuple, list] = {}
     for (setting, model), rows in df.groupby(["setting", "model"], sort=False):
+        other = _other_inputs(df, rows.index)
+        if other:
+            print(f"not replicates: {other[0]} and {other[1]} have one setting but were trained on other inputs "
+                  f"(run.json `inputs`: the packed text or a teacher's model files changed between them)")
+            continue
         first = first_per_seed(df, rows.index)
         for i in set(rows.index) - set(first.values()):
             print(f"same setting and seed {df.loc[i, 'seed']} twice: {df.loc[first[df.loc[i, 'seed']], 'run']} and "

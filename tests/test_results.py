@@ -235,6 +235,43 @@ def test_bad_inputs(runs, tmp_path):
                       f"{pairs}:1", "not a pair record")
 
 
+def test_runs_of_one_config_on_changed_text_are_not_replicates(demo_root, cache_dir, tmp_path):
+    """Two seeds trained on the corpus, then a line added to a corpus file, then a third seed: one config, but run.json
+    records other packed text for the third. collect names it, and the three are no replicates; before the change
+    the two were."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(demo_root, corpus)
+
+    def train(seed: int) -> None:
+        ok(run_here("train", "config/runs/demo-student.yaml", f"data.train_dir={corpus / 'train'}",
+                    f"data.dev_dir={corpus / 'dev'}", f"data.cache_dir={cache_dir}", f"output.dir={tmp_path / 'runs'}",
+                    "output.experiment=text", f"output.name=student__train.seed={seed}", f"train.seed={seed}",
+                    "train.max_steps=4", "train.eval_steps=4", "train.save_steps=4", "optim.warmup_steps=1",
+                    "train.word_checkpoints=[]"))
+
+    def collect(out: str):
+        return ok(run_cli("results", "collect", str(tmp_path / "runs" / "text"), "--out", str(tmp_path / out)))
+
+    train(1)
+    train(2)
+    proc = collect("before")
+    assert "not replicates" not in proc.stdout and "other text" not in proc.stdout
+    assert (tmp_path / "before" / "text-seeds.md").is_file()
+    first = next((corpus / "train").glob("*.train"))
+    first.write_text(first.read_text() + "The child saw a new dog .\n")
+    train(3)
+    proc = collect("after")
+    runs = tmp_path / "runs" / "text"
+    blocks = [json.loads((runs / f"student__train.seed={s}" / "run.json").read_text())["inputs"]["data.train_dir"]
+              for s in (1, 2, 3)]
+    assert blocks[0] == blocks[1] != blocks[2]
+    one, three = runs / "student__train.seed=1", runs / "student__train.seed=3"
+    assert (f"note: {one} and {three} have the same data config but "
+            f"trained on other text ({blocks[0]} against {blocks[2]})") in proc.stdout, proc.stdout
+    assert "not replicates" in proc.stdout
+    assert not (tmp_path / "after" / "text-seeds.md").exists()
+
+
 def test_curves_plot_dev_ce_and_the_ce_term_never_the_mixed_training_loss(tmp_path):
     """The curves figure reads, per method, the CE part of the training loss (plain training: its loss; KD: loss/ce;
     WML: none) and every run's dev CE, against words seen; the per-run term plot exists only for runs with terms."""
@@ -311,23 +348,32 @@ def test_a_method_is_compared_with_the_same_architecture_seed_and_words_trained_
 
     from results.baselines import find_baseline
 
-    def row(recipe, method, arch="A", seed=42, words=1000, experiment="e", data="d"):
-        return {"recipe": recipe, "model": arch, "method": method, "architecture": arch, "seed": seed,
-                "words_seen": words, "experiment": experiment, "data_key": data}
+    def row(recipe, method, arch="A", seed=42, words=1000, experiment="e", data="d", blocks="train-1"):
+        return {"run": f"runs/{experiment}/{recipe}", "recipe": recipe, "model": arch, "method": method,
+                "architecture": arch, "seed": seed, "words_seen": words, "experiment": experiment, "data_key": data,
+                "train_blocks": blocks}
 
     df = pd.DataFrame([
         row("student", "train"), row("kd", "kd:ce+logit_kd"), row("kd-seed", "kd:ce+logit_kd", seed=1),
         row("kd-longer", "kd:ce+logit_kd", words=2000), row("kd-other", "kd:ce+logit_kd", experiment="f"),
         row("kd-wider", "kd:ce+logit_kd", arch="B"), row("kd-other-text", "kd:ce+logit_kd", data="other"),
+        row("kd-other-bytes", "kd:ce+logit_kd", blocks="train-2"), row("kd-unrecorded", "kd:ce+logit_kd", blocks=None),
         row("twin", "solo-twin"), row("peer", "wml-mutual"),
         row("teacher", "train", arch="T"),
     ])
     by = {r: i for i, r in enumerate(df["recipe"])}
     assert find_baseline(df, by["kd"]) == by["student"]
+    assert find_baseline(df, by["kd-unrecorded"]) == by["student"]  # a run from before run.json recorded its text
     assert find_baseline(df, by["peer"]) == by["twin"]  # the twin, not the plain run of the same architecture
     for alone_or_unmatched in ("student", "twin", "teacher", "kd-seed", "kd-longer", "kd-other", "kd-wider",
-                               "kd-other-text"):
+                               "kd-other-text", "kd-other-bytes"):
         assert find_baseline(df, by[alone_or_unmatched]) is None, alone_or_unmatched
+    from results.baselines import differing_text
+
+    (note,) = differing_text(df)  # the same config, other text: named once, the first two runs in order
+    assert note.startswith("note: runs/e/kd and runs/e/kd-other-bytes have the same data config but trained on other "
+                           "text (train-1 against train-2)"), note
+    assert differing_text(df[df["recipe"] != "kd-other-bytes"]) == []
 
 
 def test_replicates_are_one_setting_that_differs_only_in_the_seed():
@@ -408,6 +454,21 @@ def test_over_seeds_each_difference_its_mean_spread_t_test_and_what_the_seeds_sa
     assert verdict([0.01, -0.02], [0.01, 0.001]) == "changes sign"
     assert verdict([0.0, 0.02], [1.0, 0.001]) == "zero at a seed"
     assert seeds_markdown(_rows({"student": [42], "kd": [42]}), []) is None  # one seed: no seeds file
+
+
+def test_seeds_trained_on_other_inputs_are_not_replicates(capsys):
+    """One setting whose runs recorded other inputs (the packed text, a teacher's files) is named on one line and left
+    out of the replicates; runs that recorded nothing (from before the record) still count."""
+    from results.seeds import replicate_groups
+
+    df = _rows({"student": [42, 7, 3], "kd": [42, 7, 3]})
+    df["inputs_key"] = ["x", "x", None, "y", "y", "y"]
+    assert {k[0] for k in replicate_groups(df)} == {"student", "kd"}
+    df.loc[4, "inputs_key"] = "z"  # kd at seed 7 read a teacher trained again
+    assert {k[0] for k in replicate_groups(df)} == {"student"}
+    out = capsys.readouterr().out
+    assert ("not replicates: runs/s/kd and runs/s/kd__train.seed=7 have one setting but were trained on other "
+            "inputs") in out, out
 
 
 def test_a_settings_name_across_seeds_is_the_grid_point_name_without_its_seed():
