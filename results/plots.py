@@ -230,5 +230,12 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> No
         write_atomic(out / f"{name}-seeds.md", over_seeds)
         made.insert(0, out / f"{name}-seeds.md")
         print(over_seeds)
+    from results.written import replace_collection
+
+    written = [out / f"{name}.csv", out / f"{name}.md", *made]
+    removed = replace_collection(out, name, written)
+    if removed:
+        print(f"removed {len(removed)} file(s) of the previous collection {name!r} that this one does not write: "
+              + ", ".join(str(p) for p in removed))
     print(f"{len(df)} row(s) from {df['run'].nunique()} run(s), {len(incomplete)} incomplete -> "
-          + ", ".join(str(p) for p in [out / f"{name}.csv", out / f"{name}.md", *made]))
+          + ", ".join(str(p) for p in written))

@@ -94,6 +94,34 @@ def test_collect_writes_csv_markdown_and_plots(runs, tmp_path):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_collection_removes_what_its_previous_one_wrote_and_nothing_else(runs, tmp_path):
+    """Collected again under the same name, a folder holds this collection's files only: what the last one wrote and
+    this one does not (the task bars, once the runs collected have no scores) is removed, by the manifest; files it
+    did not write, and entries of a manifest that point outside the collection, are left alone."""
+    out = tmp_path / "out"
+    unscored = tmp_path / "grid" / "a"  # a run not evaluated yet
+    shutil.copytree(runs / "grid" / "a", unscored)
+    shutil.rmtree(unscored / "eval")
+
+    def collect(*runs_given: Path) -> set[Path]:
+        proc = ok(run_cli("results", "collect", *map(str, runs_given), "--out", str(out), "--name", "g"))
+        return {Path(p) for p in proc.stdout.strip().splitlines()[-1].split(" -> ")[1].split(", ")}
+
+    first = collect(runs / "grid")
+    assert out / "g-tasks.png" in first
+    mine = [out / "g-mine.md", out / "notes.txt", tmp_path / "outside.txt"]
+    for path in mine:
+        path.write_text("a person's file")
+    second = collect(unscored)
+    assert first - second == {out / "g-tasks.png"}
+    files = {p for p in out.rglob("*") if p.is_file()}
+    assert files == second | {out / "g-mine.md", out / "notes.txt", out / ".g.collected.json"}
+    (out / ".g.collected.json").write_text(json.dumps(["../outside.txt", "notes.txt", str(out / "g-mine.md"),
+                                                       "g-x/../../outside.txt"]))
+    collect(unscored)
+    assert all(path.read_text() == "a person's file" for path in mine)
+
+
 def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
     """A run evaluated on WUG (Spearman's rho) and reading (ΔR²): their columns hold those scores, labelled so."""
     import tarfile
