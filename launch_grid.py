@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from grid import executors
     from grid.launcher import run_grid
     from grid.plan import (check_finetune, check_other_runs, check_scored_results, check_started_points, check_tasks,
-                           expand, load_grid)
+                           check_trained_inputs, expand, load_grid)
 
     args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     cfg = load_grid(args.grid, args.overrides)
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = check_tasks(cfg)
     check_other_runs(cfg, points, args.grid)
     check_started_points(points, args.grid)
+    check_trained_inputs(points, args.grid)
     check_scored_results(cfg, points, tasks, tuning, args.grid)
     from common.paths import FolderLock, holding
 

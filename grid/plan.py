@@ -221,6 +221,43 @@ def check_started_points(points: list[Point], grid_path: str | Path) -> None:
             )
 
 
+def check_trained_inputs(points: list[Point], grid_path: str | Path) -> None:
+    """A started point's run was trained on what its config reads now: the packed text (the corpus files' bytes, the
+    tokenizer, the cleaning and packing) and each teacher's model files, as its run.json recorded them. A corpus
+    edited, or a teacher trained again, between two launches leaves every config as it was: a finished point would
+    be skipped, and its scores would stand beside those of points trained on the new inputs (an unfinished one would
+    be refused only when its turn comes). What cannot be known before training (a folder not there yet) is left to
+    the run's own check."""
+    from common.paths import model_hash
+    from tokenizer.prepare import blocks_names
+    from train.rundir import RunDir
+
+    names_of: dict[str, dict | None] = {}  # one fingerprint of each corpus, however many points read it
+    for point in points:
+        recorded = RunDir(Path(point.run)).read_info().get("inputs") if point.config is not None else None
+        if not isinstance(recorded, dict):
+            continue
+        data, tok = point.config.data, point.config.tokenizer
+        key = json.dumps([dataclasses.asdict(data), dataclasses.asdict(tok)], sort_keys=True, default=str)
+        if key not in names_of:
+            names_of[key] = blocks_names(data, tok)
+        now = dict(names_of[key] or {})
+        now.update({k: model_hash(Path(folder)) for k, folder in other_runs(point) if Path(folder).is_dir()})
+        changed = [k for k in recorded if k in now and now[k] is not None and recorded[k] != now[k]]
+        if changed:
+            finished = "a finished point is not trained again" if (Path(point.run) / "DONE").is_file() else \
+                "an unfinished point would be refused when it resumes"
+            raise UserError(
+                f"{grid_path}: stage {point.stage}, point {point.name}: {point.run} was trained on other inputs than "
+                f"its config reads now ({'; '.join(f'{k}: {recorded[k]} -> {now[k]}' for k in changed)}: "
+                + " or ".join(reason for reason, kind in (
+                    ("the corpus files, the tokenizer, or the cleaning or packing", True),
+                    ("a teacher's model files", False)) if any(k.startswith("data.") == kind for k in changed))
+                + f" changed since it trained); {finished}, so its scores would stand beside runs on the new inputs: "
+                f"restore them, or move {point.run} aside to train the point again"
+            )
+
+
 def check_finetune(cfg: GridConfig) -> dict[str, Path]:
     """Every fine-tuning task's files that are already there are read and checked now, before anything trains; a
     task's own default folder (the demo's) may appear later, when the first demo run writes the corpus. Returns the

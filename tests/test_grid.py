@@ -204,6 +204,63 @@ def test_a_grid_edited_after_its_points_started_is_refused_on_relaunch(workdir, 
 
 
 @pytest.mark.slow
+def test_a_point_trained_on_text_edited_since_is_refused_on_relaunch(workdir, demo_root, cache_dir):
+    """A corpus file edited after a point finished leaves its config as it was; the relaunch compares the text the
+    point's run.json records (the packed blocks' fingerprint) with what the corpus gives now, and refuses in one line
+    before anything runs. The text restored, the grid goes on (the finished point skipped)."""
+    corpus = workdir / "corpus"
+    shutil.copytree(demo_root, corpus)
+    grid = write_grid(workdir, f"name: text\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
+                               f"    axes: {{optim.lr: [3.0e-3]}}\ntasks: [demo_pairs]\neval_data_dir: {corpus}\n"
+                               f"executor: {{kind: debug}}\n")
+    ok(launch(workdir, str(grid), *data_sets(corpus, cache_dir)))
+    (run,) = (workdir / "runs" / "text").glob("student__*")
+    recorded = json.loads((run / "run.json").read_text())["inputs"]["data.train_dir"]
+    text = next((corpus / "train").glob("*.train"))
+    original = text.read_bytes()
+    text.write_bytes(original + b"The child saw a new dog .\n")
+    snapshot = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert_user_error(launch(workdir, str(grid), *data_sets(corpus, cache_dir)),
+                      f"{grid}: stage grid, point {run.name}: runs/text/{run.name} was trained on other inputs than "
+                      f"its config reads now (data.train_dir: {recorded} -> train-",
+                      "the corpus files, the tokenizer, or the cleaning or packing changed since it trained); a "
+                      "finished point is not trained again", f"or move runs/text/{run.name} aside")
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == snapshot  # nothing ran
+    text.write_bytes(original)
+    proc = ok(launch(workdir, str(grid), *data_sets(corpus, cache_dir)))
+    assert re.search(rf"{re.escape(run.name)} .* done\n", proc.stdout), proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if "_results" not in str(p)} == snapshot
+
+
+@pytest.mark.slow
+def test_a_point_distilled_from_a_teacher_trained_again_is_refused_on_relaunch(workdir, demo_root, cache_dir):
+    """The teacher a finished KD point read, trained again (--overwrite, another seed) at the same path: the relaunch
+    compares the hash of its model files that the point's run.json records with the folder's now, and refuses."""
+    teacher = workdir / "runs" / "t" / "teacher"
+
+    def train_teacher(*extra: str) -> None:
+        ok(run_here("train", "config/runs/demo-student.yaml", f"data.train_dir={demo_root / 'train'}",
+                    f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}",
+                    f"output.dir={workdir / 'runs'}", "output.experiment=t", "output.name=teacher",
+                    "train.max_steps=6", "train.save_steps=6",
+                    "train.eval_steps=6", "optim.warmup_steps=1", "train.word_checkpoints=[]", *extra))
+
+    train_teacher()
+    grid = write_grid(workdir, f"name: kd\nstages:\n  - name: grid\n    recipes: [config/runs/demo-kd.yaml]\n"
+                               f"    axes: {{optim.lr: [3.0e-3]}}\n"
+                               f"    overrides: {{distill.teachers: [{{path: {teacher / 'model'}}}]}}\n"
+                               f"tasks: [demo_pairs]\neval_data_dir: {demo_root}\nexecutor: {{kind: debug}}\n")
+    sets = [*data_sets(demo_root, cache_dir), "--set", "train.word_checkpoints=[]"]
+    ok(launch(workdir, str(grid), *sets))
+    (run,) = (workdir / "runs" / "kd").glob("kd__*")
+    recorded = json.loads((run / "run.json").read_text())["inputs"]["distill.teachers[0].path"]
+    train_teacher("train.seed=5", "--overwrite")
+    assert_user_error(launch(workdir, str(grid), *sets),
+                      f"point {run.name}: runs/kd/{run.name} was trained on other inputs than its config reads now "
+                      f"(distill.teachers[0].path: {recorded} -> ", "a teacher's model files changed since it trained")
+
+
+@pytest.mark.slow
 def test_verbose_keeps_a_points_whole_output_on_the_terminal(workdir, demo_root, cache_dir):
     """-v: the point's own output (the training's closing line, the evaluation's lines) stays on the terminal;
     without -v it goes to the point's log and the terminal has only the point's start and end lines."""

@@ -60,10 +60,41 @@ def ensure_demo(data: DataConfig) -> None:
     demo.generate(root, seed=data.seed, n_sentences=data.demo_sentences)
 
 
+def _bpe_fingerprint(tok_cfg: TokenizerConfig, train_fp: str) -> str:
+    return _hash("bpe-1", train_fp, tok_cfg.vocab_size, tok_cfg.min_frequency)
+
+
+def _blocks_key(text_fp: str, tok_fp: str, data: DataConfig) -> str:
+    """The packed blocks' cache key: the raw text, the tokenizer, the block size and the layout."""
+    layout = () if data.packing else ("padded",)  # packed caches keep their old keys
+    return _hash(PACK_VERSION, text_fp, tok_fp, data.block_size, *layout)
+
+
+def blocks_names(data: DataConfig, tok_cfg: TokenizerConfig) -> dict[str, str | None] | None:
+    """The cache names `prepare` gives the packed train and dev blocks now ({"data.train_dir": .., "data.dev_dir":
+    ..}, as a run's inputs record them), from the raw files' bytes, without cleaning, training or packing anything;
+    None when they cannot be known before `prepare` runs (a corpus folder not there yet, such as the demo's before
+    its first run; a pretrained tokenizer that does not load)."""
+    try:
+        train_fp = corpus.fingerprint(corpus.find_files(data.train_dir, data.domains, key="data.train_dir"))
+        dev_fp = (corpus.fingerprint(corpus.find_files(data.dev_dir, data.domains, key="data.dev_dir"))
+                  if data.dev_dir else None)
+        if tok_cfg.type == "from_scratch":
+            tok_fp = _bpe_fingerprint(tok_cfg, train_fp)
+        elif not Path(tok_cfg.name_or_path).is_dir():  # a Hub name: known once `prepare` has fetched it
+            return None
+        else:
+            tok_fp = _hash("pretrained", bpe.load_pretrained(tok_cfg.name_or_path).backend_tokenizer.to_str())
+    except (UserError, OSError, ValueError):
+        return None
+    return {"data.train_dir": f"train-{_blocks_key(train_fp, tok_fp, data)}",
+            "data.dev_dir": f"dev-{_blocks_key(dev_fp, tok_fp, data)}" if dev_fp else None}
+
+
 def load_tokenizer(tok_cfg: TokenizerConfig, clean_train: list[Path], train_fp: str, cache: Path):
     """Return (tokenizer, folder or name to reload it from, fingerprint)."""
     if tok_cfg.type == "from_scratch":
-        fp = _hash("bpe-1", train_fp, tok_cfg.vocab_size, tok_cfg.min_frequency)
+        fp = _bpe_fingerprint(tok_cfg, train_fp)
         out = cache / "tokenizers" / fp
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,8 +213,7 @@ def _prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
     clean_train = corpus.write_clean(train_files, cache / "clean" / train_fp)
     tokenizer, tokenizer_dir, tok_fp = load_tokenizer(tok_cfg, clean_train, train_fp, cache)
     blocks = cache / "blocks"
-    layout = () if data.packing else ("padded",)  # packed caches keep their old keys
-    train_key = _hash(PACK_VERSION, train_fp, tok_fp, data.block_size, *layout)
+    train_key = _blocks_key(train_fp, tok_fp, data)
     train_blocks = pack(
         clean_train,
         tokenizer,
@@ -198,7 +228,7 @@ def _prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
         dev_files = corpus.find_files(data.dev_dir, data.domains, key="data.dev_dir")
         dev_fp = corpus.fingerprint(dev_files)
         clean_dev = corpus.write_clean(dev_files, cache / "clean" / dev_fp)
-        dev_key = _hash(PACK_VERSION, dev_fp, tok_fp, data.block_size, *layout)
+        dev_key = _blocks_key(dev_fp, tok_fp, data)
         dev_blocks = pack(clean_dev, tokenizer, data.block_size, data.num_proc, blocks / f"dev-{dev_key}", data.packing,
                           f"{data.dev_dir} (data.dev_dir)")
     return Prepared(tokenizer_dir, train_blocks, dev_blocks, train_key)
