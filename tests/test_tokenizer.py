@@ -65,6 +65,33 @@ def test_cached_deterministic_and_invalidated(babylm_slice, tmp_path):
     assert changed_corpus.train_blocks != first.train_blocks and changed_corpus.tokenizer_dir != first.tokenizer_dir
 
 
+def test_blocks_names_are_the_names_prepare_gives_without_packing(babylm_slice, tmp_path):
+    """What a grid's launch compares with a run's recorded inputs: the cache names of the train and dev blocks, from
+    the raw bytes alone, equal to prepare's for a tokenizer from scratch or pretrained, packed or padded, before and
+    after a corpus edit; None for a corpus folder not there yet."""
+    from tokenizer.prepare import blocks_names
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(babylm_slice, corpus)
+    data = DataConfig(train_dir=str(corpus / "train"), dev_dir=str(corpus / "dev"), cache_dir=str(tmp_path / "c"),
+                      block_size=32, domains=["cbt", "switchboard"])
+    for tok in (TokenizerConfig(vocab_size=800), TokenizerConfig(type="pretrained", name_or_path=str(
+            shared("hf_tiny_gpt2")))):
+        for packing in (True, False):
+            d = DataConfig(**{**data.__dict__, "packing": packing})
+            names = blocks_names(d, tok)
+            prepared = prepare(d, tok)
+            assert names == {"data.train_dir": prepared.train_blocks.name, "data.dev_dir": prepared.dev_blocks.name}
+    before = blocks_names(data, TokenizerConfig(vocab_size=800))
+    with open(corpus / "train" / "cbt.train", "a", encoding="utf-8") as handle:
+        handle.write("One more line changes the fingerprint.\n")
+    after = blocks_names(data, TokenizerConfig(vocab_size=800))
+    assert after["data.train_dir"] != before["data.train_dir"]
+    assert after["data.train_dir"] == prepare(data, TokenizerConfig(vocab_size=800)).train_blocks.name
+    assert blocks_names(DataConfig(**{**data.__dict__, "train_dir": str(tmp_path / "not-yet")}),
+                        TokenizerConfig(vocab_size=800)) is None
+
+
 def test_train_fraction_is_a_seeded_subset(babylm_slice, tmp_path):
     data = DataConfig(train_dir=str(babylm_slice / "train"), cache_dir=str(tmp_path), block_size=32)
     prepared = prepare(data, TokenizerConfig(vocab_size=800))
