@@ -232,7 +232,8 @@ def check_trained_inputs(points: list[Point], grid_path: str | Path) -> None:
     from tokenizer.prepare import blocks_names
     from train.rundir import RunDir
 
-    names_of: dict[str, dict | None] = {}  # one fingerprint of each corpus, however many points read it
+    names_of: dict[str, dict | None] = {}  # one fingerprint of each corpus and teacher, however many points read it
+    hashes: dict[str, str] = {}
     for point in points:
         recorded = RunDir(Path(point.run)).read_info().get("inputs") if point.config is not None else None
         if not isinstance(recorded, dict):
@@ -242,19 +243,22 @@ def check_trained_inputs(points: list[Point], grid_path: str | Path) -> None:
         if key not in names_of:
             names_of[key] = blocks_names(data, tok)
         now = dict(names_of[key] or {})
-        now.update({k: model_hash(Path(folder)) for k, folder in other_runs(point) if Path(folder).is_dir()})
+        for k, folder in other_runs(point):
+            if k in recorded and Path(folder).is_dir():
+                now[k] = hashes.setdefault(folder, model_hash(Path(folder)))
         changed = [k for k in recorded if k in now and now[k] is not None and recorded[k] != now[k]]
         if changed:
-            finished = "a finished point is not trained again" if (Path(point.run) / "DONE").is_file() else \
-                "an unfinished point would be refused when it resumes"
+            finished = ("a finished point is not trained again, so its scores would stand beside runs on the new "
+                        "inputs" if (Path(point.run) / "DONE").is_file() else
+                        "an unfinished point would be refused when its turn came, after the points before it")
             raise UserError(
                 f"{grid_path}: stage {point.stage}, point {point.name}: {point.run} was trained on other inputs than "
                 f"its config reads now ({'; '.join(f'{k}: {recorded[k]} -> {now[k]}' for k in changed)}: "
                 + " or ".join(reason for reason, kind in (
                     ("the corpus files, the tokenizer, or the cleaning or packing", True),
                     ("a teacher's model files", False)) if any(k.startswith("data.") == kind for k in changed))
-                + f" changed since it trained); {finished}, so its scores would stand beside runs on the new inputs: "
-                f"restore them, or move {point.run} aside to train the point again"
+                + f" changed since it trained); {finished}: restore them, or move {point.run} aside to train the "
+                f"point again"
             )
 
 

@@ -1,7 +1,8 @@
 """What one `collect` wrote into its folder, kept in a manifest (`.<name>.collected.json`), so that the next collection
 under the same name removes the files of the last one that it did not write again: a baselines table, a seeds table
 or a plot of a run no longer collected would otherwise sit beside the new table as if they belonged to it. Only
-files the manifest lists, inside the folder and under the collection's own name, are ever removed."""
+files the manifest lists, inside the folder and under the collection's own name (`<name>.csv`, `<name>.md`,
+`<name>-*`), are ever removed."""
 from __future__ import annotations
 
 import json
@@ -15,11 +16,14 @@ def manifest(out: Path, name: str) -> Path:
 
 
 def _ours(entry, name: str) -> bool:
-    """A manifest entry that names one of this collection's files: relative, no '..', under its name's prefix."""
+    """A manifest entry that names one of this collection's files: relative, no '..', `<name>.csv`, `<name>.md` or
+    under `<name>-`."""
     if not isinstance(entry, str):
         return False
     path = PurePosixPath(entry)
-    return not path.is_absolute() and ".." not in path.parts and bool(path.parts) and path.parts[0].startswith(name)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        return False
+    return path.parts[0] in (f"{name}.csv", f"{name}.md") or path.parts[0].startswith(f"{name}-")
 
 
 def replace_collection(out: Path, name: str, written: list[Path]) -> list[Path]:

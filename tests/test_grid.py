@@ -226,6 +226,13 @@ def test_a_point_trained_on_text_edited_since_is_refused_on_relaunch(workdir, de
                       "the corpus files, the tokenizer, or the cleaning or packing changed since it trained); a "
                       "finished point is not trained again", f"or move runs/text/{run.name} aside")
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == snapshot  # nothing ran
+    done = (run / "DONE").read_bytes()
+    (run / "DONE").unlink()  # as if killed before it finished: refused now, not when its turn comes
+    assert_user_error(launch(workdir, str(grid), *data_sets(corpus, cache_dir)),
+                      f"point {run.name}: runs/text/{run.name} was trained on other inputs",
+                      "an unfinished point would be refused when its turn came")
+    (run / "DONE").write_bytes(done)
+    snapshot = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     text.write_bytes(original)
     proc = ok(launch(workdir, str(grid), *data_sets(corpus, cache_dir)))
     assert re.search(rf"{re.escape(run.name)} .* done\n", proc.stdout), proc.stdout

@@ -64,6 +64,10 @@ def _bpe_fingerprint(tok_cfg: TokenizerConfig, train_fp: str) -> str:
     return _hash("bpe-1", train_fp, tok_cfg.vocab_size, tok_cfg.min_frequency)
 
 
+def _pretrained_fingerprint(tokenizer) -> str:
+    return _hash("pretrained", tokenizer.backend_tokenizer.to_str())
+
+
 def _blocks_key(text_fp: str, tok_fp: str, data: DataConfig) -> str:
     """The packed blocks' cache key: the raw text, the tokenizer, the block size and the layout."""
     layout = () if data.packing else ("padded",)  # packed caches keep their old keys
@@ -84,7 +88,7 @@ def blocks_names(data: DataConfig, tok_cfg: TokenizerConfig) -> dict[str, str | 
         elif not Path(tok_cfg.name_or_path).is_dir():  # a Hub name: known once `prepare` has fetched it
             return None
         else:
-            tok_fp = _hash("pretrained", bpe.load_pretrained(tok_cfg.name_or_path).backend_tokenizer.to_str())
+            tok_fp = _pretrained_fingerprint(bpe.load_pretrained(tok_cfg.name_or_path))
     except (UserError, OSError, ValueError):
         return None
     return {"data.train_dir": f"train-{_blocks_key(train_fp, tok_fp, data)}",
@@ -102,7 +106,7 @@ def load_tokenizer(tok_cfg: TokenizerConfig, clean_train: list[Path], train_fp: 
             bpe.train_bpe(clean_train, tok_cfg.vocab_size, tok_cfg.min_frequency, out)
         return bpe.load_pretrained(str(out)), str(out), fp
     tok = bpe.load_pretrained(tok_cfg.name_or_path)
-    return tok, tok_cfg.name_or_path, _hash("pretrained", tok.backend_tokenizer.to_str())
+    return tok, tok_cfg.name_or_path, _pretrained_fingerprint(tok)
 
 
 def _tokenize_batch(batch: dict, tokenizer, prefix: int) -> dict:
