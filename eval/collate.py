@@ -24,6 +24,7 @@ import yaml
 from common.errors import UserError
 from common.paths import REPO, write_atomic
 from eval.model import BACKENDS
+from eval.one_model import check_same_model
 from eval.report import OFFICIAL_DIR
 
 SIZES = REPO / "eval" / "babylm2025_sizes.yaml"
@@ -41,6 +42,11 @@ def eval_dir_of(path: Path) -> Path:
     if path.name == "model" and (path.parent / "run.json").is_file():
         return path.parent / "eval"
     return path / "eval"
+
+
+def model_folder(path: Path) -> Path:
+    """The model a run directory or a model folder names: <run>/model, else the folder itself."""
+    return path / "model" if (path / "run.json").is_file() else path
 
 
 def _load(file: Path, task: str, how: str) -> dict:
@@ -222,6 +228,7 @@ def collate(path: Path, backend: str, sizes_file: Path, results: Path | None = N
         data = _load(file, task, f"run python -m eval finetune {path} --tasks {task}{to_results}")
         _check_sizes(data, task, _table(sizes, "full", task), file)
         out["glue"].update(data)
+    check_same_model([eval_dir / f"{task}.json" for task in (*ZERO_SHOT.values(), *GLUE)], model_folder(path))
     from eval.curve import milestones as milestone_list
 
     evaluated = [m for _, m in milestone_list(run, required=False) if (m / "eval" / "fast").is_dir()]

@@ -19,6 +19,7 @@ from common.errors import UserError
 from common.paths import FolderLock, holding
 from eval import encode, report
 from eval.model import Loaded, check_folder, load, loading_bars
+from eval.one_model import KEY, check_one_model, identity
 from eval.scorer import Scorer
 from eval.tasks import Task, load_task, resolve_spec, same_files
 
@@ -197,17 +198,19 @@ def task_lock(out_dir: Path, task: str) -> FolderLock:
 
 
 @contextlib.contextmanager
-def writing(model_path: str, tasks: list[Task], opts: Options):
+def writing(model_path: str, tasks: list[Task], opts: Options, hashed: str):
     """The results folder, made, with every task's lock held for the block: two evaluations of one task into one
     folder at once would mix their files (a result from one, pairs from the other), or each would pass the check
     of `keep_other_results` and the second would replace the first's scores made another way. Refused in one line
-    naming the holder; the check is made again once the locks are held."""
+    naming the holder; the checks (and that the folder holds no other model's results) are made again once the
+    locks are held."""
     out_dir = results_dir(model_path, opts)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write results to {out_dir} ({exc.strerror}); pass --out DIR") from None
     with tasks_locked(out_dir, [task.name for task in tasks]):
+        check_one_model(out_dir, model_path, hashed)
         for task in tasks:
             keep_other_results(out_dir, task, opts)
         yield out_dir
@@ -290,6 +293,8 @@ def evaluate(model_path: str, task_names: list[str], opts: Options,
     check_folder(model_path)
     tasks = [loaded[name] for name in task_names] if loaded is not None else load_tasks(task_names, opts)
     target = results_dir(model_path, opts)
+    hashed = identity(model_path)
+    check_one_model(target, model_path, hashed)  # another model's results there fail here, before the model loads
     for task in tasks:  # a task that cannot be scored this way, or whose other scores it would replace, fails here
         convention_for(task, opts)
         keep_other_results(target, task, opts)
@@ -310,12 +315,12 @@ def evaluate(model_path: str, task_names: list[str], opts: Options,
         for w in warnings:
             print(w)
         prepared.append((task, reqs))
-    with writing(model_path, tasks, opts) as out_dir:
-        return score_tasks(model_path, m, prepared, opts, out_dir)
+    with writing(model_path, tasks, opts, hashed) as out_dir:
+        return score_tasks(model_path, m, prepared, opts, out_dir, hashed)
 
 
 def score_tasks(model_path: str, m: Loaded, prepared: list[tuple[Task, list | None]], opts: Options,
-                out_dir: Path) -> list[tuple[str, dict, dict]]:
+                out_dir: Path, hashed: str) -> list[tuple[str, dict, dict]]:
     """Score and write each prepared (task, requests); the reading task's requests are made by its own module."""
     from eval.reading import evaluate_reading
 
@@ -325,6 +330,7 @@ def score_tasks(model_path: str, m: Loaded, prepared: list[tuple[Task, list | No
         t0 = time.perf_counter()
         meta = {
             "model": str(Path(model_path).resolve()),
+            KEY: hashed,
             "backend": m.backend,
             "prefix": m.prefix_note,
             "dtype": opts.dtype,

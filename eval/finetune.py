@@ -33,6 +33,7 @@ from common.config import ConfigError, field, load, suggest
 from common.errors import EXIT_PREEMPTED, UserError, writing
 from common.libraries import no_accelerator_probe
 from common.paths import REPO, hash_files, local_folder, model_hash, write_atomic
+from eval.one_model import KEY, check_one_model, identity
 from eval.tasks import absolute, decode_text, jsonl_rows, same_files
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
@@ -280,6 +281,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
                "spec": dataclasses.asdict(spec), "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
                "max_length": m.length, "pool": m.pool}
     with state.locked(work, name), writing(work, "then run the same command again to continue"):
+        check_one_model(out_dir, model_path, attempt["model"])  # again, now that this task's lock is held
         checkpoint, best = state.resume(work, attempt)
         if checkpoint is not None:
             print(f"{name}: continuing from {checkpoint} (an earlier attempt of the same fine-tuning stopped there)")
@@ -306,7 +308,8 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
             raise UserError(f"task {name}: no epoch gave a finite {spec.metric} (the loss diverged); lower --lr")
         m.model.load_state_dict(best["state"])
         out = trainer.predict(m.encode(*valid))
-        settings = {"model": str(Path(model_path).resolve()), "backend": "causal" if m.causal else "mlm",
+        settings = {"model": str(Path(model_path).resolve()), KEY: attempt["model"],
+                    "backend": "causal" if m.causal else "mlm",
                     "pool": m.pool, "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
                     "max_length": m.length, "data": absolute(str(data_dir)),
                     "seconds": round(time.perf_counter() - t0, 1)}
@@ -398,6 +401,7 @@ def main(argv: list[str]) -> int:
     settings = Settings(args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device,
                         not args.no_progress, args.checkpoint_minutes)
     out_dir = output_dir(Path(args.model), args.out)
+    check_one_model(out_dir, args.model, identity(args.model))  # before any training: another model's results there
     tasks = {}
     for name in names:  # every task's files are read and checked before any training
         data = data_folder(name, specs[name], args.data_dir)

@@ -265,6 +265,48 @@ def test_reading_matches_naive_surprisal_and_least_squares(extras):
     assert scores["self_paced_reading"] == pytest.approx((full - base) / (1 - base) * 100, abs=1e-6)
 
 
+def one_model_per_folder(out: Path, folder: Path, table: Path, extras: Path, glue: Path, tmp_path: Path) -> None:
+    """`folder` holds every task's results of the model `out`. Another model's evaluation or fine-tuning into it is
+    refused before anything is written; so is a model folder saved again after its evaluation; collate refuses a
+    folder whose results come from two models, or from other files than the model it is given holds now."""
+    from transformers import AutoModelForCausalLM
+
+    from common.paths import model_hash
+
+    def save_other(path: Path, shift: float) -> None:
+        model = AutoModelForCausalLM.from_pretrained(path)
+        with torch.no_grad():
+            next(model.parameters()).add_(shift)
+        model.save_pretrained(path)
+
+    other = tmp_path / "other"
+    shutil.copytree(GPT2, other)
+    save_other(other, 0.01)
+    snapshot = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    for argv in (("eval", str(other), "--tasks", "wug_adj", "--data-dir", str(extras)),
+                 ("eval", "finetune", str(other), "--tasks", "rte", "--data-dir", str(glue), "--epochs", "1")):
+        assert_user_error(run_here(*argv, "--out", str(folder), "--no-progress"),
+                          f"{folder}: holds results of another model", f"{other}: {model_hash(other)[:12]}",
+                          "pass --out DIR for this model")
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == snapshot
+    ok(run_here("eval", str(other), "--tasks", "wug_adj", "--data-dir", str(extras), "--no-progress"))
+    scored = json.loads((other / "eval" / "wug_adj.json").read_text())
+    assert scored["model_hash"] == model_hash(other) != model_hash(out)
+    save_other(other, 0.02)  # the folder saved again: its old results are another model's
+    assert_user_error(run_here("eval", str(other), "--tasks", "comps", "--data-dir", str(extras), "--no-progress"),
+                      f"{other / 'eval'}: holds results of another model")
+    options = ("--backend", "causal", "--sizes", str(table), "--results")
+    assert_user_error(run_here("eval", "collate", str(other), *options, str(folder)),
+                      f"collate: {folder / 'blimp_filtered.json'} was scored on other model files",
+                      f"than {other} holds now")
+    mixed = tmp_path / "mixed"  # a person copied one task's results over from another model's folder
+    shutil.copytree(folder, mixed)
+    shutil.copy(other / "eval" / "wug_adj.json", mixed / "wug_adj.json")
+    assert_user_error(run_here("eval", "collate", str(out), *options, str(mixed)),
+                      f"collate: {mixed / 'blimp_filtered.json'} and {mixed / 'wug_adj.json'} were scored on two "
+                      "models")
+
+
 def test_fast_suite_and_collate(extras, glue, tmp_path):
     from eval.collate import FAST, GLUE
 
@@ -419,6 +461,7 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     ok(run_here(*collate_there, str(elsewhere)))
     assert ((elsewhere / "all_full_preds_and_fast_scores_causal.json").read_bytes()
             == (full / "all_full_preds_and_fast_scores_causal.json").read_bytes())
+    one_model_per_folder(out, elsewhere, table, extras, glue, tmp_path)
     sizes["full"]["comps"]["base"] += 1
     table.write_text(yaml.safe_dump(sizes))
     before = (full / "all_full_preds_and_fast_scores_causal.json").read_bytes()
