@@ -204,23 +204,32 @@ def test_a_grid_edited_after_its_points_started_is_refused_on_relaunch(workdir, 
 
 
 @pytest.mark.slow
-def test_a_point_trained_on_text_edited_since_is_refused_on_relaunch(workdir, demo_root, cache_dir):
+def test_a_point_trained_on_text_edited_since_is_refused_on_relaunch(workdir, demo_root, cache_dir, monkeypatch):
     """A corpus file edited after a point finished leaves its config as it was; the relaunch compares the text the
     point's run.json records (the packed blocks' fingerprint) with what the corpus gives now, and refuses in one line
-    before anything runs. The text restored, the grid goes on (the finished point skipped)."""
+    before anything runs. The text restored, the grid goes on (the finished point skipped). The launches run in
+    this process (launch_grid.main)."""
+    import launch_grid
+
     corpus = workdir / "corpus"
     shutil.copytree(demo_root, corpus)
     grid = write_grid(workdir, f"name: text\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
                                f"    axes: {{optim.lr: [3.0e-3]}}\ntasks: [demo_pairs]\neval_data_dir: {corpus}\n"
                                f"executor: {{kind: debug}}\n")
-    ok(launch(workdir, str(grid), *data_sets(corpus, cache_dir)))
+    monkeypatch.chdir(workdir)
+
+    def relaunch(*args: str):
+        return call(launch_grid.main, *args)
+
+    ok(relaunch(str(grid), *data_sets(corpus, cache_dir)))
+
     (run,) = (workdir / "runs" / "text").glob("student__*")
     recorded = json.loads((run / "run.json").read_text())["inputs"]["data.train_dir"]
     text = next((corpus / "train").glob("*.train"))
     original = text.read_bytes()
     text.write_bytes(original + b"The child saw a new dog .\n")
     snapshot = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    assert_user_error(launch(workdir, str(grid), *data_sets(corpus, cache_dir)),
+    assert_user_error(relaunch(str(grid), *data_sets(corpus, cache_dir)),
                       f"{grid}: stage grid, point {run.name}: runs/text/{run.name} was trained on other inputs than "
                       f"its config reads now (data.train_dir: {recorded} -> train-",
                       "the corpus files, the tokenizer, or the cleaning or packing changed since it trained); a "
@@ -228,21 +237,25 @@ def test_a_point_trained_on_text_edited_since_is_refused_on_relaunch(workdir, de
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == snapshot  # nothing ran
     done = (run / "DONE").read_bytes()
     (run / "DONE").unlink()  # as if killed before it finished: refused now, not when its turn comes
-    assert_user_error(launch(workdir, str(grid), *data_sets(corpus, cache_dir)),
+    assert_user_error(relaunch(str(grid), *data_sets(corpus, cache_dir)),
                       f"point {run.name}: runs/text/{run.name} was trained on other inputs",
                       "an unfinished point would be refused when its turn came")
     (run / "DONE").write_bytes(done)
     snapshot = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     text.write_bytes(original)
-    proc = ok(launch(workdir, str(grid), *data_sets(corpus, cache_dir)))
+    proc = ok(relaunch(str(grid), *data_sets(corpus, cache_dir)))
     assert re.search(rf"{re.escape(run.name)} .* done\n", proc.stdout), proc.stdout
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if "_results" not in str(p)} == snapshot
 
 
 @pytest.mark.slow
-def test_a_point_distilled_from_a_teacher_trained_again_is_refused_on_relaunch(workdir, demo_root, cache_dir):
+def test_a_point_distilled_from_a_teacher_trained_again_is_refused_on_relaunch(workdir, demo_root, cache_dir,
+                                                                              monkeypatch):
     """The teacher a finished KD point read, trained again (--overwrite, another seed) at the same path: the relaunch
-    compares the hash of its model files that the point's run.json records with the folder's now, and refuses."""
+    compares the hash of its model files that the point's run.json records with the folder's now, and refuses (the
+    launches run in this process)."""
+    import launch_grid
+
     teacher = workdir / "runs" / "t" / "teacher"
 
     def train_teacher(*extra: str) -> None:
@@ -258,11 +271,12 @@ def test_a_point_distilled_from_a_teacher_trained_again_is_refused_on_relaunch(w
                                f"    overrides: {{distill.teachers: [{{path: {teacher / 'model'}}}]}}\n"
                                f"tasks: [demo_pairs]\neval_data_dir: {demo_root}\nexecutor: {{kind: debug}}\n")
     sets = [*data_sets(demo_root, cache_dir), "--set", "train.word_checkpoints=[]"]
-    ok(launch(workdir, str(grid), *sets))
+    monkeypatch.chdir(workdir)
+    ok(call(launch_grid.main, str(grid), *sets))
     (run,) = (workdir / "runs" / "kd").glob("kd__*")
     recorded = json.loads((run / "run.json").read_text())["inputs"]["distill.teachers[0].path"]
     train_teacher("train.seed=5", "--overwrite")
-    assert_user_error(launch(workdir, str(grid), *sets),
+    assert_user_error(call(launch_grid.main, str(grid), *sets),
                       f"point {run.name}: runs/kd/{run.name} was trained on other inputs than its config reads now "
                       f"(distill.teachers[0].path: {recorded} -> ", "a teacher's model files changed since it trained")
 

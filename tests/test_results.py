@@ -104,7 +104,7 @@ def test_a_collection_removes_what_its_previous_one_wrote_and_nothing_else(runs,
     shutil.rmtree(unscored / "eval")
 
     def collect(*runs_given: Path) -> set[Path]:
-        proc = ok(run_cli("results", "collect", *map(str, runs_given), "--out", str(out), "--name", "g"))
+        proc = ok(run_here("results", "collect", *map(str, runs_given), "--out", str(out), "--name", "g"))
         return {Path(p) for p in proc.stdout.strip().splitlines()[-1].split(" -> ")[1].split(", ")}
 
     first = collect(runs / "grid")
@@ -278,7 +278,7 @@ def test_runs_of_one_config_on_changed_text_are_not_replicates(demo_root, cache_
                     "train.word_checkpoints=[]"))
 
     def collect(out: str):
-        return ok(run_cli("results", "collect", str(tmp_path / "runs" / "text"), "--out", str(tmp_path / out)))
+        return ok(run_here("results", "collect", str(tmp_path / "runs" / "text"), "--out", str(tmp_path / out)))
 
     train(1)
     train(2)
