@@ -162,29 +162,36 @@ def test_two_axis_grid_selects_and_retrains_the_best_point(workdir, demo_root, c
 
 
 @pytest.mark.slow
-def test_a_grid_edited_after_its_points_started_is_refused_on_relaunch(workdir, demo_root, cache_dir):
+def test_a_grid_edited_after_its_points_started_is_refused_on_relaunch(workdir, demo_root, cache_dir, monkeypatch):
     """A point keeps the values it started with: a relaunch after the grid's values for it changed fails in one line
     naming the point and the key, before anything runs. Before 2026-12-03 a finished point was shown as done with the
     old values' results, and an unfinished one resumed with values its checkpoint partly overrode. Keys a resume may
-    change (here the logging interval) do not count."""
+    change (here the logging interval) do not count. The launches run in this process (launch_grid.main)."""
+    import launch_grid
+
+    monkeypatch.chdir(workdir)
+
+    def relaunch(*args: str):
+        return call(launch_grid.main, *args)
+
     one_point = (f"name: edited\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
                  f"    axes: {{optim.lr: [3.0e-3]}}\nOVERRIDES\ntasks: [demo_pairs]\neval_data_dir: {demo_root}\n"
                  f"executor: {{kind: debug}}\n")
     grid = write_grid(workdir, one_point.replace("OVERRIDES\n", ""))
-    ok(launch(workdir, str(grid), *data_sets(demo_root, cache_dir)))
+    ok(relaunch(str(grid), *data_sets(demo_root, cache_dir)))
     (run,) = (workdir / "runs" / "edited").glob("student__*")
     edited = write_grid(workdir, one_point.replace("OVERRIDES", "    overrides: {optim.weight_decay: 0.0}"))
     for unfinished in (False, True):
         if unfinished:  # as if killed after its first checkpoint
             (run / "DONE").unlink()
         snapshot = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-        line = assert_user_error(launch(workdir, str(edited), *data_sets(demo_root, cache_dir)),
+        line = assert_user_error(relaunch(str(edited), *data_sets(demo_root, cache_dir)),
                                  f"{edited}: stage grid, point {run.name}: runs/edited/{run.name} holds "
                                  f"{'an unfinished' if unfinished else 'a finished'} run of other values "
                                  "(optim.weight_decay: 0.1 -> 0.0)", "restore them, or give the grid another name")
         assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == snapshot, line  # nothing ran
     grid = write_grid(workdir, one_point.replace("OVERRIDES\n", ""))  # the values it started with, restored
-    proc = ok(launch(workdir, str(grid), *data_sets(demo_root, cache_dir), "--set", "train.logging_steps=2"))
+    proc = ok(relaunch(str(grid), *data_sets(demo_root, cache_dir), "--set", "train.logging_steps=2"))
     assert f"{run.name}: started (partial" in proc.stdout and (run / "DONE").is_file()
     # Its evaluation edited: other task files, or another convention. A scored point is not scored again, so the
     # table would show the old scores as the new ones: refused, naming the result file and the grid key.
@@ -196,7 +203,7 @@ def test_a_grid_edited_after_its_points_started_is_refused_on_relaunch(workdir, 
                                                            "restore eval_data_dir, or move")),
                             ("convention=babylm2025", ("scored with convention babylm2024", "now gives babylm2025 "
                                                                                              "(convention)"))):
-        assert_user_error(launch(workdir, str(grid), change, *data_sets(demo_root, cache_dir)),
+        assert_user_error(relaunch(str(grid), change, *data_sets(demo_root, cache_dir)),
                           f"{grid}: point {run.name}: runs/edited/{run.name}/eval/demo_pairs.json holds demo_pairs",
                           *needles,
                           "aside to score the point again")
