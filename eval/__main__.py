@@ -67,6 +67,10 @@ def parse_eval(argv: list[str]) -> argparse.Namespace:
         help="a causal input longer than the model's positions: left-truncate it (as the harness does) or stop",
     )
     p.add_argument("--out", help="where eval/ results go (default: <run>/eval for <run>/model, else <model>/eval)")
+    p.add_argument("--keep-scored", action="store_true",
+                   help="keep the tasks this model already has whole results for in the results folder (same model "
+                        "files, task files, convention, backend and options): a stopped suite continues where it "
+                        "stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         progress=not args.no_progress,
         fast=args.suite == "babylm2025-fast",
+        keep_scored=args.keep_scored,
     )
     given = args.tasks if args.tasks is not None else ",".join(SUITES[args.suite]) if args.suite else "blimp_filtered"
     tasks = [t.strip() for t in given.split(",") if t.strip()]

@@ -41,6 +41,7 @@ class Options:
     out: str | None = None
     progress: bool = True
     fast: bool = False  # the fast variant's files (--suite babylm2025-fast); results go to eval/fast/
+    keep_scored: bool = False  # --keep-scored: a task this model already has whole results for is not scored again
 
 
 def convention_for(task: Task, opts: Options) -> str:
@@ -80,6 +81,35 @@ def scored_otherwise(result: Path, task: Task, opts: Options) -> tuple[str, obje
         if not same:
             return key, old[key], value
     return None
+
+
+def scoring_options(opts: Options) -> dict:
+    """The options besides the convention and backend that change a score, as a result file records them."""
+    return {"dtype": opts.dtype, "max_length_given": opts.max_length, "too_long": opts.too_long}
+
+
+def kept_result(out_dir: Path, task: Task, opts: Options, hashed: str) -> dict | None:
+    """`task`'s result in `out_dir` when --keep-scored keeps it: scored on this model's files (`hashed`), from the
+    same task files, convention, backend and scoring options, with every file the scoring writes beside it (the
+    per-item file, and the task's predictions: eval/predictions.json's entry, or the 2025 pipeline's file). Else
+    None: it is scored again."""
+    result = out_dir / f"{task.name}.json"
+    try:
+        old = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    asked = {KEY: hashed, **scoring_options(opts)}
+    if (not isinstance(old, dict) or any(key not in old or old[key] != value for key, value in asked.items())
+            or not {"data", "backend", "convention"} <= set(old) or scored_otherwise(result, task, opts) is not None):
+        return None
+    if convention_for(task, opts) == "babylm2025":
+        predictions = (out_dir / report.OFFICIAL_DIR / task.name / "predictions.json").is_file()
+    else:
+        try:
+            predictions = task.name in json.loads((out_dir / "predictions.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            predictions = False
+    return old if predictions and (out_dir / "pairs" / f"{task.name}.jsonl").is_file() else None
 
 
 def output_dir(model_dir: Path, out: str | None) -> Path:
@@ -298,6 +328,15 @@ def evaluate(model_path: str, task_names: list[str], opts: Options,
     for task in tasks:  # a task that cannot be scored this way, or whose other scores it would replace, fails here
         convention_for(task, opts)
         keep_other_results(target, task, opts)
+    order = [task.name for task in tasks]
+    kept = {task.name: (task.name, found, {"result": target / f"{task.name}.json"}) for task in tasks
+            if opts.keep_scored and (found := kept_result(target, task, opts, hashed)) is not None}
+    for name in kept:
+        print(f"{name}: kept ({target / name}.json: this model's results from the same task files, convention and "
+              "backend; --keep-scored)")
+    tasks = [task for task in tasks if task.name not in kept]
+    if not tasks:
+        return [kept[name] for name in order]
     with loading_bars(opts.progress):
         m = load(model_path, "causal" if opts.backend == "causal" else "mlm", opts.device, opts.dtype, opts.max_length)
     m.backend = opts.backend
@@ -316,7 +355,8 @@ def evaluate(model_path: str, task_names: list[str], opts: Options,
             print(w)
         prepared.append((task, reqs))
     with writing(model_path, tasks, opts, hashed) as out_dir:
-        return score_tasks(model_path, m, prepared, opts, out_dir, hashed)
+        scored = {result[0]: result for result in score_tasks(model_path, m, prepared, opts, out_dir, hashed)}
+    return [scored[name] if name in scored else kept[name] for name in order]
 
 
 def score_tasks(model_path: str, m: Loaded, prepared: list[tuple[Task, list | None]], opts: Options,
@@ -333,7 +373,7 @@ def score_tasks(model_path: str, m: Loaded, prepared: list[tuple[Task, list | No
             KEY: hashed,
             "backend": m.backend,
             "prefix": m.prefix_note,
-            "dtype": opts.dtype,
+            **scoring_options(opts),
             "device": str(m.device),
             "fast": task.fast,
         }

@@ -265,6 +265,42 @@ def test_reading_matches_naive_surprisal_and_least_squares(extras):
     assert scores["self_paced_reading"] == pytest.approx((full - base) / (1 - base) * 100, abs=1e-6)
 
 
+def test_keep_scored_continues_a_stopped_evaluation(extras, tmp_path):
+    """--keep-scored keeps a task whose results this model already has whole (same model files, task files,
+    convention, backend, dtype and length options, and every file the scoring writes); a task that stopped before its
+    per-item file or its predictions were written, or that other options ask for, is scored again."""
+    model = tmp_path / "model"
+    shutil.copytree(GPT2, model)
+    results = model / "eval"
+    args = ("eval", str(model), "--tasks", "comps,wug_adj,reading,blimp_filtered", "--data-dir", str(extras),
+            "--no-progress")
+
+    def stamps() -> dict[str, int]:
+        return {t: (results / f"{t}.json").stat().st_mtime_ns for t in ("comps", "wug_adj", "reading",
+                                                                          "blimp_filtered")}
+
+    ok(run_here(*args))
+    assert json.loads((results / "comps.json").read_text())["too_long"] == "truncate"
+    (results / "pairs" / "reading.jsonl").unlink()  # stopped while writing reading's files
+    predictions = json.loads((results / "predictions.json").read_text())
+    del predictions["blimp_filtered"]  # ... and before the 2024 task's predictions were added
+    (results / "predictions.json").write_text(json.dumps(predictions))
+    before = stamps()
+    proc = ok(run_here(*args, "--keep-scored"))
+    assert "comps: kept" in proc.stdout and "wug_adj: kept" in proc.stdout, proc.stdout
+    assert "reading: kept" not in proc.stdout and "blimp_filtered: kept" not in proc.stdout
+    after = stamps()
+    assert [t for t in before if before[t] != after[t]] == ["reading", "blimp_filtered"]
+    assert (results / "pairs" / "reading.jsonl").is_file()
+    assert "blimp_filtered" in json.loads((results / "predictions.json").read_text())
+    table = proc.stdout.split("\n\n")[-1]
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["comps", "wug_adj", "reading", "blimp_filtered"]
+    proc = ok(run_here(*args, "--keep-scored"))  # all kept: the model is not even loaded
+    assert proc.stdout.count(": kept") == 4 and "parameters" not in proc.stdout and stamps() == after
+    ok(run_here(*args, "--keep-scored", "--too-long", "error"))  # other options: scored again
+    assert all(stamps()[t] != after[t] for t in after)
+
+
 def one_model_per_folder(out: Path, folder: Path, table: Path, extras: Path, glue: Path, tmp_path: Path) -> None:
     """`folder` holds every task's results of the model `out`. Another model's evaluation or fine-tuning into it is
     refused before anything is written; so is a model folder saved again after its evaluation; collate refuses a
