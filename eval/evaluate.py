@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from common.paths import FolderLock, holding
+from common.paths import FolderLock, holding, model_hash
 from eval import encode, report
 from eval.model import Loaded, check_folder, load, loading_bars
-from eval.one_model import KEY, check_one_model, identity
+from eval.one_model import KEY, check_one_model
 from eval.scorer import Scorer
 from eval.tasks import Task, load_task, resolve_spec, same_files
 
@@ -323,7 +323,7 @@ def evaluate(model_path: str, task_names: list[str], opts: Options,
     check_folder(model_path)
     tasks = [loaded[name] for name in task_names] if loaded is not None else load_tasks(task_names, opts)
     target = results_dir(model_path, opts)
-    hashed = identity(model_path)
+    hashed = model_hash(Path(model_path))
     check_one_model(target, model_path, hashed)  # another model's results there fail here, before the model loads
     for task in tasks:  # a task that cannot be scored this way, or whose other scores it would replace, fails here
         convention_for(task, opts)

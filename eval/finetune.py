@@ -33,7 +33,7 @@ from common.config import ConfigError, field, load, suggest
 from common.errors import EXIT_PREEMPTED, UserError, writing
 from common.libraries import no_accelerator_probe
 from common.paths import REPO, hash_files, local_folder, model_hash, write_atomic
-from eval.one_model import KEY, check_one_model, identity
+from eval.one_model import KEY, check_one_model
 from eval.tasks import absolute, decode_text, jsonl_rows, same_files
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
@@ -263,9 +263,10 @@ def prepare(model_path: str, spec: FinetuneSpec, s: Settings) -> Prepared:
                     min(s.max_length, positions), device)
 
 
-def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings) -> dict:
+def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings, hashed: str) -> dict:
     """Fine-tune on one task, keep the best epoch, write its validation predictions; the task's summary. A stopped
-    earlier attempt of the same fine-tuning is continued (eval.finetune_state)."""
+    earlier attempt of the same fine-tuning is continued (eval.finetune_state). `hashed`: the model files' hash
+    (common.paths.model_hash), taken once for all tasks."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from common.preemption import Preemption
@@ -276,12 +277,12 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     work = out_dir / "finetune" / name
     epochs, batch, lr = s.epochs or spec.epochs, s.batch_size or spec.batch_size, s.lr or spec.lr
     files = (f"{name}.train.jsonl", f"{name}.valid.jsonl")
-    attempt = {"model": model_hash(m.folder), "tokenizer": hash_files(m.folder, TOKENIZER_HASHED),
+    attempt = {"model": hashed, "tokenizer": hash_files(m.folder, TOKENIZER_HASHED),
                "data": hash_files(data_dir, files),
                "spec": dataclasses.asdict(spec), "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
                "max_length": m.length, "pool": m.pool}
     with state.locked(work, name), writing(work, "then run the same command again to continue"):
-        check_one_model(out_dir, model_path, attempt["model"])  # again, now that this task's lock is held
+        check_one_model(out_dir, model_path, hashed)  # again, now that this task's lock is held
         checkpoint, best = state.resume(work, attempt)
         if checkpoint is not None:
             print(f"{name}: continuing from {checkpoint} (an earlier attempt of the same fine-tuning stopped there)")
@@ -308,7 +309,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
             raise UserError(f"task {name}: no epoch gave a finite {spec.metric} (the loss diverged); lower --lr")
         m.model.load_state_dict(best["state"])
         out = trainer.predict(m.encode(*valid))
-        settings = {"model": str(Path(model_path).resolve()), KEY: attempt["model"],
+        settings = {"model": str(Path(model_path).resolve()), KEY: hashed,
                     "backend": "causal" if m.causal else "mlm",
                     "pool": m.pool, "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
                     "max_length": m.length, "data": absolute(str(data_dir)),
@@ -401,14 +402,15 @@ def main(argv: list[str]) -> int:
     settings = Settings(args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device,
                         not args.no_progress, args.checkpoint_minutes)
     out_dir = output_dir(Path(args.model), args.out)
-    check_one_model(out_dir, args.model, identity(args.model))  # before any training: another model's results there
+    hashed = model_hash(Path(args.model))
+    check_one_model(out_dir, args.model, hashed)  # before any training: another model's results there
     tasks = {}
     for name in names:  # every task's files are read and checked before any training
         data = data_folder(name, specs[name], args.data_dir)
         tasks[name] = (data, read_task(name, data))
     for name, (data, task) in tasks.items():
         try:
-            summary = finetune(args.model, name, task, data, out_dir, settings)
+            summary = finetune(args.model, name, task, data, out_dir, settings, hashed)
         except Stopped as exc:
             print(exc, file=sys.stderr)
             return EXIT_PREEMPTED

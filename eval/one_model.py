@@ -15,11 +15,6 @@ from common.paths import model_hash
 KEY = "model_hash"
 
 
-def identity(model: str | Path) -> str:
-    """The hash a result of the model folder `model` records."""
-    return model_hash(Path(model))
-
-
 def _recorded(file: Path) -> tuple[Path, str, str] | None:
     """(file, model hash, model path) when `file` is a task result that records a model hash."""
     try:
@@ -58,7 +53,7 @@ def check_same_model(files: list[Path], model: Path | None) -> None:
                             f"{seen[0][1][:12]}; {path}: {hashed[:12]}); a submission is one model's: evaluate the "
                             f"model into its own folder (--out DIR) and collate that")
     if seen and model is not None and (model / "config.json").is_file():
-        now = identity(model)
+        now = model_hash(model)
         if now != seen[0][1]:
             raise UserError(f"collate: {seen[0][0]} was scored on other model files ({seen[0][1][:12]}) than "
                             f"{model} holds now ({now[:12]}); evaluate {model} again (into another --out folder, "
