@@ -74,6 +74,17 @@ def agree(a, b) -> bool:
     return not (isinstance(a, str) and isinstance(b, str)) or a == b
 
 
+def first_run_of_each(df, rows, column: str) -> dict[str, str]:
+    """{each fingerprint recorded in `column` among rows `rows` of df: the first run, in run order, that recorded
+    it}; rows that recorded none are left out."""
+    first: dict[str, str] = {}
+    for i in sorted(rows, key=lambda i: df.loc[i, "run"]):
+        value = df.loc[i].get(column)
+        if isinstance(value, str):
+            first.setdefault(value, df.loc[i, "run"])
+    return first
+
+
 def differing_text(df) -> list[str]:
     """One line per experiment and data config (`data_key`) whose runs trained on other text: the same folder
     names, but the files, the tokenizer, the cleaning or the packing changed between the runs. Such runs are not
@@ -82,10 +93,7 @@ def differing_text(df) -> list[str]:
         return []
     lines = []
     for _, rows in df.groupby(["experiment", "data_key"], sort=False, dropna=False):
-        first = {}  # packed blocks -> the first run trained on them
-        for _, r in rows.sort_values("run").iterrows():
-            if isinstance(r["train_blocks"], str):
-                first.setdefault(r["train_blocks"], r["run"])
+        first = first_run_of_each(df, rows.index, "train_blocks")
         if len(first) > 1:
             (a_blocks, a), (b_blocks, b) = list(first.items())[:2]
             lines.append(f"note: {a} and {b} have the same data config but trained on other text ({a_blocks} against "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import statistics
 
 from common.names import without_axis
+from results.baselines import first_run_of_each
 from results.collect import METRIC_HEADERS, metric_of, task_columns
 from results.markdown import finite, number, table
 
@@ -42,11 +43,7 @@ def first_per_seed(df, rows) -> dict:
 
 def _other_inputs(df, rows) -> tuple[str, str] | None:
     """Two runs of `rows` whose recorded inputs differ (results/baselines.py trained_on), or None."""
-    first = {}
-    for i in sorted(rows, key=lambda i: df.loc[i, "run"]):
-        key = df.loc[i].get("inputs_key")
-        if isinstance(key, str):
-            first.setdefault(key, df.loc[i, "run"])
+    first = first_run_of_each(df, rows, "inputs_key")
     return tuple(list(first.values())[:2]) if len(first) > 1 else None
 
 
