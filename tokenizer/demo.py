@@ -296,6 +296,11 @@ def write_task(out: Path, tasks: dict[str, dict[str, list[dict]]]) -> None:
             )
 
 
+def _lines(paths: list[Path]) -> list[str]:
+    """The non-empty lines of the corpus files `paths`, in order."""
+    return [line for path in paths for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
 def add_task(out_dir: str | Path, seed: int) -> bool:
     """A demo folder written before a task existed gains its files: the fine-tuning tasks' (their sentences kept out
     of that folder's own corpus and pairs) and the AoA words (from its corpus), the same files a fresh `generate`
@@ -303,17 +308,12 @@ def add_task(out_dir: str | Path, seed: int) -> bool:
     out = Path(out_dir)
     missing = [f"{name}.{split}.jsonl" for name in TASKS for split in ("train", "valid")
                if not (out / "finetune" / f"{name}.{split}.jsonl").exists()]
-    if not (out / AOA_WORDS).exists():
-        train = [line for path in sorted((out / "train").glob("*"))
-                 for line in path.read_text(encoding="utf-8").split("\n") if line]
-        write_aoa_words(out, train)
-        if not missing:
-            return True
+    added = not (out / AOA_WORDS).exists()
+    if added:
+        write_aoa_words(out, _lines(sorted((out / "train").glob("*"))))
     if not missing:
-        return False
-    seen = set()
-    for path in sorted((out / "train").glob("*")) + sorted((out / "dev").glob("*")):
-        seen.update(line for line in path.read_text(encoding="utf-8").split("\n") if line)
+        return added
+    seen = set(_lines(sorted((out / "train").glob("*")) + sorted((out / "dev").glob("*"))))
     for path in sorted((out / "pairs").glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
