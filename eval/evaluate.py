@@ -19,7 +19,7 @@ from common.errors import UserError
 from common.paths import FolderLock, holding, model_hash
 from eval import encode, report
 from eval.model import Loaded, check_folder, load, loading_bars
-from eval.one_model import KEY, check_one_model
+from eval.one_model import KEY, check_one_model, writing_as
 from eval.scorer import Scorer
 from eval.tasks import Task, load_task, resolve_spec, same_files
 
@@ -232,15 +232,14 @@ def writing(model_path: str, tasks: list[Task], opts: Options, hashed: str):
     """The results folder, made, with every task's lock held for the block: two evaluations of one task into one
     folder at once would mix their files (a result from one, pairs from the other), or each would pass the check
     of `keep_other_results` and the second would replace the first's scores made another way. Refused in one line
-    naming the holder; the checks (and that the folder holds no other model's results) are made again once the
-    locks are held."""
+    naming the holder; the checks (and that the folder holds no other model's results, and no other model's
+    evaluation is writing there: `writing_as`) are made again once the locks are held."""
     out_dir = results_dir(model_path, opts)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write results to {out_dir} ({exc.strerror}); pass --out DIR") from None
-    with tasks_locked(out_dir, [task.name for task in tasks]):
-        check_one_model(out_dir, model_path, hashed)
+    with tasks_locked(out_dir, [task.name for task in tasks]), writing_as(out_dir, model_path, hashed):
         for task in tasks:
             keep_other_results(out_dir, task, opts)
         yield out_dir

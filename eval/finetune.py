@@ -33,7 +33,7 @@ from common.config import ConfigError, field, load, suggest
 from common.errors import EXIT_PREEMPTED, UserError, writing
 from common.libraries import no_accelerator_probe
 from common.paths import REPO, hash_files, local_folder, model_hash, write_atomic
-from eval.one_model import KEY, check_one_model
+from eval.one_model import KEY, check_one_model, writing_as
 from eval.tasks import absolute, decode_text, jsonl_rows, same_files
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
@@ -281,8 +281,8 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
                "data": hash_files(data_dir, files),
                "spec": dataclasses.asdict(spec), "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
                "max_length": m.length, "pool": m.pool}
-    with state.locked(work, name), writing(work, "then run the same command again to continue"):
-        check_one_model(out_dir, model_path, hashed)  # again, now that this task's lock is held
+    with state.locked(work, name), writing(work, "then run the same command again to continue"), \
+            writing_as(out_dir, model_path, hashed):  # no other model's results there, nor its evaluation writing now
         checkpoint, best = state.resume(work, attempt)
         if checkpoint is not None:
             print(f"{name}: continuing from {checkpoint} (an earlier attempt of the same fine-tuning stopped there)")

@@ -3,14 +3,20 @@
 an evaluation or a fine-tuning refuses a folder that holds results of another model, as `collate` refuses a folder
 whose results disagree or are not the given model's. Two models' results in one folder (`--out DIR` given twice, a
 model folder saved again after it was evaluated) would otherwise be read as one model's: `collate` would submit a
-mix, and `results collect` would table them as one row. Results from before the hash was recorded are not checked."""
+mix, and `results collect` would table them as one row. Results from before the hash was recorded are not checked.
+
+Two evaluations of two models into one folder at the same moment would each find no other model's results there and
+both write: `writing_as` holds a shared lock on `.model-<hash>.lock` while it writes, and refuses a folder where another
+model's lock is held (evaluations and fine-tunings of one model, a SLURM array's tasks, share theirs)."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 from pathlib import Path
 
 from common.errors import UserError
-from common.paths import model_hash
+from common.paths import file_lock, model_hash
 
 KEY = "model_hash"
 
@@ -32,8 +38,28 @@ def recorded(out_dir: Path) -> list[tuple[Path, str, str]]:
     return [f for f in found if f is not None]
 
 
+def _writer(lock: Path) -> str | None:
+    """The model path a live `writing_as` names in `lock`, or None when no process holds it."""
+    try:
+        handle = open(lock, encoding="utf-8")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "?"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
+
+def _lock_name(hashed: str) -> str:
+    return f".model-{hashed[:16]}.lock"
+
+
 def check_one_model(out_dir: Path, model: str | Path, hashed: str) -> None:
-    """Refuse (one line) to write results of `model` (hash `hashed`) into `out_dir` when it holds another model's."""
+    """Refuse (one line) to write results of `model` (hash `hashed`) into `out_dir` when it holds another model's, or
+    another model's evaluation is writing there now (`writing_as`)."""
     for file, other, path in recorded(out_dir):
         if other != hashed:
             raise UserError(
@@ -41,6 +67,30 @@ def check_one_model(out_dir: Path, model: str | Path, hashed: str) -> None:
                 f"{model}: {hashed[:12]}); one folder holds one model's results, or collate and results collect "
                 f"would read them as one model's: pass --out DIR for this model, or move that folder's results away"
             )
+    for lock in sorted(out_dir.glob(".model-*.lock")) if out_dir.is_dir() else []:
+        if lock.name != _lock_name(hashed) and (writer := _writer(lock)) is not None:
+            raise UserError(f"{out_dir}: an evaluation of another model ({writer}, model files {lock.name[7:-5]}) is "
+                            f"writing there now; one folder holds one model's results: pass --out DIR for {model}, "
+                            "or let it end")
+
+
+@contextlib.contextmanager
+def writing_as(out_dir: Path, model: str | Path, hashed: str):
+    """Held while results of `model` (hash `hashed`) are written into `out_dir` (which exists): refused (one line) when
+    the folder holds another model's results or another model's evaluation is writing there now (`check_one_model`,
+    made with taking this one's lock as one step for every writer)."""
+    with file_lock(out_dir / ".models.lock"):
+        check_one_model(out_dir, model, hashed)
+        handle = open(out_dir / _lock_name(hashed), "a+", encoding="utf-8")
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        if handle.tell() == 0:
+            handle.write(f"{model}\n")
+            handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def check_same_model(files: list[Path], model: Path | None) -> None:

@@ -303,11 +303,13 @@ def test_keep_scored_continues_a_stopped_evaluation(extras, tmp_path):
 
 def one_model_per_folder(out: Path, folder: Path, table: Path, extras: Path, glue: Path, tmp_path: Path) -> None:
     """`folder` holds every task's results of the model `out`. Another model's evaluation or fine-tuning into it is
-    refused before anything is written; so is a model folder saved again after its evaluation; collate refuses a
+    refused before anything is written, and so is one into a folder where another model's evaluation is writing now;
+    so is a model folder saved again after its evaluation; collate refuses a
     folder whose results come from two models, or from other files than the model it is given holds now."""
     from transformers import AutoModelForCausalLM
 
     from common.paths import model_hash
+    from eval.one_model import writing_as
 
     def save_other(path: Path, shift: float) -> None:
         model = AutoModelForCausalLM.from_pretrained(path)
@@ -335,6 +337,23 @@ def one_model_per_folder(out: Path, folder: Path, table: Path, extras: Path, glu
     assert_user_error(run_here("eval", "collate", str(other), *options, str(folder)),
                       f"collate: {folder / 'blimp_filtered.json'} was scored on other model files",
                       f"than {other} holds now")
+    busy = tmp_path / "busy"  # an evaluation of `other` is writing there now, nothing written yet
+    busy.mkdir()
+    with writing_as(busy, other, model_hash(other)):
+        for argv in (("eval", str(out), "--tasks", "wug_adj", "--data-dir", str(extras)),
+                     ("eval", "finetune", str(out), "--tasks", "rte", "--data-dir", str(glue), "--epochs", "1")):
+            assert_user_error(run_here(*argv, "--out", str(busy), "--no-progress"),
+                              f"{busy}: an evaluation of another model ({other}, model files "
+                              f"{model_hash(other)[:16]}) is writing there now", f"pass --out DIR for {out}")
+        assert not list(busy.glob("*.json")) and not (busy / "finetune").exists()
+        ok(run_here("eval", str(other), "--tasks", "wug_adj", "--data-dir", str(extras), "--out", str(busy),
+                    "--no-progress"))  # the same model's evaluations share the folder
+    idle = tmp_path / "idle"
+    idle.mkdir()
+    with writing_as(idle, other, model_hash(other)):
+        pass  # a writer that ended (or was killed) before it wrote anything leaves its lock file: no bar
+    ok(run_here("eval", str(out), "--tasks", "wug_adj", "--data-dir", str(extras), "--out", str(idle),
+                "--no-progress"))
     mixed = tmp_path / "mixed"  # a person copied one task's results over from another model's folder
     shutil.copytree(folder, mixed)
     shutil.copy(other / "eval" / "wug_adj.json", mixed / "wug_adj.json")
