@@ -27,22 +27,26 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The JSON objects of a JSONL file, one per line. Lines end at \\n only (str.splitlines would also
-    cut at U+2028, U+0085 and \\x1c-\\x1e, which JSON strings may hold); a line that is not a JSON
-    object (torn by a kill mid-write) is left out."""
+def parse_jsonl(text: str) -> list[dict]:
+    """The JSON objects of JSONL text, one per line. Lines end at \\n only (str.splitlines would also cut at U+2028,
+    U+0085 and \\x1c-\\x1e, which JSON strings may hold); a line that is not a JSON object (torn by a kill or a node
+    failure mid-write) is left out."""
     import json
 
     rows = []
-    if Path(path).is_file():
-        for line in Path(path).read_text(encoding="utf-8").split("\n"):
-            try:
-                row = json.loads(line) if line.strip() else None
-            except ValueError:
-                row = None
-            if isinstance(row, dict):
-                rows.append(row)
+    for line in text.split("\n"):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """`parse_jsonl` of the file at `path`; no file, no rows."""
+    return parse_jsonl(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else []
 
 
 def save_figure(fig, path: Path) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from common.errors import summary
+from common.paths import parse_jsonl
 from results.baselines import architecture, data_key, setting_key, trained_on
 from results.markdown import finite, number, table
 
@@ -91,10 +92,6 @@ def _number(value, file: str, key: str):
     raise Unusable(file, f"{key} is {value!r}, not a number")
 
 
-def _jsonl(text: str) -> list:
-    return [json.loads(line) for line in text.split("\n") if line.strip()]
-
-
 def _eval_columns(run: Path, eval_dir: Path) -> dict:
     row = {}
     for file in sorted(eval_dir.glob("*.json")):
@@ -133,7 +130,7 @@ def read_run(run: Path) -> list[dict]:
         raise Unusable("DONE", "missing: the run has not finished")
     config = _read(run, "config.yaml", yaml.safe_load, dict)
     info = _read(run, "run.json", json.loads, dict)
-    metrics = [r for r in _read(run, "metrics.jsonl", _jsonl, list) if isinstance(r, dict)]
+    metrics = _read(run, "metrics.jsonl", parse_jsonl, list)  # a line torn by a kill is left out, not the run
     grid = _read(run, "grid.json", json.loads, dict, optional=True)
     attempts = [a for a in info.get("attempts", []) if isinstance(a, dict)]
     tokens = max((r["tokens_seen"] for r in metrics if isinstance(r.get("tokens_seen"), (int, float))), default=None)

@@ -277,6 +277,10 @@ def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, r
     half = checkpoints / "checkpoint-35"
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"\0" * 100)
+    # metrics.jsonl as a node failure may leave it: up to the step the run resumes from, then half a line
+    metrics = run / "metrics.jsonl"
+    kept = [line for line in metrics.read_text().splitlines() if json.loads(line).get("step", 0) <= 20]
+    metrics.write_text("".join(line + "\n" for line in kept) + kept[-1][: len(kept[-1]) // 2])
     proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
     assert "checkpoint-35 is unusable (no COMPLETE marker" in proc.stderr
     assert "checkpoint-30 is unusable (optimizer.pt has" in proc.stderr and "falling back" in proc.stderr
@@ -285,6 +289,11 @@ def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, r
         checkpoints / "corrupt-checkpoint-35"
     ).is_dir()  # kept, not deleted
     assert_bitwise_equal(weights(run / "model"), reference)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line whole again
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))  # step 21's row did not join the torn line
+    from results.collect import read_run
+
+    assert read_run(run)[0]["words_seen"] == rows[-1]["words_seen"]
 
 
 def test_resume_with_a_changed_config_refuses_what_the_checkpoint_would_override(demo_args, tmp_path):

@@ -26,7 +26,7 @@ from transformers import (
 
 from common.checkpoints import now, write_manifest
 from common.errors import UserError
-from common.paths import REPO, read_jsonl, write_atomic
+from common.paths import REPO, parse_jsonl, read_jsonl, write_atomic
 from common.libraries import no_accelerator_probe, no_resume_argument_table
 from common.preemption import Preemption
 from common.ranks import all_reduce, collective
@@ -248,12 +248,14 @@ class MetricsLog(TrainerCallback):
         self.last = (state.global_step, self.train_seconds)
         self.train_begin = time.perf_counter()
         if state.is_world_process_zero:
-            rows = read_jsonl(self.path)
+            text = self.path.read_text(encoding="utf-8") if self.path.is_file() else ""
             kept = [
-                r for r in rows if r.get("step", 0) <= state.global_step and row_kind(r) not in ("final", "summary")
+                r for r in parse_jsonl(text)
+                if r.get("step", 0) <= state.global_step and row_kind(r) not in ("final", "summary")
             ]
-            if len(kept) != len(rows):
-                write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            whole = "".join(json.dumps(r) + "\n" for r in kept)
+            if whole != text:  # rows of steps trained again, or a line torn by a kill (the next row would join it)
+                write_atomic(self.path, whole)
             self.keys = {(r.get("step", 0), row_kind(r)) for r in kept}
 
     def on_step_begin(self, args, state, control, **kwargs):
