@@ -34,6 +34,7 @@ from common.errors import EXIT_PREEMPTED, UserError, writing
 from common.libraries import no_accelerator_probe
 from common.paths import REPO, hash_files, local_folder, model_hash, write_atomic
 from eval.one_model import KEY, check_one_model, writing_as
+from eval.report import decide
 from eval.tasks import absolute, decode_text, jsonl_rows, same_files
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
@@ -148,12 +149,19 @@ class Classifier(torch.nn.Module):
 
 
 def scores(logits: np.ndarray, labels: np.ndarray) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+    """logits [items, classes], labels [items] -> accuracy, MCC, F1 of class 1 (two classes), ties, non-finite items.
+    The prediction is `report.decide`'s, as zero-shot's: the first maximum; an item with a non-finite logit predicts
+    nothing (-1) and is wrong (np.argmax would take the first NaN, so a diverged epoch scored the share of class 0,
+    and could be kept as the best one). Every item non-finite: accuracy and F1 are NaN, never a best epoch."""
+    from sklearn.metrics import f1_score, matthews_corrcoef
 
-    pred = logits.argmax(-1)
-    out = {"accuracy": float(accuracy_score(labels, pred)), "mcc": float(matthews_corrcoef(labels, pred))}
-    if logits.shape[1] == 2:
-        out["f1"] = float(f1_score(labels, pred))
+    pred, right, tied, bad = decide(logits, labels)
+    everything_bad = bool(bad.all())
+    out = {"accuracy": math.nan if everything_bad else float(right.mean()),
+           "mcc": math.nan if everything_bad else float(matthews_corrcoef(labels, pred)),
+           "ties": int(tied.sum()), "non_finite": int(bad.sum())}
+    if logits.shape[1] == 2:  # class 1's F1; an item that predicts nothing is a false negative when its label is 1
+        out["f1"] = math.nan if everything_bad else float(f1_score(labels, pred, labels=[1], average="micro"))
     return out
 
 
@@ -306,7 +314,8 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
                           f"{preemption.stopped_at}; run the same command again to continue from it")
         if not best:
             state.forget(work)
-            raise UserError(f"task {name}: no epoch gave a finite {spec.metric} (the loss diverged); lower --lr")
+            raise UserError(f"task {name}: no epoch gave a finite {spec.metric}: every validation logit was NaN or "
+                            "infinite (non-finite weights in the model, or a loss that diverged: lower --lr)")
         m.model.load_state_dict(best["state"])
         out = trainer.predict(m.encode(*valid))
         settings = {"model": str(Path(model_path).resolve()), KEY: hashed,
@@ -325,7 +334,7 @@ def write_results(name: str, spec: FinetuneSpec, out, best_epoch: float, setting
     """`<task>.json`, `pairs/<task>.jsonl` and the pipeline's `finetune/<task>/predictions.json` of the best epoch's
     predictions on the validation set (`out`, the Trainer's), with `history.jsonl`; the summary."""
     final = scores(out.predictions, out.label_ids)
-    pred = out.predictions.argmax(-1)
+    pred = decide(out.predictions, out.label_ids)[0]
     summary = {
         "task": name,
         "description": spec.description,
@@ -340,14 +349,14 @@ def write_results(name: str, spec: FinetuneSpec, out, best_epoch: float, setting
         "best_epoch": best_epoch,
         "n_items": len(pred),
         "n_subtasks": 1,
-        "ties": 0,
-        "non_finite": 0,
+        "ties": final["ties"],
+        "non_finite": final["non_finite"],
         "subtasks": {},
         **settings,
     }
     work = out_dir / "finetune" / name
     work.mkdir(parents=True, exist_ok=True)
-    predictions = [{"id": f"{name}_{i}", "pred": int(p)} for i, p in enumerate(pred)]
+    predictions = [{"id": f"{name}_{i}", "pred": int(p) if p >= 0 else None} for i, p in enumerate(pred)]
     write_atomic(work / "predictions.json", json.dumps({name: {"predictions": predictions}}) + "\n")
     write_atomic(work / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     (out_dir / "pairs").mkdir(parents=True, exist_ok=True)
@@ -420,4 +429,7 @@ def main(argv: list[str]) -> int:
             "epoch "
             f"{summary['best_epoch']:.0f} of {summary['epochs']}) -> {out_dir / name}.json"
         )
+        if summary["non_finite"]:
+            print(f"warning: {name}: {summary['non_finite']} validation item(s) have a NaN or infinite logit at the "
+                  "best epoch; they count as wrong")
     return 0

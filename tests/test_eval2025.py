@@ -115,6 +115,45 @@ def test_glue_texts_are_built_as_the_pipeline_builds_them(glue):
     assert read_task("mnli", glue)[1][1][:3] == [0, 1, 2]
 
 
+def test_finetune_scores_count_a_non_finite_item_wrong_and_predict_nothing():
+    """Fine-tuning's metrics against a naive loop: the first maximum is the prediction; an item with a NaN or
+    infinite logit predicts nothing and is wrong (np.argmax took the NaN: a diverged epoch scored the share of
+    class 0); class 1's F1 counts it a false negative when its label is 1; all items non-finite: no score."""
+    import math
+
+    from sklearn.metrics import matthews_corrcoef
+
+    from eval.finetune import scores
+
+    rng = np.random.default_rng(3)
+    for classes in (2, 3):
+        logits = rng.normal(size=(40, classes)).astype(np.float32)
+        labels = rng.integers(0, classes, size=40)
+        logits[[1, 7, 8]] = [np.nan] * classes
+        logits[12, -1], logits[20, 0] = np.inf, -np.inf
+        logits[30] = logits[30, 0]  # a tie: the first class
+        pred = []
+        for row in logits:  # one item at a time
+            if not all(math.isfinite(float(v)) for v in row):
+                pred.append(-1)
+            else:
+                pred.append(next(k for k, v in enumerate(row) if v == max(row)))
+        pred = np.array(pred)
+        got = scores(logits, labels)
+        assert got["non_finite"] == 5 and got["ties"] == 1 and pred[30] == 0
+        assert got["accuracy"] == pytest.approx(np.mean(pred == labels))
+        assert got["mcc"] == pytest.approx(matthews_corrcoef(labels, pred))
+        if classes == 2:
+            tp, fp = np.sum((pred == 1) & (labels == 1)), np.sum((pred == 1) & (labels == 0))
+            fn = np.sum((pred != 1) & (labels == 1))
+            assert got["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+        else:
+            assert "f1" not in got
+        broken = scores(np.full((6, classes), np.nan, dtype=np.float32), labels[:6])
+        assert math.isnan(broken["accuracy"]) and broken["non_finite"] == 6
+        assert math.isnan(broken.get("f1", math.nan))
+
+
 def test_real_files_load_with_the_pipelines_uids():
     from eval.collate import SIZES
     from eval.tasks import load_task
@@ -642,6 +681,8 @@ def test_bad_inputs_2025(extras, tmp_path):
 
 
 def test_finetune_bad_inputs(glue, tmp_path):
+    from transformers import AutoTokenizer
+
     out = tmp_path / "never"
 
     from eval.__main__ import main
@@ -702,6 +743,20 @@ def test_finetune_bad_inputs(glue, tmp_path):
     for minutes in ("-1", "nan", "inf"):
         bad(glue, "rte", "--checkpoint-minutes: must be a finite number of minutes, 0 or more",
             extra=("--checkpoint-minutes", minutes))
+    # a model whose logits are all NaN: every epoch scores nothing, and nothing is written (np.argmax once made
+    # it predict class 0 everywhere: accuracy 0.5 here, written as its result)
+    from transformers import AutoModelForCausalLM
+
+    broken = tmp_path / "nan-model"
+    model = AutoModelForCausalLM.from_pretrained(GPT2)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(GPT2).save_pretrained(broken)
+    assert_user_error(call(main, "finetune", str(broken), "--tasks", "rte", "--data-dir", str(glue), "--out",
+                           str(out), "--no-progress", "--epochs", "2"),
+                      "task rte: no epoch gave a finite accuracy: every validation logit was NaN or infinite")
+    assert not list(out.rglob("*.json")) and not list(out.rglob("*.jsonl"))
 
 
 @pytest.mark.slow
