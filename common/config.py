@@ -151,7 +151,14 @@ def _field_names(cls: type, prefix: str = "") -> list[str]:
 
 
 def suggest(key: str, candidates: list[str]) -> str:
+    """' (did you mean ...?)' naming the closest candidate: the closest whole name when it ends as `key` does, else
+    the closest of those that end so (`train.lr` -> `optim.lr`), else the closest whole name, else the closest last
+    part; '' when none is close."""
+    leaf = key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    same_leaf = [c for c in candidates if "." in key and "." in c and c.rsplit(".", 1)[-1] == leaf and c != key]
+    if same_leaf and not (close and close[0].rsplit(".", 1)[-1] == leaf):
+        close = difflib.get_close_matches(key, same_leaf, n=1, cutoff=0.0)
     if not close:  # a typo in the last part only: compare the leaf names
         leaf = key.rsplit(".", 1)[-1]
         leaves = {c.rsplit(".", 1)[-1]: c for c in candidates}

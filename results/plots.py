@@ -200,6 +200,12 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> No
             f"{', '.join(map(str, roots))}: no finished run (DONE) to collect"
             + (f"; {len(incomplete)} incomplete" if incomplete else "")
         )
+    scores = ["dev_ce", *task_columns(df)]
+    if metric not in scores:
+        from common.config import suggest
+
+        raise UserError(f"--metric: {metric!r} is not a score of these runs{suggest(metric, scores)}; give dev_ce or "
+                        f"a task they were evaluated on: {', '.join(scores[1:]) or 'none'}")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / f"{name}.csv", df.to_csv(index=False))
     table = markdown(df)

@@ -54,6 +54,10 @@ def test_unknown_key_names_line_and_suggests(tmp_path):
 def test_unknown_override_suggests():
     msg = load_error(DEMO, ["train.max_step=3"])
     assert "command line" in msg and "did you mean 'train.max_steps'" in msg
+    # a key put in the wrong section: the key of that name in another section, not the section it was put in
+    for key, meant in (("train.lr", "optim.lr"), ("optim.seed", "train.seed")):
+        msg = load_error(DEMO, [f"{key}=1"])
+        assert f"unknown key '{key}' (did you mean '{meant}'?)" in msg, msg
 
 
 def test_unknown_section_suggests(tmp_path):

@@ -250,6 +250,13 @@ def test_bad_inputs(runs, tmp_path):
         run_cli("results", "collect", str(tmp_path / "empty"), "--out", str(tmp_path / "o")), "no finished run"
     )
     assert not (tmp_path / "o").exists()
+    # a typo, and a task these runs were not evaluated on
+    for metric, needle in (("demo_pair", " (did you mean 'demo_pairs'?)"), ("blimp_filtered", "")):
+        assert_user_error(run_here("results", "collect", str(runs / "grid"), "--out", str(tmp_path / "o"), "--metric",
+                                   metric),
+                          f"--metric: {metric!r} is not a score of these runs{needle}; give dev_ce or a task they "
+                          "were evaluated on: demo_pairs")
+    assert not (tmp_path / "o").exists()
     assert_user_error(
         run_cli("results", "compare", str(runs / "grid" / "a"), str(runs / "grid" / "b"), "--task", "blimp_filtered"),
         "no eval/pairs/blimp_filtered.jsonl",
