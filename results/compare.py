@@ -8,7 +8,6 @@ a confidence interval for the accuracy difference.
 from __future__ import annotations
 
 import json
-from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +41,11 @@ def correctness(run: Path, task: str) -> dict[str, bool]:
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact p-value for b pairs right only in A and c right only in B."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    p = sum(comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * p)
+    """Two-sided exact p-value for b pairs right only in A and c right only in B (statsmodels' exact McNemar: twice
+    the binomial tail of min(b, c) in b + c at 1/2, at most 1; 1 when no pair differs)."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    return float(mcnemar([[0, b], [c, 0]], exact=True).pvalue)
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
