@@ -160,7 +160,6 @@ def suggest(key: str, candidates: list[str]) -> str:
     if same_leaf and not (close and close[0].rsplit(".", 1)[-1] == leaf):
         close = difflib.get_close_matches(key, same_leaf, n=1, cutoff=0.0)
     if not close:  # a typo in the last part only: compare the leaf names
-        leaf = key.rsplit(".", 1)[-1]
         leaves = {c.rsplit(".", 1)[-1]: c for c in candidates}
         close = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
     return f" (did you mean '{close[0]}'?)" if close else ""
