@@ -27,6 +27,30 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def check_replaceable(path: str | Path, ours, flag: str, what: str) -> None:
+    """A file a command is told to write (`flag PATH`) may replace only an earlier file of its own kind (`ours(data)`
+    of its JSON is true): anything else there (a model's config.json, a path mistyped) is refused in one line, before
+    anything is computed, as is a folder or a path under a file."""
+    import json
+
+    from common.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file path for {what}")
+    if any(up.exists() and not up.is_dir() for up in path.parents):
+        raise UserError(f"{flag} {path}: is under a file; give a file path for {what}")
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None
+    if not ours(data):
+        raise UserError(f"{flag} {path}: exists and is not {what}, and writing would replace it; give a new path, or "
+                        "move that file away")
+
+
 def parse_jsonl(text: str) -> list[dict]:
     """The JSON objects of JSONL text, one per line. Lines end at \\n only (str.splitlines would also cut at U+2028,
     U+0085 and \\x1c-\\x1e, which JSON strings may hold); a line that is not a JSON object (torn by a kill or a node

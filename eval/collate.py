@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from common.errors import UserError
-from common.paths import REPO, write_atomic
+from common.paths import REPO, check_replaceable, write_atomic
 from eval.model import BACKENDS
 from eval.one_model import check_same_model
 from eval.report import OFFICIAL_DIR
@@ -242,6 +242,11 @@ def collate(path: Path, backend: str, sizes_file: Path, results: Path | None = N
     return out, eval_dir / f"all_full_preds_and_fast_scores_{backend}.json"
 
 
+def is_submission(data) -> bool:
+    """Whether `data` (a JSON value) is what `collate` writes."""
+    return isinstance(data, dict) and set(ZERO_SHOT) | {"glue"} <= set(data)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m eval collate", description=__doc__.split("\n\n")[1])
     p.add_argument(
@@ -263,8 +268,11 @@ def main(argv: list[str]) -> int:
     results = Path(args.results) if args.results else None
     if results is not None and not results.is_dir():
         raise UserError(f"--results {results}: no such folder; give the folder `python -m eval ... --out` wrote")
+    if args.out:
+        check_replaceable(args.out, is_submission, "--out", "a submission file written by python -m eval collate")
     data, default = collate(path, args.backend, sizes, results)
     target = Path(args.out) if args.out else default
+    check_replaceable(target, is_submission, "collate", "a submission file")
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, json.dumps(data) + "\n")
     print(f"{target}: {', '.join(data)}")

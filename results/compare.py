@@ -84,22 +84,23 @@ def left_out(counts: dict, a: str = "A", b: str = "B") -> str:
     return f"; left out: {counts['a']} pair(s) only {a} scored, {counts['b']} only {b} scored (different task data?)"
 
 
-def check_out_file(out: str | None) -> None:
-    if out and (Path(out).is_dir() or (Path(out).parent.exists() and not Path(out).parent.is_dir())):
-        raise UserError(f"--out {out}: is a folder (or under a file); give a file path for the JSON")
+def is_comparison(data) -> bool:
+    """Whether `data` (a JSON value) is what `compare` writes."""
+    return isinstance(data, dict) and {"task", "mcnemar_p", "bootstrap_95"} <= set(data)
 
 
 def run_compare(args) -> int:
     """`python -m results compare`: checks, the test, its JSON (printed, and written to --out) and a one-line
     summary."""
-    from common.paths import write_atomic
+    from common.paths import check_replaceable, write_atomic
 
     for r in (args.run_a, args.run_b):
         if not Path(r).is_dir():
             raise UserError(f"{r}: run directory not found")
     if not 1 <= args.samples <= 10_000_000:
         raise UserError(f"--samples {args.samples}: give 1 to 10,000,000 bootstrap resamples (10,000 is usual)")
-    check_out_file(args.out)
+    if args.out:
+        check_replaceable(args.out, is_comparison, "--out", "a comparison written by python -m results compare")
     out = compare(Path(args.run_a), Path(args.run_b), args.task, args.samples, args.seed)
     print(json.dumps(out, indent=2))
     if args.out:

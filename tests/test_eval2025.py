@@ -555,6 +555,16 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     ok(run_here(*collate_there, str(elsewhere)))
     assert ((elsewhere / "all_full_preds_and_fast_scores_causal.json").read_bytes()
             == (full / "all_full_preds_and_fast_scores_causal.json").read_bytes())
+    # --out replaces an earlier submission only: never another file (the model's config.json, a mistyped path)
+    config = (out / "config.json").read_bytes()
+    for target, needle in ((out / "config.json", "exists and is not a submission file written by python -m eval "
+                            "collate"), (out, "is a folder"), (out / "config.json" / "x.json", "is under a file")):
+        assert_user_error(run_here(*collate, "--out", str(target)), f"--out {target}: {needle}")
+    assert (out / "config.json").read_bytes() == config
+    for _ in range(2):  # a new file, then the same again: replaced
+        ok(run_here(*collate, "--out", str(tmp_path / "submission.json")))
+    assert (tmp_path / "submission.json").read_bytes() == (full / "all_full_preds_and_fast_scores_causal.json"
+                                                           ).read_bytes()
     one_model_per_folder(out, elsewhere, table, extras, glue, tmp_path)
     sizes["full"]["comps"]["base"] += 1
     table.write_text(yaml.safe_dump(sizes))

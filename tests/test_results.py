@@ -169,7 +169,7 @@ def test_heatmap_only_for_two_axis_grids(runs, tmp_path):
     assert not (tmp_path / "one.png").exists()
 
 
-def test_compare_is_mcnemar_and_a_paired_bootstrap(runs):
+def test_compare_is_mcnemar_and_a_paired_bootstrap(runs, tmp_path):
     from scipy.stats import binomtest
 
     from results.compare import compare, mcnemar_exact
@@ -197,6 +197,17 @@ def test_compare_is_mcnemar_and_a_paired_bootstrap(runs):
         )
     )
     assert "McNemar p =" in proc.stdout
+    # --out replaces an earlier comparison only, never another file
+    args = ("results", "compare", str(runs / "grid" / "a"), str(runs / "grid" / "b"), "--task", "demo_pairs",
+            "--samples", "100", "--out")
+    run_json = runs / "grid" / "a" / "run.json"
+    before = run_json.read_bytes()
+    assert_user_error(run_here(*args, str(run_json)), f"--out {run_json}: exists and is not a comparison")
+    assert_user_error(run_here(*args, str(runs / "grid")), "is a folder")
+    assert run_json.read_bytes() == before
+    for _ in range(2):
+        ok(run_here(*args, str(tmp_path / "ab.json")))
+    assert json.loads((tmp_path / "ab.json").read_text())["bootstrap_samples"] == 100
 
 
 def test_compare_says_which_pairs_only_one_run_scored(runs, tmp_path):
