@@ -51,3 +51,31 @@ def test_tiny_models_are_tiny_and_run(arch):
     out = model(input_ids=ids, labels=ids)
     assert out.logits.shape == (2, 16, 512) and torch.isfinite(out.loss)
     assert objective == ("masked" if arch.startswith("roberta") else "causal")
+
+
+# the widths that fix a model's size, set small: which modules exist does not depend on them
+SMALL = {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_inner": 64, "hidden_size": 32, "num_hidden_layers": 2,
+         "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16}
+
+
+@pytest.mark.parametrize("arch", known_architectures())
+def test_every_parameter_gets_a_gradient(arch):
+    """`python -m train` tells DDP that no parameter goes unused (find_unused_parameters=False, train/__main__.py):
+    true of every architecture here, at its own config with the widths made small. An architecture with a module the
+    loss does not reach (a pooler) would stop a multi-GPU run at its second step."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from train.models import hf_config
+
+    objective, config = hf_config(ModelConfig(arch=arch, vocab_size=512), {"pad_token_id": 0, "bos_token_id": 1,
+                                                                             "eos_token_id": 2})
+    for key, value in SMALL.items():
+        if getattr(config, key, None) is not None:
+            setattr(config, key, value)
+    model = (AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM).from_config(config).train()
+    ids = torch.randint(3, 512, (2, 16))
+    labels = ids.clone()
+    if objective == "masked":
+        labels[:, ::2] = -100  # as the collator leaves the unmasked positions out of the loss
+    model(input_ids=ids, labels=labels).loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []

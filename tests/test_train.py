@@ -416,6 +416,7 @@ def test_torchrun_two_processes(demo_args, tmp_path):
     for line in ("note: train.word_checkpoints: 1 milestone(s) from 1M on", "gpt2-tiny: 141,056 parameters",
                  f"{run}: done at step 10"):
         assert said.count(line) == 1, (line, said)
+    assert "find_unused_parameters" not in said  # DDP is told no parameter goes unused: no search, no warning
     said = ok(run_cli(*two_ranks, "--resume")).stdout
     assert said.count(f"{run}: already finished (DONE); nothing to do") == 1, said
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

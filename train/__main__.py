@@ -41,7 +41,8 @@ def build_plain_model(cfg, tokenizer, prepared, device):
 
     objective, model = models.build_model(cfg.model, tokenizer)
     return Built(trained=model, objective=objective,
-                 banner=f"{cfg.model.arch}: {sum(p.numel() for p in model.parameters()):,} parameters, {objective} LM")
+                 banner=f"{cfg.model.arch}: {sum(p.numel() for p in model.parameters()):,} parameters, {objective} LM",
+                 all_parameters_used=True)  # every architecture of config/models (tests/test_models.py checks)
 
 
 if __name__ == "__main__":

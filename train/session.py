@@ -34,6 +34,10 @@ class Built:
     export: Callable[[Path], None] | None = None  # writes model/ (rank 0); None: the Trainer saves `trained` there
     finish: Callable[[Any, Path], dict] | None = None  # (trainer, run path) -> extra summary, after export, before DONE
     inputs: dict[str, str] = field(default_factory=dict)  # teachers read at every step: key -> hash of model files
+    # every trainable parameter gets a gradient at every step: DDP then skips its per-step search for unused ones
+    # (find_unused_parameters=False; else the Trainer's default for a wrapper, True, which also warns on every rank
+    # when it finds none). A parameter left unused under False stops the run at its second step, naming it.
+    all_parameters_used: bool = False
 
 
 Builder = Callable[[Any, Any, Any, Any], Built]  # (cfg, tokenizer, prepared data, device) -> Built
@@ -97,6 +101,8 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     models.check_vocab(cfg.model, tokenizer, prepared.tokenizer_dir)
     set_seed(cfg.train.seed)  # the model is initialised before the Trainer seeds anything
     built = build(cfg, tokenizer, prepared, targs.device)
+    if built.all_parameters_used:
+        targs.ddp_find_unused_parameters = False
     train_ds = load_blocks(
         prepared.train_blocks, cfg.data.train_fraction, cfg.data.seed, with_index=built.block_index, with_words=True
     )
