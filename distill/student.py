@@ -25,7 +25,7 @@ def warm_start(student, folder: str) -> None:
     """Copy a pretrained checkpoint's weights into the freshly built student; every tensor must fit."""
     from transformers import AutoModelForCausalLM
 
-    from eval.model import check_folder, load_model_folder
+    from eval.model import check_finite_weights, check_folder, load_model_folder
 
     try:
         check_folder(folder)
@@ -33,6 +33,7 @@ def warm_start(student, folder: str) -> None:
         raise UserError(f"student.init_from: {exc}") from None
     source = load_model_folder(Path(folder), AutoModelForCausalLM, "the warm-start model (student.init_from)",
                                "save it again with save_pretrained, or fix student.init_from").state_dict()
+    check_finite_weights(source, f"student.init_from={folder}")
     target = student.state_dict()
     missing = [k for k in target if k not in source]
     wrong = [k for k in target if k in source and source[k].shape != target[k].shape]

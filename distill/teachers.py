@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from common.errors import UserError, reading
-from eval.model import check_folder, load_config, load_model_folder
+from eval.model import check_finite_weights, check_folder, load_config, load_model_folder
 from train.chunked import final_states, logit_head
 
 
@@ -177,6 +177,7 @@ def load_teachers(cfg, student_tokenizer_dir: Path, student_layers: int | None, 
             else None
         )
         if model is not None:
+            check_finite_weights(dict(model.named_parameters()), where)
             model.requires_grad_(False)
         head = logit_head(model) if model is not None else None  # probed before compiling: eager and exact
         compiled = torch.compile(model) if model is not None and cfg.train.compile else None

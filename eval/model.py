@@ -126,6 +126,20 @@ def load_model_folder(folder: Path, auto, what: str, fix: str, config=None, **kw
     return model
 
 
+def check_finite_weights(tensors: dict, where: str) -> None:
+    """Refuse (one line) weights that hold NaN or infinite values: the export of a run that diverged. A teacher or a
+    warm start like that would write a whole cache of NaN, or stop its student at the first step with a non-finite
+    loss whose message names the learning rate."""
+    import torch
+
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+        raise UserError(f"{where}: its weights hold NaN or infinite values ({bad[0]}{more}), as a run that diverged "
+                        "leaves them: use an earlier checkpoint of it (its checkpoints/ or milestones/), or train it "
+                        "again")
+
+
 def missing_or_unused(info: dict) -> str | None:
     """What `from_pretrained`'s loading info says the config and the weights disagree on, or None: tensors the
     config builds that no weights file holds, and tensors the files hold that the config has no place for."""

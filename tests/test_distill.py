@@ -603,6 +603,23 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
     bad(f"distill.teachers=[{{path: {borrowed}, tokenizer: own}}]", "distill.losses.logit_kd.weight=0",
         "distill.losses.uld.weight=0.5", needles=("distill.teachers[0]", "its tokenizer has 50257 tokens",
                                                   "only 512 embedding rows", "another model's tokenizer"))
+    # a teacher, and a warm start, whose weights hold NaN or infinity (a diverged run's export): refused before a
+    # cache of NaN is written, or a student stops at its first step with a message that names the learning rate
+    diverged = tmp_path / "diverged-teacher"
+    lm = AutoModelForCausalLM.from_pretrained(gpt2)
+    with torch.no_grad():
+        lm.transformer.h[0].mlp.c_fc.weight[0, 0] = float("inf")
+        lm.transformer.ln_f.bias[1] = float("nan")
+    lm.save_pretrained(diverged)
+    AutoTokenizer.from_pretrained(gpt2).save_pretrained(diverged)
+    needles = (f"distill.teachers[0] ({diverged}): its weights hold NaN or infinite values "
+               "(transformer.h.0.mlp.c_fc.weight and 1 more tensor(s))", "use an earlier checkpoint")
+    bad(f"distill.teachers=[{{path: {diverged}}}]", needles=needles)
+    assert_user_error(call(main, "cache-teachers", *base, f"distill.teachers=[{{path: {diverged}}}]", "--out",
+                           str(tmp_path / "nan-cache")), *needles)
+    assert not (tmp_path / "nan-cache").exists() and not (tmp_path / "nan-cache.partial").exists()
+    bad(f"student.init_from={diverged}", "student.arch=gpt2-tiny",
+        needles=(f"student.init_from={diverged}: its weights hold NaN or infinite values",))
     deeper = tmp_path / "deeper-teacher"
     shutil.copytree(gpt2, deeper)
     config = json.loads((deeper / "config.json").read_text())

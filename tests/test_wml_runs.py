@@ -160,6 +160,19 @@ def test_vanilla_mode_with_a_teacher(demo_root, cache_dir, tmp_path):
                                "wml.distillation_method=vanilla", f"wml.teacher={padded}", "wml.eval_tasks=[]"),
                       f"wml.teacher={padded}", "gives 576 logits a position, the peers' vocabulary 512")
     assert not (tmp_path / "p" / "demo-wml" / "wml").exists()
+    # the teacher's weights hold NaN (a diverged run's export): refused before anything is written
+    import torch
+
+    diverged = tmp_path / "diverged"
+    lm = AutoModelForCausalLM.from_pretrained(teacher)
+    with torch.no_grad():
+        lm.transformer.ln_f.weight[0] = float("nan")
+    lm.save_pretrained(diverged)
+    AutoTokenizer.from_pretrained(teacher).save_pretrained(diverged)
+    assert_user_error(run_here("distill.wml", "train", *base(demo_root, cache_dir, tmp_path / "p"), *QUICK_SEARCH,
+                               "wml.distillation_method=vanilla", f"wml.teacher={diverged}", "wml.eval_tasks=[]"),
+                      f"wml.teacher={diverged}: its weights hold NaN or infinite values (transformer.ln_f.weight)")
+    assert not (tmp_path / "p" / "demo-wml" / "wml").exists()
 
 
 def test_one_peer_matches_the_spine_trainer_step_for_step(demo_root, cache_dir, tmp_path):

@@ -19,7 +19,7 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
     from common.paths import model_hash
     from distill.teachers import check_same_tokenizer, logit_width_problem, positions
     from distill.wml.peers import PeersWrapper, WMLTrainer
-    from eval.model import check_folder, load_config, load_model_folder
+    from eval.model import check_finite_weights, check_folder, load_config, load_model_folder
     from train.session import Built
 
     objective = cfg.wml.objective
@@ -59,6 +59,7 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
             raise UserError(f"wml.teacher={cfg.wml.teacher}: has {positions(config)} positions, fewer than "
                             f"data.block_size={cfg.data.block_size}; lower data.block_size or use another teacher")
         teacher = load_model_folder(folder, auto, what, fix, config).to(device).eval().requires_grad_(False)
+        check_finite_weights(dict(teacher.named_parameters()), f"wml.teacher={cfg.wml.teacher}")
         inputs = {"wml.teacher": model_hash(folder)}
     wrapper = PeersWrapper(peers, objective, cfg.wml.loss_alpha, method, teacher)
     sizes = ", ".join(f"{sum(x.numel() for x in m.parameters()):,}" for m in peers)
