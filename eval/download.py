@@ -92,72 +92,92 @@ def _encrypted(archive: Path) -> bool:
         return any(info.flag_bits & 0x1 for info in zf.infolist())
 
 
-def unpack(archive: Path, dest: Path) -> dict[str, int]:
-    """Copy the task folders' JSONL (and CSV) files and any EWoK zip from `archive` (or a folder, whose archives are
-    unpacked too) into `dest`; returns files per folder. An EWoK zip given itself is copied as it is."""
+def planned(archive: Path, dest: Path) -> tuple[list[tuple[Path, object]], int]:
+    """What unpacking `archive` (or a folder, whose archives are unpacked too) into `dest` writes: (target, read) for
+    the task folders' JSONL (and CSV) files and any EWoK zip, in order, each read wrapped to name `archive` when it
+    fails; and how many plain EWoK files it holds (never written). An EWoK zip given itself is copied as it is."""
+    def named(read):
+        def wrapped():
+            with reading(archive, "the archive", "download it again"):
+                return read()
+        return wrapped
+
     if archive.is_file() and _is_ewok_zip(archive.name) and _encrypted(archive):
-        return _write(dest / archive.name, archive.read_bytes, dest, {})
+        return [(dest / archive.name, archive.read_bytes)], 0
+    targets, skipped = [], 0
     with reading(archive, "the archive", "download it again"):
-        counts = _unpack(archive, dest)
-    if archive.is_dir():
-        for nested in sorted(p for p in archive.rglob("*") if p.is_file() and p.name.endswith(ARCHIVES)
-                             and not _is_ewok_zip(p.name)):
-            for key, n in unpack(nested, dest).items():
-                counts[key] = counts.get(key, 0) + n
-    return counts
-
-
-def _write(target: Path, read, dest: Path, counts: dict[str, int]) -> dict[str, int]:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    tmp.write_bytes(read())
-    tmp.replace(target)
-    key = target.parent.name if target.parent != dest else target.name
-    counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-def _unpack(archive: Path, dest: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for name, read in _members(archive):
+        members = _members(archive)
+    for name, read in members:
         parts = PurePosixPath(name).parts
         if any(p in ("..", "") for p in parts) or name.startswith("/"):
             continue  # never write outside dest
         if _is_ewok_zip(parts[-1]):
-            target = dest / parts[-1]
+            targets.append((dest / parts[-1], named(read)))
         elif "ewok_filtered" in parts or "ewok" in parts[:-1]:
-            counts[SKIPPED] = counts.get(SKIPPED, 0) + 1
-            continue
+            skipped += 1
         else:
             folders = [p for p in parts[:-1] if p in KEEP]
-            if not folders or not any(fnmatch.fnmatch(parts[-1], pattern) for pattern in TASK_FILES):
-                continue
-            target = dest / KEEP[folders[-1]] / parts[-1]
-        _write(target, read, dest, counts)
+            if folders and any(fnmatch.fnmatch(parts[-1], pattern) for pattern in TASK_FILES):
+                targets.append((dest / KEEP[folders[-1]] / parts[-1], named(read)))
+    if archive.is_dir():
+        for nested in sorted(p for p in archive.rglob("*") if p.is_file() and p.name.endswith(ARCHIVES)
+                             and not _is_ewok_zip(p.name)):
+            more, n = planned(nested, dest)
+            targets += more
+            skipped += n
+    return targets, skipped
+
+
+def write(targets: list[tuple[Path, object]], dest: Path) -> dict[str, int]:
+    """Write every target (the last read given for a path wins), leaving a file whose bytes are already those alone;
+    returns files per folder."""
+    counts: dict[str, int] = {}
+    for target, read in dict(targets).items():
+        data = read()
+        if not (target.is_file() and target.read_bytes() == data):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.part")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+        key = target.parent.name if target.parent != dest else target.name
+        counts[key] = counts.get(key, 0) + 1
     return counts
 
 
-def download(dest: str, sources: list[str]) -> dict[str, int]:
+def unpack(archive: Path, dest: Path) -> dict[str, int]:
+    """`planned`, written: files per folder."""
+    return write(planned(archive, dest)[0], dest)
+
+
+def download(dest: str, sources: list[str], overwrite: bool = False) -> dict[str, int]:
+    """Every source's task files into `dest`. A file already there whose bytes differ from the download's (a copy
+    edited by hand, another release) is kept, and the command refused before anything is written, unless
+    `overwrite`."""
     out = Path(dest)
     if out.exists() and not out.is_dir():
         raise UserError(f"--dest {dest}: exists and is not a folder")
     sources = sources or [BLIMP_URL]  # `out` is made by the first file written into it
-    total: dict[str, int] = {}
+    targets, plain = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         for source in sources:
-            counts = unpack(fetch(source, Path(tmp)), out)
-            if not any(key != SKIPPED for key in counts):  # nothing written: exit 0 here would read as success
-                skipped = (
-                    f" (it holds {counts[SKIPPED]} plain EWoK file(s), which are never written out: pass EWoK's zip "
-                    "instead)"
-                    if SKIPPED in counts
-                    else ""
-                )
-                raise UserError(f"{source}: holds none of {', '.join(sorted(KEEP))} (JSONL) nor an EWoK zip{skipped}; "
+            found, skipped = planned(fetch(source, Path(tmp)), out)
+            plain += skipped
+            if not found:  # nothing written: exit 0 here would read as success
+                why = (f" (it holds {skipped} plain EWoK file(s), which are never written out: pass EWoK's zip instead)"
+                       if skipped else "")
+                raise UserError(f"{source}: holds none of {', '.join(sorted(KEEP))} (JSONL) nor an EWoK zip{why}; "
                                 f"is it BabyLM's evaluation data?")
-            for key, n in counts.items():
-                total[key] = total.get(key, 0) + n
-    return total
+            targets += found
+        if not overwrite:
+            changed = [t for t, read in dict(targets).items() if t.is_file() and t.read_bytes() != read()]
+            if changed:
+                raise UserError(f"--dest {dest}: {len(changed)} file(s) there differ from the download's "
+                                f"({changed[0]}{', ...' if len(changed) > 1 else ''}); they are kept and nothing was "
+                                "written: pass --overwrite to replace them, or --dest another folder")
+        counts = write(targets, out)
+    if plain:
+        counts[SKIPPED] = plain
+    return counts
 
 
 def parse_download(argv: list[str]) -> argparse.Namespace:
@@ -168,13 +188,16 @@ def parse_download(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--dest", default="evaluation_data", help="folder to unpack into (give it to --data-dir)")
     p.add_argument("--from", dest="sources", action="append", default=[], help="a local archive or a URL (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in --dest whose bytes differ from the download's (else they are kept, and "
+                        "nothing is written)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     """`python -m eval download`: fetch and unpack, then one line per folder with its file count."""
     args = parse_download(argv)
-    counts = download(args.dest, args.sources)
+    counts = download(args.dest, args.sources, args.overwrite)
     for key, n in sorted(counts.items()):
         print(f"{args.dest}/{key}: {n} file(s)")
     return 0

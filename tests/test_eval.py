@@ -525,6 +525,23 @@ def test_download_assembles_the_2025_folder_from_a_local_folder(tmp_path, data_s
         run_cli("eval", "download", "--dest", str(dest), "--from", str(tmp_path / "nowhere")), "nowhere",
         "no such file or folder"
     )
+    # again: the same bytes are left as they are; a file edited since is kept, and nothing is written, unless
+    # --overwrite (it used to be replaced without a word)
+    from eval.__main__ import main
+
+    stamps = {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file()}
+    assert call(main, "download", "--dest", str(dest), "--from", str(source)).returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file()} == stamps
+    edited = dest / "reading" / "reading_data.csv"
+    mine = edited.read_text() + "my own row\n"
+    edited.write_text(mine)
+    new = dest / "blimp_filtered" / f"{PARADIGMS[0]}.jsonl"
+    new.unlink()  # a file the folder lacks is not written either
+    assert_user_error(call(main, "download", "--dest", str(dest), "--from", str(source)),
+                      f"--dest {dest}: 1 file(s) there differ from the download's ({edited})", "--overwrite")
+    assert edited.read_text() == mine and not new.exists()
+    ok(call(main, "download", "--dest", str(dest), "--from", str(source), "--overwrite"))
+    assert "my own row" not in edited.read_text() and new.is_file()
 
 
 def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_root, tmp_path, monkeypatch):
