@@ -397,7 +397,7 @@ def main(argv: list[str]) -> int:
     for key in ("lr", "batch_size", "epochs", "max_length"):
         value = getattr(args, key)
         if value is not None and (not math.isfinite(value) or value <= 0):
-            raise UserError(f"--{key.replace('_', '-')}: must be positive, got {value}")
+            raise UserError(f"--{key.replace('_', '-')}: must be a finite number above 0, got {value}")
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not names:
         raise UserError(f"--tasks {args.tasks!r}: names no task; give one or more of {', '.join(known())}")

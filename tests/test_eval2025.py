@@ -748,7 +748,8 @@ def test_finetune_bad_inputs(glue, tmp_path):
     shutil.copy(glue / "rte.train.jsonl", missing)
     bad(missing, "rte", "rte.valid.jsonl does not exist")
     bad(glue, "rtee", "unknown fine-tuning task 'rtee'", "did you mean 'rte'")
-    bad(glue, "rte", "--lr", extra=("--lr", "0"))
+    for lr in ("0", "-1", "nan", "inf"):
+        bad(glue, "rte", f"--lr: must be a finite number above 0, got {float(lr)}", extra=("--lr", lr))
     bad(glue, "rte", "--epochs", extra=("--epochs", "-1"))
     for minutes in ("-1", "nan", "inf"):
         bad(glue, "rte", "--checkpoint-minutes: must be a finite number of minutes, 0 or more",
