@@ -23,7 +23,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from common.errors import UserError, reading
+from common.errors import UserError, reading, writing
 
 SKIPPED = "ewok (plain, not written)"
 BLIMP_URL = "https://github.com/alexwarstadt/blimp/archive/refs/heads/master.tar.gz"
@@ -135,10 +135,15 @@ def write(targets: list[tuple[Path, object]], dest: Path) -> dict[str, int]:
     for target, read in dict(targets).items():
         data = read()
         if not (target.is_file() and target.read_bytes() == data):
-            target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.part")
-            tmp.write_bytes(data)
-            tmp.replace(target)
+            with writing(dest, "then run the same command again"):  # a full disk: one line, and no .part left
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    tmp.write_bytes(data)
+                    tmp.replace(target)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
         key = target.parent.name if target.parent != dest else target.name
         counts[key] = counts.get(key, 0) + 1
     return counts
