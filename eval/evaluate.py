@@ -70,8 +70,12 @@ def scored_otherwise(result: Path, task: Task, opts: Options) -> tuple[str, obje
         old = json.loads(result.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(old, dict):
-        return None
+    return differs(old, task, opts) if isinstance(old, dict) else None
+
+
+def differs(old: dict, task: Task, opts: Options) -> tuple[str, object, object] | None:
+    """(key, recorded, asked) when the result `old` (a result file's contents) holds `task` scored otherwise than
+    `opts` asks (`scored_otherwise`); else None."""
     asked = {"data": task.origin, "backend": opts.backend,
              "convention": recorded_convention(convention_for(task, opts), opts.backend)}
     for key, value in asked.items():
@@ -100,7 +104,7 @@ def kept_result(out_dir: Path, task: Task, opts: Options, hashed: str) -> dict |
         return None
     asked = {KEY: hashed, **scoring_options(opts)}
     if (not isinstance(old, dict) or any(key not in old or old[key] != value for key, value in asked.items())
-            or not {"data", "backend", "convention"} <= set(old) or scored_otherwise(result, task, opts) is not None):
+            or not {"data", "backend", "convention"} <= set(old) or differs(old, task, opts) is not None):
         return None
     if convention_for(task, opts) == "babylm2025":
         predictions = (out_dir / report.OFFICIAL_DIR / task.name / "predictions.json").is_file()
