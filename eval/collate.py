@@ -200,9 +200,9 @@ def fast_eval_results(milestones: list[Path]) -> dict:
     return fast
 
 
-def collate(path: Path, backend: str, sizes_file: Path, results: Path | None = None) -> tuple[dict, Path]:
+def collate(path: Path, backend: str, sizes_file: Path, results: Path | None = None) -> dict:
     """The submission of the model or run at `path` from its results folder (`results`, where `python -m eval --out`
-    wrote them, else its eval/), and where it goes by default."""
+    wrote them, else its eval/)."""
     eval_dir = results or eval_dir_of(path)
     to_results = f" --out {results}" if results else ""
     try:
@@ -239,7 +239,12 @@ def collate(path: Path, backend: str, sizes_file: Path, results: Path | None = N
         for milestone in evaluated:
             _check_fast(milestone, backend, sizes, how)
         out["fast_eval_results"] = fast_eval_results(evaluated)
-    return out, eval_dir / f"all_full_preds_and_fast_scores_{backend}.json"
+    return out
+
+
+def submission_file(path: Path, backend: str, results: Path | None) -> Path:
+    """Where the submission of the model or run at `path` goes by default: its results folder."""
+    return (results or eval_dir_of(path)) / f"all_full_preds_and_fast_scores_{backend}.json"
 
 
 def is_submission(data) -> bool:
@@ -268,11 +273,10 @@ def main(argv: list[str]) -> int:
     results = Path(args.results) if args.results else None
     if results is not None and not results.is_dir():
         raise UserError(f"--results {results}: no such folder; give the folder `python -m eval ... --out` wrote")
-    if args.out:
-        check_replaceable(args.out, is_submission, "--out", "a submission file written by python -m eval collate")
-    data, default = collate(path, args.backend, sizes, results)
-    target = Path(args.out) if args.out else default
-    check_replaceable(target, is_submission, "collate", "a submission file")
+    target = Path(args.out) if args.out else submission_file(path, args.backend, results)
+    check_replaceable(target, is_submission, "--out" if args.out else "collate",
+                      "a submission file written by python -m eval collate")
+    data = collate(path, args.backend, sizes, results)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, json.dumps(data) + "\n")
     print(f"{target}: {', '.join(data)}")
