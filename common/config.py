@@ -52,9 +52,14 @@ RANGE_WORDS = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
 RANGE_TESTS = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
 
 
+def shown(value: float) -> str:
+    """A bound or value as a person reads it: whole numbers in full (4,294,967,295, not 4.29497e+09)."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else f"{value:g}"
+
+
 def range_text(bounds: dict) -> str:
     """`at least 0 and below 1` for {ge: 0, lt: 1}."""
-    return " and ".join(f"{RANGE_WORDS[k]} {v:g}" for k, v in bounds.items())
+    return " and ".join(f"{RANGE_WORDS[k]} {shown(v)}" for k, v in bounds.items())
 
 
 def check_number(value: Any, bounds: dict, key: str) -> None:
@@ -69,7 +74,7 @@ def check_number(value: Any, bounds: dict, key: str) -> None:
         raise ConfigError(key, f"must be a finite number, got {value}")
     for kind, bound in bounds.items():
         if not RANGE_TESTS[kind](value, bound):
-            raise ConfigError(key, f"must be {range_text(bounds)}, got {value:g}")
+            raise ConfigError(key, f"must be {range_text(bounds)}, got {shown(value)}")
 
 
 # --------------------------------------------------------------------------- YAML reading

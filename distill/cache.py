@@ -275,7 +275,7 @@ def main(argv: list[str]) -> int:
     from distill.config import DistillRunConfig
     from distill.student import build_student
     from distill.teachers import load_teachers
-    from eval.model import pick_device
+    from eval.model import device_name, pick_device
     from tokenizer.prepare import load_blocks, prepare
 
     p = argparse.ArgumentParser(
@@ -289,7 +289,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", help="dotted overrides, as for python -m distill")
     p.add_argument("--out", help="cache folder (default: distill.teacher_cache, else runs/cache/<output.name>)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache whose fingerprint differs")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda")
     args = p.parse_args(argv)
     cfg = cfglib.load(
         DistillRunConfig, args.config, [o for o in args.overrides if not o.startswith("distill.teacher_cache=")]

@@ -13,7 +13,8 @@ import sys
 from common.errors import UserError, exit_on_user_error
 from eval import report
 from eval.encode import CONVENTIONS
-from eval.model import BACKENDS
+from common.arguments import number
+from eval.model import BACKENDS, device_name
 from eval.tasks import SUITES, available
 
 
@@ -54,12 +55,12 @@ def parse_eval(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--ewok-password", default=os.environ.get("EWOK_PASSWORD"), help="its password (default $EWOK_PASSWORD)"
     )
-    p.add_argument(
-        "--batch-size", default="64", help="sequences per forward pass, or 'auto' (largest that fits on the GPU)"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--batch-size", type=number("--batch-size", auto=True, ge=1), default="64",
+                   help="sequences per forward pass, or 'auto' (largest that fits on the GPU)")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 is for GPUs")
-    p.add_argument("--max-length", type=int, help="positions the model can attend to (default: from its config)")
+    p.add_argument("--max-length", type=number("--max-length", ge=1),
+                   help="positions the model can attend to (default: from its config)")
     p.add_argument(
         "--too-long",
         choices=("truncate", "error"),

@@ -96,7 +96,7 @@ def requests(tokenizer, words: list[Word], backend: str, where: str) -> list:
     return offset_requests(tokenizer, [tokenizer.bos_token + w for w in stripped], stripped, backend)
 
 
-def surprisals(model_dir: Path, words: list[Word], backend: str, batch_size: str, device: str,
+def surprisals(model_dir: Path, words: list[Word], backend: str, batch_size: int | str, device: str,
                progress: bool) -> np.ndarray:
     """Each word's surprisal (nats) under the model at `model_dir`."""
     from eval.evaluate import Options, score_requests
@@ -119,18 +119,20 @@ def entries(step: str, words: list[Word], values: np.ndarray) -> list[dict]:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    from eval.model import BACKENDS
+    from common.arguments import number
+    from eval.model import BACKENDS, device_name
 
     p = argparse.ArgumentParser(prog="python -m eval aoa", description=__doc__.split("\n\n")[1])
     p.add_argument("run", help="a run directory with milestones (train.word_checkpoints=babylm)")
     p.add_argument("--words", required=True, help="the pipeline's cdi_childes.json")
     p.add_argument("--backend", choices=BACKENDS, default="causal", help="causal, mlm or mntp")
-    p.add_argument("--min-contexts", type=int, default=0, help="drop words with fewer contexts (the pipeline's "
-                                                                "--min_context; default 0)")
+    p.add_argument("--min-contexts", type=number("--min-contexts", ge=0), default=0,
+                   help="drop words with fewer contexts (the pipeline's --min_context; default 0)")
     p.add_argument("--cdi", help="children's production proportions (a CSV with word and month columns 16..30): "
                                  "also compute the curve fitness, as the pipeline's scoring does")
-    p.add_argument("--batch-size", default="64", help="sequences per forward pass, or 'auto'")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--batch-size", type=number("--batch-size", auto=True, ge=1), default="64",
+                   help="sequences per forward pass, or 'auto'")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--out", help="the results folder (default: the run's eval/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -186,8 +188,6 @@ def main(argv: list[str]) -> int:
     run = Path(args.run)
     if not (run / "run.json").is_file():
         raise UserError(f"{run}: not a run directory (no run.json); give runs/<experiment>/<name>")
-    if args.min_contexts < 0:
-        raise UserError(f"--min-contexts {args.min_contexts}: give 0 or more")
     folders = checkpoints(run)
     words = read_words(Path(args.words), args.min_contexts)
     cdi = read_cdi(Path(args.cdi)) if args.cdi else None

@@ -43,7 +43,8 @@ def models_in(milestone: Path) -> list[tuple[str, Path]]:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    from eval.model import BACKENDS
+    from common.arguments import number
+    from eval.model import BACKENDS, device_name
     from eval.tasks import SUITES, available
 
     p = argparse.ArgumentParser(prog="python -m eval curve", description=__doc__.split("\n\n")[1])
@@ -56,8 +57,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="as python -m eval --convention (default: the task's own, else babylm2024; --suite: 2025)")
     p.add_argument("--ewok-password", default=os.environ.get("EWOK_PASSWORD"),
                    help="EWoK's zip password (default $EWOK_PASSWORD)")
-    p.add_argument("--batch-size", default="64", help="sequences per forward pass, or 'auto'")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--batch-size", type=number("--batch-size", auto=True, ge=1), default="64",
+                   help="sequences per forward pass, or 'auto'")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--out", help="where the PNGs go (default: <run>/eval/curves for one run, "
                                  "<their parent>/_results/curves for several)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

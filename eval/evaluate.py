@@ -30,7 +30,7 @@ CPU_BATCH = 64  # `--batch-size auto` on CPU: memory is not the limit there, and
 class Options:
     backend: str = "causal"
     convention: str | None = None  # None: the task's own (babylm2025 for the 2025-only tasks), else babylm2024
-    batch_size: str = "64"
+    batch_size: int | str = 64  # sequences per forward pass, or "auto" (the largest that fits on the GPU)
     device: str = "auto"
     dtype: str = "float32"
     max_length: int | None = None
@@ -186,15 +186,11 @@ def too_long(name: str, reqs: list, owners: list, m: Loaded, opts: Options) -> l
             f"--too-long error refuses instead"]
 
 
-def pick_batch_size(value: str, m: Loaded, longest: int) -> int:
+def pick_batch_size(value: int | str, m: Loaded, longest: int) -> int:
+    """`value` (checked as the command line was read: `common.arguments.number`), or for "auto" the largest batch of
+    `longest`-token sequences that fits on the GPU (CPU_BATCH on a CPU)."""
     if value != "auto":
-        try:
-            size = int(value)
-        except ValueError:
-            size = 0
-        if size < 1:
-            raise UserError(f"--batch-size: expected a positive integer or 'auto', got {value!r}")
-        return size
+        return int(value)
     if m.device.type != "cuda":
         return CPU_BATCH
     from accelerate.utils import find_executable_batch_size

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.arguments import number, seed
 from common.config import ConfigError, field, load, suggest
 from common.errors import EXIT_PREEMPTED, UserError, writing
 from common.libraries import no_accelerator_probe
@@ -369,6 +370,7 @@ def write_results(name: str, spec: FinetuneSpec, out, best_epoch: float, setting
 
 def main(argv: list[str]) -> int:
     from eval.evaluate import output_dir
+    from eval.model import device_name
 
     p = argparse.ArgumentParser(prog="python -m eval finetune", description=__doc__.split("\n\n")[1])
     p.add_argument("model", help="a Hugging Face model folder (model + tokenizer)")
@@ -376,28 +378,26 @@ def main(argv: list[str]) -> int:
         "--tasks", default=",".join(GLUE), help=f"comma-separated ({', '.join(known())}); default the seven GLUE tasks"
     )
     p.add_argument("--data-dir", help="the folder holding <task>.train.jsonl and <task>.valid.jsonl (glue_filtered)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the task's, 3e-5)")
-    p.add_argument("--batch-size", type=int, help="training batch size (default: the task's, 32 or 16)")
-    p.add_argument("--epochs", type=int, help="epochs (default: the task's, 10 or 30)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the head, the shuffling and dropout")
-    p.add_argument("--max-length", type=int, default=512, help="inputs are truncated to this many tokens")
+    p.add_argument("--lr", type=number("--lr", float, gt=0), help="peak learning rate (default: the task's, 3e-5)")
+    p.add_argument("--batch-size", type=number("--batch-size", ge=1),
+                   help="training batch size (default: the task's, 32 or 16)")
+    p.add_argument("--epochs", type=number("--epochs", ge=1), help="epochs (default: the task's, 10 or 30)")
+    p.add_argument("--seed", type=seed(), default=42, help="seed of the head, the shuffling and dropout")
+    p.add_argument("--max-length", type=number("--max-length", ge=1), default=512,
+                   help="inputs are truncated to this many tokens")
     p.add_argument(
         "--pool",
         choices=("last", "first"),
         help="the position the head reads: last non-padding token (causal "
         "default) or position 0 (masked default; the official script's choice for causal too)",
     )
-    p.add_argument("--checkpoint-minutes", type=float, default=10.0,
+    p.add_argument("--checkpoint-minutes", type=number("--checkpoint-minutes", float, ge=0), default=10.0,
                    help="a checkpoint after the first epoch, then after any epoch that ends this long after the last "
                         "one (0: every epoch), so that a stopped fine-tuning continues (default 10)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--out", help="where results go (default: <run>/eval for <run>/model, else <model>/eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    for key in ("lr", "batch_size", "epochs", "max_length"):
-        value = getattr(args, key)
-        if value is not None and (not math.isfinite(value) or value <= 0):
-            raise UserError(f"--{key.replace('_', '-')}: must be a finite number above 0, got {value}")
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not names:
         raise UserError(f"--tasks {args.tasks!r}: names no task; give one or more of {', '.join(known())}")
@@ -405,9 +405,6 @@ def main(argv: list[str]) -> int:
 
     check_folder(args.model)
     specs = {n: spec_of(n) for n in names}
-    if not math.isfinite(args.checkpoint_minutes) or args.checkpoint_minutes < 0:
-        raise UserError(f"--checkpoint-minutes: must be a finite number of minutes, 0 or more; got "
-                        f"{args.checkpoint_minutes}")
     settings = Settings(args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device,
                         not args.no_progress, args.checkpoint_minutes)
     out_dir = output_dir(Path(args.model), args.out)

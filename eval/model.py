@@ -66,6 +66,13 @@ def pick_device(device: str) -> torch.device:
     return dev
 
 
+def device_name(text: str) -> str:
+    """An argparse `type=` for `--device`: the name, once `pick_device` has accepted it (refused as the command line
+    is read, before anything is loaded or written)."""
+    pick_device(text)
+    return text
+
+
 def _max_length(model, tokenizer, override: int | None, path: str) -> int:
     cfg = model.config
     positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048

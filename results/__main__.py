@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.arguments import number, seed
 from common.errors import UserError, exit_on_user_error
 
 
@@ -30,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("run_a")
     m.add_argument("run_b")
     m.add_argument("--task", required=True, help="an evaluated task, e.g. blimp_filtered")
-    m.add_argument("--samples", type=int, default=10000, help="bootstrap resamples (at least 1)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--samples", type=number("--samples", ge=1, le=10_000_000), default=10000,
+                   help="bootstrap resamples (1 to 10,000,000; 10,000 is usual)")
+    m.add_argument("--seed", type=seed(), default=0, help="the bootstrap's seed")
     m.add_argument("--out", help="also write the comparison as JSON to this file")
     return p
 

@@ -97,8 +97,6 @@ def run_compare(args) -> int:
     for r in (args.run_a, args.run_b):
         if not Path(r).is_dir():
             raise UserError(f"{r}: run directory not found")
-    if not 1 <= args.samples <= 10_000_000:
-        raise UserError(f"--samples {args.samples}: give 1 to 10,000,000 bootstrap resamples (10,000 is usual)")
     if args.out:
         check_replaceable(args.out, is_comparison, "--out", "a comparison written by python -m results compare")
     out = compare(Path(args.run_a), Path(args.run_b), args.task, args.samples, args.seed)

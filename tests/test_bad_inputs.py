@@ -6,7 +6,9 @@ subprocess, as a user would. Read-only folders and a full disk are real: small t
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -744,6 +746,69 @@ def test_eval_device_length_and_task_list(model_dir, demo_root):
         call(main, *base, "--tasks", "demo_pairs", "--max-length", "100000"), "--max-length 100000", "positions"
     )
     assert_user_error(call(main, *base, "--tasks", ","), "--tasks ','", "names no task")
+
+
+ENTRY_POINTS = [("eval", []), ("eval", ["finetune"]), ("eval", ["curve"]), ("eval", ["aoa"]), ("eval", ["collate"]),
+                ("eval", ["download"]), ("results", ["collect"]), ("results", ["compare"]), ("tokenizer", ["prepare"]),
+                ("tokenizer", ["demo"]), ("train", []), ("distill", []), ("distill", ["cache-teachers"]),
+                ("distill.wml", ["train"]), ("distill.wml", ["search"]), ("launch_grid", [])]
+
+
+def parser_of(module: str, sub: list[str], monkeypatch) -> argparse.ArgumentParser:
+    """The argparse parser of `python -m <module> <sub>` (the last one its --help reaches: a subcommand's own)."""
+
+    seen = []
+    original = argparse.ArgumentParser.parse_known_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args",
+                        lambda self, *a, **k: (seen.append(self), original(self, *a, **k))[1])
+    main = importlib.import_module(module if module == "launch_grid" else f"{module}.__main__").main
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(open(os.devnull, "w")):
+        main([*sub, "--help"])
+    return seen[-1]
+
+
+@pytest.mark.parametrize("module,sub", ENTRY_POINTS, ids=[" ".join([m, *s]) for m, s in ENTRY_POINTS])
+def test_every_number_and_device_flag_is_checked_as_the_command_line_is_read(module, sub, monkeypatch, tmp_path):
+    """The class, not the cases: no flag of any entry point reads a plain int or float (argparse's `type=int` let 0,
+    -1 and NaN through to a numpy traceback, or to a refusal after the model had loaded and the results folder was
+    made); each number flag refuses a word, NaN, infinity, a negative number (and a fraction for a whole number) in
+    one line naming it, and each --device refuses an unknown name and a missing GPU, before anything happens."""
+    from eval.model import device_name
+
+    parser = parser_of(module, sub, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(module if module == "launch_grid" else f"{module}.__main__").main
+    for action in parser._actions:
+        flag = next(iter(action.option_strings), action.dest)
+        assert action.type not in (int, float), f"{module} {' '.join(sub)} {flag}: reads a plain {action.type.__name__}"
+        bad = []
+        if getattr(action.type, "__module__", "") == "common.arguments":
+            bad = ["abc", "nan", "inf", "-1"] + (["1.5"] if action.type.__name__ == "int" else [])
+        elif action.dest == "device":
+            assert action.type is device_name, f"{flag} is not checked as it is read"
+            bad = ["foo", "cuda:7"]
+        for value in bad:
+            assert_user_error(call(main, *sub, flag, value), f"{flag} {value}:")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_bad_batch_size_makes_no_results_folder_even_when_nothing_is_left_to_score(model_dir, demo_root, tmp_path):
+    from eval.__main__ import main
+
+    run = tmp_path / "run"
+    shutil.copytree(model_dir.parent, run)
+    assert_user_error(call(main, run / "model", "--tasks", "demo_pairs", "--data-dir", demo_root, "--batch-size", "0",
+                           "--out", tmp_path / "out", "--no-progress"), "--batch-size 0:")
+    assert not (tmp_path / "out").exists()  # it was made, with two lock files, before the refusal
+    milestone = run / "milestones" / "chck_1k"
+    shutil.copytree(run / "model", milestone)
+    (milestone / "words_seen.json").write_text(json.dumps({"milestone": "1k", "words_seen": 1000, "step": 1}))
+    ok(call(main, "curve", run, "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress"))
+    before = snapshot(run)
+    for flag, value in (("--batch-size", "0"), ("--device", "cuda:7")):  # every milestone scored: it was accepted
+        assert_user_error(call(main, "curve", run, "--tasks", "demo_pairs", "--data-dir", demo_root, flag, value,
+                               "--no-progress"), f"{flag} {value}:")
+    assert snapshot(run) == before
 
 
 def test_damaged_archives_are_one_line(tmp_path, model_dir):

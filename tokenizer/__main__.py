@@ -8,6 +8,7 @@ import json
 import sys
 
 from common import config as cfglib
+from common.arguments import number, seed
 from common.errors import exit_on_user_error
 from tokenizer.config import PrepareConfig
 
@@ -26,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.train_dir=/data/babylm/train_10M")
     d = sub.add_parser("demo", help="write the embedded demo corpus and minimal pairs")
     d.add_argument("out_dir")
-    d.add_argument("--seed", type=int, default=42)
-    d.add_argument("--sentences", type=int, default=20000, help="training sentences (at least 10; dev gets a tenth)")
+    d.add_argument("--seed", type=seed(), default=42, help="the grammar's seed")
+    d.add_argument("--sentences", type=number("--sentences", ge=10), default=20000,
+                   help="training sentences (at least 10; dev gets a tenth)")
     return parser
 
 
