@@ -87,7 +87,8 @@ def checkpoint_problem(ckpt: Path, expected: list[tuple[str, ...]] | None = None
                 bad = archive.testzip()
             if bad is not None:
                 return f"{file.name}: corrupt member {bad}"
-        json.loads((ckpt / "trainer_state.json").read_text())
+        for file in sorted(ckpt.glob("*.json")):  # trainer_state.json, words_seen.json, the model's config.json
+            json.loads(file.read_text(encoding="utf-8"))
     except Exception as exc:  # any unreadable file makes the checkpoint unusable
         return f"unreadable: {summary(exc)}"
     if expected and found:

@@ -27,6 +27,27 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def read_json(path: str | Path, what: str, fix: str, keys: dict[str, type | tuple[type, ...]] | None = None) -> dict:
+    """The JSON object in `path`, each of `keys` present with a value of its type: a record this project wrote (a
+    milestone's words_seen.json, a task result, a grid's jobs). One that cannot be read, is not JSON (torn by a copy,
+    edited by hand), is not an object or lacks a key is one error line naming it:
+    `<path>: <what> cannot be read (...); <fix>`."""
+    import json
+
+    from common.errors import reading
+
+    with reading(path, what, fix):
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+        for key, kind in (keys or {}).items():
+            if key not in data:
+                raise ValueError(f"it has no {key!r}")
+            if not isinstance(data[key], kind) or (isinstance(data[key], bool) and kind is not bool):
+                raise ValueError(f"its {key!r} is {data[key]!r}")
+    return data
+
+
 def check_replaceable(path: str | Path, ours, flag: str, what: str) -> None:
     """A file a command is told to write (`flag PATH`) may replace only an earlier file of its own kind (`ours(data)`
     of its JSON is true): anything else there (a model's config.json, a path mistyped) is refused in one line, before

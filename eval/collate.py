@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from common.errors import UserError
-from common.paths import REPO, check_replaceable, write_atomic
+from common.errors import UserError, reading
+from common.paths import REPO, check_replaceable, read_json, write_atomic
 from eval.model import BACKENDS
 from eval.one_model import check_same_model
 from eval.report import OFFICIAL_DIR
@@ -66,7 +66,8 @@ def _load(file: Path, task: str, how: str) -> dict:
 def _check_backend(eval_dir: Path, task: str, backend: str) -> None:
     result = eval_dir / f"{task}.json"
     if result.is_file():
-        got = json.loads(result.read_text(encoding="utf-8")).get("backend")
+        got = read_json(result, f"the result of {task}", f"move it away and evaluate task {task} again",
+                        {"backend": str})["backend"]
         if got != backend:
             raise UserError(f"collate: task {task} was evaluated with --backend {got} ({result}), not {backend}; "
                             f"collate with --backend {got} or evaluate again")
@@ -176,14 +177,16 @@ def _fast_metrics(eval_dir: Path) -> dict:
                 f"{eval_dir.parent.parent / 'model'} "
                 f"--suite babylm2025-fast"
             )
-        r = json.loads(result.read_text(encoding="utf-8"))
         key = next(k for k, v in ZERO_SHOT.items() if v == task)
-        if task == "reading":
-            out[key] = {"spr": _frac(r.get("self_paced_reading")), "rt": _frac(r.get("eye_tracking"))}
-        elif r.get("metric") == "spearman":
-            out[key] = {"wug": r.get("score")}
-        else:
-            out[key] = {name: s["accuracy"] for name, s in r["subtasks"].items()}
+        with reading(result, f"the fast result of {task}", "move it away and evaluate that checkpoint's fast suite "
+                                                          "again"):
+            r = json.loads(result.read_text(encoding="utf-8"))
+            if task == "reading":
+                out[key] = {"spr": _frac(r.get("self_paced_reading")), "rt": _frac(r.get("eye_tracking"))}
+            elif r.get("metric") == "spearman":
+                out[key] = {"wug": r.get("score")}
+            else:
+                out[key] = {name: s["accuracy"] for name, s in r["subtasks"].items()}
     return out
 
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from common.errors import UserError
-from common.paths import write_atomic
+from common.paths import read_json, write_atomic
 
 
 def milestones(run: Path, required: bool = True) -> list[tuple[int, Path]]:
@@ -23,7 +23,9 @@ def milestones(run: Path, required: bool = True) -> list[tuple[int, Path]]:
     for folder in sorted((run / "milestones").glob("chck_*")):
         record = folder / "words_seen.json"
         if record.is_file():
-            found.append((int(json.loads(record.read_text(encoding="utf-8"))["words_seen"]), folder))
+            fix = "move the milestone folder away (resuming the run from a checkpoint before it exports it again)"
+            record = read_json(record, "the milestone's words-seen record", fix, {"words_seen": int})
+            found.append((record["words_seen"], folder))
     if not found and required:
         raise UserError(f"{run}: no milestones (milestones/chck_*/ with words_seen.json); train it with "
                         f"train.word_checkpoints=babylm (or a list such as 1M,2M,5M)")
@@ -131,7 +133,9 @@ def evaluate_milestones(run: Path, tasks: list[str], opts) -> dict[str, list[dic
                 print(f"{model}: {len(todo)} task(s) at {words:,} words seen", flush=True)
                 evaluate(str(model), todo, opts, loaded=read)
             for task in tasks:
-                summary = json.loads((results / f"{task}.json").read_text(encoding="utf-8"))
+                summary = read_json(results / f"{task}.json", f"the result of {task}",
+                                    "move it away and run the same command again to evaluate that milestone again",
+                                    {"score": (int, float, type(None))})
                 row = {"milestone": milestone.name, "words_seen": words, "score": summary.get("score"),
                        "metric": summary.get("metric", "accuracy")}
                 per_task.setdefault(task, []).append({**row, "peer": peer} if peer else row)

@@ -242,6 +242,7 @@ def writing(model_path: str, tasks: list[Task], opts: Options, hashed: str):
     with tasks_locked(out_dir, [task.name for task in tasks]), writing_as(out_dir, model_path, hashed):
         for task in tasks:
             keep_other_results(out_dir, task, opts)
+        report.read_predictions(out_dir)  # a damaged one is refused before scoring, not after
         yield out_dir
 
 

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import UserError
-from common.paths import file_lock, write_atomic
+from common.paths import file_lock, read_json, write_atomic
 from eval.tasks import Task
 
 
@@ -100,6 +99,14 @@ def json_safe(obj):
 PREDICTIONS_LOCK = ".predictions.json.lock"  # held while a task's predictions are added to eval/predictions.json
 
 
+def read_predictions(out_dir: Path) -> dict:
+    """eval/predictions.json (every task's predictions, to which a task's are added), {} when there is none; one that
+    cannot be read is one error line (checked before scoring, and again as a task's are added)."""
+    file = out_dir / "predictions.json"
+    return read_json(file, "the predictions of the tasks evaluated there", "move it away and run the same command "
+                     "again (the tasks it held are then evaluated again)") if file.is_file() else {}
+
+
 def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, meta: dict) -> dict[str, Path]:
     """eval/<task>.json, eval/pairs/<task>.jsonl and this task's part of eval/predictions.json (each written
     atomically)."""
@@ -135,11 +142,7 @@ def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, 
     # The file holds every task's: two evaluations of other tasks into one folder (two GPUs, two jobs) take turns to
     # read, add and write it, or the second would write the file it read before the first added its task.
     with file_lock(out_dir / PREDICTIONS_LOCK):
-        try:
-            merged = json.loads(predictions_file.read_text(encoding="utf-8")) if predictions_file.is_file() else {}
-        except json.JSONDecodeError:
-            raise UserError(f"{predictions_file}: not valid JSON, so this task's predictions cannot be added; move it "
-                            "away and re-run") from None
+        merged = read_predictions(out_dir)
         merged[task.name] = {name: {"predictions": rows} for name, rows in per_sub.items()}
         write_atomic(predictions_file, json.dumps(merged) + "\n")
     return {"result": result_file, "pairs": pairs_file, "predictions": predictions_file}

@@ -12,11 +12,10 @@ stopping can only shorten a run: these are upper figures for the budgets as writ
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.paths import REPO
+from common.paths import REPO, read_json
 from grid.plan import Point
 
 PEAK_FLOPS = 989e12  # dense bf16, H100/H200 SXM (bench/gpu_check.py)
@@ -97,10 +96,12 @@ def measured_mfu(path: Path = MEASURED) -> dict[str, float]:
     """{architecture: model FLOP utilisation} from bench/gpu_check.json (written on a GPU), else empty."""
     if not path.is_file():
         return {}
-    rows = json.loads(path.read_text(encoding="utf-8")).get("training", [])
+    rows = read_json(path, "the GPU check's figures", "run bench/gpu_check.sh on a GPU again, or move it away",
+                     {"training": list})["training"]
     out: dict[str, float] = {}
     for r in rows:
-        if isinstance(r.get("mfu"), (int, float)) and r["mfu"] > 0:
+        if isinstance(r, dict) and isinstance(r.get("arch"), str) and isinstance(r.get("mfu"), (int, float)) \
+                and r["mfu"] > 0:
             out[r["arch"]] = max(out.get(r["arch"], 0.0), float(r["mfu"]))
     return out
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from common.errors import UserError, summary
-from common.paths import write_atomic
+from common.paths import read_json, write_atomic
 from grid.config import ExecutorConfig
 from grid.plan import Point
 from grid.point import PointFailed, PointJob, run_in_process
@@ -187,7 +187,11 @@ def run_slurm(
 
     check_slurm()
     jobs_file = _jobs_file(root)
-    known = json.loads(jobs_file.read_text()) if jobs_file.is_file() else {}
+    known = read_json(jobs_file, "the grid's submitted SLURM jobs", "see squeue for the grid's jobs, then move it "
+                      "away (its points are then submitted again)") if jobs_file.is_file() else {}
+    if not all(isinstance(job, str) for job in known.values()):
+        raise UserError(f"{jobs_file}: the grid's submitted SLURM jobs cannot be read (a job id that is not text); "
+                        "see squeue for the grid's jobs, then move it away (its points are then submitted again)")
     earlier = {p.name: submitit.SlurmJob(folder=str(_logs(root) / "%j"), job_id=known[p.name])
                for p in points if p.name in known}
     jobs = {}

@@ -16,6 +16,7 @@ from typing import Any
 from common import config as cfglib
 from common.errors import UserError
 from common.names import point_name
+from common.paths import read_json
 from grid.config import FINALISTS, GridConfig, StageConfig
 from launch.kinds import recipe_kind, schema
 
@@ -58,7 +59,8 @@ class Point:
         run = Path(self.run)
         if self.kind == "wml":
             champion = run / "model" / "champion.json"
-            peers = json.loads(champion.read_text())["peers"] if champion.is_file() else []
+            peers = read_json(champion, "the WML run's peers and champion", "move the run away to train that point "
+                              "again", {"peers": list})["peers"] if champion.is_file() else []
             return [run / "model" / p for p in peers]
         return [run / "model"]
 
@@ -75,7 +77,10 @@ class Point:
         if not self.tasks_per_milestone:
             return True
         curve = Path(self.run) / "eval" / "curve.json"  # the learning curve, when the grid asks for one
-        return curve.is_file() and set(self.tasks_per_milestone) <= set(json.loads(curve.read_text())["tasks"])
+        try:  # one that cannot be read is made again from the milestones' results, as a missing one is
+            return set(self.tasks_per_milestone) <= set(json.loads(curve.read_text(encoding="utf-8"))["tasks"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     def state(self) -> str:
         run = Path(self.run)

@@ -153,12 +153,21 @@ def learning_curves(df, out_prefix: Path) -> list[Path]:
     import json
 
     from common.curves import curve_lines, plot_curve
+    from common.errors import summary
 
     curves = {}
     for run in dict.fromkeys(df["run"]):
         file = Path(run) / "eval" / "curve.json"
-        if file.is_file():
-            curves[Path(run).name] = json.loads(file.read_text(encoding="utf-8"))["tasks"]
+        if not file.is_file():
+            continue
+        try:  # the run's own results stand; a damaged curve is left out of the plots, and said
+            per_task = json.loads(file.read_text(encoding="utf-8"))["tasks"]
+            for task in per_task:
+                curve_lines({"": per_task}, task)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            print(f"warning: {file}: unreadable ({summary(exc)}); its learning curve is left out of the plots")
+            continue
+        curves[Path(run).name] = per_task
     tasks = sorted({task for per_task in curves.values() for task in per_task})
     made = []
     for task in tasks:

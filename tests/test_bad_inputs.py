@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import itertools
 import json
 import os
 import shutil
@@ -811,6 +812,136 @@ def test_a_bad_batch_size_makes_no_results_folder_even_when_nothing_is_left_to_s
     assert snapshot(run) == before
 
 
+DAMAGED_JSON = {"torn": b'{"words_seen": ', "a list": b"[1]", "not UTF-8": b"\xff\xfe{}", "no key": b'{"step": 1}',
+                "a wrong type": b'{"words_seen": "many", "score": [], "tasks": 1}'}
+
+
+def test_a_damaged_record_of_ours_is_one_line_naming_it(model_dir, demo_root, tmp_path):
+    """The records this project writes and reads again (a milestone's words_seen.json and results, eval/
+    predictions.json, a checkpoint's JSON, cached blocks, the WML search, a grid's champion.json and GPU figures):
+    one that was cut short by a copy, edited by hand or is not an object is one line naming it, and nothing is
+    written. Each was a traceback (JSONDecodeError, KeyError, TypeError) until 2026-12-03."""
+    from eval.__main__ import main
+
+    run = tmp_path / "run"
+    shutil.copytree(model_dir.parent, run)
+    milestone = sorted((run / "milestones").glob("chck_*"))[0]
+    record = milestone / "words_seen.json"
+    good = record.read_bytes()
+    ok(call(main, "curve", run, "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress"))
+    ok(call(main, run / "model", "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress"))
+    words = tmp_path / "cdi_childes.json"
+    words.write_text(json.dumps({"dog": [{"context": "a dog"}], "ball": [{"context": "the ball"}]}))
+    before = snapshot(run)
+    for name, damage in DAMAGED_JSON.items():
+        record.write_bytes(damage)
+        for argv in (["curve", run, "--tasks", "demo_pairs", "--data-dir", demo_root],
+                     ["aoa", run, "--words", words, "--out", tmp_path / "aoa"]):
+            assert_user_error(call(main, *argv, "--no-progress"), f"{record}: the milestone's words-seen record "
+                              "cannot be read", "move the milestone folder away"), name
+        record.write_bytes(good)
+        result = milestone / "eval" / "demo_pairs.json"
+        result.write_bytes(damage)
+        assert_user_error(call(main, "curve", run, "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress"),
+                          f"{result}: the result of demo_pairs cannot be read")
+        result.write_bytes(before[str(result.relative_to(run))])
+        predictions = run / "eval" / "predictions.json"  # every task's: one that is an object takes this task's too
+        if not damage.endswith(b"}"):  # refused before scoring, not after an hour of it
+            predictions.write_bytes(damage)
+            assert_user_error(call(main, run / "model", "--tasks", "demo_pairs", "--data-dir", demo_root,
+                                   "--no-progress"), f"{predictions}: the predictions of the tasks evaluated there")
+            predictions.write_bytes(before[str(predictions.relative_to(run))])
+        assert snapshot(run) == before and not (tmp_path / "aoa").exists()
+
+    # a checkpoint's JSON (words_seen.json, trainer_state.json): one that does not parse makes the checkpoint unusable
+    # (the one before it is resumed from); a words_seen.json without its count stops the resume in one line
+    from common.checkpoints import checkpoint_problem
+
+    ckpt = sorted((run / "checkpoints").glob("checkpoint-*"))[-1]
+    for name in ("words_seen.json", "trainer_state.json"):
+        file = ckpt / name
+        kept = file.read_bytes()
+        file.write_bytes(b"{" + b" " * (len(kept) - 1))  # the size its manifest records
+        assert checkpoint_problem(ckpt).startswith("unreadable: JSONDecodeError"), name
+        file.write_bytes(kept)
+    assert checkpoint_problem(ckpt) is None
+    from common.errors import exit_on_user_error
+    from train.words import Budget, WordsSeen
+
+    counter = WordsSeen(run, Budget(max_steps=20, epochs=0, max_words=None, schedule_steps=None, epoch_words=1000,
+                                    step_words=100.0, budget_words=2000.0))
+    counter.restore(ckpt)
+    assert counter.total == json.loads((ckpt / "words_seen.json").read_text())["words_seen"] > 0
+    for damage in (b'{"step": 20}', b'{"step": 20, "words_seen": 1.5}'):
+        (ckpt / "words_seen.json").write_bytes(damage)
+        assert_user_error(call(exit_on_user_error(lambda _: counter.restore(ckpt))),
+                          f"{ckpt / 'words_seen.json'}: the checkpoint's words-seen record cannot be read")
+
+
+def test_damaged_cached_blocks_and_search_results_are_refused_before_a_run_starts(tmp_path, demo_root, cache_dir):
+    from distill.wml.__main__ import main as wml
+    from train.__main__ import main as train
+
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir, cache, ignore=shutil.ignore_patterns("*.lock"))
+    args = [DEMO, f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache}", f"output.dir={tmp_path / 'runs'}", "train.max_steps=2"]
+    from tokenizer.__main__ import main as tokenizer
+
+    ok(call(tokenizer, "prepare", *args[:4]))
+    blocks = sorted((cache / "blocks").glob("train-*"))
+    for folder in blocks:
+        for file, damage in ((folder / "stats.json", b'{"tokens": '), (folder / "stats.json", b'{"tokens": 1}'),
+                             (next(folder.glob("*.arrow")), b"\0" * 64)):
+            kept = file.read_bytes()
+            file.write_bytes(damage)
+            error = assert_user_error(call(train, *args), str(folder), "move that folder away")
+            assert ("statistics" in error) == (file.name == "stats.json")
+            file.write_bytes(kept)
+            assert not (tmp_path / "runs").exists()
+
+    recipe = str(ROOT / "config" / "runs" / "demo-wml.yaml")
+    wml_args = [recipe, f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+                f"data.cache_dir={cache}", f"output.dir={tmp_path / 'wml'}"]
+    saved = tmp_path / "wml" / "demo-wml" / "arch_search_results" / "search.json"
+    saved.parent.mkdir(parents=True)
+    for damage, reuse in itertools.product((b'{"peers": ', b'{"settings": {}, "peers": {}}', b"[]"), ("true", "false")):
+        saved.write_bytes(damage)  # never searched over (true: a search with these settings is reused, else made)
+        assert_user_error(call(wml, "train", *wml_args, f"wml.use_opt_config={reuse}"),
+                          f"{saved}: the peer search's result cannot be read", "move it away to search again")
+        assert saved.read_bytes() == damage and sorted(p.name for p in saved.parent.parent.iterdir()) == [
+            "arch_search_results"]
+
+
+def test_a_grid_reads_damaged_records_of_its_points_in_one_line(tmp_path):
+    from common.errors import exit_on_user_error
+    from grid.estimate import measured_mfu
+    from grid.plan import Point
+
+    run = tmp_path / "wml"
+    (run / "model").mkdir(parents=True)
+    (run / "eval").mkdir()
+    point = Point(grid="g", stage="s", name="wml", recipe="r.yaml", kind="wml", axes={}, overrides={}, run=str(run),
+                  tasks=["demo_pairs"], tasks_per_milestone=["demo_pairs"])
+    for damage in (b'{"peers": ', b'{"champion": 0}', b'{"peers": "peer-0"}'):
+        (run / "model" / "champion.json").write_bytes(damage)
+        assert_user_error(call(exit_on_user_error(lambda _: point.model_dirs())),
+                          "champion.json: the WML run's peers and champion")
+    (run / "model" / "champion.json").write_text(json.dumps({"peers": ["peer-0"], "champion": 0}))
+    (run / "eval" / "peer-0").mkdir()
+    (run / "eval" / "peer-0" / "demo_pairs.json").write_text("{}")
+    for damage, evaluated in ((b'{"tasks": {"demo_pairs": []}}', True), (b'{"tasks": ', False), (b"[]", False)):
+        (run / "eval" / "curve.json").write_bytes(damage)  # a damaged curve is made again, as a missing one is
+        assert point.evaluated() is evaluated
+    figures = tmp_path / "gpu_check.json"
+    for damage in (b'{"training": ', b"[]", b'{"machine": "h200"}'):
+        figures.write_bytes(damage)
+        assert_user_error(call(exit_on_user_error(lambda _: measured_mfu(figures))),
+                          f"{figures}: the GPU check's figures")
+    figures.write_text(json.dumps({"training": [{"arch": "gpt2-97m", "mfu": 0.4}, "torn", {"mfu": 0.2}]}))
+    assert measured_mfu(figures) == {"gpt2-97m": 0.4}
+
+
 def test_damaged_archives_are_one_line(tmp_path, model_dir):
     from eval.__main__ import main
 
@@ -1006,6 +1137,8 @@ def test_collect_lists_each_bad_run_and_collects_the_rest(model_dir, tmp_path):
         ),
     }
     shutil.copytree(good, runs / "ok")
+    (runs / "ok" / "eval").mkdir(exist_ok=True)
+    (runs / "ok" / "eval" / "curve.json").write_text('{"tasks": {"demo_pairs": [{"score": 0.5}]}}')  # no words_seen
     for name, damage in damages.items():
         shutil.copytree(good, runs / name)
         damage(runs / name)
@@ -1017,6 +1150,8 @@ def test_collect_lists_each_bad_run_and_collects_the_rest(model_dir, tmp_path):
     import pandas as pd
 
     assert list(pd.read_csv(tmp_path / "out" / "runs.csv")["run"]) == [str(runs / "ok")]
+    # a damaged learning curve leaves only that curve out of the plots (a traceback until 2026-12-03)
+    assert f"warning: {runs / 'ok' / 'eval' / 'curve.json'}: unreadable (KeyError: 'words_seen')" in proc.stdout
 
 
 def test_compare_refuses_bad_arguments_and_bad_pair_files(model_dir, tmp_path, demo_root):

@@ -516,6 +516,17 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
         "spr": pytest.approx(rd["self_paced_reading"] / 100),
         "rt": pytest.approx(rd["eye_tracking"] / 100),
     }
+    # a damaged result of ours is one line naming it (a traceback until 2026-12-03); the submission stays as it was
+    submission = full / "all_full_preds_and_fast_scores_causal.json"
+    written = submission.read_bytes()
+    fast_et = out / "milestones" / "chck_2M" / "eval" / "fast" / "entity_tracking.json"
+    for file, damage in ((fast_et, b'{"task": '), (fast_et, b"[1]"), (fast_et, b'{"subtasks": {"regular_0_ops": 1}}'),
+                         (full / "comps.json", b'{"task": '), (full / "comps.json", b"\xff\xfe")):
+        kept = file.read_bytes()
+        file.write_bytes(damage)
+        assert_user_error(run_here(*collate), f"{file}: ", "cannot be read")
+        file.write_bytes(kept)
+        assert submission.read_bytes() == written
     # the AoA surprisals of the two checkpoints (here copies of this model) are the "aoa" entry, checked against the
     # size table's checkpoints and entries per checkpoint
     from test_aoa import write_words

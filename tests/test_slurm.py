@@ -267,6 +267,21 @@ def test_a_rerun_waits_for_a_job_sacct_cannot_see_instead_of_submitting_it_again
     from grid.plan import Point
     from grid.report import Reporter
 
+    # a jobs.json that cannot be read is refused in one line: ignoring it would submit its points a second time
+    from common.errors import exit_on_user_error
+
+    point = Point(grid="g", stage="s", name="p", recipe="config/runs/demo.yaml", kind="train", axes={},
+                  overrides={}, run=str(tmp_path / "g" / "p"), tasks=[])
+    (tmp_path / "_grid").mkdir()
+    queued = slurm("squeue", "-h", "-o", "%i").split()
+    for damage in (b'{"p": ', b"[]", b'{"p": 12}'):
+        (tmp_path / "_grid" / "jobs.json").write_bytes(damage)
+        launch = exit_on_user_error(lambda _: run_slurm([point], tmp_path, ExecutorConfig(kind="slurm"),
+                                                        Reporter("s", 1), wait=False))
+        assert_user_error(call(launch), f"{tmp_path / '_grid' / 'jobs.json'}: the grid's submitted SLURM jobs cannot "
+                          "be read", "see squeue")
+    assert slurm("squeue", "-h", "-o", "%i").split() == queued  # nothing was submitted
+
     running = sbatch("--wrap", "sleep 300", f"--output={tmp_path}/sleep-%j.out")
     try:
         wait_for(lambda: slurm("squeue", "-h", "-j", running, "-o", "%T").strip() == "RUNNING", "the job to run")
@@ -279,9 +294,6 @@ def test_a_rerun_waits_for_a_job_sacct_cannot_see_instead_of_submitting_it_again
         assert _still_there({"p": job, "q": gone}) == {"p": "is still RUNNING (squeue; sacct has no live state for it)"}
         assert _still_there({"q": gone}) == {}
 
-        point = Point(grid="g", stage="s", name="p", recipe="config/runs/demo.yaml", kind="train", axes={},
-                      overrides={}, run=str(tmp_path / "g" / "p"), tasks=[])
-        (tmp_path / "_grid").mkdir()
         (tmp_path / "_grid" / "jobs.json").write_text(json.dumps({"p": running}))
         capsys.readouterr()
         assert run_slurm([point], tmp_path, ExecutorConfig(kind="slurm"), Reporter("s", 1), wait=False) == []

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import UserError
+from common.errors import UserError, reading
+from common.paths import read_json
 from tokenizer import bpe, corpus, demo
 from tokenizer.config import DataConfig, TokenizerConfig
 
@@ -143,6 +144,7 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
     import pyarrow.compute as pc
 
     if out.exists():
+        check_packed(out)
         return out
     work = out.with_name(out.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
@@ -198,6 +200,21 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
     tmp.replace(out)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def check_packed(out: Path) -> None:
+    """Packed blocks found in the cache can be read: stats.json (which training's word counts come from) and the
+    dataset, which hold the same number of blocks. A damaged folder (a copy cut short, a disk error; each is written
+    whole, then renamed) is one error line naming it, before anything is written, and is never packed over."""
+    import datasets
+
+    fix = "move that folder away (the blocks are packed again from the corpus)"
+    stats = read_json(out / "stats.json", "the cached blocks' statistics", fix,
+                      {"blocks": int, "tokens": int, "words": int, "kept_words": int, "corpus_words": int})
+    with reading(out, "the cached packed blocks", fix):
+        found = len(datasets.load_from_disk(str(out)))
+    if found != stats["blocks"]:
+        raise UserError(f"{out}: holds {found} blocks where its stats.json says {stats['blocks']}; {fix}")
 
 
 def prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:

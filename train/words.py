@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from common.config import ConfigError
 from common.errors import UserError
-from common.paths import write_atomic
+from common.paths import read_json, write_atomic
 from common.ranks import say
 
 SUFFIXES = {"k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9}
@@ -188,7 +188,8 @@ class WordsSeen(TrainerCallback):
         counted gives its step times the average step's words, said in a note."""
         record = checkpoint / WORDS_FILE
         if record.is_file():
-            self.total = int(json.loads(record.read_text())["words_seen"])
+            self.total = read_json(record, "the checkpoint's words-seen record", "move the checkpoint away (the one "
+                                   "before it is then resumed from)", {"words_seen": int})["words_seen"]
             return
         step = int(checkpoint.name.rsplit("-", 1)[-1])
         self.total = round(step * self.budget.step_words)

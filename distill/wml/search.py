@@ -23,6 +23,7 @@ import yaml
 
 from common import config as cfglib
 from common.errors import UserError
+from common.paths import read_json
 
 INFEASIBLE = 10.0  # relative error given to invalid or already-taken architectures
 
@@ -260,11 +261,18 @@ def peer_architectures(cfg) -> list[dict]:
                 f"wml.use_opt_config=false but {saved} does not exist; run python -m distill.wml search CONFIG first "
                 f"(or set wml.use_opt_config=true)"
             )
-        peers = json.loads(saved.read_text())["peers"]
+        peers = read_search(saved)["peers"]
         if len(peers) < cfg.wml.num_peers:
             raise UserError(f"{saved} holds {len(peers)} peer(s) but wml.num_peers={cfg.wml.num_peers}; search again")
         return peers[:cfg.wml.num_peers]
-    if saved.is_file() and json.loads(saved.read_text())["settings"] == search_settings(cfg, reference(cfg)):
+    if saved.is_file() and (found := read_search(saved))["settings"] == search_settings(cfg, reference(cfg)):
         print(f"reusing the peer search in {saved}")
-        return json.loads(saved.read_text())["peers"]
+        return found["peers"]
     return run_search(cfg)
+
+
+def read_search(saved: Path) -> dict:
+    """A finished search's search.json (its settings and the peers' fields); a damaged one is one error line, never
+    searched over."""
+    return read_json(saved, "the peer search's result", "move it away to search again",
+                     {"settings": dict, "peers": list})
