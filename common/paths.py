@@ -94,17 +94,32 @@ def read_jsonl(path: Path) -> list[dict]:
     return parse_jsonl(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else []
 
 
+FIGURE_SOFTWARE = "babydistill"  # the `Software` text of every PNG this project writes: how it knows its own figures
+
+
 def save_figure(fig, path: Path) -> Path:
-    """A matplotlib figure as PNG, written beside `path` and renamed over it; the figure is closed."""
+    """A matplotlib figure as PNG (marked as ours: `is_our_figure`), written beside `path` and renamed over it; the
+    figure is closed."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, dpi=100, format="png")
+    fig.savefig(tmp, dpi=100, format="png", metadata={"Software": FIGURE_SOFTWARE})
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def is_our_figure(path: Path) -> bool:
+    """A PNG that `save_figure` wrote (its `Software` text says so), which a figure of ours may replace."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.text.get("Software") == FIGURE_SOFTWARE
+    except Exception:  # noqa: BLE001 - anything that is not such a PNG is not ours
+        return False
 
 
 @contextlib.contextmanager

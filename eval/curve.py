@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from common.errors import UserError
-from common.paths import read_json, write_atomic
+from common.paths import is_our_figure, read_json, write_atomic
 
 
 def milestones(run: Path, required: bool = True) -> list[tuple[int, Path]]:
@@ -93,12 +93,17 @@ def main(argv: list[str]) -> int:
         progress=not args.no_progress,
         fast=args.suite == "babylm2025-fast",
     )
-    curves = {run: evaluate_milestones(run, tasks, opts) for run in runs}
     out = (
         Path(args.out)
         if args.out
         else (runs[0] / "eval" / "curves" if len(runs) == 1 else common_parent(runs) / "_results" / "curves")
     )
+    pngs = [out / f"{task}.png" for task in tasks] if args.out else []  # the default folders are ours
+    theirs = next((png for png in pngs if png.exists() and not is_our_figure(png)), None)
+    if theirs is not None:  # before anything is evaluated
+        raise UserError(f"{theirs}: exists and is not a plot of ours, and the curve of {theirs.stem} would replace it; "
+                        "pass another --out, or move that file away")
+    curves = {run: evaluate_milestones(run, tasks, opts) for run in runs}
     for png in plot_curves(curves, out):
         print(png)
     return 0

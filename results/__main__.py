@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else default_out(roots)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for the tables and plots")
-    write_collection(roots, out, args.name or roots[0].resolve().name, args.metric)
+    name = args.name or roots[0].resolve().name
+    if args.out:  # a folder of the user's (the default, <experiment>/_results, is ours)
+        from results.written import check_free
+
+        check_free(out, name)
+    write_collection(roots, out, name, args.metric)
     return 0
 
 

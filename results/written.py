@@ -26,17 +26,40 @@ def _ours(entry, name: str) -> bool:
     return path.parts[0] in (f"{name}.csv", f"{name}.md") or path.parts[0].startswith(f"{name}-")
 
 
-def replace_collection(out: Path, name: str, written: list[Path]) -> list[Path]:
-    """Record `written` as the collection `name` in `out`; remove the files the previous one listed and this one did
-    not write (and the folders of per-run plots they leave empty). Returns the removed files."""
+WRITES = ("{name}.csv", "{name}.md", "{name}-baselines.md", "{name}-seeds.md", "{name}-tasks.png", "{name}-curves.png",
+          "{name}-heatmap.png", "{name}-curve-*.png", "{name}-terms/*.png", "{name}-omega/*.png")  # what collect writes
+
+
+def listed(out: Path, name: str) -> set[str]:
+    """The files the last collection `name` in `out` recorded (relative paths); none when it has no manifest."""
     try:
         before = json.loads(manifest(out, name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         before = []
+    return {entry for entry in before if _ours(entry, name)} if isinstance(before, list) else set()
+
+
+def check_free(out: Path, name: str) -> None:
+    """Refused before anything is collected: a file in `out` where the collection `name` writes (`WRITES`) that no
+    earlier collection of that name wrote, such as a table or plot of the user's in the folder given as --out."""
+    from common.errors import UserError
+
+    ours = listed(out, name)
+    for pattern in WRITES:
+        for path in sorted(out.glob(pattern.format(name=name))) if out.is_dir() else []:
+            if path.relative_to(out).as_posix() not in ours:
+                raise UserError(f"{path}: exists and was not written by python -m results collect (it is not in "
+                                f"{manifest(out, name).name}), and collecting as --name {name} would replace it; "
+                                "pass another --name or --out, or move that file away")
+
+
+def replace_collection(out: Path, name: str, written: list[Path]) -> list[Path]:
+    """Record `written` as the collection `name` in `out`; remove the files the previous one listed and this one did
+    not write (and the folders of per-run plots they leave empty). Returns the removed files."""
     now = {p.relative_to(out).as_posix() for p in written}
     removed = []
-    for entry in before if isinstance(before, list) else []:
-        if not _ours(entry, name) or entry in now:
+    for entry in sorted(listed(out, name)):
+        if entry in now:
             continue
         path = out / entry
         if path.is_file():

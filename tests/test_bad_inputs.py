@@ -1154,6 +1154,44 @@ def test_collect_lists_each_bad_run_and_collects_the_rest(model_dir, tmp_path):
     assert f"warning: {runs / 'ok' / 'eval' / 'curve.json'}: unreadable (KeyError: 'words_seen')" in proc.stdout
 
 
+def test_plots_and_tables_never_replace_a_users_file_in_the_folder_given(model_dir, demo_root, tmp_path):
+    """`eval curve --out DIR` and `results collect --out DIR` replace only files they wrote there (a PNG marked as
+    ours; a table or plot the collection's manifest lists): a user's own file of the same name is refused in one line,
+    before anything is evaluated or written. Both replaced them until 2026-12-03."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common.paths import is_our_figure
+    from eval.__main__ import main as eval_main
+    from results.__main__ import main as results
+
+    run = tmp_path / "run"
+    shutil.copytree(model_dir.parent, run)
+    figures = tmp_path / "paper"
+    figures.mkdir()
+    for mine in ("demo_pairs.png", "run-curve-demo_pairs.png"):
+        plt.plot([1, 2]), plt.savefig(figures / mine), plt.close()  # a plot of the user's, as matplotlib writes it
+    (figures / "run.md").write_text("| our results, by hand |\n")
+    before, runs = snapshot(figures), snapshot(run)
+    curve = ["curve", run, "--tasks", "demo_pairs", "--data-dir", demo_root, "--out", figures, "--no-progress"]
+    assert_user_error(call(eval_main, *curve), f"{figures / 'demo_pairs.png'}: exists and is not a plot of ours")
+    assert snapshot(run) == runs  # refused before any milestone was evaluated
+    assert_user_error(call(results, "collect", run, "--out", figures), f"{figures / 'run.md'}: exists and was not "
+                      "written by python -m results collect", "pass another --name or --out")
+    (figures / "run.md").unlink()
+    assert_user_error(call(results, "collect", run, "--out", figures), f"{figures / 'run-curve-demo_pairs.png'}")
+    assert snapshot(figures) == {k: v for k, v in before.items() if k != "run.md"}
+    (figures / "demo_pairs.png").rename(figures / "mine.png")
+    (figures / "run-curve-demo_pairs.png").rename(figures / "mine-2.png")
+    for _ in range(2):  # its own files it replaces
+        ok(call(eval_main, *curve))
+        ok(call(results, "collect", run, "--out", figures))
+    assert is_our_figure(figures / "demo_pairs.png") and (figures / "run.csv").is_file()
+    assert not is_our_figure(figures / "mine.png") and (figures / "mine.png").read_bytes() == before["demo_pairs.png"]
+
+
 def test_compare_refuses_bad_arguments_and_bad_pair_files(model_dir, tmp_path, demo_root):
     from eval.__main__ import main as eval_main
     from results.__main__ import main
