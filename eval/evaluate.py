@@ -19,7 +19,7 @@ from common.errors import UserError
 from common.paths import FolderLock, holding, model_hash
 from eval import encode, report
 from eval.model import Loaded, check_folder, load, loading_bars
-from eval.one_model import KEY, check_one_model, writing_as
+from eval.one_model import KEY, check_one_model, check_result_file, writing_as
 from eval.scorer import Scorer
 from eval.tasks import Task, load_task, resolve_spec, same_files
 
@@ -215,6 +215,7 @@ def keep_other_results(out_dir: Path, task: Task, opts: Options) -> None:
     """Scores of a task made another way (other task files, another convention or backend: `scored_otherwise`) are
     never replaced: rerunning an evaluation as it was replaces its files; another way needs another --out."""
     result = out_dir / f"{task.name}.json"
+    check_result_file(result, task.name)
     found = scored_otherwise(result, task, opts)
     if found:
         key, old, new = found
@@ -235,15 +236,22 @@ def writing(model_path: str, tasks: list[Task], opts: Options, hashed: str):
     naming the holder; the checks (and that the folder holds no other model's results, and no other model's
     evaluation is writing there: `writing_as`) are made again once the locks are held."""
     out_dir = results_dir(model_path, opts)
+    check_results_folder(out_dir, tasks, opts)  # before the folder and its lock files are made
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write results to {out_dir} ({exc.strerror}); pass --out DIR") from None
     with tasks_locked(out_dir, [task.name for task in tasks]), writing_as(out_dir, model_path, hashed):
-        for task in tasks:
-            keep_other_results(out_dir, task, opts)
-        report.read_predictions(out_dir)  # a damaged one is refused before scoring, not after
+        check_results_folder(out_dir, tasks, opts)
         yield out_dir
+
+
+def check_results_folder(out_dir: Path, tasks: list[Task], opts: Options) -> None:
+    """What scoring `tasks` into `out_dir` would replace may be replaced (`keep_other_results`), and its
+    predictions.json can take theirs: refused before scoring, not after."""
+    for task in tasks:
+        keep_other_results(out_dir, task, opts)
+    report.read_predictions(out_dir)
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from common.config import ConfigError, field, load, suggest
 from common.errors import EXIT_PREEMPTED, UserError, writing
 from common.libraries import no_accelerator_probe
 from common.paths import REPO, hash_files, local_folder, model_hash, write_atomic
-from eval.one_model import KEY, check_one_model, writing_as
+from eval.one_model import KEY, check_one_model, check_result_file, writing_as
 from eval.report import decide
 from eval.tasks import absolute, decode_text, jsonl_rows, same_files
 
@@ -410,6 +410,8 @@ def main(argv: list[str]) -> int:
     out_dir = output_dir(Path(args.model), args.out)
     hashed = model_hash(Path(args.model))
     check_one_model(out_dir, args.model, hashed)  # before any training: another model's results there
+    for name in names:
+        check_result_file(out_dir / f"{name}.json", name)
     tasks = {}
     for name in names:  # every task's files are read and checked before any training
         data = data_folder(name, specs[name], args.data_dir)

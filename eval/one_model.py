@@ -32,6 +32,21 @@ def _recorded(file: Path) -> tuple[Path, str, str] | None:
     return None
 
 
+def check_result_file(result: Path, task: str) -> None:
+    """`result` (`<task>.json` in a results folder), where it exists, is a result of `task` that writing the task's
+    result may replace; a file of another kind there (the user's own, or one damaged) is refused in one line before
+    anything is scored: a folder given as --out may hold anything."""
+    if not result.exists():
+        return
+    try:
+        data = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and data.get("task") == task):
+        raise UserError(f"{result}: exists and is not a result of {task} (no \"task\": \"{task}\" in it), and "
+                        "scoring the task would replace it: pass --out DIR, or move that file away")
+
+
 def recorded(out_dir: Path) -> list[tuple[Path, str, str]]:
     """(result file, model hash, model path) of every task result in `out_dir` that records a model hash."""
     found = [_recorded(file) for file in sorted(out_dir.glob("*.json"))] if out_dir.is_dir() else []

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
 from common.paths import file_lock, read_json, write_atomic
 from eval.tasks import Task
 
@@ -103,8 +104,15 @@ def read_predictions(out_dir: Path) -> dict:
     """eval/predictions.json (every task's predictions, to which a task's are added), {} when there is none; one that
     cannot be read is one error line (checked before scoring, and again as a task's are added)."""
     file = out_dir / "predictions.json"
-    return read_json(file, "the predictions of the tasks evaluated there", "move it away and run the same command "
-                     "again (the tasks it held are then evaluated again)") if file.is_file() else {}
+    if not file.is_file():
+        return {}
+    fix = "move it away and run the same command again (the tasks it held are then evaluated again)"
+    data = read_json(file, "the predictions of the tasks evaluated there", fix)
+    other = next((key for key, value in data.items() if not isinstance(value, dict)), None)
+    if other is not None:  # {task: {subtask: {"predictions": [...]}}}: a file of the user's, or one damaged
+        raise UserError(f"{file}: is not the predictions of the tasks evaluated there ({other!r} holds a "
+                        f"{type(data[other]).__name__}), and adding a task's would change it; {fix}")
+    return data
 
 
 def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, meta: dict) -> dict[str, Path]:

@@ -845,12 +845,12 @@ def test_a_damaged_record_of_ours_is_one_line_naming_it(model_dir, demo_root, tm
         assert_user_error(call(main, "curve", run, "--tasks", "demo_pairs", "--data-dir", demo_root, "--no-progress"),
                           f"{result}: the result of demo_pairs cannot be read")
         result.write_bytes(before[str(result.relative_to(run))])
-        predictions = run / "eval" / "predictions.json"  # every task's: one that is an object takes this task's too
-        if not damage.endswith(b"}"):  # refused before scoring, not after an hour of it
-            predictions.write_bytes(damage)
+        for file, needle in ((run / "eval" / "predictions.json", "the predictions of the tasks evaluated there"),
+                             (run / "eval" / "demo_pairs.json", "exists and is not a result of demo_pairs")):
+            file.write_bytes(damage)  # refused before scoring, not after an hour of it
             assert_user_error(call(main, run / "model", "--tasks", "demo_pairs", "--data-dir", demo_root,
-                                   "--no-progress"), f"{predictions}: the predictions of the tasks evaluated there")
-            predictions.write_bytes(before[str(predictions.relative_to(run))])
+                                   "--no-progress"), f"{file}: ", needle)
+            file.write_bytes(before[str(file.relative_to(run))])
         assert snapshot(run) == before and not (tmp_path / "aoa").exists()
 
     # a checkpoint's JSON (words_seen.json, trainer_state.json): one that does not parse makes the checkpoint unusable
@@ -1190,6 +1190,19 @@ def test_plots_and_tables_never_replace_a_users_file_in_the_folder_given(model_d
         ok(call(results, "collect", run, "--out", figures))
     assert is_our_figure(figures / "demo_pairs.png") and (figures / "run.csv").is_file()
     assert not is_our_figure(figures / "mine.png") and (figures / "mine.png").read_bytes() == before["demo_pairs.png"]
+
+    # results of `eval` and `eval finetune` into a folder of the user's: a same-named file there that is not a result
+    # of that task (or predictions.json that is not the tasks' predictions) is refused before anything is scored
+    for mine, command in ((figures / "demo_pairs.json", ["--tasks", "demo_pairs", "--data-dir", demo_root]),
+                          (figures / "predictions.json", ["--tasks", "demo_pairs", "--data-dir", demo_root]),
+                          (figures / "demo_acceptability.json", ["finetune", "--tasks", "demo_acceptability",
+                                                                 "--data-dir", demo_root / "finetune"])):
+        mine.write_text(json.dumps({"model": "ours, by hand", "accuracy": 0.9}))
+        kept = snapshot(figures)
+        args = command[:1] + [run / "model"] + command[1:] if command[0] == "finetune" else [run / "model", *command]
+        assert_user_error(call(eval_main, *args, "--out", figures, "--no-progress"), f"{mine}: ")
+        assert snapshot(figures) == kept
+        mine.unlink()
 
 
 def test_compare_refuses_bad_arguments_and_bad_pair_files(model_dir, tmp_path, demo_root):
