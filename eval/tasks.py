@@ -112,6 +112,9 @@ class TaskSpec:
                     raise ConfigError(
                         f"{key}[{i}].files", "missing: a glob of JSONL files, e.g. blimp_filtered/*.jsonl"
                     )
+                if src.archive is None and Path(src.files).is_absolute():
+                    raise ConfigError(f"{key}[{i}].files", f"must be a glob inside the data folder (--data-dir or "
+                                                           f"data_dir), e.g. pairs/*.jsonl; got {src.files!r}")
         for key, allowed in (("kind", ("pairs", "reading")), ("metric", METRICS), ("average", ("subtasks", "files")),
                              ("only_convention", (None, "babylm2024", "babylm2025"))):
             if getattr(self, key) not in allowed:
@@ -128,6 +131,9 @@ class TaskSpec:
             raise ConfigError(
                 "choices", "missing: list at least two fields that hold the choices, e.g. [sentence_good, sentence_bad]"
             )
+        twice = next((c for i, c in enumerate(self.choices) if c in self.choices[:i]), None)
+        if twice is not None:  # every item would tie, and a tie counts as correct
+            raise ConfigError("choices", f"names field '{twice}' twice; list each field that holds a choice once")
         if not 0 <= self.correct < len(self.choices):
             raise ConfigError("correct", f"must index `choices` (0..{len(self.choices) - 1}), got {self.correct}")
 

@@ -648,6 +648,14 @@ def test_bad_inputs(trained, data_slice, tmp_path):
     spec = tmp_path / "nochoices.yaml"
     spec.write_text("sources:\n  - files: blimp_filtered/*.jsonl\n")
     bad(model, "--tasks", str(spec), "--data-dir", str(data_slice), needles=("nochoices.yaml", "choices", "missing"))
+    for text, needles in (  # a field named twice makes every item a tie, which counts as correct: accuracy 1.0
+            ("choices: [sentence_good, sentence_good]", ("twice.yaml:3", "choices: names field 'sentence_good' twice")),
+            ("choices: [sentence_good, sentence_bad]\nsources: [{files: /etc/*.conf}]",  # pathlib's glob: a traceback
+             ("twice.yaml:2", "sources[0].files: must be a glob inside the data folder", "/etc/*.conf"))):
+        spec = tmp_path / "twice.yaml"
+        spec.write_text(f"sources:\n  - files: blimp_filtered/*.jsonl\n{text}\n" if "sources:" not in text
+                        else text + "\n")
+        bad(model, "--tasks", str(spec), "--data-dir", str(data_slice), needles=needles)
     empty = tmp_path / "empty"
     (empty / "blimp_filtered").mkdir(parents=True)
     (empty / "blimp_filtered" / "x.jsonl").write_text("\n\n")
