@@ -52,10 +52,11 @@ def read_cdi(path: Path):
         missing = "word column" if "word" not in cdi.columns else "month column (16 to 30)"
         raise UserError(f"{path}: has no {missing}; the CDI file has a word column and one column per month 16..30")
     for m in months:
-        bad = ~cdi[m].isna() & pd.to_numeric(cdi[m], errors="coerce").isna()
+        values = pd.to_numeric(cdi[m], errors="coerce")
+        bad = ~cdi[m].isna() & (values.isna() | ~values.between(0, 1))  # a word in it, NaN read as text, 2.5, inf
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise UserError(f"{path}:{row + 2}: month {m} is {cdi[m].iloc[row]!r}, not a proportion")
+            raise UserError(f"{path}:{row + 2}: month {m} is {cdi[m].iloc[row]!r}, not a proportion (0 to 1)")
     return cdi
 
 

@@ -265,4 +265,7 @@ def test_aoa_bad_inputs(run, tmp_path):
         needles=("noword.csv", "has no word column"))
     bad("--words", str(words), "--cdi", str(words_file("text.csv", "word,16,17\ndog,0.1,0.2\nball,0.3,many\n")),
         needles=("text.csv:3", "month 17", "'many'"))
+    for value in ("1.5", "-0.2", "inf"):  # numbers that are no proportion were taken into the fitness
+        cdi = words_file("range.csv", f"word,16,17\ndog,0.1,0.2\nball,{value},0.4\n")
+        bad("--words", str(words), "--cdi", str(cdi), needles=("range.csv:3", "month 16", "not a proportion (0 to 1)"))
     assert not (run / "eval" / "babylm2025" / "aoa").exists()
