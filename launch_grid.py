@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     check_started_points(points, args.grid)
     check_trained_inputs(points, args.grid)
     check_scored_results(cfg, points, tasks, tuning, args.grid)
+    if cfg.results_dir:  # a folder of the user's: a table or plot there that the collection would replace
+        from results.written import check_free
+
+        check_free(cfg.results_path, cfg.name)
     from common.paths import FolderLock, holding
 
     # one launcher per grid: a second one would train every point twice

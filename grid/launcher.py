@@ -52,9 +52,8 @@ def run_grid(cfg, points, verbose: bool = False) -> int:
     executors.report(failed)
     from results.__main__ import main as results_main
 
-    rc = results_main(
-        ["collect", str(root), "--out", str(cfg.results_path), "--name", cfg.name, "--metric", cfg.select.metric]
-    )
+    out = ["--out", str(cfg.results_path)] if cfg.results_dir else []  # the default, <output_dir>/_results, is ours
+    rc = results_main(["collect", str(root), *out, "--name", cfg.name, "--metric", cfg.select.metric])
     if failed:
         print(f"{len(failed)} point(s) incomplete; run the same command again to finish them", file=sys.stderr)
         return 1

@@ -339,6 +339,7 @@ def test_two_spellings_of_one_value_are_one_point(workdir, tmp_path):
     ({"name": ".."}, ("name", "'..'")),
     ({"stages[0].axes": {"optim.lr": [float("nan")]}}, ("optim.lr", "finite")),
     ({"stages[0].axes": {"train.seed": [-1]}}, ("train.seed", "at least 0")),
+    ({"results_dir": "PAPER"}, ("paper/g.md: exists and was not written by python -m results collect",)),
 ])
 def test_grid_checks_come_before_any_training(change, needles, workdir, tmp_path):
     raw = {
@@ -354,6 +355,10 @@ def test_grid_checks_come_before_any_training(change, needles, workdir, tmp_path
     if raw["output_dir"] == "FILE":
         (tmp_path / "file").write_text("x")
         raw["output_dir"] = str(tmp_path / "file")
+    if raw.get("results_dir") == "PAPER":  # the user's own table where the grid's would go: refused before training
+        (tmp_path / "paper").mkdir()
+        (tmp_path / "paper" / "g.md").write_text("| by hand |\n")
+        raw["results_dir"] = str(tmp_path / "paper")
     grid = workdir / "g.yaml"
     grid.write_text(yaml.safe_dump(raw))
     proc = subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), str(grid), "executor.kind=debug"], cwd=workdir,
