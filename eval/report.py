@@ -106,7 +106,7 @@ def read_predictions(out_dir: Path) -> dict:
     file = out_dir / "predictions.json"
     if not file.is_file():
         return {}
-    fix = "move it away and run the same command again (the tasks it held are then evaluated again)"
+    fix = "move it away (or pass --out DIR) and run the same command again"
     data = read_json(file, "the predictions of the tasks evaluated there", fix)
     other = next((key for key, value in data.items() if not isinstance(value, dict)), None)
     if other is not None:  # {task: {subtask: {"predictions": [...]}}}: a file of the user's, or one damaged
