@@ -15,7 +15,7 @@ from eval import report
 from eval.encode import CONVENTIONS
 from common.arguments import number
 from eval.model import BACKENDS, device_name
-from eval.tasks import SUITES, available
+from eval.tasks import SUITES, available, task_names
 
 
 def parse_eval(argv: list[str]) -> argparse.Namespace:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_scored=args.keep_scored,
     )
     given = args.tasks if args.tasks is not None else ",".join(SUITES[args.suite]) if args.suite else "blimp_filtered"
-    tasks = [t.strip() for t in given.split(",") if t.strip()]
+    tasks = task_names(given)
     if not tasks:
         raise UserError(f"--tasks {args.tasks!r}: names no task; give one or more of {', '.join(available())}")
     results = evaluate(args.model, tasks, opts)

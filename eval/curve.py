@@ -70,14 +70,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     from eval.evaluate import Options
-    from eval.tasks import SUITES
+    from eval.tasks import SUITES, task_names
 
     args = parse(argv)
     if bool(args.suite) == bool(args.tasks):
         raise UserError("eval curve: give --suite or --tasks (one of them)")
     if args.suite and args.convention == "babylm2024":
         raise UserError(f"--suite {args.suite} is the 2025 pipeline's; drop --convention babylm2024")
-    tasks = SUITES[args.suite] if args.suite else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = SUITES[args.suite] if args.suite else task_names(args.tasks)
     runs = [Path(r) for r in args.runs]
     for run in runs:
         if not (run / "run.json").is_file():

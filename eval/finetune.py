@@ -36,7 +36,7 @@ from common.libraries import no_accelerator_probe
 from common.paths import REPO, hash_files, local_folder, model_hash, write_atomic
 from eval.one_model import KEY, check_one_model, check_result_file, writing_as
 from eval.report import decide
-from eval.tasks import absolute, decode_text, jsonl_rows, same_files
+from eval.tasks import absolute, decode_text, jsonl_rows, same_files, task_names
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
 GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
@@ -398,7 +398,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", help="where results go (default: <run>/eval for <run>/model, else <model>/eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    names = task_names(args.tasks)
     if not names:
         raise UserError(f"--tasks {args.tasks!r}: names no task; give one or more of {', '.join(known())}")
     from eval.model import check_folder

@@ -169,6 +169,11 @@ class Task:
         return sorted({item.subtask for item in self.items})
 
 
+def task_names(text: str) -> list[str]:
+    """The task names of a comma-separated `--tasks`, each once, in order (`a,b,a` scores a and b once each)."""
+    return list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+
+
 def available() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 

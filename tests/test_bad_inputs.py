@@ -743,7 +743,7 @@ def test_a_folder_above_the_model_says_which_folder_to_give(model_dir, demo_root
                       "no config.json); give the folder save_pretrained wrote")
 
 
-def test_eval_device_length_and_task_list(model_dir, demo_root):
+def test_eval_device_length_and_task_list(model_dir, demo_root, tmp_path):
     from eval.__main__ import main
 
     base = [model_dir, "--data-dir", demo_root, "--no-progress"]
@@ -752,6 +752,8 @@ def test_eval_device_length_and_task_list(model_dir, demo_root):
         call(main, *base, "--tasks", "demo_pairs", "--max-length", "100000"), "--max-length 100000", "positions"
     )
     assert_user_error(call(main, *base, "--tasks", ","), "--tasks ','", "names no task")
+    proc = ok(call(main, *base, "--tasks", "demo_pairs, demo_pairs", "--out", tmp_path))
+    assert proc.stdout.count("demo_pairs ") == 1  # a task named twice is scored once (it was scored, and shown, twice)
 
 
 ENTRY_POINTS = [("eval", []), ("eval", ["finetune"]), ("eval", ["curve"]), ("eval", ["aoa"]), ("eval", ["collate"]),
