@@ -895,8 +895,9 @@ def test_damaged_cached_blocks_and_search_results_are_refused_before_a_run_start
             f"data.cache_dir={cache}", f"output.dir={tmp_path / 'runs'}", "train.max_steps=2"]
     from tokenizer.__main__ import main as tokenizer
 
-    ok(call(tokenizer, "prepare", *args[:4]))
-    blocks = sorted((cache / "blocks").glob("train-*"))
+    prepared = ok(call(tokenizer, "prepare", *args[:4])).stdout
+    blocks = [Path(line.split()[1]) for line in prepared.splitlines() if line.startswith(("train: ", "dev: "))]
+    assert len(blocks) == 2
     for folder in blocks:
         for file, damage in ((folder / "stats.json", b'{"tokens": '), (folder / "stats.json", b'{"tokens": 1}'),
                              (next(folder.glob("*.arrow")), b"\0" * 64)):
@@ -906,6 +907,11 @@ def test_damaged_cached_blocks_and_search_results_are_refused_before_a_run_start
             assert ("statistics" in error) == (file.name == "stats.json")
             file.write_bytes(kept)
             assert not (tmp_path / "runs").exists()
+    tokenizer_file = Path(prepared.split("tokenizer: ")[1].split()[0]) / "tokenizer.json"  # named as the cache folder
+    tokenizer_file.write_bytes(tokenizer_file.read_bytes()[:100])
+    assert_user_error(call(train, *args), f"{tokenizer_file.parent}: the cached tokenizer cannot be read",
+                      "move that folder away")
+    assert not (tmp_path / "runs").exists()
 
     recipe = str(ROOT / "config" / "runs" / "demo-wml.yaml")
     wml_args = [recipe, f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",

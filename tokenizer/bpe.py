@@ -55,8 +55,9 @@ def train_bpe(text_files: list[Path], vocab_size: int, min_frequency: int, out_d
     return fast
 
 
-def load_pretrained(name_or_path: str, key: str = "tokenizer.name_or_path"):
-    """AutoTokenizer from a local folder or a Hub name; the error names the key."""
+def load_pretrained(name_or_path: str, key: str = "tokenizer.name_or_path", cached: bool = False):
+    """AutoTokenizer from a local folder or a Hub name; the error names the key, or with `cached` the cache folder
+    (a tokenizer trained by `prepare`, which the user never named)."""
     from transformers import AutoTokenizer
 
     from common.errors import reading
@@ -67,9 +68,10 @@ def load_pretrained(name_or_path: str, key: str = "tokenizer.name_or_path"):
             f"{key}={name_or_path}: no such folder; give a tokenizer folder (saved with save_pretrained) or a Hub name"
         )
     with reading(
-        f"{key}={name_or_path}",
-        "the tokenizer",
-        "give a tokenizer folder (saved with save_pretrained) or a reachable Hub name",
+        name_or_path if cached else f"{key}={name_or_path}",
+        "the cached tokenizer" if cached else "the tokenizer",
+        "move that folder away (the tokenizer is trained again)" if cached
+        else "give a tokenizer folder (saved with save_pretrained) or a reachable Hub name",
     ):
         tok = AutoTokenizer.from_pretrained(name_or_path)
     if tok.bos_token_id is None and tok.eos_token_id is None:

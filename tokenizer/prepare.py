@@ -105,7 +105,7 @@ def load_tokenizer(tok_cfg: TokenizerConfig, clean_train: list[Path], train_fp: 
             out.parent.mkdir(parents=True, exist_ok=True)
             print(f"training a {tok_cfg.vocab_size}-token byte-level BPE on {len(clean_train)} files -> {out}")
             bpe.train_bpe(clean_train, tok_cfg.vocab_size, tok_cfg.min_frequency, out)
-        return bpe.load_pretrained(str(out)), str(out), fp
+        return bpe.load_pretrained(str(out), cached=True), str(out), fp
     tok = bpe.load_pretrained(tok_cfg.name_or_path)
     return tok, tok_cfg.name_or_path, _pretrained_fingerprint(tok)
 
