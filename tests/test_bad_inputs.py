@@ -845,7 +845,7 @@ def test_a_damaged_record_of_ours_is_one_line_naming_it(model_dir, demo_root, tm
         for argv in (["curve", run, "--tasks", "demo_pairs", "--data-dir", demo_root],
                      ["aoa", run, "--words", words, "--out", tmp_path / "aoa"]):
             assert_user_error(call(main, *argv, "--no-progress"), f"{record}: the milestone's words-seen record "
-                              "cannot be read", "move the milestone folder away"), name
+                              "cannot be read", "move the milestone folder away")
         record.write_bytes(good)
         result = milestone / "eval" / "demo_pairs.json"
         result.write_bytes(damage)
