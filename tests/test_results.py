@@ -116,10 +116,17 @@ def test_a_collection_removes_what_its_previous_one_wrote_and_nothing_else(runs,
     assert first - second == {out / "g-tasks.png"}
     files = {p for p in out.rglob("*") if p.is_file()}
     assert files == second | {out / "g-mine.md", out / "notes.txt", out / ".g.collected.json"}
-    (out / ".g.collected.json").write_text(json.dumps(["../outside.txt", "notes.txt", str(out / "g-mine.md"),
-                                                       "g-x/../../outside.txt"]))
+    written = json.loads((out / ".g.collected.json").read_text())
+    (out / ".g.collected.json").write_text(json.dumps(written + ["../outside.txt", "notes.txt", str(out / "g-mine.md"),
+                                                                 "g-x/../../outside.txt"]))
     collect(unscored)
     assert all(path.read_text() == "a person's file" for path in mine)
+    # a manifest that no longer lists the table: that g.csv may be anyone's, so the collection is refused, not written
+    (out / ".g.collected.json").write_text(json.dumps([e for e in written if e != "g.csv"]))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert_user_error(run_here("results", "collect", str(unscored), "--out", str(out), "--name", "g"),
+                      f"{out / 'g.csv'}: exists and was not written by python -m results collect")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
