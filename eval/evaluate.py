@@ -215,8 +215,8 @@ def keep_other_results(out_dir: Path, task: Task, opts: Options) -> None:
     """Scores of a task made another way (other task files, another convention or backend: `scored_otherwise`) are
     never replaced: rerunning an evaluation as it was replaces its files; another way needs another --out."""
     result = out_dir / f"{task.name}.json"
-    check_result_file(result, task.name)
-    found = scored_otherwise(result, task, opts)
+    recorded = check_result_file(result, task.name)
+    found = differs(recorded, task, opts) if recorded is not None else None
     if found:
         key, old, new = found
         raise UserError(f"{result}: holds {task.name} scored with {key} {old}; scoring it with {new} would "

@@ -32,12 +32,12 @@ def _recorded(file: Path) -> tuple[Path, str, str] | None:
     return None
 
 
-def check_result_file(result: Path, task: str) -> None:
+def check_result_file(result: Path, task: str) -> dict | None:
     """`result` (`<task>.json` in a results folder), where it exists, is a result of `task` that writing the task's
-    result may replace; a file of another kind there (the user's own, or one damaged) is refused in one line before
-    anything is scored: a folder given as --out may hold anything."""
+    result may replace: returned (None where there is none). A file of another kind there (the user's own, or one
+    damaged) is refused in one line before anything is scored: a folder given as --out may hold anything."""
     if not result.exists():
-        return
+        return None
     try:
         data = json.loads(result.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -45,6 +45,7 @@ def check_result_file(result: Path, task: str) -> None:
     if not (isinstance(data, dict) and data.get("task") == task):
         raise UserError(f"{result}: exists and is not a result of {task} (no \"task\": \"{task}\" in it), and "
                         "scoring the task would replace it: pass --out DIR, or move that file away")
+    return data
 
 
 def recorded(out_dir: Path) -> list[tuple[Path, str, str]]:
