@@ -15,12 +15,12 @@ def local_folder(relative: str | Path) -> Path | None:
     return next((base / relative for base in (Path.cwd(), REPO) if (base / relative).is_dir()), None)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write `text` (UTF-8), or bytes as they are, to a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk must not leave half a temporary file behind

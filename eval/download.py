@@ -24,6 +24,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from common.errors import UserError, reading, writing
+from common.paths import write_atomic
 
 SKIPPED = "ewok (plain, not written)"
 BLIMP_URL = "https://github.com/alexwarstadt/blimp/archive/refs/heads/master.tar.gz"
@@ -135,15 +136,9 @@ def write(targets: list[tuple[Path, object]], dest: Path) -> dict[str, int]:
     for target, read in dict(targets).items():
         data = read()
         if not (target.is_file() and target.read_bytes() == data):
-            tmp = target.with_name(f".{target.name}.part")
-            with writing(dest, "then run the same command again"):  # a full disk: one line, and no .part left
-                try:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    tmp.write_bytes(data)
-                    tmp.replace(target)
-                except BaseException:
-                    tmp.unlink(missing_ok=True)
-                    raise
+            with writing(dest, "then run the same command again"):  # a full disk: one line, no temporary file left
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(target, data)
         key = target.parent.name if target.parent != dest else target.name
         counts[key] = counts.get(key, 0) + 1
     return counts

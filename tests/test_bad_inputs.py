@@ -1092,13 +1092,14 @@ def test_a_full_disk_during_finetuning_then_the_same_command_works(model_dir, de
 
 def test_a_full_disk_during_download_is_one_line_and_leaves_no_part_file(tmp_path):
     """`eval download` of the shared data (BLiMP's archive alone is larger) into a 1 MB disk: one line naming the
-    folder, exit 2, no traceback, no `.part` file; the files written before it are whole."""
+    folder, exit 2, no traceback, no temporary file (hidden, beside its target); the files written before it are
+    whole."""
     dest = tmp_path / "disk"
     with mounted(dest, size="1m"):
         proc = run_cli("eval", "download", "--dest", str(dest), "--from", str(shared("blimp_full.tar.gz")))
         assert_user_error(proc, str(dest), "disk is full", "free space", "run the same command again")
         no_traceback(proc)
-        assert not [p for p in dest.rglob("*") if p.name.endswith(".part")]
+        assert not [p for p in dest.rglob(".*")]
         written = [p for p in dest.rglob("*.jsonl")]
         assert all(p.read_text().endswith("\n") for p in written)
 
