@@ -187,11 +187,11 @@ def run_slurm(
 
     check_slurm()
     jobs_file = _jobs_file(root)
-    known = read_json(jobs_file, "the grid's submitted SLURM jobs", "see squeue for the grid's jobs, then move it "
-                      "away (its points are then submitted again)") if jobs_file.is_file() else {}
+    what = "the grid's submitted SLURM jobs"
+    fix = "see squeue for the grid's jobs, then move it away (its points are then submitted again)"
+    known = read_json(jobs_file, what, fix) if jobs_file.is_file() else {}
     if not all(isinstance(job, str) for job in known.values()):
-        raise UserError(f"{jobs_file}: the grid's submitted SLURM jobs cannot be read (a job id that is not text); "
-                        "see squeue for the grid's jobs, then move it away (its points are then submitted again)")
+        raise UserError(f"{jobs_file}: {what} cannot be read (a job id that is not text); {fix}")
     earlier = {p.name: submitit.SlurmJob(folder=str(_logs(root) / "%j"), job_id=known[p.name])
                for p in points if p.name in known}
     jobs = {}
