@@ -402,5 +402,7 @@ def score_tasks(model_path: str, m: Loaded, prepared: list[tuple[Task, list | No
                 "wrong"
                 + (" and the correlation is null" if summary["metric"] == "spearman" else "")
             )
+        if summary.get("undefined"):
+            print(f"warning: {task.name}: the score is null: {summary['undefined']}")
         results.append((task.name, summary, files))
     return results

@@ -35,6 +35,7 @@ SELF_PACED = "self_paced_reading_time"
 PREDICTORS = ("Subtlex_log10", "length", "context_length")
 NUMERIC = PREDICTORS + ("prev_length",) + EYE_TRACKING + (SELF_PACED,)
 COLUMNS = ("item", "word", "prev_item", "prev_word") + NUMERIC
+EXACT_FIT = 1e-9  # 1 - R2 of the baseline at or below which delta R2 is undefined (null), not a ratio of rounding
 MASKS_APPENDED = 3  # the pipeline's --number_of_mask_tokens_to_append default
 
 
@@ -61,8 +62,34 @@ def read_table(path: Path):
     if words.isna().any() or (words.astype(str).str.len() == 0).any():
         row = int(np.flatnonzero((words.isna() | (words.astype(str).str.len() == 0)).to_numpy())[0])
         raise UserError(f"{path}:{row + 2}: column 'word' is empty; every row needs its word")
+    _check_rows(df, path)
     df["item"] = df["item"].fillna("None")
     return df
+
+
+def coefficients(terms: int) -> int:
+    """Coefficients of the model regression: an intercept, the terms, their pairwise interactions, the surprisal."""
+    return 1 + terms + terms * (terms - 1) // 2 + 1
+
+
+def _check_rows(df, path: Path) -> None:
+    """Every regression has more complete rows (the pipeline's dropna over its columns) than coefficients, else its
+    R2 is 1 by construction and the score undefined."""
+    spillover = df["prev_item"].notna()  # the previous word's surprisal exists only where there is a previous item
+    fits = {dv: (df[[dv, *PREDICTORS]].notna().all(axis=1), len(PREDICTORS)) for dv in EYE_TRACKING}
+    fits[SELF_PACED] = (df[[SELF_PACED, *PREDICTORS, "prev_length"]].notna().all(axis=1) & spillover,
+                        len(PREDICTORS) + 2)
+    for dv, (complete, terms) in fits.items():
+        n, k = int(complete.sum()), coefficients(terms)
+        if n <= k:
+            raise UserError(
+                f"{path}: {n} row(s) have every column the {dv} regression uses, but it fits {k} coefficients, so it "
+                f"needs at least {k + 1}; give the whole reading_data.csv of BabyLM's evaluation data"
+            )
+        times = df.loc[complete, dv]
+        if times.nunique() == 1:
+            raise UserError(f"{path}: column '{dv}' is {float(times.iloc[0])!r} on every row, so it explains nothing "
+                            "and delta R2 is undefined; give the whole reading_data.csv")
 
 
 # transformers 4.x's `clean_up_tokenization`, which `decode` applied when the tokenizer's config set
@@ -139,7 +166,10 @@ def _gain(df, dv: str, terms: list[str]) -> dict:
     base = smf.ols(_formula(dv, terms, None), data=df[[dv, *terms]].dropna()).fit()
     model = smf.ols(_formula(dv, terms, "pred"), data=df[["pred", dv, *terms]].dropna()).fit()
     r2_base, r2_model = float(base.rsquared), float(model.rsquared)
-    return {"r2_base": r2_base, "r2_model": r2_model, "delta_r2": (r2_model - r2_base) / (1 - r2_base) * 100,
+    # an exact fit leaves no variance to explain (1 - R2 is rounding noise); a constant time makes R2 NaN
+    defined = math.isfinite(r2_base) and math.isfinite(r2_model) and 1 - r2_base > EXACT_FIT
+    return {"r2_base": r2_base, "r2_model": r2_model,
+            "delta_r2": (r2_model - r2_base) / (1 - r2_base) * 100 if defined else math.nan,
             "coefficient": float(model.params["pred"]), "p_value": float(model.pvalues["pred"]), "n": int(model.nobs)}
 
 
@@ -149,7 +179,13 @@ def delta_r2(df, pred: np.ndarray, prev_pred: np.ndarray) -> dict:
     eye = {dv: _gain(df, dv, list(PREDICTORS)) for dv in EYE_TRACKING}
     spr = _gain(df, SELF_PACED, [*PREDICTORS, "prev_length", "prev_pred"])
     eye_score = float(np.mean([m["delta_r2"] for m in eye.values()]))
-    return {"eye_tracking": eye_score, "self_paced_reading": spr["delta_r2"], "measures": {**eye, SELF_PACED: spr}}
+    measures = {**eye, SELF_PACED: spr}
+    scores = {"eye_tracking": eye_score, "self_paced_reading": spr["delta_r2"], "measures": measures}
+    undefined = [dv for dv, m in measures.items() if not math.isfinite(m["delta_r2"])]
+    if undefined:
+        scores["undefined"] = (f"the {', '.join(undefined)} regression(s) fit exactly or the time is the same on every "
+                               "row, so delta R2 is undefined there")
+    return scores
 
 
 def score_table(df, tokenizer, backend: str, score) -> tuple[np.ndarray, np.ndarray]:

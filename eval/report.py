@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +72,17 @@ def p_first(scores: np.ndarray) -> np.ndarray:
 
 def _spearman(task: Task, scores: np.ndarray, bad: np.ndarray) -> dict:
     """Spearman's rho of P(first choice) against the human values; null when any item is non-finite (no partial rho)."""
-    from scipy.stats import spearmanr
+    from scipy.stats import ConstantInputWarning, spearmanr
 
-    rho = float("nan") if bad.any() else float(spearmanr(p_first(scores), [it.target for it in task.items])[0])
-    return {"metric": "spearman", "score": rho, "stderr": float("nan"), "subtasks": {}}
+    if bad.any():
+        return {"metric": "spearman", "score": float("nan"), "stderr": float("nan"), "subtasks": {}}
+    with warnings.catch_warnings():  # a constant input is reported below, in one line of ours
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        rho = float(spearmanr(p_first(scores), [it.target for it in task.items])[0])
+    out = {"metric": "spearman", "score": rho, "stderr": float("nan"), "subtasks": {}}
+    if not math.isfinite(rho):  # the loader refuses constant targets, so the model's P(first) is constant
+        out["undefined"] = "the model gives every item the same P(first), so Spearman's rho is undefined"
+    return out
 
 
 def summarise(task: Task, scores: np.ndarray, right: np.ndarray, tied: np.ndarray, bad: np.ndarray) -> dict:

@@ -358,6 +358,16 @@ def same_files(recorded: str, origin: str) -> bool:
     return key(recorded) == key(origin)
 
 
+def _check_correlatable(items: list[Item], target: str, origin: str, name: str) -> None:
+    """A spearman task's items can give a rho: at least two items, and not every `target` the same."""
+    if len(items) < 2:
+        raise UserError(f"task {name}: the files at {origin} hold 1 item, and Spearman's rho needs at least 2; "
+                        "check the download")
+    if len({it.target for it in items}) == 1:
+        raise UserError(f"task {name}: every item at {origin} has {target} {items[0].target!r}, so Spearman's rho "
+                        f"against it is undefined; check the download")
+
+
 def load_task(name: str, data_dir: str | None = None, password: str | None = None,
               archive_override: Path | None = None, fast: bool = False) -> Task:
     """Read a family's spec and all its items. `archive_override` replaces the archive of the first archive source;
@@ -418,6 +428,8 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
                 f"{odd.where}: {len(odd.choices)} choices, but {items[0].where} has {len(items[0].choices)}; "
                 f"every item of task {name} needs the same number of choices"
             )
+        if spec.metric == "spearman":
+            _check_correlatable(items, spec.target, origin, name)
         return Task(name=name, spec=spec, spec_file=spec_file, items=items, origin=origin, fast=fast)
     raise UserError(
         f"task {name}: no files found (looked for {', '.join(tried)}); pass --data-dir with BabyLM's evaluation_data"

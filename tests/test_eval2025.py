@@ -200,6 +200,27 @@ def test_entity_tracking_wug_comps_match_reference(extras):
 
     expected = np.corrcoef(avg_ranks(p_first(scores)), avg_ranks(np.array([it.target for it in task.items])))[0, 1]
     assert summary["metric"] == "spearman" and summary["score"] == pytest.approx(expected, abs=1e-6)
+    assert "undefined" not in summary
+
+
+def test_a_model_that_leaves_rho_undefined_gets_null_and_a_warning(extras, tmp_path):
+    """Two identical sentences per item: P(first) is 0.5 everywhere, so no rank order, a null rho, and one warning
+    line naming the reason; the result file records it."""
+    from eval.__main__ import main
+
+    lines = (extras / "wug_adj_nominalization" / "wug_adj_nominalization.jsonl").read_text().splitlines()[:6]
+    root = tmp_path / "data"
+    (root / "wug_adj_nominalization").mkdir(parents=True)
+    same = [json.dumps({**json.loads(line), "sentences": "\t".join([json.loads(line)["sentences"].split("\t")[0]] * 2)})
+            for line in lines]
+    (root / "wug_adj_nominalization" / "wug.jsonl").write_text("\n".join(same) + "\n")
+    proc = ok(call(main, str(GPT2), "--tasks", "wug_adj", "--data-dir", str(root), "--out", str(tmp_path / "out"),
+                   "--no-progress"))
+    assert "wug_adj: Spearman rho null, 6 items" in proc.stdout
+    assert "warning: wug_adj: the score is null: the model gives every item the same P(first)" in proc.stdout
+    assert "Warning" not in proc.stderr  # scipy's own ConstantInputWarning is not shown beside ours
+    result = json.loads((tmp_path / "out" / "wug_adj.json").read_text())
+    assert result["score"] is None and result["non_finite"] == 0 and "same P(first)" in result["undefined"]
 
 
 def tiny_roberta(extras: Path) -> Path:
@@ -302,6 +323,14 @@ def test_reading_matches_naive_surprisal_and_least_squares(extras):
     y = rows["self_paced_reading_time"].to_numpy()
     base, full = ols_r2(y, cols), ols_r2(y, cols + [rows["pred"].to_numpy()])
     assert scores["self_paced_reading"] == pytest.approx((full - base) / (1 - base) * 100, abs=1e-6)
+    assert "undefined" not in scores
+    # a baseline that fits exactly (up to rounding) leaves nothing to explain: that measure is null and named
+    exact = df.assign(RTfirstpass=100 + 3 * df["length"] + 2 * df["context_length"] * (1 + 1e-13))
+    scores = delta_r2(exact, pred, prev)
+    assert scores["measures"]["RTfirstpass"]["r2_base"] > 1 - 1e-9
+    assert np.isnan(scores["measures"]["RTfirstpass"]["delta_r2"]) and np.isnan(scores["eye_tracking"])
+    assert scores["undefined"].startswith("the RTfirstpass regression(s) fit exactly")
+    assert np.isfinite(scores["measures"]["RTgopast"]["delta_r2"]) and np.isfinite(scores["self_paced_reading"])
 
 
 def test_keep_scored_continues_a_stopped_evaluation(extras, tmp_path):
@@ -675,6 +704,30 @@ def test_bad_inputs_2025(extras, tmp_path):
     frame.assign(RTfirstpass=frame["RTfirstpass"].astype(object).where(frame.index != 6, "slow")).to_csv(
         root / "reading" / "reading_data.csv", index=False)
     bad(root, "reading", "reading_data.csv:8", "'RTfirstpass'", "not a number")
+    # data on which the score is undefined, refused before a model is loaded: a correlation over one item or a
+    # constant target; a regression with no more complete rows than coefficients (each of the five: the eye-tracking
+    # ones fit 8, self-paced reading 17 and needs a previous item), or a reading time that never varies
+    wug = (extras / "wug_adj_nominalization" / "wug_adj_nominalization.jsonl").read_text().splitlines()
+    for name, lines, needle in (
+        ("one", wug[:1], "hold 1 item, and Spearman's rho needs at least 2"),
+        ("same", [json.dumps({**json.loads(line), "ratio": 0.25}) for line in wug[:5]], "has ratio 0.25"),
+    ):
+        root = tmp_path / f"w-{name}"
+        (root / "wug_adj_nominalization").mkdir(parents=True)
+        (root / "wug_adj_nominalization" / "wug.jsonl").write_text("\n".join(lines) + "\n")
+        bad(root, "wug_adj", f"{root / 'wug_adj_nominalization'}", needle)
+    for name, table, needle in (
+        ("eight", frame.head(8), "8 row(s) have every column the RTfirstfix regression uses, but it fits 8 "
+                                 "coefficients, so it needs at least 9"),
+        ("gopast", frame.assign(RTgopast=frame["RTgopast"].where(frame.index < 8)), "the RTgopast regression"),
+        ("spillover", frame.assign(prev_item=frame["prev_item"].where(frame.index < 17)),
+         "17 row(s) have every column the self_paced_reading_time regression uses, but it fits 17"),
+        ("flat", frame.assign(RTrightbound=250.0), "column 'RTrightbound' is 250.0 on every row"),
+    ):
+        root = tmp_path / f"r-{name}"
+        (root / "reading").mkdir(parents=True)
+        table.to_csv(root / "reading" / "reading_data.csv", index=False)
+        bad(root, "reading", "reading_data.csv: ", needle)
     # a 2025-only task under the 2024 convention; mntp under 2024; a masked backend on a causal model
     bad(extras, "entity_tracking", "exists only in the babylm2025 convention", extra=("--convention", "babylm2024"))
     bad(extras, "blimp_filtered", "mntp", extra=("--backend", "mntp"))
