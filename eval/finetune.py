@@ -114,6 +114,9 @@ def read_split(path: Path, spec: FinetuneSpec, name: str) -> tuple[list, list[in
         labels.append(label)
     if not texts:
         raise UserError(f"{path}: no examples; check the download")
+    if len(set(labels)) < 2:  # nothing to learn from, or an F1 and MCC that are undefined (sklearn's warnings, 0.0)
+        raise UserError(f"{path}: every example has label {labels[0]}; task {name} needs examples of at least two of "
+                        "its classes in each split; check the download")
     return texts, labels
 
 

@@ -805,6 +805,15 @@ def test_finetune_bad_inputs(glue, tmp_path):
         "no field 'span1_text'",
     )
     bad(edited("qqp", "valid", 5, "{not json"), "qqp", "qqp.valid.jsonl:5", "not valid JSON")
+    # a split of one class: nothing to learn, or an F1 and MCC that are undefined (sklearn warned three times per
+    # epoch and wrote F1 0.0 as the result)
+    for task, split in (("mrpc", "valid"), ("mnli", "train")):
+        root = tmp_path / f"one-class-{task}-{split}"
+        shutil.copytree(glue, root)
+        file = root / f"{task}.{split}.jsonl"
+        file.write_text("".join(json.dumps({**json.loads(line), "label": 1}) + "\n"
+                                for line in file.read_text().splitlines()))
+        bad(root, task, f"{task}.{split}.jsonl: every example has label 1", "at least two of its classes")
     # a later task's broken file stops the run before the first task trains
     bad(edited("wsc", "valid", 1, {**GLUE_ROWS["wsc"], "label": 7}), "rte,wsc", "wsc.valid.jsonl:1")
     missing = tmp_path / "partial"
