@@ -58,7 +58,9 @@ def parse_eval(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=number("--batch-size", auto=True, ge=1), default="64",
                    help="sequences per forward pass, or 'auto' (largest that fits on the GPU)")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16 is for GPUs")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: half the memory, and faster where the device has bf16 units (GPUs, CPUs with "
+                   "AMX), but near-ties can flip; float32 gives the pipelines' numbers")
     p.add_argument("--max-length", type=number("--max-length", ge=1),
                    help="positions the model can attend to (default: from its config)")
     p.add_argument(
