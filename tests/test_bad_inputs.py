@@ -907,6 +907,18 @@ def test_damaged_cached_blocks_and_search_results_are_refused_before_a_run_start
             assert ("statistics" in error) == (file.name == "stats.json")
             file.write_bytes(kept)
             assert not (tmp_path / "runs").exists()
+    texts = sorted((cache / "clean").glob("*/*.txt"))  # the cleaned corpus: checked against its sha256 on every use
+    assert len(texts) == 2
+    for text in texts:
+        counts = text.with_name(text.name[:-len(".txt")] + ".words.npz")
+        kept_text, kept_counts = text.read_bytes(), counts.read_bytes()
+        for file, damage, needle in ((counts, kept_counts[:100], "the cached word counts of"),
+                                     (text, kept_text[:-40], "the cached clean text is not the one written there"),
+                                     (text, kept_text + b"\xff\xfe\n", "its sha256 differs")):
+            file.write_bytes(damage)  # each was a traceback (BadZipFile, RuntimeError, DatasetGenerationError)
+            assert_user_error(call(train, *args), f"{file}: ", needle, f"move the folder {text.parent} away")
+            file.write_bytes(kept_counts if file == counts else kept_text)
+            assert not (tmp_path / "runs").exists()
     tokenizer_file = Path(prepared.split("tokenizer: ")[1].split()[0]) / "tokenizer.json"  # named as the cache folder
     tokenizer_file.write_bytes(tokenizer_file.read_bytes()[:100])
     assert_user_error(call(train, *args), f"{tokenizer_file.parent}: the cached tokenizer cannot be read",

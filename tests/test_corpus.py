@@ -89,3 +89,26 @@ def test_fingerprint_follows_content(tmp_path):
     assert corpus.fingerprint(files) == before
     (tmp_path / "cbt.train").write_text("two\n")
     assert corpus.fingerprint(files) != before
+
+
+def test_a_cache_from_before_the_checksum_gains_it_when_its_lines_agree(tmp_path):
+    """Clean texts cached before 2026-12-03 have word counts without the text's sha256: one whose line count agrees
+    gains it (and is checked by it from then on); one that does not is refused in one line."""
+    import numpy as np
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "switchboard.train").write_text("A:\thello there\nB:\tyes\nA:\tgood .\n")
+    files = corpus.find_files(tmp_path / "corpus")
+    (text,) = corpus.write_clean(files, tmp_path / "clean")
+    counts = corpus.words_file(text)
+    with np.load(counts) as z:
+        lines, total, digest = z["lines"], z["corpus"], str(z["sha256"])
+    np.savez(counts, lines=lines, corpus=total)  # as written before the checksum
+    assert corpus.write_clean(files, tmp_path / "clean") == [text]
+    with np.load(counts) as z:
+        assert str(z["sha256"]) == digest and z["lines"].tolist() == lines.tolist()
+    np.savez(counts, lines=lines, corpus=total)
+    text.write_text("hello there\nyes\n")
+    with pytest.raises(UserError, match=r"clean text has 2 lines where its word counts have 3; move the folder"):
+        corpus.write_clean(files, tmp_path / "clean")
+    assert text.read_text() == "hello there\nyes\n"  # refused, not rewritten

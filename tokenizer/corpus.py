@@ -194,25 +194,67 @@ def words_file(clean: Path) -> Path:
     return clean.with_name(clean.name[:-len(".txt")] + ".words.npz")
 
 
-def write_clean(files: list[CorpusFile], out_dir: Path) -> list[Path]:
-    """Clean every file into `out_dir/<domain>.<split>.txt`, with its word counts beside it
-    (`words_file`), each written atomically."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_counts(counts: Path, words, corpus_words: int, digest: str) -> None:
     import numpy as np
 
+    tmp = counts.with_name(counts.name + ".tmp.npz")
+    np.savez(tmp, lines=np.asarray(words, dtype=np.int64), corpus=np.int64(corpus_words), sha256=np.str_(digest))
+    tmp.replace(counts)
+
+
+def _check_cached(target: Path, counts: Path) -> None:
+    """A cached clean text is the one its word counts were written with (their sha256 of it), else one line: a copy cut
+    short, a line edited by hand or bytes that are not UTF-8 would train on other text than the corpus (or end in a
+    traceback). A cache from before the checksum (2026-12-03) gains it when its line count agrees."""
+    import zipfile
+
+    import numpy as np
+
+    fix = f"move the folder {target.parent} away and run the same command again (it is cleaned again from the corpus)"
+    try:
+        with np.load(counts) as z:
+            lines, corpus_words = z["lines"], int(z["corpus"])
+            digest = str(z["sha256"]) if "sha256" in z.files else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"{counts}: the cached word counts of {target.name} cannot be read ({e}); {fix}") from None
+    actual = _sha256(target)
+    if digest is None:
+        with open(target, "rb") as fh:
+            n = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 22), b""))
+        if n != len(lines):
+            raise UserError(f"{target}: the cached clean text has {n} lines where its word counts have {len(lines)}; "
+                            f"{fix}")
+        _save_counts(counts, lines, corpus_words, actual)
+    elif digest != actual:
+        raise UserError(f"{target}: the cached clean text is not the one written there (its sha256 differs from "
+                        f"the one recorded in {counts.name}: cut short, or edited); {fix}")
+
+
+def write_clean(files: list[CorpusFile], out_dir: Path) -> list[Path]:
+    """Clean every file into `out_dir/<domain>.<split>.txt`, with its word counts and the text's sha256 beside it
+    (`words_file`), each written atomically; a cached text is checked against its sha256 before it is used."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for f in files:
         target = out_dir / f"{f.domain}.{f.path.suffix.lstrip('.')}.txt"
         counts = words_file(target)
-        if not target.exists() or not counts.exists():  # a cache from before word counts gains them
+        if target.exists() and counts.exists():
+            _check_cached(target, counts)
+        else:  # new, or cut off between its two files: both written again
             lines, words, corpus_words = clean_file(f)
-            tmp = counts.with_name(counts.name + ".tmp.npz")
-            np.savez(tmp, lines=np.asarray(words, dtype=np.int64), corpus=np.int64(corpus_words))
-            tmp.replace(counts)
-            if not target.exists():
-                tmp = target.with_suffix(".tmp")
-                tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-                tmp.replace(target)
+            text = ("\n".join(lines) + "\n").encode("utf-8")
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(text)
+            _save_counts(counts, words, corpus_words, hashlib.sha256(text).hexdigest())
+            tmp.replace(target)
         paths.append(target)
     return paths
 
