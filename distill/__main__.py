@@ -89,6 +89,7 @@ def build_distillation(cfg, tokenizer, prepared, device):
         trainer_cls=DistillTrainer,
         trainer_kwargs={"teachers": teachers, "cache": cache},
         block_index=cache is not None,
+        all_parameters_used=wrapper.every_parameter_used,
         inputs={f"distill.teachers[{i}].path": h for i, h in enumerate(hashes)},
         banner=f"student {cfg.student.arch}: {n_student:,} parameters (+{n_extra:,} in projections/heads, not "
                "exported); "

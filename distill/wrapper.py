@@ -87,6 +87,14 @@ class DistillationWrapper(nn.Module):
     def term(self, key: str) -> LossTerm:
         return next(t for t in self.terms if t.key == key)
 
+    @property
+    def every_parameter_used(self) -> bool:
+        """Whether every trainable parameter gets a gradient at every step, so that DDP need not search for unused
+        ones (find_unused_parameters=False): a rowwise term reads the student's logits, which every parameter of the
+        student reaches, and each term's parts stay in the loss's graph at every step (as 0 when a batch gives them
+        nothing). Without one (hidden_mse alone) the blocks above the deepest one read get none."""
+        return any(t.rowwise for t in self.terms)
+
     def tie_weights(self) -> None:
         self.student.tie_weights()
 

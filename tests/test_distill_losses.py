@@ -210,6 +210,7 @@ def test_gradients_reach_student_projections_and_aux_heads_not_teachers():
         ),
     )
     out["loss"].backward()
+    assert wrapper.every_parameter_used  # DDP is told so (find_unused_parameters=False)
     for name, p in wrapper.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached {name}"
     for t in t_models:
@@ -270,3 +271,46 @@ def test_scored_positions_take_the_labelled_rows_with_and_without_padding(causal
         assert torch.equal(picked, torch.stack([x[b, p] for b, p in expect]))
         grad, = torch.autograd.grad(picked.sum(), x)
         assert {(b, p) for b in range(2) for p in range(5) if grad[b, p].abs().sum() > 0} == set(expect)
+
+
+def test_without_a_term_on_the_logits_ddp_keeps_searching_for_unused_parameters():
+    """hidden_mse alone reads the student's blocks up to the deepest one mapped: the head and the blocks above get no
+    gradient, so the wrapper says so and DDP keeps find_unused_parameters=True (False would stop the run)."""
+    from distill.config import LossesConfig
+    from distill.teachers import Teacher, resolve_layer_map, run_teachers
+    from distill.wrapper import DistillationWrapper
+
+    losses = LossesConfig()
+    losses.hidden_mse.weight = 1.0
+    teacher = tiny("llama", 24, 2).eval().requires_grad_(False)
+    teachers = [Teacher("t", teacher, 1.0, resolve_layer_map({0: 0, 1: 1}, 2, 4, "t"), 24, 2)]
+    wrapper = DistillationWrapper(tiny("llama", 16, 4), teachers, losses)
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+    out = wrapper(ids, labels=ids, teacher_outputs=run_teachers(teachers, ids, None, hidden=True), n_tokens=14)
+    out["loss"].backward()
+    assert not wrapper.every_parameter_used
+    unused = [n for n, p in wrapper.named_parameters() if p.grad is None]
+    assert unused and all(n.startswith("student.") for n in unused)  # the rule is not looser than the truth
+
+
+def test_a_batch_without_aligned_rows_keeps_every_part_in_the_graph():
+    """A teacher with another tokenizer may align no row of a micro-batch: the terms that read it add 0 there, with
+    their parts still in the loss's graph, so each gets a (zero) gradient and DDP (find_unused_parameters=False)
+    does not stop the run. contrastive skipped its projection there."""
+    from distill.losses import REGISTRY, Batch, Setup
+    from distill.teachers import Teacher
+
+    teacher = Teacher("t", None, 1.0, [], 12, 2)
+    term = REGISTRY["contrastive"](REGISTRY["contrastive"].Params(weight=1.0), Setup(8, 2, 64, [teacher]))
+    parts = torch.nn.ModuleDict(term.parts())
+    student_hidden = (torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8))
+    teacher_hidden = [(torch.randn(2, 5, 12),) * 3]
+    rows = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    for aligned, nonzero in ((torch.zeros(10, dtype=torch.bool), False), (torch.ones(10, dtype=torch.bool), True)):
+        parts.zero_grad(set_to_none=True)
+        batch = Batch(logits=None, targets=torch.zeros(10, dtype=torch.long), n_tokens=10.0, rows=rows,
+                      student_hidden=student_hidden, teacher_hidden=teacher_hidden, teacher_aligned=[aligned])
+        value = term(batch, parts)
+        value.backward()
+        grad = parts["contrastive_t0"].weight.grad
+        assert grad is not None and bool(grad.abs().sum() > 0) == nonzero and (nonzero or float(value.detach()) == 0.0)

@@ -80,4 +80,6 @@ class Contrastive(LossTerm):
                 s, t = s[keep], t[keep]
             if s.shape[0]:
                 total = total + contrastive(s, t, p.tau, p.max_negatives, batch.n_tokens)
+            else:  # no aligned row in this batch: 0, its projection still in the graph (DDP expects its gradient)
+                total = total + 0.0 * s.sum()
         return total / len(batch.teacher_hidden)

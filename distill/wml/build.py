@@ -80,6 +80,7 @@ def build_peers(cfg, tokenizer, prepared, device, peer_fields: list[dict]):
         trainer_cls=WMLTrainer,
         trainer_kwargs={"wml": cfg.wml},
         inputs=inputs,
+        all_parameters_used=True,  # each peer's loss reads its logits; ω's update runs outside DDP (functional_call)
         banner=f"the solo twin of peer {solo}: {sizes} parameters, {objective}, its own cross-entropy" if solo >= 0 else
         f"{len(peers)} {objective} peer(s) of {sizes} parameters, {method} learning, "
         f"α={cfg.wml.loss_alpha:g}, ω updated every {cfg.wml.weight_update_frequency} steps",
