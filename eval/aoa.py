@@ -217,6 +217,8 @@ def main(argv: list[str]) -> int:
             write_atomic(fitness_file, json.dumps(fitness, indent=2) + "\n")
             note = " (fewer than 3 words could be fitted: the pipeline's 0.0, not a correlation)" \
                 if fitness.get("too_few_words") else ""
-            print(f"aoa: curve fitness {fitness['curve_fitness']:.4f} over {fitness['n_words']} words{note} -> "
-                  f"{fitness_file}")
+            shown = "null" if fitness["curve_fitness"] is None else f"{fitness['curve_fitness']:.4f}"
+            print(f"aoa: curve fitness {shown} over {fitness['n_words']} words{note} -> {fitness_file}")
+            if fitness.get("undefined"):
+                print(f"warning: aoa: the curve fitness is null: {fitness['undefined']}")
     return 0

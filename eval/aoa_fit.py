@@ -141,8 +141,12 @@ def curve_fitness(rows: list[dict], cdi) -> dict:
             child.append(c)
     if len(words) < 3:
         return {"curve_fitness": 0.0, "n_words": len(words), "too_few_words": True}
-    r, p = pearsonr(model, child)
     monthly = {f"month_{m}": float(cdi[m].dropna().mean()) for m in months}
-    return {"curve_fitness": float(r), "p_value": float(p), "n_words": len(words),
-            "mean_monthly_score": float(np.mean(list(monthly.values()))), "monthly_scores": monthly,
-            "valid_words": words, "model_aoas": model, "child_aoas": child}
+    out = {"n_words": len(words), "mean_monthly_score": float(np.mean(list(monthly.values()))),
+           "monthly_scores": monthly, "valid_words": words, "model_aoas": model, "child_aoas": child}
+    same = [who for who, aoas in (("model", model), ("children's", child)) if len(set(aoas)) == 1]
+    if same:  # pearsonr gives NaN (and a warning), which json.dumps wrote as NaN: not JSON
+        return {"curve_fitness": None, "p_value": None, **out,
+                "undefined": f"every word has the same {same[0]} AoA, so Pearson's r is undefined"}
+    r, p = pearsonr(model, child)
+    return {"curve_fitness": float(r), "p_value": float(p), **out}

@@ -196,6 +196,12 @@ def test_curve_fitness_on_curves_of_known_shape():
     assert fit["child_aoas"] == pytest.approx([19, 21, 23, 25, 27], abs=1e-3)
     few = curve_fitness([r for r in rows if r["target_word"] in ("dog", "ball")], cdi)
     assert few == {"curve_fitness": 0.0, "n_words": 2, "too_few_words": True}
+    # every word with the children's same curve: no correlation, a null and the reason (pearsonr's NaN was written
+    # into the file as NaN, which is not JSON)
+    flat = cdi.assign(**{str(a): float(sigmoid(a, 1.0, 0.8, 23.0, 0.0)) for a in ages})
+    fit = curve_fitness(rows, flat)
+    assert fit["curve_fitness"] is None and fit["n_words"] == 5 and "same children's AoA" in fit["undefined"]
+    json.loads(json.dumps(fit), parse_constant=lambda c: pytest.fail(f"{c} in the fitness file"))
 
 
 def test_aoa_bad_inputs(run, tmp_path):
