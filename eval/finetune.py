@@ -35,7 +35,7 @@ from common.errors import EXIT_PREEMPTED, UserError, writing
 from common.libraries import no_accelerator_probe
 from common.paths import REPO, hash_files, local_folder, model_hash, write_atomic
 from eval.one_model import KEY, check_one_model, check_result_file, writing_as
-from eval.report import decide
+from eval.report import decide, json_safe
 from eval.tasks import absolute, decode_text, jsonl_rows, same_files, task_names
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
@@ -362,7 +362,7 @@ def write_results(name: str, spec: FinetuneSpec, out, best_epoch: float, setting
     work.mkdir(parents=True, exist_ok=True)
     predictions = [{"id": f"{name}_{i}", "pred": int(p) if p >= 0 else None} for i, p in enumerate(pred)]
     write_atomic(work / "predictions.json", json.dumps({name: {"predictions": predictions}}) + "\n")
-    write_atomic(work / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    write_atomic(work / "history.jsonl", "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in history))
     (out_dir / "pairs").mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "pairs" / f"{name}.jsonl", "".join(
         json.dumps({"id": f"{name}_{i}", "pred": int(p), "label": int(y), "correct": bool(p == y)}) + "\n"

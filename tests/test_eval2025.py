@@ -154,6 +154,23 @@ def test_finetune_scores_count_a_non_finite_item_wrong_and_predict_nothing():
         assert math.isnan(broken.get("f1", math.nan))
 
 
+def test_a_fine_tuning_history_with_a_diverged_epoch_is_still_json(tmp_path):
+    """The Trainer's log of an epoch that diverged after the best one holds NaN and inf: history.jsonl writes them as
+    null (json.dumps wrote NaN and Infinity, which are not JSON, so jq or a strict reader stopped there)."""
+    from types import SimpleNamespace
+
+    from eval.finetune import spec_of, write_results
+
+    out = SimpleNamespace(predictions=np.array([[2.0, 1.0], [0.0, 3.0]], dtype=np.float32), label_ids=np.array([0, 1]))
+    history = [{"epoch": 1.0, "eval_loss": 0.3, "eval_accuracy": 1.0},
+               {"epoch": 2.0, "loss": float("nan"), "eval_loss": float("inf"), "eval_accuracy": float("nan")}]
+    write_results("rte", spec_of("rte"), out, 1.0, {}, history, tmp_path)
+    strict = lambda c: pytest.fail(f"{c} in history.jsonl")  # noqa: E731
+    file = tmp_path / "finetune" / "rte" / "history.jsonl"
+    rows = [json.loads(line, parse_constant=strict) for line in file.open()]
+    assert rows[0] == history[0] and rows[1] == {"epoch": 2.0, "loss": None, "eval_loss": None, "eval_accuracy": None}
+
+
 def test_real_files_load_with_the_pipelines_uids():
     from eval.collate import SIZES
     from eval.tasks import load_task
