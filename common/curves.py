@@ -16,16 +16,21 @@ def plot_curve(task: str, lines: dict[str, list[tuple[int, float | None]]], metr
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = 0
     for label, points in sorted(lines.items()):
         points = sorted((w, s) for w, s in points if s is not None)
         if points:
             ax.plot([w for w, _ in points], [s for _, s in points], marker="o", label=label)
+            drawn += 1
+    if not drawn:  # every score null (a rho that is undefined at every milestone): say so instead of an empty legend
+        ax.text(0.5, 0.5, "no finite score", ha="center", va="center", transform=ax.transAxes)
     ax.set_xscale("log")
     ax.set_xlabel("words seen")
     ax.set_ylabel(SCORE_LABELS.get(metric, metric))
     ax.set_title(task)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if drawn:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, png)

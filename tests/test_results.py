@@ -166,6 +166,20 @@ def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
     assert (tmp_path / "out" / "exp-tasks.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_curve_whose_every_score_is_null_is_drawn_without_a_warning(tmp_path):
+    """A rho undefined at every milestone: the PNG says so (matplotlib warned that the legend had no entries)."""
+    import warnings
+
+    from common.curves import curve_lines, plot_curve
+    from common.paths import is_our_figure
+
+    curves = {"run": {"wug_adj": [{"words_seen": w, "score": None, "metric": "spearman"} for w in (1000, 10000)]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = plot_curve("wug_adj", *curve_lines(curves, "wug_adj"), tmp_path / "wug_adj.png")
+    assert png.read_bytes()[:4] == b"\x89PNG" and is_our_figure(png)
+
+
 def test_heatmap_only_for_two_axis_grids(runs, tmp_path):
     from results.collect import collect
     from results.plots import grid_heatmap
