@@ -196,7 +196,12 @@ def collect(roots: list[Path]):
             AttributeError,
         ) as exc:  # a file of the right type with the wrong fields
             incomplete.append(Incomplete(str(run), f"a file lacks what it should hold ({summary(exc)})"))
-    return pd.DataFrame(rows), incomplete
+    df = pd.DataFrame(rows)
+    for task in task_columns(df):  # a null score is NaN: a column of nulls alone would hold None, which plots refuse
+        for column in (task, f"{task}_stderr", f"{task}:eye_tracking", f"{task}:self_paced_reading"):
+            if column in df.columns:
+                df[column] = df[column].astype(float)
+    return df, incomplete
 
 
 METRIC_HEADERS = {

@@ -164,6 +164,16 @@ def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
     assert "| wug_adj (rho) |" in table and "| reading (ΔR² ×100) |" in table and "| demo_pairs |" in table
     assert f"| {row['wug_adj']:.3f} |" in table
     assert (tmp_path / "out" / "exp-tasks.png").read_bytes()[:4] == b"\x89PNG"
+    # a null score (a rho that is undefined) in every run of a collection: a gap in the table and the plot (a column
+    # of nothing but nulls reached matplotlib as None, and the bar plot ended in a TypeError traceback)
+    for name in ("wug_adj", "reading"):
+        result = run / "eval" / f"{name}.json"
+        result.write_text(json.dumps({**json.loads(result.read_text()), "score": None, "eye_tracking": None}))
+    ok(run_here("results", "collect", str(tmp_path / "exp"), "--out", str(tmp_path / "null")))
+    row = pd.read_csv(tmp_path / "null" / "exp.csv").iloc[0]
+    assert pd.isna(row["wug_adj"]) and pd.isna(row["reading"]) and pd.isna(row["reading:eye_tracking"])
+    assert "| – | – |" in (tmp_path / "null" / "exp.md").read_text()
+    assert (tmp_path / "null" / "exp-tasks.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_curve_whose_every_score_is_null_is_drawn_without_a_warning(tmp_path):
