@@ -22,8 +22,27 @@ def pair_file(run: Path, task: str) -> Path:
     raise UserError(f"{run}: no eval/pairs/{task}.jsonl; run python -m eval {run}/model --tasks {task} first")
 
 
+METRIC_NAMES = {"spearman": "Spearman's rho", "delta_r2": "delta R2"}
+
+
+def check_accuracy(pairs: Path, task: str) -> None:
+    """The task beside its pairs file is scored by accuracy: McNemar's test and the bootstrap compare right and wrong
+    answers, which WUG (a graded human preference) and reading (surprisal against reading times) do not have."""
+    from common.paths import read_json
+
+    result = pairs.parent.parent / f"{task}.json"
+    if not result.is_file():
+        return
+    metric = read_json(result, f"the result of {task}", "run the evaluation again").get("metric", "accuracy")
+    if metric in METRIC_NAMES:  # accuracy, and a fine-tuned task's F1: each item is right or wrong
+        raise UserError(f"--task {task}: its score is {METRIC_NAMES[metric]}, not an accuracy ({result}); "
+                        "McNemar's test and the paired bootstrap compare right and wrong answers, which it has none "
+                        "of: compare an accuracy task")
+
+
 def correctness(run: Path, task: str) -> dict[str, bool]:
     path = pair_file(run, task)
+    check_accuracy(path, task)
     out = {}
     try:
         text = path.read_text(encoding="utf-8")

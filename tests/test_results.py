@@ -164,6 +164,11 @@ def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
     assert "| wug_adj (rho) |" in table and "| reading (ΔR² ×100) |" in table and "| demo_pairs |" in table
     assert f"| {row['wug_adj']:.3f} |" in table
     assert (tmp_path / "out" / "exp-tasks.png").read_bytes()[:4] == b"\x89PNG"
+    # McNemar and the bootstrap compare right and wrong answers: a correlation or a regression has none (WUG's
+    # pairs file was compared as if preferring the first sentence were right)
+    for name, needle in (("wug_adj", "Spearman's rho"), ("reading", "delta R2")):
+        assert_user_error(run_here("results", "compare", str(run), str(run), "--task", name),
+                          f"--task {name}: its score is {needle}, not an accuracy")
     # a null score (a rho that is undefined) in every run of a collection: a gap in the table and the plot (a column
     # of nothing but nulls reached matplotlib as None, and the bar plot ended in a TypeError traceback)
     for name in ("wug_adj", "reading"):
