@@ -365,7 +365,7 @@ def _check_correlatable(items: list[Item], target: str, origin: str, name: str) 
                         "check the download")
     if len({it.target for it in items}) == 1:
         raise UserError(f"task {name}: every item at {origin} has {target} {items[0].target!r}, so Spearman's rho "
-                        f"against it is undefined; check the download")
+                        "against it is undefined; check the download")
 
 
 def load_task(name: str, data_dir: str | None = None, password: str | None = None,

@@ -194,12 +194,14 @@ def words_file(clean: Path) -> Path:
     return clean.with_name(clean.name[:-len(".txt")] + ".words.npz")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _sha256_and_lines(path: Path) -> tuple[str, int]:
+    """The file's sha256 and its number of lines, in one pass."""
+    digest, lines = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+            lines += chunk.count(b"\n")
+    return digest.hexdigest(), lines
 
 
 def _save_counts(counts: Path, words, corpus_words: int, digest: str) -> None:
@@ -225,10 +227,8 @@ def _check_cached(target: Path, counts: Path) -> None:
             digest = str(z["sha256"]) if "sha256" in z.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{counts}: the cached word counts of {target.name} cannot be read ({e}); {fix}") from None
-    actual = _sha256(target)
+    actual, n = _sha256_and_lines(target)
     if digest is None:
-        with open(target, "rb") as fh:
-            n = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 22), b""))
         if n != len(lines):
             raise UserError(f"{target}: the cached clean text has {n} lines where its word counts have {len(lines)}; "
                             f"{fix}")
