@@ -397,6 +397,15 @@ def finalists(cfg: GridConfig, points: list[Point]) -> list[Point]:
             continue
         if values:  # a WML point counts with its best peer
             scored.append((min(values), p))
+    if not scored:  # the grid's selection would end with nothing to train, and say only "finalists: "
+        raise UserError(
+            f"select.metric '{metric}': no finished point of stage '{cfg.select.stage}' has a finite value (a null "
+            f"or NaN score never ranks: an undefined rho, a diverged dev loss), so no finalists were chosen; choose "
+            f"another select.metric, or fix the points and run the same command again"
+        )
+    if len(scored) < cfg.select.finalists:
+        print(f"note: select.finalists is {cfg.select.finalists}, but only {len(scored)} point(s) of stage "
+              f"'{cfg.select.stage}' have a finite {metric}: {len(scored)} finalist(s)")
     scored.sort(key=lambda t: t[0])
     out = []
     for _, p in scored[: cfg.select.finalists]:

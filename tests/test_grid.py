@@ -381,11 +381,12 @@ except PointFailed as exc:
     assert not trainer.exists()
 
 
-def test_a_non_finite_score_never_makes_a_finalist(tmp_path, monkeypatch):
+def test_a_non_finite_score_never_makes_a_finalist(tmp_path, monkeypatch, capsys):
     """NaN sorts anywhere: a point whose metric is NaN (a broken model's rho, say) would be ranked by chance. It is
     not ranked; the point with a finite score is chosen."""
     import results.collect
     from common import config as cfglib
+    from common.errors import UserError
     from grid.config import GridConfig
     from grid.plan import Point, finalists
 
@@ -402,6 +403,13 @@ def test_a_non_finite_score_never_makes_a_finalist(tmp_path, monkeypatch):
     cfg = cfglib.load(GridConfig, None, ["select.stage=grid", "select.metric=wug_adj", "select.finalists=1"],
                       check=False)
     assert [p.name for p in finalists(cfg, points)] == ["fine__final"]
+    cfg.select.finalists = 2  # one of the two ranks: said, not silent
+    assert [p.name for p in finalists(cfg, points)] == ["fine__final"]
+    assert "note: select.finalists is 2, but only 1 point(s) of stage 'grid' have a finite wug_adj" in \
+        capsys.readouterr().out
+    scores["fine"] = None  # none ranks: refused (the launcher printed "finalists: " and trained nothing)
+    with pytest.raises(UserError, match="select.metric 'wug_adj': no finished point of stage 'grid' has a finite"):
+        finalists(cfg, points)
 
 
 def test_zip_axes_pair_their_values(workdir):
