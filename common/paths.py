@@ -149,6 +149,8 @@ def name_problem(name: str) -> str | None:
         return f"is '{name}', which names a folder above the run"
     if "/" in name or "\\" in name or "\0" in name:
         return f"is '{name}': it must be one folder name, without '/'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):  # a newline would split every line and table that names it
+        return f"is {name!r}: it holds a control character (a newline, a tab)"
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         return f"is {len(name.encode('utf-8'))} bytes long, more than the {MAX_NAME_BYTES} a folder name may have"
     return None

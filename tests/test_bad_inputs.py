@@ -173,7 +173,7 @@ def test_cache_teachers_never_deletes_a_folder_it_did_not_write(tmp_path):
     assert (partial / "notes.txt").read_text() == "mine too"
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "x" * 256])
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "x" * 256, '"a\\nb"', '"tab\\there"'])  # YAML escapes
 def test_a_run_name_must_be_one_folder(name, tmp_path):
     from train.__main__ import main
 
