@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for the tables and plots")
     name = args.name or roots[0].resolve().name
+    from common.paths import name_problem
+
+    problem = name_problem(name) if args.name else None  # the stem of every file written: <name>.csv, <name>-*.png
+    if problem:
+        raise UserError(f"--name {problem}; give one file name stem such as 'study'")
     if args.out:  # a folder of the user's (the default, <experiment>/_results, is ours)
         from results.written import check_free
 

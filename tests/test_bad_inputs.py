@@ -1216,6 +1216,10 @@ def test_plots_and_tables_never_replace_a_users_file_in_the_folder_given(model_d
         ok(call(results, "collect", run, "--out", figures))
     assert is_our_figure(figures / "demo_pairs.png") and (figures / "run.csv").is_file()
     assert not is_our_figure(figures / "mine.png") and (figures / "mine.png").read_bytes() == before["demo_pairs.png"]
+    kept = snapshot(figures)  # --name is the stem of every file written: one folder name, or nothing is
+    for name, needle in (("a/b", "without '/'"), ("..", "above"), ("x\ny", "control character")):
+        assert_user_error(call(results, "collect", run, "--out", figures, "--name", name), "--name is ", needle)
+    assert snapshot(figures) == kept  # '..' wrote ...csv and ..-tasks.png; a/b failed on a temporary file's path
 
     # results of `eval` and `eval finetune` into a folder of the user's: a same-named file there that is not a result
     # of that task (or predictions.json that is not the tasks' predictions) is refused before anything is scored
