@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from common.errors import UserError
+from common.paths import write_atomic
 
 if TYPE_CHECKING:  # numpy is imported where the words are read
     import numpy as np
@@ -205,11 +206,13 @@ def _sha256_and_lines(path: Path) -> tuple[str, int]:
 
 
 def _save_counts(counts: Path, words, corpus_words: int, digest: str) -> None:
+    import io
+
     import numpy as np
 
-    tmp = counts.with_name(counts.name + ".tmp.npz")
-    np.savez(tmp, lines=np.asarray(words, dtype=np.int64), corpus=np.int64(corpus_words), sha256=np.str_(digest))
-    tmp.replace(counts)
+    buffer = io.BytesIO()
+    np.savez(buffer, lines=np.asarray(words, dtype=np.int64), corpus=np.int64(corpus_words), sha256=np.str_(digest))
+    write_atomic(counts, buffer.getvalue())
 
 
 def _check_cached(target: Path, counts: Path) -> None:
@@ -251,10 +254,8 @@ def write_clean(files: list[CorpusFile], out_dir: Path) -> list[Path]:
         else:  # new, or cut off between its two files: both written again
             lines, words, corpus_words = clean_file(f)
             text = ("\n".join(lines) + "\n").encode("utf-8")
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(text)
             _save_counts(counts, words, corpus_words, hashlib.sha256(text).hexdigest())
-            tmp.replace(target)
+            write_atomic(target, text)  # after its counts: a text is never there without them
         paths.append(target)
     return paths
 
