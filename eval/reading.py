@@ -35,6 +35,9 @@ SELF_PACED = "self_paced_reading_time"
 PREDICTORS = ("Subtlex_log10", "length", "context_length")
 NUMERIC = PREDICTORS + ("prev_length",) + EYE_TRACKING + (SELF_PACED,)
 COLUMNS = ("item", "word", "prev_item", "prev_word") + NUMERIC
+# each measure's baseline terms (all pairwise interactions, then the surprisal `pred` added); prev_pred is the previous
+# word's surprisal, which exists only on a row with a prev_item
+REGRESSIONS = {**{dv: PREDICTORS for dv in EYE_TRACKING}, SELF_PACED: (*PREDICTORS, "prev_length", "prev_pred")}
 EXACT_FIT = 1e-9  # 1 - R2 of the baseline at or below which delta R2 is undefined (null), not a ratio of rounding
 MASKS_APPENDED = 3  # the pipeline's --number_of_mask_tokens_to_append default
 
@@ -75,12 +78,11 @@ def coefficients(terms: int) -> int:
 def _check_rows(df, path: Path) -> None:
     """Every regression has more complete rows (the pipeline's dropna over its columns) than coefficients, else its
     R2 is 1 by construction and the score undefined."""
-    spillover = df["prev_item"].notna()  # the previous word's surprisal exists only where there is a previous item
-    fits = {dv: (df[[dv, *PREDICTORS]].notna().all(axis=1), len(PREDICTORS)) for dv in EYE_TRACKING}
-    fits[SELF_PACED] = (df[[SELF_PACED, *PREDICTORS, "prev_length"]].notna().all(axis=1) & spillover,
-                        len(PREDICTORS) + 2)
-    for dv, (complete, terms) in fits.items():
-        n, k = int(complete.sum()), coefficients(terms)
+    for dv, terms in REGRESSIONS.items():
+        complete = df[[dv, *(t for t in terms if t != "prev_pred")]].notna().all(axis=1)
+        if "prev_pred" in terms:
+            complete &= df["prev_item"].notna()
+        n, k = int(complete.sum()), coefficients(len(terms))
         if n <= k:
             raise UserError(
                 f"{path}: {n} row(s) have every column the {dv} regression uses, but it fits {k} coefficients, so it "
@@ -176,11 +178,9 @@ def _gain(df, dv: str, terms: list[str]) -> dict:
 def delta_r2(df, pred: np.ndarray, prev_pred: np.ndarray) -> dict:
     """The eye-tracking and self-paced reading scores of `reading/run.py` from the surprisals."""
     df = df.assign(pred=pred, prev_pred=prev_pred)
-    eye = {dv: _gain(df, dv, list(PREDICTORS)) for dv in EYE_TRACKING}
-    spr = _gain(df, SELF_PACED, [*PREDICTORS, "prev_length", "prev_pred"])
-    eye_score = float(np.mean([m["delta_r2"] for m in eye.values()]))
-    measures = {**eye, SELF_PACED: spr}
-    scores = {"eye_tracking": eye_score, "self_paced_reading": spr["delta_r2"], "measures": measures}
+    measures = {dv: _gain(df, dv, list(terms)) for dv, terms in REGRESSIONS.items()}
+    eye_score = float(np.mean([measures[dv]["delta_r2"] for dv in EYE_TRACKING]))
+    scores = {"eye_tracking": eye_score, "self_paced_reading": measures[SELF_PACED]["delta_r2"], "measures": measures}
     undefined = [dv for dv, m in measures.items() if not math.isfinite(m["delta_r2"])]
     if undefined:
         scores["undefined"] = (f"the {', '.join(undefined)} regression(s) fit exactly or the time is the same on every "
