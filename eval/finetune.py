@@ -39,6 +39,7 @@ from eval.report import decide, json_safe
 from eval.tasks import absolute, decode_text, jsonl_rows, same_files, task_names
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
+PIPELINE_MAX_LENGTH = 512  # the 2025 pipeline's truncation length for fine-tuning
 GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
 TOKENIZER_HASHED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.*", "merges.txt",
                     "*.model")  # what a saved tokenizer is made of, hashed into a fine-tuning attempt
@@ -175,7 +176,7 @@ class Settings:
     batch_size: int | None = None
     epochs: int | None = None
     seed: int = 42
-    max_length: int = 512
+    max_length: int | None = None  # None: 512 (the pipeline's), or the model's positions where it has fewer
     pool: str | None = None  # None: first for masked LMs, last for causal LMs
     device: str = "auto"
     progress: bool = True
@@ -250,7 +251,7 @@ def prepare(model_path: str, spec: FinetuneSpec, s: Settings) -> Prepared:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, set_seed
 
     from eval.model import (check_embedding, check_folder, check_tokenizer_files, load_config, load_model_folder,
-                            load_tokenizer, loading_bars, pick_device)
+                            load_tokenizer, loading_bars, pick_device, positions)
 
     folder = check_folder(model_path)
     check_tokenizer_files(folder)
@@ -268,11 +269,8 @@ def prepare(model_path: str, spec: FinetuneSpec, s: Settings) -> Prepared:
     with loading_bars(s.progress):
         lm = load_model_folder(folder, auto, "the model", "save the model again with save_pretrained", config)
     check_embedding(lm, tokenizer, folder)
-    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or s.max_length
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        positions -= (config.pad_token_id or 0) + 1
-    return Prepared(folder, Classifier(lm.base_model, spec.num_labels, pool), tokenizer, causal, pool,
-                    min(s.max_length, positions), device)
+    length = s.max_length if s.max_length is not None else min(PIPELINE_MAX_LENGTH, positions(config))
+    return Prepared(folder, Classifier(lm.base_model, spec.num_labels, pool), tokenizer, causal, pool, length, device)
 
 
 def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings, hashed: str) -> dict:
@@ -386,8 +384,9 @@ def main(argv: list[str]) -> int:
                    help="training batch size (default: the task's, 32 or 16)")
     p.add_argument("--epochs", type=number("--epochs", ge=1), help="epochs (default: the task's, 10 or 30)")
     p.add_argument("--seed", type=seed(), default=42, help="seed of the head, the shuffling and dropout")
-    p.add_argument("--max-length", type=number("--max-length", ge=1), default=512,
-                   help="inputs are truncated to this many tokens")
+    p.add_argument("--max-length", type=number("--max-length", ge=1),
+                   help=f"inputs are truncated to this many tokens (default {PIPELINE_MAX_LENGTH}, the pipeline's, or "
+                        "the model's positions where it has fewer; more than the model's positions is refused)")
     p.add_argument(
         "--pool",
         choices=("last", "first"),
@@ -404,9 +403,11 @@ def main(argv: list[str]) -> int:
     names = task_names(args.tasks)
     if not names:
         raise UserError(f"--tasks {args.tasks!r}: names no task; give one or more of {', '.join(known())}")
-    from eval.model import check_folder
+    from eval.model import check_folder, check_max_length, load_config
 
-    check_folder(args.model)
+    folder = check_folder(args.model)
+    check_max_length(args.max_length, load_config(folder, "the model", "save the model again with save_pretrained"),
+                     args.model)
     specs = {n: spec_of(n) for n in names}
     settings = Settings(args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device,
                         not args.no_progress, args.checkpoint_minutes)

@@ -73,18 +73,26 @@ def device_name(text: str) -> str:
     return text
 
 
-def _max_length(model, tokenizer, override: int | None, path: str) -> int:
-    cfg = model.config
-    positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+def positions(cfg, default: int = 2048) -> int:
+    """How many positions the model can attend to, from its config (`default` where the config names none)."""
+    count = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or default
     if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        positions -= (cfg.pad_token_id or 0) + 1  # RoBERTa's positions start after padding_idx
+        count -= (cfg.pad_token_id or 0) + 1  # RoBERTa's positions start after padding_idx
+    return int(count)
+
+
+def check_max_length(override: int | None, cfg, path: str) -> None:
+    """`--max-length` as given: refused where the model has fewer positions (no silent clamping)."""
+    limit = positions(cfg)
+    if override is not None and not 1 <= override <= limit:
+        raise UserError(f"--max-length {override}: the model {path} has {limit} positions; give 1 to {limit}")
+
+
+def _max_length(model, tokenizer, override: int | None, path: str) -> int:
+    check_max_length(override, model.config, path)
     if override is not None:
-        if not 1 <= override <= positions:
-            raise UserError(
-                f"--max-length {override}: the model {path} has {positions} positions; give 1 to {positions}"
-            )
         return override
-    limit = positions
+    limit = positions(model.config)
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
         limit = min(limit, tok_limit)

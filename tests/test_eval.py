@@ -572,6 +572,10 @@ def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_
         )
     last, first = (json.loads((tmp_path / d / "demo_phenomenon.json").read_text()) for d in ("last", "first"))
     assert last["accuracy"] > 0.6 and last["pool"] == "last" and last["n_items"] == 200
+    # no --max-length: the pipeline's 512, or the model's positions where it has fewer (the demo model's are fewer)
+    config = json.loads((model / "config.json").read_text())
+    positions = config.get("max_position_embeddings") or config["n_positions"]
+    assert last["max_length"] == min(512, positions) and positions < 512
     assert first["accuracy"] < 0.35  # chance is 0.2
     assert last["data"] == first["data"] == str(demo_root / "finetune")
     pred = json.loads((tmp_path / "last" / "finetune" / "demo_phenomenon" / "predictions.json").read_text())

@@ -841,6 +841,9 @@ def test_finetune_bad_inputs(glue, tmp_path):
     for lr in ("0", "-1", "nan", "inf"):
         bad(glue, "rte", f"--lr {lr}: give a number above 0", extra=("--lr", lr))
     bad(glue, "rte", "--epochs", extra=("--epochs", "-1"))
+    # more positions than the model has was silently cut to the model's (tiny GPT-2 has 1024); zero-shot refuses too
+    bad(glue, "rte", f"--max-length 1025: the model {GPT2} has 1024 positions; give 1 to 1024",
+        extra=("--max-length", "1025"))
     for minutes in ("-1", "nan", "inf"):
         bad(glue, "rte", f"--checkpoint-minutes {minutes}: give a number at least 0",
             extra=("--checkpoint-minutes", minutes))
