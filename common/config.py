@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from common.errors import UserError
+from common.paths import decode_utf8
 from common.ranks import say
 
 
@@ -87,14 +88,7 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
         raise UserError(
             f"{path}: config file not found; give the path to a YAML file such as config/runs/demo-teacher.yaml"
         )
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#x}); re-save the file as UTF-8"
-        ) from None
+    text = decode_utf8(path.read_bytes(), str(path))
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)

@@ -27,6 +27,22 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         raise
 
 
+def decode_utf8(data: bytes, where: str, first_line: int = 1) -> str:
+    """A user's text as str. A leading byte-order mark (which Windows editors write) is dropped where the text starts
+    the file (`first_line` 1), as pandas and PyYAML drop it; a byte that is not UTF-8 is one error naming its line
+    (`first_line` is the number of the text's first line in the file) and column."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        from common.errors import UserError
+
+        line = first_line + data[: exc.start].count(b"\n")
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserError(f"{where}:{line}: not UTF-8 text (byte {data[exc.start]:#x} at column {column}); re-save the "
+                        "file as UTF-8") from None
+    return text[1:] if first_line == 1 and text.startswith("\ufeff") else text
+
+
 def read_json(path: str | Path, what: str, fix: str, keys: dict[str, type | tuple[type, ...]] | None = None) -> dict:
     """The JSON object in `path`, each of `keys` present with a value of its type: a record this project wrote (a
     milestone's words_seen.json, a task result, a grid's jobs). One that cannot be read, is not JSON (torn by a copy,

@@ -33,10 +33,10 @@ from common.arguments import number, seed
 from common.config import ConfigError, field, load, suggest
 from common.errors import EXIT_PREEMPTED, UserError, writing
 from common.libraries import no_accelerator_probe
-from common.paths import REPO, hash_files, local_folder, model_hash, write_atomic
+from common.paths import REPO, decode_utf8, hash_files, local_folder, model_hash, write_atomic
 from eval.one_model import KEY, check_one_model, check_result_file, writing_as
 from eval.report import decide, json_safe
-from eval.tasks import absolute, decode_text, jsonl_rows, same_files, task_names
+from eval.tasks import absolute, jsonl_rows, same_files, task_names
 
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
 PIPELINE_MAX_LENGTH = 512  # the 2025 pipeline's truncation length for fine-tuning
@@ -101,7 +101,7 @@ def read_split(path: Path, spec: FinetuneSpec, name: str) -> tuple[list, list[in
         )
     texts, labels = [], []
     fields = spec.text_a + spec.text_b + ["label"]
-    for where, row in jsonl_rows(decode_text(path.read_bytes(), str(path)), str(path), fields):
+    for where, row in jsonl_rows(decode_utf8(path.read_bytes(), str(path)), str(path), fields):
         for key in fields:
             if key not in row:
                 raise UserError(f"{where}: no field '{key}' (task {name} reads {fields}){suggest(key, list(row))}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common.config import ConfigError, field, load, suggest
 from common.errors import UserError
-from common.paths import REPO, local_folder
+from common.paths import REPO, decode_utf8, local_folder
 
 TASKS_DIR = REPO / "eval" / "tasks"
 SUITES = {  # --suite: the 2025 pipeline's zero-shot tasks; the fast variant reads the *_fast folders and has no COMPS
@@ -299,16 +299,6 @@ def jsonl_rows(text: str, where: str, fields: list[str]) -> Iterator[tuple[str, 
         yield at, row
 
 
-def decode_text(data: bytes, where: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"{where}:{line}: not UTF-8 text (byte {data[exc.start]:#x}); re-save the file as UTF-8"
-        ) from None
-
-
 def _from_archive(archive: Path, pattern: str, password: str | None, needs_password: bool) -> list[tuple[str, str]]:
     """(member name, text) for archive members matching `pattern`, read in memory: nothing is extracted to disk.
     A damaged archive (truncated, a broken deflate stream, a bad CRC) is one error line naming it."""
@@ -331,12 +321,12 @@ def _from_archive(archive: Path, pattern: str, password: str | None, needs_passw
                         raise UserError(
                             f"{archive}: cannot read {member} ({exc}); wrong --ewok-password or a damaged zip"
                         ) from None
-                    out.append((member, decode_text(data, f"{archive}!{member}")))
+                    out.append((member, decode_utf8(data, f"{archive}!{member}")))
     else:
         with reading(archive, "the archive", "download it again"), tarfile.open(archive) as tf:
             for member in sorted(tf.getmembers(), key=lambda m: m.name):
                 if member.isfile() and fnmatch.fnmatch(member.name, pattern):
-                    out.append((member.name, decode_text(tf.extractfile(member).read(), f"{archive}!{member.name}")))
+                    out.append((member.name, decode_utf8(tf.extractfile(member).read(), f"{archive}!{member.name}")))
     return out
 
 
@@ -410,7 +400,7 @@ def load_task(name: str, data_dir: str | None = None, password: str | None = Non
             paths = sorted(p for p in root.glob(src.files) if p.is_file())
             if not paths:
                 continue
-            files = [(str(p), decode_text(p.read_bytes(), str(p))) for p in paths]
+            files = [(str(p), decode_utf8(p.read_bytes(), str(p))) for p in paths]
             origin = absolute(str(root / src.files))
             where = lambda member: member  # noqa: E731
         if not files:

@@ -78,7 +78,7 @@ def test_empty_file(tmp_path):
 def test_not_utf8_names_file_and_line(tmp_path):
     (tmp_path / "switchboard.train").write_bytes(b"fine line\nsecond\nbad \xff\xfe here\n")
     (f,) = corpus.find_files(tmp_path)
-    with pytest.raises(UserError, match=r"switchboard.train:3: bytes that are not UTF-8"):
+    with pytest.raises(UserError, match=r"switchboard.train:3: not UTF-8 text \(byte 0xff at column 5\)"):
         corpus.read_clean_lines(f)
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from common.errors import UserError
-from common.paths import write_atomic
+from common.paths import decode_utf8, write_atomic
 
 if TYPE_CHECKING:  # numpy is imported where the words are read
     import numpy as np
 
 SPLIT_SUFFIXES = (".train", ".dev", ".test", ".txt")
 CLEANER_VERSION = "1"  # bump when a cleaner changes: it invalidates every cache built on cleaned text
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark: dropped where a file starts with it (since 2026-12-03)
 
 # ----------------------------------------------------------------------------- cleaners
 # A cleaner maps one raw line to a clean line, or None to drop it.
@@ -156,13 +157,7 @@ def clean_file(f: CorpusFile) -> tuple[list[str], list[int], int]:
     lines, words, corpus_words = [], [], 0
     with open(f.path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise UserError(
-                    f"{f.path}:{number}: bytes that are not UTF-8 at column {exc.start + 1}; re-encode the file as "
-                    "UTF-8"
-                ) from None
+            text = decode_utf8(raw, str(f.path), number)
             n = len(text.split())
             corpus_words += n
             line = clean(text)
@@ -180,11 +175,15 @@ def read_clean_lines(f: CorpusFile) -> list[str]:
 
 
 def fingerprint(files: list[CorpusFile]) -> str:
-    """A hash of the raw bytes of every file and the cleaner version."""
+    """A hash of the raw bytes of every file and the cleaner version. A file that starts with a byte-order mark adds
+    that it is dropped: its clean text changed when that began, unlike every other file's, whose caches stay valid."""
     h = hashlib.sha256(f"cleaner-{CLEANER_VERSION}".encode())
     for f in files:
         h.update(f"{f.domain}\0{f.path.name}\0".encode())
         with open(f.path, "rb") as handle:
+            if handle.read(len(BOM)) == BOM:
+                h.update(b"byte-order mark dropped\0")
+            handle.seek(0)
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
