@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
-from common.paths import write_atomic
+from common.paths import decode_utf8, write_atomic
 
 TASK = "aoa"
 SURPRISALS = "surprisal.json"  # in eval/babylm2025/aoa/, the pipeline's AoA_word/surprisal.json
@@ -49,9 +49,7 @@ def read_words(path: Path, min_contexts: int = 0) -> list[Word]:
         raise UserError(f"--words {path}: no such file; give the pipeline's cdi_childes.json "
                         "(evaluation_data/full_eval/aoa/cdi_childes.json)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        data = json.loads(decode_utf8(path.read_bytes(), str(path)))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); restore the file") from None
     if not isinstance(data, dict):

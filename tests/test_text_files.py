@@ -77,6 +77,18 @@ def read_sizes(folder: Path):
     return str(caught.value)
 
 
+def read_aoa_words(folder: Path):
+    from eval.aoa import read_words
+
+    return read_words(folder / "cdi_childes.json")
+
+
+def write_aoa_words(folder: Path) -> Path:
+    text = '{\n"dog": [{"context": "the dog ran ."}, {"context": "a dog ."}],\n"ball": [{"context": "the ball ."}]\n}\n'
+    (folder / "cdi_childes.json").write_text(text, encoding="utf-8")
+    return folder / "cdi_childes.json"
+
+
 def write_config(folder: Path) -> Path:
     shutil.copy(REPO / "config" / "runs" / "demo-teacher.yaml", folder)
     return folder / "demo-teacher.yaml"
@@ -139,6 +151,7 @@ READERS = {
     "reading CSV": (write_reading, read_reading),
     "CDI CSV": (write_cdi, read_cdi),
     "collate --sizes": (write_sizes, read_sizes),
+    "AoA --words JSON": (write_aoa_words, read_aoa_words),
 }
 
 
@@ -183,7 +196,8 @@ def test_the_corpus_caches_of_files_without_the_mark_keep_their_names(tmp_path):
     assert corpus.fingerprint([f]) != before.hexdigest()[:16]
 
 
-@pytest.mark.parametrize("kind", ["config YAML", "corpus file", "task JSONL", "fine-tuning split"])
+@pytest.mark.parametrize("kind", ["config YAML", "corpus file", "task JSONL", "fine-tuning split",
+                                  "AoA --words JSON"])
 def test_a_byte_that_is_not_utf8_is_named_by_line_and_column(kind, tmp_path):
     write, read = READERS[kind]
     file = write(tmp_path)
