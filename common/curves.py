@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.metrics import METRICS
 from common.paths import save_figure
 
-SCORE_LABELS = {"accuracy": "accuracy", "spearman": "Spearman's rho", "delta_r2": "ΔR² (×100)"}
 
 
 def plot_curve(task: str, lines: dict[str, list[tuple[int, float | None]]], metric: str, png: Path) -> Path:
@@ -26,7 +26,7 @@ def plot_curve(task: str, lines: dict[str, list[tuple[int, float | None]]], metr
         ax.text(0.5, 0.5, "no finite score", ha="center", va="center", transform=ax.transAxes)
     ax.set_xscale("log")
     ax.set_xlabel("words seen")
-    ax.set_ylabel(SCORE_LABELS.get(metric, metric))
+    ax.set_ylabel(METRICS[metric].label if metric in METRICS else metric)
     ax.set_title(task)
     ax.grid(True, which="both", alpha=0.3)
     if drawn:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
+from common.metrics import METRICS
 from common.paths import FolderLock, holding, model_hash
 from eval import encode, report
 from eval.model import Loaded, check_folder, load, loading_bars
@@ -394,7 +395,7 @@ def score_tasks(model_path: str, m: Loaded, prepared: list[tuple[Task, list | No
         report.add_timing(files["result"], seconds, n)
         score = summary["score"]
         shown = "null" if score is None or not np.isfinite(score) else f"{score:.4f}"
-        print(f"{task.name}: {report.METRIC_LABELS[summary['metric']]} {shown}, {n} items in {seconds:.1f} s "
+        print(f"{task.name}: {METRICS[summary['metric']].label} {shown}, {n} items in {seconds:.1f} s "
               f"({n / max(seconds, 1e-9):.0f} items/s), {summary['ties']} ties -> {files['result']}")
         if summary["non_finite"]:
             print(

@@ -33,6 +33,7 @@ from common.arguments import number, seed
 from common.config import ConfigError, field, load, suggest
 from common.errors import EXIT_PREEMPTED, UserError, writing
 from common.libraries import no_accelerator_probe
+from common.metrics import METRICS
 from common.paths import REPO, decode_utf8, hash_files, local_folder, model_hash, write_atomic
 from eval.one_model import KEY, check_one_model, check_result_file, writing_as
 from eval.report import decide, json_safe
@@ -428,9 +429,8 @@ def main(argv: list[str]) -> int:
             return EXIT_PREEMPTED
         extra = f", F1 {summary['f1']:.4f}" if summary.get("f1") is not None else ""
         print(
-            f"{name}: {summary['metric']} {summary['score']:.4f} (accuracy {summary['accuracy']:.4f}{extra}, best "
-            "epoch "
-            f"{summary['best_epoch']:.0f} of {summary['epochs']}) -> {out_dir / name}.json"
+            f"{name}: {METRICS[summary['metric']].label} {summary['score']:.4f} (accuracy {summary['accuracy']:.4f}"
+            f"{extra}, best epoch {summary['best_epoch']:.0f} of {summary['epochs']}) -> {out_dir / name}.json"
         )
         if summary["non_finite"]:
             print(f"warning: {name}: {summary['non_finite']} validation item(s) have a NaN or infinite logit at the "

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
+from common.metrics import METRICS
 from common.paths import file_lock, read_json, write_atomic
 from eval.tasks import Task
 
@@ -195,9 +196,6 @@ def add_timing(result_file: Path, seconds: float, n_items: int) -> None:
     write_atomic(result_file, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
-METRIC_LABELS = {"accuracy": "accuracy", "spearman": "Spearman rho", "delta_r2": "delta R2 x100"}
-
-
 def table(rows: list[tuple[str, dict]]) -> str:
     """The one-screen summary: one line per family, its metric's value (± stderr for accuracies), items, ties."""
     head = f"{'task':<20} {'metric':<14} {'score':>17} {'items':>7} {'subtasks':>8} {'ties':>6} {'non-finite':>10}"
@@ -207,7 +205,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
         value = "null" if score is None or not math.isfinite(score) else f"{score:.4f}"
         err = f"± {se:<6.4f}" if se is not None and math.isfinite(se) else " " * 8
         out.append(
-            f"{name:<20} {METRIC_LABELS.get(s.get('metric', 'accuracy'), '?'):<14} {value:>8} {err} {s['n_items']:>7} "
+            f"{name:<20} {METRICS[s.get('metric', 'accuracy')].label:<14} {value:>8} {err} {s['n_items']:>7} "
             f"{s['n_subtasks']:>8} {s['ties']:>6} {s.get('non_finite', 0):>10}"
         )
     return "\n".join(out)

@@ -31,8 +31,8 @@ class StageConfig:
 class SelectConfig:
     stage: str = field("", "the stage whose points are ranked for finalists; empty: no selection")
     metric: str = field(
-        "dev_ce", "dev_ce (lower is better) or an evaluated task's accuracy, e.g. blimp_filtered (higher is better)"
-    )
+        "dev_ce", "dev_ce (lower is better) or an evaluated or fine-tuned task's score (its accuracy, F1, rho or ΔR²), "
+                  "e.g. blimp_filtered (higher is better)")
     finalists: int = field(1, "how many of the best points are retrained with `overrides`", ge=1)
     overrides: dict[str, Any] = field(
         {"data.train_fraction": 1.0}, "dotted recipe keys for the finalists' runs (the full data)"

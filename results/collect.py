@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from common.errors import summary
+from common.metrics import METRICS, header
 from common.paths import parse_jsonl
 from results.baselines import architecture, data_key, setting_key, trained_on
 from results.markdown import finite, number, table
@@ -99,8 +100,8 @@ def _eval_columns(run: Path, eval_dir: Path) -> dict:
         summary = _read(run, name, json.loads, dict)
         if "task" in summary and ("score" in summary or "accuracy" in summary):
             task, metric = summary["task"], summary.get("metric", "accuracy")
-            if metric not in METRIC_HEADERS:
-                raise Unusable(name, f"metric is {metric!r}, not one of {', '.join(METRIC_HEADERS)}")
+            if metric not in METRICS:
+                raise Unusable(name, f"metric is {metric!r}, not one of {', '.join(METRICS)}")
             row[task] = _number(summary.get("score", summary.get("accuracy")), name, "score")
             row[f"{task}_stderr"] = _number(summary.get("stderr"), name, "stderr")
             row[f"{task}_metric"] = metric
@@ -204,13 +205,6 @@ def collect(roots: list[Path]):
     return df, incomplete
 
 
-METRIC_HEADERS = {
-    "accuracy": "",
-    "spearman": " (rho)",
-    "delta_r2": " (ΔR² ×100)",
-}  # not every task score is an accuracy
-
-
 def metric_of(df, task: str) -> str:
     column = df.get(f"{task}_metric")
     values = [] if column is None else [v for v in column if isinstance(v, str)]
@@ -237,7 +231,7 @@ def markdown(df) -> str:
     tasks = task_columns(df)
     axes = [c for c in df.columns if c.startswith("axis:")]
     head = ["recipe", "method", "model", "params", *[a[5:] for a in axes], "dev CE",
-            *[t + METRIC_HEADERS[metric_of(df, t)] for t in tasks]]
+            *[t + header(metric_of(df, t)) for t in tasks]]
     rows = []
     for _, r in df.iterrows():
         cells = [

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
+from common.metrics import METRICS
 
 
 def pair_file(run: Path, task: str) -> Path:
@@ -22,22 +23,21 @@ def pair_file(run: Path, task: str) -> Path:
     raise UserError(f"{run}: no eval/pairs/{task}.jsonl; run python -m eval {run}/model --tasks {task} first")
 
 
-METRIC_NAMES = {"spearman": "Spearman's rho", "delta_r2": "delta R2"}
-
-
-def check_accuracy(pairs: Path, task: str) -> None:
-    """The task beside its pairs file is scored by accuracy: McNemar's test and the bootstrap compare right and wrong
-    answers, which WUG (a graded human preference) and reading (surprisal against reading times) do not have."""
+def check_accuracy(pairs: Path, task: str) -> str:
+    """The metric of the task beside its pairs file, refused unless its items are each right or wrong: McNemar's test
+    and the bootstrap compare right and wrong answers, which WUG (a graded human preference) and reading (surprisal
+    against reading times) do not have. A fine-tuned task scored by F1 has them: its accuracies are compared."""
     from common.paths import read_json
 
     result = pairs.parent.parent / f"{task}.json"
     if not result.is_file():
-        return
+        return "accuracy"
     metric = read_json(result, f"the result of {task}", "run the evaluation again").get("metric", "accuracy")
-    if metric in METRIC_NAMES:  # accuracy, and a fine-tuned task's F1: each item is right or wrong
-        raise UserError(f"--task {task}: its score is {METRIC_NAMES[metric]}, not an accuracy ({result}); "
+    if metric in METRICS and not METRICS[metric].right_or_wrong:
+        raise UserError(f"--task {task}: its score is {METRICS[metric].label}, not an accuracy ({result}); "
                         "McNemar's test and the paired bootstrap compare right and wrong answers, which it has none "
                         "of: compare an accuracy task")
+    return metric
 
 
 def correctness(run: Path, task: str) -> dict[str, bool]:
@@ -122,8 +122,11 @@ def run_compare(args) -> int:
     print(json.dumps(out, indent=2))
     if args.out:
         write_atomic(Path(args.out), json.dumps(out, indent=2) + "\n")
+    metric = check_accuracy(pair_file(Path(args.run_a), args.task), args.task)
+    scored = "" if metric == "accuracy" else f" (its score is {METRICS[metric].label}; these compare accuracies)"
     print(
-        f"{args.task}: A {out['accuracy_a']:.4f} vs B {out['accuracy_b']:.4f} on {out['pairs']} pairs; "
+        f"{args.task}: accuracy A {out['accuracy_a']:.4f} vs B {out['accuracy_b']:.4f}{scored} on {out['pairs']} "
+        "pairs; "
         f"McNemar p = {out['mcnemar_p']:.3g} ({out['only_a_right']} right only in A, {out['only_b_right']} only in B); "
         f"difference {out['difference']:+.4f}, 95% bootstrap [{out['bootstrap_95'][0]:+.4f}, "
         f"{out['bootstrap_95'][1]:+.4f}]" + left_out(out["left_out"])

@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common.paths import read_jsonl, save_figure, write_atomic  # noqa: E402
-from results.collect import METRIC_HEADERS, metric_of, task_columns  # noqa: E402
+from common.metrics import METRICS  # noqa: E402
+from results.collect import metric_of, task_columns  # noqa: E402
 
 
 def _label(row) -> str:
@@ -22,7 +23,7 @@ def task_bars(df, out: Path) -> Path | None:
     tasks = task_columns(df)
     if not tasks or df.empty:
         return None
-    panels = [(m, [t for t in tasks if metric_of(df, t) == m]) for m in METRIC_HEADERS]
+    panels = [(m, [t for t in tasks if metric_of(df, t) == m]) for m in METRICS]
     panels = [(m, ts) for m, ts in panels if ts]
     widths = [max(3.0, 1.2 * len(df) * len(ts) / 2 + 1) for _, ts in panels]
     fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) + 1, 4), width_ratios=widths, squeeze=False)
@@ -33,9 +34,10 @@ def task_bars(df, out: Path) -> Path | None:
             errors = [row[f"{t}_stderr"] if metric == "accuracy" else 0 for t in group]
             ax.bar(xs, [row[t] for t in group], width, yerr=errors, label=_label(row), capsize=2)
         ax.set_xticks([t + 0.4 - width / 2 for t in range(len(group))], group)
-        ax.set_ylabel({"accuracy": "accuracy", "spearman": "Spearman's rho", "delta_r2": "ΔR² ×100"}[metric])
-        if metric == "accuracy":
+        ax.set_ylabel(METRICS[metric].label)
+        if METRICS[metric].right_or_wrong:
             ax.set_ylim(0, 1)
+        if metric == "accuracy":
             ax.axhline(0.5, color="grey", lw=0.5, ls="--")
         else:
             ax.axhline(0, color="grey", lw=0.5)

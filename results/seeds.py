@@ -20,7 +20,8 @@ import statistics
 
 from common.names import without_axis
 from results.baselines import first_run_of_each
-from results.collect import METRIC_HEADERS, metric_of, task_columns
+from common.metrics import header
+from results.collect import metric_of, task_columns
 from results.markdown import finite, number, table
 
 ALPHA = 0.05  # the per-seed significance level of the "ahead"/"behind" counts
@@ -81,7 +82,7 @@ def replicates_markdown(df, groups: dict[tuple, list]) -> str:
     """One row per setting and model: its seeds, and the mean ± standard deviation over them of dev CE and each
     task's score."""
     tasks = task_columns(df)
-    head = ["setting", "method", "model", "seeds", "dev CE", *[t + METRIC_HEADERS[metric_of(df, t)] for t in tasks]]
+    head = ["setting", "method", "model", "seeds", "dev CE", *[t + header(metric_of(df, t)) for t in tasks]]
     return table(head, ([_setting_name(df.loc[rows, "recipe"]), str(df.loc[rows[0], "method"]), str(model),
                          ", ".join(str(s) for s in df.loc[rows, "seed"]), _mean_sd(list(df.loc[rows, "dev_ce"]), 4),
                          *[_mean_sd([df.loc[i].get(t) for i in rows], 3) for t in tasks]]

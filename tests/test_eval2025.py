@@ -233,7 +233,7 @@ def test_a_model_that_leaves_rho_undefined_gets_null_and_a_warning(extras, tmp_p
     (root / "wug_adj_nominalization" / "wug.jsonl").write_text("\n".join(same) + "\n")
     proc = ok(call(main, str(GPT2), "--tasks", "wug_adj", "--data-dir", str(root), "--out", str(tmp_path / "out"),
                    "--no-progress"))
-    assert "wug_adj: Spearman rho null, 6 items" in proc.stdout
+    assert "wug_adj: Spearman's rho null, 6 items" in proc.stdout
     assert "warning: wug_adj: the score is null: the model gives every item the same P(first)" in proc.stdout
     assert "Warning" not in proc.stderr  # scipy's own ConstantInputWarning is not shown beside ours
     result = json.loads((tmp_path / "out" / "wug_adj.json").read_text())

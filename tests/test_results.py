@@ -161,12 +161,12 @@ def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
     assert row["reading:eye_tracking"] == pytest.approx(reading["eye_tracking"])
     assert row["demo_pairs_metric"] == "accuracy"
     table = (tmp_path / "out" / "exp.md").read_text()
-    assert "| wug_adj (rho) |" in table and "| reading (ΔR² ×100) |" in table and "| demo_pairs |" in table
+    assert "| wug_adj (Spearman's rho) |" in table and "| reading (ΔR² ×100) |" in table and "| demo_pairs |" in table
     assert f"| {row['wug_adj']:.3f} |" in table
     assert (tmp_path / "out" / "exp-tasks.png").read_bytes()[:4] == b"\x89PNG"
     # McNemar and the bootstrap compare right and wrong answers: a correlation or a regression has none (WUG's
     # pairs file was compared as if preferring the first sentence were right)
-    for name, needle in (("wug_adj", "Spearman's rho"), ("reading", "delta R2")):
+    for name, needle in (("wug_adj", "Spearman's rho"), ("reading", "ΔR² ×100")):
         assert_user_error(run_here("results", "compare", str(run), str(run), "--task", name),
                           f"--task {name}: its score is {needle}, not an accuracy")
     # a null score (a rho that is undefined) in every run of a collection: a gap in the table and the plot (a column
@@ -179,6 +179,51 @@ def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
     assert pd.isna(row["wug_adj"]) and pd.isna(row["reading"]) and pd.isna(row["reading:eye_tracking"])
     assert "| – | – |" in (tmp_path / "null" / "exp.md").read_text()
     assert (tmp_path / "null" / "exp-tasks.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_fine_tuned_task_scored_by_f1_is_collected_ranked_and_compared(runs, tmp_path):
+    """MRPC and QQP are scored by F1. Until 2026-12-03 `results collect` knew only accuracy, rho and ΔR², so a run
+    fine-tuned on either was left out as unusable ("metric is 'f1'"), and a grid could rank none of its points for
+    the finalists, whatever select.metric was."""
+    import pandas as pd
+
+    from common import config as cfglib
+    from grid.config import GridConfig
+    from grid.plan import Point, finalists
+    from results.collect import read_run
+
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    for split, n in (("train", 16), ("valid", 8)):
+        rows = [{"sentence1": "The cat sat on the mat.", "sentence2": f"A cat sat on mat {k}.", "label": k % 2}
+                for k in range(n)]
+        (glue / f"mrpc.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exp = tmp_path / "exp"
+    for name in ("a", "b"):
+        shutil.copytree(runs / "grid" / name, exp / name)
+        proc = ok(run_here("eval", "finetune", str(exp / name / "model"), "--tasks", "mrpc", "--data-dir", str(glue),
+                           "--epochs", "1", "--batch-size", "8", "--no-progress"))
+        assert "mrpc: F1 " in proc.stdout
+    result = exp / "b" / "eval" / "mrpc.json"  # b's F1 set apart from a's, so that the ranking is known
+    summary = json.loads(result.read_text())
+    assert summary["metric"] == "f1"
+    result.write_text(json.dumps({**summary, "score": 0.9}))
+    f1 = json.loads((exp / "a" / "eval" / "mrpc.json").read_text())["score"]
+    ok(run_here("results", "collect", str(exp), "--out", str(tmp_path / "out")))
+    df = pd.read_csv(tmp_path / "out" / "exp.csv")
+    df["name"] = [Path(run).name for run in df["run"]]
+    assert sorted(df["name"]) == ["a", "b"] and set(df["mrpc_metric"]) == {"f1"}
+    assert df.set_index("name")["mrpc"].to_dict() == pytest.approx({"a": f1, "b": 0.9})
+    assert "| mrpc (F1) |" in (tmp_path / "out" / "exp.md").read_text()
+    assert [r["mrpc"] for r in read_run(exp / "b")] == [0.9]
+    points = [Point(grid="g", stage="grid", name=name, recipe="r.yaml", kind="train", axes={}, overrides={},
+                    run=str(exp / name), tasks=[]) for name in ("a", "b")]
+    cfg = cfglib.load(GridConfig, None, ["select.stage=grid", "select.metric=mrpc", "select.finalists=1"],
+                      check=False)
+    assert [p.name for p in finalists(cfg, points)] == (["b__final"] if f1 < 0.9 else ["a__final"])
+    # paired tests compare the items' right and wrong answers: for an F1 task those are accuracies, and it says so
+    proc = ok(run_here("results", "compare", str(exp / "a"), str(exp / "b"), "--task", "mrpc"))
+    assert "mrpc: accuracy A " in proc.stdout and "(its score is F1; these compare accuracies)" in proc.stdout
 
 
 def test_a_curve_whose_every_score_is_null_is_drawn_without_a_warning(tmp_path):
