@@ -19,7 +19,8 @@ def _label(row) -> str:
 
 
 def task_bars(df, out: Path) -> Path | None:
-    """One panel per metric: accuracies (0..1, chance line), Spearman's rho, ΔR² ×100; each bar one model."""
+    """One panel per metric (common.metrics): accuracies (0..1, chance line), F1 (0..1), Spearman's rho, ΔR² ×100;
+    each bar one model."""
     tasks = task_columns(df)
     if not tasks or df.empty:
         return None
