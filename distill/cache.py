@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError, reading
-from common.paths import hash_files, model_hash, remove_ours
+from common.paths import FolderLock, hash_files, holding, model_hash, remove_ours
 from distill import cache_format
 
 MANIFEST = "cache.json"
@@ -269,14 +269,9 @@ def default_folder(cfg) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    from transformers import AutoTokenizer
-
     from common import config as cfglib
     from distill.config import DistillRunConfig
-    from distill.student import build_student
-    from distill.teachers import load_teachers
     from eval.model import device_name, pick_device
-    from tokenizer.prepare import load_blocks, prepare
 
     p = argparse.ArgumentParser(
         prog="python -m distill cache-teachers",
@@ -302,10 +297,25 @@ def main(argv: list[str]) -> int:
             f"distill.teachers[{own[0]}].tokenizer: is own; the cache holds ids of the student's vocabulary, "
             f"so a teacher with its own tokenizer is run online (train without cache-teachers)"
         )
-    temperature, ensemble = cached_distribution(cfg)
     out = Path(args.out) if args.out else default_folder(cfg)
     check_target(out)
-    device = pick_device(args.device)
+    # one writer a cache: a second one removed the first's unfinished folder and wrote its shards into the first's
+    lock = FolderLock(out.parent, f".{out.name}.lock")
+    with holding(lock, out, "python -m distill cache-teachers is writing this cache",
+                 "let it end: the same command then finds the cache written"):
+        return build(cfg, out, args.overwrite, pick_device(args.device))
+
+
+def build(cfg, out: Path, overwrite: bool, device: torch.device) -> int:
+    """Write the teacher cache of `cfg` at `out`, unless it holds that cache already (`overwrite`: replace one of other
+    inputs); then say what it costs."""
+    from transformers import AutoTokenizer
+
+    from distill.student import build_student
+    from distill.teachers import load_teachers
+    from tokenizer.prepare import load_blocks, prepare
+
+    temperature, ensemble = cached_distribution(cfg)
 
     prepared = prepare(cfg.data, cfg.tokenizer)
     tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
@@ -316,7 +326,7 @@ def main(argv: list[str]) -> int:
         if old["fingerprint"] == fp and old["format"] == fmt:
             print(f"{out}: already holds this cache (same fingerprint and format); nothing to do")
             return 0
-        if not args.overwrite:
+        if not overwrite:
             changed = next((EXPLAIN.get(k, k) for k in fp if old["fingerprint"].get(k) != fp[k]),
                            f"the format: {old['format']} there, distill.cache_format={fmt} here")
             raise UserError(f"{out}: holds a cache of different inputs ({changed} differ); "

@@ -361,6 +361,35 @@ def test_cached_kd_trains_and_checks_its_fingerprint(teachers, demo_root, cache_
     assert not (tmp_path / "runs" / "demo" / "truncated").exists()
 
 
+def test_a_second_cache_writer_is_refused_while_the_first_writes(teachers, demo_root, cache_dir, tmp_path):
+    """Two cache-teachers on one folder (two jobs, a command run twice): the second removed the first's unfinished
+    folder as left by a killed run, each then wrote shards into the folder of the other, the first renamed it into
+    place with its manifest and the second ended in a "No such file" error (seen 2026-12-03). The second is refused
+    while the first holds the cache's lock, and the first's cache is whole."""
+    import signal
+
+    from conftest import freeze_when
+
+    recipe = recipe_copy("demo-kd", teachers, tmp_path)
+    base = [*overrides(demo_root, cache_dir, tmp_path / "runs", steps=20), "distill.cache_top_k=16"]
+    cache = tmp_path / "teacher-cache"
+    args = ["cache-teachers", str(recipe), *base, "--out", str(cache)]
+    first = freeze_when("distill", args, lambda: any((cache.parent / "teacher-cache.partial").glob("shard-*")))
+    try:
+        shards = sorted((cache.parent / "teacher-cache.partial").glob("shard-*"))
+        assert_user_error(run_here("distill", *args),
+                          f"{cache}: another python -m distill cache-teachers is writing this cache (host ",
+                          f"pid {first.pid}", "let it end")
+        assert sorted((cache.parent / "teacher-cache.partial").glob("shard-*")) == shards  # not removed
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=600) == 0, first.communicate()[1][-2000:]
+    info = json.loads((cache / "cache.json").read_text())
+    assert len(sorted(cache.glob("shard-*.npy"))) == info["n_shards"] * 5  # q8: ids, head, step, codes, rest
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["demo-kd.yaml", "teacher-cache"]  # the lock is gone
+    assert "nothing to do" in ok(run_here("distill", *args)).stdout
+
+
 # q8, the default, goes through the command in the test above, and q4 is q8's codec at 4 bits, as s8 is s7's at 8
 # (each codec alone: tests/test_cache_format.py; each format's error: the test after this one)
 @pytest.mark.parametrize("fmt", ["fp16", "s7"])
