@@ -1,17 +1,16 @@
 """Command-line numbers checked as argparse reads them: `type=number("--seed", ge=0, le=SEED_MAX)`.
 
-A value that is not a number of that kind, is NaN or infinite, or falls outside its range is one `error:` line
-naming the flag and the value (a `UserError`, which argparse lets through to the entry point's error boundary),
-before anything is loaded or written. argparse's own `type=int` let 0, -1 and NaN through to wherever they broke:
-a negative `--seed` ended in numpy's traceback, a `--batch-size 0` only after the model had loaded and the results
-folder had been made.
+A value that is not a number of that kind, is NaN, infinite or beyond float32's range, or falls outside its
+range is one `error:` line naming the flag and the value (a `UserError`, which argparse lets through to the entry
+point's error boundary), before anything is loaded or written. argparse's own `type=int` let 0, -1 and NaN through
+to wherever they broke: a negative `--seed` ended in numpy's traceback, a `--batch-size 0` only after the model had
+loaded and the results folder had been made.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
-from common.config import RANGE_TESTS, range_text
+from common.config import FLOAT_MAX, RANGE_TESTS, range_text, too_large
 from common.errors import UserError
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding (the HF Trainer's set_seed) takes 0 .. 2**32 - 1
@@ -33,7 +32,10 @@ def number(flag: str, kind: type = int, *, auto: bool = False, ge: float | None 
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or not all(RANGE_TESTS[k](value, b) for k, b in bounds.items()):
+        if value is not None and too_large(value):
+            raise UserError(f"{flag} {text}: give {wanted}, finite and at most {FLOAT_MAX:.4g} in size (float32's "
+                            "largest)")
+        if value is None or not all(RANGE_TESTS[k](value, b) for k, b in bounds.items()):
             raise UserError(f"{flag} {text}: give {wanted}")
         return value
 

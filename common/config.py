@@ -4,8 +4,8 @@ Unknown keys fail with the closest valid key, wrong types fail naming the key an
 expected type, and every error names where the value came from (`file:line` or
 `command line`). Each field carries a one-line doc (`field(default, "doc")`) that
 `describe()` prints for `--help`, and every number its range (`field(3e-4, "doc", gt=0)`):
-a value outside it, or a float that is NaN or infinite, fails when the config is built,
-before anything is written. A YAML mapping that names a key twice is refused (naming both lines).
+a value outside it, or a float that is NaN, infinite or beyond float32's range, fails when
+the config is built, before anything is written. A YAML mapping that names a key twice is refused (naming both lines).
 """
 from __future__ import annotations
 
@@ -49,6 +49,18 @@ def field(default: Any, doc: str, *, ge: float | None = None, gt: float | None =
     return dataclasses.field(default=default, metadata=meta)
 
 
+FLOAT_MAX = 3.4028234663852886e38  # float32's largest: every float of a config or a flag ends in a tensor or beside one
+
+
+def too_large(value: int | float) -> bool:
+    """NaN, infinite, or larger in size than FLOAT_MAX (torch refuses 1e300 as a learning rate, Python's T**2
+    overflows at 1e200): never a value a user means. A whole number is compared exactly (math.isfinite would
+    overflow on one of 400 digits)."""
+    if isinstance(value, int):
+        return abs(value) > FLOAT_MAX
+    return not math.isfinite(value) or abs(value) > FLOAT_MAX
+
+
 RANGE_WORDS = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
 RANGE_TESTS = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
 
@@ -71,8 +83,9 @@ def check_number(value: Any, bounds: dict, key: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(key, f"must be a finite number, got {value}")
+    if isinstance(value, float) and too_large(value):
+        raise ConfigError(key, f"must be a finite number of at most {FLOAT_MAX:.4g} in size (float32's largest), got "
+                               f"{value}")
     for kind, bound in bounds.items():
         if not RANGE_TESTS[kind](value, bound):
             raise ConfigError(key, f"must be {range_text(bounds)}, got {shown(value)}")

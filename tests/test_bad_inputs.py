@@ -590,6 +590,8 @@ def test_every_number_in_every_config_has_a_range():
 
 
 def test_every_float_refuses_nan_and_every_number_its_range():
+    """And every float one beyond float32's range: optim.lr=1e300 ended in torch's "value cannot be converted to type
+    float without overflow", a KD temperature of 1e300 in Python's OverflowError (T**2), both tracebacks."""
     from common.config import ConfigError, _build, _field_names
 
     checked = 0
@@ -597,12 +599,13 @@ def test_every_float_refuses_nan_and_every_number_its_range():
         bounds = f.metadata["range"]
         below = bounds.get("ge", bounds.get("gt"))
         leaf = key.rsplit(".", 1)[-1]
-        for bad in ([float("nan")] if "float" in str(f.type) else []) + ([below - 1] if below is not None else []):
+        floats = [float("nan"), 1e300, -1e300] if "float" in str(f.type) else []
+        for bad in floats + ([below - 1] if below is not None else []):
             value = [bad] if "list" in str(f.type) else bad
-            with pytest.raises(ConfigError):
+            with pytest.raises(ConfigError, match="float32's largest" if bad in floats[1:] else ""):
                 _build(cls, {leaf: value}, "", _field_names(cls))
             checked += 1
-    assert checked > 60
+    assert checked > 100
 
 
 def test_an_override_is_blamed_on_the_command_line_and_a_list_item_on_its_line(tmp_path):
@@ -779,8 +782,10 @@ def parser_of(module: str, sub: list[str], monkeypatch) -> argparse.ArgumentPars
 def test_every_number_and_device_flag_is_checked_as_the_command_line_is_read(module, sub, monkeypatch, tmp_path):
     """The class, not the cases: no flag of any entry point reads a plain int or float (argparse's `type=int` let 0,
     -1 and NaN through to a numpy traceback, or to a refusal after the model had loaded and the results folder was
-    made); each number flag refuses a word, NaN, infinity, a negative number (and a fraction for a whole number) in
-    one line naming it, and each --device refuses an unknown name and a missing GPU, before anything happens."""
+    made); each number flag refuses a word, NaN, infinity, a negative number, a number beyond float32's range (--lr
+    1e300 reached torch's "cannot be converted to type float without overflow"; a whole number of 400 digits
+    overflowed math.isfinite) (and a fraction for a whole number) in one line naming it, and each --device refuses
+    an unknown name and a missing GPU, before anything happens."""
     from eval.model import device_name
 
     parser = parser_of(module, sub, monkeypatch)
@@ -791,7 +796,8 @@ def test_every_number_and_device_flag_is_checked_as_the_command_line_is_read(mod
         assert action.type not in (int, float), f"{module} {' '.join(sub)} {flag}: reads a plain {action.type.__name__}"
         bad = []
         if getattr(action.type, "__module__", "") == "common.arguments":
-            bad = ["abc", "nan", "inf", "-1"] + (["1.5"] if action.type.__name__ == "int" else [])
+            bad = ["abc", "nan", "inf", "-1", "1e300", "1" + "0" * 400] + (["1.5"] if action.type.__name__ == "int"
+                                                                          else [])
         elif action.dest == "device":
             assert action.type is device_name, f"{flag} is not checked as it is read"
             bad = ["foo", "cuda:7"]
