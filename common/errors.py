@@ -86,6 +86,28 @@ def disk_full(exc: BaseException | None) -> bool:
     return False
 
 
+def out_of_memory(exc: BaseException | None) -> str | None:
+    """What an allocation that failed asked for (`400.0 GB on the CPU`, `2.0 GB on the GPU`), or None when `exc` (or
+    what it was raised from) is not one: torch's CUDA OutOfMemoryError, its CPU allocator's "can't allocate memory"
+    RuntimeError, a MemoryError."""
+    import re
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        asked = re.search(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]iB)", text, re.IGNORECASE)
+        if type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or isinstance(exc, MemoryError):
+            where = "the GPU" if type(exc).__name__ == "OutOfMemoryError" or "CUDA" in text else "the CPU"
+            if asked is None:
+                return f"on {where}"
+            size = float(asked.group(1)) * {"bytes": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}[
+                asked.group(2).lower()]
+            return f"{size / 1e9:.1f} GB asked of {where}"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 @contextlib.contextmanager
 def reading(path, what: str, fix: str):
     """Any failure while a library reads `path` (parses an archive, tensors, a tokenizer, a config)

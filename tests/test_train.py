@@ -193,6 +193,42 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_args, tmp_path):
     assert not (run / "DONE").exists() and not (run / "model").exists()
 
 
+def test_a_batch_larger_than_memory_is_one_line_and_a_failed_run(demo_args, tmp_path):
+    """More memory than the machine has (here the dev evaluation's 4 TB for a train.batch_size of 10**12): one line
+    naming the batch and block size and what to do, and run.json says failed (it was a RuntimeError traceback from
+    torch's CPU allocator; a GPU's OutOfMemoryError is the same case)."""
+    proc = run_cli("train", *demo_args, "train.batch_size=1000000000000", "train.max_steps=1", "train.eval_steps=1",
+                   "train.save_steps=1", "data.train_fraction=0.02")
+    assert_user_error(proc, f"{run_dir(tmp_path)}: out of memory at step 1 (4000.0 GB asked of the CPU, with "
+                            "train.batch_size=1000000000000 and data.block_size=64); rerun with --resume where it has "
+                            "more memory, or start again (--overwrite) with a lower train.batch_size")
+    info = json.loads((run_dir(tmp_path) / "run.json").read_text())
+    assert info["status"] == "failed" and info["error"] == "out of memory: 4000.0 GB asked of the CPU"
+
+
+def test_out_of_memory_is_told_from_its_messages():
+    """The three forms an allocation failure takes, as torch and Python word them (a CUDA one cannot happen here)."""
+    import torch
+
+    from common.errors import out_of_memory
+
+    cuda = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 139.81 GiB total capacity; "
+                                  "137.90 GiB already allocated)")
+    assert out_of_memory(cuda) == "2.1 GB asked of the GPU"
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 400000000000 bytes. Error code 12 (Cannot allocate memory)")
+    assert out_of_memory(cpu) == "400.0 GB asked of the CPU"
+    assert out_of_memory(MemoryError()) == "on the CPU"
+    try:  # raised while handling it, as a library may
+        try:
+            raise cuda
+        except RuntimeError as exc:
+            raise ValueError("evaluation failed") from exc
+    except ValueError as wrapped:
+        assert out_of_memory(wrapped) == "2.1 GB asked of the GPU"
+    assert out_of_memory(RuntimeError("shape mismatch")) is None and out_of_memory(None) is None
+
+
 # --------------------------------------------------------------------------- resume
 
 

@@ -155,9 +155,17 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
             run_dir.end("failed", error=str(exc))
         raise
     except Exception as exc:  # a defect (ours or a library's): run.json says failed, the traceback says where
+        memory = errors.out_of_memory(exc)  # not a defect: more than the machine has, for the batch and block size
         with contextlib.suppress(OSError, UserError):
             metrics_log.record()
-            run_dir.end("failed", error=errors.summary(exc, 300))
+            run_dir.end("failed", error=f"out of memory: {memory}" if memory else errors.summary(exc, 300))
+        if memory:
+            print(file=sys.stderr)  # end the progress bar's line before the error
+            raise UserError(
+                f"{run_dir.path}: out of memory at step {trainer.state.global_step} ({memory}, with train.batch_size="
+                f"{cfg.train.batch_size} and data.block_size={cfg.data.block_size}); rerun with --resume where it "
+                "has more memory, or start again (--overwrite) with a lower train.batch_size (a higher "
+                "train.grad_accum keeps the batch per step)") from None
         raise
     preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Preemption))
     if preemption.stopped_at is not None:
