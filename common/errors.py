@@ -143,7 +143,8 @@ def writing(path, fix: str = "then run the same command again"):
 
 
 def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap an entry point: a UserError (or a user-fixable OSError) prints one `error:` line on stderr and exits 2."""
+    """Wrap an entry point: a UserError (or a user-fixable OSError, or running out of memory) prints one `error:` line
+    on stderr and exits 2."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
@@ -155,6 +156,12 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
             message = os_error_message(exc)
             if message is None:
                 raise
+        except Exception as exc:  # out of memory is the machine's limit for a batch the user chose, not a defect
+            memory = out_of_memory(exc)
+            if memory is None:
+                raise
+            message = (f"out of memory ({memory}); lower the batch size (--batch-size, or train.batch_size in a "
+                       "config), or run where there is more memory")
         sys.stdout.flush()
         print(f"\nerror: {message}" if _progress_line_open() else f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -229,6 +229,28 @@ def test_out_of_memory_is_told_from_its_messages():
     assert out_of_memory(RuntimeError("shape mismatch")) is None and out_of_memory(None) is None
 
 
+def test_every_entry_point_says_out_of_memory_in_one_line(capsys):
+    """Outside a training run (an evaluation, a fine-tuning, a teacher cache at too large a batch) the entry points'
+    one boundary says it, with the batch size to lower; any other exception keeps its traceback."""
+    import torch
+
+    from common.errors import exit_on_user_error
+
+    def scoring():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB (GPU 0; 1 GiB free)")
+
+    assert exit_on_user_error(scoring)() == 2
+    assert capsys.readouterr().err == ("error: out of memory (0.5 GB asked of the GPU); lower the batch size "
+                                       "(--batch-size, or train.batch_size in a config), or run where there is more "
+                                       "memory\n")
+
+    def defect():
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        exit_on_user_error(defect)()
+
+
 # --------------------------------------------------------------------------- resume
 
 
