@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.metrics import METRICS
+from common.metrics import metric_label
 from common.paths import save_figure
-
 
 
 def plot_curve(task: str, lines: dict[str, list[tuple[int, float | None]]], metric: str, png: Path) -> Path:
@@ -26,7 +25,7 @@ def plot_curve(task: str, lines: dict[str, list[tuple[int, float | None]]], metr
         ax.text(0.5, 0.5, "no finite score", ha="center", va="center", transform=ax.transAxes)
     ax.set_xscale("log")
     ax.set_xlabel("words seen")
-    ax.set_ylabel(METRICS[metric].label if metric in METRICS else metric)
+    ax.set_ylabel(metric_label(metric))
     ax.set_title(task)
     ax.grid(True, which="both", alpha=0.3)
     if drawn:

@@ -87,9 +87,9 @@ def disk_full(exc: BaseException | None) -> bool:
 
 
 def out_of_memory(exc: BaseException | None) -> str | None:
-    """What an allocation that failed asked for (`400.0 GB on the CPU`, `2.0 GB on the GPU`), or None when `exc` (or
-    what it was raised from) is not one: torch's CUDA OutOfMemoryError, its CPU allocator's "can't allocate memory"
-    RuntimeError, a MemoryError."""
+    """What an allocation that failed asked for (`400.0 GB asked of the CPU`; `on the GPU` where the message does
+    not say how much), or None when `exc` (or what it was raised from) is not one: torch's CUDA OutOfMemoryError,
+    its CPU allocator's "can't allocate memory" RuntimeError, a MemoryError."""
     import re
 
     seen = set()

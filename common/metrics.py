@@ -20,6 +20,11 @@ METRICS = {
 }
 
 
+def metric_label(metric: str) -> str:
+    """How a person reads `metric`; a name this version does not know (a result from a later one) as it is."""
+    return METRICS[metric].label if metric in METRICS else metric
+
+
 def header(metric: str) -> str:
     """What follows a task's name in a table's header: nothing for an accuracy, else the metric in parentheses."""
-    return "" if metric == "accuracy" else f" ({METRICS[metric].label})"
+    return "" if metric == "accuracy" else f" ({metric_label(metric)})"

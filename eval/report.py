@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
-from common.metrics import METRICS
+from common.metrics import metric_label
 from common.paths import file_lock, read_json, write_atomic
 from eval.tasks import Task
 
@@ -205,7 +205,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
         value = "null" if score is None or not math.isfinite(score) else f"{score:.4f}"
         err = f"± {se:<6.4f}" if se is not None and math.isfinite(se) else " " * 8
         out.append(
-            f"{name:<20} {METRICS[s.get('metric', 'accuracy')].label:<14} {value:>8} {err} {s['n_items']:>7} "
+            f"{name:<20} {metric_label(s.get('metric', 'accuracy')):<14} {value:>8} {err} {s['n_items']:>7} "
             f"{s['n_subtasks']:>8} {s['ties']:>6} {s.get('non_finite', 0):>10}"
         )
     return "\n".join(out)
