@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from common.errors import UserError
+from common.metrics import METRICS
 from results.compare import compare, left_out
 from results.markdown import table
 
@@ -127,9 +128,9 @@ def find_baseline(df, i: int):
 
 
 def comparisons(df, samples: int = 10_000) -> list[dict]:
-    """One record per (method row, task scored by accuracy): the row, its baseline, and the paired test of the two.
-    A pair file that cannot be read is named on one line and its comparison left out; the rest of the collection
-    goes on."""
+    """One record per (method row, task of right-or-wrong items: accuracy, F1): the row, its baseline, and the paired
+    test of the two (of their accuracies). A pair file that cannot be read is named on one line and its comparison
+    left out; the rest of the collection goes on."""
     out = []
     for i in df.index:
         b = find_baseline(df, i)
@@ -137,8 +138,9 @@ def comparisons(df, samples: int = 10_000) -> list[dict]:
             continue
         a_dir, b_dir = Path(df.loc[i, "eval_dir"]), Path(df.loc[b, "eval_dir"])
         for task in sorted(pair_tasks(a_dir) & pair_tasks(b_dir)):
-            if df.loc[i].get(f"{task}_metric") != "accuracy":
-                continue  # WUG's rho, reading's ΔR²: their items are no right-or-wrong pairs
+            metric = df.loc[i].get(f"{task}_metric")
+            if metric not in METRICS or not METRICS[metric].right_or_wrong:
+                continue  # WUG's rho, reading's ΔR²: their items are no right-or-wrong pairs (an F1 task's are)
             try:
                 test = compare(a_dir, b_dir, task, samples)
             except UserError as exc:

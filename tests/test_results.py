@@ -224,6 +224,13 @@ def test_a_fine_tuned_task_scored_by_f1_is_collected_ranked_and_compared(runs, t
     # paired tests compare the items' right and wrong answers: for an F1 task those are accuracies, and it says so
     proc = ok(run_here("results", "compare", str(exp / "a"), str(exp / "b"), "--task", "mrpc"))
     assert "mrpc: accuracy A " in proc.stdout and "(its score is F1; these compare accuracies)" in proc.stdout
+    # and so does the baselines table: a distilled a against b trained alone (it left F1 tasks out)
+    from results.baselines import comparisons
+    from results.collect import collect
+
+    table, _ = collect([exp])
+    table.loc[[Path(r).name == "a" for r in table["run"]], "method"] = "kd:ce+logit_kd"
+    assert sorted(c["task"] for c in comparisons(table, samples=100)) == ["demo_pairs", "mrpc"]
 
 
 def test_a_curve_whose_every_score_is_null_is_drawn_without_a_warning(tmp_path):
