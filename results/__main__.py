@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         from results.written import check_free
 
         check_free(out, name)
-    write_collection(roots, out, name, args.metric)
+    write_collection(roots, out, name, args.metric, users_folder=bool(args.out))
     return 0
 
 

@@ -199,10 +199,14 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> None:
-    """`python -m results collect`: the table (CSV, markdown) and every plot of the runs under `roots`, into `out`."""
+def write_collection(roots: list[Path], out: Path, name: str, metric: str, users_folder: bool = False) -> None:
+    """`python -m results collect`: the table (CSV, markdown) and every plot of the runs under `roots`, into `out`.
+    One collection of a name writes into a folder at a time (`.<name>.collect.lock`); in a folder of the user's
+    (`users_folder`), no file it did not write is replaced (results.written.check_free, again under the lock)."""
     from common.errors import UserError
-    from results.collect import collect, markdown
+    from common.paths import FolderLock, holding
+    from results.collect import collect
+    from results.written import check_free
 
     df, incomplete = collect(roots)
     for item in incomplete:
@@ -219,6 +223,17 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str) -> No
         raise UserError(f"--metric: {metric!r} is not a score of these runs{suggest(metric, scores)}; give dev_ce or "
                         f"a task they were evaluated on: {', '.join(scores[1:]) or 'none'}")
     out.mkdir(parents=True, exist_ok=True)
+    with holding(FolderLock(out, f".{name}.collect.lock"), out, f"results collect is writing the collection {name!r} "
+                 "there", "let it end, then run the same command again"):
+        if users_folder:
+            check_free(out, name)
+        write_files(df, incomplete, out, name, metric)
+
+
+def write_files(df, incomplete: list, out: Path, name: str, metric: str) -> None:
+    """The collection's files: its table, plots, baselines and seeds tables, and its manifest; what it says."""
+    from results.collect import markdown
+
     write_atomic(out / f"{name}.csv", df.to_csv(index=False))
     table = markdown(df)
     write_atomic(out / f"{name}.md", table)

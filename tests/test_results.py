@@ -129,6 +129,26 @@ def test_a_collection_removes_what_its_previous_one_wrote_and_nothing_else(runs,
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_second_collection_of_one_name_into_one_folder_is_refused_and_writes_nothing(runs, tmp_path):
+    """Two `results collect --name g` into one folder at once (a grid's launcher and a person): each replaced the
+    other's files and manifest, and one could refuse the other's fresh table as "not written by results collect".
+    While one holds the collection's lock, the second is refused in one line naming it and writes nothing; another
+    name collects beside it."""
+    from common.paths import FolderLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with FolderLock(out, ".g.collect.lock"):
+        proc = run_here("results", "collect", str(runs / "grid"), "--out", str(out), "--name", "g")
+        assert_user_error(proc, f"{out}: another results collect is writing the collection 'g' there (host ",
+                          "let it end")
+        assert sorted(p.name for p in out.iterdir()) == [".g.collect.lock"]
+        ok(run_here("results", "collect", str(runs / "grid"), "--out", str(out), "--name", "other"))
+    assert (out / "other.csv").is_file() and not (out / ".g.collect.lock").exists()
+    ok(run_here("results", "collect", str(runs / "grid"), "--out", str(out), "--name", "g"))
+    assert (out / "g.csv").is_file() and not (out / ".g.collect.lock").exists()
+
+
 def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
     """A run evaluated on WUG (Spearman's rho) and reading (ΔR²): their columns hold those scores, labelled so."""
     import tarfile
