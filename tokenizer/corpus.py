@@ -194,14 +194,16 @@ def words_file(clean: Path) -> Path:
     return clean.with_name(clean.name[:-len(".txt")] + ".words.npz")
 
 
-def _sha256_and_lines(path: Path) -> tuple[str, int]:
-    """The file's sha256 and its number of lines, in one pass."""
+def _sha256_and_lines(path: Path, count_lines: bool) -> tuple[str, int | None]:
+    """The file's sha256 and, with `count_lines`, its number of lines, in one pass. Counting lines nearly doubles the
+    pass, which runs at every start, so it is done only for a cache from before the checksum."""
     digest, lines = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)
-            lines += chunk.count(b"\n")
-    return digest.hexdigest(), lines
+            if count_lines:
+                lines += chunk.count(b"\n")
+    return digest.hexdigest(), lines if count_lines else None
 
 
 def _save_counts(counts: Path, words, corpus_words: int, digest: str) -> None:
@@ -229,7 +231,7 @@ def _check_cached(target: Path, counts: Path) -> None:
             digest = str(z["sha256"]) if "sha256" in z.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{counts}: the cached word counts of {target.name} cannot be read ({e}); {fix}") from None
-    actual, n = _sha256_and_lines(target)
+    actual, n = _sha256_and_lines(target, count_lines=digest is None)
     if digest is None:
         if n != len(lines):
             raise UserError(f"{target}: the cached clean text has {n} lines where its word counts have {len(lines)}; "
