@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
-from common.metrics import METRICS
+from common.metrics import METRICS, metric_label
 
 
 def pair_file(run: Path, task: str) -> Path:
@@ -123,7 +123,7 @@ def run_compare(args) -> int:
     if args.out:
         write_atomic(Path(args.out), json.dumps(out, indent=2) + "\n")
     metric = check_accuracy(pair_file(Path(args.run_a), args.task), args.task)
-    scored = "" if metric == "accuracy" else f" (its score is {METRICS[metric].label}; these compare accuracies)"
+    scored = "" if metric == "accuracy" else f" (its score is {metric_label(metric)}; these compare accuracies)"
     print(
         f"{args.task}: accuracy A {out['accuracy_a']:.4f} vs B {out['accuracy_b']:.4f}{scored} on {out['pairs']} "
         "pairs; "
