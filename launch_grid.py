@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from common import config as cfglib
-from common.errors import exit_on_user_error
+from common.errors import exit_on_user_error, if_interrupted, leave
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     # one launcher per grid: a second one would train every point twice
     with holding(FolderLock(cfg.root / "_grid"), cfg.root, "launcher is running this grid",
                  "wait for it to end, or stop it, then run the same command again"):
-        return run_grid(cfg, points, args.verbose)
+        with if_interrupted(cfg.root, INTERRUPTED_GRID[cfg.executor.kind]):
+            return run_grid(cfg, points, args.verbose)
+
+
+INTERRUPTED_GRID = {  # what a launcher stopped by Ctrl-C leaves, by executor
+    "slurm": "its submitted jobs go on (squeue lists them); the same command waits for them again and starts what is "
+             "left",
+    "local": "the point that was training stopped, and resumes from its newest checkpoint; the same command "
+             "continues the grid (finished points are skipped)",
+}
+INTERRUPTED_GRID["debug"] = INTERRUPTED_GRID["local"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

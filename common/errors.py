@@ -10,13 +10,17 @@ classes into one `error:` line that names the file and says what to do, instead 
   (a truncated archive, a damaged zip stream, a corrupt safetensors, tokenizer or config file,
   bytes that are not UTF-8) is reported naming that file.
 
-Anything else is a defect of ours and keeps its traceback.
+Anything else is a defect of ours and keeps its traceback. Ctrl-C (KeyboardInterrupt) is one line too,
+`<where>: interrupted; <what is kept and what to do>`, in the words of the outermost `if_interrupted`
+block around the work (else: nothing half-written is kept), and the process then ends by SIGINT.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import functools
+import os
+import signal
 import sys
 from typing import Callable
 
@@ -49,6 +53,41 @@ class UserError(Exception):
 
     The message is one line that names the file, line or key and says what to do.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C inside an `if_interrupted` block, with what its one line says."""
+
+    def __init__(self, where, advice: str):
+        super().__init__(f"{where}: interrupted; {advice}")
+        self.where, self.advice = where, advice
+
+
+# What an entry point's Ctrl-C line says where no `if_interrupted` block says more: every file of ours is written
+# whole under a temporary name and renamed (common.paths.write_atomic), and a folder being built carries a marker.
+INTERRUPTED_ADVICE = "nothing half-written is kept; run the same command again"
+
+
+@contextlib.contextmanager
+def if_interrupted(where, advice: str):
+    """Ctrl-C within the block is said as `<where>: interrupted; <advice>` (what is kept, what to do next). The
+    outermost block's words win: the command that was run says how to run it again."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(where, advice) from None
+
+
+def leave(code: int) -> None:
+    """End the process with an entry point's exit code. An interrupted command ends by SIGINT itself, as Python does
+    for a KeyboardInterrupt nothing caught: the shell reports 130, and a shell script running the command stops at
+    Ctrl-C instead of going on with its next line (it treats an ordinary exit as a child that handled the signal)."""
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(code)
 
 
 def first_line(exc: BaseException, limit: int = 160) -> str:
@@ -144,12 +183,21 @@ def writing(path, fix: str = "then run the same command again"):
 
 def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap an entry point: a UserError (or a user-fixable OSError, or running out of memory) prints one `error:` line
-    on stderr and exits 2."""
+    on stderr and returns 2; Ctrl-C prints one `interrupted` line and returns 130 (`leave` then ends by SIGINT)."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
         try:
             return main(*args, **kwargs) or 0
+        except KeyboardInterrupt as exc:
+            from common.ranks import is_main_process
+
+            said = str(exc) if isinstance(exc, Interrupted) else f"interrupted; {INTERRUPTED_ADVICE}"
+            sys.stdout.flush()
+            if is_main_process():  # every rank of a torchrun group gets the Ctrl-C; one says it
+                _close_progress_bars()
+                print(said, file=sys.stderr)
+            return EXIT_INTERRUPTED
         except UserError as exc:
             message = str(exc)
         except OSError as exc:
@@ -163,17 +211,20 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
             message = (f"out of memory ({memory}); lower the batch size (--batch-size, or train.batch_size in a "
                        "config), or run where there is more memory")
         sys.stdout.flush()
-        print(f"\nerror: {message}" if _progress_line_open() else f"error: {message}", file=sys.stderr)
+        _close_progress_bars()
+        print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
 
     return wrapped
 
 
-def _progress_line_open() -> bool:
-    """A tqdm bar may have left the terminal's line unfinished; the error then starts on its own line."""
+def _close_progress_bars() -> None:
+    """Close the tqdm bars a failure or Ctrl-C left open, each ending its own line, before the one line is printed:
+    a bar closed later (when the interpreter frees it, at exit) drew itself again after that line."""
     try:
         from tqdm import tqdm
-
-        return bool(getattr(tqdm, "_instances", None))
     except ImportError:
-        return False
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()

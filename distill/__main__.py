@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from common import config as cfglib
-from common.errors import exit_on_user_error
+from common.errors import exit_on_user_error, leave
 from common.ranks import say
 from distill.config import DistillRunConfig
 
@@ -98,4 +98,4 @@ def build_distillation(cfg, tokenizer, prepared, device):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

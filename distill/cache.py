@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import UserError, reading
+from common.errors import UserError, if_interrupted, reading
 from common.paths import FolderLock, hash_files, holding, model_hash, remove_ours
 from distill import cache_format
 
@@ -302,7 +302,8 @@ def main(argv: list[str]) -> int:
     # one writer a cache: a second one removed the first's unfinished folder and wrote its shards into the first's
     lock = FolderLock(out.parent, f".{out.name}.lock")
     with holding(lock, out, "python -m distill cache-teachers is writing this cache",
-                 "let it end: the same command then finds the cache written"):
+                 "let it end: the same command then finds the cache written"), \
+            if_interrupted(out, "a cache there is whole once this command ends: run the same command again"):
         return build(cfg, out, args.overwrite, pick_device(args.device))
 
 

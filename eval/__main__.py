@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from common.errors import UserError, exit_on_user_error
+from common.errors import UserError, exit_on_user_error, if_interrupted, leave
 from eval import report
 from eval.encode import CONVENTIONS
 from common.arguments import number
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return download(argv[1:])
     args = parse_eval(argv)
-    from eval.evaluate import Options, evaluate
+    from eval.evaluate import Options, evaluate, results_dir
 
     if args.suite and args.tasks:
         raise UserError("--suite and --tasks: give one of them (a suite is a fixed list of tasks)")
@@ -128,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     tasks = task_names(given)
     if not tasks:
         raise UserError(f"--tasks {args.tasks!r}: names no task; give one or more of {', '.join(available())}")
-    results = evaluate(args.model, tasks, opts)
+    again = ("run the same command again: it scores only those not kept" if args.keep_scored else
+             "the same command with --keep-scored scores only the others")
+    with if_interrupted(results_dir(args.model, opts), f"the tasks whose results were written are kept; {again}"):
+        results = evaluate(args.model, tasks, opts)
     print()
     print(report.table([(name, summary) for name, summary, _ in results]))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

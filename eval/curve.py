@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from common.errors import UserError
+from common.errors import UserError, if_interrupted
 from common.paths import is_our_figure, read_json, write_atomic
 
 
@@ -103,7 +103,9 @@ def main(argv: list[str]) -> int:
     if theirs is not None:  # before anything is evaluated
         raise UserError(f"{theirs}: exists and is not a plot of ours, and the curve of {theirs.stem} would replace it; "
                         "pass another --out, or move that file away")
-    curves = {run: evaluate_milestones(run, tasks, opts) for run in runs}
+    with if_interrupted(", ".join(map(str, runs)), "the milestones' results written are kept; run the same command "
+                                                   "again: it scores only those missing"):
+        curves = {run: evaluate_milestones(run, tasks, opts) for run in runs}
     for png in plot_curves(curves, out):
         print(png)
     return 0

@@ -23,7 +23,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from common.errors import UserError, reading, writing
+from common.errors import UserError, if_interrupted, reading, writing
 from common.paths import write_atomic
 
 SKIPPED = "ewok (plain, not written)"
@@ -197,7 +197,9 @@ def parse_download(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """`python -m eval download`: fetch and unpack, then one line per folder with its file count."""
     args = parse_download(argv)
-    counts = download(args.dest, args.sources, args.overwrite)
+    with if_interrupted(args.dest, "each file written is whole, but the folder may lack some: run the same command "
+                                   "again before scoring from it"):
+        counts = download(args.dest, args.sources, args.overwrite)
     for key, n in sorted(counts.items()):
         print(f"{args.dest}/{key}: {n} file(s)")
     return 0

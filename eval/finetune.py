@@ -31,7 +31,7 @@ import torch
 
 from common.arguments import number, seed
 from common.config import ConfigError, field, load, suggest
-from common.errors import EXIT_PREEMPTED, UserError, writing
+from common.errors import EXIT_PREEMPTED, UserError, if_interrupted, writing
 from common.libraries import no_accelerator_probe
 from common.metrics import METRICS
 from common.paths import REPO, decode_utf8, hash_files, local_folder, model_hash, write_atomic
@@ -421,9 +421,12 @@ def main(argv: list[str]) -> int:
     for name in names:  # every task's files are read and checked before any training
         data = data_folder(name, specs[name], args.data_dir)
         tasks[name] = (data, read_task(name, data))
-    for name, (data, task) in tasks.items():
+    for i, (name, (data, task)) in enumerate(tasks.items()):
+        left = ",".join(list(tasks)[i:])
         try:
-            summary = finetune(args.model, name, task, data, out_dir, settings, hashed)
+            with if_interrupted(out_dir, f"the tasks whose results were written are kept, and {name} its newest "
+                                         f"checkpoint if it wrote one; the same command with --tasks {left} continues"):
+                summary = finetune(args.model, name, task, data, out_dir, settings, hashed)
         except Stopped as exc:
             print(exc, file=sys.stderr)
             return EXIT_PREEMPTED

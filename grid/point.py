@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common.errors import EXIT_PREEMPTED
+from common.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from common.paths import write_atomic
 from grid.plan import Point
 from grid.report import log_path, output_to
@@ -109,10 +109,23 @@ def run_in_process(point: Point, verbose: bool = False) -> None:
             rc = entry_point(point.kind)(point.argv())
         finally:
             del os.environ[GRID_ENV]
+        if rc == EXIT_INTERRUPTED:  # Ctrl-C stopped the training in this process: it stops the grid too
+            raise KeyboardInterrupt
         if rc != 0:
             raise PointFailed(f"{point.name}: training exited {rc}")
         write_grid_json(point)
         evaluate_point(point)
+
+
+def stop_after_interrupt(proc: subprocess.Popen, wait_s: float = 10.0) -> None:
+    """The launcher got Ctrl-C while `proc` trained a point. At a terminal the training got it too and is writing
+    its run.json: it is waited for. A SIGINT sent to the launcher alone is passed on, so that no training goes on
+    without a launcher (holding its run's lock)."""
+    try:
+        proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
 
 
 class PointJob:
@@ -135,7 +148,11 @@ class PointJob:
         if not (Path(point.run) / "DONE").is_file():
             self._proc = subprocess.Popen(command(point.kind, point.argv()), preexec_fn=_ignore_usr2,
                                           env={**os.environ, GRID_ENV: grid_info(point)})
-            rc = self._proc.wait()
+            try:
+                rc = self._proc.wait()
+            except KeyboardInterrupt:
+                stop_after_interrupt(self._proc)
+                raise
             self._proc = None
             if rc != 0:
                 raise PointFailed(

@@ -18,7 +18,7 @@ import os
 import sys
 
 from common import config as cfglib
-from common.errors import UserError, exit_on_user_error
+from common.errors import UserError, exit_on_user_error, leave
 from launch.command import command
 from launch.kinds import recipe_kind, schema
 
@@ -40,4 +40,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from common import config as cfglib
-from common.errors import UserError, exit_on_user_error
+from common.errors import UserError, exit_on_user_error, leave
 from launch.kinds import recipe_kind, schema
 
 
@@ -22,4 +22,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

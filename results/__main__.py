@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from common.arguments import number, seed
-from common.errors import UserError, exit_on_user_error
+from common.errors import UserError, exit_on_user_error, leave
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,4 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -186,6 +186,23 @@ def freeze_when(module: str, args: list[str], condition, timeout: float = 300) -
     return proc
 
 
+def interrupt_when(module: str, args: list[str], condition) -> subprocess.Popen:
+    """`python -m <module> <args>`, stopped (SIGSTOP) as soon as `condition()` holds, then sent SIGINT and let go:
+    Ctrl-C at that very moment. Returns the ended process, its stderr in `stderr_text`."""
+    proc = freeze_when(module, args, condition)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
+    proc.stderr_text = proc.communicate(timeout=600)[1]
+    return proc
+
+
+def assert_interrupted(proc: subprocess.Popen, line: str) -> None:
+    """Ended by SIGINT (a shell reports 130), no traceback, and `line` as the last line on stderr."""
+    lines = [x for x in proc.stderr_text.replace("\r", "\n").splitlines() if x.strip()]
+    assert proc.returncode == -signal.SIGINT, proc.stderr_text[-3000:]
+    assert "Traceback" not in proc.stderr_text and lines[-1] == line, proc.stderr_text[-3000:]
+
+
 def logged_steps(metrics: Path) -> set[int]:
     """The steps metrics.jsonl has a training row for (a line still being written is skipped)."""
     from common.paths import read_jsonl

@@ -390,6 +390,25 @@ def test_a_second_cache_writer_is_refused_while_the_first_writes(teachers, demo_
     assert "nothing to do" in ok(run_here("distill", *args)).stdout
 
 
+def test_ctrl_c_while_a_cache_is_written_leaves_it_to_the_same_command(teachers, demo_root, cache_dir, tmp_path):
+    """Ctrl-C while the shards are written: one line, ended by SIGINT, and the same command removes the unfinished
+    folder and writes the cache whole (the moves that put a cache in place: tests/test_interrupts.py)."""
+    from conftest import assert_interrupted, interrupt_when
+
+    recipe = recipe_copy("demo-kd", teachers, tmp_path)
+    cache = tmp_path / "teacher-cache"
+    args = ["cache-teachers", str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs", steps=20),
+            "distill.cache_top_k=16", "--out", str(cache)]
+    partial = cache.parent / "teacher-cache.partial"
+    assert_interrupted(interrupt_when("distill", args, lambda: any(partial.glob("shard-*"))),
+                       f"{cache}: interrupted; a cache there is whole once this command ends: run the same command "
+                       "again")
+    assert partial.is_dir() and not cache.exists()
+    ok(run_cli("distill", *args))
+    info = json.loads((cache / "cache.json").read_text())
+    assert len(sorted(cache.glob("shard-*.npy"))) == info["n_shards"] * 5 and not partial.exists()
+
+
 # q8, the default, goes through the command in the test above, and q4 is q8's codec at 4 bits, as s8 is s7's at 8
 # (each codec alone: tests/test_cache_format.py; each format's error: the test after this one)
 @pytest.mark.parametrize("fmt", ["fp16", "s7"])

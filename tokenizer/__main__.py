@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from common import config as cfglib
 from common.arguments import number, seed
-from common.errors import exit_on_user_error
+from common.errors import exit_on_user_error, leave
 from tokenizer.config import PrepareConfig
 
 
@@ -54,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from common import config as cfglib
-from common.errors import exit_on_user_error
+from common.errors import exit_on_user_error, leave
 from train.config import RunConfig
 
 
@@ -46,4 +46,4 @@ def build_plain_model(cfg, tokenizer, prepared, device):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

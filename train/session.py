@@ -76,7 +76,7 @@ def run(cfg, argv: list[str], resume: bool, overwrite: bool, build: Builder) -> 
 def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> int:
     from transformers import set_seed
 
-    from common.errors import EXIT_INTERRUPTED, writing
+    from common.errors import writing
     from common.preemption import Preemption
     from tokenizer.bpe import load_pretrained
     from tokenizer.prepare import block_words, load_blocks, prepare
@@ -147,8 +147,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     except KeyboardInterrupt:
         metrics_log.record()
         run_dir.end("interrupted")
-        say(f"\n{run_dir.path}: interrupted; rerun with --resume to continue from its newest checkpoint", err=True)
-        return EXIT_INTERRUPTED
+        raise errors.Interrupted(run_dir.path, "rerun with --resume to continue from its newest checkpoint") from None
     except UserError as exc:
         with contextlib.suppress(OSError, UserError):  # the disk may be too full even for run.json
             metrics_log.record()

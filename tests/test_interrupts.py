@@ -1,0 +1,127 @@
+"""Ctrl-C at any moment. Each command says in one line what is kept and what to do, ends by SIGINT (so that a
+shell script running it stops too), and leaves only whole files, or folders marked as its own, which the same
+command then continues from or removes. (Until 2026-12-03 every entry point but training printed a traceback, a
+result file was written before the files it vouches for, and a teacher cache stopped while being moved into place
+left a folder that every later command refused.)"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, assert_interrupted, call, interrupt_when, ok, run_cli, run_here, shared
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, demo_root, cache_dir) -> Path:
+    """A tiny trained causal LM's run directory, with two milestones."""
+    out = tmp_path_factory.mktemp("interrupt-runs")
+    ok(run_here("train", "config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}",
+                f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}", f"output.dir={out}",
+                "train.max_steps=20", "train.save_steps=10", "train.eval_steps=10", "optim.warmup_steps=5",
+                "train.word_checkpoints=1k,5k"))
+    return out / "demo" / "teacher"
+
+
+def finetune_slice(demo_root: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for split, n in (("train", 200), ("valid", 50)):
+        lines = (demo_root / "finetune" / f"demo_acceptability.{split}.jsonl").read_text().splitlines()[:n]
+        (dest / f"demo_acceptability.{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return dest
+
+
+@pytest.mark.parametrize("command", ["eval", "finetune", "curve", "download", "prepare"])
+def test_ctrl_c_says_what_is_kept_in_one_line_and_the_same_command_continues(command, run, demo_root, tmp_path):
+    """Each long command of the suite, stopped while it works: one line, ended by SIGINT, and the same command (with
+    what the line says to add) then ends as it would have."""
+    model, out = run / "model", tmp_path / "out"
+    if command == "eval":
+        args = ["eval", model, "--tasks", "demo_pairs", "--data-dir", demo_root, "--out", out, "--no-progress"]
+        working = lambda: (out / ".demo_pairs.lock").exists()  # noqa: E731 - scoring
+        line = (f"{out}: interrupted; the tasks whose results were written are kept; the same command with "
+                "--keep-scored scores only the others")
+        again = ["--keep-scored"]
+    elif command == "finetune":
+        args = ["eval", "finetune", model, "--tasks", "demo_acceptability", "--data-dir",
+                finetune_slice(demo_root, tmp_path / "tasks"), "--epochs", "2", "--out", out, "--no-progress"]
+        working = lambda: (out / "finetune" / "demo_acceptability" / "attempt.json").exists()  # noqa: E731
+        line = (f"{out}: interrupted; the tasks whose results were written are kept, and demo_acceptability its "
+                "newest checkpoint if it wrote one; the same command with --tasks demo_acceptability continues")
+        again = []
+    elif command == "curve":
+        args = ["eval", "curve", run, "--tasks", "demo_pairs", "--data-dir", demo_root, "--out", out,
+                "--no-progress"]
+        working = lambda: (run / "milestones" / "chck_1k" / "eval" / ".demo_pairs.lock").exists()  # noqa: E731
+        line = (f"{run}: interrupted; the milestones' results written are kept; run the same command again: it "
+                "scores only those missing")
+        again = []
+    elif command == "download":
+        args = ["eval", "download", "--from", shared(), "--dest", out]
+        working = lambda: out.exists()  # noqa: E731 - the first file is written
+        line = (f"{out}: interrupted; each file written is whole, but the folder may lack some: run the same "
+                "command again before scoring from it")
+        again = []
+    else:
+        args = ["tokenizer", "prepare", "config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}",
+                f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={out}"]
+        working = lambda: (out / "clean").exists()  # noqa: E731 - the first domain is being cleaned
+        line = "interrupted; nothing half-written is kept; run the same command again"
+        again = []
+    args = [str(a) for a in args]
+    assert_interrupted(interrupt_when(args[0], args[1:], working), line)
+    ok(run_cli(*args, *again))
+    if command == "eval":
+        assert (out / "demo_pairs.json").is_file()
+    if command == "curve":
+        assert all((run / "milestones" / m / "eval" / "demo_pairs.json").is_file() for m in ("chck_1k", "chck_5k"))
+    if command == "download":  # every file there, as an uninterrupted download leaves them
+        ok(run_cli("eval", "download", "--from", str(shared()), "--dest", str(tmp_path / "whole")))
+        assert tree(out) == tree(tmp_path / "whole")
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(workdir, demo_root, cache_dir):
+    """The debug executor trains in the launcher's process: Ctrl-C stopped only the point training (its run said
+    interrupted) and the launcher went on with the next point. The local executor's training is a child process: a
+    SIGINT sent to the launcher alone is passed on to it, so that no training goes on without its launcher."""
+    grid = workdir / "grid.yaml"
+    sets = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache_dir}", "train.max_steps=400", "train.save_steps=10", "train.eval_steps=10",
+            "train.logging_steps=1", "optim.warmup_steps=5", "data.train_fraction=0.2"]
+    for kind in ("debug", "local"):
+        grid.write_text(f"name: stop-{kind}\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
+                        f"    axes: {{train.seed: [1, 2]}}\nexecutor: {{kind: {kind}}}\n")
+        runs = workdir / "runs" / f"stop-{kind}"
+        cmd = [sys.executable, str(ROOT / "launch_grid.py"), str(grid), *[a for s in sets for a in ("--set", s)]]
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        first = None
+        try:
+            while proc.poll() is None and first is None:  # the first point has trained a step
+                time.sleep(0.05)
+                first = next((m.parent for m in runs.glob("*/metrics.jsonl") if m.read_text().strip()), None)
+            assert first is not None, proc.communicate()[1][-3000:]
+            proc.send_signal(signal.SIGINT)  # to the launcher alone (at a terminal, its training gets one too)
+            err = proc.communicate(timeout=300)[1]
+        finally:
+            proc.kill()
+        lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip()]
+        assert proc.returncode == -signal.SIGINT and "Traceback" not in err, err[-3000:]
+        assert lines[-1] == (f"runs/stop-{kind}: interrupted; the point that was training stopped, and resumes from "
+                             "its newest checkpoint; the same command continues the grid (finished points are skipped)")
+        assert json.loads((first / "run.json").read_text())["status"] == "interrupted"
+        assert sorted(p.name for p in runs.iterdir() if not p.name.startswith("_")) == [first.name]  # no next point
+        assert not (first / "LOCK").exists()  # its training is over too
