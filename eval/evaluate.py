@@ -291,7 +291,8 @@ def reduce_masked(flat: np.ndarray, reqs: list, m: Loaded, convention: str) -> n
     return flat
 
 
-def score_pairs(task: Task, m: Loaded, scorer: Scorer, reqs: list, opts: Options, out_dir: Path, meta: dict):
+def score_pairs(task: Task, m: Loaded, scorer: Scorer, reqs: list, opts: Options, out_dir: Path, meta: dict,
+                started: float):
     convention = convention_for(task, opts)
     flat, batch = score_requests(scorer, m, reqs, opts, [len(it.choices) for it in task.items])
     scores = item_scores(reduce_masked(flat, reqs, m, convention), task)
@@ -300,15 +301,13 @@ def score_pairs(task: Task, m: Loaded, scorer: Scorer, reqs: list, opts: Options
         raise UserError(f"{meta['model']}: every score on task {task.name} is NaN or infinite, so the model is broken "
                         f"(check its weights for NaN, or its training log); nothing was written for {task.name}")
     summary = report.summarise(task, scores, right, tied, bad)
+    summary.update(report.timing(started, summary["n_items"]))
     meta = {
         **meta,
         "convention": recorded_convention(convention, m.backend),
         "batch_size": batch,
     }
-    files = report.write_results(out_dir, task, scores, summary, meta)
-    if convention == "babylm2025":
-        files["official"] = report.write_official(out_dir, task, scores)
-    return summary, files
+    return summary, report.write_results(out_dir, task, scores, summary, meta, official=convention == "babylm2025")
 
 
 def load_tasks(task_names: list[str], opts: Options) -> list[Task]:
@@ -387,12 +386,11 @@ def score_tasks(model_path: str, m: Loaded, prepared: list[tuple[Task, list | No
             "fast": task.fast,
         }
         if reqs is None:
-            summary, files = evaluate_reading(task, m, lambda r: score_requests(scorer, m, r, opts)[0], out_dir, meta)
+            summary, files = evaluate_reading(task, m, lambda r: score_requests(scorer, m, r, opts)[0], out_dir, meta,
+                                              t0)
         else:
-            summary, files = score_pairs(task, m, scorer, reqs, opts, out_dir, meta)
-        seconds = time.perf_counter() - t0
-        n = summary["n_items"]
-        report.add_timing(files["result"], seconds, n)
+            summary, files = score_pairs(task, m, scorer, reqs, opts, out_dir, meta, t0)
+        seconds, n = summary["seconds"], summary["n_items"]
         score = summary["score"]
         shown = "null" if score is None or not np.isfinite(score) else f"{score:.4f}"
         print(f"{task.name}: {METRICS[summary['metric']].label} {shown}, {n} items in {seconds:.1f} s "

@@ -201,14 +201,14 @@ def score_table(df, tokenizer, backend: str, score) -> tuple[np.ndarray, np.ndar
     return pred, prev
 
 
-def evaluate_reading(task, m, score, out_dir: Path, meta: dict) -> tuple[dict, dict]:
-    """Surprisals, the two scores, and the files: eval/reading.json, eval/pairs/reading.jsonl (per word) and the
-    pipeline's eval/babylm2025/reading/predictions.json ({"reading": {"predictions": [{"id", "pred",
-    "prev_pred"}]}})."""
+def evaluate_reading(task, m, score, out_dir: Path, meta: dict, started: float) -> tuple[dict, dict]:
+    """Surprisals, the two scores, and the files: eval/pairs/reading.jsonl (per word), the pipeline's
+    eval/babylm2025/reading/predictions.json ({"reading": {"predictions": [{"id", "pred", "prev_pred"}]}}), then
+    eval/reading.json (`write_result`: last). `started`: when scoring began (time.perf_counter())."""
     import json
 
     from common.paths import write_atomic
-    from eval.report import OFFICIAL_DIR, json_safe
+    from eval.report import OFFICIAL_DIR, json_safe, timing, write_result
 
     df = task.table
     pred, prev = score_table(df, m.tokenizer, m.backend, score)
@@ -233,10 +233,7 @@ def evaluate_reading(task, m, score, out_dir: Path, meta: dict) -> tuple[dict, d
         "non_finite": int(bad.sum()),
         "subtasks": {},
     }
-    result = out_dir / f"{task.name}.json"
-    write_atomic(result, json.dumps(json_safe({"task": task.name, "description": task.spec.description, **meta,
-                                               "convention": "babylm2025", "data": task.origin, **summary}),
-                                    indent=2, allow_nan=False) + "\n")
+    summary.update(timing(started, summary["n_items"]))
     (out_dir / "pairs").mkdir(parents=True, exist_ok=True)
     rows = [json.dumps(json_safe({"id": i, "word": str(w), "pred": float(p), "prev_pred": float(q)}), allow_nan=False)
             for i, (w, p, q) in enumerate(zip(df["word"], pred, prev))]
@@ -246,4 +243,5 @@ def evaluate_reading(task, m, score, out_dir: Path, meta: dict) -> tuple[dict, d
     official.parent.mkdir(parents=True, exist_ok=True)
     preds = [json_safe({"id": i, "pred": float(p), "prev_pred": float(q)}) for i, (p, q) in enumerate(zip(pred, prev))]
     write_atomic(official, json.dumps({"reading": {"predictions": preds}}, allow_nan=False) + "\n")
-    return summary, {"result": result, "pairs": per_item, "official": official}
+    result = write_result(out_dir, task, {**meta, "convention": "babylm2025", "data": task.origin, **summary})
+    return summary, {"pairs": per_item, "official": official, "result": result}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -124,15 +125,13 @@ def read_predictions(out_dir: Path) -> dict:
     return data
 
 
-def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, meta: dict) -> dict[str, Path]:
-    """eval/<task>.json, eval/pairs/<task>.jsonl and this task's part of eval/predictions.json (each written
-    atomically)."""
+def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, meta: dict,
+                  official: bool = False) -> dict[str, Path]:
+    """eval/pairs/<task>.jsonl, this task's part of eval/predictions.json, with `official` the 2025 pipeline's
+    predictions (`write_official`), then eval/<task>.json (`write_result`), each written atomically."""
     pairs_dir = out_dir / "pairs"
     pairs_dir.mkdir(parents=True, exist_ok=True)
     pred, right, tied, bad = decide(scores, np.array([it.correct for it in task.items]))
-    result_file = out_dir / f"{task.name}.json"
-    write_atomic(result_file, json.dumps(json_safe({"task": task.name, "description": task.spec.description, **meta,
-                                                    "data": task.origin, **summary}), indent=2, allow_nan=False) + "\n")
     lines = []
     for it, sc, p, r, t, b in zip(task.items, scores, pred, right, tied, bad):
         row = {"id": f"{it.subtask}_{it.index}", "subtask": it.subtask, "index": it.index,
@@ -162,7 +161,22 @@ def write_results(out_dir: Path, task: Task, scores: np.ndarray, summary: dict, 
         merged = read_predictions(out_dir)
         merged[task.name] = {name: {"predictions": rows} for name, rows in per_sub.items()}
         write_atomic(predictions_file, json.dumps(merged) + "\n")
-    return {"result": result_file, "pairs": pairs_file, "predictions": predictions_file}
+    files = {"pairs": pairs_file, "predictions": predictions_file}
+    if official:
+        files["official"] = write_official(out_dir, task, scores)
+    files["result"] = write_result(out_dir, task, {**meta, "data": task.origin, **summary})
+    return files
+
+
+def write_result(out_dir: Path, task: Task, record: dict) -> Path:
+    """eval/<task>.json, written after every other file of the task: a result file says its task's per-item and
+    prediction files are whole, for --keep-scored, a learning curve, a grid and `results collect`, which take a task
+    with one for scored (it used to be written first, and a command stopped right after it left a task without them
+    that was taken for scored)."""
+    result_file = out_dir / f"{task.name}.json"
+    write_atomic(result_file, json.dumps(json_safe({"task": task.name, "description": task.spec.description, **record}),
+                                         indent=2, allow_nan=False) + "\n")
+    return result_file
 
 
 OFFICIAL_DIR = (
@@ -189,11 +203,10 @@ def write_official(out_dir: Path, task: Task, scores: np.ndarray) -> Path:
     return file
 
 
-def add_timing(result_file: Path, seconds: float, n_items: int) -> None:
-    """The task's scoring time and items per second, added to its result file."""
-    data = json.loads(result_file.read_text(encoding="utf-8"))
-    data.update(seconds=round(seconds, 3), items_per_second=round(n_items / max(seconds, 1e-9), 1))
-    write_atomic(result_file, json.dumps(data, indent=2, allow_nan=False) + "\n")
+def timing(started: float, n_items: int) -> dict:
+    """The task's scoring time since `started` (time.perf_counter()) and its items per second, for its result."""
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 3), "items_per_second": round(n_items / max(seconds, 1e-9), 1)}
 
 
 def table(rows: list[tuple[str, dict]]) -> str:

@@ -93,6 +93,39 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def test_a_task_result_is_written_after_every_file_it_vouches_for(run, demo_root, tmp_path, monkeypatch):
+    """A stop after each file an evaluation writes: wherever it stops, a task with a result file has its per-item
+    file and both predictions files, the ones --keep-scored, a learning curve and a grid take it for having (the
+    result was written first, and a stop right after it left a task that was taken for scored without them)."""
+    import common.paths
+    from eval import __main__ as eval_main, report
+
+    out = tmp_path / "out"
+    args = [run / "model", "--tasks", "demo_pairs", "--data-dir", demo_root, "--convention", "babylm2025",
+            "--out", out, "--no-progress"]
+    real = common.paths.write_atomic
+    for stop in range(1, 10):
+        written = []
+
+        def write_then_stop(path, text):
+            real(path, text)
+            written.append(Path(path).name)
+            if len(written) == stop:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(report, "write_atomic", write_then_stop)
+        proc = call(eval_main.main, *args)
+        if proc.returncode == 0:  # every file was written before the stop
+            break
+        assert proc.returncode == 130 and proc.stderr.strip().endswith("--keep-scored scores only the others")
+        if (out / "demo_pairs.json").is_file():
+            assert (out / "pairs" / "demo_pairs.jsonl").is_file()
+            assert "demo_pairs" in json.loads((out / "predictions.json").read_text())
+            assert (out / report.OFFICIAL_DIR / "demo_pairs" / "predictions.json").is_file()
+        shutil.rmtree(out)
+    assert stop == 5 and written == ["demo_pairs.jsonl", "predictions.json", "predictions.json", "demo_pairs.json"]
+
+
 def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(workdir, demo_root, cache_dir):
     """The debug executor trains in the launcher's process: Ctrl-C stopped only the point training (its run said
     interrupted) and the launcher went on with the next point. The local executor's training is a child process: a
