@@ -179,9 +179,9 @@ def file_in_the_way(folder: Path) -> Path | None:
 
 def remove_ours(path: Path, marker: str, what: str) -> None:
     """Delete the folder `path` only if it holds `marker`, the file this project writes into every
-    folder of that kind; otherwise refuse (the project never deletes a folder it did not create)."""
-    import shutil
-
+    folder of that kind; otherwise refuse (the project never deletes a folder it did not create).
+    The marker goes last: a removal stopped part-way (Ctrl-C, a kill) leaves a folder that is still
+    marked as ours, which the next removal takes, not one the project refuses to touch."""
     from common.errors import UserError
 
     path = Path(path)
@@ -190,7 +190,15 @@ def remove_ours(path: Path, marker: str, what: str) -> None:
     if path.is_symlink() or not path.is_dir() or not (path / marker).is_file():
         raise UserError(f"{path}: exists and is not {what} (no {marker} in it), so it is not removed; "
                         f"move it away or choose another path")
-    shutil.rmtree(path)
+    for folder, subfolders, files in os.walk(path, topdown=False):  # deepest first; links are not followed
+        for name in files:
+            if not (folder == str(path) and name == marker):
+                os.unlink(os.path.join(folder, name))
+        for name in subfolders:
+            inner = os.path.join(folder, name)
+            os.unlink(inner) if os.path.islink(inner) else os.rmdir(inner)
+    (path / marker).unlink()
+    path.rmdir()
 
 
 # --------------------------------------------------------------------------- the lock of a folder

@@ -97,7 +97,7 @@ class TeacherCache:
     def __init__(self, folder: str | Path, expected: dict):
         self.folder = Path(folder)
         manifest = self.folder / MANIFEST
-        if not manifest.is_file():
+        if not manifest.is_file() or (self.folder / PARTIAL).is_file():
             raise UserError(f"distill.teacher_cache={folder}: no {MANIFEST} there (missing or unfinished); "
                             f"run python -m distill cache-teachers with this config first")
         fix = "write the cache again with python -m distill cache-teachers --overwrite"
@@ -183,13 +183,25 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
                 "bytes_per_token": round(shard_bytes / max(1, n * T), 2),  # the shards' files, headers included
                 "storage_error": errors}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    (tmp / PARTIAL).unlink()
+    replace(out, tmp)
+
+
+def replace(out: Path, tmp: Path) -> None:
+    """Put the finished cache `tmp` (marked PARTIAL) at `out`, removing the cache there (--overwrite; never a folder
+    of the user's). Stopped at any moment (Ctrl-C, a kill), this leaves at `out` the old cache whole, nothing, or a
+    folder marked PARTIAL, which no training reads and the next cache-teachers removes: the old cache is marked
+    before its files go, and the new one is unmarked only once it is in place. (The new cache used to lose its mark
+    before the move, and a command stopped between the two left a `.partial` folder that every later one refused.)"""
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
-    remove_ours(
-        out, MANIFEST, "a teacher cache"
-    )  # the cache being replaced (--overwrite); never a folder of the user's
+    if out.exists():
+        if not (out / MANIFEST).is_file() and not (out / PARTIAL).is_file():
+            raise UserError(f"{out}: exists and is not a teacher cache (no {MANIFEST} in it), so it is not replaced; "
+                            f"move it away or choose another --out")
+        (out / PARTIAL).write_text("a teacher cache being replaced by python -m distill cache-teachers\n")
+        remove_ours(out, PARTIAL, "a teacher cache")
     tmp.rename(out)
+    (out / PARTIAL).unlink()
 
 
 def top_k(teacher_logits: list[torch.Tensor], fp: dict, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -240,6 +252,8 @@ def check_target(out: Path) -> None:
     """The cache folder may be new, empty, or a cache of ours; anything else is refused before any work."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; choose a folder for the teacher cache")
+    if out.is_dir() and (out / PARTIAL).is_file():  # ours, unfinished or half replaced (`replace`): never a cache
+        return
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise UserError(f"--out {out}: holds files but is not a teacher cache (no {MANIFEST}), so it is not replaced; "
                         f"choose another --out (an empty or new folder)")
@@ -322,7 +336,7 @@ def build(cfg, out: Path, overwrite: bool, device: torch.device) -> int:
     tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer_dir)
     teachers = load_teachers(cfg, Path(prepared.tokenizer_dir), None, device)
     fp, fmt = fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint), cfg.distill.cache_format
-    if (out / MANIFEST).is_file():
+    if (out / MANIFEST).is_file() and not (out / PARTIAL).is_file():  # a PARTIAL one is written again (`replace`)
         old = read_manifest(out / MANIFEST, "move the folder away, or pass --overwrite to write the cache again")
         if old["fingerprint"] == fp and old["format"] == fmt:
             print(f"{out}: already holds this cache (same fingerprint and format); nothing to do")

@@ -126,6 +126,74 @@ def test_a_task_result_is_written_after_every_file_it_vouches_for(run, demo_root
     assert stop == 5 and written == ["demo_pairs.jsonl", "predictions.json", "predictions.json", "demo_pairs.json"]
 
 
+def test_a_teacher_cache_replaced_is_whole_or_marked_ours_wherever_it_stops(tmp_path, monkeypatch):
+    """`distill.cache.replace` (a finished cache put in the old one's place) stopped before each file-system step:
+    the cache folder then holds the old cache whole, the new one whole, nothing (or an empty folder), or a folder
+    marked as unfinished, which no training reads; the next cache-teachers takes what is left and puts its cache in
+    place."""
+    from common.errors import UserError
+    from distill.cache import MANIFEST, PARTIAL, TeacherCache, check_target, replace
+    from common.paths import remove_ours
+
+    def cache(folder: Path, which: str, partial: bool) -> Path:
+        (folder / "sub").mkdir(parents=True)
+        for i in range(3):
+            (folder / f"shard-{i:05d}.ids.npy").write_text(which)
+        (folder / "sub" / "x").write_text(which)
+        (folder / MANIFEST).write_text(json.dumps({"which": which}))
+        if partial:
+            (folder / PARTIAL).write_text("unfinished")
+        return folder
+
+    def state(folder: Path) -> str:
+        if not folder.exists():
+            return "none"
+        if (folder / PARTIAL).is_file():
+            return "marked"
+        if not any(folder.iterdir()):  # its last step removes it: an empty folder is taken as a new one
+            return "empty"
+        names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+        assert names == [MANIFEST, "shard-00000.ids.npy", "shard-00001.ids.npy", "shard-00002.ids.npy", "sub",
+                         "sub/x"], names  # whole
+        return json.loads((folder / MANIFEST).read_text())["which"]
+
+    seen = set()
+    for stop in range(1, 40):
+        root = tmp_path / f"stop{stop}"
+        out, tmp = cache(root / "c", "old", False), cache(root / "c.partial", "new", True)
+        steps = []
+
+        def count(real):
+            def step(*a, **k):
+                steps.append(real.__name__)
+                if len(steps) == stop:
+                    raise KeyboardInterrupt
+                return real(*a, **k)
+            return step
+
+        with monkeypatch.context() as m:
+            for name in ("unlink", "rmdir", "rename"):
+                m.setattr(os, name, count(getattr(os, name)))
+            m.setattr(Path, "write_text", count(Path.write_text))
+            try:
+                replace(out, tmp)
+                done = True
+            except KeyboardInterrupt:
+                done = False
+        seen.add(state(out))
+        if state(out) == "marked":
+            with pytest.raises(UserError, match="unfinished"):
+                TeacherCache(out, {})
+        # the next cache-teachers: the folder passes its check, the unfinished one goes, a new one is put in place
+        check_target(out)
+        remove_ours(tmp, PARTIAL, "an unfinished teacher cache")
+        replace(out, cache(tmp, "newer", True))
+        assert state(out) == "newer" and sorted(p.name for p in root.iterdir()) == ["c"]
+        if done:
+            break
+    assert done and stop > 10 and seen == {"old", "marked", "empty", "none", "new"}, (stop, seen)
+
+
 def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(workdir, demo_root, cache_dir):
     """The debug executor trains in the launcher's process: Ctrl-C stopped only the point training (its run said
     interrupted) and the launcher went on with the next point. The local executor's training is a child process: a
