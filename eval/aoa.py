@@ -203,12 +203,14 @@ def main(argv: list[str]) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tasks_locked(out_dir, [TASK]):
         keep_other(target, asked)
+        fitness_file = target.with_name(FITNESS)
+        stale = fitness_file.is_file()  # it scored the surprisals about to be replaced: removed first, so that a
+        if stale:  # command stopped between the two files never leaves it beside surprisals it did not score
+            fitness_file.unlink()
         write_atomic(target, json.dumps({"metadata": metadata, "results": rows}, indent=2) + "\n")
         print(f"aoa: {len(words)} words, {sum(w.contexts for w in words)} entries at each of {len(folders)} "
               f"checkpoints ({folders[0].name} .. {folders[-1].name}) -> {target}")
-        fitness_file = target.with_name(FITNESS)
-        if cdi is None and fitness_file.is_file():  # it scored the surprisals this file replaced
-            fitness_file.unlink()
+        if cdi is None and stale:
             print(f"aoa: removed {fitness_file}, the curve fitness of the surprisals replaced; --cdi computes it")
         if cdi is not None:
             fitness = {**curve_fitness(rows, cdi), "cdi": str(Path(args.cdi).resolve())}

@@ -104,7 +104,7 @@ def test_surprisals_follow_the_pipeline_word_by_word(tmp_path):
         assert np.allclose(got, [naive_masked_surprisal(masked, w.text, backend) for w in words], atol=1e-4), backend
 
 
-def test_aoa_writes_the_pipelines_surprisal_file_and_fitness(run, tmp_path):
+def test_aoa_writes_the_pipelines_surprisal_file_and_fitness(run, tmp_path, monkeypatch):
     from eval.aoa import read_words
 
     words_file = write_words(tmp_path / "cdi_childes.json")
@@ -156,6 +156,22 @@ def test_aoa_writes_the_pipelines_surprisal_file_and_fitness(run, tmp_path):
         assert_user_error(run_here("eval", "aoa", str(run), "--words", str(words_file), "--no-progress"),
                           "another evaluation of aoa is writing there", f"pid {os.getpid()}")
     assert target.read_bytes() == before
+
+    # Ctrl-C right after the surprisals are replaced: the curve fitness of those replaced is gone already (it was
+    # removed after them, and a stop between the two left it beside surprisals it did not score)
+    ok(run_here("eval", "aoa", str(run), "--words", str(words_file), "--cdi", str(cdi), "--no-progress"))
+    assert target.with_name("curve_fitness.json").is_file()
+    import eval.aoa
+
+    def write_then_stop(path, text, real=eval.aoa.write_atomic):
+        real(path, text)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval.aoa, "write_atomic", write_then_stop)
+    proc = run_here("eval", "aoa", str(run), "--words", str(words_file), "--no-progress")
+    assert proc.returncode == 130
+    assert proc.stderr.strip() == "interrupted; nothing half-written is kept; run the same command again"
+    assert target.is_file() and not target.with_name("curve_fitness.json").exists()
 
 
 def test_curve_fitness_on_curves_of_known_shape():
