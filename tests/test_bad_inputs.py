@@ -602,8 +602,9 @@ def test_every_float_refuses_nan_and_every_number_its_range():
         floats = [float("nan"), 1e300, -1e300] if "float" in str(f.type) else []
         for bad in floats + ([below - 1] if below is not None else []):
             value = [bad] if "list" in str(f.type) else bad
-            with pytest.raises(ConfigError, match="float32's largest" if bad in floats[1:] else ""):
+            with pytest.raises(ConfigError, match="float32's largest" if bad in floats[1:] else None) as caught:
                 _build(cls, {leaf: value}, "", _field_names(cls))
+            assert caught.value.key == (f"{leaf}[0]" if "list" in str(f.type) else leaf), (key, caught.value.key)
             checked += 1
     assert checked > 100
 
