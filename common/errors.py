@@ -78,6 +78,30 @@ def if_interrupted(where, advice: str):
         raise Interrupted(where, advice) from None
 
 
+@contextlib.contextmanager
+def interrupt_deferred():
+    """Ctrl-C within the block takes effect as it ends, for steps that must not be cut in two (SLURM jobs submitted,
+    and their ids recorded). Only this process waits: a program it runs meanwhile (sbatch) gets Ctrl-C from the
+    terminal as usual. Outside the main thread (where no signal arrives) the block runs as it is."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    except BaseException:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt from None
+        raise
+    signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def leave(code: int) -> None:
     """End the process with an entry point's exit code. An interrupted command ends by SIGINT itself, as Python does
     for a KeyboardInterrupt nothing caught: the shell reports 130, and a shell script running the command stops at

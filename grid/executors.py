@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.errors import UserError, summary
+from common.errors import UserError, interrupt_deferred, summary
 from common.paths import read_json, write_atomic
 from grid.config import ExecutorConfig
 from grid.plan import Point
@@ -200,12 +200,13 @@ def run_slurm(
         jobs[name] = earlier[name]
     todo = [p for p in points if p.name not in jobs]
     if todo:
-        pending = _submit(todo, root, ex, report.verbose)
-        for p, job in pending:
-            jobs[p.name] = job
-            known[p.name] = job.job_id
-        jobs_file.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(jobs_file, json.dumps(known, indent=2))
+        with interrupt_deferred():  # Ctrl-C between sbatch's answer and jobs.json: the next launch submitted them again
+            pending = _submit(todo, root, ex, report.verbose)
+            for p, job in pending:
+                jobs[p.name] = job
+                known[p.name] = job.job_id
+            jobs_file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(jobs_file, json.dumps(known, indent=2))
         report.line(f"submitted {len(todo)} point(s) as job array {pending[0][1].job_id.split('_')[0]}")
     for p in points:
         report.start(p, f"job {jobs[p.name].job_id}")

@@ -226,3 +226,32 @@ def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(workdir, demo_r
         assert json.loads((first / "run.json").read_text())["status"] == "interrupted"
         assert sorted(p.name for p in runs.iterdir() if not p.name.startswith("_")) == [first.name]  # no next point
         assert not (first / "LOCK").exists()  # its training is over too
+
+
+def test_an_interrupt_deferred_takes_effect_as_the_block_ends():
+    """The grid submits a stage's jobs and records their ids in jobs.json under `interrupt_deferred`: Ctrl-C between
+    sbatch's answer and the record left jobs the next launch did not know of, and it submitted their points again.
+    The block runs to its end, then the interrupt is raised (also when the block fails); a program it runs still
+    gets its own Ctrl-C."""
+    script = """
+import os, signal, subprocess, sys
+from common.errors import interrupt_deferred
+done = []
+try:
+    with interrupt_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("block ended")
+        done.append(subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGINT)"],
+                                   stderr=subprocess.DEVNULL).returncode)
+except KeyboardInterrupt:
+    done.append("interrupted after")
+try:
+    with interrupt_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        raise ValueError("the block failed")
+except KeyboardInterrupt:
+    done.append("interrupted, not the failure")
+print(done, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+    out = ok(subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)).stdout
+    assert out.strip() == "['block ended', -2, 'interrupted after', 'interrupted, not the failure'] True"
