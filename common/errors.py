@@ -211,6 +211,7 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
+        bars = _progress_bars()  # those of a caller in this process (a grid's debug executor): left open
         try:
             return main(*args, **kwargs) or 0
         except KeyboardInterrupt as exc:
@@ -219,7 +220,7 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
             said = str(exc) if isinstance(exc, Interrupted) else f"interrupted; {INTERRUPTED_ADVICE}"
             sys.stdout.flush()
             if is_main_process():  # every rank of a torchrun group gets the Ctrl-C; one says it
-                _close_progress_bars()
+                _close_progress_bars(bars)
                 print(said, file=sys.stderr)
             return EXIT_INTERRUPTED
         except UserError as exc:
@@ -235,20 +236,26 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
             message = (f"out of memory ({memory}); lower the batch size (--batch-size, or train.batch_size in a "
                        "config), or run where there is more memory")
         sys.stdout.flush()
-        _close_progress_bars()
+        _close_progress_bars(bars)
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
 
     return wrapped
 
 
-def _close_progress_bars() -> None:
-    """Close the tqdm bars a failure or Ctrl-C left open, each ending its own line, before the one line is printed:
-    a bar closed later (when the interpreter frees it, at exit) drew itself again after that line."""
+def _progress_bars() -> set:
+    """The tqdm bars open in this process."""
     try:
         from tqdm import tqdm
     except ImportError:
-        return
-    for bar in list(getattr(tqdm, "_instances", ())):
+        return set()
+    return set(getattr(tqdm, "_instances", ()))
+
+
+def _close_progress_bars(before: set) -> None:
+    """Close the tqdm bars the entry point opened and a failure or Ctrl-C left open (not those in `before`), each
+    ending its own line, before the one line is printed: a bar closed later (when the interpreter frees it, at exit)
+    drew itself again after that line."""
+    for bar in _progress_bars() - before:
         with contextlib.suppress(Exception):
             bar.close()

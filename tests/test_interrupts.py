@@ -255,3 +255,27 @@ print(done, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 """
     out = ok(subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)).stdout
     assert out.strip() == "['block ended', -2, 'interrupted after', 'interrupted, not the failure'] True"
+
+
+def test_the_one_line_closes_the_bars_of_its_entry_point_and_no_other(capsys):
+    """A bar the entry point left open is closed before its one line (closed at exit, it drew itself again after
+    it); a bar of a caller in the same process (the debug executor's stage bar, around a point's training) stays."""
+    from tqdm import tqdm
+
+    from common.errors import UserError, exit_on_user_error
+
+    for failure in (KeyboardInterrupt, UserError("x.yaml: bad")):
+        inner = []
+
+        @exit_on_user_error
+        def main(argv):
+            inner.append(tqdm(total=10, desc="scoring"))
+            inner[0].update(3)
+            raise failure
+
+        with tqdm(total=4, desc="stage") as caller:
+            assert main([]) == (130 if failure is KeyboardInterrupt else 2)
+            assert not caller.disable and inner[0].disable  # the caller's is open, the entry point's closed
+            err = capsys.readouterr().err
+        assert err.replace("\r", "\n").splitlines()[-1] in ("interrupted; nothing half-written is kept; run the same command again",
+                                        "error: x.yaml: bad")
