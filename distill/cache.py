@@ -98,8 +98,9 @@ class TeacherCache:
         self.folder = Path(folder)
         manifest = self.folder / MANIFEST
         if not manifest.is_file() or (self.folder / PARTIAL).is_file():
-            raise UserError(f"distill.teacher_cache={folder}: no {MANIFEST} there (missing or unfinished); "
-                            f"run python -m distill cache-teachers with this config first")
+            raise UserError(f"distill.teacher_cache={folder}: no finished cache there (no {MANIFEST}, or one that a "
+                            f"stopped cache-teachers left unfinished); run python -m distill cache-teachers with this "
+                            f"config")
         fix = "write the cache again with python -m distill cache-teachers --overwrite"
         info = read_manifest(manifest, fix)
         for key, value in expected.items():

@@ -182,7 +182,7 @@ def test_a_teacher_cache_replaced_is_whole_or_marked_ours_wherever_it_stops(tmp_
                 done = False
         seen.add(state(out))
         if state(out) == "marked":
-            with pytest.raises(UserError, match="unfinished"):
+            with pytest.raises(UserError, match="no finished cache there .* left unfinished"):
                 TeacherCache(out, {})
         # the next cache-teachers: the folder passes its check, the unfinished one goes, a new one is put in place
         check_target(out)
