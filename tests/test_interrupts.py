@@ -277,5 +277,5 @@ def test_the_one_line_closes_the_bars_of_its_entry_point_and_no_other(capsys):
             assert main([]) == (130 if failure is KeyboardInterrupt else 2)
             assert not caller.disable and inner[0].disable  # the caller's is open, the entry point's closed
             err = capsys.readouterr().err
-        assert err.replace("\r", "\n").splitlines()[-1] in ("interrupted; nothing half-written is kept; run the same command again",
-                                        "error: x.yaml: bad")
+        last = err.replace("\r", "\n").splitlines()[-1]
+        assert last in ("interrupted; nothing half-written is kept; run the same command again", "error: x.yaml: bad")
