@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -140,7 +139,6 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     except NonFiniteLoss as exc:
         good = run_dir.newest_finite_checkpoint()
         run_dir.end("failed", error=str(exc))
-        print(file=sys.stderr)  # end the progress bar's line before the error
         raise UserError(f"{run_dir.path}: {exc}; training stopped, last good checkpoint: {good or 'none'}; "
                         f"rerun with --resume and a lower optim.max_grad_norm, or start again (--overwrite) with a "
                         f"lower optim.lr") from None
@@ -159,7 +157,6 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
             metrics_log.record()
             run_dir.end("failed", error=f"out of memory: {memory}" if memory else errors.summary(exc, 300))
         if memory:
-            print(file=sys.stderr)  # end the progress bar's line before the error
             raise UserError(
                 f"{run_dir.path}: out of memory at step {trainer.state.global_step} ({memory}, with train.batch_size="
                 f"{cfg.train.batch_size} and data.block_size={cfg.data.block_size}); rerun with --resume where it "
