@@ -92,14 +92,10 @@ def interrupt_deferred():
     previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
-    except BaseException:
+    finally:
         signal.signal(signal.SIGINT, previous)
-        if caught:
+        if caught:  # also in place of a failure of the block: the person asked to stop
             raise KeyboardInterrupt from None
-        raise
-    signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def leave(code: int) -> None:
