@@ -196,9 +196,7 @@ def replace(out: Path, tmp: Path) -> None:
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     if out.exists():
-        if not (out / MANIFEST).is_file() and not (out / PARTIAL).is_file():
-            raise UserError(f"{out}: exists and is not a teacher cache (no {MANIFEST} in it), so it is not replaced; "
-                            f"move it away or choose another --out")
+        check_target(out)  # again: a folder that is not ours must not be marked as ours
         (out / PARTIAL).write_text("a teacher cache being replaced by python -m distill cache-teachers\n")
         remove_ours(out, PARTIAL, "a teacher cache")
     tmp.rename(out)
