@@ -198,9 +198,9 @@ def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(workdir, demo_r
     """The debug executor trains in the launcher's process: Ctrl-C stopped only the point training (its run said
     interrupted) and the launcher went on with the next point. The local executor's training is a child process: a
     SIGINT sent to the launcher alone is passed on to it, so that no training goes on without its launcher."""
-    grid = workdir / "grid.yaml"
+    grid = workdir / "grid.yaml"  # a point trains far longer than the launcher's 10 s wait before it passes SIGINT on
     sets = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
-            f"data.cache_dir={cache_dir}", "train.max_steps=400", "train.save_steps=10", "train.eval_steps=10",
+            f"data.cache_dir={cache_dir}", "train.max_steps=20000", "train.save_steps=10", "train.eval_steps=10",
             "train.logging_steps=1", "optim.warmup_steps=5", "data.train_fraction=0.2"]
     for kind in ("debug", "local"):
         grid.write_text(f"name: stop-{kind}\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
