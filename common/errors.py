@@ -13,6 +13,12 @@ classes into one `error:` line that names the file and says what to do, instead 
 Anything else is a defect of ours and keeps its traceback. Ctrl-C (KeyboardInterrupt) is one line too,
 `<where>: interrupted; <what is kept and what to do>`, in the words of the outermost `if_interrupted`
 block around the work (else: nothing half-written is kept), and the process then ends by SIGINT.
+
+SIGTERM (`kill`, `timeout`, `scancel`, a SLURM preemption or time limit without --signal, a container stopped) stops a
+command the same way: the boundary makes it a KeyboardInterrupt, so that the same blocks clean up, the line says
+`<where>: stopped by SIGTERM; ...`, and the process ends by SIGTERM. Where another program set its own SIGTERM handler
+in this process first (submitit's, in a grid's SLURM job), that handler is left in place. A trainer (train/, eval
+finetune) checkpoints before it stops (common.preemption).
 """
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ from typing import Callable
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: training stopped on SIGUSR2 after saving a checkpoint; rerun with --resume
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM, as a shell reports it
+EXIT_STOPPED = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}  # a stop signal -> its exit code
 
 # errno -> what the user does about it
 OS_ADVICE = {
@@ -56,11 +64,89 @@ class UserError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C inside an `if_interrupted` block, with what its one line says."""
+    """Ctrl-C (or SIGTERM) inside an `if_interrupted` block, with what its one line says."""
 
     def __init__(self, where, advice: str):
-        super().__init__(f"{where}: interrupted; {advice}")
+        super().__init__(f"{where}: {how_stopped()}; {advice}")
         self.where, self.advice = where, advice
+
+
+# The signal that stopped this process (recorded by the boundary's handlers; none recorded: Ctrl-C, which Python
+# raises where no handler of ours is set): the same KeyboardInterrupt carries both, and the line and the exit code name
+# the one that came.
+_stopped_by: list[int] = []
+_cut: list[int] = []  # the signals a handler of ours raised a KeyboardInterrupt for (a trainer's stop raises none)
+_boundaries: list[None] = []  # entry points running in this process, outermost first (a grid's debug executor nests)
+
+
+def stopped_by() -> int:
+    """SIGTERM where a SIGTERM stopped the command (or asked a trainer to stop), else SIGINT."""
+    return _stopped_by[0] if _stopped_by else signal.SIGINT
+
+
+def how_stopped() -> str:
+    return "stopped by SIGTERM" if stopped_by() == signal.SIGTERM else "interrupted"
+
+
+def note_stop(signum: int) -> None:
+    """Record what stopped this process (the first signal counts)."""
+    if not _stopped_by:
+        _stopped_by.append(signum)
+
+
+def _cut_short(signum: int):
+    note_stop(signum)
+    _cut.append(signum)
+    raise KeyboardInterrupt
+
+
+def cut_short() -> bool:
+    """Whether Ctrl-C or SIGTERM has cut this entry point's work short: an error raised after it is the stop's doing
+    (a C extension whose import was cut reports "ImportError: initialization failed"), not the user's input."""
+    return bool(_cut)
+
+
+def _stop_on_sigint(signum, frame):
+    _cut_short(signum)
+
+
+def _stop_on_sigterm(signum, frame):
+    if _stopped_by:  # a stop is on its way (its cleanup runs now): a second SIGTERM changes nothing
+        return
+    _cut_short(signum)
+
+
+def sigterm_is_ours() -> bool:
+    """Whether SIGTERM stops this process through the boundary (not a handler another program installed first)."""
+    return signal.getsignal(signal.SIGTERM) is _stop_on_sigterm
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Ctrl-C and SIGTERM within the block are a KeyboardInterrupt and are recorded, where they still have Python's
+    default action (never over a handler another program set first: submitit's, in a grid's SLURM job, waits for
+    SIGUSR2 to requeue). The outermost block forgets an earlier stop (entry points called in one process, as tests
+    do)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if not _boundaries:
+        _stopped_by.clear()
+        _cut.clear()
+    _boundaries.append(None)
+    ours = {signal.SIGINT: (signal.default_int_handler, _stop_on_sigint),
+            signal.SIGTERM: (signal.SIG_DFL, _stop_on_sigterm)}
+    installed = {s: default for s, (default, handler) in ours.items() if signal.getsignal(s) == default}
+    for s in installed:
+        signal.signal(s, ours[s][1])
+    try:
+        yield
+    finally:
+        for s, default in installed.items():
+            signal.signal(s, default)
+        _boundaries.pop()
 
 
 # What an entry point's Ctrl-C line says where no `if_interrupted` block says more: every file of ours is written
@@ -70,43 +156,53 @@ INTERRUPTED_ADVICE = "nothing half-written is kept; run the same command again"
 
 @contextlib.contextmanager
 def if_interrupted(where, advice: str):
-    """Ctrl-C within the block is said as `<where>: interrupted; <advice>` (what is kept, what to do next). The
-    outermost block's words win: the command that was run says how to run it again."""
+    """Ctrl-C within the block is said as `<where>: interrupted; <advice>` (what is kept, what to do next), SIGTERM as
+    `<where>: stopped by SIGTERM; <advice>`. The outermost block's words win: the command that was run says how to run
+    it again. An error that a library raised from the stop is the stop too (`cut_short`)."""
     try:
         yield
     except KeyboardInterrupt:
+        raise Interrupted(where, advice) from None
+    except Exception:
+        if not cut_short():
+            raise
         raise Interrupted(where, advice) from None
 
 
 @contextlib.contextmanager
 def interrupt_deferred():
-    """Ctrl-C within the block takes effect as it ends, for steps that must not be cut in two (SLURM jobs submitted,
-    and their ids recorded). Only this process waits: a program it runs meanwhile (sbatch) gets Ctrl-C from the
-    terminal as usual. Outside the main thread (where no signal arrives) the block runs as it is."""
+    """Ctrl-C (and a SIGTERM that stops through the boundary) within the block takes effect as it ends, for steps
+    that must not be cut in two (SLURM jobs submitted, and their ids recorded). Only this process waits: a program it
+    runs meanwhile (sbatch) gets Ctrl-C from the terminal as usual. Outside the main thread (where no signal arrives)
+    the block runs as it is."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    deferred = [signal.SIGINT] + ([signal.SIGTERM] if sigterm_is_ours() else [])
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in deferred}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if caught:  # also in place of a failure of the block: the person asked to stop
-            raise KeyboardInterrupt from None
+            _cut_short(caught[0])
 
 
 def leave(code: int) -> None:
     """End the process with an entry point's exit code. An interrupted command ends by SIGINT itself, as Python does
     for a KeyboardInterrupt nothing caught: the shell reports 130, and a shell script running the command stops at
-    Ctrl-C instead of going on with its next line (it treats an ordinary exit as a child that handled the signal)."""
-    if code == EXIT_INTERRUPTED:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+    Ctrl-C instead of going on with its next line (it treats an ordinary exit as a child that handled the signal).
+    A command stopped by SIGTERM ends by SIGTERM (143), as it would have without its handler."""
+    for signum, stopped in EXIT_STOPPED.items():
+        if code == stopped:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
     sys.exit(code)
 
 
@@ -203,22 +299,29 @@ def writing(path, fix: str = "then run the same command again"):
 
 def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap an entry point: a UserError (or a user-fixable OSError, or running out of memory) prints one `error:` line
-    on stderr and returns 2; Ctrl-C prints one `interrupted` line and returns 130 (`leave` then ends by SIGINT)."""
+    on stderr and returns 2; Ctrl-C prints one `interrupted` line and returns 130 (`leave` then ends by SIGINT), and
+    SIGTERM one `stopped by SIGTERM` line and returns 143 (`leave` then ends by SIGTERM)."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
         bars = _progress_bars()  # those of a caller in this process (a grid's debug executor): left open
         try:
-            return main(*args, **kwargs) or 0
+            with stop_signals():
+                try:
+                    return main(*args, **kwargs) or 0
+                except Exception:
+                    if cut_short():  # a library's error raised from the stop: said as the stop
+                        raise KeyboardInterrupt from None
+                    raise
         except KeyboardInterrupt as exc:
             from common.ranks import is_main_process
 
-            said = str(exc) if isinstance(exc, Interrupted) else f"interrupted; {INTERRUPTED_ADVICE}"
+            said = str(exc) if isinstance(exc, Interrupted) else f"{how_stopped()}; {INTERRUPTED_ADVICE}"
             sys.stdout.flush()
             if is_main_process():  # every rank of a torchrun group gets the Ctrl-C; one says it
                 _close_progress_bars(bars)
                 print(said, file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return EXIT_STOPPED[stopped_by()]
         except UserError as exc:
             message = str(exc)
         except OSError as exc:

@@ -1,6 +1,8 @@
-"""A checkpoint and a stop on SIGUSR2: SLURM's warning before a time limit or a preemption (sbatch
---signal=USR2@<seconds>, which submitit also uses). Training (`train/`) and fine-tuning (`eval finetune`) both stop so,
-then exit with EXIT_PREEMPTED, and the same command continues from the checkpoint."""
+"""A checkpoint and a stop on SIGUSR2 (SLURM's warning before a time limit or a preemption: sbatch
+--signal=USR2@<seconds>, which submitit also uses) or on SIGTERM (what SLURM sends at a preemption, at a time limit
+without --signal and on scancel, then SIGKILL after its grace time; also `kill`, `timeout`, a container stopped).
+Training (`train/`) and fine-tuning (`eval finetune`) both stop so: after SIGUSR2 they exit with EXIT_PREEMPTED, after
+SIGTERM they end by SIGTERM, and the same command continues from the checkpoint."""
 from __future__ import annotations
 
 import signal
@@ -8,35 +10,54 @@ import signal
 import torch
 from transformers import TrainerCallback
 
+from common.errors import note_stop, sigterm_is_ours
 from common.ranks import all_reduce, collective
 
 
-class Preemption(TrainerCallback):
-    """On SIGUSR2, finish the current step, save a checkpoint and stop; `stopped_at` is then the step.
+CODES = (None, signal.SIGUSR2, signal.SIGTERM)  # what a rank asks for, all-reduced by MAX
 
-    With several ranks the decision is all-reduced at every step end, so every rank stops
-    at the same step and takes part in the same (collective) save.
+
+class Preemption(TrainerCallback):
+    """On SIGUSR2 or SIGTERM, finish the current step, save a checkpoint and stop; `stopped_at` is then the step and
+    `signal` the signal that asked (the first, where both came).
+
+    SIGTERM is taken only where it stops this process through the entry point's boundary (common.errors), not where
+    another program set its own handler first (submitit's, which waits for SIGUSR2 to requeue). A second SIGTERM
+    changes nothing: the stop is already on its way (Ctrl-C still stops at once; SIGKILL ends what takes too long).
+    With several ranks the decision is all-reduced at every step end, so every rank stops at the same step and takes
+    part in the same (collective) save.
     """
 
     def __init__(self):
-        self.requested = False
+        self.signal: int | None = None
         self.stopped_at: int | None = None
-        self._previous = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def _handler(self, signum, frame):
-        self.requested = True
+        if self.signal is None:
+            self.signal = signum
+        if signum == signal.SIGTERM:
+            note_stop(signum)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._previous = signal.signal(signal.SIGUSR2, self._handler)
+        for signum in (signal.SIGUSR2, signal.SIGTERM) if sigterm_is_ours() else (signal.SIGUSR2,):
+            self._previous[signum] = signal.signal(signum, self._handler)
 
     def on_step_end(self, args, state, control, **kwargs):
-        stop = self.requested
-        if collective(args):
-            stop = bool(all_reduce(torch.tensor([float(stop)]), args, torch.distributed.ReduceOp.MAX).item())
-        if stop:
+        asked = CODES.index(self.signal)
+        if collective(args):  # a rank that got no signal stops for another's reason (SIGTERM over SIGUSR2)
+            asked = int(all_reduce(torch.tensor([float(asked)]), args, torch.distributed.ReduceOp.MAX).item())
+        if asked:
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
+            self.signal = self.signal or CODES[asked]
+            if self.signal == signal.SIGTERM:
+                note_stop(signal.SIGTERM)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         # The Trainer ends the epoch it stops in: a stop inside an epoch is not that epoch's end, so an epoch
@@ -45,5 +66,8 @@ class Preemption(TrainerCallback):
             control.should_evaluate = control.should_log = control.should_save = False
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGUSR2, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+        if self.signal == signal.SIGTERM and self.stopped_at is None:
+            raise KeyboardInterrupt  # SIGTERM after the last step's end: stop before the work after training

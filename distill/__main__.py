@@ -13,10 +13,13 @@ from pathlib import Path
 from common import config as cfglib
 from common.errors import exit_on_user_error, leave
 from common.ranks import say
-from distill.config import DistillRunConfig
+
+# distill.config (its loss registry imports torch) is imported inside the functions: under main's boundary, so that
+# Ctrl-C or SIGTERM while torch loads is one line too (tests/test_interrupts.py)
 
 
 def build_parser():
+    from distill.config import DistillRunConfig
     from train.session import run_parser
 
     return run_parser(
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         from distill.cache import main as cache_main
 
         return cache_main(argv[1:])
+    from distill.config import DistillRunConfig
+
     args = build_parser().parse_args(argv)
     cfg = cfglib.load(DistillRunConfig, args.config, args.overrides)
     from train.session import run

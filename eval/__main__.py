@@ -10,15 +10,18 @@ import argparse
 import os
 import sys
 
-from common.errors import UserError, exit_on_user_error, if_interrupted, leave
-from eval import report
-from eval.encode import CONVENTIONS
 from common.arguments import number
-from eval.model import BACKENDS, device_name
+from common.errors import UserError, exit_on_user_error, if_interrupted, leave
+from eval.encode import CONVENTIONS
 from eval.tasks import SUITES, available, task_names
+
+# torch, numpy and the rest are imported inside main: under its boundary, so that Ctrl-C or SIGTERM while they load
+# (the first second or two) is one line too (tests/test_interrupts.py)
 
 
 def parse_eval(argv: list[str]) -> argparse.Namespace:
+    from eval.model import BACKENDS, device_name
+
     p = argparse.ArgumentParser(
         prog="python -m eval",
         description=__doc__.split("\n\n")[1],
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
              "the same command with --keep-scored scores only the others")
     with if_interrupted(results_dir(args.model, opts), f"the tasks whose results were written are kept; {again}"):
         results = evaluate(args.model, tasks, opts)
+    from eval import report
+
     print()
     print(report.table([(name, summary) for name, summary, _ in results]))
     return 0

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import torch
 
 from common.arguments import number, seed
 from common.config import ConfigError, field, load, suggest
-from common.errors import EXIT_PREEMPTED, UserError, if_interrupted, writing
+from common.errors import EXIT_PREEMPTED, EXIT_TERMINATED, UserError, if_interrupted, writing
 from common.libraries import no_accelerator_probe
 from common.metrics import METRICS
 from common.paths import REPO, decode_utf8, hash_files, local_folder, model_hash, write_atomic
@@ -47,7 +48,12 @@ TOKENIZER_HASHED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 
 
 class Stopped(Exception):
-    """A fine-tuning stopped on SIGUSR2 after saving its checkpoint; the same command continues it."""
+    """A fine-tuning stopped on SIGUSR2 or SIGTERM (`signal`) after saving its checkpoint; the same command continues
+    it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signal = signum
 
 
 @dataclass
@@ -313,8 +319,9 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         t0 = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if preemption.stopped_at is not None:
-            raise Stopped(f"{name}: stopped on SIGUSR2 after saving {work / state.TRAINER}/checkpoint-"
-                          f"{preemption.stopped_at}; run the same command again to continue from it")
+            how = "stopped by SIGTERM" if preemption.signal == signal.SIGTERM else "stopped on SIGUSR2"
+            raise Stopped(f"{name}: {how} after saving {work / state.TRAINER}/checkpoint-{preemption.stopped_at}",
+                          preemption.signal)
         if not best:
             state.forget(work)
             raise UserError(f"task {name}: no epoch gave a finite {spec.metric}: every validation logit was NaN or "
@@ -428,8 +435,9 @@ def main(argv: list[str]) -> int:
                                          f"checkpoint if it wrote one; the same command with --tasks {left} continues"):
                 summary = finetune(args.model, name, task, data, out_dir, settings, hashed)
         except Stopped as exc:
-            print(exc, file=sys.stderr)
-            return EXIT_PREEMPTED
+            again = "the same command again" if i == 0 else f"the same command with --tasks {left}"
+            print(f"{exc}; run {again} to continue from it", file=sys.stderr)
+            return EXIT_TERMINATED if exc.signal == signal.SIGTERM else EXIT_PREEMPTED
         extra = f", F1 {summary['f1']:.4f}" if summary.get("f1") is not None else ""
         print(
             f"{name}: {METRICS[summary['metric']].label} {summary['score']:.4f} (accuracy {summary['accuracy']:.4f}"

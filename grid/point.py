@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
+from common.errors import EXIT_PREEMPTED, EXIT_STOPPED, stopped_by
 from common.paths import write_atomic
 from grid.plan import Point
 from grid.report import log_path, output_to
@@ -95,6 +95,8 @@ def evaluate_point(point: Point) -> None:
                 signal.raise_signal(signal.SIGUSR2)
             raise PointFailed(f"{point.name}: python -m eval {' '.join(argv[:2])} ... stopped on SIGUSR2 after a "
                               "checkpoint; run the launcher again to continue", preempted=True)
+        if rc in EXIT_STOPPED.values():  # Ctrl-C or SIGTERM stopped the evaluation in this process: the grid too
+            raise KeyboardInterrupt
         if rc != 0:
             raise PointFailed(f"{point.name}: python -m eval {' '.join(argv[:2])} ... exited {rc}")
 
@@ -109,7 +111,7 @@ def run_in_process(point: Point, verbose: bool = False) -> None:
             rc = entry_point(point.kind)(point.argv())
         finally:
             del os.environ[GRID_ENV]
-        if rc == EXIT_INTERRUPTED:  # Ctrl-C stopped the training in this process: it stops the grid too
+        if rc in EXIT_STOPPED.values():  # Ctrl-C or SIGTERM stopped the training in this process: the grid too
             raise KeyboardInterrupt
         if rc != 0:
             raise PointFailed(f"{point.name}: training exited {rc}")
@@ -118,13 +120,14 @@ def run_in_process(point: Point, verbose: bool = False) -> None:
 
 
 def stop_after_interrupt(proc: subprocess.Popen, wait_s: float = 10.0) -> None:
-    """The launcher got Ctrl-C while `proc` trained a point. At a terminal the training got it too and is writing
-    its run.json: it is waited for. A SIGINT sent to the launcher alone is passed on, so that no training goes on
-    without a launcher (holding its run's lock)."""
+    """The launcher got Ctrl-C (or SIGTERM) while `proc` trained a point. At a terminal (or under SLURM, or `kill` to
+    the process group) the training got it too and is writing its run.json (after SIGTERM, its checkpoint first): it is
+    waited for. A signal sent to the launcher alone is passed on, so that no training goes on without a launcher
+    (holding its run's lock)."""
     try:
         proc.wait(timeout=wait_s)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stopped_by())
         proc.wait()
 
 
@@ -155,15 +158,11 @@ class PointJob:
                 raise
             self._proc = None
             if rc != 0:
-                raise PointFailed(
-                    f"{point.name}: training exited {rc}"
-                    + (
-                        " (stopped on SIGUSR2 after a checkpoint; run the launcher again to resume)"
-                        if rc == EXIT_PREEMPTED
-                        else ""
-                    ),
-                    preempted=rc == EXIT_PREEMPTED,
-                )
+                why = {EXIT_PREEMPTED: " (stopped on SIGUSR2 after a checkpoint; run the launcher again to resume)",
+                       -signal.SIGTERM: " (stopped by SIGTERM; run the launcher again to resume from its newest "
+                                        "checkpoint)"}
+                raise PointFailed(f"{point.name}: training exited {rc}{why.get(rc, '')}",
+                                  preempted=rc == EXIT_PREEMPTED)
         if int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:
             return f"{point.name}: trained (rank > 0)"
         write_grid_json(point)

@@ -173,33 +173,37 @@ def start_and_kill(
 
 
 def freeze_when(module: str, args: list[str], condition, timeout: float = 300) -> subprocess.Popen:
-    """Start `python -m <module>` and stop it (SIGSTOP) as soon as `condition()` holds, polled every 5 ms:
-    the test then sees the run directory as the stopped process left it, and chooses the signal that follows."""
+    """Start `python -m <module>` and stop it (SIGSTOP) as soon as `condition()` (or `condition(pid)`) holds, polled
+    every 5 ms: the test then sees the run directory as the stopped process left it, and chooses the signal that
+    follows."""
+    import inspect
+
     proc = subprocess.Popen(
         [sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+    holds = (lambda: condition(proc.pid)) if inspect.signature(condition).parameters else condition
     deadline = time.time() + timeout
-    while proc.poll() is None and time.time() < deadline and not condition():
+    while proc.poll() is None and time.time() < deadline and not holds():
         time.sleep(0.005)
     assert proc.poll() is None, f"the run ended before the condition held:\n{proc.communicate()[1][-3000:]}"
     proc.send_signal(signal.SIGSTOP)
     return proc
 
 
-def interrupt_when(module: str, args: list[str], condition) -> subprocess.Popen:
-    """`python -m <module> <args>`, stopped (SIGSTOP) as soon as `condition()` holds, then sent SIGINT and let go:
-    Ctrl-C at that very moment. Returns the ended process, its stderr in `stderr_text`."""
+def interrupt_when(module: str, args: list[str], condition, sig: int = signal.SIGINT) -> subprocess.Popen:
+    """`python -m <module> <args>`, stopped (SIGSTOP) as soon as `condition()` holds, then sent SIGINT (or `sig`) and
+    let go: Ctrl-C (or SIGTERM) at that very moment. Returns the ended process, its stderr in `stderr_text`."""
     proc = freeze_when(module, args, condition)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     proc.send_signal(signal.SIGCONT)
     proc.stderr_text = proc.communicate(timeout=600)[1]
     return proc
 
 
-def assert_interrupted(proc: subprocess.Popen, line: str) -> None:
-    """Ended by SIGINT (a shell reports 130), no traceback, and `line` as the last line on stderr."""
+def assert_interrupted(proc: subprocess.Popen, line: str, sig: int = signal.SIGINT) -> None:
+    """Ended by SIGINT (a shell reports 130; or by `sig`), no traceback, and `line` as the last line on stderr."""
     lines = [x for x in proc.stderr_text.replace("\r", "\n").splitlines() if x.strip()]
-    assert proc.returncode == -signal.SIGINT, proc.stderr_text[-3000:]
+    assert proc.returncode == -sig, proc.stderr_text[-3000:]
     assert "Traceback" not in proc.stderr_text and lines[-1] == line, proc.stderr_text[-3000:]
 
 

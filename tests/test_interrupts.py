@@ -40,10 +40,13 @@ def finetune_slice(demo_root: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("command", ["eval", "finetune", "curve", "download", "prepare"])
-def test_ctrl_c_says_what_is_kept_in_one_line_and_the_same_command_continues(command, run, demo_root, tmp_path):
-    """Each long command of the suite, stopped while it works: one line, ended by SIGINT, and the same command (with
-    what the line says to add) then ends as it would have."""
+@pytest.mark.parametrize(("command", "sig"), [(c, signal.SIGINT) for c in ("eval", "finetune", "curve", "download",
+                                                                            "prepare")]
+                         + [(c, signal.SIGTERM) for c in ("eval", "prepare")])
+def test_ctrl_c_says_what_is_kept_in_one_line_and_the_same_command_continues(command, sig, run, demo_root, tmp_path):
+    """Each long command of the suite, stopped while it works by Ctrl-C (or SIGTERM: `kill`, `timeout`, scancel): one
+    line, ended by the same signal, and the same command (with what the line says to add) then ends as it would
+    have. (Until 2026-12-04 SIGTERM ended every command at once, without a word.)"""
     model, out = run / "model", tmp_path / "out"
     if command == "eval":
         args = ["eval", model, "--tasks", "demo_pairs", "--data-dir", demo_root, "--out", out, "--no-progress"]
@@ -78,7 +81,9 @@ def test_ctrl_c_says_what_is_kept_in_one_line_and_the_same_command_continues(com
         line = "interrupted; nothing half-written is kept; run the same command again"
         again = []
     args = [str(a) for a in args]
-    assert_interrupted(interrupt_when(args[0], args[1:], working), line)
+    if sig == signal.SIGTERM:
+        line = line.replace("interrupted;", "stopped by SIGTERM;")
+    assert_interrupted(interrupt_when(args[0], args[1:], working, sig), line, sig)
     ok(run_cli(*args, *again))
     if command == "eval":
         assert (out / "demo_pairs.json").is_file()
@@ -87,6 +92,78 @@ def test_ctrl_c_says_what_is_kept_in_one_line_and_the_same_command_continues(com
     if command == "download":  # every file there, as an uninterrupted download leaves them
         ok(run_cli("eval", "download", "--from", str(shared()), "--dest", str(tmp_path / "whole")))
         assert tree(out) == tree(tmp_path / "whole")
+
+
+def test_sigterm_stops_a_finetuning_after_a_checkpoint_and_names_the_tasks_left(run, demo_root, tmp_path):
+    """SIGTERM while the second task fine-tunes: a checkpoint at the step's end, ended by SIGTERM, one line naming the
+    --tasks to run; that command continues from the checkpoint and leaves the first task's result as it was."""
+    from common.checkpoints import checkpoint_problem
+
+    tasks = finetune_slice(demo_root, tmp_path / "tasks")
+    for split, n in (("train", 200), ("valid", 50)):
+        lines = (demo_root / "finetune" / f"demo_phenomenon.{split}.jsonl").read_text().splitlines()[:n]
+        (tasks / f"demo_phenomenon.{split}.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    trainer = out / "finetune" / "demo_phenomenon" / "trainer"
+    args = ["finetune", str(run / "model"), "--data-dir", str(tasks), "--epochs", "3", "--out", str(out),
+            "--no-progress"]
+    proc = interrupt_when("eval", [*args, "--tasks", "demo_acceptability,demo_phenomenon"],
+                          lambda: any(trainer.glob("checkpoint-*/COMPLETE")), signal.SIGTERM)
+    stopped = sorted(trainer.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))[-1]
+    assert checkpoint_problem(stopped) is None
+    assert_interrupted(proc, f"demo_phenomenon: stopped by SIGTERM after saving {stopped}; run the same command with "
+                             "--tasks demo_phenomenon to continue from it", signal.SIGTERM)
+    first = (out / "demo_acceptability.json").read_bytes()
+    assert not (out / "demo_phenomenon.json").exists()
+    proc = ok(run_here("eval", *args, "--tasks", "demo_phenomenon"))
+    assert f"demo_phenomenon: continuing from {stopped}" in proc.stdout
+    assert (out / "demo_phenomenon.json").is_file() and (out / "demo_acceptability.json").read_bytes() == first
+
+
+def test_a_stop_while_an_entry_point_loads_torch_is_one_line_too():
+    """Ctrl-C in the second or two an entry point takes to import torch: eval and distill imported it before their
+    boundary, and printed a traceback. Now no entry point imports torch (or any library that takes long) before
+    main: what is left before the boundary is Python's own start and the standard library."""
+    script = ("import importlib, sys; importlib.import_module(sys.argv[1]); "
+              "print(','.join(m for m in ('torch', 'transformers', 'datasets', 'numpy', 'pandas', 'submitit') "
+              "if m in sys.modules))")
+    for module in ("train.__main__", "distill.__main__", "distill.wml.__main__", "eval.__main__",
+                   "tokenizer.__main__", "results.__main__", "launch.__main__", "launch.where", "launch.torchrun",
+                   "launch_grid"):
+        loaded = subprocess.run([sys.executable, "-c", script, module], cwd=ROOT, capture_output=True, text=True)
+        assert loaded.returncode == 0 and loaded.stdout.strip() == "", (module, loaded.stdout, loaded.stderr[-2000:])
+
+    def loading_torch(pid: int) -> bool:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+    for module, args in (("eval", ["no-such-model"]), ("distill", ["config/runs/demo-kd.yaml"])):
+        for sig, how in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")):
+            assert_interrupted(interrupt_when(module, args, loading_torch, sig),
+                               f"{how}; nothing half-written is kept; run the same command again", sig)
+
+
+def test_an_error_a_library_raises_from_the_stop_is_said_as_the_stop():
+    """A C extension whose import Ctrl-C cut reports "ImportError: initialization failed"; inside a `reading` block
+    that became "error: <file>: ... cannot be read (ImportError: initialization failed)", exit 2, as if the file
+    were bad. An error raised after Ctrl-C or SIGTERM is said as the stop, in the words of the block around it."""
+    script = """
+import os, signal, sys, time
+from common.errors import exit_on_user_error, if_interrupted, leave, reading
+
+@exit_on_user_error
+def main(sig):
+    with if_interrupted("out", "what is kept"), reading("model.bin", "the model", "save it again"):
+        try:
+            os.kill(os.getpid(), sig)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None
+
+leave(main(int(sys.argv[1])))
+"""
+    for sig, how in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")):
+        proc = subprocess.run([sys.executable, "-c", script, str(int(sig))], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == -sig and proc.stderr == f"out: {how}; what is kept\n", proc.stderr
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -194,18 +271,21 @@ def test_a_teacher_cache_replaced_is_whole_or_marked_ours_wherever_it_stops(tmp_
     assert done and stop > 10 and seen == {"old", "marked", "empty", "none", "new"}, (stop, seen)
 
 
-def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(workdir, demo_root, cache_dir):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(sig, workdir, demo_root, cache_dir):
     """The debug executor trains in the launcher's process: Ctrl-C stopped only the point training (its run said
     interrupted) and the launcher went on with the next point. The local executor's training is a child process: a
-    SIGINT sent to the launcher alone is passed on to it, so that no training goes on without its launcher."""
+    SIGINT (or SIGTERM) sent to the launcher alone is passed on to it, so that no training goes on without its
+    launcher. SIGTERM stops the training after a checkpoint."""
     grid = workdir / "grid.yaml"  # a point trains far longer than the launcher's 10 s wait before it passes SIGINT on
     sets = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
             f"data.cache_dir={cache_dir}", "train.max_steps=20000", "train.save_steps=10", "train.eval_steps=10",
             "train.logging_steps=1", "optim.warmup_steps=5", "data.train_fraction=0.2"]
     for kind in ("debug", "local"):
-        grid.write_text(f"name: stop-{kind}\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
+        grid.write_text(f"name: stop-{kind}-{sig.name}\nstages:\n  - name: grid\n"
+                        "    recipes: [config/runs/demo-student.yaml]\n"
                         f"    axes: {{train.seed: [1, 2]}}\nexecutor: {{kind: {kind}}}\n")
-        runs = workdir / "runs" / f"stop-{kind}"
+        runs = workdir / "runs" / f"stop-{kind}-{sig.name}"
         cmd = [sys.executable, str(ROOT / "launch_grid.py"), str(grid), *[a for s in sets for a in ("--set", s)]]
         proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -215,17 +295,48 @@ def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(workdir, demo_r
                 time.sleep(0.05)
                 first = next((m.parent for m in runs.glob("*/metrics.jsonl") if m.read_text().strip()), None)
             assert first is not None, proc.communicate()[1][-3000:]
-            proc.send_signal(signal.SIGINT)  # to the launcher alone (at a terminal, its training gets one too)
+            proc.send_signal(sig)  # to the launcher alone (at a terminal, its training gets one too)
             err = proc.communicate(timeout=300)[1]
         finally:
             proc.kill()
         lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip()]
-        assert proc.returncode == -signal.SIGINT and "Traceback" not in err, err[-3000:]
-        assert lines[-1] == (f"runs/stop-{kind}: interrupted; the point that was training stopped, and resumes from "
-                             "its newest checkpoint; the same command continues the grid (finished points are skipped)")
-        assert json.loads((first / "run.json").read_text())["status"] == "interrupted"
+        assert proc.returncode == -sig and "Traceback" not in err, err[-3000:]
+        how = "interrupted" if sig == signal.SIGINT else "stopped by SIGTERM"
+        assert lines[-1] == (f"runs/stop-{kind}-{sig.name}: {how}; the point that was training stopped, and resumes "
+                             "from its newest checkpoint; the same command continues the grid (finished points are "
+                             "skipped)")
+        info = json.loads((first / "run.json").read_text())
+        assert info["status"] == ("interrupted" if sig == signal.SIGINT else "terminated")
+        if sig == signal.SIGTERM:  # a checkpoint at the stop
+            assert (first / "checkpoints" / f"checkpoint-{info['step']}" / "COMPLETE").is_file()
         assert sorted(p.name for p in runs.iterdir() if not p.name.startswith("_")) == [first.name]  # no next point
         assert not (first / "LOCK").exists()  # its training is over too
+
+
+def test_ctrl_c_while_a_local_grid_evaluates_a_point_stops_the_grid(workdir, demo_root, cache_dir):
+    """A point's evaluation runs in the launcher's process: Ctrl-C there ended only that evaluation (exit 130), the
+    point was listed as failed and the launcher went on with the next point."""
+    grid = workdir / "grid-eval.yaml"
+    grid.write_text("name: stop-eval\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
+                    "    axes: {train.seed: [1, 2]}\nexecutor: {kind: local}\n")
+    sets = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache_dir}", "train.max_steps=10", "train.save_steps=10", "train.eval_steps=10",
+            "optim.warmup_steps=2", "data.train_fraction=0.2"]
+    runs = workdir / "runs" / "stop-eval"
+    cmd = [sys.executable, str(ROOT / "launch_grid.py"), str(grid), *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    try:
+        while proc.poll() is None and not any(runs.glob("*/eval/.demo_pairs.lock")):  # the first point is scored
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=300)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGINT and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("runs/stop-eval: interrupted; ")
+    assert len([p for p in runs.iterdir() if not p.name.startswith("_")]) == 1  # no next point
 
 
 def test_an_interrupt_deferred_takes_effect_as_the_block_ends():

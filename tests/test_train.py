@@ -303,20 +303,29 @@ def test_resume_after_sigkill_is_bitwise_identical(demo_args, tmp_path, referenc
     assert len(info["attempts"]) == 2 and info["attempts"][1]["resumed_from"] and info["status"] == "done"
 
 
-def test_sigusr2_saves_a_checkpoint_stops_and_resumes_bitwise(demo_args, tmp_path, reference):
-    """SLURM's warning signal before a time limit or preemption: checkpoint at the step's end, exit 75, no DONE."""
+@pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM], ids=["usr2", "term"])
+def test_a_stop_signal_saves_a_checkpoint_stops_and_resumes_bitwise(sig, demo_args, tmp_path, reference):
+    """SLURM's warning signal before a time limit or preemption (SIGUSR2: exit 75), and SIGTERM (what SLURM sends at a
+    preemption, on scancel and at a time limit without --signal, and `kill` and `timeout` send: the process ends by
+    SIGTERM): a checkpoint at the step's end, no DONE, one line, and --resume ends as an uninterrupted run. (Until
+    2026-12-04 SIGTERM ended training at once: the work since the last checkpoint was lost and run.json said
+    "running".)"""
     from common.errors import EXIT_PREEMPTED
 
     run = run_dir(tmp_path)
-    proc = start_and_kill("train", [*demo_args, *RESUME_ARGS], run, random.Random().randint(11, 30), signal.SIGUSR2)
-    assert proc.returncode == EXIT_PREEMPTED, proc.stderr_text[-2000:]
+    proc = start_and_kill("train", [*demo_args, *RESUME_ARGS], run, random.Random().randint(11, 30), sig)
+    usr2 = sig == signal.SIGUSR2
+    assert proc.returncode == (EXIT_PREEMPTED if usr2 else -signal.SIGTERM), proc.stderr_text[-2000:]
     info = json.loads((run / "run.json").read_text())
     stopped = info["step"]
-    assert info["status"] == "preempted" and not (run / "DONE").exists()
+    assert info["status"] == ("preempted" if usr2 else "terminated") and not (run / "DONE").exists()
     assert checkpoint_problem(run / "checkpoints" / f"checkpoint-{stopped}") is None, (
         "no complete checkpoint at the stop"
     )
-    assert f"checkpoint-{stopped}; rerun with --resume" in proc.stderr_text
+    said = "stopped on SIGUSR2" if usr2 else "stopped by SIGTERM"
+    assert "Traceback" not in proc.stderr_text
+    last = proc.stderr_text.strip().splitlines()[-1]
+    assert last == f"{run}: {said} after saving checkpoint-{stopped}; rerun with --resume"
     written = milestone_mtimes(run)
     proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
     assert f"resuming from {run / 'checkpoints' / f'checkpoint-{stopped}'}" in proc.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -143,15 +144,15 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
                         f"rerun with --resume and a lower optim.max_grad_norm, or start again (--overwrite) with a "
                         f"lower optim.lr") from None
     except KeyboardInterrupt:
-        metrics_log.record()
-        run_dir.end("interrupted")
-        raise errors.Interrupted(run_dir.path, "rerun with --resume to continue from its newest checkpoint") from None
+        stopped(run_dir, metrics_log)
     except UserError as exc:
         with contextlib.suppress(OSError, UserError):  # the disk may be too full even for run.json
             metrics_log.record()
             run_dir.end("failed", error=str(exc))
         raise
     except Exception as exc:  # a defect (ours or a library's): run.json says failed, the traceback says where
+        if errors.cut_short():  # a library's error raised from Ctrl-C or SIGTERM: the stop
+            stopped(run_dir, metrics_log)
         memory = errors.out_of_memory(exc)  # not a defect: more than the machine has, for the batch and block size
         with contextlib.suppress(OSError, UserError):
             metrics_log.record()
@@ -165,10 +166,11 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
         raise
     preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Preemption))
     if preemption.stopped_at is not None:
-        run_dir.end("preempted", step=preemption.stopped_at)
-        say(f"{run_dir.path}: stopped on SIGUSR2 after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
-            err=True)
-        return leave(trainer, EXIT_PREEMPTED)
+        terminated = preemption.signal == signal.SIGTERM
+        run_dir.end("terminated" if terminated else "preempted", step=preemption.stopped_at)
+        say(f"{run_dir.path}: {'stopped by SIGTERM' if terminated else 'stopped on SIGUSR2'} after saving "
+            f"checkpoint-{preemption.stopped_at}; rerun with --resume", err=True)
+        return leave(trainer, errors.EXIT_TERMINATED if terminated else EXIT_PREEMPTED)
 
     # 3. Export the (best) model with its tokenizer, final dev loss, DONE last.
     metrics_log.final = True
@@ -184,6 +186,13 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     say(f"{run_dir.path}: done at step {trainer.state.global_step}"
         + (f", dev loss {dev_loss:.4f}" if dev_loss is not None else ""))
     return leave(trainer, 0)
+
+
+def stopped(run_dir, metrics_log) -> None:
+    """Ctrl-C or SIGTERM stopped the training: run.json says so, and the one line says how to go on."""
+    metrics_log.record()
+    run_dir.end("terminated" if errors.stopped_by() == signal.SIGTERM else "interrupted")
+    raise errors.Interrupted(run_dir.path, "rerun with --resume to continue from its newest checkpoint") from None
 
 
 def export(trainer, built: Built, tokenizer, folder: Path) -> None:
