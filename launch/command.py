@@ -26,5 +26,5 @@ def command(kind: str, argv: list[str]) -> list[str]:
         return [sys.executable, *entry, *argv]
     job = os.environ.get("SLURM_JOB_ID", "0")
     port = 20000 + int(job) % 10000 if job.isdigit() else 29500
-    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={max(procs, 1)}",
+    return [sys.executable, "-m", "launch.torchrun", f"--nnodes={nodes}", f"--nproc_per_node={max(procs, 1)}",
             "--rdzv_backend=c10d", f"--rdzv_endpoint={_first_node()}:{port}", f"--rdzv_id={job}", *entry, *argv]

@@ -38,7 +38,8 @@ bd_where() {  # sets BD_KIND and BD_RUN for a recipe and overrides
 
 bd_log_to_run() {  # from here on, this job's output also goes to <run>/logs/slurm-<job>.log
   mkdir -p "$BD_RUN/logs"
-  exec > >(tee -a "$BD_RUN/logs/slurm-${SLURM_JOB_ID}.log") 2>&1
+  # tee ignores the SIGTERM (and Ctrl-C) that stops the job: it ends when its writers do, after their last line
+  exec > >(trap '' INT TERM; exec tee -a "$BD_RUN/logs/slurm-${SLURM_JOB_ID}.log") 2>&1
 }
 
 bd_train() {
@@ -62,8 +63,11 @@ bd_requeueable() {
   # Finished: <run>/DONE where BD_RUN is set (a training: torchrun does not pass on its ranks' exit
   # status), else an exit status other than 75 (EX_TEMPFAIL: stopped after saving; fine-tuning).
   # The step's processes ignore SIGUSR2 until the trainer arms its handler (torchrun never does).
+  # SIGTERM (scancel, a preemption, a time limit without --signal) reaches the step's processes from SLURM itself:
+  # this shell waits for them, so that their checkpoint and last line are written before the job ends.
   BD_SIGNALED=0
   trap 'BD_SIGNALED=1; scancel --signal=USR2 "$SLURM_JOB_ID" 2>/dev/null || true' USR2
+  trap ':' TERM
   "$@" &
   local pid=$! rc=0
   while :; do

@@ -602,7 +602,7 @@ def test_launch_command_follows_the_job_layout(monkeypatch):
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "4")
     monkeypatch.setenv("SLURM_JOB_ID", "123457")
     cmd = command("distill", ["r.yaml"])
-    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and cmd[-3:] == ["-m", "distill", "r.yaml"]
+    assert cmd[:3] == [sys.executable, "-m", "launch.torchrun"] and cmd[-3:] == ["-m", "distill", "r.yaml"]
     assert {"--nnodes=1", "--nproc_per_node=4", "--rdzv_endpoint=localhost:23457", "--rdzv_id=123457"} <= set(cmd)
     monkeypatch.setenv("BABYDISTILL_PROCS_PER_NODE", "1")  # set explicitly, it wins over the GPU count
     assert command("train", ["r.yaml"]) == [sys.executable, "-m", "train", "r.yaml"]

@@ -525,3 +525,35 @@ def test_deepspeed_zero2_on_two_cpu_ranks_under_srun_resumes_after_sigusr2(clust
     )
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["deepspeed"] == "config/deepspeed/zero2.json"
     assert_bitwise_equal(weights(run / "model"), weights(tmp_path / "reference" / "demo" / "teacher" / "model"))
+
+
+def test_scancel_stops_a_two_rank_training_after_a_checkpoint_and_sbatch_again_resumes(cluster, tmp_path, demo_root,
+                                                                                     cache_dir):
+    """scancel sends SIGTERM to every process of the job (as a preemption without SIGUSR2 does, and a time limit
+    without --signal), then SIGKILL after KillWait (30 s here). Both ranks under torchrun end the step they are in,
+    save one checkpoint together and end; run.json says `terminated` at that step. Until 2026-12-04 they died at once
+    and the steps since the last checkpoint were lost. The same sbatch again resumes from that checkpoint."""
+    runs = tmp_path / "runs"
+    data = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache_dir}", f"output.dir={runs}", "train.max_steps=400", "train.save_steps=1000",
+            "train.eval_steps=1000", "train.logging_steps=1", "optim.warmup_steps=5"]
+    env = {"BABYDISTILL_RECIPES": "config/runs/demo-teacher.yaml", "BABYDISTILL_PROCS_PER_NODE": "2"}
+    out = str(tmp_path / "slurm-%x-%j.out")
+    job = sbatch("--array=0", "--cpus-per-task=2", f"--output={out}", "slurm/train_baselines.slurm", *data, env=env)
+    run = runs / "demo" / "teacher"
+    wait_for(lambda: step_reached(run, 15), "the two-rank run to reach step 15")
+    subprocess.run(["scancel", f"{job}_0"], check=True)
+    wait_jobs(job)
+    assert states(job)[f"{job}_0"].startswith("CANCELLED"), states(job)
+    info = json.loads((run / "run.json").read_text())
+    stopped = info.get("step")
+    log = b"".join(p.read_bytes() for p in (run / "logs").glob("slurm-*.log")).decode()
+    assert info["status"] == "terminated" and stopped >= 15, (info["status"], log[-3000:])
+    assert (run / "checkpoints" / f"checkpoint-{stopped}" / "COMPLETE").is_file()  # save_steps=1000: the stop's own
+    assert f"{run}: stopped by SIGTERM after saving checkpoint-{stopped}; rerun with --resume" in log
+    assert "Traceback" not in log, log[-3000:]
+    again = sbatch("--array=0", "--cpus-per-task=2", f"--output={out}", "slurm/train_baselines.slurm", *data, env=env)
+    wait_jobs(again)
+    assert states(again)[f"{again}_0"] == "COMPLETED", states(again)
+    info = json.loads((run / "run.json").read_text())
+    assert info["attempts"][1]["resumed_from"].endswith(f"checkpoint-{stopped}") and (run / "DONE").is_file()
