@@ -60,8 +60,9 @@ bd_requeueable() {
   # Runs "$@" as a job step. SIGUSR2 to this batch shell (--signal=B:USR2@T before the time limit,
   # or scancel --batch --signal=USR2) is passed to the step, whose trainer saves a checkpoint at the
   # end of its step and exits; then, unless the step finished meanwhile, the job requeues itself.
-  # Finished: <run>/DONE where BD_RUN is set (a training: torchrun does not pass on its ranks' exit
-  # status), else an exit status other than 75 (EX_TEMPFAIL: stopped after saving; fine-tuning).
+  # Finished: <run>/DONE where BD_RUN is set (a training: torchrun passes on only the exit status of
+  # ranks that said why they ended, launch/torchrun.py), else an exit status other than 75 (EX_TEMPFAIL:
+  # stopped after saving; fine-tuning).
   # The step's processes ignore SIGUSR2 until the trainer arms its handler (torchrun never does).
   # SIGTERM (scancel, a preemption, a time limit without --signal) reaches the step's processes from SLURM itself:
   # this shell waits for them, so that their checkpoint and last line are written before the job ends.

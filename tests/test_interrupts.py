@@ -1,8 +1,8 @@
-"""Ctrl-C at any moment. Each command says in one line what is kept and what to do, ends by SIGINT (so that a
-shell script running it stops too), and leaves only whole files, or folders marked as its own, which the same
-command then continues from or removes. (Until 2026-12-03 every entry point but training printed a traceback, a
-result file was written before the files it vouches for, and a teacher cache stopped while being moved into place
-left a folder that every later command refused.)"""
+"""Ctrl-C (and SIGTERM) at any moment. Each command says in one line what is kept and what to do, ends by the same
+signal (so that a shell script running it stops too), and leaves only whole files, or folders marked as its own,
+which the same command then continues from or removes. (Until 2026-12-03 every entry point but training printed a
+traceback, a result file was written before the files it vouches for, and a teacher cache stopped while being moved
+into place left a folder that every later command refused.)"""
 from __future__ import annotations
 
 import json
