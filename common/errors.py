@@ -196,14 +196,30 @@ def leave(code: int) -> None:
     """End the process with an entry point's exit code. An interrupted command ends by SIGINT itself, as Python does
     for a KeyboardInterrupt nothing caught: the shell reports 130, and a shell script running the command stops at
     Ctrl-C instead of going on with its next line (it treats an ordinary exit as a child that handled the signal).
-    A command stopped by SIGTERM ends by SIGTERM (143), as it would have without its handler."""
+    A command stopped by SIGTERM ends by SIGTERM (143), as it would have without its handler. Either way what Python
+    runs at its exit runs first (`run_exit_handlers`)."""
     for signum, stopped in EXIT_STOPPED.items():
         if code == stopped:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            run_exit_handlers(code)
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
     sys.exit(code)
+
+
+def run_exit_handlers(code: int) -> None:
+    """What Python runs as it exits (atexit: wandb finishing its run, logging's flush), for a process that ends without
+    the interpreter's own exit: by its own signal (`leave`), or by os._exit (several ranks: train.trainer.leave).
+    Exit hooks see `code` first, as sys.exit tells them (wandb's records the run's exit code so). A process that ended
+    without them left wandb's run empty: not one logged step reached its file."""
+    import atexit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(SystemExit):
+        sys.exit(code)  # only hooks on sys.exit see this: the SystemExit itself goes no further
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def first_line(exc: BaseException, limit: int = 160) -> str:

@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -471,14 +472,23 @@ def test_early_stopping_on_a_flat_dev_loss(demo_args, tmp_path):
     assert done["step"] == 10 and done["best_checkpoint"].endswith("checkpoint-5")
 
 
-def test_torchrun_two_processes(demo_args, tmp_path):
+def test_torchrun_two_processes(demo_args, tmp_path, monkeypatch):
     # Two CPU processes in one gloo group: rank 0 alone writes the run directory, each rank saves its RNG, and rank 0
-    # alone prints what both would print alike (a note, the banner, the last line).
+    # alone prints what both would print alike (a note, the banner, the last line). Its wandb run holds every logged
+    # step and the exit code: a rank ends by os._exit (train.trainer.leave), which skipped what Python runs at exit,
+    # and the file held its header alone until 2026-12-04.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
     milestones = ["train.max_steps=10", "train.word_checkpoints=3k,6k,9k,1M"]
     two_ranks = ("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *demo_args,
-                 *milestones)
+                 *milestones, "train.report_to=wandb")
     proc = ok(run_cli(*two_ranks))
     run = run_dir(tmp_path)
+    (path,) = (run / "tracking" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = wandb_records(path)
+    assert sum(r.HasField("history") for r in records) >= 2  # steps 5 and 10, and the final evaluation
+    assert [r.exit.exit_code for r in records if r.HasField("exit")] == [0]
     said = proc.stdout + proc.stderr
     for line in ("note: train.word_checkpoints: 1 milestone(s) from 1M on", "gpt2-tiny: 141,056 parameters",
                  f"{run}: done at step 10"):
@@ -590,6 +600,53 @@ def test_trackers_get_the_metrics_and_the_config(demo_args, tmp_path):
     (records,) = (run / "tracking" / "wandb").glob("offline-run-*/run-*.wandb")  # wandb's local run, synced later
     data = records.read_bytes()
     assert b"babydistill" in data and b"optim.lr" in data and b"words_seen" in data
+
+
+def wandb_records(path: Path) -> list:
+    """The records of wandb's local run file: a 7-byte header, then LevelDB's log format (blocks of 32 KiB; each
+    fragment with a 7-byte header of checksum, length and type: 1 whole, 2 first, 3 middle, 4 last), each record a
+    protobuf `Record`. (wandb 0.31 reads it only in its Go core.)"""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, part, records = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:  # padding to the block's end
+            pos += left
+            continue
+        part += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(part)
+            records.append(record)
+            part = b""
+    return records
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+def test_a_stopped_run_keeps_its_tracked_steps(sig, demo_args, tmp_path, monkeypatch):
+    """A training stopped by Ctrl-C or SIGTERM ends by that signal, which skipped what Python runs at exit: wandb's
+    local run file held its header alone, not one logged step (since 2026-12-03 for Ctrl-C; SIGTERM always). Now its
+    logged steps are there and it ends with the stop's exit code (130, 143)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    run = run_dir(tmp_path)
+    proc = start_and_kill("train", [*demo_args, "train.max_steps=5000", "train.logging_steps=1",
+                                    "train.report_to=wandb"], run, 8, sig)
+    assert proc.returncode == -sig, proc.stderr_text[-3000:]
+    (path,) = (run / "tracking" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = wandb_records(path)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert kinds.count("history") >= 8, kinds
+    assert [r.exit.exit_code for r in records if r.HasField("exit")] == [128 + sig], kinds
 
 
 def test_an_unknown_or_missing_tracker_is_refused_before_anything_is_written(demo_args, tmp_path):

@@ -140,12 +140,9 @@ def leave(trainer, code: int) -> int:
     trainer.accelerator.end_training()
     if not several:
         return code
-    import logging
-    import sys
+    from common.errors import run_exit_handlers
 
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    run_exit_handlers(code)  # atexit's work (wandb's run, logging), which os._exit skips
     os._exit(code)
 
 
