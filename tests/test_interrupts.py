@@ -318,7 +318,7 @@ def test_ctrl_c_while_a_local_grid_evaluates_a_point_stops_the_grid(workdir, dem
     point was listed as failed and the launcher went on with the next point."""
     grid = workdir / "grid-eval.yaml"
     grid.write_text("name: stop-eval\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
-                    "    axes: {train.seed: [1, 2]}\nexecutor: {kind: local}\n")
+                    f"    axes: {{train.seed: [1, 2]}}\neval_data_dir: {demo_root}\nexecutor: {{kind: local}}\n")
     sets = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
             f"data.cache_dir={cache_dir}", "train.max_steps=10", "train.save_steps=10", "train.eval_steps=10",
             "optim.warmup_steps=2", "data.train_fraction=0.2"]
