@@ -129,7 +129,8 @@ def tied_names(model: torch.nn.Module) -> dict[str, set[str]]:
 def leave(trainer, code: int) -> int:
     """The end of a run on which every rank ended normally (not on errors: a rank may still wait in a
     collective). With one process: leave and return `code`. With several: wait for every rank, leave the
-    process group, flush, and end the process with `code` without the interpreter's teardown. Objects
+    process group, run what Python runs at exit (atexit: wandb's run, logging), and end the process with `code`
+    without the interpreter's teardown. Objects
     the teardown destroys (DDP's reducer) still hold gloo's worker threads after destroy_process_group,
     and destroying them there aborts a finished rank now and then ("terminate called without an active
     exception", pytorch/pytorch#190489; the atexit fix #179291 was abandoned): seen in two CI runs, the
