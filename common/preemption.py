@@ -10,7 +10,7 @@ import signal
 import torch
 from transformers import TrainerCallback
 
-from common.errors import note_stop, sigterm_is_ours
+from common.errors import EXIT_PREEMPTED, EXIT_TERMINATED, note_stop, sigterm_is_ours
 from common.ranks import all_reduce, collective
 
 
@@ -36,6 +36,16 @@ class Preemption(TrainerCallback):
     @property
     def requested(self) -> bool:
         return self.signal is not None
+
+    @property
+    def how(self) -> str:
+        """How the stop is said: `stopped by SIGTERM` or `stopped on SIGUSR2`."""
+        return "stopped by SIGTERM" if self.signal == signal.SIGTERM else "stopped on SIGUSR2"
+
+    @property
+    def exit_code(self) -> int:
+        """The stopped command's exit code: 143 after SIGTERM (`leave` then ends by SIGTERM), 75 after SIGUSR2."""
+        return EXIT_TERMINATED if self.signal == signal.SIGTERM else EXIT_PREEMPTED
 
     def _handler(self, signum, frame):
         if self.signal is None:

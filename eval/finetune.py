@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 
 from common.arguments import number, seed
 from common.config import ConfigError, field, load, suggest
-from common.errors import EXIT_PREEMPTED, EXIT_TERMINATED, UserError, if_interrupted, writing
+from common.errors import UserError, if_interrupted, writing
 from common.libraries import no_accelerator_probe
 from common.metrics import METRICS
 from common.paths import REPO, decode_utf8, hash_files, local_folder, model_hash, write_atomic
@@ -48,12 +47,12 @@ TOKENIZER_HASHED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 
 
 class Stopped(Exception):
-    """A fine-tuning stopped on SIGUSR2 or SIGTERM (`signal`) after saving its checkpoint; the same command continues
-    it."""
+    """A fine-tuning stopped on SIGUSR2 or SIGTERM after saving its checkpoint (`code`: the command's exit code); the
+    same command continues it."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, code: int):
         super().__init__(message)
-        self.signal = signum
+        self.code = code
 
 
 @dataclass
@@ -319,9 +318,8 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         t0 = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if preemption.stopped_at is not None:
-            how = "stopped by SIGTERM" if preemption.signal == signal.SIGTERM else "stopped on SIGUSR2"
-            raise Stopped(f"{name}: {how} after saving {work / state.TRAINER}/checkpoint-{preemption.stopped_at}",
-                          preemption.signal)
+            raise Stopped(f"{name}: {preemption.how} after saving {work / state.TRAINER}/checkpoint-"
+                          f"{preemption.stopped_at}", preemption.exit_code)
         if not best:
             state.forget(work)
             raise UserError(f"task {name}: no epoch gave a finite {spec.metric}: every validation logit was NaN or "
@@ -437,7 +435,7 @@ def main(argv: list[str]) -> int:
         except Stopped as exc:
             again = "the same command again" if i == 0 else f"the same command with --tasks {left}"
             print(f"{exc}; run {again} to continue from it", file=sys.stderr)
-            return EXIT_TERMINATED if exc.signal == signal.SIGTERM else EXIT_PREEMPTED
+            return exc.code
         extra = f", F1 {summary['f1']:.4f}" if summary.get("f1") is not None else ""
         print(
             f"{name}: {METRICS[summary['metric']].label} {summary['score']:.4f} (accuracy {summary['accuracy']:.4f}"

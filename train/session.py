@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from common import config as cfglib
 from common import errors
-from common.errors import EXIT_PREEMPTED, UserError
+from common.errors import UserError
 from common.ranks import say
 
 
@@ -166,11 +166,10 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
         raise
     preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Preemption))
     if preemption.stopped_at is not None:
-        terminated = preemption.signal == signal.SIGTERM
-        run_dir.end("terminated" if terminated else "preempted", step=preemption.stopped_at)
-        say(f"{run_dir.path}: {'stopped by SIGTERM' if terminated else 'stopped on SIGUSR2'} after saving "
-            f"checkpoint-{preemption.stopped_at}; rerun with --resume", err=True)
-        return leave(trainer, errors.EXIT_TERMINATED if terminated else EXIT_PREEMPTED)
+        run_dir.end("terminated" if preemption.signal == signal.SIGTERM else "preempted", step=preemption.stopped_at)
+        say(f"{run_dir.path}: {preemption.how} after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
+            err=True)
+        return leave(trainer, preemption.exit_code)
 
     # 3. Export the (best) model with its tokenizer, final dev loss, DONE last.
     metrics_log.final = True
