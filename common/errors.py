@@ -94,7 +94,8 @@ def note_stop(signum: int) -> None:
         _stopped_by.append(signum)
 
 
-def _cut_short(signum: int):
+def _cut_short(signum: int, frame=None):
+    """Ctrl-C's handler, and what SIGTERM's and a deferred stop end in: record the stop, raise KeyboardInterrupt."""
     note_stop(signum)
     _cut.append(signum)
     raise KeyboardInterrupt
@@ -104,10 +105,6 @@ def cut_short() -> bool:
     """Whether Ctrl-C or SIGTERM has cut this entry point's work short: an error raised after it is the stop's doing
     (a C extension whose import was cut reports "ImportError: initialization failed"), not the user's input."""
     return bool(_cut)
-
-
-def _stop_on_sigint(signum, frame):
-    _cut_short(signum)
 
 
 def _stop_on_sigterm(signum, frame):
@@ -136,7 +133,7 @@ def stop_signals():
         _stopped_by.clear()
         _cut.clear()
     _boundaries.append(None)
-    ours = {signal.SIGINT: (signal.default_int_handler, _stop_on_sigint),
+    ours = {signal.SIGINT: (signal.default_int_handler, _cut_short),
             signal.SIGTERM: (signal.SIG_DFL, _stop_on_sigterm)}
     installed = {s: default for s, (default, handler) in ours.items() if signal.getsignal(s) == default}
     for s in installed:
