@@ -308,5 +308,6 @@ def hash_files(folder: Path, patterns: tuple[str, ...]) -> str:
 
 
 def model_hash(folder: Path) -> str:
-    """A hash of what makes a model folder's model: its config.json and weight files."""
-    return hash_files(folder, ("config.json", "*.safetensors", "*.bin"))
+    """A hash of what makes a model folder's model: its config.json, weight files and its own code (a model whose
+    classes are Python files beside config.json; a folder without any hashes as it did before they counted)."""
+    return hash_files(folder, ("config.json", "*.safetensors", "*.bin", "*.py"))

@@ -72,6 +72,9 @@ def parse_eval(argv: list[str]) -> argparse.Namespace:
         default="truncate",
         help="a causal input longer than the model's positions: left-truncate it (as the harness does) or stop",
     )
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the Python code a model folder defines its classes with (auto_map in config.json: "
+                        "GPT-BERT, LTG-BERT); it runs in this process, so only for a folder you trust")
     p.add_argument("--out", help="where eval/ results go (default: <run>/eval for <run>/model, else <model>/eval)")
     p.add_argument("--keep-scored", action="store_true",
                    help="keep the tasks this model already has whole results for in the results folder (same model "
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         fast=args.suite == "babylm2025-fast",
         keep_scored=args.keep_scored,
+        trust_remote_code=args.trust_remote_code,
     )
     given = args.tasks if args.tasks is not None else ",".join(SUITES[args.suite]) if args.suite else "blimp_filtered"
     tasks = task_names(given)

@@ -19,7 +19,7 @@ from common.errors import UserError
 from common.metrics import METRICS
 from common.paths import FolderLock, holding, model_hash
 from eval import encode, report
-from eval.model import Loaded, check_folder, load, loading_bars
+from eval.model import TRUST_FLAG, Loaded, check_folder, check_own_code, load, loading_bars
 from eval.one_model import KEY, check_one_model, check_result_file, writing_as
 from eval.scorer import Scorer
 from eval.tasks import Task, load_task, resolve_spec, same_files
@@ -43,6 +43,7 @@ class Options:
     progress: bool = True
     fast: bool = False  # the fast variant's files (--suite babylm2025-fast); results go to eval/fast/
     keep_scored: bool = False  # --keep-scored: a task this model already has whole results for is not scored again
+    trust_remote_code: bool = False  # --trust-remote-code: the model folder's own code may run (eval.model)
 
 
 def convention_for(task: Task, opts: Options) -> str:
@@ -328,7 +329,7 @@ def evaluate(model_path: str, task_names: list[str], opts: Options,
              loaded: dict[str, Task] | None = None) -> list[tuple[str, dict, dict]]:
     """Score `task_names` with the model at `model_path`; returns (task, summary, files) per task. `loaded`: the
     tasks already read by `load_tasks` under `opts` (several models scored on them: a learning curve)."""
-    check_folder(model_path)
+    check_own_code(check_folder(model_path), "the model", opts.trust_remote_code, TRUST_FLAG)  # before tasks are read
     tasks = [loaded[name] for name in task_names] if loaded is not None else load_tasks(task_names, opts)
     target = results_dir(model_path, opts)
     hashed = model_hash(Path(model_path))
@@ -346,7 +347,8 @@ def evaluate(model_path: str, task_names: list[str], opts: Options,
     if not tasks:
         return [kept[name] for name in order]
     with loading_bars(opts.progress):
-        m = load(model_path, "causal" if opts.backend == "causal" else "mlm", opts.device, opts.dtype, opts.max_length)
+        m = load(model_path, "causal" if opts.backend == "causal" else "mlm", opts.device, opts.dtype, opts.max_length,
+                 opts.trust_remote_code)
     m.backend = opts.backend
     print(
         f"model {model_path}: {opts.backend}, {sum(p.numel() for p in m.model.parameters()):,} parameters, "

@@ -127,14 +127,36 @@ def read_split(path: Path, spec: FinetuneSpec, name: str) -> tuple[list, list[in
     return texts, labels
 
 
-def is_causal(config) -> bool:
-    """A causal LM: saved as one (GPT2LMHeadModel, LlamaForCausalLM ...), not as a *ForMaskedLM."""
+def is_causal(config, trust: bool = False) -> bool:
+    """A causal LM: saved as one (GPT2LMHeadModel, LlamaForCausalLM ...), not as a *ForMaskedLM; a model with its own
+    code (trusted) whose auto_map names a causal class."""
     from transformers import AutoModelForCausalLM
+
+    from eval.model import serves
 
     saved_as = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
     if saved_as and all(a.endswith("ForMaskedLM") for a in saved_as):
         return False
-    return type(config) in AutoModelForCausalLM._model_mapping
+    return serves(AutoModelForCausalLM, config, trust)
+
+
+def backbone_of(lm, folder: Path, config, trust: bool):
+    """The LM's backbone, whose first output is one hidden state per position. A model with its own code: its
+    AutoModel class (auto_map), as the 2025 pipeline's classifier loads it, with the LM head's tensors left unread;
+    else the backbone its LM class holds (base_model)."""
+    from transformers import AutoModel
+
+    from eval.model import load_model_folder, own_class
+
+    fix = "save the model again with save_pretrained"
+    if own_class(AutoModel, config, trust):
+        return load_model_folder(folder, AutoModel, "the model's backbone (AutoModel)", fix, config, trust,
+                                 unused_ok=True)
+    if lm.base_model is lm:
+        raise UserError(f"{folder / 'config.json'}: the model's code gives no backbone apart from its LM head "
+                        "(base_model is the whole LM, and auto_map names no AutoModel); fine-tuning puts its head on "
+                        "the backbone's hidden states: add an AutoModel class to the model's auto_map")
+    return lm.base_model
 
 
 class Classifier(torch.nn.Module):
@@ -187,6 +209,7 @@ class Settings:
     device: str = "auto"
     progress: bool = True
     checkpoint_minutes: float = 10.0  # a checkpoint after the first epoch, then at most this often (0: every epoch)
+    trust_remote_code: bool = False  # --trust-remote-code: the model folder's own code may run (eval.model)
 
 
 def read_task(name: str, data_dir: Path) -> tuple[FinetuneSpec, tuple, tuple]:
@@ -256,27 +279,32 @@ def prepare(model_path: str, spec: FinetuneSpec, s: Settings) -> Prepared:
     """The saved LM with a fresh head for `spec` (seeded): a damaged folder is one line, before anything is written."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, set_seed
 
-    from eval.model import (check_embedding, check_folder, check_tokenizer_files, load_config, load_model_folder,
-                            load_tokenizer, loading_bars, pick_device, positions)
+    from eval.model import (TRUST_FLAG, check_embedding, check_folder, check_tokenizer_files, load_config,
+                            load_model_folder, load_tokenizer, loading_bars, pick_device, positions, serves)
 
     folder = check_folder(model_path)
     check_tokenizer_files(folder)
     device = pick_device(s.device)
-    config = load_config(folder, "the model", "save the model again with save_pretrained")
-    causal = is_causal(config)
+    trust = s.trust_remote_code
+    config = load_config(folder, "the model", "save the model again with save_pretrained", trust, TRUST_FLAG)
+    causal = is_causal(config, trust)
     pool = s.pool or ("last" if causal else "first")
-    tokenizer = load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder, trust, TRUST_FLAG)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     set_seed(s.seed)
     # The whole saved LM, then its backbone: loading the backbone alone would report the LM head's weights as unused.
     auto = AutoModelForCausalLM if causal else AutoModelForMaskedLM
+    if not serves(auto, config, trust):
+        raise UserError(f"{folder / 'config.json'}: a {config.model_type} model is neither a causal nor a masked LM "
+                        "this project can load (its auto_map names neither class); fine-tuning starts from one")
     with loading_bars(s.progress):
-        lm = load_model_folder(folder, auto, "the model", "save the model again with save_pretrained", config)
-    check_embedding(lm, tokenizer, folder)
+        lm = load_model_folder(folder, auto, "the model", "save the model again with save_pretrained", config, trust)
+        check_embedding(lm, tokenizer, folder)
+        backbone = backbone_of(lm, folder, config, trust)
     length = s.max_length if s.max_length is not None else min(PIPELINE_MAX_LENGTH, positions(config))
-    return Prepared(folder, Classifier(lm.base_model, spec.num_labels, pool), tokenizer, causal, pool, length, device)
+    return Prepared(folder, Classifier(backbone, spec.num_labels, pool), tokenizer, causal, pool, length, device)
 
 
 def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings, hashed: str) -> dict:
@@ -403,20 +431,23 @@ def main(argv: list[str]) -> int:
                    help="a checkpoint after the first epoch, then after any epoch that ends this long after the last "
                         "one (0: every epoch), so that a stopped fine-tuning continues (default 10)")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the Python code a model folder defines its classes with (auto_map in config.json); it "
+                        "runs in this process, so only for a folder you trust")
     p.add_argument("--out", help="where results go (default: <run>/eval for <run>/model, else <model>/eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     names = task_names(args.tasks)
     if not names:
         raise UserError(f"--tasks {args.tasks!r}: names no task; give one or more of {', '.join(known())}")
-    from eval.model import check_folder, check_max_length, load_config
+    from eval.model import TRUST_FLAG, check_folder, check_max_length, load_config
 
     folder = check_folder(args.model)
-    check_max_length(args.max_length, load_config(folder, "the model", "save the model again with save_pretrained"),
-                     args.model)
+    check_max_length(args.max_length, load_config(folder, "the model", "save the model again with save_pretrained",
+                                                   args.trust_remote_code, TRUST_FLAG), args.model)
     specs = {n: spec_of(n) for n in names}
     settings = Settings(args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device,
-                        not args.no_progress, args.checkpoint_minutes)
+                        not args.no_progress, args.checkpoint_minutes, args.trust_remote_code)
     out_dir = output_dir(Path(args.model), args.out)
     hashed = model_hash(Path(args.model))
     check_one_model(out_dir, args.model, hashed)  # before any training: another model's results there

@@ -74,8 +74,10 @@ def device_name(text: str) -> str:
 
 
 def positions(cfg, default: int = 2048) -> int:
-    """How many positions the model can attend to, from its config (`default` where the config names none)."""
-    count = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or default
+    """How many positions the model can attend to, from its config (`default` where the config names none;
+    `max_sequence_length` is GPT-BERT's and LTG-BERT's name)."""
+    count = (getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+             or getattr(cfg, "max_sequence_length", None) or default)
     if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         count -= (cfg.pad_token_id or 0) + 1  # RoBERTa's positions start after padding_idx
     return int(count)
@@ -115,26 +117,85 @@ def loading_bars(show: bool):
             hf_logging.enable_progress_bar()
 
 
-def load_config(folder: Path, what: str, fix: str):
-    """The folder's config.json as a transformers config; an unreadable one is one line naming it."""
+def code_files(auto_map: dict) -> list[str]:
+    """The Python files an `auto_map` names ("modeling_x.Class", "repo--modeling_x.Class", or a tokenizer's pair)."""
+    refs = [r for v in auto_map.values() for r in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(r, str)]
+    return sorted({r.split("--")[-1].rsplit(".", 1)[0] + ".py" for r in refs})
+
+
+def check_own_code(folder: Path, what: str, trust: bool, trust_flag: str | None) -> None:
+    """A folder whose model type transformers does not know, with the code for it beside config.json (`auto_map`, as
+    GPT-BERT and LTG-BERT are published): refused in one line unless `trust` (that code then runs in this process).
+    `trust_flag`: how the user allows it here (None: this project does not run a model's own code for `what`).
+    Checked before transformers is asked, which would otherwise prompt on the terminal and then fail."""
+    import json
+
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # reported, naming the file, where transformers reads it
+    auto_map = raw.get("auto_map") if isinstance(raw, dict) else None
+    if trust or not isinstance(auto_map, dict):
+        return
+    from transformers import CONFIG_MAPPING
+
+    kind = raw.get("model_type")
+    if isinstance(kind, str) and kind in CONFIG_MAPPING:
+        return  # transformers' own class serves it, as from_pretrained does unless trust_remote_code is set
+    code = ", ".join(code_files(auto_map)) or "named by its auto_map"
+    where = f"{folder / 'config.json'}: model type {kind!r} is defined by the Python code in its folder ({code})"
+    if trust_flag is None:
+        raise UserError(f"{where}; this project runs a model's own code only to evaluate it (python -m eval "
+                        f"--trust-remote-code), not as {what}: use a model of a transformers architecture")
+    raise UserError(f"{where}, which runs only if you trust it: read it, then pass {trust_flag}")
+
+
+@contextlib.contextmanager
+def own_code_imports(folder: Path):
+    """A model's own code that imports packages this environment lacks (transformers checks them before running it):
+    one line that says to install them, not to save the model again (and not transformers' log line per package
+    before it)."""
+    logger = logging.getLogger("transformers.dynamic_module_utils")
+    drop = logging.Filter()
+    drop.filter = lambda record: not str(record.msg).startswith("Encountered exception while importing")
+    logger.addFilter(drop)
+    try:
+        yield
+    except ImportError as exc:
+        raise UserError(f"{folder}: the model's own code needs what this environment lacks ({summary(exc, 200)}); "
+                        "install it into this project's .venv, then run the same command again") from None
+    finally:
+        logger.removeFilter(drop)
+
+
+def load_config(folder: Path, what: str, fix: str, trust: bool = False, trust_flag: str | None = None):
+    """The folder's config.json as a transformers config; an unreadable one is one line naming it. A model with its
+    own code: `check_own_code`."""
     from transformers import AutoConfig
 
-    with reading(folder / "config.json", f"{what}'s config", fix):
-        return AutoConfig.from_pretrained(folder, local_files_only=True)
+    check_own_code(folder, what, trust, trust_flag)
+    with reading(folder / "config.json", f"{what}'s config", fix), own_code_imports(folder):
+        return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust)
 
 
-def load_model_folder(folder: Path, auto, what: str, fix: str, config=None, **kwargs):
+def load_model_folder(folder: Path, auto, what: str, fix: str, config=None, trust: bool = False,
+                      unused_ok: bool = False, **kwargs):
     """`auto.from_pretrained(folder)` with every way a saved folder can be broken (a truncated or
     corrupt safetensors, a config.json that disagrees with the weights, an unreadable config) as one
     error line naming the folder. Used for every model this project loads: evaluated models,
-    teachers, warm starts, references. `config`: the folder's config, when the caller has read it."""
+    teachers, warm starts, references. `config`: the folder's config, when the caller has read it.
+    `trust`: run the model's own code (`check_own_code`). `unused_ok`: tensors the files hold that this class has no
+    place for are expected (the LM head, when `auto` is AutoModel)."""
     config_file = folder / "config.json"
     config = config if config is not None else load_config(folder, what, fix)
-    mismatch = shape_mismatch(folder, auto, config, fix)
+    mismatch = shape_mismatch(folder, auto, config, fix, trust)
     if mismatch is not None:
         raise UserError(f"{config_file} does not fit the weights beside it ({mismatch}); {fix}")
-    with reading(folder, f"{what} ({config.model_type})", fix), without_load_report():
-        model, info = auto.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+    with reading(folder, f"{what} ({config.model_type})", fix), own_code_imports(folder), without_load_report():
+        model, info = auto.from_pretrained(folder, local_files_only=True, output_loading_info=True,
+                                           trust_remote_code=trust, **kwargs)
+    if unused_ok:
+        info = {**info, "unexpected_keys": []}
     mismatch = missing_or_unused(info)
     if mismatch is not None:  # transformers would start the missing tensors from random values and go on
         raise UserError(f"{config_file} does not fit the weights beside it ({mismatch}); {fix}")
@@ -187,8 +248,12 @@ def without_load_report():
 
 def check_embedding(model, tokenizer, folder: Path) -> None:
     """Every id the tokenizer can give has a row in the model's embedding (a folder holding another model's
-    tokenizer would otherwise fail mid-scoring, or read the wrong rows)."""
-    rows = model.get_input_embeddings().num_embeddings
+    tokenizer would otherwise fail mid-scoring, or read the wrong rows). A model with its own code that does not say
+    where its embedding is: its config's vocab_size counts the rows."""
+    try:
+        rows = model.get_input_embeddings().num_embeddings
+    except (NotImplementedError, AttributeError):
+        rows = int(model.config.vocab_size)
     if len(tokenizer) > rows:
         raise UserError(
             f"{folder}: the tokenizer there has {len(tokenizer)} tokens, the model's embedding only {rows} rows; the "
@@ -196,7 +261,7 @@ def check_embedding(model, tokenizer, folder: Path) -> None:
         )
 
 
-def shape_mismatch(folder: Path, auto, config, fix: str) -> str | None:
+def shape_mismatch(folder: Path, auto, config, fix: str, trust: bool = False) -> str | None:
     """The first tensor whose shape in the safetensors headers differs from what config.json builds, or None."""
     from safetensors import safe_open
 
@@ -205,7 +270,8 @@ def shape_mismatch(folder: Path, auto, config, fix: str) -> str | None:
         return None
     try:
         with torch.device("meta"):  # shapes only, no memory
-            expected = {k: tuple(v.shape) for k, v in auto.from_config(config).state_dict().items()}
+            built = auto.from_config(config, trust_remote_code=True) if trust else auto.from_config(config)
+            expected = {k: tuple(v.shape) for k, v in built.state_dict().items()}
     except Exception as exc:  # noqa: BLE001 - a value transformers accepts in the config but cannot build from
         raise UserError(f"{folder / 'config.json'}: its values do not build a {config.model_type} model "
                         f"({summary(exc, 160)}); {fix}") from None
@@ -243,40 +309,78 @@ def check_tokenizer_files(folder: Path) -> None:
                         f"save it there with tokenizer.save_pretrained")
 
 
-def load_tokenizer(folder: Path):
-    """The model folder's tokenizer; an unreadable one is one line naming the folder."""
-    from transformers import AutoTokenizer
+def load_tokenizer(folder: Path, trust: bool = False, trust_flag: str | None = None):
+    """The model folder's tokenizer; an unreadable one is one line naming the folder. A tokenizer whose class is code
+    in the folder (tokenizer_config.json's auto_map and a tokenizer_class transformers does not have) loads only when
+    `trust`: transformers would otherwise put its generic tokenizer in its place without a word."""
+    import json
 
-    with reading(folder, "the tokenizer in the model folder", "save it again with tokenizer.save_pretrained"):
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    settings = folder / "tokenizer_config.json"
+    try:
+        raw = json.loads(settings.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raw = None  # reported, naming the folder, where transformers reads it
+    auto_map = raw.get("auto_map") if isinstance(raw, dict) else None
+    named = raw.get("tokenizer_class") if isinstance(raw, dict) else None
+    if not trust and isinstance(auto_map, dict) and "AutoTokenizer" in auto_map and isinstance(named, str) \
+            and tokenizer_class_from_name(named) is None:
+        code = ", ".join(code_files({"AutoTokenizer": auto_map["AutoTokenizer"]}))
+        if trust_flag is None:
+            raise UserError(f"{settings}: tokenizer class {named!r} is defined by the Python code in the folder "
+                            f"({code}); this project runs such code only to evaluate a model (python -m eval "
+                            "--trust-remote-code): use a tokenizer transformers has")
+        raise UserError(f"{settings}: tokenizer class {named!r} is defined by the Python code in the folder ({code}), "
+                        f"which runs only if you trust it: read it, then pass {trust_flag}")
+    with reading(folder, "the tokenizer in the model folder", "save it again with tokenizer.save_pretrained"), \
+            own_code_imports(folder):
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust)
+
+
+def own_class(auto, config, trust: bool) -> bool:
+    """Whether `auto` (AutoModelForCausalLM ...) builds the model from the model's own code: trusted, and named by its
+    config's auto_map (transformers then prefers it to a class of its own)."""
+    return trust and auto.__name__ in (getattr(config, "auto_map", None) or {})
+
+
+def serves(auto, config, trust: bool) -> bool:
+    """Whether the auto class `auto` builds a model for `config`: a transformers architecture it maps, or one the
+    model's own code defines (`own_class`)."""
+    return own_class(auto, config, trust) or type(config) in auto._model_mapping
+
+
+TRUST_FLAG = "--trust-remote-code"
 
 
 def load(
-    path: str, backend: str, device: str = "auto", dtype: str = "float32", max_length: int | None = None
+    path: str, backend: str, device: str = "auto", dtype: str = "float32", max_length: int | None = None,
+    trust: bool = False,
 ) -> Loaded:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     folder = check_folder(path)
     check_tokenizer_files(folder)
     dev = pick_device(device)
-    config = load_config(
-        folder, "the model", "save the model again with save_pretrained"
-    )  # first: the tokenizer's loader reads it too
-    tokenizer = load_tokenizer(folder)
+    config = load_config(folder, "the model", "save the model again with save_pretrained", trust,
+                         TRUST_FLAG)  # first: the tokenizer's loader reads it too
+    tokenizer = load_tokenizer(folder, trust, TRUST_FLAG)
     auto = AutoModelForCausalLM if backend == "causal" else AutoModelForMaskedLM
     kind = "causal" if backend == "causal" else "masked"
-    if type(config) not in auto._model_mapping:
+    if not serves(auto, config, trust):
         other = "mlm (or mntp)" if backend == "causal" else "causal"
         raise UserError(f"{path}: a {config.model_type} model cannot be loaded as a {kind} LM; try --backend {other}")
     saved_as = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
-    if backend == "causal" and saved_as and all(a.endswith("ForMaskedLM") for a in saved_as):
+    own = own_class(auto, config, trust)  # its own code names the causal class itself (GPT-BERT, saved as masked)
+    if backend == "causal" and not own and saved_as and all(a.endswith("ForMaskedLM") for a in saved_as):
         # transformers maps BERT-family configs to a *ForCausalLM too, which would score a masked LM as if causal
         raise UserError(
             f"{path}: a masked LM ({', '.join(saved_as)}) cannot be loaded as a causal LM; try --backend mlm (or mntp)"
         )
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
     model = load_model_folder(
-        folder, auto, f"the {kind} LM", "save the model again with save_pretrained", config, dtype=torch_dtype
+        folder, auto, f"the {kind} LM", "save the model again with save_pretrained", config, trust, dtype=torch_dtype
     )
     check_embedding(model, tokenizer, folder)
     model.to(dev).eval()

@@ -71,6 +71,15 @@ def tree_attention_works(model, split) -> bool:
     return close(tree[:5], a) and close(tree[5], b[3])
 
 
+def takes(module: torch.nn.Module, name: str) -> bool:
+    """Whether `module`'s forward takes the keyword `name` (a model's own code may take only input_ids and
+    attention_mask, as GPT-BERT's does)."""
+    import inspect
+
+    params = inspect.signature(module.forward).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 class Scorer:
     def __init__(self, loaded: Loaded, progress: bool = True):
         self.m = loaded
@@ -78,6 +87,8 @@ class Scorer:
         self.pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
         probe = torch.tensor([[self.m.prefix_id or 0, 5, 6, 7]], device=loaded.device) % loaded.model.config.vocab_size
         self.split = split_head(loaded.model, loaded.backend, probe)
+        self.cache_off = loaded.backend == "causal" and takes(self.split[0] if self.split else loaded.model,
+                                                               "use_cache")
         self.trees: bool | None = None  # tree attention checked on first use
         self.work = {"positions": 0, "head_rows": 0}  # tokens the model has read (padding excluded), rows normalised
 
@@ -95,7 +106,7 @@ class Scorer:
         """
         self.work["head_rows"] += len(rows)
         extra = {} if position_ids is None else {"position_ids": position_ids}
-        if self.m.backend == "causal":
+        if self.cache_off:
             extra["use_cache"] = False  # no key/value cache is built for a pass that is never continued
         if self.split is not None:
             backbone, head = self.split

@@ -579,6 +579,13 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
     bad("distill.losses.logit_kd.weight=-0.5", needles=("distill.losses.logit_kd.weight", "must be at least 0"))
     bad("distill.losses.logit_kd.temperature=0", needles=("distill.losses.logit_kd.temperature", "must be above 0"))
     bad(f"student.init_from={gpt2}", needles=("student.init_from", "cannot load into student.arch"))
+    from test_own_code import own_code_model  # a model whose classes are its own code: evaluated, never used here
+
+    custom = own_code_model(tmp_path / "own-code")
+    bad(f"distill.teachers=[{{path: {custom}}}]", needles=(
+        f"{custom / 'config.json'}: model type 'tinycustom' is defined by the Python code in its folder",
+        "only to evaluate it", "not as teacher 0"))
+    bad(f"student.init_from={custom}", needles=("is defined by the Python code", "not as the warm-start model"))
     bad(f"distill.teacher_cache={tmp_path}/no-cache", needles=("distill.teacher_cache", "cache-teachers"))
     # a teacher with its own tokenizer: only terms that align positions read it; never from the cache; a fast tokenizer
     # only

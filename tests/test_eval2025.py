@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,96 +11,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_user_error, call, ok, run_here, shared
+from conftest import GLUE_ROWS, assert_user_error, call, ok, run_here, shared
 from test_eval import compare_2025, score_with_project
 
 GPT2 = shared("hf_tiny_gpt2")
-
-
-def _subset(src: str, dst: Path, every: int) -> None:
-    lines = [line for line in src.splitlines() if line.strip()]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text("\n".join(lines[::every]) + "\n", encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def extras(tmp_path_factory) -> Path:
-    """A 2025 evaluation_data folder: the real entity tracking, WUG adjective and reading files (thinned), BLiMP,
-    the supplement and EWoK (thinned), and COMPS and WUG past tense written in their published formats."""
-    root = tmp_path_factory.mktemp("eval2025")
-    raw = tmp_path_factory.mktemp("raw")
-    with tarfile.open(shared("babylm2025_extra_tasks.tar.gz")) as tf:
-        tf.extractall(raw, filter="data")
-    for name in ("regular", "ambiref", "move_contents"):
-        _subset((raw / "entity_tracking" / f"{name}.jsonl").read_text(), root / "entity_tracking" / f"{name}.jsonl", 60)
-    _subset(
-        (raw / "entity_tracking" / "regular.jsonl").read_text(), root / "entity_tracking_fast" / "regular.jsonl", 90
-    )
-    shutil.copytree(raw / "wug_adj_nominalization", root / "wug_adj_nominalization")
-    (root / "reading").mkdir()
-    shutil.copy(raw / "reading" / "reading_data.csv", root / "reading" / "reading_data.csv")
-    for folder, fast, names in (("blimp_filtered", "blimp_fast", ("adjunct_island", "anaphor_gender_agreement")),
-                                ("blimp_supplement", "supplement_fast", ("hypernym", "turn_taking"))):
-        for name in names:
-            text = shared(folder, f"{name}.jsonl").read_text(encoding="utf-8")
-            _subset(text, root / folder / f"{name}.jsonl", 40)
-            _subset(text, root / fast / f"{name}.jsonl", 80)
-    with zipfile.ZipFile(shared("ewok_filtered.zip")) as zf:  # extracted into the test's temporary folder only
-        for member in zf.namelist()[:3]:
-            if member.endswith(".jsonl"):
-                text = zf.read(member, pwd=b"ewok").decode()
-                _subset(text, root / "ewok_filtered" / Path(member).name, 50)
-                _subset(text, root / "ewok_fast" / Path(member).name, 100)
-    words = ["blick", "dax", "wug", "fep", "zorp", "tove", "gling", "spow", "cleem", "frull"]
-    (root / "wug_past_tense").mkdir()
-    rows = [{"sentences": f"Yesterday she {w}ed the ball.\tYesterday she {w}t the ball.", "ratio": (k * 7 % 10) / 10}
-            for k, w in enumerate(words)]
-    (root / "wug_past_tense" / "wug_past_tense.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "comps").mkdir()
-    for stem in ("comps_base", "comps_wugs", "comps_wugs_dist-before", "comps_wugs_dist-in_between"):
-        rows = [
-            {
-                "id": k,
-                "prefix_acceptable": f"A {a} is an animal that",
-                "prefix_unacceptable": f"A {b} is an animal that",
-                "property_phrase": p,
-                "negative_sample_type": "taxonomic",
-            }
-            for k, (a, b, p) in enumerate(
-                [
-                    ("robin", "table", "can fly."),
-                    ("dog", "spoon", "has four legs."),
-                    ("cat", "rock", "likes to sleep."),
-                    ("fish", "lamp", "can swim."),
-                ]
-            )
-        ]
-        (root / "comps" / f"{stem}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
-
-
-# one row per task in the published glue_filtered format (fields as the 2025 pipeline's dataset.py reads them)
-GLUE_ROWS = {
-    "boolq": {"question": "is the sky blue", "passage": "The sky is blue on a clear day.", "label": 1},
-    "mnli": {"premise": "A dog runs in the park.", "hypothesis": "An animal is outside.", "label": 0},
-    "mrpc": {"sentence1": "The cat sat on the mat.", "sentence2": "On the mat sat the cat.", "label": 1},
-    "multirc": {"question": "Who sat?", "answer": "the cat", "paragraph": "The cat sat on the mat.", "label": 1},
-    "qqp": {"question1": "How do I cook rice?", "question2": "What is the way to cook rice?", "label": 1},
-    "rte": {"sentence1": "The man bought a car.", "sentence2": "The man owns a car.", "label": 0},
-    "wsc": {"text": "Mark told Pete he was late.", "span1_text": "Pete", "span2_text": "he", "label": 0},
-}
-
-
-@pytest.fixture(scope="module")
-def glue(tmp_path_factory) -> Path:
-    """glue_filtered/<task>.{train,valid}.jsonl for the seven tasks: 24 and 8 rows, labels alternating."""
-    root = tmp_path_factory.mktemp("glue_filtered")
-    for task, row in GLUE_ROWS.items():
-        classes = 3 if task == "mnli" else 2
-        for split, n in (("train", 24), ("valid", 8)):
-            rows = [{**row, "idx": k, "label": k % classes} for k in range(n)]
-            (root / f"{task}.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
 
 
 def test_glue_texts_are_built_as_the_pipeline_builds_them(glue):
