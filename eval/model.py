@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,6 +289,9 @@ def check_folder(path: str) -> Path:
     """The model folder, or a one-line error; cheap, so it runs before any data is read."""
     folder = Path(path)
     if not folder.is_dir():
+        if not folder.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", path) and not folder.parent.is_dir():
+            raise UserError(f"{path}: no such folder; a model on the Hugging Face Hub is downloaded first, where the "
+                            f"Hub is reachable (hf download {path} [--revision R] --local-dir DIR), then give DIR")
         what = "is a file, not a model folder" if folder.exists() else "model folder does not exist"
         raise UserError(f"{path}: {what}; give a folder written by save_pretrained (e.g. runs/demo/teacher/model)")
     if not (folder / "config.json").is_file():

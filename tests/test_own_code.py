@@ -215,3 +215,19 @@ def test_own_code_that_imports_a_missing_package_says_to_install_it(tmp_path, ex
     assert "save the model again" not in line
     assert "Encountered exception" not in proc.stderr  # transformers' own log line for it is not shown besides
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_model_id_is_one_line_that_says_to_download_it_first(tmp_path, monkeypatch):
+    """`MODEL` is a folder; a Hub id (org/name, no such folder here) names the command that downloads it. A relative
+    path whose parent folder exists is a folder that is missing, as before."""
+    from eval.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    proc = call(main, "BabyLM-community/babylm-baseline-10m-gpt-bert-causal-focus", "--out", str(tmp_path / "out"))
+    assert_user_error(proc, "BabyLM-community/babylm-baseline-10m-gpt-bert-causal-focus: no such folder",
+                      "hf download BabyLM-community/babylm-baseline-10m-gpt-bert-causal-focus [--revision R] "
+                      "--local-dir DIR")
+    (tmp_path / "runs").mkdir()
+    proc = call(main, "finetune", "runs/model", "--out", str(tmp_path / "out"))
+    assert_user_error(proc, "runs/model: model folder does not exist")
+    assert not (tmp_path / "out").exists()
