@@ -128,6 +128,26 @@ def test_causal_scores_match_a_naive_reference_item_by_item(custom, extras):
         compare_2025(m, task, scores, "causal", every=4, least=8)
 
 
+def test_reading_surprisals_match_the_naive_one_pass_per_sub_token_reference(custom, extras):
+    from eval.evaluate import Options, score_requests
+    from eval.model import load
+    from eval.reading import read_table, score_table
+    from eval.scorer import Scorer
+    from test_eval2025 import naive_surprisal
+
+    m = load(str(custom), "causal", "cpu", trust=True)
+    df = read_table(extras / "reading" / "reading_data.csv")
+    scorer = Scorer(m, progress=False)
+    pred, prev = score_table(df, m.tokenizer, "causal",
+                             lambda r: score_requests(scorer, m, r, Options(progress=False))[0])
+    assert not scorer.trees
+    for i in range(0, len(df), 150):
+        assert pred[i] == pytest.approx(naive_surprisal(m.model, m.tokenizer, df["item"][i], df["word"][i]), abs=1e-4)
+        if isinstance(df["prev_item"][i], str):
+            assert prev[i] == pytest.approx(
+                naive_surprisal(m.model, m.tokenizer, df["prev_item"][i], df["prev_word"][i]), abs=1e-4)
+
+
 @pytest.mark.parametrize("backend", ["mlm", "mntp"])
 def test_masked_backends_match_a_naive_reference(custom, extras, backend):
     m, task, scores = score(custom, backend, "comps", extras)
@@ -170,6 +190,10 @@ def test_fine_tuning_puts_its_head_on_the_automodel_backbone(custom, glue, tmp_p
             "--out", str(out), "--trust-remote-code", "--no-progress", "--device", "cpu"))
     result = json.loads((out / "rte.json").read_text())
     assert result["n_items"] == 8 and result["backend"] == "causal" and result["pool"] == "last"
+    masked = own_code_model(tmp_path / "masked", architecture="TinyCustomForMaskedLM")  # saved as a masked LM
+    prepared = prepare(str(masked), spec_of("rte"), Settings(device="cpu", trust_remote_code=True, progress=False))
+    assert type(prepared.model.backbone).__name__ == "TinyCustomModel"
+    assert not prepared.causal and prepared.pool == "first"
 
 
 def test_fine_tuning_refuses_a_model_whose_code_gives_no_backbone(tmp_path, glue):
