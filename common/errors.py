@@ -19,6 +19,11 @@ command the same way: the boundary makes it a KeyboardInterrupt, so that the sam
 `<where>: stopped by SIGTERM; ...`, and the process ends by SIGTERM. Where another program set its own SIGTERM handler
 in this process first (submitit's, in a grid's SLURM job), that handler is left in place. A trainer (train/, eval
 finetune) checkpoints before it stops (common.preemption).
+
+SIGHUP (the terminal closed: an ssh connection lost, a terminal window shut) stops a command as SIGTERM does. Writes to
+a terminal that has hung up fail (EIO), so from that moment what this process wrote to it goes nowhere (`hang_up`):
+the cleanup, the checkpoint and run.json's status are not cut short by a progress bar's write. Under `nohup` (SIGHUP
+ignored) nothing changes.
 """
 from __future__ import annotations
 
@@ -34,7 +39,10 @@ EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: training stopped on SIGUSR2 after saving a checkpoint; rerun with --resume
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as a shell reports it
 EXIT_TERMINATED = 143  # SIGTERM, as a shell reports it
-EXIT_STOPPED = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}  # a stop signal -> its exit code
+EXIT_HUNG_UP = 129  # SIGHUP, as a shell reports it
+EXIT_STOPPED = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED,
+                signal.SIGHUP: EXIT_HUNG_UP}  # a stop signal -> its exit code
+STOPPING = (signal.SIGTERM, signal.SIGHUP)  # stop a command as Ctrl-C does, and a trainer after a checkpoint
 
 # errno -> what the user does about it
 OS_ADVICE = {
@@ -64,7 +72,7 @@ class UserError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) inside an `if_interrupted` block, with what its one line says."""
+    """Ctrl-C (or SIGTERM, SIGHUP) inside an `if_interrupted` block, with what its one line says."""
 
     def __init__(self, where, advice: str):
         super().__init__(f"{where}: {how_stopped()}; {advice}")
@@ -77,15 +85,34 @@ class Interrupted(KeyboardInterrupt):
 _stopped_by: list[int] = []
 _cut: list[int] = []  # the signals a handler of ours raised a KeyboardInterrupt for (a trainer's stop raises none)
 _boundaries: list[None] = []  # entry points running in this process, outermost first (a grid's debug executor nests)
+_terminal: list[int] = []  # the descriptors (1, 2) that were a terminal as the outermost boundary began
 
 
 def stopped_by() -> int:
-    """SIGTERM where a SIGTERM stopped the command (or asked a trainer to stop), else SIGINT."""
+    """The signal that stopped the command (or asked a trainer to stop): SIGTERM or SIGHUP where one did, else
+    SIGINT."""
     return _stopped_by[0] if _stopped_by else signal.SIGINT
 
 
+def how(signum: int) -> str:
+    """How a stop by `signum` is said."""
+    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+
+
 def how_stopped() -> str:
-    return "stopped by SIGTERM" if stopped_by() == signal.SIGTERM else "interrupted"
+    return how(stopped_by())
+
+
+def hang_up() -> None:
+    """The terminal has hung up: from now on what this process writes to it (fds 1 and 2, where they were the
+    terminal) goes to /dev/null, as a write there would fail with EIO and end the cleanup before it is done. The run's
+    own files say what happened."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in _terminal:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 def note_stop(signum: int) -> None:
@@ -107,23 +134,27 @@ def cut_short() -> bool:
     return bool(_cut)
 
 
-def _stop_on_sigterm(signum, frame):
-    if _stopped_by:  # a stop is on its way (its cleanup runs now): a second SIGTERM changes nothing
+def _stop(signum, frame):
+    """SIGTERM's and SIGHUP's handler at the boundary."""
+    if signum == signal.SIGHUP:
+        hang_up()
+    if _stopped_by:  # a stop is on its way (its cleanup runs now): a second one changes nothing
         return
     _cut_short(signum)
 
 
-def sigterm_is_ours() -> bool:
-    """Whether SIGTERM stops this process through the boundary (not a handler another program installed first)."""
-    return signal.getsignal(signal.SIGTERM) is _stop_on_sigterm
+def is_ours(signum: int) -> bool:
+    """Whether `signum` (SIGTERM, SIGHUP) stops this process through the boundary (not a handler another program
+    installed first, nor ignored, as under nohup)."""
+    return signal.getsignal(signum) is _stop
 
 
 @contextlib.contextmanager
 def stop_signals():
-    """Ctrl-C and SIGTERM within the block are a KeyboardInterrupt and are recorded, where they still have Python's
-    default action (never over a handler another program set first: submitit's, in a grid's SLURM job, waits for
-    SIGUSR2 to requeue). The outermost block forgets an earlier stop (entry points called in one process, as tests
-    do)."""
+    """Ctrl-C, SIGTERM and SIGHUP within the block are a KeyboardInterrupt and are recorded, where they still have
+    Python's default action (never over a handler another program set first: submitit's, in a grid's SLURM job, waits
+    for SIGUSR2 to requeue; nor over nohup's ignoring SIGHUP). The outermost block forgets an earlier stop (entry
+    points called in one process, as tests do)."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -132,9 +163,10 @@ def stop_signals():
     if not _boundaries:
         _stopped_by.clear()
         _cut.clear()
+        _terminal[:] = [fd for fd in (1, 2) if os.isatty(fd)]  # a hung-up terminal no longer says it is one
     _boundaries.append(None)
-    ours = {signal.SIGINT: (signal.default_int_handler, _cut_short),
-            signal.SIGTERM: (signal.SIG_DFL, _stop_on_sigterm)}
+    ours = {signal.SIGINT: (signal.default_int_handler, _cut_short), signal.SIGTERM: (signal.SIG_DFL, _stop),
+            signal.SIGHUP: (signal.SIG_DFL, _stop)}
     installed = {s: default for s, (default, handler) in ours.items() if signal.getsignal(s) == default}
     for s in installed:
         signal.signal(s, ours[s][1])
@@ -168,18 +200,24 @@ def if_interrupted(where, advice: str):
 
 @contextlib.contextmanager
 def interrupt_deferred():
-    """Ctrl-C (and a SIGTERM that stops through the boundary) within the block takes effect as it ends, for steps
-    that must not be cut in two (SLURM jobs submitted, and their ids recorded). Only this process waits: a program it
-    runs meanwhile (sbatch) gets Ctrl-C from the terminal as usual. Outside the main thread (where no signal arrives)
-    the block runs as it is."""
+    """Ctrl-C (and a SIGTERM or SIGHUP that stops through the boundary) within the block takes effect as it ends, for
+    steps that must not be cut in two (SLURM jobs submitted, and their ids recorded). Only this process waits: a
+    program it runs meanwhile (sbatch) gets Ctrl-C from the terminal as usual. Outside the main thread (where no signal
+    arrives) the block runs as it is."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    deferred = [signal.SIGINT] + ([signal.SIGTERM] if sigterm_is_ours() else [])
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in deferred}
+
+    def defer(signum, frame):
+        if signum == signal.SIGHUP:
+            hang_up()
+        caught.append(signum)
+
+    deferred = [signal.SIGINT] + [s for s in STOPPING if is_ours(s)]
+    previous = {s: signal.signal(s, defer) for s in deferred}
     try:
         yield
     finally:
@@ -193,8 +231,8 @@ def leave(code: int) -> None:
     """End the process with an entry point's exit code. An interrupted command ends by SIGINT itself, as Python does
     for a KeyboardInterrupt nothing caught: the shell reports 130, and a shell script running the command stops at
     Ctrl-C instead of going on with its next line (it treats an ordinary exit as a child that handled the signal).
-    A command stopped by SIGTERM ends by SIGTERM (143), as it would have without its handler. Either way what Python
-    runs at its exit runs first (`run_exit_handlers`)."""
+    A command stopped by SIGTERM or SIGHUP ends by that signal (143, 129), as it would have without its handler.
+    Either way what Python runs at its exit runs first (`run_exit_handlers`)."""
     for signum, stopped in EXIT_STOPPED.items():
         if code == stopped:
             run_exit_handlers(code)

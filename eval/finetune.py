@@ -47,8 +47,8 @@ TOKENIZER_HASHED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 
 
 class Stopped(Exception):
-    """A fine-tuning stopped on SIGUSR2 or SIGTERM after saving its checkpoint (`code`: the command's exit code); the
-    same command continues it."""
+    """A fine-tuning stopped on SIGUSR2, SIGTERM or SIGHUP after saving its checkpoint (`code`: the command's exit
+    code); the same command continues it."""
 
     def __init__(self, message: str, code: int):
         super().__init__(message)

@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common.errors import EXIT_PREEMPTED, EXIT_STOPPED, stopped_by
+from common.errors import EXIT_PREEMPTED, EXIT_STOPPED, STOPPING, stopped_by
 from common.paths import write_atomic
 from grid.plan import Point
 from grid.report import log_path, output_to
@@ -95,7 +95,7 @@ def evaluate_point(point: Point) -> None:
                 signal.raise_signal(signal.SIGUSR2)
             raise PointFailed(f"{point.name}: python -m eval {' '.join(argv[:2])} ... stopped on SIGUSR2 after a "
                               "checkpoint; run the launcher again to continue", preempted=True)
-        if rc in EXIT_STOPPED.values():  # Ctrl-C or SIGTERM stopped the evaluation in this process: the grid too
+        if rc in EXIT_STOPPED.values():  # Ctrl-C, SIGTERM or SIGHUP stopped the evaluation here: the grid too
             raise KeyboardInterrupt
         if rc != 0:
             raise PointFailed(f"{point.name}: python -m eval {' '.join(argv[:2])} ... exited {rc}")
@@ -111,7 +111,7 @@ def run_in_process(point: Point, verbose: bool = False) -> None:
             rc = entry_point(point.kind)(point.argv())
         finally:
             del os.environ[GRID_ENV]
-        if rc in EXIT_STOPPED.values():  # Ctrl-C or SIGTERM stopped the training in this process: the grid too
+        if rc in EXIT_STOPPED.values():  # Ctrl-C, SIGTERM or SIGHUP stopped the training here: the grid too
             raise KeyboardInterrupt
         if rc != 0:
             raise PointFailed(f"{point.name}: training exited {rc}")
@@ -159,8 +159,8 @@ class PointJob:
             self._proc = None
             if rc != 0:
                 why = {EXIT_PREEMPTED: " (stopped on SIGUSR2 after a checkpoint; run the launcher again to resume)",
-                       -signal.SIGTERM: " (stopped by SIGTERM; run the launcher again to resume from its newest "
-                                        "checkpoint)"}
+                       **{-s: f" (stopped by {signal.Signals(s).name}; run the launcher again to resume from its "
+                              "newest checkpoint)" for s in STOPPING}}
                 raise PointFailed(f"{point.name}: training exited {rc}{why.get(rc, '')}",
                                   preempted=rc == EXIT_PREEMPTED)
         if int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:

@@ -2,11 +2,12 @@
 launch` starts it with several processes per node or several nodes, without torchrun's traceback where its ranks have
 already said in one line why they stopped.
 
-torchrun stopped by SIGTERM (scancel, a preemption) or Ctrl-C passes the signal on to its ranks, waits for them (a
-trainer saves its checkpoint first) and then raised SignalException, a 20-line traceback after the ranks' own line;
-ranks that ended with one of this project's exit codes (a one-line error, a stop after a checkpoint, Ctrl-C, SIGTERM)
-got a ChildFailedError report around it. Here such an end is the ranks' exit code, or the signal, and nothing more;
-any other failure of a rank keeps torchrun's report (it names the rank and where to look).
+torchrun stopped by SIGTERM (scancel, a preemption), SIGHUP (its terminal closed) or Ctrl-C passes the signal on to
+its ranks, waits for them (a trainer saves its checkpoint first) and then raised SignalException, a 20-line traceback
+after the ranks' own line; ranks that ended with one of this project's exit codes (a one-line error, a stop after a
+checkpoint, Ctrl-C, SIGTERM, SIGHUP) got a ChildFailedError report around it. Here such an end is the ranks' exit
+code, or the signal, and nothing more; any other failure of a rank keeps torchrun's report (it names the rank and
+where to look).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> int:
 
     try:
         torchrun(argv)
-    except SignalException as exc:  # torchrun got SIGTERM or Ctrl-C: its ranks have stopped and said so
+    except SignalException as exc:  # torchrun got SIGTERM, SIGHUP or Ctrl-C: its ranks stopped and said so
         return EXIT_STOPPED.get(signal.Signals(exc.sigval), 128 + int(exc.sigval))
     except ChildFailedError as exc:
         codes = [failure.exitcode for failure in exc.failures.values()]

@@ -352,6 +352,36 @@ def in_terminal(argv: list[str], cwd: Path = ROOT, timeout: int = 600) -> tuple[
     return rc, screen, time.perf_counter() - start
 
 
+def hang_up_when(module: str, args: list[str], condition, timeout: float = 300) -> tuple[int, str]:
+    """`python -m <module> <args>` in a session of its own whose controlling terminal is a pseudo-terminal (util-linux
+    `setsid -c`), as a command typed over ssh runs; once `condition()` holds the terminal hangs up (its other side is
+    closed, as when the connection drops): the kernel sends SIGHUP, and writes to the terminal fail from then on.
+    Returns the exit code and what the terminal showed until then."""
+    import pty
+    import select
+
+    terminal, child_side = pty.openpty()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(["setsid", "-c", sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+                            stdin=child_side, stdout=child_side, stderr=child_side)
+    os.close(child_side)
+    out, deadline = bytearray(), time.time() + timeout
+    try:
+        while proc.poll() is None and time.time() < deadline and not condition():
+            if select.select([terminal], [], [], 0.05)[0]:
+                with contextlib.suppress(OSError):
+                    out.extend(os.read(terminal, 65536))
+        assert proc.poll() is None, f"it ended before the condition held:\n{out.decode(errors='replace')[-3000:]}"
+    finally:
+        os.close(terminal)  # the hang-up
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return rc, out.decode(errors="replace")
+
+
 def run_in_terminal(*args: str, cwd: Path = ROOT, timeout: int = 600) -> tuple[int, str]:
     """`python -m <args>` under a pseudo-terminal (in_terminal): the exit code and the terminal's text."""
     rc, screen, _ = in_terminal([sys.executable, "-m", *args], cwd, timeout)

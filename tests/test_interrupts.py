@@ -1,8 +1,8 @@
-"""Ctrl-C (and SIGTERM) at any moment. Each command says in one line what is kept and what to do, ends by the same
-signal (so that a shell script running it stops too), and leaves only whole files, or folders marked as its own,
-which the same command then continues from or removes. (Until 2026-12-03 every entry point but training printed a
-traceback, a result file was written before the files it vouches for, and a teacher cache stopped while being moved
-into place left a folder that every later command refused.)"""
+"""Ctrl-C (and SIGTERM, SIGHUP) at any moment. Each command says in one line what is kept and what to do, ends by
+the same signal (so that a shell script running it stops too), and leaves only whole files, or folders marked as
+its own, which the same command then continues from or removes. (Until 2026-12-03 every entry point but training
+printed a traceback, a result file was written before the files it vouches for, and a teacher cache stopped
+while being moved into place left a folder that every later command refused.)"""
 from __future__ import annotations
 
 import json
@@ -42,11 +42,12 @@ def finetune_slice(demo_root: Path, dest: Path) -> Path:
 
 @pytest.mark.parametrize(("command", "sig"), [(c, signal.SIGINT) for c in ("eval", "finetune", "curve", "download",
                                                                             "prepare")]
-                         + [(c, signal.SIGTERM) for c in ("eval", "prepare")])
+                         + [(c, signal.SIGTERM) for c in ("eval", "prepare")] + [("eval", signal.SIGHUP)])
 def test_ctrl_c_says_what_is_kept_in_one_line_and_the_same_command_continues(command, sig, run, demo_root, tmp_path):
-    """Each long command of the suite, stopped while it works by Ctrl-C (or SIGTERM: `kill`, `timeout`, scancel): one
-    line, ended by the same signal, and the same command (with what the line says to add) then ends as it would
-    have. (Until 2026-12-04 SIGTERM ended every command at once, without a word.)"""
+    """Each long command of the suite, stopped while it works by Ctrl-C (or SIGTERM: `kill`, `timeout`, scancel; or
+    SIGHUP, its terminal closed): one line, ended by the same signal, and the same command (with what the line says
+    to add) then ends as it would have. (Until 2026-12-04 SIGTERM and SIGHUP ended every command at once, without a
+    word.)"""
     model, out = run / "model", tmp_path / "out"
     if command == "eval":
         args = ["eval", model, "--tasks", "demo_pairs", "--data-dir", demo_root, "--out", out, "--no-progress"]
@@ -81,8 +82,8 @@ def test_ctrl_c_says_what_is_kept_in_one_line_and_the_same_command_continues(com
         line = "interrupted; nothing half-written is kept; run the same command again"
         again = []
     args = [str(a) for a in args]
-    if sig == signal.SIGTERM:
-        line = line.replace("interrupted;", "stopped by SIGTERM;")
+    if sig != signal.SIGINT:
+        line = line.replace("interrupted;", f"stopped by {sig.name};")
     assert_interrupted(interrupt_when(args[0], args[1:], working, sig), line, sig)
     ok(run_cli(*args, *again))
     if command == "eval":
@@ -271,12 +272,12 @@ def test_a_teacher_cache_replaced_is_whole_or_marked_ours_wherever_it_stops(tmp_
     assert done and stop > 10 and seen == {"old", "marked", "empty", "none", "new"}, (stop, seen)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["int", "term", "hup"])
 def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(sig, workdir, demo_root, cache_dir):
     """The debug executor trains in the launcher's process: Ctrl-C stopped only the point training (its run said
     interrupted) and the launcher went on with the next point. The local executor's training is a child process: a
     SIGINT (or SIGTERM) sent to the launcher alone is passed on to it, so that no training goes on without its
-    launcher. SIGTERM stops the training after a checkpoint."""
+    launcher. SIGTERM and SIGHUP stop the training after a checkpoint."""
     grid = workdir / "grid.yaml"  # a point trains far longer than the launcher's 10 s wait before it passes SIGINT on
     sets = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
             f"data.cache_dir={cache_dir}", "train.max_steps=20000", "train.save_steps=10", "train.eval_steps=10",
@@ -301,13 +302,14 @@ def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(sig, workdir, d
             proc.kill()
         lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip()]
         assert proc.returncode == -sig and "Traceback" not in err, err[-3000:]
-        how = "interrupted" if sig == signal.SIGINT else "stopped by SIGTERM"
+        how = "interrupted" if sig == signal.SIGINT else f"stopped by {sig.name}"
         assert lines[-1] == (f"runs/stop-{kind}-{sig.name}: {how}; the point that was training stopped, and resumes "
                              "from its newest checkpoint; the same command continues the grid (finished points are "
                              "skipped)")
         info = json.loads((first / "run.json").read_text())
         assert info["status"] == ("interrupted" if sig == signal.SIGINT else "terminated")
-        if sig == signal.SIGTERM:  # a checkpoint at the stop
+        if sig != signal.SIGINT:  # a checkpoint at the stop, and the signal named
+            assert info["signal"] == sig.name
             assert (first / "checkpoints" / f"checkpoint-{info['step']}" / "COMPLETE").is_file()
         assert sorted(p.name for p in runs.iterdir() if not p.name.startswith("_")) == [first.name]  # no next point
         assert not (first / "LOCK").exists()  # its training is over too

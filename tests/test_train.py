@@ -6,13 +6,14 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import (ROOT, assert_bitwise_equal, assert_user_error, ok, run_cli, run_here, shared, slice_corpus,
-                      start_and_kill, stop_at_budget, weights)
+from conftest import (ROOT, assert_bitwise_equal, assert_user_error, hang_up_when, logged_steps, ok, run_cli, run_here,
+                      shared, slice_corpus, start_and_kill, stop_at_budget, weights)
 from common.checkpoints import checkpoint_problem
 
 pytestmark = pytest.mark.slow
@@ -332,6 +333,41 @@ def test_a_stop_signal_saves_a_checkpoint_stops_and_resumes_bitwise(sig, demo_ar
     assert f"resuming from {run / 'checkpoints' / f'checkpoint-{stopped}'}" in proc.stdout
     assert_bitwise_equal(weights(run / "model"), reference)
     assert_same_milestones(run, run_dir(tmp_path, name="reference"), written)
+
+
+def test_a_terminal_that_hangs_up_stops_training_after_a_checkpoint_and_it_resumes_bitwise(demo_args, tmp_path,
+                                                                                           reference):
+    """An ssh connection lost under a training typed at its terminal: SIGHUP, and every later write to the terminal
+    fails. The training saves a checkpoint at the step's end, run.json says terminated by SIGHUP, the process ends by
+    SIGHUP, and --resume ends as an uninterrupted run. (Until 2026-12-04 it ended at once, losing the steps since its
+    last checkpoint, with run.json saying "running".)"""
+    run = run_dir(tmp_path)
+    after = random.Random().randint(11, 30)
+    rc, screen = hang_up_when("train", [*demo_args, *RESUME_ARGS], lambda: after in logged_steps(run / "metrics.jsonl"))
+    info = json.loads((run / "run.json").read_text())
+    assert rc == -signal.SIGHUP, (info, screen[-2000:])
+    assert info["status"] == "terminated" and info.get("signal") == "SIGHUP", info  # it said "running"
+    stopped = info["step"]
+    assert stopped >= after
+    assert not (run / "DONE").exists()
+    assert checkpoint_problem(run / "checkpoints" / f"checkpoint-{stopped}") is None
+    written = milestone_mtimes(run)
+    proc = ok(run_cli("train", *demo_args, *RESUME_ARGS, "--resume"))
+    assert f"resuming from {run / 'checkpoints' / f'checkpoint-{stopped}'}" in proc.stdout
+    assert_bitwise_equal(weights(run / "model"), reference)
+    assert_same_milestones(run, run_dir(tmp_path, name="reference"), written)
+
+
+def test_under_nohup_a_hang_up_changes_nothing(demo_args, tmp_path):
+    """SIGHUP ignored (nohup, or a shell's disown) stays ignored: the training goes on to the end."""
+    run = run_dir(tmp_path)
+    proc = subprocess.Popen(["nohup", sys.executable, "-m", "train", *demo_args, *RESUME_ARGS], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and 5 not in logged_steps(run / "metrics.jsonl"):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "done" and (run / "DONE").exists()
 
 
 def test_corrupt_and_half_written_checkpoints_are_skipped(demo_args, tmp_path, reference):

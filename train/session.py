@@ -166,7 +166,10 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
         raise
     preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Preemption))
     if preemption.stopped_at is not None:
-        run_dir.end("terminated" if preemption.signal == signal.SIGTERM else "preempted", step=preemption.stopped_at)
+        if preemption.signal == signal.SIGUSR2:
+            run_dir.end("preempted", step=preemption.stopped_at)
+        else:
+            run_dir.end("terminated", step=preemption.stopped_at, signal=signal.Signals(preemption.signal).name)
         say(f"{run_dir.path}: {preemption.how} after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
             err=True)
         return leave(trainer, preemption.exit_code)
@@ -188,9 +191,13 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
 
 
 def stopped(run_dir, metrics_log) -> None:
-    """Ctrl-C or SIGTERM stopped the training: run.json says so, and the one line says how to go on."""
+    """Ctrl-C, SIGTERM or SIGHUP stopped the training: run.json says so, and the one line says how to go on."""
     metrics_log.record()
-    run_dir.end("terminated" if errors.stopped_by() == signal.SIGTERM else "interrupted")
+    by = errors.stopped_by()
+    if by == signal.SIGINT:
+        run_dir.end("interrupted")
+    else:
+        run_dir.end("terminated", signal=signal.Signals(by).name)
     raise errors.Interrupted(run_dir.path, "rerun with --resume to continue from its newest checkpoint") from None
 
 
