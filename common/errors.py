@@ -85,7 +85,8 @@ class Interrupted(KeyboardInterrupt):
 _stopped_by: list[int] = []
 _cut: list[int] = []  # the signals a handler of ours raised a KeyboardInterrupt for (a trainer's stop raises none)
 _boundaries: list[None] = []  # entry points running in this process, outermost first (a grid's debug executor nests)
-_terminal: list[int] = []  # the descriptors (1, 2) that were a terminal as the outermost boundary began
+_terminal: set[tuple[int, int]] = set()  # (device, inode) of the terminal fds 1 and 2 were at the outermost boundary
+_hung_up: list[bool] = []  # the terminal has hung up
 
 
 def stopped_by() -> int:
@@ -104,15 +105,29 @@ def how_stopped() -> str:
 
 
 def hang_up() -> None:
-    """The terminal has hung up: from now on what this process writes to it (fds 1 and 2, where they were the
+    """The terminal has hung up: from now on what this process writes to it (fds 1 and 2, where they are that
     terminal) goes to /dev/null, as a write there would fail with EIO and end the cleanup before it is done. The run's
-    own files say what happened."""
+    own files say what happened. A descriptor pointed elsewhere for a while (a grid point's log) is left alone; whoever
+    points it back at the terminal calls this again (`hung_up`)."""
+    _hung_up[:] = [True]
     null = os.open(os.devnull, os.O_WRONLY)
     try:
-        for fd in _terminal:
-            os.dup2(null, fd)
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                if _identity(fd) in _terminal:
+                    os.dup2(null, fd)
     finally:
         os.close(null)
+
+
+def hung_up() -> bool:
+    """Whether this process's terminal has hung up (`hang_up`)."""
+    return bool(_hung_up)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def note_stop(signum: int) -> None:
@@ -163,7 +178,9 @@ def stop_signals():
     if not _boundaries:
         _stopped_by.clear()
         _cut.clear()
-        _terminal[:] = [fd for fd in (1, 2) if os.isatty(fd)]  # a hung-up terminal no longer says it is one
+        _hung_up.clear()
+        _terminal.clear()
+        _terminal.update(_identity(fd) for fd in (1, 2) if os.isatty(fd))  # a hung-up one no longer says it is one
     _boundaries.append(None)
     ours = {signal.SIGINT: (signal.default_int_handler, _cut_short), signal.SIGTERM: (signal.SIG_DFL, _stop),
             signal.SIGHUP: (signal.SIG_DFL, _stop)}

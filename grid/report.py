@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from common.errors import hang_up, hung_up
 from common.paths import REPO
 from grid.plan import Point
 
@@ -44,6 +45,8 @@ def output_to(log: Path | None):
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
+            if hung_up():  # the terminal they are back on has gone meanwhile: writes there go nowhere
+                hang_up()
 
 
 def last_error(log: Path | None) -> str:

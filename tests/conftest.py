@@ -352,8 +352,8 @@ def in_terminal(argv: list[str], cwd: Path = ROOT, timeout: int = 600) -> tuple[
     return rc, screen, time.perf_counter() - start
 
 
-def hang_up_when(module: str, args: list[str], condition, timeout: float = 300) -> tuple[int, str]:
-    """`python -m <module> <args>` in a session of its own whose controlling terminal is a pseudo-terminal (util-linux
+def hang_up_when(argv: list, condition, cwd: Path = ROOT, timeout: float = 300) -> tuple[int, str]:
+    """`argv` in a session of its own whose controlling terminal is a pseudo-terminal (util-linux
     `setsid -c`), as a command typed over ssh runs; once `condition()` holds the terminal hangs up (its other side is
     closed, as when the connection drops): the kernel sends SIGHUP, and writes to the terminal fail from then on.
     Returns the exit code and what the terminal showed until then."""
@@ -362,8 +362,8 @@ def hang_up_when(module: str, args: list[str], condition, timeout: float = 300) 
 
     terminal, child_side = pty.openpty()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(["setsid", "-c", sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
-                            stdin=child_side, stdout=child_side, stderr=child_side)
+    proc = subprocess.Popen(["setsid", "-c", *map(str, argv)], cwd=cwd, env=env, stdin=child_side, stdout=child_side,
+                            stderr=child_side)
     os.close(child_side)
     out, deadline = bytearray(), time.time() + timeout
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_interrupted, call, interrupt_when, ok, run_cli, run_here, shared
+from conftest import ROOT, assert_interrupted, call, hang_up_when, interrupt_when, ok, run_cli, run_here, shared
 
 pytestmark = pytest.mark.slow
 
@@ -313,6 +313,31 @@ def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(sig, workdir, d
             assert (first / "checkpoints" / f"checkpoint-{info['step']}" / "COMPLETE").is_file()
         assert sorted(p.name for p in runs.iterdir() if not p.name.startswith("_")) == [first.name]  # no next point
         assert not (first / "LOCK").exists()  # its training is over too
+
+
+def test_a_local_grid_whose_terminal_hangs_up_stops_after_a_checkpoint(workdir, demo_root, cache_dir):
+    """A grid launched at a terminal over ssh, the connection lost while a point trains: the launcher and the
+    training both get SIGHUP. The training saves a checkpoint; the launcher's own writes after the point's log
+    (pointed back at the terminal, which is gone) go nowhere instead of failing, and it ends by SIGHUP."""
+    grid = workdir / "grid.yaml"
+    grid.write_text("name: hup\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
+                    "    axes: {train.seed: [1, 2]}\nexecutor: {kind: local}\n")
+    sets = [f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
+            f"data.cache_dir={cache_dir}", "train.max_steps=20000", "train.save_steps=1000", "train.eval_steps=1000",
+            "train.logging_steps=1", "optim.warmup_steps=5", "data.train_fraction=0.2"]
+    runs = workdir / "runs" / "hup"
+    started = lambda: any(m.read_text().strip() for m in runs.glob("*/metrics.jsonl"))  # noqa: E731
+    rc, _ = hang_up_when([sys.executable, ROOT / "launch_grid.py", grid, *[a for s in sets for a in ("--set", s)]],
+                         started, cwd=workdir)
+    first = next(m.parent for m in runs.glob("*/metrics.jsonl"))
+    info = json.loads((first / "run.json").read_text())
+    log = "".join(p.read_text(errors="replace") for p in (first / "logs").glob("grid-*.log"))
+    assert rc == -signal.SIGHUP, (info, log[-3000:])
+    assert info["status"] == "terminated" and info["signal"] == "SIGHUP", info
+    assert (first / "checkpoints" / f"checkpoint-{info['step']}" / "COMPLETE").is_file()
+    assert "Traceback" not in log and "stopped by SIGHUP after saving" in log, log[-3000:]
+    assert sorted(p.name for p in runs.iterdir() if not p.name.startswith("_")) == [first.name]  # no next point
+    assert not (first / "LOCK").exists()
 
 
 def test_ctrl_c_while_a_local_grid_evaluates_a_point_stops_the_grid(workdir, demo_root, cache_dir):

@@ -343,7 +343,8 @@ def test_a_terminal_that_hangs_up_stops_training_after_a_checkpoint_and_it_resum
     last checkpoint, with run.json saying "running".)"""
     run = run_dir(tmp_path)
     after = random.Random().randint(11, 30)
-    rc, screen = hang_up_when("train", [*demo_args, *RESUME_ARGS], lambda: after in logged_steps(run / "metrics.jsonl"))
+    rc, screen = hang_up_when([sys.executable, "-m", "train", *demo_args, *RESUME_ARGS],
+                              lambda: after in logged_steps(run / "metrics.jsonl"))
     info = json.loads((run / "run.json").read_text())
     assert rc == -signal.SIGHUP, (info, screen[-2000:])
     assert info["status"] == "terminated" and info.get("signal") == "SIGHUP", info  # it said "running"
