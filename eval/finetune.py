@@ -289,7 +289,7 @@ def prepare(model_path: str, spec: FinetuneSpec, s: Settings) -> Prepared:
     config = load_config(folder, "the model", "save the model again with save_pretrained", trust, TRUST_FLAG)
     causal = is_causal(config, trust)
     pool = s.pool or ("last" if causal else "first")
-    tokenizer = load_tokenizer(folder, trust, TRUST_FLAG)
+    tokenizer = load_tokenizer(folder, trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

@@ -118,6 +118,10 @@ def loading_bars(show: bool):
             hf_logging.enable_progress_bar()
 
 
+TRUST_FLAG = "--trust-remote-code"  # what lets a model's own code run (python -m eval, eval finetune)
+ONLY_IF_TRUSTED = ", which runs only if you trust it: read it, then pass "
+
+
 def code_files(auto_map: dict) -> list[str]:
     """The Python files an `auto_map` names ("modeling_x.Class", "repo--modeling_x.Class", or a tokenizer's pair)."""
     refs = [r for v in auto_map.values() for r in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(r, str)]
@@ -147,8 +151,8 @@ def check_own_code(folder: Path, what: str, trust: bool, trust_flag: str | None)
     where = f"{folder / 'config.json'}: model type {kind!r} is defined by the Python code in its folder ({code})"
     if trust_flag is None:
         raise UserError(f"{where}; this project runs a model's own code only to evaluate it (python -m eval "
-                        f"--trust-remote-code), not as {what}: use a model of a transformers architecture")
-    raise UserError(f"{where}, which runs only if you trust it: read it, then pass {trust_flag}")
+                        f"{TRUST_FLAG}), not as {what}: use a model of a transformers architecture")
+    raise UserError(f"{where}{ONLY_IF_TRUSTED}{trust_flag}")
 
 
 @contextlib.contextmanager
@@ -313,7 +317,7 @@ def check_tokenizer_files(folder: Path) -> None:
                         f"save it there with tokenizer.save_pretrained")
 
 
-def load_tokenizer(folder: Path, trust: bool = False, trust_flag: str | None = None):
+def load_tokenizer(folder: Path, trust: bool = False):
     """The model folder's tokenizer; an unreadable one is one line naming the folder. A tokenizer whose class is code
     in the folder (tokenizer_config.json's auto_map and a tokenizer_class transformers does not have) loads only when
     `trust`: transformers would otherwise put its generic tokenizer in its place without a word."""
@@ -332,12 +336,8 @@ def load_tokenizer(folder: Path, trust: bool = False, trust_flag: str | None = N
     if not trust and isinstance(auto_map, dict) and "AutoTokenizer" in auto_map and isinstance(named, str) \
             and tokenizer_class_from_name(named) is None:
         code = ", ".join(code_files({"AutoTokenizer": auto_map["AutoTokenizer"]}))
-        if trust_flag is None:
-            raise UserError(f"{settings}: tokenizer class {named!r} is defined by the Python code in the folder "
-                            f"({code}); this project runs such code only to evaluate a model (python -m eval "
-                            "--trust-remote-code): use a tokenizer transformers has")
-        raise UserError(f"{settings}: tokenizer class {named!r} is defined by the Python code in the folder ({code}), "
-                        f"which runs only if you trust it: read it, then pass {trust_flag}")
+        raise UserError(f"{settings}: tokenizer class {named!r} is defined by the Python code in the folder "
+                        f"({code}){ONLY_IF_TRUSTED}{TRUST_FLAG}")
     with reading(folder, "the tokenizer in the model folder", "save it again with tokenizer.save_pretrained"), \
             own_code_imports(folder):
         return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust)
@@ -355,8 +355,6 @@ def serves(auto, config, trust: bool) -> bool:
     return own_class(auto, config, trust) or type(config) in auto._model_mapping
 
 
-TRUST_FLAG = "--trust-remote-code"
-
 
 def load(
     path: str, backend: str, device: str = "auto", dtype: str = "float32", max_length: int | None = None,
@@ -369,7 +367,7 @@ def load(
     dev = pick_device(device)
     config = load_config(folder, "the model", "save the model again with save_pretrained", trust,
                          TRUST_FLAG)  # first: the tokenizer's loader reads it too
-    tokenizer = load_tokenizer(folder, trust, TRUST_FLAG)
+    tokenizer = load_tokenizer(folder, trust)
     auto = AutoModelForCausalLM if backend == "causal" else AutoModelForMaskedLM
     kind = "causal" if backend == "causal" else "masked"
     if not serves(auto, config, trust):

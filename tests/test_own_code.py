@@ -109,8 +109,8 @@ def test_a_tokenizer_with_its_own_code_needs_the_flag_too(tmp_path):
     with pytest.raises(UserError, match=r"tokenizer_config.json: tokenizer class 'TinyCustomTokenizer' is defined by "
                                         r"the Python code in the folder \(tokenization_tinycustom.py\).*pass "
                                         r"--trust-remote-code"):
-        load_tokenizer(folder, False, "--trust-remote-code")
-    assert type(load_tokenizer(folder, True, "--trust-remote-code")).__name__ == "TinyCustomTokenizer"
+        load_tokenizer(folder)
+    assert type(load_tokenizer(folder, trust=True)).__name__ == "TinyCustomTokenizer"
 
 
 def test_causal_scores_match_a_naive_reference_item_by_item(custom, extras):
