@@ -10,7 +10,9 @@ same command (`command`), so both follow one convention:
   that two jobs sharing a node do not collide.
 
 The process replaces itself with the command, so a SIGUSR2 disposition set by the caller (the
-templates ignore it until the trainer arms its handler) carries over.
+templates ignore it until the trainer arms its handler) carries over. Before it starts several
+processes, it reads and checks the recipe itself: a bad value is then one `error:` line (per node),
+not one from every rank.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if other is not None:
         raise UserError(f"{argv[0]}:{lines.get(other[0], 1)}: {other[1]}")
     cmd = command(kind, argv)
+    if "launch.torchrun" in cmd:  # every rank would check the recipe and say the same line
+        cfglib.load(schema(kind), argv[0], [a for a in argv[1:] if not a.startswith("--")])
     sys.stdout.flush()
     os.execv(cmd[0], cmd)
     return 0  # not reached
