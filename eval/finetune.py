@@ -159,14 +159,25 @@ def backbone_of(lm, folder: Path, config, trust: bool):
     return lm.base_model
 
 
-class Classifier(torch.nn.Module):
-    """The saved model's backbone, dropout and a linear head on one position's hidden state."""
+HEADS = ("pipeline", "linear")
 
-    def __init__(self, backbone, num_labels: int, pool: str, dropout: float = 0.1):
+
+class Classifier(torch.nn.Module):
+    """The saved model's backbone and a head on one position's hidden state. `head`: the 2025 pipeline's
+    (finetune/classifier_model.ClassifierHead: LayerNorm without weights, a hidden-wide linear layer, GELU, LayerNorm,
+    dropout, the output layer; eps 1e-5) or `linear` (dropout and the output layer alone)."""
+
+    def __init__(self, backbone, num_labels: int, pool: str, head: str = "pipeline", dropout: float = 0.1):
         super().__init__()
         self.backbone, self.pool = backbone, pool
-        self.dropout = torch.nn.Dropout(dropout)
-        self.head = torch.nn.Linear(backbone.config.hidden_size, num_labels)
+        width = backbone.config.hidden_size
+        nn = torch.nn
+        if head == "pipeline":
+            self.head = nn.Sequential(nn.LayerNorm(width, eps=1e-5, elementwise_affine=False), nn.Linear(width, width),
+                                      nn.GELU(), nn.LayerNorm(width, eps=1e-5, elementwise_affine=False),
+                                      nn.Dropout(dropout), nn.Linear(width, num_labels))
+        else:
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_labels))
 
     def forward(self, input_ids, attention_mask, labels=None):
         from transformers.modeling_outputs import SequenceClassifierOutput
@@ -176,7 +187,7 @@ class Classifier(torch.nn.Module):
             picked = hidden[:, 0]
         else:  # right padding: the last real token of each row
             picked = hidden[torch.arange(len(hidden), device=hidden.device), attention_mask.sum(1) - 1]
-        logits = self.head(self.dropout(picked))
+        logits = self.head(picked)
         loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -210,6 +221,7 @@ class Settings:
     progress: bool = True
     checkpoint_minutes: float = 10.0  # a checkpoint after the first epoch, then at most this often (0: every epoch)
     trust_remote_code: bool = False  # --trust-remote-code: the model folder's own code may run (eval.model)
+    head: str = "pipeline"  # the classifier head on the pooled state: the 2025 pipeline's, or linear (HEADS)
 
 
 def read_task(name: str, data_dir: Path) -> tuple[FinetuneSpec, tuple, tuple]:
@@ -304,7 +316,8 @@ def prepare(model_path: str, spec: FinetuneSpec, s: Settings) -> Prepared:
         check_embedding(lm, tokenizer, folder)
         backbone = backbone_of(lm, folder, config, trust)
     length = s.max_length if s.max_length is not None else min(PIPELINE_MAX_LENGTH, positions(config))
-    return Prepared(folder, Classifier(backbone, spec.num_labels, pool), tokenizer, causal, pool, length, device)
+    return Prepared(folder, Classifier(backbone, spec.num_labels, pool, s.head), tokenizer, causal, pool, length,
+                    device)
 
 
 def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: Path, s: Settings, hashed: str) -> dict:
@@ -324,7 +337,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     attempt = {"model": hashed, "tokenizer": hash_files(m.folder, TOKENIZER_HASHED),
                "data": hash_files(data_dir, files),
                "spec": dataclasses.asdict(spec), "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
-               "max_length": m.length, "pool": m.pool}
+               "max_length": m.length, "pool": m.pool, "head": s.head}
     with state.locked(work, name), writing(work, "then run the same command again to continue"), \
             writing_as(out_dir, model_path, hashed):  # no other model's results there, nor its evaluation writing now
         checkpoint, best = state.resume(work, attempt)
@@ -356,7 +369,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         out = trainer.predict(m.encode(*valid))
         settings = {"model": str(Path(model_path).resolve()), KEY: hashed,
                     "backend": "causal" if m.causal else "mlm",
-                    "pool": m.pool, "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
+                    "pool": m.pool, "head": s.head, "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
                     "max_length": m.length, "data": absolute(str(data_dir)),
                     "seconds": round(time.perf_counter() - t0, 1)}
         history = [r for r in trainer.state.log_history if "eval_loss" in r or "loss" in r]
@@ -427,6 +440,9 @@ def main(argv: list[str]) -> int:
         help="the position the head reads: last non-padding token (causal "
         "default) or position 0 (masked default; the official script's choice for causal too)",
     )
+    p.add_argument("--head", choices=HEADS, default="pipeline",
+                   help="the classifier head: the 2025 pipeline's (LayerNorm, a hidden-wide layer, GELU, LayerNorm, "
+                        "dropout 0.1, the output layer; default) or linear (dropout 0.1 and the output layer)")
     p.add_argument("--checkpoint-minutes", type=number("--checkpoint-minutes", float, ge=0), default=10.0,
                    help="a checkpoint after the first epoch, then after any epoch that ends this long after the last "
                         "one (0: every epoch), so that a stopped fine-tuning continues (default 10)")
@@ -447,7 +463,7 @@ def main(argv: list[str]) -> int:
                                                    args.trust_remote_code, TRUST_FLAG), args.model)
     specs = {n: spec_of(n) for n in names}
     settings = Settings(args.lr, args.batch_size, args.epochs, args.seed, args.max_length, args.pool, args.device,
-                        not args.no_progress, args.checkpoint_minutes, args.trust_remote_code)
+                        not args.no_progress, args.checkpoint_minutes, args.trust_remote_code, args.head)
     out_dir = output_dir(Path(args.model), args.out)
     hashed = model_hash(Path(args.model))
     check_one_model(out_dir, args.model, hashed)  # before any training: another model's results there

@@ -572,6 +572,7 @@ def test_finetune_learns_the_demo_task_and_position_zero_does_not(trained, demo_
         )
     last, first = (json.loads((tmp_path / d / "demo_phenomenon.json").read_text()) for d in ("last", "first"))
     assert last["accuracy"] > 0.6 and last["pool"] == "last" and last["n_items"] == 200
+    assert last["head"] == first["head"] == "pipeline"
     # no --max-length: the pipeline's 512, or the model's positions where it has fewer (the demo model's are fewer)
     config = json.loads((model / "config.json").read_text())
     positions = config.get("max_position_embeddings") or config["n_positions"]

@@ -27,6 +27,39 @@ def test_glue_texts_are_built_as_the_pipeline_builds_them(glue):
     assert read_task("mnli", glue)[1][1][:3] == [0, 1, 2]
 
 
+def test_the_classifier_head_is_the_pipelines():
+    """finetune/classifier_model.ClassifierHead of the 2025 pipeline, written out here: LayerNorm without weights
+    (eps 1e-5), a hidden-wide linear layer, GELU, LayerNorm, dropout 0.1, the output layer; --head linear is dropout and
+    the output layer. (Until 2026-12-04 the head was linear only, and scores were not the pipeline's.)"""
+    import torch.nn.functional as F
+    from transformers import GPT2Config, GPT2Model
+
+    from eval.finetune import Classifier
+
+    torch.manual_seed(0)
+    backbone = GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32)).eval()
+    ids, mask = torch.randint(0, 50, (3, 7)), torch.ones(3, 7, dtype=torch.long)
+    hidden = backbone(input_ids=ids, attention_mask=mask)[0][:, 0]
+    for head in ("pipeline", "linear"):
+        model = Classifier(backbone, 3, "first", head).eval()
+        got = model(ids, mask).logits
+        layers = [m for m in model.head if isinstance(m, torch.nn.Linear)]
+        if head == "pipeline":
+            x = F.layer_norm(hidden, (16,), eps=1e-5)
+            x = F.gelu(F.linear(x, layers[0].weight, layers[0].bias))
+            x = F.layer_norm(x, (16,), eps=1e-5)
+            expected = F.linear(x, layers[1].weight, layers[1].bias)
+            assert [type(m).__name__ for m in model.head] == ["LayerNorm", "Linear", "GELU", "LayerNorm", "Dropout",
+                                                              "Linear"]
+            assert not any(p.requires_grad for m in model.head if isinstance(m, torch.nn.LayerNorm)
+                           for p in m.parameters())  # elementwise_affine=False: no weights
+            assert model.head[4].p == 0.1
+        else:
+            expected = F.linear(hidden, layers[0].weight, layers[0].bias)
+            assert len(layers) == 1 and model.head[0].p == 0.1
+        assert torch.allclose(got, expected, atol=1e-6), head
+
+
 def test_finetune_scores_count_a_non_finite_item_wrong_and_predict_nothing():
     """Fine-tuning's metrics against a naive loop: the first maximum is the prediction; an item with a NaN or
     infinite logit predicts nothing and is wrong (np.argmax took the NaN: a diverged epoch scored the share of
