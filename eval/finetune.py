@@ -324,7 +324,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     """Fine-tune on one task, keep the best epoch, write its validation predictions; the task's summary. A stopped
     earlier attempt of the same fine-tuning is continued (eval.finetune_state). `hashed`: the model files' hash
     (common.paths.model_hash), taken once for all tasks."""
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback
 
     from common.preemption import Preemption
     from eval import finetune_state as state
@@ -343,17 +343,13 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         checkpoint, best = state.resume(work, attempt)
         if checkpoint is not None:
             print(f"{name}: continuing from {checkpoint} (an earlier attempt of the same fine-tuning stopped there)")
-        args = TrainingArguments(
-            output_dir=str(work / state.TRAINER), learning_rate=lr, per_device_train_batch_size=batch,
-            per_device_eval_batch_size=64, num_train_epochs=epochs, weight_decay=0.01, warmup_steps=0.06,
-            lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, eval_strategy="epoch",
-            save_strategy="epoch", logging_strategy="epoch", seed=s.seed, report_to=[],
-            use_cpu=m.device.type == "cpu", disable_tqdm=not s.progress, remove_unused_columns=False)
+        args = training_arguments(work / state.TRAINER, lr, batch, epochs, s.seed, m.device.type == "cpu", s.progress)
         no_accelerator_probe()
         preemption = Preemption()
-        trainer = Trainer(model=m.model, args=args, train_dataset=m.encode(*train), eval_dataset=m.encode(*valid),
-                          data_collator=m.collate, compute_metrics=lambda p: scores(p.predictions, p.label_ids),
-                          callbacks=[state.Keeper(m.model, spec.metric, work, best, s.checkpoint_minutes), preemption])
+        trainer = pipeline_trainer()(
+            model=m.model, args=args, train_dataset=m.encode(*train), eval_dataset=m.encode(*valid),
+            data_collator=m.collate, compute_metrics=lambda p: scores(p.predictions, p.label_ids),
+            callbacks=[state.Keeper(m.model, spec.metric, work, best, s.checkpoint_minutes), preemption])
         if not s.progress:
             trainer.remove_callback(PrinterCallback)  # no per-epoch dicts on the console: history.jsonl has them
         t0 = time.perf_counter()
@@ -376,6 +372,32 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         summary = write_results(name, spec, out, best["epoch"], settings, history, out_dir)
         state.forget(work)
         return summary
+
+
+def training_arguments(folder: Path, lr: float, batch: int, epochs: int, seed: int, cpu: bool, progress: bool):
+    """The HF Trainer's settings for the 2025 pipeline's fine-tuning: AdamW (betas 0.9, 0.999, eps 1e-8) with weight
+    decay 0.01, 6% warmup, cosine to 0.1x, validation batch 64, an evaluation and a checkpoint per epoch, and no
+    gradient clipping (the pipeline's trainer clips nothing; the HF Trainer's default is a norm of 1)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(folder), learning_rate=lr, per_device_train_batch_size=batch, per_device_eval_batch_size=64,
+        num_train_epochs=epochs, weight_decay=0.01, warmup_steps=0.06, max_grad_norm=0.0,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, eval_strategy="epoch",
+        save_strategy="epoch", logging_strategy="epoch", seed=seed, report_to=[], use_cpu=cpu,
+        disable_tqdm=not progress, remove_unused_columns=False)
+
+
+def pipeline_trainer():
+    """The HF Trainer with weight decay on every parameter, as the pipeline's AdamW(model.parameters()) has it (the HF
+    Trainer leaves biases and LayerNorm weights out)."""
+    from transformers import Trainer
+
+    class PipelineTrainer(Trainer):
+        def get_decay_parameter_names(self, model) -> list[str]:
+            return [name for name, _ in model.named_parameters()]
+
+    return PipelineTrainer
 
 
 def write_results(name: str, spec: FinetuneSpec, out, best_epoch: float, settings: dict, history: list[dict],

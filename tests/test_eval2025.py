@@ -60,6 +60,26 @@ def test_the_classifier_head_is_the_pipelines():
         assert torch.allclose(got, expected, atol=1e-6), head
 
 
+def test_the_optimizer_is_the_pipelines_weight_decay_everywhere_and_no_clipping(tmp_path):
+    """The pipeline's AdamW(model.parameters(), weight_decay=0.01) decays biases and LayerNorm weights too, and its
+    trainer clips no gradient; the HF Trainer's defaults leave those out and clip at norm 1. (Until 2026-12-04 they were
+    ours.)"""
+    from transformers import GPT2Config, GPT2Model
+
+    from eval.finetune import Classifier, pipeline_trainer, training_arguments
+
+    backbone = GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32))
+    model = Classifier(backbone, 2, "last")
+    args = training_arguments(tmp_path, 3e-5, 32, 10, 42, True, False)
+    trainer = pipeline_trainer()(model=model, args=args, eval_dataset=[{"input_ids": [1], "labels": 0}])
+    optimizer = trainer.create_optimizer()
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.01 for p in g["params"]}
+    assert decayed == {id(p) for p in model.parameters()}
+    assert any(n.endswith("bias") for n, _ in model.named_parameters()) and args.max_grad_norm == 0
+    assert type(optimizer).__name__ == "AdamW" and optimizer.defaults["eps"] == 1e-8
+    assert optimizer.defaults["betas"] == (0.9, 0.999)
+
+
 def test_finetune_scores_count_a_non_finite_item_wrong_and_predict_nothing():
     """Fine-tuning's metrics against a naive loop: the first maximum is the prediction; an item with a NaN or
     infinite logit predicts nothing and is wrong (np.argmax took the NaN: a diverged epoch scored the share of
