@@ -140,10 +140,11 @@ def is_causal(config, trust: bool = False) -> bool:
     return serves(AutoModelForCausalLM, config, trust)
 
 
-def backbone_of(lm, folder: Path, config, trust: bool):
-    """The LM's backbone, whose first output is one hidden state per position. A model with its own code: its
+def backbone_of(folder: Path, auto, config, trust: bool):
+    """The saved LM's backbone, whose first output is one hidden state per position. A model with its own code: its
     AutoModel class (auto_map), as the 2025 pipeline's classifier loads it, with the LM head's tensors left unread;
-    else the backbone its LM class holds (base_model)."""
+    else the backbone that the LM class `auto` loads holds (base_model): the whole LM is loaded, as loading the
+    backbone alone would report the LM head's weights as unused."""
     from transformers import AutoModel
 
     from eval.model import load_model_folder, own_class
@@ -152,6 +153,7 @@ def backbone_of(lm, folder: Path, config, trust: bool):
     if own_class(AutoModel, config, trust):
         return load_model_folder(folder, AutoModel, "the model's backbone (AutoModel)", fix, config, trust,
                                  unused_ok=True)
+    lm = load_model_folder(folder, auto, "the model", fix, config, trust)
     if lm.base_model is lm:
         raise UserError(f"{folder / 'config.json'}: the model's code gives no backbone apart from its LM head "
                         "(base_model is the whole LM, and auto_map names no AutoModel); fine-tuning puts its head on "
@@ -292,7 +294,7 @@ def prepare(model_path: str, spec: FinetuneSpec, s: Settings) -> Prepared:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, set_seed
 
     from eval.model import (TRUST_FLAG, check_embedding, check_folder, check_tokenizer_files, load_config,
-                            load_model_folder, load_tokenizer, loading_bars, pick_device, positions, serves)
+                            load_tokenizer, loading_bars, pick_device, positions, serves)
 
     folder = check_folder(model_path)
     check_tokenizer_files(folder)
@@ -306,15 +308,13 @@ def prepare(model_path: str, spec: FinetuneSpec, s: Settings) -> Prepared:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     set_seed(s.seed)
-    # The whole saved LM, then its backbone: loading the backbone alone would report the LM head's weights as unused.
     auto = AutoModelForCausalLM if causal else AutoModelForMaskedLM
     if not serves(auto, config, trust):
         raise UserError(f"{folder / 'config.json'}: a {config.model_type} model is neither a causal nor a masked LM "
                         "this project can load (its auto_map names neither class); fine-tuning starts from one")
     with loading_bars(s.progress):
-        lm = load_model_folder(folder, auto, "the model", "save the model again with save_pretrained", config, trust)
-        check_embedding(lm, tokenizer, folder)
-        backbone = backbone_of(lm, folder, config, trust)
+        backbone = backbone_of(folder, auto, config, trust)
+    check_embedding(backbone, tokenizer, folder)
     length = s.max_length if s.max_length is not None else min(PIPELINE_MAX_LENGTH, positions(config))
     return Prepared(folder, Classifier(backbone, spec.num_labels, pool, s.head), tokenizer, causal, pool, length,
                     device)

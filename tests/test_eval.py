@@ -117,14 +117,17 @@ def ref_2025(model, tok, sentence, completion, backend):
     return total
 
 
-def score_with_project(model_dir, backend, task_name, data_dir, batch_size, convention=None, password=None, every=1):
+def score_with_project(model_dir, backend, task_name, data_dir, batch_size, convention=None, password=None, every=1,
+                       trust=False, trees=True):
+    """Scores of `task_name` by this project's scorer. `trust`: the model's own code may run; `trees`: whether a causal
+    model reads each item as one tree (GPT-2 and Llama do; a model whose forward takes no position ids cannot)."""
     from eval.evaluate import Options, convention_for, reduce_masked, requests_for
     from eval.model import load
     from eval.scorer import Scorer
     from eval.tasks import load_task
 
     opts = Options(backend=backend, convention=convention, data_dir=str(data_dir), progress=False)
-    m = load(str(model_dir), "causal" if backend == "causal" else "mlm", "cpu")
+    m = load(str(model_dir), "causal" if backend == "causal" else "mlm", "cpu", trust=trust)
     task = load_task(task_name, str(data_dir), password)
     task.items = task.items[::every]
     m.backend = backend
@@ -132,7 +135,7 @@ def score_with_project(model_dir, backend, task_name, data_dir, batch_size, conv
     scorer = Scorer(m, progress=False)
     choices = [len(it.choices) for it in task.items]
     flat = scorer.causal_items(reqs, choices, batch_size) if backend == "causal" else scorer.masked(reqs, batch_size)
-    assert backend != "causal" or scorer.trees  # GPT-2 and Llama read each item as one tree
+    assert backend != "causal" or bool(scorer.trees) == trees
     return m, task, reduce_masked(flat, reqs, m, convention_for(task, opts)).reshape(len(task.items), -1)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import assert_user_error, call, ok, run_cli, shared
-from test_eval import compare_2025, ref_causal
+from test_eval import compare_2025, ref_causal, score_with_project
 
 CODE = Path(__file__).parent / "own_code" / "modeling_tinycustom.py"
 AUTO_MAP = {
@@ -53,22 +53,9 @@ def custom(tmp_path_factory) -> Path:
     return own_code_model(tmp_path_factory.mktemp("own") / "model")
 
 
-def score(folder: Path, backend: str, task_name: str, data_dir: Path, convention: str | None = None):
-    from eval.evaluate import Options, convention_for, reduce_masked, requests_for
-    from eval.model import load
-    from eval.scorer import Scorer
-    from eval.tasks import load_task
-
-    opts = Options(backend=backend, convention=convention, data_dir=str(data_dir), progress=False)
-    m = load(str(folder), "causal" if backend == "causal" else "mlm", "cpu", trust=True)
-    task = load_task(task_name, str(data_dir))
-    m.backend = backend
-    reqs, _ = requests_for(task, m, opts)
-    scorer = Scorer(m, progress=False)
-    choices = [len(it.choices) for it in task.items]
-    flat = scorer.causal_items(reqs, choices, 8) if backend == "causal" else scorer.masked(reqs, 8)
-    assert not scorer.trees and scorer.split is None  # its forward takes no position ids: one sequence per request
-    return m, task, reduce_masked(flat, reqs, m, convention_for(task, opts)).reshape(len(task.items), -1)
+def score(folder: Path, backend: str, task_name: str, data_dir: Path):
+    """This project's scores; its forward takes no position ids, so a causal model reads one sequence per request."""
+    return score_with_project(folder, backend, task_name, data_dir, 8, trust=True, trees=False)
 
 
 def test_without_the_flag_a_model_with_its_own_code_is_one_line_and_nothing_is_written(custom, glue, tmp_path):
