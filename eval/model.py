@@ -275,7 +275,7 @@ def shape_mismatch(folder: Path, auto, config, fix: str, trust: bool = False) ->
         return None
     try:
         with torch.device("meta"):  # shapes only, no memory
-            built = auto.from_config(config, trust_remote_code=True) if trust else auto.from_config(config)
+            built = auto.from_config(config, trust_remote_code=trust)
             expected = {k: tuple(v.shape) for k, v in built.state_dict().items()}
     except Exception as exc:  # noqa: BLE001 - a value transformers accepts in the config but cannot build from
         raise UserError(f"{folder / 'config.json'}: its values do not build a {config.model_type} model "

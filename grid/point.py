@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common.errors import EXIT_PREEMPTED, EXIT_STOPPED, STOPPING, stopped_by
+from common.errors import EXIT_PREEMPTED, EXIT_STOPPED, STOPPING, how, stopped_by
 from common.paths import write_atomic
 from grid.plan import Point
 from grid.report import log_path, output_to
@@ -159,8 +159,8 @@ class PointJob:
             self._proc = None
             if rc != 0:
                 why = {EXIT_PREEMPTED: " (stopped on SIGUSR2 after a checkpoint; run the launcher again to resume)",
-                       **{-s: f" (stopped by {signal.Signals(s).name}; run the launcher again to resume from its "
-                              "newest checkpoint)" for s in STOPPING}}
+                       **{-s: f" ({how(s)}; run the launcher again to resume from its newest checkpoint)"
+                          for s in STOPPING}}
                 raise PointFailed(f"{point.name}: training exited {rc}{why.get(rc, '')}",
                                   preempted=rc == EXIT_PREEMPTED)
         if int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:

@@ -22,7 +22,7 @@ import sys
 from common import config as cfglib
 from common.errors import UserError, exit_on_user_error, leave
 from launch.command import command
-from launch.kinds import recipe_kind, schema
+from launch.kinds import recipe_and_overrides, recipe_kind, schema
 
 
 @exit_on_user_error
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{argv[0]}:{lines.get(other[0], 1)}: {other[1]}")
     cmd = command(kind, argv)
     if "launch.torchrun" in cmd:  # every rank would check the recipe and say the same line
-        cfglib.load(schema(kind), argv[0], [a for a in argv[1:] if not a.startswith("--")])
+        cfglib.load(schema(kind), *recipe_and_overrides(argv))
     sys.stdout.flush()
     os.execv(cmd[0], cmd)
     return 0  # not reached

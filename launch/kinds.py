@@ -32,6 +32,12 @@ def resolve(ref: str):
     return getattr(importlib.import_module(module), attribute)
 
 
+def recipe_and_overrides(argv: list[str]) -> tuple[str, list[str]]:
+    """The run YAML and its key=value overrides in an entry point's argv (its flags, --resume and --overwrite, take
+    no value)."""
+    return argv[0], [a for a in argv[1:] if not a.startswith("--")]
+
+
 def recipe_kind(raw: dict) -> str:
     """'distill' (a `distill:` section), 'wml' (a `wml:` section) or 'train'."""
     return "distill" if "distill" in raw else "wml" if "wml" in raw else "train"

@@ -6,7 +6,7 @@ import sys
 
 from common import config as cfglib
 from common.errors import UserError, exit_on_user_error, leave
-from launch.kinds import recipe_kind, schema
+from launch.kinds import recipe_and_overrides, recipe_kind, schema
 
 
 @exit_on_user_error
@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         raise UserError("python -m launch.where RECIPE [key=value ...]: give a run YAML")
-    recipe, overrides = argv[0], [a for a in argv[1:] if not a.startswith("--")]
+    recipe, overrides = recipe_and_overrides(argv)
     kind = recipe_kind(cfglib.read_yaml(recipe)[0])
     cfg = cfglib.load(schema(kind), recipe, overrides, check=False)
     print(kind, cfg.output.run_path)

@@ -166,10 +166,7 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
         raise
     preemption = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Preemption))
     if preemption.stopped_at is not None:
-        if preemption.signal == signal.SIGUSR2:
-            run_dir.end("preempted", step=preemption.stopped_at)
-        else:
-            run_dir.end("terminated", step=preemption.stopped_at, signal=signal.Signals(preemption.signal).name)
+        run_dir.end(**ended_by(preemption.signal), step=preemption.stopped_at)
         say(f"{run_dir.path}: {preemption.how} after saving checkpoint-{preemption.stopped_at}; rerun with --resume",
             err=True)
         return leave(trainer, preemption.exit_code)
@@ -190,14 +187,20 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     return leave(trainer, 0)
 
 
+def ended_by(signum: int) -> dict:
+    """run.json's status for a training a signal stopped: `preempted` (SIGUSR2), `interrupted` (Ctrl-C), else
+    `terminated` with the signal's name (SIGTERM, SIGHUP)."""
+    if signum == signal.SIGUSR2:
+        return {"status": "preempted"}
+    if signum == signal.SIGINT:
+        return {"status": "interrupted"}
+    return {"status": "terminated", "signal": signal.Signals(signum).name}
+
+
 def stopped(run_dir, metrics_log) -> None:
     """Ctrl-C, SIGTERM or SIGHUP stopped the training: run.json says so, and the one line says how to go on."""
     metrics_log.record()
-    by = errors.stopped_by()
-    if by == signal.SIGINT:
-        run_dir.end("interrupted")
-    else:
-        run_dir.end("terminated", signal=signal.Signals(by).name)
+    run_dir.end(**ended_by(errors.stopped_by()))
     raise errors.Interrupted(run_dir.path, "rerun with --resume to continue from its newest checkpoint") from None
 
 
