@@ -11,7 +11,8 @@ import signal
 import torch
 from transformers import TrainerCallback
 
-from common.errors import EXIT_PREEMPTED, EXIT_STOPPED, STOPPING, hang_up, how, is_ours, note_stop
+from common.errors import (EXIT_PREEMPTED, EXIT_STOPPED, STOPPING, hang_up, how, is_ours, note_stop,
+                           stop_if_swallowed)
 from common.ranks import all_reduce, collective
 
 
@@ -26,6 +27,7 @@ class Preemption(TrainerCallback):
     not where another program set its own handler first (submitit's, which waits for SIGUSR2 to requeue) or ignores
     them (nohup). A second one changes nothing: the stop is already on its way (Ctrl-C still stops at once; SIGKILL
     ends what takes too long). After SIGHUP the terminal is gone and what is written to it goes nowhere (hang_up).
+    A Ctrl-C whose KeyboardInterrupt a finalizer swallowed is raised again at the step's end (`stop_if_swallowed`).
     With several ranks the decision is all-reduced at every step end, so every rank stops at the same step and takes
     part in the same (collective) save.
     """
@@ -63,6 +65,7 @@ class Preemption(TrainerCallback):
             self._previous[signum] = signal.signal(signum, self._handler)
 
     def on_step_end(self, args, state, control, **kwargs):
+        stop_if_swallowed()
         asked = CODES.index(self.signal)
         if collective(args):  # a rank that got no signal stops for another's reason (SIGHUP over SIGTERM over SIGUSR2)
             asked = int(all_reduce(torch.tensor([float(asked)]), args, torch.distributed.ReduceOp.MAX).item())

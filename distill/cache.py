@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import UserError, if_interrupted, reading
+from common.errors import UserError, if_interrupted, reading, stop_if_swallowed
 from common.paths import FolderLock, hash_files, holding, model_hash, remove_ours
 from distill import cache_format
 
@@ -174,6 +174,7 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
                 errors = storage_error(cfg, student(ids).logits.flatten(0, 1), [x.flatten(0, 1) for x in logits],
                                        (top, top_ids, rest), vocab)
             bar.update(stop - start)
+            stop_if_swallowed()  # a Ctrl-C a finalizer swallowed
         for a in arrays.values():
             a.flush()
         del arrays

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.errors import stop_if_swallowed
 from eval.encode import CausalRequest, MaskedRequest
 from eval.model import Loaded, split_head
 
@@ -128,6 +129,11 @@ class Scorer:
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, unit="seq", disable=not self.progress, leave=False)
 
+    def _advance(self, bar, n: int) -> None:
+        """A batch is scored: the bar moves, and a Ctrl-C a finalizer swallowed meanwhile stops the scoring."""
+        bar.update(n)
+        stop_if_swallowed()
+
     # ------------------------------------------------------------------ causal
     def causal(self, requests: list[CausalRequest], batch_size: int) -> np.ndarray:
         """Sum of log p(cont | ctx) per request, in input order (float64).
@@ -182,7 +188,7 @@ class Scorer:
                         picks.append(position.setdefault((b, col), len(position)))
                         tgts.append(tok)
                         slots.append(slot)
-                bar.update(len(batch))
+                self._advance(bar, len(batch))
                 if not position:
                     continue
                 rows, cols = zip(*position)
@@ -295,7 +301,7 @@ class Scorer:
                         picks.append(len(cols) - 1)
                         tgts.append(tok)
                         edges.append(edge)
-                bar.update(len(batch))
+                self._advance(bar, len(batch))
                 if not rows:
                     continue
                 self.work["positions"] += sum(len(nodes) for nodes, _ in batch)
@@ -381,6 +387,6 @@ class Scorer:
                 lp = self._logprobs(ids.to(dev), att.to(dev), every, torch.tensor(reads, device=dev), every,
                                     torch.tensor(tgts, device=dev))
                 token_lp[[slot for _, _, slot in batch]] = lp
-                bar.update(len(batch))
+                self._advance(bar, len(batch))
         sums = np.array([token_lp[offsets[k]:offsets[k + 1]].sum() for k in range(len(reps))])
         return sums[back]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -24,6 +25,10 @@ DEMO_SENTENCES = 4000
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two pytest workers share the two cores: one thread each, inherited by every process a test starts.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Every process a test starts writes its Python stacks on SIGABRT (and on a crash): `ended_or_dumped` sends it to a
+# process that hangs, and the test fails with where each of its processes was.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     # A suite started in the background (`bash .ci/run &`, nohup) inherits SIGINT ignored, and so would every run a
@@ -193,13 +198,44 @@ def freeze_when(module: str, args: list[str], condition, timeout: float = 300) -
     return proc
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes under `pid`, children first."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop(0)
+        kids = [p for p, parent in parents.items() if parent == pid]
+        found += kids
+        todo += kids
+    return found
+
+
+def ended_or_dumped(proc: subprocess.Popen, timeout: float, logs: str = "") -> str:
+    """`proc`'s stderr once it has ended. One still running after `timeout` s hangs: it and every process under it get
+    SIGABRT, on which each writes its Python stacks (PYTHONFAULTHANDLER), and the test fails with them: the
+    process's stderr and the files matching the glob `logs` (where a grid point's output goes)."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        for pid in [*descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGABRT)
+        err = proc.communicate(timeout=60)[1]
+        tails = "".join(f"\n--- {p}:\n{Path(p).read_text(errors='replace')[-4000:]}"
+                        for p in (sorted(glob.glob(logs)) if logs else []))
+        raise AssertionError(f"still running after {timeout} s; the stacks of its processes:\n{err[-6000:]}{tails}")
+
+
 def interrupt_when(module: str, args: list[str], condition, sig: int = signal.SIGINT) -> subprocess.Popen:
     """`python -m <module> <args>`, stopped (SIGSTOP) as soon as `condition()` holds, then sent SIGINT (or `sig`) and
     let go: Ctrl-C (or SIGTERM) at that very moment. Returns the ended process, its stderr in `stderr_text`."""
     proc = freeze_when(module, args, condition)
     proc.send_signal(sig)
     proc.send_signal(signal.SIGCONT)
-    proc.stderr_text = proc.communicate(timeout=600)[1]
+    proc.stderr_text = ended_or_dumped(proc, 600)
     return proc
 
 
@@ -208,6 +244,35 @@ def assert_interrupted(proc: subprocess.Popen, line: str, sig: int = signal.SIGI
     lines = [x for x in proc.stderr_text.replace("\r", "\n").splitlines() if x.strip()]
     assert proc.returncode == -sig, proc.stderr_text[-3000:]
     assert "Traceback" not in proc.stderr_text and lines[-1] == line, proc.stderr_text[-3000:]
+
+
+def swallow_a_ctrl_c(monkeypatch, at: int = 3) -> dict:
+    """Ctrl-C at this process's `at`-th embedding lookup, while a finalizer runs: Python raises its KeyboardInterrupt
+    inside `__del__`, reports it as unraisable and goes on, as it does wherever the garbage collector (which may run
+    at any allocation) is finalizing something when the signal comes. The dict returned says whether that happened
+    (`swallowed`) and how many lookups ran (`lookups`)."""
+    import torch
+
+    seen = {"lookups": 0, "swallowed": False}
+
+    class Finalizing:
+        def __del__(self):
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                seen["swallowed"] = True
+                raise
+
+    lookup = torch.nn.Embedding.forward
+
+    def counted(self, *args, **kwargs):
+        seen["lookups"] += 1
+        if seen["lookups"] == at:
+            Finalizing()  # dropped at once: its finalizer runs here
+        return lookup(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Embedding, "forward", counted)
+    return seen
 
 
 def logged_steps(metrics: Path) -> set[int]:

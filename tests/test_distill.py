@@ -24,6 +24,7 @@ from conftest import (
     shared,
     start_and_kill,
     stop_at_budget,
+    swallow_a_ctrl_c,
     weights,
 )
 
@@ -407,6 +408,22 @@ def test_ctrl_c_while_a_cache_is_written_leaves_it_to_the_same_command(teachers,
     ok(run_cli("distill", *args))
     info = json.loads((cache / "cache.json").read_text())
     assert len(sorted(cache.glob("shard-*.npy"))) == info["n_shards"] * 5 and not partial.exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_a_finalizer_swallowed_stops_a_cache_at_its_next_batch(teachers, demo_root, cache_dir, tmp_path,
+                                                                         monkeypatch):
+    """Ctrl-C raised inside a finalizer, where Python drops it, while the teachers run (the class:
+    tests/test_interrupts.py): the cache stops at its next batch instead of writing every shard."""
+    recipe = recipe_copy("demo-kd", teachers, tmp_path)
+    cache = tmp_path / "teacher-cache"
+    seen = swallow_a_ctrl_c(monkeypatch)
+    proc = run_here("distill", "cache-teachers", str(recipe), *overrides(demo_root, cache_dir, tmp_path / "runs"),
+                    "distill.cache_top_k=16", "train.batch_size=4", "--out", str(cache))
+    assert seen["swallowed"] and proc.returncode == 130, (seen, proc.stderr[-3000:])
+    assert proc.stderr.splitlines()[-1] == (f"{cache}: interrupted; a cache there is whole once this command ends: "
+                                            "run the same command again")
+    assert not cache.exists() and seen["lookups"] < 20, seen  # the whole cache: 361 lookups, 3 a batch
 
 
 # q8, the default, goes through the command in the test above, and q4 is q8's codec at 4 bits, as s8 is s7's at 8

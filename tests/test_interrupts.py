@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_interrupted, call, hang_up_when, interrupt_when, ok, run_cli, run_here, shared
+from conftest import (ROOT, assert_interrupted, call, ended_or_dumped, hang_up_when, interrupt_when, ok, run_cli,
+                      run_here, shared, swallow_a_ctrl_c)
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +94,36 @@ def test_ctrl_c_says_what_is_kept_in_one_line_and_the_same_command_continues(com
     if command == "download":  # every file there, as an uninterrupted download leaves them
         ok(run_cli("eval", "download", "--from", str(shared()), "--dest", str(tmp_path / "whole")))
         assert tree(out) == tree(tmp_path / "whole")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("command", ["train", "eval", "finetune"])
+def test_a_ctrl_c_a_finalizer_swallowed_still_stops_the_command(command, run, demo_root, cache_dir, tmp_path,
+                                                                 monkeypatch):
+    """Ctrl-C that comes while the garbage collector finalizes something is raised inside that finalizer, where
+    Python drops it. A training, a fine-tuning and a scoring raise it again at their next step or batch (a teacher
+    cache at its next batch: tests/test_distill.py). (Until 2026-12-04 the
+    command went on to its end. A grid launcher waiting for a 20,000-step point waited with it, and a CI run of
+    the suite timed out so.)"""
+    out = tmp_path / "out"
+    seen = swallow_a_ctrl_c(monkeypatch)
+    if command == "train":
+        proc = run_here("train", "config/runs/demo-teacher.yaml", f"data.train_dir={demo_root / 'train'}",
+                        f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={cache_dir}", f"output.dir={out}",
+                        "train.max_steps=30", "train.save_steps=10", "train.eval_steps=10", "optim.warmup_steps=5")
+        info = json.loads((out / "demo" / "teacher" / "run.json").read_text())  # stopped before its first checkpoint
+        assert info["status"] == "interrupted" and not any((out / "demo" / "teacher" / "checkpoints").iterdir()), info
+    elif command == "finetune":
+        proc = run_here("eval", "finetune", run / "model", "--tasks", "demo_acceptability", "--data-dir",
+                        finetune_slice(demo_root, tmp_path / "tasks"), "--out", out, "--no-progress")
+        assert not (out / "demo_acceptability.json").exists()
+        assert not any((out / "finetune" / "demo_acceptability" / "trainer").glob("checkpoint-*"))  # before the first
+    else:
+        proc = run_here("eval", run / "model", "--tasks", "demo_pairs", "--data-dir", demo_root, "--out", out,
+                        "--batch-size", "4", "--no-progress")
+        assert not (out / "demo_pairs.json").exists()
+    assert seen["swallowed"] and proc.returncode == 130, (seen, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr and "interrupted;" in proc.stderr.splitlines()[-1], proc.stderr[-3000:]
 
 
 def test_sigterm_stops_a_finetuning_after_a_checkpoint_and_names_the_tasks_left(run, demo_root, tmp_path):
@@ -297,7 +328,7 @@ def test_ctrl_c_stops_a_grid_under_the_debug_and_local_executors(sig, workdir, d
                 first = next((m.parent for m in runs.glob("*/metrics.jsonl") if m.read_text().strip()), None)
             assert first is not None, proc.communicate()[1][-3000:]
             proc.send_signal(sig)  # to the launcher alone (at a terminal, its training gets one too)
-            err = proc.communicate(timeout=300)[1]
+            err = ended_or_dumped(proc, 300, f"{runs}/*/logs/*.log")
         finally:
             proc.kill()
         lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip()]
@@ -358,12 +389,25 @@ def test_ctrl_c_while_a_local_grid_evaluates_a_point_stops_the_grid(workdir, dem
             time.sleep(0.01)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=300)[1]
+        err = ended_or_dumped(proc, 300, f"{runs}/*/logs/*.log")
     finally:
         proc.kill()
     assert proc.returncode == -signal.SIGINT and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("runs/stop-eval: interrupted; ")
     assert len([p for p in runs.iterdir() if not p.name.startswith("_")]) == 1  # no next point
+
+
+def test_a_process_that_hangs_fails_its_test_with_the_stacks_of_its_processes(tmp_path):
+    """What a hanging signal test reports (`ended_or_dumped`): where its process and each under it were; the logs."""
+    (tmp_path / "point.log").write_text("the point's own output\n")
+    waiting = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(60)'])"
+    proc = subprocess.Popen([sys.executable, "-c", waiting], stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    with pytest.raises(AssertionError) as failed:
+        ended_or_dumped(proc, 1, f"{tmp_path}/*.log")
+    stacks = str(failed.value)
+    assert proc.returncode == -signal.SIGABRT and "still running after 1 s" in stacks, stacks
+    assert stacks.count("most recent call first") == 2 and "the point's own output" in stacks, stacks
 
 
 def test_an_interrupt_deferred_takes_effect_as_the_block_ends():
