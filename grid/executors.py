@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.errors import UserError, interrupt_deferred, summary
+from common.errors import UserError, interrupt_deferred, stop_if_swallowed, summary
 from common.paths import read_json, write_atomic
 from grid.config import ExecutorConfig
 from grid.plan import Point
@@ -248,6 +248,7 @@ def run_slurm(
                     report.end(by_name[name], failed[-1][1], newest_log(by_name[name]))
                 del remaining[name]
         time.sleep(2)
+        stop_if_swallowed()  # a Ctrl-C that a finalizer (submitit's, squeue's pipes) swallowed: the launcher stops
     return failed
 
 

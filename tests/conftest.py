@@ -246,14 +246,16 @@ def assert_interrupted(proc: subprocess.Popen, line: str, sig: int = signal.SIGI
     assert "Traceback" not in proc.stderr_text and lines[-1] == line, proc.stderr_text[-3000:]
 
 
-def swallow_a_ctrl_c(monkeypatch, at: int = 3) -> dict:
-    """Ctrl-C at this process's `at`-th embedding lookup, while a finalizer runs: Python raises its KeyboardInterrupt
-    inside `__del__`, reports it as unraisable and goes on, as it does wherever the garbage collector (which may run
-    at any allocation) is finalizing something when the signal comes. The dict returned says whether that happened
-    (`swallowed`) and how many lookups ran (`lookups`)."""
-    import torch
+def swallow_a_ctrl_c(monkeypatch, owner=None, name: str = "forward", at: int = 3) -> dict:
+    """Ctrl-C at the `at`-th call of `owner.name` (this process's `at`-th embedding lookup by default), while a
+    finalizer runs: Python raises its KeyboardInterrupt inside `__del__`, reports it as unraisable and goes on, as it
+    does wherever the garbage collector (which may run at any allocation) is finalizing something when the signal
+    comes. The dict returned says whether that happened (`swallowed`) and how many calls ran (`calls`)."""
+    if owner is None:
+        import torch
 
-    seen = {"lookups": 0, "swallowed": False}
+        owner = torch.nn.Embedding
+    seen = {"calls": 0, "swallowed": False}
 
     class Finalizing:
         def __del__(self):
@@ -263,15 +265,15 @@ def swallow_a_ctrl_c(monkeypatch, at: int = 3) -> dict:
                 seen["swallowed"] = True
                 raise
 
-    lookup = torch.nn.Embedding.forward
+    original = getattr(owner, name)
 
-    def counted(self, *args, **kwargs):
-        seen["lookups"] += 1
-        if seen["lookups"] == at:
+    def counted(*args, **kwargs):
+        seen["calls"] += 1
+        if seen["calls"] == at:
             Finalizing()  # dropped at once: its finalizer runs here
-        return lookup(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(torch.nn.Embedding, "forward", counted)
+    monkeypatch.setattr(owner, name, counted)
     return seen
 
 

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 import slurm_cluster
-from conftest import ROOT, SHARED, assert_bitwise_equal, assert_user_error, call, ok, run_cli, weights
+from conftest import (ROOT, SHARED, assert_bitwise_equal, assert_user_error, call, ok, run_cli, swallow_a_ctrl_c,
+                      weights)
 from test_grid import TWO_AXES, data_sets, write_grid
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -167,6 +168,54 @@ def check_grid_on_slurm(launcher: subprocess.Popen, log: Path, workdir: Path) ->
     assert_bitwise_equal(
         weights(runs / preempted / "model"), weights(workdir / "ref" / "lr-seed" / "reference" / "model")
     )
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_leaves_a_slurm_grids_job_running_and_the_same_command_waits_for_it(cluster, workdir, demo_root,
+                                                                                   cache_dir, monkeypatch):
+    """Ctrl-C stops the launcher alone: its line says the submitted jobs go on, and they do; the same command waits
+    for them instead of submitting them again. A Ctrl-C that a finalizer swallowed while the launcher waited (the
+    class: tests/test_interrupts.py) stops it too, at its next look at the queue."""
+    import importlib.util
+    import signal
+    import types
+
+    from grid import executors
+
+    grid = write_grid(workdir, "name: stop\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
+                               "    axes: {train.seed: [1]}\nexecutor: {kind: slurm, cpus_per_task: 1, time_min: 20}\n")
+    sets = [str(grid), *data_sets(demo_root, cache_dir), "--set", "train.max_steps=150", "--set", "train.save_steps=50",
+            "--set", "train.eval_steps=50", "--set", "train.logging_steps=1"]
+    runs = workdir / "runs" / "stop"
+    line = ("runs/stop: interrupted; its submitted jobs go on (squeue lists them); the same command waits for them "
+            "again and starts what is left")
+    spec = importlib.util.spec_from_file_location("launch_grid", ROOT / "launch_grid.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    waiting = types.SimpleNamespace(sleep=time.sleep, time=time.time)  # the executors' clock alone
+    monkeypatch.setattr(executors, "time", waiting)
+    seen = swallow_a_ctrl_c(monkeypatch, waiting, "sleep", at=2)
+    monkeypatch.chdir(workdir)
+    first = call(launcher.main, *sets)  # in this process: the swallowing finalizer is injected here
+    assert seen["swallowed"] and seen["calls"] == 2 and first.returncode == 130, (seen, first.stderr[-3000:])
+    assert first.stderr.splitlines()[-1] == line and "submitted 1 point(s)" in first.stdout, first.stderr[-3000:]
+    job = json.loads((runs / "_grid" / "jobs.json").read_text())["student__train.seed=1"]
+    assert slurm("squeue", "-h", "-j", job, "-o", "%T").strip() in ("PENDING", "RUNNING")
+    monkeypatch.undo()
+
+    with launching(workdir, *sets) as (second, log):  # a real Ctrl-C, sent to the launcher alone
+        wait_for(lambda: f"job {job} " in log.read_text() and "waiting for it" in log.read_text(), "the reattach")
+        second.send_signal(signal.SIGINT)
+        second.wait(timeout=120)
+    assert second.returncode == -signal.SIGINT and log.read_text().strip().splitlines()[-1] == line, log.read_text()
+    assert slurm("squeue", "-h", "-j", job, "-o", "%T").strip() in ("PENDING", "RUNNING", "COMPLETING", "")
+
+    third = subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), *sets], cwd=workdir, capture_output=True,
+                           text=True, timeout=600)
+    assert third.returncode == 0 and "submitted" not in third.stdout + third.stderr, third.stderr[-3000:]
+    info = json.loads((runs / "student__train.seed=1" / "run.json").read_text())
+    assert info["status"] == "done" and len(info["attempts"]) == 1, info  # one job, never stopped
+    assert json.loads((runs / "_grid" / "jobs.json").read_text()) == {"student__train.seed=1": job}
 
 
 @pytest.mark.parametrize("setting, key, reason", [
