@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from common.errors import UserError
+from common.errors import UserError, stop_if_swallowed
 from common.paths import decode_utf8, write_atomic
 
 if TYPE_CHECKING:  # numpy is imported where the words are read
@@ -258,6 +258,7 @@ def write_clean(files: list[CorpusFile], out_dir: Path) -> list[Path]:
             _save_counts(counts, words, corpus_words, hashlib.sha256(text).hexdigest())
             write_atomic(target, text)  # after its counts: a text is never there without them
         paths.append(target)
+        stop_if_swallowed()  # a Ctrl-C that a finalizer swallowed: no further file
     return paths
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import UserError, reading
+from common.errors import UserError, reading, stop_if_swallowed
 from common.paths import read_json
 from tokenizer import bpe, corpus, demo
 from tokenizer.config import DataConfig, TokenizerConfig
@@ -112,6 +112,7 @@ def load_tokenizer(tok_cfg: TokenizerConfig, clean_train: list[Path], train_fp: 
 
 def _tokenize_batch(batch: dict, tokenizer, prefix: int) -> dict:
     """Token ids of each line, each starting with the prefix token (BOS, else EOS)."""
+    stop_if_swallowed()  # a Ctrl-C that a finalizer swallowed: no further batch
     ids = tokenizer(batch["text"])["input_ids"]
     return {"input_ids": [x if x[:1] == [prefix] else [prefix] + x for x in ids]}
 
