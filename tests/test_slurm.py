@@ -175,7 +175,8 @@ def test_ctrl_c_leaves_a_slurm_grids_job_running_and_the_same_command_waits_for_
                                                                                    cache_dir, monkeypatch):
     """Ctrl-C stops the launcher alone: its line says the submitted jobs go on, and they do; the same command waits
     for them instead of submitting them again. A Ctrl-C that a finalizer swallowed while the launcher waited (the
-    class: tests/test_interrupts.py) stops it too, at its next look at the queue."""
+    class: tests/test_interrupts.py) stops it too, at its next look at the queue. The job is suspended while the
+    launchers are stopped, so that it cannot end before them."""
     import importlib.util
     import signal
     import types
@@ -183,9 +184,10 @@ def test_ctrl_c_leaves_a_slurm_grids_job_running_and_the_same_command_waits_for_
     from grid import executors
 
     grid = write_grid(workdir, "name: stop\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
-                               "    axes: {train.seed: [1]}\nexecutor: {kind: slurm, cpus_per_task: 1, time_min: 20}\n")
-    sets = [str(grid), *data_sets(demo_root, cache_dir), "--set", "train.max_steps=150", "--set", "train.save_steps=50",
-            "--set", "train.eval_steps=50", "--set", "train.logging_steps=1"]
+                               f"    axes: {{train.seed: [1]}}\ntasks: [demo_pairs]\neval_data_dir: {demo_root}\n"
+                               "executor: {kind: slurm, cpus_per_task: 1, time_min: 20}\n")
+    sets = [str(grid), *data_sets(demo_root, cache_dir), "--set", "train.max_steps=400", "--set",
+            "train.save_steps=100", "--set", "train.eval_steps=100", "--set", "train.logging_steps=1"]
     runs = workdir / "runs" / "stop"
     line = ("runs/stop: interrupted; its submitted jobs go on (squeue lists them); the same command waits for them "
             "again and starts what is left")
@@ -200,22 +202,26 @@ def test_ctrl_c_leaves_a_slurm_grids_job_running_and_the_same_command_waits_for_
     assert seen["swallowed"] and seen["calls"] == 2 and first.returncode == 130, (seen, first.stderr[-3000:])
     assert first.stderr.splitlines()[-1] == line and "submitted 1 point(s)" in first.stdout, first.stderr[-3000:]
     job = json.loads((runs / "_grid" / "jobs.json").read_text())["student__train.seed=1"]
-    assert slurm("squeue", "-h", "-j", job, "-o", "%T").strip() in ("PENDING", "RUNNING")
     monkeypatch.undo()
+    state = lambda: slurm("squeue", "-h", "-j", job, "-o", "%T").strip()  # noqa: E731
+    wait_for(lambda: state() == "RUNNING", f"job {job} to start (it is {state()})")
+    slurm("scontrol", "suspend", job)
 
     with launching(workdir, *sets) as (second, log):  # a real Ctrl-C, sent to the launcher alone
         wait_for(lambda: f"job {job} " in log.read_text() and "waiting for it" in log.read_text(), "the reattach")
         second.send_signal(signal.SIGINT)
         second.wait(timeout=120)
     assert second.returncode == -signal.SIGINT and log.read_text().strip().splitlines()[-1] == line, log.read_text()
-    assert slurm("squeue", "-h", "-j", job, "-o", "%T").strip() in ("PENDING", "RUNNING", "COMPLETING", "")
+    assert "submitted 1 point" not in log.read_text() and state() == "SUSPENDED", log.read_text()
 
+    slurm("scontrol", "resume", job)
     third = subprocess.run([sys.executable, str(ROOT / "launch_grid.py"), *sets], cwd=workdir, capture_output=True,
                            text=True, timeout=600)
-    assert third.returncode == 0 and "submitted" not in third.stdout + third.stderr, third.stderr[-3000:]
+    assert third.returncode == 0 and "submitted 1 point" not in third.stdout, third.stderr[-3000:]
     info = json.loads((runs / "student__train.seed=1" / "run.json").read_text())
     assert info["status"] == "done" and len(info["attempts"]) == 1, info  # one job, never stopped
     assert json.loads((runs / "_grid" / "jobs.json").read_text()) == {"student__train.seed=1": job}
+    assert (runs / "student__train.seed=1" / "eval" / "demo_pairs.json").is_file()
 
 
 @pytest.mark.parametrize("setting, key, reason", [
