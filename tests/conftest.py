@@ -206,8 +206,8 @@ def descendants(pid: int) -> list[int]:
             parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
     found, todo = [], [pid]
     while todo:
-        pid = todo.pop(0)
-        kids = [p for p, parent in parents.items() if parent == pid]
+        above = todo.pop(0)
+        kids = [p for p, parent in parents.items() if parent == above]
         found += kids
         todo += kids
     return found

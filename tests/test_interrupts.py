@@ -103,16 +103,13 @@ def test_a_ctrl_c_a_finalizer_swallowed_still_stops_the_command(command, run, de
     """Ctrl-C that comes while the garbage collector finalizes something is raised inside that finalizer, where
     Python drops it. A training, a fine-tuning and a scoring raise it again at their next step or batch, a corpus
     being prepared after the file it cleans (a teacher cache at its next batch: tests/test_distill.py; a SLURM grid's
-    launcher at its next look at the queue: tests/test_slurm.py). (Until 2026-12-04 the
-    command went on to its end. A grid launcher waiting for a 20,000-step point waited with it, and a CI run of
-    the suite timed out so.)"""
-    out = tmp_path / "out"
-    if command == "prepare":  # cleaning the corpus (training already did the tokenizing, into `cache_dir`)
-        from tokenizer import corpus
+    launcher at its next look at the queue: tests/test_slurm.py). (Until 2026-12-04 the command went on to its end,
+    and a grid launcher waiting for that point waited with it.)"""
+    from tokenizer import corpus
 
-        seen = swallow_a_ctrl_c(monkeypatch, corpus, "clean_file", at=1)
-    else:
-        seen = swallow_a_ctrl_c(monkeypatch)
+    out = tmp_path / "out"
+    seen = (swallow_a_ctrl_c(monkeypatch, corpus, "clean_file", at=1) if command == "prepare"
+            else swallow_a_ctrl_c(monkeypatch))
     if command == "prepare":
         proc = run_here("tokenizer", "prepare", "config/runs/demo-teacher.yaml",
                         f"data.train_dir={demo_root / 'train'}", f"data.dev_dir={demo_root / 'dev'}",
