@@ -177,10 +177,10 @@ def test_ctrl_c_leaves_a_slurm_grids_job_running_and_the_same_command_waits_for_
     for them instead of submitting them again. A Ctrl-C that a finalizer swallowed while the launcher waited (the
     class: tests/test_interrupts.py) stops it too, at its next look at the queue. The job is suspended while the
     launchers are stopped, so that it cannot end before them."""
-    import importlib.util
     import signal
     import types
 
+    import launch_grid
     from grid import executors
 
     grid = write_grid(workdir, "name: stop\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
@@ -191,14 +191,11 @@ def test_ctrl_c_leaves_a_slurm_grids_job_running_and_the_same_command_waits_for_
     runs = workdir / "runs" / "stop"
     line = ("runs/stop: interrupted; its submitted jobs go on (squeue lists them); the same command waits for them "
             "again and starts what is left")
-    spec = importlib.util.spec_from_file_location("launch_grid", ROOT / "launch_grid.py")
-    launcher = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launcher)
     waiting = types.SimpleNamespace(sleep=time.sleep, time=time.time)  # the executors' clock alone
     monkeypatch.setattr(executors, "time", waiting)
     seen = swallow_a_ctrl_c(monkeypatch, waiting, "sleep", at=2)
     monkeypatch.chdir(workdir)
-    first = call(launcher.main, *sets)  # in this process: the swallowing finalizer is injected here
+    first = call(launch_grid.main, *sets)  # in this process: the swallowing finalizer is injected here
     assert seen["swallowed"] and seen["calls"] == 2 and first.returncode == 130, (seen, first.stderr[-3000:])
     assert first.stderr.splitlines()[-1] == line and "submitted 1 point(s)" in first.stdout, first.stderr[-3000:]
     job = json.loads((runs / "_grid" / "jobs.json").read_text())["student__train.seed=1"]

@@ -75,8 +75,7 @@ def _in_a_thread(work, *args) -> None:
 
     thread = threading.Thread(target=run, name=TRAINING_THREAD, daemon=True)
     thread.start()
-    while thread.is_alive():
-        thread.join(0.1)
+    thread.join()  # a signal's handler interrupts the wait (a lock's acquire, on POSIX)
     if failed:
         raise failed[0]
 
