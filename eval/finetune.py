@@ -3,9 +3,10 @@
 Each task (eval/tasks/finetune/<task>.yaml) reads `<task>.train.jsonl` and `<task>.valid.jsonl`
 from --data-dir (BabyLM's evaluation_data/full_eval/glue_filtered), builds the text pair as
 the pipeline's `finetune/dataset.py` does, and trains a classifier on the saved model through
-the HF Trainer: AdamW (weight decay 0.01), 6% warmup then cosine to 0.1x, lr 3e-5, batch 32
-(16 for BoolQ and MultiRC), 10 epochs (30 for WSC), seed 42, inputs truncated to 512 tokens,
-dropout 0.1 before a linear head, the last incomplete batch dropped. The validation set is
+the HF Trainer: AdamW (weight decay 0.01 on every parameter, no clipping), 6% warmup (rounded
+down) then cosine to 0.1x, lr 3e-5, batch 32 (16 for BoolQ and MultiRC), 10 epochs (30 for
+WSC), seed 42, inputs truncated to 512 tokens, the pipeline's classifier head, the last
+incomplete training batch of each epoch dropped. The validation set is
 scored after every epoch and the best epoch (F1 for MRPC and QQP, accuracy otherwise) is
 kept; its predictions on the validation set are the task's result, as in the pipeline.
 
@@ -42,6 +43,7 @@ from eval.tasks import absolute, jsonl_rows, same_files, task_names
 FINETUNE_DIR = REPO / "eval" / "tasks" / "finetune"
 PIPELINE_MAX_LENGTH = 512  # the 2025 pipeline's truncation length for fine-tuning
 GLUE = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
+WARMUP = 0.06  # the pipeline's warmup_proportion
 TOKENIZER_HASHED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.*", "merges.txt",
                     "*.model")  # what a saved tokenizer is made of, hashed into a fine-tuning attempt
 
@@ -337,13 +339,14 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
     attempt = {"model": hashed, "tokenizer": hash_files(m.folder, TOKENIZER_HASHED),
                "data": hash_files(data_dir, files),
                "spec": dataclasses.asdict(spec), "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
-               "max_length": m.length, "pool": m.pool, "head": s.head}
+               "max_length": m.length, "pool": m.pool, "head": s.head, "last_batch": "dropped"}
     with state.locked(work, name), writing(work, "then run the same command again to continue"), \
             writing_as(out_dir, model_path, hashed):  # no other model's results there, nor its evaluation writing now
         checkpoint, best = state.resume(work, attempt)
         if checkpoint is not None:
             print(f"{name}: continuing from {checkpoint} (an earlier attempt of the same fine-tuning stopped there)")
-        args = training_arguments(work / state.TRAINER, lr, batch, epochs, s.seed, m.device.type == "cpu", s.progress)
+        args = training_arguments(work / state.TRAINER, lr, batch, epochs, s.seed, m.device.type == "cpu", s.progress,
+                                  len(train[1]))
         no_accelerator_probe()
         preemption = Preemption()
         trainer = pipeline_trainer()(
@@ -366,7 +369,8 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         settings = {"model": str(Path(model_path).resolve()), KEY: hashed,
                     "backend": "causal" if m.causal else "mlm",
                     "pool": m.pool, "head": s.head, "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
-                    "max_length": m.length, "data": absolute(str(data_dir)),
+                    "steps": trainer.state.max_steps, "warmup_steps": args.warmup_steps, "max_length": m.length,
+                    "data": absolute(str(data_dir)),
                     "seconds": round(time.perf_counter() - t0, 1)}
         history = [r for r in trainer.state.log_history if "eval_loss" in r or "loss" in r]
         summary = write_results(name, spec, out, best["epoch"], settings, history, out_dir)
@@ -374,28 +378,47 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         return summary
 
 
-def training_arguments(folder: Path, lr: float, batch: int, epochs: int, seed: int, cpu: bool, progress: bool):
+def pipeline_steps(n_train: int, batch: int, epochs: int) -> tuple[int, int]:
+    """(optimizer steps, warmup steps) as the 2025 pipeline's trainer counts them: full batches only (its training
+    DataLoader drops the last incomplete one), `len(loader) * epochs` steps, of which `int(0.06 * steps)` (rounded
+    down, float product included) warm up."""
+    steps = n_train // batch * epochs
+    return steps, int(WARMUP * steps)
+
+
+def training_arguments(folder: Path, lr: float, batch: int, epochs: int, seed: int, cpu: bool, progress: bool,
+                       n_train: int):
     """The HF Trainer's settings for the 2025 pipeline's fine-tuning: AdamW (betas 0.9, 0.999, eps 1e-8) with weight
-    decay 0.01, 6% warmup, cosine to 0.1x, validation batch 64, an evaluation and a checkpoint per epoch, and no
-    gradient clipping (the pipeline's trainer clips nothing; the HF Trainer's default is a norm of 1)."""
+    decay 0.01, the pipeline's warmup steps (`pipeline_steps`; the HF Trainer's warmup ratio rounds up), cosine to
+    0.1x, validation batch 64, an evaluation and a checkpoint per epoch, and no gradient clipping (the pipeline's
+    trainer clips nothing; the HF Trainer's default is a norm of 1)."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(folder), learning_rate=lr, per_device_train_batch_size=batch, per_device_eval_batch_size=64,
-        num_train_epochs=epochs, weight_decay=0.01, warmup_steps=0.06, max_grad_norm=0.0,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, eval_strategy="epoch",
-        save_strategy="epoch", logging_strategy="epoch", seed=seed, report_to=[], use_cpu=cpu,
+        num_train_epochs=epochs, weight_decay=0.01, warmup_steps=pipeline_steps(n_train, batch, epochs)[1],
+        max_grad_norm=0.0, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
+        eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch", seed=seed, report_to=[], use_cpu=cpu,
         disable_tqdm=not progress, remove_unused_columns=False)
 
 
 def pipeline_trainer():
-    """The HF Trainer with weight decay on every parameter, as the pipeline's AdamW(model.parameters()) has it (the HF
-    Trainer leaves biases and LayerNorm weights out)."""
+    """The HF Trainer with the pipeline's optimizer and batches: weight decay on every parameter, as its
+    AdamW(model.parameters()) has it (the HF Trainer leaves biases and LayerNorm weights out), and the last incomplete
+    training batch of each epoch dropped, as its training DataLoader(drop_last=True) does (the HF Trainer keeps it;
+    its `dataloader_drop_last` would drop validation items too)."""
     from transformers import Trainer
 
     class PipelineTrainer(Trainer):
         def get_decay_parameter_names(self, model) -> list[str]:
             return [name for name, _ in model.named_parameters()]
+
+        def get_train_dataloader(self):
+            self.args.dataloader_drop_last = True  # for this loader only: validation and prediction keep every item
+            try:
+                return super().get_train_dataloader()
+            finally:
+                self.args.dataloader_drop_last = False
 
     return PipelineTrainer
 
@@ -436,6 +459,18 @@ def write_results(name: str, spec: FinetuneSpec, out, best_epoch: float, setting
         for i, (p, y) in enumerate(zip(pred, out.label_ids))))
     write_atomic(out_dir / f"{name}.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
+
+
+def check_one_batch(train_file: Path, n_train: int, batch: int, given: bool) -> None:
+    """A training split smaller than one batch trains nothing, as the pipeline drops the incomplete batch: refused
+    (the pipeline would score the untrained head). `given`: the batch is --batch-size's, not the task's."""
+    if n_train >= batch:
+        return
+    asked, fix = ((f"--batch-size {batch}", f"give --batch-size {n_train} or less") if given else
+                  (f"the task's batch of {batch}", f"give it {batch} or more examples, or run python -m eval finetune "
+                                                   f"with --batch-size {n_train} or less"))
+    raise UserError(f"{train_file}: {n_train} training example(s), fewer than {asked}; each epoch's incomplete last "
+                    f"batch is dropped, as the pipeline drops it, so nothing would be trained: {fix}")
 
 
 def main(argv: list[str]) -> int:
@@ -495,6 +530,8 @@ def main(argv: list[str]) -> int:
     for name in names:  # every task's files are read and checked before any training
         data = data_folder(name, specs[name], args.data_dir)
         tasks[name] = (data, read_task(name, data))
+        check_one_batch(data / f"{name}.train.jsonl", len(tasks[name][1][1][1]),
+                        settings.batch_size or specs[name].batch_size, settings.batch_size is not None)
     for i, (name, (data, task)) in enumerate(tasks.items()):
         left = ",".join(list(tasks)[i:])
         try:

@@ -282,7 +282,8 @@ def check_finetune(cfg: GridConfig) -> dict[str, Path]:
             data = finetune.data_folder(name, spec, cfg.finetune_data_dir or None)
         except UserError as exc:
             raise UserError(f"finetune_data_dir: {exc}".replace("--data-dir ", "")) from None
-        finetune.read_task(name, data)
+        train = finetune.read_task(name, data)[1]
+        finetune.check_one_batch(data / f"{name}.train.jsonl", len(train[1]), spec.batch_size, given=False)
         folders[name] = data
     return folders
 

@@ -532,11 +532,12 @@ GLUE_ROWS = {
 
 @pytest.fixture(scope="module")
 def glue(tmp_path_factory) -> Path:
-    """glue_filtered/<task>.{train,valid}.jsonl for the seven tasks: 24 and 8 rows, labels alternating."""
+    """glue_filtered/<task>.{train,valid}.jsonl for the seven tasks: 32 rows (one batch at the tasks' largest default,
+    which drops an incomplete one) and 8, labels alternating."""
     root = tmp_path_factory.mktemp("glue_filtered")
     for task, row in GLUE_ROWS.items():
         classes = 3 if task == "mnli" else 2
-        for split, n in (("train", 24), ("valid", 8)):
+        for split, n in (("train", 32), ("valid", 8)):
             rows = [{**row, "idx": k, "label": k % classes} for k in range(n)]
             (root / f"{task}.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root

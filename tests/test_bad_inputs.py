@@ -469,6 +469,11 @@ def _finetune_folder(tmp_path: Path, bad_line: str | None) -> Path:
             {"finetune": ["demo_acceptability"], "finetune_data_dir": 'BAD:{"text": "x", "label": 0}'},
             ("demo_acceptability.train.jsonl:5", "no field 'sentence'"),
         ),
+        (  # 4 examples: less than one batch of the task's 32, and the incomplete batch is dropped
+            {"finetune": ["demo_acceptability"], "finetune_data_dir": "SMALL"},
+            ("demo_acceptability.train.jsonl: 4 training example(s), fewer than the task's batch of 32",
+             "nothing would be trained", "give it 32 or more examples"),
+        ),
         (
             {"finetune": ["demo_acceptability"], "select": {"stage": "s", "metric": "demo_acceptabilty"}},
             ("select.metric", "demo_acceptability"),
@@ -476,8 +481,8 @@ def _finetune_folder(tmp_path: Path, bad_line: str | None) -> Path:
     ],
 )
 def test_grid_finetune_checks_come_before_any_training(change, needles, workdir, tmp_path, monkeypatch):
-    """A grid's fine-tuning tasks: an unknown name, a folder that is not there, a bad line in a split file: one line,
-    exit 2, before the first point trains (in-process: launch_grid.main)."""
+    """A grid's fine-tuning tasks: an unknown name, a folder that is not there, a bad line in a split file, a training
+    split smaller than one batch: one line, exit 2, before the first point trains (in-process: launch_grid.main)."""
     import launch_grid
 
     raw = {
@@ -492,6 +497,8 @@ def test_grid_finetune_checks_come_before_any_training(change, needles, workdir,
         raw["finetune_data_dir"] = str(tmp_path / "MISSING")
     elif folder.startswith("BAD:"):
         raw["finetune_data_dir"] = str(_finetune_folder(tmp_path, folder[4:]))
+    elif folder == "SMALL":
+        raw["finetune_data_dir"] = str(_finetune_folder(tmp_path, None))
     grid = workdir / "g.yaml"
     grid.write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(workdir)

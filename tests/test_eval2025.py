@@ -70,7 +70,7 @@ def test_the_optimizer_is_the_pipelines_weight_decay_everywhere_and_no_clipping(
 
     backbone = GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32))
     model = Classifier(backbone, 2, "last")
-    args = training_arguments(tmp_path, 3e-5, 32, 10, 42, True, False)
+    args = training_arguments(tmp_path, 3e-5, 32, 10, 42, True, False, 320)
     trainer = pipeline_trainer()(model=model, args=args, eval_dataset=[{"input_ids": [1], "labels": 0}])
     optimizer = trainer.create_optimizer()
     decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.01 for p in g["params"]}
@@ -78,6 +78,55 @@ def test_the_optimizer_is_the_pipelines_weight_decay_everywhere_and_no_clipping(
     assert any(n.endswith("bias") for n, _ in model.named_parameters()) and args.max_grad_norm == 0
     assert type(optimizer).__name__ == "AdamW" and optimizer.defaults["eps"] == 1e-8
     assert optimizer.defaults["betas"] == (0.9, 0.999)
+
+
+def test_training_batches_and_learning_rates_are_the_pipelines(tmp_path):
+    """The pipeline's trainer, written out here: its training DataLoader drops each epoch's incomplete batch
+    (drop_last=True), it counts len(loader) * epochs steps, warms up for int(0.06 * steps) of them (rounded down) and
+    decays on a cosine to 0.1x. 70 examples in batches of 8 for 4 epochs: 8 full batches an epoch, 32 steps, 1 warmup
+    step. (Until 2026-12-04 the HF Trainer's defaults were ours: 9 batches an epoch, the last of 6, 36 steps and
+    ceil(0.06 * 36) = 3 warmup steps.) Validation and prediction keep every item."""
+    import math
+
+    from transformers import GPT2Config, GPT2Model, TrainerCallback
+
+    from eval.finetune import Classifier, pipeline_trainer, training_arguments
+
+    def pipeline_factor(step: int, warmup: int, total: int, min_factor: float = 0.1) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(min_factor, min_factor + (1 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    class Seen(TrainerCallback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    torch.manual_seed(0)
+    backbone = GPT2Model(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32))
+    rows = [{"input_ids": [1 + k % 40, 2, 3], "attention_mask": [1, 1, 1], "labels": k % 2} for k in range(70)]
+    sizes = []
+
+    def collate(batch):
+        sizes.append(len(batch))
+        return {key: torch.tensor([r[key] for r in batch]) for key in ("input_ids", "attention_mask", "labels")}
+
+    lr, n, batch, epochs = 3e-5, len(rows), 8, 4
+    args = training_arguments(tmp_path, lr, batch, epochs, 42, True, False, n)
+    seen = Seen()
+    trainer = pipeline_trainer()(model=Classifier(backbone, 2, "last"), args=args, train_dataset=rows,
+                                 eval_dataset=rows, data_collator=collate, callbacks=[seen])
+    args.eval_strategy = args.save_strategy = "no"
+    trainer.train()
+    steps, warmup = n // batch * epochs, int(0.06 * (n // batch * epochs))
+    assert (steps, warmup) == (32, 1) and trainer.state.max_steps == steps and args.warmup_steps == warmup
+    assert sizes == [batch] * steps
+    assert seen.lrs == pytest.approx([lr * pipeline_factor(k, warmup, steps) for k in range(steps)], rel=1e-9)
+    sizes.clear()
+    assert trainer.predict(rows).predictions.shape[0] == n and sum(sizes) == n  # batches of 64: 64 and 6
 
 
 def test_finetune_scores_count_a_non_finite_item_wrong_and_predict_nothing():
@@ -806,6 +855,16 @@ def test_finetune_bad_inputs(glue, tmp_path):
     for lr in ("0", "-1", "nan", "inf"):
         bad(glue, "rte", f"--lr {lr}: give a number above 0", extra=("--lr", lr))
     bad(glue, "rte", "--epochs", extra=("--epochs", "-1"))
+    # fewer training examples than one batch: the incomplete batch is dropped, as the pipeline drops it, and nothing
+    # would train (the pipeline scores the untrained head)
+    bad(glue, "rte", "rte.train.jsonl: 32 training example(s), fewer than --batch-size 33", "nothing would be trained",
+        "give --batch-size 32 or less", extra=("--batch-size", "33"))
+    few = tmp_path / "few"
+    few.mkdir()
+    (few / "boolq.train.jsonl").write_text("".join((glue / "boolq.train.jsonl").read_text().splitlines(True)[:15]))
+    shutil.copy(glue / "boolq.valid.jsonl", few)
+    bad(few, "boolq", "boolq.train.jsonl: 15 training example(s), fewer than the task's batch of 16",
+        "give it 16 or more examples, or run python -m eval finetune with --batch-size 15 or less")
     # more positions than the model has was silently cut to the model's (tiny GPT-2 has 1024); zero-shot refuses too
     bad(glue, "rte", f"--max-length 1025: the model {GPT2} has 1024 positions; give 1 to 1024",
         extra=("--max-length", "1025"))
