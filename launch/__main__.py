@@ -3,8 +3,8 @@ distill, WML) as its own process or, with several processes per node or several 
 torchrun. The slurm/*.slurm templates start every training this way, and grid points build the
 same command (`command`), so both follow one convention:
 
-- processes per node: $BABYDISTILL_PROCS_PER_NODE (CPU ranks over gloo, for tests and CPU
-  clusters), else $SLURM_GPUS_ON_NODE (one per GPU), else 1;
+- processes per node: $BABYDISTILL_PROCS_PER_NODE (outside SLURM: one per GPU, or CPU ranks over
+  gloo where there is none, as the tests run), else $SLURM_GPUS_ON_NODE (one per GPU), else 1;
 - nodes: $SLURM_NNODES; torchrun runs once per node and meets the others at a c10d rendezvous
   on the job's first node (`scontrol show hostnames`), on a port derived from the job id so
   that two jobs sharing a node do not collide.
