@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -138,14 +139,49 @@ def is_our_figure(path: Path) -> bool:
         return False
 
 
+# What flock answers on a file system without file locks: Lustre mounted without -o flock (ENOSYS), NFS without its
+# lock daemon (ENOLCK), some network and FUSE file systems (EOPNOTSUPP).
+NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)
+
+
+def flock(handle, operation: int, created: bool) -> None:
+    """fcntl.flock on an open lock file. A file system without file locks is one line naming the file (which is
+    removed when `created`: the caller's open made it), not a traceback; BlockingIOError (another process holds the
+    lock) is raised as it is."""
+    try:
+        fcntl.flock(handle, operation)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno not in NO_LOCKS:
+            raise
+        from common.errors import UserError
+
+        handle.close()
+        if created:
+            with contextlib.suppress(OSError):
+                os.unlink(handle.name)
+        raise UserError(f"{handle.name}: the file system there has no file locks (flock: {exc.strerror}), and "
+                        "babydistill locks a folder it writes so that two commands never write it at once: use a "
+                        "folder on a file system with locks (node-local scratch; Lustre mounted with -o flock or "
+                        "localflock; NFS with its lock daemon)") from None
+
+
+def opened_lock(path: Path, mode: str, operation: int):
+    """`path` opened in `mode` and locked with `operation` (`flock`); the open handle."""
+    created = not path.exists()
+    handle = open(path, mode, encoding="utf-8")
+    flock(handle, operation, created)
+    return handle
+
+
 @contextlib.contextmanager
 def file_lock(path: Path):
     """An exclusive lock on `path` (created if needed), held for the `with` block: jobs that share a
     cache folder (a grid's points starting together) take turns instead of writing the same files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with opened_lock(path, "a", fcntl.LOCK_EX) as handle:
         try:
             yield
         finally:
@@ -236,9 +272,10 @@ class FolderLock:
         import socket
 
         while True:
+            created = not self.path.exists()
             handle = open(self.path, "a+", encoding="utf-8")
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, created)
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"

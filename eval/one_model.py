@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from common.errors import UserError
-from common.paths import file_lock, model_hash
+from common.paths import file_lock, flock, model_hash, opened_lock
 
 KEY = "model_hash"
 
@@ -62,7 +62,7 @@ def _writer(lock: Path) -> str | None:
         return None
     with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, created=False)
         except BlockingIOError:
             return handle.read().strip() or "?"
         fcntl.flock(handle, fcntl.LOCK_UN)
@@ -97,8 +97,7 @@ def writing_as(out_dir: Path, model: str | Path, hashed: str):
     made with taking this one's lock as one step for every writer)."""
     with file_lock(out_dir / ".models.lock"):
         check_one_model(out_dir, model, hashed)
-        handle = open(out_dir / _lock_name(hashed), "a+", encoding="utf-8")
-        fcntl.flock(handle, fcntl.LOCK_SH)
+        handle = opened_lock(out_dir / _lock_name(hashed), "a+", fcntl.LOCK_SH)
         if handle.tell() == 0:
             handle.write(f"{model}\n")
             handle.flush()

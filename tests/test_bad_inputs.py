@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import itertools
 import json
@@ -1072,6 +1073,49 @@ def test_read_only_output_cache_and_results_folders(tmp_path, demo_root, cache_d
         assert not (tmp_path / "runs").exists()
         proc = call(results_main, "collect", model_dir.parent.parent, "--out", ro / "results")
         assert_user_error(proc, str(ro / "results"), "read-only")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP], ids=errno.errorcode.get)
+def test_a_file_system_without_file_locks_is_one_line_naming_the_lock(code, tmp_path, demo_root, cache_dir,
+                                                                       model_dir, workdir, monkeypatch):
+    """flock answers ENOSYS on Lustre mounted without -o flock, ENOLCK on NFS without its lock daemon, EOPNOTSUPP on
+    some network file systems. None is mounted here, so flock is made to answer so. Every lock a command takes on a
+    folder it writes says so in one line naming the lock file, exit 2, no traceback, no file left (each was a
+    traceback until 2026-12-04): a run directory's LOCK (train), the data cache's lock (tokenizer prepare, and
+    training from a new cache), an evaluation's locks
+    (eval), a fine-tuning's (eval finetune), the collection's (results collect), the launcher's (a grid)."""
+    import fcntl
+
+    import launch_grid
+    from eval.__main__ import main as eval_main
+    from results.__main__ import main as results_main
+    from tokenizer.__main__ import main as tokenizer_main
+    from train.__main__ import main as train_main
+
+    def no_locks(handle, operation):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.chdir(workdir)
+    out = tmp_path / "out"
+    grid = workdir / "g.yaml"
+    grid.write_text(yaml.safe_dump({"name": "g", "output_dir": str(out / "grid"), "executor": {"kind": "debug"},
+                                    "stages": [{"name": "s", "recipes": ["config/runs/demo-teacher.yaml"]}]}))
+    commands = [
+        (train_main, train_args(demo_root, cache_dir, out / "runs"), out / "runs" / "demo" / "teacher" / "LOCK"),
+        (tokenizer_main, ["prepare", *train_args(demo_root, out / "cache", out / "runs")], out / "cache"),
+        (eval_main, [model_dir, "--tasks", "demo_pairs", "--data-dir", demo_root, "--out", out / "eval",
+                     "--no-progress"], out / "eval"),
+        (eval_main, ["finetune", model_dir, "--tasks", "demo_phenomenon", "--data-dir", demo_root / "finetune",
+                     "--out", out / "tuned", "--no-progress"], out / "tuned"),
+        (results_main, ["collect", model_dir.parent.parent, "--out", out / "results"], out / "results"),
+        (launch_grid.main, [grid], out / "grid" / "g" / "_grid" / "LOCK"),
+    ]
+    for main, argv, lock in commands:
+        proc = call(main, *argv)
+        assert_user_error(proc, str(lock), "has no file locks", f"(flock: {os.strerror(code)})", "node-local scratch")
+        no_traceback(proc)
+    assert not [p for p in out.rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("left_kib", [160, 900])
