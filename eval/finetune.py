@@ -378,25 +378,24 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
         return summary
 
 
-def pipeline_steps(n_train: int, batch: int, epochs: int) -> tuple[int, int]:
-    """(optimizer steps, warmup steps) as the 2025 pipeline's trainer counts them: full batches only (its training
-    DataLoader drops the last incomplete one), `len(loader) * epochs` steps, of which `int(0.06 * steps)` (rounded
-    down, float product included) warm up."""
-    steps = n_train // batch * epochs
-    return steps, int(WARMUP * steps)
+def warmup_steps(n_train: int, batch: int, epochs: int) -> int:
+    """The warmup steps of the 2025 pipeline's trainer: its steps are full batches only (its training DataLoader drops
+    the last incomplete one) times the epochs, and `int(0.06 * steps)` of them warm up (rounded down, float product
+    included)."""
+    return int(WARMUP * (n_train // batch * epochs))
 
 
 def training_arguments(folder: Path, lr: float, batch: int, epochs: int, seed: int, cpu: bool, progress: bool,
                        n_train: int):
     """The HF Trainer's settings for the 2025 pipeline's fine-tuning: AdamW (betas 0.9, 0.999, eps 1e-8) with weight
-    decay 0.01, the pipeline's warmup steps (`pipeline_steps`; the HF Trainer's warmup ratio rounds up), cosine to
+    decay 0.01, the pipeline's warmup steps (`warmup_steps`; the HF Trainer's warmup ratio rounds up), cosine to
     0.1x, validation batch 64, an evaluation and a checkpoint per epoch, and no gradient clipping (the pipeline's
     trainer clips nothing; the HF Trainer's default is a norm of 1)."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(folder), learning_rate=lr, per_device_train_batch_size=batch, per_device_eval_batch_size=64,
-        num_train_epochs=epochs, weight_decay=0.01, warmup_steps=pipeline_steps(n_train, batch, epochs)[1],
+        num_train_epochs=epochs, weight_decay=0.01, warmup_steps=warmup_steps(n_train, batch, epochs),
         max_grad_norm=0.0, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
         eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch", seed=seed, report_to=[], use_cpu=cpu,
         disable_tqdm=not progress, remove_unused_columns=False)
@@ -530,8 +529,9 @@ def main(argv: list[str]) -> int:
     for name in names:  # every task's files are read and checked before any training
         data = data_folder(name, specs[name], args.data_dir)
         tasks[name] = (data, read_task(name, data))
-        check_one_batch(data / f"{name}.train.jsonl", len(tasks[name][1][1][1]),
-                        settings.batch_size or specs[name].batch_size, settings.batch_size is not None)
+        labels = tasks[name][1][1][1]  # the training split's
+        check_one_batch(data / f"{name}.train.jsonl", len(labels), settings.batch_size or specs[name].batch_size,
+                        given=settings.batch_size is not None)
     for i, (name, (data, task)) in enumerate(tasks.items()):
         left = ",".join(list(tasks)[i:])
         try:

@@ -282,8 +282,8 @@ def check_finetune(cfg: GridConfig) -> dict[str, Path]:
             data = finetune.data_folder(name, spec, cfg.finetune_data_dir or None)
         except UserError as exc:
             raise UserError(f"finetune_data_dir: {exc}".replace("--data-dir ", "")) from None
-        train = finetune.read_task(name, data)[1]
-        finetune.check_one_batch(data / f"{name}.train.jsonl", len(train[1]), spec.batch_size, given=False)
+        _, (_, labels), _ = finetune.read_task(name, data)  # the grid fine-tunes with the task's own batch size
+        finetune.check_one_batch(data / f"{name}.train.jsonl", len(labels), spec.batch_size, given=False)
         folders[name] = data
     return folders
 
