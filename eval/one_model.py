@@ -62,7 +62,7 @@ def _writer(lock: Path) -> str | None:
         return None
     with handle:
         try:
-            flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, created=False)
+            flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, lock, created=False)
         except BlockingIOError:
             return handle.read().strip() or "?"
         fcntl.flock(handle, fcntl.LOCK_UN)

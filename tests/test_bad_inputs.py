@@ -240,6 +240,69 @@ def test_a_second_process_on_a_run_is_refused_and_a_dead_ones_lock_is_taken_over
     assert not (run / "LOCK").exists()
 
 
+def test_a_lock_another_node_holds_is_refused_and_a_lost_nodes_is_taken_over(tmp_path, demo_root, cache_dir,
+                                                                             monkeypatch, capsys):
+    """Where flock is local to each machine (Lustre mounted with localflock, BeeGFS by default, NFSv3 with
+    local_lock=flock), a holder on another node does not hold this machine's flock: it shows here only as a LOCK file
+    that names another host and whose beat count changes. A process plays that holder, rewriting LOCK as a holder
+    does, without flock. The run is refused in one line naming that host (until 2026-12-04 the lock was taken at once
+    and both nodes trained into the run); once that process is killed (a lost node), the lock is taken over after
+    three beats without a change, with a note."""
+    import time
+
+    from common.paths import FolderLock
+    from train.__main__ import main
+
+    monkeypatch.setenv("BABYDISTILL_LOCK_BEAT_S", "1")
+    run = tmp_path / "runs" / "demo" / "teacher"
+    run.mkdir(parents=True)
+    other = "host other-node, pid 4242, since 2026-12-04T10:00:00+00:00"
+    (run / "LOCK").write_text(f"{other}, beat 0\n")
+    beats = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nn = 0\nwith open(sys.argv[1], 'r+') as f:\n    while True:\n        n += 1\n"
+        "        f.seek(0); f.write(f'{sys.argv[2]}, beat {n}\\n'); f.truncate(); f.flush(); time.sleep(0.1)"),
+        str(run / "LOCK"), other])
+    try:
+        proc = call(main, *train_args(demo_root, cache_dir, tmp_path / "runs"), "--resume")
+        assert_user_error(proc, str(run), "another process is working on this run", f"({other})")
+        assert sorted(p.name for p in run.iterdir()) == ["LOCK"]  # nothing written
+        assert (run / "LOCK").read_text().startswith(other)  # its LOCK is left as it is
+    finally:
+        beats.kill()
+        beats.wait()
+    capsys.readouterr()
+    lock = FolderLock(run)
+    start = time.monotonic()
+    lock.acquire()
+    waited = time.monotonic() - start
+    note = capsys.readouterr().err
+    assert f"note: {run / 'LOCK'}: taken over from {other}, whose lock has not changed for 3 s" in note
+    assert 3 <= waited < 10
+    assert (run / "LOCK").read_text().startswith(f"host {socket.gethostname()}, pid {os.getpid()}, since ")
+    lock.release()
+    assert not (run / "LOCK").exists()
+
+
+def test_a_lock_holder_beats_until_it_releases(tmp_path, monkeypatch):
+    """The holder rewrites its LOCK every beat (that is how another node tells it is alive), and stops at release."""
+    import threading
+    import time
+
+    from common.paths import FolderLock
+
+    monkeypatch.setenv("BABYDISTILL_LOCK_BEAT_S", "0.1")
+    lock = FolderLock(tmp_path)
+    lock.acquire()
+    first = (tmp_path / "LOCK").read_text()
+    time.sleep(0.5)
+    later = (tmp_path / "LOCK").read_text()
+    assert first.endswith(", beat 0\n") and later != first and later.startswith(first.removesuffix("0\n"))
+    assert int(later.rsplit(" ", 1)[1]) >= 2
+    lock.release()
+    assert not (tmp_path / "LOCK").exists()
+    assert "lock beats" not in [t.name for t in threading.enumerate()]
+
+
 def test_two_launchers_on_one_grid(workdir, tmp_path):
     from common.paths import FolderLock
 
