@@ -312,6 +312,8 @@ class FolderLock:
                 other = LOCK_TEXT.match(found)
                 if other is None or other["host"] == host:
                     break  # ours to take: no holder, or one on this machine that the kernel says is gone
+                print(f"note: {self.path}: held by {who(found)}, another machine; watching it for {3 * beat_s():g} s "
+                      f"to tell whether that holder is alive", file=sys.stderr)
                 seen = self._watch(found)
                 if seen == "alive":
                     handle.close()

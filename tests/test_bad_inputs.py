@@ -276,6 +276,7 @@ def test_a_lock_another_node_holds_is_refused_and_a_lost_nodes_is_taken_over(tmp
     lock.acquire()
     waited = time.monotonic() - start
     note = capsys.readouterr().err
+    assert f"note: {run / 'LOCK'}: held by {other}, another machine; watching it for 3 s" in note
     assert f"note: {run / 'LOCK'}: taken over from {other}, whose lock has not changed for 3 s" in note
     assert 3 <= waited < 10
     assert (run / "LOCK").read_text().startswith(f"host {socket.gethostname()}, pid {os.getpid()}, since ")
