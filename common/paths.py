@@ -179,15 +179,17 @@ def opened_lock(path: Path, mode: str, operation: int):
 
 @contextlib.contextmanager
 def file_lock(path: Path):
-    """An exclusive lock on `path` (created if needed), held for the `with` block: jobs that share a
-    cache folder (a grid's points starting together) take turns instead of writing the same files."""
+    """An exclusive lock on `path` (a `FolderLock` of that name in its folder), held for the `with` block: jobs that
+    share a cache folder (a grid's points starting together, on one machine or on several) take turns instead of
+    writing the same files."""
     path = Path(path)
+    lock = FolderLock(path.parent, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with opened_lock(path, "a", fcntl.LOCK_EX) as handle:
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock.acquire(wait=True)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # --------------------------------------------------------------------------- names and folders of ours
@@ -286,7 +288,23 @@ class FolderLock:
         self._stop = None  # set to end the beats
         self._beats = None  # the thread that beats
 
-    def acquire(self) -> None:
+    def acquire(self, wait: bool = False) -> None:
+        """Take the lock; a live holder raises `Locked`, or with `wait` is waited for until it releases the lock."""
+        import time
+
+        told = False
+        while True:
+            try:
+                self._take(tell=not told)
+                return
+            except Locked:
+                if not wait:
+                    raise
+                told = True
+                time.sleep(min(0.5, beat_s() / 10))
+
+    def _take(self, tell: bool) -> None:
+        """`acquire` once. `tell`: say that a holder on another machine is being watched."""
         import datetime as dt
         import socket
         import threading
@@ -312,8 +330,9 @@ class FolderLock:
                 other = LOCK_TEXT.match(found)
                 if other is None or other["host"] == host:
                     break  # ours to take: no holder, or one on this machine that the kernel says is gone
-                print(f"note: {self.path}: held by {who(found)}, another machine; watching it for {3 * beat_s():g} s "
-                      f"to tell whether that holder is alive", file=sys.stderr)
+                if tell:
+                    print(f"note: {self.path}: held by {who(found)}, another machine; watching it for "
+                          f"{3 * beat_s():g} s to tell whether that holder is alive", file=sys.stderr)
                 seen = self._watch(found)
                 if seen == "alive":
                     handle.close()

@@ -284,6 +284,36 @@ def test_a_lock_another_node_holds_is_refused_and_a_lost_nodes_is_taken_over(tmp
     assert not (run / "LOCK").exists()
 
 
+def test_a_shared_cache_waits_for_its_holder_on_another_machine(tmp_path, monkeypatch, capsys):
+    """The data cache's lock (`file_lock`, which a grid's jobs take in turn) waits for a holder on another node, seen
+    only by its beats as above, until that holder releases it (4 s here, longer than the three beats a lost holder is
+    given), saying once that it watches; it then holds the lock itself, and removes it at the end."""
+    import time
+
+    from common.paths import file_lock
+
+    monkeypatch.setenv("BABYDISTILL_LOCK_BEAT_S", "1")
+    lock = tmp_path / ".prepare.lock"
+    other = "host other-node, pid 4242, since 2026-12-04T10:00:00+00:00"
+    lock.write_text(f"{other}, beat 0\n")
+    beats = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\nn = 0\nwith open(sys.argv[1], 'r+') as f:\n    while n < 40:\n        n += 1\n"
+        "        f.seek(0); f.write(f'{sys.argv[2]}, beat {n}\\n'); f.truncate(); f.flush(); time.sleep(0.1)\n"
+        "os.remove(sys.argv[1])"), str(lock), other])
+    try:
+        start = time.monotonic()
+        with file_lock(lock):
+            waited = time.monotonic() - start
+            assert lock.read_text().startswith(f"host {socket.gethostname()}, pid {os.getpid()}, since ")
+        assert beats.wait(timeout=60) == 0
+    finally:
+        beats.kill()
+        beats.wait()
+    assert 3.5 <= waited < 15
+    assert capsys.readouterr().err.count(f"note: {lock}: held by {other}, another machine; watching it") == 1
+    assert not lock.exists()
+
+
 def test_a_lock_holder_beats_until_it_releases(tmp_path, monkeypatch):
     """The holder rewrites its LOCK every beat (that is how another node tells it is alive), and stops at release."""
     import threading
