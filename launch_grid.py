@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         from results.written import check_free
 
         check_free(cfg.results_path, cfg.name)
-    from common.paths import FolderLock, holding
+    from common.locks import FolderLock, holding
 
     # one launcher per grid: a second one would train every point twice
     with holding(FolderLock(cfg.root / "_grid"), cfg.root, "launcher is running this grid",

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from common.errors import UserError, if_interrupted, reading, stop_if_swallowed
-from common.paths import FolderLock, hash_files, holding, model_hash, remove_ours
+from common.locks import FolderLock, holding
+from common.paths import hash_files, model_hash, remove_ours
 from distill import cache_format
 
 MANIFEST = "cache.json"

@@ -17,7 +17,8 @@ import torch
 
 from common.errors import UserError
 from common.metrics import METRICS
-from common.paths import FolderLock, holding, model_hash
+from common.locks import FolderLock, holding
+from common.paths import model_hash
 from eval import encode, report
 from eval.model import TRUST_FLAG, Loaded, check_folder, check_own_code, load, loading_bars
 from eval.one_model import KEY, check_one_model, check_result_file, writing_as

@@ -25,7 +25,8 @@ import torch
 from transformers import TrainerCallback
 
 from common.checkpoints import CHECKPOINT, checkpoint_problem, write_manifest
-from common.paths import FolderLock, holding, write_atomic
+from common.locks import FolderLock, holding
+from common.paths import write_atomic
 
 ATTEMPT = "attempt.json"
 BEST = "best.pt"

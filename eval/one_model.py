@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 from common.errors import UserError
-from common.paths import file_lock, flock, model_hash, opened_lock
+from common.locks import file_lock, flock, opened_lock
+from common.paths import model_hash
 
 KEY = "model_hash"
 

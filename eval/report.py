@@ -23,7 +23,8 @@ import numpy as np
 
 from common.errors import UserError
 from common.metrics import metric_label
-from common.paths import file_lock, read_json, write_atomic
+from common.locks import file_lock
+from common.paths import read_json, write_atomic
 from eval.tasks import Task
 
 

@@ -204,7 +204,7 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str, users
     One collection of a name writes into a folder at a time (`.<name>.collect.lock`); in a folder of the user's
     (`users_folder`), no file it did not write is replaced (results.written.check_free, again under the lock)."""
     from common.errors import UserError
-    from common.paths import FolderLock, holding
+    from common.locks import FolderLock, holding
     from results.collect import collect
     from results.written import check_free
 

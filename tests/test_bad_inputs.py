@@ -204,7 +204,7 @@ def test_overwrite_removes_only_a_run_directory_of_ours(tmp_path, demo_root, cac
 
 
 def test_a_second_process_on_a_run_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, demo_root, cache_dir):
-    from common.paths import FolderLock
+    from common.locks import FolderLock
     from train.__main__ import main
 
     run = tmp_path / "runs" / "demo" / "teacher"
@@ -213,7 +213,7 @@ def test_a_second_process_on_a_run_is_refused_and_a_dead_ones_lock_is_taken_over
             sys.executable,
             "-c",
             (
-                "import sys, time; sys.path.insert(0, sys.argv[1]); from common.paths import FolderLock; "
+                "import sys, time; sys.path.insert(0, sys.argv[1]); from common.locks import FolderLock; "
                 "lock = FolderLock(sys.argv[2]); lock.__enter__(); print('held', flush=True); time.sleep(120)"
             ),
             str(ROOT),
@@ -250,7 +250,7 @@ def test_a_lock_another_node_holds_is_refused_and_a_lost_nodes_is_taken_over(tmp
     three beats without a change, with a note."""
     import time
 
-    from common.paths import FolderLock
+    from common.locks import FolderLock
     from train.__main__ import main
 
     monkeypatch.setenv("BABYDISTILL_LOCK_BEAT_S", "1")
@@ -290,7 +290,7 @@ def test_a_shared_cache_waits_for_its_holder_on_another_machine(tmp_path, monkey
     given), saying once that it watches; it then holds the lock itself, and removes it at the end."""
     import time
 
-    from common.paths import file_lock
+    from common.locks import file_lock
 
     monkeypatch.setenv("BABYDISTILL_LOCK_BEAT_S", "1")
     lock = tmp_path / ".prepare.lock"
@@ -319,7 +319,7 @@ def test_a_lock_holder_beats_until_it_releases(tmp_path, monkeypatch):
     import threading
     import time
 
-    from common.paths import FolderLock
+    from common.locks import FolderLock
 
     monkeypatch.setenv("BABYDISTILL_LOCK_BEAT_S", "0.1")
     lock = FolderLock(tmp_path)
@@ -335,7 +335,7 @@ def test_a_lock_holder_beats_until_it_releases(tmp_path, monkeypatch):
 
 
 def test_two_launchers_on_one_grid(workdir, tmp_path):
-    from common.paths import FolderLock
+    from common.locks import FolderLock
 
     grid = workdir / "g.yaml"
     grid.write_text(f"name: g\noutput_dir: {tmp_path / 'runs'}\nexecutor: {{kind: debug}}\n"

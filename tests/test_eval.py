@@ -684,7 +684,7 @@ def test_two_evaluations_into_one_folder_keep_both_tasks_predictions(trained, da
     import sys
     import time
 
-    from common.paths import file_lock
+    from common.locks import file_lock
     from eval.report import PREDICTIONS_LOCK
 
     out = tmp_path / "out"

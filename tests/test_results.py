@@ -134,7 +134,7 @@ def test_a_second_collection_of_one_name_into_one_folder_is_refused_and_writes_n
     other's files and manifest, and one could refuse the other's fresh table as "not written by results collect".
     While one holds the collection's lock, the second is refused in one line naming it and writes nothing; another
     name collects beside it."""
-    from common.paths import FolderLock
+    from common.locks import FolderLock
 
     out = tmp_path / "out"
     out.mkdir()

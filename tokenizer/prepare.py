@@ -220,7 +220,7 @@ def check_packed(out: Path) -> None:
 def prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
     """Clean, build or load the tokenizer, and pack train (and dev) blocks; all cached. Jobs that
     share the cache take turns (a lock file in it); the later ones find everything made."""
-    from common.paths import file_lock
+    from common.locks import file_lock
 
     with file_lock(Path(data.cache_dir) / ".prepare.lock"):
         return _prepare(data, tok_cfg)

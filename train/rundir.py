@@ -25,7 +25,8 @@ import yaml
 from common import config as cfglib
 from common.errors import UserError, summary
 from common.checkpoints import CHECKPOINT, checkpoint_problem, now
-from common.paths import REPO, FolderLock, file_in_the_way, holding, write_atomic
+from common.locks import FolderLock, holding
+from common.paths import REPO, file_in_the_way, write_atomic
 from common.ranks import is_main_process, say
 
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST",
