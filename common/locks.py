@@ -73,7 +73,17 @@ class Locked(Exception):
 
 def beat_s() -> float:
     """Seconds between a lock holder's beats (`FolderLock`): $BABYDISTILL_LOCK_BEAT_S (tests shorten it), else 20."""
-    return float(os.environ.get("BABYDISTILL_LOCK_BEAT_S") or 20)
+    given = os.environ.get("BABYDISTILL_LOCK_BEAT_S") or "20"
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = float("nan")
+    if not 0.01 <= seconds <= 3600:  # NaN too: a beat of 0 would rewrite the file without pause
+        from common.errors import UserError
+
+        raise UserError(f"BABYDISTILL_LOCK_BEAT_S={given}: give the seconds between a lock's beats, 0.01 to 3600 "
+                        f"(unset: 20)")
+    return seconds
 
 
 LOCK_TEXT = re.compile(r"^host (?P<host>[^,\s]+), pid \d+, since \S+?(?:, beat \d+)?$")
@@ -111,19 +121,21 @@ class FolderLock:
         """Take the lock; a live holder raises `Locked`, or with `wait` is waited for until it releases the lock."""
         import time
 
+        beat = beat_s()  # read here, where a bad value is one line, not in the thread that beats
         told = False
         while True:
             try:
-                self._take(tell=not told)
+                self._take(beat, tell=not told)
                 return
             except Locked:
                 if not wait:
                     raise
                 told = True
-                time.sleep(min(0.5, beat_s() / 10))
+                time.sleep(min(0.5, beat / 10))
 
-    def _take(self, tell: bool) -> None:
-        """`acquire` once. `tell`: say that a holder on another machine is being watched."""
+    def _take(self, beat: float, tell: bool) -> None:
+        """`acquire` once, with beats every `beat` seconds. `tell`: say that a holder on another machine is being
+        watched."""
         import datetime as dt
         import socket
         import threading
@@ -151,33 +163,33 @@ class FolderLock:
                     break  # ours to take: no holder, or one on this machine that the kernel says is gone
                 if tell:
                     print(f"note: {self.path}: held by {who(found)}, another machine; watching it for "
-                          f"{3 * beat_s():g} s to tell whether that holder is alive", file=sys.stderr)
-                seen = self._watch(found)
+                          f"{3 * beat:g} s to tell whether that holder is alive", file=sys.stderr)
+                seen = self._watch(found, beat)
                 if seen == "alive":
                     handle.close()
                     raise Locked(self.path, who(found))
                 if seen == "gone":
                     print(f"note: {self.path}: taken over from {who(found)}, whose lock has not changed for "
-                          f"{3 * beat_s():g} s (its node was lost, or its process killed)", file=sys.stderr)
+                          f"{3 * beat:g} s (its node was lost, or its process killed)", file=sys.stderr)
                     break
             handle.close()  # the holder removed the file between our open and our lock: lock the new one
         since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         line = f"host {host}, pid {os.getpid()}, since {since}"
         _write_lock_text(handle, f"{line}, beat 0")
         self._handle, self._stop = handle, threading.Event()
-        self._beats = threading.Thread(target=self._beat, args=(handle, line, self._stop), name="lock beats",
+        self._beats = threading.Thread(target=self._beat, args=(handle, line, self._stop, beat), name="lock beats",
                                        daemon=True)
         self._beats.start()
 
-    def _watch(self, found: str) -> str:
+    def _watch(self, found: str, beat: float) -> str:
         """`alive` when the lock file's text changes within three beats (a holder on another host rewrites it), `gone`
         when it does not, `removed` when that holder releases it meanwhile. The file is opened again at every look: a
         network file system shows another client's writes at the next open."""
         import time
 
-        end = time.monotonic() + 3 * beat_s()
+        end = time.monotonic() + 3 * beat
         while time.monotonic() < end:
-            time.sleep(beat_s() / 10)
+            time.sleep(beat / 10)
             try:
                 now = self.path.read_text(encoding="utf-8").strip()
             except FileNotFoundError:
@@ -187,9 +199,9 @@ class FolderLock:
         return "gone"
 
     @staticmethod
-    def _beat(handle, line: str, stop) -> None:
+    def _beat(handle, line: str, stop, beat: float) -> None:
         n = 0
-        while not stop.wait(beat_s()):
+        while not stop.wait(beat):
             n += 1
             try:
                 _write_lock_text(handle, f"{line}, beat {n}")

@@ -314,6 +314,17 @@ def test_a_shared_cache_waits_for_its_holder_on_another_machine(tmp_path, monkey
     assert not lock.exists()
 
 
+@pytest.mark.parametrize("beat", ["abc", "0", "-1", "nan", "inf", "1e9"])
+def test_a_lock_beat_that_is_not_a_duration_is_one_line(beat, model_dir, tmp_path, monkeypatch):
+    """$BABYDISTILL_LOCK_BEAT_S (the tests' short beats): a beat of 0 would rewrite the lock file without pause."""
+    from results.__main__ import main
+
+    monkeypatch.setenv("BABYDISTILL_LOCK_BEAT_S", beat)
+    assert_user_error(call(main, "collect", model_dir.parent.parent, "--out", tmp_path / "results"),
+                      f"BABYDISTILL_LOCK_BEAT_S={beat}: give the seconds between a lock's beats, 0.01 to 3600")
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
 def test_a_lock_holder_beats_until_it_releases(tmp_path, monkeypatch):
     """The holder rewrites its LOCK every beat (that is how another node tells it is alive), and stops at release."""
     import threading
