@@ -271,6 +271,40 @@ def test_milestones_beyond_the_budget_are_named_and_left_out(budget, milestones,
     assert sorted(p.name for p in (run / "milestones").glob("*")) == sorted(f"chck_{m // 1000}k" for m in kept)
 
 
+@pytest.mark.parametrize("budget, preset, over", [
+    ({"max_words": "150M"}, "babylm", "150,000,000 words, more than the 100,000,000 that BabyLM 2025 lets a "
+                                      "strict-small submission see"),
+    ({"epochs": 11.0}, "babylm", "110,000,000 words, more than the 100,000,000"),
+    ({"max_steps": 25_000}, "babylm", "about 102,375,102 words, more than the 100,000,000"),
+    ({"max_words": "1.5B"}, "babylm-100m", "1,500,000,000 words, more than the 1,000,000,000 that BabyLM 2025 lets "
+                                           "a strict submission see"),
+    ({"max_words": "100M"}, "babylm", None),  # at the limit
+    ({"epochs": 10.0}, "babylm", None),  # BabyLM's ten epochs of 10M words
+    ({"max_words": "150M"}, "babylm-100m", None),
+    ({"max_words": "150M"}, "1M,2M", None),  # a list of one's own names no track
+])
+def test_a_budget_beyond_the_tracks_limit_is_noted(budget, preset, over, capsys):
+    """The BabyLM 2025 call for papers lets a strict-small model see at most 100M words in training (ten epochs of
+    10M), a strict one 1B; a run whose milestones are a track's preset and whose budget goes beyond that track's limit
+    says so in one note (a study may, a submission may not), and nothing else changes."""
+    from types import SimpleNamespace
+
+    from train.words import plan
+
+    t = SimpleNamespace(**{"batch_size": 64, "grad_accum": 1, "max_steps": 0, "epochs": 0.0, "max_words": None,
+                           "word_checkpoints": preset.split(","), **budget})
+    got = plan(t, np.full(156_250, 64.0), world=1)  # 10M words in 156,250 blocks: 2,442 steps an epoch
+    said = capsys.readouterr().out
+    notes = [line for line in said.splitlines() if "that BabyLM 2025 lets" in line]
+    if over is None:
+        assert notes == []
+    else:
+        key = next(iter(budget))
+        assert len(notes) == 1 and notes[0].startswith(f"note: train.{key}=") and over in notes[0], said
+        assert f"(train.word_checkpoints={preset} lists that track's checkpoints)" in notes[0]
+    assert got.milestones == [m for m in got.milestones if m <= got.budget_words]
+
+
 def test_two_budgets_in_one_yaml_are_refused_naming_the_file(demo_root, cache_dir, tmp_path):
     """On the command line one budget replaces the recipe's (the tests above); in one YAML two are a mistake."""
     import yaml

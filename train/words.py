@@ -28,6 +28,9 @@ SUFFIXES = {"k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9}
 BABYLM = [m * 10**6 for m in range(1, 11)] + [m * 10**6 for m in range(20, 101, 10)]
 PRESETS = {"babylm": BABYLM, "babylm-100m": BABYLM + [m * 10**6 for m in range(200, 1001, 100)]}
 WORDS_FILE = "words_seen.json"  # in each checkpoint and each milestone folder
+# The most words a BabyLM 2025 submission may see in training, for the track whose checkpoints a preset lists (the
+# 2025 call for papers: 100M for strict-small, ten epochs of its 10M words; 1B for the 100M-word tracks).
+TRACK_LIMITS = {"babylm": (100 * 10**6, "strict-small"), "babylm-100m": (10**9, "strict")}
 
 
 def parse_words(text: str, key: str) -> int:
@@ -153,6 +156,12 @@ def plan(t, block_words, world: int) -> Budget:
             f"run's budget of {'about ' if t.max_steps else ''}{budget.budget_words:,.0f} words ({key}={given}); not "
             "exported"
         )
+    preset = t.word_checkpoints[0] if t.word_checkpoints and len(t.word_checkpoints) == 1 else None
+    if preset in TRACK_LIMITS and budget.budget_words > TRACK_LIMITS[preset][0]:
+        limit, track = TRACK_LIMITS[preset]
+        say(f"note: {key}={given}: this run sees {'about ' if t.max_steps else ''}{budget.budget_words:,.0f} words, "
+            f"more than the {limit:,} that BabyLM 2025 lets a {track} submission see in training "
+            f"(train.word_checkpoints={preset} lists that track's checkpoints): fine for a study, not for a submission")
     budget.milestones = [m for m in milestones if m <= budget.budget_words]
     return budget
 
