@@ -413,11 +413,11 @@ def pipeline_trainer():
             return [name for name, _ in model.named_parameters()]
 
         def get_train_dataloader(self):
-            self.args.dataloader_drop_last = True  # for this loader only: validation and prediction keep every item
+            kept, self.args.dataloader_drop_last = self.args.dataloader_drop_last, True  # validation keeps every item
             try:
                 return super().get_train_dataloader()
             finally:
-                self.args.dataloader_drop_last = False
+                self.args.dataloader_drop_last = kept
 
     return PipelineTrainer
 

@@ -240,6 +240,21 @@ def test_a_second_process_on_a_run_is_refused_and_a_dead_ones_lock_is_taken_over
     assert not (run / "LOCK").exists()
 
 
+OTHER_NODE = "host other-node, pid 4242, since 2026-12-04T10:00:00+00:00"  # a holder on another machine
+
+
+def another_nodes_holder(lock: Path, beats: int | None = None) -> subprocess.Popen:
+    """A process that plays a lock's holder on another node where flock is local to each machine: it holds no flock
+    here, and rewrites `lock` as a holder does (OTHER_NODE and a beat count) every 0.1 s; after `beats` beats it
+    releases the lock (removes the file), or with None it beats until killed."""
+    lock.write_text(f"{OTHER_NODE}, beat 0\n")
+    return subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\nn, last = 0, int(sys.argv[3])\nwith open(sys.argv[1], 'r+') as f:\n"
+        "    while last < 0 or n < last:\n        n += 1\n"
+        "        f.seek(0); f.write(f'{sys.argv[2]}, beat {n}\\n'); f.truncate(); f.flush(); time.sleep(0.1)\n"
+        "os.remove(sys.argv[1])"), str(lock), OTHER_NODE, str(-1 if beats is None else beats)])
+
+
 def test_a_lock_another_node_holds_is_refused_and_a_lost_nodes_is_taken_over(tmp_path, demo_root, cache_dir,
                                                                              monkeypatch, capsys):
     """Where flock is local to each machine (Lustre mounted with localflock, BeeGFS by default, NFSv3 with
@@ -256,12 +271,8 @@ def test_a_lock_another_node_holds_is_refused_and_a_lost_nodes_is_taken_over(tmp
     monkeypatch.setenv("BABYDISTILL_LOCK_BEAT_S", "1")
     run = tmp_path / "runs" / "demo" / "teacher"
     run.mkdir(parents=True)
-    other = "host other-node, pid 4242, since 2026-12-04T10:00:00+00:00"
-    (run / "LOCK").write_text(f"{other}, beat 0\n")
-    beats = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nn = 0\nwith open(sys.argv[1], 'r+') as f:\n    while True:\n        n += 1\n"
-        "        f.seek(0); f.write(f'{sys.argv[2]}, beat {n}\\n'); f.truncate(); f.flush(); time.sleep(0.1)"),
-        str(run / "LOCK"), other])
+    other = OTHER_NODE
+    beats = another_nodes_holder(run / "LOCK")
     try:
         proc = call(main, *train_args(demo_root, cache_dir, tmp_path / "runs"), "--resume")
         assert_user_error(proc, str(run), "another process is working on this run", f"({other})")
@@ -294,12 +305,8 @@ def test_a_shared_cache_waits_for_its_holder_on_another_machine(tmp_path, monkey
 
     monkeypatch.setenv("BABYDISTILL_LOCK_BEAT_S", "1")
     lock = tmp_path / ".prepare.lock"
-    other = "host other-node, pid 4242, since 2026-12-04T10:00:00+00:00"
-    lock.write_text(f"{other}, beat 0\n")
-    beats = subprocess.Popen([sys.executable, "-c", (
-        "import os, sys, time\nn = 0\nwith open(sys.argv[1], 'r+') as f:\n    while n < 40:\n        n += 1\n"
-        "        f.seek(0); f.write(f'{sys.argv[2]}, beat {n}\\n'); f.truncate(); f.flush(); time.sleep(0.1)\n"
-        "os.remove(sys.argv[1])"), str(lock), other])
+    other = OTHER_NODE
+    beats = another_nodes_holder(lock, beats=40)
     try:
         start = time.monotonic()
         with file_lock(lock):

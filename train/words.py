@@ -147,21 +147,20 @@ def plan(t, block_words, world: int) -> Budget:
             f"({global_batch} blocks of {block_words.mean():,.1f} words on average, fewer at an epoch's end); "
             f"raise it, or lower train.batch_size or train.grad_accum"
         )
+    seen = f"{'about ' if t.max_steps else ''}{budget.budget_words:,.0f} words"  # the budget, as the notes say it
     milestones = milestone_list(t.word_checkpoints)
     beyond = [m for m in milestones if m > budget.budget_words]
     if beyond:  # a recipe's list outlives a shorter budget given on the command line: name what is left out, go on
         say(
             f"note: train.word_checkpoints: {len(beyond)} milestone(s) from {milestone_name(beyond[0])[5:]} on lie "
-            "beyond this "
-            f"run's budget of {'about ' if t.max_steps else ''}{budget.budget_words:,.0f} words ({key}={given}); not "
-            "exported"
+            f"beyond this run's budget of {seen} ({key}={given}); not exported"
         )
     preset = t.word_checkpoints[0] if t.word_checkpoints and len(t.word_checkpoints) == 1 else None
     if preset in TRACK_LIMITS and budget.budget_words > TRACK_LIMITS[preset][0]:
         limit, track = TRACK_LIMITS[preset]
-        say(f"note: {key}={given}: this run sees {'about ' if t.max_steps else ''}{budget.budget_words:,.0f} words, "
-            f"more than the {limit:,} that BabyLM 2025 lets a {track} submission see in training "
-            f"(train.word_checkpoints={preset} lists that track's checkpoints): fine for a study, not for a submission")
+        say(f"note: {key}={given}: this run sees {seen}, more than the {limit:,} that BabyLM 2025 lets a {track} "
+            f"submission see in training (train.word_checkpoints={preset} lists that track's checkpoints): fine for a "
+            "study, not for a submission")
     budget.milestones = [m for m in milestones if m <= budget.budget_words]
     return budget
 
