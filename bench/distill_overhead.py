@@ -19,6 +19,8 @@ backward + AdamW on one batch of packed blocks.
   (each its own student copy and optimizer) and takes one step of each per batch, in an order that rotates with
   the batch; a ratio is the median over batches of the two modes' times on that batch. A slow spell of a shared
   machine then falls on both sides of a ratio alike (the separate processes moved ±8% between runs).
+- Reading a batch from each cache is also timed alone, with each block's CRC-32 checked (as training reads it)
+  and without, the two interleaved, against the student's step.
 - The `dense:<term>` modes run the teachers before the clock starts, so the time is the student's step plus the
   term itself, which the teachers' forward would otherwise hide.
 """
@@ -348,6 +350,10 @@ def main() -> None:
             print(f"cached KD ({fmt}, {size:g} bytes/token): {paired_ratio(times, mode, 'student'):.2f}x the "
                   f"student alone (target <= 1.15); {paired_ratio(times, mode, 'cached:fp16'):.2f}x the fp16 "
                   "cache's step")
+        for fmt, (checked, unchecked) in lookup_cost(work, info, args.steps).items():
+            print(f"reading a batch from the {fmt} cache: {checked * 1000:.2f} ms with each block's CRC-32 checked, "
+                  f"{unchecked * 1000:.2f} ms unchecked: the check adds {(checked - unchecked) / base:.1%} of the "
+                  "student's step")
         from distill.losses import REGISTRY
         from distill.losses.logit_family import LogitTerm
 
@@ -355,6 +361,26 @@ def main() -> None:
             target = "; target <= 1.1" if issubclass(REGISTRY[term_of(mode)], LogitTerm) else ""
             print(f"{term_of(mode)}: {paired_ratio(times, mode, 'dense:logit_kd'):.2f}x logit_kd (the student's "
                   f"step plus the term, teachers untimed{target})")
+
+
+def lookup_cost(work: Path, info: dict, steps: int) -> dict[str, tuple[float, float]]:
+    """Per format, the median seconds of reading one batch's targets from the cache with each block's CRC-32 checked
+    and without (the same cache, its `checked` turned off), the two interleaved batch by batch."""
+    from distill.cache import TeacherCache
+
+    costs = {}
+    for fmt in FORMATS:
+        cache = TeacherCache(work / f"cache-{fmt}", {})
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for i in range(steps):
+            idx = torch.arange(i * info["batch"], (i + 1) * info["batch"]) % cache.n_blocks
+            for checked in (True, False)[:: 1 if i % 2 else -1]:
+                cache.checked = checked
+                t0 = time.perf_counter()
+                cache.lookup(idx)
+                times[checked].append(time.perf_counter() - t0)
+        costs[fmt] = (middle(times[True]), middle(times[False]))
+    return costs
 
 
 def run_child(argv: list[str], what: str):

@@ -7,7 +7,12 @@ Layout of a cache folder (written into a temporary sibling, renamed when complet
     cache.json                         the fingerprint, the format and the shapes; written last
     shard-00000.<array>.npy  [S, T, …] one file per array of the format (distill/cache_format.py),
                                        e.g. for fp16: logp [S, T, k], ids [S, T, k], rest [S, T]
+    shard-00000.crc32.npy    [S]       each block's CRC-32, over its rows of the arrays above in order
 The format (`distill.cache_format`) is recorded in cache.json; a run reads a cache of any format.
+Every block read is checked against its CRC-32, so a file damaged since it was written (a flipped
+bit, a partial copy) is an error that names the block, never a silently wrong KD target; running
+cache-teachers again on a finished cache checks every block. Caches written before the checksums
+(no `checksums` in cache.json) are read unchecked.
 The fingerprint covers the teachers' files, the tokenizer, the packed data, the block size,
 the temperature and ensemble of the KD terms it serves (they must agree) and k: training with a cache whose
 fingerprint differs from the run's config is an error that names what changed, never a silent reuse.
@@ -15,13 +20,15 @@ fingerprint differs from the run's config is an error that names what changed, n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.errors import UserError, if_interrupted, reading, stop_if_swallowed
+from common.errors import UserError, if_interrupted, reading, stop_if_swallowed, writing
 from common.locks import FolderLock, holding
 from common.paths import hash_files, model_hash, remove_ours
 from distill import cache_format
@@ -30,6 +37,16 @@ MANIFEST = "cache.json"
 PARTIAL = ".babydistill-partial"  # marks the temporary folder a cache is written into
 SHARD_BLOCKS = 1024
 VERSION = 1
+CHECKSUM = "crc32"  # the array beside each shard's: one CRC-32 a block
+
+
+def block_checksum(shard: dict, row: int, names) -> int:
+    """The CRC-32 of one block: its rows of the shard's arrays `names`, in order, as stored (a row of a C-ordered
+    array or memory map is one contiguous buffer: nothing is copied)."""
+    crc = 0
+    for name in names:
+        crc = zlib.crc32(np.ascontiguousarray(shard[name][row]), crc)
+    return crc
 
 
 def served_terms(cfg) -> list[str]:
@@ -116,11 +133,14 @@ class TeacherCache:
         self.format, self.vocab = info["format"], info["vocab_size"]
         self.shards = []
         self.k, T = info["fingerprint"]["top_k"], info["fingerprint"]["block_size"]
+        self.arrays = list(cache_format.layout(self.format, self.k, self.vocab))
+        self.checked = info.get("checksums") == CHECKSUM  # caches written before the checksums are read unchecked
         for i in range(info["n_shards"]):
             rows = min(self.shard_blocks, self.n_blocks - i * self.shard_blocks)
             shard = {}
-            for name, (_, tail) in cache_format.layout(self.format, self.k, self.vocab).items():
-                shape = (rows, T, *tail)
+            tails = {name: tail for name, (_, tail) in cache_format.layout(self.format, self.k, self.vocab).items()}
+            for name, tail in [*((n, (T, *t)) for n, t in tails.items()), *([(CHECKSUM, ())] if self.checked else [])]:
+                shape = (rows, *tail)
                 path = self.folder / f"shard-{i:05d}.{name}.npy"
                 with reading(path, "a teacher-cache shard", fix):  # a truncated shard fails here, not mid-training
                     shard[name] = np.load(path, mmap_mode="r")
@@ -130,10 +150,26 @@ class TeacherCache:
                     )
             self.shards.append(shard)
 
+    def damaged(self, block: int) -> bool:
+        """Whether block `block` differs from what cache-teachers wrote (its CRC-32 differs); False for a cache
+        without checksums."""
+        s, o = divmod(block, self.shard_blocks)
+        return self.checked and block_checksum(self.shards[s], o, self.arrays) != int(self.shards[s][CHECKSUM][o])
+
+    def where(self, block: int) -> str:
+        s, o = divmod(block, self.shard_blocks)
+        return f"block {block} (row {o} of {self.folder}/shard-{s:05d}.*.npy)"
+
     def lookup(self, block_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log-probs [B, T, k] float32, ids [B, T, k] long, rest [B, T] float32) for the given blocks."""
+        """(log-probs [B, T, k] float32, ids [B, T, k] long, rest [B, T] float32) for the given blocks, each checked
+        against its CRC-32 first."""
+        for block in block_index.tolist():
+            if self.damaged(int(block)):
+                raise UserError(f"distill.teacher_cache={self.folder}: {self.where(int(block))} differs from what "
+                                f"cache-teachers wrote (its CRC-32 differs: the files were damaged since); write the "
+                                f"cache again with python -m distill cache-teachers --overwrite")
         rows = [(int(i) // self.shard_blocks, int(i) % self.shard_blocks) for i in block_index.tolist()]
-        arrays = {name: np.stack([self.shards[s][name][o] for s, o in rows]) for name in self.shards[0]}
+        arrays = {name: np.stack([self.shards[s][name][o] for s, o in rows]) for name in self.arrays}
         try:
             return cache_format.decode(self.format, arrays, self.k, self.vocab)
         except ValueError as exc:  # the s formats' sets check themselves
@@ -160,33 +196,48 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
     n_shards = -(-n // SHARD_BLOCKS)
     errors = None
     bar = tqdm(total=n, desc="caching teacher top-k", unit="block", disable=not progress)
+    layout = cache_format.layout(fmt, k, vocab)
+    stored = {**{name: (dtype, (T, *tail)) for name, (dtype, tail) in layout.items()}, CHECKSUM: (np.uint32, ())}
+    fix = "then run the same command again (it removes the unfinished cache first)"
     for s in range(n_shards):
         lo, hi = s * SHARD_BLOCKS, min(n, (s + 1) * SHARD_BLOCKS)
-        arrays = {name: np.lib.format.open_memmap(tmp / f"shard-{s:05d}.{name}.npy", "w+", dtype, (hi - lo, T, *tail))
-                  for name, (dtype, tail) in cache_format.layout(fmt, k, vocab).items()}
-        for start in range(lo, hi, batch_size):
-            stop = min(hi, start + batch_size)
-            ids = blocks[start:stop]["input_ids"].to(device)
-            logits = [o.logits for o in run_teachers(teachers, ids, None, hidden=False)]
-            top, top_ids, rest = top_k(logits, fp, k)
-            for name, values in cache_format.encode(fmt, top, top_ids, rest, vocab).items():
-                arrays[name][start - lo:stop - lo] = values.reshape(stop - start, T, *values.shape[1:])
-            if student is not None and errors is None:
-                errors = storage_error(cfg, student(ids).logits.flatten(0, 1), [x.flatten(0, 1) for x in logits],
-                                       (top, top_ids, rest), vocab)
-            bar.update(stop - start)
-            stop_if_swallowed()  # a Ctrl-C a finalizer swallowed
-        for a in arrays.values():
-            a.flush()
-        del arrays
+        with writing(tmp, fix), contextlib.ExitStack() as opened:  # closing (its last flush) may meet the full disk
+            # appended batch by batch with plain writes: a full disk is then an OSError here (through a memory map it
+            # was a SIGBUS that killed the process mid-copy)
+            files = {name: opened.enter_context(open_array(tmp / f"shard-{s:05d}.{name}.npy", dtype, (hi - lo, *tail)))
+                     for name, (dtype, tail) in stored.items()}
+            for start in range(lo, hi, batch_size):
+                stop = min(hi, start + batch_size)
+                ids = blocks[start:stop]["input_ids"].to(device)
+                logits = [o.logits for o in run_teachers(teachers, ids, None, hidden=False)]
+                top, top_ids, rest = top_k(logits, fp, k)
+                rows = {name: np.ascontiguousarray(values.reshape(stop - start, T, *values.shape[1:]), layout[name][0])
+                        for name, values in cache_format.encode(fmt, top, top_ids, rest, vocab).items()}
+                rows[CHECKSUM] = np.array([block_checksum(rows, row, layout) for row in range(stop - start)], np.uint32)
+                for name, f in files.items():
+                    f.write(rows[name].tobytes())
+                if student is not None and errors is None:
+                    errors = storage_error(cfg, student(ids).logits.flatten(0, 1), [x.flatten(0, 1) for x in logits],
+                                           (top, top_ids, rest), vocab)
+                bar.update(stop - start)
+                stop_if_swallowed()  # a Ctrl-C a finalizer swallowed
     bar.close()
     shard_bytes = sum(p.stat().st_size for p in tmp.glob("shard-*.npy"))
     manifest = {"fingerprint": fp, "format": fmt, "n_blocks": n, "shard_blocks": SHARD_BLOCKS, "n_shards": n_shards,
                 "teachers": [t.path for t in cfg.distill.teachers], "vocab_size": vocab,
                 "bytes_per_token": round(shard_bytes / max(1, n * T), 2),  # the shards' files, headers included
-                "storage_error": errors}
+                "storage_error": errors, "checksums": CHECKSUM}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     replace(out, tmp)
+
+
+@contextlib.contextmanager
+def open_array(path: Path, dtype, shape: tuple[int, ...]):
+    """`path` opened for appending the rows of a .npy array of `dtype` and `shape`, its header written first."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                 "fortran_order": False, "shape": shape})
+        yield f
 
 
 def replace(out: Path, tmp: Path) -> None:
@@ -247,6 +298,31 @@ def storage_error(
         values["relative"] = abs(values["stored"] - values["top_k"]) / max(abs(values["dense"]), 1e-12)
         report[key] = values
     return report
+
+
+def check_blocks(cache: TeacherCache) -> list[int]:
+    """Every block of `cache` checked against its CRC-32 (one read of the whole cache, one progress bar): the damaged
+    ones; empty for a cache without checksums."""
+    from tqdm import tqdm
+
+    if not cache.checked:
+        return []
+    return [block for block in tqdm(range(cache.n_blocks), desc="checking the teacher cache", unit="block")
+            if cache.damaged(block)]
+
+
+def check_cache(out: Path, fp: dict, overwrite: bool) -> str:
+    """What is damaged in the finished cache at `out` of fingerprint `fp` ("" when nothing is). A shard that cannot
+    be read at all is an error, unless `overwrite` is to write the cache again anyway."""
+    try:
+        cache = TeacherCache(out, fp)
+    except UserError as exc:
+        if not overwrite:
+            raise
+        return str(exc)
+    damaged = check_blocks(cache)
+    return (f"{len(damaged)} of its {cache.n_blocks} blocks differ from what was written (their CRC-32 differs; "
+            f"first: {cache.where(damaged[0])})") if damaged else ""
 
 
 def check_target(out: Path) -> None:
@@ -339,10 +415,16 @@ def build(cfg, out: Path, overwrite: bool, device: torch.device) -> int:
     fp, fmt = fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint), cfg.distill.cache_format
     if (out / MANIFEST).is_file() and not (out / PARTIAL).is_file():  # a PARTIAL one is written again (`replace`)
         old = read_manifest(out / MANIFEST, "move the folder away, or pass --overwrite to write the cache again")
-        if old["fingerprint"] == fp and old["format"] == fmt:
-            print(f"{out}: already holds this cache (same fingerprint and format); nothing to do")
+        same = old["fingerprint"] == fp and old["format"] == fmt
+        damaged = check_cache(out, fp, overwrite) if same else None
+        if damaged == "":
+            checked = "every block checked" if old.get("checksums") == CHECKSUM else (
+                "written before the checksums, so its blocks cannot be checked; --overwrite writes it again with them")
+            print(f"{out}: already holds this cache (same fingerprint and format; {checked}); nothing to do")
             return 0
-        if not overwrite:
+        if same and not overwrite:
+            raise UserError(f"{out}: holds this cache, but {damaged}; pass --overwrite to write it again")
+        if not same and not overwrite:
             changed = next((EXPLAIN.get(k, k) for k in fp if old["fingerprint"].get(k) != fp[k]),
                            f"the format: {old['format']} there, distill.cache_format={fmt} here")
             raise UserError(f"{out}: holds a cache of different inputs ({changed} differ); "

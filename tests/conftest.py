@@ -541,3 +541,19 @@ def glue(tmp_path_factory) -> Path:
             rows = [{**row, "idx": k, "label": k % classes} for k in range(n)]
             (root / f"{task}.{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
+
+
+@contextlib.contextmanager
+def mounted(folder: Path, size: str = "4m", read_only: bool = False, fill=None):
+    """A real tmpfs at `folder` (this suite runs as root, as CI does): `fill(folder)` writes its content,
+    then it is remounted read-only when asked. Unmounted at the end."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        if fill is not None:
+            fill(folder)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

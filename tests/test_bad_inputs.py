@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, assert_bitwise_equal, assert_user_error, call, ok, run_cli, shared, weights
+from conftest import ROOT, assert_bitwise_equal, assert_user_error, call, mounted, ok, run_cli, shared, weights
 
 DEMO = str(ROOT / "config" / "runs" / "demo-teacher.yaml")
 
@@ -37,22 +37,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def no_traceback(proc: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-
-
-@contextlib.contextmanager
-def mounted(folder: Path, size: str = "4m", read_only: bool = False, fill=None):
-    """A real tmpfs at `folder` (this suite runs as root, as CI does): `fill(folder)` writes its content,
-    then it is remounted read-only when asked. Unmounted at the end."""
-    folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
-    try:
-        if fill is not None:
-            fill(folder)
-        if read_only:
-            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 @pytest.fixture(scope="module")

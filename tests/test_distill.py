@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from conftest import (
     assert_bitwise_equal,
     assert_user_error,
     call,
+    mounted,
     ok,
     run_cli,
     run_here,
@@ -386,7 +389,7 @@ def test_a_second_cache_writer_is_refused_while_the_first_writes(teachers, demo_
         first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=600) == 0, first.communicate()[1][-2000:]
     info = json.loads((cache / "cache.json").read_text())
-    assert len(sorted(cache.glob("shard-*.npy"))) == info["n_shards"] * 5  # q8: ids, head, step, codes, rest
+    assert len(sorted(cache.glob("shard-*.npy"))) == info["n_shards"] * 6  # q8: ids, head, step, codes, rest; crc32
     assert sorted(p.name for p in cache.parent.iterdir()) == ["demo-kd.yaml", "teacher-cache"]  # the lock is gone
     assert "nothing to do" in ok(run_here("distill", *args)).stdout
 
@@ -407,10 +410,35 @@ def test_ctrl_c_while_a_cache_is_written_leaves_it_to_the_same_command(teachers,
     assert partial.is_dir() and not cache.exists()
     ok(run_cli("distill", *args))
     info = json.loads((cache / "cache.json").read_text())
-    assert len(sorted(cache.glob("shard-*.npy"))) == info["n_shards"] * 5 and not partial.exists()
+    assert len(sorted(cache.glob("shard-*.npy"))) == info["n_shards"] * 6 and not partial.exists()  # q8 and crc32
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_full_disk_while_a_cache_is_written_is_one_line_and_the_cache_there_stays(teachers, demo_root, cache_dir,
+                                                                                    tmp_path):
+    """The shards used to be written through memory maps, and a disk that filled up under them ended the process by
+    SIGBUS (exit -7, a page of C-level dump, seen 2026-12-04). Now: one line naming the unfinished folder, exit 2, the
+    cache being replaced (--overwrite) whole, and once there is room the same command removes the unfinished folder
+    and writes the cache."""
+    recipe = recipe_copy("demo-kd", teachers, tmp_path)
+    base = [*overrides(demo_root, cache_dir, tmp_path / "runs", steps=20), "distill.cache_format=q8"]
+    disk = tmp_path / "disk"
+    with mounted(disk, size="3m"):  # the demo's 470 blocks of 64 tokens: 30k tokens
+        cache = disk / "cache"
+        to = lambda k, *extra: run_cli("distill", "cache-teachers", str(recipe), *base,  # noqa: E731
+                                       f"distill.cache_top_k={k}", "--out", str(cache), *extra)
+        ok(to(8))  # 25 bytes a token: 0.75 MB
+        before = {p.name: p.read_bytes() for p in cache.iterdir()}
+        proc = to(64, "--overwrite")  # 144 bytes a token: 4.3 MB, more than the 2.2 MB left
+        assert_user_error(proc, f"{disk / 'cache.partial'}: No space left on device", "the disk is full")
+        assert "Fatal Python error" not in proc.stderr and {p.name: p.read_bytes() for p in cache.iterdir()} == before
+        assert (disk / "cache.partial" / ".babydistill-partial").is_file()
+        subprocess.run(["mount", "-o", "remount,size=12m", str(disk)], check=True)
+        ok(to(64, "--overwrite"))
+        assert json.loads((cache / "cache.json").read_text())["fingerprint"]["top_k"] == 64
+        assert sorted(p.name for p in disk.iterdir()) == ["cache"]  # the unfinished folder and the lock are gone
+
+
 def test_a_ctrl_c_a_finalizer_swallowed_stops_a_cache_at_its_next_batch(teachers, demo_root, cache_dir, tmp_path,
                                                                          monkeypatch):
     """Ctrl-C raised inside a finalizer, where Python drops it, while the teachers run (the class:
@@ -469,22 +497,61 @@ def test_each_cache_format_stores_the_top_k_and_reports_its_error(fmt, teachers,
     assert (got_rest - rest).abs().max() < 1e-3
     assert (logp.gather(1, order) - top.gather(1, want_order)).abs().max() < {"fp16": 0.02, "s7": 0.1}[fmt]
 
-    if fmt == "s7":  # the s formats' id sets check themselves: a damaged one is one line from the reader, not a misread
-        import numpy as np
+    # a bit flipped in any array of any block, after the cache was written, is one line naming the block (never a
+    # silently wrong target); the blocks beside it still read
+    import numpy as np
 
-        from common.errors import UserError
+    from common.errors import UserError
 
-        damaged = tmp_path / "damaged"
+    for name in cache_format.layout(fmt, 32, 512):
+        damaged = tmp_path / f"damaged-{name}"
         shutil.copytree(cache, damaged)
-        shard = np.load(damaged / "shard-00000.set.npy", mmap_mode="r+")
-        shard[1, 5, -8:] ^= 0xFF  # the id set's last bits: unary ones and head places
+        shard = np.load(damaged / f"shard-00000.{name}.npy", mmap_mode="r+")
+        shard.view(np.uint8).reshape(shard.shape[0], -1)[1, -1] ^= 0x10  # one bit of block 1's last byte there
         shard.flush()
         del shard
-        with pytest.raises(UserError, match=f"teacher_cache={damaged}: blocks \\[1\\]: .*damaged.*--overwrite"):
-            TeacherCache(damaged, info["fingerprint"]).lookup(torch.tensor([1]))
+        where = re.escape(f"teacher_cache={damaged}: block 1 (row 1 of {damaged}/shard-00000.*.npy) differs from "
+                          "what cache-teachers wrote")
+        with pytest.raises(UserError, match=f"{where} .*CRC-32.*--overwrite"):
+            TeacherCache(damaged, info["fingerprint"]).lookup(torch.tensor([0, 1, 2]))
+        for block in (0, 2):
+            assert all(torch.equal(a, b) for a, b in zip(TeacherCache(damaged, info["fingerprint"]).lookup(
+                torch.tensor([block])), TeacherCache(cache, info["fingerprint"]).lookup(torch.tensor([block]))))
 
     # the trainer reads it; changing the format asks for --overwrite; a format this version does not know is one line
     ok(run_here("distill", str(recipe), *base, f"distill.teacher_cache={cache}"))
+    if fmt == "fp16":  # what a person sees of a damaged cache: from cache-teachers, and from a run that reads it
+        fresh = (cache / "shard-00000.logp.npy").read_bytes()
+        damaged = tmp_path / "damaged-logp"
+        before = (damaged / "shard-00000.logp.npy").read_bytes()
+        to = lambda out, *extra: run_here("distill", "cache-teachers", str(recipe), *base,  # noqa: E731
+                                          f"distill.cache_format={fmt}", "--out", str(out), *extra)
+        assert_user_error(to(damaged), f"{damaged}: holds this cache, but 1 of its {info['n_blocks']} blocks differ",
+                          f"first: block 1 (row 1 of {damaged}/shard-00000.*.npy)", "pass --overwrite")
+        assert (damaged / "shard-00000.logp.npy").read_bytes() == before != fresh  # refused: nothing written
+        assert "every block checked); nothing to do" in ok(to(cache)).stdout
+        every = np.load(damaged / "shard-00000.rest.npy", mmap_mode="r+")
+        every.view(np.uint8)[:, 0] ^= 0x01  # every block: whichever a run reads first
+        every.flush()
+        del every
+        assert_user_error(run_here("distill", str(recipe), *base, f"distill.teacher_cache={damaged}",
+                                   "output.name=damaged"), f"teacher_cache={damaged}: block ", "CRC-32")
+        assert json.loads((tmp_path / "runs" / "demo" / "damaged" / "run.json").read_text())["status"] == "failed"
+        ok(to(damaged, "--overwrite"))
+        assert (damaged / "shard-00000.logp.npy").read_bytes() == fresh  # written again, the same
+        assert "every block checked); nothing to do" in ok(to(damaged)).stdout
+
+        # a cache written before the checksums is read, unchecked, and cache-teachers says so
+        legacy = tmp_path / "legacy"
+        shutil.copytree(cache, legacy)
+        for crc in legacy.glob("shard-*.crc32.npy"):
+            crc.unlink()
+        manifest = json.loads((legacy / "cache.json").read_text())
+        del manifest["checksums"]
+        (legacy / "cache.json").write_text(json.dumps(manifest))
+        assert all(torch.equal(a, b) for a, b in zip(TeacherCache(legacy, info["fingerprint"]).lookup(
+            torch.arange(3)), TeacherCache(cache, info["fingerprint"]).lookup(torch.arange(3))))
+        assert "written before the checksums, so its blocks cannot be checked" in ok(to(legacy)).stdout
     other = "q4"
     assert_user_error(
         run_here("distill", "cache-teachers", str(recipe), *base, f"distill.cache_format={other}", "--out", str(cache)),
