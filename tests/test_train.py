@@ -303,6 +303,9 @@ def test_resume_after_sigkill_is_bitwise_identical(demo_args, tmp_path, referenc
     assert_same_milestones(run, run_dir(tmp_path, name="reference"), written)
     info = json.loads((run / "run.json").read_text())
     assert len(info["attempts"]) == 2 and info["attempts"][1]["resumed_from"] and info["status"] == "done"
+    # each attempt says how it ended; the killed one could not say so itself, so the next one does
+    assert [a["status"] for a in info["attempts"]] == ["killed", "done"], info["attempts"]
+    assert "SIGKILL" in info["attempts"][0]["note"] and "end" not in info["attempts"][0]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM], ids=["usr2", "term"])
@@ -333,6 +336,8 @@ def test_a_stop_signal_saves_a_checkpoint_stops_and_resumes_bitwise(sig, demo_ar
     assert f"resuming from {run / 'checkpoints' / f'checkpoint-{stopped}'}" in proc.stdout
     assert_bitwise_equal(weights(run / "model"), reference)
     assert_same_milestones(run, run_dir(tmp_path, name="reference"), written)
+    attempts = json.loads((run / "run.json").read_text())["attempts"]
+    assert [a["status"] for a in attempts] == ["preempted" if usr2 else "terminated", "done"], attempts
 
 
 def test_a_terminal_that_hangs_up_stops_training_after_a_checkpoint_and_it_resumes_bitwise(demo_args, tmp_path,

@@ -306,8 +306,13 @@ class RunDir:
             write_atomic(self.info_file, json.dumps(info, indent=2, default=str))
 
     def begin(self, argv: list[str], resumed_from: Path | None) -> None:
+        """A new attempt in run.json. An attempt whose process never recorded its end (run.json still says running,
+        yet this process holds the run's lock) is marked `killed` first."""
         info = self.read_info()
         attempts = info.get("attempts", [])
+        if info.get("status") == "running" and attempts and isinstance(attempts[-1], dict):
+            attempts[-1].update(status="killed", note="it stopped without recording its end: SIGKILL, the "
+                                                      "out-of-memory killer, or the loss of its node")
         import torch
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -319,7 +324,11 @@ class RunDir:
         self.write_info(start=info.get("start", now()), status="running", attempts=attempts, **provenance())
 
     def end(self, status: str, **extra) -> None:
-        self.write_info(status=status, end=now(), **extra)
+        """The run's status, also recorded as its last attempt's."""
+        attempts = self.read_info().get("attempts", [])
+        if attempts and isinstance(attempts[-1], dict):
+            attempts[-1].update(status=status, end=now())
+        self.write_info(status=status, end=now(), **extra, **({"attempts": attempts} if attempts else {}))
 
     def record_training_time(self, seconds: float) -> None:
         """This attempt's training time so far (wall clock inside trainer.train); an attempt that is
