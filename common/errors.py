@@ -305,6 +305,12 @@ def os_error_message(exc: OSError, where: str | None = None) -> str | None:
     return f"{name or 'a file'}: {exc.strerror or OS_ADVICE[exc.errno]}; {OS_ADVICE[exc.errno]}"
 
 
+def naming(exc: OSError, path) -> OSError:
+    """`exc`, or where it names no file (a failed write or flush on an open file), the same error naming `path`: the
+    error line must say where the disk is full."""
+    return exc if exc.filename is not None else OSError(exc.errno, exc.strerror, str(path))
+
+
 def disk_full(exc: BaseException | None) -> bool:
     """A write that failed on a full disk, whatever the library made of the OSError (or of the error it raised while
     handling it: the exception's cause and context are read too)."""

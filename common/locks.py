@@ -175,7 +175,14 @@ class FolderLock:
             handle.close()  # the holder removed the file between our open and our lock: lock the new one
         since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         line = f"host {host}, pid {os.getpid()}, since {since}"
-        _write_lock_text(handle, f"{line}, beat 0")
+        try:
+            _write_lock_text(handle, f"{line}, beat 0")
+        except OSError as exc:  # a full disk: the lock is not ours after all, and the error line names its file
+            from common.errors import naming
+
+            with contextlib.suppress(OSError):  # closing flushes the same text again, and fails again
+                handle.close()
+            raise naming(exc, self.path) from None
         self._handle, self._stop = handle, threading.Event()
         self._beats = threading.Thread(target=self._beat, args=(handle, line, self._stop, beat), name="lock beats",
                                        daemon=True)

@@ -20,8 +20,12 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     try:
         tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)  # a full disk must not leave half a temporary file behind
+        if isinstance(exc, OSError):
+            from common.errors import naming
+
+            raise naming(exc, path) from exc
         raise
 
 
@@ -119,9 +123,18 @@ def save_figure(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, dpi=100, format="png", metadata={"Software": FIGURE_SOFTWARE})
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": FIGURE_SOFTWARE})
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a figure behind
+        if isinstance(exc, OSError):
+            from common.errors import naming
+
+            raise naming(exc, path) from exc
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -191,14 +191,20 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
     n, T = len(blocks), cfg.data.block_size
     tmp = out.with_name(out.name + ".partial")
     remove_ours(tmp, PARTIAL, "an unfinished teacher cache")  # left by a killed run; anything else is refused
-    tmp.mkdir(parents=True)
-    (tmp / PARTIAL).write_text("a teacher cache being written by python -m distill cache-teachers\n")
+    fix = "then run the same command again (it removes the unfinished cache first)"
+    with writing(tmp, fix):
+        tmp.mkdir(parents=True)
+        try:
+            (tmp / PARTIAL).write_text("a teacher cache being written by python -m distill cache-teachers\n")
+        except OSError:  # the folder we just made, unmarked, would be refused as not ours by the next command
+            (tmp / PARTIAL).unlink(missing_ok=True)
+            tmp.rmdir()
+            raise
     n_shards = -(-n // SHARD_BLOCKS)
     errors = None
     bar = tqdm(total=n, desc="caching teacher top-k", unit="block", disable=not progress)
     layout = cache_format.layout(fmt, k, vocab)
     stored = {**{name: (dtype, (T, *tail)) for name, (dtype, tail) in layout.items()}, CHECKSUM: (np.uint32, ())}
-    fix = "then run the same command again (it removes the unfinished cache first)"
     for s in range(n_shards):
         lo, hi = s * SHARD_BLOCKS, min(n, (s + 1) * SHARD_BLOCKS)
         with writing(tmp, fix), contextlib.ExitStack() as opened:  # closing (its last flush) may meet the full disk
@@ -227,7 +233,8 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
                 "teachers": [t.path for t in cfg.distill.teachers], "vocab_size": vocab,
                 "bytes_per_token": round(shard_bytes / max(1, n * T), 2),  # the shards' files, headers included
                 "storage_error": errors, "checksums": CHECKSUM}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    with writing(tmp, fix):
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     replace(out, tmp)
 
 

@@ -15,7 +15,7 @@ import fcntl
 import json
 from pathlib import Path
 
-from common.errors import UserError
+from common.errors import UserError, naming
 from common.locks import file_lock, flock, opened_lock
 from common.paths import model_hash
 
@@ -100,8 +100,13 @@ def writing_as(out_dir: Path, model: str | Path, hashed: str):
         check_one_model(out_dir, model, hashed)
         handle = opened_lock(out_dir / _lock_name(hashed), "a+", fcntl.LOCK_SH)
         if handle.tell() == 0:
-            handle.write(f"{model}\n")
-            handle.flush()
+            try:
+                handle.write(f"{model}\n")
+                handle.flush()
+            except OSError as exc:  # a full disk: the error line names the lock file
+                with contextlib.suppress(OSError):  # closing flushes the same text again, and fails again
+                    handle.close()
+                raise naming(exc, out_dir / _lock_name(hashed)) from None
     try:
         yield
     finally:

@@ -206,7 +206,7 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str, users
     from common.errors import UserError
     from common.locks import FolderLock, holding
     from results.collect import collect
-    from results.written import check_free
+    from results.written import begin, check_free
 
     df, incomplete = collect(roots)
     for item in incomplete:
@@ -227,6 +227,7 @@ def write_collection(roots: list[Path], out: Path, name: str, metric: str, users
                  "there", "let it end, then run the same command again"):
         if users_folder:
             check_free(out, name)
+        begin(out, name)
         write_files(df, incomplete, out, name, metric)
 
 

@@ -30,13 +30,29 @@ WRITES = ("{name}.csv", "{name}.md", "{name}-baselines.md", "{name}-seeds.md", "
           "{name}-heatmap.png", "{name}-curve-*.png", "{name}-terms/*.png", "{name}-omega/*.png")  # what collect writes
 
 
+def unfinished(out: Path, name: str) -> Path:
+    """Written before a collection's first file and removed after its manifest: a collection stopped between the two
+    (a full disk, a kill) leaves it."""
+    return out / f".{name}.collecting"
+
+
+def begin(out: Path, name: str) -> None:
+    write_atomic(unfinished(out, name), "a collection being written by python -m results collect\n")
+
+
 def listed(out: Path, name: str) -> set[str]:
-    """The files the last collection `name` in `out` recorded (relative paths); none when it has no manifest."""
+    """The files the last collection `name` in `out` recorded (relative paths); none when it has no manifest. After a
+    collection that stopped part-way (`unfinished`), also every file there where a collection writes (`WRITES`): that
+    one wrote them, since none was there unrecorded when it began (`check_free`); without them, the same command
+    refused the files its stopped run had written."""
     try:
         before = json.loads(manifest(out, name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         before = []
-    return {entry for entry in before if _ours(entry, name)} if isinstance(before, list) else set()
+    ours = {entry for entry in before if _ours(entry, name)} if isinstance(before, list) else set()
+    if unfinished(out, name).is_file():
+        ours |= {path.relative_to(out).as_posix() for pattern in WRITES for path in out.glob(pattern.format(name=name))}
+    return ours
 
 
 def check_free(out: Path, name: str) -> None:
@@ -68,4 +84,5 @@ def replace_collection(out: Path, name: str, written: list[Path]) -> list[Path]:
             if path.parent != out and not any(path.parent.iterdir()):
                 path.parent.rmdir()
     write_atomic(manifest(out, name), json.dumps(sorted(now), indent=0))
+    unfinished(out, name).unlink(missing_ok=True)
     return removed

@@ -1256,6 +1256,34 @@ def test_a_full_disk_during_finetuning_then_the_same_command_works(model_dir, de
         assert json.loads((out / "demo_phenomenon.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.parametrize("command,size", [(c, s) for c in ("prepare", "eval") for s in ("8k", "40k", "300k")]
+                         + [("collect", s) for s in ("8k", "20k", "40k")])  # its files take 50 kB here
+def test_a_full_disk_is_one_line_naming_a_file_there_wherever_it_fills(command, size, model_dir, demo_root, tmp_path):
+    """The data cache, zero-shot results and a results collection, each written into a disk that fills up at a
+    different file by its size: the line names the file (or folder) where the disk is full, never "a file" (a failed
+    write or flush on an open file names none: the predictions' temporary file, a PNG's, a lock's text, a datasets
+    arrow file said "a file" until 2026-12-04), exit 2, no traceback, no temporary file left (a figure's half-written
+    PNG stayed until 2026-12-04), and once there is room the same command works (a collection stopped part-way left
+    files that the same command then refused as not its own, until 2026-12-04)."""
+    disk = tmp_path / "disk"
+    argv = {
+        "prepare": ["tokenizer", "prepare", DEMO, f"data.train_dir={demo_root / 'train'}",
+                    f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={disk / 'cache'}"],
+        "eval": ["eval", str(model_dir), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--out",
+                 str(disk / "eval")],
+        "collect": ["results", "collect", str(model_dir.parent.parent.parent), "--out", str(disk / "results")],
+    }[command]
+    with mounted(disk, size=size):
+        proc = run_cli(*argv)
+        line = assert_user_error(proc, "No space left on device", "the disk is full", "free space")
+        assert line.startswith(f"error: {disk}/"), line
+        no_traceback(proc)
+        assert not [p for p in disk.rglob(".*.tmp*")], sorted(disk.rglob("*"))
+        subprocess.run(["mount", "-o", "remount,size=2m", str(disk)], check=True)
+        ok(run_cli(*argv))
+        assert not [p for p in disk.rglob("*") if ".tmp" in p.name or p.name.endswith(".collecting")]
+
+
 def test_a_full_disk_during_download_is_one_line_and_leaves_no_part_file(tmp_path):
     """`eval download` of the shared data (BLiMP's archive alone is larger) into a 1 MB disk: one line naming the
     folder, exit 2, no traceback, no temporary file (hidden, beside its target); the files written before it are

@@ -220,9 +220,10 @@ def check_packed(out: Path) -> None:
 def prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
     """Clean, build or load the tokenizer, and pack train (and dev) blocks; all cached. Jobs that
     share the cache take turns (a lock file in it); the later ones find everything made."""
+    from common.errors import writing
     from common.locks import file_lock
 
-    with file_lock(Path(data.cache_dir) / ".prepare.lock"):
+    with file_lock(Path(data.cache_dir) / ".prepare.lock"), writing(data.cache_dir):  # a full disk names the cache
         return _prepare(data, tok_cfg)
 
 
