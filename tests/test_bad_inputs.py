@@ -1257,7 +1257,8 @@ def test_a_full_disk_during_finetuning_then_the_same_command_works(model_dir, de
 
 
 @pytest.mark.parametrize("command,size", [(c, s) for c in ("prepare", "eval") for s in ("8k", "40k", "300k")]
-                         + [("collect", s) for s in ("8k", "20k", "40k")])  # its files take 50 kB here
+                         + [("collect", s) for s in ("8k", "20k", "40k")] + [("curve", "4k"), ("curve", "8k"),
+                                                                              ("aoa", "4k")])  # the sizes they fill
 def test_a_full_disk_is_one_line_naming_a_file_there_wherever_it_fills(command, size, model_dir, demo_root, tmp_path):
     """The data cache, zero-shot results and a results collection, each written into a disk that fills up at a
     different file by its size: the line names the file (or folder) where the disk is full, never "a file" (a failed
@@ -1266,12 +1267,19 @@ def test_a_full_disk_is_one_line_naming_a_file_there_wherever_it_fills(command, 
     PNG stayed until 2026-12-04), and once there is room the same command works (a collection stopped part-way left
     files that the same command then refused as not its own, until 2026-12-04)."""
     disk = tmp_path / "disk"
+    run = tmp_path / "run"  # curve and aoa score the run's milestones and write into it: a copy, off the small disk
+    shutil.copytree(model_dir.parent, run)
+    words = tmp_path / "cdi_childes.json"
+    words.write_text(json.dumps({"dog": [{"context": "a dog"}], "ball": [{"context": "the ball"}]}))
     argv = {
         "prepare": ["tokenizer", "prepare", DEMO, f"data.train_dir={demo_root / 'train'}",
                     f"data.dev_dir={demo_root / 'dev'}", f"data.cache_dir={disk / 'cache'}"],
         "eval": ["eval", str(model_dir), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--out",
                  str(disk / "eval")],
         "collect": ["results", "collect", str(model_dir.parent.parent.parent), "--out", str(disk / "results")],
+        "curve": ["eval", "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--out",
+                  str(disk / "figures"), "--no-progress"],
+        "aoa": ["eval", "aoa", str(run), "--words", str(words), "--out", str(disk / "aoa"), "--no-progress"],
     }[command]
     with mounted(disk, size=size):
         proc = run_cli(*argv)
