@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import io
 import os
 import signal
 import sys
@@ -381,6 +382,47 @@ def writing(path, fix: str = "then run the same command again"):
         raise
 
 
+class NamedStream:
+    """sys.stdout or sys.stderr whose failed writes name the file they go to (a log on a full disk: a grid point's,
+    a SLURM job's output): a failed write names no file, and a `writing(path)` block around the print would
+    otherwise put the blame on its own path."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def _where(self) -> str:
+        try:
+            return os.readlink(f"/proc/self/fd/{self._stream.fileno()}")
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return "the standard output" if self._stream is sys.__stdout__ else "the program's output"
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise naming(exc, self._where()) from None
+
+    def flush(self):
+        try:
+            return self._stream.flush()
+        except OSError as exc:
+            raise naming(exc, self._where()) from None
+
+
+@contextlib.contextmanager
+def streams_named():
+    """sys.stdout and sys.stderr as NamedStream for the block."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = NamedStream(sys.stdout), NamedStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap an entry point: a UserError (or a user-fixable OSError, or running out of memory) prints one `error:` line
     on stderr and returns 2; Ctrl-C prints one `interrupted` line and returns 130 (`leave` then ends by SIGINT), and
@@ -390,7 +432,7 @@ def exit_on_user_error(main: Callable[..., int | None]) -> Callable[..., int]:
     def wrapped(*args, **kwargs) -> int:
         bars = _progress_bars()  # those of a caller in this process (a grid's debug executor): left open
         try:
-            with stop_signals():
+            with stop_signals(), streams_named():
                 try:
                     return main(*args, **kwargs) or 0
                 except Exception:

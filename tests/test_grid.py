@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, assert_user_error, call, ok, run_here, shared
+from conftest import ROOT, assert_user_error, call, mounted, ok, run_here, shared
 
 FAST = [
     "train.max_steps=20",
@@ -699,3 +699,24 @@ def test_the_launcher_names_a_job_only_a_person_can_start(state, reason, says):
 
     said = _waits_for_a_person("7_1", state, reason)
     assert (says in said) if says else said == "", said
+
+
+@pytest.mark.parametrize("size", ["8k", "60k"])
+def test_a_full_disk_under_a_grids_runs_is_named_where_it_is_full(size, workdir, demo_root, cache_dir):
+    """The runs' disk fills while a point trains: the point's line names a file or folder of the run (its log, when
+    the disk fills as the training prints, before it writes anything else), never another folder (the print failed
+    inside the data cache's preparation, and the line blamed the data cache, on another disk, for a few hours of
+    2026-12-04); the same command, given room, finishes the point."""
+    grid = write_grid(workdir, f"name: g\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
+                               f"    axes: {{optim.lr: [3.0e-3]}}\n"
+                               f"tasks: [demo_pairs]\neval_data_dir: {demo_root}\nexecutor: {{kind: debug}}\n")
+    argv = [str(grid), *data_sets(demo_root, cache_dir), "--set", "train.word_checkpoints=[]"]
+    with mounted(workdir / "runs", size=size):
+        proc = launch(workdir, *argv)
+        assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        said = re.findall(r"^  error: (.*)$", proc.stdout, re.M)
+        run = re.escape("runs/g/student__optim.lr=0.003")
+        assert len(said) == 1 and re.match(rf"({re.escape(str(workdir))}/)?{run}\b", said[0]), said
+        assert "No space left on device" in said[0] or "disk is full" in said[0], said
+        subprocess.run(["mount", "-o", "remount,size=8m", str(workdir / "runs")], check=True)
+        ok(launch(workdir, *argv))
