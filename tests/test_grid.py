@@ -704,9 +704,9 @@ def test_the_launcher_names_a_job_only_a_person_can_start(state, reason, says):
 @pytest.mark.parametrize("size", ["8k", "60k"])
 def test_a_full_disk_under_a_grids_runs_is_named_where_it_is_full(size, workdir, demo_root, cache_dir):
     """The runs' disk fills while a point trains: the point's line names a file or folder of the run (its log, when
-    the disk fills as the training prints, before it writes anything else), never another folder (the print failed
-    inside the data cache's preparation, and the line blamed the data cache, on another disk, for a few hours of
-    2026-12-04); the same command, given room, finishes the point."""
+    the disk fills as the training prints, before it writes anything else), never another folder (a print that
+    fails inside the data cache's preparation must not blame the data cache, on another disk); the same command,
+    given room, finishes the point."""
     grid = write_grid(workdir, f"name: g\nstages:\n  - name: grid\n    recipes: [config/runs/demo-student.yaml]\n"
                                f"    axes: {{optim.lr: [3.0e-3]}}\n"
                                f"tasks: [demo_pairs]\neval_data_dir: {demo_root}\nexecutor: {{kind: debug}}\n")
