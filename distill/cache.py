@@ -133,13 +133,14 @@ class TeacherCache:
         self.format, self.vocab = info["format"], info["vocab_size"]
         self.shards = []
         self.k, T = info["fingerprint"]["top_k"], info["fingerprint"]["block_size"]
-        self.arrays = list(cache_format.layout(self.format, self.k, self.vocab))
+        layout = cache_format.layout(self.format, self.k, self.vocab)
+        self.arrays = list(layout)
         self.checked = info.get("checksums") == CHECKSUM  # caches written before the checksums are read unchecked
+        tails = {name: (T, *tail) for name, (_, tail) in layout.items()} | ({CHECKSUM: ()} if self.checked else {})
         for i in range(info["n_shards"]):
             rows = min(self.shard_blocks, self.n_blocks - i * self.shard_blocks)
             shard = {}
-            tails = {name: tail for name, (_, tail) in cache_format.layout(self.format, self.k, self.vocab).items()}
-            for name, tail in [*((n, (T, *t)) for n, t in tails.items()), *([(CHECKSUM, ())] if self.checked else [])]:
+            for name, tail in tails.items():
                 shape = (rows, *tail)
                 path = self.folder / f"shard-{i:05d}.{name}.npy"
                 with reading(path, "a teacher-cache shard", fix):  # a truncated shard fails here, not mid-training
