@@ -175,14 +175,7 @@ class FolderLock:
             handle.close()  # the holder removed the file between our open and our lock: lock the new one
         since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         line = f"host {host}, pid {os.getpid()}, since {since}"
-        try:
-            _write_lock_text(handle, f"{line}, beat 0")
-        except OSError as exc:  # a full disk: the lock is not ours after all, and the error line names its file
-            from common.errors import naming
-
-            with contextlib.suppress(OSError):  # closing flushes the same text again, and fails again
-                handle.close()
-            raise naming(exc, self.path) from None
+        write_lock_text(handle, f"{line}, beat 0", self.path)
         self._handle, self._stop = handle, threading.Event()
         self._beats = threading.Thread(target=self._beat, args=(handle, line, self._stop, beat), name="lock beats",
                                        daemon=True)
@@ -250,6 +243,19 @@ def _write_lock_text(handle, text: str) -> None:
     handle.truncate()
     handle.flush()
     os.fsync(handle.fileno())
+
+
+def write_lock_text(handle, text: str, path: Path) -> None:
+    """`_write_lock_text` into a lock just taken. Where it fails (a full disk), the lock is let go (the handle closed:
+    closing flushes the same text again and fails again, which is not said twice) and the error names `path`."""
+    try:
+        _write_lock_text(handle, text)
+    except OSError as exc:
+        from common.errors import naming
+
+        with contextlib.suppress(OSError):
+            handle.close()
+        raise naming(exc, path) from None
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Where the repository is, how files are written so that a crash never leaves half a file, and how they are hashed."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -13,20 +14,28 @@ def local_folder(relative: str | Path) -> Path | None:
     return next((base / relative for base in (Path.cwd(), REPO) if (base / relative).is_dir()), None)
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write `text` (UTF-8), or bytes as they are, to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
+@contextlib.contextmanager
+def replacing(path: Path):
+    """A temporary file beside `path` to write (yielded), renamed over `path` when the block ends. A failure removes
+    it (a full disk must not leave half a file behind), and an OSError that names no file (a failed write on an open
+    file) names `path`."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text, encoding="utf-8")
+        yield tmp
         tmp.replace(path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave half a temporary file behind
+        tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             from common.errors import naming
 
             raise naming(exc, path) from exc
         raise
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write `text` (UTF-8), or bytes as they are, to a temporary file beside `path`, then rename it over `path`."""
+    with replacing(Path(path)) as tmp:
+        tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text, encoding="utf-8")
 
 
 def decode_utf8(data: bytes, where: str, first_line: int = 1) -> str:
@@ -122,17 +131,9 @@ def save_figure(fig, path: Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": FIGURE_SOFTWARE})
-        tmp.replace(path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave half a figure behind
-        if isinstance(exc, OSError):
-            from common.errors import naming
-
-            raise naming(exc, path) from exc
-        raise
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png", metadata={"Software": FIGURE_SOFTWARE})
     finally:
         plt.close(fig)
     return path

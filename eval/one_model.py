@@ -15,8 +15,8 @@ import fcntl
 import json
 from pathlib import Path
 
-from common.errors import UserError, naming
-from common.locks import file_lock, flock, opened_lock
+from common.errors import UserError
+from common.locks import file_lock, flock, opened_lock, write_lock_text
 from common.paths import model_hash
 
 KEY = "model_hash"
@@ -100,13 +100,7 @@ def writing_as(out_dir: Path, model: str | Path, hashed: str):
         check_one_model(out_dir, model, hashed)
         handle = opened_lock(out_dir / _lock_name(hashed), "a+", fcntl.LOCK_SH)
         if handle.tell() == 0:
-            try:
-                handle.write(f"{model}\n")
-                handle.flush()
-            except OSError as exc:  # a full disk: the error line names the lock file
-                with contextlib.suppress(OSError):  # closing flushes the same text again, and fails again
-                    handle.close()
-                raise naming(exc, out_dir / _lock_name(hashed)) from None
+            write_lock_text(handle, str(model), out_dir / _lock_name(hashed))
     try:
         yield
     finally:
