@@ -423,16 +423,17 @@ def build(cfg, out: Path, overwrite: bool, device: torch.device) -> int:
     fp, fmt = fingerprint(cfg, Path(prepared.tokenizer_dir), prepared.fingerprint), cfg.distill.cache_format
     if (out / MANIFEST).is_file() and not (out / PARTIAL).is_file():  # a PARTIAL one is written again (`replace`)
         old = read_manifest(out / MANIFEST, "move the folder away, or pass --overwrite to write the cache again")
-        same = old["fingerprint"] == fp and old["format"] == fmt
-        damaged = check_cache(out, fp, overwrite) if same else None
-        if damaged == "":
-            checked = "every block checked" if old.get("checksums") == CHECKSUM else (
-                "written before the checksums, so its blocks cannot be checked; --overwrite writes it again with them")
-            print(f"{out}: already holds this cache (same fingerprint and format; {checked}); nothing to do")
-            return 0
-        if same and not overwrite:
-            raise UserError(f"{out}: holds this cache, but {damaged}; pass --overwrite to write it again")
-        if not same and not overwrite:
+        if old["fingerprint"] == fp and old["format"] == fmt:
+            damaged = check_cache(out, fp, overwrite)
+            if not damaged:
+                checked = "every block checked" if old.get("checksums") == CHECKSUM else (
+                    "written before the checksums, so its blocks cannot be checked; --overwrite writes it again with "
+                    "them")
+                print(f"{out}: already holds this cache (same fingerprint and format; {checked}); nothing to do")
+                return 0
+            if not overwrite:
+                raise UserError(f"{out}: holds this cache, but {damaged}; pass --overwrite to write it again")
+        elif not overwrite:
             changed = next((EXPLAIN.get(k, k) for k in fp if old["fingerprint"].get(k) != fp[k]),
                            f"the format: {old['format']} there, distill.cache_format={fmt} here")
             raise UserError(f"{out}: holds a cache of different inputs ({changed} differ); "
