@@ -325,10 +325,10 @@ class RunDir:
 
     def end(self, status: str, **extra) -> None:
         """The run's status, also recorded as its last attempt's."""
-        attempts = self.read_info().get("attempts", [])
+        attempts, end = self.read_info().get("attempts", []), now()  # one moment for the attempt and the run
         if attempts and isinstance(attempts[-1], dict):
-            attempts[-1].update(status=status, end=now())
-        self.write_info(status=status, end=now(), **extra, **({"attempts": attempts} if attempts else {}))
+            attempts[-1].update(status=status, end=end)
+        self.write_info(status=status, end=end, **extra, **({"attempts": attempts} if attempts else {}))
 
     def record_training_time(self, seconds: float) -> None:
         """This attempt's training time so far (wall clock inside trainer.train); an attempt that is
