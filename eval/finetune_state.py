@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 
 from common.checkpoints import CHECKPOINT, checkpoint_problem, write_manifest
 from common.locks import FolderLock, holding
-from common.paths import write_atomic
+from common.paths import replacing, write_atomic
 
 ATTEMPT = "attempt.json"
 BEST = "best.pt"
@@ -107,9 +107,8 @@ class Keeper(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if self.best_unsaved:
-            tmp = self.work / f".{BEST}.tmp"
-            torch.save(self.best, tmp)
-            tmp.replace(self.work / BEST)
+            with replacing(self.work / BEST) as tmp:
+                torch.save(self.best, tmp)
             self.best_unsaved = False
         write_manifest(saved)
         _remove_checkpoints(self.work, but=saved)

@@ -1233,12 +1233,13 @@ def test_a_full_disk_during_training_then_the_same_command_works(tmp_path, demo_
         assert json.loads((out / "demo" / "teacher" / "DONE").read_text())["step"] == 20
 
 
-@pytest.mark.parametrize("left_kib", [100, 600])
+@pytest.mark.parametrize("left_kib", [100, 600, 2100])
 def test_a_full_disk_during_finetuning_then_the_same_command_works(model_dir, demo_root, tmp_path, left_kib):
     """Fine-tuning writes a checkpoint after its first epoch: a full disk there is one line naming the task's folder,
     exit 2, no traceback, wherever the disk fills up (the weights, ~0.6 MB here, which safetensors reports; the
-    optimizer state, ~1.1 MB, where torch.save says only that its stream failed, as for best.pt); once there is
-    space, the same command fine-tunes the task."""
+    optimizer state, ~1.1 MB, where torch.save says only that its stream failed; `best.pt`, written after the
+    checkpoint's files, whose half-written temporary file stayed until 2026-12-04); no temporary file is left; once
+    there is space, the same command fine-tunes the task."""
     out = tmp_path / "disk"
     args = ["finetune", str(model_dir), "--tasks", "demo_phenomenon", "--data-dir", str(demo_root / "finetune"),
             "--epochs", "2", "--out", str(out), "--no-progress"]
@@ -1251,6 +1252,7 @@ def test_a_full_disk_during_finetuning_then_the_same_command_works(model_dir, de
         assert_user_error(proc, str(out / "finetune" / "demo_phenomenon"), "disk is full", "free space",
                           "run the same command again to continue")
         no_traceback(proc)
+        assert not [p for p in out.rglob(".*.tmp*")], sorted(out.rglob("*"))
         (out / "filler").unlink()
         ok(run_cli("eval", *args))
         assert json.loads((out / "demo_phenomenon.json").read_text())["epochs"] == 2
