@@ -312,18 +312,20 @@ def naming(exc: OSError, path) -> OSError:
     return exc if exc.filename is not None else OSError(exc.errno, exc.strerror, str(path))
 
 
-def disk_full(exc: BaseException | None) -> bool:
-    """A write that failed on a full disk, whatever the library made of the OSError (or of the error it raised while
-    handling it: the exception's cause and context are read too)."""
-    seen = set()
+def disk_full(exc: BaseException | None) -> BaseException | None:
+    """Where `exc` is a write that failed on a full disk, whatever the library made of the OSError (or of the error
+    it raised while handling it: the exception's cause and context are read too), the error in that chain that says
+    so (the OSError itself where there is one: datasets wraps it in "An error occurred while generating the
+    dataset"); else None."""
+    seen, said = set(), None
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(text in str(exc) for text in DISK_FULL_TEXT):
-            return True
+            return exc
+        if said is None and any(text in str(exc) for text in DISK_FULL_TEXT):
+            said = exc
         exc = exc.__cause__ or exc.__context__
-    return False
+    return said
 
 
 def out_of_memory(exc: BaseException | None) -> str | None:
@@ -375,9 +377,12 @@ def writing(path, fix: str = "then run the same command again"):
     except Exception as exc:  # noqa: BLE001 - only the two classes below are turned into a line
         if isinstance(exc, OSError) and (message := os_error_message(exc, str(path))) is not None:
             raise UserError(message) from None
-        if disk_full(exc):
+        full = disk_full(exc)
+        if isinstance(full, OSError):
+            raise UserError(os_error_message(full, str(path))) from None
+        if full is not None:
             raise UserError(
-                f"{path}: a write failed because the disk is full ({first_line(exc, 100)}); free space there, {fix}"
+                f"{path}: a write failed because the disk is full ({first_line(full, 100)}); free space there, {fix}"
             ) from None
         raise
 

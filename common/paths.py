@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: config/, eval/tasks/ and friends are found from here
@@ -29,6 +30,19 @@ def replacing(path: Path):
             from common.errors import naming
 
             raise naming(exc, path) from exc
+        raise
+
+
+@contextlib.contextmanager
+def unfinished(*folders: Path):
+    """Folders of ours that the block writes before they are whole (a cache built beside its place, a work folder):
+    removed when the block fails (a full disk, Ctrl-C), so that a failed command does not leave behind the space it
+    asks to be freed. A killed command leaves them; whatever writes them next removes them first."""
+    try:
+        yield
+    except BaseException:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
 
 

@@ -30,7 +30,7 @@ import torch
 
 from common.errors import UserError, if_interrupted, reading, stop_if_swallowed, writing
 from common.locks import FolderLock, holding
-from common.paths import hash_files, model_hash, remove_ours
+from common.paths import hash_files, model_hash, remove_ours, unfinished
 from distill import cache_format
 
 MANIFEST = "cache.json"
@@ -183,17 +183,9 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
                 progress: bool = True) -> None:
     """Run the teachers over every block and write the shards, then the manifest, then rename into place.
     With `student`, the first batch also measures what the storage costs each served term (`storage_error`)."""
-    from tqdm import tqdm
-
-    from distill.teachers import run_teachers
-
-    k, fmt = cfg.distill.cache_top_k, cfg.distill.cache_format
-    vocab = teachers[0].model.config.vocab_size
-    n, T = len(blocks), cfg.data.block_size
     tmp = out.with_name(out.name + ".partial")
     remove_ours(tmp, PARTIAL, "an unfinished teacher cache")  # left by a killed run; anything else is refused
-    fix = "then run the same command again (it removes the unfinished cache first)"
-    with writing(tmp, fix):
+    with writing(tmp):
         tmp.mkdir(parents=True)
         try:
             (tmp / PARTIAL).write_text("a teacher cache being written by python -m distill cache-teachers\n")
@@ -201,6 +193,23 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
             (tmp / PARTIAL).unlink(missing_ok=True)
             tmp.rmdir()
             raise
+    with unfinished(tmp):  # a failure (a full disk, Ctrl-C) takes the unfinished cache with it
+        manifest = write_shards(tmp, teachers, blocks, cfg, fp, batch_size, device, student, progress)
+        with writing(tmp):
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    replace(out, tmp)
+
+
+def write_shards(tmp: Path, teachers, blocks, cfg, fp: dict, batch_size: int, device: torch.device, student,
+                 progress: bool) -> dict:
+    """`write_cache`'s shards, written into `tmp`; returns the cache's manifest."""
+    from tqdm import tqdm
+
+    from distill.teachers import run_teachers
+
+    k, fmt = cfg.distill.cache_top_k, cfg.distill.cache_format
+    vocab = teachers[0].model.config.vocab_size
+    n, T = len(blocks), cfg.data.block_size
     n_shards = -(-n // SHARD_BLOCKS)
     errors = None
     bar = tqdm(total=n, desc="caching teacher top-k", unit="block", disable=not progress)
@@ -208,7 +217,7 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
     stored = {**{name: (dtype, (T, *tail)) for name, (dtype, tail) in layout.items()}, CHECKSUM: (np.uint32, ())}
     for s in range(n_shards):
         lo, hi = s * SHARD_BLOCKS, min(n, (s + 1) * SHARD_BLOCKS)
-        with writing(tmp, fix), contextlib.ExitStack() as opened:  # closing (its last flush) may meet the full disk
+        with writing(tmp), contextlib.ExitStack() as opened:  # closing (its last flush) may meet the full disk
             # appended batch by batch with plain writes: a full disk is then an OSError here (through a memory map it
             # was a SIGBUS that killed the process mid-copy)
             files = {name: opened.enter_context(open_array(tmp / f"shard-{s:05d}.{name}.npy", dtype, (hi - lo, *tail)))
@@ -230,13 +239,10 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
                 stop_if_swallowed()  # a Ctrl-C a finalizer swallowed
     bar.close()
     shard_bytes = sum(p.stat().st_size for p in tmp.glob("shard-*.npy"))
-    manifest = {"fingerprint": fp, "format": fmt, "n_blocks": n, "shard_blocks": SHARD_BLOCKS, "n_shards": n_shards,
-                "teachers": [t.path for t in cfg.distill.teachers], "vocab_size": vocab,
-                "bytes_per_token": round(shard_bytes / max(1, n * T), 2),  # the shards' files, headers included
-                "storage_error": errors, "checksums": CHECKSUM}
-    with writing(tmp, fix):
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    replace(out, tmp)
+    return {"fingerprint": fp, "format": fmt, "n_blocks": n, "shard_blocks": SHARD_BLOCKS, "n_shards": n_shards,
+            "teachers": [t.path for t in cfg.distill.teachers], "vocab_size": vocab,
+            "bytes_per_token": round(shard_bytes / max(1, n * T), 2),  # the shards' files, headers included
+            "storage_error": errors, "checksums": CHECKSUM}
 
 
 @contextlib.contextmanager

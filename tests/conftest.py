@@ -557,3 +557,10 @@ def mounted(folder: Path, size: str = "4m", read_only: bool = False, fill=None):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def unfinished_left(folder: Path) -> list[Path]:
+    """What a failed command left under `folder` of the temporary files and folders the project writes before they
+    are whole: `.<name>.tmp<pid>` files, `<name>.tmp` and `.<name>.tmp` folders, the data cache's `<blocks>.work`,
+    a teacher cache's `<out>.partial`."""
+    return sorted(p for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith((".work", ".partial")))

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, assert_bitwise_equal, assert_user_error, call, mounted, ok, run_cli, shared, weights
+from conftest import (ROOT, assert_bitwise_equal, assert_user_error, call, mounted, ok, run_cli, shared,
+                      unfinished_left, weights)
 
 DEMO = str(ROOT / "config" / "runs" / "demo-teacher.yaml")
 
@@ -1214,22 +1215,25 @@ def test_a_file_system_without_file_locks_is_one_line_naming_the_lock(code, tmp_
     assert not [p for p in out.rglob("*") if p.is_file()]
 
 
-@pytest.mark.parametrize("left_kib", [160, 900])
-def test_a_full_disk_during_training_then_the_same_command_works(tmp_path, demo_root, cache_dir, left_kib):
-    """Wherever the first checkpoint meets the full disk: its weights (safetensors says so), or its optimizer state
-    (torch.save says only that its stream failed; that was a traceback until 2026-12-03)."""
+@pytest.mark.parametrize("left_kib", [160, 900, 2000, 3400])
+def test_a_full_disk_during_training_then_resume_works(tmp_path, demo_root, cache_dir, left_kib):
+    """Wherever training meets the full disk: the first checkpoint's weights (safetensors says so), or its optimizer
+    state (torch.save says only that its stream failed; that was a traceback until 2026-12-03), the first milestone's
+    export (its `.chck_10k.tmp` stayed behind until 2026-12-04), the second checkpoint's optimizer state. Nothing
+    unfinished is left, and `--resume`, as the line says, finishes the run once there is space."""
     out = tmp_path / "disk"
     args = train_args(demo_root, cache_dir, out, "train.max_steps=20")
 
     def fill(folder):
-        (folder / "filler").write_bytes(b"\0" * (8 * 1024 - left_kib) * 1024)  # too little for the first checkpoint
+        (folder / "filler").write_bytes(b"\0" * (8 * 1024 - left_kib) * 1024)  # too little for the whole run
 
     with mounted(out, size="8m", fill=fill):
         proc = run_cli("train", *args)
         assert_user_error(proc, str(out / "demo" / "teacher"), "disk is full", "free space")
         no_traceback(proc)
+        assert not unfinished_left(out), sorted(out.rglob("*"))
         (out / "filler").unlink()
-        proc = ok(run_cli("train", *args))  # the same command, once there is space
+        proc = ok(run_cli("train", *args, "--resume"))  # as the line says, once there is space
         assert json.loads((out / "demo" / "teacher" / "DONE").read_text())["step"] == 20
 
 
@@ -1252,22 +1256,26 @@ def test_a_full_disk_during_finetuning_then_the_same_command_works(model_dir, de
         assert_user_error(proc, str(out / "finetune" / "demo_phenomenon"), "disk is full", "free space",
                           "run the same command again to continue")
         no_traceback(proc)
-        assert not [p for p in out.rglob(".*.tmp*")], sorted(out.rglob("*"))
+        assert not unfinished_left(out), sorted(out.rglob("*"))
         (out / "filler").unlink()
         ok(run_cli("eval", *args))
         assert json.loads((out / "demo_phenomenon.json").read_text())["epochs"] == 2
 
 
-@pytest.mark.parametrize("command,size", [(c, s) for c in ("prepare", "eval") for s in ("8k", "40k", "300k")]
-                         + [("collect", s) for s in ("8k", "20k", "40k")] + [("curve", "4k"), ("curve", "8k"),
-                                                                              ("aoa", "4k")])  # the sizes they fill
+# each command at the sizes where its disk fills up at a different file
+@pytest.mark.parametrize("command,size", [("prepare", s) for s in ("8k", "40k", "160k", "200k", "300k")]
+                         + [("eval", s) for s in ("8k", "40k", "300k")] + [("collect", s) for s in ("8k", "20k", "40k")]
+                         + [("curve", "4k"), ("curve", "8k"), ("aoa", "4k")])
 def test_a_full_disk_is_one_line_naming_a_file_there_wherever_it_fills(command, size, model_dir, demo_root, tmp_path):
-    """The data cache, zero-shot results and a results collection, each written into a disk that fills up at a
-    different file by its size: the line names the file (or folder) where the disk is full, never "a file" (a failed
-    write or flush on an open file names none: the predictions' temporary file, a PNG's, a lock's text, a datasets
-    arrow file said "a file" until 2026-12-04), exit 2, no traceback, no temporary file left (a figure's half-written
-    PNG stayed until 2026-12-04), and once there is room the same command works (a collection stopped part-way left
-    files that the same command then refused as not its own, until 2026-12-04)."""
+    """The data cache, zero-shot results, a results collection, curves and AoA, each written into a
+    disk that fills up at a different file by its size: the line names the file (or folder) where the disk is full,
+    never "a file" (a failed write or flush on an open file names none: the predictions' temporary file, a PNG's, a
+    lock's text, a datasets arrow file said "a file" until 2026-12-04; one that datasets wraps says "No space left on
+    device" since then, not "An error occurred while generating the dataset"), exit 2, no traceback, nothing
+    unfinished left (a figure's half-written PNG, the tokenizer's `<hash>.tmp` and the data blocks' `.work` and `.tmp`
+    folders, which can be larger than the corpus, stayed behind until 2026-12-04), and once there is room the same
+    command works (a collection stopped part-way left files that the same command then refused as not its own, until
+    2026-12-04)."""
     disk = tmp_path / "disk"
     run = tmp_path / "run"  # curve and aoa score the run's milestones and write into it: a copy, off the small disk
     shutil.copytree(model_dir.parent, run)
@@ -1288,7 +1296,7 @@ def test_a_full_disk_is_one_line_naming_a_file_there_wherever_it_fills(command, 
         line = assert_user_error(proc, "No space left on device", "the disk is full", "free space")
         assert line.startswith(f"error: {disk}/"), line
         no_traceback(proc)
-        assert not [p for p in disk.rglob(".*.tmp*")], sorted(disk.rglob("*"))
+        assert not unfinished_left(disk), sorted(disk.rglob("*"))
         subprocess.run(["mount", "-o", "remount,size=2m", str(disk)], check=True)
         ok(run_cli(*argv))
         assert not [p for p in disk.rglob("*") if ".tmp" in p.name or p.name.endswith(".collecting")]

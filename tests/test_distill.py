@@ -394,10 +394,14 @@ def test_a_second_cache_writer_is_refused_while_the_first_writes(teachers, demo_
     assert "nothing to do" in ok(run_here("distill", *args)).stdout
 
 
-def test_ctrl_c_while_a_cache_is_written_leaves_it_to_the_same_command(teachers, demo_root, cache_dir, tmp_path):
-    """Ctrl-C while the shards are written: one line, ended by SIGINT, and the same command removes the unfinished
-    folder and writes the cache whole (the moves that put a cache in place: tests/test_interrupts.py)."""
-    from conftest import assert_interrupted, interrupt_when
+def test_ctrl_c_while_a_cache_is_written_takes_its_shards_and_a_kill_leaves_them_to_the_same_command(
+        teachers, demo_root, cache_dir, tmp_path):
+    """Ctrl-C while the shards are written: one line, ended by SIGINT, and the unfinished folder goes with it (it
+    stayed until the next command until 2026-12-04). A kill leaves it, marked as ours; the same command removes it
+    and writes the cache whole (the moves that put a cache in place: tests/test_interrupts.py)."""
+    import signal
+
+    from conftest import assert_interrupted, freeze_when, interrupt_when
 
     recipe = recipe_copy("demo-kd", teachers, tmp_path)
     cache = tmp_path / "teacher-cache"
@@ -407,7 +411,11 @@ def test_ctrl_c_while_a_cache_is_written_leaves_it_to_the_same_command(teachers,
     assert_interrupted(interrupt_when("distill", args, lambda: any(partial.glob("shard-*"))),
                        f"{cache}: interrupted; a cache there is whole once this command ends: run the same command "
                        "again")
-    assert partial.is_dir() and not cache.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-kd.yaml"]  # neither the folder nor the lock
+    killed = freeze_when("distill", args, lambda: any(partial.glob("shard-*")))
+    killed.kill()
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    assert (partial / ".babydistill-partial").is_file() and not cache.exists()
     ok(run_cli("distill", *args))
     info = json.loads((cache / "cache.json").read_text())
     assert len(sorted(cache.glob("shard-*.npy"))) == info["n_shards"] * 6 and not partial.exists()  # q8 and crc32
@@ -417,9 +425,10 @@ def test_ctrl_c_while_a_cache_is_written_leaves_it_to_the_same_command(teachers,
 def test_a_full_disk_while_a_cache_is_written_is_one_line_and_the_cache_there_stays(teachers, demo_root, cache_dir,
                                                                                     tmp_path):
     """The shards used to be written through memory maps, and a disk that filled up under them ended the process by
-    SIGBUS (exit -7, a page of C-level dump, seen 2026-12-04). Now: one line naming the unfinished folder, exit 2, the
-    cache being replaced (--overwrite) whole, and once there is room the same command removes the unfinished folder
-    and writes the cache."""
+    SIGBUS (exit -7, a page of C-level dump, seen 2026-12-04). Now: one line naming the file where the disk filled up,
+    exit 2, the cache being replaced (--overwrite) whole, the unfinished folder removed (it stayed, holding the space
+    the line asks to free, until the next command, until 2026-12-04), and once there is room the same command writes
+    the cache."""
     recipe = recipe_copy("demo-kd", teachers, tmp_path)
     base = [*overrides(demo_root, cache_dir, tmp_path / "runs", steps=20), "distill.cache_format=q8"]
     disk = tmp_path / "disk"
@@ -432,7 +441,7 @@ def test_a_full_disk_while_a_cache_is_written_is_one_line_and_the_cache_there_st
         proc = to(64, "--overwrite")  # 144 bytes a token: 4.3 MB, more than the 2.2 MB left
         assert_user_error(proc, f"{disk / 'cache.partial'}: No space left on device", "the disk is full")
         assert "Fatal Python error" not in proc.stderr and {p.name: p.read_bytes() for p in cache.iterdir()} == before
-        assert (disk / "cache.partial" / ".babydistill-partial").is_file()
+        assert sorted(p.name for p in disk.iterdir()) == ["cache"]  # the unfinished folder and the lock are gone
         subprocess.run(["mount", "-o", "remount,size=12m", str(disk)], check=True)
         ok(to(64, "--overwrite"))
         assert json.loads((cache / "cache.json").read_text())["fingerprint"]["top_k"] == 64

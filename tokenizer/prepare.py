@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError, reading, stop_if_swallowed
-from common.paths import read_json
+from common.paths import read_json, unfinished
 from tokenizer import bpe, corpus, demo
 from tokenizer.config import DataConfig, TokenizerConfig
 
@@ -140,15 +140,26 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
     beside it (the collator masks the padding out of attention and loss). Lines with nothing to
     predict are dropped.
     """
+    if out.exists():
+        check_packed(out)
+        return out
+    work, tmp = out.with_name(out.name + ".work"), out.with_name(out.name + ".tmp")
+    for folder in (work, tmp):
+        shutil.rmtree(folder, ignore_errors=True)  # ours, left by a killed run
+    with unfinished(work, tmp):
+        _build(text_files, tokenizer, block_size, num_proc, out, work, tmp, packing, source)
+        tmp.replace(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _build(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out: Path, work: Path, tmp: Path,
+           packing: bool, source: str) -> None:
+    """`pack`'s blocks for `out`, tokenized with `work` as the datasets cache, saved with their stats.json to `tmp`."""
     import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if out.exists():
-        check_packed(out)
-        return out
-    work = out.with_name(out.name + ".work")
-    shutil.rmtree(work, ignore_errors=True)
     raw = datasets.load_dataset("text", data_files=[str(p) for p in text_files], split="train",
                                 cache_dir=str(work / "hf"), keep_in_memory=False)
     tokenized = raw.map(_tokenize_batch, batched=True, num_proc=num_proc if num_proc > 1 else None,
@@ -189,8 +200,6 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
         ds = datasets.Dataset(
             pa.table({"input_ids": blocks, "length": pa.array(used.astype(np.int32)), "words": pa.array(block_words)})
         )
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     ds.save_to_disk(str(tmp))
     (tmp / "stats.json").write_text(json.dumps({
         "tokens": int(len(flat)), "blocks": n_blocks, "block_size": block_size, "packing": packing, "lines": len(raw),
@@ -198,9 +207,6 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
         "kept_words": int(words.sum()),  # raw words of the lines cleaning kept
         "corpus_words": corpus_words,  # raw words of the files, dropped lines included
         "files": [p.name for p in text_files]}))
-    tmp.replace(out)
-    shutil.rmtree(work, ignore_errors=True)
-    return out
 
 
 def check_packed(out: Path) -> None:

@@ -9,6 +9,7 @@ past each milestone, as `milestones/chck_<N>/` (the revision names of the 2025 p
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -21,7 +22,7 @@ from transformers import TrainerCallback
 
 from common.config import ConfigError
 from common.errors import UserError
-from common.paths import read_json, write_atomic
+from common.paths import read_json, unfinished, write_atomic
 from common.ranks import say
 
 SUFFIXES = {"k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9}
@@ -230,18 +231,10 @@ class WordsSeen(TrainerCallback):
             tmp.mkdir(parents=True)
         if self.export is None:
             raise RuntimeError(f"{self.folder}: milestone {name} reached before the session set an exporter")
-        self.export(tmp)
-        if state.is_world_process_zero:
-            write_atomic(
-                tmp / WORDS_FILE,
-                json.dumps(
-                    {
-                        "milestone": milestone,
-                        "words_seen": self.total,
-                        "step": state.global_step,
-                        "epoch": round(state.epoch or 0.0, 4),
-                    },
-                    indent=2,
-                ),
-            )
-            tmp.replace(self.folder / name)
+        with unfinished(tmp) if state.is_world_process_zero else contextlib.nullcontext():
+            self.export(tmp)
+            if state.is_world_process_zero:
+                words = {"milestone": milestone, "words_seen": self.total, "step": state.global_step,
+                         "epoch": round(state.epoch or 0.0, 4)}
+                write_atomic(tmp / WORDS_FILE, json.dumps(words, indent=2))
+                tmp.replace(self.folder / name)
