@@ -1265,9 +1265,9 @@ def test_a_full_disk_during_finetuning_then_the_same_command_works(model_dir, de
 # each command at the sizes where its disk fills up at a different file
 @pytest.mark.parametrize("command,size", [("prepare", s) for s in ("8k", "40k", "160k", "200k", "300k")]
                          + [("eval", s) for s in ("8k", "40k", "300k")] + [("collect", s) for s in ("8k", "20k", "40k")]
-                         + [("curve", "4k"), ("curve", "8k"), ("aoa", "4k")])
+                         + [("curve", "4k"), ("curve", "8k"), ("aoa", "4k"), ("demo", "40k"), ("demo", "300k")])
 def test_a_full_disk_is_one_line_naming_a_file_there_wherever_it_fills(command, size, model_dir, demo_root, tmp_path):
-    """The data cache, zero-shot results, a results collection, curves and AoA, each written into a
+    """The data cache, zero-shot results, a results collection, curves, AoA and the demo corpus, each written into a
     disk that fills up at a different file by its size: the line names the file (or folder) where the disk is full,
     never "a file" (a failed write or flush on an open file names none: the predictions' temporary file, a PNG's, a
     lock's text, a datasets arrow file said "a file" until 2026-12-04; one that datasets wraps says "No space left on
@@ -1275,7 +1275,8 @@ def test_a_full_disk_is_one_line_naming_a_file_there_wherever_it_fills(command, 
     unfinished left (a figure's half-written PNG, the tokenizer's `<hash>.tmp` and the data blocks' `.work` and `.tmp`
     folders, which can be larger than the corpus, stayed behind until 2026-12-04), and once there is room the same
     command works (a collection stopped part-way left files that the same command then refused as not its own, until
-    2026-12-04)."""
+    2026-12-04; so did the demo corpus, whose half-written `train/demo.train` a run given that folder took for the
+    whole corpus)."""
     disk = tmp_path / "disk"
     run = tmp_path / "run"  # curve and aoa score the run's milestones and write into it: a copy, off the small disk
     shutil.copytree(model_dir.parent, run)
@@ -1290,6 +1291,7 @@ def test_a_full_disk_is_one_line_naming_a_file_there_wherever_it_fills(command, 
         "curve": ["eval", "curve", str(run), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--out",
                   str(disk / "figures"), "--no-progress"],
         "aoa": ["eval", "aoa", str(run), "--words", str(words), "--out", str(disk / "aoa"), "--no-progress"],
+        "demo": ["tokenizer", "demo", str(disk / "demo"), "--sentences", "2000"],
     }[command]
     with mounted(disk, size=size):
         proc = run_cli(*argv)

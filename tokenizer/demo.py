@@ -11,8 +11,12 @@ is deterministic from the seed, and no good or bad pair sentence occurs in the c
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
+
+from common.errors import writing
+from common.paths import unfinished, write_atomic
 
 # (singular, plural, gender) -- gender m/f picks the reflexive; n nouns take no reflexive.
 NOUNS = [
@@ -172,11 +176,7 @@ def check_target(out_dir: str | Path, n_sentences: int) -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; give a folder for the demo corpus")
-    taken = [
-        p
-        for p in (out / "train", out / "dev", out / "pairs", out / "finetune")
-        if p.exists() and (not p.is_dir() or any(p.iterdir()))
-    ]
+    taken = [p for p in (out / part for part in PARTS) if p.exists() and (not p.is_dir() or any(p.iterdir()))]
     if taken:
         raise UserError(
             f"{out}: already holds {', '.join(p.name + '/' for p in taken)}; the demo does not write over them, "
@@ -205,6 +205,8 @@ def phenomenon_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
     return _held_out_rows(rng, seen, n, lambda i, k: (i % k, lambda good, bad: {"sentence": good, "label": i % k}))
 
 
+PARTS = ("dev", "pairs", "finetune", "aoa", "train")  # the folders the demo writes; train last: its corpus found
+# there is taken as whole (tokenizer.prepare.ensure_demo)
 AOA_WORDS = "aoa/cdi_childes.json"  # the demo's stand-in for the 2025 AoA task's word list (python -m eval aoa)
 AOA_CONTEXTS = 5  # corpus sentences kept per word
 
@@ -224,7 +226,7 @@ def aoa_words(train: list[str]) -> dict[str, list[dict]]:
 
 def write_aoa_words(out: Path, train: list[str]) -> None:
     (out / AOA_WORDS).parent.mkdir(parents=True, exist_ok=True)
-    (out / AOA_WORDS).write_text(json.dumps(aoa_words(train), indent=1) + "\n", encoding="utf-8")
+    write_atomic(out / AOA_WORDS, json.dumps(aoa_words(train), indent=1) + "\n")
 
 
 def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pairs_per_phenomenon: int = 200) -> Path:
@@ -249,14 +251,20 @@ def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pair
                          "linguistics_term": term, "UID": uid, "pair_id": len(rows)})
         pairs[uid] = rows
     task = task_splits(seed, seen)
-    for sub, name, lines in (("train", "demo.train", train), ("dev", "demo.dev", dev)):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        (out / sub / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out / "pairs").mkdir(parents=True, exist_ok=True)
-    for uid, rows in pairs.items():
-        (out / "pairs" / f"{uid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    write_task(out, task)
-    write_aoa_words(out, train)
+    tmp = out / f".demo.tmp{os.getpid()}"
+    with writing(out), unfinished(tmp):  # a failure (a full disk, Ctrl-C) leaves no half corpus that looks whole
+        tmp.mkdir(parents=True)
+        for sub, name, lines in (("train", "demo.train", train), ("dev", "demo.dev", dev)):
+            (tmp / sub).mkdir()
+            (tmp / sub / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (tmp / "pairs").mkdir()
+        for uid, rows in pairs.items():
+            (tmp / "pairs" / f"{uid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        write_task(tmp, task)
+        write_aoa_words(tmp, train)
+        for part in PARTS:  # onto folders that are absent or empty (check_target)
+            os.replace(tmp / part, out / part)
+        tmp.rmdir()
     return out
 
 
@@ -291,9 +299,7 @@ def write_task(out: Path, tasks: dict[str, dict[str, list[dict]]]) -> None:
     (out / "finetune").mkdir(parents=True, exist_ok=True)
     for name, splits in tasks.items():
         for split, rows in splits.items():
-            (out / "finetune" / f"{name}.{split}.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
-            )
+            write_atomic(out / "finetune" / f"{name}.{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _lines(paths: list[Path]) -> list[str]:
