@@ -123,3 +123,32 @@ def test_corpus_has_the_phenomena(demo_root):
     text = (demo_root / "train" / "demo.train").read_text()
     for marker in (" that the ", " near the ", "themselves", "herself", "These ", "Where are", "Look at"):
         assert marker in text
+
+
+def test_a_stop_part_way_leaves_no_corpus_and_a_killed_ones_folder_goes_with_the_next(tmp_path, monkeypatch):
+    """The demo is written into `.demo.tmp` and moved into place whole, `train/` last, since a run that finds
+    `train/` takes the corpus there as whole (tokenizer.prepare.ensure_demo). Ctrl-C at the last file: no part of the
+    demo is in place and the hidden folder is gone (until 2026-12-04 a full disk or Ctrl-C left a cut
+    `train/demo.train`). A killed run's `.demo.tmp` is removed by the next, which writes the same bytes."""
+    import pytest
+
+    fresh = demo.generate(tmp_path / "fresh", seed=3, n_sentences=500, pairs_per_phenomenon=20)
+    out = tmp_path / "out"
+    write_aoa = demo.write_aoa_words
+
+    def stopped(*args):
+        write_aoa(*args)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(demo, "write_aoa_words", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            demo.generate(out, seed=3, n_sentences=500, pairs_per_phenomenon=20)
+    assert list(out.iterdir()) == []
+    (out / ".demo.tmp" / "train").mkdir(parents=True)
+    (out / ".demo.tmp" / "train" / "demo.train").write_text("a killed run's half line")
+    demo.check_target(out, 500)
+    demo.generate(out, seed=3, n_sentences=500, pairs_per_phenomenon=20)
+    files = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == files
+    assert all((out / f).read_bytes() == (fresh / f).read_bytes() for f in files)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 from common.errors import writing
@@ -251,8 +252,9 @@ def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pair
                          "linguistics_term": term, "UID": uid, "pair_id": len(rows)})
         pairs[uid] = rows
     task = task_splits(seed, seen)
-    tmp = out / f".demo.tmp{os.getpid()}"
+    tmp = out / ".demo.tmp"
     with writing(out), unfinished(tmp):  # a failure (a full disk, Ctrl-C) leaves no half corpus that looks whole
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, left by a killed run
         tmp.mkdir(parents=True)
         for sub, name, lines in (("train", "demo.train", train), ("dev", "demo.dev", dev)):
             (tmp / sub).mkdir()
