@@ -8,6 +8,7 @@ soft-capping, scaling) fall back to the full forward, which gives the same numbe
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -289,6 +290,20 @@ def shape_mismatch(folder: Path, auto, config, fix: str, trust: bool = False) ->
     return None
 
 
+def unfinished_run(folder: Path) -> str | None:
+    """Why `folder`, the `model/` of a run directory, is not final (a run writes its DONE last, once model/ is whole:
+    an export that failed on a full disk left half a model), or None for a finished run's model and any other
+    folder."""
+    run = folder.parent
+    if folder.name != "model" or not (run / "run.json").is_file() or (run / "DONE").is_file():
+        return None
+    try:
+        status = json.loads((run / "run.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = None
+    return f"no DONE in {run}" + (f"; its run.json says {status}" if isinstance(status, str) else "")
+
+
 def check_folder(path: str) -> Path:
     """The model folder, or a one-line error; cheap, so it runs before any data is read."""
     folder = Path(path)
@@ -298,6 +313,10 @@ def check_folder(path: str) -> Path:
                             f"Hub is reachable (hf download {path} [--revision R] --local-dir DIR), then give DIR")
         what = "is a file, not a model folder" if folder.exists() else "model folder does not exist"
         raise UserError(f"{path}: {what}; give a folder written by save_pretrained (e.g. runs/demo/teacher/model)")
+    unfinished = unfinished_run(folder)
+    if unfinished is not None:
+        raise UserError(f"{path}: the model of a run that has not finished ({unfinished}), which may be cut short; "
+                        f"rerun its training with --resume, or give one of its milestones")
     if not (folder / "config.json").is_file():
         inside = sorted(p.parent for p in folder.glob("*/config.json"))
         if folder / "model" in inside:  # a run directory

@@ -1215,12 +1215,13 @@ def test_a_file_system_without_file_locks_is_one_line_naming_the_lock(code, tmp_
     assert not [p for p in out.rglob("*") if p.is_file()]
 
 
-@pytest.mark.parametrize("left_kib", [160, 900, 2000, 3400])
+@pytest.mark.parametrize("left_kib", [160, 900, 2000, 3400, 4400])
 def test_a_full_disk_during_training_then_resume_works(tmp_path, demo_root, cache_dir, left_kib):
     """Wherever training meets the full disk: the first checkpoint's weights (safetensors says so), or its optimizer
     state (torch.save says only that its stream failed; that was a traceback until 2026-12-03), the first milestone's
-    export (its `.chck_10k.tmp` stayed behind until 2026-12-04), the second checkpoint's optimizer state. Nothing
-    unfinished is left, and `--resume`, as the line says, finishes the run once there is space."""
+    export (its `.chck_10k.tmp` stayed behind until 2026-12-04), the second checkpoint's optimizer state, the final
+    model (a config and no weights: no DONE, so nothing reads it as a model). Nothing unfinished is left, and
+    `--resume`, as the line says, finishes the run once there is space."""
     out = tmp_path / "disk"
     args = train_args(demo_root, cache_dir, out, "train.max_steps=20")
 
@@ -1302,6 +1303,30 @@ def test_a_full_disk_is_one_line_naming_a_file_there_wherever_it_fills(command, 
         subprocess.run(["mount", "-o", "remount,size=2m", str(disk)], check=True)
         ok(run_cli(*argv))
         assert not [p for p in disk.rglob("*") if ".tmp" in p.name or p.name.endswith(".collecting")]
+
+
+def test_the_model_of_an_unfinished_run_is_refused_wherever_a_model_is_read(model_dir, demo_root, tmp_path):
+    """A run writes model/ at its end and DONE last: a model/ without DONE (an export that met a full disk left a
+    config and no weights, or cut ones; the run may still be writing it) was read as any model folder until
+    2026-12-04, and a cut one could pass. `eval` and `eval finetune` refuse it in one line naming the run and its
+    status, exit 2, nothing written (teachers and warm starts: tests/test_distill.py::test_bad_inputs); with its DONE,
+    the same folder is evaluated."""
+    run = tmp_path / "run"
+    shutil.copytree(model_dir.parent, run)
+    (run / "DONE").unlink()
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "failed"}))
+    out = tmp_path / "out"
+    commands = (["eval", str(run / "model"), "--tasks", "demo_pairs", "--data-dir", str(demo_root), "--out",
+                 str(out / "eval")],
+                ["eval", "finetune", str(run / "model"), "--tasks", "demo_phenomenon", "--data-dir",
+                 str(demo_root / "finetune"), "--out", str(out / "tuned"), "--no-progress"])
+    for argv in commands:
+        assert_user_error(run_cli(*argv), f"{run / 'model'}: the model of a run that has not finished (no DONE in "
+                          f"{run}; its run.json says failed)", "rerun its training with --resume")
+    assert not out.exists()
+    shutil.copy(model_dir.parent / "DONE", run / "DONE")
+    ok(run_cli(*commands[0]))
 
 
 def test_a_full_disk_during_download_is_one_line_and_leaves_no_part_file(tmp_path):

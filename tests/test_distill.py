@@ -672,6 +672,12 @@ def test_bad_inputs(teachers, demo_root, cache_dir, tmp_path, monkeypatch):
     bad("distill.losses.logit_kd.weight=-0.5", needles=("distill.losses.logit_kd.weight", "must be at least 0"))
     bad("distill.losses.logit_kd.temperature=0", needles=("distill.losses.logit_kd.temperature", "must be above 0"))
     bad(f"student.init_from={gpt2}", needles=("student.init_from", "cannot load into student.arch"))
+    unfinished = tmp_path / "unfinished"  # a teacher run whose export failed: DONE is written last
+    shutil.copytree(Path(gpt2).parent, unfinished, ignore=shutil.ignore_patterns("checkpoints", "milestones", "DONE"))
+    needles = (f"{unfinished / 'model'}: the model of a run that has not finished (no DONE in {unfinished}; its "
+               "run.json says done)", "rerun its training with --resume")  # a DONE lost, run.json intact
+    bad(f"distill.teachers=[{{path: {unfinished / 'model'}}}]", needles=("distill.teachers[0]", *needles))
+    bad(f"student.init_from={unfinished / 'model'}", needles=("student.init_from", *needles))
     from test_own_code import own_code_model  # a model whose classes are its own code: evaluated, never used here
 
     custom = own_code_model(tmp_path / "own-code")
