@@ -34,7 +34,7 @@ def replacing(path: Path):
 
 
 @contextlib.contextmanager
-def unfinished(*folders: Path):
+def removed_on_failure(*folders: Path):
     """Folders of ours that the block writes before they are whole (a cache built beside its place, a work folder):
     removed when the block fails (a full disk, Ctrl-C), so that a failed command does not leave behind the space it
     asks to be freed. A killed command leaves them; whatever writes them next removes them first."""

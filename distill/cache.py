@@ -30,7 +30,7 @@ import torch
 
 from common.errors import UserError, if_interrupted, reading, stop_if_swallowed, writing
 from common.locks import FolderLock, holding
-from common.paths import hash_files, model_hash, remove_ours, unfinished
+from common.paths import hash_files, model_hash, remove_ours, removed_on_failure
 from distill import cache_format
 
 MANIFEST = "cache.json"
@@ -193,7 +193,7 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
             (tmp / PARTIAL).unlink(missing_ok=True)
             tmp.rmdir()
             raise
-    with unfinished(tmp):  # a failure (a full disk, Ctrl-C) takes the unfinished cache with it
+    with removed_on_failure(tmp):  # a failure (a full disk, Ctrl-C) takes the unfinished cache with it
         manifest = write_shards(tmp, teachers, blocks, cfg, fp, batch_size, device, student, progress)
         with writing(tmp):
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from common.errors import writing
-from common.paths import unfinished, write_atomic
+from common.paths import removed_on_failure, write_atomic
 
 # (singular, plural, gender) -- gender m/f picks the reflexive; n nouns take no reflexive.
 NOUNS = [
@@ -206,8 +206,9 @@ def phenomenon_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
     return _held_out_rows(rng, seen, n, lambda i, k: (i % k, lambda good, bad: {"sentence": good, "label": i % k}))
 
 
-PARTS = ("dev", "pairs", "finetune", "aoa", "train")  # the folders the demo writes; train last: its corpus found
-# there is taken as whole (tokenizer.prepare.ensure_demo)
+# the folders the demo writes, in the order they are put in place: train last, as a run that finds train/ takes the
+# corpus there as whole (tokenizer.prepare.ensure_demo)
+PARTS = ("dev", "pairs", "finetune", "aoa", "train")
 AOA_WORDS = "aoa/cdi_childes.json"  # the demo's stand-in for the 2025 AoA task's word list (python -m eval aoa)
 AOA_CONTEXTS = 5  # corpus sentences kept per word
 
@@ -253,7 +254,7 @@ def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pair
         pairs[uid] = rows
     task = task_splits(seed, seen)
     tmp = out / ".demo.tmp"
-    with writing(out), unfinished(tmp):  # a failure (a full disk, Ctrl-C) leaves no half corpus that looks whole
+    with writing(out), removed_on_failure(tmp):  # a full disk or Ctrl-C leaves no half corpus that looks whole
         shutil.rmtree(tmp, ignore_errors=True)  # ours, left by a killed run
         tmp.mkdir(parents=True)
         for sub, name, lines in (("train", "demo.train", train), ("dev", "demo.dev", dev)):

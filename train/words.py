@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from common.config import ConfigError
 from common.errors import UserError
-from common.paths import read_json, unfinished, write_atomic
+from common.paths import read_json, removed_on_failure, write_atomic
 from common.ranks import say
 
 SUFFIXES = {"k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9}
@@ -231,7 +231,7 @@ class WordsSeen(TrainerCallback):
             tmp.mkdir(parents=True)
         if self.export is None:
             raise RuntimeError(f"{self.folder}: milestone {name} reached before the session set an exporter")
-        with unfinished(tmp) if state.is_world_process_zero else contextlib.nullcontext():
+        with removed_on_failure(tmp) if state.is_world_process_zero else contextlib.nullcontext():
             self.export(tmp)
             if state.is_world_process_zero:
                 words = {"milestone": milestone, "words_seen": self.total, "step": state.global_step,
