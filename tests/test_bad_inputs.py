@@ -1517,12 +1517,27 @@ def test_tiny_corpus_is_not_told_to_use_a_vocabulary_below_the_minimum(tmp_path,
 
 
 def test_demo_never_writes_over_a_corpus(tmp_path):
+    """Over a whole demo, and over a folder holding any one of the folders the demo writes (a file in `aoa/` was
+    written over until 2026-12-04): refused naming it, nothing changed; empty ones are written into."""
+    from tokenizer import demo
     from tokenizer.__main__ import main
 
     ok(call(main, "demo", tmp_path / "d", "--sentences", "50"))
     before = snapshot(tmp_path / "d")
     assert_user_error(call(main, "demo", tmp_path / "d", "--seed", "9", "--sentences", "50"), "already holds", "train/")
     assert snapshot(tmp_path / "d") == before
+    for part in demo.PARTS:
+        mine = tmp_path / part / part
+        mine.mkdir(parents=True)
+        (mine / "notes.txt").write_text("mine")
+        before = snapshot(tmp_path / part)
+        assert_user_error(call(main, "demo", tmp_path / part, "--sentences", "50"), "already holds", f" {part}/;")
+        assert snapshot(tmp_path / part) == before
+    empty = tmp_path / "empty"
+    for part in demo.PARTS:
+        (empty / part).mkdir(parents=True)
+    ok(call(main, "demo", empty, "--sentences", "50"))
+    assert sorted(p.name for p in empty.iterdir()) == sorted(demo.PARTS)
     assert_user_error(call(main, "demo", tmp_path / "e", "--sentences", "-5"), "--sentences -5")
     assert not (tmp_path / "e").exists()
 
