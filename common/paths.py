@@ -34,10 +34,12 @@ def replacing(path: Path):
 
 
 @contextlib.contextmanager
-def removed_on_failure(*folders: Path):
-    """Folders of ours that the block writes before they are whole (a cache built beside its place, a work folder):
-    removed when the block fails (a full disk, Ctrl-C), so that a failed command does not leave behind the space it
-    asks to be freed. A killed command leaves them; whatever writes them next removes them first."""
+def building(*folders: Path):
+    """Folders of ours that the block builds before they are whole (a cache built beside its place, a work folder):
+    what a killed command left under their names is removed first, and they are removed again when the block fails
+    (a full disk, Ctrl-C), so that a failed command does not leave behind the space it asks to be freed."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
     try:
         yield
     except BaseException:

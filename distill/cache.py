@@ -30,7 +30,7 @@ import torch
 
 from common.errors import UserError, if_interrupted, reading, stop_if_swallowed, writing
 from common.locks import FolderLock, holding
-from common.paths import hash_files, model_hash, remove_ours, removed_on_failure
+from common.paths import building, hash_files, model_hash, remove_ours
 from distill import cache_format
 
 MANIFEST = "cache.json"
@@ -185,15 +185,10 @@ def write_cache(out: Path, teachers, blocks, cfg, fp: dict, batch_size: int, dev
     With `student`, the first batch also measures what the storage costs each served term (`storage_error`)."""
     tmp = out.with_name(out.name + ".partial")
     remove_ours(tmp, PARTIAL, "an unfinished teacher cache")  # left by a killed run; anything else is refused
-    with writing(tmp):
-        tmp.mkdir(parents=True)
-        try:
+    with building(tmp):  # a failure (a full disk, Ctrl-C) takes the unfinished cache with it, marked or not
+        with writing(tmp):
+            tmp.mkdir(parents=True)
             (tmp / PARTIAL).write_text("a teacher cache being written by python -m distill cache-teachers\n")
-        except OSError:  # the folder we just made, unmarked, would be refused as not ours by the next command
-            (tmp / PARTIAL).unlink(missing_ok=True)
-            tmp.rmdir()
-            raise
-    with removed_on_failure(tmp):  # a failure (a full disk, Ctrl-C) takes the unfinished cache with it
         manifest = write_shards(tmp, teachers, blocks, cfg, fp, batch_size, device, student, progress)
         with writing(tmp):
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

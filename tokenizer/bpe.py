@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.errors import UserError
-from common.paths import removed_on_failure
+from common.paths import building
 
 MIN_VOCAB = 300  # 256 byte tokens, the specials and some merges: tokenizer.vocab_size's lower bound
 SPECIAL_TOKENS = {
@@ -51,7 +51,7 @@ def train_bpe(text_files: list[Path], vocab_size: int, min_frequency: int, out_d
         single=f"{bos} $A", pair=f"{bos} $A $B:1", special_tokens=[(bos, tok.token_to_id(bos))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    with removed_on_failure(tmp):
+    with building(tmp):
         fast.save_pretrained(tmp)
         tmp.replace(out_dir)
     return fast

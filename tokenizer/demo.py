@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 
 from common.errors import writing
-from common.paths import removed_on_failure, write_atomic
+from common.paths import building, write_atomic
 
 # (singular, plural, gender) -- gender m/f picks the reflexive; n nouns take no reflexive.
 NOUNS = [
@@ -254,8 +253,7 @@ def generate(out_dir: str | Path, seed: int = 42, n_sentences: int = 20000, pair
         pairs[uid] = rows
     task = task_splits(seed, seen)
     tmp = out / ".demo.tmp"
-    with writing(out), removed_on_failure(tmp):  # a full disk or Ctrl-C leaves no half corpus that looks whole
-        shutil.rmtree(tmp, ignore_errors=True)  # ours, left by a killed run
+    with writing(out), building(tmp):  # a full disk or Ctrl-C leaves no half corpus that looks whole
         tmp.mkdir(parents=True)
         for sub, name, lines in (("train", "demo.train", train), ("dev", "demo.dev", dev)):
             (tmp / sub).mkdir()

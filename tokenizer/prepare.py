@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError, reading, stop_if_swallowed
-from common.paths import read_json, removed_on_failure
+from common.paths import building, read_json
 from tokenizer import bpe, corpus, demo
 from tokenizer.config import DataConfig, TokenizerConfig
 
@@ -144,9 +144,7 @@ def pack(text_files: list[Path], tokenizer, block_size: int, num_proc: int, out:
         check_packed(out)
         return out
     work, tmp = out.with_name(out.name + ".work"), out.with_name(out.name + ".tmp")
-    for folder in (work, tmp):
-        shutil.rmtree(folder, ignore_errors=True)  # ours, left by a killed run
-    with removed_on_failure(work, tmp):
+    with building(work, tmp):
         _build(text_files, tokenizer, block_size, num_proc, out, work, tmp, packing, source)
         tmp.replace(out)
     shutil.rmtree(work, ignore_errors=True)

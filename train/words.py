@@ -13,7 +13,6 @@ import contextlib
 import json
 import math
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +21,7 @@ from transformers import TrainerCallback
 
 from common.config import ConfigError
 from common.errors import UserError
-from common.paths import read_json, removed_on_failure, write_atomic
+from common.paths import building, read_json, write_atomic
 from common.ranks import say
 
 SUFFIXES = {"k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9}
@@ -226,12 +225,11 @@ class WordsSeen(TrainerCallback):
     def _export(self, milestone: int, state) -> None:
         name = milestone_name(milestone)
         tmp = self.folder / f".{name}.tmp"
-        if state.is_world_process_zero:
-            shutil.rmtree(tmp, ignore_errors=True)  # ours: an export killed halfway
-            tmp.mkdir(parents=True)
         if self.export is None:
             raise RuntimeError(f"{self.folder}: milestone {name} reached before the session set an exporter")
-        with removed_on_failure(tmp) if state.is_world_process_zero else contextlib.nullcontext():
+        with building(tmp) if state.is_world_process_zero else contextlib.nullcontext():  # rank 0 writes the folder
+            if state.is_world_process_zero:
+                tmp.mkdir(parents=True)
             self.export(tmp)
             if state.is_world_process_zero:
                 words = {"milestone": milestone, "words_seen": self.total, "step": state.global_step,
