@@ -48,6 +48,24 @@ def building(*folders: Path):
         raise
 
 
+@contextlib.contextmanager
+def replacing_folder(folder: Path, main: bool = True):
+    """A folder written beside `folder` (`.<name>.tmp`, yielded) and renamed into its place when the block ends, so
+    that `folder` is whole whenever it is there (an exported model that a full disk cut short would otherwise look
+    like one). It is `building`'s: a killed command's is removed first, a failure removes it. What stood at `folder`
+    (ours: an earlier attempt's) is replaced. `main` False, for the other ranks of one training (they take part in
+    gathering a sharded model, rank 0 writes): the block only runs."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    if not main:
+        yield tmp
+        return
+    with building(tmp):
+        tmp.mkdir(parents=True)
+        yield tmp
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.replace(folder)
+
+
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write `text` (UTF-8), or bytes as they are, to a temporary file beside `path`, then rename it over `path`."""
     with replacing(Path(path)) as tmp:

@@ -1220,8 +1220,9 @@ def test_a_full_disk_during_training_then_resume_works(tmp_path, demo_root, cach
     """Wherever training meets the full disk: the first checkpoint's weights (safetensors says so), or its optimizer
     state (torch.save says only that its stream failed; that was a traceback until 2026-12-03), the first milestone's
     export (its `.chck_10k.tmp` stayed behind until 2026-12-04), the second checkpoint's optimizer state, the final
-    model (a config and no weights: no DONE, so nothing reads it as a model). Nothing unfinished is left, and
-    `--resume`, as the line says, finishes the run once there is space."""
+    model (until 2026-12-04 a `model/` of a config and no weights). Nothing unfinished is left, no `model/` at all, and
+    `--resume`, as the line says, finishes the run once there is space, replacing what an older version's cut export
+    left as `model/`."""
     out = tmp_path / "disk"
     args = train_args(demo_root, cache_dir, out, "train.max_steps=20")
 
@@ -1233,9 +1234,14 @@ def test_a_full_disk_during_training_then_resume_works(tmp_path, demo_root, cach
         assert_user_error(proc, str(out / "demo" / "teacher"), "disk is full", "free space")
         no_traceback(proc)
         assert not unfinished_left(out), sorted(out.rglob("*"))
+        model = out / "demo" / "teacher" / "model"
+        assert not model.exists(), sorted(model.rglob("*"))  # written beside its place: never a cut model/
         (out / "filler").unlink()
+        model.mkdir()
+        (model / "config.json").write_text("{}")  # what a cut export left before 2026-12-04
         proc = ok(run_cli("train", *args, "--resume"))  # as the line says, once there is space
         assert json.loads((out / "demo" / "teacher" / "DONE").read_text())["step"] == 20
+        assert (model / "model.safetensors").is_file() and json.loads((model / "config.json").read_text())
 
 
 @pytest.mark.parametrize("left_kib", [100, 600, 2100])

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from common import config as cfglib
 from common import errors
 from common.errors import UserError
+from common.paths import replacing_folder
 from common.ranks import say
 
 
@@ -175,7 +176,8 @@ def train_run(cfg, argv: list[str], run_dir, decision: str, build: Builder) -> i
     metrics_log.final = True
     with writing(run_dir.path, "then rerun with --resume"):
         dev_loss = trainer.evaluate()["eval_loss"] if dev_ds is not None else None
-        export(trainer, built, tokenizer, run_dir.model_dir)
+        with replacing_folder(run_dir.model_dir, trainer.is_world_process_zero()) as folder:  # whole, or not there
+            export(trainer, built, tokenizer, folder)
         summary = {"step": trainer.state.global_step, "words_seen": words_seen.total, "dev_loss": dev_loss,
                    "best_checkpoint": trainer.state.best_model_checkpoint}
         if built.finish is not None:
@@ -205,8 +207,9 @@ def stopped(run_dir, metrics_log) -> None:
 
 
 def export(trainer, built: Built, tokenizer, folder: Path) -> None:
-    """The trained model (or the builder's export of it) and the tokenizer into `folder`: model/ at the
-    end, milestones/chck_*/ on the way. Every rank calls it (a sharded model is gathered for saving)."""
+    """The trained model (or the builder's export of it) and the tokenizer into `folder`, the folder beside model/
+    (at the end) or milestones/chck_*/ (on the way) that `replacing_folder` renames into place once it is whole.
+    Every rank calls it (a sharded model is gathered for saving)."""
     if built.export is None:
         trainer.save_model(str(folder))  # with the tokenizer (the Trainer's processing_class)
     elif trainer.is_world_process_zero():

@@ -9,7 +9,6 @@ past each milestone, as `milestones/chck_<N>/` (the revision names of the 2025 p
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -21,7 +20,7 @@ from transformers import TrainerCallback
 
 from common.config import ConfigError
 from common.errors import UserError
-from common.paths import building, read_json, write_atomic
+from common.paths import read_json, replacing_folder, write_atomic
 from common.ranks import say
 
 SUFFIXES = {"k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9}
@@ -224,15 +223,11 @@ class WordsSeen(TrainerCallback):
 
     def _export(self, milestone: int, state) -> None:
         name = milestone_name(milestone)
-        tmp = self.folder / f".{name}.tmp"
         if self.export is None:
             raise RuntimeError(f"{self.folder}: milestone {name} reached before the session set an exporter")
-        with building(tmp) if state.is_world_process_zero else contextlib.nullcontext():  # rank 0 writes the folder
-            if state.is_world_process_zero:
-                tmp.mkdir(parents=True)
+        with replacing_folder(self.folder / name, state.is_world_process_zero) as tmp:  # rank 0 writes the folder
             self.export(tmp)
             if state.is_world_process_zero:
                 words = {"milestone": milestone, "words_seen": self.total, "step": state.global_step,
                          "epoch": round(state.epoch or 0.0, 4)}
                 write_atomic(tmp / WORDS_FILE, json.dumps(words, indent=2))
-                tmp.replace(self.folder / name)
