@@ -152,3 +152,42 @@ def test_a_stop_part_way_leaves_no_corpus_and_a_killed_ones_folder_goes_with_the
     files = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
     assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == files
     assert all((out / f).read_bytes() == (fresh / f).read_bytes() for f in files)
+
+
+def test_writers_of_one_demo_folder_take_turns(tmp_path):
+    """Two `tokenizer demo` commands and two runs that generate the demo (`ensure_demo`, as two grid points with their
+    own data caches do) into one folder at once: they wait for the one that writes (`.demo.lock`, held here first),
+    then one writes the whole demo; the other command is refused in one line, the other run finds it written. Until
+    2026-12-04 each removed the others' `.demo.tmp`: three at once all failed, naming a missing file, and wrote
+    nothing."""
+    import subprocess
+    import sys
+    import time
+
+    from common.locks import file_lock
+    from conftest import ROOT, assert_user_error
+
+    fresh = demo.generate(tmp_path / "fresh", seed=42, n_sentences=2000)
+    files = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    ensure = ("import sys; from tokenizer.config import DataConfig; from tokenizer.prepare import ensure_demo; "
+              "ensure_demo(DataConfig(train_dir=sys.argv[1] + '/train', dev_dir=sys.argv[1] + '/dev', demo=True, "
+              "demo_sentences=2000))")
+    for name, command in (("commands", ["-m", "tokenizer", "demo", "OUT", "--sentences", "2000"]),
+                          ("runs", ["-c", ensure, "OUT"])):
+        out = tmp_path / name
+        with file_lock(out / demo.LOCK):
+            procs = [subprocess.Popen([sys.executable, *[str(out) if a == "OUT" else a for a in command]], cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+            time.sleep(6)  # each has started and waits for the lock: nothing written
+            assert [p.poll() for p in procs] == [None, None], [p.communicate() for p in procs if p.poll()]
+            assert [p.name for p in out.iterdir()] == [demo.LOCK]
+        done = [subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for p in procs]
+        assert sorted(p.returncode for p in done) == ([0, 2] if name == "commands" else [0, 0]), done
+        wrote = [p for p in done if p.returncode == 0 and (name == "commands" or "generating" in p.stdout)]
+        assert len(wrote) == 1, done
+        if name == "commands":
+            refused = next(p for p in done if p.returncode == 2)
+            assert_user_error(refused, str(out), "already holds dev/, pairs/, finetune/, aoa/, train/")
+            assert "Traceback" not in refused.stderr, refused.stderr
+        assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == files
+        assert all((out / f).read_bytes() == (fresh / f).read_bytes() for f in files)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from common import config as cfglib
 from common.arguments import number, seed
 from common.errors import exit_on_user_error, leave
+from common.locks import file_lock
 from tokenizer.config import PrepareConfig
 
 
@@ -38,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from tokenizer import demo
 
-        demo.check_target(args.out_dir, args.sentences)
-        print(demo.generate(args.out_dir, seed=args.seed, n_sentences=args.sentences))
+        demo.check_target(args.out_dir, args.sentences)  # before anything is written, the lock's file included
+        with file_lock(Path(args.out_dir) / demo.LOCK):  # one writer at a time: the others wait, then find it taken
+            demo.check_target(args.out_dir, args.sentences)
+            print(demo.generate(args.out_dir, seed=args.seed, n_sentences=args.sentences))
         return 0
     from tokenizer.prepare import prepare
 

@@ -208,6 +208,7 @@ def phenomenon_task(rng: random.Random, seen: set[str], n: int) -> list[dict]:
 # the folders the demo writes, in the order they are put in place: train last, as a run that finds train/ takes the
 # corpus there as whole (tokenizer.prepare.ensure_demo)
 PARTS = ("dev", "pairs", "finetune", "aoa", "train")
+LOCK = ".demo.lock"  # held in the demo's folder while one process writes the demo there; the others wait
 AOA_WORDS = "aoa/cdi_childes.json"  # the demo's stand-in for the 2025 AoA task's word list (python -m eval aoa)
 AOA_CONTEXTS = 5  # corpus sentences kept per word
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError, reading, stop_if_swallowed
+from common.locks import file_lock
 from common.paths import building, read_json
 from tokenizer import bpe, corpus, demo
 from tokenizer.config import DataConfig, TokenizerConfig
@@ -57,8 +58,11 @@ def ensure_demo(data: DataConfig) -> None:
             f"data.dev_dir={root}/dev"
         )
     demo.check_target(root, data.demo_sentences)
-    print(f"generating the demo corpus in {root} (seed {data.seed}, {data.demo_sentences} sentences)")
-    demo.generate(root, seed=data.seed, n_sentences=data.demo_sentences)
+    with file_lock(root / demo.LOCK):  # runs with other caches generating the same demo take turns
+        if train_dir.exists():  # written by one of them while this one waited
+            return
+        print(f"generating the demo corpus in {root} (seed {data.seed}, {data.demo_sentences} sentences)")
+        demo.generate(root, seed=data.seed, n_sentences=data.demo_sentences)
 
 
 def _bpe_fingerprint(tok_cfg: TokenizerConfig, train_fp: str) -> str:
@@ -225,7 +229,6 @@ def prepare(data: DataConfig, tok_cfg: TokenizerConfig) -> Prepared:
     """Clean, build or load the tokenizer, and pack train (and dev) blocks; all cached. Jobs that
     share the cache take turns (a lock file in it); the later ones find everything made."""
     from common.errors import writing
-    from common.locks import file_lock
 
     with file_lock(Path(data.cache_dir) / ".prepare.lock"), writing(data.cache_dir):  # a full disk names the cache
         return _prepare(data, tok_cfg)
