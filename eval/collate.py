@@ -22,12 +22,12 @@ from pathlib import Path
 import yaml
 
 from common.errors import UserError, reading
-from common.paths import REPO, check_replaceable, read_json, write_atomic
+from common.paths import check_replaceable, read_json, write_atomic
 from eval.model import BACKENDS
 from eval.one_model import check_same_model
+from eval.release import SIZES
 from eval.report import OFFICIAL_DIR
 
-SIZES = REPO / "eval" / "babylm2025_sizes.yaml"
 ZERO_SHOT = {"blimp": "blimp_filtered", "blimp_supplement": "blimp_supplement", "ewok": "ewok_filtered",
              "entity_tracking": "entity_tracking", "wug_adj": "wug_adj", "wug_past": "wug_past", "comps": "comps",
              "reading": "reading"}  # submission key -> our task name

@@ -19,7 +19,7 @@ from common.errors import UserError
 from common.metrics import METRICS
 from common.locks import FolderLock, holding
 from common.paths import model_hash
-from eval import encode, report
+from eval import encode, release, report
 from eval.model import TRUST_FLAG, Loaded, check_folder, check_own_code, load, loading_bars
 from eval.one_model import KEY, check_one_model, check_result_file, writing_as
 from eval.scorer import Scorer
@@ -323,6 +323,8 @@ def load_tasks(task_names: list[str], opts: Options) -> list[Task]:
         if override is not None and not override.is_file():
             raise UserError(f"--ewok-zip: {override} does not exist")
         tasks.append(load_task(name, opts.data_dir, opts.ewok_password, override, fast=opts.fast))
+        if (differs := release.gap(tasks[-1])) is not None:  # a folder short of the release's items: said once
+            print(release.note(tasks[-1], differs))
     return tasks
 
 
@@ -387,12 +389,14 @@ def score_tasks(model_path: str, m: Loaded, prepared: list[tuple[Task, list | No
             **scoring_options(opts),
             "device": str(m.device),
             "fast": task.fast,
+            "partial_release": release.gap(task),  # null: the release's items, or a task it does not hold
         }
         if reqs is None:
             summary, files = evaluate_reading(task, m, lambda r: score_requests(scorer, m, r, opts)[0], out_dir, meta,
                                               t0)
         else:
             summary, files = score_pairs(task, m, scorer, reqs, opts, out_dir, meta, t0)
+        summary["partial_release"] = meta["partial_release"]  # for the table
         seconds, n = summary["seconds"], summary["n_items"]
         score = summary["score"]
         shown = "null" if score is None or not np.isfinite(score) else f"{score:.4f}"

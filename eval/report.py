@@ -218,8 +218,12 @@ def table(rows: list[tuple[str, dict]]) -> str:
         score, se = s.get("score", s.get("accuracy")), s.get("stderr")
         value = "null" if score is None or not math.isfinite(score) else f"{score:.4f}"
         err = f"± {se:<6.4f}" if se is not None and math.isfinite(se) else " " * 8
+        items = f"{s['n_items']}{' †' if s.get('partial_release') else ''}"
         out.append(
-            f"{name:<20} {metric_label(s.get('metric', 'accuracy')):<14} {value:>8} {err} {s['n_items']:>7} "
+            f"{name:<20} {metric_label(s.get('metric', 'accuracy')):<14} {value:>8} {err} {items:>7} "
             f"{s['n_subtasks']:>8} {s['ties']:>6} {s.get('non_finite', 0):>10}"
         )
+    part = [name for name, s in rows if s.get("partial_release")]
+    if part:
+        out.append(f"† part of the release's items, not its score: {', '.join(part)} (partial_release in the result)")
     return "\n".join(out)

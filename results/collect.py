@@ -105,6 +105,8 @@ def _eval_columns(run: Path, eval_dir: Path) -> dict:
             row[task] = _number(summary.get("score", summary.get("accuracy")), name, "score")
             row[f"{task}_stderr"] = _number(summary.get("stderr"), name, "stderr")
             row[f"{task}_metric"] = metric
+            if isinstance(summary.get("partial_release"), str):  # scored on part of the release's items
+                row[f"{task}_partial"] = summary["partial_release"]
             if metric == "delta_r2":  # the reading task's two scores, each a column
                 for part in ("eye_tracking", "self_paced_reading"):
                     row[f"{task}:{part}"] = _number(summary.get(part), name, part)
@@ -244,6 +246,9 @@ def markdown(df) -> str:
         ]
         for t in tasks:
             acc, se = r.get(t), r.get(f"{t}_stderr")
-            cells.append(number(acc, "{:.3f}") + (f" ± {se:.4f}" if finite(acc) and finite(se) else ""))
+            cells.append(number(acc, "{:.3f}") + (f" ± {se:.4f}" if finite(acc) and finite(se) else "")
+                         + (" †" if isinstance(r.get(f"{t}_partial"), str) else ""))
         rows.append(cells)
-    return table(head, rows)
+    part = any(isinstance(v, str) for t in tasks if f"{t}_partial" in df.columns for v in df[f"{t}_partial"])
+    return table(head, rows) + ("\n† scored on part of the release's items (the task's `partial_release`, in the "
+                                "csv as `<task>_partial`): not the release's score\n" if part else "")

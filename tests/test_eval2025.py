@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from eval import release
 from conftest import GLUE_ROWS, assert_user_error, call, ok, run_here, shared
 from test_eval import compare_2025, score_with_project
 
@@ -201,6 +202,62 @@ def test_real_files_load_with_the_pipelines_uids():
         for it in task.items:
             counts[it.subtask.lower()] = counts.get(it.subtask.lower(), 0) + 1
         assert counts == sizes[name], name  # the official table matches the real files, UID by UID
+        assert release.gap(task) is None, name  # so the release's files are scored without a partial_release
+
+
+def test_a_folder_short_of_the_releases_items_is_scored_and_said_to_be_part_of_it(tmp_path):
+    """`eval.release.gap` against the real files: BLiMP, the supplement and entity tracking whole, and fast folders
+    cut from them (200, 50 per subtask; entity tracking's `regular` alone), are the release's; each way a folder
+    differs is named (subtasks missing, a subtask cut short, a line too many, a UID the release does not have), for
+    the full and the fast variant; tasks the table does not hold (the demo's) are not compared. Until 2026-12-04 a
+    folder of 5 of BLiMP's 67 files gave `blimp_filtered: accuracy 0.6134` with nothing said."""
+    import tarfile
+
+    from eval.tasks import load_task
+
+    root, fast = tmp_path / "full", tmp_path / "fast"
+    with tarfile.open(shared("babylm2025_extra_tasks.tar.gz")) as tf:
+        tf.extractall(root, filter="data")
+    for folder, cut, n in (("blimp_filtered", "blimp_fast", 200), ("blimp_supplement", "supplement_fast", 50),
+                           ("entity_tracking", "entity_tracking_fast", None)):
+        source = Path(shared(folder)) if folder.startswith("blimp") else root / folder
+        if folder.startswith("blimp"):
+            shutil.copytree(source, root / folder)
+        (fast / cut).mkdir(parents=True)
+        for file in sorted(source.glob("*.jsonl")):
+            if n is not None or file.stem == "regular":
+                lines = file.read_text(encoding="utf-8").splitlines(keepends=True)
+                (fast / cut / file.name).write_text("".join(lines[:n] if n else lines), encoding="utf-8")
+
+    def gap(name, folder=root, fast_variant=False):
+        return release.gap(load_task(name, str(folder), fast=fast_variant))
+
+    for name in ("blimp_filtered", "blimp_supplement", "entity_tracking"):
+        assert gap(name) is None and gap(name, fast, True) is None, name
+    blimp = root / "blimp_filtered"
+    for file in sorted(blimp.glob("*.jsonl"))[5:]:
+        file.unlink()
+    assert gap("blimp_filtered") == ("5 of the release's 67 subtasks (4,648 of its 59,875 items); missing "
+                                     "causative and 61 more")
+    lines = (blimp / "adjunct_island.jsonl").read_text().splitlines(keepends=True)
+    (blimp / "adjunct_island.jsonl").write_text("".join(lines[:100]))  # a file cut short
+    assert "adjunct_island has 100 items where the release has 928" in gap("blimp_filtered")
+    supplement = root / "blimp_supplement" / "hypernym.jsonl"
+    row = json.loads(supplement.read_text().splitlines()[0])
+    (supplement.parent / "hypernym_v2.jsonl").write_text(json.dumps(row) + "\n")  # a file the release does not have
+    assert gap("blimp_supplement") == ("5 of the release's 5 subtasks (5,219 of its 5,218 items); hypernym_v2 not "
+                                       "among the release's subtasks")
+    cut = fast / "supplement_fast" / "turn_taking.jsonl"
+    with cut.open("a") as f:
+        f.write(cut.read_text().splitlines(keepends=True)[0])  # a line twice: 51 where the fast release has 50
+    assert gap("blimp_supplement", fast, True) == ("5 of the release's 5 subtasks (251 of its 250 items); "
+                                                   "turn_taking has 51 items where the release has 50")
+    (fast / "entity_tracking_fast" / "regular.jsonl").unlink()
+    shutil.copy(root / "entity_tracking" / "ambiref.jsonl", fast / "entity_tracking_fast")
+    assert gap("entity_tracking", fast, True).startswith("0 of the release's 6 subtasks (3,224 of its 3,152 items); "
+                                                         "missing regular_0_ops and 5 more; ambiref_0_ops and 5 more "
+                                                         "not among the release's subtasks")
+    assert release.expected("demo_pairs", False) is None and release.expected("blimp", False) is None
 
 
 def test_entity_tracking_wug_comps_match_reference(extras):
@@ -392,8 +449,9 @@ def test_keep_scored_continues_a_stopped_evaluation(extras, tmp_path):
     assert [t for t in before if before[t] != after[t]] == ["reading", "blimp_filtered"]
     assert (results / "pairs" / "reading.jsonl").is_file()
     assert "blimp_filtered" in json.loads((results / "predictions.json").read_text())
-    table = proc.stdout.split("\n\n")[-1]
-    assert [line.split()[0] for line in table.splitlines()[2:]] == ["comps", "wug_adj", "reading", "blimp_filtered"]
+    table = proc.stdout.split("\n\n")[-1].splitlines()
+    assert [line.split()[0] for line in table[2:-1]] == ["comps", "wug_adj", "reading", "blimp_filtered"]
+    assert table[-1].startswith("† part of the release's items, not its score: comps, blimp_filtered (")  # kept too
     proc = ok(run_here(*args, "--keep-scored"))  # all kept: the model is not even loaded
     assert proc.stdout.count(": kept") == 4 and "parameters" not in proc.stdout and stamps() == after
     ok(run_here(*args, "--keep-scored", "--too-long", "error"))  # other options: scored again

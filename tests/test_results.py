@@ -201,6 +201,43 @@ def test_correlations_and_reading_are_labelled_not_accuracies(runs, tmp_path):
     assert (tmp_path / "null" / "exp-tasks.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_score_on_part_of_the_releases_items_is_said_to_be_so_wherever_it_is_shown(runs, tmp_path):
+    """BLiMP from 5 of its 67 files beside the whole supplement: one note before scoring, a † in `eval`'s table, the
+    gap in `blimp_filtered.json` (`partial_release`), a † and its footnote in the collection's table and a
+    `blimp_filtered_partial` column; the whole supplement has none of them."""
+    import pandas as pd
+
+    from conftest import shared
+
+    data = tmp_path / "data"
+    shutil.copytree(shared("blimp_supplement"), data / "blimp_supplement")
+    (data / "blimp_filtered").mkdir()
+    for file in sorted(Path(shared("blimp_filtered")).glob("*.jsonl"))[:5]:
+        shutil.copy(file, data / "blimp_filtered")
+    run = tmp_path / "exp" / "a"
+    shutil.copytree(runs / "grid" / "a", run)
+    proc = ok(run_here("eval", str(run / "model"), "--tasks", "blimp_filtered,blimp_supplement", "--data-dir",
+                       str(data), "--no-progress"))
+    gap = "5 of the release's 67 subtasks (4,648 of its 59,875 items); missing causative and 61 more"
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: blimp_filtered: {data / 'blimp_filtered'}/*.jsonl holds {gap}: scored as it is, which is "
+                     "not the release's blimp_filtered score (recorded as partial_release in its result)"]
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("blimp_")}
+    assert " 4648 †" in rows["blimp_filtered"] and "†" not in rows["blimp_supplement"]
+    assert "† part of the release's items, not its score: blimp_filtered" in proc.stdout
+    results = {t: json.loads((run / "eval" / f"{t}.json").read_text()) for t in ("blimp_filtered", "blimp_supplement")}
+    assert results["blimp_filtered"]["partial_release"] == gap
+    assert results["blimp_supplement"]["partial_release"] is None
+    ok(run_here("results", "collect", str(tmp_path / "exp"), "--out", str(tmp_path / "out")))
+    row = pd.read_csv(tmp_path / "out" / "exp.csv").iloc[0]
+    assert row["blimp_filtered_partial"] == gap and "blimp_supplement_partial" not in row
+    table = (tmp_path / "out" / "exp.md").read_text()
+    assert f"| {row['blimp_filtered']:.3f} ± {row['blimp_filtered_stderr']:.4f} † |" in table
+    assert f"| {row['blimp_supplement']:.3f} ± {row['blimp_supplement_stderr']:.4f} |" in table
+    assert table.endswith("\n† scored on part of the release's items (the task's `partial_release`, in the csv as "
+                          "`<task>_partial`): not the release's score\n")
+
+
 def test_a_fine_tuned_task_scored_by_f1_is_collected_ranked_and_compared(runs, tmp_path):
     """MRPC and QQP are scored by F1. Until 2026-12-03 `results collect` knew only accuracy, rho and ΔR², so a run
     fine-tuned on either was left out as unusable ("metric is 'f1'"), and a grid could rank none of its points for
