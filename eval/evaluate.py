@@ -323,8 +323,8 @@ def load_tasks(task_names: list[str], opts: Options) -> list[Task]:
         if override is not None and not override.is_file():
             raise UserError(f"--ewok-zip: {override} does not exist")
         tasks.append(load_task(name, opts.data_dir, opts.ewok_password, override, fast=opts.fast))
-        if (differs := release.gap(tasks[-1])) is not None:  # a folder short of the release's items: said once
-            print(release.note(tasks[-1], differs))
+        if (how := release.gap(tasks[-1])) is not None:  # a folder short of the release's items: said once
+            print(release.note(name, tasks[-1].origin, how))
     return tasks
 
 

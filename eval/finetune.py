@@ -23,6 +23,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from common.errors import UserError, if_interrupted, writing
 from common.libraries import no_accelerator_probe
 from common.metrics import METRICS
 from common.paths import REPO, decode_utf8, hash_files, local_folder, model_hash, write_atomic
+from eval import release
 from eval.one_model import KEY, check_one_model, check_result_file, writing_as
 from eval.report import decide, json_safe
 from eval.tasks import absolute, jsonl_rows, same_files, task_names
@@ -238,6 +240,11 @@ def read_task(name: str, data_dir: Path) -> tuple[FinetuneSpec, tuple, tuple]:
     )
 
 
+def valid_gap(name: str, valid: tuple) -> str | None:
+    """How the validation split (texts, labels) differs from the release's (`eval.release`), or None."""
+    return release.differs(name, False, Counter({name: len(valid[1])}))
+
+
 def default_folder(spec: FinetuneSpec) -> Path | None:
     """The task's own folder (the demo's) under the working directory or the repository, when it is there."""
     return local_folder(spec.data_dir) if spec.data_dir else None
@@ -370,7 +377,7 @@ def finetune(model_path: str, name: str, task: tuple, data_dir: Path, out_dir: P
                     "backend": "causal" if m.causal else "mlm",
                     "pool": m.pool, "head": s.head, "lr": lr, "batch_size": batch, "epochs": epochs, "seed": s.seed,
                     "steps": trainer.state.max_steps, "warmup_steps": args.warmup_steps, "max_length": m.length,
-                    "data": absolute(str(data_dir)),
+                    "data": absolute(str(data_dir)), "partial_release": valid_gap(name, valid),
                     "seconds": round(time.perf_counter() - t0, 1)}
         history = [r for r in trainer.state.log_history if "eval_loss" in r or "loss" in r]
         summary = write_results(name, spec, out, best["epoch"], settings, history, out_dir)
@@ -529,6 +536,8 @@ def main(argv: list[str]) -> int:
     for name in names:  # every task's files are read and checked before any training
         data = data_folder(name, specs[name], args.data_dir)
         tasks[name] = (data, read_task(name, data))
+        if (how := valid_gap(name, tasks[name][1][2])) is not None:  # part of the release's validation items
+            print(release.note(name, str(data / f"{name}.valid.jsonl"), how))
         labels = tasks[name][1][1][1]  # the training split's
         check_one_batch(data / f"{name}.train.jsonl", len(labels), settings.batch_size or specs[name].batch_size,
                         given=settings.batch_size is not None)

@@ -39,15 +39,24 @@ def expected(task: str, fast: bool) -> dict[str, int] | None:
 def gap(task) -> str | None:
     """How the items of `task` (an `eval.tasks.Task`) differ from the release's, in words, or None where they are the
     release's (or the table does not hold the task, or it is the reading task, whose one CSV is read whole)."""
-    want = expected(task.name, task.fast)
-    if want is None or task.spec.kind == "reading":
+    if task.spec.kind == "reading":
         return None
-    got = Counter(item.subtask.lower() for item in task.items)
+    return differs(task.name, task.fast, Counter(item.subtask.lower() for item in task.items))
+
+
+def differs(task: str, fast: bool, got: Counter) -> str | None:
+    """How `got`, items per subtask (lower-cased UID) of `task`, differs from the release's, or None (the same, or a
+    task the table does not hold). A fine-tuning task is one subtask of its own name: its validation items."""
+    want = expected(task, fast)
+    if want is None:
+        return None
     missing = sorted(uid for uid in want if uid not in got)
     unknown = sorted(uid for uid in got if uid not in want)
     wrong = [(uid, got[uid], want[uid]) for uid in want if uid in got and got[uid] != want[uid]]
     if not (missing or unknown or wrong):
         return None
+    if len(want) == 1 and not (missing or unknown):  # one subtask (WUG, a fine-tuning task's validation split)
+        return f"{sum(got.values()):,} of the release's {sum(want.values()):,} items"
 
     def first(names: list) -> str:
         return f"{names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
@@ -65,7 +74,7 @@ def gap(task) -> str | None:
     return "; ".join(parts)
 
 
-def note(task, differs: str) -> str:
-    """The line an evaluation prints for a task whose items differ from the release's (`gap`)."""
-    return (f"note: {task.name}: {task.origin} holds {differs}: scored as it is, which is not the release's "
-            f"{task.name} score (recorded as partial_release in its result)")
+def note(task: str, origin: str, how: str) -> str:
+    """The line an evaluation prints for a task whose items (from `origin`) differ from the release's as `how` says."""
+    return (f"note: {task}: {origin} holds {how}: scored as it is, which is not the release's {task} score (recorded "
+            "as partial_release in its result)")

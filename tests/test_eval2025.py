@@ -187,11 +187,10 @@ def test_a_fine_tuning_history_with_a_diverged_epoch_is_still_json(tmp_path):
 
 
 def test_real_files_load_with_the_pipelines_uids():
-    from eval.collate import SIZES
     from eval.tasks import load_task
 
     raw = Path(shared("babylm2025_extra_tasks.tar.gz")).parent
-    sizes = yaml.safe_load(SIZES.read_text())["full"]
+    sizes = yaml.safe_load(release.SIZES.read_text())["full"]
     for name, folder, password in (
         ("blimp_filtered", raw, None),
         ("blimp_supplement", raw, None),
@@ -561,15 +560,20 @@ def test_fast_suite_and_collate(extras, glue, tmp_path):
     assert_user_error(
         run_here("eval", "collate", str(out), "--backend", "causal", "--sizes", str(table)), "task boolq is missing"
     )
-    ok(
+    proc = ok(
         run_here(
             "eval", "finetune", str(out), "--data-dir", str(glue), "--epochs", "1", "--batch-size", "8", "--no-progress"
         )
     )
+    counts = yaml.safe_load(release.SIZES.read_text())["full"]
     for task in GLUE:
         summary = json.loads((full / f"{task}.json").read_text())
         assert summary["metric"] == ("f1" if task in ("mrpc", "qqp") else "accuracy") and summary["n_items"] == 8
         assert summary["epochs"] == (1) and summary["lr"] == 3e-5 and summary["pool"] == "last"
+        # 8 validation items where the release has its own count: said before training, and recorded
+        gap = f"8 of the release's {counts[task][task]:,} items"
+        assert summary["partial_release"] == gap
+        assert f"note: {task}: {glue / task}.valid.jsonl holds {gap}: scored as it is" in proc.stdout
     assert_user_error(
         run_here("eval", "collate", str(out), "--backend", "causal"), "blimp_filtered", "no predictions for subtask"
     )
