@@ -242,7 +242,7 @@ def read_task(name: str, data_dir: Path) -> tuple[FinetuneSpec, tuple, tuple]:
 
 def valid_gap(name: str, valid: tuple) -> str | None:
     """How the validation split (texts, labels) differs from the release's (`eval.release`), or None."""
-    return release.differs(name, False, Counter({name: len(valid[1])}))
+    return release.gap_in(name, False, Counter({name: len(valid[1])}))
 
 
 def default_folder(spec: FinetuneSpec) -> Path | None:

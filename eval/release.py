@@ -38,13 +38,13 @@ def expected(task: str, fast: bool) -> dict[str, int] | None:
 
 def gap(task) -> str | None:
     """How the items of `task` (an `eval.tasks.Task`) differ from the release's, in words, or None where they are the
-    release's (or the table does not hold the task, or it is the reading task, whose one CSV is read whole)."""
+    release's (or the table does not hold the task). The reading task's items are its CSV's rows, one subtask."""
     if task.spec.kind == "reading":
-        return None
-    return differs(task.name, task.fast, Counter(item.subtask.lower() for item in task.items))
+        return gap_in(task.name, task.fast, Counter({task.name: len(task.table)}))
+    return gap_in(task.name, task.fast, Counter(item.subtask.lower() for item in task.items))
 
 
-def differs(task: str, fast: bool, got: Counter) -> str | None:
+def gap_in(task: str, fast: bool, got: Counter) -> str | None:
     """How `got`, items per subtask (lower-cased UID) of `task`, differs from the release's, or None (the same, or a
     task the table does not hold). A fine-tuning task is one subtask of its own name: its validation items."""
     want = expected(task, fast)
@@ -55,7 +55,7 @@ def differs(task: str, fast: bool, got: Counter) -> str | None:
     wrong = [(uid, got[uid], want[uid]) for uid in want if uid in got and got[uid] != want[uid]]
     if not (missing or unknown or wrong):
         return None
-    if len(want) == 1 and not (missing or unknown):  # one subtask (WUG, a fine-tuning task's validation split)
+    if len(want) == 1 and not (missing or unknown):  # one subtask (WUG, reading, a fine-tuning task's)
         return f"{sum(got.values()):,} of the release's {sum(want.values()):,} items"
 
     def first(names: list) -> str:

@@ -205,11 +205,12 @@ def test_real_files_load_with_the_pipelines_uids():
 
 
 def test_a_folder_short_of_the_releases_items_is_scored_and_said_to_be_part_of_it(tmp_path):
-    """`eval.release.gap` against the real files: BLiMP, the supplement and entity tracking whole, and fast folders
-    cut from them (200, 50 per subtask; entity tracking's `regular` alone), are the release's; each way a folder
-    differs is named (subtasks missing, a subtask cut short, a line too many, a UID the release does not have), for
-    the full and the fast variant; tasks the table does not hold (the demo's) are not compared. Until 2026-12-04 a
-    folder of 5 of BLiMP's 67 files gave `blimp_filtered: accuracy 0.6134` with nothing said."""
+    """`eval.release.gap` against the real files: BLiMP, the supplement and entity tracking whole, fast folders cut
+    from them (200, 50 per subtask; entity tracking's `regular` alone), WUG and the reading CSV are the release's;
+    each way a folder differs is named (subtasks missing, a subtask cut short, a line too many, a UID the release
+    does not have, a CSV cut short), for the full and the fast variant; tasks the table does not hold (the demo's)
+    are not compared. Until 2026-12-04 a folder of 5 of BLiMP's 67 files gave `blimp_filtered: accuracy 0.6134`
+    with nothing said."""
     import tarfile
 
     from eval.tasks import load_task
@@ -233,6 +234,10 @@ def test_a_folder_short_of_the_releases_items_is_scored_and_said_to_be_part_of_i
 
     for name in ("blimp_filtered", "blimp_supplement", "entity_tracking"):
         assert gap(name) is None and gap(name, fast, True) is None, name
+    assert gap("reading") is None and gap("wug_adj") is None
+    csv = root / "reading" / "reading_data.csv"
+    csv.write_text("".join(csv.read_text(encoding="utf-8").splitlines(keepends=True)[:1001]), encoding="utf-8")
+    assert gap("reading") == "1,000 of the release's 1,726 items"  # the CSV's rows
     blimp = root / "blimp_filtered"
     for file in sorted(blimp.glob("*.jsonl"))[5:]:
         file.unlink()
