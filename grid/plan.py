@@ -386,18 +386,27 @@ def finalists(cfg: GridConfig, points: list[Point]) -> list[Point]:
 
     metric = cfg.select.metric
     sign = 1 if metric == "dev_ce" else -1  # lower dev CE is better, higher accuracy is better
-    scored = []
+    scored, files = [], {}  # how the metric's task files differ from the release's (None: not at all) -> a point
     for p in points:
         if p.stage != cfg.select.stage or p.state() != "done":
             continue
         try:
-            values = [sign * r[metric] for r in read_run(Path(p.run))
-                      if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]  # NaN never ranks
+            rows = [r for r in read_run(Path(p.run))
+                    if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]  # NaN never ranks
         except (ValueError, KeyError, TypeError) as exc:
             print(f"warning: {p.name} is not ranked for the finalists: {exc}")
             continue
-        if values:  # a WML point counts with its best peer
-            scored.append((min(values), p))
+        if rows:  # a WML point counts with its best peer
+            scored.append((min(sign * r[metric] for r in rows), p))
+            for r in rows:
+                files.setdefault(r.get(f"{metric}_partial"), p.name)
+    if len(files) > 1:  # a score on part of the release's items does not rank against one on all of them
+        (a_how, a), (b_how, b) = ((how or "the release's items", name) for how, name in list(files.items())[:2])
+        raise UserError(
+            f"select.metric '{metric}': the points of stage '{cfg.select.stage}' were scored on other files ({a} on "
+            f"{a_how}, {b} on {b_how}), so their scores do not rank; evaluate them on the same files, then run the "
+            "same command again"
+        )
     if not scored:  # the grid's selection would end with nothing to train, and say only "finalists: "
         raise UserError(
             f"select.metric '{metric}': no finished point of stage '{cfg.select.stage}' has a finite value (a null "

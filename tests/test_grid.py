@@ -410,6 +410,17 @@ def test_a_non_finite_score_never_makes_a_finalist(tmp_path, monkeypatch, capsys
     scores["fine"] = None  # none ranks: refused (the launcher printed "finalists: " and trained nothing)
     with pytest.raises(UserError, match="select.metric 'wug_adj': no finished point of stage 'grid' has a finite"):
         finalists(cfg, points)
+    # scored on other files: one on part of the release's items (partial_release), one on all of them
+    scores.update(broken=0.5, fine=0.6)
+    partial = {"broken": "190 of the release's 200 items", "fine": None}
+    monkeypatch.setattr(results.collect, "read_run", lambda run: [
+        {"wug_adj": scores[run.name], **({"wug_adj_partial": partial[run.name]} if partial[run.name] else {})}])
+    with pytest.raises(UserError, match=r"select.metric 'wug_adj': the points of stage 'grid' were scored on other "
+                                        r"files \(broken on 190 of the release's 200 items, fine on the release's "
+                                        r"items\), so their scores do not rank"):
+        finalists(cfg, points)
+    partial["fine"] = partial["broken"]  # the same files: they rank
+    assert [p.name for p in finalists(cfg, points)] == ["fine__final", "broken__final"]
 
 
 def test_zip_axes_pair_their_values(workdir):
