@@ -323,8 +323,8 @@ def load_tasks(task_names: list[str], opts: Options) -> list[Task]:
         if override is not None and not override.is_file():
             raise UserError(f"--ewok-zip: {override} does not exist")
         tasks.append(load_task(name, opts.data_dir, opts.ewok_password, override, fast=opts.fast))
-        if (how := release.gap(tasks[-1])) is not None:  # a folder short of the release's items: said once
-            print(release.note(name, tasks[-1].origin, how))
+        if tasks[-1].partial_release is not None:  # a folder short of the release's items: said once
+            print(release.note(name, tasks[-1].origin, tasks[-1].partial_release))
     return tasks
 
 
@@ -389,7 +389,7 @@ def score_tasks(model_path: str, m: Loaded, prepared: list[tuple[Task, list | No
             **scoring_options(opts),
             "device": str(m.device),
             "fast": task.fast,
-            "partial_release": release.gap(task),  # null: the release's items, or a task it does not hold
+            "partial_release": task.partial_release,  # null: the release's items, or a task it does not hold
         }
         if reqs is None:
             summary, files = evaluate_reading(task, m, lambda r: score_requests(scorer, m, r, opts)[0], out_dir, meta,

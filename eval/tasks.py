@@ -12,6 +12,7 @@ A user adds a minimal-pair task by adding a YAML file here, or by passing its pa
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 from common.config import ConfigError, field, load, suggest
 from common.errors import UserError
 from common.paths import REPO, decode_utf8, local_folder
+from eval import release
 
 TASKS_DIR = REPO / "eval" / "tasks"
 SUITES = {  # --suite: the 2025 pipeline's zero-shot tasks; the fast variant reads the *_fast folders and has no COMPS
@@ -167,6 +169,11 @@ class Task:
     @property
     def subtasks(self) -> list[str]:
         return sorted({item.subtask for item in self.items})
+
+    @functools.cached_property
+    def partial_release(self) -> str | None:
+        """How the items differ from the BabyLM release's (`eval.release.gap`), or None; counted once per task."""
+        return release.gap(self)
 
 
 def task_names(text: str) -> list[str]:
